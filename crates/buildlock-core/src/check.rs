@@ -1,0 +1,268 @@
+//! Running the check (and the fix): in its own process group, output streamed to stderr and kept
+//! for the failure log, bounded by a timeout.
+//!
+//! - On SIGINT, SIGTERM or SIGHUP the whole group is stopped (TERM, then KILL after a grace) and
+//!   the run ends as [`Ending::Signal`]; nothing is recorded as a failure.
+//! - When our parent process changes (git was killed and we were orphaned) the group is stopped
+//!   the same way: [`Ending::ParentGone`].
+//! - A daemon started by the command that keeps our output pipe open does not hold us: once the
+//!   command itself has exited we stop reading after a short grace. It inherits no lock either:
+//!   every file buildlock opens is close-on-exec.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Process, ExitStatus, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use crate::{process, say, signals};
+
+#[derive(Clone, Debug)]
+pub enum Command {
+    /// Run with `sh -c`.
+    Shell(String),
+    /// A program with arguments (a chained hook).
+    Program(PathBuf, Vec<OsString>),
+}
+
+impl Command {
+    pub fn describe(&self) -> String {
+        match self {
+            Command::Shell(s) => s.clone(),
+            Command::Program(p, _) => p.display().to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ending {
+    Passed,
+    /// Exited non-zero (the code), or was killed by a signal it did not get from us (None).
+    Failed(Option<i32>),
+    TimedOut(Duration),
+    /// We received this signal and stopped the command.
+    Signal(i32),
+    /// Our parent went away and we stopped the command.
+    ParentGone,
+}
+
+#[derive(Debug)]
+pub struct Run {
+    pub ending: Ending,
+    pub output: Vec<u8>,
+    pub took: Duration,
+}
+
+pub struct Options<'a> {
+    pub dir: &'a Path,
+    pub timeout: Duration,
+    /// Stream the output to stderr as it comes.
+    pub echo: bool,
+    pub env: Vec<(String, OsString)>,
+    /// Stop when our parent pid is no longer this one.
+    pub parent: Option<u32>,
+    /// Called once the command runs, with its process group id.
+    pub on_start: &'a mut dyn FnMut(u32),
+    /// Polled while the command runs: `true` stops it (the fixer was taken over).
+    pub cancel: &'a dyn Fn() -> bool,
+}
+
+const TICK: Duration = Duration::from_millis(50);
+const GRACE: Duration = Duration::from_secs(2);
+const KEEP_HEAD: usize = 64 << 10;
+const KEEP_TAIL: usize = 16 << 20;
+
+pub fn run(command: &Command, opts: Options<'_>) -> std::io::Result<Run> {
+    let start = Instant::now();
+    let (mut reader, writer) = std::io::pipe()?;
+    let mut cmd = match command {
+        Command::Shell(script) => {
+            let mut c = Process::new("sh");
+            c.arg("-c").arg(script);
+            c
+        }
+        Command::Program(path, args) => {
+            let mut c = Process::new(path);
+            c.args(args);
+            c
+        }
+    };
+    cmd.current_dir(opts.dir)
+        .stdin(Stdio::null())
+        .stdout(writer.try_clone()?)
+        .stderr(writer)
+        .process_group(0);
+    for (k, v) in &opts.env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot start `{}`: {e}", command.describe()))
+    })?;
+    // The Command holds our copies of the pipe's write end: drop them, or we never see EOF.
+    drop(cmd);
+    let pgid = child.id();
+    (opts.on_start)(pgid);
+
+    let echo = opts.echo;
+    let (out_tx, out_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut capture = Capture::default();
+        let mut buf = [0u8; 16 << 10];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if echo {
+                        say::raw(&buf[..n]);
+                    }
+                    capture.push(&buf[..n]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        let _ = out_tx.send(capture.into_bytes());
+    });
+    let (exit_tx, exit_rx) = mpsc::channel();
+    let mut child: Child = child;
+    std::thread::spawn(move || {
+        let _ = exit_tx.send(child.wait());
+    });
+
+    let stop = |why: Ending, exit_rx: &mpsc::Receiver<std::io::Result<ExitStatus>>| {
+        process::kill_group(pgid, libc::SIGTERM);
+        if exit_rx.recv_timeout(GRACE).is_err() {
+            process::kill_group(pgid, libc::SIGKILL);
+            let _ = exit_rx.recv_timeout(GRACE);
+        }
+        // Members of the group that outlived its leader.
+        process::kill_group(pgid, libc::SIGKILL);
+        why
+    };
+
+    let ending = loop {
+        match exit_rx.recv_timeout(TICK) {
+            Ok(status) => break ending_of(status?),
+            Err(RecvTimeoutError::Disconnected) => break Ending::Failed(None),
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        if let Some(signal) = signals::pending() {
+            break stop(Ending::Signal(signal), &exit_rx);
+        }
+        if opts.parent.is_some_and(|p| p != std::os::unix::process::parent_id()) {
+            break stop(Ending::ParentGone, &exit_rx);
+        }
+        if (opts.cancel)() {
+            break stop(Ending::Failed(None), &exit_rx);
+        }
+        if start.elapsed() >= opts.timeout {
+            break stop(Ending::TimedOut(opts.timeout), &exit_rx);
+        }
+    };
+    // The command is done; a daemon it left may still hold the pipe open.
+    let mut output = out_rx.recv_timeout(Duration::from_millis(200)).unwrap_or_default();
+    if let Ending::TimedOut(t) = &ending {
+        output.extend_from_slice(
+            format!("\nbuildlock: the check was still running after {} (check_timeout) and was stopped\n", crate::time::human(*t))
+                .as_bytes(),
+        );
+    }
+    Ok(Run { ending, output, took: start.elapsed() })
+}
+
+fn ending_of(status: ExitStatus) -> Ending {
+    match status.code() {
+        Some(0) => Ending::Passed,
+        Some(code) => Ending::Failed(Some(code)),
+        None => Ending::Failed(status.signal().map(|s| 128 + s)),
+    }
+}
+
+/// The first 64 KiB and the last 16 MiB of the output.
+#[derive(Default)]
+struct Capture {
+    head: Vec<u8>,
+    tail: VecDeque<u8>,
+    dropped: u64,
+}
+
+impl Capture {
+    fn push(&mut self, mut bytes: &[u8]) {
+        let room = KEEP_HEAD.saturating_sub(self.head.len());
+        let (h, rest) = bytes.split_at(room.min(bytes.len()));
+        self.head.extend_from_slice(h);
+        bytes = rest;
+        self.tail.extend(bytes);
+        if self.tail.len() > KEEP_TAIL {
+            let excess = self.tail.len() - KEEP_TAIL;
+            self.tail.drain(..excess);
+            self.dropped += excess as u64;
+        }
+    }
+
+    fn into_bytes(self) -> Vec<u8> {
+        let mut out = self.head;
+        if self.dropped > 0 {
+            out.extend_from_slice(format!("\n[buildlock: {} bytes of output omitted]\n", self.dropped).as_bytes());
+        }
+        out.extend(self.tail);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_sh(script: &str, timeout: Duration) -> Run {
+        let dir = std::env::temp_dir();
+        let opts = Options {
+            dir: &dir,
+            timeout,
+            echo: false,
+            env: vec![("BUILDLOCK_TEST_VAR".into(), "v".into())],
+            parent: None,
+            on_start: &mut |_| {},
+            cancel: &|| false,
+        };
+        run(&Command::Shell(script.into()), opts).unwrap()
+    }
+
+    #[test]
+    fn reports_pass_fail_and_output() {
+        let r = run_sh("echo out; echo err >&2; echo $BUILDLOCK_TEST_VAR", Duration::from_secs(10));
+        assert_eq!(r.ending, Ending::Passed);
+        assert_eq!(String::from_utf8_lossy(&r.output), "out\nerr\nv\n");
+        assert_eq!(run_sh("exit 3", Duration::from_secs(10)).ending, Ending::Failed(Some(3)));
+    }
+
+    #[test]
+    fn times_out_and_stops_the_group() {
+        let r = run_sh("sleep 30 & sleep 30", Duration::from_millis(200));
+        assert_eq!(r.ending, Ending::TimedOut(Duration::from_millis(200)));
+        assert!(r.took < Duration::from_secs(5));
+        assert!(String::from_utf8_lossy(&r.output).contains("check_timeout"));
+    }
+
+    #[test]
+    fn a_daemon_holding_the_pipe_does_not_hold_us() {
+        let r = run_sh("setsid sleep 5 & echo started", Duration::from_secs(10));
+        assert_eq!(r.ending, Ending::Passed);
+        assert!(r.took < Duration::from_secs(3), "{:?}", r.took);
+    }
+
+    #[test]
+    fn capture_keeps_head_and_tail() {
+        let mut c = Capture::default();
+        c.push(&vec![b'a'; KEEP_HEAD]);
+        c.push(&vec![b'b'; KEEP_TAIL + 10]);
+        c.push(b"end");
+        let out = c.into_bytes();
+        assert!(out.starts_with(b"aaa"));
+        assert!(out.ends_with(b"bbend"));
+        assert!(String::from_utf8_lossy(&out).contains("13 bytes of output omitted"));
+    }
+}

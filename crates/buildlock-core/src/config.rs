@@ -1,0 +1,394 @@
+//! Configuration and its layers.
+//!
+//! Later wins: built-in defaults < the user file `config.toml` in the platform config dir for
+//! `buildlock` < `.buildlock.toml` at the work tree root < the file named by `BUILDLOCK_CONFIG`.
+//! A missing file is no error (except the one `BUILDLOCK_CONFIG` names); an unknown key, a wrong
+//! type, a bad duration or an out-of-range value is a [`ConfigError`] naming file, line and key.
+
+use serde::Deserialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+use crate::time::parse_duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// One build state per repository.
+    Repo,
+    /// One per current branch.
+    Branch,
+    /// One per HEAD commit (CI matrices).
+    Commit,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Match {
+    /// Every failure while a fixer works waits for it.
+    Any,
+    /// One fixer per distinct failure signature.
+    Signature,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Run with `sh -c` at the work tree root; exit 0 = healthy.
+    pub check: Option<String>,
+    pub check_timeout: Duration,
+    pub scope: Scope,
+    pub matching: Match,
+    /// How long a waiter waits for the fix before retrying anyway.
+    pub wait: Duration,
+    pub stale_after: Duration,
+    pub max_fix_attempts: u32,
+    /// Whether a plain `git commit` waits while another agent fixes.
+    pub hook_wait: bool,
+    pub fix_command: Option<String>,
+    pub fix_cost: f64,
+    pub retry_attempts: u32,
+    pub retry_refresh: Option<String>,
+    /// The files that were read, in order.
+    pub sources: Vec<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            check: None,
+            check_timeout: Duration::from_secs(30 * 60),
+            scope: Scope::Repo,
+            matching: Match::Any,
+            wait: Duration::from_secs(5 * 60),
+            stale_after: Duration::from_secs(15 * 60),
+            max_fix_attempts: 3,
+            hook_wait: true,
+            fix_command: None,
+            fix_cost: 0.0,
+            retry_attempts: 3,
+            retry_refresh: None,
+            sources: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "configuration error in {}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, " line {line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ", key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Name of the per-repository file at the work tree root.
+pub const REPO_FILE: &str = ".buildlock.toml";
+
+impl Config {
+    /// Loads every layer for the work tree at `worktree`.
+    pub fn load(worktree: &Path) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        if let Some(user) = user_file() {
+            config.layer_file(&user, false)?;
+        }
+        config.layer_file(&worktree.join(REPO_FILE), false)?;
+        if let Some(explicit) = crate::env::config_file() {
+            let explicit = if explicit.is_relative() { worktree.join(explicit) } else { explicit };
+            config.layer_file(&explicit, true)?;
+        }
+        Ok(config)
+    }
+
+    fn layer_file(&mut self, path: &Path, required: bool) -> Result<(), ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(()),
+            Err(e) => {
+                return Err(ConfigError {
+                    file: path.to_owned(),
+                    line: None,
+                    key: None,
+                    message: format!("cannot read it: {e}"),
+                });
+            }
+        };
+        self.layer(&text, path)?;
+        self.sources.push(path.to_owned());
+        Ok(())
+    }
+
+    /// Applies one file's text on top of this configuration.
+    pub fn layer(&mut self, text: &str, file: &Path) -> Result<(), ConfigError> {
+        let err = |span: Option<std::ops::Range<usize>>, message: String| {
+            let (line, key) = match span {
+                Some(span) => locate(text, span.start),
+                None => (None, None),
+            };
+            ConfigError { file: file.to_owned(), line, key, message }
+        };
+        let raw: RawFile = toml::from_str(text).map_err(|e| err(e.span(), e.message().trim().to_owned()))?;
+
+        let duration = |v: &Spanned<String>| {
+            parse_duration(v.get_ref()).map_err(|m| err(Some(v.span()), m))
+        };
+        let at_least_one = |v: &Spanned<u32>, what: &str| {
+            if *v.get_ref() >= 1 {
+                Ok(*v.get_ref())
+            } else {
+                Err(err(Some(v.span()), format!("{what} must be at least 1")))
+            }
+        };
+        if let Some(v) = raw.check {
+            self.check = Some(v).filter(|c| !c.trim().is_empty());
+        }
+        if let Some(v) = &raw.check_timeout {
+            self.check_timeout = positive(duration(v)?, v, &err)?;
+        }
+        if let Some(c) = raw.coordination {
+            if let Some(v) = c.scope {
+                self.scope = v;
+            }
+            if let Some(v) = c.matching {
+                self.matching = v;
+            }
+            if let Some(v) = &c.wait {
+                self.wait = duration(v)?;
+            }
+            if let Some(v) = &c.stale_after {
+                self.stale_after = positive(duration(v)?, v, &err)?;
+            }
+            if let Some(v) = &c.max_fix_attempts {
+                self.max_fix_attempts = at_least_one(v, "max_fix_attempts")?;
+            }
+        }
+        if let Some(h) = raw.hook {
+            if let Some(v) = h.wait {
+                self.hook_wait = v;
+            }
+        }
+        if let Some(f) = raw.fix {
+            if let Some(v) = f.command {
+                self.fix_command = Some(v).filter(|c| !c.trim().is_empty());
+            }
+            if let Some(v) = f.cost {
+                if !(v.get_ref().is_finite() && *v.get_ref() >= 0.0) {
+                    return Err(err(Some(v.span()), "cost must be a number of at least 0".into()));
+                }
+                self.fix_cost = *v.get_ref();
+            }
+        }
+        if let Some(r) = raw.retry {
+            if let Some(v) = &r.attempts {
+                self.retry_attempts = at_least_one(v, "attempts")?;
+            }
+            if let Some(v) = r.refresh {
+                self.retry_refresh = Some(v).filter(|c| !c.trim().is_empty());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn positive(
+    d: Duration,
+    v: &Spanned<String>,
+    err: &dyn Fn(Option<std::ops::Range<usize>>, String) -> ConfigError,
+) -> Result<Duration, ConfigError> {
+    if d.is_zero() { Err(err(Some(v.span()), "must be longer than zero".into())) } else { Ok(d) }
+}
+
+/// The user file: `config.toml` in the platform config dir for `buildlock`.
+pub fn user_file() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "buildlock").map(|d| d.config_dir().join("config.toml"))
+}
+
+/// The 1-based line of byte `offset`, and the dotted key written on that line, if any.
+fn locate(text: &str, offset: usize) -> (Option<usize>, Option<String>) {
+    let offset = offset.min(text.len());
+    let line_no = text[..offset].matches('\n').count() + 1;
+    let mut table = String::new();
+    for line in text.lines().take(line_no) {
+        let t = line.trim();
+        if t.starts_with('[') && t.ends_with(']') {
+            table = t.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+        }
+    }
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    let key = line.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_owned()).filter(|k| !k.is_empty());
+    let key = match key {
+        Some(k) if !table.is_empty() => Some(format!("{table}.{k}")),
+        Some(k) => Some(k),
+        None => {
+            let t = line.trim();
+            (t.starts_with('[') && t.ends_with(']')).then(|| t.trim_matches(|c| c == '[' || c == ']').to_owned())
+        }
+    };
+    (Some(line_no), key)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    check: Option<String>,
+    check_timeout: Option<Spanned<String>>,
+    coordination: Option<RawCoordination>,
+    hook: Option<RawHook>,
+    fix: Option<RawFix>,
+    retry: Option<RawRetry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCoordination {
+    scope: Option<Scope>,
+    #[serde(rename = "match")]
+    matching: Option<Match>,
+    wait: Option<Spanned<String>>,
+    stale_after: Option<Spanned<String>>,
+    max_fix_attempts: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHook {
+    wait: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFix {
+    command: Option<String>,
+    cost: Option<Spanned<f64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    attempts: Option<Spanned<u32>>,
+    refresh: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let mut c = Config::default();
+        c.layer(text, Path::new("/r/.buildlock.toml")).map(|()| c)
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = Config::default();
+        assert_eq!(c.check, None);
+        assert_eq!(c.check_timeout, Duration::from_secs(1800));
+        assert_eq!((c.scope, c.matching), (Scope::Repo, Match::Any));
+        assert_eq!((c.wait, c.stale_after), (Duration::from_secs(300), Duration::from_secs(900)));
+        assert_eq!((c.max_fix_attempts, c.retry_attempts), (3, 3));
+        assert!(c.hook_wait);
+        assert_eq!((c.fix_command, c.fix_cost, c.retry_refresh), (None, 0.0, None));
+    }
+
+    #[test]
+    fn reads_every_key() {
+        let c = parse(
+            r#"
+check = "cargo test --quiet"
+check_timeout = "10m"
+[coordination]
+scope = "commit"
+match = "signature"
+wait = "90s"
+stale_after = "1h"
+max_fix_attempts = 5
+[hook]
+wait = false
+[fix]
+command = "./fix.sh"
+cost = 0.5
+[retry]
+attempts = 7
+refresh = "git rebase main"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.check.as_deref(), Some("cargo test --quiet"));
+        assert_eq!(c.check_timeout, Duration::from_secs(600));
+        assert_eq!((c.scope, c.matching), (Scope::Commit, Match::Signature));
+        assert_eq!((c.wait, c.stale_after), (Duration::from_secs(90), Duration::from_secs(3600)));
+        assert_eq!((c.max_fix_attempts, c.hook_wait), (5, false));
+        assert_eq!((c.fix_command.as_deref(), c.fix_cost), (Some("./fix.sh"), 0.5));
+        assert_eq!((c.retry_attempts, c.retry_refresh.as_deref()), (7, Some("git rebase main")));
+    }
+
+    #[test]
+    fn later_layers_win_key_by_key() {
+        let mut c = Config::default();
+        c.layer("check = \"a\"\n[coordination]\nwait = \"1m\"\n", Path::new("/u")).unwrap();
+        c.layer("[coordination]\nwait = \"2m\"\n", Path::new("/r")).unwrap();
+        assert_eq!((c.check.as_deref(), c.wait), (Some("a"), Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = parse("check = \"x\"\n[coordination]\nwiat = \"5m\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("coordination.wiat")));
+        assert!(e.message.contains("unknown field"), "{e}");
+        assert!(e.to_string().starts_with("configuration error in /r/.buildlock.toml line 3"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = parse("[retry]\nattempts = \"three\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("retry.attempts")));
+        let e = parse("[hook]\nwait = 1\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("hook.wait"));
+        let e = parse("[coordination]\nscope = \"galaxy\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("coordination.scope"));
+    }
+
+    #[test]
+    fn bad_duration_names_the_key() {
+        let e = parse("\n[coordination]\nwait = \"5 minutes\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("coordination.wait")));
+        assert!(e.message.contains("bad duration"), "{e}");
+        let e = parse("check_timeout = \"0s\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("check_timeout"));
+    }
+
+    #[test]
+    fn out_of_range_values_are_rejected() {
+        assert!(parse("[coordination]\nmax_fix_attempts = 0\n").is_err());
+        assert!(parse("[retry]\nattempts = 0\n").is_err());
+        assert!(parse("[fix]\ncost = -1.0\n").is_err());
+        assert!(parse("[coordination]\nstale_after = \"0ms\"\n").is_err());
+    }
+
+    #[test]
+    fn syntax_errors_carry_a_line() {
+        let e = parse("check = \"x\"\n[coordination\n").unwrap_err();
+        assert_eq!(e.line, Some(2));
+    }
+
+    #[test]
+    fn empty_strings_mean_unset() {
+        let c = parse("check = \"\"\n[fix]\ncommand = \"  \"\n").unwrap();
+        assert_eq!((c.check, c.fix_command), (None, None));
+    }
+}

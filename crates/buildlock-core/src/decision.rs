@@ -1,0 +1,70 @@
+//! The hook's decision, handed to the commit-retry that started it.
+//!
+//! commit-retry sets `BUILDLOCK_DECISION` to a file path for the `git commit` it runs; the hook
+//! writes what it decided there. commit-retry then knows for certain whether the hook rejected the
+//! commit and why, instead of guessing from git's output: no file means git failed on its own.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The check passed (or there was nothing to check).
+    Pass,
+    /// The check failed and this agent is the fixer.
+    Fix,
+    /// The check failed and another agent is fixing.
+    Wait,
+    /// The fixer failed `max_fix_attempts` times and gave the role up.
+    GaveUp,
+    /// The check failed with coordination off (`BUILDLOCK=0`).
+    Failed,
+    /// The configuration is wrong.
+    ConfigError,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub key: Option<String>,
+    pub base: Option<String>,
+    pub generation: Option<u64>,
+    pub fixer: Option<String>,
+    pub since: Option<u64>,
+    /// The failure log of this agent's check.
+    pub log: Option<PathBuf>,
+    pub signature: Option<String>,
+    pub attempts: Option<u32>,
+}
+
+impl Decision {
+    pub fn new(verdict: Verdict) -> Decision {
+        Decision {
+            verdict,
+            key: None,
+            base: None,
+            generation: None,
+            fixer: None,
+            since: None,
+            log: None,
+            signature: None,
+            attempts: None,
+        }
+    }
+
+    /// Writes the decision where commit-retry asked for it, if it did.
+    pub fn hand_over(&self) {
+        if let Some(path) = crate::env::decision_file() {
+            if let Ok(json) = serde_json::to_vec(self) {
+                if let Err(e) = std::fs::write(&path, json) {
+                    crate::say::warn(format!("cannot hand the decision to commit-retry at {}: {e}", path.display()));
+                }
+            }
+        }
+    }
+
+    pub fn read(path: &Path) -> Option<Decision> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+}

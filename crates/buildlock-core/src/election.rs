@@ -1,0 +1,166 @@
+//! The locks: the only module that takes one.
+//!
+//! Locks are advisory `flock`s (through fd-lock) on empty files that are never deleted, renamed or
+//! truncated. The kernel frees a dead holder's lock at once, so a crashed process never leaves a
+//! stale lock. Files are opened with `O_CLOEXEC` (Rust's default), so children never inherit one.
+//!
+//! - The election lock (`locks/election.lock`) is held only for one read-decide-write step.
+//! - A key's fixer lock (`locks/<key>.fixer`) is held by commit-retry for a whole fix: while it is
+//!   held the fixer is alive; once free, a registered fixer is dead.
+//!
+//! After locking, the file at the path must still be the file we locked: if the directory was
+//! removed or the file replaced, another process could lock the new file and two "holders" would
+//! coexist, so we start over on the file now at the path.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A held exclusive lock. Dropping it closes the file, which releases the lock.
+#[must_use = "the lock is released when this is dropped"]
+#[derive(Debug)]
+pub struct Lock {
+    path: PathBuf,
+    // The guard is forgotten after locking: an flock lives as long as the open file description,
+    // which this value owns, so closing it on drop is the unlock.
+    _file: fd_lock::RwLock<File>,
+}
+
+impl Lock {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Takes the lock if nobody holds it: `Ok(None)` when someone does.
+    pub fn try_acquire(path: &Path) -> io::Result<Option<Lock>> {
+        for _ in 0..8 {
+            let file = open(path)?;
+            let opened = file.metadata().map(|m| (m.dev(), m.ino())).map_err(|e| with_path(e, path))?;
+            let mut lock = fd_lock::RwLock::new(file);
+            match lock.try_write() {
+                Ok(guard) => std::mem::forget(guard),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(with_path(e, path)),
+            }
+            if std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == opened) {
+                return Ok(Some(Lock { path: path.to_owned(), _file: lock }));
+            }
+        }
+        Err(io::Error::other(format!("{} keeps being replaced while we lock it", path.display())))
+    }
+
+    /// Takes the lock, polling with backoff for at most `timeout`; `on_wait` is called once when
+    /// the lock is found held for longer than a moment. `Ok(None)` when the time ran out.
+    pub fn acquire(path: &Path, timeout: Duration, mut on_wait: impl FnMut()) -> io::Result<Option<Lock>> {
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(1);
+        let mut told = false;
+        loop {
+            if let Some(lock) = Self::try_acquire(path)? {
+                return Ok(Some(lock));
+            }
+            let waited = start.elapsed();
+            if waited >= timeout {
+                return Ok(None);
+            }
+            if !told && waited >= Duration::from_secs(1) {
+                told = true;
+                on_wait();
+            }
+            std::thread::sleep(delay.min(timeout - waited) + crate::wait::jitter(delay / 2));
+            delay = (delay * 2).min(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Whether nobody holds the lock at `path` right now. A missing file is free.
+pub fn is_free(path: &Path) -> io::Result<bool> {
+    if !path.exists() {
+        return Ok(true);
+    }
+    Ok(Lock::try_acquire(path)?.is_some())
+}
+
+/// Whether locking really works in `dir`: a second handle in the same process must be refused
+/// while the first holds the lock. Fails on file systems that fake or ignore flock (NFS, some
+/// container file systems).
+pub fn locking_works(dir: &Path) -> io::Result<bool> {
+    let path = dir.join("locks").join("probe.lock");
+    let Some(_held) = Lock::try_acquire(&path)? else {
+        // Someone else is probing right now: that refusal is itself proof.
+        return Ok(true);
+    };
+    Ok(Lock::try_acquire(&path)?.is_none())
+}
+
+fn open(path: &Path) -> io::Result<File> {
+    let open = || OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path);
+    match open() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| with_path(e, parent))?;
+            }
+            open().map_err(|e| with_path(e, path))
+        }
+        other => other.map_err(|e| with_path(e, path)),
+    }
+}
+
+fn with_path(e: io::Error, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_holder_is_refused_until_the_first_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks/a.lock");
+        let first = Lock::try_acquire(&path).unwrap().expect("free at first");
+        assert!(Lock::try_acquire(&path).unwrap().is_none());
+        assert!(!is_free(&path).unwrap());
+        drop(first);
+        assert!(is_free(&path).unwrap());
+        assert!(Lock::try_acquire(&path).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_lock_file_replaced_while_held_is_not_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks/a.lock");
+        let _first = Lock::try_acquire(&path).unwrap().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        // The new file at the path is a different lock; taking it is right, and it is checked.
+        let second = Lock::try_acquire(&path).unwrap().unwrap();
+        assert!(second.path().exists());
+    }
+
+    #[test]
+    fn acquire_gives_up_after_its_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.lock");
+        let _held = Lock::try_acquire(&path).unwrap().unwrap();
+        let start = Instant::now();
+        assert!(Lock::acquire(&path, Duration::from_millis(120), || {}).unwrap().is_none());
+        assert!(start.elapsed() >= Duration::from_millis(120));
+    }
+
+    #[test]
+    fn locking_works_here() {
+        assert!(locking_works(tempfile::tempdir().unwrap().path()).unwrap());
+    }
+
+    #[test]
+    fn lock_files_are_created_with_their_folder_and_never_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deep/er/x.lock");
+        drop(Lock::try_acquire(&path).unwrap().unwrap());
+        std::fs::write(&path, b"keep").unwrap();
+        drop(Lock::try_acquire(&path).unwrap().unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"keep");
+    }
+}

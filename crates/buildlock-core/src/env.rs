@@ -1,0 +1,84 @@
+//! The one module that reads environment variables.
+//!
+//! Public ones are in the contract: `BUILDLOCK` (`0` turns coordination off), `BUILDLOCK_AGENT`,
+//! `BUILD_FLAVOR`, `BUILDLOCK_CONFIG`, `NO_COLOR`. The others are between buildlock's own programs
+//! or for tests:
+//! - `BUILDLOCK_DECISION`: set by commit-retry for the hook it runs through `git commit`; the hook
+//!   writes its decision there and leaves the waiting to commit-retry;
+//! - `BUILDLOCK_POLL`: the waiting poll interval (a duration; default 100ms);
+//! - `BUILDLOCK_FAULT`: `point[:action]`, a fault to inject at a named point (see `fault.rs`).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn var_os(name: &str) -> Option<OsString> {
+    std::env::var_os(name).filter(|v| !v.is_empty())
+}
+
+/// `BUILDLOCK=0` (or `false`, `off`, `no`): the check runs but nothing is coordinated.
+pub fn coordination_enabled() -> bool {
+    !matches!(var("BUILDLOCK").as_deref(), Some("0" | "false" | "off" | "no"))
+}
+
+/// The agent's id: `BUILDLOCK_AGENT`, else `BUILD_FLAVOR`, else `<hostname>:<work tree path>`.
+pub fn agent_id(worktree: &Path) -> String {
+    var("BUILDLOCK_AGENT")
+        .or_else(|| var("BUILD_FLAVOR"))
+        .unwrap_or_else(|| format!("{}:{}", crate::process::hostname(), worktree.display()))
+}
+
+pub fn config_file() -> Option<PathBuf> {
+    var_os("BUILDLOCK_CONFIG").map(PathBuf::from)
+}
+
+pub fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+}
+
+pub fn home_dir() -> Option<PathBuf> {
+    var_os("HOME").map(PathBuf::from)
+}
+
+pub const DECISION_VAR: &str = "BUILDLOCK_DECISION";
+
+pub fn decision_file() -> Option<PathBuf> {
+    var_os(DECISION_VAR).map(PathBuf::from)
+}
+
+/// How often waiters look at the state.
+pub fn poll_interval() -> Duration {
+    var("BUILDLOCK_POLL")
+        .and_then(|v| crate::time::parse_duration(&v).ok())
+        .unwrap_or(Duration::from_millis(100))
+        .max(Duration::from_millis(5))
+}
+
+pub fn fault() -> Option<String> {
+    var("BUILDLOCK_FAULT")
+}
+
+/// `$TMPDIR` when it is set to something other than `/tmp`, for failure normalisation.
+pub fn temp_dir_prefix() -> &'static Option<String> {
+    static TMP: OnceLock<Option<String>> = OnceLock::new();
+    TMP.get_or_init(|| {
+        var("TMPDIR")
+            .map(|t| format!("{}/", t.trim_end_matches('/')))
+            .filter(|t| t.len() > 1 && t != "/tmp/")
+    })
+}
+
+/// The index git is committing: `GIT_INDEX_FILE` as git handed it to the hook, relative paths
+/// taken from the current directory (the top of the work tree in a hook).
+pub fn git_index_file() -> Option<PathBuf> {
+    var_os("GIT_INDEX_FILE").map(PathBuf::from)
+}
+
+pub fn git_dir_set() -> bool {
+    var_os("GIT_DIR").is_some()
+}

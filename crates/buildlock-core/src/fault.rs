@@ -1,0 +1,19 @@
+//! Fault injection at named points, for the fault suite: `BUILDLOCK_FAULT=point[:action]`.
+//!
+//! Points: `election` (election lock taken, state not yet written), `state-write` (temp file
+//! written, not yet renamed), `check` (check started), `fix` (fix command started), `wait`
+//! (a waiter started waiting). Actions: `kill` (SIGKILL ourselves, the default), `stop` (SIGSTOP
+//! ourselves), `hang` (sleep for an hour).
+
+pub fn point(name: &str) {
+    let Some(spec) = crate::env::fault() else { return };
+    let (at, action) = spec.split_once(':').unwrap_or((spec.as_str(), "kill"));
+    if at != name {
+        return;
+    }
+    match action {
+        "stop" => crate::process::raise(libc::SIGSTOP),
+        "hang" => std::thread::sleep(std::time::Duration::from_secs(3600)),
+        _ => crate::process::raise(libc::SIGKILL),
+    }
+}

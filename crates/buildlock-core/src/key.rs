@@ -1,0 +1,58 @@
+//! What one fixer covers: the key.
+//!
+//! `scope` gives the base key: `repo`, the current branch name, or the HEAD commit id. With
+//! `match = "signature"` the key is `<base>#<signature>`, so two different breakages get two
+//! fixers.
+
+use crate::config::{Config, Match, Scope};
+use crate::repo::Repo;
+
+pub fn base(config: &Config, repo: &Repo) -> String {
+    match config.scope {
+        Scope::Repo => "repo".to_owned(),
+        Scope::Branch => repo.branch(),
+        Scope::Commit => repo.head_commit(),
+    }
+}
+
+pub fn for_failure(base: &str, matching: Match, signature: &str) -> String {
+    match matching {
+        Match::Any => base.to_owned(),
+        Match::Signature => format!("{base}#{signature}"),
+    }
+}
+
+/// A file name for `key`: the key itself when it is a safe name, else a sanitised form with a
+/// hash of the whole key, so that different keys never share a file.
+pub fn file_stem(key: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    let plain = key.len() <= 64 && key.chars().all(safe) && !key.starts_with('.');
+    if plain {
+        return key.to_owned();
+    }
+    let cleaned: String = key.chars().map(|c| if safe(c) { c } else { '_' }).take(48).collect();
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    format!("{}-{:08x}", cleaned.trim_start_matches('.'), hash as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_keys_extend_the_base() {
+        assert_eq!(for_failure("repo", Match::Any, "abc"), "repo");
+        assert_eq!(for_failure("main", Match::Signature, "abc"), "main#abc");
+    }
+
+    #[test]
+    fn file_stems_are_safe_and_distinct() {
+        assert_eq!(file_stem("repo"), "repo");
+        let a = file_stem("feature/x");
+        let b = file_stem("feature_x");
+        assert_ne!(a, b);
+        assert!(!a.contains('/'));
+        assert!(!file_stem("../../etc").starts_with('.'));
+        assert!(file_stem(&"x".repeat(300)).len() < 64);
+    }
+}

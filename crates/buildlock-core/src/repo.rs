@@ -1,0 +1,104 @@
+//! The repository as git hands it to a hook, found in process with git2 (no git subprocess on the
+//! hot path).
+//!
+//! - The work tree: what git says, or, when `GIT_DIR` is set without a work tree (git's own rule
+//!   for hooks in linked worktrees), the current directory. Run by hand from a subfolder, the
+//!   repository is discovered upwards from the current directory.
+//! - The common dir: shared by every linked worktree, so they share one coordination domain; a
+//!   submodule has its own.
+//! - The index git is committing: `GIT_INDEX_FILE` when git set it (`commit -a` and
+//!   `commit -- <path>` use a temporary index), never replaced by the default index.
+
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+
+pub struct Repo {
+    pub worktree: PathBuf,
+    pub git_dir: PathBuf,
+    pub common_dir: PathBuf,
+    repo: git2::Repository,
+}
+
+impl Repo {
+    /// The repository of the current directory, honouring `GIT_DIR`, `GIT_WORK_TREE`,
+    /// `GIT_COMMON_DIR`, `GIT_INDEX_FILE` and `GIT_CEILING_DIRECTORIES` as git does.
+    pub fn discover() -> Result<Repo> {
+        let cwd = std::env::current_dir().context("cannot read the current directory")?;
+        let repo = git2::Repository::open_from_env().map_err(|e| {
+            anyhow::anyhow!(
+                "{} is not inside a git repository ({}); run this from a work tree",
+                cwd.display(),
+                e.message()
+            )
+        })?;
+        let worktree = match repo.workdir() {
+            Some(dir) => dir.to_owned(),
+            None if crate::env::git_dir_set() && !repo.is_bare() => cwd.clone(),
+            None => bail!(
+                "{} is a bare repository without a work tree: buildlock coordinates commits made in \
+                 work trees; run it inside one (git worktree add …)",
+                repo.path().display()
+            ),
+        };
+        let clean = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_owned());
+        Ok(Repo {
+            worktree: clean(&worktree),
+            git_dir: clean(repo.path()),
+            common_dir: clean(repo.commondir()),
+            repo,
+        })
+    }
+
+    /// The current branch name; `HEAD` when detached.
+    pub fn branch(&self) -> String {
+        match self.repo.head() {
+            Ok(head) if head.is_branch() => head.shorthand().unwrap_or("HEAD").to_owned(),
+            Ok(_) => "HEAD".to_owned(),
+            // Unborn branch: HEAD points at a ref that does not exist yet.
+            Err(_) => self
+                .repo
+                .find_reference("HEAD")
+                .ok()
+                .and_then(|r| r.symbolic_target().map(|t| t.trim_start_matches("refs/heads/").to_owned()))
+                .unwrap_or_else(|| "HEAD".to_owned()),
+        }
+    }
+
+    /// The HEAD commit id; `unborn` before the first commit.
+    pub fn head_commit(&self) -> String {
+        self.repo
+            .head()
+            .ok()
+            .and_then(|h| h.target())
+            .map_or_else(|| "unborn".to_owned(), |oid| oid.to_string())
+    }
+
+    /// The index this commit is made from.
+    pub fn index_file(&self) -> PathBuf {
+        match crate::env::git_index_file() {
+            Some(p) if p.is_relative() => std::env::current_dir().map(|d| d.join(&p)).unwrap_or(p),
+            Some(p) => p,
+            None => self.git_dir.join("index"),
+        }
+    }
+
+    /// The paths staged in the index this commit is made from (what git will commit).
+    pub fn staged_paths(&self) -> Result<Vec<String>> {
+        let path = self.index_file();
+        let index = git2::Index::open(&path).with_context(|| format!("cannot read the index {}", path.display()))?;
+        let tree = self.repo.head().ok().and_then(|h| h.peel_to_tree().ok());
+        let diff = self
+            .repo
+            .diff_tree_to_index(tree.as_ref(), Some(&index), None)
+            .context("cannot compare HEAD with the index")?;
+        Ok(diff
+            .deltas()
+            .filter_map(|d| d.new_file().path().or(d.old_file().path()).map(|p| p.to_string_lossy().into_owned()))
+            .collect())
+    }
+
+    /// Where buildlock keeps its coordination files.
+    pub fn buildlock_dir(&self) -> PathBuf {
+        self.common_dir.join("buildlock")
+    }
+}

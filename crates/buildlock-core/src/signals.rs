@@ -1,0 +1,33 @@
+//! SIGINT, SIGTERM and SIGHUP become a flag that the loops poll, so that buildlock can stop the
+//! check's process group, leave no lock behind and exit 128+n.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+
+static PENDING: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(signal: libc::c_int) {
+    PENDING.store(signal, Ordering::SeqCst);
+}
+
+/// Installs the handlers. Idempotent.
+pub fn install() {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores into an atomic, which is async-signal-safe; the
+        // sigaction struct is fully initialised.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+    }
+}
+
+/// The signal received, if any.
+pub fn pending() -> Option<i32> {
+    match PENDING.load(Ordering::SeqCst) {
+        0 => None,
+        n => Some(n),
+    }
+}

@@ -1,0 +1,382 @@
+//! Failure signatures: a stable hash of a failure's output after normalisation.
+//!
+//! Two agents in different worktrees, on different machines, at different times, that hit the same
+//! error must get the same signature; different errors should get different ones. The hash is
+//! FNV-1a 64 over the normalised text, written as 16 lowercase hex digits: it depends on nothing
+//! but the bytes, so it is the same on every machine and every version of buildlock.
+//!
+//! Normalisation, in order:
+//! 1. bytes are read as UTF-8 (invalid sequences replaced); ANSI escape sequences are removed; of a
+//!    line rewritten with `\r` (progress bars) only the last rewrite is kept;
+//! 2. the work tree's absolute path becomes `<worktree>` and the home directory `~`;
+//! 3. in each line: temp paths (`/tmp/…`, `/var/tmp/…`, `/var/folders/…`, `$TMPDIR/…`) become
+//!    `<tmp>`; `0x…` addresses `<addr>`; hex runs of 8 or more with a digit in them (hashes, build
+//!    ids) `<hex>`; clock times `<time>`; dates `<date>`; durations (`0.52s`, `12 ms`, `1.5min`,
+//!    and the number after `duration`/`elapsed` keys) `<dur>`; a Rust panic's thread id `<tid>`;
+//! 4. runs of three or more `=`, `-`, `_`, `*`, `#` or `~` shrink to three (test runners pad
+//!    their banners to a width that depends on the durations in them); whitespace runs become one
+//!    space; lines are trimmed;
+//! 5. lines that carry no failure are dropped: empty lines, build progress (`Compiling`,
+//!    `Finished`, `Running`, …), passing tests (`… ok`), package-manager notices and test-runner
+//!    headers that name tool versions;
+//! 6. the remaining lines are sorted and deduplicated, so that parallel test runners printing in a
+//!    different order give the same signature.
+
+use std::path::Path;
+
+/// The signature of a failure's output: 16 hex digits.
+pub fn signature(output: &[u8], worktree: &Path, home: Option<&Path>) -> String {
+    let normalised = normalise(output, worktree, home);
+    format!("{:016x}", fnv1a64(normalised.as_bytes()))
+}
+
+/// The normalised text that the signature hashes (one line per distinct failure line, sorted).
+pub fn normalise(output: &[u8], worktree: &Path, home: Option<&Path>) -> String {
+    let text = strip_ansi(&String::from_utf8_lossy(output));
+    let mut roots: Vec<(String, &str)> = Vec::new();
+    let mut add_root = |path: &Path, with: &'static str| {
+        let s = path.to_string_lossy().trim_end_matches('/').to_owned();
+        if s.len() > 1 && !roots.iter().any(|(r, _)| *r == s) {
+            roots.push((s, with));
+        }
+    };
+    add_root(worktree, "<worktree>");
+    if let Ok(real) = worktree.canonicalize() {
+        add_root(&real, "<worktree>");
+    }
+    if let Some(home) = home {
+        add_root(home, "~");
+    }
+    // Longest first, so that a work tree inside the home directory becomes `<worktree>`.
+    roots.sort_by_key(|(r, _)| std::cmp::Reverse(r.len()));
+
+    let mut lines: Vec<String> = text
+        .lines()
+        .map(|line| line.rsplit('\r').next().unwrap_or(line))
+        .map(|line| {
+            let mut line = line.to_owned();
+            for (root, with) in &roots {
+                line = line.replace(root.as_str(), with);
+            }
+            normalise_line(&line)
+        })
+        .filter(|line| !is_noise(line))
+        .collect();
+    lines.sort();
+    lines.dedup();
+    lines.join("\n")
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// Removes CSI (`ESC [ … final`), OSC (`ESC ] … BEL|ESC \`) and two-byte escapes.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('[') => {
+                for c in chars.by_ref() {
+                    if ('\x40'..='\x7e').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            Some(']') => {
+                while let Some(c) = chars.next() {
+                    if c == '\x07' || (c == '\x1b' && chars.next_if_eq(&'\\').is_some()) {
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+const TEMP_PREFIXES: &[&str] =
+    &["/tmp/", "/var/tmp/", "/var/folders/", "/private/var/folders/", "/private/tmp/"];
+const DURATION_UNITS: &[&str] = &[
+    "ns", "us", "µs", "ms", "s", "sec", "secs", "second", "seconds", "m", "min", "mins", "minute",
+    "minutes", "h", "hr", "hrs", "hour", "hours",
+];
+const DURATION_KEYS: &[&str] = &["duration", "duration_ms", "elapsed", "time_ms", "elapsed_ms"];
+
+fn normalise_line(line: &str) -> String {
+    let temp_dir = crate::env::temp_dir_prefix();
+    let chars: Vec<char> = line.chars().collect();
+    let mut out = String::with_capacity(line.len());
+    let mut i = 0;
+    let mut last_word = String::new();
+    while i < chars.len() {
+        let rest: String = chars[i..].iter().take(24).collect();
+        let at_boundary = i == 0 || !is_word(chars[i - 1]);
+        // Temp paths, up to the next delimiter.
+        if chars[i] == '/'
+            && (TEMP_PREFIXES.iter().any(|p| rest.starts_with(p))
+                || temp_dir.as_deref().is_some_and(|t| starts_with_at(&chars, i, t)))
+        {
+            while i < chars.len() && !is_path_end(chars[i]) {
+                i += 1;
+            }
+            out.push_str("<tmp>");
+            continue;
+        }
+        if at_boundary && chars[i].is_ascii_digit() {
+            if let Some((len, tag)) = classify_number(&chars[i..], &last_word) {
+                out.push_str(tag);
+                i += len;
+                continue;
+            }
+        }
+        if at_boundary && chars[i].is_ascii_hexdigit() {
+            let len = chars[i..].iter().take_while(|c| c.is_ascii_alphanumeric()).count();
+            let word = &chars[i..i + len];
+            if len >= 8
+                && word.iter().all(|c| c.is_ascii_hexdigit())
+                && word.iter().any(|c| c.is_ascii_digit())
+            {
+                out.push_str("<hex>");
+                i += len;
+                continue;
+            }
+        }
+        if is_word(chars[i]) {
+            let len = chars[i..].iter().take_while(|c| is_word(**c)).count();
+            last_word = chars[i..i + len].iter().collect();
+            out.extend(&chars[i..i + len]);
+            i += len;
+            continue;
+        }
+        if !matches!(chars[i], ':' | '=' | ' ' | '\t') {
+            last_word.clear();
+        }
+        out.push(chars[i]);
+        i += 1;
+    }
+    let out = thread_id(&out);
+    squeeze(&out)
+}
+
+fn is_word(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
+}
+
+fn is_path_end(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '\'' | '"' | '`' | ')' | '(' | ',' | ':' | ';' | '>' | '<')
+}
+
+fn starts_with_at(chars: &[char], i: usize, prefix: &str) -> bool {
+    let mut it = chars[i..].iter();
+    prefix.chars().all(|p| it.next() == Some(&p))
+}
+
+/// At a digit that starts a word: the length of what it stands for and its placeholder.
+fn classify_number(chars: &[char], last_word: &str) -> Option<(usize, &'static str)> {
+    let digits = |from: usize| chars[from..].iter().take_while(|c| c.is_ascii_digit()).count();
+    let at = |i: usize| chars.get(i).copied();
+    // 0x… addresses.
+    if at(0) == Some('0') && matches!(at(1), Some('x' | 'X')) {
+        let len = 2 + chars[2..].iter().take_while(|c| c.is_ascii_hexdigit()).count();
+        if len > 2 {
+            return Some((len, "<addr>"));
+        }
+    }
+    let n = digits(0);
+    // Dates: 2026-11-22, optionally followed by a time.
+    if n == 4 && at(4) == Some('-') && digits(5) == 2 && at(7) == Some('-') && digits(8) == 2 {
+        let mut len = 10;
+        if matches!(at(10), Some('T' | ' ')) && digits(11) == 2 && at(13) == Some(':') {
+            len = 11 + time_len(&chars[11..]).unwrap_or(0);
+            if len == 11 {
+                len = 10;
+            }
+            while at(len).is_some_and(|c| c.is_ascii_digit() || matches!(c, 'Z' | '+' | ':' | '.')) {
+                len += 1;
+            }
+        }
+        return Some((len, "<date>"));
+    }
+    if let Some(len) = time_len(chars) {
+        return Some((len, "<time>"));
+    }
+    // A number, maybe with a fraction.
+    let mut len = n;
+    if at(len) == Some('.') && digits(len + 1) > 0 {
+        len += 1 + digits(len + 1);
+    }
+    if DURATION_KEYS.contains(&last_word.to_ascii_lowercase().as_str()) {
+        return Some((len, "<dur>"));
+    }
+    // A unit right after it (or after one space) makes it a duration.
+    let unit_start = if at(len) == Some(' ') { len + 1 } else { len };
+    let unit_len = chars[unit_start..].iter().take_while(|c| c.is_alphabetic()).count();
+    if unit_len > 0 {
+        let unit: String = chars[unit_start..unit_start + unit_len].iter().collect();
+        let bounded = !at(unit_start + unit_len).is_some_and(|c| is_word(c));
+        if bounded && DURATION_UNITS.contains(&unit.as_str()) {
+            return Some((unit_start + unit_len, "<dur>"));
+        }
+    }
+    None
+}
+
+/// `12:34:56` or `1:02:03.456`.
+fn time_len(chars: &[char]) -> Option<usize> {
+    let digits = |from: usize| chars.get(from..).map_or(0, |s| s.iter().take_while(|c| c.is_ascii_digit()).count());
+    let h = digits(0);
+    if !(1..=2).contains(&h) || chars.get(h) != Some(&':') || digits(h + 1) != 2 {
+        return None;
+    }
+    let m_end = h + 3;
+    if chars.get(m_end) != Some(&':') || digits(m_end + 1) != 2 {
+        return None;
+    }
+    let mut len = m_end + 3;
+    if chars.get(len) == Some(&'.') && digits(len + 1) > 0 {
+        len += 1 + digits(len + 1);
+    }
+    Some(len)
+}
+
+/// `thread 'main' (3873) panicked` → `thread 'main' (<tid>) panicked`.
+fn thread_id(line: &str) -> String {
+    let Some(start) = line.find("thread '") else { return line.to_owned() };
+    let Some(close) = line[start + 8..].find("' (").map(|i| start + 8 + i + 3) else {
+        return line.to_owned();
+    };
+    let digits = line[close..].bytes().take_while(u8::is_ascii_digit).count();
+    if digits > 0 && line[close + digits..].starts_with(')') {
+        format!("{}<tid>{}", &line[..close], &line[close + digits..])
+    } else {
+        line.to_owned()
+    }
+}
+
+/// Shrinks banner padding and whitespace, and trims.
+fn squeeze(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut prev: Option<char> = None;
+    let mut run = 0;
+    for c in line.trim().chars() {
+        if c.is_whitespace() {
+            if prev != Some(' ') {
+                out.push(' ');
+            }
+            prev = Some(' ');
+            run = 0;
+            continue;
+        }
+        run = if Some(c) == prev { run + 1 } else { 1 };
+        prev = Some(c);
+        if run <= 3 || !matches!(c, '=' | '-' | '_' | '*' | '#' | '~') {
+            out.push(c);
+        }
+    }
+    out
+}
+
+const PROGRESS_WORDS: &[&str] = &[
+    "Compiling", "Checking", "Finished", "Running", "Downloading", "Downloaded", "Updating",
+    "Fresh", "Blocking", "Building", "Locking", "Adding", "Doc-tests", "Documenting", "Packaging",
+    "Verifying", "Installing", "Removing", "Resolving", "Waiting", "Fetching", "Unpacking",
+];
+const NOISE_PREFIXES: &[&str] = &[
+    "npm warn", "npm WARN", "npm notice", "npm info", "platform ", "rootdir:", "configfile:",
+    "plugins:", "cachedir:", "collected ", "running ", "> ",
+];
+
+fn is_noise(line: &str) -> bool {
+    if line.is_empty() {
+        return true;
+    }
+    let first = line.split(' ').next().unwrap_or("");
+    PROGRESS_WORDS.contains(&first)
+        || NOISE_PREFIXES.iter().any(|p| line.starts_with(p))
+        || line.ends_with(" ... ok")
+        || line.ends_with(" ... ignored")
+        || line.starts_with("ok ")
+        || line.ends_with(" PASSED")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/signature").join(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    fn sig(tool: &str, wt: &str) -> String {
+        signature(&fixture(&format!("{tool}.{wt}.out")), Path::new(&format!("/tmp/sigfx/{wt}")), None)
+    }
+
+    const TOOLS: &[&str] = &["cargo-test", "cargo-build", "npm-test", "pytest", "make"];
+
+    #[test]
+    fn same_failure_in_two_worktrees_has_one_signature() {
+        for tool in TOOLS {
+            let (a, b) = (sig(tool, "wt-alpha"), sig(tool, "wt-beta-long-name"));
+            assert_eq!(a, b, "{tool}: worktree path, times or ids leaked into the signature");
+        }
+    }
+
+    #[test]
+    fn different_failures_have_different_signatures() {
+        let sigs: std::collections::BTreeSet<String> = TOOLS.iter().map(|t| sig(t, "wt-alpha")).collect();
+        assert_eq!(sigs.len(), TOOLS.len());
+    }
+
+    #[test]
+    fn signature_is_stable_across_versions() {
+        // Pinned (FNV-1a 64 of "error: boom", computed independently): a change here breaks
+        // agreement between agents running different versions.
+        assert_eq!(signature(b"error: boom\n", Path::new("/w"), None), "fec0e2390acfa444");
+        assert_eq!(sig("cargo-build", "wt-alpha").len(), 16);
+    }
+
+    #[test]
+    fn a_different_assertion_changes_the_signature() {
+        let out = fixture("cargo-test.wt-alpha.out");
+        let changed = String::from_utf8_lossy(&out).replace("right: 5", "right: 6");
+        assert_ne!(signature(&out, Path::new("/tmp/sigfx/wt-alpha"), None),
+                   signature(changed.as_bytes(), Path::new("/tmp/sigfx/wt-alpha"), None));
+    }
+
+    #[test]
+    fn normalises_the_documented_forms() {
+        let wt = Path::new("/home/u/wt");
+        let n = |s: &str| normalise(s.as_bytes(), wt, Some(Path::new("/home/u")));
+        assert_eq!(n("\x1b[1m\x1b[91merror\x1b[0m: x"), "error: x");
+        assert_eq!(n("at /home/u/wt/src/a.rs:3"), "at <worktree>/src/a.rs:3");
+        assert_eq!(n("see /home/u/.cargo/x"), "see ~/.cargo/x");
+        assert_eq!(n("open /tmp/.tmpAbC12/f.txt: denied"), "open <tmp>: denied");
+        assert_eq!(n("ptr 0x7ffd5e8 bad"), "ptr <addr> bad");
+        assert_eq!(n("build deadbeef12 failed"), "build <hex> failed");
+        assert_eq!(n("at 12:34:56.789 boom"), "at <time> boom");
+        assert_eq!(n("on 2026-11-22T10:00:00Z boom"), "on <date> boom");
+        assert_eq!(n("failed in 0.52s"), "failed in <dur>");
+        assert_eq!(n("took 12 ms"), "took <dur>");
+        assert_eq!(n("duration_ms: 2.8237"), "duration_ms: <dur>");
+        assert_eq!(n("thread 'main' (3873) panicked"), "thread 'main' (<tid>) panicked");
+        assert_eq!(n("==== 1 failed in 0.03s ===="), "=== 1 failed in <dur> ===");
+        assert_eq!(n("test a ... ok\ntest b ... FAILED"), "test b ... FAILED");
+        assert_eq!(n("line 42: 3 errors"), "line 42: 3 errors");
+        assert_eq!(n("b\na\nb\n\n"), "a\nb");
+        assert_eq!(n("50%\rprogress 100%"), "progress 100%");
+    }
+}

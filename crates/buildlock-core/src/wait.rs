@@ -1,0 +1,123 @@
+//! Bounded waiting for a fix: polls the key's state (one small file read) with jitter, shows who
+//! fixes and for how long, and ends as soon as the build is fixed, the role is given up, or the
+//! fixer dies or goes silent.
+//!
+//! Silence is judged on our own monotonic clock: the fixer's lease (generation, heartbeat) that
+//! did not move for a whole `stale_after` while we watched. No clocks of two hosts are compared.
+
+use std::time::{Duration, Instant};
+
+use crate::election;
+use crate::state::{Fixer, Status};
+use crate::store::{Read, Store};
+use crate::time::{self, Millis};
+use crate::{say, signals};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WaitEnd {
+    /// The key is passing again.
+    Fixed { by: Option<String> },
+    /// Nobody is fixing any more (given up, released, or the state became unreadable).
+    Broken,
+    /// The fixer's process died (its fixer lock is free).
+    FixerDied(Fixer),
+    /// The fixer's lease did not move for `stale_after`: `(generation, heartbeat)` seen silent.
+    FixerSilent(Fixer, (u64, Millis)),
+    TimedOut,
+    Signal(i32),
+    ParentGone,
+}
+
+pub struct Waiting<'a> {
+    pub store: &'a Store,
+    pub key: &'a str,
+    pub limit: Duration,
+    pub stale_after: Duration,
+    pub poll: Duration,
+    pub parent: Option<u32>,
+}
+
+pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
+    crate::fault::point("wait");
+    let start = Instant::now();
+    let mut last_lease: Option<(u64, Millis)> = None;
+    let mut lease_seen_at = Instant::now();
+    let mut last_progress: Option<Instant> = None;
+    let progress_every = if say::stderr_is_terminal() { Duration::from_secs(1) } else { Duration::from_secs(5) };
+    let end = loop {
+        if let Some(signal) = signals::pending() {
+            break WaitEnd::Signal(signal);
+        }
+        if w.parent.is_some_and(|p| p != std::os::unix::process::parent_id()) {
+            break WaitEnd::ParentGone;
+        }
+        let state = match w.store.read(w.key) {
+            Read::Missing => break WaitEnd::Fixed { by: None },
+            Read::Damaged(_) => break WaitEnd::Broken,
+            Read::Found { state, .. } => state,
+        };
+        let fixer = match (state.status, state.fixer) {
+            (Status::Passing, _) => break WaitEnd::Fixed { by: state.fixed_by },
+            (Status::Fixing, Some(f)) => f,
+            _ => break WaitEnd::Broken,
+        };
+        if fixer.registered && election::is_free(&w.store.fixer_lock_path(w.key)).unwrap_or(false) {
+            // Re-read: a fixer that just finished marks the state before it lets the lock go.
+            match w.store.read(w.key) {
+                Read::Found { state: again, .. } if again.generation == state.generation && again.status == Status::Fixing => {
+                    break WaitEnd::FixerDied(fixer);
+                }
+                _ => continue,
+            }
+        }
+        let lease = (state.generation, fixer.heartbeat);
+        if last_lease != Some(lease) {
+            last_lease = Some(lease);
+            lease_seen_at = Instant::now();
+        } else if lease_seen_at.elapsed() >= w.stale_after {
+            break WaitEnd::FixerSilent(fixer, lease);
+        }
+        let waited = start.elapsed();
+        if waited >= w.limit {
+            break WaitEnd::TimedOut;
+        }
+        if last_progress.is_none_or(|t| t.elapsed() >= progress_every) {
+            last_progress = Some(Instant::now());
+            let fixing_for = Duration::from_millis(time::now().saturating_sub(fixer.since));
+            say::progress(format!(
+                "waiting for `{}` to fix the build (fixing for {}, since {}); waited {}, giving up in {}",
+                fixer.agent,
+                time::human(fixing_for),
+                time::rfc3339(fixer.since),
+                time::human(waited),
+                time::human(w.limit - waited),
+            ));
+        }
+        std::thread::sleep(w.poll + jitter(w.poll / 4));
+    };
+    say::progress_done();
+    end
+}
+
+/// A random duration in `[0, max)`, from a small xorshift generator seeded by time and pid.
+pub fn jitter(max: Duration) -> Duration {
+    use std::cell::Cell;
+    thread_local! {
+        static SEED: Cell<u64> = Cell::new(
+            (time::now() ^ (u64::from(std::process::id()) << 32)) | 1
+        );
+    }
+    let nanos = max.as_nanos() as u64;
+    if nanos == 0 {
+        return Duration::ZERO;
+    }
+    let r = SEED.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x
+    });
+    Duration::from_nanos(r % nanos)
+}

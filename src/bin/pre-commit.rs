@@ -1,0 +1,4 @@
+//! The pre-commit hook: runs the repository's check and elects one fixer per breakage.
+fn main() {
+    std::process::exit(buildlock_core::hook::main(std::env::args_os().skip(1).collect()));
+}
