@@ -99,7 +99,10 @@ pub fn run(command: &Command, opts: Options<'_>) -> std::io::Result<Run> {
         cmd.env(k, v);
     }
     let child = cmd.spawn().map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot start `{}`: {e}", command.describe()))
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot start `{}`: {e}", command.describe()),
+        )
     })?;
     // The Command holds our copies of the pipe's write end: drop them, or we never see EOF.
     drop(cmd);
@@ -152,7 +155,10 @@ pub fn run(command: &Command, opts: Options<'_>) -> std::io::Result<Run> {
         if let Some(signal) = signals::pending() {
             break stop(Ending::Signal(signal), &exit_rx);
         }
-        if opts.parent.is_some_and(|p| p != std::os::unix::process::parent_id()) {
+        if opts
+            .parent
+            .is_some_and(|p| p != std::os::unix::process::parent_id())
+        {
             break stop(Ending::ParentGone, &exit_rx);
         }
         if (opts.cancel)() {
@@ -163,14 +169,20 @@ pub fn run(command: &Command, opts: Options<'_>) -> std::io::Result<Run> {
         }
     };
     // The command is done; a daemon it left may still hold the pipe open.
-    let mut output = out_rx.recv_timeout(Duration::from_millis(200)).unwrap_or_default();
+    let mut output = out_rx
+        .recv_timeout(Duration::from_millis(200))
+        .unwrap_or_default();
     if let Ending::TimedOut(t) = &ending {
         output.extend_from_slice(
             format!("\nbuildlock: the check was still running after {} (check_timeout) and was stopped\n", crate::time::human(*t))
                 .as_bytes(),
         );
     }
-    Ok(Run { ending, output, took: start.elapsed() })
+    Ok(Run {
+        ending,
+        output,
+        took: start.elapsed(),
+    })
 }
 
 fn ending_of(status: ExitStatus) -> Ending {
@@ -206,7 +218,9 @@ impl Capture {
     fn into_bytes(self) -> Vec<u8> {
         let mut out = self.head;
         if self.dropped > 0 {
-            out.extend_from_slice(format!("\n[buildlock: {} bytes of output omitted]\n", self.dropped).as_bytes());
+            out.extend_from_slice(
+                format!("\n[buildlock: {} bytes of output omitted]\n", self.dropped).as_bytes(),
+            );
         }
         out.extend(self.tail);
         out
@@ -233,10 +247,16 @@ mod tests {
 
     #[test]
     fn reports_pass_fail_and_output() {
-        let r = run_sh("echo out; echo err >&2; echo $BUILDLOCK_TEST_VAR", Duration::from_secs(10));
+        let r = run_sh(
+            "echo out; echo err >&2; echo $BUILDLOCK_TEST_VAR",
+            Duration::from_secs(10),
+        );
         assert_eq!(r.ending, Ending::Passed);
         assert_eq!(String::from_utf8_lossy(&r.output), "out\nerr\nv\n");
-        assert_eq!(run_sh("exit 3", Duration::from_secs(10)).ending, Ending::Failed(Some(3)));
+        assert_eq!(
+            run_sh("exit 3", Duration::from_secs(10)).ending,
+            Ending::Failed(Some(3))
+        );
     }
 
     #[test]

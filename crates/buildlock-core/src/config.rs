@@ -109,7 +109,11 @@ impl Config {
         }
         config.layer_file(&worktree.join(REPO_FILE), false)?;
         if let Some(explicit) = crate::env::config_file() {
-            let explicit = if explicit.is_relative() { worktree.join(explicit) } else { explicit };
+            let explicit = if explicit.is_relative() {
+                worktree.join(explicit)
+            } else {
+                explicit
+            };
             config.layer_file(&explicit, true)?;
         }
         Ok(config)
@@ -140,13 +144,18 @@ impl Config {
                 Some(span) => locate(text, span.start),
                 None => (None, None),
             };
-            ConfigError { file: file.to_owned(), line, key, message }
+            ConfigError {
+                file: file.to_owned(),
+                line,
+                key,
+                message,
+            }
         };
-        let raw: RawFile = toml::from_str(text).map_err(|e| err(e.span(), e.message().trim().to_owned()))?;
+        let raw: RawFile =
+            toml::from_str(text).map_err(|e| err(e.span(), e.message().trim().to_owned()))?;
 
-        let duration = |v: &Spanned<String>| {
-            parse_duration(v.get_ref()).map_err(|m| err(Some(v.span()), m))
-        };
+        let duration =
+            |v: &Spanned<String>| parse_duration(v.get_ref()).map_err(|m| err(Some(v.span()), m));
         let at_least_one = |v: &Spanned<u32>, what: &str| {
             if *v.get_ref() >= 1 {
                 Ok(*v.get_ref())
@@ -188,7 +197,10 @@ impl Config {
             }
             if let Some(v) = f.cost {
                 if !(v.get_ref().is_finite() && *v.get_ref() >= 0.0) {
-                    return Err(err(Some(v.span()), "cost must be a number of at least 0".into()));
+                    return Err(err(
+                        Some(v.span()),
+                        "cost must be a number of at least 0".into(),
+                    ));
                 }
                 self.fix_cost = *v.get_ref();
             }
@@ -210,7 +222,11 @@ fn positive(
     v: &Spanned<String>,
     err: &dyn Fn(Option<std::ops::Range<usize>>, String) -> ConfigError,
 ) -> Result<Duration, ConfigError> {
-    if d.is_zero() { Err(err(Some(v.span()), "must be longer than zero".into())) } else { Ok(d) }
+    if d.is_zero() {
+        Err(err(Some(v.span()), "must be longer than zero".into()))
+    } else {
+        Ok(d)
+    }
 }
 
 /// The user file: `config.toml` in the platform config dir for `buildlock`.
@@ -230,13 +246,17 @@ fn locate(text: &str, offset: usize) -> (Option<usize>, Option<String>) {
         }
     }
     let line = text.lines().nth(line_no - 1).unwrap_or("");
-    let key = line.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_owned()).filter(|k| !k.is_empty());
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_owned())
+        .filter(|k| !k.is_empty());
     let key = match key {
         Some(k) if !table.is_empty() => Some(format!("{table}.{k}")),
         Some(k) => Some(k),
         None => {
             let t = line.trim();
-            (t.starts_with('[') && t.ends_with(']')).then(|| t.trim_matches(|c| c == '[' || c == ']').to_owned())
+            (t.starts_with('[') && t.ends_with(']'))
+                .then(|| t.trim_matches(|c| c == '[' || c == ']').to_owned())
         }
     };
     (Some(line_no), key)
@@ -299,10 +319,16 @@ mod tests {
         assert_eq!(c.check, None);
         assert_eq!(c.check_timeout, Duration::from_secs(1800));
         assert_eq!((c.scope, c.matching), (Scope::Repo, Match::Any));
-        assert_eq!((c.wait, c.stale_after), (Duration::from_secs(300), Duration::from_secs(900)));
+        assert_eq!(
+            (c.wait, c.stale_after),
+            (Duration::from_secs(300), Duration::from_secs(900))
+        );
         assert_eq!((c.max_fix_attempts, c.retry_attempts), (3, 3));
         assert!(c.hook_wait);
-        assert_eq!((c.fix_command, c.fix_cost, c.retry_refresh), (None, 0.0, None));
+        assert_eq!(
+            (c.fix_command, c.fix_cost, c.retry_refresh),
+            (None, 0.0, None)
+        );
     }
 
     #[test]
@@ -331,32 +357,59 @@ refresh = "git rebase main"
         assert_eq!(c.check.as_deref(), Some("cargo test --quiet"));
         assert_eq!(c.check_timeout, Duration::from_secs(600));
         assert_eq!((c.scope, c.matching), (Scope::Commit, Match::Signature));
-        assert_eq!((c.wait, c.stale_after), (Duration::from_secs(90), Duration::from_secs(3600)));
+        assert_eq!(
+            (c.wait, c.stale_after),
+            (Duration::from_secs(90), Duration::from_secs(3600))
+        );
         assert_eq!((c.max_fix_attempts, c.hook_wait), (5, false));
-        assert_eq!((c.fix_command.as_deref(), c.fix_cost), (Some("./fix.sh"), 0.5));
-        assert_eq!((c.retry_attempts, c.retry_refresh.as_deref()), (7, Some("git rebase main")));
+        assert_eq!(
+            (c.fix_command.as_deref(), c.fix_cost),
+            (Some("./fix.sh"), 0.5)
+        );
+        assert_eq!(
+            (c.retry_attempts, c.retry_refresh.as_deref()),
+            (7, Some("git rebase main"))
+        );
     }
 
     #[test]
     fn later_layers_win_key_by_key() {
         let mut c = Config::default();
-        c.layer("check = \"a\"\n[coordination]\nwait = \"1m\"\n", Path::new("/u")).unwrap();
-        c.layer("[coordination]\nwait = \"2m\"\n", Path::new("/r")).unwrap();
-        assert_eq!((c.check.as_deref(), c.wait), (Some("a"), Duration::from_secs(120)));
+        c.layer(
+            "check = \"a\"\n[coordination]\nwait = \"1m\"\n",
+            Path::new("/u"),
+        )
+        .unwrap();
+        c.layer("[coordination]\nwait = \"2m\"\n", Path::new("/r"))
+            .unwrap();
+        assert_eq!(
+            (c.check.as_deref(), c.wait),
+            (Some("a"), Duration::from_secs(120))
+        );
     }
 
     #[test]
     fn unknown_key_names_file_line_and_key() {
         let e = parse("check = \"x\"\n[coordination]\nwiat = \"5m\"\n").unwrap_err();
-        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("coordination.wiat")));
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(3), Some("coordination.wiat"))
+        );
         assert!(e.message.contains("unknown field"), "{e}");
-        assert!(e.to_string().starts_with("configuration error in /r/.buildlock.toml line 3"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("configuration error in /r/.buildlock.toml line 3"),
+            "{e}"
+        );
     }
 
     #[test]
     fn wrong_type_names_the_key() {
         let e = parse("[retry]\nattempts = \"three\"\n").unwrap_err();
-        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("retry.attempts")));
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(2), Some("retry.attempts"))
+        );
         let e = parse("[hook]\nwait = 1\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("hook.wait"));
         let e = parse("[coordination]\nscope = \"galaxy\"\n").unwrap_err();
@@ -366,7 +419,10 @@ refresh = "git rebase main"
     #[test]
     fn bad_duration_names_the_key() {
         let e = parse("\n[coordination]\nwait = \"5 minutes\"\n").unwrap_err();
-        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("coordination.wait")));
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(3), Some("coordination.wait"))
+        );
         assert!(e.message.contains("bad duration"), "{e}");
         let e = parse("check_timeout = \"0s\"\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("check_timeout"));

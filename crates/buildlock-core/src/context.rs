@@ -25,11 +25,19 @@ impl Context {
         let config = Config::load(&repo.worktree).map_err(LoadError::Config)?;
         let store = Store::new(repo.buildlock_dir());
         let agent = crate::env::agent_id(&repo.worktree);
-        Ok(Context { repo, config, store, agent })
+        Ok(Context {
+            repo,
+            config,
+            store,
+            agent,
+        })
     }
 
     pub fn policy(&self) -> Policy {
-        Policy { stale_after: self.config.stale_after, max_fix_attempts: self.config.max_fix_attempts }
+        Policy {
+            stale_after: self.config.stale_after,
+            max_fix_attempts: self.config.max_fix_attempts,
+        }
     }
 
     /// The base key for the current scope.
@@ -38,6 +46,10 @@ impl Context {
     }
 
     pub fn agent(&self) -> crate::state::Agent {
-        crate::state::Agent { id: self.agent.clone(), pid: std::process::id(), host: crate::process::hostname() }
+        crate::state::Agent {
+            id: self.agent.clone(),
+            pid: std::process::id(),
+            host: crate::process::hostname(),
+        }
     }
 }

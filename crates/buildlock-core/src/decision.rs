@@ -58,7 +58,10 @@ impl Decision {
         if let Some(path) = crate::env::decision_file() {
             if let Ok(json) = serde_json::to_vec(self) {
                 if let Err(e) = std::fs::write(&path, json) {
-                    crate::say::warn(format!("cannot hand the decision to commit-retry at {}: {e}", path.display()));
+                    crate::say::warn(format!(
+                        "cannot hand the decision to commit-retry at {}: {e}",
+                        path.display()
+                    ));
                 }
             }
         }

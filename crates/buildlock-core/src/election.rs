@@ -37,7 +37,10 @@ impl Lock {
     pub fn try_acquire(path: &Path) -> io::Result<Option<Lock>> {
         for _ in 0..8 {
             let file = open(path)?;
-            let opened = file.metadata().map(|m| (m.dev(), m.ino())).map_err(|e| with_path(e, path))?;
+            let opened = file
+                .metadata()
+                .map(|m| (m.dev(), m.ino()))
+                .map_err(|e| with_path(e, path))?;
             let mut lock = fd_lock::RwLock::new(file);
             match lock.try_write() {
                 Ok(guard) => std::mem::forget(guard),
@@ -45,15 +48,25 @@ impl Lock {
                 Err(e) => return Err(with_path(e, path)),
             }
             if std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == opened) {
-                return Ok(Some(Lock { path: path.to_owned(), _file: lock }));
+                return Ok(Some(Lock {
+                    path: path.to_owned(),
+                    _file: lock,
+                }));
             }
         }
-        Err(io::Error::other(format!("{} keeps being replaced while we lock it", path.display())))
+        Err(io::Error::other(format!(
+            "{} keeps being replaced while we lock it",
+            path.display()
+        )))
     }
 
     /// Takes the lock, polling with backoff for at most `timeout`; `on_wait` is called once when
     /// the lock is found held for longer than a moment. `Ok(None)` when the time ran out.
-    pub fn acquire(path: &Path, timeout: Duration, mut on_wait: impl FnMut()) -> io::Result<Option<Lock>> {
+    pub fn acquire(
+        path: &Path,
+        timeout: Duration,
+        mut on_wait: impl FnMut(),
+    ) -> io::Result<Option<Lock>> {
         let start = Instant::now();
         let mut delay = Duration::from_millis(1);
         let mut told = false;
@@ -96,7 +109,14 @@ pub fn locking_works(dir: &Path) -> io::Result<bool> {
 }
 
 fn open(path: &Path) -> io::Result<File> {
-    let open = || OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path);
+    let open = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+    };
     match open() {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if let Some(parent) = path.parent() {
@@ -145,7 +165,11 @@ mod tests {
         let path = dir.path().join("x.lock");
         let _held = Lock::try_acquire(&path).unwrap().unwrap();
         let start = Instant::now();
-        assert!(Lock::acquire(&path, Duration::from_millis(120), || {}).unwrap().is_none());
+        assert!(
+            Lock::acquire(&path, Duration::from_millis(120), || {})
+                .unwrap()
+                .is_none()
+        );
         assert!(start.elapsed() >= Duration::from_millis(120));
     }
 

@@ -23,7 +23,10 @@ fn var_os(name: &str) -> Option<OsString> {
 
 /// `BUILDLOCK=0` (or `false`, `off`, `no`): the check runs but nothing is coordinated.
 pub fn coordination_enabled() -> bool {
-    !matches!(var("BUILDLOCK").as_deref(), Some("0" | "false" | "off" | "no"))
+    !matches!(
+        var("BUILDLOCK").as_deref(),
+        Some("0" | "false" | "off" | "no")
+    )
 }
 
 /// The agent's id: `BUILDLOCK_AGENT`, else `BUILD_FLAVOR`, else `<hostname>:<work tree path>`.
@@ -46,6 +49,16 @@ pub fn home_dir() -> Option<PathBuf> {
 }
 
 pub const DECISION_VAR: &str = "BUILDLOCK_DECISION";
+
+/// Set by commit-retry for its hook: `generation:heartbeat`, a fixer lease it watched stay silent
+/// for a whole `stale_after` on its own monotonic clock.
+pub const SEEN_SILENT_VAR: &str = "BUILDLOCK_SEEN_SILENT";
+
+pub fn seen_silent() -> Option<(u64, u64)> {
+    let v = var(SEEN_SILENT_VAR)?;
+    let (g, h) = v.split_once(':')?;
+    Some((g.parse().ok()?, h.parse().ok()?))
+}
 
 pub fn decision_file() -> Option<PathBuf> {
     var_os(DECISION_VAR).map(PathBuf::from)

@@ -6,7 +6,9 @@
 //! ourselves), `hang` (sleep for an hour).
 
 pub fn point(name: &str) {
-    let Some(spec) = crate::env::fault() else { return };
+    let Some(spec) = crate::env::fault() else {
+        return;
+    };
     let (at, action) = spec.split_once(':').unwrap_or((spec.as_str(), "kill"));
     if at != name {
         return;

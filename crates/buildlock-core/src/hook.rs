@@ -29,7 +29,9 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Ok(ctx) => ctx,
         Err(LoadError::Config(e)) => {
             say::say(format!("{e}"));
-            say::say("fix the file (see .buildlock.toml.example), or bypass once with `git commit --no-verify`");
+            say::say(
+                "fix the file (see .buildlock.toml.example), or bypass once with `git commit --no-verify`",
+            );
             Decision::new(Verdict::ConfigError).hand_over();
             return exit::CONFIG;
         }
@@ -42,12 +44,18 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Decision::new(Verdict::Pass).hand_over();
         return exit::OK;
     };
-    let hook = Hook { ctx: &ctx, command, parent };
+    let hook = Hook {
+        ctx: &ctx,
+        command,
+        parent,
+    };
     match hook.run() {
         Ok(code) => code,
         Err(e) => {
             say::say(format!("{e:#}"));
-            say::say("coordination failed, so this failure was not coordinated; bypass with BUILDLOCK=0 if it persists");
+            say::say(
+                "coordination failed, so this failure was not coordinated; bypass with BUILDLOCK=0 if it persists",
+            );
             exit::FIXER
         }
     }
@@ -60,7 +68,8 @@ fn the_check(ctx: &Context, args: Vec<OsString>) -> Option<check::Command> {
     }
     let chained = chained_hook(ctx.store.dir());
     use std::os::unix::fs::PermissionsExt;
-    let executable = std::fs::metadata(&chained).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    let executable = std::fs::metadata(&chained)
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
     executable.then(|| check::Command::Program(chained, args))
 }
 
@@ -77,12 +86,14 @@ impl Hook<'_> {
         let under_retry = env::decision_file().is_some();
         let may_wait = coordinate && self.ctx.config.hook_wait && !under_retry;
         let deadline = Instant::now() + self.ctx.config.wait;
-        let mut seen_silent = None;
+        let mut seen_silent = env::seen_silent();
         loop {
             let run = self.run_check()?;
             match run.ending {
                 Ending::Signal(n) => {
-                    say::say(format!("interrupted by signal {n}: stopped the check; nothing was recorded"));
+                    say::say(format!(
+                        "interrupted by signal {n}: stopped the check; nothing was recorded"
+                    ));
                     return Ok(exit::signal(n));
                 }
                 Ending::ParentGone => {
@@ -97,7 +108,9 @@ impl Hook<'_> {
                     return Ok(exit::OK);
                 }
                 Ending::Failed(_) | Ending::TimedOut(_) if !coordinate => {
-                    say::say("the check failed; coordination is off (BUILDLOCK=0), so nobody was elected");
+                    say::say(
+                        "the check failed; coordination is off (BUILDLOCK=0), so nobody was elected",
+                    );
                     Decision::new(Verdict::Failed).hand_over();
                     return Ok(exit::FIXER);
                 }
@@ -108,7 +121,12 @@ impl Hook<'_> {
             match decision.verdict {
                 Verdict::Wait if may_wait && Instant::now() < deadline => {}
                 Verdict::Wait => {
-                    tell_wait(&decision, fixer_since, under_retry, self.ctx.config.hook_wait);
+                    tell_wait(
+                        &decision,
+                        fixer_since,
+                        under_retry,
+                        self.ctx.config.hook_wait,
+                    );
                     return Ok(exit::BLOCKED);
                 }
                 _ => return Ok(exit::FIXER),
@@ -117,6 +135,7 @@ impl Hook<'_> {
             let waiting = wait::Waiting {
                 store: &self.ctx.store,
                 key: &key,
+                generation: decision.generation.unwrap_or(0),
                 limit: deadline.saturating_duration_since(Instant::now()),
                 stale_after: self.ctx.config.stale_after,
                 poll: env::poll_interval(),
@@ -130,12 +149,24 @@ impl Hook<'_> {
             match wait::wait_for_fix(&waiting) {
                 WaitEnd::Fixed { by } => say::headline(
                     say::Tone::Good,
-                    format!("the build was fixed{}; running the check again", by.map(|b| format!(" by `{b}`")).unwrap_or_default()),
+                    format!(
+                        "the build was fixed{}; running the check again",
+                        by.map(|b| format!(" by `{b}`")).unwrap_or_default()
+                    ),
                 ),
+                WaitEnd::Moved { generation } => say::say(format!(
+                    "that fix ended and generation {generation} began; running the check again"
+                )),
                 WaitEnd::Broken => say::say("the fixer gave the role up; running the check again"),
-                WaitEnd::FixerDied(f) => say::say(format!("the fixer `{}` died; running the check again", f.agent)),
+                WaitEnd::FixerDied(f) => say::say(format!(
+                    "the fixer `{}` died; running the check again",
+                    f.agent
+                )),
                 WaitEnd::FixerSilent(f, lease) => {
-                    say::say(format!("the fixer `{}` went silent; running the check again", f.agent));
+                    say::say(format!(
+                        "the fixer `{}` went silent; running the check again",
+                        f.agent
+                    ));
                     seen_silent = Some(lease);
                 }
                 WaitEnd::TimedOut => {
@@ -183,7 +214,10 @@ impl Hook<'_> {
                 .collect(),
         };
         for key in keys {
-            let event = Event::Passed { agent: ctx.agent(), generation: None };
+            let event = Event::Passed {
+                agent: ctx.agent(),
+                generation: None,
+            };
             let applied = ctx.store.apply(&key, &base, &event, ctx.policy(), None)?;
             match applied.outcome {
                 Outcome::Fixed => say::headline(
@@ -194,7 +228,9 @@ impl Hook<'_> {
                         applied.after.generation
                     ),
                 ),
-                Outcome::Recovered => say::say(format!("the check passes: the build (key `{key}`) is passing again")),
+                Outcome::Recovered => say::say(format!(
+                    "the check passes: the build (key `{key}`) is passing again"
+                )),
                 _ => {}
             }
         }
@@ -202,14 +238,24 @@ impl Hook<'_> {
     }
 
     /// The check failed: record it and learn this agent's role.
-    fn failed(&self, output: &[u8], seen_silent: Option<(u64, u64)>) -> Result<(Decision, Option<u64>)> {
+    fn failed(
+        &self,
+        output: &[u8],
+        seen_silent: Option<(u64, u64)>,
+    ) -> Result<(Decision, Option<u64>)> {
         let ctx = self.ctx;
         let sig = signature::signature(output, &ctx.repo.worktree, env::home_dir().as_deref());
         let log = ctx.store.write_log(&ctx.agent, output)?;
         let base = ctx.base();
         let key = crate::key::for_failure(&base, ctx.config.matching, &sig);
-        let event = Event::Failed { agent: ctx.agent(), signature: sig.clone(), log: log.clone() };
-        let applied = ctx.store.apply(&key, &base, &event, ctx.policy(), seen_silent)?;
+        let event = Event::Failed {
+            agent: ctx.agent(),
+            signature: sig.clone(),
+            log: log.clone(),
+        };
+        let applied = ctx
+            .store
+            .apply(&key, &base, &event, ctx.policy(), seen_silent)?;
         let mut d = Decision::new(Verdict::Fix);
         d.key = Some(key.clone());
         d.base = Some(base);
@@ -268,7 +314,9 @@ impl Hook<'_> {
                 d.attempts = Some(*attempts);
                 say::headline(
                     say::Tone::Bad,
-                    format!("the check failed again: after {attempts} failed re-checks you gave the fixer role up"),
+                    format!(
+                        "the check failed again: after {attempts} failed re-checks you gave the fixer role up"
+                    ),
                 );
                 say::say(format!(
                     "  key `{key}` is now broken with nobody fixing; failure log: {}\nnext: the next agent whose check \
@@ -283,15 +331,24 @@ impl Hook<'_> {
                 fixer_since = Some(fixer.since);
                 say::headline(
                     say::Tone::Wait,
-                    format!("the check failed, and `{}` is already fixing this breakage", fixer.agent),
+                    format!(
+                        "the check failed, and `{}` is already fixing this breakage",
+                        fixer.agent
+                    ),
                 );
                 say::say(format!(
                     "  fixing since {} ({} ago); key `{key}`, generation {}\n  their failure log: {}\n  your failure log: {}\n\
                      do not fix it yourself: it is being fixed",
                     time::rfc3339(fixer.since),
-                    time::human(Duration::from_millis(time::now().saturating_sub(fixer.since))),
+                    time::human(Duration::from_millis(
+                        time::now().saturating_sub(fixer.since)
+                    )),
                     applied.after.generation,
-                    applied.after.log.as_ref().map_or_else(|| "-".into(), |l| l.display().to_string()),
+                    applied
+                        .after
+                        .log
+                        .as_ref()
+                        .map_or_else(|| "-".into(), |l| l.display().to_string()),
                     log.display(),
                 ));
             }

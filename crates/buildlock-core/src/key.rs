@@ -30,8 +30,14 @@ pub fn file_stem(key: &str) -> String {
     if plain {
         return key.to_owned();
     }
-    let cleaned: String = key.chars().map(|c| if safe(c) { c } else { '_' }).take(48).collect();
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let cleaned: String = key
+        .chars()
+        .map(|c| if safe(c) { c } else { '_' })
+        .take(48)
+        .collect();
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     format!("{}-{:08x}", cleaned.trim_start_matches('.'), hash as u32)
 }
 

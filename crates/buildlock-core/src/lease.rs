@@ -17,11 +17,19 @@ pub struct Heartbeat {
 
 impl Heartbeat {
     /// Renews `agent`'s lease on `key` (generation `generation`) every quarter lease.
-    pub fn start(store_dir: std::path::PathBuf, key: String, base: String, agent: String, generation: u64, policy: Policy) -> Heartbeat {
+    pub fn start(
+        store_dir: std::path::PathBuf,
+        key: String,
+        base: String,
+        agent: String,
+        generation: u64,
+        policy: Policy,
+    ) -> Heartbeat {
         let stop = Arc::new(AtomicBool::new(false));
         let fenced = Arc::new(AtomicBool::new(false));
         let (stop2, fenced2) = (stop.clone(), fenced.clone());
-        let every = (policy.stale_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
+        let every =
+            (policy.stale_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
         let thread = std::thread::spawn(move || {
             let store = Store::new(store_dir);
             let mut next = Instant::now() + every;
@@ -31,7 +39,10 @@ impl Heartbeat {
                     continue;
                 }
                 next = Instant::now() + every;
-                let beat = Event::Heartbeat { agent: agent.clone(), generation };
+                let beat = Event::Heartbeat {
+                    agent: agent.clone(),
+                    generation,
+                };
                 match store.apply(&key, &base, &beat, policy, None) {
                     Ok(applied) if applied.outcome == Outcome::Fenced => {
                         fenced2.store(true, Ordering::SeqCst);
@@ -42,7 +53,11 @@ impl Heartbeat {
                 }
             }
         });
-        Heartbeat { stop, fenced, thread: Some(thread) }
+        Heartbeat {
+            stop,
+            fenced,
+            thread: Some(thread),
+        }
     }
 
     /// Whether another agent took the role over.

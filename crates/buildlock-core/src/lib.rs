@@ -11,7 +11,7 @@
 //! - [`wait`]: bounded waiting for a fix, with progress;
 //! - [`signature`]: failure normalisation and hashing;
 //! - [`check`]: running the check and the fix in their own process group;
-//! - [`hook`]: the pre-commit flow; [`decision`]: what the hook hands to commit-retry;
+//! - [`hook`]: the pre-commit flow; [`retry`]: commit-retry; [`decision`]: what the hook hands to commit-retry;
 //! - [`signals`], [`process`], [`env`], [`fault`], [`time`], [`say`]: OS primitives, one module each.
 
 pub mod check;
@@ -27,6 +27,7 @@ pub mod key;
 pub mod lease;
 pub mod process;
 pub mod repo;
+pub mod retry;
 pub mod say;
 pub mod signals;
 pub mod signature;

@@ -29,7 +29,11 @@ pub fn start_time(pid: u32) -> Option<u64> {
 /// This process, as recorded in state.
 pub fn this_process() -> Process {
     let pid = std::process::id();
-    Process { pid, host: hostname(), start: start_time(pid) }
+    Process {
+        pid,
+        host: hostname(),
+        start: start_time(pid),
+    }
 }
 
 /// Is this exact process (same host, same pid, same start time) still running?

@@ -59,7 +59,10 @@ impl Repo {
                 .repo
                 .find_reference("HEAD")
                 .ok()
-                .and_then(|r| r.symbolic_target().map(|t| t.trim_start_matches("refs/heads/").to_owned()))
+                .and_then(|r| {
+                    r.symbolic_target()
+                        .map(|t| t.trim_start_matches("refs/heads/").to_owned())
+                })
                 .unwrap_or_else(|| "HEAD".to_owned()),
         }
     }
@@ -85,7 +88,8 @@ impl Repo {
     /// The paths staged in the index this commit is made from (what git will commit).
     pub fn staged_paths(&self) -> Result<Vec<String>> {
         let path = self.index_file();
-        let index = git2::Index::open(&path).with_context(|| format!("cannot read the index {}", path.display()))?;
+        let index = git2::Index::open(&path)
+            .with_context(|| format!("cannot read the index {}", path.display()))?;
         let tree = self.repo.head().ok().and_then(|h| h.peel_to_tree().ok());
         let diff = self
             .repo
@@ -93,7 +97,12 @@ impl Repo {
             .context("cannot compare HEAD with the index")?;
         Ok(diff
             .deltas()
-            .filter_map(|d| d.new_file().path().or(d.old_file().path()).map(|p| p.to_string_lossy().into_owned()))
+            .filter_map(|d| {
+                d.new_file()
+                    .path()
+                    .or(d.old_file().path())
+                    .map(|p| p.to_string_lossy().into_owned())
+            })
             .collect())
     }
 

@@ -17,7 +17,11 @@ fn color() -> bool {
 }
 
 fn paint(code: &str, text: &str) -> String {
-    if color() { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_owned() }
+    if color() {
+        format!("\x1b[{code}m{text}\x1b[0m")
+    } else {
+        text.to_owned()
+    }
 }
 
 /// Writes raw bytes to stderr, ignoring failures.

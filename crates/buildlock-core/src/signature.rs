@@ -106,13 +106,24 @@ fn strip_ansi(text: &str) -> String {
     out
 }
 
-const TEMP_PREFIXES: &[&str] =
-    &["/tmp/", "/var/tmp/", "/var/folders/", "/private/var/folders/", "/private/tmp/"];
+const TEMP_PREFIXES: &[&str] = &[
+    "/tmp/",
+    "/var/tmp/",
+    "/var/folders/",
+    "/private/var/folders/",
+    "/private/tmp/",
+];
 const DURATION_UNITS: &[&str] = &[
     "ns", "us", "µs", "ms", "s", "sec", "secs", "second", "seconds", "m", "min", "mins", "minute",
     "minutes", "h", "hr", "hrs", "hour", "hours",
 ];
-const DURATION_KEYS: &[&str] = &["duration", "duration_ms", "elapsed", "time_ms", "elapsed_ms"];
+const DURATION_KEYS: &[&str] = &[
+    "duration",
+    "duration_ms",
+    "elapsed",
+    "time_ms",
+    "elapsed_ms",
+];
 
 fn normalise_line(line: &str) -> String {
     let temp_dir = crate::env::temp_dir_prefix();
@@ -126,7 +137,9 @@ fn normalise_line(line: &str) -> String {
         // Temp paths, up to the next delimiter.
         if chars[i] == '/'
             && (TEMP_PREFIXES.iter().any(|p| rest.starts_with(p))
-                || temp_dir.as_deref().is_some_and(|t| starts_with_at(&chars, i, t)))
+                || temp_dir
+                    .as_deref()
+                    .is_some_and(|t| starts_with_at(&chars, i, t)))
         {
             while i < chars.len() && !is_path_end(chars[i]) {
                 i += 1;
@@ -142,7 +155,10 @@ fn normalise_line(line: &str) -> String {
             }
         }
         if at_boundary && chars[i].is_ascii_hexdigit() {
-            let len = chars[i..].iter().take_while(|c| c.is_ascii_alphanumeric()).count();
+            let len = chars[i..]
+                .iter()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .count();
             let word = &chars[i..i + len];
             if len >= 8
                 && word.iter().all(|c| c.is_ascii_hexdigit())
@@ -175,7 +191,11 @@ fn is_word(c: char) -> bool {
 }
 
 fn is_path_end(c: char) -> bool {
-    c.is_whitespace() || matches!(c, '\'' | '"' | '`' | ')' | '(' | ',' | ':' | ';' | '>' | '<')
+    c.is_whitespace()
+        || matches!(
+            c,
+            '\'' | '"' | '`' | ')' | '(' | ',' | ':' | ';' | '>' | '<'
+        )
 }
 
 fn starts_with_at(chars: &[char], i: usize, prefix: &str) -> bool {
@@ -185,11 +205,19 @@ fn starts_with_at(chars: &[char], i: usize, prefix: &str) -> bool {
 
 /// At a digit that starts a word: the length of what it stands for and its placeholder.
 fn classify_number(chars: &[char], last_word: &str) -> Option<(usize, &'static str)> {
-    let digits = |from: usize| chars[from..].iter().take_while(|c| c.is_ascii_digit()).count();
+    let digits = |from: usize| {
+        chars[from..]
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count()
+    };
     let at = |i: usize| chars.get(i).copied();
     // 0x… addresses.
     if at(0) == Some('0') && matches!(at(1), Some('x' | 'X')) {
-        let len = 2 + chars[2..].iter().take_while(|c| c.is_ascii_hexdigit()).count();
+        let len = 2 + chars[2..]
+            .iter()
+            .take_while(|c| c.is_ascii_hexdigit())
+            .count();
         if len > 2 {
             return Some((len, "<addr>"));
         }
@@ -203,7 +231,8 @@ fn classify_number(chars: &[char], last_word: &str) -> Option<(usize, &'static s
             if len == 11 {
                 len = 10;
             }
-            while at(len).is_some_and(|c| c.is_ascii_digit() || matches!(c, 'Z' | '+' | ':' | '.')) {
+            while at(len).is_some_and(|c| c.is_ascii_digit() || matches!(c, 'Z' | '+' | ':' | '.'))
+            {
                 len += 1;
             }
         }
@@ -222,7 +251,10 @@ fn classify_number(chars: &[char], last_word: &str) -> Option<(usize, &'static s
     }
     // A unit right after it (or after one space) makes it a duration.
     let unit_start = if at(len) == Some(' ') { len + 1 } else { len };
-    let unit_len = chars[unit_start..].iter().take_while(|c| c.is_alphabetic()).count();
+    let unit_len = chars[unit_start..]
+        .iter()
+        .take_while(|c| c.is_alphabetic())
+        .count();
     if unit_len > 0 {
         let unit: String = chars[unit_start..unit_start + unit_len].iter().collect();
         let bounded = !at(unit_start + unit_len).is_some_and(|c| is_word(c));
@@ -235,7 +267,11 @@ fn classify_number(chars: &[char], last_word: &str) -> Option<(usize, &'static s
 
 /// `12:34:56` or `1:02:03.456`.
 fn time_len(chars: &[char]) -> Option<usize> {
-    let digits = |from: usize| chars.get(from..).map_or(0, |s| s.iter().take_while(|c| c.is_ascii_digit()).count());
+    let digits = |from: usize| {
+        chars
+            .get(from..)
+            .map_or(0, |s| s.iter().take_while(|c| c.is_ascii_digit()).count())
+    };
     let h = digits(0);
     if !(1..=2).contains(&h) || chars.get(h) != Some(&':') || digits(h + 1) != 2 {
         return None;
@@ -253,7 +289,9 @@ fn time_len(chars: &[char]) -> Option<usize> {
 
 /// `thread 'main' (3873) panicked` → `thread 'main' (<tid>) panicked`.
 fn thread_id(line: &str) -> String {
-    let Some(start) = line.find("thread '") else { return line.to_owned() };
+    let Some(start) = line.find("thread '") else {
+        return line.to_owned();
+    };
     let Some(close) = line[start + 8..].find("' (").map(|i| start + 8 + i + 3) else {
         return line.to_owned();
     };
@@ -289,13 +327,42 @@ fn squeeze(line: &str) -> String {
 }
 
 const PROGRESS_WORDS: &[&str] = &[
-    "Compiling", "Checking", "Finished", "Running", "Downloading", "Downloaded", "Updating",
-    "Fresh", "Blocking", "Building", "Locking", "Adding", "Doc-tests", "Documenting", "Packaging",
-    "Verifying", "Installing", "Removing", "Resolving", "Waiting", "Fetching", "Unpacking",
+    "Compiling",
+    "Checking",
+    "Finished",
+    "Running",
+    "Downloading",
+    "Downloaded",
+    "Updating",
+    "Fresh",
+    "Blocking",
+    "Building",
+    "Locking",
+    "Adding",
+    "Doc-tests",
+    "Documenting",
+    "Packaging",
+    "Verifying",
+    "Installing",
+    "Removing",
+    "Resolving",
+    "Waiting",
+    "Fetching",
+    "Unpacking",
 ];
 const NOISE_PREFIXES: &[&str] = &[
-    "npm warn", "npm WARN", "npm notice", "npm info", "platform ", "rootdir:", "configfile:",
-    "plugins:", "cachedir:", "collected ", "running ", "> ",
+    "npm warn",
+    "npm WARN",
+    "npm notice",
+    "npm info",
+    "platform ",
+    "rootdir:",
+    "configfile:",
+    "plugins:",
+    "cachedir:",
+    "collected ",
+    "running ",
+    "> ",
 ];
 
 fn is_noise(line: &str) -> bool {
@@ -317,12 +384,18 @@ mod tests {
     use std::path::PathBuf;
 
     fn fixture(name: &str) -> Vec<u8> {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/signature").join(name);
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/signature")
+            .join(name);
         std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
     fn sig(tool: &str, wt: &str) -> String {
-        signature(&fixture(&format!("{tool}.{wt}.out")), Path::new(&format!("/tmp/sigfx/{wt}")), None)
+        signature(
+            &fixture(&format!("{tool}.{wt}.out")),
+            Path::new(&format!("/tmp/sigfx/{wt}")),
+            None,
+        )
     }
 
     const TOOLS: &[&str] = &["cargo-test", "cargo-build", "npm-test", "pytest", "make"];
@@ -331,13 +404,17 @@ mod tests {
     fn same_failure_in_two_worktrees_has_one_signature() {
         for tool in TOOLS {
             let (a, b) = (sig(tool, "wt-alpha"), sig(tool, "wt-beta-long-name"));
-            assert_eq!(a, b, "{tool}: worktree path, times or ids leaked into the signature");
+            assert_eq!(
+                a, b,
+                "{tool}: worktree path, times or ids leaked into the signature"
+            );
         }
     }
 
     #[test]
     fn different_failures_have_different_signatures() {
-        let sigs: std::collections::BTreeSet<String> = TOOLS.iter().map(|t| sig(t, "wt-alpha")).collect();
+        let sigs: std::collections::BTreeSet<String> =
+            TOOLS.iter().map(|t| sig(t, "wt-alpha")).collect();
         assert_eq!(sigs.len(), TOOLS.len());
     }
 
@@ -345,7 +422,10 @@ mod tests {
     fn signature_is_stable_across_versions() {
         // Pinned (FNV-1a 64 of "error: boom", computed independently): a change here breaks
         // agreement between agents running different versions.
-        assert_eq!(signature(b"error: boom\n", Path::new("/w"), None), "fec0e2390acfa444");
+        assert_eq!(
+            signature(b"error: boom\n", Path::new("/w"), None),
+            "fec0e2390acfa444"
+        );
         assert_eq!(sig("cargo-build", "wt-alpha").len(), 16);
     }
 
@@ -353,8 +433,10 @@ mod tests {
     fn a_different_assertion_changes_the_signature() {
         let out = fixture("cargo-test.wt-alpha.out");
         let changed = String::from_utf8_lossy(&out).replace("right: 5", "right: 6");
-        assert_ne!(signature(&out, Path::new("/tmp/sigfx/wt-alpha"), None),
-                   signature(changed.as_bytes(), Path::new("/tmp/sigfx/wt-alpha"), None));
+        assert_ne!(
+            signature(&out, Path::new("/tmp/sigfx/wt-alpha"), None),
+            signature(changed.as_bytes(), Path::new("/tmp/sigfx/wt-alpha"), None)
+        );
     }
 
     #[test]
@@ -372,8 +454,14 @@ mod tests {
         assert_eq!(n("failed in 0.52s"), "failed in <dur>");
         assert_eq!(n("took 12 ms"), "took <dur>");
         assert_eq!(n("duration_ms: 2.8237"), "duration_ms: <dur>");
-        assert_eq!(n("thread 'main' (3873) panicked"), "thread 'main' (<tid>) panicked");
-        assert_eq!(n("==== 1 failed in 0.03s ===="), "=== 1 failed in <dur> ===");
+        assert_eq!(
+            n("thread 'main' (3873) panicked"),
+            "thread 'main' (<tid>) panicked"
+        );
+        assert_eq!(
+            n("==== 1 failed in 0.03s ===="),
+            "=== 1 failed in <dur> ==="
+        );
         assert_eq!(n("test a ... ok\ntest b ... FAILED"), "test b ... FAILED");
         assert_eq!(n("line 42: 3 errors"), "line 42: 3 errors");
         assert_eq!(n("b\na\nb\n\n"), "a\nb");

@@ -81,6 +81,9 @@ pub struct KeyState {
     /// Who fixed the build last.
     #[serde(default)]
     pub fixed_by: Option<String>,
+    /// The fix process of a fixer that was taken over: its successor stops it before fixing.
+    #[serde(default)]
+    pub orphan_fix: Option<Process>,
 }
 
 impl KeyState {
@@ -95,12 +98,16 @@ impl KeyState {
             waiters: Vec::new(),
             changed: 0,
             fixed_by: None,
+            orphan_fix: None,
         }
     }
 
     /// What an unreadable state file stands for: broken, with nobody fixing.
     pub fn unknown(key: &str) -> Self {
-        KeyState { status: Status::Broken, ..Self::passing(key) }
+        KeyState {
+            status: Status::Broken,
+            ..Self::passing(key)
+        }
     }
 }
 
@@ -115,14 +122,25 @@ pub struct Agent {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// The check failed for `agent`.
-    Failed { agent: Agent, signature: String, log: PathBuf },
+    Failed {
+        agent: Agent,
+        signature: String,
+        log: PathBuf,
+    },
     /// The check passed for `agent`. `generation` is set when the caller knows the generation it
     /// was elected in (commit-retry's fixer); a stale one changes nothing.
-    Passed { agent: Agent, generation: Option<u64> },
+    Passed {
+        agent: Agent,
+        generation: Option<u64>,
+    },
     /// The fixer renews its lease.
     Heartbeat { agent: String, generation: u64 },
     /// The fixer took the key's fixer lock and, optionally, started its fix command.
-    Register { agent: String, generation: u64, fix_process: Option<Process> },
+    Register {
+        agent: String,
+        generation: u64,
+        fix_process: Option<Process>,
+    },
     /// `buildlock release` by `agent`.
     Release { agent: String },
     /// `buildlock reset`.
@@ -168,20 +186,33 @@ pub fn liveness(fixer: &Fixer, generation: u64, seen: &Observed) -> Liveness {
     } else {
         seen.now - fixer.heartbeat >= seen.stale_after
     };
-    if stale { Liveness::Stale } else { Liveness::Live }
+    if stale {
+        Liveness::Stale
+    } else {
+        Liveness::Live
+    }
 }
 
 /// What the agent behind an event is told. The store turns this into history and counters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// The agent is the new fixer; `replaced` is the fixer it took over from.
-    Elected { replaced: Option<(Fixer, Liveness)> },
+    Elected {
+        replaced: Option<(Fixer, Liveness)>,
+    },
     /// The fixer failed again and keeps the role.
-    KeepFixing { attempts: u32 },
+    KeepFixing {
+        attempts: u32,
+    },
     /// The fixer failed `max_fix_attempts` times and gave the role up: the key is broken.
-    GaveUp { attempts: u32 },
+    GaveUp {
+        attempts: u32,
+    },
     /// Another agent is fixing; `first` is true when this agent was not yet listed as a waiter.
-    Wait { fixer: Fixer, first: bool },
+    Wait {
+        fixer: Fixer,
+        first: bool,
+    },
     /// The fixer's check passed: the key is passing again.
     Fixed,
     /// A check passed on a broken key: passing again, nobody had to fix it.
@@ -192,7 +223,9 @@ pub enum Outcome {
     Registered,
     Released,
     /// `release` by an agent that is not the fixer.
-    NotFixer { fixer: Option<Fixer> },
+    NotFixer {
+        fixer: Option<Fixer>,
+    },
     Reset,
     /// The event carried a generation that is no longer current, or came from an agent that is no
     /// longer the fixer: nothing changed.
@@ -203,11 +236,18 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
     let mut next = state.clone();
     let next_generation = state.generation.max(seen.generation_floor) + 1;
     let outcome = match event {
-        Event::Failed { agent, signature, log } => {
+        Event::Failed {
+            agent,
+            signature,
+            log,
+        } => {
             // The fixer's failure is the one on record; a waiter's is only in its own log.
             let is_fixer = state.status == Status::Fixing
                 && state.fixer.as_ref().is_some_and(|f| f.agent == agent.id);
-            let live = state.fixer.as_ref().map(|f| liveness(f, state.generation, seen));
+            let live = state
+                .fixer
+                .as_ref()
+                .map(|f| liveness(f, state.generation, seen));
             if is_fixer || state.status != Status::Fixing || live != Some(Liveness::Live) {
                 next.signature = Some(signature.clone());
                 next.log = Some(log.clone());
@@ -237,11 +277,18 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
                             if first {
                                 next.waiters.push(agent.id.clone());
                             }
-                            Outcome::Wait { fixer: fixer.clone(), first }
+                            Outcome::Wait {
+                                fixer: fixer.clone(),
+                                first,
+                            }
                         }
                         how => {
                             elect(&mut next, agent, next_generation, seen.now);
-                            Outcome::Elected { replaced: Some((fixer.clone(), how)) }
+                            next.orphan_fix =
+                                fixer.fix_process.clone().or(state.orphan_fix.clone());
+                            Outcome::Elected {
+                                replaced: Some((fixer.clone(), how)),
+                            }
                         }
                     }
                 }
@@ -276,12 +323,18 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
             }
             _ => Outcome::Fenced,
         },
-        Event::Register { agent, generation, fix_process } => match next.fixer.as_mut() {
+        Event::Register {
+            agent,
+            generation,
+            fix_process,
+        } => match next.fixer.as_mut() {
             Some(f) if is_current(state, agent, *generation) => {
                 f.registered = true;
                 f.heartbeat = seen.now;
                 if fix_process.is_some() {
                     f.fix_process = fix_process.clone();
+                    // The registering fixer stopped any orphan before starting its own fix.
+                    next.orphan_fix = None;
                 }
                 Outcome::Registered
             }
@@ -295,7 +348,9 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
                 next.changed = seen.now;
                 Outcome::Released
             }
-            other => Outcome::NotFixer { fixer: other.clone() },
+            other => Outcome::NotFixer {
+                fixer: other.clone(),
+            },
         },
         Event::Reset => {
             to_passing(&mut next, seen.now, None);
@@ -347,7 +402,11 @@ mod tests {
     const T0: Millis = 1_795_341_600_000;
 
     fn agent(id: &str) -> Agent {
-        Agent { id: id.into(), pid: 100, host: "box".into() }
+        Agent {
+            id: id.into(),
+            pid: 100,
+            host: "box".into(),
+        }
     }
 
     fn seen(now: Millis) -> Observed {
@@ -362,16 +421,26 @@ mod tests {
     }
 
     fn fail(id: &str) -> Event {
-        Event::Failed { agent: agent(id), signature: "sig".into(), log: "/l".into() }
+        Event::Failed {
+            agent: agent(id),
+            signature: "sig".into(),
+            log: "/l".into(),
+        }
     }
 
     fn pass(id: &str) -> Event {
-        Event::Passed { agent: agent(id), generation: None }
+        Event::Passed {
+            agent: agent(id),
+            generation: None,
+        }
     }
 
     fn fixing(id: &str, generation: u64) -> KeyState {
         let (s, _) = transition(
-            &KeyState { generation: generation - 1, ..KeyState::passing("repo") },
+            &KeyState {
+                generation: generation - 1,
+                ..KeyState::passing("repo")
+            },
             &fail(id),
             &seen(T0),
         );
@@ -386,13 +455,19 @@ mod tests {
     fn passing_fails_elects_with_next_generation() {
         let (s, out) = transition(&KeyState::passing("repo"), &fail("x"), &seen(T0));
         assert_eq!(out, Outcome::Elected { replaced: None });
-        assert_eq!((s.status, s.generation, fixer_of(&s)), (Status::Fixing, 1, "x"));
+        assert_eq!(
+            (s.status, s.generation, fixer_of(&s)),
+            (Status::Fixing, 1, "x")
+        );
         assert_eq!(s.signature.as_deref(), Some("sig"));
     }
 
     #[test]
     fn broken_fails_elects() {
-        let broken = KeyState { generation: 4, ..KeyState::unknown("repo") };
+        let broken = KeyState {
+            generation: 4,
+            ..KeyState::unknown("repo")
+        };
         let (s, out) = transition(&broken, &fail("x"), &seen(T0));
         assert_eq!(out, Outcome::Elected { replaced: None });
         assert_eq!((s.status, s.generation), (Status::Fixing, 5));
@@ -401,7 +476,14 @@ mod tests {
     #[test]
     fn generation_never_goes_back_below_the_floor() {
         let lost = KeyState::unknown("repo");
-        let (s, _) = transition(&lost, &fail("x"), &Observed { generation_floor: 9, ..seen(T0) });
+        let (s, _) = transition(
+            &lost,
+            &fail("x"),
+            &Observed {
+                generation_floor: 9,
+                ..seen(T0)
+            },
+        );
         assert_eq!(s.generation, 10);
     }
 
@@ -410,12 +492,19 @@ mod tests {
         let s = fixing("x", 1);
         let (s, out) = transition(&s, &fail("x"), &seen(T0 + 10));
         assert_eq!(out, Outcome::KeepFixing { attempts: 1 });
-        assert_eq!(s.fixer.as_ref().unwrap().heartbeat, T0 + 10, "a failure renews the lease");
+        assert_eq!(
+            s.fixer.as_ref().unwrap().heartbeat,
+            T0 + 10,
+            "a failure renews the lease"
+        );
         let (s, out) = transition(&s, &fail("x"), &seen(T0 + 20));
         assert_eq!(out, Outcome::KeepFixing { attempts: 2 });
         let (s, out) = transition(&s, &fail("x"), &seen(T0 + 30));
         assert_eq!(out, Outcome::GaveUp { attempts: 3 });
-        assert_eq!((s.status, s.fixer.is_none(), s.generation), (Status::Broken, true, 1));
+        assert_eq!(
+            (s.status, s.fixer.is_none(), s.generation),
+            (Status::Broken, true, 1)
+        );
     }
 
     #[test]
@@ -423,13 +512,24 @@ mod tests {
         let s = fixing("y", 1);
         let mut live = seen(T0 + 1000);
         live.fixer_lock_free = false;
-        let other = Event::Failed { agent: agent("x"), signature: "other".into(), log: "/x".into() };
+        let other = Event::Failed {
+            agent: agent("x"),
+            signature: "other".into(),
+            log: "/x".into(),
+        };
         let (s, out) = transition(&s, &other, &live);
-        assert_eq!(s.signature.as_deref(), Some("sig"), "the fixer's failure stays on record");
+        assert_eq!(
+            s.signature.as_deref(),
+            Some("sig"),
+            "the fixer's failure stays on record"
+        );
         assert!(matches!(out, Outcome::Wait { first: true, ref fixer } if fixer.agent == "y"));
         let (s, out) = transition(&s, &fail("x"), &live);
         assert!(matches!(out, Outcome::Wait { first: false, .. }));
-        assert_eq!((s.status, fixer_of(&s), s.generation), (Status::Fixing, "y", 1));
+        assert_eq!(
+            (s.status, fixer_of(&s), s.generation),
+            (Status::Fixing, "y", 1)
+        );
         assert_eq!(s.waiters, ["x"]);
     }
 
@@ -445,7 +545,9 @@ mod tests {
         let s = fixing("y", 1);
         let (s, out) = transition(&s, &fail("x"), &seen(T0 + LEASE));
         match out {
-            Outcome::Elected { replaced: Some((old, Liveness::Stale)) } => assert_eq!(old.agent, "y"),
+            Outcome::Elected {
+                replaced: Some((old, Liveness::Stale)),
+            } => assert_eq!(old.agent, "y"),
             other => panic!("expected a takeover, got {other:?}"),
         }
         assert_eq!((fixer_of(&s), s.generation), ("x", 2));
@@ -454,14 +556,26 @@ mod tests {
     #[test]
     fn dead_registered_fixer_is_taken_over_at_once() {
         let s = fixing("y", 1);
-        let reg = Event::Register { agent: "y".into(), generation: 1, fix_process: None };
+        let reg = Event::Register {
+            agent: "y".into(),
+            generation: 1,
+            fix_process: None,
+        };
         let (s, out) = transition(&s, &reg, &seen(T0));
         assert_eq!(out, Outcome::Registered);
         let mut held = seen(T0 + 1);
         held.fixer_lock_free = false;
-        assert!(matches!(transition(&s, &fail("x"), &held).1, Outcome::Wait { .. }));
+        assert!(matches!(
+            transition(&s, &fail("x"), &held).1,
+            Outcome::Wait { .. }
+        ));
         let (s, out) = transition(&s, &fail("x"), &seen(T0 + 1));
-        assert!(matches!(out, Outcome::Elected { replaced: Some((_, Liveness::Dead)) }));
+        assert!(matches!(
+            out,
+            Outcome::Elected {
+                replaced: Some((_, Liveness::Dead))
+            }
+        ));
         assert_eq!((fixer_of(&s), s.generation), ("x", 2));
     }
 
@@ -471,20 +585,32 @@ mod tests {
         let hb = s.fixer.as_ref().unwrap().heartbeat;
         let mut obs = seen(T0 + 5);
         obs.seen_silent = Some((1, hb));
-        assert!(matches!(transition(&s, &fail("x"), &obs).1, Outcome::Elected { .. }));
+        assert!(matches!(
+            transition(&s, &fail("x"), &obs).1,
+            Outcome::Elected { .. }
+        ));
         // An observation of an older lease says nothing about the current one.
         obs.seen_silent = Some((1, hb - 1));
-        assert!(matches!(transition(&s, &fail("x"), &obs).1, Outcome::Wait { .. }));
+        assert!(matches!(
+            transition(&s, &fail("x"), &obs).1,
+            Outcome::Wait { .. }
+        ));
     }
 
     #[test]
     fn heartbeat_far_in_the_future_is_not_eternal() {
         let mut s = fixing("y", 1);
         s.fixer.as_mut().unwrap().heartbeat = T0 + 10 * LEASE;
-        assert!(matches!(transition(&s, &fail("x"), &seen(T0)).1, Outcome::Elected { .. }));
+        assert!(matches!(
+            transition(&s, &fail("x"), &seen(T0)).1,
+            Outcome::Elected { .. }
+        ));
         // A little skew is tolerated.
         s.fixer.as_mut().unwrap().heartbeat = T0 + 1000;
-        assert!(matches!(transition(&s, &fail("x"), &seen(T0)).1, Outcome::Wait { .. }));
+        assert!(matches!(
+            transition(&s, &fail("x"), &seen(T0)).1,
+            Outcome::Wait { .. }
+        ));
     }
 
     #[test]
@@ -492,17 +618,26 @@ mod tests {
         let s = fixing("x", 1);
         let (s, out) = transition(&s, &pass("x"), &seen(T0 + 5));
         assert_eq!(out, Outcome::Fixed);
-        assert_eq!((s.status, s.fixed_by.as_deref(), s.generation), (Status::Passing, Some("x"), 1));
+        assert_eq!(
+            (s.status, s.fixed_by.as_deref(), s.generation),
+            (Status::Passing, Some("x"), 1)
+        );
         assert!(s.waiters.is_empty());
     }
 
     #[test]
     fn fixer_with_old_generation_is_fenced() {
         let s = fixing("x", 3);
-        let stale = Event::Passed { agent: agent("x"), generation: Some(2) };
+        let stale = Event::Passed {
+            agent: agent("x"),
+            generation: Some(2),
+        };
         let (next, out) = transition(&s, &stale, &seen(T0));
         assert_eq!((out, next), (Outcome::Fenced, s.clone()));
-        let current = Event::Passed { agent: agent("x"), generation: Some(3) };
+        let current = Event::Passed {
+            agent: agent("x"),
+            generation: Some(3),
+        };
         assert_eq!(transition(&s, &current, &seen(T0)).1, Outcome::Fixed);
     }
 
@@ -522,7 +657,10 @@ mod tests {
     #[test]
     fn passing_stays_passing() {
         let s = KeyState::passing("repo");
-        assert_eq!(transition(&s, &pass("z"), &seen(T0)), (s, Outcome::Unchanged));
+        assert_eq!(
+            transition(&s, &pass("z"), &seen(T0)),
+            (s, Outcome::Unchanged)
+        );
     }
 
     #[test]
@@ -532,13 +670,20 @@ mod tests {
         assert!(matches!(out, Outcome::NotFixer { fixer: Some(_) }));
         assert_eq!(next, s);
         let (next, out) = transition(&s, &Event::Release { agent: "x".into() }, &seen(T0));
-        assert_eq!((out, next.status, next.fixer), (Outcome::Released, Status::Broken, None));
+        assert_eq!(
+            (out, next.status, next.fixer),
+            (Outcome::Released, Status::Broken, None)
+        );
         assert_eq!(next.generation, 1);
     }
 
     #[test]
     fn reset_from_any_state_is_passing_with_next_generation() {
-        for s in [KeyState::passing("repo"), KeyState::unknown("repo"), fixing("x", 4)] {
+        for s in [
+            KeyState::passing("repo"),
+            KeyState::unknown("repo"),
+            fixing("x", 4),
+        ] {
             let (next, out) = transition(&s, &Event::Reset, &seen(T0));
             assert_eq!((out, next.status), (Outcome::Reset, Status::Passing));
             assert_eq!(next.generation, s.generation + 1);
@@ -549,11 +694,23 @@ mod tests {
     #[test]
     fn heartbeat_renews_only_the_current_fixer() {
         let s = fixing("x", 2);
-        let beat = |agent: &str, generation| Event::Heartbeat { agent: agent.into(), generation };
+        let beat = |agent: &str, generation| Event::Heartbeat {
+            agent: agent.into(),
+            generation,
+        };
         let (next, out) = transition(&s, &beat("x", 2), &seen(T0 + 99));
-        assert_eq!((out, next.fixer.unwrap().heartbeat), (Outcome::Renewed, T0 + 99));
-        assert_eq!(transition(&s, &beat("x", 1), &seen(T0 + 99)).1, Outcome::Fenced);
-        assert_eq!(transition(&s, &beat("y", 2), &seen(T0 + 99)).1, Outcome::Fenced);
+        assert_eq!(
+            (out, next.fixer.unwrap().heartbeat),
+            (Outcome::Renewed, T0 + 99)
+        );
+        assert_eq!(
+            transition(&s, &beat("x", 1), &seen(T0 + 99)).1,
+            Outcome::Fenced
+        );
+        assert_eq!(
+            transition(&s, &beat("y", 2), &seen(T0 + 99)).1,
+            Outcome::Fenced
+        );
     }
 
     #[test]
@@ -561,18 +718,68 @@ mod tests {
         // y is elected, goes silent, x takes over; y comes back.
         let s = fixing("y", 1);
         let (s, _) = transition(&s, &fail("x"), &seen(T0 + LEASE));
-        let back = Event::Register { agent: "y".into(), generation: 1, fix_process: None };
-        assert_eq!(transition(&s, &back, &seen(T0 + LEASE)), (s.clone(), Outcome::Fenced));
-        let passed = Event::Passed { agent: agent("y"), generation: Some(1) };
-        assert_eq!(transition(&s, &passed, &seen(T0 + LEASE)), (s.clone(), Outcome::Unchanged));
+        let back = Event::Register {
+            agent: "y".into(),
+            generation: 1,
+            fix_process: None,
+        };
+        assert_eq!(
+            transition(&s, &back, &seen(T0 + LEASE)),
+            (s.clone(), Outcome::Fenced)
+        );
+        let passed = Event::Passed {
+            agent: agent("y"),
+            generation: Some(1),
+        };
+        assert_eq!(
+            transition(&s, &passed, &seen(T0 + LEASE)),
+            (s.clone(), Outcome::Unchanged)
+        );
         assert_eq!(fixer_of(&s), "x");
+    }
+
+    #[test]
+    fn takeover_hands_the_old_fix_process_to_the_successor() {
+        let s = fixing("y", 1);
+        let proc = Process {
+            pid: 7,
+            host: "box".into(),
+            start: Some(42),
+        };
+        let reg = Event::Register {
+            agent: "y".into(),
+            generation: 1,
+            fix_process: Some(proc.clone()),
+        };
+        let (s, _) = transition(&s, &reg, &seen(T0));
+        let (s, _) = transition(&s, &fail("x"), &seen(T0 + 1));
+        assert_eq!(
+            s.orphan_fix,
+            Some(proc.clone()),
+            "x must stop y's fix first"
+        );
+        let mine = Process { pid: 8, ..proc };
+        let reg = Event::Register {
+            agent: "x".into(),
+            generation: 2,
+            fix_process: Some(mine),
+        };
+        assert_eq!(transition(&s, &reg, &seen(T0 + 2)).0.orphan_fix, None);
     }
 
     #[test]
     fn register_records_the_fix_process() {
         let s = fixing("x", 1);
-        let proc = Process { pid: 7, host: "box".into(), start: Some(42) };
-        let reg = Event::Register { agent: "x".into(), generation: 1, fix_process: Some(proc.clone()) };
+        let proc = Process {
+            pid: 7,
+            host: "box".into(),
+            start: Some(42),
+        };
+        let reg = Event::Register {
+            agent: "x".into(),
+            generation: 1,
+            fix_process: Some(proc.clone()),
+        };
         let (s, _) = transition(&s, &reg, &seen(T0));
         let f = s.fixer.unwrap();
         assert!(f.registered);

@@ -133,11 +133,15 @@ impl Store {
     }
 
     fn state_path(&self, key: &str) -> PathBuf {
-        self.dir.join("state").join(format!("{}.json", crate::key::file_stem(key)))
+        self.dir
+            .join("state")
+            .join(format!("{}.json", crate::key::file_stem(key)))
     }
 
     pub fn fixer_lock_path(&self, key: &str) -> PathBuf {
-        self.dir.join("locks").join(format!("{}.fixer", crate::key::file_stem(key)))
+        self.dir
+            .join("locks")
+            .join(format!("{}.fixer", crate::key::file_stem(key)))
     }
 
     fn election_lock_path(&self) -> PathBuf {
@@ -155,7 +159,9 @@ impl Store {
 
     /// Every key on record, with its base.
     pub fn all(&self) -> Vec<(String, KeyState)> {
-        let Ok(entries) = fs::read_dir(self.dir.join("state")) else { return Vec::new() };
+        let Ok(entries) = fs::read_dir(self.dir.join("state")) else {
+            return Vec::new();
+        };
         let mut keys: Vec<(String, KeyState)> = entries
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
@@ -218,24 +224,41 @@ impl Store {
                  fixing, and rewriting it",
                 path.display()
             ));
-            self.append_history(&serde_json::json!({"event": "damaged", "key": key, "reason": why}))?;
+            self.append_history(
+                &serde_json::json!({"event": "damaged", "key": key, "reason": why}),
+            )?;
         }
         if after != before || damaged.is_some() || matches!(read, Read::Missing) {
-            let file = StateFile { schema: SCHEMA, base: base.to_owned(), state: after.clone() };
+            let file = StateFile {
+                schema: SCHEMA,
+                base: base.to_owned(),
+                state: after.clone(),
+            };
             write_atomic(&path, &serde_json::to_vec_pretty(&file)?)?;
         }
         let old_totals = totals;
         totals.count(event, &outcome, &after);
         if totals != old_totals {
-            write_atomic(&self.dir.join("totals.json"), &serde_json::to_vec_pretty(&totals)?)?;
+            write_atomic(
+                &self.dir.join("totals.json"),
+                &serde_json::to_vec_pretty(&totals)?,
+            )?;
         }
         for entry in history_entries(key, event, &outcome, &before, &after) {
             self.append_history(&entry)?;
         }
-        if matches!(outcome, Outcome::Fixed | Outcome::Recovered | Outcome::Reset) {
+        if matches!(
+            outcome,
+            Outcome::Fixed | Outcome::Recovered | Outcome::Reset
+        ) {
             self.prune_states();
         }
-        Ok(Applied { before, after, outcome, damaged })
+        Ok(Applied {
+            before,
+            after,
+            outcome,
+            damaged,
+        })
     }
 
     /// Appends one event to the history under the election lock.
@@ -285,12 +308,16 @@ impl Store {
             .append(true)
             .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        file.write_all(&line).with_context(|| format!("cannot write {}", path.display()))?;
+        file.write_all(&line)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         if file.metadata().map(|m| m.len()).unwrap_or(0) > HISTORY_CAP {
             // Keep the newest half, cut at a line boundary.
             let text = fs::read(&path)?;
             let cut = text.len() - (HISTORY_CAP as usize / 2);
-            let start = text[cut..].iter().position(|&b| b == b'\n').map_or(text.len(), |i| cut + i + 1);
+            let start = text[cut..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(text.len(), |i| cut + i + 1);
             write_atomic(&path, &text[start..])?;
         }
         Ok(())
@@ -309,9 +336,15 @@ impl Store {
     pub fn write_log(&self, agent: &str, output: &[u8]) -> Result<PathBuf> {
         let dir = self.dir.join("logs");
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let name = format!("{}-{}-{}.log", time::now(), crate::key::file_stem(agent), std::process::id());
+        let name = format!(
+            "{}-{}-{}.log",
+            time::now(),
+            crate::key::file_stem(agent),
+            std::process::id()
+        );
         let path = dir.join(name);
-        fs::write(&path, output).with_context(|| format!("cannot write the failure log {}", path.display()))?;
+        fs::write(&path, output)
+            .with_context(|| format!("cannot write the failure log {}", path.display()))?;
         if let Ok(entries) = fs::read_dir(&dir) {
             let mut logs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
             if logs.len() > KEEP_LOGS {
@@ -365,12 +398,17 @@ fn read_state(path: &Path, key: &str) -> Read {
         schema: u32,
     }
     match serde_json::from_slice::<Version>(&bytes) {
-        Ok(v) if v.schema != SCHEMA => return Read::Damaged(format!("schema {} is not {SCHEMA}", v.schema)),
+        Ok(v) if v.schema != SCHEMA => {
+            return Read::Damaged(format!("schema {} is not {SCHEMA}", v.schema));
+        }
         Ok(_) => {}
         Err(e) => return Read::Damaged(format!("not valid state: {e}")),
     }
     match serde_json::from_slice::<StateFile>(&bytes) {
-        Ok(f) if key.is_empty() || f.state.key == key => Read::Found { base: f.base, state: f.state },
+        Ok(f) if key.is_empty() || f.state.key == key => Read::Found {
+            base: f.base,
+            state: f.state,
+        },
         Ok(f) => Read::Damaged(format!("it holds key `{}`", f.state.key)),
         Err(e) => Read::Damaged(format!("not valid state: {e}")),
     }
@@ -381,13 +419,22 @@ fn read_state(path: &Path, key: &str) -> Read {
 /// never a mix; a crash leaves at worst a stray temp file, which the next writer removes.
 /// Callers hold the election lock.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().ok_or_else(|| anyhow!("{} has no parent directory", path.display()))?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no parent directory", path.display()))?;
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     remove_strays(dir, &name);
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| -> std::io::Result<()> {
-        let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         crate::fault::point("state-write");
@@ -427,10 +474,20 @@ fn history_entries(
     let mut out = Vec::new();
     let generation = after.generation;
     match event {
-        Event::Failed { agent, signature, log } => {
-            let attempts = after.fixer.as_ref().filter(|f| f.agent == agent.id).map(|f| f.attempts);
-            out.push(json!({"event": "failed", "key": key, "agent": agent.id, "signature": signature,
-                            "log": log, "attempts": attempts}));
+        Event::Failed {
+            agent,
+            signature,
+            log,
+        } => {
+            let attempts = after
+                .fixer
+                .as_ref()
+                .filter(|f| f.agent == agent.id)
+                .map(|f| f.attempts);
+            out.push(
+                json!({"event": "failed", "key": key, "agent": agent.id, "signature": signature,
+                            "log": log, "attempts": attempts}),
+            );
         }
         Event::Passed { .. } | Event::Heartbeat { .. } | Event::Register { .. } => {}
         Event::Release { .. } | Event::Reset => {}
@@ -475,12 +532,19 @@ mod tests {
     use crate::state::Agent;
 
     fn policy() -> Policy {
-        Policy { stale_after: Duration::from_secs(60), max_fix_attempts: 3 }
+        Policy {
+            stale_after: Duration::from_secs(60),
+            max_fix_attempts: 3,
+        }
     }
 
     fn fail(id: &str) -> Event {
         Event::Failed {
-            agent: Agent { id: id.into(), pid: 1, host: "h".into() },
+            agent: Agent {
+                id: id.into(),
+                pid: 1,
+                host: "h".into(),
+            },
             signature: "s".into(),
             log: "/l".into(),
         }
@@ -491,14 +555,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path().join("buildlock"));
         assert_eq!(store.read("repo"), Read::Missing);
-        let a = store.apply("repo", "repo", &fail("a"), policy(), None).unwrap();
+        let a = store
+            .apply("repo", "repo", &fail("a"), policy(), None)
+            .unwrap();
         assert_eq!(a.outcome, Outcome::Elected { replaced: None });
-        let b = store.apply("repo", "repo", &fail("b"), policy(), None).unwrap();
+        let b = store
+            .apply("repo", "repo", &fail("b"), policy(), None)
+            .unwrap();
         assert!(matches!(b.outcome, Outcome::Wait { first: true, .. }));
         let t = store.totals();
-        assert_eq!((t.failures, t.elections, t.waits, t.fix_runs, t.fix_runs_avoided), (2, 1, 1, 1, 1));
-        let events: Vec<String> =
-            store.history().iter().map(|e| e["event"].as_str().unwrap().to_owned()).collect();
+        assert_eq!(
+            (
+                t.failures,
+                t.elections,
+                t.waits,
+                t.fix_runs,
+                t.fix_runs_avoided
+            ),
+            (2, 1, 1, 1, 1)
+        );
+        let events: Vec<String> = store
+            .history()
+            .iter()
+            .map(|e| e["event"].as_str().unwrap().to_owned())
+            .collect();
         assert_eq!(events, ["failed", "elected", "failed", "waiting"]);
     }
 
@@ -507,7 +587,10 @@ mod tests {
         let huge = vec![b'x'; 2 << 20];
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("empty", vec![]),
-            ("truncated", br#"{"schema": 1, "base": "repo", "key": "re"#.to_vec()),
+            (
+                "truncated",
+                br#"{"schema": 1, "base": "repo", "key": "re"#.to_vec(),
+            ),
             ("garbage", vec![0xff, 0x00, 0x13, 0x37]),
             ("other schema", br#"{"schema": 99}"#.to_vec()),
             ("huge", huge),
@@ -519,10 +602,19 @@ mod tests {
             fs::create_dir_all(path.parent().unwrap()).unwrap();
             fs::write(&path, &bytes).unwrap();
             assert!(matches!(store.read("repo"), Read::Damaged(_)), "{what}");
-            let applied = store.apply("repo", "repo", &fail("a"), policy(), None).unwrap();
+            let applied = store
+                .apply("repo", "repo", &fail("a"), policy(), None)
+                .unwrap();
             assert!(applied.damaged.is_some(), "{what}");
-            assert_eq!(applied.outcome, Outcome::Elected { replaced: None }, "{what}");
-            assert!(matches!(store.read("repo"), Read::Found { .. }), "{what}: rewritten");
+            assert_eq!(
+                applied.outcome,
+                Outcome::Elected { replaced: None },
+                "{what}"
+            );
+            assert!(
+                matches!(store.read("repo"), Read::Found { .. }),
+                "{what}: rewritten"
+            );
         }
     }
 
@@ -532,7 +624,9 @@ mod tests {
         let store = Store::new(dir.path().to_owned());
         fs::create_dir_all(store.state_path("repo").join("inner")).unwrap();
         assert!(matches!(store.read("repo"), Read::Damaged(_)));
-        store.apply("repo", "repo", &fail("a"), policy(), None).unwrap();
+        store
+            .apply("repo", "repo", &fail("a"), policy(), None)
+            .unwrap();
         assert!(matches!(store.read("repo"), Read::Found { .. }));
     }
 
@@ -540,10 +634,16 @@ mod tests {
     fn generation_survives_a_lost_state_file() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path().to_owned());
-        store.apply("repo", "repo", &fail("a"), policy(), None).unwrap();
-        store.apply("repo", "repo", &Event::Reset, policy(), None).unwrap();
+        store
+            .apply("repo", "repo", &fail("a"), policy(), None)
+            .unwrap();
+        store
+            .apply("repo", "repo", &Event::Reset, policy(), None)
+            .unwrap();
         fs::write(store.state_path("repo"), b"").unwrap();
-        let a = store.apply("repo", "repo", &fail("b"), policy(), None).unwrap();
+        let a = store
+            .apply("repo", "repo", &fail("b"), policy(), None)
+            .unwrap();
         assert_eq!(a.after.generation, 3);
     }
 
@@ -555,7 +655,11 @@ mod tests {
         write_atomic(&path, b"one").unwrap();
         write_atomic(&path, b"two").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
         assert_eq!(names, ["x.json"]);
     }
 
@@ -566,12 +670,17 @@ mod tests {
         fs::create_dir_all(dir.path()).unwrap();
         let pad = "p".repeat(1000);
         for i in 0..1500 {
-            store.append_history(&serde_json::json!({"event": "x", "i": i, "pad": pad})).unwrap();
+            store
+                .append_history(&serde_json::json!({"event": "x", "i": i, "pad": pad}))
+                .unwrap();
         }
         let len = fs::metadata(store.history_path()).unwrap().len();
         assert!(len <= HISTORY_CAP, "{len}");
         let h = store.history();
         assert_eq!(h.last().unwrap()["i"], 1499);
-        assert!(h.iter().all(|e| e["event"] == "x"), "cut at a line boundary");
+        assert!(
+            h.iter().all(|e| e["event"] == "x"),
+            "cut at a line boundary"
+        );
     }
 }

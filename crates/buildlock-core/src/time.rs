@@ -58,7 +58,9 @@ pub fn human(d: Duration) -> String {
 /// Parse a duration such as `"250ms"`, `"90s"`, `"5m"`, `"1h"` or `"1h30m"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || {
-        format!("bad duration {text:?}: write a number and a unit, e.g. \"250ms\", \"90s\", \"5m\", \"1h\"")
+        format!(
+            "bad duration {text:?}: write a number and a unit, e.g. \"250ms\", \"90s\", \"5m\", \"1h\""
+        )
     };
     let mut rest = text.trim();
     if rest.is_empty() {
@@ -66,13 +68,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     let mut total = Duration::ZERO;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(bad());
         }
         let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let part = match &rest[..unit] {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),

@@ -16,7 +16,14 @@ use crate::{say, signals};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WaitEnd {
     /// The key is passing again.
-    Fixed { by: Option<String> },
+    Fixed {
+        by: Option<String>,
+    },
+    /// The episode we waited on ended and another began (fixed and broken again, or reset):
+    /// the generation moved on.
+    Moved {
+        generation: u64,
+    },
     /// Nobody is fixing any more (given up, released, or the state became unreadable).
     Broken,
     /// The fixer's process died (its fixer lock is free).
@@ -31,6 +38,8 @@ pub enum WaitEnd {
 pub struct Waiting<'a> {
     pub store: &'a Store,
     pub key: &'a str,
+    /// The generation whose fixer we wait for.
+    pub generation: u64,
     pub limit: Duration,
     pub stale_after: Duration,
     pub poll: Duration,
@@ -43,12 +52,18 @@ pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
     let mut last_lease: Option<(u64, Millis)> = None;
     let mut lease_seen_at = Instant::now();
     let mut last_progress: Option<Instant> = None;
-    let progress_every = if say::stderr_is_terminal() { Duration::from_secs(1) } else { Duration::from_secs(5) };
+    let progress_every = if say::stderr_is_terminal() {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(5)
+    };
     let end = loop {
         if let Some(signal) = signals::pending() {
             break WaitEnd::Signal(signal);
         }
-        if w.parent.is_some_and(|p| p != std::os::unix::process::parent_id()) {
+        if w.parent
+            .is_some_and(|p| p != std::os::unix::process::parent_id())
+        {
             break WaitEnd::ParentGone;
         }
         let state = match w.store.read(w.key) {
@@ -56,6 +71,11 @@ pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
             Read::Damaged(_) => break WaitEnd::Broken,
             Read::Found { state, .. } => state,
         };
+        if state.generation != w.generation && state.status != Status::Passing {
+            break WaitEnd::Moved {
+                generation: state.generation,
+            };
+        }
         let fixer = match (state.status, state.fixer) {
             (Status::Passing, _) => break WaitEnd::Fixed { by: state.fixed_by },
             (Status::Fixing, Some(f)) => f,
@@ -64,7 +84,9 @@ pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
         if fixer.registered && election::is_free(&w.store.fixer_lock_path(w.key)).unwrap_or(false) {
             // Re-read: a fixer that just finished marks the state before it lets the lock go.
             match w.store.read(w.key) {
-                Read::Found { state: again, .. } if again.generation == state.generation && again.status == Status::Fixing => {
+                Read::Found { state: again, .. }
+                    if again.generation == state.generation && again.status == Status::Fixing =>
+                {
                     break WaitEnd::FixerDied(fixer);
                 }
                 _ => continue,
