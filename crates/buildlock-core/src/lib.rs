@@ -11,6 +11,7 @@
 //! - [`wait`]: bounded waiting for a fix, with progress;
 //! - [`signature`]: failure normalisation and hashing;
 //! - [`check`]: running the check and the fix in their own process group;
+//! - [`ops`]: the operator's commands; [`demo`]: the demo;
 //! - [`hook`]: the pre-commit flow; [`retry`]: commit-retry; [`decision`]: what the hook hands to commit-retry;
 //! - [`signals`], [`process`], [`env`], [`fault`], [`time`], [`say`]: OS primitives, one module each.
 
@@ -18,6 +19,7 @@ pub mod check;
 pub mod config;
 pub mod context;
 pub mod decision;
+pub mod demo;
 pub mod election;
 pub mod env;
 pub mod exit;
@@ -25,6 +27,7 @@ pub mod fault;
 pub mod hook;
 pub mod key;
 pub mod lease;
+pub mod ops;
 pub mod process;
 pub mod repo;
 pub mod retry;
