@@ -1,0 +1,5 @@
+//! Integration tests: the real binaries on real temporary repositories.
+
+mod harness;
+mod hook;
+mod retry;

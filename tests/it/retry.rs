@@ -1,0 +1,240 @@
+//! commit-retry on real repositories: waiting, fixing, takeover, contention, exit codes.
+
+use crate::harness::*;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+/// A repository whose check reads the shared `status`, and whose fix repairs it, appending
+/// `start <agent>` and `end <agent>` to the shared witness file.
+fn repo_with_fix(fix_sleep: &str, extra: &str) -> TestRepo {
+    let r = TestRepo::new("");
+    let status = r.shared("status");
+    let witness = r.shared("witness");
+    let fix = r.shared("fix.sh");
+    std::fs::write(
+        &fix,
+        format!(
+            "echo \"start $BUILDLOCK_AGENT\" >> {w}\nsleep {fix_sleep}\necho ok > {s}\necho \"end $BUILDLOCK_AGENT\" >> {w}\n",
+            w = witness.display(),
+            s = status.display()
+        ),
+    )
+    .unwrap();
+    let config = format!(
+        "check = \"grep -qx ok {s}\"\n[fix]\ncommand = \"sh {f}\"\ncost = 0.25\n{extra}",
+        s = status.display(),
+        f = fix.display()
+    );
+    std::fs::write(r.dir.join(".buildlock.toml"), config).unwrap();
+    r.git(&["commit", "-q", "-am", "config", "--no-verify"]);
+    std::fs::write(&status, "broken\n").unwrap();
+    r
+}
+
+fn witness(r: &TestRepo) -> Vec<String> {
+    std::fs::read_to_string(r.shared("witness")).unwrap_or_default().lines().map(str::to_owned).collect()
+}
+
+/// Fix runs never overlap: every `start` is followed by its own `end` before the next `start`,
+/// except a run that was stopped (no `end`).
+fn assert_no_overlap(lines: &[String]) {
+    let mut open: Option<&str> = None;
+    for l in lines {
+        if let Some(agent) = l.strip_prefix("start ") {
+            open = Some(agent);
+        } else if let Some(agent) = l.strip_prefix("end ") {
+            assert_eq!(open, Some(agent), "an `end` that is not of the running fix: {lines:?}");
+            open = None;
+        }
+    }
+}
+
+fn commit_retry(r: &TestRepo, dir: &Path, agent: &str) -> Child {
+    r.cmd(COMMIT_RETRY, dir)
+        .args(["-q", "-m", &format!("{agent} work")])
+        .env("BUILDLOCK_AGENT", agent)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn sixteen_agents_one_fix_every_commit_lands() {
+    const AGENTS: usize = 16;
+    let r = repo_with_fix("0.5", "");
+    let trees: Vec<_> = (0..AGENTS)
+        .map(|i| {
+            let t = r.worktree(&format!("a{i}"));
+            r.stage_change(&t, &format!("f{i}"));
+            t
+        })
+        .collect();
+    let children: Vec<_> = trees.iter().enumerate().map(|(i, t)| commit_retry(&r, t, &format!("a{i}"))).collect();
+    for (i, c) in children.into_iter().enumerate() {
+        let out = wait_output(c, Duration::from_secs(120));
+        assert!(out.status.success(), "a{i}: {}", text(&out.stderr));
+        assert_eq!(r.last_subject(&trees[i]), format!("a{i} work"));
+    }
+    let w = witness(&r);
+    assert_eq!(w.len(), 2, "exactly one fix ran: {w:?}");
+    assert_no_overlap(&w);
+    let status = r.state();
+    let totals = &status["totals"];
+    assert_eq!(totals["fix_runs"], 1);
+    assert_eq!(totals["fix_runs_avoided"], (AGENTS - 1) as u64);
+    assert_eq!(totals["saved"], 0.25 * (AGENTS - 1) as f64);
+    assert_eq!(status["keys"][0]["status"], "passing");
+    assert!(status["keys"][0]["fixer"].is_null());
+}
+
+#[test]
+fn sigkilled_fixer_is_replaced_and_its_orphaned_fix_stopped() {
+    let r = repo_with_fix("3", "");
+    let (ta, tb) = (r.worktree("a"), r.worktree("b"));
+    r.stage_change(&ta, "fa");
+    r.stage_change(&tb, "fb");
+    let a = commit_retry(&r, &ta, "a");
+    assert!(eventually(Duration::from_secs(20), || witness(&r) == ["start a"]));
+    let b = commit_retry(&r, &tb, "b");
+    assert!(eventually(Duration::from_secs(10), || r.state()["keys"][0]["waiters"] == serde_json::json!(["b"])));
+    signal(&a, libc::SIGKILL);
+    let _ = wait_output(a, Duration::from_secs(5));
+    let out = wait_output(b, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("the fixer `a` died"), "{err}");
+    assert!(err.contains("stopped the previous fixer's fix"), "{err}");
+    let w = witness(&r);
+    assert_eq!(w, ["start a", "start b", "end b"], "a's orphaned fix was stopped before b's began");
+    assert_no_overlap(&w);
+    let key = &r.state()["keys"][0];
+    assert_eq!((key["status"].as_str(), key["generation"].as_u64()), (Some("passing"), Some(2)));
+    assert!(r.history_events().contains(&"takeover".to_owned()));
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(witness(&r), ["start a", "start b", "end b"], "the orphan never finished");
+}
+
+#[test]
+fn sigstopped_fixer_is_taken_over_after_the_lease_and_fenced_when_resumed() {
+    let r = repo_with_fix("2", "[coordination]\nstale_after = \"1s\"\nwait = \"20s\"\n");
+    let (ta, tb) = (r.worktree("a"), r.worktree("b"));
+    r.stage_change(&ta, "fa");
+    r.stage_change(&tb, "fb");
+    let a = commit_retry(&r, &ta, "a");
+    assert!(eventually(Duration::from_secs(20), || witness(&r) == ["start a"]));
+    signal(&a, libc::SIGSTOP);
+    let b = commit_retry(&r, &tb, "b");
+    let out = wait_output(b, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let after_b = r.state();
+    assert_eq!(after_b["keys"][0]["status"], "passing");
+    let generation = after_b["keys"][0]["generation"].as_u64().unwrap();
+    assert_eq!(generation, 2);
+    // a resumes: it was fenced, changes nothing, and still gets its commit in.
+    signal(&a, libc::SIGCONT);
+    let out = wait_output(a, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let key = &r.state()["keys"][0];
+    assert_eq!((key["status"].as_str(), key["generation"].as_u64()), (Some("passing"), Some(generation)));
+    assert_eq!(r.last_subject(&ta), "a work");
+    let w = witness(&r);
+    assert_eq!(w.iter().filter(|l| l.starts_with("start")).count(), 2, "{w:?}");
+    assert_no_overlap(&w);
+}
+
+#[test]
+fn git_lock_contention_is_retried_and_elects_nobody() {
+    let r = repo_with_fix("0", "");
+    std::fs::write(r.shared("status"), "ok\n").unwrap();
+    r.stage_change(&r.dir, "x");
+    let lock = r.dir.join(".git/index.lock");
+    std::fs::write(&lock, "").unwrap();
+    let child = commit_retry(&r, &r.dir, "a");
+    std::thread::sleep(Duration::from_millis(700));
+    std::fs::remove_file(&lock).unwrap();
+    let out = wait_output(child, Duration::from_secs(30));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("another git process holds a lock"), "{}", text(&out.stderr));
+    assert!(!r.history_events().iter().any(|e| e == "elected" || e == "failed"));
+}
+
+#[test]
+fn exit_codes() {
+    // 0: committed.
+    let r = repo_with_fix("0", "");
+    std::fs::write(r.shared("status"), "ok\n").unwrap();
+    r.stage_change(&r.dir, "a");
+    assert_eq!(wait_output(commit_retry(&r, &r.dir, "x"), Duration::from_secs(30)).status.code(), Some(0));
+
+    // git's own code passes through: nothing to commit.
+    let out = wait_output(commit_retry(&r, &r.dir, "x"), Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!text(&out.stderr).contains("fixer"), "{}", text(&out.stderr));
+    // ... and a bad option (git's 129).
+    let out = r.cmd(COMMIT_RETRY, &r.dir).arg("--no-such-option").output().unwrap();
+    assert_eq!(out.status.code(), Some(129));
+
+    // 1: the fixer without fix.command.
+    let r = TestRepo::new("check = \"false\"\n");
+    r.stage_change(&r.dir, "a");
+    let out = wait_output(commit_retry(&r, &r.dir, "x"), Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no `fix.command` is configured"), "{}", text(&out.stderr));
+
+    // 75: still blocked after retry.attempts.
+    let config = "check = \"false\"\n[coordination]\nwait = \"200ms\"\n[retry]\nattempts = 2\n";
+    let r = TestRepo::new(config);
+    assert_eq!(r.cmd(PRE_COMMIT, &r.dir).env("BUILDLOCK_AGENT", "fixer").output().unwrap().status.code(), Some(1));
+    r.stage_change(&r.dir, "a");
+    let out = wait_output(commit_retry(&r, &r.dir, "x"), Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("still blocked by `fixer` after 2 commit attempts"));
+
+    // 1: the fix failed max_fix_attempts times.
+    let config = "check = \"false\"\n[fix]\ncommand = \"true\"\n[coordination]\nmax_fix_attempts = 2\n";
+    let r = TestRepo::new(config);
+    r.stage_change(&r.dir, "a");
+    let out = wait_output(commit_retry(&r, &r.dir, "x"), Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("gave the fixer role up"));
+    assert_eq!(r.state()["keys"][0]["status"], "broken");
+    assert_eq!(r.state()["totals"]["fix_runs"], 2);
+
+    // 78: configuration error.
+    let r = TestRepo::new("[fix]\ncomand = \"x\"\n");
+    r.stage_change(&r.dir, "a");
+    let out = wait_output(commit_retry(&r, &r.dir, "x"), Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(78));
+    assert!(text(&out.stderr).contains("fix.comand"));
+
+    // 128+n: ended by a signal while waiting.
+    let config = "check = \"false\"\n[coordination]\nwait = \"30s\"\n";
+    let r = TestRepo::new(config);
+    assert_eq!(r.cmd(PRE_COMMIT, &r.dir).env("BUILDLOCK_AGENT", "fixer").output().unwrap().status.code(), Some(1));
+    r.stage_change(&r.dir, "a");
+    let child = commit_retry(&r, &r.dir, "x");
+    assert!(eventually(Duration::from_secs(10), || r.state()["keys"][0]["waiters"] == serde_json::json!(["x"])));
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&child, libc::SIGTERM);
+    assert_eq!(wait_output(child, Duration::from_secs(10)).status.code(), Some(143));
+}
+
+#[test]
+fn fix_gets_the_contract_environment() {
+    let r = TestRepo::new("");
+    let env_out = r.shared("env");
+    let config = format!(
+        "check = \"test -e {ok}\"\n[fix]\ncommand = \"env | grep ^BUILDLOCK_ | sort > {e}; touch {ok}\"\n",
+        ok = r.shared("ok").display(),
+        e = env_out.display()
+    );
+    std::fs::write(r.dir.join(".buildlock.toml"), config).unwrap();
+    r.stage_change(&r.dir, "a");
+    let out = wait_output(commit_retry(&r, &r.dir, "fx"), Duration::from_secs(30));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let env = std::fs::read_to_string(env_out).unwrap();
+    for var in ["BUILDLOCK_AGENT=fx", "BUILDLOCK_ATTEMPT=1", "BUILDLOCK_GENERATION=1", "BUILDLOCK_KEY=repo", "BUILDLOCK_LOG=/", "BUILDLOCK_SIGNATURE="] {
+        assert!(env.contains(var), "{var} missing from:\n{env}");
+    }
+}
