@@ -112,7 +112,7 @@ pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
     } else {
         String::new()
     };
-    println!("fix runs    {} run, {} avoided{saved}", t.fix_runs, t.fix_runs_avoided);
+    println!("fix runs    {}, {} avoided{saved}", n(t.fix_runs, "run", "runs"), t.fix_runs_avoided);
     Ok(exit::OK)
 }
 
