@@ -1,5 +1,5 @@
 #!/bin/sh
-# install.sh [--uninstall [--purge]] [--force-hooks-path] [REPO]
+# install.sh [--uninstall [--purge]] [--force-hooks-path] [--bin-dir DIR] [REPO]
 #
 # Installs buildlock into the git repository REPO (default: the repository of the current
 # directory), for all of its worktrees:
@@ -11,6 +11,7 @@
 #     unless .buildlock.toml sets its own `check`;
 #   - adds the local aliases `git commit-retry` and `git buildlock`;
 #   - writes .buildlock.toml from the example when the work tree has none.
+# --bin-dir DIR installs the binaries found in DIR instead of building them.
 # Installing twice changes nothing. --uninstall removes only what was added and restores the
 # previous hook byte for byte; coordination state stays unless --purge.
 set -eu
@@ -23,16 +24,22 @@ mode=install
 purge=no
 force_hooks_path=no
 repo=
+bin_dir=
+expect_bin_dir=no
 for arg in "$@"; do
+    if [ "$expect_bin_dir" = yes ]; then bin_dir=$arg; expect_bin_dir=no; continue; fi
     case "$arg" in
+        --bin-dir) expect_bin_dir=yes ;;
+        --bin-dir=*) bin_dir=${arg#--bin-dir=} ;;
         --uninstall) mode=uninstall ;;
         --purge) purge=yes ;;
         --force-hooks-path) force_hooks_path=yes ;;
-        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) die "unknown option $arg (see --help)" ;;
         *) [ -z "$repo" ] || die "one repository at a time (got '$repo' and '$arg')"; repo=$arg ;;
     esac
 done
+[ "$expect_bin_dir" = no ] || die "--bin-dir needs a directory"
 [ -n "$repo" ] || repo=.
 [ -d "$repo" ] || die "$repo is not a directory"
 command -v git >/dev/null 2>&1 || die "git is not installed"
@@ -112,16 +119,34 @@ case "$hooks_path" in
         ;;
 esac
 
-# 1. Binaries: build when missing or older than the sources.
+# Everything that can fail is checked before anything is changed.
+if [ -e "$hooks" ] && [ ! -d "$hooks" ]; then
+    die "the hooks directory $hooks is not a directory"
+fi
+mkdir -p "$hooks" 2>/dev/null || die "cannot create the hooks directory $hooks"
+probe="$hooks/.buildlock-probe.$$"
+( : > "$probe" ) 2>/dev/null && rm -f "$probe" || die "the hooks directory $hooks is not writable"
+if ! is_ours "$hook" && { [ -e "$hook" ] || [ -L "$hook" ]; } && { [ -e "$chained" ] || [ -L "$chained" ]; }; then
+    die "$hook is not buildlock's, and a chained hook is already kept at $chained; move one of them away first"
+fi
+
+# 1. Binaries: given, or built when missing or older than the sources.
 target=${CARGO_TARGET_DIR:-$src/target}
 case "$target" in /*) ;; *) target="$src/$target" ;; esac
 release="$target/release"
 need_build=no
-for b in pre-commit commit-retry buildlock; do
-    [ -x "$release/$b" ] || need_build=yes
-done
-if [ "$need_build" = no ] && [ -n "$(find "$src/Cargo.toml" "$src/Cargo.lock" "$src/src" "$src/crates" -newer "$release/pre-commit" -type f 2>/dev/null | head -n 1)" ]; then
-    need_build=yes
+if [ -n "$bin_dir" ]; then
+    release=$(cd "$bin_dir" 2>/dev/null && pwd) || die "--bin-dir $bin_dir is not a directory"
+    for b in pre-commit commit-retry buildlock; do
+        [ -x "$release/$b" ] || die "$release/$b is missing: --bin-dir must hold pre-commit, commit-retry and buildlock"
+    done
+else
+    for b in pre-commit commit-retry buildlock; do
+        [ -x "$release/$b" ] || need_build=yes
+    done
+    if [ "$need_build" = no ] && [ -n "$(find "$src/Cargo.toml" "$src/Cargo.lock" "$src/src" "$src/crates" -newer "$release/pre-commit" -type f 2>/dev/null | head -n 1)" ]; then
+        need_build=yes
+    fi
 fi
 if [ "$need_build" = yes ]; then
     command -v cargo >/dev/null 2>&1 || die "cargo is not installed, and the binaries need building: install Rust from https://rustup.rs, then run install.sh again"
@@ -141,15 +166,10 @@ done
 [ "$git_dir" = "$common" ] || say "run from a linked worktree: installing for the whole repository ($common), every worktree shares it"
 
 # 2. The hook.
-mkdir -p "$hooks" 2>/dev/null || die "cannot create the hooks directory $hooks"
-[ -w "$hooks" ] || die "the hooks directory $hooks is not writable"
 if is_ours "$hook"; then
     say "the hook $hook is already buildlock's"
 else
     if [ -e "$hook" ] || [ -L "$hook" ]; then
-        if [ -e "$chained" ] || [ -L "$chained" ]; then
-            die "$hook is not buildlock's, and a chained hook is already kept at $chained; move one of them away first"
-        fi
         mkdir -p "$home/chained"
         mv "$hook" "$chained"
         say "kept your existing hook: moved $hook to $chained; it runs as the check unless .buildlock.toml sets 'check'"

@@ -23,9 +23,14 @@ fn run(args: &[String]) -> i32 {
         say::say(format!("{msg}\n{USAGE}"));
         exit::USAGE
     };
-    let Some((command, rest)) = args.split_first() else { return usage("no command given") };
+    let Some((command, rest)) = args.split_first() else {
+        return usage("no command given");
+    };
     let flag = |name: &str| rest.iter().any(|a| a == name);
-    let known = |allowed: &[&str]| rest.iter().all(|a| allowed.contains(&a.as_str()) || a.parse::<usize>().is_ok());
+    let known = |allowed: &[&str]| {
+        rest.iter()
+            .all(|a| allowed.contains(&a.as_str()) || a.parse::<usize>().is_ok())
+    };
     let result = match command.as_str() {
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
@@ -59,7 +64,12 @@ fn run(args: &[String]) -> i32 {
                     ops::log(&ctx, flag("--json"), n)
                 }
                 "doctor" if rest.is_empty() => ops::doctor(&ctx),
-                _ => return usage(&format!("unexpected arguments for `{command}`: {}", rest.join(" "))),
+                _ => {
+                    return usage(&format!(
+                        "unexpected arguments for `{command}`: {}",
+                        rest.join(" ")
+                    ));
+                }
             }
         }
         other => return usage(&format!("unknown command `{other}`")),

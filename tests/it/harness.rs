@@ -65,7 +65,11 @@ impl TestRepo {
         let dir = root.join("repo");
         std::fs::create_dir_all(root.join("home")).unwrap();
         std::fs::create_dir_all(&dir).unwrap();
-        let r = TestRepo { _tmp: tmp, root, dir };
+        let r = TestRepo {
+            _tmp: tmp,
+            root,
+            dir,
+        };
         r.git(&["init", "-q", "-b", "main"]);
         std::fs::write(r.dir.join(".buildlock.toml"), config).unwrap();
         std::fs::write(r.dir.join("README"), "hello\n").unwrap();
@@ -126,7 +130,12 @@ impl TestRepo {
         std::fs::read_to_string(self.buildlock_dir().join("history.jsonl"))
             .unwrap_or_default()
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].as_str().unwrap().to_owned())
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["event"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
             .collect()
     }
 
@@ -136,7 +145,9 @@ impl TestRepo {
     }
 
     pub fn last_subject(&self, dir: &Path) -> String {
-        text(&self.git_in(dir, &["log", "-1", "--format=%s"]).stdout).trim().to_owned()
+        text(&self.git_in(dir, &["log", "-1", "--format=%s"]).stdout)
+            .trim()
+            .to_owned()
     }
 }
 

@@ -2,4 +2,5 @@
 
 mod harness;
 mod hook;
+mod install;
 mod retry;

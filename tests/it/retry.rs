@@ -33,7 +33,11 @@ fn repo_with_fix(fix_sleep: &str, extra: &str) -> TestRepo {
 }
 
 fn witness(r: &TestRepo) -> Vec<String> {
-    std::fs::read_to_string(r.shared("witness")).unwrap_or_default().lines().map(str::to_owned).collect()
+    std::fs::read_to_string(r.shared("witness"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Fix runs never overlap: every `start` is followed by its own `end` before the next `start`,
@@ -44,7 +48,11 @@ fn assert_no_overlap(lines: &[String]) {
         if let Some(agent) = l.strip_prefix("start ") {
             open = Some(agent);
         } else if let Some(agent) = l.strip_prefix("end ") {
-            assert_eq!(open, Some(agent), "an `end` that is not of the running fix: {lines:?}");
+            assert_eq!(
+                open,
+                Some(agent),
+                "an `end` that is not of the running fix: {lines:?}"
+            );
             open = None;
         }
     }
@@ -70,7 +78,11 @@ fn sixteen_agents_one_fix_every_commit_lands() {
             t
         })
         .collect();
-    let children: Vec<_> = trees.iter().enumerate().map(|(i, t)| commit_retry(&r, t, &format!("a{i}"))).collect();
+    let children: Vec<_> = trees
+        .iter()
+        .enumerate()
+        .map(|(i, t)| commit_retry(&r, t, &format!("a{i}")))
+        .collect();
     for (i, c) in children.into_iter().enumerate() {
         let out = wait_output(c, Duration::from_secs(120));
         assert!(out.status.success(), "a{i}: {}", text(&out.stderr));
@@ -97,7 +109,9 @@ fn sigkilled_fixer_is_replaced_and_its_orphaned_fix_stopped() {
     let a = commit_retry(&r, &ta, "a");
     assert!(eventually(Duration::from_secs(20), || witness(&r) == ["start a"]));
     let b = commit_retry(&r, &tb, "b");
-    assert!(eventually(Duration::from_secs(10), || r.state()["keys"][0]["waiters"] == serde_json::json!(["b"])));
+    assert!(eventually(Duration::from_secs(10), || r.state()["keys"][0]
+        ["waiters"]
+        == serde_json::json!(["b"])));
     signal(&a, libc::SIGKILL);
     let _ = wait_output(a, Duration::from_secs(5));
     let out = wait_output(b, Duration::from_secs(60));
@@ -106,18 +120,32 @@ fn sigkilled_fixer_is_replaced_and_its_orphaned_fix_stopped() {
     assert!(err.contains("the fixer `a` died"), "{err}");
     assert!(err.contains("stopped the previous fixer's fix"), "{err}");
     let w = witness(&r);
-    assert_eq!(w, ["start a", "start b", "end b"], "a's orphaned fix was stopped before b's began");
+    assert_eq!(
+        w,
+        ["start a", "start b", "end b"],
+        "a's orphaned fix was stopped before b's began"
+    );
     assert_no_overlap(&w);
     let key = &r.state()["keys"][0];
-    assert_eq!((key["status"].as_str(), key["generation"].as_u64()), (Some("passing"), Some(2)));
+    assert_eq!(
+        (key["status"].as_str(), key["generation"].as_u64()),
+        (Some("passing"), Some(2))
+    );
     assert!(r.history_events().contains(&"takeover".to_owned()));
     std::thread::sleep(Duration::from_millis(3500));
-    assert_eq!(witness(&r), ["start a", "start b", "end b"], "the orphan never finished");
+    assert_eq!(
+        witness(&r),
+        ["start a", "start b", "end b"],
+        "the orphan never finished"
+    );
 }
 
 #[test]
 fn sigstopped_fixer_is_taken_over_after_the_lease_and_fenced_when_resumed() {
-    let r = repo_with_fix("2", "[coordination]\nstale_after = \"1s\"\nwait = \"20s\"\n");
+    let r = repo_with_fix(
+        "2",
+        "[coordination]\nstale_after = \"1s\"\nwait = \"20s\"\n",
+    );
     let (ta, tb) = (r.worktree("a"), r.worktree("b"));
     r.stage_change(&ta, "fa");
     r.stage_change(&tb, "fb");
@@ -136,10 +164,17 @@ fn sigstopped_fixer_is_taken_over_after_the_lease_and_fenced_when_resumed() {
     let out = wait_output(a, Duration::from_secs(60));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let key = &r.state()["keys"][0];
-    assert_eq!((key["status"].as_str(), key["generation"].as_u64()), (Some("passing"), Some(generation)));
+    assert_eq!(
+        (key["status"].as_str(), key["generation"].as_u64()),
+        (Some("passing"), Some(generation))
+    );
     assert_eq!(r.last_subject(&ta), "a work");
     let w = witness(&r);
-    assert_eq!(w.iter().filter(|l| l.starts_with("start")).count(), 2, "{w:?}");
+    assert_eq!(
+        w.iter().filter(|l| l.starts_with("start")).count(),
+        2,
+        "{w:?}"
+    );
     assert_no_overlap(&w);
 }
 
@@ -155,8 +190,16 @@ fn git_lock_contention_is_retried_and_elects_nobody() {
     std::fs::remove_file(&lock).unwrap();
     let out = wait_output(child, Duration::from_secs(30));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("another git process holds a lock"), "{}", text(&out.stderr));
-    assert!(!r.history_events().iter().any(|e| e == "elected" || e == "failed"));
+    assert!(
+        text(&out.stderr).contains("another git process holds a lock"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !r.history_events()
+            .iter()
+            .any(|e| e == "elected" || e == "failed")
+    );
 }
 
 #[test]
@@ -165,14 +208,27 @@ fn exit_codes() {
     let r = repo_with_fix("0", "");
     std::fs::write(r.shared("status"), "ok\n").unwrap();
     r.stage_change(&r.dir, "a");
-    assert_eq!(wait_output(commit_retry(&r, &r.dir, "x"), Duration::from_secs(30)).status.code(), Some(0));
+    assert_eq!(
+        wait_output(commit_retry(&r, &r.dir, "x"), Duration::from_secs(30))
+            .status
+            .code(),
+        Some(0)
+    );
 
     // git's own code passes through: nothing to commit.
     let out = wait_output(commit_retry(&r, &r.dir, "x"), Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(1));
-    assert!(!text(&out.stderr).contains("fixer"), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("fixer"),
+        "{}",
+        text(&out.stderr)
+    );
     // ... and a bad option (git's 129).
-    let out = r.cmd(COMMIT_RETRY, &r.dir).arg("--no-such-option").output().unwrap();
+    let out = r
+        .cmd(COMMIT_RETRY, &r.dir)
+        .arg("--no-such-option")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(129));
 
     // 1: the fixer without fix.command.
@@ -180,19 +236,32 @@ fn exit_codes() {
     r.stage_change(&r.dir, "a");
     let out = wait_output(commit_retry(&r, &r.dir, "x"), Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("no `fix.command` is configured"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no `fix.command` is configured"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // 75: still blocked after retry.attempts.
     let config = "check = \"false\"\n[coordination]\nwait = \"200ms\"\n[retry]\nattempts = 2\n";
     let r = TestRepo::new(config);
-    assert_eq!(r.cmd(PRE_COMMIT, &r.dir).env("BUILDLOCK_AGENT", "fixer").output().unwrap().status.code(), Some(1));
+    assert_eq!(
+        r.cmd(PRE_COMMIT, &r.dir)
+            .env("BUILDLOCK_AGENT", "fixer")
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(1)
+    );
     r.stage_change(&r.dir, "a");
     let out = wait_output(commit_retry(&r, &r.dir, "x"), Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(75), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("still blocked by `fixer` after 2 commit attempts"));
 
     // 1: the fix failed max_fix_attempts times.
-    let config = "check = \"false\"\n[fix]\ncommand = \"true\"\n[coordination]\nmax_fix_attempts = 2\n";
+    let config =
+        "check = \"false\"\n[fix]\ncommand = \"true\"\n[coordination]\nmax_fix_attempts = 2\n";
     let r = TestRepo::new(config);
     r.stage_change(&r.dir, "a");
     let out = wait_output(commit_retry(&r, &r.dir, "x"), Duration::from_secs(30));
@@ -211,13 +280,26 @@ fn exit_codes() {
     // 128+n: ended by a signal while waiting.
     let config = "check = \"false\"\n[coordination]\nwait = \"30s\"\n";
     let r = TestRepo::new(config);
-    assert_eq!(r.cmd(PRE_COMMIT, &r.dir).env("BUILDLOCK_AGENT", "fixer").output().unwrap().status.code(), Some(1));
+    assert_eq!(
+        r.cmd(PRE_COMMIT, &r.dir)
+            .env("BUILDLOCK_AGENT", "fixer")
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(1)
+    );
     r.stage_change(&r.dir, "a");
     let child = commit_retry(&r, &r.dir, "x");
-    assert!(eventually(Duration::from_secs(10), || r.state()["keys"][0]["waiters"] == serde_json::json!(["x"])));
+    assert!(eventually(Duration::from_secs(10), || r.state()["keys"][0]
+        ["waiters"]
+        == serde_json::json!(["x"])));
     std::thread::sleep(Duration::from_millis(200));
     signal(&child, libc::SIGTERM);
-    assert_eq!(wait_output(child, Duration::from_secs(10)).status.code(), Some(143));
+    assert_eq!(
+        wait_output(child, Duration::from_secs(10)).status.code(),
+        Some(143)
+    );
 }
 
 #[test]
@@ -234,7 +316,14 @@ fn fix_gets_the_contract_environment() {
     let out = wait_output(commit_retry(&r, &r.dir, "fx"), Duration::from_secs(30));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let env = std::fs::read_to_string(env_out).unwrap();
-    for var in ["BUILDLOCK_AGENT=fx", "BUILDLOCK_ATTEMPT=1", "BUILDLOCK_GENERATION=1", "BUILDLOCK_KEY=repo", "BUILDLOCK_LOG=/", "BUILDLOCK_SIGNATURE="] {
+    for var in [
+        "BUILDLOCK_AGENT=fx",
+        "BUILDLOCK_ATTEMPT=1",
+        "BUILDLOCK_GENERATION=1",
+        "BUILDLOCK_KEY=repo",
+        "BUILDLOCK_LOG=/",
+        "BUILDLOCK_SIGNATURE=",
+    ] {
         assert!(env.contains(var), "{var} missing from:\n{env}");
     }
 }

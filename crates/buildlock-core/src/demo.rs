@@ -18,7 +18,11 @@ pub fn run(keep: bool) -> Result<i32> {
     let pre_commit = sibling("pre-commit")?;
     let commit_retry = sibling("commit-retry")?;
     let buildlock = std::env::current_exe()?;
-    let root = std::env::temp_dir().join(format!("buildlock-demo-{}-{}", std::process::id(), crate::time::now()));
+    let root = std::env::temp_dir().join(format!(
+        "buildlock-demo-{}-{}",
+        std::process::id(),
+        crate::time::now()
+    ));
     std::fs::create_dir_all(&root)?;
     let result = story(&root, &pre_commit, &commit_retry, &buildlock);
     if keep {
@@ -38,7 +42,11 @@ fn git(dir: &Path, args: &[&str]) -> Result<String> {
         .output()
         .context("cannot run git")?;
     if !out.status.success() {
-        bail!("git {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "git {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -49,7 +57,11 @@ fn color() -> bool {
 }
 
 fn step(text: &str) {
-    if color() { println!("\n\x1b[1m== {text}\x1b[0m") } else { println!("\n== {text}") }
+    if color() {
+        println!("\n\x1b[1m== {text}\x1b[0m")
+    } else {
+        println!("\n== {text}")
+    }
 }
 
 fn story(root: &Path, pre_commit: &Path, commit_retry: &Path, buildlock: &Path) -> Result<i32> {
@@ -86,27 +98,51 @@ fn story(root: &Path, pre_commit: &Path, commit_retry: &Path, buildlock: &Path) 
         repo.join(".buildlock.toml"),
         "check = \"sh check.sh\"\n\n[coordination]\nwait = \"1m\"\n\n[fix]\ncommand = \"sh fix.sh\"\ncost = 0.40\n",
     )?;
-    println!("{}", std::fs::read_to_string(repo.join(".buildlock.toml"))?.trim_end());
+    println!(
+        "{}",
+        std::fs::read_to_string(repo.join(".buildlock.toml"))?.trim_end()
+    );
     git(&repo, &["add", "-A"])?;
     git(&repo, &["commit", "-q", "-m", "init"])?;
     let hook = repo.join(".git/hooks/pre-commit");
     std::fs::create_dir_all(hook.parent().unwrap())?;
     std::os::unix::fs::symlink(pre_commit, &hook)?;
-    println!("installed the hook: {} -> {}", hook.display(), pre_commit.display());
+    println!(
+        "installed the hook: {} -> {}",
+        hook.display(),
+        pre_commit.display()
+    );
 
-    step(&format!("{AGENTS} agents, each in its own worktree, each with a change to commit"));
+    step(&format!(
+        "{AGENTS} agents, each in its own worktree, each with a change to commit"
+    ));
     let mut trees: Vec<(String, PathBuf)> = Vec::new();
     for i in 1..=AGENTS {
         let name = format!("agent-{i}");
         let tree = root.join(&name);
-        git(&repo, &["worktree", "add", "-q", "-b", &name, tree.to_str().unwrap()])?;
-        std::fs::write(tree.join(format!("{name}.txt")), format!("work of {name}\n"))?;
+        git(
+            &repo,
+            &["worktree", "add", "-q", "-b", &name, tree.to_str().unwrap()],
+        )?;
+        std::fs::write(
+            tree.join(format!("{name}.txt")),
+            format!("work of {name}\n"),
+        )?;
         git(&tree, &["add", "-A"])?;
         trees.push((name, tree));
     }
-    println!("{}", trees.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "));
+    println!(
+        "{}",
+        trees
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 
-    step("someone breaks the shared dependency; all six run `git commit-retry` at the same instant");
+    step(
+        "someone breaks the shared dependency; all six run `git commit-retry` at the same instant",
+    );
     std::fs::write(&api, "version = 1\n")?;
     let colors = ["31", "32", "33", "34", "35", "36"];
     let mut children = Vec::new();
@@ -122,13 +158,27 @@ fn story(root: &Path, pre_commit: &Path, commit_retry: &Path, buildlock: &Path) 
             .stderr(Stdio::piped())
             .spawn()
             .context("cannot start commit-retry")?;
-        let tag = if color() { format!("\x1b[{}m[{name}]\x1b[0m", colors[i % colors.len()]) } else { format!("[{name}]") };
+        let tag = if color() {
+            format!("\x1b[{}m[{name}]\x1b[0m", colors[i % colors.len()])
+        } else {
+            format!("[{name}]")
+        };
         let err = child.stderr.take().unwrap();
         let out = child.stdout.take().unwrap();
         let t1 = tag.clone();
         let readers = [
-            std::thread::spawn(move || BufReader::new(err).lines().map_while(Result::ok).for_each(|l| println!("{t1} {l}"))),
-            std::thread::spawn(move || BufReader::new(out).lines().map_while(Result::ok).for_each(|l| println!("{tag} {l}"))),
+            std::thread::spawn(move || {
+                BufReader::new(err)
+                    .lines()
+                    .map_while(Result::ok)
+                    .for_each(|l| println!("{t1} {l}"))
+            }),
+            std::thread::spawn(move || {
+                BufReader::new(out)
+                    .lines()
+                    .map_while(Result::ok)
+                    .for_each(|l| println!("{tag} {l}"))
+            }),
         ];
         children.push((name.clone(), child, readers));
     }
@@ -154,11 +204,26 @@ fn story(root: &Path, pre_commit: &Path, commit_retry: &Path, buildlock: &Path) 
         }
     }
     println!("commits landed: {landed} of {AGENTS}");
-    println!("fix runs: {} ({})", fix_runs.lines().count(), fix_runs.lines().collect::<Vec<_>>().join(", "));
+    println!(
+        "fix runs: {} ({})",
+        fix_runs.lines().count(),
+        fix_runs.lines().collect::<Vec<_>>().join(", ")
+    );
     println!("took {}", crate::time::human(started.elapsed()));
     step("buildlock status");
-    let _ = Command::new(buildlock).arg("status").current_dir(&repo).env("NO_COLOR", "1").status();
+    let _ = Command::new(buildlock)
+        .arg("status")
+        .current_dir(&repo)
+        .env("NO_COLOR", "1")
+        .status();
     step("buildlock log");
-    let _ = Command::new(buildlock).args(["log", "-n", "40"]).current_dir(&repo).status();
-    Ok(if failed == 0 && landed == AGENTS { crate::exit::OK } else { crate::exit::FIXER })
+    let _ = Command::new(buildlock)
+        .args(["log", "-n", "40"])
+        .current_dir(&repo)
+        .status();
+    Ok(if failed == 0 && landed == AGENTS {
+        crate::exit::OK
+    } else {
+        crate::exit::FIXER
+    })
 }

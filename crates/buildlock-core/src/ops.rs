@@ -68,24 +68,43 @@ pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
     println!("repository  {}", ctx.repo.worktree.display());
     println!("state       {}", ctx.store.dir().display());
     let keys = ctx.store.all();
-    let open: Vec<&KeyState> = keys.iter().map(|(_, s)| s).filter(|s| s.status != Status::Passing).collect();
+    let open: Vec<&KeyState> = keys
+        .iter()
+        .map(|(_, s)| s)
+        .filter(|s| s.status != Status::Passing)
+        .collect();
     if open.is_empty() {
         println!("build       passing: nobody is fixing anything");
     }
     for s in &open {
         println!();
-        println!("key `{}`: {} (generation {})", s.key, s.status.as_str().to_uppercase(), s.generation);
+        println!(
+            "key `{}`: {} (generation {})",
+            s.key,
+            s.status.as_str().to_uppercase(),
+            s.generation
+        );
         if let Some(f) = &s.fixer {
             let ago = |ms: u64| human(Duration::from_millis(time::now().saturating_sub(ms)));
             let live = match fixer_liveness(ctx, s) {
                 Some(Liveness::Live) => "live".to_owned(),
                 Some(Liveness::Stale) => "STALE: the next failing agent takes over".to_owned(),
-                Some(Liveness::Dead) => "DEAD: the next failing agent takes over at once".to_owned(),
+                Some(Liveness::Dead) => {
+                    "DEAD: the next failing agent takes over at once".to_owned()
+                }
                 None => "-".to_owned(),
             };
             println!("  fixer     {} (pid {} on {})", f.agent, f.pid, f.host);
-            println!("  since     {} ({} ago); last sign of life {} ago; {live}", rfc3339(f.since), ago(f.since), ago(f.heartbeat));
-            println!("  attempts  {} failed re-check(s) of {}", f.attempts, ctx.config.max_fix_attempts);
+            println!(
+                "  since     {} ({} ago); last sign of life {} ago; {live}",
+                rfc3339(f.since),
+                ago(f.since),
+                ago(f.heartbeat)
+            );
+            println!(
+                "  attempts  {} failed re-check(s) of {}",
+                f.attempts, ctx.config.max_fix_attempts
+            );
         } else {
             println!("  nobody is fixing: the next agent whose check fails becomes the fixer");
         }
@@ -98,7 +117,9 @@ pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
     }
     let t = ctx.store.totals();
     println!();
-    let n = |count: u64, one: &str, many: &str| format!("{count} {}", if count == 1 { one } else { many });
+    let n = |count: u64, one: &str, many: &str| {
+        format!("{count} {}", if count == 1 { one } else { many })
+    };
     println!(
         "totals      {}, {} ({}), {}, {}",
         n(t.failures, "failure", "failures"),
@@ -108,11 +129,19 @@ pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
         n(t.fixes, "fix", "fixes")
     );
     let saved = if ctx.config.fix_cost > 0.0 {
-        format!(", saved {:.2} (fix.cost {})", t.fix_runs_avoided as f64 * ctx.config.fix_cost, ctx.config.fix_cost)
+        format!(
+            ", saved {:.2} (fix.cost {})",
+            t.fix_runs_avoided as f64 * ctx.config.fix_cost,
+            ctx.config.fix_cost
+        )
     } else {
         String::new()
     };
-    println!("fix runs    {}, {} avoided{saved}", n(t.fix_runs, "run", "runs"), t.fix_runs_avoided);
+    println!(
+        "fix runs    {}, {} avoided{saved}",
+        n(t.fix_runs, "run", "runs"),
+        t.fix_runs_avoided
+    );
     Ok(exit::OK)
 }
 
@@ -122,25 +151,42 @@ pub fn release(ctx: &Context) -> Result<i32> {
         .store
         .all()
         .into_iter()
-        .filter(|(_, s)| s.status == Status::Fixing && s.fixer.as_ref().is_some_and(|f| f.agent == ctx.agent))
+        .filter(|(_, s)| {
+            s.status == Status::Fixing && s.fixer.as_ref().is_some_and(|f| f.agent == ctx.agent)
+        })
         .collect();
     if mine.is_empty() {
         let others: Vec<String> = ctx
             .store
             .all()
             .into_iter()
-            .filter_map(|(_, s)| s.fixer.map(|f| format!("`{}` fixes key `{}`", f.agent, s.key)))
+            .filter_map(|(_, s)| {
+                s.fixer
+                    .map(|f| format!("`{}` fixes key `{}`", f.agent, s.key))
+            })
             .collect();
         say::say(format!(
             "you (`{}`) are not the fixer of anything{}; nothing to release (set BUILDLOCK_AGENT if you are a \
              different agent; `buildlock reset` forces the state back to passing)",
             ctx.agent,
-            if others.is_empty() { String::new() } else { format!(": {}", others.join(", ")) }
+            if others.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", others.join(", "))
+            }
         ));
         return Ok(exit::FIXER);
     }
     for (base, s) in mine {
-        let applied = ctx.store.apply(&s.key, &base, &Event::Release { agent: ctx.agent.clone() }, ctx.policy(), None)?;
+        let applied = ctx.store.apply(
+            &s.key,
+            &base,
+            &Event::Release {
+                agent: ctx.agent.clone(),
+            },
+            ctx.policy(),
+            None,
+        )?;
         if applied.outcome == Outcome::Released {
             say::say(format!(
                 "released key `{}`: it is broken with nobody fixing; the next agent whose check fails becomes the fixer",
@@ -155,15 +201,29 @@ pub fn release(ctx: &Context) -> Result<i32> {
 pub fn reset(ctx: &Context, key: Option<&str>) -> Result<i32> {
     let all = ctx.store.all();
     let targets: Vec<(String, String)> = match key {
-        Some(k) => vec![(all.iter().find(|(_, s)| s.key == k).map_or_else(|| k.to_owned(), |(b, _)| b.clone()), k.to_owned())],
+        Some(k) => vec![(
+            all.iter()
+                .find(|(_, s)| s.key == k)
+                .map_or_else(|| k.to_owned(), |(b, _)| b.clone()),
+            k.to_owned(),
+        )],
         None => {
-            let open: Vec<(String, String)> =
-                all.iter().filter(|(_, s)| s.status != Status::Passing).map(|(b, s)| (b.clone(), s.key.clone())).collect();
-            if open.is_empty() { vec![(ctx.base(), ctx.base())] } else { open }
+            let open: Vec<(String, String)> = all
+                .iter()
+                .filter(|(_, s)| s.status != Status::Passing)
+                .map(|(b, s)| (b.clone(), s.key.clone()))
+                .collect();
+            if open.is_empty() {
+                vec![(ctx.base(), ctx.base())]
+            } else {
+                open
+            }
         }
     };
     for (base, key) in targets {
-        let applied = ctx.store.apply(&key, &base, &Event::Reset, ctx.policy(), None)?;
+        let applied = ctx
+            .store
+            .apply(&key, &base, &Event::Reset, ctx.policy(), None)?;
         say::say(format!(
             "reset key `{key}`: {} -> passing (generation {}); a fixer still at work can no longer mark anything",
             applied.before.status.as_str(),
@@ -182,16 +242,29 @@ pub fn log(ctx: &Context, as_json: bool, n: usize) -> Result<i32> {
             continue;
         }
         let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("");
-        let g = e.get("generation").and_then(Value::as_u64).map(|g| format!(" gen {g}")).unwrap_or_default();
+        let g = e
+            .get("generation")
+            .and_then(Value::as_u64)
+            .map(|g| format!(" gen {g}"))
+            .unwrap_or_default();
         let detail = match s("event") {
-            "failed" => format!("check failed{}", e["log"].as_str().map(|l| format!(", log {l}")).unwrap_or_default()),
+            "failed" => format!(
+                "check failed{}",
+                e["log"]
+                    .as_str()
+                    .map(|l| format!(", log {l}"))
+                    .unwrap_or_default()
+            ),
             "elected" => "elected fixer".to_owned(),
             "takeover" => format!("took over from `{}` ({})", s("from"), s("reason")),
             "waiting" => format!("waits for `{}`", s("fixer")),
             "fixed" if e["recovered"] == true => "check passes: build passing again".to_owned(),
             "fixed" => format!(
                 "fixed the build{}",
-                e["took_ms"].as_u64().map(|ms| format!(" in {}", human(Duration::from_millis(ms)))).unwrap_or_default()
+                e["took_ms"]
+                    .as_u64()
+                    .map(|ms| format!(" in {}", human(Duration::from_millis(ms))))
+                    .unwrap_or_default()
             ),
             "gave_up" => format!("gave the role up after {} failed re-checks", e["attempts"]),
             "released" => "released the role".to_owned(),
@@ -205,8 +278,18 @@ pub fn log(ctx: &Context, as_json: bool, n: usize) -> Result<i32> {
             "damaged" => format!("state file was unreadable ({}), rewritten", s("reason")),
             other => other.to_owned(),
         };
-        let agent = if s("agent").is_empty() { "-".to_owned() } else { s("agent").to_owned() };
-        println!("{}  {:<12} {:<20} key `{}`{g}: {detail}", s("time"), s("event"), agent, s("key"));
+        let agent = if s("agent").is_empty() {
+            "-".to_owned()
+        } else {
+            s("agent").to_owned()
+        };
+        println!(
+            "{}  {:<12} {:<20} key `{}`{g}: {detail}",
+            s("time"),
+            s("event"),
+            agent,
+            s("key")
+        );
     }
     if shown.is_empty() && !as_json {
         println!("no events yet ({})", ctx.store.history_path().display());
@@ -232,46 +315,75 @@ pub fn doctor(ctx: &Context) -> Result<i32> {
     let mut problems = 0;
     let ok = |m: String| println!("ok       {m}");
     println!("repository  {}", ctx.repo.worktree.display());
-    println!("common dir  {} (every worktree of this repository shares it)", ctx.repo.common_dir.display());
+    println!(
+        "common dir  {} (every worktree of this repository shares it)",
+        ctx.repo.common_dir.display()
+    );
     println!("agent       {}", ctx.agent);
-    let sources: Vec<String> = ctx.config.sources.iter().map(|p| p.display().to_string()).collect();
+    let sources: Vec<String> = ctx
+        .config
+        .sources
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     ok(format!(
         "configuration is valid ({})",
-        if sources.is_empty() { "built-in defaults only".to_owned() } else { sources.join(", ") }
+        if sources.is_empty() {
+            "built-in defaults only".to_owned()
+        } else {
+            sources.join(", ")
+        }
     ));
     let chained = crate::hook::chained_hook(ctx.store.dir());
     match (&ctx.config.check, chained.exists()) {
         (Some(c), _) => ok(format!("check: `{c}`")),
         (None, true) => ok(format!("check: the chained hook {}", chained.display())),
         (None, false) => {
-            println!("note     no `check` set and no chained hook: the hook passes and says nothing; set `check` in .buildlock.toml");
+            println!(
+                "note     no `check` set and no chained hook: the hook passes and says nothing; set `check` in .buildlock.toml"
+            );
         }
     }
     let hook = hooks_dir(ctx).join("pre-commit");
     match std::fs::read(&hook) {
         Err(_) => {
             problems += 1;
-            println!("problem  no pre-commit hook at {}: run ./install.sh", hook.display());
+            println!(
+                "problem  no pre-commit hook at {}: run ./install.sh",
+                hook.display()
+            );
         }
         Ok(bytes) => {
             use std::os::unix::fs::PermissionsExt;
             let ours = bytes.windows(9).any(|w| w == b"buildlock");
             let exec = std::fs::metadata(&hook).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
             match (ours, exec) {
-                (true, true) => ok(format!("the hook {} is buildlock's and executable", hook.display())),
+                (true, true) => ok(format!(
+                    "the hook {} is buildlock's and executable",
+                    hook.display()
+                )),
                 (false, _) => {
                     problems += 1;
-                    println!("problem  the hook {} is not buildlock's: run ./install.sh (it keeps and chains it)", hook.display());
+                    println!(
+                        "problem  the hook {} is not buildlock's: run ./install.sh (it keeps and chains it)",
+                        hook.display()
+                    );
                 }
                 (true, false) => {
                     problems += 1;
-                    println!("problem  the hook {} is not executable: chmod +x it", hook.display());
+                    println!(
+                        "problem  the hook {} is not executable: chmod +x it",
+                        hook.display()
+                    );
                 }
             }
         }
     }
     match election::locking_works(ctx.store.dir()) {
-        Ok(true) => ok(format!("file locking works in {}", ctx.store.dir().display())),
+        Ok(true) => ok(format!(
+            "file locking works in {}",
+            ctx.store.dir().display()
+        )),
         Ok(false) => {
             problems += 1;
             println!(
@@ -281,14 +393,24 @@ pub fn doctor(ctx: &Context) -> Result<i32> {
         }
         Err(e) => {
             problems += 1;
-            println!("problem  cannot test locking in {}: {e}", ctx.store.dir().display());
+            println!(
+                "problem  cannot test locking in {}: {e}",
+                ctx.store.dir().display()
+            );
         }
     }
     let state_dir = ctx.store.dir().join("state");
-    for entry in std::fs::read_dir(&state_dir).into_iter().flatten().flatten() {
+    for entry in std::fs::read_dir(&state_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') {
-            println!("note     stray temp file {} (a writer was killed; the next write removes it)", entry.path().display());
+            println!(
+                "note     stray temp file {} (a writer was killed; the next write removes it)",
+                entry.path().display()
+            );
         }
     }
     for (_, s) in ctx.store.all() {
@@ -297,7 +419,11 @@ pub fn doctor(ctx: &Context) -> Result<i32> {
                 println!(
                     "note     the fixer of key `{}` is {}: the next failing agent takes over (or `buildlock reset`)",
                     s.key,
-                    if fixer_liveness(ctx, &s) == Some(Liveness::Dead) { "dead" } else { "stale" }
+                    if fixer_liveness(ctx, &s) == Some(Liveness::Dead) {
+                        "dead"
+                    } else {
+                        "stale"
+                    }
                 );
             }
             _ => {}
@@ -325,7 +451,11 @@ pub fn sibling(name: &str) -> Result<PathBuf> {
     let me = std::env::current_exe()?;
     let path = me.with_file_name(name);
     if !path.exists() {
-        bail!("{} is missing next to {}: build all three binaries (`cargo build`)", name, me.display());
+        bail!(
+            "{} is missing next to {}: build all three binaries (`cargo build`)",
+            name,
+            me.display()
+        );
     }
     Ok(path)
 }
