@@ -4,3 +4,4 @@ mod harness;
 mod hook;
 mod install;
 mod retry;
+mod cli;
