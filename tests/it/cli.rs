@@ -3,13 +3,34 @@
 use crate::harness::*;
 
 fn buildlock(r: &TestRepo, args: &[&str], agent: &str) -> std::process::Output {
-    r.cmd(BUILDLOCK, &r.dir).args(args).env("BUILDLOCK_AGENT", agent).output().unwrap()
+    r.cmd(BUILDLOCK, &r.dir)
+        .args(args)
+        .env("BUILDLOCK_AGENT", agent)
+        .output()
+        .unwrap()
 }
 
 fn broken_with_fixer_and_waiter() -> TestRepo {
-    let r = TestRepo::new("check = \"echo boom; false\"\n[hook]\nwait = false\n[fix]\ncost = 0.5\n");
-    assert_eq!(r.cmd(PRE_COMMIT, &r.dir).env("BUILDLOCK_AGENT", "a1").output().unwrap().status.code(), Some(1));
-    assert_eq!(r.cmd(PRE_COMMIT, &r.dir).env("BUILDLOCK_AGENT", "a2").output().unwrap().status.code(), Some(75));
+    let r =
+        TestRepo::new("check = \"echo boom; false\"\n[hook]\nwait = false\n[fix]\ncost = 0.5\n");
+    assert_eq!(
+        r.cmd(PRE_COMMIT, &r.dir)
+            .env("BUILDLOCK_AGENT", "a1")
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(1)
+    );
+    assert_eq!(
+        r.cmd(PRE_COMMIT, &r.dir)
+            .env("BUILDLOCK_AGENT", "a2")
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(75)
+    );
     r
 }
 
@@ -27,16 +48,33 @@ fn status_json_has_the_contract_fields() {
     assert!(f["host"].is_string());
     for t in ["since", "heartbeat"] {
         let v = f[t].as_str().unwrap();
-        assert!(v.len() == 20 && v.ends_with('Z') && v.as_bytes()[10] == b'T', "{t}: {v}");
+        assert!(
+            v.len() == 20 && v.ends_with('Z') && v.as_bytes()[10] == b'T',
+            "{t}: {v}"
+        );
     }
-    assert_eq!((f["attempts"].as_u64(), f["live"].as_bool()), (Some(0), Some(true)));
+    assert_eq!(
+        (f["attempts"].as_u64(), f["live"].as_bool()),
+        (Some(0), Some(true))
+    );
     assert_eq!(key["signature"].as_str().unwrap().len(), 16);
     assert!(std::path::Path::new(key["log"].as_str().unwrap()).is_absolute());
-    assert_eq!(std::fs::read_to_string(key["log"].as_str().unwrap()).unwrap(), "boom\n");
+    assert_eq!(
+        std::fs::read_to_string(key["log"].as_str().unwrap()).unwrap(),
+        "boom\n"
+    );
     assert_eq!(key["waiters"], serde_json::json!(["a2"]));
     let t = &s["totals"];
-    for (field, want) in [("failures", 2.0), ("elections", 1.0), ("takeovers", 0.0), ("waits", 1.0), ("fixes", 0.0),
-                          ("fix_runs", 1.0), ("fix_runs_avoided", 1.0), ("saved", 0.5)] {
+    for (field, want) in [
+        ("failures", 2.0),
+        ("elections", 1.0),
+        ("takeovers", 0.0),
+        ("waits", 1.0),
+        ("fixes", 0.0),
+        ("fix_runs", 1.0),
+        ("fix_runs_avoided", 1.0),
+        ("saved", 0.5),
+    ] {
         assert_eq!(t[field].as_f64(), Some(want), "{field}");
     }
 }
@@ -46,7 +84,12 @@ fn status_for_people() {
     let r = broken_with_fixer_and_waiter();
     let out = buildlock(&r, &["status"], "x");
     let s = text(&out.stdout);
-    assert!(s.contains("key `repo`: FIXING (generation 1)") && s.contains("fixer     a1") && s.contains("waiting   a2"), "{s}");
+    assert!(
+        s.contains("key `repo`: FIXING (generation 1)")
+            && s.contains("fixer     a1")
+            && s.contains("waiting   a2"),
+        "{s}"
+    );
     assert!(s.contains("saved 0.50"), "{s}");
 }
 
@@ -55,11 +98,18 @@ fn release_by_the_fixer_only() {
     let r = broken_with_fixer_and_waiter();
     let out = buildlock(&r, &["release"], "a2");
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("`a1` fixes key `repo`"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("`a1` fixes key `repo`"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = buildlock(&r, &["release"], "a1");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let key = &r.state()["keys"][0];
-    assert_eq!((key["status"].as_str(), key["fixer"].is_null()), (Some("broken"), true));
+    assert_eq!(
+        (key["status"].as_str(), key["fixer"].is_null()),
+        (Some("broken"), true)
+    );
     assert!(r.history_events().contains(&"released".to_owned()));
 }
 
@@ -69,9 +119,20 @@ fn reset_forces_passing_with_a_new_generation() {
     let out = buildlock(&r, &["reset"], "ops");
     assert_eq!(out.status.code(), Some(0));
     let key = &r.state()["keys"][0];
-    assert_eq!((key["status"].as_str(), key["generation"].as_u64()), (Some("passing"), Some(2)));
+    assert_eq!(
+        (key["status"].as_str(), key["generation"].as_u64()),
+        (Some("passing"), Some(2))
+    );
     // The old fixer's passing check can no longer mark anything; its failure starts a new episode.
-    assert_eq!(r.cmd(PRE_COMMIT, &r.dir).env("BUILDLOCK_AGENT", "a1").output().unwrap().status.code(), Some(1));
+    assert_eq!(
+        r.cmd(PRE_COMMIT, &r.dir)
+            .env("BUILDLOCK_AGENT", "a1")
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(1)
+    );
     assert_eq!(r.state()["keys"][0]["generation"], 3);
 }
 
@@ -80,9 +141,15 @@ fn log_tells_the_story() {
     let r = broken_with_fixer_and_waiter();
     let out = buildlock(&r, &["log"], "x");
     let s = text(&out.stdout);
-    assert!(s.contains("elected fixer") && s.contains("waits for `a1`"), "{s}");
+    assert!(
+        s.contains("elected fixer") && s.contains("waits for `a1`"),
+        "{s}"
+    );
     let json = text(&buildlock(&r, &["log", "--json", "-n", "2"], "x").stdout);
-    let events: Vec<serde_json::Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let events: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(events.len(), 2);
     assert_eq!(events[1]["event"], "waiting");
     assert!(events[1]["time"].as_str().unwrap().ends_with('Z'));
@@ -93,7 +160,10 @@ fn doctor_and_usage_errors() {
     let r = TestRepo::new("check = \"true\"\n");
     let out = buildlock(&r, &["doctor"], "x");
     let s = text(&out.stdout);
-    assert!(s.contains("file locking works") && s.contains("is buildlock's and executable"), "{s}");
+    assert!(
+        s.contains("file locking works") && s.contains("is buildlock's and executable"),
+        "{s}"
+    );
     assert_eq!(out.status.code(), Some(0), "{s}");
     std::fs::remove_file(r.dir.join(".git/hooks/pre-commit")).unwrap();
     let out = buildlock(&r, &["doctor"], "x");

@@ -1,7 +1,9 @@
 //! Integration tests: the real binaries on real temporary repositories.
 
+mod cli;
+mod faults;
 mod harness;
 mod hook;
 mod install;
+mod race;
 mod retry;
-mod cli;

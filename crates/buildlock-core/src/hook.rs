@@ -87,7 +87,11 @@ impl Hook<'_> {
         let may_wait = coordinate && self.ctx.config.hook_wait && !under_retry;
         let deadline = Instant::now() + self.ctx.config.wait;
         let mut seen_silent = env::seen_silent();
+        let mut stale_reruns = 0;
         loop {
+            // A failure seen before the build was fixed is stale; a few re-runs at most, then the
+            // failure counts whatever its age.
+            let check_started = if stale_reruns < 3 { time::now() } else { 0 };
             let run = self.run_check()?;
             match run.ending {
                 Ending::Signal(n) => {
@@ -116,7 +120,13 @@ impl Hook<'_> {
                 }
                 Ending::Failed(_) | Ending::TimedOut(_) => {}
             }
-            let (decision, fixer_since) = self.failed(&run.output, seen_silent.take())?;
+            let Some((decision, fixer_since)) =
+                self.failed(&run.output, seen_silent.take(), check_started)?
+            else {
+                stale_reruns += 1;
+                say::say("the build was fixed while your check ran; running it again");
+                continue;
+            };
             decision.hand_over();
             match decision.verdict {
                 Verdict::Wait if may_wait && Instant::now() < deadline => {}
@@ -238,11 +248,13 @@ impl Hook<'_> {
     }
 
     /// The check failed: record it and learn this agent's role.
+    /// `None` when the failure was stale (seen before the build was fixed).
     fn failed(
         &self,
         output: &[u8],
         seen_silent: Option<(u64, u64)>,
-    ) -> Result<(Decision, Option<u64>)> {
+        check_started: u64,
+    ) -> Result<Option<(Decision, Option<u64>)>> {
         let ctx = self.ctx;
         let sig = signature::signature(output, &ctx.repo.worktree, env::home_dir().as_deref());
         let log = ctx.store.write_log(&ctx.agent, output)?;
@@ -252,10 +264,15 @@ impl Hook<'_> {
             agent: ctx.agent(),
             signature: sig.clone(),
             log: log.clone(),
+            check_started,
         };
         let applied = ctx
             .store
             .apply(&key, &base, &event, ctx.policy(), seen_silent)?;
+        if applied.outcome == Outcome::Stale {
+            let _ = std::fs::remove_file(&log);
+            return Ok(None);
+        }
         let mut d = Decision::new(Verdict::Fix);
         d.key = Some(key.clone());
         d.base = Some(base);
@@ -354,7 +371,7 @@ impl Hook<'_> {
             }
             other => anyhow::bail!("unexpected outcome of a failed check: {other:?}"),
         }
-        Ok((d, fixer_since))
+        Ok(Some((d, fixer_since)))
     }
 }
 

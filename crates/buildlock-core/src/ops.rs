@@ -275,6 +275,7 @@ pub fn log(ctx: &Context, as_json: bool, n: usize) -> Result<i32> {
                 if e["ok"] == true { "ok" } else { "failed" },
                 human(Duration::from_millis(e["took_ms"].as_u64().unwrap_or(0)))
             ),
+            "stale" => "its failure predates the fix: checking again".to_owned(),
             "damaged" => format!("state file was unreadable ({}), rewritten", s("reason")),
             other => other.to_owned(),
         };

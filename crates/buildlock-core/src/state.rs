@@ -121,11 +121,12 @@ pub struct Agent {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// The check failed for `agent`.
+    /// The check failed for `agent`; the check started at `check_started`.
     Failed {
         agent: Agent,
         signature: String,
         log: PathBuf,
+        check_started: Millis,
     },
     /// The check passed for `agent`. `generation` is set when the caller knows the generation it
     /// was elected in (commit-retry's fixer); a stale one changes nothing.
@@ -213,6 +214,9 @@ pub enum Outcome {
         fixer: Fixer,
         first: bool,
     },
+    /// The failure was seen before the key last became passing (fixed or reset while the check
+    /// ran): it says nothing about the build now. Nothing changed; run the check again.
+    Stale,
     /// The fixer's check passed: the key is passing again.
     Fixed,
     /// A check passed on a broken key: passing again, nobody had to fix it.
@@ -236,10 +240,16 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
     let mut next = state.clone();
     let next_generation = state.generation.max(seen.generation_floor) + 1;
     let outcome = match event {
+        Event::Failed { check_started, .. }
+            if state.status == Status::Passing && state.changed > *check_started =>
+        {
+            Outcome::Stale
+        }
         Event::Failed {
             agent,
             signature,
             log,
+            ..
         } => {
             // The fixer's failure is the one on record; a waiter's is only in its own log.
             let is_fixer = state.status == Status::Fixing
@@ -425,6 +435,7 @@ mod tests {
             agent: agent(id),
             signature: "sig".into(),
             log: "/l".into(),
+            check_started: 0,
         }
     }
 
@@ -516,6 +527,7 @@ mod tests {
             agent: agent("x"),
             signature: "other".into(),
             log: "/x".into(),
+            check_started: 0,
         };
         let (s, out) = transition(&s, &other, &live);
         assert_eq!(
@@ -623,6 +635,36 @@ mod tests {
             (Status::Passing, Some("x"), 1)
         );
         assert!(s.waiters.is_empty());
+    }
+
+    #[test]
+    fn failure_seen_before_the_fix_is_stale() {
+        let (fixed, _) = transition(&fixing("x", 1), &pass("x"), &seen(T0 + 500));
+        let failed_from = |check_started| Event::Failed {
+            agent: agent("y"),
+            signature: "s".into(),
+            log: "/y".into(),
+            check_started,
+        };
+        let early = failed_from(T0 + 100);
+        assert_eq!(
+            transition(&fixed, &early, &seen(T0 + 600)),
+            (fixed.clone(), Outcome::Stale)
+        );
+        let late = failed_from(T0 + 501);
+        assert!(matches!(
+            transition(&fixed, &late, &seen(T0 + 600)).1,
+            Outcome::Elected { .. }
+        ));
+        // Only a passing key makes a failure stale: a broken one is confirmed by it.
+        let broken = KeyState {
+            changed: T0 + 500,
+            ..KeyState::unknown("repo")
+        };
+        assert!(matches!(
+            transition(&broken, &early, &seen(T0 + 600)).1,
+            Outcome::Elected { .. }
+        ));
     }
 
     #[test]

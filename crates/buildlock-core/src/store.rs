@@ -81,7 +81,7 @@ pub struct Totals {
 
 impl Totals {
     fn count(&mut self, event: &Event, outcome: &Outcome, after: &KeyState) {
-        if matches!(event, Event::Failed { .. }) {
+        if matches!(event, Event::Failed { .. }) && *outcome != Outcome::Stale {
             self.failures += 1;
         }
         match outcome {
@@ -99,6 +99,8 @@ impl Totals {
                     self.fix_runs_avoided += 1;
                 }
             }
+            // Hit the failure, and needed no fix run: the build was fixed while its check ran.
+            Outcome::Stale => self.fix_runs_avoided += 1,
             Outcome::Fixed => self.fixes += 1,
             _ => {}
         }
@@ -474,10 +476,13 @@ fn history_entries(
     let mut out = Vec::new();
     let generation = after.generation;
     match event {
+        Event::Failed { agent, .. } if *outcome == Outcome::Stale => out.push(json!({
+            "event": "stale", "key": key, "agent": agent.id, "generation": after.generation})),
         Event::Failed {
             agent,
             signature,
             log,
+            ..
         } => {
             let attempts = after
                 .fixer
@@ -547,6 +552,7 @@ mod tests {
             },
             signature: "s".into(),
             log: "/l".into(),
+            check_started: 0,
         }
     }
 

@@ -1,0 +1,252 @@
+//! The fault-injection plan of `reliability.md`, row by row. Faults are injected at named points
+//! with `BUILDLOCK_FAULT=point[:action]` (see `crates/buildlock-core/src/fault.rs`) or with real
+//! signals, with short leases, and the invariants are checked afterwards.
+//!
+//! | row | fault | test |
+//! |---|---|---|
+//! | 1 | SIGKILL the fixer mid-fix | `retry::sigkilled_fixer_is_replaced_and_its_orphaned_fix_stopped` |
+//! | 2 | SIGKILL after taking the election lock | `faults::killed_holding_the_election_lock` |
+//! | 3 | SIGKILL during a state write | `faults::killed_during_a_state_write` |
+//! | 4 | damaged state files | `hook::damaged_state_files_are_survived_and_rewritten`, `store` unit tests |
+//! | 5 | 8 to 64 agents at once, many rounds | `race::*` (`race_full` for 8/16/32/64) |
+//! | 6 | the check starts a daemon | `hook::a_daemon_started_by_the_check_holds_no_lock` |
+//! | 7 | SIGINT to the process group | `hook::ctrl_c_stops_the_check_and_records_nothing` |
+//! | 8 | SIGKILL to git's pid only | `hook::killing_git_alone_stops_the_orphaned_check` |
+//! | 9 | SIGSTOP the fixer, SIGCONT later | `retry::sigstopped_fixer_is_taken_over_after_the_lease_and_fenced_when_resumed` |
+//! | 10 | `rm -rf` the coordination dir mid-fix | `faults::coordination_dir_removed_mid_fix` |
+//! | 11 | concurrent git in one work tree | `retry::git_lock_contention_is_retried_and_elects_nobody` |
+//! | 12 | worktrees, bare repo, submodule, `GIT_DIR`, `commit -- <path>`, `commit -a` | `hook::linked_worktrees_*`, `hook::git_dir_set_*`, `hook::the_check_sees_the_index_git_commits`, `faults::bare_repository_with_worktrees` |
+
+use crate::harness::*;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+fn failing_repo() -> TestRepo {
+    TestRepo::new("check = \"false\"\n[hook]\nwait = false\n")
+}
+
+fn state_dir_strays(r: &TestRepo) -> Vec<String> {
+    std::fs::read_dir(r.buildlock_dir().join("state"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn killed_holding_the_election_lock() {
+    let r = failing_repo();
+    let out = r
+        .cmd(PRE_COMMIT, &r.dir)
+        .env("BUILDLOCK_AGENT", "a")
+        .env("BUILDLOCK_FAULT", "election")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "the fault fired");
+    // The kernel freed the lock: the next agent proceeds at once, on the old (empty) state.
+    let out = r
+        .cmd(PRE_COMMIT, &r.dir)
+        .env("BUILDLOCK_AGENT", "b")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let key = &r.state()["keys"][0];
+    assert_eq!(
+        (key["fixer"]["agent"].as_str(), key["generation"].as_u64()),
+        (Some("b"), Some(1))
+    );
+}
+
+#[test]
+fn killed_during_a_state_write() {
+    let r = failing_repo();
+    assert_eq!(
+        r.cmd(PRE_COMMIT, &r.dir)
+            .env("BUILDLOCK_AGENT", "a")
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(1)
+    );
+    let out = r
+        .cmd(PRE_COMMIT, &r.dir)
+        .env("BUILDLOCK_AGENT", "b")
+        .env("BUILDLOCK_FAULT", "state-write")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL));
+    assert_eq!(
+        state_dir_strays(&r).len(),
+        1,
+        "the killed writer left its temp file"
+    );
+    // The state still parses: the old version, without b.
+    let key = &r.state()["keys"][0];
+    assert_eq!(
+        (key["status"].as_str(), key["fixer"]["agent"].as_str()),
+        (Some("fixing"), Some("a"))
+    );
+    assert_eq!(key["waiters"], serde_json::json!([]));
+    // The next writer cleans the stray up.
+    assert_eq!(
+        r.cmd(PRE_COMMIT, &r.dir)
+            .env("BUILDLOCK_AGENT", "c")
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(75)
+    );
+    assert_eq!(state_dir_strays(&r), Vec::<String>::new());
+    assert_eq!(r.state()["keys"][0]["waiters"], serde_json::json!(["c"]));
+}
+
+#[test]
+fn killed_in_many_state_writes_never_corrupts() {
+    // Kill 20 writers mid-write, interleaved with good writes: the file always parses.
+    let r = failing_repo();
+    for i in 0..20 {
+        let agent = format!("k{i}");
+        let out = r
+            .cmd(PRE_COMMIT, &r.dir)
+            .env("BUILDLOCK_AGENT", &agent)
+            .env("BUILDLOCK_FAULT", "state-write")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.signal(), Some(libc::SIGKILL));
+        let state = std::fs::read(r.buildlock_dir().join("state/repo.json"));
+        if let Ok(bytes) = state {
+            assert!(
+                serde_json::from_slice::<serde_json::Value>(&bytes).is_ok(),
+                "round {i}: corrupt state"
+            );
+        }
+        let out = r
+            .cmd(PRE_COMMIT, &r.dir)
+            .env("BUILDLOCK_AGENT", format!("ok{i}"))
+            .output()
+            .unwrap();
+        assert!(
+            matches!(out.status.code(), Some(1 | 75)),
+            "round {i}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            !text(&out.stderr).contains("unreadable"),
+            "round {i}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn coordination_dir_removed_mid_fix() {
+    let r = TestRepo::new("");
+    let witness = r.shared("witness");
+    let config = format!(
+        "check = \"test -e {ok}\"\n[fix]\ncommand = \"echo start >> {w}; sleep 1; touch {ok}\"\n[coordination]\nstale_after = \"1s\"\n",
+        ok = r.shared("ok").display(),
+        w = witness.display()
+    );
+    std::fs::write(r.dir.join(".buildlock.toml"), config).unwrap();
+    r.stage_change(&r.dir, "a");
+    let child = r
+        .cmd(COMMIT_RETRY, &r.dir)
+        .args(["-q", "-m", "survived"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(20), || witness.exists()));
+    std::fs::remove_dir_all(r.buildlock_dir()).unwrap();
+    let out = wait_output(child, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(r.last_subject(&r.dir), "survived");
+    // The next run recreates the directory.
+    std::fs::remove_file(r.shared("ok")).unwrap();
+    let out = r
+        .cmd(PRE_COMMIT, &r.dir)
+        .env("BUILDLOCK_AGENT", "next")
+        .env("BUILDLOCK", "1")
+        .output()
+        .unwrap();
+    assert!(
+        matches!(out.status.code(), Some(1 | 75)),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(r.buildlock_dir().join("state").exists());
+}
+
+#[test]
+fn bare_repository_with_worktrees() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().canonicalize().unwrap();
+    let bare = root.join("b.git");
+    let git = |dir: &std::path::Path, args: &[&str]| {
+        let mut c = command("git", &root);
+        c.current_dir(dir).args(args);
+        run_ok(c)
+    };
+    git(
+        &root,
+        &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()],
+    );
+    git(
+        &bare,
+        &[
+            "worktree",
+            "add",
+            "-q",
+            "--orphan",
+            "-b",
+            "main",
+            root.join("w1").to_str().unwrap(),
+        ],
+    );
+    std::fs::write(
+        root.join("w1/.buildlock.toml"),
+        "check = \"false\"\n[hook]\nwait = false\n",
+    )
+    .unwrap();
+    git(&root.join("w1"), &["add", "-A"]);
+    git(&root.join("w1"), &["commit", "-q", "-m", "init"]);
+    git(
+        &bare,
+        &[
+            "worktree",
+            "add",
+            "-q",
+            "-b",
+            "two",
+            root.join("w2").to_str().unwrap(),
+            "main",
+        ],
+    );
+    std::fs::create_dir_all(bare.join("hooks")).unwrap();
+    std::os::unix::fs::symlink(PRE_COMMIT, bare.join("hooks/pre-commit")).unwrap();
+    let commit = |wt: &str, agent: &str| {
+        let dir = root.join(wt);
+        std::fs::write(dir.join(agent), "x").unwrap();
+        git(&dir, &["add", agent]);
+        let mut c = command(PRE_COMMIT, &root);
+        c.current_dir(&dir).env("BUILDLOCK_AGENT", agent);
+        c.output().unwrap()
+    };
+    assert_eq!(commit("w1", "a").status.code(), Some(1));
+    let out = commit("w2", "b");
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out.stderr));
+    assert!(
+        bare.join("buildlock/state/repo.json").exists(),
+        "one domain, in the bare repository's common dir"
+    );
+}
