@@ -13,24 +13,8 @@ fn buildlock(r: &TestRepo, args: &[&str], agent: &str) -> std::process::Output {
 fn broken_with_fixer_and_waiter() -> TestRepo {
     let r =
         TestRepo::new("check = \"echo boom; false\"\n[hook]\nwait = false\n[fix]\ncost = 0.5\n");
-    assert_eq!(
-        r.cmd(PRE_COMMIT, &r.dir)
-            .env("BUILDLOCK_AGENT", "a1")
-            .output()
-            .unwrap()
-            .status
-            .code(),
-        Some(1)
-    );
-    assert_eq!(
-        r.cmd(PRE_COMMIT, &r.dir)
-            .env("BUILDLOCK_AGENT", "a2")
-            .output()
-            .unwrap()
-            .status
-            .code(),
-        Some(75)
-    );
+    assert_eq!(r.hook(&r.dir, "a1").status.code(), Some(1));
+    assert_eq!(r.hook(&r.dir, "a2").status.code(), Some(75));
     r
 }
 
@@ -124,15 +108,7 @@ fn reset_forces_passing_with_a_new_generation() {
         (Some("passing"), Some(2))
     );
     // The old fixer's passing check can no longer mark anything; its failure starts a new episode.
-    assert_eq!(
-        r.cmd(PRE_COMMIT, &r.dir)
-            .env("BUILDLOCK_AGENT", "a1")
-            .output()
-            .unwrap()
-            .status
-            .code(),
-        Some(1)
-    );
+    assert_eq!(r.hook(&r.dir, "a1").status.code(), Some(1));
     assert_eq!(r.state()["keys"][0]["generation"], 3);
 }
 

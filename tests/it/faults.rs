@@ -48,11 +48,7 @@ fn killed_holding_the_election_lock() {
         .unwrap();
     assert_eq!(out.status.signal(), Some(libc::SIGKILL), "the fault fired");
     // The kernel freed the lock: the next agent proceeds at once, on the old (empty) state.
-    let out = r
-        .cmd(PRE_COMMIT, &r.dir)
-        .env("BUILDLOCK_AGENT", "b")
-        .output()
-        .unwrap();
+    let out = r.hook(&r.dir, "b");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let key = &r.state()["keys"][0];
     assert_eq!(
@@ -64,15 +60,7 @@ fn killed_holding_the_election_lock() {
 #[test]
 fn killed_during_a_state_write() {
     let r = failing_repo();
-    assert_eq!(
-        r.cmd(PRE_COMMIT, &r.dir)
-            .env("BUILDLOCK_AGENT", "a")
-            .output()
-            .unwrap()
-            .status
-            .code(),
-        Some(1)
-    );
+    assert_eq!(r.hook(&r.dir, "a").status.code(), Some(1));
     let out = r
         .cmd(PRE_COMMIT, &r.dir)
         .env("BUILDLOCK_AGENT", "b")
@@ -93,15 +81,7 @@ fn killed_during_a_state_write() {
     );
     assert_eq!(key["waiters"], serde_json::json!([]));
     // The next writer cleans the stray up.
-    assert_eq!(
-        r.cmd(PRE_COMMIT, &r.dir)
-            .env("BUILDLOCK_AGENT", "c")
-            .output()
-            .unwrap()
-            .status
-            .code(),
-        Some(75)
-    );
+    assert_eq!(r.hook(&r.dir, "c").status.code(), Some(75));
     assert_eq!(state_dir_strays(&r), Vec::<String>::new());
     assert_eq!(r.state()["keys"][0]["waiters"], serde_json::json!(["c"]));
 }

@@ -116,6 +116,23 @@ impl TestRepo {
         self.git_in(dir, &["add", name]);
     }
 
+    /// Runs the hook by hand in `dir` as agent `agent`.
+    pub fn hook(&self, dir: &Path, agent: &str) -> Output {
+        self.cmd(PRE_COMMIT, dir)
+            .env("BUILDLOCK_AGENT", agent)
+            .output()
+            .unwrap()
+    }
+
+    /// The lines of the shared witness file that fix commands append to.
+    pub fn witness(&self) -> Vec<String> {
+        std::fs::read_to_string(self.shared("witness"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
     pub fn buildlock_dir(&self) -> PathBuf {
         self.dir.join(".git/buildlock")
     }

@@ -167,12 +167,7 @@ fn sixteen_agents_one_fixer_per_round() {
 fn fixer_repeated_failures_give_the_role_up() {
     let r = repo_with_shared_check("[hook]\nwait = false\n[coordination]\nmax_fix_attempts = 2\n");
     std::fs::write(r.shared("status"), "broken\n").unwrap();
-    let hook = |agent: &str| {
-        r.cmd(PRE_COMMIT, &r.dir)
-            .env("BUILDLOCK_AGENT", agent)
-            .output()
-            .unwrap()
-    };
+    let hook = |agent: &str| r.hook(&r.dir, agent);
     let first = hook("x");
     assert_eq!(first.status.code(), Some(1));
     let again = hook("x");
@@ -197,12 +192,7 @@ fn fixer_repeated_failures_give_the_role_up() {
 fn silent_fixer_is_taken_over_after_the_lease() {
     let r = repo_with_shared_check("[hook]\nwait = false\n[coordination]\nstale_after = \"1s\"\n");
     std::fs::write(r.shared("status"), "broken\n").unwrap();
-    let hook = |agent: &str| {
-        r.cmd(PRE_COMMIT, &r.dir)
-            .env("BUILDLOCK_AGENT", agent)
-            .output()
-            .unwrap()
-    };
+    let hook = |agent: &str| r.hook(&r.dir, agent);
     assert_eq!(hook("silent").status.code(), Some(1));
     assert_eq!(hook("other").status.code(), Some(75), "the lease is fresh");
     std::thread::sleep(Duration::from_millis(1200));
@@ -230,11 +220,7 @@ fn waiting_hook_commits_once_the_fixer_fixes() {
     let r = repo_with_shared_check("[coordination]\nwait = \"30s\"\n");
     let waiter_tree = r.worktree("waiter");
     std::fs::write(r.shared("status"), "broken\n").unwrap();
-    let fixer = r
-        .cmd(PRE_COMMIT, &r.dir)
-        .env("BUILDLOCK_AGENT", "fixer")
-        .output()
-        .unwrap();
+    let fixer = r.hook(&r.dir, "fixer");
     assert_eq!(fixer.status.code(), Some(1));
     r.stage_change(&waiter_tree, "w");
     let waiter = r
@@ -248,11 +234,7 @@ fn waiting_hook_commits_once_the_fixer_fixes() {
         ["waiters"]
         == serde_json::json!(["waiter"])));
     std::fs::write(r.shared("status"), "ok\n").unwrap();
-    let fixed = r
-        .cmd(PRE_COMMIT, &r.dir)
-        .env("BUILDLOCK_AGENT", "fixer")
-        .output()
-        .unwrap();
+    let fixed = r.hook(&r.dir, "fixer");
     assert_eq!(fixed.status.code(), Some(0));
     let out = wait_output(waiter, Duration::from_secs(30));
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -268,20 +250,8 @@ fn waiting_hook_commits_once_the_fixer_fixes() {
 fn wait_runs_out_with_exit_75() {
     let r = repo_with_shared_check("[coordination]\nwait = \"300ms\"\n");
     std::fs::write(r.shared("status"), "broken\n").unwrap();
-    assert_eq!(
-        r.cmd(PRE_COMMIT, &r.dir)
-            .env("BUILDLOCK_AGENT", "a")
-            .output()
-            .unwrap()
-            .status
-            .code(),
-        Some(1)
-    );
-    let out = r
-        .cmd(PRE_COMMIT, &r.dir)
-        .env("BUILDLOCK_AGENT", "b")
-        .output()
-        .unwrap();
+    assert_eq!(r.hook(&r.dir, "a").status.code(), Some(1));
+    let out = r.hook(&r.dir, "b");
     assert_eq!(out.status.code(), Some(75));
     assert!(
         text(&out.stderr).contains("still fixing"),
@@ -472,15 +442,7 @@ fn linked_worktrees_share_one_domain_and_a_submodule_has_its_own() {
     let r = repo_with_shared_check("[hook]\nwait = false\n");
     let wt = r.worktree("linked");
     std::fs::write(r.shared("status"), "broken\n").unwrap();
-    assert_eq!(
-        r.cmd(PRE_COMMIT, &wt)
-            .env("BUILDLOCK_AGENT", "in-linked")
-            .output()
-            .unwrap()
-            .status
-            .code(),
-        Some(1)
-    );
+    assert_eq!(r.hook(&wt, "in-linked").status.code(), Some(1));
     assert_eq!(
         r.state()["keys"][0]["fixer"]["agent"],
         "in-linked",
@@ -536,12 +498,7 @@ fn scope_branch_and_signature_make_separate_keys() {
     );
     std::fs::write(r.dir.join(".buildlock.toml"), config).unwrap();
     r.git(&["commit", "-q", "-am", "config", "--no-verify"]);
-    let hook = |agent: &str| {
-        r.cmd(PRE_COMMIT, &r.dir)
-            .env("BUILDLOCK_AGENT", agent)
-            .output()
-            .unwrap()
-    };
+    let hook = |agent: &str| r.hook(&r.dir, agent);
     std::fs::write(r.shared("error"), "error: one\n").unwrap();
     assert_eq!(hook("a").status.code(), Some(1));
     assert_eq!(hook("b").status.code(), Some(75), "same failure: wait");
@@ -636,11 +593,7 @@ fn a_daemon_started_by_the_check_holds_no_lock() {
         script.display()
     );
     std::fs::write(r.dir.join(".buildlock.toml"), config).unwrap();
-    let out = r
-        .cmd(PRE_COMMIT, &r.dir)
-        .env("BUILDLOCK_AGENT", "a")
-        .output()
-        .unwrap();
+    let out = r.hook(&r.dir, "a");
     assert_eq!(out.status.code(), Some(1));
     assert!(eventually(Duration::from_secs(5), || pidfile.exists()));
     let daemon: i32 = std::fs::read_to_string(&pidfile)
@@ -650,11 +603,7 @@ fn a_daemon_started_by_the_check_holds_no_lock() {
         .unwrap();
     assert!(alive(daemon as u32), "the daemon outlives the hook");
     // Its holding our files does not hold the locks: another agent decides at once.
-    let out = r
-        .cmd(PRE_COMMIT, &r.dir)
-        .env("BUILDLOCK_AGENT", "b")
-        .output()
-        .unwrap();
+    let out = r.hook(&r.dir, "b");
     assert_eq!(out.status.code(), Some(75));
     unsafe { libc::kill(daemon, libc::SIGKILL) };
 }

@@ -55,7 +55,7 @@ impl Race {
         let r = &self.r;
         std::fs::write(r.shared("status"), "broken\n").unwrap();
         let _ = std::fs::remove_file(&self.go);
-        let witness_before = witness(r).len();
+        let witness_before = r.witness().len();
         for (i, t) in self.trees.iter().enumerate() {
             r.stage_change(t, &format!("r{round}-a{i}"));
         }
@@ -89,7 +89,7 @@ impl Race {
                 "every commit lands"
             );
         }
-        let w = witness(r);
+        let w = r.witness();
         let this_round = &w[witness_before..];
         assert_eq!(
             this_round.len(),
@@ -107,14 +107,6 @@ impl Race {
         );
         assert_no_leftovers(&r.root);
     }
-}
-
-fn witness(r: &TestRepo) -> Vec<String> {
-    std::fs::read_to_string(r.shared("witness"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
 }
 
 /// No process still has its working directory inside the test's tree.

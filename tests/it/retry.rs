@@ -32,14 +32,6 @@ fn repo_with_fix(fix_sleep: &str, extra: &str) -> TestRepo {
     r
 }
 
-fn witness(r: &TestRepo) -> Vec<String> {
-    std::fs::read_to_string(r.shared("witness"))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
 /// Fix runs never overlap: every `start` is followed by its own `end` before the next `start`,
 /// except a run that was stopped (no `end`).
 fn assert_no_overlap(lines: &[String]) {
@@ -88,7 +80,7 @@ fn sixteen_agents_one_fix_every_commit_lands() {
         assert!(out.status.success(), "a{i}: {}", text(&out.stderr));
         assert_eq!(r.last_subject(&trees[i]), format!("a{i} work"));
     }
-    let w = witness(&r);
+    let w = r.witness();
     assert_eq!(w.len(), 2, "exactly one fix ran: {w:?}");
     assert_no_overlap(&w);
     let status = r.state();
@@ -107,7 +99,7 @@ fn sigkilled_fixer_is_replaced_and_its_orphaned_fix_stopped() {
     r.stage_change(&ta, "fa");
     r.stage_change(&tb, "fb");
     let a = commit_retry(&r, &ta, "a");
-    assert!(eventually(Duration::from_secs(20), || witness(&r) == ["start a"]));
+    assert!(eventually(Duration::from_secs(20), || r.witness() == ["start a"]));
     let b = commit_retry(&r, &tb, "b");
     assert!(eventually(Duration::from_secs(10), || r.state()["keys"][0]
         ["waiters"]
@@ -119,7 +111,7 @@ fn sigkilled_fixer_is_replaced_and_its_orphaned_fix_stopped() {
     let err = text(&out.stderr);
     assert!(err.contains("the fixer `a` died"), "{err}");
     assert!(err.contains("stopped the previous fixer's fix"), "{err}");
-    let w = witness(&r);
+    let w = r.witness();
     assert_eq!(
         w,
         ["start a", "start b", "end b"],
@@ -134,7 +126,7 @@ fn sigkilled_fixer_is_replaced_and_its_orphaned_fix_stopped() {
     assert!(r.history_events().contains(&"takeover".to_owned()));
     std::thread::sleep(Duration::from_millis(3500));
     assert_eq!(
-        witness(&r),
+        r.witness(),
         ["start a", "start b", "end b"],
         "the orphan never finished"
     );
@@ -150,7 +142,11 @@ fn sigstopped_fixer_is_taken_over_after_the_lease_and_fenced_when_resumed() {
     r.stage_change(&ta, "fa");
     r.stage_change(&tb, "fb");
     let a = commit_retry(&r, &ta, "a");
-    assert!(eventually(Duration::from_secs(20), || witness(&r) == ["start a"]));
+    assert!(eventually(Duration::from_secs(20), || r.witness() == ["start a"]));
+    // Mid-fix: the fix runs and is registered (the fixer holds no lock now).
+    assert!(eventually(Duration::from_secs(20), || r.state()["keys"][0]
+        ["fixer"]["fix_pid"]
+        .is_u64()));
     signal(&a, libc::SIGSTOP);
     let b = commit_retry(&r, &tb, "b");
     let out = wait_output(b, Duration::from_secs(60));
@@ -169,7 +165,7 @@ fn sigstopped_fixer_is_taken_over_after_the_lease_and_fenced_when_resumed() {
         (Some("passing"), Some(generation))
     );
     assert_eq!(r.last_subject(&ta), "a work");
-    let w = witness(&r);
+    let w = r.witness();
     assert_eq!(
         w.iter().filter(|l| l.starts_with("start")).count(),
         2,
@@ -245,15 +241,7 @@ fn exit_codes() {
     // 75: still blocked after retry.attempts.
     let config = "check = \"false\"\n[coordination]\nwait = \"200ms\"\n[retry]\nattempts = 2\n";
     let r = TestRepo::new(config);
-    assert_eq!(
-        r.cmd(PRE_COMMIT, &r.dir)
-            .env("BUILDLOCK_AGENT", "fixer")
-            .output()
-            .unwrap()
-            .status
-            .code(),
-        Some(1)
-    );
+    assert_eq!(r.hook(&r.dir, "fixer").status.code(), Some(1));
     r.stage_change(&r.dir, "a");
     let out = wait_output(commit_retry(&r, &r.dir, "x"), Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(75), "{}", text(&out.stderr));
@@ -280,15 +268,7 @@ fn exit_codes() {
     // 128+n: ended by a signal while waiting.
     let config = "check = \"false\"\n[coordination]\nwait = \"30s\"\n";
     let r = TestRepo::new(config);
-    assert_eq!(
-        r.cmd(PRE_COMMIT, &r.dir)
-            .env("BUILDLOCK_AGENT", "fixer")
-            .output()
-            .unwrap()
-            .status
-            .code(),
-        Some(1)
-    );
+    assert_eq!(r.hook(&r.dir, "fixer").status.code(), Some(1));
     r.stage_change(&r.dir, "a");
     let child = commit_retry(&r, &r.dir, "x");
     assert!(eventually(Duration::from_secs(10), || r.state()["keys"][0]

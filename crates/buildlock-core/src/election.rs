@@ -88,6 +88,22 @@ impl Lock {
     }
 }
 
+/// Who holds the lock at `path`, where the OS tells (Linux `/proc/locks`): the pid, and whether
+/// that process is stopped (SIGSTOP or a debugger), which keeps a lock for as long as it lasts.
+pub fn holder(path: &Path) -> Option<(u32, bool)> {
+    let ino = std::fs::metadata(path).ok()?.ino();
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let pid: u32 = locks.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (kind, pid, dev_ino) = (f.get(1)?, f.get(4)?, f.get(5)?);
+        (*kind == "FLOCK" && dev_ino.rsplit(':').next()?.parse::<u64>().ok()? == ino)
+            .then(|| pid.parse().ok())?
+    })?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = stat.rsplit(')').next()?.split_whitespace().next()?;
+    Some((pid, state == "T" || state == "t"))
+}
+
 /// Whether nobody holds the lock at `path` right now. A missing file is free.
 pub fn is_free(path: &Path) -> io::Result<bool> {
     if !path.exists() {
@@ -171,6 +187,16 @@ mod tests {
                 .is_none()
         );
         assert!(start.elapsed() >= Duration::from_millis(120));
+    }
+
+    #[test]
+    fn the_holder_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.lock");
+        let _held = Lock::try_acquire(&path).unwrap().unwrap();
+        if std::path::Path::new("/proc/locks").exists() {
+            assert_eq!(holder(&path), Some((std::process::id(), false)));
+        }
     }
 
     #[test]

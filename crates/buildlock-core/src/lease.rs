@@ -1,13 +1,18 @@
 //! The fixer's lease: a heartbeat thread renews it while the fix runs, so a long fix is never
 //! taken over while alive, and notices when it has been taken over (fenced), so the fixer stops.
+//!
+//! The heartbeat takes no lock: it reads the state as any waiter does and writes its own lease
+//! file (see `Store::write_lease`). A fixer that is SIGSTOPped mid-heartbeat therefore blocks
+//! nobody: a stopped process keeps any flock it holds for as long as it stays stopped.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::state::{Event, Outcome};
-use crate::store::{Policy, Store};
+use crate::state::Lease;
+use crate::store::Read;
+use crate::store::Store;
 
 pub struct Heartbeat {
     stop: Arc<AtomicBool>,
@@ -16,20 +21,18 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
-    /// Renews `agent`'s lease on `key` (generation `generation`) every quarter lease.
+    /// Renews `agent`'s lease on `key` (generation `generation`) every quarter of `stale_after`.
     pub fn start(
         store_dir: std::path::PathBuf,
         key: String,
-        base: String,
         agent: String,
         generation: u64,
-        policy: Policy,
+        stale_after: Duration,
     ) -> Heartbeat {
         let stop = Arc::new(AtomicBool::new(false));
         let fenced = Arc::new(AtomicBool::new(false));
         let (stop2, fenced2) = (stop.clone(), fenced.clone());
-        let every =
-            (policy.stale_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
+        let every = (stale_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
         let thread = std::thread::spawn(move || {
             let store = Store::new(store_dir);
             let mut next = Instant::now() + every;
@@ -39,17 +42,21 @@ impl Heartbeat {
                     continue;
                 }
                 next = Instant::now() + every;
-                let beat = Event::Heartbeat {
+                let current = match store.read(&key) {
+                    Read::Found { state, .. } => state.is_fixer(&agent, generation),
+                    _ => false,
+                };
+                if !current {
+                    fenced2.store(true, Ordering::SeqCst);
+                    return;
+                }
+                let lease = Lease {
                     agent: agent.clone(),
                     generation,
+                    heartbeat: crate::time::now(),
                 };
-                match store.apply(&key, &base, &beat, policy, None) {
-                    Ok(applied) if applied.outcome == Outcome::Fenced => {
-                        fenced2.store(true, Ordering::SeqCst);
-                        return;
-                    }
-                    Ok(_) => {}
-                    Err(e) => crate::say::warn(format!("could not renew the fixer lease: {e:#}")),
+                if let Err(e) = store.write_lease(&key, &lease) {
+                    crate::say::warn(format!("could not renew the fixer lease: {e:#}"));
                 }
             }
         });

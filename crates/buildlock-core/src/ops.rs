@@ -37,7 +37,8 @@ pub fn status_json(ctx: &Context) -> Value {
                 json!({"agent": f.agent, "pid": f.pid, "host": f.host, "since": rfc3339(f.since),
                        "heartbeat": rfc3339(f.heartbeat), "attempts": f.attempts,
                        "live": live == Some(Liveness::Live), "liveness": live,
-                       "registered": f.registered})
+                       "registered": f.registered,
+                       "fix_pid": f.fix_process.as_ref().map(|p| p.pid)})
             });
             json!({"key": s.key, "base": base, "status": s.status.as_str(), "generation": s.generation,
                    "fixer": fixer, "signature": s.signature, "log": s.log, "waiters": s.waiters,

@@ -318,10 +318,9 @@ impl Retry<'_> {
         let heartbeat = Heartbeat::start(
             self.ctx.store.dir().to_owned(),
             key.clone(),
-            base.clone(),
             self.ctx.agent.clone(),
             generation,
-            self.ctx.policy(),
+            self.ctx.config.stale_after,
         );
         let store = &self.ctx.store;
         let agent = self.ctx.agent.clone();

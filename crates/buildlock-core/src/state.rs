@@ -111,6 +111,35 @@ impl KeyState {
     }
 }
 
+/// A fixer's lease renewal, written by its heartbeat to a file of its own (one per key and
+/// generation), without the election lock: a fixer stopped mid-heartbeat holds no lock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub agent: String,
+    pub generation: u64,
+    pub heartbeat: Millis,
+}
+
+impl KeyState {
+    /// Folds a lease renewal into the fixer's heartbeat. Fencing: a lease of another agent or
+    /// another generation is ignored.
+    pub fn renew(&mut self, lease: &Lease) {
+        if self.status != Status::Fixing || self.generation != lease.generation {
+            return;
+        }
+        if let Some(f) = self.fixer.as_mut().filter(|f| f.agent == lease.agent) {
+            f.heartbeat = f.heartbeat.max(lease.heartbeat);
+        }
+    }
+
+    /// Whether `agent`, elected in `generation`, is still the fixer.
+    pub fn is_fixer(&self, agent: &str, generation: u64) -> bool {
+        self.status == Status::Fixing
+            && self.generation == generation
+            && self.fixer.as_ref().is_some_and(|f| f.agent == agent)
+    }
+}
+
 /// Who caused an event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Agent {
@@ -134,8 +163,6 @@ pub enum Event {
         agent: Agent,
         generation: Option<u64>,
     },
-    /// The fixer renews its lease.
-    Heartbeat { agent: String, generation: u64 },
     /// The fixer took the key's fixer lock and, optionally, started its fix command.
     Register {
         agent: String,
@@ -326,19 +353,12 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
                 }
             }
         },
-        Event::Heartbeat { agent, generation } => match next.fixer.as_mut() {
-            Some(f) if is_current(state, agent, *generation) => {
-                f.heartbeat = seen.now;
-                Outcome::Renewed
-            }
-            _ => Outcome::Fenced,
-        },
         Event::Register {
             agent,
             generation,
             fix_process,
         } => match next.fixer.as_mut() {
-            Some(f) if is_current(state, agent, *generation) => {
+            Some(f) if state.is_fixer(agent, *generation) => {
                 f.registered = true;
                 f.heartbeat = seen.now;
                 if fix_process.is_some() {
@@ -369,12 +389,6 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
         }
     };
     (next, outcome)
-}
-
-fn is_current(state: &KeyState, agent: &str, generation: u64) -> bool {
-    state.status == Status::Fixing
-        && state.generation == generation
-        && state.fixer.as_ref().is_some_and(|f| f.agent == agent)
 }
 
 fn elect(next: &mut KeyState, agent: &Agent, generation: u64, now: Millis) {
@@ -734,25 +748,29 @@ mod tests {
     }
 
     #[test]
-    fn heartbeat_renews_only_the_current_fixer() {
-        let s = fixing("x", 2);
-        let beat = |agent: &str, generation| Event::Heartbeat {
+    fn leases_renew_only_the_current_fixer() {
+        let mut s = fixing("x", 2);
+        let lease = |agent: &str, generation, heartbeat| Lease {
             agent: agent.into(),
             generation,
+            heartbeat,
         };
-        let (next, out) = transition(&s, &beat("x", 2), &seen(T0 + 99));
+        s.renew(&lease("x", 1, T0 + 99));
+        s.renew(&lease("y", 2, T0 + 99));
         assert_eq!(
-            (out, next.fixer.unwrap().heartbeat),
-            (Outcome::Renewed, T0 + 99)
+            s.fixer.as_ref().unwrap().heartbeat,
+            T0,
+            "another generation or agent is fenced off"
         );
+        s.renew(&lease("x", 2, T0 + 99));
+        assert_eq!(s.fixer.as_ref().unwrap().heartbeat, T0 + 99);
+        s.renew(&lease("x", 2, T0 + 50));
         assert_eq!(
-            transition(&s, &beat("x", 1), &seen(T0 + 99)).1,
-            Outcome::Fenced
+            s.fixer.as_ref().unwrap().heartbeat,
+            T0 + 99,
+            "a lease never goes back"
         );
-        assert_eq!(
-            transition(&s, &beat("y", 2), &seen(T0 + 99)).1,
-            Outcome::Fenced
-        );
+        assert!(s.is_fixer("x", 2) && !s.is_fixer("x", 1) && !s.is_fixer("y", 2));
     }
 
     #[test]

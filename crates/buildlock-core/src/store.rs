@@ -4,6 +4,7 @@
 //! locks/election.lock     held for one read-decide-write step (empty, never removed)
 //! locks/<key>.fixer       held by a registered fixer for its whole fix (empty, never removed)
 //! state/<key>.json        one state file per key, with a schema version, written atomically
+//! leases/<key>-g<N>.json  the lease renewals of generation N's fixer, written by it alone
 //! totals.json             counters for `buildlock status` and the generation high-water mark
 //! history.jsonl           one JSON object per event, capped in size
 //! logs/                   failure logs
@@ -23,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::election::{self, Lock};
-use crate::state::{Event, KeyState, Observed, Outcome, Status, transition};
+use crate::state::{Event, KeyState, Lease, Observed, Outcome, Status, transition};
 use crate::time::{self, Millis};
 
 /// The state file schema. A file with another version reads as damaged.
@@ -154,9 +155,54 @@ impl Store {
         self.dir.join("history.jsonl")
     }
 
-    /// Reads a key's state without any lock: one small file read (the hook's hot path).
+    fn lease_path(&self, key: &str, generation: u64) -> PathBuf {
+        self.dir
+            .join("leases")
+            .join(format!("{}-g{generation}.json", crate::key::file_stem(key)))
+    }
+
+    /// Reads a key's state without any lock: one small file read (the hook's hot path), and the
+    /// fixer's lease when someone is fixing.
     pub fn read(&self, key: &str) -> Read {
-        read_state(&self.state_path(key), key)
+        self.with_lease(read_state(&self.state_path(key), key))
+    }
+
+    fn with_lease(&self, read: Read) -> Read {
+        match read {
+            Read::Found { base, mut state } if state.status == Status::Fixing => {
+                let lease = fs::read(self.lease_path(&state.key, state.generation))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Lease>(&b).ok());
+                if let Some(lease) = lease {
+                    state.renew(&lease);
+                }
+                Read::Found { base, state }
+            }
+            other => other,
+        }
+    }
+
+    /// Renews the fixer's lease. Takes no lock: only generation `lease.generation`'s fixer writes
+    /// this file, and readers ignore a lease that is not the current fixer's.
+    pub fn write_lease(&self, key: &str, lease: &Lease) -> Result<()> {
+        write_atomic(
+            &self.lease_path(key, lease.generation),
+            &serde_json::to_vec(lease)?,
+        )
+    }
+
+    /// Lease files of `key` other than generation `keep`'s (under the election lock).
+    fn remove_old_leases(&self, key: &str, keep: u64) {
+        let prefix = format!("{}-g", crate::key::file_stem(key));
+        let keep = format!("{prefix}{keep}.json");
+        if let Ok(entries) = fs::read_dir(self.dir.join("leases")) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&prefix) && name != keep && !name.starts_with('.') {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
     }
 
     /// Every key on record, with its base.
@@ -167,7 +213,7 @@ impl Store {
         let mut keys: Vec<(String, KeyState)> = entries
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-            .filter_map(|e| match read_state(&e.path(), "") {
+            .filter_map(|e| match self.with_lease(read_state(&e.path(), "")) {
                 Read::Found { base, state } => Some((base, state)),
                 _ => None,
             })
@@ -199,7 +245,7 @@ impl Store {
         crate::fault::point("election");
 
         let path = self.state_path(key);
-        let read = read_state(&path, key);
+        let read = self.with_lease(read_state(&path, key));
         let damaged = match &read {
             Read::Damaged(why) => Some(why.clone()),
             _ => None,
@@ -249,6 +295,14 @@ impl Store {
         for entry in history_entries(key, event, &outcome, &before, &after) {
             self.append_history(&entry)?;
         }
+        if after.generation != before.generation || after.status != Status::Fixing {
+            let keep = if after.status == Status::Fixing {
+                after.generation
+            } else {
+                u64::MAX
+            };
+            self.remove_old_leases(key, keep);
+        }
         if matches!(
             outcome,
             Outcome::Fixed | Outcome::Recovered | Outcome::Reset
@@ -263,10 +317,10 @@ impl Store {
         })
     }
 
-    /// Appends one event to the history under the election lock.
+    /// Appends one event to the history without the election lock (one `O_APPEND` write of one
+    /// line, so lines never interleave); the size cap is applied by the next locked step.
     pub fn record(&self, entry: serde_json::Value) -> Result<()> {
-        let _lock = self.election_lock()?;
-        self.append_history(&entry)
+        self.append_line(&entry).map(|_| ())
     }
 
     fn election_lock(&self) -> Result<Lock> {
@@ -276,12 +330,19 @@ impl Store {
         })
         .with_context(|| format!("cannot take the election lock in {}", self.dir.display()))?
         .ok_or_else(|| {
+            let who = match election::holder(&path) {
+                Some((pid, true)) => format!(
+                    "by pid {pid}, which is STOPPED (SIGSTOP or a debugger): resume it with `kill -CONT {pid}` \
+                     or end it"
+                ),
+                Some((pid, false)) => format!("by pid {pid}"),
+                None => format!("by another process (find it with `fuser {}`)", path.display()),
+            };
             anyhow!(
-                "the election lock {} has been held for {} by another process (a stopped buildlock?); \
-                 find it with `fuser {}`",
+                "the election lock {} has been held for {} {who}; meanwhile commit with BUILDLOCK=0 \
+                 (no coordination) or --no-verify",
                 path.display(),
                 time::human(ELECTION_TIMEOUT),
-                path.display()
             )
         })?;
         // A second handle must be refused while we hold the lock, or locking is not real here.
@@ -295,7 +356,24 @@ impl Store {
         Ok(lock)
     }
 
+    /// Appends under the election lock, and keeps the history within its cap.
     fn append_history(&self, entry: &serde_json::Value) -> Result<()> {
+        let path = self.history_path();
+        if self.append_line(entry)? > HISTORY_CAP {
+            // Keep the newest half, cut at a line boundary.
+            let text = fs::read(&path)?;
+            let cut = text.len() - (HISTORY_CAP as usize / 2);
+            let start = text[cut..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(text.len(), |i| cut + i + 1);
+            write_atomic(&path, &text[start..])?;
+        }
+        Ok(())
+    }
+
+    /// Appends one line to the history and returns the file's new size.
+    fn append_line(&self, entry: &serde_json::Value) -> Result<u64> {
         let path = self.history_path();
         let mut entry = entry.clone();
         let now = time::now();
@@ -312,17 +390,7 @@ impl Store {
             .with_context(|| format!("cannot open {}", path.display()))?;
         file.write_all(&line)
             .with_context(|| format!("cannot write {}", path.display()))?;
-        if file.metadata().map(|m| m.len()).unwrap_or(0) > HISTORY_CAP {
-            // Keep the newest half, cut at a line boundary.
-            let text = fs::read(&path)?;
-            let cut = text.len() - (HISTORY_CAP as usize / 2);
-            let start = text[cut..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(text.len(), |i| cut + i + 1);
-            write_atomic(&path, &text[start..])?;
-        }
-        Ok(())
+        Ok(file.metadata().map(|m| m.len()).unwrap_or(0))
     }
 
     /// The history, oldest first; unreadable lines are skipped.
@@ -494,7 +562,7 @@ fn history_entries(
                             "log": log, "attempts": attempts}),
             );
         }
-        Event::Passed { .. } | Event::Heartbeat { .. } | Event::Register { .. } => {}
+        Event::Passed { .. } | Event::Register { .. } => {}
         Event::Release { .. } | Event::Reset => {}
     }
     let fixer = |s: &KeyState| s.fixer.as_ref().map(|f| f.agent.clone());
