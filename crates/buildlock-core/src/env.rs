@@ -86,12 +86,6 @@ pub fn temp_dir_prefix() -> &'static Option<String> {
     })
 }
 
-/// The index git is committing: `GIT_INDEX_FILE` as git handed it to the hook, relative paths
-/// taken from the current directory (the top of the work tree in a hook).
-pub fn git_index_file() -> Option<PathBuf> {
-    var_os("GIT_INDEX_FILE").map(PathBuf::from)
-}
-
 pub fn git_dir_set() -> bool {
     var_os("GIT_DIR").is_some()
 }

@@ -70,7 +70,7 @@ fn the_check(ctx: &Context, args: Vec<OsString>) -> Option<check::Command> {
     use std::os::unix::fs::PermissionsExt;
     let executable = std::fs::metadata(&chained)
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-    executable.then(|| check::Command::Program(chained, args))
+    executable.then_some(check::Command::Program(chained, args))
 }
 
 struct Hook<'a> {

@@ -26,16 +26,6 @@ pub fn start_time(pid: u32) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// This process, as recorded in state.
-pub fn this_process() -> Process {
-    let pid = std::process::id();
-    Process {
-        pid,
-        host: hostname(),
-        start: start_time(pid),
-    }
-}
-
 /// Is this exact process (same host, same pid, same start time) still running?
 pub fn is_same_process_running(p: &Process) -> bool {
     p.host == hostname() && p.start.is_some() && start_time(p.pid) == p.start

@@ -6,8 +6,9 @@
 //!   repository is discovered upwards from the current directory.
 //! - The common dir: shared by every linked worktree, so they share one coordination domain; a
 //!   submodule has its own.
-//! - The index git is committing: `GIT_INDEX_FILE` when git set it (`commit -a` and
-//!   `commit -- <path>` use a temporary index), never replaced by the default index.
+//! - The index git is committing: `GIT_INDEX_FILE` (`commit -a` and `commit -- <path>` use a
+//!   temporary index) and `GIT_DIR` are left exactly as git set them, so the check, which inherits
+//!   them, sees what git will commit. buildlock itself never reads or touches the index.
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -74,36 +75,6 @@ impl Repo {
             .ok()
             .and_then(|h| h.target())
             .map_or_else(|| "unborn".to_owned(), |oid| oid.to_string())
-    }
-
-    /// The index this commit is made from.
-    pub fn index_file(&self) -> PathBuf {
-        match crate::env::git_index_file() {
-            Some(p) if p.is_relative() => std::env::current_dir().map(|d| d.join(&p)).unwrap_or(p),
-            Some(p) => p,
-            None => self.git_dir.join("index"),
-        }
-    }
-
-    /// The paths staged in the index this commit is made from (what git will commit).
-    pub fn staged_paths(&self) -> Result<Vec<String>> {
-        let path = self.index_file();
-        let index = git2::Index::open(&path)
-            .with_context(|| format!("cannot read the index {}", path.display()))?;
-        let tree = self.repo.head().ok().and_then(|h| h.peel_to_tree().ok());
-        let diff = self
-            .repo
-            .diff_tree_to_index(tree.as_ref(), Some(&index), None)
-            .context("cannot compare HEAD with the index")?;
-        Ok(diff
-            .deltas()
-            .filter_map(|d| {
-                d.new_file()
-                    .path()
-                    .or(d.old_file().path())
-                    .map(|p| p.to_string_lossy().into_owned())
-            })
-            .collect())
     }
 
     /// Where buildlock keeps its coordination files.

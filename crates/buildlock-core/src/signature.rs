@@ -257,7 +257,7 @@ fn classify_number(chars: &[char], last_word: &str) -> Option<(usize, &'static s
         .count();
     if unit_len > 0 {
         let unit: String = chars[unit_start..unit_start + unit_len].iter().collect();
-        let bounded = !at(unit_start + unit_len).is_some_and(|c| is_word(c));
+        let bounded = !at(unit_start + unit_len).is_some_and(is_word);
         if bounded && DURATION_UNITS.contains(&unit.as_str()) {
             return Some((unit_start + unit_len, "<dur>"));
         }
