@@ -41,7 +41,7 @@ def run(args, cwd, tmp, check=True, **kw):
     return r
 
 
-def new_repo(tmp: Path, name: str, config: str = "") -> Path:
+def new_repo(tmp: Path, name: str, config: str = "", hook: bool = False) -> Path:
     repo = tmp / name
     repo.mkdir(parents=True)
     (tmp / "home").mkdir(exist_ok=True)
@@ -50,6 +50,8 @@ def new_repo(tmp: Path, name: str, config: str = "") -> Path:
     (repo / "README").write_text("x\n")
     run(["git", "add", "-A"], repo, tmp)
     run(["git", "commit", "-q", "-m", "init", "--no-verify"], repo, tmp)
+    if hook:
+        (repo / ".git/hooks/pre-commit").symlink_to(REL / "pre-commit")
     return repo
 
 
@@ -168,7 +170,7 @@ def bench_wakeup(tmp: Path, waiters: int = 16):
     runs = tmp / "wruns"
     repo = new_repo(tmp, "wake",
                     f'check = "echo $BUILDLOCK_AGENT $(date +%s%N) >> {runs}; grep -qx ok {status}"\n'
-                    '[coordination]\nwait = "2m"\n')
+                    '[coordination]\nwait = "2m"\n', hook=True)
     trees = []
     for i in range(waiters):
         t = tmp / f"wake-a{i}"
@@ -222,7 +224,7 @@ def bench_takeover(tmp: Path):
     fix = tmp / "tfix.sh"
     fix.write_text(f'echo "$BUILDLOCK_AGENT $(date +%s%N)" >> {witness}\n'
                    f'if [ "$BUILDLOCK_AGENT" = a ]; then sleep 60; fi\necho ok > {status}\n')
-    repo = new_repo(tmp, "take", f'check = "grep -qx ok {status}"\n[fix]\ncommand = "sh {fix}"\n')
+    repo = new_repo(tmp, "take", f'check = "grep -qx ok {status}"\n[fix]\ncommand = "sh {fix}"\n', hook=True)
     ta, tb = tmp / "take-a", tmp / "take-b"
     run(["git", "worktree", "add", "-q", "-b", "ta", str(ta)], repo, tmp)
     run(["git", "worktree", "add", "-q", "-b", "tb", str(tb)], repo, tmp)

@@ -57,9 +57,24 @@ pub fn kill_group(pgid: u32, signal: i32) {
     }
 }
 
+/// Whether any process of group `pgid` still runs. Zombies do not count: they run nothing and
+/// hold nothing, and an orphan's zombie waits for whatever reaps orphans, which can take a while.
 pub fn group_alive(pgid: u32) -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    pgid > 1 && unsafe { libc::kill(-(pgid as libc::pid_t), 0) } == 0
+    if pgid <= 1 {
+        return false;
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        // SAFETY: signal 0 only checks for existence.
+        return unsafe { libc::kill(-(pgid as libc::pid_t), 0) } == 0;
+    };
+    procs.flatten().any(|e| {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { return false };
+        // Fields after the command name: state, ppid, pgrp, ...
+        let mut fields = stat.rsplit(')').next().unwrap_or("").split_whitespace();
+        let state = fields.next();
+        let pgrp = fields.nth(1).and_then(|g| g.parse::<u32>().ok());
+        pgrp == Some(pgid) && state != Some("Z") && state != Some("X")
+    })
 }
 
 /// Sends `signal` to ourselves (fault injection).

@@ -197,6 +197,7 @@ impl Retry<'_> {
     /// Runs `git commit` with our arguments untouched, asking the hook for its decision.
     fn commit(&self, seen_silent: Option<(u64, u64)>) -> Result<GitRun> {
         let run_dir = self.ctx.store.dir().join("run");
+        remove_old_decisions(&run_dir);
         std::fs::create_dir_all(&run_dir)
             .with_context(|| format!("cannot create {}", run_dir.display()))?;
         let decision_path = run_dir.join(format!("{}-{}.json", std::process::id(), time::now()));
@@ -481,4 +482,15 @@ enum FixEnd {
     Done,
     TakenOver,
     Signal(i32),
+}
+
+/// Decision files older than a day: left by a commit-retry that was killed mid-commit.
+fn remove_old_decisions(run_dir: &Path) {
+    let day = Duration::from_secs(24 * 3600);
+    for e in std::fs::read_dir(run_dir).into_iter().flatten().flatten() {
+        let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > day);
+        if old {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
