@@ -126,8 +126,15 @@ fi
 mkdir -p "$hooks" 2>/dev/null || die "cannot create the hooks directory $hooks"
 probe="$hooks/.buildlock-probe.$$"
 ( : > "$probe" ) 2>/dev/null && rm -f "$probe" || die "the hooks directory $hooks is not writable"
+# A hook manager that reinstalled its hook over ours (lefthook does on every npm install) put back
+# the very hook we keep: ours goes back in place. A different one is the user's to sort out.
+regenerated=no
 if ! is_ours "$hook" && { [ -e "$hook" ] || [ -L "$hook" ]; } && { [ -e "$chained" ] || [ -L "$chained" ]; }; then
-    die "$hook is not buildlock's, and a chained hook is already kept at $chained; move one of them away first"
+    if cmp -s "$hook" "$chained"; then
+        regenerated=yes
+    else
+        die "$hook is not buildlock's, and a different hook is already kept at $chained; move one of them away first"
+    fi
 fi
 
 # 1. Binaries: given, or built when missing or older than the sources.
@@ -169,7 +176,10 @@ done
 if is_ours "$hook"; then
     say "the hook $hook is already buildlock's"
 else
-    if [ -e "$hook" ] || [ -L "$hook" ]; then
+    if [ "$regenerated" = yes ]; then
+        rm -f "$hook"
+        say "$hook was put back by a hook manager; it is the hook already kept at $chained, so buildlock's goes back in place"
+    elif [ -e "$hook" ] || [ -L "$hook" ]; then
         mkdir -p "$home/chained"
         mv "$hook" "$chained"
         say "kept your existing hook: moved $hook to $chained; it runs as the check unless .buildlock.toml sets 'check'"
