@@ -170,7 +170,7 @@ fn race_full() {
     let rounds: usize = std::env::var("BUILDLOCK_RACE_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(20);
     for agents in [8, 16, 32, 64] {
         race(agents, rounds);
     }
