@@ -176,7 +176,10 @@ fn a_hook_manager_reinstalling_its_hook_is_handled() {
     let out = install(&r, &r.dir, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("a different hook is already kept"));
-    assert_eq!(std::fs::read_to_string(&hook).unwrap(), "#!/bin/sh\necho something else\n");
+    assert_eq!(
+        std::fs::read_to_string(&hook).unwrap(),
+        "#!/bin/sh\necho something else\n"
+    );
 }
 
 #[test]

@@ -68,7 +68,9 @@ pub fn group_alive(pgid: u32) -> bool {
         return unsafe { libc::kill(-(pgid as libc::pid_t), 0) } == 0;
     };
     procs.flatten().any(|e| {
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { return false };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            return false;
+        };
         // Fields after the command name: state, ppid, pgrp, ...
         let mut fields = stat.rsplit(')').next().unwrap_or("").split_whitespace();
         let state = fields.next();

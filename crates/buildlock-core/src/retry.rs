@@ -488,7 +488,12 @@ enum FixEnd {
 fn remove_old_decisions(run_dir: &Path) {
     let day = Duration::from_secs(24 * 3600);
     for e in std::fs::read_dir(run_dir).into_iter().flatten().flatten() {
-        let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > day);
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > day);
         if old {
             let _ = std::fs::remove_file(e.path());
         }
