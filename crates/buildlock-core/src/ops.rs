@@ -416,20 +416,15 @@ pub fn doctor(ctx: &Context) -> Result<i32> {
         }
     }
     for (_, s) in ctx.store.all() {
-        match fixer_liveness(ctx, &s) {
-            Some(Liveness::Stale) | Some(Liveness::Dead) => {
-                println!(
-                    "note     the fixer of key `{}` is {}: the next failing agent takes over (or `buildlock reset`)",
-                    s.key,
-                    if fixer_liveness(ctx, &s) == Some(Liveness::Dead) {
-                        "dead"
-                    } else {
-                        "stale"
-                    }
-                );
-            }
-            _ => {}
-        }
+        let how = match fixer_liveness(ctx, &s) {
+            Some(Liveness::Dead) => "dead",
+            Some(Liveness::Stale) => "stale",
+            _ => continue,
+        };
+        println!(
+            "note     the fixer of key `{}` is {how}: the next failing agent takes over (or `buildlock reset`)",
+            s.key
+        );
     }
     let alias = git2::Repository::open(&ctx.repo.git_dir)
         .ok()

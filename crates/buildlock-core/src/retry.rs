@@ -346,18 +346,9 @@ impl Retry<'_> {
             );
             crate::fault::point("fix");
         };
-        let run = check::run(
-            &check::Command::Shell(command.to_owned()),
-            check::Options {
-                dir: &self.ctx.repo.worktree,
-                timeout: self.ctx.config.check_timeout,
-                echo: true,
-                env: self.fix_env(d, attempt),
-                parent: None,
-                on_start: &mut on_start,
-                cancel: &|| heartbeat.fenced(),
-            },
-        )?;
+        let run = self.shell(command, self.fix_env(d, attempt), &mut on_start, &|| {
+            heartbeat.fenced()
+        })?;
         let taken_over = heartbeat.fenced();
         drop(heartbeat);
         let _ = store.record(
@@ -382,6 +373,30 @@ impl Retry<'_> {
                 FixEnd::Done
             }
         })
+    }
+
+    /// Runs `command` with `sh -c` at the work tree root in its own process group, echoed,
+    /// bounded by `check_timeout` (the fix and the refresh).
+    fn shell(
+        &self,
+        command: &str,
+        env: Vec<(String, OsString)>,
+        on_start: &mut dyn FnMut(u32),
+        cancel: &dyn Fn() -> bool,
+    ) -> Result<check::Run> {
+        let options = check::Options {
+            dir: &self.ctx.repo.worktree,
+            timeout: self.ctx.config.check_timeout,
+            echo: true,
+            env,
+            parent: None,
+            on_start,
+            cancel,
+        };
+        Ok(check::run(
+            &check::Command::Shell(command.to_owned()),
+            options,
+        )?)
     }
 
     fn fix_env(&self, d: &Decision, attempt: u32) -> Vec<(String, OsString)> {
@@ -453,17 +468,11 @@ impl Retry<'_> {
         say::say(format!(
             "commit-retry: refreshing before the retry: {refresh}"
         ));
-        let run = check::run(
-            &check::Command::Shell(refresh.clone()),
-            check::Options {
-                dir: &self.ctx.repo.worktree,
-                timeout: self.ctx.config.check_timeout,
-                echo: true,
-                env: self.fix_env(d, d.attempts.unwrap_or(0) + 1),
-                parent: None,
-                on_start: &mut |_| {},
-                cancel: &|| false,
-            },
+        let run = self.shell(
+            refresh,
+            self.fix_env(d, d.attempts.unwrap_or(0) + 1),
+            &mut |_| {},
+            &|| false,
         )?;
         Ok(match run.ending {
             Ending::Passed => None,

@@ -132,11 +132,10 @@ fn normalise_line(line: &str) -> String {
     let mut i = 0;
     let mut last_word = String::new();
     while i < chars.len() {
-        let rest: String = chars[i..].iter().take(24).collect();
         let at_boundary = i == 0 || !is_word(chars[i - 1]);
         // Temp paths, up to the next delimiter.
         if chars[i] == '/'
-            && (TEMP_PREFIXES.iter().any(|p| rest.starts_with(p))
+            && (TEMP_PREFIXES.iter().any(|p| starts_with_at(&chars, i, p))
                 || temp_dir
                     .as_deref()
                     .is_some_and(|t| starts_with_at(&chars, i, t)))

@@ -276,7 +276,7 @@ impl Store {
                 &serde_json::json!({"event": "damaged", "key": key, "reason": why}),
             )?;
         }
-        if after != before || damaged.is_some() || matches!(read, Read::Missing) {
+        if after != before || damaged.is_some() {
             let file = StateFile {
                 schema: SCHEMA,
                 base: base.to_owned(),
