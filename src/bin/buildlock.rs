@@ -1,6 +1,8 @@
 //! `buildlock`: the operator's tool.
-use buildlock_core::context::{Context, LoadError};
-use buildlock_core::{exit, ops, say};
+use buildlock_core::flows::context::{Context, LoadError};
+use buildlock_core::flows::ops;
+use buildlock_core::os::say;
+use buildlock_core::protocol::exit;
 
 const USAGE: &str = "usage: buildlock <command>
 
@@ -36,7 +38,7 @@ fn run(args: &[String]) -> i32 {
             println!("{USAGE}");
             return exit::OK;
         }
-        "demo" => buildlock_core::demo::run(flag("--keep")),
+        "demo" => buildlock_core::flows::demo::run(flag("--keep")),
         "status" | "release" | "reset" | "log" | "doctor" => {
             let ctx = match Context::load() {
                 Ok(ctx) => ctx,

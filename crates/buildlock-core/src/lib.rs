@@ -1,40 +1,15 @@
 //! buildlock's core: every decision lives here; the binaries are thin.
 //!
-//! The protocol, module by module:
-//! - [`config`]: the layered configuration;
-//! - [`repo`]: the work tree, the git common dir (one coordination domain), branch and HEAD;
-//! - [`key`]: what one fixer covers (scope, and the failure signature with `match = "signature"`);
-//! - [`state`]: the state machine, a pure function;
-//! - [`store`]: state files, atomic writes, history, failure logs, under the election lock;
-//! - [`election`]: the only module that takes a lock;
-//! - [`lease`]: the fixer's lease renewal (heartbeat);
-//! - [`wait`]: bounded waiting for a fix, with progress;
-//! - [`signature`]: failure normalisation and hashing;
-//! - [`check`]: running the check and the fix in their own process group;
-//! - [`ops`]: the operator's commands; [`demo`]: the demo;
-//! - [`hook`]: the pre-commit flow; [`retry`]: commit-retry; [`decision`]: what the hook hands to commit-retry;
-//! - [`signals`], [`process`], [`env`], [`fault`], [`time`], [`say`]: OS primitives, one module each.
+//! The layers, each depending only on those above it in this list:
+//! - [`os`]: the ground: one module per OS primitive (locks, processes, signals, environment,
+//!   time, terminal output, files, the git repository, running a command);
+//! - [`protocol`]: pure rules: configuration, keys, failure signatures, the state machine, the
+//!   ledger (counters and history), exit codes;
+//! - [`store`]: where the state lives, one interface ([`store::Store`]) with its backends;
+//! - [`flows`]: what the programs do (the hook, commit-retry, the operator's commands, the demo);
+//!   they talk to the store interface, never to a backend.
 
-pub mod check;
-pub mod config;
-pub mod context;
-pub mod decision;
-pub mod demo;
-pub mod election;
-pub mod env;
-pub mod exit;
-pub mod fault;
-pub mod hook;
-pub mod key;
-pub mod lease;
-pub mod ops;
-pub mod process;
-pub mod repo;
-pub mod retry;
-pub mod say;
-pub mod signals;
-pub mod signature;
-pub mod state;
+pub mod flows;
+pub mod os;
+pub mod protocol;
 pub mod store;
-pub mod time;
-pub mod wait;

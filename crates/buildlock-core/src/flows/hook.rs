@@ -8,14 +8,15 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::check::{self, Ending};
-use crate::config::Match;
-use crate::context::{Context, LoadError};
-use crate::decision::{Decision, Verdict};
-use crate::state::{Event, Outcome, Status};
+use crate::flows::context::{Context, LoadError};
+use crate::flows::decision::{Decision, Verdict};
+use crate::flows::wait::{self, WaitEnd};
+use crate::os::check::{self, Ending};
+use crate::os::{env, say, time};
+use crate::protocol::config::Match;
+use crate::protocol::state::{Event, Outcome, Status};
+use crate::protocol::{exit, signature};
 use crate::store::Read;
-use crate::wait::{self, WaitEnd};
-use crate::{env, exit, say, signature, time};
 
 /// Where install.sh keeps a pre-existing hook that buildlock chains.
 pub fn chained_hook(buildlock_dir: &std::path::Path) -> PathBuf {
@@ -23,7 +24,7 @@ pub fn chained_hook(buildlock_dir: &std::path::Path) -> PathBuf {
 }
 
 pub fn main(args: Vec<OsString>) -> i32 {
-    crate::signals::install();
+    crate::os::signals::install();
     let parent = std::os::unix::process::parent_id();
     let ctx = match Context::load() {
         Ok(ctx) => ctx,
@@ -66,7 +67,7 @@ fn the_check(ctx: &Context, args: Vec<OsString>) -> Option<check::Command> {
     if let Some(check) = &ctx.config.check {
         return Some(check::Command::Shell(check.clone()));
     }
-    let chained = chained_hook(ctx.store.dir());
+    let chained = chained_hook(&ctx.home);
     use std::os::unix::fs::PermissionsExt;
     let executable = std::fs::metadata(&chained)
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
@@ -143,7 +144,7 @@ impl Hook<'_> {
             }
             let key = decision.key.clone().unwrap_or_default();
             let waiting = wait::Waiting {
-                store: &self.ctx.store,
+                store: self.ctx.store.as_ref(),
                 key: &key,
                 generation: decision.generation.unwrap_or(0),
                 limit: deadline.saturating_duration_since(Instant::now()),
@@ -199,7 +200,7 @@ impl Hook<'_> {
             echo: true,
             env: Vec::new(),
             parent: Some(self.parent),
-            on_start: &mut |_| crate::fault::point("check"),
+            on_start: &mut |_| crate::os::fault::point("check"),
             cancel: &|| false,
         };
         Ok(check::run(&self.command, opts)?)
@@ -257,9 +258,9 @@ impl Hook<'_> {
     ) -> Result<Option<(Decision, Option<u64>)>> {
         let ctx = self.ctx;
         let sig = signature::signature(output, &ctx.repo.worktree, env::home_dir().as_deref());
-        let log = ctx.store.write_log(&ctx.agent, output)?;
+        let log = crate::store::local::write_log(&ctx.home, &ctx.agent, output)?;
         let base = ctx.base();
-        let key = crate::key::for_failure(&base, ctx.config.matching, &sig);
+        let key = crate::protocol::key::for_failure(&base, ctx.config.matching, &sig);
         let event = Event::Failed {
             agent: ctx.agent(),
             signature: sig.clone(),
@@ -291,7 +292,7 @@ impl Hook<'_> {
                         " (taking over from `{}`, whose {})",
                         old.agent,
                         match why {
-                            crate::state::Liveness::Dead => "process died",
+                            crate::protocol::state::Liveness::Dead => "process died",
                             _ => "lease ran out without a sign of life",
                         }
                     ),

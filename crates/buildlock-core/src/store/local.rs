@@ -23,9 +23,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::election::{self, Lock};
-use crate::state::{Event, KeyState, Lease, Observed, Outcome, Status, transition};
-use crate::time::{self, Millis};
+use super::{Applied, FixerHold, Policy, Read, Store, Totals};
+use crate::os::fs::write_atomic;
+use crate::os::lock::{self, Lock};
+use crate::os::time::{self, Millis};
+use crate::protocol::ledger::history_entries;
+use crate::protocol::state::{Event, KeyState, Lease, Observed, Outcome, Status, transition};
 
 /// The state file schema. A file with another version reads as damaged.
 pub const SCHEMA: u32 = 1;
@@ -34,7 +37,8 @@ const HISTORY_CAP: u64 = 1 << 20;
 const KEEP_LOGS: usize = 200;
 const ELECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub struct Store {
+/// The local backend: state files under a flock in `<git common dir>/buildlock/`.
+pub struct LocalStore {
     dir: PathBuf,
 }
 
@@ -47,88 +51,67 @@ struct StateFile {
     state: KeyState,
 }
 
-/// What reading a state file found.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Read {
-    Missing,
-    Found { base: String, state: KeyState },
-    Damaged(String),
-}
+impl Store for LocalStore {
+    fn backend(&self) -> &'static str {
+        "local"
+    }
 
-impl Read {
-    /// The state to act on: missing is passing, damaged is broken with nobody fixing.
-    pub fn state(&self, key: &str) -> KeyState {
-        match self {
-            Read::Missing => KeyState::passing(key),
-            Read::Found { state, .. } => state.clone(),
-            Read::Damaged(_) => KeyState::unknown(key),
-        }
+    fn location(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    fn read(&self, key: &str) -> Read {
+        LocalStore::read(self, key)
+    }
+
+    fn apply(
+        &self,
+        key: &str,
+        base: &str,
+        event: &Event,
+        policy: Policy,
+        seen_silent: Option<(u64, Millis)>,
+    ) -> Result<Applied> {
+        LocalStore::apply(self, key, base, event, policy, seen_silent)
+    }
+
+    fn all(&self) -> Vec<(String, KeyState)> {
+        LocalStore::all(self)
+    }
+
+    fn totals(&self) -> Totals {
+        LocalStore::totals(self)
+    }
+
+    fn history(&self) -> Vec<serde_json::Value> {
+        LocalStore::history(self)
+    }
+
+    fn record(&self, entry: serde_json::Value) -> Result<()> {
+        LocalStore::record(self, entry)
+    }
+
+    fn write_lease(&self, key: &str, lease: &Lease) -> Result<()> {
+        LocalStore::write_lease(self, key, lease)
+    }
+
+    fn hold_fixer(&self, key: &str, timeout: Duration) -> Result<Option<FixerHold>> {
+        let path = self.fixer_lock_path(key);
+        Ok(Lock::acquire(&path, timeout, || {})?.map(FixerHold::new))
+    }
+
+    fn fixer_gone(&self, key: &str) -> bool {
+        lock::is_free(&self.fixer_lock_path(key)).unwrap_or(false)
+    }
+
+    fn wait_change(&self, _key: &str, timeout: Duration) {
+        std::thread::sleep(timeout);
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Totals {
-    pub failures: u64,
-    pub elections: u64,
-    pub takeovers: u64,
-    pub waits: u64,
-    pub fixes: u64,
-    pub fix_runs: u64,
-    pub fix_runs_avoided: u64,
-    /// The highest generation handed out in this domain.
-    pub generation: u64,
-}
-
-impl Totals {
-    fn count(&mut self, event: &Event, outcome: &Outcome, after: &KeyState) {
-        if matches!(event, Event::Failed { .. }) && *outcome != Outcome::Stale {
-            self.failures += 1;
-        }
-        match outcome {
-            Outcome::Elected { replaced } => {
-                self.elections += 1;
-                self.fix_runs += 1;
-                if replaced.is_some() {
-                    self.takeovers += 1;
-                }
-            }
-            Outcome::KeepFixing { .. } => self.fix_runs += 1,
-            Outcome::Wait { first, .. } => {
-                self.waits += 1;
-                if *first {
-                    self.fix_runs_avoided += 1;
-                }
-            }
-            // Hit the failure, and needed no fix run: the build was fixed while its check ran.
-            Outcome::Stale => self.fix_runs_avoided += 1,
-            Outcome::Fixed => self.fixes += 1,
-            _ => {}
-        }
-        self.generation = self.generation.max(after.generation);
-    }
-}
-
-/// The limits the state machine applies.
-#[derive(Clone, Copy, Debug)]
-pub struct Policy {
-    pub stale_after: Duration,
-    pub max_fix_attempts: u32,
-}
-
-/// The result of one step under the election lock.
-#[derive(Debug)]
-pub struct Applied {
-    pub before: KeyState,
-    pub after: KeyState,
-    pub outcome: Outcome,
-    /// Why the state file could not be read, when it could not.
-    pub damaged: Option<String>,
-}
-
-impl Store {
-    pub fn new(dir: PathBuf) -> Store {
-        Store { dir }
+impl LocalStore {
+    pub fn new(dir: PathBuf) -> LocalStore {
+        LocalStore { dir }
     }
 
     pub fn dir(&self) -> &Path {
@@ -138,13 +121,13 @@ impl Store {
     fn state_path(&self, key: &str) -> PathBuf {
         self.dir
             .join("state")
-            .join(format!("{}.json", crate::key::file_stem(key)))
+            .join(format!("{}.json", crate::protocol::key::file_stem(key)))
     }
 
     pub fn fixer_lock_path(&self, key: &str) -> PathBuf {
         self.dir
             .join("locks")
-            .join(format!("{}.fixer", crate::key::file_stem(key)))
+            .join(format!("{}.fixer", crate::protocol::key::file_stem(key)))
     }
 
     fn election_lock_path(&self) -> PathBuf {
@@ -156,9 +139,10 @@ impl Store {
     }
 
     fn lease_path(&self, key: &str, generation: u64) -> PathBuf {
-        self.dir
-            .join("leases")
-            .join(format!("{}-g{generation}.json", crate::key::file_stem(key)))
+        self.dir.join("leases").join(format!(
+            "{}-g{generation}.json",
+            crate::protocol::key::file_stem(key)
+        ))
     }
 
     /// Reads a key's state without any lock: one small file read (the hook's hot path), and the
@@ -193,7 +177,7 @@ impl Store {
 
     /// Lease files of `key` other than generation `keep`'s (under the election lock).
     fn remove_old_leases(&self, key: &str, keep: u64) {
-        let prefix = format!("{}-g", crate::key::file_stem(key));
+        let prefix = format!("{}-g", crate::protocol::key::file_stem(key));
         let keep = format!("{prefix}{keep}.json");
         if let Ok(entries) = fs::read_dir(self.dir.join("leases")) {
             for e in entries.flatten() {
@@ -242,7 +226,7 @@ impl Store {
         seen_silent: Option<(u64, Millis)>,
     ) -> Result<Applied> {
         let _lock = self.election_lock()?;
-        crate::fault::point("election");
+        crate::os::fault::point("election");
 
         let path = self.state_path(key);
         let read = self.with_lease(read_state(&path, key));
@@ -253,7 +237,7 @@ impl Store {
         let before = read.state(key);
         let mut totals = self.totals();
         let fixer_lock_free = match &before.fixer {
-            Some(f) if f.registered => election::is_free(&self.fixer_lock_path(key))?,
+            Some(f) if f.registered => lock::is_free(&self.fixer_lock_path(key))?,
             _ => true,
         };
         let seen = Observed {
@@ -267,7 +251,7 @@ impl Store {
         let (after, outcome) = transition(&before, event, &seen);
 
         if let Some(why) = &damaged {
-            crate::say::warn(format!(
+            crate::os::say::warn(format!(
                 "the state file {} was unreadable ({why}); treating key `{key}` as broken with nobody \
                  fixing, and rewriting it",
                 path.display()
@@ -326,11 +310,11 @@ impl Store {
     fn election_lock(&self) -> Result<Lock> {
         let path = self.election_lock_path();
         let lock = Lock::acquire(&path, ELECTION_TIMEOUT, || {
-            crate::say::say(format!("waiting for the election lock {} (another buildlock is deciding)", path.display()))
+            crate::os::say::say(format!("waiting for the election lock {} (another buildlock is deciding)", path.display()))
         })
         .with_context(|| format!("cannot take the election lock in {}", self.dir.display()))?
         .ok_or_else(|| {
-            let who = match election::holder(&path) {
+            let who = match lock::holder(&path) {
                 Some((pid, true)) => format!(
                     "by pid {pid}, which is STOPPED (SIGSTOP or a debugger): resume it with `kill -CONT {pid}` \
                      or end it"
@@ -402,31 +386,6 @@ impl Store {
             .collect()
     }
 
-    /// Saves a failure's output and returns its path.
-    pub fn write_log(&self, agent: &str, output: &[u8]) -> Result<PathBuf> {
-        let dir = self.dir.join("logs");
-        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let name = format!(
-            "{}-{}-{}.log",
-            time::now(),
-            crate::key::file_stem(agent),
-            std::process::id()
-        );
-        let path = dir.join(name);
-        fs::write(&path, output)
-            .with_context(|| format!("cannot write the failure log {}", path.display()))?;
-        if let Ok(entries) = fs::read_dir(&dir) {
-            let mut logs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-            if logs.len() > KEEP_LOGS {
-                logs.sort();
-                for old in &logs[..logs.len() - KEEP_LOGS] {
-                    let _ = fs::remove_file(old);
-                }
-            }
-        }
-        Ok(path)
-    }
-
     /// Drops passing keys untouched for a day once there are many (scope = "commit" makes one
     /// key per commit).
     fn prune_states(&self) {
@@ -441,6 +400,31 @@ impl Store {
             }
         }
     }
+}
+
+/// Saves a failure's output and returns its path.
+pub fn write_log(home: &Path, agent: &str, output: &[u8]) -> Result<PathBuf> {
+    let dir = home.join("logs");
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let name = format!(
+        "{}-{}-{}.log",
+        time::now(),
+        crate::protocol::key::file_stem(agent),
+        std::process::id()
+    );
+    let path = dir.join(name);
+    fs::write(&path, output)
+        .with_context(|| format!("cannot write the failure log {}", path.display()))?;
+    if let Ok(entries) = fs::read_dir(&dir) {
+        let mut logs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        if logs.len() > KEEP_LOGS {
+            logs.sort();
+            for old in &logs[..logs.len() - KEEP_LOGS] {
+                let _ = fs::remove_file(old);
+            }
+        }
+    }
+    Ok(path)
 }
 
 fn read_state(path: &Path, key: &str) -> Read {
@@ -484,125 +468,10 @@ fn read_state(path: &Path, key: &str) -> Read {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temp file in the same directory, written and synced,
-/// renamed over the target, and the directory synced. A reader sees the old file or the new one,
-/// never a mix; a crash leaves at worst a stray temp file, which the next writer removes.
-/// Callers hold the election lock.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| anyhow!("{} has no parent directory", path.display()))?;
-    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    remove_strays(dir, &name);
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        crate::fault::point("state-write");
-        if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
-            fs::remove_dir_all(path)?;
-        }
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// Temp files of `name` left by writers that were killed mid-write.
-fn remove_strays(dir: &Path, name: &str) {
-    let prefix = format!(".{name}.tmp-");
-    if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = fs::remove_file(e.path());
-            }
-        }
-    }
-}
-
-/// What the history records for one transition.
-fn history_entries(
-    key: &str,
-    event: &Event,
-    outcome: &Outcome,
-    before: &KeyState,
-    after: &KeyState,
-) -> Vec<serde_json::Value> {
-    use serde_json::json;
-    let mut out = Vec::new();
-    let generation = after.generation;
-    match event {
-        Event::Failed { agent, .. } if *outcome == Outcome::Stale => out.push(json!({
-            "event": "stale", "key": key, "agent": agent.id, "generation": after.generation})),
-        Event::Failed {
-            agent,
-            signature,
-            log,
-            ..
-        } => {
-            let attempts = after
-                .fixer
-                .as_ref()
-                .filter(|f| f.agent == agent.id)
-                .map(|f| f.attempts);
-            out.push(
-                json!({"event": "failed", "key": key, "agent": agent.id, "signature": signature,
-                            "log": log, "attempts": attempts}),
-            );
-        }
-        Event::Passed { .. } | Event::Register { .. } => {}
-        Event::Release { .. } | Event::Reset => {}
-    }
-    let fixer = |s: &KeyState| s.fixer.as_ref().map(|f| f.agent.clone());
-    match outcome {
-        Outcome::Elected { replaced: None } => {
-            out.push(json!({"event": "elected", "key": key, "agent": fixer(after), "generation": generation}))
-        }
-        Outcome::Elected { replaced: Some((old, how)) } => out.push(json!({
-            "event": "takeover", "key": key, "agent": fixer(after), "generation": generation,
-            "from": old.agent, "reason": how})),
-        Outcome::GaveUp { attempts } => out.push(json!({"event": "gave_up", "key": key,
-            "agent": fixer(before), "generation": generation, "attempts": attempts})),
-        Outcome::Wait { fixer: f, .. } => {
-            if let Event::Failed { agent, .. } = event {
-                out.push(json!({"event": "waiting", "key": key, "agent": agent.id, "fixer": f.agent,
-                                "generation": generation}));
-            }
-        }
-        Outcome::Fixed | Outcome::Recovered => {
-            let agent = match event {
-                Event::Passed { agent, .. } => agent.id.clone(),
-                _ => String::new(),
-            };
-            let took = before.fixer.as_ref().map(|f| after.changed.saturating_sub(f.since));
-            out.push(json!({"event": "fixed", "key": key, "agent": agent, "generation": generation,
-                            "recovered": matches!(outcome, Outcome::Recovered), "took_ms": took}));
-        }
-        Outcome::Released => out.push(json!({"event": "released", "key": key, "agent": fixer(before),
-                                             "generation": generation})),
-        Outcome::Reset => out.push(json!({"event": "reset", "key": key, "generation": generation,
-                                          "was": before.status.as_str()})),
-        _ => {}
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Agent;
+    use crate::protocol::state::Agent;
 
     fn policy() -> Policy {
         Policy {
@@ -627,7 +496,7 @@ mod tests {
     #[test]
     fn elects_then_waits_and_counts() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(dir.path().join("buildlock"));
+        let store = LocalStore::new(dir.path().join("buildlock"));
         assert_eq!(store.read("repo"), Read::Missing);
         let a = store
             .apply("repo", "repo", &fail("a"), policy(), None)
@@ -671,7 +540,7 @@ mod tests {
         ];
         for (what, bytes) in cases {
             let dir = tempfile::tempdir().unwrap();
-            let store = Store::new(dir.path().to_owned());
+            let store = LocalStore::new(dir.path().to_owned());
             let path = store.state_path("repo");
             fs::create_dir_all(path.parent().unwrap()).unwrap();
             fs::write(&path, &bytes).unwrap();
@@ -695,7 +564,7 @@ mod tests {
     #[test]
     fn a_directory_in_place_of_the_state_file_is_replaced() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(dir.path().to_owned());
+        let store = LocalStore::new(dir.path().to_owned());
         fs::create_dir_all(store.state_path("repo").join("inner")).unwrap();
         assert!(matches!(store.read("repo"), Read::Damaged(_)));
         store
@@ -707,7 +576,7 @@ mod tests {
     #[test]
     fn generation_survives_a_lost_state_file() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(dir.path().to_owned());
+        let store = LocalStore::new(dir.path().to_owned());
         store
             .apply("repo", "repo", &fail("a"), policy(), None)
             .unwrap();
@@ -740,7 +609,7 @@ mod tests {
     #[test]
     fn history_is_capped() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(dir.path().to_owned());
+        let store = LocalStore::new(dir.path().to_owned());
         fs::create_dir_all(dir.path()).unwrap();
         let pad = "p".repeat(1000);
         for i in 0..1500 {

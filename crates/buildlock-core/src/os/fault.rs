@@ -6,7 +6,7 @@
 //! ourselves), `hang` (sleep for an hour).
 
 pub fn point(name: &str) {
-    let Some(spec) = crate::env::fault() else {
+    let Some(spec) = crate::os::env::fault() else {
         return;
     };
     let (at, action) = spec.split_once(':').unwrap_or((spec.as_str(), "kill"));
@@ -14,8 +14,8 @@ pub fn point(name: &str) {
         return;
     }
     match action {
-        "stop" => crate::process::raise(libc::SIGSTOP),
+        "stop" => crate::os::process::raise(libc::SIGSTOP),
         "hang" => std::thread::sleep(std::time::Duration::from_secs(3600)),
-        _ => crate::process::raise(libc::SIGKILL),
+        _ => crate::os::process::raise(libc::SIGKILL),
     }
 }

@@ -34,7 +34,7 @@ impl Repo {
         })?;
         let worktree = match repo.workdir() {
             Some(dir) => dir.to_owned(),
-            None if crate::env::git_dir_set() && !repo.is_bare() => cwd.clone(),
+            None if crate::os::env::git_dir_set() && !repo.is_bare() => cwd.clone(),
             None => bail!(
                 "{} is a bare repository without a work tree: buildlock coordinates commits made in \
                  work trees; run it inside one (git worktree add …)",

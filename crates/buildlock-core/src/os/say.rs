@@ -13,7 +13,7 @@ pub fn stderr_is_terminal() -> bool {
 }
 
 fn color() -> bool {
-    stderr_is_terminal() && !crate::env::no_color()
+    stderr_is_terminal() && !crate::os::env::no_color()
 }
 
 fn paint(code: &str, text: &str) -> String {

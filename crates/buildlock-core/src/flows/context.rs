@@ -2,14 +2,22 @@
 
 use anyhow::Result;
 
-use crate::config::{Config, ConfigError};
-use crate::repo::Repo;
+use crate::os::repo::Repo;
+use crate::protocol::config::{Config, ConfigError};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::store::local::LocalStore;
 use crate::store::{Policy, Store};
 
 pub struct Context {
     pub repo: Repo,
     pub config: Config,
-    pub store: Store,
+    /// The coordination state, whichever backend holds it.
+    pub store: Arc<dyn Store>,
+    /// `<git common dir>/buildlock/`: this machine's own files (failure logs, the hook's hand-over
+    /// files, the chained hook, the installed binaries), whatever the backend.
+    pub home: PathBuf,
     pub agent: String,
 }
 
@@ -23,12 +31,14 @@ impl Context {
     pub fn load() -> Result<Context, LoadError> {
         let repo = Repo::discover().map_err(LoadError::Other)?;
         let config = Config::load(&repo.worktree).map_err(LoadError::Config)?;
-        let store = Store::new(repo.buildlock_dir());
-        let agent = crate::env::agent_id(&repo.worktree);
+        let home = repo.buildlock_dir();
+        let store: Arc<dyn Store> = Arc::new(LocalStore::new(home.clone()));
+        let agent = crate::os::env::agent_id(&repo.worktree);
         Ok(Context {
             repo,
             config,
             store,
+            home,
             agent,
         })
     }
@@ -42,14 +52,14 @@ impl Context {
 
     /// The base key for the current scope.
     pub fn base(&self) -> String {
-        crate::key::base(&self.config, &self.repo)
+        crate::protocol::key::base(&self.config, &self.repo)
     }
 
-    pub fn agent(&self) -> crate::state::Agent {
-        crate::state::Agent {
+    pub fn agent(&self) -> crate::protocol::state::Agent {
+        crate::protocol::state::Agent {
             id: self.agent.clone(),
             pid: std::process::id(),
-            host: crate::process::hostname(),
+            host: crate::os::process::hostname(),
         }
     }
 }

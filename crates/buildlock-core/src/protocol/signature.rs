@@ -126,7 +126,7 @@ const DURATION_KEYS: &[&str] = &[
 ];
 
 fn normalise_line(line: &str) -> String {
-    let temp_dir = crate::env::temp_dir_prefix();
+    let temp_dir = crate::os::env::temp_dir_prefix();
     let chars: Vec<char> = line.chars().collect();
     let mut out = String::with_capacity(line.len());
     let mut i = 0;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
-use crate::time::parse_duration;
+use crate::os::time::parse_duration;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -108,7 +108,7 @@ impl Config {
             config.layer_file(&user, false)?;
         }
         config.layer_file(&worktree.join(REPO_FILE), false)?;
-        if let Some(explicit) = crate::env::config_file() {
+        if let Some(explicit) = crate::os::env::config_file() {
             let explicit = if explicit.is_relative() {
                 worktree.join(explicit)
             } else {

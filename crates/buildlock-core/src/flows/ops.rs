@@ -5,12 +5,13 @@ use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::context::Context;
-use crate::election;
-use crate::state::{Event, KeyState, Liveness, Observed, Outcome, Status, liveness};
+use crate::flows::context::Context;
+use crate::os::lock;
+use crate::os::say;
+use crate::os::time::{self, human, rfc3339};
+use crate::protocol::exit;
+use crate::protocol::state::{Event, KeyState, Liveness, Observed, Outcome, Status, liveness};
 use crate::store::Totals;
-use crate::time::{self, human, rfc3339};
-use crate::{exit, say};
 
 fn fixer_liveness(ctx: &Context, s: &KeyState) -> Option<Liveness> {
     let f = s.fixer.as_ref()?;
@@ -19,7 +20,7 @@ fn fixer_liveness(ctx: &Context, s: &KeyState) -> Option<Liveness> {
         stale_after: ctx.config.stale_after.as_millis() as u64,
         max_fix_attempts: ctx.config.max_fix_attempts,
         generation_floor: 0,
-        fixer_lock_free: election::is_free(&ctx.store.fixer_lock_path(&s.key)).unwrap_or(false),
+        fixer_lock_free: ctx.store.fixer_gone(&s.key),
         seen_silent: None,
     };
     Some(liveness(f, s.generation, &seen))
@@ -48,7 +49,9 @@ pub fn status_json(ctx: &Context) -> Value {
     let t = ctx.store.totals();
     json!({
         "repository": ctx.repo.worktree,
-        "coordination_dir": ctx.store.dir(),
+        "backend": ctx.store.backend(),
+        "coordination_dir": ctx.home,
+        "state": ctx.store.location(),
         "agent": ctx.agent,
         "keys": keys,
         "totals": totals_json(&t, ctx.config.fix_cost),
@@ -67,7 +70,11 @@ pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
         return Ok(exit::OK);
     }
     println!("repository  {}", ctx.repo.worktree.display());
-    println!("state       {}", ctx.store.dir().display());
+    println!(
+        "state       {} ({})",
+        ctx.store.location(),
+        ctx.store.backend()
+    );
     let keys = ctx.store.all();
     let open: Vec<&KeyState> = keys
         .iter()
@@ -294,7 +301,7 @@ pub fn log(ctx: &Context, as_json: bool, n: usize) -> Result<i32> {
         );
     }
     if shown.is_empty() && !as_json {
-        println!("no events yet ({})", ctx.store.history_path().display());
+        println!("no events yet ({})", ctx.store.location());
     }
     Ok(exit::OK)
 }
@@ -336,7 +343,7 @@ pub fn doctor(ctx: &Context) -> Result<i32> {
             sources.join(", ")
         }
     ));
-    let chained = crate::hook::chained_hook(ctx.store.dir());
+    let chained = crate::flows::hook::chained_hook(ctx.home.as_path());
     match (&ctx.config.check, chained.exists()) {
         (Some(c), _) => ok(format!("check: `{c}`")),
         (None, true) => ok(format!("check: the chained hook {}", chained.display())),
@@ -381,27 +388,27 @@ pub fn doctor(ctx: &Context) -> Result<i32> {
             }
         }
     }
-    match election::locking_works(ctx.store.dir()) {
+    match lock::locking_works(ctx.home.as_path()) {
         Ok(true) => ok(format!(
             "file locking works in {}",
-            ctx.store.dir().display()
+            ctx.home.as_path().display()
         )),
         Ok(false) => {
             problems += 1;
             println!(
                 "problem  file locking does NOT work in {} (network or virtual file system?): buildlock cannot coordinate here",
-                ctx.store.dir().display()
+                ctx.home.as_path().display()
             );
         }
         Err(e) => {
             problems += 1;
             println!(
                 "problem  cannot test locking in {}: {e}",
-                ctx.store.dir().display()
+                ctx.home.as_path().display()
             );
         }
     }
-    let state_dir = ctx.store.dir().join("state");
+    let state_dir = ctx.home.as_path().join("state");
     for entry in std::fs::read_dir(&state_dir)
         .into_iter()
         .flatten()

@@ -16,21 +16,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::check::{self, Ending};
-use crate::context::{Context, LoadError};
-use crate::decision::{Decision, Verdict};
-use crate::election::Lock;
-use crate::lease::Heartbeat;
-use crate::state::{Event, Process};
-use crate::wait::{self, WaitEnd};
-use crate::{env, exit, process, say, time};
+use crate::flows::context::{Context, LoadError};
+use crate::flows::decision::{Decision, Verdict};
+use crate::flows::lease::Heartbeat;
+use crate::flows::wait::{self, WaitEnd};
+use crate::os::check::{self, Ending};
+use crate::os::{env, process, say, time};
+use crate::protocol::exit;
+use crate::protocol::state::{Event, Process};
+use crate::store::FixerHold;
 
 const LOCK_CONTENTION_RETRIES: u32 = 30;
 /// Fix runs in one commit-retry, whatever `max_fix_attempts` says: a guard against a loop.
 const MAX_FIX_RUNS: u32 = 100;
 
 pub fn main(args: Vec<OsString>) -> i32 {
-    crate::signals::install();
+    crate::os::signals::install();
     let git = match which::which("git") {
         Ok(git) => git,
         Err(_) => {
@@ -90,7 +91,7 @@ struct GitRun {
 /// What this process holds while it is the fixer.
 struct FixerRole {
     generation: u64,
-    _lock: Option<Lock>,
+    _lock: Option<FixerHold>,
 }
 
 impl Retry<'_> {
@@ -103,7 +104,7 @@ impl Retry<'_> {
         let mut seen_silent: Option<(u64, u64)> = None;
         loop {
             let git = self.commit(seen_silent.take())?;
-            if let Some(signal) = crate::signals::pending() {
+            if let Some(signal) = crate::os::signals::pending() {
                 return Ok(exit::signal(signal));
             }
             if git.code == 0 {
@@ -118,7 +119,7 @@ impl Retry<'_> {
                 _ if git.lock_contention && contention < LOCK_CONTENTION_RETRIES => {
                     contention += 1;
                     let pause = Duration::from_millis(100 * u64::from(contention.min(10)))
-                        + wait::jitter(Duration::from_millis(200));
+                        + time::jitter(Duration::from_millis(200));
                     say::say(format!(
                         "another git process holds a lock in this repository; retrying in {} ({contention}/{LOCK_CONTENTION_RETRIES})",
                         time::human(pause)
@@ -196,7 +197,7 @@ impl Retry<'_> {
 
     /// Runs `git commit` with our arguments untouched, asking the hook for its decision.
     fn commit(&self, seen_silent: Option<(u64, u64)>) -> Result<GitRun> {
-        let run_dir = self.ctx.store.dir().join("run");
+        let run_dir = self.ctx.home.join("run");
         remove_old_decisions(&run_dir);
         std::fs::create_dir_all(&run_dir)
             .with_context(|| format!("cannot create {}", run_dir.display()))?;
@@ -231,7 +232,7 @@ impl Retry<'_> {
             if let Some(status) = child.try_wait()? {
                 break status;
             }
-            if let Some(signal) = crate::signals::pending() {
+            if let Some(signal) = crate::os::signals::pending() {
                 // Stop git; its hook notices that git went away and stops the check.
                 // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
                 unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
@@ -264,9 +265,8 @@ impl Retry<'_> {
     fn take_role(&self, d: &Decision) -> Result<FixerRole> {
         let key = d.key.as_deref().unwrap_or_default();
         let generation = d.generation.unwrap_or(0);
-        let path = self.ctx.store.fixer_lock_path(key);
         // A waiter probing the lock holds it for a moment: try for a short while.
-        let lock = Lock::acquire(&path, Duration::from_secs(2), || {})?;
+        let lock = self.ctx.store.hold_fixer(key, Duration::from_secs(2))?;
         if lock.is_none() {
             say::warn(
                 "the fixer lock is held by the previous fixer (a stopped process?); fixing without it, \
@@ -317,7 +317,7 @@ impl Retry<'_> {
             ),
         );
         let heartbeat = Heartbeat::start(
-            self.ctx.store.dir().to_owned(),
+            self.ctx.store.clone(),
             key.clone(),
             self.ctx.agent.clone(),
             generation,
@@ -344,7 +344,7 @@ impl Retry<'_> {
                 serde_json::json!({"event": "fix_started", "key": key, "agent": agent,
                                                      "generation": generation, "attempt": attempt}),
             );
-            crate::fault::point("fix");
+            crate::os::fault::point("fix");
         };
         let run = self.shell(command, self.fix_env(d, attempt), &mut on_start, &|| {
             heartbeat.fenced()
@@ -431,7 +431,7 @@ impl Retry<'_> {
             time::human(limit)
         ));
         let end = wait::wait_for_fix(&wait::Waiting {
-            store: &self.ctx.store,
+            store: self.ctx.store.as_ref(),
             key: &key,
             generation: d.generation.unwrap_or(0),
             limit,

@@ -14,7 +14,7 @@
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-use crate::time::Millis;
+use crate::os::time::Millis;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -34,15 +34,7 @@ impl Status {
     }
 }
 
-/// One process of one agent, as recorded in state. `pid` and `start` are shown to people and
-/// acted on only when `host` and `start` (the kernel's process start time) both still match.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Process {
-    pub pid: u32,
-    pub host: String,
-    /// Process start time in clock ticks since boot (Linux `/proc/<pid>/stat` field 22).
-    pub start: Option<u64>,
-}
+pub use crate::os::process::Process;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fixer {

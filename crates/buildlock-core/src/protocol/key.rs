@@ -4,8 +4,8 @@
 //! `match = "signature"` the key is `<base>#<signature>`, so two different breakages get two
 //! fixers.
 
-use crate::config::{Config, Match, Scope};
-use crate::repo::Repo;
+use crate::os::repo::Repo;
+use crate::protocol::config::{Config, Match, Scope};
 
 pub fn base(config: &Config, repo: &Repo) -> String {
     match config.scope {

@@ -7,11 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::election;
-use crate::state::{Fixer, Status};
+use crate::os::time::{self, Millis};
+use crate::os::{say, signals};
+use crate::protocol::state::{Fixer, Status};
 use crate::store::{Read, Store};
-use crate::time::{self, Millis};
-use crate::{say, signals};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WaitEnd {
@@ -36,7 +35,7 @@ pub enum WaitEnd {
 }
 
 pub struct Waiting<'a> {
-    pub store: &'a Store,
+    pub store: &'a dyn Store,
     pub key: &'a str,
     /// The generation whose fixer we wait for.
     pub generation: u64,
@@ -47,7 +46,7 @@ pub struct Waiting<'a> {
 }
 
 pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
-    crate::fault::point("wait");
+    crate::os::fault::point("wait");
     let start = Instant::now();
     let mut last_lease: Option<(u64, Millis)> = None;
     let mut lease_seen_at = Instant::now();
@@ -81,7 +80,7 @@ pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
             (Status::Fixing, Some(f)) => f,
             _ => break WaitEnd::Broken,
         };
-        if fixer.registered && election::is_free(&w.store.fixer_lock_path(w.key)).unwrap_or(false) {
+        if fixer.registered && w.store.fixer_gone(w.key) {
             // Re-read: a fixer that just finished marks the state before it lets the lock go.
             match w.store.read(w.key) {
                 Read::Found { state: again, .. }
@@ -115,31 +114,8 @@ pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
                 time::human(w.limit - waited),
             ));
         }
-        std::thread::sleep(w.poll + jitter(w.poll / 4));
+        std::thread::sleep(w.poll + time::jitter(w.poll / 4));
     };
     say::progress_done();
     end
-}
-
-/// A random duration in `[0, max)`, from a small xorshift generator seeded by time and pid.
-pub fn jitter(max: Duration) -> Duration {
-    use std::cell::Cell;
-    thread_local! {
-        static SEED: Cell<u64> = Cell::new(
-            (time::now() ^ (u64::from(std::process::id()) << 32)) | 1
-        );
-    }
-    let nanos = max.as_nanos() as u64;
-    if nanos == 0 {
-        return Duration::ZERO;
-    }
-    let r = SEED.with(|s| {
-        let mut x = s.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.set(x);
-        x
-    });
-    Duration::from_nanos(r % nanos)
 }

@@ -55,10 +55,10 @@ impl Decision {
 
     /// Writes the decision where commit-retry asked for it, if it did.
     pub fn hand_over(&self) {
-        if let Some(path) = crate::env::decision_file() {
+        if let Some(path) = crate::os::env::decision_file() {
             if let Ok(json) = serde_json::to_vec(self) {
                 if let Err(e) = std::fs::write(&path, json) {
-                    crate::say::warn(format!(
+                    crate::os::say::warn(format!(
                         "cannot hand the decision to commit-retry at {}: {e}",
                         path.display()
                     ));

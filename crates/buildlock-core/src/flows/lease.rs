@@ -10,9 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::state::Lease;
-use crate::store::Read;
-use crate::store::Store;
+use crate::protocol::state::Lease;
+use crate::store::{Read, Store};
 
 pub struct Heartbeat {
     stop: Arc<AtomicBool>,
@@ -23,7 +22,7 @@ pub struct Heartbeat {
 impl Heartbeat {
     /// Renews `agent`'s lease on `key` (generation `generation`) every quarter of `stale_after`.
     pub fn start(
-        store_dir: std::path::PathBuf,
+        store: Arc<dyn Store>,
         key: String,
         agent: String,
         generation: u64,
@@ -34,7 +33,6 @@ impl Heartbeat {
         let (stop2, fenced2) = (stop.clone(), fenced.clone());
         let every = (stale_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
         let thread = std::thread::spawn(move || {
-            let store = Store::new(store_dir);
             let mut next = Instant::now() + every;
             while !stop2.load(Ordering::SeqCst) {
                 if Instant::now() < next {
@@ -53,10 +51,10 @@ impl Heartbeat {
                 let lease = Lease {
                     agent: agent.clone(),
                     generation,
-                    heartbeat: crate::time::now(),
+                    heartbeat: crate::os::time::now(),
                 };
                 if let Err(e) = store.write_lease(&key, &lease) {
-                    crate::say::warn(format!("could not renew the fixer lease: {e:#}"));
+                    crate::os::say::warn(format!("could not renew the fixer lease: {e:#}"));
                 }
             }
         });

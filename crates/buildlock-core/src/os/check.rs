@@ -18,7 +18,7 @@ use std::process::{Child, Command as Process, ExitStatus, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use crate::{process, say, signals};
+use crate::os::{process, say, signals};
 
 #[derive(Clone, Debug)]
 pub enum Command {
@@ -174,7 +174,7 @@ pub fn run(command: &Command, opts: Options<'_>) -> std::io::Result<Run> {
         .unwrap_or_default();
     if let Ending::TimedOut(t) = &ending {
         output.extend_from_slice(
-            format!("\nbuildlock: the check was still running after {} (check_timeout) and was stopped\n", crate::time::human(*t))
+            format!("\nbuildlock: the check was still running after {} (check_timeout) and was stopped\n", crate::os::time::human(*t))
                 .as_bytes(),
         );
     }

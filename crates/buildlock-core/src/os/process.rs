@@ -4,7 +4,17 @@
 //! Rule: a pid read from state is acted on only together with its host and its start time, so a
 //! recycled pid is never signalled.
 
-use crate::state::Process;
+use serde::{Deserialize, Serialize};
+
+/// One process of one agent, as recorded in state. `pid` and `start` are shown to people and
+/// acted on only when `host` and `start` (the kernel's process start time) both still match.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
+    pub pid: u32,
+    pub host: String,
+    /// Process start time in clock ticks since boot (Linux `/proc/<pid>/stat` field 22).
+    pub start: Option<u64>,
+}
 
 pub fn hostname() -> String {
     let mut buf = [0u8; 256];

@@ -82,7 +82,7 @@ impl Lock {
                 told = true;
                 on_wait();
             }
-            std::thread::sleep(delay.min(timeout - waited) + crate::wait::jitter(delay / 2));
+            std::thread::sleep(delay.min(timeout - waited) + crate::os::time::jitter(delay / 2));
             delay = (delay * 2).min(Duration::from_millis(50));
         }
     }

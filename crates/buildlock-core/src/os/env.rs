@@ -33,7 +33,7 @@ pub fn coordination_enabled() -> bool {
 pub fn agent_id(worktree: &Path) -> String {
     var("BUILDLOCK_AGENT")
         .or_else(|| var("BUILD_FLAVOR"))
-        .unwrap_or_else(|| format!("{}:{}", crate::process::hostname(), worktree.display()))
+        .unwrap_or_else(|| format!("{}:{}", crate::os::process::hostname(), worktree.display()))
 }
 
 pub fn config_file() -> Option<PathBuf> {
@@ -67,7 +67,7 @@ pub fn decision_file() -> Option<PathBuf> {
 /// How often waiters look at the state.
 pub fn poll_interval() -> Duration {
     var("BUILDLOCK_POLL")
-        .and_then(|v| crate::time::parse_duration(&v).ok())
+        .and_then(|v| crate::os::time::parse_duration(&v).ok())
         .unwrap_or(Duration::from_millis(100))
         .max(Duration::from_millis(5))
 }

@@ -92,6 +92,29 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// A random duration in `[0, max)`, from a small xorshift generator seeded by time and pid.
+pub fn jitter(max: Duration) -> Duration {
+    use std::cell::Cell;
+    thread_local! {
+        static SEED: Cell<u64> = Cell::new(
+            (now() ^ (u64::from(std::process::id()) << 32)) | 1
+        );
+    }
+    let nanos = max.as_nanos() as u64;
+    if nanos == 0 {
+        return Duration::ZERO;
+    }
+    let r = SEED.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x
+    });
+    Duration::from_nanos(r % nanos)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

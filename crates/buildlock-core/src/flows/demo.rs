@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use crate::ops::sibling;
+use crate::flows::ops::sibling;
 
 const AGENTS: usize = 6;
 
@@ -21,7 +21,7 @@ pub fn run(keep: bool) -> Result<i32> {
     let root = std::env::temp_dir().join(format!(
         "buildlock-demo-{}-{}",
         std::process::id(),
-        crate::time::now()
+        crate::os::time::now()
     ));
     std::fs::create_dir_all(&root)?;
     let result = story(&root, &pre_commit, &commit_retry, &buildlock);
@@ -53,7 +53,7 @@ fn git(dir: &Path, args: &[&str]) -> Result<String> {
 
 fn color() -> bool {
     use std::io::IsTerminal;
-    std::io::stdout().is_terminal() && !crate::env::no_color()
+    std::io::stdout().is_terminal() && !crate::os::env::no_color()
 }
 
 fn step(text: &str) {
@@ -209,7 +209,7 @@ fn story(root: &Path, pre_commit: &Path, commit_retry: &Path, buildlock: &Path) 
         fix_runs.lines().count(),
         fix_runs.lines().collect::<Vec<_>>().join(", ")
     );
-    println!("took {}", crate::time::human(started.elapsed()));
+    println!("took {}", crate::os::time::human(started.elapsed()));
     step("buildlock status");
     let _ = Command::new(buildlock)
         .arg("status")
@@ -222,8 +222,8 @@ fn story(root: &Path, pre_commit: &Path, commit_retry: &Path, buildlock: &Path) 
         .current_dir(&repo)
         .status();
     Ok(if failed == 0 && landed == AGENTS {
-        crate::exit::OK
+        crate::protocol::exit::OK
     } else {
-        crate::exit::FIXER
+        crate::protocol::exit::FIXER
     })
 }

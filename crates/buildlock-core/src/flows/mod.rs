@@ -1,0 +1,16 @@
+//! What the programs do. A flow talks to [`crate::store::Store`], never to a backend.
+//!
+//! - [`context`]: what every program loads first (repository, configuration, store, agent);
+//! - [`hook`]: the pre-commit flow; [`retry`]: commit-retry; [`decision`]: what the hook hands
+//!   to commit-retry;
+//! - [`wait`]: bounded waiting for a fix; [`lease`]: the fixer's heartbeat;
+//! - [`ops`]: the operator's commands; [`demo`]: the demo.
+
+pub mod context;
+pub mod decision;
+pub mod demo;
+pub mod hook;
+pub mod lease;
+pub mod ops;
+pub mod retry;
+pub mod wait;

@@ -1,0 +1,19 @@
+//! The ground buildlock stands on, one module per primitive. Nothing here makes a decision.
+//!
+//! - [`lock`]: the only module that takes a lock (flock through fd-lock);
+//! - [`fs`]: atomic writes; [`check`]: running a command in its own process group;
+//! - [`process`], [`signals`]: processes and signals; [`env`]: the only module that reads the
+//!   environment; [`time`]: clocks, durations, RFC 3339; [`say`]: everything printed for people;
+//! - [`repo`]: the git repository (work tree, common dir, branch, HEAD); [`fault`]: fault
+//!   injection for tests.
+
+pub mod check;
+pub mod env;
+pub mod fault;
+pub mod fs;
+pub mod lock;
+pub mod process;
+pub mod repo;
+pub mod say;
+pub mod signals;
+pub mod time;

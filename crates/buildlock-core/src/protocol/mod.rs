@@ -1,0 +1,13 @@
+//! The rules, pure: no clock, no file, no lock.
+//!
+//! - [`config`]: the layered configuration; [`key`]: what one fixer covers;
+//! - [`signature`]: failure normalisation and hashing; [`state`]: the state machine;
+//! - [`ledger`]: what each transition adds to the counters and the history;
+//! - [`exit`]: the exit codes of the contract.
+
+pub mod config;
+pub mod exit;
+pub mod key;
+pub mod ledger;
+pub mod signature;
+pub mod state;

@@ -1,0 +1,125 @@
+//! The store: where the per-key state lives, behind one interface with two backends.
+//!
+//! - [`local`]: state files under an OS advisory lock in the git common dir (one machine, all of
+//!   its worktrees);
+//! - a remote backend keeps the same states as refs on a git remote (agents on several machines).
+//!
+//! The flows (hook, commit-retry, `buildlock ci`, the operator's commands) talk to [`Store`] and
+//! never ask which backend they have: it is chosen once, where the context is built. Every
+//! decision is the pure state machine's (`protocol::state`); a store only feeds it what it
+//! observed and persists what it returns, atomically.
+
+use anyhow::Result;
+use std::time::Duration;
+
+use crate::os::time::Millis;
+use crate::protocol::state::{Event, KeyState, Lease, Outcome};
+
+pub mod local;
+
+pub use crate::protocol::ledger::Totals;
+
+/// What reading a state file found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Read {
+    Missing,
+    Found { base: String, state: KeyState },
+    Damaged(String),
+}
+
+impl Read {
+    /// The state to act on: missing is passing, damaged is broken with nobody fixing.
+    pub fn state(&self, key: &str) -> KeyState {
+        match self {
+            Read::Missing => KeyState::passing(key),
+            Read::Found { state, .. } => state.clone(),
+            Read::Damaged(_) => KeyState::unknown(key),
+        }
+    }
+}
+
+/// The limits the state machine applies.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    pub stale_after: Duration,
+    pub max_fix_attempts: u32,
+}
+
+/// The result of one step under the election lock.
+#[derive(Debug)]
+pub struct Applied {
+    pub before: KeyState,
+    pub after: KeyState,
+    pub outcome: Outcome,
+    /// Why the state file could not be read, when it could not.
+    pub damaged: Option<String>,
+}
+
+/// Holding a key's fixer role for this process: while it is held, the fixer is alive. Dropping it
+/// lets the role's liveness go (with the local backend, the kernel frees the fixer lock; a
+/// crashed process frees it just the same).
+#[must_use = "the fixer role is held until this is dropped"]
+pub struct FixerHold {
+    _held: Box<dyn Send>,
+}
+
+impl FixerHold {
+    pub fn new(held: impl Send + 'static) -> FixerHold {
+        FixerHold {
+            _held: Box::new(held),
+        }
+    }
+}
+
+/// One coordination domain's store. Implementations are safe to use from several processes at
+/// once: `apply` is the only read-decide-write, and it is atomic.
+pub trait Store: Send + Sync {
+    /// `"local"` or `"remote"`, for `status --json`.
+    fn backend(&self) -> &'static str;
+
+    /// Where the state lives, for people (a directory, or refs on a remote).
+    fn location(&self) -> String;
+
+    /// A key's state, without any lock: the hook's hot path.
+    fn read(&self, key: &str) -> Read;
+
+    /// One atomic read-decide-write step for `key`: reads the state, runs the state machine on
+    /// `event` with what it observed, persists the result (the commit point), then does the
+    /// bookkeeping (totals, history), which never turns a persisted step into a failure.
+    ///
+    /// `seen_silent` is the caller's monotonic observation that the fixer's lease did not move
+    /// for a whole `stale_after` (see `Observed::seen_silent`).
+    fn apply(
+        &self,
+        key: &str,
+        base: &str,
+        event: &Event,
+        policy: Policy,
+        seen_silent: Option<(u64, Millis)>,
+    ) -> Result<Applied>;
+
+    /// Every key on record, with its base key.
+    fn all(&self) -> Vec<(String, KeyState)>;
+
+    fn totals(&self) -> Totals;
+
+    /// The history of events, oldest first.
+    fn history(&self) -> Vec<serde_json::Value>;
+
+    /// Records an event that changes no state (a fix run started or finished).
+    fn record(&self, entry: serde_json::Value) -> Result<()>;
+
+    /// Renews a fixer's lease without the election: only that fixer writes it.
+    fn write_lease(&self, key: &str, lease: &Lease) -> Result<()>;
+
+    /// Takes `key`'s fixer role for this process, trying for at most `timeout`: `Ok(None)` when
+    /// another process holds it.
+    fn hold_fixer(&self, key: &str, timeout: Duration) -> Result<Option<FixerHold>>;
+
+    /// Whether a fixer that registered a process for `key` has died (its hold is free). Backends
+    /// that cannot see a process die answer `false` and rely on the lease.
+    fn fixer_gone(&self, key: &str) -> bool;
+
+    /// Sleeps until `key`'s state may have changed, or for at most `timeout`.
+    fn wait_change(&self, key: &str, timeout: Duration);
+}
