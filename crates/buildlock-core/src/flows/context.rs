@@ -7,7 +7,9 @@ use crate::protocol::config::{Config, ConfigError};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::protocol::config::Backend;
 use crate::store::local::LocalStore;
+use crate::store::remote::RemoteStore;
 use crate::store::{Policy, Store};
 
 pub struct Context {
@@ -32,7 +34,32 @@ impl Context {
         let repo = Repo::discover().map_err(LoadError::Other)?;
         let config = Config::load(&repo.worktree).map_err(LoadError::Config)?;
         let home = repo.buildlock_dir();
-        let store: Arc<dyn Store> = Arc::new(LocalStore::new(home.clone()));
+        // The one place a backend is chosen.
+        let store: Arc<dyn Store> = match config.backend {
+            Backend::Local => Arc::new(LocalStore::new(home.clone())),
+            Backend::Remote => Arc::new(
+                RemoteStore::new(
+                    &repo.git_dir,
+                    &config.remote,
+                    config.wait,
+                    config.remote_poll,
+                    config.stale_after,
+                )
+                .map_err(|m| match &config.remote_origin {
+                    Some(origin) => LoadError::Config(origin.error(m)),
+                    None => LoadError::Config(crate::protocol::config::ConfigError {
+                        file: config
+                            .sources
+                            .last()
+                            .cloned()
+                            .unwrap_or_else(|| repo.worktree.join(crate::protocol::config::REPO_FILE)),
+                        line: None,
+                        key: Some("coordination.remote".to_owned()),
+                        message: format!("{m} (the default remote is `origin`)"),
+                    }),
+                })?,
+            ),
+        };
         let agent = crate::os::env::agent_id(&repo.worktree);
         Ok(Context {
             repo,

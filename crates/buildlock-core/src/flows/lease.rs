@@ -42,6 +42,11 @@ impl Heartbeat {
                 next = Instant::now() + every;
                 let current = match store.read(&key) {
                     Read::Found { state, .. } => state.is_fixer(&agent, generation),
+                    // Not knowing is not being fenced: try again at the next beat.
+                    Read::Unreachable(why) => {
+                        crate::os::say::warn(format!("could not renew the fixer lease: {why}"));
+                        continue;
+                    }
                     _ => false,
                 };
                 if !current {

@@ -69,6 +69,23 @@ pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
             Read::Missing => break WaitEnd::Fixed { by: None },
             Read::Damaged(_) => break WaitEnd::Broken,
             Read::Found { state, .. } => state,
+            Read::Unreachable(why) => {
+                // Keep trying, and say so. Time we could not look does not count as silence:
+                // the silence clock starts again at the next successful read.
+                last_lease = None;
+                if start.elapsed() >= w.limit {
+                    break WaitEnd::TimedOut;
+                }
+                if last_progress.is_none_or(|t| t.elapsed() >= progress_every) {
+                    last_progress = Some(Instant::now());
+                    say::progress(format!(
+                        "{why}; still waiting for the fix and trying again (giving up in {})",
+                        time::human(w.limit.saturating_sub(start.elapsed()))
+                    ));
+                }
+                w.store.wait_change(w.key, w.poll + time::jitter(w.poll / 4));
+                continue;
+            }
         };
         if state.generation != w.generation && state.status != Status::Passing {
             break WaitEnd::Moved {
@@ -114,7 +131,8 @@ pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
                 time::human(w.limit - waited),
             ));
         }
-        std::thread::sleep(w.poll + time::jitter(w.poll / 4));
+        // The local backend sleeps `poll`; the remote one sleeps its own `remote_poll`.
+        w.store.wait_change(w.key, w.poll + time::jitter(w.poll / 4));
     };
     say::progress_done();
     end

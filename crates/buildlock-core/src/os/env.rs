@@ -6,7 +6,11 @@
 //! - `BUILDLOCK_DECISION`: set by commit-retry for the hook it runs through `git commit`; the hook
 //!   writes its decision there and leaves the waiting to commit-retry;
 //! - `BUILDLOCK_POLL`: the waiting poll interval (a duration; default 100ms);
-//! - `BUILDLOCK_FAULT`: `point[:action]`, a fault to inject at a named point (see `fault.rs`).
+//! - `BUILDLOCK_FAULT`: `point[:action]`, a fault to inject at a named point (see `fault.rs`);
+//! - `BUILDLOCK_REMOTE_COMPACT_AFTER` (a count) and `BUILDLOCK_REMOTE_PRUNE_AFTER` (a duration):
+//!   the remote backend's chain length before compaction and the age of passing keys it deletes;
+//! - `BUILDLOCK_TEST_CLOCK_OFFSET`: a signed duration (`"+10m"`, `"-10m"`) added to this process's
+//!   wall clock, for the clock-skew tests of the remote backend.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -88,4 +92,29 @@ pub fn temp_dir_prefix() -> &'static Option<String> {
 
 pub fn git_dir_set() -> bool {
     var_os("GIT_DIR").is_some()
+}
+
+/// The remote backend's compaction length (tests and benchmarks).
+pub fn remote_compact_after() -> Option<u64> {
+    var("BUILDLOCK_REMOTE_COMPACT_AFTER").and_then(|v| v.parse().ok())
+}
+
+/// The age of passing keys the remote backend deletes (tests and benchmarks).
+pub fn remote_prune_after() -> Option<Duration> {
+    var("BUILDLOCK_REMOTE_PRUNE_AFTER").and_then(|v| crate::os::time::parse_duration(&v).ok())
+}
+
+/// A skew added to this process's wall clock, in milliseconds (tests only): `+10m` or `-10m`.
+pub fn clock_offset_ms() -> i64 {
+    static OFFSET: OnceLock<i64> = OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        let Some(v) = var("BUILDLOCK_TEST_CLOCK_OFFSET") else {
+            return 0;
+        };
+        let (sign, rest) = match v.strip_prefix('-') {
+            Some(rest) => (-1, rest),
+            None => (1, v.strip_prefix('+').unwrap_or(&v)),
+        };
+        crate::os::time::parse_duration(rest).map_or(0, |d| sign * d.as_millis() as i64)
+    })
 }

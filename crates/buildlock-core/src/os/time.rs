@@ -10,10 +10,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub type Millis = u64;
 
 pub fn now() -> Millis {
-    SystemTime::now()
+    let real = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
-        .as_millis() as Millis
+        .as_millis() as Millis;
+    // A test-only skew (BUILDLOCK_TEST_CLOCK_OFFSET), so that the clock-skew tests need no
+    // LD_PRELOAD tool; 0 unless set.
+    real.saturating_add_signed(crate::os::env::clock_offset_ms())
 }
 
 /// `2026-11-22T10:00:00Z` (seconds precision, UTC).

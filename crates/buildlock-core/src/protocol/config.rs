@@ -33,6 +33,37 @@ pub enum Match {
     Signature,
 }
 
+/// Where the coordination state lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Lock and state in the git common dir (one machine, all of its worktrees).
+    Local,
+    /// Refs on a git remote (agents on several machines).
+    Remote,
+}
+
+/// Where a setting was written, so that a problem found only when it is used (a remote name
+/// that does not exist) can still name the file, the line and the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: String,
+}
+
+impl Origin {
+    /// A configuration error about the setting written here.
+    pub fn error(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            line: self.line,
+            key: Some(self.key.clone()),
+            message: message.into(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// Run with `sh -c` at the work tree root; exit 0 = healthy.
@@ -44,6 +75,13 @@ pub struct Config {
     pub wait: Duration,
     pub stale_after: Duration,
     pub max_fix_attempts: u32,
+    pub backend: Backend,
+    /// `backend = "remote"`: the name of the git remote that holds the state.
+    pub remote: String,
+    /// Where `coordination.remote` was set (None: the default).
+    pub remote_origin: Option<Origin>,
+    /// `backend = "remote"`: how often a waiter looks at the remote.
+    pub remote_poll: Duration,
     /// Whether a plain `git commit` waits while another agent fixes.
     pub hook_wait: bool,
     pub fix_command: Option<String>,
@@ -64,6 +102,10 @@ impl Default for Config {
             wait: Duration::from_secs(5 * 60),
             stale_after: Duration::from_secs(15 * 60),
             max_fix_attempts: 3,
+            backend: Backend::Local,
+            remote: "origin".to_owned(),
+            remote_origin: None,
+            remote_poll: Duration::from_secs(2),
             hook_wait: true,
             fix_command: None,
             fix_cost: 0.0,
@@ -185,6 +227,35 @@ impl Config {
             if let Some(v) = &c.max_fix_attempts {
                 self.max_fix_attempts = at_least_one(v, "max_fix_attempts")?;
             }
+            if let Some(v) = c.backend {
+                self.backend = v;
+            }
+            if let Some(v) = &c.remote {
+                let name = v.get_ref().trim();
+                // What git itself refuses as a remote name, refused here with the line.
+                let valid = !name.is_empty()
+                    && !name.starts_with('-')
+                    && !name.chars().any(|ch| ch.is_whitespace() || ch.is_control());
+                if !valid {
+                    return Err(err(
+                        Some(v.span()),
+                        format!(
+                            "{:?} is not a git remote name: write the name `git remote -v` shows, e.g. \"origin\"",
+                            v.get_ref()
+                        ),
+                    ));
+                }
+                self.remote = name.to_owned();
+                let (line, _) = locate(text, v.span().start);
+                self.remote_origin = Some(Origin {
+                    file: file.to_owned(),
+                    line,
+                    key: "coordination.remote".to_owned(),
+                });
+            }
+            if let Some(v) = &c.remote_poll {
+                self.remote_poll = positive(duration(v)?, v, &err)?;
+            }
         }
         if let Some(h) = raw.hook {
             if let Some(v) = h.wait {
@@ -282,6 +353,9 @@ struct RawCoordination {
     wait: Option<Spanned<String>>,
     stale_after: Option<Spanned<String>>,
     max_fix_attempts: Option<Spanned<u32>>,
+    backend: Option<Backend>,
+    remote: Option<Spanned<String>>,
+    remote_poll: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -326,6 +400,10 @@ mod tests {
         assert_eq!((c.max_fix_attempts, c.retry_attempts), (3, 3));
         assert!(c.hook_wait);
         assert_eq!(
+            (c.backend, c.remote.as_str(), c.remote_poll),
+            (Backend::Local, "origin", Duration::from_secs(2))
+        );
+        assert_eq!(
             (c.fix_command, c.fix_cost, c.retry_refresh),
             (None, 0.0, None)
         );
@@ -343,6 +421,9 @@ match = "signature"
 wait = "90s"
 stale_after = "1h"
 max_fix_attempts = 5
+backend = "remote"
+remote = "upstream"
+remote_poll = "500ms"
 [hook]
 wait = false
 [fix]
@@ -362,6 +443,15 @@ refresh = "git rebase main"
             (Duration::from_secs(90), Duration::from_secs(3600))
         );
         assert_eq!((c.max_fix_attempts, c.hook_wait), (5, false));
+        assert_eq!(
+            (c.backend, c.remote.as_str(), c.remote_poll),
+            (Backend::Remote, "upstream", Duration::from_millis(500))
+        );
+        let origin = c.remote_origin.unwrap();
+        assert_eq!(
+            (origin.line, origin.key.as_str()),
+            (Some(11), "coordination.remote")
+        );
         assert_eq!(
             (c.fix_command.as_deref(), c.fix_cost),
             (Some("./fix.sh"), 0.5)
@@ -434,6 +524,27 @@ refresh = "git rebase main"
         assert!(parse("[retry]\nattempts = 0\n").is_err());
         assert!(parse("[fix]\ncost = -1.0\n").is_err());
         assert!(parse("[coordination]\nstale_after = \"0ms\"\n").is_err());
+    }
+
+    #[test]
+    fn remote_keys_are_checked_with_file_line_and_key() {
+        let e = parse("[coordination]\nbackend = \"cloud\"\n").unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(2), Some("coordination.backend"))
+        );
+        let e = parse("[coordination]\nremote = \"has space\"\n").unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(2), Some("coordination.remote"))
+        );
+        assert!(e.message.contains("not a git remote name"), "{e}");
+        let e = parse("[coordination]\n\nremote_poll = \"often\"\n").unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(3), Some("coordination.remote_poll"))
+        );
+        assert!(parse("[coordination]\nremote_poll = \"0s\"\n").is_err());
     }
 
     #[test]

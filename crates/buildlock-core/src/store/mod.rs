@@ -2,7 +2,8 @@
 //!
 //! - [`local`]: state files under an OS advisory lock in the git common dir (one machine, all of
 //!   its worktrees);
-//! - a remote backend keeps the same states as refs on a git remote (agents on several machines).
+//! - [`remote`]: the same states as chains of commits under `refs/buildlock/` on a git remote,
+//!   moved by compare-and-swap pushes (agents on several machines).
 //!
 //! The flows (hook, commit-retry, `buildlock ci`, the operator's commands) talk to [`Store`] and
 //! never ask which backend they have: it is chosen once, where the context is built. Every
@@ -16,6 +17,7 @@ use crate::os::time::Millis;
 use crate::protocol::state::{Event, KeyState, Lease, Outcome};
 
 pub mod local;
+pub mod remote;
 
 pub use crate::protocol::ledger::Totals;
 
@@ -25,6 +27,9 @@ pub enum Read {
     Missing,
     Found { base: String, state: KeyState },
     Damaged(String),
+    /// The store could not be reached (the remote backend's network): nothing is known; the
+    /// message says why, in git's words.
+    Unreachable(String),
 }
 
 impl Read {
@@ -33,7 +38,7 @@ impl Read {
         match self {
             Read::Missing => KeyState::passing(key),
             Read::Found { state, .. } => state.clone(),
-            Read::Damaged(_) => KeyState::unknown(key),
+            Read::Damaged(_) | Read::Unreachable(_) => KeyState::unknown(key),
         }
     }
 }
