@@ -255,9 +255,13 @@ impl Git {
         if ran.ok && updates.iter().all(|u| mine(u).is_some_and(|r| r.ok)) {
             return Ok(Pushed::Landed);
         }
-        // A lost race shows as "stale info" on the ref whose lease failed (the other refs of
-        // the atomic push say "atomic push failed").
-        if report.iter().any(|r| !r.ok && r.reason.contains("stale info")) {
+        // A lost race shows as "stale info" on the ref whose lease failed when the client saw it
+        // in the ref advertisement (the other refs of the atomic push say "atomic push
+        // failed"), or, when another push landed between the advertisement and our update, as
+        // the server's own compare-and-swap refusing the old value.
+        if report.iter().any(|r| !r.ok && r.reason.contains("stale info"))
+            || lost_on_server(&ran.stderr)
+        {
             return Ok(Pushed::Stale);
         }
         if let Some(r) = report.iter().find(|r| !r.ok && !r.reason.contains("atomic push failed")) {
@@ -299,6 +303,20 @@ impl Git {
             )))
         }
     }
+}
+
+/// The server refused an update because the ref was not what the push expected any more, or
+/// another push held it at that moment: a lost race, not an error.
+fn lost_on_server(stderr: &str) -> bool {
+    [
+        "reference already exists",
+        "but expected",
+        "is missing but expected",
+        ".lock': file exists",
+        "incorrect old value provided",
+    ]
+    .iter()
+    .any(|m| stderr.to_ascii_lowercase().contains(m))
 }
 
 /// One line of `git push --porcelain`: `<flag>\t<from>:<to>\t<summary> (<reason>)`.
@@ -401,6 +419,17 @@ mod tests {
         let ok = parse_porcelain("To x\n*\tab:refs/buildlock/state/k/1\t[new reference]\nDone\n");
         assert!(ok[0].ok);
         assert_eq!(ok[0].reason, "");
+    }
+
+    #[test]
+    fn a_race_lost_on_the_server_is_stale() {
+        assert!(lost_on_server(
+            "remote: error: cannot lock ref 'refs/buildlock/state/k/1': reference already exists"
+        ));
+        assert!(lost_on_server(
+            "remote: error: cannot lock ref 'refs/buildlock/state/k/1': is at 1a but expected 2b"
+        ));
+        assert!(!lost_on_server("remote: error: hook declined to update refs/buildlock/x"));
     }
 
     #[test]
