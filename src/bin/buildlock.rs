@@ -11,6 +11,8 @@ const USAGE: &str = "usage: buildlock <command>
   reset [KEY]           force every key (or KEY) back to passing; logged
   log [--json] [-n N]   the last N events (default 20)
   doctor                is the hook installed, the config valid, locking working?
+  ci [-- COMMAND…]      run COMMAND (default: the check) for a CI job: on failure one job fixes,
+                        the others wait for the fix, refresh onto it and check again
   demo [--keep]         six agents, one broken build, one fixer, on a throwaway repository
 
 environment: BUILDLOCK_AGENT (your agent id), BUILDLOCK=0 (coordination off), BUILDLOCK_CONFIG";
@@ -39,6 +41,25 @@ fn run(args: &[String]) -> i32 {
             return exit::OK;
         }
         "demo" => buildlock_core::flows::demo::run(flag("--keep")),
+        "ci" => {
+            let command: Vec<String> = match rest.split_first() {
+                None => Vec::new(),
+                Some((dashes, cmd)) if dashes == "--" => cmd.to_vec(),
+                Some(_) => return usage("write the command after `--`: buildlock ci -- make test"),
+            };
+            let ctx = match Context::load() {
+                Ok(ctx) => ctx,
+                Err(LoadError::Config(e)) => {
+                    say::say(e);
+                    return exit::CONFIG;
+                }
+                Err(LoadError::Other(e)) => {
+                    say::say(format!("{e:#}"));
+                    return exit::FIXER;
+                }
+            };
+            buildlock_core::flows::ci::run(&ctx, command)
+        }
         "status" | "release" | "reset" | "log" | "doctor" => {
             let ctx = match Context::load() {
                 Ok(ctx) => ctx,

@@ -48,11 +48,9 @@ impl Context {
                 .map_err(|m| match &config.remote_origin {
                     Some(origin) => LoadError::Config(origin.error(m)),
                     None => LoadError::Config(crate::protocol::config::ConfigError {
-                        file: config
-                            .sources
-                            .last()
-                            .cloned()
-                            .unwrap_or_else(|| repo.worktree.join(crate::protocol::config::REPO_FILE)),
+                        file: config.sources.last().cloned().unwrap_or_else(|| {
+                            repo.worktree.join(crate::protocol::config::REPO_FILE)
+                        }),
                         line: None,
                         key: Some("coordination.remote".to_owned()),
                         message: format!("{m} (the default remote is `origin`)"),

@@ -4,11 +4,15 @@
 //! - [`hook`]: the pre-commit flow; [`retry`]: commit-retry; [`decision`]: what the hook hands
 //!   to commit-retry;
 //! - [`wait`]: bounded waiting for a fix; [`lease`]: the fixer's heartbeat;
+//! - [`ci`]: `buildlock ci`, the protocol for a CI step; [`fixrun`]: running the fix and the
+//!   refresh (shared by commit-retry and `buildlock ci`);
 //! - [`ops`]: the operator's commands; [`demo`]: the demo.
 
+pub mod ci;
 pub mod context;
 pub mod decision;
 pub mod demo;
+pub mod fixrun;
 pub mod hook;
 pub mod lease;
 pub mod ops;

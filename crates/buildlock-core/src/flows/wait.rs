@@ -83,7 +83,8 @@ pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
                         time::human(w.limit.saturating_sub(start.elapsed()))
                     ));
                 }
-                w.store.wait_change(w.key, w.poll + time::jitter(w.poll / 4));
+                w.store
+                    .wait_change(w.key, w.poll + time::jitter(w.poll / 4));
                 continue;
             }
         };
@@ -132,7 +133,8 @@ pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
             ));
         }
         // The local backend sleeps `poll`; the remote one sleeps its own `remote_poll`.
-        w.store.wait_change(w.key, w.poll + time::jitter(w.poll / 4));
+        w.store
+            .wait_change(w.key, w.poll + time::jitter(w.poll / 4));
     };
     say::progress_done();
     end

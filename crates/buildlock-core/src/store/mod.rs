@@ -25,7 +25,10 @@ pub use crate::protocol::ledger::Totals;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Read {
     Missing,
-    Found { base: String, state: KeyState },
+    Found {
+        base: String,
+        state: KeyState,
+    },
     Damaged(String),
     /// The store could not be reached (the remote backend's network): nothing is known; the
     /// message says why, in git's words.

@@ -254,7 +254,10 @@ mod tests {
         let h = history(&repo, &c, 10);
         let events: Vec<_> = h.iter().map(|e| e["event"].as_str().unwrap()).collect();
         assert_eq!(events, ["failed", "elected"]);
-        assert_eq!(h[1]["ms"], 2000, "the commit time stands in for a missing time");
+        assert_eq!(
+            h[1]["ms"], 2000,
+            "the commit time stands in for a missing time"
+        );
     }
 
     #[test]

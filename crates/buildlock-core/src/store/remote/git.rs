@@ -182,7 +182,8 @@ impl Git {
         let message = format!(
             "`git {what}` on remote `{}` failed (exit {}): {}",
             self.remote,
-            ran.code.map_or_else(|| "signal".to_owned(), |c| c.to_string()),
+            ran.code
+                .map_or_else(|| "signal".to_owned(), |c| c.to_string()),
             if said.is_empty() { "no message" } else { &said }
         );
         classify(&ran.stderr, message)
@@ -259,12 +260,17 @@ impl Git {
         // in the ref advertisement (the other refs of the atomic push say "atomic push
         // failed"), or, when another push landed between the advertisement and our update, as
         // the server's own compare-and-swap refusing the old value.
-        if report.iter().any(|r| !r.ok && r.reason.contains("stale info"))
+        if report
+            .iter()
+            .any(|r| !r.ok && r.reason.contains("stale info"))
             || lost_on_server(&ran.stderr)
         {
             return Ok(Pushed::Stale);
         }
-        if let Some(r) = report.iter().find(|r| !r.ok && !r.reason.contains("atomic push failed")) {
+        if let Some(r) = report
+            .iter()
+            .find(|r| !r.ok && !r.reason.contains("atomic push failed"))
+        {
             let why = if r.reason.is_empty() {
                 r.summary.clone()
             } else {
@@ -293,7 +299,11 @@ impl Git {
 
     /// The URL of the remote, or why there is none.
     pub fn url(&self) -> Result<String, Failure> {
-        let ran = self.run(&["remote".to_owned(), "get-url".to_owned(), self.remote.clone()])?;
+        let ran = self.run(&[
+            "remote".to_owned(),
+            "get-url".to_owned(),
+            self.remote.clone(),
+        ])?;
         if ran.ok {
             Ok(ran.stdout.trim().to_owned())
         } else {
@@ -429,7 +439,9 @@ mod tests {
         assert!(lost_on_server(
             "remote: error: cannot lock ref 'refs/buildlock/state/k/1': is at 1a but expected 2b"
         ));
-        assert!(!lost_on_server("remote: error: hook declined to update refs/buildlock/x"));
+        assert!(!lost_on_server(
+            "remote: error: hook declined to update refs/buildlock/x"
+        ));
     }
 
     #[test]
@@ -444,7 +456,10 @@ mod tests {
             "m".into(),
         );
         assert!(matches!(p, Failure::Permanent(_)));
-        let p = classify("remote: Permission to o/r.git denied to bot.\nfatal: unable to access 'https://x/': The requested URL returned error: 403", "m".into());
+        let p = classify(
+            "remote: Permission to o/r.git denied to bot.\nfatal: unable to access 'https://x/': The requested URL returned error: 403",
+            "m".into(),
+        );
         // "unable to access" with a 403 is a missing permission, not a network fault.
         assert!(matches!(p, Failure::Permanent(_)), "{p:?}");
     }

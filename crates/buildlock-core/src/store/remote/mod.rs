@@ -251,7 +251,9 @@ impl RemoteStore {
             format!("{FIX_PREFIX}{stem}/*"),
         ])?;
         let (tips, fixes) = Self::group(&refs).remove(&stem).unwrap_or_default();
-        let repo = self.repo().map_err(|e| Failure::Permanent(format!("{e:#}")))?;
+        let repo = self
+            .repo()
+            .map_err(|e| Failure::Permanent(format!("{e:#}")))?;
         if let Some(top) = tips.iter().max_by_key(|t| t.epoch) {
             self.fetch_missing(&repo, &[top.oid.as_str()])?;
         }
@@ -260,12 +262,13 @@ impl RemoteStore {
 
     /// Every key on the remote, decoded (one `ls-remote`, one fetch of the new tips).
     fn views(&self) -> Result<Vec<(String, View)>, Failure> {
-        let refs = self.git.ls_remote(&[
-            format!("{STATE_PREFIX}*"),
-            format!("{FIX_PREFIX}*"),
-        ])?;
+        let refs = self
+            .git
+            .ls_remote(&[format!("{STATE_PREFIX}*"), format!("{FIX_PREFIX}*")])?;
         let groups = Self::group(&refs);
-        let repo = self.repo().map_err(|e| Failure::Permanent(format!("{e:#}")))?;
+        let repo = self
+            .repo()
+            .map_err(|e| Failure::Permanent(format!("{e:#}")))?;
         let tops: Vec<&str> = groups
             .values()
             .filter_map(|(tips, _)| tips.iter().max_by_key(|t| t.epoch))
@@ -480,8 +483,9 @@ impl RemoteStore {
             let repo = self.repo()?;
             let commit = chain::write(&repo, &doc, parent, &subject, &history, previous, now)?;
             drop(repo);
-            let new_fix = fix_commit(&after)
-                .filter(|f| fix_commit(&before).as_deref() != Some(f.as_str()) || view.damaged.is_some());
+            let new_fix = fix_commit(&after).filter(|f| {
+                fix_commit(&before).as_deref() != Some(f.as_str()) || view.damaged.is_some()
+            });
             let new_fix = new_fix.or_else(|| {
                 // Keep publishing the recorded fix if its ref went missing.
                 fix_commit(&after).filter(|f| {
@@ -574,12 +578,30 @@ impl RemoteStore {
             state: KeyState::passing("probe"),
         };
         let now = time::now();
-        let commit = chain::write(&repo, &doc, None, "buildlock doctor: push test", &[], None, now)
-            .map_err(|e| format!("{e:#}"))?;
-        let name = format!("{PROBE_PREFIX}{}-{}", crate::os::process::hostname(), std::process::id());
+        let commit = chain::write(
+            &repo,
+            &doc,
+            None,
+            "buildlock doctor: push test",
+            &[],
+            None,
+            now,
+        )
+        .map_err(|e| format!("{e:#}"))?;
+        let name = format!(
+            "{PROBE_PREFIX}{}-{}",
+            crate::os::process::hostname(),
+            std::process::id()
+        );
         let name: String = name
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || "-_./".contains(c) { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_./".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let create = [Update {
             name: name.clone(),
@@ -701,7 +723,10 @@ impl Store for RemoteStore {
     }
 
     fn location(&self) -> String {
-        format!("refs/buildlock/* on remote `{}` ({})", self.git.remote, self.url)
+        format!(
+            "refs/buildlock/* on remote `{}` ({})",
+            self.git.remote, self.url
+        )
     }
 
     fn read(&self, key: &str) -> Read {
@@ -813,7 +838,10 @@ impl Store for RemoteStore {
     }
 
     fn write_lease(&self, key: &str, lease: &Lease) -> Result<()> {
-        let limit = (self.stale_after / 3).clamp(Duration::from_millis(500), self.wait.max(Duration::from_millis(500)));
+        let limit = (self.stale_after / 3).clamp(
+            Duration::from_millis(500),
+            self.wait.max(Duration::from_millis(500)),
+        );
         self.transact(key, "", limit, |before, _| {
             let mut after = before.clone();
             // Strictly increasing, so that the lease visibly moves even on a machine whose clock
