@@ -6,4 +6,5 @@ mod harness;
 mod hook;
 mod install;
 mod race;
+mod remote;
 mod retry;

@@ -408,6 +408,19 @@ pub fn doctor(ctx: &Context) -> Result<i32> {
             );
         }
     }
+    println!(
+        "state       {} (backend `{}`)",
+        ctx.store.location(),
+        ctx.store.backend()
+    );
+    for (good, what) in ctx.store.diagnose() {
+        if good {
+            ok(what);
+        } else {
+            problems += 1;
+            println!("problem  {what}");
+        }
+    }
     let state_dir = ctx.home.as_path().join("state");
     for entry in std::fs::read_dir(&state_dir)
         .into_iter()

@@ -130,4 +130,15 @@ pub trait Store: Send + Sync {
 
     /// Sleeps until `key`'s state may have changed, or for at most `timeout`.
     fn wait_change(&self, key: &str, timeout: Duration);
+
+    /// The backend's own health checks for `buildlock doctor`: `(ok, what was found)`.
+    fn diagnose(&self) -> Vec<(bool, String)> {
+        Vec::new()
+    }
+
+    /// Where a waiter can fetch the fix commit `commit` of `key` (`BUILDLOCK_FIX_REF`), when the
+    /// backend publishes it.
+    fn fix_ref(&self, _key: &str, _commit: &str) -> Option<String> {
+        None
+    }
 }

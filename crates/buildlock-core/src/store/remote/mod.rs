@@ -874,6 +874,42 @@ impl Store for RemoteStore {
         false
     }
 
+    fn diagnose(&self) -> Vec<(bool, String)> {
+        let mut out = Vec::new();
+        let started = Instant::now();
+        match self.git.ls_remote(&[format!("{STATE_PREFIX}*")]) {
+            Ok(refs) => out.push((
+                true,
+                format!(
+                    "the remote `{}` ({}) answers ({} ms; {} key ref(s) under {STATE_PREFIX})",
+                    self.git.remote,
+                    self.url,
+                    started.elapsed().as_millis(),
+                    refs.len()
+                ),
+            )),
+            Err(f) => {
+                out.push((false, format!("cannot read the remote `{}` ({}): {f}", self.git.remote, self.url)));
+                return out;
+            }
+        }
+        match self.probe() {
+            Ok(()) => out.push((
+                true,
+                format!(
+                    "the remote `{}` accepts pushes to refs/buildlock/* (created and deleted a probe ref)",
+                    self.git.remote
+                ),
+            )),
+            Err(m) => out.push((false, m)),
+        }
+        out
+    }
+
+    fn fix_ref(&self, key: &str, commit: &str) -> Option<String> {
+        Some(Self::fix_ref_name(key, commit))
+    }
+
     fn wait_change(&self, _key: &str, _timeout: Duration) {
         // Every look costs a round trip to the remote: look every `remote_poll`, whatever the
         // caller's local poll interval is.
