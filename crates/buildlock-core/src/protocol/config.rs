@@ -548,6 +548,13 @@ refresh = "git rebase main"
     }
 
     #[test]
+    fn the_ci_example_is_valid() {
+        let c = parse(include_str!("../../../../docs/ci/buildlock-ci.toml")).unwrap();
+        assert_eq!((c.backend, c.scope), (Backend::Remote, Scope::Commit));
+        assert!(c.retry_refresh.unwrap().contains("BUILDLOCK_FIX_REF"));
+    }
+
+    #[test]
     fn syntax_errors_carry_a_line() {
         let e = parse("check = \"x\"\n[coordination\n").unwrap_err();
         assert_eq!(e.line, Some(2));
