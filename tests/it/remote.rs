@@ -66,8 +66,16 @@ impl Server {
         let root = tmp.path().canonicalize().unwrap();
         std::fs::create_dir_all(root.join("home")).unwrap();
         let bare = root.join("srv.git");
-        git(&root, &root, &["init", "-q", "--bare", "-b", "main", "srv.git"]);
-        git(&root, &bare, &["config", "receive.denyNonFastForwards", "true"]);
+        git(
+            &root,
+            &root,
+            &["init", "-q", "--bare", "-b", "main", "srv.git"],
+        );
+        git(
+            &root,
+            &bare,
+            &["config", "receive.denyNonFastForwards", "true"],
+        );
         let hook = bare.join("hooks/update");
         std::fs::write(
             &hook,
@@ -84,7 +92,11 @@ impl Server {
         std::fs::write(seed.join("status"), "broken\n").unwrap();
         git(&root, &seed, &["add", "-A"]);
         git(&root, &seed, &["commit", "-q", "-m", "broken build"]);
-        git(&root, &seed, &["push", "-q", bare.to_str().unwrap(), "main"]);
+        git(
+            &root,
+            &seed,
+            &["push", "-q", bare.to_str().unwrap(), "main"],
+        );
         Server {
             _tmp: tmp,
             root,
@@ -96,7 +108,14 @@ impl Server {
 
     fn start_daemon(&mut self) {
         let child = Command::new("timeout")
-            .args(["600", "git", "daemon", "--enable=receive-pack", "--export-all", "--reuseaddr"])
+            .args([
+                "600",
+                "git",
+                "daemon",
+                "--enable=receive-pack",
+                "--export-all",
+                "--reuseaddr",
+            ])
             .arg(format!("--base-path={}", self.root.display()))
             .arg(format!("--port={}", self.port))
             .arg("--listen=127.0.0.1")
@@ -136,20 +155,38 @@ impl Server {
 
     /// A clone of its own (a machine): no shared git dir.
     fn clone(&self, name: &str, url: &str) -> PathBuf {
-        git(&self.root, &self.root, &["clone", "-q", "-b", "main", url, name]);
+        git(
+            &self.root,
+            &self.root,
+            &["clone", "-q", "-b", "main", url, name],
+        );
         self.root.join(name)
     }
 
     /// Every branch and tag of the remote, with its commit.
     fn heads_and_tags(&self) -> String {
-        text(&git(&self.root, &self.bare, &["for-each-ref", "refs/heads", "refs/tags"]).stdout)
+        text(
+            &git(
+                &self.root,
+                &self.bare,
+                &["for-each-ref", "refs/heads", "refs/tags"],
+            )
+            .stdout,
+        )
     }
 
     fn buildlock_refs(&self) -> Vec<String> {
-        text(&git(&self.root, &self.bare, &["for-each-ref", "--format=%(refname)", "refs/buildlock"]).stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        text(
+            &git(
+                &self.root,
+                &self.bare,
+                &["for-each-ref", "--format=%(refname)", "refs/buildlock"],
+            )
+            .stdout,
+        )
+        .lines()
+        .map(str::to_owned)
+        .collect()
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -218,17 +255,22 @@ fn race_config(root: &Path, extra: &str) -> String {
     )
 }
 
-/// A server whose temp dir is known before the config is written (the config names paths in it).
-fn race_server(extra: &str) -> Server {
-    // The config must name paths in the server's own temp dir: write it after creating the
-    // server, as a second commit.
+/// A server whose `.buildlock.toml` names paths in the server's own temp dir.
+fn server_with(config: impl FnOnce(&Path) -> String) -> Server {
     let s = Server::new("");
-    let config = race_config(&s.root, extra);
     let seed = s.root.join("seed");
-    std::fs::write(seed.join(".buildlock.toml"), config).unwrap();
+    std::fs::write(seed.join(".buildlock.toml"), config(&s.root)).unwrap();
     git(&s.root, &seed, &["commit", "-q", "-am", "config"]);
-    git(&s.root, &seed, &["push", "-q", s.bare.to_str().unwrap(), "main"]);
+    git(
+        &s.root,
+        &seed,
+        &["push", "-q", s.bare.to_str().unwrap(), "main"],
+    );
     s
+}
+
+fn race_server(extra: &str) -> Server {
+    server_with(|root| race_config(root, extra))
 }
 
 /// One round: `n` clones run `buildlock ci` on the same broken commit at once. Checks: exactly one
@@ -263,7 +305,10 @@ fn race_round(s: &Server, clones: &[PathBuf], round: usize) {
     let witness = s.witness();
     let new: Vec<&String> = witness[witness_before..].iter().collect();
     let starts = new.iter().filter(|l| l.starts_with("start")).count();
-    assert_eq!(starts, 1, "round {round}: exactly one fix run: {new:?}\n{all_err}");
+    assert_eq!(
+        starts, 1,
+        "round {round}: exactly one fix run: {new:?}\n{all_err}"
+    );
     let heads: Vec<String> = clones.iter().map(|c| s.head(c)).collect();
     assert!(
         heads.iter().all(|h| *h == heads[0]),
@@ -278,7 +323,11 @@ fn race_round(s: &Server, clones: &[PathBuf], round: usize) {
         .expect("the fix commit");
     let st = s.status(fixer_dir);
     assert_eq!(st["backend"], "remote");
-    assert_eq!(s.heads_and_tags(), heads_before, "no branch or tag of the remote changed");
+    assert_eq!(
+        s.heads_and_tags(),
+        heads_before,
+        "no branch or tag of the remote changed"
+    );
 }
 
 /// Resets every clone onto the remote's `main` (the broken commit) for the next round.
@@ -303,8 +352,16 @@ fn race(n: usize, rounds: usize, daemon: bool) {
             let seed = s.root.join("seed");
             std::fs::write(seed.join("round"), format!("{round}\n")).unwrap();
             git(&s.root, &seed, &["add", "round"]);
-            git(&s.root, &seed, &["commit", "-q", "-m", &format!("round {round}")]);
-            git(&s.root, &seed, &["push", "-q", s.bare.to_str().unwrap(), "main"]);
+            git(
+                &s.root,
+                &seed,
+                &["commit", "-q", "-m", &format!("round {round}")],
+            );
+            git(
+                &s.root,
+                &seed,
+                &["push", "-q", s.bare.to_str().unwrap(), "main"],
+            );
             for c in &clones {
                 git(&s.root, c, &["fetch", "-q", "origin"]);
             }
@@ -332,4 +389,597 @@ fn remote_race_full() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
     race(16, rounds, true);
+}
+
+// Faults ----------------------------------------------------------------------------------------
+
+/// A configuration whose check reads a status file shared by every clone (a shared dependency),
+/// so that a waiter's re-check passes as soon as the fix ran, whatever its HEAD. The fix records
+/// itself in the witness, writes its process group (field 5 of `/proc/$$/stat`) to `fixpid-<agent>`, waits while `hold`
+/// exists, and sets the status to `ok`.
+fn shared_config(root: &Path, coordination: &str) -> String {
+    let fix = root.join("fix.sh");
+    std::fs::write(
+        &fix,
+        format!(
+            "echo \"start $BUILDLOCK_AGENT $BUILDLOCK_GENERATION\" >> {w}\ncut -d' ' -f5 /proc/$$/stat > {root}/fixpid-$BUILDLOCK_AGENT\n\
+             while [ -e {root}/hold ]; do sleep 0.05; done\nsleep 0.2\necho ok > {root}/status\n\
+             echo \"end $BUILDLOCK_AGENT $BUILDLOCK_GENERATION\" >> {w}\n",
+            w = root.join("witness").display(),
+            root = root.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::write(root.join("status"), "broken\n").unwrap();
+    format!(
+        "check = \"grep -qx ok {root}/status\"\n[coordination]\nbackend = \"remote\"\nscope = \"commit\"\n\
+         remote_poll = \"200ms\"\n{coordination}\n[fix]\ncommand = \"sh {fix}\"\n",
+        root = root.display(),
+        fix = fix.display(),
+    )
+}
+
+fn starts(s: &Server) -> Vec<String> {
+    s.witness()
+        .into_iter()
+        .filter(|l| l.starts_with("start"))
+        .collect()
+}
+
+fn finish(children: Vec<(String, Child)>, limit: Duration) -> Vec<(String, Output)> {
+    children
+        .into_iter()
+        .map(|(a, c)| (a, wait_output(c, limit)))
+        .collect()
+}
+
+fn report(outs: &[(String, Output)]) -> String {
+    outs.iter()
+        .map(|(a, o)| format!("--- {a} ({:?})\n{}", o.status, text(&o.stderr)))
+        .collect()
+}
+
+fn all_green(outs: &[(String, Output)]) {
+    let report = report(outs);
+    for (a, o) in outs {
+        assert_eq!(o.status.code(), Some(0), "{a} did not end green\n{report}");
+    }
+}
+
+#[test]
+fn remote_fixer_killed_mid_fix_is_taken_over_after_stale_after() {
+    let mut s = server_with(|root| shared_config(root, "stale_after = \"2s\"\nwait = \"60s\""));
+    s.start_daemon();
+    std::fs::write(s.path("hold"), "").unwrap();
+    let clones: Vec<PathBuf> = (0..3)
+        .map(|i| s.clone(&format!("c{i}"), &s.daemon_url()))
+        .collect();
+    // The first job is elected and starts its fix; then the others fail and wait.
+    let first = s.ci(&clones[0], "flavor0", &[]);
+    assert!(
+        eventually(Duration::from_secs(30), || starts(&s).len() == 1),
+        "the first job started its fix"
+    );
+    let mut children = vec![("flavor0".to_owned(), first)];
+    for (i, c) in clones.iter().enumerate().skip(1) {
+        children.push((format!("flavor{i}"), s.ci(c, &format!("flavor{i}"), &[])));
+    }
+    // Both waiters are on record before the kill.
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            s.status(&clones[0])["keys"][0]["waiters"]
+                .as_array()
+                .is_some_and(|w| w.len() == 2)
+        }),
+        "both waiters joined"
+    );
+    // The fixer's whole job dies: the buildlock process and its fix's process group.
+    let (_, fixer) = children.remove(0);
+    let pgid: i32 = std::fs::read_to_string(s.path("fixpid-flavor0"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    signal(&fixer, libc::SIGKILL);
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    let killed = Instant::now();
+    let _ = wait_output(fixer, Duration::from_secs(10));
+    std::fs::remove_file(s.path("hold")).unwrap();
+    let took_over = eventually(Duration::from_secs(30), || starts(&s).len() == 2);
+    let took = killed.elapsed();
+    let outs = finish(
+        children,
+        Duration::from_secs(if took_over { 60 } else { 1 }),
+    );
+    assert!(
+        took_over,
+        "a waiter took over: {:?}\n{}",
+        s.witness(),
+        report(&outs)
+    );
+    all_green(&outs);
+    let st = starts(&s);
+    assert!(
+        !st[1].contains("flavor0"),
+        "the successor is another job: {st:?}"
+    );
+    assert!(st[1].ends_with(" 2"), "generation 2: {st:?}");
+    // stale_after (2 s) plus a few polls, with room for a loaded machine.
+    assert!(took < Duration::from_secs(15), "takeover took {took:?}");
+    let status = s.status(&clones[1]);
+    assert_eq!(status["totals"]["takeovers"], 1, "{status}");
+}
+
+#[test]
+fn remote_daemon_stopped_and_restarted_during_a_wait() {
+    let mut s = server_with(|root| shared_config(root, "stale_after = \"60s\"\nwait = \"60s\""));
+    s.start_daemon();
+    std::fs::write(s.path("hold"), "").unwrap();
+    let clones: Vec<PathBuf> = (0..3)
+        .map(|i| s.clone(&format!("c{i}"), &s.daemon_url()))
+        .collect();
+    let mut children = vec![("flavor0".to_owned(), s.ci(&clones[0], "flavor0", &[]))];
+    assert!(eventually(Duration::from_secs(30), || starts(&s).len() == 1));
+    for (i, c) in clones.iter().enumerate().skip(1) {
+        children.push((format!("flavor{i}"), s.ci(c, &format!("flavor{i}"), &[])));
+    }
+    assert!(eventually(Duration::from_secs(30), || {
+        s.status(&clones[0])["keys"][0]["waiters"]
+            .as_array()
+            .is_some_and(|w| w.len() == 2)
+    }));
+    s.stop_daemon();
+    std::thread::sleep(Duration::from_secs(3));
+    s.start_daemon();
+    std::fs::remove_file(s.path("hold")).unwrap();
+    let outs = finish(children, Duration::from_secs(90));
+    all_green(&outs);
+    assert_eq!(starts(&s).len(), 1, "one fix run: {:?}", s.witness());
+    let told = outs
+        .iter()
+        .filter(|(_, o)| text(&o.stderr).contains("cannot reach the remote `origin`"))
+        .count();
+    assert!(
+        told >= 2,
+        "the waiters said they could not reach the remote"
+    );
+    let said = text(&outs[1].1.stderr);
+    assert!(
+        said.contains("Connection refused") || said.contains("unable to connect"),
+        "in git's own words: {said}"
+    );
+}
+
+/// The key's current state ref on the bare repository.
+fn state_ref(s: &Server) -> (String, String) {
+    let out = text(
+        &git(
+            &s.root,
+            &s.bare,
+            &[
+                "for-each-ref",
+                "--format=%(objectname) %(refname)",
+                "refs/buildlock/state",
+            ],
+        )
+        .stdout,
+    );
+    let line = out.lines().last().expect("a state ref").to_owned();
+    let (oid, name) = line.split_once(' ').unwrap();
+    (oid.to_owned(), name.to_owned())
+}
+
+#[test]
+fn remote_a_push_that_loses_every_race_for_a_while_still_lands_once() {
+    let s = server_with(|root| shared_config(root, "stale_after = \"60s\"\nwait = \"60s\""));
+    std::fs::write(s.path("hold"), "").unwrap();
+    let url = s.file_url();
+    let a = s.clone("a", &url);
+    let b = s.clone("b", &url);
+    let fixer = s.ci(&a, "fixer", &[]);
+    assert!(eventually(Duration::from_secs(30), || starts(&s).len() == 1));
+    // A writer on the server moves the key's ref as fast as it can (fast-forward commits with the
+    // same state), so that b's pushes keep finding the ref moved under them.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let moved = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (stop2, moved2, root, bare) = (stop.clone(), moved.clone(), s.root.clone(), s.bare.clone());
+    let noise = std::thread::spawn(move || {
+        while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
+            let out = text(
+                &git(
+                    &root,
+                    &bare,
+                    &[
+                        "for-each-ref",
+                        "--format=%(objectname) %(refname)",
+                        "refs/buildlock/state",
+                    ],
+                )
+                .stdout,
+            );
+            let Some((oid, name)) = out.lines().last().and_then(|l| l.split_once(' ')) else {
+                continue;
+            };
+            let mut c = command("git", &root);
+            c.current_dir(&bare).args([
+                "commit-tree",
+                &format!("{oid}^{{tree}}"),
+                "-p",
+                oid,
+                "-m",
+                "noise",
+            ]);
+            let new = text(&run_ok(c).stdout).trim().to_owned();
+            let mut c = command("git", &root);
+            c.current_dir(&bare).args(["update-ref", name, &new, oid]);
+            if c.output().unwrap().status.success() {
+                moved2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let before = moved.load(std::sync::atomic::Ordering::SeqCst);
+    let waiter = s.ci(&b, "waiter", &[]);
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            s.status(&a)["keys"][0]["waiters"]
+                .as_array()
+                .is_some_and(|w| w.len() == 1)
+        }),
+        "the waiter's join landed despite the noise"
+    );
+    let during = moved.load(std::sync::atomic::Ordering::SeqCst) - before;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    noise.join().unwrap();
+    std::fs::remove_file(s.path("hold")).unwrap();
+    let outs = finish(
+        vec![("fixer".into(), fixer), ("waiter".into(), waiter)],
+        Duration::from_secs(60),
+    );
+    all_green(&outs);
+    assert_eq!(starts(&s).len(), 1, "{:?}", s.witness());
+    assert!(
+        during > 5,
+        "the ref kept moving while the waiter joined ({during} moves)"
+    );
+    let st = s.status(&a);
+    assert_eq!(st["keys"][0]["status"], "passing", "{st}");
+    assert_eq!(
+        (
+            st["totals"]["elections"].as_u64(),
+            st["totals"]["fix_runs_avoided"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{st}"
+    );
+}
+
+#[test]
+fn remote_damaged_state_commit_reads_as_broken_and_is_replaced() {
+    let s = server_with(|root| shared_config(root, "stale_after = \"60s\"\nwait = \"5s\""));
+    let url = s.file_url();
+    let a = s.clone("a", &url);
+    // No fix command: the elected job exits 1 at once.
+    let mut c = command(BUILDLOCK, &s.root);
+    c.current_dir(&a)
+        .args(["ci", "--", "false"])
+        .env("BUILD_FLAVOR", "one")
+        .env("BUILDLOCK_CONFIG", s.path("nofix.toml"));
+    std::fs::write(s.path("nofix.toml"), "[fix]\ncommand = \"\"\n").unwrap();
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    // A commit with garbage for state, on top of the good one (a fast-forward).
+    let (tip, name) = state_ref(&s);
+    let blob = {
+        let mut c = command("git", &s.root);
+        c.current_dir(&s.bare)
+            .args(["hash-object", "-w", "--stdin"]);
+        c.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"{\"schema\": 1, garbage")
+            .unwrap();
+        text(&child.wait_with_output().unwrap().stdout)
+            .trim()
+            .to_owned()
+    };
+    let tree = {
+        let mut c = command("git", &s.root);
+        c.current_dir(&s.bare)
+            .arg("mktree")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("100644 blob {blob}\tstate.json\n").as_bytes())
+            .unwrap();
+        text(&child.wait_with_output().unwrap().stdout)
+            .trim()
+            .to_owned()
+    };
+    let bad = text(
+        &git(
+            &s.root,
+            &s.bare,
+            &["commit-tree", &tree, "-p", &tip, "-m", "damage"],
+        )
+        .stdout,
+    )
+    .trim()
+    .to_owned();
+    git(&s.root, &s.bare, &["update-ref", &name, &bad, &tip]);
+    let mut c2 = command(BUILDLOCK, &s.root);
+    c2.current_dir(&a)
+        .args(["ci", "--", "false"])
+        .env("BUILD_FLAVOR", "two")
+        .env("BUILDLOCK_CONFIG", s.path("nofix.toml"));
+    let out = c2.output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("unreadable"), "the damage is reported: {err}");
+    let st = s.status(&a);
+    let key = &st["keys"][0];
+    assert_eq!(
+        (key["fixer"]["agent"].as_str(), key["generation"].as_u64()),
+        (Some("two"), Some(2)),
+        "broken with nobody fixing, then elected; the generation did not go back: {st}"
+    );
+    // Now a blob where the state commit belongs: not a commit, so no fast-forward from it; a new
+    // chain replaces it (its ref deleted in the same atomic push).
+    let (tip, name) = state_ref(&s);
+    git(&s.root, &s.bare, &["update-ref", &name, &blob, &tip]);
+    let mut c3 = command(BUILDLOCK, &s.root);
+    c3.current_dir(&a)
+        .args(["ci", "--", "false"])
+        .env("BUILD_FLAVOR", "three")
+        .env("BUILDLOCK_CONFIG", s.path("nofix.toml"));
+    let out = c3.output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let refs = s.buildlock_refs();
+    assert_eq!(refs.len(), 1, "the damaged ref was replaced: {refs:?}");
+    assert_ne!(refs[0], name, "under a new epoch");
+    assert_eq!(s.status(&a)["keys"][0]["fixer"]["agent"], "three");
+}
+
+#[test]
+fn remote_clock_skew_of_ten_minutes_either_way_changes_nothing() {
+    for (fixer_skew, waiter_skews) in [("-10m", ["+10m", "0s"]), ("+10m", ["-10m", "0s"])] {
+        let s = server_with(|root| shared_config(root, "stale_after = \"30s\"\nwait = \"60s\""));
+        std::fs::write(s.path("hold"), "").unwrap();
+        let url = s.file_url();
+        let clones: Vec<PathBuf> = (0..3).map(|i| s.clone(&format!("c{i}"), &url)).collect();
+        let mut children = vec![(
+            "fixer".to_owned(),
+            s.ci(
+                &clones[0],
+                "fixer",
+                &[("BUILDLOCK_TEST_CLOCK_OFFSET", fixer_skew)],
+            ),
+        )];
+        assert!(eventually(Duration::from_secs(30), || starts(&s).len() == 1));
+        for (i, skew) in waiter_skews.iter().enumerate() {
+            let agent = format!("waiter{i}");
+            children.push((
+                agent.clone(),
+                s.ci(
+                    &clones[i + 1],
+                    &agent,
+                    &[("BUILDLOCK_TEST_CLOCK_OFFSET", skew)],
+                ),
+            ));
+        }
+        assert!(eventually(Duration::from_secs(30), || {
+            s.status(&clones[0])["keys"][0]["waiters"]
+                .as_array()
+                .is_some_and(|w| w.len() == 2)
+        }));
+        // Longer than a heartbeat period, shorter than stale_after: a waiter that compared
+        // clocks would have taken over by now (the fixer's lease looks 10 minutes old, or 10
+        // minutes in the future).
+        std::thread::sleep(Duration::from_secs(3));
+        std::fs::remove_file(s.path("hold")).unwrap();
+        let outs = finish(children, Duration::from_secs(60));
+        all_green(&outs);
+        assert_eq!(
+            starts(&s).len(),
+            1,
+            "fixer skewed {fixer_skew}: {:?}",
+            s.witness()
+        );
+        let st = s.status(&clones[1]);
+        assert_eq!(
+            st["totals"]["takeovers"], 0,
+            "fixer skewed {fixer_skew}: {st}"
+        );
+    }
+}
+
+#[test]
+fn remote_unreachable_election_exits_70_with_gits_message() {
+    let port = free_port();
+    let s = Server::new(&format!(
+        "[coordination]\nbackend = \"remote\"\nremote = \"dead\"\nwait = \"2s\"\n"
+    ));
+    let a = s.clone("a", &s.file_url());
+    git(
+        &s.root,
+        &a,
+        &[
+            "remote",
+            "add",
+            "dead",
+            &format!("git://127.0.0.1:{port}/srv.git"),
+        ],
+    );
+    let mut c = command(BUILDLOCK, &s.root);
+    c.current_dir(&a)
+        .args(["ci", "--", "false"])
+        .env("BUILD_FLAVOR", "x");
+    let started = Instant::now();
+    let out = c.output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(70), "{err}");
+    assert!(err.contains("coordination failed"), "{err}");
+    assert!(
+        err.contains("Connection refused"),
+        "git's own message: {err}"
+    );
+    assert!(
+        err.contains("cannot reach the remote `dead`"),
+        "retried and said so: {err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // A passing check is never refused because coordination failed.
+    let mut c = command(BUILDLOCK, &s.root);
+    c.current_dir(&a)
+        .args(["ci", "--", "true"])
+        .env("BUILD_FLAVOR", "x");
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn remote_unknown_remote_name_is_a_configuration_error_with_file_line_and_key() {
+    let s = Server::new(
+        "check = \"false\"\n[coordination]\nbackend = \"remote\"\nremote = \"upstream\"\n",
+    );
+    let a = s.clone("a", &s.file_url());
+    let mut c = command(BUILDLOCK, &s.root);
+    c.current_dir(&a).args(["ci"]).env("BUILD_FLAVOR", "x");
+    let out = c.output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains(".buildlock.toml line 4, key `coordination.remote`"),
+        "{err}"
+    );
+    assert!(err.contains("no git remote named `upstream`"), "{err}");
+}
+
+#[test]
+fn remote_doctor_says_which_permission_is_missing() {
+    let s = Server::new("[coordination]\nbackend = \"remote\"\n");
+    let a = s.clone("a", &s.file_url());
+    let doctor = |s: &Server| {
+        let mut c = command(BUILDLOCK, &s.root);
+        c.current_dir(&a).arg("doctor");
+        c.output().unwrap()
+    };
+    let out = doctor(&s);
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("accepts pushes to refs/buildlock/*"),
+        "{said}{}",
+        text(&out.stderr)
+    );
+    assert!(s.buildlock_refs().is_empty(), "the probe ref was deleted");
+    // A server that refuses refs/buildlock/* (as a token without write access would).
+    let hook = s.bare.join("hooks/update");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\ncase $1 in refs/buildlock/*) echo \"refs/buildlock is read-only for you\" >&2; exit 1;; esac\n",
+    )
+    .unwrap();
+    let out = doctor(&s);
+    let said = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("problem  cannot create refs/buildlock/probe/"),
+        "{said}"
+    );
+    assert!(said.contains("contents: write"), "{said}");
+}
+
+#[test]
+fn remote_chains_are_compacted_under_a_fast_forward_only_server() {
+    let s = Server::new(
+        "check = \"false\"\n[coordination]\nbackend = \"remote\"\nscope = \"commit\"\n[hook]\nwait = false\n",
+    );
+    let url = s.file_url();
+    let a = s.clone("a", &url);
+    for i in 0..9 {
+        let mut c = command(PRE_COMMIT, &s.root);
+        c.current_dir(&a)
+            .env("BUILDLOCK_AGENT", format!("agent{i}"))
+            .env("BUILDLOCK_REMOTE_COMPACT_AFTER", "4");
+        let out = c.output().unwrap();
+        let want = if i == 0 { 1 } else { 75 };
+        assert_eq!(out.status.code(), Some(want), "{}", text(&out.stderr));
+    }
+    let refs = s.buildlock_refs();
+    assert_eq!(refs.len(), 1, "{refs:?}");
+    let epoch: u64 = refs[0].rsplit('/').next().unwrap().parse().unwrap();
+    assert!(epoch > 1, "compacted at least once: {refs:?}");
+    let chain = text(&git(&s.root, &s.bare, &["rev-list", "--count", &refs[0]]).stdout);
+    assert!(
+        chain.trim().parse::<u64>().unwrap() <= 4,
+        "bounded chain: {chain}"
+    );
+    let st = s.status(&a);
+    assert_eq!(
+        st["keys"][0]["waiters"].as_array().unwrap().len(),
+        8,
+        "{st}"
+    );
+    assert_eq!(
+        st["totals"]["fix_runs_avoided"], 8,
+        "no transition lost: {st}"
+    );
+    let root = text(
+        &git(
+            &s.root,
+            &s.bare,
+            &["log", "--format=%B", "--reverse", &refs[0]],
+        )
+        .stdout,
+    );
+    assert!(
+        root.contains("Buildlock-Previous: "),
+        "the root records the tip it replaced: {root}"
+    );
+}
+
+#[test]
+fn remote_old_passing_keys_are_pruned() {
+    let s = Server::new(
+        "check = \"test -e ok\"\n[coordination]\nbackend = \"remote\"\nscope = \"commit\"\n[hook]\nwait = false\n",
+    );
+    let a = s.clone("a", &s.file_url());
+    let hook = |ok: bool| {
+        if ok {
+            std::fs::write(a.join("ok"), "").unwrap();
+        } else {
+            let _ = std::fs::remove_file(a.join("ok"));
+        }
+        let mut c = command(PRE_COMMIT, &s.root);
+        c.current_dir(&a)
+            .env("BUILDLOCK_AGENT", "a")
+            .env("BUILDLOCK_REMOTE_PRUNE_AFTER", "1s");
+        c.output().unwrap().status.code()
+    };
+    for i in 0..2 {
+        git(
+            &s.root,
+            &a,
+            &["commit", "-q", "--allow-empty", "-m", &format!("b{i}")],
+        );
+        assert_eq!(hook(false), Some(1));
+        assert_eq!(hook(true), Some(0));
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let refs = s.buildlock_refs();
+    assert_eq!(
+        refs.len(),
+        1,
+        "the first key (passing for over 1 s) was deleted: {refs:?}"
+    );
+    assert!(refs[0].contains(&s.head(&a)), "{refs:?}");
 }

@@ -72,11 +72,12 @@ pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
             Read::Unreachable(why) => {
                 // Keep trying, and say so. Time we could not look does not count as silence:
                 // the silence clock starts again at the next successful read.
+                let first = last_lease.is_some();
                 last_lease = None;
                 if start.elapsed() >= w.limit {
                     break WaitEnd::TimedOut;
                 }
-                if last_progress.is_none_or(|t| t.elapsed() >= progress_every) {
+                if first || last_progress.is_none_or(|t| t.elapsed() >= progress_every) {
                     last_progress = Some(Instant::now());
                     say::progress(format!(
                         "{why}; still waiting for the fix and trying again (giving up in {})",

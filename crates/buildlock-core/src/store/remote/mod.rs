@@ -889,7 +889,13 @@ impl Store for RemoteStore {
                 ),
             )),
             Err(f) => {
-                out.push((false, format!("cannot read the remote `{}` ({}): {f}", self.git.remote, self.url)));
+                out.push((
+                    false,
+                    format!(
+                        "cannot read the remote `{}` ({}): {f}",
+                        self.git.remote, self.url
+                    ),
+                ));
                 return out;
             }
         }
