@@ -3,12 +3,16 @@
 //! - [`context`]: what every program loads first (repository, configuration, store, agent);
 //! - [`hook`]: the pre-commit flow; [`retry`]: commit-retry; [`decision`]: what the hook hands
 //!   to commit-retry;
+//! - [`fixer`]: holding a fixer role and running the fix (commit-retry, `buildlock ci`);
+//! - [`fixcommit`]: the fix commit handed to waiters;
 //! - [`wait`]: bounded waiting for a fix; [`lease`]: the fixer's heartbeat;
 //! - [`ops`]: the operator's commands; [`demo`]: the demo.
 
 pub mod context;
 pub mod decision;
 pub mod demo;
+pub mod fixcommit;
+pub mod fixer;
 pub mod hook;
 pub mod lease;
 pub mod ops;

@@ -13,6 +13,10 @@ pub const BLOCKED: i32 = 75;
 /// The configuration is wrong (EX_CONFIG).
 pub const CONFIG: i32 = 78;
 
+/// The check failed and coordination itself failed (state unwritable, lock unobtainable):
+/// nobody was elected (EX_SOFTWARE).
+pub const COORDINATION: i32 = 70;
+
 /// Ended by signal `n`.
 pub fn signal(n: i32) -> i32 {
     128 + n
