@@ -59,6 +59,7 @@ pub fn lacking(repo: &Repo, commit: &str) -> Option<String> {
 pub fn how_to_take(commit: &str) -> String {
     let short = &commit[..commit.len().min(12)];
     format!(
-        "`git cherry-pick {short}` (or `git rebase {short}` if your branch should sit on top of it)"
+        "`git cherry-pick {short}` (with staged changes: `git stash && git cherry-pick {short} && \
+         git stash pop --index`)"
     )
 }
