@@ -10,25 +10,48 @@ fn buildlock(r: &TestRepo, args: &[&str], agent: &str) -> std::process::Output {
         .unwrap()
 }
 
-fn broken_with_fixer_and_waiter() -> TestRepo {
-    let r =
-        TestRepo::new("check = \"echo boom; false\"\n[hook]\nwait = false\n[fix]\ncost = 0.5\n");
+/// `a1` is the fixer (by hand: a plain hook run); `a2` was told to wait and exited (75).
+fn broken_with_fixer() -> TestRepo {
+    let r = TestRepo::new("check = \"echo boom; false\"\n[hook]\nwait = false\n");
     assert_eq!(r.hook(&r.dir, "a1").status.code(), Some(1));
     assert_eq!(r.hook(&r.dir, "a2").status.code(), Some(75));
     r
 }
 
+/// `a1` is the fixer (by hand: a plain hook run), `a2` waits for it in a live process.
+fn broken_with_fixer_and_waiter() -> (TestRepo, std::process::Child) {
+    let r = TestRepo::new(
+        "check = \"test -e fixed || { echo boom; false; }\"\n[hook]\nwait = true\n[fix]\ncost = 0.5\n",
+    );
+    assert_eq!(r.hook(&r.dir, "a1").status.code(), Some(1));
+    let waiter = r
+        .cmd(PRE_COMMIT, &r.dir)
+        .env("BUILDLOCK_AGENT", "a2")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while r.state()["keys"][0]["waiters"] != serde_json::json!(["a2"]) {
+        assert!(std::time::Instant::now() < until, "a2 never waited");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (r, waiter)
+}
+
 #[test]
 fn status_json_has_the_contract_fields() {
-    let r = broken_with_fixer_and_waiter();
+    let (r, waiter) = broken_with_fixer_and_waiter();
     let s = r.state();
+    assert_eq!(s["backend"], "local");
     let key = &s["keys"][0];
     assert_eq!(key["key"], "repo");
     assert_eq!(key["status"], "fixing");
     assert_eq!(key["generation"], 1);
+    assert_eq!(key["fix_commit"], serde_json::Value::Null);
     let f = &key["fixer"];
     assert_eq!(f["agent"], "a1");
-    assert!(f["pid"].as_u64().unwrap() > 0);
+    // Fixing by hand: the hook that elected a1 has exited, so no process holds the role.
+    assert_eq!(f["pid"], serde_json::Value::Null);
     assert!(f["host"].is_string());
     for t in ["since", "heartbeat"] {
         let v = f[t].as_str().unwrap();
@@ -48,14 +71,22 @@ fn status_json_has_the_contract_fields() {
         "boom\n"
     );
     assert_eq!(key["waiters"], serde_json::json!(["a2"]));
+    // a1 fixes it: a2 wakes, and the wait counts as a fix run avoided.
+    std::fs::write(r.dir.join("fixed"), "").unwrap();
+    assert_eq!(r.hook(&r.dir, "a1").status.code(), Some(0));
+    let out = wait_output(waiter, std::time::Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let s = r.state();
+    assert_eq!(s["keys"][0]["status"], "passing");
+    assert_eq!(s["keys"][0]["waiters"], serde_json::json!([]));
     let t = &s["totals"];
     for (field, want) in [
         ("failures", 2.0),
         ("elections", 1.0),
         ("takeovers", 0.0),
         ("waits", 1.0),
-        ("fixes", 0.0),
-        ("fix_runs", 1.0),
+        ("fixes", 1.0),
+        ("fix_runs", 0.0),
         ("fix_runs_avoided", 1.0),
         ("saved", 0.5),
     ] {
@@ -65,7 +96,7 @@ fn status_json_has_the_contract_fields() {
 
 #[test]
 fn status_for_people() {
-    let r = broken_with_fixer_and_waiter();
+    let (r, mut waiter) = broken_with_fixer_and_waiter();
     let out = buildlock(&r, &["status"], "x");
     let s = text(&out.stdout);
     assert!(
@@ -74,12 +105,18 @@ fn status_for_people() {
             && s.contains("waiting   a2"),
         "{s}"
     );
-    assert!(s.contains("saved 0.50"), "{s}");
+    waiter.kill().unwrap();
+    waiter.wait().unwrap();
+    let s = text(&buildlock(&r, &["status"], "x").stdout);
+    assert!(
+        !s.contains("waiting   a2"),
+        "a killed waiter is not listed: {s}"
+    );
 }
 
 #[test]
 fn release_by_the_fixer_only() {
-    let r = broken_with_fixer_and_waiter();
+    let r = broken_with_fixer();
     let out = buildlock(&r, &["release"], "a2");
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -99,7 +136,7 @@ fn release_by_the_fixer_only() {
 
 #[test]
 fn reset_forces_passing_with_a_new_generation() {
-    let r = broken_with_fixer_and_waiter();
+    let r = broken_with_fixer();
     let out = buildlock(&r, &["reset"], "ops");
     assert_eq!(out.status.code(), Some(0));
     let key = &r.state()["keys"][0];
@@ -114,7 +151,7 @@ fn reset_forces_passing_with_a_new_generation() {
 
 #[test]
 fn log_tells_the_story() {
-    let r = broken_with_fixer_and_waiter();
+    let r = broken_with_fixer();
     let out = buildlock(&r, &["log"], "x");
     let s = text(&out.stdout);
     assert!(

@@ -80,10 +80,10 @@ fn killed_during_a_state_write() {
         (Some("fixing"), Some("a"))
     );
     assert_eq!(key["waiters"], serde_json::json!([]));
-    // The next writer cleans the stray up.
+    // The next writer takes the stray over.
     assert_eq!(r.hook(&r.dir, "c").status.code(), Some(75));
     assert_eq!(state_dir_strays(&r), Vec::<String>::new());
-    assert_eq!(r.state()["keys"][0]["waiters"], serde_json::json!(["c"]));
+    assert!(r.history_events().contains(&"waiting".to_owned()));
 }
 
 #[test]
@@ -142,7 +142,10 @@ fn coordination_dir_removed_mid_fix() {
         .spawn()
         .unwrap();
     assert!(eventually(Duration::from_secs(20), || witness.exists()));
-    std::fs::remove_dir_all(r.buildlock_dir()).unwrap();
+    // The fixer's heartbeat keeps writing into it: `rm -rf` may need a second pass, as by hand.
+    assert!(eventually(Duration::from_secs(10), || {
+        std::fs::remove_dir_all(r.buildlock_dir()).is_ok()
+    }));
     let out = wait_output(child, Duration::from_secs(60));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(

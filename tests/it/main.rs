@@ -2,6 +2,7 @@
 
 mod cli;
 mod faults;
+mod handover;
 mod harness;
 mod hook;
 mod install;

@@ -2,12 +2,15 @@
 //! without a commit, with either backend.
 //!
 //! It runs COMMAND (default: the configured check) at the work tree root.
-//! - Passing: exit 0. A passing fixer marks the key it was elected for fixed (with the fix
-//!   commit when its HEAD moved, which the remote backend publishes in the same atomic push).
+//! - Passing: exit 0. A passing fixer marks the key it was elected for fixed, with its fix
+//!   commit when its HEAD moved (the remote backend publishes that commit in the same atomic
+//!   push, under `refs/buildlock/fix/…`).
 //! - Failing: an election. The fixer runs `fix.command` (holding the role, heartbeat running)
-//!   and the check again, up to `max_fix_attempts`; with no `fix.command` it exits 1 saying it is
+//!   and COMMAND again, up to `max_fix_attempts`; with no `fix.command` it exits 1 saying it is
 //!   the fixer. A waiter waits for the fix (`coordination.wait`), runs `retry.refresh` with
-//!   `BUILDLOCK_FIX_COMMIT` and `BUILDLOCK_FIX_REF`, and runs the check again.
+//!   `BUILDLOCK_FIX_COMMIT` (and `BUILDLOCK_FIX_REF` with the remote backend), and runs COMMAND
+//!   again. A failure that the last fix already fixed, on a HEAD without the fix commit, elects
+//!   nobody: the refresh takes the fix.
 //!
 //! The key is fixed at election: a fix commit moves HEAD (and so the `commit` scope's key), but
 //! the fixer's later checks are about the key it was elected for. Exit codes are commit-retry's:
@@ -17,14 +20,14 @@ use anyhow::Result;
 use std::path::PathBuf;
 
 use crate::flows::context::Context;
-use crate::flows::fixrun::{self, FixEnd, FixHandle, FixerRole, Job};
+use crate::flows::fixcommit;
+use crate::flows::fixer::{self, Assignment, FixEnd, Role, Took};
 use crate::flows::wait::{self, WaitEnd};
 use crate::os::check::{self, Ending};
 use crate::os::{env, say, signals, time};
-use crate::protocol::config::Match;
-use crate::protocol::state::{Event, Outcome, Status};
-use crate::protocol::{exit, signature};
-use crate::store::Read;
+use crate::protocol::state::{Event, FixSeen, KeyState, Outcome, Status};
+use crate::protocol::{exit, key, signature};
+use crate::store::{BaseView, Interrupted};
 
 const WHO: &str = "buildlock ci";
 /// Fix runs in one `buildlock ci`, whatever `max_fix_attempts` says: a guard against a loop.
@@ -44,8 +47,8 @@ pub fn run(ctx: &Context, command: Vec<String>) -> Result<i32> {
             Some(c) => check::Command::Shell(c.clone()),
             None => {
                 say::say(
-                    "buildlock ci: nothing to run: give a command (`buildlock ci -- make test`) or set `check` \
-                     in .buildlock.toml",
+                    "buildlock ci: nothing to run: give a command (`buildlock ci -- make test`) or \
+                     set `check` in .buildlock.toml",
                 );
                 return Ok(exit::CONFIG);
             }
@@ -59,35 +62,50 @@ pub fn run(ctx: &Context, command: Vec<String>) -> Result<i32> {
     .run()
 }
 
-/// The fixer role this process won, and the key it was won for.
-struct Elected {
-    job: Job,
-    /// HEAD when the role was won: a different HEAD after the fix is the fix commit.
-    head_before: String,
-    _role: FixerRole,
+/// The fixer role this process holds, and HEAD when it was won (a different HEAD after the fix
+/// is the fix commit).
+struct Held {
+    role: Role,
+    head_before: Option<String>,
 }
 
 struct Ci<'a> {
     ctx: &'a Context,
     check: check::Command,
-    role: Option<Elected>,
+    role: Option<Held>,
+}
+
+fn stop() -> bool {
+    signals::pending().is_some()
 }
 
 impl Ci<'_> {
     fn run(&mut self) -> Result<i32> {
         let ctx = self.ctx;
-        let coordinate = env::coordination_enabled();
+        let coordinate = env::coordination_enabled() && ctx.unusable.is_none();
         let mut seen_silent: Option<(u64, u64)> = None;
         let mut stale_reruns = 0;
-        let mut waits = 0;
+        let mut blocked = 0;
         let mut fix_runs = 0;
         loop {
-            let check_started = if stale_reruns < MAX_STALE_RERUNS {
-                time::now()
-            } else {
-                0
+            // The key a fixer works on is the one it was elected for, wherever HEAD went since.
+            let base = match &self.role {
+                Some(h) => h.role.base.clone(),
+                None => ctx.base(),
             };
-            let run = self.run_check()?;
+            let view = if coordinate {
+                ctx.store.read_base(&base)
+            } else {
+                BaseView::default()
+            };
+            let passes_seen = (stale_reruns < MAX_STALE_RERUNS).then_some(view.passes);
+            let run = match self.run_check() {
+                Ok(run) => run,
+                Err(e) => {
+                    say::say(format!("{WHO}: cannot run the command: {e:#}"));
+                    return Ok(exit::CONFIG);
+                }
+            };
             match run.ending {
                 Ending::Signal(n) => {
                     say::say(format!(
@@ -98,34 +116,58 @@ impl Ci<'_> {
                 Ending::ParentGone => return Ok(exit::signal(libc::SIGHUP)),
                 Ending::Passed => {
                     if coordinate {
-                        self.passed();
+                        self.passed(&base, &view);
                     }
                     say::headline(say::Tone::Good, format!("{WHO}: the check passes"));
                     return Ok(exit::OK);
                 }
-                Ending::Failed(_) | Ending::TimedOut(_) if !coordinate => {
+                Ending::Failed(Some(code @ (126 | 127))) => {
                     say::say(format!(
-                        "{WHO}: the check failed; coordination is off (BUILDLOCK=0), so nobody was elected"
+                        "{WHO}: the command could not run (exit {code}: {}); this is not a broken \
+                         build, so nobody was elected",
+                        if code == 127 {
+                            "not found"
+                        } else {
+                            "not executable"
+                        }
                     ));
-                    return Ok(exit::FIXER);
+                    return Ok(exit::CONFIG);
                 }
                 Ending::Failed(_) | Ending::TimedOut(_) => {}
             }
-            let (job, outcome, fixer_since) = match self.failed(
-                &run.output,
-                seen_silent.take(),
-                check_started,
-            ) {
-                Ok(x) => x,
-                Err(e) => {
-                    say::say(format!("{WHO}: {e:#}"));
-                    say::say(
-                        "the check failed and coordination failed, so nobody was elected (exit 70); \
-                             run it again, or without coordination with BUILDLOCK=0",
-                    );
-                    return Ok(exit::COORDINATION);
+            if !coordinate {
+                match &ctx.unusable {
+                    Some(why) => {
+                        say::say(format!(
+                            "{WHO}: the check failed and coordination cannot work here ({why}): \
+                             nobody was elected (exit 70)"
+                        ));
+                        return Ok(exit::COORDINATION);
+                    }
+                    None => {
+                        say::say(format!(
+                            "{WHO}: the check failed; coordination is off (BUILDLOCK=0), so nobody \
+                             was elected"
+                        ));
+                        return Ok(exit::FIXER);
+                    }
                 }
-            };
+            }
+            let (a, outcome, after) =
+                match self.failed(&run.output, &base, &view, passes_seen, seen_silent.take()) {
+                    Ok(x) => x,
+                    Err(e) if e.is::<Interrupted>() => {
+                        return Ok(exit::signal(signals::pending().unwrap_or(libc::SIGINT)));
+                    }
+                    Err(e) => {
+                        say::say(format!("{WHO}: {e:#}"));
+                        say::say(
+                            "the check failed and coordination failed, so nobody was elected (exit \
+                             70); run it again, or without coordination with BUILDLOCK=0",
+                        );
+                        return Ok(exit::COORDINATION);
+                    }
+                };
             match outcome {
                 Outcome::Stale => {
                     stale_reruns += 1;
@@ -136,10 +178,10 @@ impl Ci<'_> {
                 Outcome::Elected { .. } | Outcome::KeepFixing { .. } => {
                     let Some(command) = ctx.config.fix_command.clone() else {
                         say::say(format!(
-                            "{WHO}: you are the fixer and no `fix.command` is configured (exit 1): fix the failure \
-                             (log: {}), push the fix, and run `buildlock ci` again; or give the role up with \
-                             `buildlock release`",
-                            job.log
+                            "{WHO}: you are the fixer and no `fix.command` is configured (exit 1): \
+                             fix the failure (log: {}), and run `buildlock ci` again; or give the \
+                             role up with `buildlock release`",
+                            a.log
                                 .as_ref()
                                 .map_or_else(|| "-".into(), |l| l.display().to_string())
                         ));
@@ -151,98 +193,93 @@ impl Ci<'_> {
                             "the fix ran {MAX_FIX_RUNS} times without the check passing; stopping"
                         );
                     }
-                    if self
-                        .role
-                        .as_ref()
-                        .is_none_or(|r| r.job.generation != job.generation || r.job.key != job.key)
-                    {
-                        let role = fixrun::take_role(ctx, &job)?;
-                        self.role = Some(Elected {
-                            job: job.clone(),
-                            head_before: ctx.repo.head_commit(),
-                            _role: role,
-                        });
+                    if !self.role.as_ref().is_some_and(|h| h.role.is_for(&a)) {
+                        self.role = None;
+                        match Role::take(ctx, &a)? {
+                            Took::Role(role) => {
+                                self.role = Some(Held {
+                                    role,
+                                    head_before: ctx.repo.head_oid(),
+                                })
+                            }
+                            Took::NotFixer => continue,
+                            Took::HeldElsewhere => {
+                                say::say(format!(
+                                    "{WHO}: another run of agent `{}` holds this fixer role \
+                                     (generation {}); waiting for it instead of fixing beside it",
+                                    ctx.agent, a.generation
+                                ));
+                                if let Some(code) = self.wait(&a, &after, &mut seen_silent)? {
+                                    return Ok(code);
+                                }
+                                continue;
+                            }
+                        }
                     }
-                    match fixrun::run_fix(ctx, &command, &job, WHO)? {
+                    let held = self.role.as_ref().expect("taken above");
+                    match held.role.run_fix(ctx, &command, &a)? {
                         FixEnd::Done => {}
                         FixEnd::TakenOver => {
                             self.role = None;
                             say::say(format!(
-                                "{WHO}: another agent took the fixer role over: stopped our fix; waiting for theirs"
+                                "{WHO}: another agent took the fixer role over: stopped our fix; \
+                                 waiting for theirs"
                             ));
                         }
-                        FixEnd::Signal(n) => return Ok(exit::signal(n)),
+                        FixEnd::Signal(n) => {
+                            say::say(format!("{WHO}: interrupted by signal {n}; stopped the fix"));
+                            return Ok(exit::signal(n));
+                        }
                     }
                 }
                 Outcome::GaveUp { attempts } => {
                     say::say(format!(
-                        "{WHO}: the check still fails after {attempts} fix attempts: you gave the fixer role up \
-                         (exit 1); the key is broken with nobody fixing; ask a person to look at {}",
-                        job.log
+                        "{WHO}: the check still fails after {attempts} fix attempts: you gave the \
+                         fixer role up (exit 1); the key is broken with nobody fixing; ask a person \
+                         to look at {}",
+                        a.log
                             .as_ref()
                             .map_or_else(|| "-".into(), |l| l.display().to_string())
                     ));
                     return Ok(exit::FIXER);
                 }
-                Outcome::Wait { fixer, .. } => {
+                Outcome::Wait { .. } => {
                     self.role = None;
-                    waits += 1;
-                    if waits > ctx.config.retry_attempts {
+                    blocked += 1;
+                    if blocked > ctx.config.retry_attempts {
+                        wait::leave(ctx, &a.key, &a.base);
                         say::say(format!(
-                            "{WHO}: still blocked by `{}` after {} waits (exit 75); run it again later or check \
-                             `buildlock status`",
-                            fixer.agent, ctx.config.retry_attempts
+                            "{WHO}: still blocked after {} waits (exit 75); run it again later, or \
+                             check `buildlock status`",
+                            ctx.config.retry_attempts
                         ));
                         return Ok(exit::BLOCKED);
                     }
+                    if let Some(code) = self.wait(&a, &after, &mut seen_silent)? {
+                        return Ok(code);
+                    }
+                }
+                Outcome::TakeFix { commit, by } => {
+                    self.role = None;
+                    blocked += 1;
                     say::say(format!(
-                        "{WHO}: `{}` is fixing this breakage (since {}); waiting up to {} for the fix",
-                        fixer.agent,
-                        time::rfc3339(fixer_since.unwrap_or(fixer.since)),
-                        time::human(ctx.config.wait)
+                        "{WHO}: `{by}` already fixed this failure in commit {commit}, which this \
+                         checkout lacks"
                     ));
-                    match self.wait(&job) {
-                        WaitEnd::Signal(n) => return Ok(exit::signal(n)),
-                        WaitEnd::ParentGone => return Ok(exit::signal(libc::SIGHUP)),
-                        WaitEnd::TimedOut => {
-                            say::say(format!(
-                                "{WHO}: no fix after {} (exit 75); run it again later, or check `buildlock status`",
-                                time::human(ctx.config.wait)
-                            ));
-                            return Ok(exit::BLOCKED);
-                        }
-                        WaitEnd::FixerSilent(f, lease) => {
-                            say::say(format!(
-                                "{WHO}: the fixer `{}` went silent for {}; checking again (and taking over if it \
-                                 still fails)",
-                                f.agent,
-                                time::human(ctx.config.stale_after)
-                            ));
-                            seen_silent = Some(lease);
-                        }
-                        WaitEnd::Fixed { by } => {
-                            say::headline(
-                                say::Tone::Good,
-                                format!(
-                                    "{WHO}: the build was fixed{}",
-                                    by.map(|b| format!(" by `{b}`")).unwrap_or_default()
-                                ),
-                            );
-                            let fix = self.fix_of(&job.key);
-                            if let Some(code) = fixrun::refresh(ctx, &job, &fix, WHO)? {
-                                return Ok(code);
-                            }
-                        }
-                        WaitEnd::Moved { generation } => say::say(format!(
-                            "{WHO}: that fix ended and generation {generation} began; checking again"
-                        )),
-                        WaitEnd::Broken => {
-                            say::say(format!("{WHO}: the fixer gave the role up; checking again"))
-                        }
-                        WaitEnd::FixerDied(f) => say::say(format!(
-                            "{WHO}: the fixer `{}` died; checking again",
-                            f.agent
-                        )),
+                    if ctx.config.retry_refresh.is_none() || blocked > ctx.config.retry_attempts {
+                        say::say(format!(
+                            "{WHO}: take the fix ({}), then run `buildlock ci` again (exit 75); \
+                             `retry.refresh` takes it on its own with BUILDLOCK_FIX_COMMIT{}",
+                            fixcommit::how_to_take(&commit),
+                            ctx.store
+                                .fix_ref(&a.key, &commit)
+                                .map(|r| format!(" and BUILDLOCK_FIX_REF={r}"))
+                                .unwrap_or_default()
+                        ));
+                        return Ok(exit::BLOCKED);
+                    }
+                    if let Some(code) = fixer::refresh(ctx, &a, Some(&commit))? {
+                        return Ok(code);
                     }
                 }
                 other => anyhow::bail!("unexpected outcome of a failed check: {other:?}"),
@@ -250,7 +287,7 @@ impl Ci<'_> {
         }
     }
 
-    fn run_check(&self) -> Result<check::Run> {
+    fn run_check(&self) -> std::io::Result<check::Run> {
         let opts = check::Options {
             dir: &self.ctx.repo.worktree,
             timeout: self.ctx.config.check_timeout,
@@ -260,63 +297,72 @@ impl Ci<'_> {
             on_start: &mut |_| crate::os::fault::point("check"),
             cancel: &|| false,
         };
-        Ok(check::run(&self.check, opts)?)
+        check::run(&self.check, opts)
     }
 
-    /// The key this failure is about: the one we were elected for, else the current scope's.
+    /// Records the failure and learns this job's role.
     fn failed(
         &self,
         output: &[u8],
+        base: &str,
+        view: &BaseView,
+        passes_seen: Option<u64>,
         seen_silent: Option<(u64, u64)>,
-        check_started: u64,
-    ) -> Result<(Job, Outcome, Option<u64>)> {
+    ) -> Result<(Assignment, Outcome, KeyState)> {
         let ctx = self.ctx;
         let sig = signature::signature(output, &ctx.repo.worktree, env::home_dir().as_deref());
-        let log = crate::store::local::write_log(&ctx.home, &ctx.agent, output)?;
-        let (key, base) = match &self.role {
-            Some(r) => (r.job.key.clone(), r.job.base.clone()),
-            None => {
-                let base = ctx.base();
-                (
-                    crate::protocol::key::for_failure(&base, ctx.config.matching, &sig),
-                    base,
-                )
+        let log = match crate::store::local::write_log(&ctx.home, &ctx.agent, output) {
+            Ok(log) => Some(log),
+            Err(e) => {
+                say::warn(format!("{e:#}; going on without a failure log"));
+                None
             }
         };
+        let key = match &self.role {
+            Some(h) => h.role.key.clone(),
+            None => key::for_failure(base, ctx.config.matching, &sig),
+        };
+        // The last fix of this failure, when our HEAD does not have it.
+        let lacks_fix = view
+            .keys
+            .iter()
+            .find(|s| s.key == key && s.status == Status::Passing)
+            .and_then(|s| s.fix.as_ref())
+            .filter(|f| f.signature.as_deref() == Some(sig.as_str()))
+            .and_then(|f| fixcommit::await_commit(f, fixcommit::GRACE, &stop))
+            .and_then(|commit| fixcommit::lacking(&ctx.repo, &commit));
         let event = Event::Failed {
             agent: ctx.agent(),
             signature: sig.clone(),
-            log: log.clone(),
-            check_started,
+            log: log.clone().unwrap_or_default(),
+            passes_seen,
+            lacks_fix,
+            holder: Some(std::process::id()),
         };
         let applied = ctx
             .store
-            .apply(&key, &base, &event, ctx.policy(), seen_silent)?;
+            .apply(&key, base, &event, ctx.policy(), seen_silent, &stop)?;
         let attempts = applied
             .after
             .fixer
             .as_ref()
             .filter(|f| f.agent == ctx.agent)
             .map_or(0, |f| f.attempts);
-        let job = Job {
+        let a = Assignment {
             key,
-            base,
+            base: base.to_owned(),
             generation: applied.after.generation,
-            attempt: attempts + 1,
             signature: Some(sig),
-            log: Some(log),
-        };
-        let since = match &applied.outcome {
-            Outcome::Wait { fixer, .. } => Some(fixer.since),
-            _ => None,
+            log,
+            attempts,
         };
         match &applied.outcome {
             Outcome::Elected { replaced } => say::headline(
                 say::Tone::Bad,
                 format!(
                     "{WHO}: the check failed and you are the FIXER (key `{}`, generation {}){}",
-                    job.key,
-                    job.generation,
+                    a.key,
+                    a.generation,
                     replaced
                         .as_ref()
                         .map(|(f, _)| format!(", taking over from `{}`", f.agent))
@@ -327,91 +373,164 @@ impl Ci<'_> {
                 "{WHO}: the check still fails after the fix (failed re-check {attempts} of {})",
                 ctx.config.max_fix_attempts
             )),
+            Outcome::Wait { fixer, .. } => say::say(format!(
+                "{WHO}: `{}` is fixing this breakage (since {}); waiting up to {} for the fix",
+                fixer.agent,
+                time::rfc3339(fixer.since),
+                time::human(ctx.config.wait)
+            )),
             _ => {}
         }
-        Ok((job, applied.outcome, since))
+        Ok((a, applied.outcome, applied.after))
     }
 
-    /// Marks the build passing: the fixer marks the key it was elected for; anyone marks a broken
-    /// key of the current scope passing. A coordination failure here never fails a passing check.
-    fn passed(&self) {
+    /// Waits for the fixer of `a`; `Some(code)` to exit with.
+    fn wait(
+        &self,
+        a: &Assignment,
+        state: &KeyState,
+        seen_silent: &mut Option<(u64, u64)>,
+    ) -> Result<Option<i32>> {
         let ctx = self.ctx;
-        let result = (|| -> Result<()> {
-            if let Some(r) = &self.role {
-                let event = Event::Passed {
-                    agent: ctx.agent(),
-                    generation: Some(r.job.generation),
-                };
-                let applied =
-                    ctx.store
-                        .apply(&r.job.key, &r.job.base, &event, ctx.policy(), None)?;
-                if applied.outcome == Outcome::Fixed {
-                    let head = ctx.repo.head_commit();
-                    let moved = if head != r.head_before {
-                        format!("; the fix is commit {head}")
-                    } else {
-                        String::new()
-                    };
-                    say::headline(
-                        say::Tone::Good,
-                        format!(
-                            "{WHO}: you fixed the build (key `{}`, generation {}){moved}; the agents waiting \
-                             for you resume now",
-                            r.job.key, r.job.generation
-                        ),
-                    );
-                }
-                return Ok(());
-            }
-            let base = ctx.base();
-            let keys: Vec<String> = match ctx.config.matching {
-                Match::Any => match ctx.store.read(&base) {
-                    Read::Found { state, .. } if state.status == Status::Passing => return Ok(()),
-                    Read::Missing => return Ok(()),
-                    Read::Unreachable(why) => {
-                        say::warn(format!("{why}; the check passed, so this goes ahead"));
-                        return Ok(());
-                    }
-                    _ => vec![base.clone()],
-                },
-                Match::Signature => ctx
-                    .store
-                    .all()
-                    .into_iter()
-                    .filter(|(b, s)| *b == base && s.status != Status::Passing)
-                    .map(|(_, s)| s.key)
-                    .collect(),
-            };
-            for key in keys {
-                let event = Event::Passed {
-                    agent: ctx.agent(),
-                    generation: None,
-                };
-                ctx.store.apply(&key, &base, &event, ctx.policy(), None)?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            say::warn(format!(
-                "{WHO}: the check passed but could not be recorded: {e:#}"
-            ));
-        }
-    }
-
-    fn wait(&self, job: &Job) -> WaitEnd {
-        wait::wait_for_fix(&wait::Waiting {
-            store: self.ctx.store.as_ref(),
-            key: &job.key,
-            generation: job.generation,
-            limit: self.ctx.config.wait,
-            stale_after: self.ctx.config.stale_after,
+        let end = wait::wait_for_fix(&wait::Waiting {
+            store: ctx.store.as_ref(),
+            key: &a.key,
+            generation: state.generation,
+            limit: ctx.config.wait,
+            stale_after: ctx.config.stale_after,
             poll: env::poll_interval(),
             parent: None,
+        });
+        Ok(match end {
+            WaitEnd::Signal(n) => {
+                wait::leave(ctx, &a.key, &a.base);
+                Some(exit::signal(n))
+            }
+            WaitEnd::ParentGone => Some(exit::signal(libc::SIGHUP)),
+            WaitEnd::TimedOut => {
+                wait::leave(ctx, &a.key, &a.base);
+                say::say(format!(
+                    "{WHO}: no fix after {} (exit 75); run it again later, or check `buildlock status`",
+                    time::human(ctx.config.wait)
+                ));
+                Some(exit::BLOCKED)
+            }
+            WaitEnd::FixerSilent(f, lease) => {
+                say::say(format!(
+                    "{WHO}: the fixer `{}` went silent for {}; checking again (and taking over if \
+                     it still fails)",
+                    f.agent,
+                    time::human(ctx.config.stale_after)
+                ));
+                *seen_silent = Some(lease);
+                None
+            }
+            WaitEnd::Fixed { by, fix } => {
+                say::headline(
+                    say::Tone::Good,
+                    format!(
+                        "{WHO}: the build was fixed{}",
+                        by.map(|b| format!(" by `{b}`")).unwrap_or_default()
+                    ),
+                );
+                let commit = fix
+                    .as_ref()
+                    .and_then(|f| fixcommit::await_commit(f, fixcommit::GRACE, &stop));
+                let lacking = commit.and_then(|c| fixcommit::lacking(&ctx.repo, &c));
+                fixer::refresh(ctx, a, lacking.as_deref())?
+            }
+            WaitEnd::Moved { generation } => {
+                say::say(format!(
+                    "{WHO}: that fix ended and generation {generation} began; checking again"
+                ));
+                None
+            }
+            WaitEnd::Broken => {
+                say::say(format!("{WHO}: the fixer gave the role up; checking again"));
+                None
+            }
+            WaitEnd::FixerDied(f) => {
+                say::say(format!(
+                    "{WHO}: the fixer `{}` died; checking again",
+                    f.agent
+                ));
+                None
+            }
         })
     }
 
-    /// The fix commit of `key`'s last fix, and where the remote publishes it.
-    fn fix_of(&self, _key: &str) -> FixHandle {
-        FixHandle::default()
+    /// Marks the build passing: the fixer marks the key it was elected for (with its fix commit
+    /// when HEAD moved); anyone marks a broken key of the scope passing. A coordination failure
+    /// here never fails a passing check.
+    fn passed(&self, base: &str, view: &BaseView) {
+        let ctx = self.ctx;
+        let head = ctx.repo.head_oid();
+        let mut marks: Vec<(String, Option<u64>, FixSeen)> = Vec::new();
+        if let Some(h) = &self.role {
+            let moved = head.is_some() && head != h.head_before;
+            marks.push((
+                h.role.key.clone(),
+                Some(h.role.generation),
+                FixSeen {
+                    head_before: h.head_before.clone(),
+                    git_dir: Some(ctx.repo.git_dir.clone()),
+                    commit: if moved { head.clone() } else { None },
+                },
+            ));
+        } else {
+            let mine = |s: &KeyState| {
+                s.status == Status::Broken
+                    || (s.status == Status::Fixing
+                        && s.fixer.as_ref().is_some_and(|f| f.agent == ctx.agent))
+            };
+            for s in view.keys.iter().filter(|s| mine(s)) {
+                marks.push((
+                    s.key.clone(),
+                    None,
+                    FixSeen {
+                        head_before: head.clone(),
+                        git_dir: Some(ctx.repo.git_dir.clone()),
+                        commit: None,
+                    },
+                ));
+            }
+        }
+        for (key, generation, fix) in marks {
+            let commit = fix.commit.clone();
+            let event = Event::Passed {
+                agent: ctx.agent(),
+                generation,
+                fix,
+            };
+            match ctx
+                .store
+                .apply(&key, base, &event, ctx.policy(), None, &stop)
+            {
+                Ok(applied) if applied.outcome == Outcome::Fixed => say::headline(
+                    say::Tone::Good,
+                    format!(
+                        "{WHO}: you fixed the build (key `{key}`, generation {}){}; the jobs \
+                         waiting for you resume now",
+                        applied.after.generation,
+                        commit
+                            .map(|c| format!(
+                                "; they are handed your fix commit {c}{}",
+                                ctx.store
+                                    .fix_ref(&key, &c)
+                                    .map(|r| format!(" ({r})"))
+                                    .unwrap_or_default()
+                            ))
+                            .unwrap_or_default()
+                    ),
+                ),
+                Ok(applied) if applied.outcome == Outcome::Recovered => {
+                    say::say(format!("{WHO}: the build (key `{key}`) is passing again"))
+                }
+                Ok(_) => {}
+                Err(e) => say::warn(format!(
+                    "{WHO}: the check passed, but the build could not be marked fixed: {e:#}"
+                )),
+            }
+        }
     }
 }

@@ -21,6 +21,9 @@ pub struct Context {
     /// files, the chained hook, the installed binaries), whatever the backend.
     pub home: PathBuf,
     pub agent: String,
+    /// Why the coordination state cannot be used (a coordination dir that is a symlink or
+    /// belongs to another user), if so. The check still runs; a failure then exits 70.
+    pub unusable: Option<String>,
 }
 
 /// Why loading failed: configuration errors have their own exit code.
@@ -59,12 +62,16 @@ impl Context {
             ),
         };
         let agent = crate::os::env::agent_id(&repo.worktree);
+        let unusable = crate::os::fs::check_owned(&home)
+            .err()
+            .map(|e| format!("{e:#}"));
         Ok(Context {
             repo,
             config,
             store,
             home,
             agent,
+            unusable,
         })
     }
 
@@ -83,7 +90,9 @@ impl Context {
     pub fn agent(&self) -> crate::protocol::state::Agent {
         crate::protocol::state::Agent {
             id: self.agent.clone(),
-            pid: std::process::id(),
+            // Under commit-retry or `buildlock ci`, the process that acts for the agent and
+            // lives on while it waits; else this one.
+            pid: crate::os::env::holder().unwrap_or_else(std::process::id),
             host: crate::os::process::hostname(),
         }
     }

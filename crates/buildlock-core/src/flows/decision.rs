@@ -20,6 +20,10 @@ pub enum Verdict {
     GaveUp,
     /// The check failed with coordination off (`BUILDLOCK=0`).
     Failed,
+    /// The check failed; the last fix fixed this failure and HEAD lacks its commit (`fix_commit`).
+    TakeFix,
+    /// The check failed and coordination itself failed: nobody was elected.
+    CoordinationFailed,
     /// The configuration is wrong.
     ConfigError,
 }
@@ -36,6 +40,9 @@ pub struct Decision {
     pub log: Option<PathBuf>,
     pub signature: Option<String>,
     pub attempts: Option<u32>,
+    /// The commit to take, with [`Verdict::TakeFix`] (or after a wait that ended in a fix).
+    #[serde(default)]
+    pub fix_commit: Option<String>,
 }
 
 impl Decision {
@@ -50,6 +57,7 @@ impl Decision {
             log: None,
             signature: None,
             attempts: None,
+            fix_commit: None,
         }
     }
 

@@ -1,7 +1,14 @@
-//! The pre-commit hook: run the check, then tell this agent whether it is the fixer or must wait.
+//! The pre-commit hook: run the check, then tell this agent whether it is the fixer, must wait,
+//! or must take a fix that already exists.
 //!
-//! Hot path (check passes, nobody fixing): one in-process repository open, the config files, the
-//! check, one small state file read. No lock, no write, no git subprocess.
+//! Hot path (check passes, nobody fixing): one in-process repository open, the config files, one
+//! small state read before the check (the base's pass counter and its open keys), the check.
+//! No lock, no write, no git subprocess, and nothing more however many keys are on record.
+//!
+//! Exit codes (contract): 0 passed; 1 you are the fixer (or just gave the role up); 75 another
+//! agent is fixing, or the fix exists and you must take it; 78 configuration error (the check's
+//! command not found or not executable included); 70 the check failed and coordination itself
+//! failed; 128+n ended by signal n. A passing check is never refused because coordination failed.
 
 use anyhow::Result;
 use std::ffi::OsString;
@@ -10,13 +17,17 @@ use std::time::{Duration, Instant};
 
 use crate::flows::context::{Context, LoadError};
 use crate::flows::decision::{Decision, Verdict};
+use crate::flows::fixcommit;
 use crate::flows::wait::{self, WaitEnd};
 use crate::os::check::{self, Ending};
-use crate::os::{env, say, time};
-use crate::protocol::config::Match;
-use crate::protocol::state::{Event, Outcome, Status};
-use crate::protocol::{exit, signature};
-use crate::store::Read;
+use crate::os::{env, say, signals, time};
+use crate::protocol::state::{Event, FixSeen, KeyState, Outcome, Status};
+use crate::protocol::{exit, key, signature};
+use crate::store::{BaseView, Interrupted};
+
+/// Re-runs of a check whose failure was stale (the build was fixed while it ran); after that
+/// the failure counts, whatever happened meanwhile.
+const MAX_STALE_RERUNS: u32 = 2;
 
 /// Where install.sh keeps a pre-existing hook that buildlock chains.
 pub fn chained_hook(buildlock_dir: &std::path::Path) -> PathBuf {
@@ -24,42 +35,34 @@ pub fn chained_hook(buildlock_dir: &std::path::Path) -> PathBuf {
 }
 
 pub fn main(args: Vec<OsString>) -> i32 {
-    crate::os::signals::install();
+    signals::install();
     let parent = std::os::unix::process::parent_id();
     let ctx = match Context::load() {
         Ok(ctx) => ctx,
         Err(LoadError::Config(e)) => {
             say::say(format!("{e}"));
             say::say(
-                "fix the file (see .buildlock.toml.example), or bypass once with `git commit --no-verify`",
+                "fix that line of the file, or commit once without the hook: `git commit --no-verify`",
             );
             Decision::new(Verdict::ConfigError).hand_over();
             return exit::CONFIG;
         }
         Err(LoadError::Other(e)) => {
             say::say(format!("cannot run the pre-commit check: {e:#}"));
-            return exit::FIXER;
+            Decision::new(Verdict::CoordinationFailed).hand_over();
+            return exit::COORDINATION;
         }
     };
     let Some(command) = the_check(&ctx, args) else {
         Decision::new(Verdict::Pass).hand_over();
         return exit::OK;
     };
-    let hook = Hook {
+    Hook {
         ctx: &ctx,
         command,
         parent,
-    };
-    match hook.run() {
-        Ok(code) => code,
-        Err(e) => {
-            say::say(format!("{e:#}"));
-            say::say(
-                "coordination failed, so this failure was not coordinated; bypass with BUILDLOCK=0 if it persists",
-            );
-            exit::FIXER
-        }
     }
+    .run()
 }
 
 /// The configured `check`, else a chained hook, else nothing to do.
@@ -81,119 +84,126 @@ struct Hook<'a> {
 }
 
 impl Hook<'_> {
-    fn run(&self) -> Result<i32> {
-        let coordinate = env::coordination_enabled();
+    fn stop(&self) -> bool {
+        signals::pending().is_some() || std::os::unix::process::parent_id() != self.parent
+    }
+
+    /// The exit code for having been told to stop.
+    fn stopped(&self) -> i32 {
+        match signals::pending() {
+            Some(n) => exit::signal(n),
+            None => exit::signal(libc::SIGHUP),
+        }
+    }
+
+    fn run(&self) -> i32 {
+        let ctx = self.ctx;
+        let bypass = !env::coordination_enabled();
         // commit-retry waits itself and wants the decision; a plain commit waits here if allowed.
         let under_retry = env::decision_file().is_some();
-        let may_wait = coordinate && self.ctx.config.hook_wait && !under_retry;
-        let deadline = Instant::now() + self.ctx.config.wait;
+        let may_wait = !bypass && ctx.config.hook_wait && !under_retry;
+        let deadline = Instant::now() + ctx.config.wait;
         let mut seen_silent = env::seen_silent();
         let mut stale_reruns = 0;
+        let base = ctx.base();
         loop {
-            // A failure seen before the build was fixed is stale; a few re-runs at most, then the
-            // failure counts whatever its age.
-            let check_started = if stale_reruns < 3 { time::now() } else { 0 };
-            let run = self.run_check()?;
+            // Read before the check: the pass counter judges a failure stale, the open keys say
+            // what a pass must mark. A coordination dir we cannot use is no reason to refuse a
+            // passing check: it reads as empty, and a failure then reports the problem (exit 70).
+            let view = match &ctx.unusable {
+                None => ctx.store.read_base(&base),
+                Some(_) => BaseView::default(),
+            };
+            let passes_seen = (stale_reruns < MAX_STALE_RERUNS).then_some(view.passes);
+            let run = match self.run_check() {
+                Ok(run) => run,
+                Err(e) => {
+                    say::say(format!("cannot run the check: {e:#}"));
+                    Decision::new(Verdict::ConfigError).hand_over();
+                    return exit::CONFIG;
+                }
+            };
             match run.ending {
                 Ending::Signal(n) => {
                     say::say(format!(
                         "interrupted by signal {n}: stopped the check; nothing was recorded"
                     ));
-                    return Ok(exit::signal(n));
+                    return exit::signal(n);
                 }
                 Ending::ParentGone => {
                     say::say("git went away: stopped the check; nothing was recorded");
-                    return Ok(exit::signal(libc::SIGHUP));
+                    return exit::signal(libc::SIGHUP);
                 }
                 Ending::Passed => {
-                    if coordinate {
-                        self.passed()?;
+                    if ctx.unusable.is_none() {
+                        self.passed(&base, &view);
                     }
                     Decision::new(Verdict::Pass).hand_over();
-                    return Ok(exit::OK);
+                    return exit::OK;
                 }
-                Ending::Failed(_) | Ending::TimedOut(_) if !coordinate => {
-                    say::say(
-                        "the check failed; coordination is off (BUILDLOCK=0), so nobody was elected",
-                    );
-                    Decision::new(Verdict::Failed).hand_over();
-                    return Ok(exit::FIXER);
+                Ending::Failed(Some(code @ (126 | 127))) => {
+                    say::say(format!(
+                        "the check could not run: its command was {} (exit {code}); this is not a \
+                         broken build, so nobody was elected\nnext: fix `check` in {} (or the \
+                         chained hook), then commit again",
+                        if code == 127 {
+                            "not found"
+                        } else {
+                            "not executable"
+                        },
+                        ctx.repo.worktree.join(".buildlock.toml").display()
+                    ));
+                    Decision::new(Verdict::ConfigError).hand_over();
+                    return exit::CONFIG;
                 }
-                Ending::Failed(_) | Ending::TimedOut(_) => {}
+                Ending::TimedOut(limit) => say::say(format!(
+                    "the check was still running after check_timeout ({}) and was stopped; \
+                     that counts as a failure",
+                    time::human(limit)
+                )),
+                Ending::Failed(_) => {}
             }
-            let Some((decision, fixer_since)) =
-                self.failed(&run.output, seen_silent.take(), check_started)?
-            else {
-                stale_reruns += 1;
-                say::say("the build was fixed while your check ran; running it again");
-                continue;
+            if bypass {
+                say::say(
+                    "the check failed; coordination is off (BUILDLOCK=0), so nobody was elected",
+                );
+                Decision::new(Verdict::Failed).hand_over();
+                return exit::FIXER;
+            }
+            if let Some(why) = &ctx.unusable {
+                return coordination_failed(why);
+            }
+            let failed = match self.failed(&run.output, &view, passes_seen, seen_silent.take()) {
+                Ok(failed) => failed,
+                Err(e) if e.is::<Interrupted>() => return self.stopped(),
+                Err(e) => return coordination_failed(&format!("{e:#}")),
+            };
+            let (decision, fixer_since) = match failed {
+                Failed::Stale => {
+                    stale_reruns += 1;
+                    say::say("the build was fixed while your check ran; running it again");
+                    continue;
+                }
+                Failed::Decided(d, since) => (d, since),
             };
             decision.hand_over();
             match decision.verdict {
                 Verdict::Wait if may_wait && Instant::now() < deadline => {}
                 Verdict::Wait => {
-                    tell_wait(
-                        &decision,
-                        fixer_since,
-                        under_retry,
-                        self.ctx.config.hook_wait,
-                    );
-                    return Ok(exit::BLOCKED);
+                    tell_wait(&decision, fixer_since, under_retry, false);
+                    return exit::BLOCKED;
                 }
-                _ => return Ok(exit::FIXER),
+                Verdict::TakeFix => return exit::BLOCKED,
+                _ => return exit::FIXER,
             }
-            let key = decision.key.clone().unwrap_or_default();
-            let waiting = wait::Waiting {
-                store: self.ctx.store.as_ref(),
-                key: &key,
-                generation: decision.generation.unwrap_or(0),
-                limit: deadline.saturating_duration_since(Instant::now()),
-                stale_after: self.ctx.config.stale_after,
-                poll: env::poll_interval(),
-                parent: Some(self.parent),
-            };
-            say::say(format!(
-                "waiting up to {} for the fix, then this commit goes ahead or gives up (exit 75); \
-                 Ctrl-C to stop waiting",
-                time::human(waiting.limit)
-            ));
-            match wait::wait_for_fix(&waiting) {
-                WaitEnd::Fixed { by } => say::headline(
-                    say::Tone::Good,
-                    format!(
-                        "the build was fixed{}; running the check again",
-                        by.map(|b| format!(" by `{b}`")).unwrap_or_default()
-                    ),
-                ),
-                WaitEnd::Moved { generation } => say::say(format!(
-                    "that fix ended and generation {generation} began; running the check again"
-                )),
-                WaitEnd::Broken => say::say("the fixer gave the role up; running the check again"),
-                WaitEnd::FixerDied(f) => say::say(format!(
-                    "the fixer `{}` died; running the check again",
-                    f.agent
-                )),
-                WaitEnd::FixerSilent(f, lease) => {
-                    say::say(format!(
-                        "the fixer `{}` went silent; running the check again",
-                        f.agent
-                    ));
-                    seen_silent = Some(lease);
-                }
-                WaitEnd::TimedOut => {
-                    tell_wait(&decision, fixer_since, false, true);
-                    return Ok(exit::BLOCKED);
-                }
-                WaitEnd::Signal(n) => {
-                    say::say(format!("interrupted by signal {n} while waiting"));
-                    return Ok(exit::signal(n));
-                }
-                WaitEnd::ParentGone => return Ok(exit::signal(libc::SIGHUP)),
+            match self.wait(&decision, deadline) {
+                Waited::Again(silent) => seen_silent = silent,
+                Waited::Exit(code) => return code,
             }
         }
     }
 
-    fn run_check(&self) -> Result<check::Run> {
+    fn run_check(&self) -> std::io::Result<check::Run> {
         let opts = check::Options {
             dir: &self.ctx.repo.worktree,
             timeout: self.ctx.config.check_timeout,
@@ -203,44 +213,57 @@ impl Hook<'_> {
             on_start: &mut |_| crate::os::fault::point("check"),
             cancel: &|| false,
         };
-        Ok(check::run(&self.command, opts)?)
+        check::run(&self.command, opts)
     }
 
-    /// The check passed: a fixer's pass, or any pass on a broken key, marks it passing.
-    fn passed(&self) -> Result<()> {
+    /// The check passed: a fixer's pass, or any pass on a broken key, marks it passing. Never
+    /// refuses the commit: a coordination problem here is a warning.
+    fn passed(&self, base: &str, view: &BaseView) {
         let ctx = self.ctx;
-        let base = ctx.base();
-        let keys: Vec<String> = match ctx.config.matching {
-            Match::Any => match ctx.store.read(&base) {
-                Read::Found { state, .. } if state.status == Status::Passing => return Ok(()),
-                Read::Missing => return Ok(()),
-                // A passing check is never refused because coordination failed.
-                Read::Unreachable(why) => {
-                    say::warn(format!("{why}; the check passed, so this goes ahead"));
-                    return Ok(());
-                }
-                _ => vec![base.clone()],
-            },
-            Match::Signature => ctx
-                .store
-                .all()
-                .into_iter()
-                .filter(|(b, s)| *b == base && s.status != Status::Passing)
-                .map(|(_, s)| s.key)
-                .collect(),
+        let mine = |s: &KeyState| {
+            s.status == Status::Broken
+                || (s.status == Status::Fixing
+                    && s.fixer.as_ref().is_some_and(|f| f.agent == ctx.agent))
         };
+        let mut keys: Vec<String> = view
+            .keys
+            .iter()
+            .filter(|s| mine(s))
+            .map(|s| s.key.clone())
+            .collect();
+        if view.damaged.is_some() && keys.is_empty() {
+            keys.push(base.to_owned());
+        }
         for key in keys {
             let event = Event::Passed {
                 agent: ctx.agent(),
-                generation: None,
+                generation: env::fixer_generation(),
+                fix: FixSeen {
+                    head_before: ctx.repo.head_oid(),
+                    git_dir: Some(ctx.repo.git_dir.clone()),
+                    commit: None,
+                },
             };
-            let applied = ctx.store.apply(&key, &base, &event, ctx.policy(), None)?;
+            let applied = match ctx
+                .store
+                .apply(&key, base, &event, ctx.policy(), None, &|| self.stop())
+            {
+                Ok(applied) => applied,
+                Err(e) => {
+                    say::warn(format!(
+                        "the check passed, but the build could not be marked fixed: {e:#}\n\
+                         the commit goes ahead; agents waiting for you wake when their wait \
+                         runs out, or run `buildlock release`"
+                    ));
+                    continue;
+                }
+            };
             match applied.outcome {
                 Outcome::Fixed => say::headline(
                     say::Tone::Good,
                     format!(
-                        "the check passes: you fixed the build (key `{key}`, generation {}); agents waiting for \
-                         you are resuming now",
+                        "the check passes: you fixed the build (key `{key}`, generation {}); the \
+                         agents waiting for you resume now and are handed your commit",
                         applied.after.generation
                     ),
                 ),
@@ -250,49 +273,80 @@ impl Hook<'_> {
                 _ => {}
             }
         }
-        Ok(())
     }
 
     /// The check failed: record it and learn this agent's role.
-    /// `None` when the failure was stale (seen before the build was fixed).
     fn failed(
         &self,
         output: &[u8],
+        view: &BaseView,
+        passes_seen: Option<u64>,
         seen_silent: Option<(u64, u64)>,
-        check_started: u64,
-    ) -> Result<Option<(Decision, Option<u64>)>> {
+    ) -> Result<Failed> {
         let ctx = self.ctx;
         let sig = signature::signature(output, &ctx.repo.worktree, env::home_dir().as_deref());
-        let log = crate::store::local::write_log(&ctx.home, &ctx.agent, output)?;
+        let log = match crate::store::local::write_log(&ctx.home, &ctx.agent, output) {
+            Ok(log) => Some(log),
+            Err(e) => {
+                say::warn(format!("{e:#}; going on without a failure log"));
+                None
+            }
+        };
         let base = ctx.base();
-        let key = crate::protocol::key::for_failure(&base, ctx.config.matching, &sig);
+        let key = key::for_failure(&base, ctx.config.matching, &sig);
+        // The last fix of this failure, when our HEAD does not have it.
+        let lacks_fix = view
+            .keys
+            .iter()
+            .find(|s| s.key == key && s.status == Status::Passing)
+            .and_then(|s| s.fix.as_ref())
+            .filter(|f| f.signature.as_deref() == Some(sig.as_str()))
+            // git writes the fix commit just after the fixer's hook returns: a check that
+            // failed right after the fix may have to wait a moment for it.
+            .and_then(|f| fixcommit::await_commit(f, fixcommit::GRACE, &|| self.stop()))
+            .and_then(|commit| fixcommit::lacking(&ctx.repo, &commit));
         let event = Event::Failed {
             agent: ctx.agent(),
             signature: sig.clone(),
-            log: log.clone(),
-            check_started,
+            log: log.clone().unwrap_or_default(),
+            passes_seen,
+            lacks_fix,
+            holder: env::holder(),
         };
         let applied = ctx
             .store
-            .apply(&key, &base, &event, ctx.policy(), seen_silent)?;
+            .apply(&key, &base, &event, ctx.policy(), seen_silent, &|| {
+                self.stop()
+            })?;
         if applied.outcome == Outcome::Stale {
-            let _ = std::fs::remove_file(&log);
-            return Ok(None);
+            if let Some(log) = &log {
+                let _ = std::fs::remove_file(log);
+            }
+            return Ok(Failed::Stale);
         }
+        let log_shown = log
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |l| l.display().to_string());
         let mut d = Decision::new(Verdict::Fix);
         d.key = Some(key.clone());
         d.base = Some(base);
         d.generation = Some(applied.after.generation);
-        d.log = Some(log.clone());
+        d.log = log;
         d.signature = Some(sig);
         let release = "give the role up with `buildlock release` (or `git buildlock release`)";
-        let bypass = "bypass: `BUILDLOCK=0 git commit …` (check runs, no coordination) or `git commit --no-verify` (no hook)";
         let mut fixer_since = None;
         match &applied.outcome {
             Outcome::Elected { replaced } => {
                 d.fixer = Some(ctx.agent.clone());
                 d.attempts = Some(0);
                 let how = match replaced {
+                    Some((old, why)) if old.agent == ctx.agent => format!(
+                        " again (your earlier run {})",
+                        match why {
+                            crate::protocol::state::Liveness::Dead => "died",
+                            _ => "went silent",
+                        }
+                    ),
                     Some((old, why)) => format!(
                         " (taking over from `{}`, whose {})",
                         old.agent,
@@ -308,10 +362,11 @@ impl Hook<'_> {
                     format!("the check failed and you are the FIXER for this breakage{how}"),
                 );
                 say::say(format!(
-                    "  key `{key}`, generation {}; failure log: {}\n  other agents that hit this failure now wait for your fix (up to {})\n\
-                     next: fix the failure and commit again; your passing commit marks the build fixed and wakes them\n{release}\n{bypass}",
+                    "  key `{key}`, generation {}; failure log: {log_shown}\n  other agents that hit \
+                     this failure now wait for your fix (up to {})\n\
+                     next: fix the failure and commit again (with the hook: your passing commit marks \
+                     the build fixed, wakes them and hands them your commit)\n{release}",
                     applied.after.generation,
-                    log.display(),
                     time::human(ctx.config.wait),
                 ));
             }
@@ -321,14 +376,14 @@ impl Hook<'_> {
                 say::headline(
                     say::Tone::Bad,
                     format!(
-                        "the check still fails: you are still the FIXER (failed re-check {attempts} of {})",
+                        "the check still fails: you are still the FIXER (failed re-check {attempts} \
+                         of {})",
                         ctx.config.max_fix_attempts
                     ),
                 );
                 say::say(format!(
-                    "  key `{key}`; failure log: {}\nnext: keep fixing and commit again; after {} failed re-checks \
-                     the role is given up\n{release}",
-                    log.display(),
+                    "  key `{key}`; failure log: {log_shown}\nnext: keep fixing and commit again; \
+                     after {} failed re-checks the role is given up\n{release}",
                     ctx.config.max_fix_attempts,
                 ));
             }
@@ -338,13 +393,14 @@ impl Hook<'_> {
                 say::headline(
                     say::Tone::Bad,
                     format!(
-                        "the check failed again: after {attempts} failed re-checks you gave the fixer role up"
+                        "the check failed again: after {attempts} failed re-checks you gave the \
+                         fixer role up"
                     ),
                 );
                 say::say(format!(
-                    "  key `{key}` is now broken with nobody fixing; failure log: {}\nnext: the next agent whose check \
-                     fails becomes the fixer; ask a person to look at the log",
-                    log.display()
+                    "  key `{key}` is now broken with nobody fixing; failure log: {log_shown}\n\
+                     next: the next agent whose check fails becomes the fixer; ask a person to \
+                     look at the log"
                 ));
             }
             Outcome::Wait { fixer, .. } => {
@@ -352,16 +408,18 @@ impl Hook<'_> {
                 d.fixer = Some(fixer.agent.clone());
                 d.since = Some(fixer.since);
                 fixer_since = Some(fixer.since);
+                let who = if fixer.agent == ctx.agent {
+                    format!("another process of yours (`{}`)", fixer.agent)
+                } else {
+                    format!("`{}`", fixer.agent)
+                };
                 say::headline(
                     say::Tone::Wait,
-                    format!(
-                        "the check failed, and `{}` is already fixing this breakage",
-                        fixer.agent
-                    ),
+                    format!("the check failed, and {who} is already fixing this breakage"),
                 );
                 say::say(format!(
-                    "  fixing since {} ({} ago); key `{key}`, generation {}\n  their failure log: {}\n  your failure log: {}\n\
-                     do not fix it yourself: it is being fixed",
+                    "  fixing since {} ({} ago); key `{key}`, generation {}\n  their failure log: \
+                     {}\n  your failure log: {log_shown}\ndo not fix it yourself: it is being fixed",
                     time::rfc3339(fixer.since),
                     time::human(Duration::from_millis(
                         time::now().saturating_sub(fixer.since)
@@ -372,13 +430,127 @@ impl Hook<'_> {
                         .log
                         .as_ref()
                         .map_or_else(|| "-".into(), |l| l.display().to_string()),
-                    log.display(),
                 ));
+            }
+            Outcome::TakeFix { commit, by } => {
+                d.verdict = Verdict::TakeFix;
+                d.fixer = Some(by.clone());
+                d.fix_commit = Some(commit.clone());
+                tell_take_fix(commit, by, env::decision_file().is_some());
             }
             other => anyhow::bail!("unexpected outcome of a failed check: {other:?}"),
         }
-        Ok(Some((d, fixer_since)))
+        Ok(Failed::Decided(d, fixer_since))
     }
+
+    /// Waits in the hook (a plain `git commit` with `hook.wait = true`) for the fix.
+    fn wait(&self, decision: &Decision, deadline: Instant) -> Waited {
+        let ctx = self.ctx;
+        let key = decision.key.clone().unwrap_or_default();
+        let waiting = wait::Waiting {
+            store: ctx.store.as_ref(),
+            key: &key,
+            generation: decision.generation.unwrap_or(0),
+            limit: deadline.saturating_duration_since(Instant::now()),
+            stale_after: ctx.config.stale_after,
+            poll: env::poll_interval(),
+            parent: Some(self.parent),
+        };
+        say::say(format!(
+            "waiting up to {} for the fix, then this commit goes ahead or gives up (exit 75); \
+             Ctrl-C to stop waiting",
+            time::human(waiting.limit)
+        ));
+        let end = wait::wait_for_fix(&waiting);
+        if !matches!(end, WaitEnd::Fixed { .. }) {
+            wait::leave(ctx, &key, decision.base.as_deref().unwrap_or(&key));
+        }
+        match end {
+            WaitEnd::Fixed { by, .. } => {
+                say::headline(
+                    say::Tone::Good,
+                    format!(
+                        "the build was fixed{}; running the check again",
+                        by.as_ref()
+                            .map(|b| format!(" by `{b}`"))
+                            .unwrap_or_default()
+                    ),
+                );
+                // A failure of ours is matched with the fix commit in `failed`.
+                Waited::Again(None)
+            }
+            WaitEnd::Moved { generation } => {
+                say::say(format!(
+                    "that fix ended and generation {generation} began; running the check again"
+                ));
+                Waited::Again(None)
+            }
+            WaitEnd::Broken => {
+                say::say("the fixer gave the role up; running the check again");
+                Waited::Again(None)
+            }
+            WaitEnd::FixerDied(f) => {
+                say::say(format!(
+                    "the fixer `{}` died; running the check again",
+                    f.agent
+                ));
+                Waited::Again(None)
+            }
+            WaitEnd::FixerSilent(f, lease) => {
+                say::say(format!(
+                    "the fixer `{}` went silent; running the check again",
+                    f.agent
+                ));
+                Waited::Again(Some(lease))
+            }
+            WaitEnd::TimedOut => {
+                tell_wait(decision, decision.since, false, true);
+                Waited::Exit(exit::BLOCKED)
+            }
+            WaitEnd::Signal(n) => {
+                say::say(format!("interrupted by signal {n} while waiting"));
+                Waited::Exit(exit::signal(n))
+            }
+            WaitEnd::ParentGone => Waited::Exit(exit::signal(libc::SIGHUP)),
+        }
+    }
+}
+
+#[allow(clippy::large_enum_variant)] // one per failed check, moved once
+enum Failed {
+    Stale,
+    Decided(Decision, Option<u64>),
+}
+
+enum Waited {
+    /// Run the check again (with the fixer lease seen silent, if it was).
+    Again(Option<(u64, u64)>),
+    Exit(i32),
+}
+
+fn coordination_failed(why: &str) -> i32 {
+    say::say(format!(
+        "the check failed, and coordination itself failed, so nobody was elected: {why}\n\
+         next: fix what the message says (`buildlock doctor` checks the setup); meanwhile \
+         `BUILDLOCK=0 git commit …` runs the check without coordination"
+    ));
+    Decision::new(Verdict::CoordinationFailed).hand_over();
+    exit::COORDINATION
+}
+
+fn tell_take_fix(commit: &str, by: &str, under_retry: bool) {
+    say::headline(
+        say::Tone::Wait,
+        format!("the check failed, and `{by}` already fixed this failure in commit {commit}"),
+    );
+    if under_retry {
+        return; // commit-retry takes it (retry.refresh) and says so
+    }
+    say::say(format!(
+        "your branch does not have that commit: nobody was elected, do not fix it yourself\n\
+         next: take the fix with {}, then commit again",
+        fixcommit::how_to_take(commit)
+    ));
 }
 
 fn tell_wait(d: &Decision, since: Option<u64>, under_retry: bool, waited: bool) {
@@ -393,7 +565,8 @@ fn tell_wait(d: &Decision, since: Option<u64>, under_retry: bool, waited: bool) 
         ));
     }
     say::say(
-        "next: retry your commit in a few minutes, or use `git commit-retry …`, which waits for the fix and \
-         retries on its own\nbypass: `BUILDLOCK=0 git commit …` (check runs, no coordination) or `git commit --no-verify` (no hook)",
+        "next: retry your commit in a few minutes, or use `git commit-retry …`, which waits for \
+         the fix and retries on its own\nbypass: `BUILDLOCK=0 git commit …` (check runs, no \
+         coordination) or `git commit --no-verify` (no hook)",
     );
 }

@@ -3,16 +3,18 @@
 //! - [`context`]: what every program loads first (repository, configuration, store, agent);
 //! - [`hook`]: the pre-commit flow; [`retry`]: commit-retry; [`decision`]: what the hook hands
 //!   to commit-retry;
+//! - [`fixer`]: holding a fixer role and running the fix (commit-retry, `buildlock ci`);
+//! - [`fixcommit`]: the fix commit handed to waiters;
 //! - [`wait`]: bounded waiting for a fix; [`lease`]: the fixer's heartbeat;
-//! - [`ci`]: `buildlock ci`, the protocol for a CI step; [`fixrun`]: running the fix and the
-//!   refresh (shared by commit-retry and `buildlock ci`);
+//! - [`ci`]: `buildlock ci`, the protocol for a CI step (either backend);
 //! - [`ops`]: the operator's commands; [`demo`]: the demo.
 
 pub mod ci;
 pub mod context;
 pub mod decision;
 pub mod demo;
-pub mod fixrun;
+pub mod fixcommit;
+pub mod fixer;
 pub mod hook;
 pub mod lease;
 pub mod ops;

@@ -20,10 +20,21 @@ fn fixer_liveness(ctx: &Context, s: &KeyState) -> Option<Liveness> {
         stale_after: ctx.config.stale_after.as_millis() as u64,
         max_fix_attempts: ctx.config.max_fix_attempts,
         generation_floor: 0,
-        fixer_lock_free: ctx.store.fixer_gone(&s.key),
+        passes: 0,
+        fixer_lock_free: ctx.store.fixer_gone(&s.key, s.generation),
         seen_silent: None,
     };
     Some(liveness(f, s.generation, &seen))
+}
+
+/// The agents still waiting: a waiter whose process is gone (killed while waiting) is not.
+fn live_waiters(s: &KeyState) -> Vec<String> {
+    let host = crate::os::process::hostname();
+    s.waiters
+        .iter()
+        .filter(|w| w.host != host || crate::os::process::alive(w.pid))
+        .map(|w| w.agent.clone())
+        .collect()
 }
 
 /// The contract's `status --json` document.
@@ -41,9 +52,11 @@ pub fn status_json(ctx: &Context) -> Value {
                        "registered": f.registered,
                        "fix_pid": f.fix_process.as_ref().map(|p| p.pid)})
             });
+            let fix_commit = s.fix.as_ref().and_then(crate::flows::fixcommit::resolve);
             json!({"key": s.key, "base": base, "status": s.status.as_str(), "generation": s.generation,
-                   "fixer": fixer, "signature": s.signature, "log": s.log, "waiters": s.waiters,
-                   "changed": rfc3339(s.changed), "fixed_by": s.fixed_by})
+                   "fixer": fixer, "signature": s.signature, "log": s.log,
+                   "waiters": live_waiters(&s), "changed": rfc3339(s.changed),
+                   "fixed_by": s.fixed_by, "fix_commit": fix_commit})
         })
         .collect();
     let t = ctx.store.totals();
@@ -102,7 +115,13 @@ pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
                 }
                 None => "-".to_owned(),
             };
-            println!("  fixer     {} (pid {} on {})", f.agent, f.pid, f.host);
+            match f.pid {
+                Some(pid) => println!("  fixer     {} (pid {pid} on {})", f.agent, f.host),
+                None => println!(
+                    "  fixer     {} on {} (fixing by hand: no process holds the role)",
+                    f.agent, f.host
+                ),
+            }
             println!(
                 "  since     {} ({} ago); last sign of life {} ago; {live}",
                 rfc3339(f.since),
@@ -116,8 +135,9 @@ pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
         } else {
             println!("  nobody is fixing: the next agent whose check fails becomes the fixer");
         }
-        if !s.waiters.is_empty() {
-            println!("  waiting   {}", s.waiters.join(", "));
+        let waiters = live_waiters(s);
+        if !waiters.is_empty() {
+            println!("  waiting   {}", waiters.join(", "));
         }
         if let Some(log) = &s.log {
             println!("  log       {}", log.display());
@@ -194,6 +214,7 @@ pub fn release(ctx: &Context) -> Result<i32> {
             },
             ctx.policy(),
             None,
+            &|| false,
         )?;
         if applied.outcome == Outcome::Released {
             say::say(format!(
@@ -231,7 +252,7 @@ pub fn reset(ctx: &Context, key: Option<&str>) -> Result<i32> {
     for (base, key) in targets {
         let applied = ctx
             .store
-            .apply(&key, &base, &Event::Reset, ctx.policy(), None)?;
+            .apply(&key, &base, &Event::Reset, ctx.policy(), None, &|| false)?;
         say::say(format!(
             "reset key `{key}`: {} -> passing (generation {}); a fixer still at work can no longer mark anything",
             applied.before.status.as_str(),

@@ -5,33 +5,33 @@
 //! failures of its own pass through with git's exit code and no retry, except contention on git's
 //! lock files (`index.lock` and friends), which is retried with jittered backoff and elects nobody.
 //!
-//! As fixer with `fix.command`, it holds the key's fixer lock for the whole fix (so its death is
-//! seen at once), renews its lease from a heartbeat thread, stops a predecessor's orphaned fix
-//! before starting its own, and stops when another agent has taken the role over.
+//! As fixer with `fix.command`, it holds a [`Role`] for as long as it is the fixer, re-check
+//! commits included (see `fixer.rs`), and records its fix commit once the commit is made. As a
+//! waiter it waits for the fix, takes the fix commit through `retry.refresh`, and retries.
 
 use anyhow::{Context as _, Result};
 use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use crate::flows::context::{Context, LoadError};
 use crate::flows::decision::{Decision, Verdict};
-use crate::flows::lease::Heartbeat;
+use crate::flows::fixcommit;
+use crate::flows::fixer::{self, Assignment, FixEnd, Role, Took};
 use crate::flows::wait::{self, WaitEnd};
-use crate::os::check::{self, Ending};
-use crate::os::{env, process, say, time};
+use crate::os::{env, say, signals, time};
 use crate::protocol::exit;
-use crate::protocol::state::{Event, Process};
-use crate::store::FixerHold;
+use crate::protocol::state::Event;
 
 const LOCK_CONTENTION_RETRIES: u32 = 30;
 /// Fix runs in one commit-retry, whatever `max_fix_attempts` says: a guard against a loop.
 const MAX_FIX_RUNS: u32 = 100;
 
 pub fn main(args: Vec<OsString>) -> i32 {
-    crate::os::signals::install();
+    signals::install();
     let git = match which::which("git") {
         Ok(git) => git,
         Err(_) => {
@@ -58,21 +58,25 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Ok(code) => code,
         Err(e) => {
             say::say(format!("commit-retry: {e:#}"));
-            exit::FIXER
+            exit::COORDINATION
         }
     }
 }
 
 fn plain_git(git: &Path, args: &[OsString]) -> i32 {
     match Command::new(git).arg("commit").args(args).status() {
-        Ok(s) => s.code().unwrap_or_else(|| {
-            exit::signal(std::os::unix::process::ExitStatusExt::signal(&s).unwrap_or(1))
-        }),
+        Ok(s) => code_of(s),
         Err(e) => {
             say::say(format!("cannot run git: {e}"));
             127
         }
     }
+}
+
+fn code_of(status: std::process::ExitStatus) -> i32 {
+    status.code().unwrap_or_else(|| {
+        exit::signal(std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(1))
+    })
 }
 
 struct Retry<'a> {
@@ -88,10 +92,16 @@ struct GitRun {
     lock_contention: bool,
 }
 
-/// What this process holds while it is the fixer.
-struct FixerRole {
-    generation: u64,
-    _lock: Option<FixerHold>,
+fn assignment(d: &Decision) -> Assignment {
+    let key = d.key.clone().unwrap_or_default();
+    Assignment {
+        base: d.base.clone().unwrap_or_else(|| key.clone()),
+        key,
+        generation: d.generation.unwrap_or(0),
+        signature: d.signature.clone(),
+        log: d.log.clone(),
+        attempts: d.attempts.unwrap_or(0),
+    }
 }
 
 impl Retry<'_> {
@@ -100,14 +110,21 @@ impl Retry<'_> {
         let mut blocked = 0;
         let mut contention = 0;
         let mut fix_runs = 0;
-        let mut role: Option<FixerRole> = None;
+        let mut coordination_since: Option<Instant> = None;
+        let mut role: Option<Role> = None;
         let mut seen_silent: Option<(u64, u64)> = None;
         loop {
-            let git = self.commit(seen_silent.take())?;
-            if let Some(signal) = crate::os::signals::pending() {
+            let git = self.commit(role.as_ref(), seen_silent.take())?;
+            if let Some(signal) = signals::pending() {
+                say::say(format!(
+                    "commit-retry: interrupted by signal {signal}; stopping (nothing was committed)"
+                ));
                 return Ok(exit::signal(signal));
             }
             if git.code == 0 {
+                if let Some(role) = &role {
+                    self.record_fix_commit(role);
+                }
                 if blocked > 0 || role.is_some() {
                     say::headline(say::Tone::Good, "committed");
                 }
@@ -133,6 +150,23 @@ impl Retry<'_> {
                 Verdict::Pass => unreachable!("handled above"),
                 Verdict::ConfigError => return Ok(exit::CONFIG),
                 Verdict::Failed => return Ok(git.code),
+                Verdict::CoordinationFailed => {
+                    let since = *coordination_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= cfg.wait {
+                        say::say(format!(
+                            "commit-retry: coordination kept failing for {}; giving up (exit 70)",
+                            time::human(cfg.wait)
+                        ));
+                        return Ok(exit::COORDINATION);
+                    }
+                    let pause = Duration::from_secs(1) + time::jitter(Duration::from_secs(1));
+                    say::say(format!(
+                        "commit-retry: coordination failed; retrying in {}",
+                        time::human(pause)
+                    ));
+                    std::thread::sleep(pause);
+                    continue;
+                }
                 Verdict::GaveUp => {
                     say::say(
                         "you gave the fixer role up; the build stays broken until someone fixes it",
@@ -140,10 +174,11 @@ impl Retry<'_> {
                     return Ok(exit::FIXER);
                 }
                 Verdict::Fix => {
+                    let a = assignment(&decision);
                     let Some(command) = cfg.fix_command.clone() else {
                         say::say(
-                            "commit-retry: you are the fixer and no `fix.command` is configured: fix the failure \
-                             (see the log above), then run `git commit-retry …` again",
+                            "commit-retry: you are the fixer and no `fix.command` is configured: fix \
+                             the failure (see the log above), then run `git commit-retry …` again",
                         );
                         return Ok(exit::FIXER);
                     };
@@ -153,50 +188,152 @@ impl Retry<'_> {
                             "the fix ran {MAX_FIX_RUNS} times without the build passing; stopping"
                         );
                     }
-                    let generation = decision.generation.unwrap_or(0);
-                    if role.as_ref().is_none_or(|r| r.generation != generation) {
-                        role = Some(self.take_role(&decision)?);
+                    if !role.as_ref().is_some_and(|r| r.is_for(&a)) {
+                        // Drop an old role before taking a new one.
+                        role = None;
+                        match Role::take(self.ctx, &a)? {
+                            Took::Role(r) => role = Some(r),
+                            Took::NotFixer => continue,
+                            Took::HeldElsewhere => {
+                                say::say(format!(
+                                    "commit-retry: another run of agent `{}` already holds this \
+                                     fixer role (generation {}); waiting for it instead of \
+                                     fixing beside it",
+                                    self.ctx.agent, a.generation
+                                ));
+                                let mut d = decision.clone();
+                                d.fixer = Some(self.ctx.agent.clone());
+                                match self.wait_or_give_up(&d, &mut blocked)? {
+                                    Waited::Exit(code) => return Ok(code),
+                                    _ => continue,
+                                }
+                            }
+                        }
                     }
-                    match self.fix(&command, &decision)? {
+                    let r = role.as_ref().expect("taken above");
+                    match r.run_fix(self.ctx, &command, &a)? {
                         FixEnd::Done => {}
                         FixEnd::TakenOver => {
                             role = None;
                             say::say(
-                                "another agent took the fixer role over: stopped our fix; waiting for theirs",
+                                "another agent took the fixer role over: stopped our fix; waiting \
+                                 for theirs",
                             );
                         }
-                        FixEnd::Signal(n) => return Ok(exit::signal(n)),
+                        FixEnd::Signal(n) => {
+                            say::say(format!(
+                                "commit-retry: interrupted by signal {n}; stopped the fix"
+                            ));
+                            return Ok(exit::signal(n));
+                        }
                     }
                 }
                 Verdict::Wait => {
                     role = None;
-                    blocked += 1;
-                    if blocked >= cfg.retry_attempts {
-                        say::say(format!(
-                            "commit-retry: still blocked by `{}` after {} commit attempts (exit 75)\nnext: run \
-                             `git commit-retry …` again later, check `buildlock status`, or bypass with `git commit --no-verify`",
-                            decision.fixer.as_deref().unwrap_or("another agent"),
-                            cfg.retry_attempts
-                        ));
-                        return Ok(exit::BLOCKED);
+                    match self.wait_or_give_up(&decision, &mut blocked)? {
+                        Waited::Exit(code) => return Ok(code),
+                        Waited::Silent(lease) => seen_silent = Some(lease),
+                        Waited::Again => {}
                     }
-                    match self.wait(&decision) {
-                        WaitEnd::Signal(n) => return Ok(exit::signal(n)),
-                        WaitEnd::FixerSilent(_, lease) => seen_silent = Some(lease),
-                        WaitEnd::Fixed { .. } | WaitEnd::Moved { .. } => {
-                            if let Some(code) = self.refresh(&decision)? {
-                                return Ok(code);
-                            }
-                        }
-                        _ => {}
+                }
+                Verdict::TakeFix => {
+                    role = None;
+                    blocked += 1;
+                    let commit = decision.fix_commit.clone().unwrap_or_default();
+                    if let Some(code) = self.take_fix(&decision, &commit, blocked)? {
+                        return Ok(code);
                     }
                 }
             }
         }
     }
 
-    /// Runs `git commit` with our arguments untouched, asking the hook for its decision.
-    fn commit(&self, seen_silent: Option<(u64, u64)>) -> Result<GitRun> {
+    /// After the fixer's own commit: records which commit it was (best effort).
+    fn record_fix_commit(&self, role: &Role) {
+        let Some(commit) = self.ctx.repo.head_oid() else {
+            return;
+        };
+        let event = Event::FixCommitted {
+            agent: self.ctx.agent.clone(),
+            generation: role.generation,
+            commit,
+        };
+        if let Err(e) = self.ctx.store.apply(
+            &role.key,
+            &role.base,
+            &event,
+            self.ctx.policy(),
+            None,
+            &|| false,
+        ) {
+            say::warn(format!("could not record the fix commit: {e:#}"));
+        }
+    }
+
+    /// Waits (counting a blocked attempt); `Waited::Exit` when commit-retry must stop.
+    fn wait_or_give_up(&self, d: &Decision, blocked: &mut u32) -> Result<Waited> {
+        *blocked += 1;
+        if *blocked >= self.ctx.config.retry_attempts {
+            say::say(format!(
+                "commit-retry: still blocked by `{}` after {} commit attempts (exit 75)\nnext: run \
+                 `git commit-retry …` again later, check `git buildlock status`, or bypass with \
+                 `git commit --no-verify`",
+                d.fixer.as_deref().unwrap_or("another agent"),
+                self.ctx.config.retry_attempts
+            ));
+            return Ok(Waited::Exit(exit::BLOCKED));
+        }
+        let a = assignment(d);
+        Ok(match self.wait(d) {
+            WaitEnd::Signal(n) => Waited::Exit(exit::signal(n)),
+            WaitEnd::FixerSilent(_, lease) => Waited::Silent(lease),
+            WaitEnd::Fixed { fix, .. } => {
+                // git writes the fix commit just after the fixer's hook returns: wait for it
+                // (bounded), then hand it to `retry.refresh` when this branch lacks it.
+                let commit = fix.as_ref().and_then(|f| {
+                    fixcommit::await_commit(f, fixcommit::GRACE, &|| signals::pending().is_some())
+                });
+                let lacking = commit.and_then(|c| fixcommit::lacking(&self.ctx.repo, &c));
+                match fixer::refresh(self.ctx, &a, lacking.as_deref())? {
+                    Some(code) => Waited::Exit(code),
+                    None => Waited::Again,
+                }
+            }
+            WaitEnd::Moved { .. } => match fixer::refresh(self.ctx, &a, None)? {
+                Some(code) => Waited::Exit(code),
+                None => Waited::Again,
+            },
+            _ => Waited::Again,
+        })
+    }
+
+    /// The fix exists as `commit` and this branch lacks it: `retry.refresh` takes it, with
+    /// `BUILDLOCK_FIX_COMMIT`; without a refresh the agent is told how. `Some(code)` to exit with.
+    fn take_fix(&self, d: &Decision, commit: &str, blocked: u32) -> Result<Option<i32>> {
+        if self.ctx.config.retry_refresh.is_none() {
+            say::say(format!(
+                "commit-retry: take the fix with {}, then run `git commit-retry …` again \
+                 (or set `retry.refresh` in .buildlock.toml to take it on its own: it gets \
+                 BUILDLOCK_FIX_COMMIT)",
+                fixcommit::how_to_take(commit)
+            ));
+            return Ok(Some(exit::BLOCKED));
+        }
+        if blocked >= self.ctx.config.retry_attempts {
+            say::say(format!(
+                "commit-retry: `retry.refresh` did not bring in the fix commit {commit} after {} \
+                 attempts (exit 75); take it with {}",
+                self.ctx.config.retry_attempts,
+                fixcommit::how_to_take(commit)
+            ));
+            return Ok(Some(exit::BLOCKED));
+        }
+        fixer::refresh(self.ctx, &assignment(d), Some(commit))
+    }
+
+    /// Runs `git commit` with our arguments untouched, asking the hook for its decision, and
+    /// waits for it by blocking (no polling).
+    fn commit(&self, role: Option<&Role>, seen_silent: Option<(u64, u64)>) -> Result<GitRun> {
         let run_dir = self.ctx.home.join("run");
         remove_old_decisions(&run_dir);
         std::fs::create_dir_all(&run_dir)
@@ -206,11 +343,16 @@ impl Retry<'_> {
         cmd.arg("commit")
             .args(&self.args)
             .env(env::DECISION_VAR, &decision_path)
+            .env(env::HOLDER_VAR, std::process::id().to_string())
             .stderr(Stdio::piped());
+        if let Some(role) = role {
+            cmd.env(env::FIXER_GENERATION_VAR, role.generation.to_string());
+        }
         if let Some((generation, heartbeat)) = seen_silent {
             cmd.env(env::SEEN_SILENT_VAR, format!("{generation}:{heartbeat}"));
         }
         let mut child = cmd.spawn().context("cannot run git commit")?;
+        let pid = child.id();
         // Pass git's stderr through as it comes, keeping the end to recognise lock contention.
         let mut stderr = child.stderr.take().expect("piped");
         let tail = std::thread::spawn(move || {
@@ -228,198 +370,36 @@ impl Retry<'_> {
             }
             tail
         });
+        // A thread blocks in wait(); we block on its answer, waking only to look for a signal.
+        let (done, exited) = mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let _ = done.send(child.wait());
+        });
         let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break status;
+            match exited.recv_timeout(Duration::from_millis(200)) {
+                Ok(status) => break status.context("cannot wait for git commit")?,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    anyhow::bail!("lost track of git commit (pid {pid})")
+                }
             }
-            if let Some(signal) = crate::os::signals::pending() {
+            if signals::pending().is_some() {
                 // Stop git; its hook notices that git went away and stops the check.
                 // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
-                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-                let _ = child.wait();
-                let _ = std::fs::remove_file(&decision_path);
-                return Ok(GitRun {
-                    code: exit::signal(signal),
-                    decision: None,
-                    lock_contention: false,
-                });
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
             }
-            std::thread::sleep(Duration::from_millis(20));
         };
+        let _ = waiter.join();
         let tail = String::from_utf8_lossy(&tail.join().unwrap_or_default()).into_owned();
         let decision = Decision::read(&decision_path);
         let _ = std::fs::remove_file(&decision_path);
-        let code = status.code().unwrap_or_else(|| {
-            exit::signal(std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(1))
-        });
         let lock_contention =
             tail.contains(".lock': File exists") || tail.contains("cannot lock ref");
         Ok(GitRun {
-            code,
+            code: code_of(status),
             decision,
             lock_contention,
         })
-    }
-
-    /// Takes the fixer lock (so that our death is seen at once) and registers as the fixer.
-    fn take_role(&self, d: &Decision) -> Result<FixerRole> {
-        let key = d.key.as_deref().unwrap_or_default();
-        let generation = d.generation.unwrap_or(0);
-        // A waiter probing the lock holds it for a moment: try for a short while.
-        let lock = self.ctx.store.hold_fixer(key, Duration::from_secs(2))?;
-        if lock.is_none() {
-            say::warn(
-                "the fixer lock is held by the previous fixer (a stopped process?); fixing without it, \
-                 on the lease alone",
-            );
-        }
-        // Stop what is left of the previous fixer's fix before starting ours.
-        if let crate::store::Read::Found { state, .. } = self.ctx.store.read(key) {
-            if let Some(orphan) = &state.orphan_fix {
-                if process::stop_group(orphan, Duration::from_secs(2)) {
-                    say::say(format!(
-                        "stopped the previous fixer's fix (pid {} on {})",
-                        orphan.pid, orphan.host
-                    ));
-                }
-            }
-        }
-        if lock.is_some() {
-            let event = Event::Register {
-                agent: self.ctx.agent.clone(),
-                generation,
-                fix_process: None,
-            };
-            self.ctx.store.apply(
-                key,
-                d.base.as_deref().unwrap_or(key),
-                &event,
-                self.ctx.policy(),
-                None,
-            )?;
-        }
-        Ok(FixerRole {
-            generation,
-            _lock: lock,
-        })
-    }
-
-    fn fix(&self, command: &str, d: &Decision) -> Result<FixEnd> {
-        let key = d.key.clone().unwrap_or_default();
-        let base = d.base.clone().unwrap_or_else(|| key.clone());
-        let generation = d.generation.unwrap_or(0);
-        let attempt = d.attempts.unwrap_or(0) + 1;
-        say::headline(
-            say::Tone::Bad,
-            format!(
-                "commit-retry: you are the fixer; running the fix (attempt {attempt} of {}): {command}",
-                self.ctx.config.max_fix_attempts
-            ),
-        );
-        let heartbeat = Heartbeat::start(
-            self.ctx.store.clone(),
-            key.clone(),
-            self.ctx.agent.clone(),
-            generation,
-            self.ctx.config.stale_after,
-        );
-        let store = &self.ctx.store;
-        let agent = self.ctx.agent.clone();
-        let policy = self.ctx.policy();
-        let mut on_start = |pgid: u32| {
-            let fix_process = Process {
-                pid: pgid,
-                host: process::hostname(),
-                start: process::start_time(pgid),
-            };
-            let event = Event::Register {
-                agent: agent.clone(),
-                generation,
-                fix_process: Some(fix_process),
-            };
-            if let Err(e) = store.apply(&key, &base, &event, policy, None) {
-                say::warn(format!("could not record the fix process: {e:#}"));
-            }
-            let _ = store.record(
-                serde_json::json!({"event": "fix_started", "key": key, "agent": agent,
-                                                     "generation": generation, "attempt": attempt}),
-            );
-            crate::os::fault::point("fix");
-        };
-        let run = self.shell(command, self.fix_env(d, attempt), &mut on_start, &|| {
-            heartbeat.fenced()
-        })?;
-        let taken_over = heartbeat.fenced();
-        drop(heartbeat);
-        let _ = store.record(
-            serde_json::json!({"event": "fix_finished", "key": d.key, "agent": self.ctx.agent,
-            "generation": generation, "attempt": attempt, "ok": run.ending == Ending::Passed,
-            "took_ms": run.took.as_millis() as u64}),
-        );
-        Ok(match run.ending {
-            Ending::Signal(n) => FixEnd::Signal(n),
-            _ if taken_over => FixEnd::TakenOver,
-            Ending::Passed => {
-                say::say(format!(
-                    "the fix finished in {}; committing again",
-                    time::human(run.took)
-                ));
-                FixEnd::Done
-            }
-            other => {
-                say::say(format!(
-                    "the fix ended with {other:?}; committing again to re-check"
-                ));
-                FixEnd::Done
-            }
-        })
-    }
-
-    /// Runs `command` with `sh -c` at the work tree root in its own process group, echoed,
-    /// bounded by `check_timeout` (the fix and the refresh).
-    fn shell(
-        &self,
-        command: &str,
-        env: Vec<(String, OsString)>,
-        on_start: &mut dyn FnMut(u32),
-        cancel: &dyn Fn() -> bool,
-    ) -> Result<check::Run> {
-        let options = check::Options {
-            dir: &self.ctx.repo.worktree,
-            timeout: self.ctx.config.check_timeout,
-            echo: true,
-            env,
-            parent: None,
-            on_start,
-            cancel,
-        };
-        Ok(check::run(
-            &check::Command::Shell(command.to_owned()),
-            options,
-        )?)
-    }
-
-    fn fix_env(&self, d: &Decision, attempt: u32) -> Vec<(String, OsString)> {
-        let mut env = vec![
-            (
-                "BUILDLOCK_KEY".to_owned(),
-                d.key.clone().unwrap_or_default().into(),
-            ),
-            (
-                "BUILDLOCK_SIGNATURE".to_owned(),
-                d.signature.clone().unwrap_or_default().into(),
-            ),
-            (
-                "BUILDLOCK_GENERATION".to_owned(),
-                d.generation.unwrap_or(0).to_string().into(),
-            ),
-            ("BUILDLOCK_ATTEMPT".to_owned(), attempt.to_string().into()),
-            ("BUILDLOCK_AGENT".to_owned(), self.ctx.agent.clone().into()),
-        ];
-        if let Some(log) = &d.log {
-            env.push(("BUILDLOCK_LOG".to_owned(), log.clone().into_os_string()));
-        }
-        env
     }
 
     fn wait(&self, d: &Decision) -> WaitEnd {
@@ -439,58 +419,51 @@ impl Retry<'_> {
             poll: env::poll_interval(),
             parent: None,
         });
-        let what = match &end {
-            WaitEnd::Fixed { by } => format!(
-                "fixed{}",
-                by.as_ref()
-                    .map(|b| format!(" by `{b}`"))
-                    .unwrap_or_default()
+        if !matches!(end, WaitEnd::Fixed { .. }) {
+            wait::leave(self.ctx, &key, d.base.as_deref().unwrap_or(&key));
+        }
+        let (what, next) = match &end {
+            WaitEnd::Fixed { by, .. } => (
+                format!(
+                    "fixed{}",
+                    by.as_ref()
+                        .map(|b| format!(" by `{b}`"))
+                        .unwrap_or_default()
+                ),
+                "retrying the commit",
             ),
-            WaitEnd::Moved { generation } => {
-                format!("that fix ended (now generation {generation})")
-            }
-            WaitEnd::Broken => "the fixer gave the role up".to_owned(),
-            WaitEnd::FixerDied(f) => format!("the fixer `{}` died", f.agent),
-            WaitEnd::FixerSilent(f, _) => format!("the fixer `{}` went silent", f.agent),
-            WaitEnd::TimedOut => format!("no fix after {}", time::human(limit)),
-            WaitEnd::Signal(n) => format!("interrupted by signal {n}"),
-            WaitEnd::ParentGone => "parent gone".to_owned(),
+            WaitEnd::Moved { generation } => (
+                format!("that fix ended (now generation {generation})"),
+                "retrying the commit",
+            ),
+            WaitEnd::Broken => (
+                "the fixer gave the role up".to_owned(),
+                "retrying the commit",
+            ),
+            WaitEnd::FixerDied(f) => (
+                format!("the fixer `{}` died", f.agent),
+                "retrying the commit",
+            ),
+            WaitEnd::FixerSilent(f, _) => (
+                format!("the fixer `{}` went silent", f.agent),
+                "retrying the commit",
+            ),
+            WaitEnd::TimedOut => (
+                format!("no fix after {}", time::human(limit)),
+                "retrying the commit",
+            ),
+            WaitEnd::Signal(n) => (format!("interrupted by signal {n}"), "stopping"),
+            WaitEnd::ParentGone => ("parent gone".to_owned(), "stopping"),
         };
-        say::say(format!("commit-retry: {what}; retrying the commit"));
+        say::say(format!("commit-retry: {what}; {next}"));
         end
-    }
-
-    /// Runs `retry.refresh` after a fix; `Some(code)` when it failed.
-    fn refresh(&self, d: &Decision) -> Result<Option<i32>> {
-        let Some(refresh) = &self.ctx.config.retry_refresh else {
-            return Ok(None);
-        };
-        say::say(format!(
-            "commit-retry: refreshing before the retry: {refresh}"
-        ));
-        let run = self.shell(
-            refresh,
-            self.fix_env(d, d.attempts.unwrap_or(0) + 1),
-            &mut |_| {},
-            &|| false,
-        )?;
-        Ok(match run.ending {
-            Ending::Passed => None,
-            Ending::Signal(n) => Some(exit::signal(n)),
-            other => {
-                say::say(format!(
-                    "commit-retry: `retry.refresh` failed ({other:?}); fix what it reports, then run `git commit-retry …` again"
-                ));
-                Some(exit::BLOCKED)
-            }
-        })
     }
 }
 
-enum FixEnd {
-    Done,
-    TakenOver,
-    Signal(i32),
+enum Waited {
+    Again,
+    Silent((u64, u64)),
+    Exit(i32),
 }
 
 /// Decision files older than a day: left by a commit-retry that was killed mid-commit.

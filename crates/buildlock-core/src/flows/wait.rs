@@ -1,22 +1,27 @@
-//! Bounded waiting for a fix: polls the key's state (one small file read) with jitter, shows who
-//! fixes and for how long, and ends as soon as the build is fixed, the role is given up, or the
-//! fixer dies or goes silent.
+//! Bounded waiting for a fix: sleeps until the key's state changes (the store wakes it: inotify
+//! with the local backend), shows who fixes and for how long, and ends as soon as the build is
+//! fixed, the role is given up, or the fixer dies or goes silent.
+//!
+//! Between changes a waiter costs nothing: it wakes at most every `poll` (default 1 s) to show
+//! progress and check on the fixer, and on every change of the state or of a fixer lock.
 //!
 //! Silence is judged on our own monotonic clock: the fixer's lease (generation, heartbeat) that
 //! did not move for a whole `stale_after` while we watched. No clocks of two hosts are compared.
 
 use std::time::{Duration, Instant};
 
+use crate::flows::context::Context;
 use crate::os::time::{self, Millis};
 use crate::os::{say, signals};
-use crate::protocol::state::{Fixer, Status};
+use crate::protocol::state::{Event, Fix, Fixer, Status};
 use crate::store::{Read, Store};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WaitEnd {
-    /// The key is passing again.
+    /// The key is passing again; `fix` is the fix, to find its commit.
     Fixed {
         by: Option<String>,
+        fix: Option<Fix>,
     },
     /// The episode we waited on ended and another began (fixed and broken again, or reset):
     /// the generation moved on.
@@ -41,6 +46,7 @@ pub struct Waiting<'a> {
     pub generation: u64,
     pub limit: Duration,
     pub stale_after: Duration,
+    /// The longest sleep between two looks.
     pub poll: Duration,
     pub parent: Option<u32>,
 }
@@ -56,6 +62,12 @@ pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
     } else {
         Duration::from_secs(5)
     };
+    // Without change notifications, look more often.
+    let poll = if w.store.watches() {
+        w.poll
+    } else {
+        w.poll.min(Duration::from_millis(100))
+    };
     let end = loop {
         if let Some(signal) = signals::pending() {
             break WaitEnd::Signal(signal);
@@ -66,7 +78,12 @@ pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
             break WaitEnd::ParentGone;
         }
         let state = match w.store.read(w.key) {
-            Read::Missing => break WaitEnd::Fixed { by: None },
+            Read::Missing => {
+                break WaitEnd::Fixed {
+                    by: None,
+                    fix: None,
+                };
+            }
             Read::Damaged(_) => break WaitEnd::Broken,
             Read::Found { state, .. } => state,
             Read::Unreachable(why) => {
@@ -95,11 +112,16 @@ pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
             };
         }
         let fixer = match (state.status, state.fixer) {
-            (Status::Passing, _) => break WaitEnd::Fixed { by: state.fixed_by },
+            (Status::Passing, _) => {
+                break WaitEnd::Fixed {
+                    by: state.fixed_by,
+                    fix: state.fix.filter(|f| f.generation == w.generation),
+                };
+            }
             (Status::Fixing, Some(f)) => f,
             _ => break WaitEnd::Broken,
         };
-        if fixer.registered && w.store.fixer_gone(w.key) {
+        if fixer.registered && w.store.fixer_gone(w.key, state.generation) {
             // Re-read: a fixer that just finished marks the state before it lets the lock go.
             match w.store.read(w.key) {
                 Read::Found { state: again, .. }
@@ -133,10 +155,27 @@ pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
                 time::human(w.limit - waited),
             ));
         }
-        // The local backend sleeps `poll`; the remote one sleeps its own `remote_poll`.
-        w.store
-            .wait_change(w.key, w.poll + time::jitter(w.poll / 4));
+        let until_silent = w.stale_after.saturating_sub(lease_seen_at.elapsed());
+        let nap = poll
+            .min(w.limit - waited)
+            .min(progress_every)
+            .min(until_silent.max(Duration::from_millis(1)));
+        w.store.wait_change(w.key, nap + time::jitter(nap / 8));
     };
     say::progress_done();
     end
+}
+
+/// This agent stops waiting on `key` (it gave up, was interrupted, or goes to take the fix): it
+/// leaves the waiters, so that `buildlock status` tells the truth. Best effort.
+pub fn leave(ctx: &Context, key: &str, base: &str) {
+    let event = Event::Unwait {
+        agent: ctx.agent.clone(),
+        pid: ctx.agent().pid,
+    };
+    // A signal may be what made us leave: leave anyway, but never wait long for the lock.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let _ = ctx.store.apply(key, base, &event, ctx.policy(), None, &|| {
+        Instant::now() > deadline
+    });
 }

@@ -64,6 +64,26 @@ pub fn seen_silent() -> Option<(u64, u64)> {
     Some((g.parse().ok()?, h.parse().ok()?))
 }
 
+/// Set by commit-retry (and `buildlock ci`) for the checks it runs: its own pid, the process that
+/// holds a fixer role on the agent's behalf.
+pub const HOLDER_VAR: &str = "BUILDLOCK_HOLDER";
+
+pub fn holder() -> Option<u32> {
+    var(HOLDER_VAR)?.parse().ok()
+}
+
+/// Set by commit-retry while it holds a fixer role: `<generation>`, so that the hook's passing
+/// check marks only that generation fixed (fencing).
+pub const FIXER_GENERATION_VAR: &str = "BUILDLOCK_FIXER_GENERATION";
+
+pub fn fixer_generation() -> Option<u64> {
+    var(FIXER_GENERATION_VAR)?.parse().ok()
+}
+
+/// The secret a fix run carries in its environment, so that only that run can be identified as
+/// the fix to stop (see `os::process::stop_group`).
+pub const FIX_TOKEN_VAR: &str = "BUILDLOCK_FIX_TOKEN";
+
 pub fn decision_file() -> Option<PathBuf> {
     var_os(DECISION_VAR).map(PathBuf::from)
 }

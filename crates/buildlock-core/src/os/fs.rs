@@ -1,39 +1,62 @@
-//! Files in the coordination directory: atomic writes.
+//! Files in the coordination directory: atomic writes, reads that never follow a symlink, and
+//! the ownership check of the directory itself.
+//!
+//! - [`write_atomic`]: temp file in the same directory, write, (sync), rename, (sync the
+//!   directory). A reader sees the old file or the new one, never a mix. The temp file has one
+//!   name per target, `.<name>.tmp`: writers of one path are serialised by their caller (the
+//!   election lock, or a file with a single writer), so a temp file left by a writer killed
+//!   mid-write is simply overwritten by the next one, and no write ever lists the directory.
+//!   Durability (the two syncs) is the caller's choice: the state that elects a fixer is durable;
+//!   a waiter's name or a counter need not cost a disk flush.
+//! - Every open uses `O_NOFOLLOW`: a symlink planted in the coordination directory is refused,
+//!   never followed to a file elsewhere.
 
-use anyhow::{Context, Result, anyhow};
-use std::fs;
-use std::io::Write;
+use anyhow::{Context, Result, anyhow, bail};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// Writes `bytes` to `path` atomically: a temp file in the same directory, written and synced,
-/// renamed over the target, and the directory synced. A reader sees the old file or the new one,
-/// never a mix; a crash leaves at worst a stray temp file, which the next writer removes.
-/// Callers hold the election lock.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// How much a write must survive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Survives a crash of the machine: synced before and after the rename.
+    Synced,
+    /// Survives a crash of the process (the rename is atomic), not of the machine.
+    Atomic,
+}
+
+/// Writes `bytes` to `path` atomically (see the module header).
+pub fn write_atomic(path: &Path, bytes: &[u8], durability: Durability) -> Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| anyhow!("{} has no parent directory", path.display()))?;
-    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    remove_strays(dir, &name);
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = dir.join(format!(".{name}.tmp"));
     let result = (|| -> std::io::Result<()> {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        let mut file = match create(&tmp) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::create_dir_all(dir)?;
+                create(&tmp)?
+            }
+            other => other?,
+        };
         file.write_all(bytes)?;
-        file.sync_all()?;
+        if durability == Durability::Synced {
+            file.sync_all()?;
+        }
         crate::os::fault::point("state-write");
         if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
             fs::remove_dir_all(path)?;
         }
         fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
+        if durability == Durability::Synced {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -41,14 +64,175 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result.with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Temp files of `name` left by writers that were killed mid-write.
-fn remove_strays(dir: &Path, name: &str) {
-    let prefix = format!(".{name}.tmp-");
-    if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = fs::remove_file(e.path());
-            }
+fn create(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Opens `path` for reading without following a symlink at its last component.
+pub fn open_nofollow(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+}
+
+/// Reads at most `limit` bytes of `path` (without following a symlink). `Ok(None)` when the
+/// file is larger than that.
+pub fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let file = open_nofollow(path)?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= limit).then_some(bytes))
+}
+
+/// Opens `path` for appending (creating it), without following a symlink.
+pub fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Temp files left in `dir` by writers that were killed mid-write and never followed by another
+/// writer of the same file (older than a minute, so that a live writer's temp file is never
+/// taken).
+pub fn remove_strays(dir: &Path) {
+    let minute = std::time::Duration::from_secs(60);
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > minute);
+        if name.starts_with('.') && name.contains(".tmp") && old {
+            let _ = fs::remove_file(e.path());
         }
+    }
+}
+
+/// Refuses a coordination directory that is a symlink or belongs to another user: buildlock
+/// would otherwise write where someone else decides, or trust state someone else wrote.
+pub fn check_owned(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+    };
+    if meta.file_type().is_symlink() {
+        bail!(
+            "the coordination directory {} is a symbolic link; buildlock does not follow it: \
+             replace it with a real directory (`rm {0}`; it is recreated)",
+            dir.display()
+        );
+    }
+    if !meta.is_dir() {
+        bail!(
+            "{} should be buildlock's coordination directory but is a file: move it away",
+            dir.display()
+        );
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        bail!(
+            "the coordination directory {} belongs to user id {}, not to you (user id {me}): \
+             buildlock will not share state with another user; run as that user, or remove the \
+             directory if it is left over",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.json");
+        for durability in [Durability::Synced, Durability::Atomic] {
+            write_atomic(&path, b"one", durability).unwrap();
+            write_atomic(&path, b"two", durability).unwrap();
+            assert_eq!(fs::read(&path).unwrap(), b"two");
+        }
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, ["x.json"]);
+    }
+
+    #[test]
+    fn a_killed_writers_temp_file_is_taken_over_by_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.json");
+        fs::write(dir.path().join(".x.json.tmp"), b"half a write").unwrap();
+        write_atomic(&path, b"whole", Durability::Atomic).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"whole");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_symlink_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        fs::write(&target, b"secret").unwrap();
+        let link = dir.path().join("state.json");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(read_bounded(&link, 100).is_err());
+        assert!(open_append(&link).is_err());
+        // Writing replaces the link itself; the target is untouched.
+        write_atomic(&link, b"new", Durability::Atomic).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"secret");
+        assert!(
+            !fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+    }
+
+    #[test]
+    fn bounded_reads_refuse_huge_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        fs::write(&path, vec![b'x'; 1000]).unwrap();
+        assert_eq!(read_bounded(&path, 999).unwrap(), None);
+        assert_eq!(read_bounded(&path, 1000).unwrap().unwrap().len(), 1000);
+    }
+
+    #[test]
+    fn strays_of_live_writers_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join(".x.json.tmp");
+        fs::write(&fresh, b"half").unwrap();
+        remove_strays(dir.path());
+        assert!(fresh.exists(), "younger than a minute: maybe a live writer");
+    }
+
+    #[test]
+    fn a_symlinked_coordination_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        fs::create_dir(&real).unwrap();
+        let link = dir.path().join("buildlock");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(check_owned(&link).is_err());
+        assert!(check_owned(&real).is_ok());
+        assert!(check_owned(&dir.path().join("missing")).is_ok());
     }
 }

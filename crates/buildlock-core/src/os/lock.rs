@@ -10,7 +10,11 @@
 //!
 //! After locking, the file at the path must still be the file we locked: if the directory was
 //! removed or the file replaced, another process could lock the new file and two "holders" would
-//! coexist, so we start over on the file now at the path.
+//! coexist, so we start over on the file now at the path. That same check makes it safe to delete
+//! a lock file that is no longer needed ([`remove_if_free`]): it is unlinked only while held, and
+//! anyone who opened it before will find it gone after locking and start over.
+//!
+//! Lock files are opened with `O_NOFOLLOW`: a symlink planted in their place is refused.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -35,8 +39,18 @@ impl Lock {
 
     /// Takes the lock if nobody holds it: `Ok(None)` when someone does.
     pub fn try_acquire(path: &Path) -> io::Result<Option<Lock>> {
+        Self::try_acquire_as(path, Open::Quiet)
+    }
+
+    /// Takes the lock for a role whose end others watch for: the file is open for writing, so
+    /// its closing (the holder let go, or died) wakes watchers (see `os::watch`).
+    pub fn try_acquire_announced(path: &Path) -> io::Result<Option<Lock>> {
+        Self::try_acquire_as(path, Open::Announced)
+    }
+
+    fn try_acquire_as(path: &Path, how: Open) -> io::Result<Option<Lock>> {
         for _ in 0..8 {
-            let file = open(path)?;
+            let file = open(path, how)?;
             let opened = file
                 .metadata()
                 .map(|m| (m.dev(), m.ino()))
@@ -65,17 +79,43 @@ impl Lock {
     pub fn acquire(
         path: &Path,
         timeout: Duration,
+        on_wait: impl FnMut(),
+    ) -> io::Result<Option<Lock>> {
+        Self::acquire_or_stop(path, timeout, on_wait, || false)
+    }
+
+    /// [`Lock::acquire`] that also gives up (`Ok(None)`) as soon as `stop` says so: a signal
+    /// arrived, or the parent went away. A person waiting on a lock can always leave.
+    pub fn acquire_or_stop(
+        path: &Path,
+        timeout: Duration,
+        on_wait: impl FnMut(),
+        stop: impl Fn() -> bool,
+    ) -> io::Result<Option<Lock>> {
+        Self::acquire_as(path, timeout, on_wait, stop, Open::Quiet)
+    }
+
+    /// [`Lock::acquire`] of a role whose end others watch for (see [`Lock::try_acquire_announced`]).
+    pub fn acquire_announced(path: &Path, timeout: Duration) -> io::Result<Option<Lock>> {
+        Self::acquire_as(path, timeout, || {}, || false, Open::Announced)
+    }
+
+    fn acquire_as(
+        path: &Path,
+        timeout: Duration,
         mut on_wait: impl FnMut(),
+        stop: impl Fn() -> bool,
+        how: Open,
     ) -> io::Result<Option<Lock>> {
         let start = Instant::now();
         let mut delay = Duration::from_millis(1);
         let mut told = false;
         loop {
-            if let Some(lock) = Self::try_acquire(path)? {
+            if let Some(lock) = Self::try_acquire_as(path, how)? {
                 return Ok(Some(lock));
             }
             let waited = start.elapsed();
-            if waited >= timeout {
+            if waited >= timeout || stop() {
                 return Ok(None);
             }
             if !told && waited >= Duration::from_secs(1) {
@@ -112,6 +152,23 @@ pub fn is_free(path: &Path) -> io::Result<bool> {
     Ok(Lock::try_acquire(path)?.is_some())
 }
 
+/// Deletes the lock file at `path` if nobody holds it: it is unlinked while we hold it, so a
+/// process that opened it earlier finds, once it gets the lock, that the path no longer names
+/// its file, and starts over on a new one. Returns whether the file is gone.
+pub fn remove_if_free(path: &Path) -> bool {
+    if std::fs::symlink_metadata(path).is_err() {
+        return true;
+    }
+    match Lock::try_acquire(path) {
+        Ok(Some(held)) => {
+            let removed = std::fs::remove_file(path).is_ok();
+            drop(held);
+            removed
+        }
+        _ => false,
+    }
+}
+
 /// Whether locking really works in `dir`: a second handle in the same process must be refused
 /// while the first holds the lock. Fails on file systems that fake or ignore flock (NFS, some
 /// container file systems).
@@ -124,13 +181,25 @@ pub fn locking_works(dir: &Path) -> io::Result<bool> {
     Ok(Lock::try_acquire(&path)?.is_none())
 }
 
-fn open(path: &Path) -> io::Result<File> {
+/// How a lock file is opened. flock works on a read-only descriptor; only a role whose end
+/// others watch for opens it for writing, because closing such a descriptor is what inotify
+/// reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Open {
+    Quiet,
+    Announced,
+}
+
+fn open(path: &Path, how: Open) -> io::Result<File> {
     let open = || {
+        use std::os::unix::fs::OpenOptionsExt;
+        // std refuses `create` without write access, so a read-only create asks for O_CREAT
+        // directly.
         OpenOptions::new()
             .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
+            .write(how == Open::Announced)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CREAT)
+            .mode(0o644)
             .open(path)
     };
     match open() {
@@ -197,6 +266,46 @@ mod tests {
         if std::path::Path::new("/proc/locks").exists() {
             assert_eq!(holder(&path), Some((std::process::id(), false)));
         }
+    }
+
+    #[test]
+    fn a_lock_file_is_removed_only_when_free_and_racers_start_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.fixer");
+        let held = Lock::try_acquire(&path).unwrap().unwrap();
+        assert!(!remove_if_free(&path), "held: kept");
+        drop(held);
+        // Many threads lock and delete the same path at once; never two holders at a time.
+        let holders = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (path, holders) = (path.clone(), holders.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..200 {
+                        if let Some(lock) = Lock::try_acquire(&path).unwrap() {
+                            let n = holders.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            assert_eq!(n, 0, "two holders of one lock path");
+                            holders.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                            drop(lock);
+                        }
+                        remove_if_free(&path);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn acquire_stops_when_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.lock");
+        let _held = Lock::try_acquire(&path).unwrap().unwrap();
+        let start = Instant::now();
+        let got = Lock::acquire_or_stop(&path, Duration::from_secs(60), || {}, || true).unwrap();
+        assert!(got.is_none() && start.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

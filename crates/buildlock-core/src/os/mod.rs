@@ -4,6 +4,7 @@
 //! - [`fs`]: atomic writes; [`check`]: running a command in its own process group;
 //! - [`process`], [`signals`]: processes and signals; [`env`]: the only module that reads the
 //!   environment; [`time`]: clocks, durations, RFC 3339; [`say`]: everything printed for people;
+//! - [`watch`]: sleeping until a directory changes (inotify);
 //! - [`repo`]: the git repository (work tree, common dir, branch, HEAD); [`fault`]: fault
 //!   injection for tests.
 
@@ -17,3 +18,4 @@ pub mod repo;
 pub mod say;
 pub mod signals;
 pub mod time;
+pub mod watch;

@@ -5,6 +5,7 @@
 //! recycled pid is never signalled.
 
 use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
 
 /// One process of one agent, as recorded in state. `pid` and `start` are shown to people and
 /// acted on only when `host` and `start` (the kernel's process start time) both still match.
@@ -14,6 +15,10 @@ pub struct Process {
     pub host: String,
     /// Process start time in clock ticks since boot (Linux `/proc/<pid>/stat` field 22).
     pub start: Option<u64>,
+    /// A secret that only this process's environment carries (`BUILDLOCK_FIX_TOKEN`), so that a
+    /// crafted or stale state can never make buildlock signal an unrelated process group.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 pub fn hostname() -> String {
@@ -36,27 +41,107 @@ pub fn start_time(pid: u32) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Is this exact process (same host, same pid, same start time) still running?
-pub fn is_same_process_running(p: &Process) -> bool {
-    p.host == hostname() && p.start.is_some() && start_time(p.pid) == p.start
+/// What [`stop_group`] found and did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Nothing of that group runs any more.
+    NotRunning,
+    /// It ran, and now it is gone.
+    Stopped,
+    /// Processes run in a group with that number, but they are not that fix (a reused pid, or a
+    /// crafted state): left alone.
+    NotOurs,
+    /// It ran, and even SIGKILL has not ended it yet.
+    StillRunning,
 }
 
-/// Stops the process group led by `p`, a group buildlock started, if `p` is still that very
-/// process: SIGTERM, then SIGKILL after `grace`. Returns whether it was running.
-pub fn stop_group(p: &Process, grace: std::time::Duration) -> bool {
-    if !is_same_process_running(p) {
-        return false;
+/// Stops the process group of a fix that buildlock started, `p`, and waits until it is gone.
+///
+/// Identity beyond the state file: the group's processes must be on this host, and one of them
+/// must carry `p.token` in its environment (`BUILDLOCK_FIX_TOKEN`), a secret only that fix's
+/// environment has; for a record without a token, the group leader's start time must match.
+/// Otherwise nothing is signalled. SIGTERM, then SIGKILL after `grace`.
+pub fn stop_group(p: &Process, grace: Duration) -> Stopped {
+    if p.host != hostname() || p.pid <= 1 {
+        return Stopped::NotRunning;
+    }
+    let members = group_members(p.pid);
+    if members.is_empty() {
+        return Stopped::NotRunning;
+    }
+    let ours = match &p.token {
+        Some(token) => {
+            let needle = format!("{}={token}", crate::os::env::FIX_TOKEN_VAR);
+            members.iter().any(|&pid| environ_has(pid, &needle))
+        }
+        None => p.start.is_some() && start_time(p.pid) == p.start,
+    };
+    if !ours {
+        return Stopped::NotOurs;
     }
     kill_group(p.pid, libc::SIGTERM);
-    let deadline = std::time::Instant::now() + grace;
-    while std::time::Instant::now() < deadline {
-        if !group_alive(p.pid) {
-            return true;
+    let gone = |within: Duration| {
+        let deadline = Instant::now() + within;
+        loop {
+            if !group_alive(p.pid) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    if gone(grace) {
+        return Stopped::Stopped;
     }
     kill_group(p.pid, libc::SIGKILL);
-    true
+    if gone(Duration::from_secs(5)) {
+        Stopped::Stopped
+    } else {
+        Stopped::StillRunning
+    }
+}
+
+/// Whether process `pid` exists (a zombie counts as gone).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next();
+            state != Some("Z") && state != Some("X")
+        }
+        // SAFETY: signal 0 only checks for existence.
+        Err(_) => pid > 0 && unsafe { libc::kill(pid as libc::pid_t, 0) } == 0,
+    }
+}
+
+fn environ_has(pid: u32, needle: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|env| env.split(|&b| b == 0).any(|var| var == needle.as_bytes()))
+        .unwrap_or(false)
+}
+
+/// The live (non-zombie) processes of group `pgid`.
+fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let mut fields = stat.rsplit(')').next()?.split_whitespace();
+            let state = fields.next()?;
+            let pgrp: u32 = fields.nth(1)?.parse().ok()?;
+            (pgrp == pgid && state != "Z" && state != "X").then_some(pid)
+        })
+        .collect()
 }
 
 /// Sends `signal` to the process group `pgid`, which we created.
@@ -73,20 +158,11 @@ pub fn group_alive(pgid: u32) -> bool {
     if pgid <= 1 {
         return false;
     }
-    let Ok(procs) = std::fs::read_dir("/proc") else {
+    if !std::path::Path::new("/proc/self").exists() {
         // SAFETY: signal 0 only checks for existence.
         return unsafe { libc::kill(-(pgid as libc::pid_t), 0) } == 0;
-    };
-    procs.flatten().any(|e| {
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            return false;
-        };
-        // Fields after the command name: state, ppid, pgrp, ...
-        let mut fields = stat.rsplit(')').next().unwrap_or("").split_whitespace();
-        let state = fields.next();
-        let pgrp = fields.nth(1).and_then(|g| g.parse::<u32>().ok());
-        pgrp == Some(pgid) && state != Some("Z") && state != Some("X")
-    })
+    }
+    !group_members(pgid).is_empty()
 }
 
 /// Sends `signal` to ourselves (fault injection).

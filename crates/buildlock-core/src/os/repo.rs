@@ -77,8 +77,52 @@ impl Repo {
             .map_or_else(|| "unborn".to_owned(), |oid| oid.to_string())
     }
 
+    /// The HEAD commit id, `None` on an unborn branch.
+    pub fn head_oid(&self) -> Option<String> {
+        self.repo
+            .head()
+            .ok()
+            .and_then(|h| h.target())
+            .map(|oid| oid.to_string())
+    }
+
+    /// Whether HEAD is `commit` or descends from it. `None` when `commit` is not in this
+    /// repository's object store (not fetched yet).
+    pub fn head_contains(&self, commit: &str) -> Option<bool> {
+        let commit = git2::Oid::from_str(commit).ok()?;
+        self.repo.find_commit(commit).ok()?;
+        let Some(head) = self.repo.head().ok().and_then(|h| h.target()) else {
+            return Some(false);
+        };
+        Some(head == commit || self.repo.graph_descendant_of(head, commit).unwrap_or(false))
+    }
+
     /// Where buildlock keeps its coordination files.
     pub fn buildlock_dir(&self) -> PathBuf {
         self.common_dir.join("buildlock")
     }
+}
+
+/// The commit made on top of `head_before` in the repository (or linked worktree) whose git dir
+/// is `git_dir`: the first commit after `head_before` on its HEAD's first-parent line. `None`
+/// while HEAD is still `head_before` (the commit is not made yet) or when HEAD no longer descends
+/// from it.
+pub fn commit_after(git_dir: &Path, head_before: Option<&str>) -> Option<String> {
+    let repo = git2::Repository::open(git_dir).ok()?;
+    let mut at = repo.head().ok()?.peel_to_commit().ok()?;
+    let before = match head_before {
+        Some(b) => Some(git2::Oid::from_str(b).ok()?),
+        None => None,
+    };
+    if Some(at.id()) == before {
+        return None;
+    }
+    for _ in 0..10_000 {
+        let parent = at.parent_id(0).ok();
+        if parent == before {
+            return Some(at.id().to_string());
+        }
+        at = at.parent(0).ok()?;
+    }
+    None
 }

@@ -10,11 +10,13 @@ pub const FIXER: i32 = 1;
 pub const USAGE: i32 = 2;
 /// Another agent is fixing and the wait ran out, or was not wanted (EX_TEMPFAIL).
 pub const BLOCKED: i32 = 75;
-/// The check failed and coordination itself failed (state unwritable, remote unreachable):
-/// nobody was elected (EX_SOFTWARE).
-pub const COORDINATION: i32 = 70;
 /// The configuration is wrong (EX_CONFIG).
 pub const CONFIG: i32 = 78;
+
+/// The check failed and coordination itself failed (state unwritable, lock unobtainable, remote
+/// unreachable):
+/// nobody was elected (EX_SOFTWARE).
+pub const COORDINATION: i32 = 70;
 
 /// Ended by signal `n`.
 pub fn signal(n: i32) -> i32 {

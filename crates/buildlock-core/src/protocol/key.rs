@@ -22,6 +22,14 @@ pub fn for_failure(base: &str, matching: Match, signature: &str) -> String {
     }
 }
 
+/// The base key of `key`: the key itself, or what precedes `#<signature>` (16 hex digits).
+pub fn base_of(key: &str) -> &str {
+    match key.rsplit_once('#') {
+        Some((base, sig)) if sig.len() == 16 && sig.bytes().all(|b| b.is_ascii_hexdigit()) => base,
+        _ => key,
+    }
+}
+
 /// A file name for `key`: the key itself when it is a safe name, else a sanitised form with a
 /// hash of the whole key, so that different keys never share a file.
 pub fn file_stem(key: &str) -> String {
@@ -49,6 +57,17 @@ mod tests {
     fn signature_keys_extend_the_base() {
         assert_eq!(for_failure("repo", Match::Any, "abc"), "repo");
         assert_eq!(for_failure("main", Match::Signature, "abc"), "main#abc");
+    }
+
+    #[test]
+    fn the_base_of_a_key() {
+        assert_eq!(base_of("repo"), "repo");
+        assert_eq!(base_of("main#0123456789abcdef"), "main");
+        assert_eq!(
+            base_of("feat#1"),
+            "feat#1",
+            "a branch name with # stays whole"
+        );
     }
 
     #[test]

@@ -1,20 +1,27 @@
 //! The per-key state machine of the contract, as a pure function.
 //!
 //! `transition(state, event, observed) -> (state, outcome)` reads no clock, no file and no lock:
-//! the store (`store.rs`) feeds it what it observed (the time, whether the fixer lock is free) and
-//! persists what it returns. Every row of the contract's table is a unit test below.
+//! the store feeds it what it observed (the time, whether the fixer lock is free, the base's pass
+//! counter) and persists what it returns. Every row of the contract's table is a unit test below.
 //!
 //! Guarantees that follow from the shape:
 //! - only the agent recorded as fixer can move `fixing` to `passing` (waiters never declare the
 //!   build fixed);
 //! - an event that carries a generation which is no longer current changes nothing (fencing);
 //! - `generation` only grows: elections and resets take `max(own, floor) + 1`, where the floor is
-//!   the domain-wide high-water mark, so even a state file lost to damage cannot make it go back.
+//!   the domain-wide high-water mark, so even a state file lost to damage cannot make it go back;
+//! - a registered fixer whose fixer lock is free is dead, whoever fails next, the same agent
+//!   included: a second fix never starts beside an orphaned one;
+//! - a failure is stale only when the key became passing after the check started, judged by a
+//!   counter of passes read before the check, never by wall-clock times;
+//! - a failure the last fix already fixed, on a HEAD without that fix commit, elects nobody.
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 use crate::os::time::Millis;
+
+pub use crate::os::process::Process;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -34,13 +41,17 @@ impl Status {
     }
 }
 
-pub use crate::os::process::Process;
-
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fixer {
     pub agent: String,
-    pub pid: u32,
+    /// The live process that holds the role (commit-retry or `buildlock ci` during a fix run),
+    /// once one registered; `None` while the role is held by hand (a plain `git commit` flow).
+    #[serde(default)]
+    pub pid: Option<u32>,
     pub host: String,
+    /// The holder's process start time (clock ticks since boot), to tell it from a reused pid.
+    #[serde(default)]
+    pub start: Option<u64>,
     pub since: Millis,
     /// The lease: renewed by every hook run, commit-retry step and heartbeat of the fixer.
     pub heartbeat: Millis,
@@ -55,6 +66,33 @@ pub struct Fixer {
     pub fix_process: Option<Process>,
 }
 
+/// An agent waiting for the current fixer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiter {
+    pub agent: String,
+    pub pid: u32,
+    pub host: String,
+}
+
+/// The last fix of a key: what it fixed and, when known, the commit that fixed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fix {
+    /// The fix commit. Recorded by commit-retry or `buildlock ci` after their commit; otherwise
+    /// found later from the fixer's HEAD (the first commit after `head_before`).
+    pub commit: Option<String>,
+    /// The signature of the failure it fixed.
+    pub signature: Option<String>,
+    pub by: String,
+    pub generation: u64,
+    /// The fixer's HEAD when its check passed: the fix commit's parent.
+    pub head_before: Option<String>,
+    /// The fixer's git dir (its worktree's), where its HEAD can be read.
+    pub git_dir: Option<PathBuf>,
+    /// Agents already counted as having avoided a fix run thanks to this fix.
+    #[serde(default)]
+    pub credited: Vec<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyState {
     pub key: String,
@@ -65,9 +103,14 @@ pub struct KeyState {
     pub signature: Option<String>,
     /// Failure log of the latest failure recorded for this key.
     pub log: Option<PathBuf>,
-    /// Agents waiting for the current fixer, in order of arrival.
+    /// Agents waiting for the current fixer now, in order of arrival (one leaves when it stops
+    /// waiting).
     #[serde(default)]
-    pub waiters: Vec<String>,
+    pub waiters: Vec<Waiter>,
+    /// Every agent told to wait for the current fixer in this generation: each avoided a fix
+    /// run of its own if the fix comes.
+    #[serde(default)]
+    pub waited: Vec<String>,
     /// When the status last changed.
     pub changed: Millis,
     /// Who fixed the build last.
@@ -76,6 +119,12 @@ pub struct KeyState {
     /// The fix process of a fixer that was taken over: its successor stops it before fixing.
     #[serde(default)]
     pub orphan_fix: Option<Process>,
+    /// The base's pass counter when this key last became passing (see [`Observed::passes`]).
+    #[serde(default)]
+    pub passed: u64,
+    /// The last fix.
+    #[serde(default)]
+    pub fix: Option<Fix>,
 }
 
 impl KeyState {
@@ -88,9 +137,12 @@ impl KeyState {
             signature: None,
             log: None,
             waiters: Vec::new(),
+            waited: Vec::new(),
             changed: 0,
             fixed_by: None,
             orphan_fix: None,
+            passed: 0,
+            fix: None,
         }
     }
 
@@ -100,6 +152,11 @@ impl KeyState {
             status: Status::Broken,
             ..Self::passing(key)
         }
+    }
+
+    /// The fix commit that fixed this key last, when known.
+    pub fn fix_commit(&self) -> Option<&str> {
+        self.fix.as_ref().and_then(|f| f.commit.as_deref())
     }
 }
 
@@ -140,34 +197,60 @@ pub struct Agent {
     pub host: String,
 }
 
+/// What a fixer's passing check saw of its own repository, so that its fix commit can be found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FixSeen {
+    /// HEAD when the check passed (the fix commit's parent); `None` on an unborn branch.
+    pub head_before: Option<String>,
+    pub git_dir: Option<PathBuf>,
+    /// The fix commit itself, when the caller already has it (`buildlock ci` after a fix run).
+    pub commit: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// The check failed for `agent`; the check started at `check_started`.
+    /// The check failed for `agent`.
     Failed {
         agent: Agent,
         signature: String,
         log: PathBuf,
-        check_started: Millis,
+        /// The base's pass counter read before the check ran; `None`: never stale.
+        passes_seen: Option<u64>,
+        /// The caller found the key's last fix commit and its HEAD does not contain it.
+        lacks_fix: Option<String>,
+        /// The process (commit-retry, `buildlock ci`) on whose behalf the check ran, if any.
+        holder: Option<u32>,
     },
     /// The check passed for `agent`. `generation` is set when the caller knows the generation it
     /// was elected in (commit-retry's fixer); a stale one changes nothing.
     Passed {
         agent: Agent,
         generation: Option<u64>,
+        fix: FixSeen,
     },
-    /// The fixer took the key's fixer lock and, optionally, started its fix command.
+    /// The fixer of `generation` made its fix commit.
+    FixCommitted {
+        agent: String,
+        generation: u64,
+        commit: String,
+    },
+    /// The fixer took the key's fixer lock (`holder` is that process) and, optionally, started
+    /// its fix command.
     Register {
         agent: String,
         generation: u64,
+        holder: Process,
         fix_process: Option<Process>,
     },
+    /// A waiter stopped waiting (the fix came, it gave up, or it was interrupted).
+    Unwait { agent: String, pid: u32 },
     /// `buildlock release` by `agent`.
     Release { agent: String },
     /// `buildlock reset`.
     Reset,
 }
 
-/// What the caller observed just before the transition, under the election lock.
+/// What the caller observed just before the transition, atomically with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observed {
     pub now: Millis,
@@ -175,7 +258,9 @@ pub struct Observed {
     pub max_fix_attempts: u32,
     /// Domain-wide generation high-water mark.
     pub generation_floor: u64,
-    /// The key's fixer lock is free right now.
+    /// The base's pass counter: how many times any key of this base became passing.
+    pub passes: u64,
+    /// The key's fixer lock (of the current generation) is free right now.
     pub fixer_lock_free: bool,
     /// The caller watched the fixer's lease `(generation, heartbeat)` stay unchanged for
     /// `stale_after` on its own monotonic clock.
@@ -213,10 +298,11 @@ pub fn liveness(fixer: &Fixer, generation: u64, seen: &Observed) -> Liveness {
     }
 }
 
-/// What the agent behind an event is told. The store turns this into history and counters.
+/// What the agent behind an event is told. The ledger turns this into history and counters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// The agent is the new fixer; `replaced` is the fixer it took over from.
+    /// The agent is the new fixer; `replaced` is the fixer it took over from (possibly its own
+    /// earlier process, dead).
     Elected {
         replaced: Option<(Fixer, Liveness)>,
     },
@@ -228,10 +314,17 @@ pub enum Outcome {
     GaveUp {
         attempts: u32,
     },
-    /// Another agent is fixing; `first` is true when this agent was not yet listed as a waiter.
+    /// Another agent (or another live process of this agent) is fixing; `first` is true when
+    /// this agent was not yet listed as a waiter.
     Wait {
         fixer: Fixer,
         first: bool,
+    },
+    /// The last fix already fixed this failure, and the agent's HEAD does not have the fix
+    /// commit: nobody is elected; the agent takes the fix.
+    TakeFix {
+        commit: String,
+        by: String,
     },
     /// The failure was seen before the key last became passing (fixed or reset while the check
     /// ran): it says nothing about the build now. Nothing changed; run the check again.
@@ -242,8 +335,11 @@ pub enum Outcome {
     Recovered,
     /// Nothing changed (a passing check while another agent fixes, or on a passing key).
     Unchanged,
-    Renewed,
     Registered,
+    /// The fix commit was recorded.
+    Committed,
+    /// The agent left the waiters.
+    Unwaited,
     Released,
     /// `release` by an agent that is not the fixer.
     NotFixer {
@@ -259,30 +355,70 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
     let mut next = state.clone();
     let next_generation = state.generation.max(seen.generation_floor) + 1;
     let outcome = match event {
-        Event::Failed { check_started, .. }
-            if state.status == Status::Passing && state.changed > *check_started =>
+        Event::Failed {
+            agent,
+            signature,
+            lacks_fix: Some(commit),
+            ..
+        } if state.status == Status::Passing
+            && state.fix.as_ref().is_some_and(|f| {
+                // A fix commit not recorded yet was found by the caller on the fixer's HEAD.
+                f.commit.as_ref().is_none_or(|c| c == commit)
+                    && f.signature.as_ref() == Some(signature)
+            }) =>
         {
-            Outcome::Stale
+            let fix = next.fix.as_mut().expect("matched above");
+            fix.commit = Some(commit.clone());
+            if !fix.credited.contains(&agent.id) {
+                fix.credited.push(agent.id.clone());
+            }
+            Outcome::TakeFix {
+                commit: commit.clone(),
+                by: fix.by.clone(),
+            }
         }
+        Event::Failed {
+            passes_seen: Some(passes),
+            ..
+        } if state.status == Status::Passing && state.passed > *passes => Outcome::Stale,
         Event::Failed {
             agent,
             signature,
             log,
+            holder,
             ..
         } => {
-            // The fixer's failure is the one on record; a waiter's is only in its own log.
-            let is_fixer = state.status == Status::Fixing
-                && state.fixer.as_ref().is_some_and(|f| f.agent == agent.id);
-            let live = state
+            let fixing = state
                 .fixer
                 .as_ref()
-                .map(|f| liveness(f, state.generation, seen));
-            if is_fixer || state.status != Status::Fixing || live != Some(Liveness::Live) {
+                .filter(|_| state.status == Status::Fixing);
+            let role = match fixing {
+                None => Role::Nobody,
+                Some(f) => match liveness(f, state.generation, seen) {
+                    // Dead is dead, also when the same agent fails again: its orphaned fix is
+                    // stopped and it is elected anew.
+                    Liveness::Dead => Role::Replace(f, Liveness::Dead),
+                    how if f.agent == agent.id => {
+                        // Another process of this agent holds the role (a second commit-retry
+                        // of the same agent): it waits for that one unless that one went silent.
+                        let other_process = f.registered && f.pid.is_some() && f.pid != *holder;
+                        match (other_process, how) {
+                            (false, _) => Role::Mine(f),
+                            (true, Liveness::Live) => Role::Other(f),
+                            (true, how) => Role::Replace(f, how),
+                        }
+                    }
+                    Liveness::Live => Role::Other(f),
+                    how => Role::Replace(f, how),
+                },
+            };
+            if !matches!(role, Role::Other(_)) {
+                // The fixer's failure is the one on record; a waiter's is only in its own log.
                 next.signature = Some(signature.clone());
                 next.log = Some(log.clone());
             }
-            match &state.fixer {
-                Some(fixer) if state.status == Status::Fixing && fixer.agent == agent.id => {
+            match role {
+                Role::Mine(fixer) => {
                     let attempts = fixer.attempts + 1;
                     if attempts >= seen.max_fix_attempts {
                         next.status = Status::Broken;
@@ -294,49 +430,67 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
                         let f = next.fixer.as_mut().expect("fixer present");
                         f.attempts = attempts;
                         f.heartbeat = seen.now;
-                        f.pid = agent.pid;
-                        f.host = agent.host.clone();
                         Outcome::KeepFixing { attempts }
                     }
                 }
-                Some(fixer) if state.status == Status::Fixing => {
-                    match liveness(fixer, state.generation, seen) {
-                        Liveness::Live => {
-                            let first = !state.waiters.contains(&agent.id);
-                            if first {
-                                next.waiters.push(agent.id.clone());
-                            }
-                            Outcome::Wait {
-                                fixer: fixer.clone(),
-                                first,
-                            }
-                        }
-                        how => {
-                            elect(&mut next, agent, next_generation, seen.now);
-                            next.orphan_fix =
-                                fixer.fix_process.clone().or(state.orphan_fix.clone());
-                            Outcome::Elected {
-                                replaced: Some((fixer.clone(), how)),
-                            }
-                        }
+                Role::Other(fixer) => {
+                    let listed = state
+                        .waiters
+                        .iter()
+                        .any(|w| w.agent == agent.id && w.pid == agent.pid);
+                    if !listed {
+                        next.waiters.retain(|w| w.agent != agent.id);
+                        next.waiters.push(Waiter {
+                            agent: agent.id.clone(),
+                            pid: agent.pid,
+                            host: agent.host.clone(),
+                        });
+                    }
+                    let first = !state.waited.contains(&agent.id);
+                    if first {
+                        next.waited.push(agent.id.clone());
+                    }
+                    Outcome::Wait {
+                        fixer: fixer.clone(),
+                        first,
                     }
                 }
-                _ => {
+                Role::Replace(fixer, how) => {
+                    elect(&mut next, agent, next_generation, seen.now);
+                    next.orphan_fix = fixer.fix_process.clone().or(state.orphan_fix.clone());
+                    Outcome::Elected {
+                        replaced: Some((fixer.clone(), how)),
+                    }
+                }
+                Role::Nobody => {
                     elect(&mut next, agent, next_generation, seen.now);
                     Outcome::Elected { replaced: None }
                 }
             }
         }
-        Event::Passed { agent, generation } => match state.status {
+        Event::Passed {
+            agent,
+            generation,
+            fix,
+        } => match state.status {
             Status::Passing => Outcome::Unchanged,
             Status::Broken => {
-                to_passing(&mut next, seen.now, None);
+                to_passing(&mut next, seen, None);
                 Outcome::Recovered
             }
             Status::Fixing => {
                 let is_fixer = state.fixer.as_ref().is_some_and(|f| f.agent == agent.id);
                 if is_fixer && generation.is_none_or(|g| g == state.generation) {
-                    to_passing(&mut next, seen.now, Some(agent.id.clone()));
+                    to_passing(&mut next, seen, Some(agent.id.clone()));
+                    next.fix = Some(Fix {
+                        commit: fix.commit.clone(),
+                        signature: state.signature.clone(),
+                        by: agent.id.clone(),
+                        generation: state.generation,
+                        head_before: fix.head_before.clone(),
+                        git_dir: fix.git_dir.clone(),
+                        credited: state.waited.clone(),
+                    });
                     Outcome::Fixed
                 } else if is_fixer {
                     Outcome::Fenced
@@ -345,14 +499,29 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
                 }
             }
         },
+        Event::FixCommitted {
+            agent,
+            generation,
+            commit,
+        } => match next.fix.as_mut() {
+            Some(f) if f.by == *agent && f.generation == *generation => {
+                f.commit = Some(commit.clone());
+                Outcome::Committed
+            }
+            _ => Outcome::Fenced,
+        },
         Event::Register {
             agent,
             generation,
+            holder,
             fix_process,
         } => match next.fixer.as_mut() {
             Some(f) if state.is_fixer(agent, *generation) => {
                 f.registered = true;
-                f.heartbeat = seen.now;
+                f.pid = Some(holder.pid);
+                f.host = holder.host.clone();
+                f.start = holder.start;
+                f.heartbeat = f.heartbeat.max(seen.now);
                 if fix_process.is_some() {
                     f.fix_process = fix_process.clone();
                     // The registering fixer stopped any orphan before starting its own fix.
@@ -362,6 +531,15 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
             }
             _ => Outcome::Fenced,
         },
+        Event::Unwait { agent, pid } => {
+            next.waiters
+                .retain(|w| !(w.agent == *agent && w.pid == *pid));
+            if next.waiters.len() == state.waiters.len() {
+                Outcome::Unchanged
+            } else {
+                Outcome::Unwaited
+            }
+        }
         Event::Release { agent } => match &state.fixer {
             Some(f) if state.status == Status::Fixing && f.agent == *agent => {
                 next.status = Status::Broken;
@@ -375,23 +553,37 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
             },
         },
         Event::Reset => {
-            to_passing(&mut next, seen.now, None);
+            to_passing(&mut next, seen, None);
             next.generation = next_generation;
+            next.fix = None;
             Outcome::Reset
         }
     };
     (next, outcome)
 }
 
+/// Who holds the role, as a failing agent sees it.
+enum Role<'a> {
+    Nobody,
+    /// This agent's own role (its lease is renewed).
+    Mine(&'a Fixer),
+    /// A live fixer: wait for it.
+    Other(&'a Fixer),
+    /// A fixer that died or went silent: take over.
+    Replace(&'a Fixer, Liveness),
+}
+
 fn elect(next: &mut KeyState, agent: &Agent, generation: u64, now: Millis) {
     next.status = Status::Fixing;
     next.generation = generation;
     next.waiters.clear();
+    next.waited.clear();
     next.changed = now;
     next.fixer = Some(Fixer {
         agent: agent.id.clone(),
-        pid: agent.pid,
+        pid: None,
         host: agent.host.clone(),
+        start: None,
         since: now,
         heartbeat: now,
         attempts: 0,
@@ -400,11 +592,13 @@ fn elect(next: &mut KeyState, agent: &Agent, generation: u64, now: Millis) {
     });
 }
 
-fn to_passing(next: &mut KeyState, now: Millis, fixed_by: Option<String>) {
+fn to_passing(next: &mut KeyState, seen: &Observed, fixed_by: Option<String>) {
     next.status = Status::Passing;
     next.fixer = None;
     next.waiters.clear();
-    next.changed = now;
+    next.waited.clear();
+    next.changed = seen.now;
+    next.passed = seen.passes + 1;
     if fixed_by.is_some() {
         next.fixed_by = fixed_by;
     }
@@ -431,24 +625,55 @@ mod tests {
             stale_after: LEASE,
             max_fix_attempts: 3,
             generation_floor: 0,
+            passes: 0,
             fixer_lock_free: true,
             seen_silent: None,
         }
     }
 
-    fn fail(id: &str) -> Event {
+    fn failed(id: &str, signature: &str) -> Event {
         Event::Failed {
             agent: agent(id),
-            signature: "sig".into(),
+            signature: signature.into(),
             log: "/l".into(),
-            check_started: 0,
+            passes_seen: None,
+            lacks_fix: None,
+            holder: None,
         }
+    }
+
+    fn fail(id: &str) -> Event {
+        failed(id, "sig")
+    }
+
+    fn with(mut e: Event, change: impl FnOnce(&mut Event)) -> Event {
+        change(&mut e);
+        e
     }
 
     fn pass(id: &str) -> Event {
         Event::Passed {
             agent: agent(id),
             generation: None,
+            fix: FixSeen::default(),
+        }
+    }
+
+    fn process(pid: u32) -> Process {
+        Process {
+            pid,
+            host: "box".into(),
+            start: Some(42),
+            token: None,
+        }
+    }
+
+    fn register(id: &str, generation: u64, holder: u32, fix: Option<Process>) -> Event {
+        Event::Register {
+            agent: id.into(),
+            generation,
+            holder: process(holder),
+            fix_process: fix,
         }
     }
 
@@ -529,12 +754,7 @@ mod tests {
         let s = fixing("y", 1);
         let mut live = seen(T0 + 1000);
         live.fixer_lock_free = false;
-        let other = Event::Failed {
-            agent: agent("x"),
-            signature: "other".into(),
-            log: "/x".into(),
-            check_started: 0,
-        };
+        let other = failed("x", "other");
         let (s, out) = transition(&s, &other, &live);
         assert_eq!(
             s.signature.as_deref(),
@@ -548,7 +768,8 @@ mod tests {
             (s.status, fixer_of(&s), s.generation),
             (Status::Fixing, "y", 1)
         );
-        assert_eq!(s.waiters, ["x"]);
+        let names: Vec<&str> = s.waiters.iter().map(|w| w.agent.as_str()).collect();
+        assert_eq!(names, ["x"]);
     }
 
     #[test]
@@ -574,12 +795,7 @@ mod tests {
     #[test]
     fn dead_registered_fixer_is_taken_over_at_once() {
         let s = fixing("y", 1);
-        let reg = Event::Register {
-            agent: "y".into(),
-            generation: 1,
-            fix_process: None,
-        };
-        let (s, out) = transition(&s, &reg, &seen(T0));
+        let (s, out) = transition(&s, &register("y", 1, 77, None), &seen(T0));
         assert_eq!(out, Outcome::Registered);
         let mut held = seen(T0 + 1);
         held.fixer_lock_free = false;
@@ -645,30 +861,55 @@ mod tests {
 
     #[test]
     fn failure_seen_before_the_fix_is_stale() {
-        let (fixed, _) = transition(&fixing("x", 1), &pass("x"), &seen(T0 + 500));
-        let failed_from = |check_started| Event::Failed {
-            agent: agent("y"),
-            signature: "s".into(),
-            log: "/y".into(),
-            check_started,
+        // The check of y started when the base had seen 4 passes; x's fix was the 5th.
+        let fixed = transition(
+            &fixing("x", 1),
+            &pass("x"),
+            &Observed {
+                passes: 4,
+                ..seen(T0 + 500)
+            },
+        )
+        .0;
+        assert_eq!(fixed.passed, 5);
+        let failed_from = |passes_seen| {
+            with(failed("y", "s"), |e| {
+                if let Event::Failed { passes_seen: f, .. } = e {
+                    *f = passes_seen;
+                }
+            })
         };
-        let early = failed_from(T0 + 100);
+        let after = Observed {
+            passes: 5,
+            ..seen(T0 + 600)
+        };
         assert_eq!(
-            transition(&fixed, &early, &seen(T0 + 600)),
+            transition(&fixed, &failed_from(Some(4)), &after),
             (fixed.clone(), Outcome::Stale)
         );
-        let late = failed_from(T0 + 501);
+        // Read after the fix, or not read at all (a bounded re-run): the failure counts.
+        for passes_seen in [Some(5), None] {
+            assert!(matches!(
+                transition(&fixed, &failed_from(passes_seen), &after).1,
+                Outcome::Elected { .. }
+            ));
+        }
+        // Wall-clock times play no part: a failure whose clock is far behind is not stale.
+        let behind = Observed {
+            now: T0 - 30_000,
+            ..after.clone()
+        };
         assert!(matches!(
-            transition(&fixed, &late, &seen(T0 + 600)).1,
+            transition(&fixed, &failed_from(Some(5)), &behind).1,
             Outcome::Elected { .. }
         ));
         // Only a passing key makes a failure stale: a broken one is confirmed by it.
         let broken = KeyState {
-            changed: T0 + 500,
+            passed: 5,
             ..KeyState::unknown("repo")
         };
         assert!(matches!(
-            transition(&broken, &early, &seen(T0 + 600)).1,
+            transition(&broken, &failed_from(Some(4)), &after).1,
             Outcome::Elected { .. }
         ));
     }
@@ -679,12 +920,14 @@ mod tests {
         let stale = Event::Passed {
             agent: agent("x"),
             generation: Some(2),
+            fix: FixSeen::default(),
         };
         let (next, out) = transition(&s, &stale, &seen(T0));
         assert_eq!((out, next), (Outcome::Fenced, s.clone()));
         let current = Event::Passed {
             agent: agent("x"),
             generation: Some(3),
+            fix: FixSeen::default(),
         };
         assert_eq!(transition(&s, &current, &seen(T0)).1, Outcome::Fixed);
     }
@@ -770,11 +1013,7 @@ mod tests {
         // y is elected, goes silent, x takes over; y comes back.
         let s = fixing("y", 1);
         let (s, _) = transition(&s, &fail("x"), &seen(T0 + LEASE));
-        let back = Event::Register {
-            agent: "y".into(),
-            generation: 1,
-            fix_process: None,
-        };
+        let back = register("y", 1, 5, None);
         assert_eq!(
             transition(&s, &back, &seen(T0 + LEASE)),
             (s.clone(), Outcome::Fenced)
@@ -782,6 +1021,7 @@ mod tests {
         let passed = Event::Passed {
             agent: agent("y"),
             generation: Some(1),
+            fix: FixSeen::default(),
         };
         assert_eq!(
             transition(&s, &passed, &seen(T0 + LEASE)),
@@ -793,48 +1033,209 @@ mod tests {
     #[test]
     fn takeover_hands_the_old_fix_process_to_the_successor() {
         let s = fixing("y", 1);
-        let proc = Process {
-            pid: 7,
-            host: "box".into(),
-            start: Some(42),
-        };
-        let reg = Event::Register {
-            agent: "y".into(),
-            generation: 1,
-            fix_process: Some(proc.clone()),
-        };
-        let (s, _) = transition(&s, &reg, &seen(T0));
+        let (s, _) = transition(&s, &register("y", 1, 6, Some(process(7))), &seen(T0));
         let (s, _) = transition(&s, &fail("x"), &seen(T0 + 1));
-        assert_eq!(
-            s.orphan_fix,
-            Some(proc.clone()),
-            "x must stop y's fix first"
-        );
-        let mine = Process { pid: 8, ..proc };
-        let reg = Event::Register {
-            agent: "x".into(),
-            generation: 2,
-            fix_process: Some(mine),
-        };
+        assert_eq!(s.orphan_fix, Some(process(7)), "x must stop y's fix first");
+        let reg = register("x", 2, 9, Some(process(8)));
         assert_eq!(transition(&s, &reg, &seen(T0 + 2)).0.orphan_fix, None);
     }
 
     #[test]
-    fn register_records_the_fix_process() {
+    fn register_records_the_holder_and_the_fix_process() {
         let s = fixing("x", 1);
-        let proc = Process {
-            pid: 7,
-            host: "box".into(),
-            start: Some(42),
-        };
-        let reg = Event::Register {
-            agent: "x".into(),
-            generation: 1,
-            fix_process: Some(proc.clone()),
-        };
-        let (s, _) = transition(&s, &reg, &seen(T0));
+        assert_eq!(
+            s.fixer.as_ref().unwrap().pid,
+            None,
+            "the elected hook is no holder"
+        );
+        let (s, out) = transition(&s, &register("x", 1, 6, Some(process(7))), &seen(T0));
+        assert_eq!(out, Outcome::Registered);
         let f = s.fixer.unwrap();
         assert!(f.registered);
-        assert_eq!(f.fix_process, Some(proc));
+        assert_eq!((f.pid, f.start), (Some(6), Some(42)));
+        assert_eq!(f.fix_process, Some(process(7)));
+    }
+
+    #[test]
+    fn dead_is_dead_also_for_the_same_agent() {
+        // x's commit-retry registered, then was killed: its lock is free. x fails again (a new
+        // commit-retry): it is elected anew, and must stop the orphaned fix first.
+        let s = fixing("x", 1);
+        let (s, _) = transition(&s, &register("x", 1, 6, Some(process(7))), &seen(T0));
+        let again = with(failed("x", "sig"), |e| {
+            if let Event::Failed { holder: f, .. } = e {
+                *f = Some(99);
+            }
+        });
+        let (s, out) = transition(&s, &again, &seen(T0 + 1));
+        assert!(matches!(
+            out,
+            Outcome::Elected { replaced: Some((ref old, Liveness::Dead)) } if old.agent == "x"
+        ));
+        assert_eq!((fixer_of(&s), s.generation), ("x", 2));
+        assert_eq!(s.orphan_fix, Some(process(7)));
+    }
+
+    #[test]
+    fn a_second_process_of_the_fixer_agent_waits_for_the_first() {
+        let s = fixing("x", 1);
+        let (s, _) = transition(&s, &register("x", 1, 6, None), &seen(T0));
+        let mut held = seen(T0 + 1);
+        held.fixer_lock_free = false;
+        // The holder's own re-check: keeps fixing.
+        let own = with(failed("x", "sig"), |e| {
+            if let Event::Failed { holder: f, .. } = e {
+                *f = Some(6);
+            }
+        });
+        assert_eq!(
+            transition(&s, &own, &held).1,
+            Outcome::KeepFixing { attempts: 1 }
+        );
+        // Another commit-retry of the same agent: waits, nothing else changes.
+        let other = with(failed("x", "sig"), |e| {
+            if let Event::Failed { holder: f, .. } = e {
+                *f = Some(99);
+            }
+        });
+        let (next, out) = transition(&s, &other, &held);
+        assert!(matches!(out, Outcome::Wait { first: true, .. }));
+        assert_eq!((next.generation, fixer_of(&next)), (1, "x"));
+        // ... unless the holder went silent (stopped): then the agent takes over from it.
+        let (next, out) = transition(
+            &s,
+            &other,
+            &Observed {
+                fixer_lock_free: false,
+                ..seen(T0 + LEASE)
+            },
+        );
+        assert!(matches!(
+            out,
+            Outcome::Elected {
+                replaced: Some((_, Liveness::Stale))
+            }
+        ));
+        assert_eq!(next.generation, 2);
+    }
+
+    #[test]
+    fn the_fixer_by_hand_keeps_its_role_past_its_lease() {
+        // Not registered (a plain `git commit` flow): its own failure proves it is alive.
+        let s = fixing("x", 1);
+        let (s, out) = transition(&s, &fail("x"), &seen(T0 + 2 * LEASE));
+        assert_eq!(out, Outcome::KeepFixing { attempts: 1 });
+        assert_eq!(s.fixer.unwrap().heartbeat, T0 + 2 * LEASE);
+    }
+
+    fn fixed_with_commit(commit: &str) -> KeyState {
+        let s = fixing("x", 1);
+        let (s, _) = transition(&s, &fail("y"), &seen(T0 + 1));
+        let passed = Event::Passed {
+            agent: agent("x"),
+            generation: Some(1),
+            fix: FixSeen {
+                head_before: Some("base".into()),
+                git_dir: Some("/wt/x".into()),
+                commit: None,
+            },
+        };
+        let (s, out) = transition(&s, &passed, &seen(T0 + 2));
+        assert_eq!(out, Outcome::Fixed);
+        let fix = s.fix.clone().unwrap();
+        assert_eq!(
+            (
+                fix.commit,
+                fix.signature.as_deref(),
+                fix.head_before.as_deref()
+            ),
+            (None, Some("sig"), Some("base"))
+        );
+        assert_eq!(fix.credited, ["y"], "the waiter avoided a fix run");
+        let committed = Event::FixCommitted {
+            agent: "x".into(),
+            generation: 1,
+            commit: commit.into(),
+        };
+        let (s, out) = transition(&s, &committed, &seen(T0 + 3));
+        assert_eq!(out, Outcome::Committed);
+        assert_eq!(s.fix_commit(), Some(commit));
+        s
+    }
+
+    #[test]
+    fn a_fixed_failure_on_a_head_without_the_fix_takes_the_fix() {
+        let s = fixed_with_commit("f1x");
+        let lacks = |signature: &str, commit: &str| {
+            with(failed("z", signature), |e| {
+                if let Event::Failed { lacks_fix, .. } = e {
+                    *lacks_fix = Some(commit.into());
+                }
+            })
+        };
+        let (next, out) = transition(&s, &lacks("sig", "f1x"), &seen(T0 + 4));
+        assert_eq!(
+            out,
+            Outcome::TakeFix {
+                commit: "f1x".into(),
+                by: "x".into()
+            }
+        );
+        assert_eq!(next.status, Status::Passing, "nobody elected");
+        assert_eq!(next.fix.unwrap().credited, ["y", "z"]);
+        // Another signature, or a tree that has the fix: a new breakage.
+        for other in [lacks("other", "f1x"), fail("z"), lacks("sig", "0ther")] {
+            assert!(matches!(
+                transition(&s, &other, &seen(T0 + 4)).1,
+                Outcome::Elected { replaced: None }
+            ));
+        }
+    }
+
+    #[test]
+    fn a_fix_commit_found_by_a_waiter_is_recorded() {
+        let s = fixed_with_commit("f1x");
+        let mut unrecorded = s.clone();
+        unrecorded.fix.as_mut().unwrap().commit = None;
+        let e = with(failed("z", "sig"), |e| {
+            if let Event::Failed { lacks_fix, .. } = e {
+                *lacks_fix = Some("f1x".into());
+            }
+        });
+        let (next, out) = transition(&unrecorded, &e, &seen(T0 + 4));
+        assert!(matches!(out, Outcome::TakeFix { .. }));
+        assert_eq!(next.fix_commit(), Some("f1x"));
+    }
+
+    #[test]
+    fn a_fix_commit_is_recorded_only_by_its_fixer() {
+        let s = fixed_with_commit("f1x");
+        for (agent, generation) in [("y", 1), ("x", 2)] {
+            let e = Event::FixCommitted {
+                agent: agent.into(),
+                generation,
+                commit: "evil".into(),
+            };
+            assert_eq!(transition(&s, &e, &seen(T0)), (s.clone(), Outcome::Fenced));
+        }
+    }
+
+    #[test]
+    fn a_waiter_that_stops_waiting_leaves_the_list() {
+        let s = fixing("x", 1);
+        let (s, _) = transition(&s, &fail("y"), &seen(T0 + 1));
+        assert_eq!(s.waiters.len(), 1);
+        let gone = Event::Unwait {
+            agent: "y".into(),
+            pid: 100,
+        };
+        let (next, out) = transition(&s, &gone, &seen(T0 + 2));
+        assert_eq!((out, next.waiters.len()), (Outcome::Unwaited, 0));
+        // Another process of y (pid 101) is not the one listed.
+        let other = Event::Unwait {
+            agent: "y".into(),
+            pid: 101,
+        };
+        assert_eq!(transition(&s, &other, &seen(T0 + 2)).1, Outcome::Unchanged);
     }
 }

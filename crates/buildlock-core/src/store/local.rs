@@ -1,54 +1,119 @@
-//! The coordination directory, `<git common dir>/buildlock/`, shared by every worktree:
+//! The local backend: the coordination directory `<git common dir>/buildlock/`, shared by every
+//! worktree of the repository.
 //!
 //! ```text
-//! locks/election.lock     held for one read-decide-write step (empty, never removed)
-//! locks/<key>.fixer       held by a registered fixer for its whole fix (empty, never removed)
-//! state/<key>.json        one state file per key, with a schema version, written atomically
-//! leases/<key>-g<N>.json  the lease renewals of generation N's fixer, written by it alone
-//! totals.json             counters for `buildlock status` and the generation high-water mark
-//! history.jsonl           one JSON object per event, capped in size
-//! logs/                   failure logs
+//! locks/election.lock          held for one read-decide-write step (empty, never removed)
+//! locks/<key>-g<N>.fixer       held by generation N's registered fixer for its whole fix (empty;
+//!                              removed only while free, once that generation is over)
+//! state/<base>.json            one file per base key: its pass counter and its keys' states
+//!                              (open keys and the few last passing ones), schema-versioned,
+//!                              replaced atomically
+//! leases/<key>-g<N>.json       the lease renewals of generation N's fixer, written by it alone
+//! history.jsonl                one JSON object per event, each with the running totals; capped
+//! logs/                        failure logs (the newest 200)
 //! ```
 //!
-//! Every write happens under the election lock, so a temp file found there by a writer is a
-//! stray of a killed writer and is removed. Reading state never fails: an empty, truncated, huge,
-//! garbage, wrong-schema file or a directory in its place reads as damaged, which the state machine
-//! handles as "broken with nobody fixing"; the damage is warned about, logged, and the file
-//! rewritten.
+//! Every state write happens under the election lock and is the commit point of a step: what
+//! follows it (history, totals, cleaning) is best effort and never turns a step that was saved
+//! into a failure. Reading state never fails: an empty, truncated, huge, garbage, wrong-schema
+//! file, a symlink or a directory in its place reads as damaged, which the state machine handles
+//! as "broken with nobody fixing"; the damage is warned about, logged, and the file rewritten.
+//!
+//! Sizes stay bounded: a base file keeps its open keys and its last [`KEEP_PASSING`] passing
+//! keys; at most [`KEEP_BASES`] base files are kept (the oldest all-passing ones go first, only
+//! when a new one is created); a fixer lock or lease file goes with its generation.
+//!
+//! The hook's hot path is [`Store::read_base`]: one small file read, whatever the number of keys
+//! on record.
 
 use anyhow::{Context, Result, anyhow};
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::io::Write;
+use std::io::{Read as _, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{Applied, FixerHold, Policy, Read, Store, Totals};
-use crate::os::fs::write_atomic;
+use super::{Applied, BaseView, FixerHold, Policy, Read, Store, Totals};
+use crate::os::fs::{self as osfs, Durability, write_atomic};
 use crate::os::lock::{self, Lock};
 use crate::os::time::{self, Millis};
+use crate::os::watch::Watch;
+use crate::protocol::key;
 use crate::protocol::ledger::history_entries;
-use crate::protocol::state::{Event, KeyState, Lease, Observed, Outcome, Status, transition};
+use crate::protocol::state::{Event, KeyState, Lease, Observed, Status, transition};
 
 /// The state file schema. A file with another version reads as damaged.
-pub const SCHEMA: u32 = 1;
+pub const SCHEMA: u32 = 2;
+/// Passing keys kept per base file (the newest), for stale failures and the last fix commit.
+pub const KEEP_PASSING: usize = 16;
+/// Base files kept in `state/`.
+pub const KEEP_BASES: usize = 64;
 const MAX_STATE_BYTES: u64 = 1 << 20;
 const HISTORY_CAP: u64 = 1 << 20;
 const KEEP_LOGS: usize = 200;
 const ELECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The local backend: state files under a flock in `<git common dir>/buildlock/`.
 pub struct LocalStore {
     dir: PathBuf,
+    /// The waiters' inotify watch, set up on first use.
+    watch: Mutex<Option<Watch>>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct StateFile {
+/// One base key's file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct BaseFile {
     schema: u32,
-    /// The base key (scope) this key belongs to.
     base: String,
-    #[serde(flatten)]
-    state: KeyState,
+    /// How many times a key of this base became passing.
+    #[serde(default)]
+    passes: u64,
+    keys: Vec<KeyState>,
+}
+
+impl BaseFile {
+    fn new(base: &str) -> BaseFile {
+        BaseFile {
+            schema: SCHEMA,
+            base: base.to_owned(),
+            passes: 0,
+            keys: Vec::new(),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&KeyState> {
+        self.keys.iter().find(|k| k.key == key)
+    }
+
+    /// Puts `state` in, and keeps the file small: every open key, and the newest passing ones.
+    fn put(&mut self, state: KeyState) {
+        self.passes = self.passes.max(state.passed);
+        match self.keys.iter_mut().find(|k| k.key == state.key) {
+            Some(k) => *k = state,
+            None => self.keys.push(state),
+        }
+        let mut passing: Vec<(Millis, String)> = self
+            .keys
+            .iter()
+            .filter(|k| k.status == Status::Passing)
+            .map(|k| (k.changed, k.key.clone()))
+            .collect();
+        if passing.len() > KEEP_PASSING {
+            passing.sort();
+            let drop: Vec<String> = passing[..passing.len() - KEEP_PASSING]
+                .iter()
+                .map(|(_, k)| k.clone())
+                .collect();
+            self.keys.retain(|k| !drop.contains(&k.key));
+        }
+        self.keys.sort_by(|a, b| a.key.cmp(&b.key));
+    }
+}
+
+enum BaseRead {
+    Missing,
+    Found(BaseFile),
+    Damaged(String),
 }
 
 impl Store for LocalStore {
@@ -61,7 +126,33 @@ impl Store for LocalStore {
     }
 
     fn read(&self, key: &str) -> Read {
-        LocalStore::read(self, key)
+        let base = key::base_of(key);
+        match read_base_file(&self.base_path(base), base) {
+            BaseRead::Missing => Read::Missing,
+            BaseRead::Damaged(why) => Read::Damaged(why),
+            BaseRead::Found(file) => match file.get(key) {
+                None => Read::Missing,
+                Some(state) => Read::Found {
+                    base: file.base.clone(),
+                    state: self.with_lease(state.clone()),
+                },
+            },
+        }
+    }
+
+    fn read_base(&self, base: &str) -> BaseView {
+        match read_base_file(&self.base_path(base), base) {
+            BaseRead::Missing => BaseView::default(),
+            BaseRead::Damaged(why) => BaseView {
+                damaged: Some(why),
+                ..BaseView::default()
+            },
+            BaseRead::Found(file) => BaseView {
+                passes: file.passes,
+                keys: file.keys.into_iter().map(|k| self.with_lease(k)).collect(),
+                damaged: None,
+            },
+        }
     }
 
     fn apply(
@@ -71,63 +162,211 @@ impl Store for LocalStore {
         event: &Event,
         policy: Policy,
         seen_silent: Option<(u64, Millis)>,
+        stop: &dyn Fn() -> bool,
     ) -> Result<Applied> {
-        LocalStore::apply(self, key, base, event, policy, seen_silent)
+        let _lock = self.election_lock(stop)?;
+        crate::os::fault::point("election");
+
+        let path = self.base_path(base);
+        let (mut file, damaged, existed) = match read_base_file(&path, base) {
+            BaseRead::Missing => (BaseFile::new(base), None, false),
+            BaseRead::Found(f) => (f, None, true),
+            BaseRead::Damaged(why) => (BaseFile::new(base), Some(why), true),
+        };
+        let before = match (file.get(key), &damaged) {
+            (Some(s), _) => self.with_lease(s.clone()),
+            (None, Some(_)) => KeyState::unknown(key),
+            (None, None) => KeyState::passing(key),
+        };
+        let totals = self.totals();
+        let fixer_lock_free = match &before.fixer {
+            Some(f) if f.registered => {
+                lock::is_free(&self.fixer_lock_path(key, before.generation))?
+            }
+            _ => true,
+        };
+        let seen = Observed {
+            now: time::now(),
+            stale_after: policy.stale_after.as_millis().min(u128::from(u64::MAX)) as Millis,
+            max_fix_attempts: policy.max_fix_attempts,
+            generation_floor: totals.generation,
+            passes: file.passes,
+            fixer_lock_free,
+            seen_silent,
+        };
+        let (after, outcome) = transition(&before, event, &seen);
+
+        if after != before || damaged.is_some() {
+            // Durable when it changes who fixes what; a waiter joining or leaving need not
+            // cost a disk flush (it is rewritten by the next step anyway).
+            let durability = if decisive(&before, &after) || damaged.is_some() {
+                Durability::Synced
+            } else {
+                Durability::Atomic
+            };
+            file.put(after.clone());
+            write_atomic(&path, &serde_json::to_vec_pretty(&file)?, durability)?;
+        }
+        // The step is saved. Everything below is bookkeeping: warned about, never a failure.
+        let mut entries = Vec::new();
+        if let Some(why) = &damaged {
+            crate::os::say::warn(format!(
+                "the state file {} was unreadable ({why}); treating key `{key}` as broken with \
+                 nobody fixing, and rewriting it",
+                path.display()
+            ));
+            entries.push(serde_json::json!({"event": "damaged", "key": key, "reason": why}));
+        }
+        entries.extend(history_entries(key, event, &outcome, &before, &after));
+        let mut next_totals = totals;
+        next_totals.count(event, &outcome, &before, &after);
+        if let Err(e) = self.append_history(&entries, next_totals) {
+            crate::os::say::warn(format!("could not write the history: {e:#}"));
+        }
+        if before.generation != after.generation
+            || (before.status == Status::Fixing && after.status != Status::Fixing)
+        {
+            self.forget_generation(key, before.generation);
+        }
+        if !existed {
+            self.prune_bases(base);
+        }
+        Ok(Applied {
+            before,
+            after,
+            outcome,
+            damaged,
+        })
     }
 
     fn all(&self) -> Vec<(String, KeyState)> {
-        LocalStore::all(self)
+        let Ok(entries) = fs::read_dir(self.dir.join("state")) else {
+            return Vec::new();
+        };
+        let mut keys: Vec<(String, KeyState)> = entries
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.ends_with(".json") && !name.starts_with('.')
+            })
+            .filter_map(|e| match read_base_file(&e.path(), "") {
+                BaseRead::Found(f) => Some(f),
+                _ => None,
+            })
+            .flat_map(|f| {
+                let base = f.base.clone();
+                f.keys
+                    .into_iter()
+                    .map(move |k| (base.clone(), k))
+                    .collect::<Vec<_>>()
+            })
+            .map(|(b, k)| (b, self.with_lease(k)))
+            .collect();
+        keys.sort_by(|a, b| a.1.key.cmp(&b.1.key));
+        keys
     }
 
     fn totals(&self) -> Totals {
-        LocalStore::totals(self)
+        last_totals(&self.history_path()).unwrap_or_default()
     }
 
     fn history(&self) -> Vec<serde_json::Value> {
-        LocalStore::history(self)
+        osfs::read_bounded(&self.history_path(), 2 * HISTORY_CAP)
+            .ok()
+            .flatten()
+            .map(|bytes| {
+                String::from_utf8_lossy(&bytes)
+                    .lines()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn record(&self, entry: serde_json::Value) -> Result<()> {
-        LocalStore::record(self, entry)
+        let _lock = self.election_lock(&|| false)?;
+        let mut totals = self.totals();
+        totals.count_record(&entry);
+        self.append_history(&[entry], totals)
     }
 
     fn write_lease(&self, key: &str, lease: &Lease) -> Result<()> {
-        LocalStore::write_lease(self, key, lease)
+        write_atomic(
+            &self.lease_path(key, lease.generation),
+            &serde_json::to_vec(lease)?,
+            Durability::Atomic,
+        )
     }
 
-    fn hold_fixer(&self, key: &str, timeout: Duration) -> Result<Option<FixerHold>> {
-        let path = self.fixer_lock_path(key);
-        Ok(Lock::acquire(&path, timeout, || {})?.map(FixerHold::new))
+    fn hold_fixer(
+        &self,
+        key: &str,
+        generation: u64,
+        timeout: Duration,
+    ) -> Result<Option<FixerHold>> {
+        let path = self.fixer_lock_path(key, generation);
+        Ok(Lock::acquire_announced(&path, timeout)?.map(FixerHold::new))
     }
 
-    fn fixer_gone(&self, key: &str) -> bool {
-        lock::is_free(&self.fixer_lock_path(key)).unwrap_or(false)
+    fn fixer_gone(&self, key: &str, generation: u64) -> bool {
+        lock::is_free(&self.fixer_lock_path(key, generation)).unwrap_or(false)
     }
 
     fn wait_change(&self, _key: &str, timeout: Duration) {
-        std::thread::sleep(timeout);
+        let Ok(mut watch) = self.watch.lock() else {
+            std::thread::sleep(timeout);
+            return;
+        };
+        let watch = watch.get_or_insert_with(|| {
+            Watch::new(&[
+                (self.dir.join("state"), crate::os::watch::Changes::Files),
+                (self.dir.join("locks"), crate::os::watch::Changes::Closed),
+            ])
+        });
+        watch.sleep(timeout);
     }
+
+    fn watches(&self) -> bool {
+        Watch::supported()
+    }
+}
+
+/// Whether a step changes who fixes what (and so must survive a crash of the machine).
+fn decisive(before: &KeyState, after: &KeyState) -> bool {
+    let who = |s: &KeyState| {
+        s.fixer
+            .as_ref()
+            .map(|f| (f.agent.clone(), f.registered, f.pid, f.fix_process.clone()))
+    };
+    before.status != after.status
+        || before.generation != after.generation
+        || who(before) != who(after)
+        || before.fix != after.fix
 }
 
 impl LocalStore {
     pub fn new(dir: PathBuf) -> LocalStore {
-        LocalStore { dir }
+        LocalStore {
+            dir,
+            watch: Mutex::new(None),
+        }
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    fn state_path(&self, key: &str) -> PathBuf {
+    fn base_path(&self, base: &str) -> PathBuf {
         self.dir
             .join("state")
-            .join(format!("{}.json", crate::protocol::key::file_stem(key)))
+            .join(format!("{}.json", key::file_stem(base)))
     }
 
-    pub fn fixer_lock_path(&self, key: &str) -> PathBuf {
+    pub fn fixer_lock_path(&self, key: &str, generation: u64) -> PathBuf {
         self.dir
             .join("locks")
-            .join(format!("{}.fixer", crate::protocol::key::file_stem(key)))
+            .join(format!("{}-g{generation}.fixer", key::file_stem(key)))
     }
 
     fn election_lock_path(&self) -> PathBuf {
@@ -139,281 +378,213 @@ impl LocalStore {
     }
 
     fn lease_path(&self, key: &str, generation: u64) -> PathBuf {
-        self.dir.join("leases").join(format!(
-            "{}-g{generation}.json",
-            crate::protocol::key::file_stem(key)
-        ))
+        self.dir
+            .join("leases")
+            .join(format!("{}-g{generation}.json", key::file_stem(key)))
     }
 
-    /// Reads a key's state without any lock: one small file read (the hook's hot path), and the
-    /// fixer's lease when someone is fixing.
-    pub fn read(&self, key: &str) -> Read {
-        self.with_lease(read_state(&self.state_path(key), key))
-    }
-
-    fn with_lease(&self, read: Read) -> Read {
-        match read {
-            Read::Found { base, mut state } if state.status == Status::Fixing => {
-                let lease = fs::read(self.lease_path(&state.key, state.generation))
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<Lease>(&b).ok());
-                if let Some(lease) = lease {
-                    state.renew(&lease);
-                }
-                Read::Found { base, state }
+    /// The state with its fixer's latest lease renewal folded in.
+    fn with_lease(&self, mut state: KeyState) -> KeyState {
+        if state.status == Status::Fixing {
+            let lease = osfs::read_bounded(&self.lease_path(&state.key, state.generation), 4096)
+                .ok()
+                .flatten()
+                .and_then(|b| serde_json::from_slice::<Lease>(&b).ok());
+            if let Some(lease) = lease {
+                state.renew(&lease);
             }
-            other => other,
         }
+        state
     }
 
-    /// Renews the fixer's lease. Takes no lock: only generation `lease.generation`'s fixer writes
-    /// this file, and readers ignore a lease that is not the current fixer's.
-    pub fn write_lease(&self, key: &str, lease: &Lease) -> Result<()> {
-        write_atomic(
-            &self.lease_path(key, lease.generation),
-            &serde_json::to_vec(lease)?,
-        )
+    /// A generation of `key` is over: its lease and (if free) its fixer lock go.
+    fn forget_generation(&self, key: &str, generation: u64) {
+        let _ = fs::remove_file(self.lease_path(key, generation));
+        lock::remove_if_free(&self.fixer_lock_path(key, generation));
     }
 
-    /// Lease files of `key` other than generation `keep`'s (under the election lock).
-    fn remove_old_leases(&self, key: &str, keep: u64) {
-        let prefix = format!("{}-g", crate::protocol::key::file_stem(key));
-        let keep = format!("{prefix}{keep}.json");
-        if let Ok(entries) = fs::read_dir(self.dir.join("leases")) {
-            for e in entries.flatten() {
+    /// Keeps `state/` within [`KEEP_BASES`] files: the oldest base files whose keys all pass go,
+    /// with their keys' lock files. Runs only when a base file was created, and parses only the
+    /// candidates, never every file. Also sweeps stray temp files and fixer locks of generations
+    /// that are over (a stopped fixer may have held one when its generation ended).
+    fn prune_bases(&self, keep: &str) {
+        let state_dir = self.dir.join("state");
+        let Ok(entries) = fs::read_dir(&state_dir) else {
+            return;
+        };
+        let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .flatten()
+            .filter(|e| {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                n.ends_with(".json") && !n.starts_with('.')
+            })
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        osfs::remove_strays(&state_dir);
+        if files.len() <= KEEP_BASES {
+            return;
+        }
+        files.sort();
+        let mut excess = files.len() - KEEP_BASES;
+        let keep_path = self.base_path(keep);
+        for (_, path) in files {
+            if excess == 0 {
+                break;
+            }
+            if path == keep_path {
+                continue;
+            }
+            let BaseRead::Found(file) = read_base_file(&path, "") else {
+                continue;
+            };
+            if file.keys.iter().any(|k| k.status != Status::Passing) {
+                continue;
+            }
+            if fs::remove_file(&path).is_ok() {
+                excess -= 1;
+            }
+        }
+        self.sweep_locks();
+    }
+
+    /// Fixer locks and leases whose generation is no longer any key's current one.
+    fn sweep_locks(&self) {
+        let open: Vec<String> = self
+            .all()
+            .into_iter()
+            .filter(|(_, s)| s.status == Status::Fixing)
+            .map(|(_, s)| format!("{}-g{}", key::file_stem(&s.key), s.generation))
+            .collect();
+        for (dir, suffix) in [("locks", ".fixer"), ("leases", ".json")] {
+            let dir = self.dir.join(dir);
+            for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(&prefix) && name != keep && !name.starts_with('.') {
+                let Some(stem) = name.strip_suffix(suffix) else {
+                    continue;
+                };
+                if open.iter().any(|o| o == stem) {
+                    continue;
+                }
+                if suffix == ".fixer" {
+                    lock::remove_if_free(&e.path());
+                } else {
                     let _ = fs::remove_file(e.path());
                 }
             }
         }
     }
 
-    /// Every key on record, with its base.
-    pub fn all(&self) -> Vec<(String, KeyState)> {
-        let Ok(entries) = fs::read_dir(self.dir.join("state")) else {
-            return Vec::new();
-        };
-        let mut keys: Vec<(String, KeyState)> = entries
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-            .filter_map(|e| match self.with_lease(read_state(&e.path(), "")) {
-                Read::Found { base, state } => Some((base, state)),
-                _ => None,
-            })
-            .collect();
-        keys.sort_by(|a, b| a.1.key.cmp(&b.1.key));
-        keys
-    }
-
-    pub fn totals(&self) -> Totals {
-        fs::read(self.dir.join("totals.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
-    }
-
-    /// One read-decide-write step for `key` under the election lock.
-    ///
-    /// `seen_silent` is the caller's monotonic observation that the fixer's lease did not move
-    /// for a whole `stale_after` (see [`Observed::seen_silent`]).
-    pub fn apply(
-        &self,
-        key: &str,
-        base: &str,
-        event: &Event,
-        policy: Policy,
-        seen_silent: Option<(u64, Millis)>,
-    ) -> Result<Applied> {
-        let _lock = self.election_lock()?;
-        crate::os::fault::point("election");
-
-        let path = self.state_path(key);
-        let read = self.with_lease(read_state(&path, key));
-        let damaged = match &read {
-            Read::Damaged(why) => Some(why.clone()),
-            _ => None,
-        };
-        let before = read.state(key);
-        let mut totals = self.totals();
-        let fixer_lock_free = match &before.fixer {
-            Some(f) if f.registered => lock::is_free(&self.fixer_lock_path(key))?,
-            _ => true,
-        };
-        let seen = Observed {
-            now: time::now(),
-            stale_after: policy.stale_after.as_millis() as Millis,
-            max_fix_attempts: policy.max_fix_attempts,
-            generation_floor: totals.generation,
-            fixer_lock_free,
-            seen_silent,
-        };
-        let (after, outcome) = transition(&before, event, &seen);
-
-        if let Some(why) = &damaged {
-            crate::os::say::warn(format!(
-                "the state file {} was unreadable ({why}); treating key `{key}` as broken with nobody \
-                 fixing, and rewriting it",
-                path.display()
-            ));
-            self.append_history(
-                &serde_json::json!({"event": "damaged", "key": key, "reason": why}),
-            )?;
-        }
-        if after != before || damaged.is_some() {
-            let file = StateFile {
-                schema: SCHEMA,
-                base: base.to_owned(),
-                state: after.clone(),
-            };
-            write_atomic(&path, &serde_json::to_vec_pretty(&file)?)?;
-        }
-        let old_totals = totals;
-        totals.count(event, &outcome, &after);
-        if totals != old_totals {
-            write_atomic(
-                &self.dir.join("totals.json"),
-                &serde_json::to_vec_pretty(&totals)?,
-            )?;
-        }
-        for entry in history_entries(key, event, &outcome, &before, &after) {
-            self.append_history(&entry)?;
-        }
-        if after.generation != before.generation || after.status != Status::Fixing {
-            let keep = if after.status == Status::Fixing {
-                after.generation
-            } else {
-                u64::MAX
-            };
-            self.remove_old_leases(key, keep);
-        }
-        if matches!(
-            outcome,
-            Outcome::Fixed | Outcome::Recovered | Outcome::Reset
-        ) {
-            self.prune_states();
-        }
-        Ok(Applied {
-            before,
-            after,
-            outcome,
-            damaged,
-        })
-    }
-
-    /// Appends one event to the history without the election lock (one `O_APPEND` write of one
-    /// line, so lines never interleave); the size cap is applied by the next locked step.
-    pub fn record(&self, entry: serde_json::Value) -> Result<()> {
-        self.append_line(&entry).map(|_| ())
-    }
-
-    fn election_lock(&self) -> Result<Lock> {
+    fn election_lock(&self, stop: &dyn Fn() -> bool) -> Result<Lock> {
         let path = self.election_lock_path();
-        let lock = Lock::acquire(&path, ELECTION_TIMEOUT, || {
-            crate::os::say::say(format!("waiting for the election lock {} (another buildlock is deciding)", path.display()))
-        })
-        .with_context(|| format!("cannot take the election lock in {}", self.dir.display()))?
-        .ok_or_else(|| {
+        let lock = Lock::acquire_or_stop(
+            &path,
+            ELECTION_TIMEOUT,
+            || {
+                crate::os::say::say(format!(
+                    "waiting for the election lock {} (another buildlock is deciding)",
+                    path.display()
+                ))
+            },
+            stop,
+        )
+        .with_context(|| format!("cannot take the election lock in {}", self.dir.display()))?;
+        let Some(lock) = lock else {
+            if stop() {
+                return Err(anyhow!(super::Interrupted));
+            }
             let who = match lock::holder(&path) {
                 Some((pid, true)) => format!(
-                    "by pid {pid}, which is STOPPED (SIGSTOP or a debugger): resume it with `kill -CONT {pid}` \
-                     or end it"
+                    "by pid {pid}, which is STOPPED (SIGSTOP or a debugger): resume it with \
+                     `kill -CONT {pid}` or end it"
                 ),
                 Some((pid, false)) => format!("by pid {pid}"),
-                None => format!("by another process (find it with `fuser {}`)", path.display()),
+                None => format!(
+                    "by another process (find it with `fuser {}`)",
+                    path.display()
+                ),
             };
-            anyhow!(
-                "the election lock {} has been held for {} {who}; meanwhile commit with BUILDLOCK=0 \
-                 (no coordination) or --no-verify",
+            return Err(anyhow!(
+                "the election lock {} has been held for {} {who}",
                 path.display(),
                 time::human(ELECTION_TIMEOUT),
-            )
-        })?;
+            ));
+        };
         // A second handle must be refused while we hold the lock, or locking is not real here.
         if Lock::try_acquire(&path)?.is_some() {
             return Err(anyhow!(
-                "file locking does not work in {} (a network or virtual file system?): buildlock cannot \
-                 coordinate here and refuses to pretend; keep the repository on a local disk or set BUILDLOCK=0",
+                "file locking does not work in {} (a network or virtual file system?): buildlock \
+                 cannot coordinate here and refuses to pretend; keep the repository on a local disk",
                 self.dir.display()
             ));
         }
         Ok(lock)
     }
 
-    /// Appends under the election lock, and keeps the history within its cap.
-    fn append_history(&self, entry: &serde_json::Value) -> Result<()> {
+    /// Appends the entries in one write, the last one carrying the running totals, and keeps the
+    /// history within its cap. Under the election lock.
+    fn append_history(&self, entries: &[serde_json::Value], totals: Totals) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         let path = self.history_path();
-        if self.append_line(entry)? > HISTORY_CAP {
+        let now = time::now();
+        let mut text = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let mut entry = entry.clone();
+            if let Some(obj) = entry.as_object_mut() {
+                obj.insert("time".into(), time::rfc3339(now).into());
+                obj.insert("ms".into(), now.into());
+                if i + 1 == entries.len() {
+                    obj.insert("totals".into(), serde_json::to_value(totals)?);
+                }
+            }
+            serde_json::to_writer(&mut text, &entry)?;
+            text.push(b'\n');
+        }
+        let mut file = match osfs::open_append(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::create_dir_all(&self.dir)?;
+                osfs::open_append(&path)
+            }
+            other => other,
+        }
+        .with_context(|| format!("cannot open {}", path.display()))?;
+        file.write_all(&text)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len > HISTORY_CAP {
             // Keep the newest half, cut at a line boundary.
-            let text = fs::read(&path)?;
-            let cut = text.len() - (HISTORY_CAP as usize / 2);
-            let start = text[cut..]
+            let all = fs::read(&path)?;
+            let cut = all.len() - (HISTORY_CAP as usize / 2);
+            let start = all[cut..]
                 .iter()
                 .position(|&b| b == b'\n')
-                .map_or(text.len(), |i| cut + i + 1);
-            write_atomic(&path, &text[start..])?;
+                .map_or(all.len(), |i| cut + i + 1);
+            write_atomic(&path, &all[start..], Durability::Atomic)?;
         }
         Ok(())
     }
-
-    /// Appends one line to the history and returns the file's new size.
-    fn append_line(&self, entry: &serde_json::Value) -> Result<u64> {
-        let path = self.history_path();
-        let mut entry = entry.clone();
-        let now = time::now();
-        if let Some(obj) = entry.as_object_mut() {
-            obj.insert("time".into(), time::rfc3339(now).into());
-            obj.insert("ms".into(), now.into());
-        }
-        let mut line = serde_json::to_vec(&entry)?;
-        line.push(b'\n');
-        let mut file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        file.write_all(&line)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(file.metadata().map(|m| m.len()).unwrap_or(0))
-    }
-
-    /// The history, oldest first; unreadable lines are skipped.
-    pub fn history(&self) -> Vec<serde_json::Value> {
-        fs::read_to_string(self.history_path())
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    /// Drops passing keys untouched for a day once there are many (scope = "commit" makes one
-    /// key per commit).
-    fn prune_states(&self) {
-        let all = self.all();
-        if all.len() <= 64 {
-            return;
-        }
-        let day_ago = time::now().saturating_sub(24 * 3600 * 1000);
-        for (_, s) in all {
-            if s.status == Status::Passing && s.changed < day_ago {
-                let _ = fs::remove_file(self.state_path(&s.key));
-            }
-        }
-    }
 }
 
-/// Saves a failure's output and returns its path.
+/// Saves a failure's output under `home/logs/` and returns its path; keeps the newest
+/// [`KEEP_LOGS`].
 pub fn write_log(home: &Path, agent: &str, output: &[u8]) -> Result<PathBuf> {
     let dir = home.join("logs");
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let name = format!(
         "{}-{}-{}.log",
         time::now(),
-        crate::protocol::key::file_stem(agent),
+        key::file_stem(agent),
         std::process::id()
     );
     let path = dir.join(name);
-    fs::write(&path, output)
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .with_context(|| format!("cannot write the failure log {}", path.display()))?;
+    file.write_all(output)
         .with_context(|| format!("cannot write the failure log {}", path.display()))?;
     if let Ok(entries) = fs::read_dir(&dir) {
         let mut logs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
@@ -427,25 +598,52 @@ pub fn write_log(home: &Path, agent: &str, output: &[u8]) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn read_state(path: &Path, key: &str) -> Read {
-    let meta = match fs::metadata(path) {
+/// The totals on the last line of the history that has them: read from the end of the file.
+fn last_totals(path: &Path) -> Option<Totals> {
+    let mut file = osfs::open_nofollow(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    let mut window = 4096u64;
+    loop {
+        let from = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(from)).ok()?;
+        let mut tail = Vec::new();
+        (&mut file).take(window).read_to_end(&mut tail).ok()?;
+        let text = String::from_utf8_lossy(&tail);
+        let mut lines: Vec<&str> = text.lines().collect();
+        if from > 0 && !lines.is_empty() {
+            lines.remove(0); // maybe cut in the middle
+        }
+        let found = lines.iter().rev().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            serde_json::from_value::<Totals>(v.get("totals")?.clone()).ok()
+        });
+        if found.is_some() || from == 0 || window >= 1 << 20 {
+            return found;
+        }
+        window *= 4;
+    }
+}
+
+fn read_base_file(path: &Path, base: &str) -> BaseRead {
+    let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Read::Missing,
-        Err(e) => return Read::Damaged(format!("cannot read it: {e}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return BaseRead::Missing,
+        Err(e) => return BaseRead::Damaged(format!("cannot read it: {e}")),
     };
     if meta.is_dir() {
-        return Read::Damaged("a directory is in its place".into());
+        return BaseRead::Damaged("a directory is in its place".into());
     }
-    if meta.len() > MAX_STATE_BYTES {
-        return Read::Damaged(format!("{} bytes is far too large", meta.len()));
+    if meta.file_type().is_symlink() {
+        return BaseRead::Damaged("a symbolic link is in its place".into());
     }
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Read::Missing,
-        Err(e) => return Read::Damaged(format!("cannot read it: {e}")),
+    let bytes = match osfs::read_bounded(path, MAX_STATE_BYTES) {
+        Ok(Some(b)) => b,
+        Ok(None) => return BaseRead::Damaged(format!("{} bytes is far too large", meta.len())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return BaseRead::Missing,
+        Err(e) => return BaseRead::Damaged(format!("cannot read it: {e}")),
     };
     if bytes.is_empty() {
-        return Read::Damaged("it is empty".into());
+        return BaseRead::Damaged("it is empty".into());
     }
     #[derive(Deserialize)]
     struct Version {
@@ -453,25 +651,22 @@ fn read_state(path: &Path, key: &str) -> Read {
     }
     match serde_json::from_slice::<Version>(&bytes) {
         Ok(v) if v.schema != SCHEMA => {
-            return Read::Damaged(format!("schema {} is not {SCHEMA}", v.schema));
+            return BaseRead::Damaged(format!("schema {} is not {SCHEMA}", v.schema));
         }
         Ok(_) => {}
-        Err(e) => return Read::Damaged(format!("not valid state: {e}")),
+        Err(e) => return BaseRead::Damaged(format!("not valid state: {e}")),
     }
-    match serde_json::from_slice::<StateFile>(&bytes) {
-        Ok(f) if key.is_empty() || f.state.key == key => Read::Found {
-            base: f.base,
-            state: f.state,
-        },
-        Ok(f) => Read::Damaged(format!("it holds key `{}`", f.state.key)),
-        Err(e) => Read::Damaged(format!("not valid state: {e}")),
+    match serde_json::from_slice::<BaseFile>(&bytes) {
+        Ok(f) if base.is_empty() || f.base == base => BaseRead::Found(f),
+        Ok(f) => BaseRead::Damaged(format!("it holds base `{}`", f.base)),
+        Err(e) => BaseRead::Damaged(format!("not valid state: {e}")),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::state::Agent;
+    use crate::protocol::state::{Agent, FixSeen, Outcome};
 
     fn policy() -> Policy {
         Policy {
@@ -480,49 +675,65 @@ mod tests {
         }
     }
 
-    fn fail(id: &str) -> Event {
-        Event::Failed {
-            agent: Agent {
-                id: id.into(),
-                pid: 1,
-                host: "h".into(),
-            },
-            signature: "s".into(),
-            log: "/l".into(),
-            check_started: 0,
+    fn agent(id: &str) -> Agent {
+        Agent {
+            id: id.into(),
+            pid: 1,
+            host: "h".into(),
         }
     }
 
+    fn fail(id: &str) -> Event {
+        Event::Failed {
+            agent: agent(id),
+            signature: "s".into(),
+            log: "/l".into(),
+            passes_seen: None,
+            lacks_fix: None,
+            holder: None,
+        }
+    }
+
+    fn pass(id: &str) -> Event {
+        Event::Passed {
+            agent: agent(id),
+            generation: None,
+            fix: FixSeen::default(),
+        }
+    }
+
+    fn apply(store: &LocalStore, key: &str, event: &Event) -> Applied {
+        let base = key::base_of(key);
+        store
+            .apply(key, base, event, policy(), None, &|| false)
+            .unwrap()
+    }
+
     #[test]
-    fn elects_then_waits_and_counts() {
+    fn elects_then_waits_and_counts_in_one_place() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path().join("buildlock"));
         assert_eq!(store.read("repo"), Read::Missing);
-        let a = store
-            .apply("repo", "repo", &fail("a"), policy(), None)
-            .unwrap();
+        let a = apply(&store, "repo", &fail("a"));
         assert_eq!(a.outcome, Outcome::Elected { replaced: None });
-        let b = store
-            .apply("repo", "repo", &fail("b"), policy(), None)
-            .unwrap();
+        let b = apply(&store, "repo", &fail("b"));
         assert!(matches!(b.outcome, Outcome::Wait { first: true, .. }));
         let t = store.totals();
-        assert_eq!(
-            (
-                t.failures,
-                t.elections,
-                t.waits,
-                t.fix_runs,
-                t.fix_runs_avoided
-            ),
-            (2, 1, 1, 1, 1)
-        );
-        let events: Vec<String> = store
-            .history()
+        assert_eq!((t.failures, t.elections, t.waits, t.fix_runs), (2, 1, 1, 0));
+        apply(&store, "repo", &pass("a"));
+        let t = store.totals();
+        assert_eq!((t.fixes, t.fix_runs_avoided), (1, 1));
+        let history = store.history();
+        let events: Vec<&str> = history
             .iter()
-            .map(|e| e["event"].as_str().unwrap().to_owned())
+            .map(|e| e["event"].as_str().unwrap())
             .collect();
-        assert_eq!(events, ["failed", "elected", "failed", "waiting"]);
+        assert_eq!(events, ["failed", "elected", "failed", "waiting", "fixed"]);
+        assert_eq!(
+            history.last().unwrap()["totals"]["fixes"],
+            1,
+            "the history carries the totals"
+        );
     }
 
     #[test]
@@ -532,7 +743,7 @@ mod tests {
             ("empty", vec![]),
             (
                 "truncated",
-                br#"{"schema": 1, "base": "repo", "key": "re"#.to_vec(),
+                br#"{"schema": 2, "base": "repo", "keys": [{"key": "re"#.to_vec(),
             ),
             ("garbage", vec![0xff, 0x00, 0x13, 0x37]),
             ("other schema", br#"{"schema": 99}"#.to_vec()),
@@ -541,13 +752,11 @@ mod tests {
         for (what, bytes) in cases {
             let dir = tempfile::tempdir().unwrap();
             let store = LocalStore::new(dir.path().to_owned());
-            let path = store.state_path("repo");
+            let path = store.base_path("repo");
             fs::create_dir_all(path.parent().unwrap()).unwrap();
             fs::write(&path, &bytes).unwrap();
             assert!(matches!(store.read("repo"), Read::Damaged(_)), "{what}");
-            let applied = store
-                .apply("repo", "repo", &fail("a"), policy(), None)
-                .unwrap();
+            let applied = apply(&store, "repo", &fail("a"));
             assert!(applied.damaged.is_some(), "{what}");
             assert_eq!(
                 applied.outcome,
@@ -562,59 +771,57 @@ mod tests {
     }
 
     #[test]
-    fn a_directory_in_place_of_the_state_file_is_replaced() {
+    fn a_directory_or_a_symlink_in_place_of_the_state_file_is_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path().to_owned());
-        fs::create_dir_all(store.state_path("repo").join("inner")).unwrap();
+        fs::create_dir_all(store.base_path("repo").join("inner")).unwrap();
         assert!(matches!(store.read("repo"), Read::Damaged(_)));
-        store
-            .apply("repo", "repo", &fail("a"), policy(), None)
-            .unwrap();
+        apply(&store, "repo", &fail("a"));
         assert!(matches!(store.read("repo"), Read::Found { .. }));
+
+        let target = dir.path().join("target.json");
+        fs::copy(store.base_path("repo"), &target).unwrap();
+        fs::remove_file(store.base_path("repo")).unwrap();
+        std::os::unix::fs::symlink(&target, store.base_path("repo")).unwrap();
+        assert!(
+            matches!(store.read("repo"), Read::Damaged(_)),
+            "not followed"
+        );
+        apply(&store, "repo", &fail("b"));
+        let kept = fs::read(&target).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&kept).contains("\"b\""),
+            "target untouched"
+        );
     }
 
     #[test]
     fn generation_survives_a_lost_state_file() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path().to_owned());
-        store
-            .apply("repo", "repo", &fail("a"), policy(), None)
-            .unwrap();
-        store
-            .apply("repo", "repo", &Event::Reset, policy(), None)
-            .unwrap();
-        fs::write(store.state_path("repo"), b"").unwrap();
-        let a = store
-            .apply("repo", "repo", &fail("b"), policy(), None)
-            .unwrap();
+        apply(&store, "repo", &fail("a"));
+        apply(&store, "repo", &Event::Reset);
+        fs::write(store.base_path("repo"), b"").unwrap();
+        let a = apply(&store, "repo", &fail("b"));
         assert_eq!(a.after.generation, 3);
     }
 
     #[test]
-    fn atomic_write_cleans_strays_and_replaces() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.json");
-        fs::write(dir.path().join(".x.json.tmp-12345"), b"half").unwrap();
-        write_atomic(&path, b"one").unwrap();
-        write_atomic(&path, b"two").unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"two");
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
-        assert_eq!(names, ["x.json"]);
-    }
-
-    #[test]
-    fn history_is_capped() {
+    fn history_is_capped_and_keeps_its_totals() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path().to_owned());
         fs::create_dir_all(dir.path()).unwrap();
         let pad = "p".repeat(1000);
-        for i in 0..1500 {
+        for i in 0..1500u64 {
+            let totals = Totals {
+                failures: i,
+                ..Totals::default()
+            };
             store
-                .append_history(&serde_json::json!({"event": "x", "i": i, "pad": pad}))
+                .append_history(
+                    &[serde_json::json!({"event": "x", "i": i, "pad": pad})],
+                    totals,
+                )
                 .unwrap();
         }
         let len = fs::metadata(store.history_path()).unwrap().len();
@@ -625,5 +832,59 @@ mod tests {
             h.iter().all(|e| e["event"] == "x"),
             "cut at a line boundary"
         );
+        assert_eq!(store.totals().failures, 1499);
+    }
+
+    #[test]
+    fn many_signatures_stay_in_a_bounded_base_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_owned());
+        for i in 0..100 {
+            let key = format!("repo#{i:016x}");
+            apply(&store, &key, &fail("a"));
+            apply(&store, &key, &pass("a"));
+        }
+        let view = store.read_base("repo");
+        assert_eq!(view.passes, 100);
+        assert_eq!(
+            view.keys.len(),
+            KEEP_PASSING,
+            "only the newest passing keys"
+        );
+        let open = format!("repo#{:016x}", 7777);
+        apply(&store, &open, &fail("b"));
+        assert!(store.read_base("repo").keys.iter().any(|k| k.key == open));
+    }
+
+    #[test]
+    fn base_files_locks_and_leases_stay_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_owned());
+        for i in 0..150u32 {
+            let base = format!("{i:040x}");
+            apply(&store, &base, &fail("a"));
+            let generation = store.read_base(&base).keys[0].generation;
+            let hold = store
+                .hold_fixer(&base, generation, Duration::from_secs(1))
+                .unwrap()
+                .unwrap();
+            store
+                .write_lease(
+                    &base,
+                    &Lease {
+                        agent: "a".into(),
+                        generation,
+                        heartbeat: time::now(),
+                    },
+                )
+                .unwrap();
+            drop(hold);
+            apply(&store, &base, &pass("a"));
+        }
+        let count = |d: &str| fs::read_dir(dir.path().join(d)).map_or(0, |e| e.count());
+        assert!(count("state") <= KEEP_BASES + 1, "{}", count("state"));
+        assert!(count("locks") <= 4, "{}", count("locks"));
+        assert!(count("leases") <= 2, "{}", count("leases"));
+        assert_eq!(store.totals().fixes, 150);
     }
 }

@@ -23,6 +23,7 @@ pub use crate::protocol::ledger::Totals;
 
 /// What reading a state file found.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // one per read, moved once: boxing buys nothing
 pub enum Read {
     Missing,
     Found {
@@ -79,6 +80,31 @@ impl FixerHold {
     }
 }
 
+/// A base key's states as the hook's hot path reads them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BaseView {
+    /// The base's pass counter (see `Observed::passes`): read before a check, it tells whether a
+    /// failure became stale while the check ran.
+    pub passes: u64,
+    /// The base's keys on record: every open one, and the last few passing ones.
+    pub keys: Vec<KeyState>,
+    /// Why the state could not be read, when it could not.
+    pub damaged: Option<String>,
+}
+
+/// Taking the election lock was given up because the caller was told to stop (a signal, or git
+/// went away): not a coordination failure.
+#[derive(Debug)]
+pub struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted while waiting for the election lock")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 /// One coordination domain's store. Implementations are safe to use from several processes at
 /// once: `apply` is the only read-decide-write, and it is atomic.
 pub trait Store: Send + Sync {
@@ -88,15 +114,20 @@ pub trait Store: Send + Sync {
     /// Where the state lives, for people (a directory, or refs on a remote).
     fn location(&self) -> String;
 
-    /// A key's state, without any lock: the hook's hot path.
+    /// A key's state, without any lock.
     fn read(&self, key: &str) -> Read;
+
+    /// A base key's states, without any lock: the hook's hot path, one small read however many
+    /// keys are on record.
+    fn read_base(&self, base: &str) -> BaseView;
 
     /// One atomic read-decide-write step for `key`: reads the state, runs the state machine on
     /// `event` with what it observed, persists the result (the commit point), then does the
     /// bookkeeping (totals, history), which never turns a persisted step into a failure.
     ///
     /// `seen_silent` is the caller's monotonic observation that the fixer's lease did not move
-    /// for a whole `stale_after` (see `Observed::seen_silent`).
+    /// for a whole `stale_after` (see `Observed::seen_silent`). Waiting for the election gives up
+    /// with [`Interrupted`] as soon as `stop` says so.
     fn apply(
         &self,
         key: &str,
@@ -104,6 +135,7 @@ pub trait Store: Send + Sync {
         event: &Event,
         policy: Policy,
         seen_silent: Option<(u64, Millis)>,
+        stop: &dyn Fn() -> bool,
     ) -> Result<Applied>;
 
     /// Every key on record, with its base key.
@@ -114,22 +146,33 @@ pub trait Store: Send + Sync {
     /// The history of events, oldest first.
     fn history(&self) -> Vec<serde_json::Value>;
 
-    /// Records an event that changes no state (a fix run started or finished).
+    /// Records an event that changes no state (a fix run started or finished); it counts in the
+    /// totals where the ledger says so.
     fn record(&self, entry: serde_json::Value) -> Result<()>;
 
     /// Renews a fixer's lease without the election: only that fixer writes it.
     fn write_lease(&self, key: &str, lease: &Lease) -> Result<()>;
 
-    /// Takes `key`'s fixer role for this process, trying for at most `timeout`: `Ok(None)` when
-    /// another process holds it.
-    fn hold_fixer(&self, key: &str, timeout: Duration) -> Result<Option<FixerHold>>;
+    /// Takes the fixer role of `key`'s `generation` for this process, trying for at most
+    /// `timeout`: `Ok(None)` when another process holds it. One hold per generation, so a stopped
+    /// fixer of an older generation never blocks the current one.
+    fn hold_fixer(
+        &self,
+        key: &str,
+        generation: u64,
+        timeout: Duration,
+    ) -> Result<Option<FixerHold>>;
 
-    /// Whether a fixer that registered a process for `key` has died (its hold is free). Backends
-    /// that cannot see a process die answer `false` and rely on the lease.
-    fn fixer_gone(&self, key: &str) -> bool;
+    /// Whether the fixer that registered a process for `key`'s `generation` has died (its hold is
+    /// free). Backends that cannot see a process die answer `false` and rely on the lease.
+    fn fixer_gone(&self, key: &str, generation: u64) -> bool;
 
-    /// Sleeps until `key`'s state may have changed, or for at most `timeout`.
+    /// Sleeps until `key`'s state may have changed (or its fixer died), a signal arrived, or
+    /// `timeout` passed. Callers re-read after every wake-up.
     fn wait_change(&self, key: &str, timeout: Duration);
+
+    /// Whether [`Store::wait_change`] wakes on changes (else callers should poll more often).
+    fn watches(&self) -> bool;
 
     /// The backend's own health checks for `buildlock doctor`: `(ok, what was found)`.
     fn diagnose(&self) -> Vec<(bool, String)> {

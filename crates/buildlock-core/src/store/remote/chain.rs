@@ -27,8 +27,9 @@ use crate::os::time::Millis;
 use crate::protocol::ledger::Totals;
 use crate::protocol::state::KeyState;
 
-/// The schema of `state.json` in a state commit (the local backend's state file schema).
-pub const SCHEMA: u32 = crate::store::local::SCHEMA;
+/// The schema of `state.json` in a state commit. The key's state inside is the local backend's
+/// `KeyState` JSON, field for field.
+pub const SCHEMA: u32 = 1;
 const STATE_FILE: &str = "state.json";
 const MAX_STATE_BYTES: usize = 1 << 20;
 pub const NAME: &str = "buildlock";
@@ -46,6 +47,9 @@ pub struct Doc {
     /// This key's counters (the domain's totals are the sum over the keys on the remote).
     #[serde(default)]
     pub totals: Totals,
+    /// The pass counter as this key saw its base's (see `Observed::passes`).
+    #[serde(default)]
+    pub passes: u64,
     #[serde(flatten)]
     pub state: KeyState,
 }
@@ -235,6 +239,7 @@ mod tests {
             base: key.into(),
             seq,
             totals: Totals::default(),
+            passes: 0,
             state: KeyState::passing(key),
         }
     }

@@ -3,8 +3,12 @@
 //! of a CI matrix) coordinate through the repository's own remote, with no server of ours.
 //!
 //! ```text
-//! refs/buildlock/state/<key-stem>/<E>    the key's chain; E = the `seq` of the chain's root
-//! refs/buildlock/fix/<key-stem>/<oid>    the commit that fixed the key's last breakage
+//! refs/buildlock/state/<base>/<sub>/<E>   the key's chain; E = the `seq` of the chain's root
+//! refs/buildlock/fix/<base>/<sub>/<oid>   the commit that fixed the key's last breakage
+//!
+//! <base> is the base key's file stem; <sub> is `_` for the base key itself, or the signature
+//! of a `match = "signature"` key: a base's keys are listed with one pattern, and no ref name is
+//! ever a prefix directory of another (git refuses `a` beside `a/b`).
 //! refs/buildlock/probe/<nonce>           `buildlock doctor`'s push test (created, then deleted)
 //! ```
 //!
@@ -44,10 +48,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{Applied, FixerHold, Policy, Read, Store, Totals};
+use super::{Applied, BaseView, FixerHold, Interrupted, Policy, Read, Store, Totals};
 use crate::os::time::{self, Millis};
 use crate::os::{env, say};
-use crate::protocol::key::file_stem;
+use crate::protocol::key::{base_of, file_stem};
 use crate::protocol::ledger::history_entries;
 use crate::protocol::state::{Event, KeyState, Lease, Observed, Outcome, Status, transition};
 
@@ -99,6 +103,8 @@ struct View {
     tip_is_commit: bool,
     /// For a damaged tip: the newest good state below it (generation floor, counters).
     last_good: Option<Doc>,
+    /// The base's pass counter: the highest over its keys.
+    base_passes: u64,
 }
 
 pub struct RemoteStore {
@@ -158,13 +164,13 @@ impl RemoteStore {
         chain::open(&self.git_dir)
     }
 
-    fn state_ref(stem: &str, epoch: u64) -> String {
-        format!("{STATE_PREFIX}{stem}/{epoch}")
+    fn state_ref(path: &str, epoch: u64) -> String {
+        format!("{STATE_PREFIX}{path}/{epoch}")
     }
 
     /// The ref under which the fix commit `commit` of `key` is published.
     pub fn fix_ref_name(key: &str, commit: &str) -> String {
-        format!("{FIX_PREFIX}{}/{commit}", file_stem(key))
+        format!("{FIX_PREFIX}{}/{commit}", key_path(key))
     }
 
     /// Groups `ls-remote` output into keys: stem -> (epochs, fix refs).
@@ -172,9 +178,12 @@ impl RemoteStore {
         let mut keys: BTreeMap<String, (Vec<Tip>, Vec<(String, String)>)> = BTreeMap::new();
         for (oid, name) in refs {
             if let Some(rest) = name.strip_prefix(STATE_PREFIX) {
-                let Some((stem, epoch)) = rest.split_once('/') else {
+                let Some((stem, epoch)) = rest.rsplit_once('/') else {
                     continue;
                 };
+                if stem.matches('/').count() != 1 {
+                    continue;
+                }
                 let Ok(epoch) = epoch.parse::<u64>() else {
                     continue;
                 };
@@ -184,7 +193,10 @@ impl RemoteStore {
                     name: name.clone(),
                 });
             } else if let Some(rest) = name.strip_prefix(FIX_PREFIX) {
-                if let Some((stem, _)) = rest.split_once('/') {
+                if let Some((stem, _)) = rest
+                    .rsplit_once('/')
+                    .filter(|(s, _)| s.matches('/').count() == 1)
+                {
                     keys.entry(stem.to_owned())
                         .or_default()
                         .1
@@ -222,6 +234,7 @@ impl RemoteStore {
             damaged: None,
             tip_is_commit: false,
             last_good: None,
+            base_passes: 0,
         };
         if let Some(tip) = &current {
             let decoded = chain::decode(repo, &tip.oid, key);
@@ -243,21 +256,38 @@ impl RemoteStore {
         view
     }
 
-    /// One read of `key`: `ls-remote` of its refs, and a fetch of its tip when it is new here.
+    /// One read of `key`: one `ls-remote` of its base's refs, and one fetch of the tips that are
+    /// new here. The base's other keys give its pass counter (`Observed::passes`).
     fn view(&self, key: &str) -> Result<View, Failure> {
-        let stem = file_stem(key);
+        let path = key_path(key);
+        let base_stem = file_stem(base_of(key));
         let refs = self.git.ls_remote(&[
-            format!("{STATE_PREFIX}{stem}/*"),
-            format!("{FIX_PREFIX}{stem}/*"),
+            format!("{STATE_PREFIX}{base_stem}/*"),
+            format!("{FIX_PREFIX}{path}/*"),
         ])?;
-        let (tips, fixes) = Self::group(&refs).remove(&stem).unwrap_or_default();
+        let mut groups = Self::group(&refs);
         let repo = self
             .repo()
             .map_err(|e| Failure::Permanent(format!("{e:#}")))?;
-        if let Some(top) = tips.iter().max_by_key(|t| t.epoch) {
-            self.fetch_missing(&repo, &[top.oid.as_str()])?;
-        }
-        Ok(self.view_of(&repo, key, tips, fixes))
+        let tops: Vec<&str> = groups
+            .iter()
+            .filter(|(p, _)| p.starts_with(&format!("{base_stem}/")))
+            .filter_map(|(_, (tips, _))| tips.iter().max_by_key(|t| t.epoch))
+            .map(|t| t.oid.as_str())
+            .collect();
+        self.fetch_missing(&repo, &tops)?;
+        let base_passes = groups
+            .iter()
+            .filter(|(p, _)| p.starts_with(&format!("{base_stem}/")) && **p != path)
+            .filter_map(|(_, (tips, _))| tips.iter().max_by_key(|t| t.epoch))
+            .filter_map(|t| chain::decode(&repo, &t.oid, "").doc.ok())
+            .map(|d| d.passes)
+            .max()
+            .unwrap_or(0);
+        let (tips, fixes) = groups.remove(&path).unwrap_or_default();
+        let mut view = self.view_of(&repo, key, tips, fixes);
+        view.base_passes = base_passes.max(view.doc.as_ref().map_or(0, |d| d.passes));
+        Ok(view)
     }
 
     /// Every key on the remote, decoded (one `ls-remote`, one fetch of the new tips).
@@ -346,8 +376,7 @@ impl RemoteStore {
         epoch: u64,
         new_fix: Option<&str>,
     ) -> Vec<Update> {
-        let stem = file_stem(key);
-        let name = Self::state_ref(&stem, epoch);
+        let name = Self::state_ref(&key_path(key), epoch);
         let mut updates = vec![Update {
             name: name.clone(),
             new: Some(commit.to_owned()),
@@ -396,6 +425,7 @@ impl RemoteStore {
         key: &str,
         base: &str,
         limit: Duration,
+        stop: &dyn Fn() -> bool,
         mut decide: impl FnMut(&KeyState, &View) -> Step<R>,
     ) -> Result<(R, KeyState, KeyState, Option<String>)> {
         let started = Instant::now();
@@ -403,6 +433,9 @@ impl RemoteStore {
         let mut lost = 0u32;
         let mut pushed: Option<(String, R, KeyState, KeyState, Option<String>)> = None;
         loop {
+            if stop() {
+                return Err(Interrupted.into());
+            }
             let view = self
                 .retrying(deadline, || self.view(key))
                 .map_err(|f| self.failed(f, started.elapsed()))?;
@@ -435,6 +468,10 @@ impl RemoteStore {
                 count(&mut totals);
             }
             let seq = prev.map_or(0, |d| d.seq) + 1;
+            let passes = prev
+                .map_or(0, |d| d.passes)
+                .max(view.base_passes)
+                .max(after.passed);
             let current_epoch = view.current.as_ref().map(|t| t.epoch);
             // A new chain when the key is new, the tip cannot be a parent, or the chain is long.
             let (epoch, parent, previous) = match &view.current {
@@ -458,6 +495,7 @@ impl RemoteStore {
                     .unwrap_or_else(|| base.to_owned()),
                 seq,
                 totals,
+                passes,
                 state: after.clone(),
             };
             let now = time::now();
@@ -483,17 +521,13 @@ impl RemoteStore {
             let repo = self.repo()?;
             let commit = chain::write(&repo, &doc, parent, &subject, &history, previous, now)?;
             drop(repo);
-            let new_fix = fix_commit(&after).filter(|f| {
-                fix_commit(&before).as_deref() != Some(f.as_str()) || view.damaged.is_some()
-            });
-            let new_fix = new_fix.or_else(|| {
-                // Keep publishing the recorded fix if its ref went missing.
-                fix_commit(&after).filter(|f| {
-                    !view
-                        .fixes
-                        .iter()
-                        .any(|(n, _)| *n == Self::fix_ref_name(key, f))
-                })
+            // The fix commit travels with the state that records it (and is published again
+            // if its ref went missing).
+            let new_fix = after.fix_commit().map(str::to_owned).filter(|f| {
+                !view
+                    .fixes
+                    .iter()
+                    .any(|(n, _)| *n == Self::fix_ref_name(key, f))
             });
             let updates = self.updates(key, &view, &commit, epoch, new_fix.as_deref());
             let outcome = self.retrying(deadline, || self.git.push(&updates));
@@ -575,6 +609,7 @@ impl RemoteStore {
             base: "probe".into(),
             seq: 1,
             totals: Totals::default(),
+            passes: 0,
             state: KeyState::passing("probe"),
         };
         let now = time::now();
@@ -683,13 +718,20 @@ enum Step<R> {
     },
 }
 
-fn short(oid: &str) -> &str {
-    &oid[..oid.len().min(12)]
+/// Where `key`'s refs live under `refs/buildlock/state/` and `refs/buildlock/fix/`:
+/// `<base stem>/<sub>` (see the module header).
+pub fn key_path(key: &str) -> String {
+    let base = base_of(key);
+    let sub = if base.len() == key.len() {
+        "_".to_owned()
+    } else {
+        file_stem(&key[base.len() + 1..])
+    };
+    format!("{}/{sub}", file_stem(base))
 }
 
-/// The fix commit a state records, if any.
-fn fix_commit(_s: &KeyState) -> Option<String> {
-    None
+fn short(oid: &str) -> &str {
+    &oid[..oid.len().min(12)]
 }
 
 fn subject(key: &str, history: &[serde_json::Value], after: &KeyState) -> String {
@@ -733,6 +775,64 @@ impl Store for RemoteStore {
         self.read_key(key)
     }
 
+    fn read_base(&self, base: &str) -> BaseView {
+        let path = key_path(base);
+        let base_stem = path.split('/').next().unwrap_or_default().to_owned();
+        let read = || -> Result<BaseView, Failure> {
+            let refs = self
+                .git
+                .ls_remote(&[format!("{STATE_PREFIX}{base_stem}/*")])?;
+            let groups = Self::group(&refs);
+            let repo = self
+                .repo()
+                .map_err(|e| Failure::Permanent(format!("{e:#}")))?;
+            let tops: Vec<&str> = groups
+                .values()
+                .filter_map(|(tips, _)| tips.iter().max_by_key(|t| t.epoch))
+                .map(|t| t.oid.as_str())
+                .collect();
+            self.fetch_missing(&repo, &tops)?;
+            let mut view = BaseView::default();
+            for (p, (tips, _)) in groups {
+                if !p.starts_with(&format!("{base_stem}/")) {
+                    continue;
+                }
+                let Some(top) = tips.iter().max_by_key(|t| t.epoch) else {
+                    continue;
+                };
+                match chain::decode(&repo, &top.oid, "").doc {
+                    Ok(doc) if doc.base == base => {
+                        view.passes = view.passes.max(doc.passes);
+                        view.keys.push(doc.state);
+                    }
+                    Ok(_) => {}
+                    Err(why) if p == path => view.damaged = Some(why),
+                    Err(_) => {}
+                }
+            }
+            Ok(view)
+        };
+        match read() {
+            Ok(view) => {
+                self.reached();
+                view
+            }
+            Err(f) => {
+                // Nothing is known: no key to mark, and no failure judged stale (a pass counter
+                // no key can exceed). A failing check then finds out in `apply`, with retries.
+                say::warn(format!(
+                    "cannot reach the remote `{}`: {}",
+                    self.git.remote,
+                    f.message()
+                ));
+                BaseView {
+                    passes: u64::MAX,
+                    ..BaseView::default()
+                }
+            }
+        }
+    }
+
     fn apply(
         &self,
         key: &str,
@@ -740,9 +840,10 @@ impl Store for RemoteStore {
         event: &Event,
         policy: Policy,
         seen_silent: Option<(u64, Millis)>,
+        stop: &dyn Fn() -> bool,
     ) -> Result<Applied> {
         let (outcome, before, after, damaged) =
-            self.transact(key, base, self.wait, |before, view| {
+            self.transact(key, base, self.wait, stop, |before, view| {
                 let floor = view
                     .doc
                     .as_ref()
@@ -755,27 +856,40 @@ impl Store for RemoteStore {
                     stale_after: Millis::MAX,
                     max_fix_attempts: policy.max_fix_attempts,
                     generation_floor: floor,
+                    passes: view.base_passes,
                     fixer_lock_free: false,
                     seen_silent,
                 };
-                let (after, outcome) = transition(before, event, &seen);
+                let (mut after, outcome) = transition(before, event, &seen);
+                // Another machine cannot read the fixer's git dir: only a recorded fix commit
+                // means anything there (`buildlock ci` and commit-retry record it).
+                if let Some(fix) = after.fix.as_mut() {
+                    fix.git_dir = None;
+                }
                 if after == *before {
                     return Step::Keep(outcome);
                 }
                 let history = history_entries(key, event, &outcome, before, &after);
-                let (ev, out, aft) = (event.clone(), outcome.clone(), after.clone());
+                let (ev, out, bef, aft) = (
+                    event.clone(),
+                    outcome.clone(),
+                    before.clone(),
+                    after.clone(),
+                );
                 Step::Write {
                     result: outcome,
                     after,
                     history,
-                    count: Some(Box::new(move |t: &mut Totals| t.count(&ev, &out, &aft))),
+                    count: Some(Box::new(move |t: &mut Totals| {
+                        t.count(&ev, &out, &bef, &aft)
+                    })),
                 }
             })?;
         if matches!(
             outcome,
             Outcome::Fixed | Outcome::Recovered | Outcome::Reset
         ) {
-            self.prune(&file_stem(key));
+            self.prune(&key_path(key));
         }
         Ok(Applied {
             before,
@@ -831,9 +945,25 @@ impl Store for RemoteStore {
         all
     }
 
-    fn record(&self, _entry: serde_json::Value) -> Result<()> {
-        // Events that change no state (a fix run started or ended) are not worth a push each:
-        // the remote's history is the chain of transitions.
+    fn record(&self, entry: serde_json::Value) -> Result<()> {
+        // A fix run started or ended: no state changes, but the counters (fix runs) and the
+        // history do; one push, like any transition.
+        let Some(key) = entry.get("key").and_then(|k| k.as_str()).map(str::to_owned) else {
+            return Ok(());
+        };
+        let limit = self.wait.min(Duration::from_secs(30));
+        self.transact(&key, &key, limit, &|| false, |before, view| {
+            if view.current.is_none() {
+                return Step::Keep(());
+            }
+            let e = entry.clone();
+            Step::Write {
+                result: (),
+                after: before.clone(),
+                history: vec![entry.clone()],
+                count: Some(Box::new(move |t: &mut Totals| t.count_record(&e))),
+            }
+        })?;
         Ok(())
     }
 
@@ -842,7 +972,7 @@ impl Store for RemoteStore {
             Duration::from_millis(500),
             self.wait.max(Duration::from_millis(500)),
         );
-        self.transact(key, "", limit, |before, _| {
+        self.transact(key, "", limit, &|| false, |before, _| {
             let mut after = before.clone();
             // Strictly increasing, so that the lease visibly moves even on a machine whose clock
             // stands still or went back: waiters compare it for equality only.
@@ -865,13 +995,24 @@ impl Store for RemoteStore {
         Ok(())
     }
 
-    fn hold_fixer(&self, _key: &str, _timeout: Duration) -> Result<Option<FixerHold>> {
+    fn hold_fixer(
+        &self,
+        _key: &str,
+        _generation: u64,
+        _timeout: Duration,
+    ) -> Result<Option<FixerHold>> {
         // Another machine cannot see this process die; the heartbeat is the sign of life.
         Ok(Some(FixerHold::new(())))
     }
 
-    fn fixer_gone(&self, _key: &str) -> bool {
+    fn fixer_gone(&self, _key: &str, _generation: u64) -> bool {
         false
+    }
+
+    fn watches(&self) -> bool {
+        // `wait_change` sleeps `remote_poll` itself, whatever it is asked: each look is a round
+        // trip to the remote.
+        true
     }
 
     fn diagnose(&self) -> Vec<(bool, String)> {

@@ -1,0 +1,65 @@
+//! The fix handed to the waiters: which commit fixed a breakage, and whether a HEAD has it.
+//!
+//! The pre-commit hook runs before the commit exists, so a fixer's passing check records where
+//! the fix commit will appear (the fixer's git dir and its HEAD at that moment). The commit is
+//! then known in one of two ways, and neither costs a commit anything:
+//! - commit-retry and `buildlock ci` record it right after their commit succeeds;
+//! - anyone else finds it when they need it: the first commit after that HEAD on the fixer's
+//!   first-parent line (all worktrees of a repository share their objects and refs).
+//!
+//! A waiter can wake before the commit exists (git writes it after the hook returns), and the
+//! fixer's commit can still fail after its check passed (a `commit-msg` hook, an aborted editor):
+//! [`await_commit`] waits a bounded time for it and otherwise says it is not there.
+
+use std::time::{Duration, Instant};
+
+/// How long a fix commit is waited for after the fixer's check passed. git writes it right after
+/// the hook returns; a commit that is not there by then (a `commit-msg` hook refused it, an
+/// editor was left open) is not waited for any longer.
+pub const GRACE: Duration = Duration::from_secs(10);
+
+use crate::os::repo::{self, Repo};
+use crate::protocol::state::Fix;
+
+/// The fix commit, when it is known or can be found now.
+pub fn resolve(fix: &Fix) -> Option<String> {
+    if let Some(commit) = &fix.commit {
+        return Some(commit.clone());
+    }
+    repo::commit_after(fix.git_dir.as_deref()?, fix.head_before.as_deref())
+}
+
+/// Waits until the fix commit can be found, for at most `limit`, stopping early when `stop`
+/// says so.
+pub fn await_commit(fix: &Fix, limit: Duration, stop: &dyn Fn() -> bool) -> Option<String> {
+    let deadline = Instant::now() + limit;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        if let Some(commit) = resolve(fix) {
+            return Some(commit);
+        }
+        if Instant::now() >= deadline || stop() {
+            return None;
+        }
+        std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// `Some(commit)` when this repository's HEAD does not have the fix commit `commit`.
+pub fn lacking(repo: &Repo, commit: &str) -> Option<String> {
+    match repo.head_contains(commit) {
+        Some(true) => None,
+        // Not in our object store (another machine's fix, not fetched yet) also means we lack it.
+        Some(false) | None => Some(commit.to_owned()),
+    }
+}
+
+/// How to take the fix, for people and agents.
+pub fn how_to_take(commit: &str) -> String {
+    let short = &commit[..commit.len().min(12)];
+    format!(
+        "`git cherry-pick {short}` (with staged changes: `git stash && git cherry-pick {short} && \
+         git stash pop --index`)"
+    )
+}

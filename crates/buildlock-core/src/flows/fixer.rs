@@ -1,0 +1,304 @@
+//! Holding a fixer role and running the fix: shared by commit-retry and `buildlock ci`.
+//!
+//! A [`Role`] is held for as long as the process acts as fixer, re-checks included:
+//! - it holds the fixer lock of its generation (registered means holding it: a process that
+//!   cannot get the lock never registers, so a live fixer is never declared dead);
+//! - it stops a predecessor's orphaned fix, and sees it gone, before registering;
+//! - its heartbeat renews the lease the whole time, fix and re-check commit alike, and notices
+//!   when another agent took the role over (fencing).
+//!
+//! Dropping the role stops the heartbeat and lets the lock go.
+
+use anyhow::{Result, bail};
+use std::ffi::OsString;
+use std::time::Duration;
+
+use crate::flows::context::Context;
+use crate::flows::lease::Heartbeat;
+use crate::os::check::{self, Ending};
+use crate::os::process::{self, Process, Stopped};
+use crate::os::{env, say, time};
+use crate::protocol::state::{Event, Outcome};
+use crate::store::{FixerHold, Read};
+
+/// What a breakage's fixer works on: from the hook's decision, or `buildlock ci`'s election.
+#[derive(Clone, Debug)]
+pub struct Assignment {
+    pub key: String,
+    pub base: String,
+    pub generation: u64,
+    pub signature: Option<String>,
+    pub log: Option<std::path::PathBuf>,
+    /// Failed re-checks so far.
+    pub attempts: u32,
+}
+
+pub struct Role {
+    pub key: String,
+    pub base: String,
+    pub generation: u64,
+    heartbeat: Heartbeat,
+    _hold: FixerHold,
+}
+
+/// What [`Role::take`] found.
+pub enum Took {
+    Role(Role),
+    /// Another process holds this generation's role: another run of the same agent. Wait for it.
+    HeldElsewhere,
+    /// The role moved on before we could register (taken over, reset): nothing to do.
+    NotFixer,
+}
+
+impl Role {
+    pub fn take(ctx: &Context, a: &Assignment) -> Result<Took> {
+        // A waiter probing the lock holds it for a moment: try for a short while.
+        let Some(hold) = ctx
+            .store
+            .hold_fixer(&a.key, a.generation, Duration::from_secs(2))?
+        else {
+            return Ok(Took::HeldElsewhere);
+        };
+        // Stop what is left of the previous fixer's fix, and see it gone, before ours starts.
+        if let Read::Found { state, .. } = ctx.store.read(&a.key) {
+            if let Some(orphan) = &state.orphan_fix {
+                match process::stop_group(orphan, Duration::from_secs(2)) {
+                    Stopped::Stopped => say::say(format!(
+                        "stopped the previous fixer's fix (process group {} on {})",
+                        orphan.pid, orphan.host
+                    )),
+                    Stopped::NotRunning | Stopped::NotOurs => {}
+                    Stopped::StillRunning => bail!(
+                        "the previous fixer's fix (process group {}) still runs after SIGKILL; \
+                         not starting a second fix beside it",
+                        orphan.pid
+                    ),
+                }
+            }
+        }
+        let me = std::process::id();
+        let event = Event::Register {
+            agent: ctx.agent.clone(),
+            generation: a.generation,
+            holder: Process {
+                pid: me,
+                host: process::hostname(),
+                start: process::start_time(me),
+                token: None,
+            },
+            fix_process: None,
+        };
+        let applied = ctx
+            .store
+            .apply(&a.key, &a.base, &event, ctx.policy(), None, &stop)?;
+        if applied.outcome != Outcome::Registered {
+            return Ok(Took::NotFixer);
+        }
+        let heartbeat = Heartbeat::start(
+            ctx.store.clone(),
+            a.key.clone(),
+            ctx.agent.clone(),
+            a.generation,
+            ctx.config.stale_after,
+        );
+        Ok(Took::Role(Role {
+            key: a.key.clone(),
+            base: a.base.clone(),
+            generation: a.generation,
+            heartbeat,
+            _hold: hold,
+        }))
+    }
+
+    /// Whether another agent took the role over.
+    pub fn fenced(&self) -> bool {
+        self.heartbeat.fenced()
+    }
+
+    pub fn is_for(&self, a: &Assignment) -> bool {
+        self.key == a.key && self.generation == a.generation
+    }
+
+    /// Runs `fix.command` once, with the contract's environment and a token that identifies
+    /// this run, registering its process group so that a successor can stop it.
+    pub fn run_fix(&self, ctx: &Context, command: &str, a: &Assignment) -> Result<FixEnd> {
+        let attempt = a.attempts + 1;
+        say::headline(
+            say::Tone::Bad,
+            format!(
+                "you are the fixer; running the fix (attempt {attempt} of {}): {command}",
+                ctx.config.max_fix_attempts
+            ),
+        );
+        let token = token();
+        let mut env = fix_env(ctx, a, attempt);
+        env.push((env::FIX_TOKEN_VAR.to_owned(), token.clone().into()));
+        let store = &ctx.store;
+        let mut on_start = |pgid: u32| {
+            let fix_process = Process {
+                pid: pgid,
+                host: process::hostname(),
+                start: process::start_time(pgid),
+                token: Some(token.clone()),
+            };
+            let me = std::process::id();
+            let event = Event::Register {
+                agent: ctx.agent.clone(),
+                generation: a.generation,
+                holder: Process {
+                    pid: me,
+                    host: process::hostname(),
+                    start: process::start_time(me),
+                    token: None,
+                },
+                fix_process: Some(fix_process),
+            };
+            if let Err(e) = store.apply(&a.key, &a.base, &event, ctx.policy(), None, &stop) {
+                say::warn(format!("could not record the fix process: {e:#}"));
+            }
+            let _ = store.record(serde_json::json!({"event": "fix_started", "key": a.key,
+                "agent": ctx.agent, "generation": a.generation, "attempt": attempt}));
+            crate::os::fault::point("fix");
+        };
+        let run = shell(ctx, command, env, &mut on_start, &|| self.fenced())?;
+        let taken_over = self.fenced();
+        let _ = store.record(serde_json::json!({"event": "fix_finished", "key": a.key,
+            "agent": ctx.agent, "generation": a.generation, "attempt": attempt,
+            "ok": run.ending == Ending::Passed, "took_ms": run.took.as_millis() as u64}));
+        Ok(match run.ending {
+            Ending::Signal(n) => FixEnd::Signal(n),
+            _ if taken_over => FixEnd::TakenOver,
+            Ending::Passed => {
+                say::say(format!(
+                    "the fix finished in {}; checking again",
+                    time::human(run.took)
+                ));
+                FixEnd::Done
+            }
+            other => {
+                say::say(format!(
+                    "the fix {}; checking again anyway",
+                    describe_ending(&other)
+                ));
+                FixEnd::Done
+            }
+        })
+    }
+}
+
+/// How a fix run ended.
+pub enum FixEnd {
+    Done,
+    TakenOver,
+    Signal(i32),
+}
+
+/// A command's ending, in words.
+pub fn describe_ending(ending: &Ending) -> String {
+    match ending {
+        Ending::Passed => "succeeded".to_owned(),
+        Ending::Failed(Some(code)) => format!("failed (exit {code})"),
+        Ending::Failed(None) => "was killed by a signal".to_owned(),
+        Ending::TimedOut(limit) => {
+            format!("was stopped after check_timeout ({})", time::human(*limit))
+        }
+        Ending::Signal(n) => format!("was interrupted by signal {n}"),
+        Ending::ParentGone => "was stopped because its parent went away".to_owned(),
+    }
+}
+
+/// Stop waiting for the election lock on a signal.
+fn stop() -> bool {
+    crate::os::signals::pending().is_some()
+}
+
+/// A value only this fix run's environment carries.
+fn token() -> String {
+    let mut bytes = [0u8; 16];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    if random.is_err() {
+        let seed = time::now() ^ (u64::from(std::process::id()) << 32);
+        bytes[..8].copy_from_slice(&seed.to_le_bytes());
+        bytes[8..].copy_from_slice(
+            &time::jitter(Duration::from_secs(3600))
+                .as_nanos()
+                .to_le_bytes()[..8],
+        );
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The contract's environment for `fix.command` and `retry.refresh`.
+pub fn fix_env(ctx: &Context, a: &Assignment, attempt: u32) -> Vec<(String, OsString)> {
+    let mut env = vec![
+        ("BUILDLOCK_KEY".to_owned(), a.key.clone().into()),
+        (
+            "BUILDLOCK_SIGNATURE".to_owned(),
+            a.signature.clone().unwrap_or_default().into(),
+        ),
+        (
+            "BUILDLOCK_GENERATION".to_owned(),
+            a.generation.to_string().into(),
+        ),
+        ("BUILDLOCK_ATTEMPT".to_owned(), attempt.to_string().into()),
+        ("BUILDLOCK_AGENT".to_owned(), ctx.agent.clone().into()),
+    ];
+    if let Some(log) = &a.log {
+        env.push(("BUILDLOCK_LOG".to_owned(), log.clone().into_os_string()));
+    }
+    env
+}
+
+/// Runs `command` with `sh -c` at the work tree root in its own process group, echoed,
+/// bounded by `check_timeout` (the fix and the refresh).
+pub fn shell(
+    ctx: &Context,
+    command: &str,
+    env: Vec<(String, OsString)>,
+    on_start: &mut dyn FnMut(u32),
+    cancel: &dyn Fn() -> bool,
+) -> Result<check::Run> {
+    let options = check::Options {
+        dir: &ctx.repo.worktree,
+        timeout: ctx.config.check_timeout,
+        echo: true,
+        env,
+        parent: None,
+        on_start,
+        cancel,
+    };
+    Ok(check::run(
+        &check::Command::Shell(command.to_owned()),
+        options,
+    )?)
+}
+
+/// Runs `retry.refresh` (after a fix, before retrying) with the contract's environment and the
+/// fix commit. `Ok(None)` when it succeeded or there is none; `Some(code)` to exit with.
+pub fn refresh(ctx: &Context, a: &Assignment, fix_commit: Option<&str>) -> Result<Option<i32>> {
+    let Some(refresh) = &ctx.config.retry_refresh else {
+        return Ok(None);
+    };
+    say::say(format!("refreshing before the retry: {refresh}"));
+    let mut env = fix_env(ctx, a, a.attempts + 1);
+    if let Some(commit) = fix_commit {
+        env.push(("BUILDLOCK_FIX_COMMIT".to_owned(), commit.into()));
+        // With the remote backend, a ref on the remote that holds it (fetch it from there).
+        if let Some(reference) = ctx.store.fix_ref(&a.key, commit) {
+            env.push(("BUILDLOCK_FIX_REF".to_owned(), reference.into()));
+        }
+    }
+    let run = shell(ctx, refresh, env, &mut |_| {}, &|| false)?;
+    Ok(match run.ending {
+        Ending::Passed => None,
+        Ending::Signal(n) => Some(crate::protocol::exit::signal(n)),
+        other => {
+            say::say(format!(
+                "`retry.refresh` {}; fix what it reports, then run `git commit-retry …` again",
+                describe_ending(&other)
+            ));
+            Some(crate::protocol::exit::BLOCKED)
+        }
+    })
+}

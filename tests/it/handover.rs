@@ -1,0 +1,211 @@
+//! The fix handed to the waiters (issue 8, "Done means"): agents that started from a committed
+//! breakage, committing with plain `git commit`: one fixes it, the others are told the fix
+//! commit, and once they take it every commit lands on its first try.
+
+use crate::harness::*;
+use std::process::Stdio;
+use std::time::Duration;
+
+const AGENTS: usize = 6;
+
+/// A repository whose committed `dep.txt` breaks the check, and `AGENTS` worktrees started
+/// from it.
+fn committed_breakage(extra: &str) -> (TestRepo, Vec<std::path::PathBuf>) {
+    let r = TestRepo::new("");
+    std::fs::write(
+        r.dir.join(".buildlock.toml"),
+        format!(
+            "check = \"grep -qx ok dep.txt || {{ echo 'dep.txt: bad version'; false; }}\"\n{extra}"
+        ),
+    )
+    .unwrap();
+    std::fs::write(r.dir.join("dep.txt"), "1.0-broken\n").unwrap();
+    r.git(&["add", "-A"]);
+    r.git(&["commit", "-q", "-m", "bump dep (broken)", "--no-verify"]);
+    let trees = (0..AGENTS).map(|i| r.worktree(&format!("a{i}"))).collect();
+    (r, trees)
+}
+
+#[test]
+fn six_plain_commits_one_fix_five_told_the_commit_then_all_land_first_try() {
+    let (r, trees) = committed_breakage("[coordination]\nwait = \"2m\"\n");
+    for (i, t) in trees.iter().enumerate() {
+        r.stage_change(t, &format!("work{i}"));
+    }
+    let commits: Vec<_> = trees
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            r.cmd("git", t)
+                .args(["commit", "-q", "-m", &format!("work {i}")])
+                .env("BUILDLOCK_AGENT", format!("a{i}"))
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Exactly one is elected: its `git commit` fails at once; the others wait in their hook.
+    assert!(eventually(Duration::from_secs(30), || r.state()["keys"][0]
+        ["status"]
+        == "fixing"));
+    let fixer_id = r.state()["keys"][0]["fixer"]["agent"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let fixer: usize = fixer_id[1..].parse().unwrap();
+    let mut outs: Vec<Option<std::process::Output>> = (0..AGENTS).map(|_| None).collect();
+    let mut children: Vec<Option<std::process::Child>> = commits.into_iter().map(Some).collect();
+    let out = wait_output(children[fixer].take().unwrap(), Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("you are the FIXER"));
+
+    // The fixer fixes the dependency and commits: the hook marks the build fixed.
+    let t = &trees[fixer];
+    std::fs::write(t.join("dep.txt"), "ok\n").unwrap();
+    r.git_in(t, &["add", "dep.txt"]);
+    let out = r
+        .cmd("git", t)
+        .args(["commit", "-q", "-m", "fix dep"])
+        .env("BUILDLOCK_AGENT", &fixer_id)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("you fixed the build"));
+    let fix = text(&r.git_in(t, &["rev-parse", "HEAD"]).stdout)
+        .trim()
+        .to_owned();
+
+    // Every waiter wakes, fails the same way on its own tree, and is told the fix commit:
+    // nobody else is elected.
+    for (i, child) in children.iter_mut().enumerate() {
+        if let Some(child) = child.take() {
+            outs[i] = Some(wait_output(child, Duration::from_secs(60)));
+        }
+    }
+    for (i, out) in outs.iter().enumerate() {
+        let Some(out) = out else { continue };
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "a{i}: {err}");
+        assert!(
+            err.contains(&format!("already fixed this failure in commit {fix}")),
+            "a{i}: {err}"
+        );
+        assert!(
+            err.contains(&format!("git cherry-pick {}", &fix[..12])),
+            "a{i}: {err}"
+        );
+        assert!(!err.contains("you are the FIXER"), "a{i}: {err}");
+    }
+    let s = r.state();
+    assert_eq!(s["keys"][0]["fix_commit"], fix.as_str());
+    assert_eq!(s["totals"]["elections"], 1);
+    assert_eq!(s["totals"]["fixes"], 1);
+    assert_eq!(
+        s["totals"]["fix_runs_avoided"],
+        (AGENTS - 1) as u64,
+        "{}",
+        s["totals"]
+    );
+
+    // Each takes the fix as it was told, and commits: first try.
+    for (i, t) in trees.iter().enumerate() {
+        if i == fixer {
+            continue;
+        }
+        r.git_in(t, &["stash", "-q"]);
+        r.git_in(t, &["cherry-pick", &fix]);
+        r.git_in(t, &["stash", "pop", "-q", "--index"]);
+        let out = r
+            .cmd("git", t)
+            .args(["commit", "-q", "-m", &format!("work {i}")])
+            .env("BUILDLOCK_AGENT", format!("a{i}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "a{i}: {}", text(&out.stderr));
+        assert_eq!(r.last_subject(t), format!("work {i}"));
+    }
+    assert_eq!(r.state()["totals"]["elections"], 1, "still one election");
+}
+
+#[test]
+fn commit_retry_takes_the_fix_through_retry_refresh() {
+    // The refresh gets BUILDLOCK_FIX_COMMIT and takes the fix; the retry then lands.
+    let (r, trees) = committed_breakage(
+        "[retry]\nrefresh = 'git stash -q && git cherry-pick \"$BUILDLOCK_FIX_COMMIT\" && git stash pop -q --index'\n",
+    );
+    let (fixer, waiter) = (&trees[0], &trees[1]);
+    // The fixer's plain commit elects it.
+    r.stage_change(fixer, "fixer-work");
+    let out = r
+        .cmd("git", fixer)
+        .args(["commit", "-q", "-m", "fixer work"])
+        .env("BUILDLOCK_AGENT", "a0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    // The waiter's commit-retry waits for it.
+    r.stage_change(waiter, "waiter-work");
+    let child = r
+        .cmd(COMMIT_RETRY, waiter)
+        .args(["-q", "-m", "waiter work"])
+        .env("BUILDLOCK_AGENT", "a1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(30), || r.state()["keys"][0]
+        ["waiters"]
+        == serde_json::json!(["a1"])));
+    std::fs::write(fixer.join("dep.txt"), "ok\n").unwrap();
+    r.git_in(fixer, &["add", "dep.txt"]);
+    let out = r
+        .cmd("git", fixer)
+        .args(["commit", "-q", "-m", "fix dep"])
+        .env("BUILDLOCK_AGENT", "a0")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let fix = text(&r.git_in(fixer, &["rev-parse", "HEAD"]).stdout)
+        .trim()
+        .to_owned();
+    let out = wait_output(child, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(r.last_subject(waiter), "waiter work");
+    let log = text(&r.git_in(waiter, &["log", "--format=%H"]).stdout);
+    assert!(log.contains(&fix), "the waiter's branch has the fix commit");
+    assert_eq!(r.state()["totals"]["elections"], 1);
+}
+
+#[test]
+fn without_a_refresh_commit_retry_says_how_to_take_the_fix() {
+    // a0 is elected on the broken base, fixes it and commits.
+    let (r, trees) = committed_breakage("");
+    let (fixer, other) = (&trees[0], &trees[1]);
+    assert_eq!(r.hook(fixer, "a0").status.code(), Some(1));
+    std::fs::write(fixer.join("dep.txt"), "ok\n").unwrap();
+    r.git_in(fixer, &["add", "dep.txt"]);
+    let out = r
+        .cmd("git", fixer)
+        .args(["commit", "-q", "-m", "fix dep"])
+        .env("BUILDLOCK_AGENT", "a0")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let fix = text(&r.git_in(fixer, &["rev-parse", "HEAD"]).stdout)
+        .trim()
+        .to_owned();
+    r.stage_change(other, "w");
+    let out = r
+        .cmd(COMMIT_RETRY, other)
+        .args(["-q", "-m", "w"])
+        .env("BUILDLOCK_AGENT", "a1")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{err}");
+    assert!(
+        err.contains(&format!("git cherry-pick {}", &fix[..12])),
+        "{err}"
+    );
+    assert!(err.contains("retry.refresh"), "{err}");
+    assert_eq!(r.state()["totals"]["elections"], 1, "nobody else elected");
+}
