@@ -541,7 +541,8 @@ fn remote_daemon_stopped_and_restarted_during_a_wait() {
         .count();
     assert!(
         told >= 2,
-        "the waiters said they could not reach the remote"
+        "the waiters said they could not reach the remote\n{}",
+        report(&outs)
     );
     let said = text(&outs[1].1.stderr);
     assert!(
@@ -620,17 +621,20 @@ fn remote_a_push_that_loses_every_race_for_a_while_still_lands_once() {
     std::thread::sleep(Duration::from_millis(300));
     let before = moved.load(std::sync::atomic::Ordering::SeqCst);
     let waiter = s.ci(&b, "waiter", &[]);
+    // For a while, the ref moves faster than the waiter can read and push (about every 10 ms
+    // against its ~100 ms): it loses race after race, backs off and tries again.
+    std::thread::sleep(Duration::from_secs(3));
+    let during = moved.load(std::sync::atomic::Ordering::SeqCst) - before;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    noise.join().unwrap();
     assert!(
         eventually(Duration::from_secs(60), || {
             s.status(&a)["keys"][0]["waiters"]
                 .as_array()
                 .is_some_and(|w| w.len() == 1)
         }),
-        "the waiter's join landed despite the noise"
+        "the waiter's join landed once the noise stopped"
     );
-    let during = moved.load(std::sync::atomic::Ordering::SeqCst) - before;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    noise.join().unwrap();
     std::fs::remove_file(s.path("hold")).unwrap();
     let outs = finish(
         vec![("fixer".into(), fixer), ("waiter".into(), waiter)],
@@ -924,13 +928,14 @@ fn remote_chains_are_compacted_under_a_fast_forward_only_server() {
         "bounded chain: {chain}"
     );
     let st = s.status(&a);
+    // (A waiter that stops waiting leaves the list; the count of waits stays.)
+    assert_eq!(st["totals"]["waits"], 8, "{st}");
     assert_eq!(
-        st["keys"][0]["waiters"].as_array().unwrap().len(),
-        8,
-        "{st}"
-    );
-    assert_eq!(
-        st["totals"]["fix_runs_avoided"], 8,
+        (
+            st["totals"]["failures"].as_u64(),
+            st["totals"]["elections"].as_u64()
+        ),
+        (Some(9), Some(1)),
         "no transition lost: {st}"
     );
     let root = text(

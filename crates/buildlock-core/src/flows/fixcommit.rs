@@ -32,6 +32,11 @@ pub fn resolve(fix: &Fix) -> Option<String> {
 /// Waits until the fix commit can be found, for at most `limit`, stopping early when `stop`
 /// says so.
 pub fn await_commit(fix: &Fix, limit: Duration, stop: &dyn Fn() -> bool) -> Option<String> {
+    if fix.commit.is_none() && fix.git_dir.is_none() {
+        // Nowhere to find it (a fix without a commit, or one recorded by another machine
+        // before its commit existed): nothing to wait for.
+        return None;
+    }
     let deadline = Instant::now() + limit;
     let mut pause = Duration::from_millis(20);
     loop {
