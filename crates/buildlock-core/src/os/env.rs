@@ -21,12 +21,17 @@ fn var_os(name: &str) -> Option<OsString> {
     std::env::var_os(name).filter(|v| !v.is_empty())
 }
 
-/// `BUILDLOCK=0` (or `false`, `off`, `no`): the check runs but nothing is coordinated.
+/// `BUILDLOCK=0` (or `false`, `off`, `no`, in any case: `FALSE`, `Off`): the check runs but
+/// nothing is coordinated.
 pub fn coordination_enabled() -> bool {
-    !matches!(
-        var("BUILDLOCK").as_deref(),
-        Some("0" | "false" | "off" | "no")
-    )
+    !var("BUILDLOCK").is_some_and(|v| is_off(&v))
+}
+
+fn is_off(value: &str) -> bool {
+    let v = value.trim();
+    ["0", "false", "off", "no"]
+        .iter()
+        .any(|off| v.eq_ignore_ascii_case(off))
 }
 
 /// The agent's id: `BUILDLOCK_AGENT`, else `BUILD_FLAVOR`, else `<hostname>:<work tree path>`.
@@ -108,4 +113,17 @@ pub fn temp_dir_prefix() -> &'static Option<String> {
 
 pub fn git_dir_set() -> bool {
     var_os("GIT_DIR").is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn off_values_in_any_case() {
+        for v in ["0", "false", "FALSE", "Off", "no", "No", " off "] {
+            assert!(super::is_off(v), "{v:?}");
+        }
+        for v in ["1", "true", "on", "yes", "nope", "offline"] {
+            assert!(!super::is_off(v), "{v:?}");
+        }
+    }
 }

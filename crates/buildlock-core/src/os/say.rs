@@ -1,7 +1,11 @@
-//! Everything buildlock tells people and agents: one `buildlock:` line at a time, on stderr.
+//! Everything buildlock tells people and agents: one `buildlock:` line at a time, on stderr; and
+//! the operator's reports on stdout through [`out`] / [`out!`](crate::out).
 //!
-//! A write to a closed stderr is not a crash: errors are ignored (Rust ignores SIGPIPE, so the
-//! write just fails). Colour only on a terminal and never with `NO_COLOR`.
+//! A write to a closed stream is never a crash (Rust ignores SIGPIPE, so the write just fails, and
+//! `println!` would panic on that failure): stderr errors are ignored; a closed stdout
+//! (`buildlock log | head -1`) becomes [`OutError::Closed`], which the command propagates with `?`
+//! so that it stops early, cleans up, and ends quietly. Colour only on a terminal and never with
+//! `NO_COLOR`.
 
 use std::fmt::Display;
 use std::io::{IsTerminal, Write};
@@ -29,6 +33,51 @@ pub fn raw(bytes: &[u8]) {
     let mut err = std::io::stderr().lock();
     let _ = err.write_all(bytes);
     let _ = err.flush();
+}
+
+/// Why a line could not be written to stdout.
+#[derive(Debug)]
+pub enum OutError {
+    /// The reader went away (`| head -1`): stop quietly, nothing is wrong.
+    Closed,
+    /// A real failure (a full disk behind a redirection).
+    Failed(std::io::Error),
+}
+
+impl std::fmt::Display for OutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutError::Closed => write!(f, "standard output was closed"),
+            OutError::Failed(e) => write!(f, "cannot write to standard output: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for OutError {}
+
+/// Whether `e` (or any error it wraps) is a closed stdout: the command ends quietly, exit 0.
+pub fn is_closed_stdout(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| matches!(c.downcast_ref::<OutError>(), Some(OutError::Closed)))
+}
+
+/// One line on stdout (the text and a newline), flushed.
+pub fn out(text: impl Display) -> Result<(), OutError> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{text}")
+        .and_then(|()| stdout.flush())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => OutError::Closed,
+            _ => OutError::Failed(e),
+        })
+}
+
+/// `out!("...", args)`: [`out`] with `format!` arguments; use it with `?`.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::os::say::out(format_args!($($arg)*))
+    };
 }
 
 /// `buildlock: <msg>`, one line per line of `msg`.
