@@ -3,6 +3,7 @@
 mod cli;
 mod faults;
 mod harness;
+mod help;
 mod hook;
 mod install;
 mod race;
