@@ -113,7 +113,7 @@ fn git(dir: &Path, args: &[impl AsRef<OsStr>]) -> Result<String> {
 
 fn color() -> bool {
     use std::io::IsTerminal;
-    std::io::stdout().is_terminal() && !crate::os::env::no_color()
+    say::colour_for(std::io::stdout().is_terminal())
 }
 
 fn step(text: &str) -> Result<()> {

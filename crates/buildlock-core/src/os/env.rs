@@ -1,7 +1,8 @@
 //! The one module that reads environment variables.
 //!
 //! Public ones are in the contract: `BUILDLOCK` (`0` turns coordination off), `BUILDLOCK_AGENT`,
-//! `BUILD_FLAVOR`, `BUILDLOCK_CONFIG`, `NO_COLOR`. The others are between buildlock's own programs
+//! `BUILD_FLAVOR`, `BUILDLOCK_CONFIG`. (`NO_COLOR`, `CLICOLOR`, `CLICOLOR_FORCE` and `TERM` are read
+//! by anstyle-query, for `say.rs`, by the conventions clap follows too.) The others are between buildlock's own programs
 //! or for tests:
 //! - `BUILDLOCK_DECISION`: set by commit-retry for the hook it runs through `git commit`; the hook
 //!   writes its decision there and leaves the waiting to commit-retry;
@@ -43,10 +44,6 @@ pub fn agent_id(worktree: &Path) -> String {
 
 pub fn config_file() -> Option<PathBuf> {
     var_os("BUILDLOCK_CONFIG").map(PathBuf::from)
-}
-
-pub fn no_color() -> bool {
-    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
 }
 
 pub fn home_dir() -> Option<PathBuf> {
