@@ -1,4 +1,10 @@
-//! Wall-clock time as unix milliseconds, and its RFC 3339 rendering.
+//! Wall-clock time as unix milliseconds, its RFC 3339 rendering, and durations.
+//!
+//! Hand-written on purpose (measured against humantime): the rendering is 15 lines that take any
+//! u64 (humantime goes through `SystemTime`, whose addition panics on a damaged state's absurd
+//! time) and cost 3.7 KB less in the hook binary; the duration grammar is the contract's exact one
+//! (`ms`, `s`, `m`, `h`), where humantime also reads `5M` as five months and `1.5s`, and has no
+//! upper bound.
 //!
 //! State files store plain milliseconds; people and `status --json` see RFC 3339 UTC. Liveness
 //! decisions that can use a monotonic clock do so (see `wait.rs`); this is only for leases and
@@ -139,6 +145,8 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_795_341_600_000), "2026-11-22T10:00:00Z");
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
+        // A damaged state's absurd time still renders (SystemTime arithmetic would panic).
+        assert!(rfc3339(u64::MAX).ends_with('Z'));
     }
 
     #[test]
