@@ -6,11 +6,12 @@
 //! - [`fixer`]: holding a fixer role and running the fix (commit-retry, `buildlock ci`);
 //! - [`fixcommit`]: the fix commit handed to waiters;
 //! - [`wait`]: bounded waiting for a fix; [`lease`]: the fixer's heartbeat;
-//! - [`ops`]: the operator's commands; [`demo`]: the demo.
+//! - [`ops`]: the operator's commands; [`doctor`]: `buildlock doctor`; [`demo`]: the demo.
 
 pub mod context;
 pub mod decision;
 pub mod demo;
+pub mod doctor;
 pub mod fixcommit;
 pub mod fixer;
 pub mod hook;
