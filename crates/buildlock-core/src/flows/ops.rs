@@ -357,10 +357,14 @@ pub fn log(ctx: &Context, as_json: bool, n: usize) -> Result<i32> {
             "waiting" => format!("waits for `{}`", s("fixer")),
             "fixed" if e["recovered"] == true => "check passes: build passing again".to_owned(),
             "fixed" => format!(
-                "fixed the build{}",
+                "fixed the build{}{}",
                 e["took_ms"]
                     .as_u64()
                     .map(|ms| format!(" in {}", human(Duration::from_millis(ms))))
+                    .unwrap_or_default(),
+                e["fix_commit"]
+                    .as_str()
+                    .map(|c| format!(", commit {}", short(c)))
                     .unwrap_or_default()
             ),
             "gave_up" => format!("gave the role up after {} failed re-checks", e["attempts"]),
@@ -373,6 +377,13 @@ pub fn log(ctx: &Context, as_json: bool, n: usize) -> Result<i32> {
                 human(Duration::from_millis(e["took_ms"].as_u64().unwrap_or(0)))
             ),
             "stale" => "its failure predates the fix: checking again".to_owned(),
+            "take_fix" => format!(
+                "told to take `{}`'s fix commit {}",
+                s("fixer"),
+                short(s("commit"))
+            ),
+            "fix_commit" => format!("the fix is commit {}", short(s("commit"))),
+            "stopped_waiting" => "stopped waiting".to_owned(),
             "damaged" => format!("state file was unreadable ({}), rewritten", s("reason")),
             other => other.to_owned(),
         };
@@ -407,4 +418,9 @@ pub fn sibling(name: &str) -> Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// A commit id as people read it.
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
 }
