@@ -1,107 +1,170 @@
 //! `buildlock`: the operator's tool.
+//!
+//! The command line is declared here, with clap (derive), and nowhere else: the core stays
+//! clap-free so that the hook binary, which runs on every commit, does not carry it. Exit codes
+//! are the contract's: 0 done; 1 the command failed (or `doctor` found a problem); 2 a wrong
+//! command line (clap's usage errors); 78 a configuration error. `--help` and `--version` exit 0.
+//!
+//! Adding a command is one variant of [`Command`] (its doc comment is its help) and one arm in
+//! [`run`], usually one call into `buildlock_core::flows`.
+
 use buildlock_core::flows::context::{Context, LoadError};
-use buildlock_core::flows::ops;
+use buildlock_core::flows::{ci, demo, doctor, ops};
 use buildlock_core::os::say;
 use buildlock_core::protocol::exit;
+use clap::{CommandFactory, Parser, Subcommand};
 
-const USAGE: &str = "usage: buildlock <command>
+const AFTER_HELP: &str = "\
+Run it from any work tree of the repository (`git buildlock …` is the alias install.sh adds).
 
-  status [--json]       who is fixing what, who waits, and the totals
-  release               give up the fixer role you hold (the key becomes broken, nobody fixing)
-  reset [KEY]           force every key (or KEY) back to passing; logged
-  log [--json] [-n N]   the last N events (default 20)
-  doctor                is the hook installed, the config valid, locking working?
-  ci [-- COMMAND…]      run COMMAND (default: the check) for a CI job: on failure one job fixes,
-                        the others wait for the fix, refresh onto it and check again
-  demo [--keep]         six agents, one broken build, one fixer, on a throwaway repository
+Environment:
+  BUILDLOCK_AGENT   your agent id (default: BUILD_FLAVOR, else <host>:<work tree>)
+  BUILDLOCK=0       the hook runs the check and coordinates nothing (also false, off, no)
+  BUILDLOCK_CONFIG  one more configuration file, read last
+  NO_COLOR          no colour
 
-environment: BUILDLOCK_AGENT (your agent id), BUILDLOCK=0 (coordination off), BUILDLOCK_CONFIG";
+Exit codes: 0 done; 1 the command failed, or doctor found a problem; 2 a wrong command line;
+78 a configuration error.";
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    std::process::exit(run(&args));
+/// Elect one fixer when a shared build breaks under parallel agents.
+///
+/// The hook (`pre-commit`) and `commit-retry` do the coordinating; this tool shows and repairs
+/// the coordination state of the repository you are in.
+#[derive(Parser)]
+#[command(name = "buildlock", version, after_help = AFTER_HELP, arg_required_else_help = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn run(args: &[String]) -> i32 {
-    let usage = |msg: &str| {
-        say::say(format!("{msg}\n{USAGE}"));
-        exit::USAGE
-    };
-    let Some((command, rest)) = args.split_first() else {
-        return usage("no command given");
-    };
-    let flag = |name: &str| rest.iter().any(|a| a == name);
-    let known = |allowed: &[&str]| {
-        rest.iter()
-            .all(|a| allowed.contains(&a.as_str()) || a.parse::<usize>().is_ok())
-    };
-    let result = match command.as_str() {
-        "help" | "-h" | "--help" => {
-            println!("{USAGE}");
-            return exit::OK;
+#[derive(Subcommand)]
+enum Command {
+    /// Who is fixing what since when, who waits, and what was counted
+    Status {
+        /// The whole state as one JSON document (the contract's fields)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give up the fixer role you hold: the key becomes broken with nobody fixing
+    Release,
+    /// Force every key that is not passing (or only KEY) back to passing; logged
+    ///
+    /// A fixer still at work is fenced off: its passing check can no longer mark anything.
+    Reset {
+        /// One key, as `buildlock status` shows it (default: every key that is not passing)
+        key: Option<String>,
+    },
+    /// The timeline: failed, elected, waiting, takeover, fixed, …
+    Log {
+        /// One JSON object per line, as recorded
+        #[arg(long)]
+        json: bool,
+        /// How many of the last events to show
+        #[arg(short = 'n', value_name = "N", default_value_t = 20)]
+        count: usize,
+    },
+    /// Check the installation: hook, configuration, check command, coordination dir, locking
+    ///
+    /// Each finding says what to do. Exits 1 when it found a problem.
+    Doctor,
+    /// Run COMMAND (default: the configured check) as a CI job: on failure one job fixes, the
+    /// others wait for its fix, refresh onto it and run COMMAND again
+    ///
+    /// Exit codes are commit-retry's: 0 green (directly or on the fix); 1 you are the fixer and
+    /// there is no fix.command, or the fix failed max_fix_attempts times; 75 still waiting when
+    /// coordination.wait ran out; 78 a configuration error; 70 the check failed and
+    /// coordination failed (nobody was elected); 128+n a signal. With `backend = "remote"` the
+    /// jobs share the state through refs/buildlock/* on the git remote (see docs/ci/).
+    Ci {
+        /// The command and its arguments, after `--` (e.g. `buildlock ci -- make test`)
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Six agents, one broken build, one fixer, on a throwaway repository (~5 s)
+    Demo {
+        /// Keep the throwaway repository and print where it is
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Print a completion script for your shell
+    ///
+    /// bash: `buildlock completions bash > ~/.local/share/bash-completion/completions/buildlock`;
+    /// zsh: into a folder of your $fpath as `_buildlock`; fish: into
+    /// ~/.config/fish/completions/buildlock.fish.
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version go to stdout and exit 0; usage errors go to stderr and exit 2. clap
+        // ignores a closed stdout here.
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
         }
-        "demo" => buildlock_core::flows::demo::run(flag("--keep")),
-        "ci" => {
-            let command: Vec<String> = match rest.split_first() {
-                None => Vec::new(),
-                Some((dashes, cmd)) if dashes == "--" => cmd.to_vec(),
-                Some(_) => return usage("write the command after `--`: buildlock ci -- make test"),
-            };
-            let ctx = match Context::load() {
-                Ok(ctx) => ctx,
-                Err(LoadError::Config(e)) => {
-                    say::say(e);
-                    return exit::CONFIG;
-                }
-                Err(LoadError::Other(e)) => {
-                    say::say(format!("{e:#}"));
-                    return exit::FIXER;
-                }
-            };
-            buildlock_core::flows::ci::run(&ctx, command)
-        }
-        "status" | "release" | "reset" | "log" | "doctor" => {
-            let ctx = match Context::load() {
-                Ok(ctx) => ctx,
-                Err(LoadError::Config(e)) => {
-                    say::say(e);
-                    return exit::CONFIG;
-                }
-                Err(LoadError::Other(e)) => {
-                    say::say(format!("{e:#}"));
-                    return exit::FIXER;
-                }
-            };
-            match command.as_str() {
-                "status" if known(&["--json"]) => ops::status(&ctx, flag("--json")),
-                "release" if rest.is_empty() => ops::release(&ctx),
-                "reset" if rest.len() <= 1 => ops::reset(&ctx, rest.first().map(String::as_str)),
-                "log" if known(&["--json", "-n"]) => {
-                    let n = match rest.iter().position(|a| a == "-n") {
-                        Some(i) => match rest.get(i + 1).and_then(|v| v.parse().ok()) {
-                            Some(n) => n,
-                            None => return usage("-n needs a number"),
-                        },
-                        None => 20,
-                    };
-                    ops::log(&ctx, flag("--json"), n)
-                }
-                "doctor" if rest.is_empty() => ops::doctor(&ctx),
-                _ => {
-                    return usage(&format!(
-                        "unexpected arguments for `{command}`: {}",
-                        rest.join(" ")
-                    ));
-                }
-            }
-        }
-        other => return usage(&format!("unknown command `{other}`")),
     };
+    std::process::exit(finish(run(cli.command)));
+}
+
+fn run(command: Command) -> anyhow::Result<i32> {
+    match command {
+        Command::Status { json } => with_context(|ctx| ops::status(ctx, json)),
+        Command::Release => with_context(ops::release),
+        Command::Reset { key } => with_context(|ctx| ops::reset(ctx, key.as_deref())),
+        Command::Log { json, count } => with_context(|ctx| ops::log(ctx, json, count)),
+        Command::Doctor => with_context(doctor::run),
+        Command::Ci { command } => with_context(|ctx| ci::run(ctx, command)),
+        Command::Demo { keep } => demo::run(keep),
+        Command::Completions { shell } => completions(shell),
+    }
+}
+
+/// Loads the repository's context (exit 78 for a configuration error) and runs `f` with it.
+fn with_context(f: impl FnOnce(&Context) -> anyhow::Result<i32>) -> anyhow::Result<i32> {
+    match Context::load() {
+        Ok(ctx) => f(&ctx),
+        Err(LoadError::Config(e)) => {
+            say::say(e);
+            Ok(exit::CONFIG)
+        }
+        Err(LoadError::Other(e)) => Err(e),
+    }
+}
+
+/// The exit code for a command's result: a closed stdout (`| head -1`) ends quietly with 0.
+fn finish(result: anyhow::Result<i32>) -> i32 {
     match result {
         Ok(code) => code,
+        Err(e) if say::is_closed_stdout(&e) => exit::OK,
         Err(e) => {
             say::say(format!("{e:#}"));
             exit::FIXER
         }
+    }
+}
+
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<i32> {
+    // clap_complete panics when its writer fails: generate into memory, then write safely.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "buildlock", &mut script);
+    let script = String::from_utf8_lossy(&script);
+    buildlock_core::out!("{}", script.trim_end())?;
+    Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

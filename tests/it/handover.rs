@@ -209,3 +209,57 @@ fn without_a_refresh_commit_retry_says_how_to_take_the_fix() {
     assert!(err.contains("retry.refresh"), "{err}");
     assert_eq!(r.state()["totals"]["elections"], 1, "nobody else elected");
 }
+
+#[test]
+fn a_fix_command_that_commits_the_fix_is_the_fix_commit() {
+    // The fix script commits the fix itself: its hook acts for commit-retry (which holds the
+    // role), marks the build fixed, and that commit, not the agent's own work, is the fix.
+    let (r, trees) = committed_breakage(
+        "[fix]\ncommand = \"echo ok > dep.txt && git add dep.txt && git commit -q -m 'fix by script' -- dep.txt\"\n\
+         [coordination]\nwait = \"20s\"\n",
+    );
+    let t = &trees[0];
+    r.stage_change(t, "work");
+    let out = r
+        .cmd(COMMIT_RETRY, t)
+        .args(["-q", "-m", "agent work"])
+        .env("BUILDLOCK_AGENT", "a0")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(r.last_subject(t), "agent work");
+    let script_commit = text(&r.git_in(t, &["rev-parse", "HEAD~1"]).stdout)
+        .trim()
+        .to_owned();
+    assert_eq!(
+        text(&r.git_in(t, &["log", "-1", "--format=%s", "HEAD~1"]).stdout).trim(),
+        "fix by script"
+    );
+    let s = r.state();
+    assert_eq!(s["keys"][0]["fix_commit"], script_commit.as_str());
+    assert_eq!(s["totals"]["elections"], 1);
+    assert_eq!(s["totals"]["fix_runs"], 1);
+}
+
+#[test]
+fn a_fix_command_whose_own_commit_fails_is_not_told_to_wait_for_itself() {
+    // The fix script commits too early (the check still fails): that commit's hook acts for the
+    // commit-retry that holds the role; it must keep fixing, not wait for itself.
+    let (r, trees) = committed_breakage(
+        "[fix]\ncommand = \"git commit -q --allow-empty -m early; echo ok > dep.txt\"\n\
+         [coordination]\nwait = \"1m\"\n",
+    );
+    let t = &trees[0];
+    r.stage_change(t, "work");
+    let out = r
+        .cmd(COMMIT_RETRY, t)
+        .args(["-q", "-m", "agent work"])
+        .env("BUILDLOCK_AGENT", "a0")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("already fixing"), "{err}");
+    assert!(err.contains("you are still the FIXER"), "{err}");
+    assert_eq!(r.state()["totals"]["elections"], 1);
+}

@@ -4,6 +4,7 @@ mod cli;
 mod faults;
 mod handover;
 mod harness;
+mod help;
 mod hook;
 mod install;
 mod race;

@@ -896,7 +896,7 @@ fn remote_doctor_says_which_permission_is_missing() {
     let said = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(
-        said.contains("problem  cannot create refs/buildlock/probe/"),
+        said.contains("PROBLEM  cannot create refs/buildlock/probe/"),
         "{said}"
     );
     assert!(said.contains("contents: write"), "{said}");

@@ -3,18 +3,65 @@
 //! Six agents in six worktrees commit at once while a shared dependency is broken; one is elected
 //! fixer and runs a small scripted fix; the others wait, then commit. Everything lives in a temp
 //! directory that is removed at the end (`--keep` keeps it).
+//!
+//! The temp directory is removed on every way out: success, an error, a closed stdout
+//! (`buildlock demo | head -1`) and SIGINT/SIGTERM/SIGHUP (the agents, each in its own process
+//! group, are stopped and waited for first, so nothing writes into the directory afterwards).
 
 use anyhow::{Context as _, Result, bail};
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::flows::ops::sibling;
+use crate::os::say::{self, OutError};
+use crate::os::{process, signals};
+use crate::out;
 
 const AGENTS: usize = 6;
 
+/// The demo's temp directory, removed when dropped unless kept.
+struct Scratch {
+    root: PathBuf,
+    keep: bool,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.keep {
+            say::say(format!("kept the demo in {}", self.root.display()));
+        } else {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+/// The demo was stopped by signal `n`.
+#[derive(Debug)]
+struct Interrupted(i32);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted by signal {}", self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+fn interrupted() -> Result<()> {
+    match signals::pending() {
+        Some(n) => Err(Interrupted(n).into()),
+        None => Ok(()),
+    }
+}
+
 pub fn run(keep: bool) -> Result<i32> {
+    signals::install();
     let pre_commit = sibling("pre-commit")?;
     let commit_retry = sibling("commit-retry")?;
     let buildlock = std::env::current_exe()?;
@@ -23,17 +70,27 @@ pub fn run(keep: bool) -> Result<i32> {
         std::process::id(),
         crate::os::time::now()
     ));
-    std::fs::create_dir_all(&root)?;
-    let result = story(&root, &pre_commit, &commit_retry, &buildlock);
-    if keep {
-        println!("\nkept the demo in {}", root.display());
-    } else {
-        let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let scratch = Scratch { root, keep };
+    let result = story(&scratch.root, &pre_commit, &commit_retry, &buildlock);
+    drop(scratch);
+    match result {
+        Err(e) => match e.downcast_ref::<Interrupted>() {
+            Some(Interrupted(n)) => {
+                say::say(format!(
+                    "demo interrupted by signal {n}: stopped its agents{}",
+                    if keep { "" } else { " and removed its files" }
+                ));
+                Ok(crate::protocol::exit::signal(*n))
+            }
+            None => Err(e),
+        },
+        ok => ok,
     }
-    result
 }
 
-fn git(dir: &Path, args: &[&str]) -> Result<String> {
+fn git(dir: &Path, args: &[impl AsRef<OsStr>]) -> Result<String> {
+    interrupted()?;
     let out = Command::new("git")
         .args(args)
         .current_dir(dir)
@@ -44,7 +101,10 @@ fn git(dir: &Path, args: &[&str]) -> Result<String> {
     if !out.status.success() {
         bail!(
             "git {} failed: {}",
-            args.join(" "),
+            args.iter()
+                .map(|a| a.as_ref().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" "),
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -53,15 +113,18 @@ fn git(dir: &Path, args: &[&str]) -> Result<String> {
 
 fn color() -> bool {
     use std::io::IsTerminal;
-    std::io::stdout().is_terminal() && !crate::os::env::no_color()
+    say::colour_for(std::io::stdout().is_terminal())
 }
 
-fn step(text: &str) {
+fn step(text: &str) -> Result<()> {
+    interrupted()?;
+    out!("")?;
     if color() {
-        println!("\n\x1b[1m== {text}\x1b[0m")
+        out!("\x1b[1m== {text}\x1b[0m")?;
     } else {
-        println!("\n== {text}")
+        out!("== {text}")?;
     }
+    Ok(())
 }
 
 fn story(root: &Path, pre_commit: &Path, commit_retry: &Path, buildlock: &Path) -> Result<i32> {
@@ -71,7 +134,7 @@ fn story(root: &Path, pre_commit: &Path, commit_retry: &Path, buildlock: &Path) 
     std::fs::create_dir_all(&shared)?;
     std::fs::create_dir_all(&repo)?;
 
-    step("a repository whose check reads a shared dependency (shared/api.txt)");
+    step("a repository whose check reads a shared dependency (shared/api.txt)")?;
     git(&repo, &["init", "-q", "-b", "main"])?;
     git(&repo, &["config", "user.name", "demo"])?;
     git(&repo, &["config", "user.email", "demo@example.com"])?;
@@ -98,31 +161,39 @@ fn story(root: &Path, pre_commit: &Path, commit_retry: &Path, buildlock: &Path) 
         repo.join(".buildlock.toml"),
         "check = \"sh check.sh\"\n\n[coordination]\nwait = \"1m\"\n\n[fix]\ncommand = \"sh fix.sh\"\ncost = 0.40\n",
     )?;
-    println!(
+    out!(
         "{}",
         std::fs::read_to_string(repo.join(".buildlock.toml"))?.trim_end()
-    );
+    )?;
     git(&repo, &["add", "-A"])?;
     git(&repo, &["commit", "-q", "-m", "init"])?;
-    let hook = repo.join(".git/hooks/pre-commit");
-    std::fs::create_dir_all(hook.parent().unwrap())?;
+    let hooks = repo.join(".git/hooks");
+    std::fs::create_dir_all(&hooks)?;
+    let hook = hooks.join("pre-commit");
     std::os::unix::fs::symlink(pre_commit, &hook)?;
-    println!(
+    out!(
         "installed the hook: {} -> {}",
         hook.display(),
         pre_commit.display()
-    );
+    )?;
 
     step(&format!(
         "{AGENTS} agents, each in its own worktree, each with a change to commit"
-    ));
+    ))?;
     let mut trees: Vec<(String, PathBuf)> = Vec::new();
     for i in 1..=AGENTS {
         let name = format!("agent-{i}");
         let tree = root.join(&name);
         git(
             &repo,
-            &["worktree", "add", "-q", "-b", &name, tree.to_str().unwrap()],
+            &[
+                OsStr::new("worktree"),
+                OsStr::new("add"),
+                OsStr::new("-q"),
+                OsStr::new("-b"),
+                OsStr::new(&name),
+                tree.as_os_str(),
+            ],
         )?;
         std::fs::write(
             tree.join(format!("{name}.txt")),
@@ -131,21 +202,23 @@ fn story(root: &Path, pre_commit: &Path, commit_retry: &Path, buildlock: &Path) 
         git(&tree, &["add", "-A"])?;
         trees.push((name, tree));
     }
-    println!(
+    out!(
         "{}",
         trees
             .iter()
             .map(|(n, _)| n.as_str())
             .collect::<Vec<_>>()
             .join(", ")
-    );
+    )?;
 
     step(
         "someone breaks the shared dependency; all six run `git commit-retry` at the same instant",
-    );
+    )?;
     std::fs::write(&api, "version = 1\n")?;
     let colors = ["31", "32", "33", "34", "35", "36"];
-    let mut children = Vec::new();
+    // Set by a reader thread whose write found stdout closed: the demo stops its agents and ends.
+    let closed = Arc::new(AtomicBool::new(false));
+    let mut agents = Agents(Vec::new());
     for (i, (name, tree)) in trees.iter().enumerate() {
         let mut child = Command::new(commit_retry)
             .args(["-q", "-m", &format!("{name}: its change")])
@@ -156,6 +229,8 @@ fn story(root: &Path, pre_commit: &Path, commit_retry: &Path, buildlock: &Path) 
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own group: a Ctrl-C reaches the demo, which stops each agent's whole group.
+            .process_group(0)
             .spawn()
             .context("cannot start commit-retry")?;
         let tag = if color() {
@@ -163,38 +238,45 @@ fn story(root: &Path, pre_commit: &Path, commit_retry: &Path, buildlock: &Path) 
         } else {
             format!("[{name}]")
         };
-        let err = child.stderr.take().unwrap();
-        let out = child.stdout.take().unwrap();
-        let t1 = tag.clone();
-        let readers = [
-            std::thread::spawn(move || {
-                BufReader::new(err)
-                    .lines()
-                    .map_while(Result::ok)
-                    .for_each(|l| println!("{t1} {l}"))
-            }),
-            std::thread::spawn(move || {
-                BufReader::new(out)
-                    .lines()
-                    .map_while(Result::ok)
-                    .for_each(|l| println!("{tag} {l}"))
-            }),
-        ];
-        children.push((name.clone(), child, readers));
+        let mut readers = Vec::new();
+        if let Some(err) = child.stderr.take() {
+            readers.push(relay(err, tag.clone(), closed.clone()));
+        }
+        if let Some(out) = child.stdout.take() {
+            readers.push(relay(out, tag, closed.clone()));
+        }
+        agents.0.push((name.clone(), child, readers));
     }
     let mut failed = 0;
-    for (name, mut child, readers) in children {
-        let status = child.wait()?;
-        for r in readers {
-            let _ = r.join();
+    while !agents.0.is_empty() {
+        if closed.load(Ordering::SeqCst) {
+            agents.stop();
+            return Err(OutError::Closed.into());
         }
-        if !status.success() {
-            failed += 1;
-            println!("{name}: commit-retry exited {status}");
+        if let Some(n) = signals::pending() {
+            agents.stop();
+            return Err(Interrupted(n).into());
         }
+        let mut i = 0;
+        while i < agents.0.len() {
+            match agents.0[i].1.try_wait()? {
+                Some(status) => {
+                    let (name, _, readers) = agents.0.remove(i);
+                    for r in readers {
+                        let _ = r.join();
+                    }
+                    if !status.success() {
+                        failed += 1;
+                        out!("{name}: commit-retry exited {status}")?;
+                    }
+                }
+                None => i += 1,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 
-    step("what happened");
+    step("what happened")?;
     let fix_runs = std::fs::read_to_string(shared.join("fix-runs")).unwrap_or_default();
     let mut landed = 0;
     for (name, tree) in &trees {
@@ -203,20 +285,20 @@ fn story(root: &Path, pre_commit: &Path, commit_retry: &Path, buildlock: &Path) 
             landed += 1;
         }
     }
-    println!("commits landed: {landed} of {AGENTS}");
-    println!(
+    out!("commits landed: {landed} of {AGENTS}")?;
+    out!(
         "fix runs: {} ({})",
         fix_runs.lines().count(),
         fix_runs.lines().collect::<Vec<_>>().join(", ")
-    );
-    println!("took {}", crate::os::time::human(started.elapsed()));
-    step("buildlock status");
+    )?;
+    out!("took {}", crate::os::time::human(started.elapsed()))?;
+    step("buildlock status")?;
     let _ = Command::new(buildlock)
         .arg("status")
         .current_dir(&repo)
         .env("NO_COLOR", "1")
         .status();
-    step("buildlock log");
+    step("buildlock log")?;
     let _ = Command::new(buildlock)
         .args(["log", "-n", "40"])
         .current_dir(&repo)
@@ -225,5 +307,59 @@ fn story(root: &Path, pre_commit: &Path, commit_retry: &Path, buildlock: &Path) 
         crate::protocol::exit::OK
     } else {
         crate::protocol::exit::FIXER
+    })
+}
+
+/// The running agents: each one's name, process and output relays. Dropping them stops them.
+struct Agents(Vec<(String, Child, Vec<std::thread::JoinHandle<()>>)>);
+
+impl Agents {
+    /// Stops every agent's process group (SIGTERM, then SIGKILL after 5 s) and waits for it, so
+    /// that nothing writes into the demo's directory once it is removed.
+    fn stop(&mut self) {
+        for (_, child, _) in &self.0 {
+            process::kill_group(child.id(), libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut all: Vec<_> = self.0.drain(..).collect();
+        for (_, child, readers) in &mut all {
+            let pgid = child.id();
+            // The group outlives its leader while git or the check still run in it.
+            while (matches!(child.try_wait(), Ok(None)) || process::group_alive(pgid))
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if process::group_alive(pgid) {
+                process::kill_group(pgid, libc::SIGKILL);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            for r in readers.drain(..) {
+                let _ = r.join();
+            }
+        }
+    }
+}
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Copies an agent's output lines to stdout with its tag; when stdout is closed it raises
+/// `closed` and keeps draining, so the agent never blocks on a full pipe.
+fn relay(
+    from: impl std::io::Read + Send + 'static,
+    tag: String,
+    closed: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            if !closed.load(Ordering::SeqCst) && out!("{tag} {line}").is_err() {
+                closed.store(true, Ordering::SeqCst);
+            }
+        }
     })
 }

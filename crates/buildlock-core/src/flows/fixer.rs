@@ -243,6 +243,16 @@ pub fn fix_env(ctx: &Context, a: &Assignment, attempt: u32) -> Vec<(String, OsSt
         ),
         ("BUILDLOCK_ATTEMPT".to_owned(), attempt.to_string().into()),
         ("BUILDLOCK_AGENT".to_owned(), ctx.agent.clone().into()),
+        // A fix (or refresh) that commits runs the hook: it acts for this process, which holds
+        // the role, and must not wait for it.
+        (
+            env::HOLDER_VAR.to_owned(),
+            std::process::id().to_string().into(),
+        ),
+        (
+            env::FIXER_GENERATION_VAR.to_owned(),
+            a.generation.to_string().into(),
+        ),
     ];
     if let Some(log) = &a.log {
         env.push(("BUILDLOCK_LOG".to_owned(), log.clone().into_os_string()));

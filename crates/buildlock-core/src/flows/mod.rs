@@ -7,12 +7,13 @@
 //! - [`fixcommit`]: the fix commit handed to waiters;
 //! - [`wait`]: bounded waiting for a fix; [`lease`]: the fixer's heartbeat;
 //! - [`ci`]: `buildlock ci`, the protocol for a CI step (either backend);
-//! - [`ops`]: the operator's commands; [`demo`]: the demo.
+//! - [`ops`]: the operator's commands; [`doctor`]: `buildlock doctor`; [`demo`]: the demo.
 
 pub mod ci;
 pub mod context;
 pub mod decision;
 pub mod demo;
+pub mod doctor;
 pub mod fixcommit;
 pub mod fixer;
 pub mod hook;

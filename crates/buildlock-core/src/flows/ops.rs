@@ -1,4 +1,7 @@
-//! The operator's commands: `status`, `release`, `reset`, `log`, `doctor`.
+//! The operator's commands: `status`, `release`, `reset`, `log` (`doctor` is in `doctor.rs`).
+//!
+//! Reports go to stdout through [`out!`](crate::out), which stops a command quietly when the
+//! reader went away (`buildlock log | head -1`); messages about what was done go to stderr.
 
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
@@ -6,14 +9,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::flows::context::Context;
-use crate::os::lock;
 use crate::os::say;
 use crate::os::time::{self, human, rfc3339};
+use crate::out;
 use crate::protocol::exit;
 use crate::protocol::state::{Event, KeyState, Liveness, Observed, Outcome, Status, liveness};
-use crate::store::Totals;
+use crate::store::{Read, Totals};
 
-fn fixer_liveness(ctx: &Context, s: &KeyState) -> Option<Liveness> {
+pub(crate) fn fixer_liveness(ctx: &Context, s: &KeyState) -> Option<Liveness> {
     let f = s.fixer.as_ref()?;
     let seen = Observed {
         now: time::now(),
@@ -79,15 +82,15 @@ fn totals_json(t: &Totals, cost: f64) -> Value {
 
 pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&status_json(ctx))?);
+        out!("{}", serde_json::to_string_pretty(&status_json(ctx))?)?;
         return Ok(exit::OK);
     }
-    println!("repository  {}", ctx.repo.worktree.display());
-    println!(
+    out!("repository  {}", ctx.repo.worktree.display())?;
+    out!(
         "state       {} ({})",
         ctx.store.location(),
         ctx.store.backend()
-    );
+    )?;
     let keys = ctx.store.all();
     let open: Vec<&KeyState> = keys
         .iter()
@@ -95,16 +98,16 @@ pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
         .filter(|s| s.status != Status::Passing)
         .collect();
     if open.is_empty() {
-        println!("build       passing: nobody is fixing anything");
+        out!("build       passing: nobody is fixing anything")?;
     }
     for s in &open {
-        println!();
-        println!(
+        out!("")?;
+        out!(
             "key `{}`: {} (generation {})",
             s.key,
             s.status.as_str().to_uppercase(),
             s.generation
-        );
+        )?;
         if let Some(f) = &s.fixer {
             let ago = |ms: u64| human(Duration::from_millis(time::now().saturating_sub(ms)));
             let live = match fixer_liveness(ctx, s) {
@@ -116,61 +119,91 @@ pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
                 None => "-".to_owned(),
             };
             match f.pid {
-                Some(pid) => println!("  fixer     {} (pid {pid} on {})", f.agent, f.host),
-                None => println!(
+                Some(pid) => out!("  fixer     {} (pid {pid} on {})", f.agent, f.host)?,
+                None => out!(
                     "  fixer     {} on {} (fixing by hand: no process holds the role)",
-                    f.agent, f.host
-                ),
+                    f.agent,
+                    f.host
+                )?,
             }
-            println!(
+            out!(
                 "  since     {} ({} ago); last sign of life {} ago; {live}",
                 rfc3339(f.since),
                 ago(f.since),
                 ago(f.heartbeat)
-            );
-            println!(
+            )?;
+            out!(
                 "  attempts  {} failed re-check(s) of {}",
-                f.attempts, ctx.config.max_fix_attempts
-            );
+                f.attempts,
+                ctx.config.max_fix_attempts
+            )?;
         } else {
-            println!("  nobody is fixing: the next agent whose check fails becomes the fixer");
+            out!("  nobody is fixing: the next agent whose check fails becomes the fixer")?;
         }
         let waiters = live_waiters(s);
         if !waiters.is_empty() {
-            println!("  waiting   {}", waiters.join(", "));
+            out!("  waiting   {}", waiters.join(", "))?;
         }
         if let Some(log) = &s.log {
-            println!("  log       {}", log.display());
+            out!("  log       {}", log.display())?;
         }
     }
-    let t = ctx.store.totals();
-    println!();
-    let n = |count: u64, one: &str, many: &str| {
-        format!("{count} {}", if count == 1 { one } else { many })
-    };
-    println!(
-        "totals      {}, {} ({}), {}, {}",
-        n(t.failures, "failure", "failures"),
-        n(t.elections, "election", "elections"),
-        n(t.takeovers, "takeover", "takeovers"),
-        n(t.waits, "wait", "waits"),
-        n(t.fixes, "fix", "fixes")
-    );
-    let saved = if ctx.config.fix_cost > 0.0 {
-        format!(
-            ", saved {:.2} (fix.cost {})",
-            t.fix_runs_avoided as f64 * ctx.config.fix_cost,
-            ctx.config.fix_cost
-        )
-    } else {
-        String::new()
-    };
-    println!(
-        "fix runs    {}, {} avoided{saved}",
-        n(t.fix_runs, "run", "runs"),
-        t.fix_runs_avoided
-    );
+    totals(ctx)?;
     Ok(exit::OK)
+}
+
+/// The counters, each with what it counts (`protocol/ledger.rs` and the README define the same).
+fn totals(ctx: &Context) -> Result<()> {
+    let t = ctx.store.totals();
+    let plural = |count: u64, one: &str, many: &str| {
+        format!("{count:>5}  {}", if count == 1 { one } else { many })
+    };
+    out!("")?;
+    out!("counted     by every agent of this repository, since its coordination dir was created")?;
+    let lines = [
+        plural(t.failures, "failed check", "failed checks"),
+        format!(
+            "{}, {} of them taking over from a dead or silent fixer",
+            plural(t.elections, "fixer elected", "fixers elected"),
+            t.takeovers
+        ),
+        plural(
+            t.fixes,
+            "breakage fixed by its fixer",
+            "breakages fixed by their fixer",
+        ),
+        plural(
+            t.waits,
+            "agent told to wait for a fixer (once per agent and breakage)",
+            "agents told to wait for a fixer (once per agent and breakage)",
+        ),
+        plural(
+            t.fix_runs,
+            "run of fix.command (by commit-retry or `buildlock ci`)",
+            "runs of fix.command (by commit-retry or `buildlock ci`)",
+        ),
+        plural(
+            t.fix_runs_avoided,
+            "duplicate fix avoided: an agent hit a breakage and its fixer fixed it",
+            "duplicate fixes avoided: agents hit a breakage and its fixer fixed it",
+        ),
+    ];
+    for line in lines {
+        out!("  {line}")?;
+    }
+    if ctx.config.fix_cost > 0.0 {
+        out!(
+            "saved       {:.2} = {} duplicate fix(es) avoided x fix.cost {}",
+            t.fix_runs_avoided as f64 * ctx.config.fix_cost,
+            t.fix_runs_avoided,
+            ctx.config.fix_cost
+        )?;
+    } else {
+        out!(
+            "saved       set fix.cost (what one fix costs you) to see what the avoided fixes saved"
+        )?;
+    }
+    Ok(())
 }
 
 /// `buildlock release`: this agent gives up the fixer role on every key it fixes.
@@ -226,29 +259,56 @@ pub fn release(ctx: &Context) -> Result<i32> {
     Ok(exit::OK)
 }
 
-/// `buildlock reset [KEY]`: force keys back to passing (all keys that are not passing, or one).
+/// `buildlock reset [KEY]`: force keys back to passing (every key that is not passing, or KEY).
+/// An unknown KEY is an error that lists the keys on record, and changes nothing.
 pub fn reset(ctx: &Context, key: Option<&str>) -> Result<i32> {
     let all = ctx.store.all();
+    // A damaged state file is not "on record" (it cannot be read) but is broken: reset repairs it.
+    let damaged = |k: &str| matches!(ctx.store.read(k), Read::Damaged(_));
+    let base_of = |k: &str| k.split_once('#').map_or(k, |(b, _)| b).to_owned();
     let targets: Vec<(String, String)> = match key {
-        Some(k) => vec![(
-            all.iter()
-                .find(|(_, s)| s.key == k)
-                .map_or_else(|| k.to_owned(), |(b, _)| b.clone()),
-            k.to_owned(),
-        )],
+        Some(k) => match all.iter().find(|(_, s)| s.key == k) {
+            Some((base, s)) => vec![(base.clone(), s.key.clone())],
+            None if damaged(k) => vec![(base_of(k), k.to_owned())],
+            None => {
+                let known: Vec<String> = all
+                    .iter()
+                    .map(|(_, s)| format!("`{}` ({})", s.key, s.status.as_str()))
+                    .collect();
+                say::say(format!(
+                    "unknown key `{k}`: nothing was changed; {}",
+                    if known.is_empty() {
+                        "no key has a state yet (no check has failed here)".to_owned()
+                    } else {
+                        format!(
+                            "the keys on record are {}; `buildlock reset` with no key resets every key that is not passing",
+                            known.join(", ")
+                        )
+                    }
+                ));
+                return Ok(exit::FIXER);
+            }
+        },
         None => {
-            let open: Vec<(String, String)> = all
+            let mut open: Vec<(String, String)> = all
                 .iter()
                 .filter(|(_, s)| s.status != Status::Passing)
                 .map(|(b, s)| (b.clone(), s.key.clone()))
                 .collect();
-            if open.is_empty() {
-                vec![(ctx.base(), ctx.base())]
-            } else {
-                open
+            let base = ctx.base();
+            if open.is_empty() && damaged(&base) {
+                open.push((base.clone(), base));
             }
+            open
         }
     };
+    if targets.is_empty() {
+        say::say(format!(
+            "nothing to reset: every key is passing ({} on record)",
+            all.len()
+        ));
+        return Ok(exit::OK);
+    }
     for (base, key) in targets {
         let applied = ctx
             .store
@@ -265,9 +325,17 @@ pub fn reset(ctx: &Context, key: Option<&str>) -> Result<i32> {
 pub fn log(ctx: &Context, as_json: bool, n: usize) -> Result<i32> {
     let history = ctx.store.history();
     let shown = &history[history.len().saturating_sub(n)..];
+    // The agent column fits the longest id shown (default ids are `<host>:<work tree path>`).
+    let agent_width = shown
+        .iter()
+        .filter_map(|e| e.get("agent").and_then(Value::as_str))
+        .map(|a| a.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(8);
     for e in shown {
         if as_json {
-            println!("{}", serde_json::to_string(e)?);
+            out!("{}", serde_json::to_string(e)?)?;
             continue;
         }
         let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("");
@@ -289,10 +357,14 @@ pub fn log(ctx: &Context, as_json: bool, n: usize) -> Result<i32> {
             "waiting" => format!("waits for `{}`", s("fixer")),
             "fixed" if e["recovered"] == true => "check passes: build passing again".to_owned(),
             "fixed" => format!(
-                "fixed the build{}",
+                "fixed the build{}{}",
                 e["took_ms"]
                     .as_u64()
                     .map(|ms| format!(" in {}", human(Duration::from_millis(ms))))
+                    .unwrap_or_default(),
+                e["fix_commit"]
+                    .as_str()
+                    .map(|c| format!(", commit {}", short(c)))
                     .unwrap_or_default()
             ),
             "gave_up" => format!("gave the role up after {} failed re-checks", e["attempts"]),
@@ -305,6 +377,13 @@ pub fn log(ctx: &Context, as_json: bool, n: usize) -> Result<i32> {
                 human(Duration::from_millis(e["took_ms"].as_u64().unwrap_or(0)))
             ),
             "stale" => "its failure predates the fix: checking again".to_owned(),
+            "take_fix" => format!(
+                "told to take `{}`'s fix commit {}",
+                s("fixer"),
+                short(s("commit"))
+            ),
+            "fix_commit" => format!("the fix is commit {}", short(s("commit"))),
+            "stopped_waiting" => "stopped waiting".to_owned(),
             "damaged" => format!("state file was unreadable ({}), rewritten", s("reason")),
             other => other.to_owned(),
         };
@@ -313,175 +392,18 @@ pub fn log(ctx: &Context, as_json: bool, n: usize) -> Result<i32> {
         } else {
             s("agent").to_owned()
         };
-        println!(
-            "{}  {:<12} {:<20} key `{}`{g}: {detail}",
+        out!(
+            "{}  {:<12} {:<agent_width$} key `{}`{g}: {detail}",
             s("time"),
             s("event"),
             agent,
             s("key")
-        );
+        )?;
     }
-    if shown.is_empty() && !as_json {
-        println!("no events yet ({})", ctx.store.location());
+    if history.is_empty() && n > 0 && !as_json {
+        out!("no events yet ({})", ctx.store.location())?;
     }
     Ok(exit::OK)
-}
-
-/// The hooks directory git uses: `core.hooksPath` (relative to the work tree) or the common dir's.
-pub fn hooks_dir(ctx: &Context) -> PathBuf {
-    let configured = git2::Repository::open(&ctx.repo.git_dir)
-        .ok()
-        .and_then(|r| r.config().ok())
-        .and_then(|c| c.get_path("core.hooksPath").ok());
-    match configured {
-        Some(p) if p.is_relative() => ctx.repo.worktree.join(p),
-        Some(p) => p,
-        None => ctx.repo.common_dir.join("hooks"),
-    }
-}
-
-/// `buildlock doctor`: is everything in place and working? Exit 0 when no problem was found.
-pub fn doctor(ctx: &Context) -> Result<i32> {
-    let mut problems = 0;
-    let ok = |m: String| println!("ok       {m}");
-    println!("repository  {}", ctx.repo.worktree.display());
-    println!(
-        "common dir  {} (every worktree of this repository shares it)",
-        ctx.repo.common_dir.display()
-    );
-    println!("agent       {}", ctx.agent);
-    let sources: Vec<String> = ctx
-        .config
-        .sources
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
-    ok(format!(
-        "configuration is valid ({})",
-        if sources.is_empty() {
-            "built-in defaults only".to_owned()
-        } else {
-            sources.join(", ")
-        }
-    ));
-    let chained = crate::flows::hook::chained_hook(ctx.home.as_path());
-    match (&ctx.config.check, chained.exists()) {
-        (Some(c), _) => ok(format!("check: `{c}`")),
-        (None, true) => ok(format!("check: the chained hook {}", chained.display())),
-        (None, false) => {
-            println!(
-                "note     no `check` set and no chained hook: the hook passes and says nothing; set `check` in .buildlock.toml"
-            );
-        }
-    }
-    let hook = hooks_dir(ctx).join("pre-commit");
-    match std::fs::read(&hook) {
-        Err(_) => {
-            problems += 1;
-            println!(
-                "problem  no pre-commit hook at {}: run ./install.sh",
-                hook.display()
-            );
-        }
-        Ok(bytes) => {
-            use std::os::unix::fs::PermissionsExt;
-            let ours = bytes.windows(9).any(|w| w == b"buildlock");
-            let exec = std::fs::metadata(&hook).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
-            match (ours, exec) {
-                (true, true) => ok(format!(
-                    "the hook {} is buildlock's and executable",
-                    hook.display()
-                )),
-                (false, _) => {
-                    problems += 1;
-                    println!(
-                        "problem  the hook {} is not buildlock's: run ./install.sh (it keeps and chains it)",
-                        hook.display()
-                    );
-                }
-                (true, false) => {
-                    problems += 1;
-                    println!(
-                        "problem  the hook {} is not executable: chmod +x it",
-                        hook.display()
-                    );
-                }
-            }
-        }
-    }
-    match lock::locking_works(ctx.home.as_path()) {
-        Ok(true) => ok(format!(
-            "file locking works in {}",
-            ctx.home.as_path().display()
-        )),
-        Ok(false) => {
-            problems += 1;
-            println!(
-                "problem  file locking does NOT work in {} (network or virtual file system?): buildlock cannot coordinate here",
-                ctx.home.as_path().display()
-            );
-        }
-        Err(e) => {
-            problems += 1;
-            println!(
-                "problem  cannot test locking in {}: {e}",
-                ctx.home.as_path().display()
-            );
-        }
-    }
-    println!(
-        "state       {} (backend `{}`)",
-        ctx.store.location(),
-        ctx.store.backend()
-    );
-    for (good, what) in ctx.store.diagnose() {
-        if good {
-            ok(what);
-        } else {
-            problems += 1;
-            println!("problem  {what}");
-        }
-    }
-    let state_dir = ctx.home.as_path().join("state");
-    for entry in std::fs::read_dir(&state_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            println!(
-                "note     stray temp file {} (a writer was killed; the next write removes it)",
-                entry.path().display()
-            );
-        }
-    }
-    for (_, s) in ctx.store.all() {
-        let how = match fixer_liveness(ctx, &s) {
-            Some(Liveness::Dead) => "dead",
-            Some(Liveness::Stale) => "stale",
-            _ => continue,
-        };
-        println!(
-            "note     the fixer of key `{}` is {how}: the next failing agent takes over (or `buildlock reset`)",
-            s.key
-        );
-    }
-    let alias = git2::Repository::open(&ctx.repo.git_dir)
-        .ok()
-        .and_then(|r| r.config().ok())
-        .and_then(|c| c.get_string("alias.commit-retry").ok());
-    match alias {
-        Some(a) => ok(format!("`git commit-retry` is set up ({a})")),
-        None => println!("note     `git commit-retry` is not set up: ./install.sh adds the alias"),
-    }
-    if problems == 0 {
-        println!("\nno problems found");
-        Ok(exit::OK)
-    } else {
-        println!("\n{problems} problem(s) found");
-        Ok(exit::FIXER)
-    }
 }
 
 /// The sibling binary `name` next to the running one.
@@ -496,4 +418,9 @@ pub fn sibling(name: &str) -> Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// A commit id as people read it.
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
 }

@@ -11,7 +11,7 @@
 
 use anyhow::{Context as _, Result};
 use std::ffi::OsString;
-use std::io::Read;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -25,6 +25,7 @@ use crate::flows::wait::{self, WaitEnd};
 use crate::os::{env, say, signals, time};
 use crate::protocol::exit;
 use crate::protocol::state::Event;
+use crate::store::Read;
 
 const LOCK_CONTENTION_RETRIES: u32 = 30;
 /// Fix runs in one commit-retry, whatever `max_fix_attempts` says: a guard against a loop.
@@ -248,9 +249,23 @@ impl Retry<'_> {
         }
     }
 
-    /// After the fixer's own commit: records which commit it was (best effort).
+    /// After the fixer's own commit: records which commit fixed it (best effort): the first
+    /// commit after the HEAD its passing check saw, which is this commit unless the fix command
+    /// committed the fix itself.
     fn record_fix_commit(&self, role: &Role) {
-        let Some(commit) = self.ctx.repo.head_oid() else {
+        let Read::Found { state, .. } = self.ctx.store.read(&role.key) else {
+            return;
+        };
+        let Some(fix) = state
+            .fix
+            .filter(|f| f.by == self.ctx.agent && f.generation == role.generation)
+        else {
+            return;
+        };
+        if fix.commit.is_some() {
+            return;
+        }
+        let Some(commit) = fixcommit::resolve(&fix).or_else(|| self.ctx.repo.head_oid()) else {
             return;
         };
         let event = Event::FixCommitted {

@@ -1,7 +1,8 @@
 //! The one module that reads environment variables.
 //!
 //! Public ones are in the contract: `BUILDLOCK` (`0` turns coordination off), `BUILDLOCK_AGENT`,
-//! `BUILD_FLAVOR`, `BUILDLOCK_CONFIG`, `NO_COLOR`. The others are between buildlock's own programs
+//! `BUILD_FLAVOR`, `BUILDLOCK_CONFIG`. (`NO_COLOR`, `CLICOLOR`, `CLICOLOR_FORCE` and `TERM` are read
+//! by anstyle-query, for `say.rs`, by the conventions clap follows too.) The others are between buildlock's own programs
 //! or for tests:
 //! - `BUILDLOCK_DECISION`: set by commit-retry for the hook it runs through `git commit`; the hook
 //!   writes its decision there and leaves the waiting to commit-retry;
@@ -25,12 +26,17 @@ fn var_os(name: &str) -> Option<OsString> {
     std::env::var_os(name).filter(|v| !v.is_empty())
 }
 
-/// `BUILDLOCK=0` (or `false`, `off`, `no`): the check runs but nothing is coordinated.
+/// `BUILDLOCK=0` (or `false`, `off`, `no`, in any case: `FALSE`, `Off`): the check runs but
+/// nothing is coordinated.
 pub fn coordination_enabled() -> bool {
-    !matches!(
-        var("BUILDLOCK").as_deref(),
-        Some("0" | "false" | "off" | "no")
-    )
+    !var("BUILDLOCK").is_some_and(|v| is_off(&v))
+}
+
+fn is_off(value: &str) -> bool {
+    let v = value.trim();
+    ["0", "false", "off", "no"]
+        .iter()
+        .any(|off| v.eq_ignore_ascii_case(off))
 }
 
 /// The agent's id: `BUILDLOCK_AGENT`, else `BUILD_FLAVOR`, else `<hostname>:<work tree path>`.
@@ -42,10 +48,6 @@ pub fn agent_id(worktree: &Path) -> String {
 
 pub fn config_file() -> Option<PathBuf> {
     var_os("BUILDLOCK_CONFIG").map(PathBuf::from)
-}
-
-pub fn no_color() -> bool {
-    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
 }
 
 pub fn home_dir() -> Option<PathBuf> {
@@ -137,4 +139,17 @@ pub fn clock_offset_ms() -> i64 {
         };
         crate::os::time::parse_duration(rest).map_or(0, |d| sign * d.as_millis() as i64)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn off_values_in_any_case() {
+        for v in ["0", "false", "FALSE", "Off", "no", "No", " off "] {
+            assert!(super::is_off(v), "{v:?}");
+        }
+        for v in ["1", "true", "on", "yes", "nope", "offline"] {
+            assert!(!super::is_off(v), "{v:?}");
+        }
+    }
 }

@@ -21,16 +21,12 @@ pub struct Process {
     pub token: Option<String>,
 }
 
+/// This machine's name (`localhost` if it cannot be read).
 pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or
-    // truncates, and we stop at the first NUL.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "localhost".to_owned();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
+    hostname::get().map_or_else(
+        |_| "localhost".to_owned(),
+        |h| h.to_string_lossy().into_owned(),
+    )
 }
 
 /// The kernel's start time of `pid` in clock ticks since boot, where the OS tells it (Linux).

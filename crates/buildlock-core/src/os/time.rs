@@ -1,4 +1,10 @@
-//! Wall-clock time as unix milliseconds, and its RFC 3339 rendering.
+//! Wall-clock time as unix milliseconds, its RFC 3339 rendering, and durations.
+//!
+//! Hand-written on purpose (measured against humantime): the rendering is 15 lines that take any
+//! u64 (humantime goes through `SystemTime`, whose addition panics on a damaged state's absurd
+//! time) and cost 3.7 KB less in the hook binary; the duration grammar is the contract's exact one
+//! (`ms`, `s`, `m`, `h`), where humantime also reads `5M` as five months and `1.5s`, and has no
+//! upper bound.
 //!
 //! State files store plain milliseconds; people and `status --json` see RFC 3339 UTC. Liveness
 //! decisions that can use a monotonic clock do so (see `wait.rs`); this is only for leases and
@@ -58,13 +64,20 @@ pub fn human(d: Duration) -> String {
     }
 }
 
-/// Parse a duration such as `"250ms"`, `"90s"`, `"5m"`, `"1h"` or `"1h30m"`.
+/// The longest duration a setting may hold: one year. Every configured duration is added to an
+/// `Instant` or a wall-clock time somewhere; a bound keeps that arithmetic far from overflow (a
+/// `wait` of 2^51 hours would otherwise panic) and nothing sensible waits longer.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parse a duration such as `"250ms"`, `"90s"`, `"5m"`, `"1h"` or `"1h30m"`, at most
+/// [`MAX_DURATION`] (`"8760h"`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || {
         format!(
             "bad duration {text:?}: write a number and a unit, e.g. \"250ms\", \"90s\", \"5m\", \"1h\""
         )
     };
+    let too_long = || format!("duration {text:?} is too long: at most one year (\"8760h\")");
     let mut rest = text.trim();
     if rest.is_empty() {
         return Err(bad());
@@ -77,19 +90,27 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         if digits == 0 {
             return Err(bad());
         }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        // More digits than a u64 holds is "too long", not "bad": the number itself was fine.
+        let n: u64 = rest[..digits].parse().map_err(|_| too_long())?;
         rest = &rest[digits..];
         let unit = rest
             .find(|c: char| c.is_ascii_digit())
             .unwrap_or(rest.len());
-        let part = match &rest[..unit] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
+        let millis_per = match &rest[..unit] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
             _ => return Err(bad()),
         };
-        total = total.saturating_add(part);
+        let part = n
+            .checked_mul(millis_per)
+            .map(Duration::from_millis)
+            .ok_or_else(too_long)?;
+        total = total.checked_add(part).ok_or_else(too_long)?;
+        if total > MAX_DURATION {
+            return Err(too_long());
+        }
         rest = &rest[unit..];
     }
     Ok(total)
@@ -127,6 +148,8 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_795_341_600_000), "2026-11-22T10:00:00Z");
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
+        // A damaged state's absurd time still renders (SystemTime arithmetic would panic).
+        assert!(rfc3339(u64::MAX).ends_with('Z'));
     }
 
     #[test]
@@ -137,6 +160,18 @@ mod tests {
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         for bad in ["", "5", "m", "5 minutes", "-1s", "1.5s", "5d"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+        }
+        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("8759h60m"), Ok(MAX_DURATION));
+        for long in [
+            "8760h1ms",
+            "8761h",
+            "2562047788015216h",
+            "18446744073709551615ms1ms",
+            "99999999999999999999999s",
+        ] {
+            let e = parse_duration(long).unwrap_err();
+            assert!(e.contains("at most one year"), "{long}: {e}");
         }
     }
 

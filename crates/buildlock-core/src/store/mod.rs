@@ -174,8 +174,9 @@ pub trait Store: Send + Sync {
     /// Whether [`Store::wait_change`] wakes on changes (else callers should poll more often).
     fn watches(&self) -> bool;
 
-    /// The backend's own health checks for `buildlock doctor`: `(ok, what was found)`.
-    fn diagnose(&self) -> Vec<(bool, String)> {
+    /// The backend's own health checks for `buildlock doctor`: `(ok, what was found, what to do
+    /// when it is a problem)`.
+    fn diagnose(&self) -> Vec<(bool, String, String)> {
         Vec::new()
     }
 

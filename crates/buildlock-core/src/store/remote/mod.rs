@@ -1015,7 +1015,7 @@ impl Store for RemoteStore {
         true
     }
 
-    fn diagnose(&self) -> Vec<(bool, String)> {
+    fn diagnose(&self) -> Vec<(bool, String, String)> {
         let mut out = Vec::new();
         let started = Instant::now();
         match self.git.ls_remote(&[format!("{STATE_PREFIX}*")]) {
@@ -1028,13 +1028,15 @@ impl Store for RemoteStore {
                     started.elapsed().as_millis(),
                     refs.len()
                 ),
+                String::new(),
             )),
             Err(f) => {
                 out.push((
                     false,
+                    format!("cannot read the remote `{}` ({}): {f}", self.git.remote, self.url),
                     format!(
-                        "cannot read the remote `{}` ({}): {f}",
-                        self.git.remote, self.url
+                        "make `git ls-remote {} 'refs/buildlock/*'` work here (network, URL,                          credentials), or set coordination.remote to a remote that does",
+                        self.git.remote
                     ),
                 ));
                 return out;
@@ -1047,8 +1049,14 @@ impl Store for RemoteStore {
                     "the remote `{}` accepts pushes to refs/buildlock/* (created and deleted a probe ref)",
                     self.git.remote
                 ),
+                String::new(),
             )),
-            Err(m) => out.push((false, m)),
+            Err(m) => out.push((
+                false,
+                m,
+                "give the credentials git uses here permission to create, update and delete refs                  under refs/buildlock/ (see docs/ci/ for GitHub Actions and GitLab)"
+                    .to_owned(),
+            )),
         }
         out
     }
