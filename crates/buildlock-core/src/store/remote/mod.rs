@@ -433,6 +433,7 @@ impl RemoteStore {
         let mut lost = 0u32;
         let mut pushed: Option<(String, R, KeyState, KeyState, Option<String>)> = None;
         loop {
+            let round = Instant::now();
             if stop() {
                 return Err(Interrupted.into());
             }
@@ -545,10 +546,11 @@ impl RemoteStore {
                         ));
                     }
                     pushed = Some((commit, r, before, after, damaged));
-                    // Back off a little more after each loss, with jitter, so that N racing
-                    // agents spread out instead of colliding again in lockstep.
-                    let cap = Duration::from_millis(20 * u64::from(lost.min(10)));
-                    std::thread::sleep(time::jitter(cap + Duration::from_millis(10)));
+                    // Back off by a random part of a few round trips (one read and one push, as
+                    // just measured), more after each loss: N agents that collided spread out
+                    // over about N round trips instead of colliding again in lockstep.
+                    let rtt = round.elapsed().min(Duration::from_secs(2));
+                    std::thread::sleep(time::jitter(rtt * lost.min(4)));
                 }
                 Err(Failure::Transient(m)) => {
                     // Did it land after all? One last look.
@@ -968,7 +970,7 @@ impl Store for RemoteStore {
     }
 
     fn write_lease(&self, key: &str, lease: &Lease) -> Result<()> {
-        let limit = (self.stale_after / 3).clamp(
+        let limit = (self.stale_after / 2).clamp(
             Duration::from_millis(500),
             self.wait.max(Duration::from_millis(500)),
         );
