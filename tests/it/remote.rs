@@ -838,9 +838,7 @@ fn remote_clock_skew_of_ten_minutes_either_way_changes_nothing() {
 #[test]
 fn remote_unreachable_election_exits_70_with_gits_message() {
     let port = free_port();
-    let s = Server::new(&format!(
-        "[coordination]\nbackend = \"remote\"\nremote = \"dead\"\nwait = \"2s\"\n"
-    ));
+    let s = Server::new("[coordination]\nbackend = \"remote\"\nremote = \"dead\"\nwait = \"2s\"\n");
     let a = s.clone("a", &s.file_url());
     git(
         &s.root,

@@ -86,6 +86,12 @@ struct Tip {
     name: String,
 }
 
+/// A key's refs on the remote: its chain's epochs, and its fix refs `(name, oid)`.
+type KeyRefs = (Vec<Tip>, Vec<(String, String)>);
+
+/// Adds a transition's counts to a key's totals.
+type Count = Box<dyn FnOnce(&mut Totals)>;
+
 /// What one read of a key on the remote found.
 struct View {
     /// The highest epoch: the key's state.
@@ -174,8 +180,8 @@ impl RemoteStore {
     }
 
     /// Groups `ls-remote` output into keys: stem -> (epochs, fix refs).
-    fn group(refs: &[(String, String)]) -> BTreeMap<String, (Vec<Tip>, Vec<(String, String)>)> {
-        let mut keys: BTreeMap<String, (Vec<Tip>, Vec<(String, String)>)> = BTreeMap::new();
+    fn group(refs: &[(String, String)]) -> BTreeMap<String, KeyRefs> {
+        let mut keys: BTreeMap<String, KeyRefs> = BTreeMap::new();
         for (oid, name) in refs {
             if let Some(rest) = name.strip_prefix(STATE_PREFIX) {
                 let Some((stem, epoch)) = rest.rsplit_once('/') else {
@@ -709,6 +715,7 @@ impl RemoteStore {
 }
 
 /// What a transition decided.
+#[allow(clippy::large_enum_variant)] // one per transition, moved once
 enum Step<R> {
     /// Nothing to write.
     Keep(R),
@@ -716,7 +723,7 @@ enum Step<R> {
         result: R,
         after: KeyState,
         history: Vec<serde_json::Value>,
-        count: Option<Box<dyn FnOnce(&mut Totals)>>,
+        count: Option<Count>,
     },
 }
 
