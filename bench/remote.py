@@ -269,7 +269,7 @@ def bench_requests(out):
         out.append(f"Requests while waiting: {n} jobs, a {fix_sleep} s fix, remote_poll = 2s:\n")
         out.append(f"- git processes per waiter per minute (median over {n - 1} waiters): {med:.0f} "
                    f"(each a connection to the remote: ls-remote per look, a fetch when the state moved, a push to join)")
-        out.append(f"- the fixer (heartbeats every stale_after/4 = 75 s, fix push): {counts[-1]} git processes in all "
+        out.append(f"- the busiest job (the fixer, or a waiter that also refreshed): {counts[-1]} git processes in all "
                    f"({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))})")
         out.append(f"- total git processes of all {n} jobs: {len(calls)}\n")
     finally:
