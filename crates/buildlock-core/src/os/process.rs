@@ -166,3 +166,31 @@ pub fn raise(signal: i32) {
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(libc::getpid(), signal) };
 }
+
+/// Whether `p` is this very process (same host, pid and start time) and still runs: a zombie
+/// (killed, not yet reaped) does not count, since it runs nothing and holds nothing.
+pub fn is_live(p: &Process) -> bool {
+    if !is_same_process_running(p) {
+        return false;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)) else {
+        return false;
+    };
+    let state = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .next();
+    !matches!(state, Some("Z" | "X"))
+}
+
+/// This process, as recorded in state.
+pub fn me() -> Process {
+    let pid = std::process::id();
+    Process {
+        pid,
+        host: hostname(),
+        start: start_time(pid),
+    }
+}

@@ -2,6 +2,7 @@
 //!
 //! - [`local`]: state files under an OS advisory lock in the git common dir (one machine, all of
 //!   its worktrees);
+//! - [`registry`]: agents, claims and check slots (local: one machine's worktrees);
 //! - a remote backend keeps the same states as refs on a git remote (agents on several machines).
 //!
 //! The flows (hook, commit-retry, `buildlock ci`, the operator's commands) talk to [`Store`] and
@@ -16,6 +17,7 @@ use crate::os::time::Millis;
 use crate::protocol::state::{Event, KeyState, Lease, Outcome};
 
 pub mod local;
+pub mod registry;
 
 pub use crate::protocol::ledger::Totals;
 
