@@ -170,19 +170,7 @@ pub fn raise(signal: i32) {
 /// Whether `p` is this very process (same host, pid and start time) and still runs: a zombie
 /// (killed, not yet reaped) does not count, since it runs nothing and holds nothing.
 pub fn is_live(p: &Process) -> bool {
-    if !is_same_process_running(p) {
-        return false;
-    }
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)) else {
-        return false;
-    };
-    let state = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .next();
-    !matches!(state, Some("Z" | "X"))
+    p.host == hostname() && p.start.is_some() && start_time(p.pid) == p.start && alive(p.pid)
 }
 
 /// This process, as recorded in state.
@@ -192,5 +180,6 @@ pub fn me() -> Process {
         pid,
         host: hostname(),
         start: start_time(pid),
+        token: None,
     }
 }

@@ -812,12 +812,9 @@ pub fn decide(
             Decision::Ok
         }
         Request::Blocked { who, on } => {
+            // The conflict itself is recorded by the guard, once per refused commit.
             if let Some(a) = r.agents.get_mut(&who.agent) {
                 a.blocked = on.clone();
-            }
-            if let Some(b) = on {
-                events.push(serde_json::json!({"event": "conflict", "agent": who.agent,
-                    "holder": b.by, "paths": b.paths, "by": "commit"}));
             }
             Decision::Ok
         }
@@ -826,12 +823,17 @@ pub fn decide(
     (r, decision, events)
 }
 
+/// Who registers with a request. A waiter looking again does not: its look must change nothing
+/// when nothing happened, or every look would rewrite the registry and wake every other waiter
+/// (its signs of life go through `touch` instead).
 fn request_who(request: &Request) -> Option<&Who> {
     match request {
-        Request::Claim { who, .. }
+        Request::Claim {
+            who, ticket: None, ..
+        }
         | Request::Unclaim { who, .. }
         | Request::Done { who }
-        | Request::Slot { who, .. }
+        | Request::Slot { who, ticket: None }
         | Request::Blocked { who, .. } => Some(who),
         _ => None,
     }
@@ -1558,6 +1560,51 @@ mod tests {
         let (r4, _) = step(&Registry::default(), req, T0);
         assert_eq!(r4.live_claims(T0 + 2 * TTL, TTL).count(), 1);
         assert_eq!(r4.live_claims(T0 + 3 * TTL, TTL).count(), 0);
+    }
+
+    #[test]
+    fn a_look_that_finds_nothing_new_changes_nothing() {
+        let (r, _) = step(
+            &Registry::default(),
+            claim_req("h", &["x"], Mode::Exclusive, false),
+            T0,
+        );
+        let (r, d) = step(&r, claim_req("w", &["x"], Mode::Exclusive, true), T0);
+        let Decision::Queued { ticket, .. } = d else {
+            panic!()
+        };
+        let look = Request::Claim {
+            who: who("w", 3),
+            paths: vec!["x".into()],
+            mode: Mode::Exclusive,
+            term: None,
+            wait: true,
+            ticket: Some(ticket),
+        };
+        let (after, d, events) = decide(&r, &look, &seen(T0 + 500));
+        assert!(matches!(d, Decision::Queued { .. }));
+        assert_eq!(after, r, "no write, so no waiter is woken");
+        assert!(events.is_empty());
+        let (r, d, _) = decide(
+            &r,
+            &Request::Slot {
+                who: who("s", 3),
+                ticket: None,
+            },
+            &seen(T0),
+        );
+        let Decision::SlotQueued { ticket, .. } = d else {
+            panic!("{d:?}")
+        };
+        let (after, _, _) = decide(
+            &r,
+            &Request::Slot {
+                who: who("s", 3),
+                ticket: Some(ticket),
+            },
+            &seen(T0 + 9),
+        );
+        assert_eq!(after, r);
     }
 
     #[test]

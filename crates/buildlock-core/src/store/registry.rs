@@ -27,7 +27,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::os::fs::{modified_ms, touch_existing, write_atomic};
+use crate::os::fs::{Durability, modified_ms, touch_existing, write_atomic};
 use crate::os::lock::{self, Lock};
 use crate::os::{process, say, time};
 use crate::protocol::claims::{
@@ -225,7 +225,9 @@ impl RegistryStore {
                     }
                 }
             }
-            write_atomic(&self.path(), &serde_json::to_vec_pretty(&after)?)?;
+            // A crash of the process leaves the old registry or the new one; a crash of the machine
+            // ends every claim holder and queued process anyway, so no fsync on this path.
+            write_atomic(&self.path(), &serde_json::to_vec_pretty(&after)?, Durability::Atomic)?;
             // After the write: agents whose claims are all gone stop paying for touches.
             let holders: BTreeSet<&str> = after.claims.iter().map(|c| c.agent.as_str()).collect();
             for c in &before.claims {
