@@ -222,6 +222,7 @@ mod tests {
             pid: child.id(),
             host: process::hostname(),
             start: process::start_time(child.id()),
+            token: None,
         };
         let start = Instant::now();
         assert_eq!(w.wait(&[p.clone()], Duration::from_secs(10)), Wake::Exited);

@@ -1308,6 +1308,7 @@ mod tests {
                 pid: 100,
                 host: "box".into(),
                 start: Some(1),
+                token: None,
             },
             worktree: format!("/w/{agent}"),
             branch: agent.into(),
