@@ -6,8 +6,9 @@
 //! 2. nobody claims anything: one `stat` (the registry's `claimed` marker); the index is not
 //!    opened;
 //! 3. claims exist, but none is another agent's live exclusive claim: one small file read;
-//! 4. otherwise: the index git is committing is compared with HEAD in process (`os/changes.rs`)
-//!    and each changed path is matched against those claims.
+//! 4. otherwise: the index git is committing is compared with HEAD in process (`os/changes.rs`),
+//!    only below the directories those claims can cover (`src/api` for `src/api/*.py`; the whole
+//!    tree for `*.py`), and each changed path is matched against those claims.
 //!
 //! A guard that cannot do its job (an unreadable index) warns and lets the commit go on: the
 //! guard keeps agents apart, it never turns a coordination failure into a refused commit.
@@ -47,7 +48,8 @@ pub fn guard(ctx: &Context) -> Result<GuardOutcome> {
     if !reg.others_claim(&ctx.agent, now, ttl) {
         return Ok(GuardOutcome::Clear);
     }
-    let changed = changes::changed_paths(&ctx.repo)?;
+    let dirs = reg.guarded_dirs(&ctx.agent, now, ttl);
+    let changed = changes::changed_paths(&ctx.repo, Some(&dirs))?;
     let conflicts = reg.guard(&ctx.agent, &changed, now, ttl);
     Ok(if conflicts.is_empty() {
         GuardOutcome::Clear

@@ -15,8 +15,9 @@ use std::path::PathBuf;
 use crate::os::repo::Repo;
 
 /// Every path that differs between HEAD and the index being committed, sorted, relative to the
-/// work tree root.
-pub fn changed_paths(repo: &Repo) -> Result<Vec<String>> {
+/// work tree root; with `under`, only below those directories (an empty one: anywhere), each
+/// compared on its own so that the tree walk stays inside it.
+pub fn changed_paths(repo: &Repo, under: Option<&[String]>) -> Result<Vec<String>> {
     let git = repo.git();
     let index = match crate::os::env::index_file() {
         Some(path) => {
@@ -37,16 +38,28 @@ pub fn changed_paths(repo: &Repo) -> Result<Vec<String>> {
         // An unborn branch: everything in the index is new.
         Err(_) => None,
     };
-    let mut opts = git2::DiffOptions::new();
-    opts.include_typechange(true).ignore_submodules(false);
-    let diff = git
-        .diff_tree_to_index(tree.as_ref(), Some(&index), Some(&mut opts))
-        .context("cannot compare the index with HEAD")?;
+    let dirs: Vec<Option<&str>> = match under {
+        Some(dirs) if !dirs.iter().any(String::is_empty) => {
+            dirs.iter().map(|d| Some(d.as_str())).collect()
+        }
+        _ => vec![None],
+    };
     let mut paths = BTreeSet::new();
-    for delta in diff.deltas() {
-        for file in [delta.old_file(), delta.new_file()] {
-            if let Some(p) = file.path_bytes() {
-                paths.insert(String::from_utf8_lossy(p).into_owned());
+    for dir in dirs {
+        let mut opts = git2::DiffOptions::new();
+        opts.include_typechange(true).ignore_submodules(false);
+        if let Some(dir) = dir {
+            // A literal path: the directory (or file) and what is below it.
+            opts.pathspec(dir).disable_pathspec_match(true);
+        }
+        let diff = git
+            .diff_tree_to_index(tree.as_ref(), Some(&index), Some(&mut opts))
+            .context("cannot compare the index with HEAD")?;
+        for delta in diff.deltas() {
+            for file in [delta.old_file(), delta.new_file()] {
+                if let Some(p) = file.path_bytes() {
+                    paths.insert(String::from_utf8_lossy(p).into_owned());
+                }
             }
         }
     }

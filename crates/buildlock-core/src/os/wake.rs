@@ -192,7 +192,12 @@ mod tests {
             // Another file first: must not wake us.
             std::fs::write(p.join("other"), b"x").unwrap();
             std::thread::sleep(Duration::from_millis(50));
-            crate::os::fs::write_atomic(&p.join("registry.json"), b"{}", crate::os::fs::Durability::Atomic).unwrap();
+            crate::os::fs::write_atomic(
+                &p.join("registry.json"),
+                b"{}",
+                crate::os::fs::Durability::Atomic,
+            )
+            .unwrap();
         });
         let start = Instant::now();
         assert_eq!(w.wait(&[], Duration::from_secs(10)), Wake::Changed);
@@ -205,7 +210,12 @@ mod tests {
     fn a_change_before_the_wait_is_not_missed() {
         let dir = tempfile::tempdir().unwrap();
         let w = Watch::new(dir.path(), "r.json");
-        crate::os::fs::write_atomic(&dir.path().join("r.json"), b"{}", crate::os::fs::Durability::Atomic).unwrap();
+        crate::os::fs::write_atomic(
+            &dir.path().join("r.json"),
+            b"{}",
+            crate::os::fs::Durability::Atomic,
+        )
+        .unwrap();
         assert_eq!(w.wait(&[], Duration::from_secs(10)), Wake::Changed);
         assert_eq!(w.wait(&[], Duration::from_millis(30)), Wake::TimedOut);
     }

@@ -335,6 +335,17 @@ pub fn covers(spec: &str, path: &str) -> bool {
     intersect(&t, &p) || (subtree && intersect(&below(t), &p))
 }
 
+/// The directory every path `spec` covers lies in (`src/api` for `src/api/*.py`; empty when it
+/// could be anywhere, as for `*.py`): the guard compares only those subtrees of the index.
+pub fn dir_prefix(spec: &str) -> &str {
+    let lit = literal_prefix(spec);
+    if lit.len() == spec.len() {
+        // No glob: the file or the directory itself.
+        return spec.trim_end_matches('/');
+    }
+    lit.rfind('/').map_or("", |i| &lit[..i])
+}
+
 /// The part of `spec` before its first glob or escape character.
 fn literal_prefix(spec: &str) -> &str {
     let end = spec.find(['*', '?', '[', '\\']).unwrap_or(spec.len());
@@ -664,6 +675,22 @@ impl Registry {
             }
         }
         out
+    }
+
+    /// The directories under which another agent's live exclusive claim may cover a path (`""`:
+    /// anywhere), deduplicated.
+    pub fn guarded_dirs(&self, me: &str, now: Millis, ttl: Millis) -> Vec<String> {
+        let mut dirs: Vec<String> = self
+            .live_claims(now, ttl)
+            .filter(|c| c.agent != me && c.mode == Mode::Exclusive)
+            .flat_map(|c| c.paths.iter().map(|p| dir_prefix(p).to_owned()))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        if dirs.iter().any(String::is_empty) {
+            return vec![String::new()];
+        }
+        dirs
     }
 
     /// Whether any live exclusive claim of another agent exists (the guard's fast path).
@@ -1215,6 +1242,20 @@ mod tests {
         assert!(!covers("a\\*b", "axb"));
         // An unclosed class is a literal `[`.
         assert!(covers("a[b", "a[b"));
+    }
+
+    #[test]
+    fn dir_prefixes_bound_what_a_spec_covers() {
+        for (spec, dir) in [
+            ("src/api/*.py", "src/api"),
+            ("src/a?i/", "src"),
+            ("docs/", "docs"),
+            ("src/x.py", "src/x.py"),
+            ("*.py", ""),
+            ("**", ""),
+        ] {
+            assert_eq!(dir_prefix(spec), dir, "{spec}");
+        }
     }
 
     #[test]

@@ -227,7 +227,11 @@ impl RegistryStore {
             }
             // A crash of the process leaves the old registry or the new one; a crash of the machine
             // ends every claim holder and queued process anyway, so no fsync on this path.
-            write_atomic(&self.path(), &serde_json::to_vec_pretty(&after)?, Durability::Atomic)?;
+            write_atomic(
+                &self.path(),
+                &serde_json::to_vec_pretty(&after)?,
+                Durability::Atomic,
+            )?;
             // After the write: agents whose claims are all gone stop paying for touches.
             let holders: BTreeSet<&str> = after.claims.iter().map(|c| c.agent.as_str()).collect();
             for c in &before.claims {
