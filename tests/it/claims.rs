@@ -863,3 +863,10 @@ fn done_means_eight_commits_two_slots() {
     assert!(states.contains("checking"), "{states:?}");
     assert!(states.contains("queued"), "{states:?}");
 }
+
+#[test]
+fn the_demo_scene_plays() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = Path::new(BUILDLOCK).parent().unwrap().to_owned();
+    buildlock_core::flows::claims_demo::scene(&tmp.path().canonicalize().unwrap(), &bin).unwrap();
+}

@@ -214,6 +214,52 @@ fn describe_claim(c: &Claim, reg: &Registry, ttl: Millis) -> String {
     )
 }
 
+/// How `buildlock log` words a claims event (`other`: its name, for events it does not know).
+pub fn log_detail(event: &str, e: &Value) -> String {
+    let paths = e["paths"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(|p| format!("`{p}`"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    match event {
+        "claim" => {
+            let waited = e["waited_ms"].as_u64().unwrap_or(0);
+            format!(
+                "claimed {paths} ({}){}",
+                s("mode"),
+                if waited > 0 {
+                    format!(" after waiting {}", human(Duration::from_millis(waited)))
+                } else {
+                    String::new()
+                }
+            )
+        }
+        "release" => format!("released {paths}"),
+        "lapse" => format!(
+            "claim on {paths} lapsed ({})",
+            if s("reason") == "for" {
+                "its --for term ended"
+            } else {
+                "no sign of life for claims.ttl"
+            }
+        ),
+        "done" if paths.is_empty() => "done".to_owned(),
+        "done" => format!("done; released {paths}"),
+        "conflict" => format!(
+            "{} refused: {paths} claimed by `{}`",
+            if s("by") == "commit" { "commit" } else { "claim" },
+            s("holder")
+        ),
+        other => other.to_owned(),
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // claim
 // ------------------------------------------------------------------------------------------

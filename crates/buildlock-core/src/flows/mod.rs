@@ -8,9 +8,10 @@
 //! - [`wait`]: bounded waiting for a fix; [`lease`]: the fixer's heartbeat;
 //! - [`ops`]: the operator's commands; [`doctor`]: `buildlock doctor`; [`demo`]: the demo;
 //! - [`claims`]: claims and agents (`claim`, `unclaim`, `claims`, `agents`, `done`, `wait-for`);
-//!   [`guard`]: the hook's claims guard; [`slots`]: check slots.
+//!   [`guard`]: the hook's claims guard; [`slots`]: check slots; [`claims_demo`]: the demo's scene.
 
 pub mod claims;
+pub mod claims_demo;
 pub mod context;
 pub mod decision;
 pub mod demo;
