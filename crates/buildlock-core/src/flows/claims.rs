@@ -253,7 +253,11 @@ pub fn log_detail(event: &str, e: &Value) -> String {
         "done" => format!("done; released {paths}"),
         "conflict" => format!(
             "{} refused: {paths} claimed by `{}`",
-            if s("by") == "commit" { "commit" } else { "claim" },
+            if s("by") == "commit" {
+                "commit"
+            } else {
+                "claim"
+            },
             s("holder")
         ),
         other => other.to_owned(),

@@ -46,7 +46,10 @@ pub fn scene(root: &Path, bin: &Path) -> Result<()> {
     std::fs::create_dir_all(repo.join("src/api"))?;
     git(&repo, &["init", "-q", "-b", "main"])?;
     std::fs::write(repo.join("src/api/x.py"), "def x(): return 1\n")?;
-    std::fs::write(repo.join(".buildlock.toml"), "check = \"true\"\n[hook]\nwait = false\n")?;
+    std::fs::write(
+        repo.join(".buildlock.toml"),
+        "check = \"true\"\n[hook]\nwait = false\n",
+    )?;
     git(&repo, &["add", "-A"])?;
     git(&repo, &["commit", "-q", "-m", "init"])?;
     let hooks = repo.join(".git/hooks");
@@ -54,8 +57,14 @@ pub fn scene(root: &Path, bin: &Path) -> Result<()> {
     let _ = std::fs::remove_file(hooks.join("pre-commit"));
     std::os::unix::fs::symlink(bin.join("pre-commit"), hooks.join("pre-commit"))?;
     let (a, b) = (root.join("agent-a"), root.join("agent-b"));
-    git(&repo, &["worktree", "add", "-q", "-b", "a", &a.to_string_lossy()])?;
-    git(&repo, &["worktree", "add", "-q", "-b", "b", &b.to_string_lossy()])?;
+    git(
+        &repo,
+        &["worktree", "add", "-q", "-b", "a", &a.to_string_lossy()],
+    )?;
+    git(
+        &repo,
+        &["worktree", "add", "-q", "-b", "b", &b.to_string_lossy()],
+    )?;
     let run = |dir: &Path, agent: &str, program: &str, args: &[&str]| {
         let mut c = Command::new(bin.join(program));
         c.args(args)
@@ -75,13 +84,20 @@ pub fn scene(root: &Path, bin: &Path) -> Result<()> {
     if !st.success() {
         bail!("the claim was refused");
     }
-    say("agent-b edits src/api/x.py and commits with commit-retry: refused before its check, it waits");
+    say(
+        "agent-b edits src/api/x.py and commits with commit-retry: refused before its check, it waits",
+    );
     std::fs::write(b.join("src/api/x.py"), "def x(): return 2\n")?;
     git(&b, &["add", "-A"])?;
-    let mut retry = run(&b, "agent-b", "commit-retry", &["-q", "-m", "agent-b: x returns 2"])
-        .stdin(Stdio::null())
-        .spawn()
-        .context("cannot run commit-retry")?;
+    let mut retry = run(
+        &b,
+        "agent-b",
+        "commit-retry",
+        &["-q", "-m", "agent-b: x returns 2"],
+    )
+    .stdin(Stdio::null())
+    .spawn()
+    .context("cannot run commit-retry")?;
     let start = Instant::now();
     // Wait until b is listed as blocked, then show the registry.
     loop {
