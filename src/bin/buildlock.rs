@@ -9,7 +9,7 @@
 //! [`run`], usually one call into `buildlock_core::flows`.
 
 use buildlock_core::flows::context::{Context, LoadError};
-use buildlock_core::flows::{ci, demo, doctor, ops};
+use buildlock_core::flows::{ci, claims, demo, doctor, ops};
 use buildlock_core::os::say;
 use buildlock_core::protocol::exit;
 use clap::{CommandFactory, Parser, Subcommand};
@@ -21,10 +21,11 @@ Environment:
   BUILDLOCK_AGENT   your agent id (default: BUILD_FLAVOR, else <host>:<work tree>)
   BUILDLOCK=0       the hook runs the check and coordinates nothing (also false, off, no)
   BUILDLOCK_CONFIG  one more configuration file, read last
+  BUILDLOCK_PRIORITY  your agent's priority in queues (claims, check slots): 1 highest to 5 lowest
   NO_COLOR          no colour
 
 Exit codes: 0 done; 1 the command failed, or doctor found a problem; 2 a wrong command line;
-78 a configuration error.";
+75 refused or timed out (claim, wait-for); 78 a configuration error.";
 
 /// Elect one fixer when a shared build breaks under parallel agents.
 ///
@@ -95,6 +96,61 @@ enum Command {
         /// The shell
         shell: clap_complete::Shell,
     },
+    /// Reserve paths for your agent: exclusive (one writer) unless --shared
+    ///
+    /// PATHSPECs are git pathspecs relative to the work tree root; globs allowed (`src/api/*.py`,
+    /// `docs/`; `*` also matches `/`). Refused at once (exit 75, naming the holder) when another
+    /// live agent holds a conflicting claim, or queued with --wait. A claim lapses `claims.ttl`
+    /// after your last buildlock command, or at the end of --for.
+    Claim {
+        /// A read intent: others may claim the paths shared too, nobody exclusively
+        #[arg(long)]
+        shared: bool,
+        /// Hold the claim for exactly this long (e.g. 45m), instead of until `claims.ttl` after your
+        /// last sign of life
+        #[arg(long = "for", value_name = "DURATION")]
+        for_: Option<String>,
+        /// Queue when refused, granted by priority then arrival; give up after DURATION (default
+        /// `coordination.wait`)
+        #[arg(long, value_name = "DURATION", num_args = 0..=1)]
+        wait: Option<Option<String>>,
+        /// 1 (highest) to 5 (lowest); default BUILDLOCK_PRIORITY, else 3
+        #[arg(long, value_name = "N")]
+        priority: Option<String>,
+        /// The paths to claim
+        #[arg(value_name = "PATHSPEC")]
+        paths: Vec<String>,
+    },
+    /// Release your claims (those PATHSPECs, as you claimed them, or --all)
+    Unclaim {
+        /// Every claim of yours
+        #[arg(long)]
+        all: bool,
+        #[arg(value_name = "PATHSPEC")]
+        paths: Vec<String>,
+    },
+    /// The live claims, and the claims waiting in the queue
+    Claims {
+        /// As one JSON document
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every agent seen within `claims.ttl`: state, claims, priority, last sign of life, where
+    Agents {
+        /// As one JSON document (the contract's fields)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release every claim of yours and mark your agent done
+    Done,
+    /// Wait until each AGENT is done (or gone: no sign of life for `claims.ttl`); exit 75 on timeout
+    WaitFor {
+        #[arg(value_name = "AGENT")]
+        agents: Vec<String>,
+        /// Give up after this long (default `coordination.wait`)
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
+    },
 }
 
 fn main() {
@@ -124,6 +180,29 @@ fn run(command: Command) -> anyhow::Result<i32> {
         Command::Ci { command } => with_context(|ctx| ci::run(ctx, command)),
         Command::Demo { keep } => demo::run(keep),
         Command::Completions { shell } => completions(shell),
+        Command::Claim {
+            shared,
+            for_,
+            wait,
+            priority,
+            paths,
+        } => with_context(|ctx| {
+            let args = claims::ClaimArgs {
+                shared,
+                for_,
+                wait,
+                priority,
+                paths,
+            };
+            claims::claim(ctx, &args)
+        }),
+        Command::Unclaim { all, paths } => with_context(|ctx| claims::unclaim(ctx, all, &paths)),
+        Command::Claims { json } => with_context(|ctx| claims::list(ctx, json)),
+        Command::Agents { json } => with_context(|ctx| claims::agents(ctx, json)),
+        Command::Done => with_context(claims::done),
+        Command::WaitFor { agents, timeout } => {
+            with_context(|ctx| claims::wait_for(ctx, &agents, timeout.as_deref()))
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Integration tests: the real binaries on real temporary repositories.
 
+mod claims;
 mod cli;
 mod faults;
 mod handover;

@@ -65,6 +65,9 @@ impl Context {
         let unusable = crate::os::fs::check_owned(&home)
             .err()
             .map(|e| format!("{e:#}"));
+        // Every buildlock program is a sign of life that renews the agent's claims (one syscall,
+        // which fails at once when the agent holds none).
+        crate::store::registry::touch(&home, &agent);
         Ok(Context {
             repo,
             config,

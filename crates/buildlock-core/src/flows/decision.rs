@@ -26,6 +26,9 @@ pub enum Verdict {
     CoordinationFailed,
     /// The configuration is wrong.
     ConfigError,
+    /// The claims guard refused the commit before its check: `claimed` names the paths, `fixer`
+    /// the agent that holds the first of them (issue 12).
+    Claimed,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -43,6 +46,9 @@ pub struct Decision {
     /// The commit to take, with [`Verdict::TakeFix`] (or after a wait that ended in a fix).
     #[serde(default)]
     pub fix_commit: Option<String>,
+    /// `Claimed`: the paths of the commit that other agents claimed.
+    #[serde(default)]
+    pub claimed: Vec<String>,
 }
 
 impl Decision {
@@ -58,6 +64,7 @@ impl Decision {
             signature: None,
             attempts: None,
             fix_commit: None,
+            claimed: Vec::new(),
         }
     }
 

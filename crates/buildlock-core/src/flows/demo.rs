@@ -303,7 +303,15 @@ fn story(root: &Path, pre_commit: &Path, commit_retry: &Path, buildlock: &Path) 
         .args(["log", "-n", "40"])
         .current_dir(&repo)
         .status();
-    Ok(if failed == 0 && landed == AGENTS {
+    step("before anything breaks: a claim, and a commit that waits for it")?;
+    let scene = match buildlock.parent() {
+        Some(bin) => crate::flows::claims_demo::scene(root, bin),
+        None => Ok(()),
+    };
+    if let Err(e) = &scene {
+        crate::os::say::say(format!("the claims scene failed: {e:#}"));
+    }
+    Ok(if failed == 0 && landed == AGENTS && scene.is_ok() {
         crate::protocol::exit::OK
     } else {
         crate::protocol::exit::FIXER

@@ -76,16 +76,10 @@ impl Role {
                 }
             }
         }
-        let me = std::process::id();
         let event = Event::Register {
             agent: ctx.agent.clone(),
             generation: a.generation,
-            holder: Process {
-                pid: me,
-                host: process::hostname(),
-                start: process::start_time(me),
-                token: None,
-            },
+            holder: this_process(),
             fix_process: None,
         };
         let applied = ctx
@@ -141,16 +135,10 @@ impl Role {
                 start: process::start_time(pgid),
                 token: Some(token.clone()),
             };
-            let me = std::process::id();
             let event = Event::Register {
                 agent: ctx.agent.clone(),
                 generation: a.generation,
-                holder: Process {
-                    pid: me,
-                    host: process::hostname(),
-                    start: process::start_time(me),
-                    token: None,
-                },
+                holder: this_process(),
                 fix_process: Some(fix_process),
             };
             if let Err(e) = store.apply(&a.key, &a.base, &event, ctx.policy(), None, &stop) {
@@ -204,6 +192,17 @@ pub fn describe_ending(ending: &Ending) -> String {
         }
         Ending::Signal(n) => format!("was interrupted by signal {n}"),
         Ending::ParentGone => "was stopped because its parent went away".to_owned(),
+    }
+}
+
+/// This process, as the holder of a role.
+fn this_process() -> Process {
+    let me = std::process::id();
+    Process {
+        pid: me,
+        host: process::hostname(),
+        start: process::start_time(me),
+        token: None,
     }
 }
 

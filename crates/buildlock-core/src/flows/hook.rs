@@ -106,6 +106,13 @@ impl Hook<'_> {
         let mut seen_silent = env::seen_silent();
         let mut stale_reruns = 0;
         let base = ctx.base();
+        // Claims guard (issue 12): another agent's exclusive claim refuses (or holds) the commit
+        // before any check runs.
+        if !bypass {
+            if let Some(code) = crate::flows::guard::in_hook(ctx, self.parent) {
+                return code;
+            }
+        }
         loop {
             // Read before the check: the pass counter judges a failure stale, the open keys say
             // what a pass must mark. A coordination dir we cannot use is no reason to refuse a
@@ -206,6 +213,19 @@ impl Hook<'_> {
     }
 
     fn run_check(&self) -> std::io::Result<check::Run> {
+        // Check slots (issue 12): at most `check_slots` checks at once; nothing when 0.
+        let _slot = match crate::flows::slots::take(self.ctx, Some(self.parent))
+            .map_err(|e| std::io::Error::other(format!("{e:#}")))?
+        {
+            Ok(slot) => slot,
+            Err(ending) => {
+                return Ok(check::Run {
+                    ending,
+                    output: Vec::new(),
+                    took: Duration::ZERO,
+                });
+            }
+        };
         let opts = check::Options {
             dir: &self.ctx.repo.worktree,
             timeout: self.ctx.config.check_timeout,

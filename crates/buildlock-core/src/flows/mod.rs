@@ -7,17 +7,23 @@
 //! - [`fixcommit`]: the fix commit handed to waiters;
 //! - [`wait`]: bounded waiting for a fix; [`lease`]: the fixer's heartbeat;
 //! - [`ci`]: `buildlock ci`, the protocol for a CI step (either backend);
-//! - [`ops`]: the operator's commands; [`doctor`]: `buildlock doctor`; [`demo`]: the demo.
+//! - [`ops`]: the operator's commands; [`doctor`]: `buildlock doctor`; [`demo`]: the demo;
+//! - [`claims`]: claims and agents (`claim`, `unclaim`, `claims`, `agents`, `done`, `wait-for`);
+//!   [`guard`]: the hook's claims guard; [`slots`]: check slots; [`claims_demo`]: the demo's scene.
 
 pub mod ci;
+pub mod claims;
+pub mod claims_demo;
 pub mod context;
 pub mod decision;
 pub mod demo;
 pub mod doctor;
 pub mod fixcommit;
 pub mod fixer;
+pub mod guard;
 pub mod hook;
 pub mod lease;
 pub mod ops;
 pub mod retry;
+pub mod slots;
 pub mod wait;

@@ -385,19 +385,24 @@ pub fn log(ctx: &Context, as_json: bool, n: usize) -> Result<i32> {
             "fix_commit" => format!("the fix is commit {}", short(s("commit"))),
             "stopped_waiting" => "stopped waiting".to_owned(),
             "damaged" => format!("state file was unreadable ({}), rewritten", s("reason")),
-            other => other.to_owned(),
+            // Claims events (issue 12): claim, release, lapse, done, conflict.
+            other => crate::flows::claims::log_detail(other, e),
         };
         let agent = if s("agent").is_empty() {
             "-".to_owned()
         } else {
             s("agent").to_owned()
         };
+        // Claims events have no key.
+        let key = match s("key") {
+            "" => String::new(),
+            k => format!("key `{k}`{g}: "),
+        };
         out!(
-            "{}  {:<12} {:<agent_width$} key `{}`{g}: {detail}",
+            "{}  {:<12} {:<agent_width$} {key}{detail}",
             s("time"),
             s("event"),
             agent,
-            s("key")
         )?;
     }
     if history.is_empty() && n > 0 && !as_json {

@@ -114,6 +114,7 @@ impl Retry<'_> {
         let mut coordination_since: Option<Instant> = None;
         let mut role: Option<Role> = None;
         let mut seen_silent: Option<(u64, u64)> = None;
+        let mut claim_waits = 0; // issue 12
         loop {
             let git = self.commit(role.as_ref(), seen_silent.take())?;
             if let Some(signal) = signals::pending() {
@@ -150,6 +151,17 @@ impl Retry<'_> {
             match decision.verdict {
                 Verdict::Pass => unreachable!("handled above"),
                 Verdict::ConfigError => return Ok(exit::CONFIG),
+                // Claims guard (issue 12): refused before the check; wait for the release.
+                Verdict::Claimed => {
+                    claim_waits += 1;
+                    if claim_waits > cfg.retry_attempts {
+                        return Ok(exit::BLOCKED);
+                    }
+                    match crate::flows::guard::retry_wait(self.ctx, &decision) {
+                        Some(code) => return Ok(code),
+                        None => continue,
+                    }
+                }
                 Verdict::Failed => return Ok(git.code),
                 Verdict::CoordinationFailed => {
                     let since = *coordination_since.get_or_insert_with(Instant::now);

@@ -1,7 +1,7 @@
 //! The one module that reads environment variables.
 //!
 //! Public ones are in the contract: `BUILDLOCK` (`0` turns coordination off), `BUILDLOCK_AGENT`,
-//! `BUILD_FLAVOR`, `BUILDLOCK_CONFIG`. (`NO_COLOR`, `CLICOLOR`, `CLICOLOR_FORCE` and `TERM` are read
+//! `BUILD_FLAVOR`, `BUILDLOCK_CONFIG`, `BUILDLOCK_PRIORITY`. (`NO_COLOR`, `CLICOLOR`, `CLICOLOR_FORCE` and `TERM` are read
 //! by anstyle-query, for `say.rs`, by the conventions clap follows too.) The others are between buildlock's own programs
 //! or for tests:
 //! - `BUILDLOCK_DECISION`: set by commit-retry for the hook it runs through `git commit`; the hook
@@ -110,6 +110,17 @@ pub fn temp_dir_prefix() -> &'static Option<String> {
             .map(|t| format!("{}/", t.trim_end_matches('/')))
             .filter(|t| t.len() > 1 && t != "/tmp/")
     })
+}
+
+/// `BUILDLOCK_PRIORITY` as written (unset or empty: `None`); `protocol::claims::parse_priority`
+/// judges it.
+pub fn priority() -> Option<String> {
+    var("BUILDLOCK_PRIORITY")
+}
+
+/// `GIT_INDEX_FILE`: the index git is committing (set in the hook; see `os/changes.rs`).
+pub fn index_file() -> Option<PathBuf> {
+    var_os("GIT_INDEX_FILE").map(PathBuf::from)
 }
 
 pub fn git_dir_set() -> bool {

@@ -5,9 +5,12 @@
 //! - [`process`], [`signals`]: processes and signals; [`env`]: the only module that reads the
 //!   environment; [`time`]: clocks, durations, RFC 3339; [`say`]: everything printed for people;
 //! - [`watch`]: sleeping until a directory changes (inotify);
+//! - [`wake`]: waking a waiter on one file's changes or a process's exit (inotify, pidfds);
+//! - [`changes`]: the paths a commit changes (the index git commits against HEAD);
 //! - [`repo`]: the git repository (work tree, common dir, branch, HEAD); [`fault`]: fault
 //!   injection for tests.
 
+pub mod changes;
 pub mod check;
 pub mod env;
 pub mod fault;
@@ -18,4 +21,5 @@ pub mod repo;
 pub mod say;
 pub mod signals;
 pub mod time;
+pub mod wake;
 pub mod watch;

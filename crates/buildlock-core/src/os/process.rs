@@ -166,3 +166,20 @@ pub fn raise(signal: i32) {
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(libc::getpid(), signal) };
 }
+
+/// Whether `p` is this very process (same host, pid and start time) and still runs: a zombie
+/// (killed, not yet reaped) does not count, since it runs nothing and holds nothing.
+pub fn is_live(p: &Process) -> bool {
+    p.host == hostname() && p.start.is_some() && start_time(p.pid) == p.start && alive(p.pid)
+}
+
+/// This process, as recorded in state.
+pub fn me() -> Process {
+    let pid = std::process::id();
+    Process {
+        pid,
+        host: hostname(),
+        start: start_time(pid),
+        token: None,
+    }
+}

@@ -8,7 +8,8 @@
 //!   submodule has its own.
 //! - The index git is committing: `GIT_INDEX_FILE` (`commit -a` and `commit -- <path>` use a
 //!   temporary index) and `GIT_DIR` are left exactly as git set them, so the check, which inherits
-//!   them, sees what git will commit. buildlock itself never reads or touches the index.
+//!   them, sees what git will commit. buildlock itself never writes the index; the claims guard
+//!   reads the one git is committing (`os/changes.rs`), and only when another agent claims paths.
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -95,6 +96,11 @@ impl Repo {
             return Some(false);
         };
         Some(head == commit || self.repo.graph_descendant_of(head, commit).unwrap_or(false))
+    }
+
+    /// The repository, opened in process (for `os/changes.rs`).
+    pub fn git(&self) -> &git2::Repository {
+        &self.repo
     }
 
     /// Where buildlock keeps its coordination files.

@@ -88,6 +88,12 @@ pub struct Config {
     pub fix_cost: f64,
     pub retry_attempts: u32,
     pub retry_refresh: Option<String>,
+    /// At most this many checks run at once in the domain (0: no limit).
+    pub check_slots: u32,
+    /// A claim lapses this long after its agent's last sign of life.
+    pub claims_ttl: Duration,
+    /// The hook refuses a commit that changes a path another live agent claimed exclusively.
+    pub claims_guard: bool,
     /// The files that were read, in order.
     pub sources: Vec<PathBuf>,
 }
@@ -111,6 +117,9 @@ impl Default for Config {
             fix_cost: 0.0,
             retry_attempts: 3,
             retry_refresh: None,
+            check_slots: 0,
+            claims_ttl: Duration::from_secs(10 * 60),
+            claims_guard: true,
             sources: Vec::new(),
         }
     }
@@ -138,6 +147,9 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// The most check slots one domain may have (more is a typo, not a machine).
+pub const MAX_CHECK_SLOTS: u32 = 1024;
 
 /// Name of the per-repository file at the work tree root.
 pub const REPO_FILE: &str = ".buildlock.toml";
@@ -210,6 +222,26 @@ impl Config {
         }
         if let Some(v) = &raw.check_timeout {
             self.check_timeout = positive(duration(v)?, v, &err)?;
+        }
+        if let Some(v) = &raw.check_slots {
+            if *v.get_ref() > MAX_CHECK_SLOTS {
+                return Err(err(
+                    Some(v.span()),
+                    format!(
+                        "check_slots must be from 0 (no limit) to {MAX_CHECK_SLOTS}, not {}",
+                        v.get_ref()
+                    ),
+                ));
+            }
+            self.check_slots = *v.get_ref();
+        }
+        if let Some(c) = raw.claims {
+            if let Some(v) = &c.ttl {
+                self.claims_ttl = positive(duration(v)?, v, &err)?;
+            }
+            if let Some(v) = c.guard {
+                self.claims_guard = v;
+            }
         }
         if let Some(c) = raw.coordination {
             if let Some(v) = c.scope {
@@ -338,7 +370,9 @@ fn locate(text: &str, offset: usize) -> (Option<usize>, Option<String>) {
 struct RawFile {
     check: Option<String>,
     check_timeout: Option<Spanned<String>>,
+    check_slots: Option<Spanned<u32>>,
     coordination: Option<RawCoordination>,
+    claims: Option<RawClaims>,
     hook: Option<RawHook>,
     fix: Option<RawFix>,
     retry: Option<RawRetry>,
@@ -356,6 +390,13 @@ struct RawCoordination {
     backend: Option<Backend>,
     remote: Option<Spanned<String>>,
     remote_poll: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClaims {
+    ttl: Option<Spanned<String>>,
+    guard: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -552,6 +593,33 @@ refresh = "git rebase main"
         let c = parse(include_str!("../../../../docs/ci/buildlock-ci.toml")).unwrap();
         assert_eq!((c.backend, c.scope), (Backend::Remote, Scope::Commit));
         assert!(c.retry_refresh.unwrap().contains("BUILDLOCK_FIX_REF"));
+    }
+
+    #[test]
+    fn claims_and_slots_keys() {
+        let c = Config::default();
+        assert_eq!(
+            (c.check_slots, c.claims_ttl, c.claims_guard),
+            (0, Duration::from_secs(600), true)
+        );
+        let c = parse("check_slots = 2\n[claims]\nttl = \"90s\"\nguard = false\n").unwrap();
+        assert_eq!(
+            (c.check_slots, c.claims_ttl, c.claims_guard),
+            (2, Duration::from_secs(90), false)
+        );
+        let e = parse("check_slots = -1\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(1), Some("check_slots")));
+        let e = parse("check_slots = 5000\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("check_slots"));
+        assert!(e.message.contains("from 0"), "{e}");
+        let e = parse("\n[claims]\nttl = \"ten minutes\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("claims.ttl")));
+        let e = parse("[claims]\nttl = \"0s\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("claims.ttl"));
+        let e = parse("[claims]\nguard = \"yes\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("claims.guard"));
+        let e = parse("[claims]\nttl_ = \"1m\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("claims.ttl_"));
     }
 
     #[test]

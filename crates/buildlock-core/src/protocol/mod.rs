@@ -3,8 +3,10 @@
 //! - [`config`]: the layered configuration; [`key`]: what one fixer covers;
 //! - [`signature`]: failure normalisation and hashing; [`state`]: the state machine;
 //! - [`ledger`]: what each transition adds to the counters and the history;
+//! - [`claims`]: claims, check slots and the agent registry;
 //! - [`exit`]: the exit codes of the contract.
 
+pub mod claims;
 pub mod config;
 pub mod exit;
 pub mod key;

@@ -2,6 +2,7 @@
 //!
 //! - [`local`]: state files under an OS advisory lock in the git common dir (one machine, all of
 //!   its worktrees);
+//! - [`registry`]: agents, claims and check slots (local: one machine's worktrees);
 //! - [`remote`]: the same states as chains of commits under `refs/buildlock/` on a git remote,
 //!   moved by compare-and-swap pushes (agents on several machines).
 //!
@@ -17,6 +18,7 @@ use crate::os::time::Millis;
 use crate::protocol::state::{Event, KeyState, Lease, Outcome};
 
 pub mod local;
+pub mod registry;
 pub mod remote;
 
 pub use crate::protocol::ledger::Totals;

@@ -1,0 +1,411 @@
+//! The registry of agents, claims, queues and check slots (local backend: one machine's
+//! worktrees), in `<git common dir>/buildlock/`:
+//!
+//! ```text
+//! registry.json           agents, claims, the claim and slot queues, slot holders (schema'd JSON)
+//! claimed                 present while the registry holds any claim (the guard's one stat)
+//! alive/<agent>           present while the agent holds claims; its mtime is the last sign of life
+//! locks/registry.lock     held for one read-decide-write of the registry (empty, never removed)
+//! locks/slot-<i>.lock     held by the process running a check in slot i, for the whole check
+//! ```
+//!
+//! Every change is one step under `locks/registry.lock`: read, observe (time, dead waiters,
+//! free slot locks), run the pure `protocol::claims::decide`, write atomically. Never
+//! check-then-write. Reading without the lock is safe (the file is replaced by rename) and is what
+//! the guard and the listings do.
+//!
+//! Signs of life cost nothing for an agent without claims: [`touch`] is one `utimensat` on
+//! `alive/<agent>`, which exists only while the agent holds claims (ENOENT otherwise). No lock, no
+//! write: the next step folds the file's mtime into the agent's `last_seen`.
+//!
+//! Liveness of a slot holder is its flock: the kernel frees it the instant the holder dies, and a
+//! free slot lock is a free slot whatever the registry still says. A queued waiter is live while
+//! its process (pid, start time, not a zombie) runs.
+
+use anyhow::{Context, Result, anyhow};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::os::fs::{Durability, modified_ms, touch_existing, write_atomic};
+use crate::os::lock::{self, Lock};
+use crate::os::{process, say, time};
+use crate::protocol::claims::{
+    Decision, HistoryEvent, Observed, Registry, Request, SCHEMA, decide,
+};
+
+pub const FILE: &str = "registry.json";
+const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_BYTES: u64 = 4 << 20;
+
+/// The limits a step applies (from the configuration).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// `claims.ttl`.
+    pub ttl: Duration,
+    /// `check_slots` (0: no slots).
+    pub slots: usize,
+}
+
+impl Limits {
+    pub fn ttl_ms(&self) -> u64 {
+        self.ttl.as_millis() as u64
+    }
+}
+
+/// The result of one step.
+#[must_use]
+pub struct Applied {
+    pub before: Registry,
+    pub after: Registry,
+    pub decision: Decision,
+    /// History entries for `buildlock log`.
+    pub events: Vec<HistoryEvent>,
+    /// The slot lock to hold for the check, when the decision was `TakeSlot`.
+    pub slot: Option<Lock>,
+}
+
+pub struct RegistryStore {
+    home: PathBuf,
+}
+
+impl RegistryStore {
+    pub fn new(home: &Path) -> RegistryStore {
+        RegistryStore {
+            home: home.to_owned(),
+        }
+    }
+
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.home.join(FILE)
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        self.home.join("locks").join("registry.lock")
+    }
+
+    fn marker(&self) -> PathBuf {
+        self.home.join("claimed")
+    }
+
+    pub fn slot_lock_path(&self, slot: usize) -> PathBuf {
+        self.home.join("locks").join(format!("slot-{slot}.lock"))
+    }
+
+    /// Whether any claim may exist: one `stat`. `false` is certain (the marker is created before
+    /// the first claim is written and removed after the last one is).
+    pub fn any_claims(&self) -> bool {
+        self.marker().exists()
+    }
+
+    /// The registry as it is now, without the lock, with the agents' touches folded in.
+    pub fn read(&self) -> Registry {
+        let mut reg = match self.read_file() {
+            Ok(reg) => reg,
+            Err(why) => {
+                say::warn(format!("{why}; reading it as empty"));
+                Registry::default()
+            }
+        };
+        self.fold_touches(&mut reg);
+        reg
+    }
+
+    fn read_file(&self) -> std::result::Result<Registry, String> {
+        let path = self.path();
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Registry::default()),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        if meta.is_dir() || meta.len() > MAX_BYTES {
+            return Err(format!("{} is not a registry file", path.display()));
+        }
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Registry::default()),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        match serde_json::from_slice::<Registry>(&bytes) {
+            Ok(r) if r.schema == SCHEMA => Ok(r),
+            Ok(r) => Err(format!(
+                "{} has schema {} (this buildlock reads {SCHEMA})",
+                path.display(),
+                r.schema
+            )),
+            Err(e) => Err(format!("{} is damaged ({e})", path.display())),
+        }
+    }
+
+    /// Folds `alive/<agent>` mtimes (the agents' touches) into their `last_seen`.
+    fn fold_touches(&self, reg: &mut Registry) {
+        let holders: BTreeSet<String> = reg.claims.iter().map(|c| c.agent.clone()).collect();
+        for agent in holders {
+            if let (Some(seen), Some(rec)) = (
+                modified_ms(&alive_path(&self.home, &agent)),
+                reg.agents.get_mut(&agent),
+            ) {
+                rec.last_seen = rec.last_seen.max(seen);
+            }
+        }
+    }
+
+    /// One read-decide-write step under the registry lock.
+    pub fn apply(&self, request: &Request, limits: Limits) -> Result<Applied> {
+        let _lock = self.lock()?;
+        let mut before = match self.read_file() {
+            Ok(reg) => reg,
+            Err(why) => {
+                say::warn(format!("{why}; starting an empty registry"));
+                Registry::default()
+            }
+        };
+        self.fold_touches(&mut before);
+        // Slot locks free right now: a free lock is a free slot, whatever the registry says.
+        let mut free = Vec::new();
+        let mut probes = Vec::new();
+        for slot in 0..limits.slots {
+            if let Some(l) = Lock::try_acquire(&self.slot_lock_path(slot))? {
+                free.push(slot);
+                probes.push((slot, l));
+            }
+        }
+        let dead: BTreeSet<u64> = before
+            .claim_queue
+            .iter()
+            .map(|w| (w.ticket, &w.process))
+            .chain(before.slot_queue.iter().map(|w| (w.ticket, &w.process)))
+            .filter(|(_, p)| !process::is_live(p))
+            .map(|(t, _)| t)
+            .collect();
+        let unblocked = before
+            .agents
+            .iter()
+            .filter(|(_, a)| {
+                a.blocked
+                    .as_ref()
+                    .is_some_and(|b| !process::is_live(&b.process))
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        let seen = Observed {
+            now: time::now(),
+            ttl: limits.ttl_ms(),
+            dead,
+            unblocked,
+            free_slots: free,
+        };
+        let (after, decision, events) = decide(&before, request, &seen);
+        let slot = match &decision {
+            Decision::TakeSlot { slot, .. } => {
+                probes.into_iter().find(|(s, _)| s == slot).map(|(_, l)| l)
+            }
+            _ => None,
+        };
+        if after != before {
+            if !after.claims.is_empty() {
+                // Before the claims are written: the marker never misses a claim.
+                if !self.any_claims() {
+                    std::fs::write(self.marker(), b"")
+                        .with_context(|| format!("cannot create {}", self.marker().display()))?;
+                }
+                for c in &after.claims {
+                    let alive = alive_path(&self.home, &c.agent);
+                    if !alive.exists() {
+                        if let Some(dir) = alive.parent() {
+                            std::fs::create_dir_all(dir)
+                                .with_context(|| format!("cannot create {}", dir.display()))?;
+                        }
+                        std::fs::write(&alive, b"")
+                            .with_context(|| format!("cannot create {}", alive.display()))?;
+                    }
+                }
+            }
+            // A crash of the process leaves the old registry or the new one; a crash of the machine
+            // ends every claim holder and queued process anyway, so no fsync on this path.
+            write_atomic(
+                &self.path(),
+                &serde_json::to_vec_pretty(&after)?,
+                Durability::Atomic,
+            )?;
+            // After the write: agents whose claims are all gone stop paying for touches.
+            let holders: BTreeSet<&str> = after.claims.iter().map(|c| c.agent.as_str()).collect();
+            for c in &before.claims {
+                if !holders.contains(c.agent.as_str()) {
+                    let _ = std::fs::remove_file(alive_path(&self.home, &c.agent));
+                }
+            }
+            if after.claims.is_empty() && self.any_claims() {
+                let _ = std::fs::remove_file(self.marker());
+            }
+        }
+        Ok(Applied {
+            before,
+            after,
+            decision,
+            events,
+            slot,
+        })
+    }
+
+    fn lock(&self) -> Result<Lock> {
+        let path = self.lock_path();
+        Lock::acquire(&path, LOCK_TIMEOUT, || {
+            say::say(format!(
+                "waiting for the registry lock {} (another buildlock is deciding)",
+                path.display()
+            ))
+        })
+        .with_context(|| format!("cannot take the registry lock {}", path.display()))?
+        .ok_or_else(|| {
+            let who = match lock::holder(&path) {
+                Some((pid, true)) => format!(
+                    "by pid {pid}, which is STOPPED: resume it with `kill -CONT {pid}` or end it"
+                ),
+                Some((pid, false)) => format!("by pid {pid}"),
+                None => "by another process".to_owned(),
+            };
+            anyhow!(
+                "the registry lock {} has been held for {} {who}",
+                path.display(),
+                time::human(LOCK_TIMEOUT)
+            )
+        })
+    }
+}
+
+fn alive_path(home: &Path, agent: &str) -> PathBuf {
+    home.join("alive")
+        .join(crate::protocol::key::file_stem(agent))
+}
+
+/// A sign of life of `agent`: renews its claims. One `utimensat`, which fails at once (ENOENT)
+/// when the agent holds no claim: the cost for everyone who does not claim is one syscall.
+pub fn touch(home: &Path, agent: &str) {
+    touch_existing(&alive_path(home, agent));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::claims::{Mode, Who};
+
+    fn who(agent: &str) -> Who {
+        Who {
+            agent: agent.into(),
+            priority: 3,
+            process: process::me(),
+            worktree: "/w".into(),
+            branch: "main".into(),
+        }
+    }
+
+    fn claim(agent: &str, path: &str) -> Request {
+        Request::Claim {
+            who: who(agent),
+            paths: vec![path.into()],
+            mode: Mode::Exclusive,
+            term: None,
+            wait: false,
+            ticket: None,
+        }
+    }
+
+    const LIMITS: Limits = Limits {
+        ttl: Duration::from_secs(600),
+        slots: 0,
+    };
+
+    #[test]
+    fn the_marker_and_alive_files_follow_the_claims() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RegistryStore::new(dir.path());
+        assert!(!store.any_claims());
+        let a = store.apply(&claim("a", "x"), LIMITS).unwrap();
+        assert!(matches!(a.decision, Decision::Granted { .. }));
+        assert!(store.any_claims());
+        assert!(alive_path(dir.path(), "a").exists());
+        let b = store.apply(&claim("b", "x"), LIMITS).unwrap();
+        assert!(matches!(b.decision, Decision::Refused { .. }));
+        let _ = store
+            .apply(&Request::Done { who: who("a") }, LIMITS)
+            .unwrap();
+        assert!(!store.any_claims());
+        assert!(!alive_path(dir.path(), "a").exists());
+        assert!(store.read().agents["a"].done);
+    }
+
+    #[test]
+    fn a_touch_renews_the_claims_of_its_agent_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RegistryStore::new(dir.path());
+        let _ = store.apply(&claim("a", "x"), LIMITS).unwrap();
+        let before = store.read().agents["a"].last_seen;
+        std::thread::sleep(Duration::from_millis(20));
+        touch(dir.path(), "a");
+        touch(dir.path(), "nobody");
+        assert!(!alive_path(dir.path(), "nobody").exists());
+        assert!(store.read().agents["a"].last_seen > before);
+    }
+
+    #[test]
+    fn a_damaged_registry_reads_as_empty_and_is_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RegistryStore::new(dir.path());
+        for bad in [&b""[..], b"{", b"\xff\x00", br#"{"schema": 99}"#] {
+            std::fs::write(store.path(), bad).unwrap();
+            assert_eq!(store.read(), Registry::default());
+            let a = store.apply(&claim("a", "x"), LIMITS).unwrap();
+            assert!(matches!(a.decision, Decision::Granted { .. }));
+            assert_eq!(store.read().claims.len(), 1);
+            let _ = store
+                .apply(&Request::Done { who: who("a") }, LIMITS)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_slot_is_handed_out_with_its_lock_and_freed_by_dropping_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RegistryStore::new(dir.path());
+        let limits = Limits { slots: 1, ..LIMITS };
+        let a = store
+            .apply(
+                &Request::Slot {
+                    who: who("a"),
+                    ticket: None,
+                },
+                limits,
+            )
+            .unwrap();
+        assert!(matches!(a.decision, Decision::TakeSlot { slot: 0, .. }));
+        let held = a.slot.expect("the lock comes with the decision");
+        let b = store
+            .apply(
+                &Request::Slot {
+                    who: who("b"),
+                    ticket: None,
+                },
+                limits,
+            )
+            .unwrap();
+        let Decision::SlotQueued { ticket: tb, .. } = b.decision else {
+            panic!("{:?}", b.decision)
+        };
+        drop(held);
+        let b = store
+            .apply(
+                &Request::Slot {
+                    who: who("b"),
+                    ticket: Some(tb),
+                },
+                limits,
+            )
+            .unwrap();
+        assert!(matches!(b.decision, Decision::TakeSlot { slot: 0, .. }));
+    }
+}
