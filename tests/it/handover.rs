@@ -263,3 +263,27 @@ fn a_fix_command_whose_own_commit_fails_is_not_told_to_wait_for_itself() {
     assert!(err.contains("you are still the FIXER"), "{err}");
     assert_eq!(r.state()["totals"]["elections"], 1);
 }
+
+#[test]
+fn a_fixer_who_bypasses_with_buildlock_0_still_marks_the_build_fixed() {
+    let (r, trees) = committed_breakage("[hook]\nwait = false\n");
+    let (fixer, other) = (&trees[0], &trees[1]);
+    assert_eq!(r.hook(fixer, "a0").status.code(), Some(1));
+    assert_eq!(r.hook(other, "a1").status.code(), Some(75));
+    std::fs::write(fixer.join("dep.txt"), "ok\n").unwrap();
+    r.git_in(fixer, &["add", "dep.txt"]);
+    let out = r
+        .cmd("git", fixer)
+        .args(["commit", "-q", "-m", "fix dep"])
+        .env("BUILDLOCK_AGENT", "a0")
+        .env("BUILDLOCK", "0")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = r.state();
+    assert_eq!(
+        s["keys"][0]["status"], "passing",
+        "the waiters are not stranded"
+    );
+    assert_eq!(s["totals"]["fixes"], 1);
+}

@@ -117,11 +117,11 @@ impl Hook<'_> {
             // Read before the check: the pass counter judges a failure stale, the open keys say
             // what a pass must mark. A coordination dir we cannot use is no reason to refuse a
             // passing check: it reads as empty, and a failure then reports the problem (exit 70).
-            // With coordination off nothing is read (with the remote backend, a read is a round
-            // trip to the remote).
+            // With coordination off (BUILDLOCK=0) it is read all the same: a fixer who bypasses
+            // must still mark the build fixed, or it would strand the agents waiting for it.
             let view = match &ctx.unusable {
-                None if !bypass => ctx.store.read_base(&base),
-                _ => BaseView::default(),
+                None => ctx.store.read_base(&base),
+                Some(_) => BaseView::default(),
             };
             let passes_seen = (stale_reruns < MAX_STALE_RERUNS).then_some(view.passes);
             let run = match self.run_check() {
