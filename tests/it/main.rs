@@ -3,6 +3,7 @@
 mod claims;
 mod cli;
 mod faults;
+mod fixer_cases;
 mod handover;
 mod harness;
 mod help;
