@@ -1,14 +1,15 @@
 //! Facts about processes: our host name, a process's start time, whether it still runs, and
 //! stopping a process group that buildlock itself started.
 //!
-//! Rule: a pid read from state is acted on only together with its host and its start time, so a
-//! recycled pid is never signalled.
+//! Rule: a process group read from state is signalled only when one of its processes carries
+//! the fix's token in its environment (see [`stop_group`]), so neither a recycled pid nor a
+//! crafted state file can aim a signal at an unrelated process.
 
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
-/// One process of one agent, as recorded in state. `pid` and `start` are shown to people and
-/// acted on only when `host` and `start` (the kernel's process start time) both still match.
+/// One process of one agent, as recorded in state. `pid` and `start` are shown to people; a fix
+/// process is acted on only through its `token` (see [`stop_group`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Process {
     pub pid: u32,
@@ -55,8 +56,10 @@ pub enum Stopped {
 ///
 /// Identity beyond the state file: the group's processes must be on this host, and one of them
 /// must carry `p.token` in its environment (`BUILDLOCK_FIX_TOKEN`), a secret only that fix's
-/// environment has; for a record without a token, the group leader's start time must match.
-/// Otherwise nothing is signalled. SIGTERM, then SIGKILL after `grace`.
+/// environment has. A record without a token is never acted on: every fix buildlock starts
+/// carries one, so such a record was crafted (a pid, host and start time are all public, in
+/// `/proc`), and trusting it would let a state file aim buildlock at any process group of the
+/// user. Otherwise nothing is signalled. SIGTERM, then SIGKILL after `grace`.
 pub fn stop_group(p: &Process, grace: Duration) -> Stopped {
     if p.host != hostname() || p.pid <= 1 {
         return Stopped::NotRunning;
@@ -70,7 +73,7 @@ pub fn stop_group(p: &Process, grace: Duration) -> Stopped {
             let needle = format!("{}={token}", crate::os::env::FIX_TOKEN_VAR);
             members.iter().any(|&pid| environ_has(pid, &needle))
         }
-        None => p.start.is_some() && start_time(p.pid) == p.start,
+        None => false,
     };
     if !ours {
         return Stopped::NotOurs;
