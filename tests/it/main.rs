@@ -4,6 +4,7 @@ mod claims;
 mod cli;
 mod faults;
 mod fixer_cases;
+mod fixer_defects;
 mod handover;
 mod harness;
 mod help;
