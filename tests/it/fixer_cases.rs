@@ -94,12 +94,22 @@ fn head(r: &TestRepo, dir: &Path) -> String {
 /// The state of process `pid` (`R`, `S`, `T` stopped, `Z`…), from /proc.
 fn proc_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit(')').next()?.split_whitespace().next()?.chars().next()
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
 }
 
 fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit(')').next()?.split_whitespace().nth(19)?.parse().ok()
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 fn hostname() -> String {
@@ -244,7 +254,10 @@ impl ReadOnly {
         if root {
             let sh = |cmd: String| Command::new("sh").arg("-c").arg(cmd).status().unwrap();
             let d = dir.display();
-            assert!(sh(format!("mount --bind '{d}' '{d}'")).success(), "bind mount");
+            assert!(
+                sh(format!("mount --bind '{d}' '{d}'")).success(),
+                "bind mount"
+            );
             assert!(
                 sh(format!("mount -o remount,bind,ro '{d}'")).success(),
                 "read-only remount"
@@ -403,7 +416,10 @@ fn default_flow_one_fix_the_others_take_the_fix_commit() {
         assert_eq!(r.last_subject(t), format!("a{i} work"));
     }
     let totals = &r.state()["totals"];
-    assert_eq!(totals["elections"], 1, "one fixer for one breakage: {totals}");
+    assert_eq!(
+        totals["elections"], 1,
+        "one fixer for one breakage: {totals}"
+    );
     assert_eq!(count_events(&r, "elected"), 1);
     assert_eq!(count_events(&r, "take_fix"), AGENTS - 1);
 }
@@ -547,7 +563,9 @@ fn resumed_old_fixer_does_not_make_the_new_one_look_dead() {
     signal(&a, libc::SIGSTOP);
     let b = commit_retry(&r, &trees[1], "b");
     assert!(
-        eventually(Duration::from_secs(30), || starts(&witness_log(&r.root)).len() == 2),
+        eventually(Duration::from_secs(30), || starts(&witness_log(&r.root))
+            .len()
+            == 2),
         "{:?}",
         witness_log(&r.root)
     );
@@ -605,12 +623,18 @@ fn fixer_elected_again_after_release_is_not_taken_over() {
     r.stage_change(&ta, "fa");
     r.stage_change(&tb, "fb");
     let a = commit_retry(&r, &ta, "a");
-    assert!(eventually(Duration::from_secs(20), || starts(&witness_log(&r.root)).len() == 1));
+    assert!(eventually(Duration::from_secs(20), || starts(
+        &witness_log(&r.root)
+    )
+    .len()
+        == 1));
     let out = buildlock(&r, &ta, "a", &["release"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     // a's next fix run: b fails meanwhile and must wait for it.
     assert!(
-        eventually(Duration::from_secs(20), || starts(&witness_log(&r.root)).len() == 2),
+        eventually(Duration::from_secs(20), || starts(&witness_log(&r.root))
+            .len()
+            == 2),
         "{:?}",
         witness_log(&r.root)
     );
@@ -652,7 +676,11 @@ fn fixer_keeps_its_lease_through_a_recheck_longer_than_stale_after() {
     r.stage_change(&ta, "fa");
     r.stage_change(&tb, "fb");
     let a = commit_retry(&r, &ta, "a");
-    assert!(eventually(Duration::from_secs(20), || starts(&witness_log(&r.root)).len() == 1));
+    assert!(eventually(Duration::from_secs(20), || starts(
+        &witness_log(&r.root)
+    )
+    .len()
+        == 1));
     let b = commit_retry(&r, &tb, "b");
     let (oa, ob) = (
         wait_output(a, Duration::from_secs(60)),
@@ -682,7 +710,10 @@ fn a_failed_history_write_after_the_state_write_is_not_a_failure() {
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("you are the FIXER"), "{err}");
-    assert!(err.contains("history"), "the failed write is warned about: {err}");
+    assert!(
+        err.contains("history"),
+        "the failed write is warned about: {err}"
+    );
     let key = &r.state()["keys"][0];
     assert_eq!(key["fixer"]["agent"], "a", "{key}");
     let out = r.hook(&r.dir, "b");
@@ -778,7 +809,11 @@ fn sigint_while_waiting_for_the_election_lock_exits_130_promptly() {
         start.elapsed(),
         text(&out.stderr)
     );
-    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 /// `status` names the process that holds the role (commit-retry running the fix), which `kill`
@@ -971,7 +1006,11 @@ fn a_fixers_bypass_commit_still_wakes_the_waiters() {
     let start = Instant::now();
     let out = wait_output(b, Duration::from_secs(20));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
     assert_eq!(r.state()["keys"][0]["status"], "passing");
 }
 

@@ -36,15 +36,21 @@ fn a_breakage_that_comes_back_after_a_cherry_picked_fix_elects_a_fixer() {
     assert!(text(&out.stderr).contains("you are the FIXER"));
     std::fs::write(trees[0].join("state.txt"), "ok\n").unwrap();
     r.git_in(&trees[0], &["add", "state.txt"]);
-    assert!(git_commit(&r, &trees[0], "a0", "a0 work")
-        .output()
-        .unwrap()
-        .status
-        .success());
+    assert!(
+        git_commit(&r, &trees[0], "a0", "a0 work")
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
     let fix = head(&r, &trees[0]);
     // a1 is told the fix and takes it as told.
     let out = git_commit(&r, &trees[1], "a1", "a1 work").output().unwrap();
-    assert!(text(&out.stderr).contains(&fix[..12]), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&fix[..12]),
+        "{}",
+        text(&out.stderr)
+    );
     r.git_in(&trees[1], &["stash", "-q"]);
     // A cherry-pick made later than the fix: a commit of its own (the harness fixes the dates,
     // which would otherwise make it the very same commit).

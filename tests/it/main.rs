@@ -13,3 +13,4 @@ mod install;
 mod race;
 mod remote;
 mod retry;
+mod stress;
