@@ -60,7 +60,7 @@ pub fn lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
-fn count_events(r: &TestRepo, event: &str) -> usize {
+pub fn count_events(r: &TestRepo, event: &str) -> usize {
     r.history_events().iter().filter(|e| *e == event).count()
 }
 
@@ -73,19 +73,19 @@ fn buildlock(r: &TestRepo, dir: &Path, agent: &str, args: &[&str]) -> std::proce
 }
 
 /// Commits `.buildlock.toml` = `config` without the hook.
-fn configure(r: &TestRepo, config: &str) {
+pub fn configure(r: &TestRepo, config: &str) {
     std::fs::write(r.dir.join(".buildlock.toml"), config).unwrap();
     r.git(&["commit", "-q", "-am", "config", "--no-verify"]);
 }
 
 /// Commits `state.txt` = `broken` on main: the breakage the agents' branches start from.
-fn commit_breakage(r: &TestRepo) {
+pub fn commit_breakage(r: &TestRepo) {
     std::fs::write(r.dir.join("state.txt"), "broken\n").unwrap();
     r.git(&["add", "state.txt"]);
     r.git(&["commit", "-q", "-m", "a bad merge", "--no-verify"]);
 }
 
-fn head(r: &TestRepo, dir: &Path) -> String {
+pub fn head(r: &TestRepo, dir: &Path) -> String {
     text(&r.git_in(dir, &["rev-parse", "HEAD"]).stdout)
         .trim()
         .to_owned()
@@ -149,20 +149,20 @@ pub fn witness_fix(root: &Path, sleep: &str, work: &str) -> PathBuf {
     script
 }
 
-fn witness_log(root: &Path) -> Vec<String> {
+pub fn witness_log(root: &Path) -> Vec<String> {
     lines(&root.join("w").join("log"))
 }
 
-fn starts(log: &[String]) -> Vec<&String> {
+pub fn starts(log: &[String]) -> Vec<&String> {
     log.iter().filter(|l| l.starts_with("start ")).collect()
 }
 
 /// The `n`th fix run has started and its process is on record (so a successor can stop it).
-fn fix_on_record(r: &TestRepo, n: usize) -> bool {
+pub fn fix_on_record(r: &TestRepo, n: usize) -> bool {
     starts(&witness_log(&r.root)).len() == n && r.state()["keys"][0]["fixer"]["fix_pid"].is_u64()
 }
 
-fn assert_never_two_fixes(log: &[String]) {
+pub fn assert_never_two_fixes(log: &[String]) {
     assert!(
         !log.iter().any(|l| l.starts_with("OVERLAP")),
         "two fix runs at once: {log:?}"
@@ -188,7 +188,9 @@ fn shared_status_repo(sleep: &str, extra: &str) -> TestRepo {
 }
 
 /// An `LD_PRELOAD` library that shifts the wall clock (CLOCK_REALTIME and gettimeofday) by
-/// `FAKE_CLOCK_OFFSET_MS`, built once with the system C compiler (the one Rust links with).
+/// `FAKE_CLOCK_OFFSET_MS`, or by the number of milliseconds in the file
+/// `FAKE_CLOCK_OFFSET_FILE` (read at every call, so that a test can step the clock of running
+/// processes), built once with the system C compiler (the one Rust links with).
 pub fn clock_shift_library() -> PathBuf {
     static LIB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     LIB.get_or_init(|| {
@@ -199,10 +201,24 @@ pub fn clock_shift_library() -> PathBuf {
             &src,
             r#"#define _GNU_SOURCE
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <sys/time.h>
 #include <time.h>
 static long long shift_ms(void) {
+    const char *file = getenv("FAKE_CLOCK_OFFSET_FILE");
+    if (file) {
+        /* Read on every call: the test steps the clock of running processes. */
+        char buf[32] = {0};
+        int fd = open(file, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            ssize_t n = read(fd, buf, sizeof buf - 1);
+            close(fd);
+            if (n > 0) return atoll(buf);
+        }
+        return 0;
+    }
     const char *s = getenv("FAKE_CLOCK_OFFSET_MS");
     return s ? atoll(s) : 0;
 }
