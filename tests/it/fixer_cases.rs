@@ -259,13 +259,13 @@ int gettimeofday(struct timeval *tv, void *tz) {
 
 /// Makes a directory tree read-only for this test, whoever we are: a read-only bind mount as
 /// root (root ignores permissions), `chmod a-w` otherwise. Undone on drop.
-struct ReadOnly {
+pub struct ReadOnly {
     dir: PathBuf,
     mounted: bool,
 }
 
 impl ReadOnly {
-    fn new(dir: &Path) -> ReadOnly {
+    pub fn new(dir: &Path) -> ReadOnly {
         let root = unsafe { libc::geteuid() } == 0;
         if root {
             let sh = |cmd: String| Command::new("sh").arg("-c").arg(cmd).status().unwrap();

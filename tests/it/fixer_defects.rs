@@ -314,3 +314,117 @@ fn a_fixer_by_hand_keeps_its_lease_through_a_slow_recheck() {
     );
     assert_eq!(count_events(&r, "takeover"), 0, "{:?}", r.history_events());
 }
+
+/// commit-retry with a read-only coordination dir and a PASSING check: it cannot create its
+/// decision folder (`<common dir>/buildlock/run/`) and exits 70 without even trying the commit.
+/// The contract: a passing check is never refused because coordination failed.
+#[test]
+#[ignore = "defect: commit-retry refuses a passing commit when its decision folder cannot be made"]
+fn commit_retry_commits_a_passing_check_with_a_read_only_coordination_dir() {
+    let r = TestRepo::new("");
+    let ok = r.shared("ok");
+    configure(
+        &r,
+        &format!(
+            "check = \"test -e {}\"\n[hook]\nwait = false\n",
+            ok.display()
+        ),
+    );
+    assert_eq!(r.hook(&r.dir, "a").status.code(), Some(1));
+    std::fs::write(&ok, "").unwrap();
+    r.stage_change(&r.dir, "fa");
+    let ro = crate::fixer_cases::ReadOnly::new(&r.buildlock_dir());
+    let out = wait_output(commit_retry(&r, &r.dir, "a"), Duration::from_secs(60));
+    drop(ro);
+    assert!(out.status.success(), "refused: {}", text(&out.stderr));
+    assert_eq!(r.last_subject(&r.dir), "a work");
+}
+
+/// The coordination dir's disk is full: the hook cannot write the state (it says "coordination
+/// failed" and exits 70) nor hand its decision to commit-retry (the decision file lives on the
+/// same disk). commit-retry then takes git's exit code for its own and exits 1, which the
+/// contract reserves for "you are the fixer". It must exit 70.
+#[test]
+#[ignore = "defect: commit-retry exits 1 (\"you are the fixer\") when the coordination disk is full"]
+fn commit_retry_exits_70_when_the_coordination_disk_is_full() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("needs root to mount a small tmpfs: skipped");
+        return;
+    }
+    let r = TestRepo::new("check = \"false\"\n[hook]\nwait = false\n");
+    let dir = r.buildlock_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let mount = |args: &str| {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(args)
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(mount(&format!(
+        "mount -t tmpfs -o size=64k tmpfs '{}'",
+        dir.display()
+    )));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(dir.clone());
+    // Fill it.
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=4k"])
+        .arg(format!("of={}", dir.join("fill").display()))
+        .stderr(Stdio::null())
+        .status();
+    r.stage_change(&r.dir, "fa");
+    let out = wait_output(commit_retry(&r, &r.dir, "a"), Duration::from_secs(60));
+    let err = text(&out.stderr);
+    assert!(err.contains("coordination itself failed"), "{err}");
+    assert_eq!(out.status.code(), Some(70), "{err}");
+}
+
+/// With `match = "signature"` every distinct failure is a key of its own, and a key whose fixer
+/// went away stays open (fixing) for ever: open keys are never bounded. All keys of a base live
+/// in one state file, read whole on every hook run, and a file over 1 MiB reads as damaged:
+/// once about 1,600 keys are open, the next failure finds the file "damaged", rewrites it with
+/// its own key alone, and every other breakage's fixer is forgotten. (Measured with real hook
+/// runs: 1,700 agents with distinct failures left 95 keys on record.) Here the open keys are
+/// cloned from a real one to keep the test fast.
+#[test]
+#[ignore = "defect: open signature keys are unbounded; past 1 MiB the state reads as damaged and all are lost"]
+fn many_open_signature_keys_are_not_lost() {
+    let r = TestRepo::new(
+        "check = \"echo error in $BUILDLOCK_AGENT; false\"\n[coordination]\nmatch = \"signature\"\n\
+         [hook]\nwait = false\n",
+    );
+    assert_eq!(r.hook(&r.dir, "seed").status.code(), Some(1));
+    let path = r.buildlock_dir().join("state/repo.json");
+    let mut file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let template = file["keys"][0].clone();
+    const OPEN: usize = 2000;
+    let keys: Vec<serde_json::Value> = (0..OPEN as u32)
+        .map(|i| {
+            let mut k = template.clone();
+            k["key"] = format!("repo#{:016x}", 0x1000 + i).into();
+            k["fixer"]["agent"] = format!("agent{i}").into();
+            k
+        })
+        .collect();
+    file["keys"] = keys.into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&file).unwrap()).unwrap();
+    let size = std::fs::metadata(&path).unwrap().len();
+    let open = |r: &TestRepo| r.state()["keys"].as_array().map_or(0, |k| k.len());
+    assert_eq!(open(&r), OPEN, "a state file of {size} bytes");
+    let out = r.hook(&r.dir, "newcomer");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(
+        open(&r),
+        OPEN + 1,
+        "one more failure: {}",
+        text(&out.stderr)
+    );
+}
