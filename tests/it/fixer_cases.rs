@@ -190,7 +190,8 @@ fn shared_status_repo(sleep: &str, extra: &str) -> TestRepo {
 /// An `LD_PRELOAD` library that shifts the wall clock (CLOCK_REALTIME and gettimeofday) by
 /// `FAKE_CLOCK_OFFSET_MS`, or by the number of milliseconds in the file
 /// `FAKE_CLOCK_OFFSET_FILE` (read at every call, so that a test can step the clock of running
-/// processes), built once with the system C compiler (the one Rust links with).
+/// processes), built once with the system C compiler (the one Rust links with). With
+/// `FAKE_SLOW_RENAME_MS`, every `rename` is delayed that long.
 pub fn clock_shift_library() -> PathBuf {
     static LIB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     LIB.get_or_init(|| {
@@ -233,6 +234,15 @@ int clock_gettime(clockid_t id, struct timespec *ts) {
     int rc = real(id, ts);
     if (rc == 0 && (id == CLOCK_REALTIME || id == CLOCK_REALTIME_COARSE)) shift(ts);
     return rc;
+}
+/* FAKE_SLOW_RENAME_MS: every rename(2) takes that long, so that a test can kill a process
+   in the middle of a state write (buildlock writes state by renaming a temp file over it). */
+int rename(const char *from, const char *to) {
+    static int (*real)(const char *, const char *);
+    if (!real) real = (int (*)(const char *, const char *))dlsym(RTLD_NEXT, "rename");
+    const char *ms = getenv("FAKE_SLOW_RENAME_MS");
+    if (ms) usleep((useconds_t)atoi(ms) * 1000);
+    return real(from, to);
 }
 int gettimeofday(struct timeval *tv, void *tz) {
     struct timespec ts;
