@@ -1,7 +1,7 @@
 //! Issue 8, "Exactly one fixer in every case": each case of the issue's first section, on real
-//! temporary repositories with the real binaries. Every test here failed on 04bf3f1 (the main
-//! before the issue's work) and passes since a3b663d; the note in `docs/issue8-cases.md` lists
-//! what each printed before and after.
+//! temporary repositories with the real binaries. Every test here fails on 04bf3f1 (the main
+//! before the issue's work) and passes on main since a3b663d (the crafted-orphan one since
+//! 41a55b1); `docs/issue8-cases.md` lists what each printed before and after.
 //!
 //! | case (issue 8) | test |
 //! |---|---|

@@ -1,6 +1,7 @@
-//! Defects found in review of issue 8's work (see the report on branch `faults8`): each test
-//! fails on main as of e04a1e3 and is ignored until the core is fixed, so that CI stays green.
-//! Run them with `cargo test --test it fixer_defects -- --ignored`.
+//! Defects found in review of issue 8's work (listed in `docs/issue8-cases.md`): each test
+//! fails on main as of bc5be4e and is ignored until the core is fixed, so that CI stays green.
+//! Run them with `cargo test --test it fixer_defects -- --ignored`; remove the `#[ignore]` with
+//! the fix.
 
 use crate::fixer_cases::{
     assert_never_two_fixes, clock_shift_library, commit_breakage, commit_retry, configure,
