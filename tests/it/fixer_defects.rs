@@ -344,7 +344,10 @@ fn commit_retry_commits_a_passing_check_with_a_read_only_coordination_dir() {
     assert_eq!(r.hook(&r.dir, "a").status.code(), Some(1));
     std::fs::write(&ok, "").unwrap();
     r.stage_change(&r.dir, "fa");
-    let ro = crate::fixer_cases::ReadOnly::new(&r.buildlock_dir());
+    let Some(ro) = crate::fixer_cases::ReadOnly::new(&r.buildlock_dir()) else {
+        eprintln!("cannot make the coordination dir read-only here (root without mount): skipped");
+        return;
+    };
     let out = wait_output(commit_retry(&r, &r.dir, "a"), Duration::from_secs(60));
     drop(ro);
     assert!(out.status.success(), "refused: {}", text(&out.stderr));
