@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 /// branch (the same bad merge again, a revert), nobody is ever elected: the agent is told, again
 /// and again, to take a fix it already took, and `git cherry-pick` of it now fails.
 #[test]
-#[ignore = "defect: taking the fix by cherry-pick is never recognised (ancestry, not content)"]
 fn a_breakage_that_comes_back_after_a_cherry_picked_fix_elects_a_fixer() {
     let r = TestRepo::new("");
     std::fs::write(

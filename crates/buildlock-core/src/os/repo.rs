@@ -95,7 +95,39 @@ impl Repo {
         let Some(head) = self.repo.head().ok().and_then(|h| h.target()) else {
             return Some(false);
         };
-        Some(head == commit || self.repo.graph_descendant_of(head, commit).unwrap_or(false))
+        if head == commit || self.repo.graph_descendant_of(head, commit).unwrap_or(false) {
+            return Some(true);
+        }
+        Some(self.head_has_changes_of(commit).unwrap_or(false))
+    }
+
+    /// Whether HEAD's tree has every change `commit` made to its first parent (each path it
+    /// touched holds the same content in HEAD, or is absent where the commit deleted it): a fix
+    /// taken by `git cherry-pick` or a rebase is a new commit, but the same change.
+    fn head_has_changes_of(&self, commit: git2::Oid) -> Option<bool> {
+        let commit = self.repo.find_commit(commit).ok()?;
+        let after = commit.tree().ok()?;
+        let before = commit.parent(0).ok().and_then(|p| p.tree().ok());
+        let head = self.repo.head().ok()?.peel_to_tree().ok()?;
+        let diff = self
+            .repo
+            .diff_tree_to_tree(before.as_ref(), Some(&after), None)
+            .ok()?;
+        let mut all = true;
+        for delta in diff.deltas() {
+            let new = delta.new_file();
+            let Some(path) = new.path() else {
+                return Some(false);
+            };
+            let in_head = head.get_path(path).ok().map(|e| e.id());
+            let wanted = (!new.id().is_zero()).then(|| new.id());
+            all &= in_head == wanted;
+            if let Some(old) = delta.old_file().path().filter(|p| *p != path) {
+                // A rename: the old path must be gone too.
+                all &= head.get_path(old).is_err();
+            }
+        }
+        Some(all)
     }
 
     /// The repository, opened in process (for `os/changes.rs`).
