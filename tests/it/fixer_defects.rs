@@ -76,7 +76,6 @@ fn a_breakage_that_comes_back_after_a_cherry_picked_fix_elects_a_fixer() {
 /// group (`Register` in `on_start`). The fix goes on, and nothing on record names it: the next
 /// fixer (the same agent, retrying) cannot stop it and runs a second fix beside it.
 #[test]
-#[ignore = "defect: a fix killed before it is recorded is an orphan nobody stops"]
 fn a_fix_killed_before_it_is_recorded_is_still_stopped() {
     // The fix kills its own commit-retry first thing, while commit-retry is still recording the
     // fix's process group: its state writes are slowed down (every rename takes 300 ms) so

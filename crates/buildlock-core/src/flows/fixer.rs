@@ -128,6 +128,20 @@ impl Role {
         let mut env = fix_env(ctx, a, attempt);
         env.push((env::FIX_TOKEN_VAR.to_owned(), token.clone().into()));
         let store = &ctx.store;
+        // The token goes on record before the fix starts: if this process dies before it can
+        // record the fix's process group, a successor still finds the fix by its token.
+        let announce = Event::Register {
+            agent: ctx.agent.clone(),
+            generation: a.generation,
+            holder: this_process(),
+            fix_process: Some(Process {
+                pid: 0,
+                host: process::hostname(),
+                start: None,
+                token: Some(token.clone()),
+            }),
+        };
+        store.apply(&a.key, &a.base, &announce, ctx.policy(), None, &stop)?;
         let mut on_start = |pgid: u32| {
             let fix_process = Process {
                 pid: pgid,

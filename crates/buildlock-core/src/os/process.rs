@@ -61,28 +61,34 @@ pub enum Stopped {
 /// `/proc`), and trusting it would let a state file aim buildlock at any process group of the
 /// user. Otherwise nothing is signalled. SIGTERM, then SIGKILL after `grace`.
 pub fn stop_group(p: &Process, grace: Duration) -> Stopped {
-    if p.host != hostname() || p.pid <= 1 {
+    let Some(token) = p.token.as_deref().filter(|_| p.host == hostname()) else {
         return Stopped::NotRunning;
-    }
-    let members = group_members(p.pid);
-    if members.is_empty() {
-        return Stopped::NotRunning;
-    }
-    let ours = match &p.token {
-        Some(token) => {
-            let needle = format!("{}={token}", crate::os::env::FIX_TOKEN_VAR);
-            members.iter().any(|&pid| environ_has(pid, &needle))
-        }
-        None => false,
     };
-    if !ours {
-        return Stopped::NotOurs;
+    let needle = format!("{}={token}", crate::os::env::FIX_TOKEN_VAR);
+    // Every process group in which a process carries the token: the fix's own group, and any
+    // group a part of it moved to. Found by the token, not by the recorded pid, so a fix whose
+    // pid was never recorded (its starter died first) is found too.
+    let groups = || -> Vec<u32> {
+        let mut groups: Vec<u32> = carrying(&needle).into_iter().filter(|&g| g > 1).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        groups
+    };
+    let found = groups();
+    if found.is_empty() {
+        return if p.pid > 1 && group_alive(p.pid) {
+            Stopped::NotOurs
+        } else {
+            Stopped::NotRunning
+        };
     }
-    kill_group(p.pid, libc::SIGTERM);
+    for &g in &found {
+        kill_group(g, libc::SIGTERM);
+    }
     let gone = |within: Duration| {
         let deadline = Instant::now() + within;
         loop {
-            if !group_alive(p.pid) {
+            if groups().is_empty() {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -94,12 +100,35 @@ pub fn stop_group(p: &Process, grace: Duration) -> Stopped {
     if gone(grace) {
         return Stopped::Stopped;
     }
-    kill_group(p.pid, libc::SIGKILL);
+    for g in groups() {
+        kill_group(g, libc::SIGKILL);
+    }
     if gone(Duration::from_secs(5)) {
         Stopped::Stopped
     } else {
         Stopped::StillRunning
     }
+}
+
+/// The process groups of the live processes whose environment holds `needle`.
+fn carrying(needle: &str) -> Vec<u32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            if pid == std::process::id() || !environ_has(pid, needle) {
+                return None;
+            }
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let mut fields = stat.rsplit(')').next()?.split_whitespace();
+            let state = fields.next()?;
+            let pgrp: u32 = fields.nth(1)?.parse().ok()?;
+            (state != "Z" && state != "X").then_some(pgrp)
+        })
+        .collect()
 }
 
 /// Whether process `pid` exists (a zombie counts as gone).
