@@ -169,7 +169,6 @@ fn a_elected_b_waiting(config: &str) -> (TestRepo, PathBuf, PathBuf, std::proces
 /// fix commit (`fixcommit::GRACE`), and then one of them is elected and fixes the same breakage
 /// again, while the fix is one keystroke from being committed.
 #[test]
-#[ignore = "defect: a fixer in its commit editor for more than 10 s gets a second fixer elected"]
 fn a_fixer_writing_its_commit_message_is_not_replaced() {
     let (r, ta, _tb, b) =
         a_elected_b_waiting("check = \"grep -qx ok state.txt\"\n[coordination]\nwait = \"60s\"\n");
@@ -201,7 +200,6 @@ fn a_fixer_writing_its_commit_message_is_not_replaced() {
 /// looked for as "the first commit after the HEAD the check saw", which an amended commit never
 /// is: the waiters wait 10 s and then elect a second fixer.
 #[test]
-#[ignore = "defect: a fix made with `git commit --amend` is never handed over"]
 fn a_fix_made_with_commit_amend_is_handed_over() {
     let r = TestRepo::new("");
     configure(

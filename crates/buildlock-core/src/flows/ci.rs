@@ -475,6 +475,7 @@ impl Ci<'_> {
                     head_before: h.head_before.clone(),
                     git_dir: Some(ctx.repo.git_dir.clone()),
                     commit: if moved { head.clone() } else { None },
+                    committer: None,
                 },
             ));
         } else {
@@ -491,6 +492,7 @@ impl Ci<'_> {
                         head_before: head.clone(),
                         git_dir: Some(ctx.repo.git_dir.clone()),
                         commit: None,
+                        committer: None,
                     },
                 ));
             }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 /// editor was left open) is not waited for any longer.
 pub const GRACE: Duration = Duration::from_secs(10);
 
+use crate::os::process;
 use crate::os::repo::{self, Repo};
 use crate::protocol::state::Fix;
 
@@ -37,11 +38,17 @@ pub fn await_commit(fix: &Fix, limit: Duration, stop: &dyn Fn() -> bool) -> Opti
         // before its commit existed): nothing to wait for.
         return None;
     }
-    let deadline = Instant::now() + limit;
+    let start = Instant::now();
+    let mut deadline = start + limit;
     let mut pause = Duration::from_millis(20);
     loop {
         if let Some(commit) = resolve(fix) {
             return Some(commit);
+        }
+        // The fixer's `git commit` still runs (an editor open for the message, a slow
+        // commit-msg hook): the commit is on its way, keep waiting.
+        if committing(fix) && start.elapsed() < EDITOR_LIMIT {
+            deadline = deadline.max(Instant::now() + Duration::from_millis(500));
         }
         if Instant::now() >= deadline || stop() {
             return None;
@@ -49,6 +56,17 @@ pub fn await_commit(fix: &Fix, limit: Duration, stop: &dyn Fn() -> bool) -> Opti
         std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
         pause = (pause * 2).min(Duration::from_millis(250));
     }
+}
+
+/// How long a fixer's commit in progress is waited for at most.
+const EDITOR_LIMIT: Duration = Duration::from_secs(10 * 60);
+
+/// Whether the `git commit` that ran the fixer's passing check still runs (same host, same
+/// pid, same start time): it writes the fix commit when its editor or `commit-msg` hook is done.
+fn committing(fix: &Fix) -> bool {
+    fix.committer.as_ref().is_some_and(|p| {
+        p.host == process::hostname() && p.start.is_some() && process::start_time(p.pid) == p.start
+    })
 }
 
 /// `Some(commit)` when this repository's HEAD does not have the fix commit `commit`.

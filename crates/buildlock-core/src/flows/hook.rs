@@ -264,6 +264,13 @@ impl Hook<'_> {
                     head_before: ctx.repo.head_oid(),
                     git_dir: Some(ctx.repo.git_dir.clone()),
                     commit: None,
+                    // git, our parent: it writes the fix commit once we return.
+                    committer: Some(crate::os::process::Process {
+                        pid: self.parent,
+                        host: crate::os::process::hostname(),
+                        start: crate::os::process::start_time(self.parent),
+                        token: None,
+                    }),
                 },
             };
             let applied = match ctx

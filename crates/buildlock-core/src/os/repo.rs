@@ -142,20 +142,32 @@ impl Repo {
 }
 
 /// The commit made on top of `head_before` in the repository (or linked worktree) whose git dir
-/// is `git_dir`: the first commit after `head_before` on its HEAD's first-parent line. `None`
-/// while HEAD is still `head_before` (the commit is not made yet) or when HEAD no longer descends
-/// from it.
+/// is `git_dir`: the commit that HEAD moved to from `head_before` by a commit (its reflog says
+/// so, `git commit --amend` included), else the first commit after `head_before` on HEAD's
+/// first-parent line. `None` while HEAD is still `head_before` (the commit is not made yet) or
+/// when neither finds it.
 pub fn commit_after(git_dir: &Path, head_before: Option<&str>) -> Option<String> {
     let repo = git2::Repository::open(git_dir).ok()?;
-    let mut at = repo.head().ok()?.peel_to_commit().ok()?;
     let before = match head_before {
         Some(b) => Some(git2::Oid::from_str(b).ok()?),
         None => None,
     };
+    let mut at = repo.head().ok()?.peel_to_commit().ok()?;
     if Some(at.id()) == before {
         return None;
     }
-    for _ in 0..10_000 {
+    if let Ok(log) = repo.reflog("HEAD") {
+        // Oldest move from `before` that a commit made.
+        let from = before.unwrap_or_else(git2::Oid::zero);
+        let made = log
+            .iter()
+            .rev()
+            .find(|e| e.id_old() == from && e.message().is_some_and(|m| m.starts_with("commit")));
+        if let Some(e) = made {
+            return Some(e.id_new().to_string());
+        }
+    }
+    for _ in 0..1000 {
         let parent = at.parent_id(0).ok();
         if parent == before {
             return Some(at.id().to_string());

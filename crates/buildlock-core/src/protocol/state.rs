@@ -88,6 +88,10 @@ pub struct Fix {
     pub head_before: Option<String>,
     /// The fixer's git dir (its worktree's), where its HEAD can be read.
     pub git_dir: Option<PathBuf>,
+    /// The `git commit` that ran the fixer's passing check: while it runs (an editor open for the
+    /// message, a slow `commit-msg` hook), the fix commit is on its way.
+    #[serde(default)]
+    pub committer: Option<Process>,
     /// Agents already counted as having avoided a fix run thanks to this fix.
     #[serde(default)]
     pub credited: Vec<String>,
@@ -205,6 +209,8 @@ pub struct FixSeen {
     pub git_dir: Option<PathBuf>,
     /// The fix commit itself, when the caller already has it (`buildlock ci` after a fix run).
     pub commit: Option<String>,
+    /// The `git commit` process the check ran under, if any.
+    pub committer: Option<Process>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -489,6 +495,7 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
                         generation: state.generation,
                         head_before: fix.head_before.clone(),
                         git_dir: fix.git_dir.clone(),
+                        committer: fix.committer.clone(),
                         credited: state.waited.clone(),
                     });
                     Outcome::Fixed
@@ -1138,6 +1145,7 @@ mod tests {
                 head_before: Some("base".into()),
                 git_dir: Some("/wt/x".into()),
                 commit: None,
+                committer: None,
             },
         };
         let (s, out) = transition(&s, &passed, &seen(T0 + 2));

@@ -874,6 +874,7 @@ impl Store for RemoteStore {
                 // means anything there (`buildlock ci` and commit-retry record it).
                 if let Some(fix) = after.fix.as_mut() {
                     fix.git_dir = None;
+                    fix.committer = None;
                 }
                 if after == *before {
                     return Step::Keep(outcome);
