@@ -24,6 +24,8 @@
 
 use std::path::Path;
 
+use super::failure_lines::failure_lines;
+
 /// The signature of a failure's output: 16 hex digits.
 pub fn signature(output: &[u8], worktree: &Path, home: Option<&Path>) -> String {
     let normalised = normalise(output, worktree, home);
@@ -50,13 +52,14 @@ pub fn normalise(output: &[u8], worktree: &Path, home: Option<&Path>) -> String 
     // Longest first, so that a work tree inside the home directory becomes `<worktree>`.
     roots.sort_by_key(|(r, _)| std::cmp::Reverse(r.len()));
 
-    let mut lines: Vec<String> = text
-        .lines()
-        .map(|line| line.rsplit('\r').next().unwrap_or(line))
+    let mut lines: Vec<String> = failure_lines(&text)
+        .into_iter()
         .map(|line| {
-            let mut line = line.to_owned();
+            let mut line = line.into_owned();
             for (root, with) in &roots {
-                line = line.replace(root.as_str(), with);
+                if line.contains(root.as_str()) {
+                    line = line.replace(root.as_str(), with);
+                }
             }
             normalise_line(&line)
         })
@@ -124,6 +127,8 @@ const DURATION_KEYS: &[&str] = &[
     "time_ms",
     "elapsed_ms",
 ];
+/// Keys whose number is a process id: `pid 123`, `pid=123`, node's `(node:123)`.
+const PID_KEYS: &[&str] = &["pid", "ppid", "node"];
 
 fn normalise_line(line: &str) -> String {
     let temp_dir = crate::os::env::temp_dir_prefix();
@@ -171,6 +176,16 @@ fn normalise_line(line: &str) -> String {
         if is_word(chars[i]) {
             let len = chars[i..].iter().take_while(|c| is_word(**c)).count();
             last_word = chars[i..i + len].iter().collect();
+            // pytest-xdist's worker ids (`gw3`): which worker ran a test.
+            if at_boundary
+                && len > 2
+                && last_word.starts_with("gw")
+                && last_word[2..].bytes().all(|b| b.is_ascii_digit())
+            {
+                out.push_str("gw<n>");
+                i += len;
+                continue;
+            }
             out.extend(&chars[i..i + len]);
             i += len;
             continue;
@@ -245,8 +260,29 @@ fn classify_number(chars: &[char], last_word: &str) -> Option<(usize, &'static s
     if at(len) == Some('.') && digits(len + 1) > 0 {
         len += 1 + digits(len + 1);
     }
-    if DURATION_KEYS.contains(&last_word.to_ascii_lowercase().as_str()) {
+    let key = last_word.to_ascii_lowercase();
+    if DURATION_KEYS.contains(&key.as_str()) {
         return Some((len, "<dur>"));
+    }
+    if PID_KEYS.contains(&key.as_str()) && len == n {
+        return Some((len, "<pid>"));
+    }
+    // `--randomly-seed=123`, `PYTHONHASHSEED=4`, `seed: 42`.
+    if key.ends_with("seed") && len == n {
+        return Some((len, "<seed>"));
+    }
+    // Unix times in seconds or milliseconds (2001 to 2039), as tests print them.
+    let whole = || {
+        chars[..n]
+            .iter()
+            .fold(0u64, |v, c| v * 10 + u64::from(*c as u8 - b'0'))
+    };
+    if (n == 10 && (1_000_000_000..2_200_000_000).contains(&whole()))
+        || (n == 13 && (1_000_000_000_000..2_200_000_000_000).contains(&whole()))
+    {
+        if !at(len).is_some_and(is_word) {
+            return Some((len, "<time>"));
+        }
     }
     // A unit right after it (or after one space) makes it a duration.
     let unit_start = if at(len) == Some(' ') { len + 1 } else { len };
