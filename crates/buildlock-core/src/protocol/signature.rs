@@ -1,26 +1,35 @@
 //! Failure signatures: a stable hash of a failure's output after normalisation.
 //!
 //! Two agents in different worktrees, on different machines, at different times, that hit the same
-//! error must get the same signature; different errors should get different ones. The hash is
+//! error must get the same signature; different errors must get different ones. The hash is
 //! FNV-1a 64 over the normalised text, written as 16 lowercase hex digits: it depends on nothing
-//! but the bytes, so it is the same on every machine and every version of buildlock.
+//! but the bytes, so it is the same on every machine. The rules below are part of it: a version
+//! of buildlock that changes them gives some failures new signatures (the agents of a repository
+//! share the one binary install.sh puts in the git common dir, so they agree with each other).
 //!
 //! Normalisation, in order:
-//! 1. bytes are read as UTF-8 (invalid sequences replaced); ANSI escape sequences are removed; of a
-//!    line rewritten with `\r` (progress bars) only the last rewrite is kept;
-//! 2. the work tree's absolute path becomes `<worktree>` and the home directory `~`;
-//! 3. in each line: temp paths (`/tmp/…`, `/var/tmp/…`, `/var/folders/…`, `$TMPDIR/…`) become
+//! 1. bytes are read as UTF-8 (invalid sequences replaced); ANSI escape sequences are removed;
+//! 2. only the lines that carry the failure are kept ([`failure_lines`]): warnings (when the
+//!    output has a failure of its own), test-runner tallies, progress, captured chatter, worker
+//!    lines, passing tests and make's job-control lines go; of a line rewritten with `\r`
+//!    (progress bars) only the last rewrite counts;
+//! 3. the work tree's absolute path becomes `<worktree>` and the home directory `~`;
+//! 4. in each line: temp paths (`/tmp/…`, `/var/tmp/…`, `/var/folders/…`, `$TMPDIR/…`) become
 //!    `<tmp>`; `0x…` addresses `<addr>`; hex runs of 8 or more with a digit in them (hashes, build
-//!    ids) `<hex>`; clock times `<time>`; dates `<date>`; durations (`0.52s`, `12 ms`, `1.5min`,
-//!    and the number after `duration`/`elapsed` keys) `<dur>`; a Rust panic's thread id `<tid>`;
-//! 4. runs of three or more `=`, `-`, `_`, `*`, `#` or `~` shrink to three (test runners pad
+//!    ids) `<hex>`; clock times and Unix times (seconds or milliseconds) `<time>`; dates
+//!    `<date>`; durations (`0.52s`, `12 ms`, `1.5min`, and the number after `duration`/`elapsed`
+//!    keys) `<dur>`; the number after `pid` or `(node:` `<pid>`; after a `…seed` key `<seed>`;
+//!    pytest-xdist worker ids (`gw3`) `gw<n>`; a Rust panic's thread id `<tid>`;
+//! 5. runs of three or more `=`, `-`, `_`, `*`, `#` or `~` shrink to three (test runners pad
 //!    their banners to a width that depends on the durations in them); whitespace runs become one
 //!    space; lines are trimmed;
-//! 5. lines that carry no failure are dropped: empty lines, build progress (`Compiling`,
+//! 6. lines that carry no failure are dropped: empty lines, build progress (`Compiling`,
 //!    `Finished`, `Running`, …), passing tests (`… ok`), package-manager notices and test-runner
 //!    headers that name tool versions;
-//! 6. the remaining lines are sorted and deduplicated, so that parallel test runners printing in a
+//! 7. the remaining lines are sorted and deduplicated, so that parallel test runners printing in a
 //!    different order give the same signature.
+//!
+//! Measured: `python3 bench/signatures.py` (the figures are in the README, "Failure signatures").
 
 use std::path::Path;
 
@@ -472,6 +481,99 @@ mod tests {
             signature(&out, Path::new("/tmp/sigfx/wt-alpha"), None),
             signature(changed.as_bytes(), Path::new("/tmp/sigfx/wt-alpha"), None)
         );
+    }
+
+    /// Real outputs of one breakage run in 16 worktrees at once (`bench/signatures.py`), named
+    /// `<suite>.<breakage>.<round>.<worktree>.out`: chosen because the rule before this one gave
+    /// each of them a different signature (warnings, pass counts, worker ids, pids, timestamps,
+    /// make -j interleaving).
+    fn concurrent() -> Vec<(String, char, String)> {
+        let dir =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/signature/concurrent");
+        let mut out = Vec::new();
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        for entry in entries {
+            let path = entry.expect("fixture dir entry").path();
+            let file = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let parts: Vec<&str> = file.split('.').collect();
+            let [suite, breakage, _round, agent, "out"] = parts[..] else {
+                panic!("fixture name {file} is not <suite>.<breakage>.<round>.<worktree>.out");
+            };
+            let worktree = format!("/work/sigbench/base1/{suite}/wt/{agent}");
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let sig = signature(&bytes, Path::new(&worktree), Some(Path::new("/root")));
+            out.push((
+                suite.to_owned(),
+                breakage.chars().next().unwrap_or('?'),
+                sig,
+            ));
+        }
+        out
+    }
+
+    #[test]
+    fn one_breakage_run_concurrently_has_one_signature() {
+        let all = concurrent();
+        for suite in ["pytest", "pytest-warn", "cargo", "npm", "make"] {
+            for breakage in ['A', 'B'] {
+                let sigs: std::collections::BTreeSet<&str> = all
+                    .iter()
+                    .filter(|(s, b, _)| s == suite && *b == breakage)
+                    .map(|(_, _, sig)| sig.as_str())
+                    .collect();
+                assert!(
+                    sigs.len() <= 1,
+                    "{suite} breakage {breakage}: {} signatures",
+                    sigs.len()
+                );
+                if breakage == 'A' {
+                    assert_eq!(sigs.len(), 1, "{suite}: no fixture of breakage A");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn different_breakages_run_concurrently_never_share_a_signature() {
+        let all = concurrent();
+        let groups: std::collections::BTreeMap<String, std::collections::BTreeSet<&str>> =
+            all.iter().fold(Default::default(), |mut m, (s, b, sig)| {
+                m.entry(format!("{s} {b}"))
+                    .or_default()
+                    .insert(sig.as_str());
+                m
+            });
+        let mut owner = std::collections::BTreeMap::new();
+        for (group, sigs) in &groups {
+            for sig in sigs {
+                if let Some(other) = owner.insert(*sig, group) {
+                    panic!("{group} and {other} share signature {sig}");
+                }
+            }
+        }
+        assert!(groups.len() >= 9, "expected A and B fixtures: {groups:?}");
+    }
+
+    #[test]
+    fn noise_of_concurrent_runs_is_normalised() {
+        let wt = Path::new("/w");
+        let n = |s: &str| normalise(s.as_bytes(), wt, None);
+        assert_eq!(
+            n("error: worker gw3 crashed"),
+            "error: worker gw<n> crashed"
+        );
+        assert_eq!(n("error in pid 4242"), "error in pid <pid>");
+        assert_eq!(n("error (node:13832) x"), "error (node:<pid>) x");
+        assert_eq!(n("error, seed=12345"), "error, seed=<seed>");
+        assert_eq!(n("error at 1795439979.417"), "error at <time>");
+        assert_eq!(n("error at 1795439949189 ms"), "error at <time> ms");
+        // Small numbers and other long ones stay: they can be what the failure is about.
+        assert_eq!(n("error: expected 3 got 4"), "error: expected 3 got 4");
+        assert_eq!(n("error: 3000000 too big"), "error: 3000000 too big");
     }
 
     #[test]
