@@ -17,8 +17,9 @@ source file, as an agent at work does, so some rebuild (and print warnings) and 
 
 The figure per suite: the number of distinct signatures among the AGENTS outputs of one round
 (goal: 1), and over all rounds together (goal: 1: an agent failing a minute later must join the
-same fixer). Then a second, different breakage (B) is run in every worktree for one round: its
-signatures must never equal one of breakage A's.
+same fixer). Then two other breakages are run in every worktree for one round each: B, another
+bug, and C, a bug in A's place that fails A's tests with other values (the case most at risk of
+being merged with A). No two breakages may share a signature.
 
 Suites (the toolchains must be installed; the script installs what the registries give):
   pytest       cachetools (its sdist from PyPI, its own test suite) under pytest with
@@ -28,6 +29,8 @@ Suites (the toolchains must be installed; the script installs what the registrie
                collected at garbage-collection time, a warning when an operation is slow under
                load, timings and tmp_path output, and a failing assertion on a set of strings
                (hash-randomised order)
+  pytest-q     the same under `pytest -q` on one process (no header: pytest is known by its
+               sections only)
   cargo        a crate written here, `cargo test` (own target dir per worktree, parallel tests)
   npm          `npm test` running node's built-in test runner, with a deprecation warning that
                carries the pid and a warning when an operation is slow
@@ -87,8 +90,8 @@ def replace(path, old, new):
 
 
 # ---------------------------------------------------------------------------------------------
-# Suites. Each: setup(repo) writes the project; check(wt) is the command; break_a / break_b
-# apply a breakage to a tree; own(wt, i) is agent i's own harmless change; touch(wt) is what an
+# Suites. Each: setup(repo) writes the project; check(wt) is the command; break_a / break_b /
+# break_c apply a breakage to a tree (C: in A's place, failing A's tests with other values); own(wt, i) is agent i's own harmless change; touch(wt) is what an
 # agent at work does between two commits.
 
 
@@ -141,6 +144,12 @@ class Pytest(Suite):
     def break_b(self, wt):
         # typedkey forgets the argument types.
         replace(wt / "src/cachetools/keys.py", "return key + tuple(map(type, args))", "return key")
+
+    def break_c(self, wt):
+        # LRUCache: a read makes an item the least recently used (A's tests, other values).
+        replace(wt / "src/cachetools/__init__.py",
+                "self.__order.move_to_end(key)\n        except KeyError:  # __missing__",
+                "self.__order.move_to_end(key, last=False)\n        except KeyError:  # __missing__")
 
     def own(self, wt, i):
         tests = "".join(f"\n\ndef test_agent_{i}_{k}():\n    assert {k} + 1 == {k + 1}\n"
@@ -289,10 +298,23 @@ class PytestWarn(Suite):
         # total() counts kinds, not items.
         replace(wt / "inventory.py", "return sum(self.items.values())", "return len(self.items)")
 
+    def break_c(self, wt):
+        # names() shouts (A's test, other values).
+        replace(wt / "inventory.py", "return {n for n", "return {n.upper() for n")
+
     def own(self, wt, i):
         tests = "".join(f"\n\ndef test_agent_{i}_{k}():\n    assert Inventory().add('x', {k}) == {k}\n"
                         for k in range(i % 4))
         write(wt, {f"tests/test_agent_{name(i)}.py": "from inventory import Inventory\n" + tests})
+
+
+class PytestQuiet(PytestWarn):
+    """The same project under `pytest -q` on one process: no header, no banner before the
+    failures, warnings breaking the progress line, and a tally without a banner."""
+    name = "pytest-q"
+
+    def check(self, wt):
+        return f"PYTHONPATH=. {self.py} -m pytest -q -p no:randomly"
 
 
 CARGO_LIB = '''//! A small crate with parallel tests.
@@ -406,6 +428,10 @@ class Cargo(Suite):
         # counts sorts ascending.
         replace(wt / "src/lib.rs", "b.1.cmp(&a.1)", "a.1.cmp(&b.1)")
 
+    def break_c(self, wt):
+        # mean divides by two too many (A's tests, other values).
+        replace(wt / "src/lib.rs", "/ xs.len() as f64", "/ (xs.len() + 2) as f64")
+
     def own(self, wt, i):
         extra = "".join(f"\n#[test]\nfn agent_{i}_{k}() {{\n    assert_eq!(sigcrate::math::clamp({k}, 0, 9), {k});\n}}\n"
                         for k in range(i % 3))
@@ -496,6 +522,10 @@ class Npm(Suite):
         # uniq sorts.
         replace(wt / "lib.js", "[...new Set(xs)]", "[...new Set(xs)].sort()")
 
+    def break_c(self, wt):
+        # sum starts at two (A's test, another value).
+        replace(wt / "lib.js", "(a, b) => a + b, 0)", "(a, b) => a + b, 2)")
+
     def own(self, wt, i):
         tests = "".join(f'\ntest("agent {i} {k}", () => {{ assert.strictEqual(lib.slug("A {k}"), "a-{k}"); }});\n'
                         for k in range(i % 3))
@@ -537,6 +567,10 @@ class Make(Suite):
         # A missing semicolon in another file.
         replace(wt / "src/greet.c", 'return "hello";', 'return "hello"')
 
+    def break_c(self, wt):
+        # Another undeclared identifier on A's line.
+        replace(wt / "src/scale.c", "return x * factor;", "return x * factorr;")
+
     def own(self, wt, i):
         if i % 2:
             # An unused variable and a comparison of signed and unsigned: warnings.
@@ -549,7 +583,7 @@ class Make(Suite):
         (wt / "src/add.c").touch()
 
 
-SUITES = {s.name: s for s in [Pytest(), PytestWarn(), Cargo(), Npm(), Make()]}
+SUITES = {s.name: s for s in [Pytest(), PytestWarn(), PytestQuiet(), Cargo(), Npm(), Make()]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -646,48 +680,51 @@ def measure(suite, base, agents, rounds, own):
                               "files": [[str(wt), str(f)] for wt, f, _, _ in runs]})
         print(f"  {suite.name} A round {r + 1}: {time.monotonic() - t:.0f} s, exit codes {codes}",
               flush=True)
-    # Breakage B on a tree without A: back to the commit before the bad merge, then each agent's
-    # own change again, then B.
-    for i, wt in enumerate(wts):
-        sh(["git", "checkout", "-q", "main~1", "--", "."], cwd=wt)
-        if own:
-            suite.own(wt, i)
-        suite.break_b(wt)
-    t = time.monotonic()
-    runs = run_round(suite, wts, base / "captures" / suite.name / "B" / "round-1")
-    res["rounds"].append({"breakage": "B", "seconds": round(time.monotonic() - t, 1),
-                          "exit_codes": sorted({c for _, _, c, _ in runs}),
-                          "codes": [c for _, _, c, _ in runs],
-                          "files": [[str(wt), str(f)] for wt, f, _, _ in runs]})
-    print(f"  {suite.name} B round 1: {time.monotonic() - t:.0f} s, exit codes "
-          f"{sorted({c for _, _, c, _ in runs})}", flush=True)
+    # The other breakages on a tree without A: back to the commit before the bad merge, then each
+    # agent's own change again, then the breakage. B is another bug; C is a bug in the same place
+    # as A that fails the same tests with other values: the case most at risk of being merged.
+    for other in ["B", "C"]:
+        for i, wt in enumerate(wts):
+            sh(["git", "checkout", "-q", "main~1", "--", "."], cwd=wt)
+            if own:
+                suite.own(wt, i)
+            getattr(suite, f"break_{other.lower()}")(wt)
+        t = time.monotonic()
+        runs = run_round(suite, wts, base / "captures" / suite.name / other / "round-1")
+        codes = sorted({c for _, _, c, _ in runs})
+        res["rounds"].append({"breakage": other, "seconds": round(time.monotonic() - t, 1),
+                              "exit_codes": codes, "codes": [c for _, _, c, _ in runs],
+                              "files": [[str(wt), str(f)] for wt, f, _, _ in runs]})
+        print(f"  {suite.name} {other} round 1: {time.monotonic() - t:.0f} s, exit codes {codes}",
+              flush=True)
     return res
 
 
 def analyse(res, tool):
-    out = {"suite": res["suite"], "check": res["check"], "per_round": [], "b_rounds": [],
-           "a_all": set(), "b_all": set(), "passed": 0, "texts": {}, "count": {}}
+    out = {"suite": res["suite"], "check": res["check"], "per_round": [], "others": {},
+           "all": {}, "passed": 0, "texts": {}, "count": {}}
     for r in res["rounds"]:
         sigs, texts = sign(tool, [(wt, f) for wt, f in r["files"]], show=True)
         out["passed"] += sum(1 for c in r.get("codes", []) if c == 0)
-        if r["breakage"] == "A":
+        b = r["breakage"]
+        if b == "A":
             out["per_round"].append(len(set(sigs)))
-            out["a_all"] |= set(sigs)
         else:
-            out["b_rounds"].append(len(set(sigs)))
-            out["b_all"] |= set(sigs)
+            out["others"].setdefault(b, []).append(len(set(sigs)))
+        out["all"].setdefault(b, set()).update(sigs)
         for s, t in zip(sigs, texts):
             out["texts"].setdefault(s, t)
             out["count"][s] = out["count"].get(s, 0) + 1
-    out["overlap"] = len(out["a_all"] & out["b_all"])
+    groups = list(out["all"].values())
+    out["overlap"] = sum(len(g & h) for i, g in enumerate(groups) for h in groups[i + 1:])
     return out
 
 
 def differences(a, limit=6):
     """Lines that set the other signatures of one breakage apart from its most common one."""
     notes = []
-    for group in ["a_all", "b_all"]:
-        sigs = sorted(a[group], key=lambda s: -a["count"][s])
+    for group, all_sigs in a["all"].items():
+        sigs = sorted(all_sigs, key=lambda s: -a["count"][s])
         if len(sigs) < 2:
             continue
         main = set(a["texts"][sigs[0]].splitlines())
@@ -697,7 +734,7 @@ def differences(a, limit=6):
             for line in sorted(other ^ main):
                 seen[line] = seen.get(line, 0) + 1
         top = sorted(seen.items(), key=lambda kv: -kv[1])[:limit]
-        notes.append((group[0].upper(), len(sigs), [line for line, _ in top]))
+        notes.append((group, len(sigs), [line for line, _ in top]))
     return notes
 
 
@@ -712,13 +749,13 @@ def report(analyses, agents):
             print(f"\n{a['suite']}: {a['passed']} runs PASSED (not a failure: a bad breakage)")
     print()
     print(f"| suite | check | distinct signatures of {agents}, breakage A, per round | over all rounds "
-          f"| breakage B | A and B share a signature |")
-    print("|---|---|---|---|---|---|")
+          f"| breakage B | breakage C | two breakages share a signature |")
+    print("|---|---|---|---|---|---|---|")
     for a in analyses:
+        others = [", ".join(map(str, a["others"].get(k, []))) or "-" for k in "BC"]
         print(f"| {a['suite']} | `{a['check'].split(' -m ')[-1]}` | "
-              f"{', '.join(map(str, a['per_round']))} | {len(a['a_all'])} | "
-              f"{', '.join(map(str, a.get('b_rounds', [])))} | "
-              f"{'YES' if a['overlap'] else 'never'} |")
+              f"{', '.join(map(str, a['per_round']))} | {len(a['all'].get('A', ()))} | "
+              f"{others[0]} | {others[1]} | {'YES' if a['overlap'] else 'never'} |")
 
 
 def timing(tool, base):
@@ -772,14 +809,14 @@ def main():
     if args.show:
         for a in analyses:
             for s, t in a["texts"].items():
-                which = "A" if s in a["a_all"] else "B"
+                which = "".join(k for k, v in a["all"].items() if s in v)
                 print(f"\n--- {a['suite']} {which} {s}\n{t}", end="")
     report(analyses, args.agents)
     result = {"agents": args.agents, "sigtool": str(tool),
               "own_changes": all(r.get("own", True) for r in raws),
               "suites": [
-        {k: (sorted(v) if isinstance(v, set) else v) for k, v in a.items()
-         if k not in ("texts", "count")}
+        {**{k: v for k, v in a.items() if k not in ("texts", "count", "all")},
+         "signatures": {k: sorted(v) for k, v in a["all"].items()}}
         for a in analyses]}
     if args.timing:
         result["ms_16mib"] = timing(tool, base)

@@ -44,7 +44,11 @@ fn status_json_has_the_contract_fields() {
     let s = r.state();
     assert_eq!(s["backend"], "local");
     let key = &s["keys"][0];
-    assert_eq!(key["key"], "repo");
+    // `match = "signature"` (the default): the base key, then the failure's signature.
+    assert_eq!(
+        key["key"].as_str().unwrap(),
+        format!("repo#{}", key["signature"].as_str().unwrap())
+    );
     assert_eq!(key["status"], "fixing");
     assert_eq!(key["generation"], 1);
     assert_eq!(key["fix_commit"], serde_json::Value::Null);

@@ -14,8 +14,9 @@
 //! - **pytest's** header (versions, plugins, worker count, random seed), progress dots, the
 //!   warnings summary, the slowest durations, captured output of failing tests, worker lines
 //!   (`[gw3] linux -- Python …`), the final tally (`1 failed, 466 passed in 3.2s`: pass counts
-//!   differ between agents that added tests) and the truncated message after `FAILED id - `
-//!   (its width depends on the terminal; the `E` lines carry the whole message);
+//!   differ between agents that added tests) and a message cut to the terminal's width after
+//!   `FAILED id - ` (the `E` lines carry the whole message), and the listed items of an
+//!   explanation pytest cut short (which items of a set made it depends on hash order);
 //! - **cargo test's** tally (`test result: … 4 passed; 1 failed …`), what a failing test printed
 //!   before it panicked, and `; N warnings emitted` after `could not compile`;
 //! - **TAP** (node's test runner when not on a terminal): passing tests and their YAML blocks,
@@ -37,6 +38,7 @@ pub fn failure_lines(text: &str) -> Vec<Cow<'_, str>> {
         f.line(line);
     }
     f.flush_block();
+    f.flush_explanation();
     let keep_warnings = f.warnings_are_the_failure || !f.kept.iter().any(|l| is_evidence(l));
     if keep_warnings && !f.warnings.is_empty() {
         // No failure but the warnings: they are the failure. Original order is not needed (the
@@ -84,11 +86,16 @@ struct Filter<'a> {
     /// Indentation of a passing TAP test whose YAML block is being skipped.
     tap_skip_below: Option<usize>,
     block: Vec<&'a str>,
+    /// pytest's `E` lines of one failure, buffered until they end.
+    explanation: Vec<&'a str>,
 }
 
 impl<'a> Filter<'a> {
     fn line(&mut self, line: &'a str) {
         let t: &'a str = line.trim();
+        if !self.explanation.is_empty() && !is_explanation(t) {
+            self.flush_explanation();
+        }
         if self.continues_warning(line, t) {
             self.warnings.push(line);
             return;
@@ -107,6 +114,17 @@ impl<'a> Filter<'a> {
                 self.pytest = true;
                 self.region = Region::PytestHeader;
                 return;
+            }
+            // `pytest -q` prints no session banner: its sections say it is pytest.
+            const SECTIONS: &[&str] = &[
+                "FAILURES",
+                "ERRORS",
+                "short test summary info",
+                "warnings summary",
+                "PASSES",
+            ];
+            if fill == '=' && (SECTIONS.contains(&title) || title.starts_with("slowest ")) {
+                self.pytest = true;
             }
             if self.pytest {
                 self.flush_block();
@@ -159,6 +177,17 @@ impl<'a> Filter<'a> {
             return;
         }
         if self.tap && self.tap_line(line, t) {
+            return;
+        }
+        // pytest's progress (`tests/test_a.py ..F.   [ 40%]`), with whatever else landed on that
+        // line; also before anything says it is pytest (`pytest -q` has no header).
+        if let Some(rest) = after_progress(t) {
+            if !rest.is_empty() {
+                self.line(rest);
+            }
+            return;
+        }
+        if t.contains('.') && t.chars().all(|c| ".FEsxX".contains(c)) {
             return;
         }
         if self.pytest && self.pytest_line(line, t) {
@@ -255,13 +284,6 @@ impl<'a> Filter<'a> {
 
     /// A pytest line that is dropped here (or kept, rewritten).
     fn pytest_line(&mut self, line: &'a str, t: &'a str) -> bool {
-        // Progress (`tests/test_a.py ..F.   [ 40%]`), with whatever else landed on that line.
-        if let Some(rest) = after_progress(t) {
-            if !rest.is_empty() {
-                self.line(rest);
-            }
-            return true;
-        }
         if t.starts_with("[gw") && t.contains("] ") {
             // `[gw1] linux -- Python 3.11 /path/python`: which worker ran the test.
             if t.contains(" -- Python ") {
@@ -281,6 +303,10 @@ impl<'a> Filter<'a> {
         if t.starts_with("-- Docs: ") {
             return true;
         }
+        if is_explanation(t) {
+            self.explanation.push(line);
+            return true;
+        }
         // -v: `tests/x.py::t PASSED [ 10%]`, and xdist's `PASSED tests/x.py::t`: the percentage
         // depends on how many tests there are; passing ones say nothing.
         let t = match t.strip_suffix("%]").and_then(|r| r.rsplit_once('[')) {
@@ -293,9 +319,10 @@ impl<'a> Filter<'a> {
         if PASSING.contains(&first) || (PASSING.contains(&last) && t.contains("::")) {
             return true;
         }
-        // `FAILED id - message`: the message is cut to the terminal's width.
+        // `FAILED id - message`: a message cut to the terminal's width (`…...`) depends on that
+        // width; the `E` lines carry it whole. An uncut one stays (`--tb=no` shows nothing else).
         for head in ["FAILED ", "ERROR "] {
-            if t.starts_with(head) {
+            if t.starts_with(head) && t.ends_with("...") {
                 if let Some((id, _)) = t.split_once(" - ") {
                     self.kept.push(Cow::Borrowed(id));
                     return true;
@@ -307,6 +334,20 @@ impl<'a> Filter<'a> {
             return true;
         }
         false
+    }
+
+    /// pytest cuts a long explanation (`...Full output truncated`) after a few lines; the items
+    /// of a set are listed in hash order (random per process), so which items made it, and
+    /// which one carries the `...`, change from run to run. Of a cut explanation only its first
+    /// line and its headings (`Extra items in the left set:`) stay.
+    fn flush_explanation(&mut self) {
+        let lines = std::mem::take(&mut self.explanation);
+        let cut = lines.iter().any(|l| l.contains("Full output truncated"));
+        for (i, l) in lines.into_iter().enumerate() {
+            if !cut || i == 0 || l.trim_end().ends_with(':') {
+                self.kept.push(Cow::Borrowed(l));
+            }
+        }
     }
 
     fn flush_block(&mut self) {
@@ -383,6 +424,11 @@ fn after_progress(t: &str) -> Option<&str> {
         .is_none_or(|(p, _)| !p.trim().contains(' '));
     let is_marks = !marks.is_empty() && marks.chars().all(|c| ".FEsxXupP".contains(c));
     (is_marks && path_ok).then(|| t[close + 2..].trim())
+}
+
+/// A line of pytest's explanation of a failure: `E   assert 2 == 3`.
+fn is_explanation(t: &str) -> bool {
+    t == "E" || t.starts_with("E ")
 }
 
 fn is_cargo_block_end(t: &str) -> bool {
@@ -523,8 +569,15 @@ fn is_noise(t: &str) -> bool {
             }
         }
     }
-    // `cargo test`'s tally: the counts differ between agents that added tests.
-    if t.starts_with("test result: ") {
+    // `cargo test`'s and `pytest -q`'s tallies: the counts differ between agents that added
+    // tests (pytest's with a banner are handled with its sections).
+    if t.starts_with("test result: ")
+        || (t.starts_with(|c: char| c.is_ascii_digit()) && t.ends_with('s') && is_pytest_tally(t))
+    {
+        return true;
+    }
+    // pytest-xdist starting its workers.
+    if t == "bringing up nodes..." {
         return true;
     }
     is_compiler_command(t)
@@ -741,6 +794,69 @@ mod tests {
     }
 
     #[test]
+    fn a_cut_pytest_explanation_keeps_its_headings() {
+        // Two runs of one failure: set items in hash order, cut after a few.
+        let run = |items: &str| {
+            let mut out = String::from("=== test session starts ===\n\n=== FAILURES ===\n");
+            out += "E       AssertionError: assert {'A', 'B'} == {'a', 'b'}\nE         \n";
+            out += "E         Extra items in the left set:\n";
+            for item in items.split(' ') {
+                out += &format!("E         '{item}'\n");
+            }
+            out += "E         \nE         ...Full output truncated, use '-vv' to show\n\n";
+            out += "t.py:51: AssertionError\n";
+            let mut l = lines(&out);
+            l.sort();
+            l
+        };
+        assert_eq!(run("A B C..."), run("C A B..."));
+        assert!(
+            run("A B C...")
+                .iter()
+                .any(|l| l.ends_with("Extra items in the left set:"))
+        );
+        // Uncut, every item stays.
+        let out = "=== test session starts ===\n\nE   Extra items:\nE   'A'\nE   'B'\n";
+        assert_eq!(lines(out).len(), 3);
+    }
+
+    #[test]
+    fn pytest_quiet_has_no_header_and_is_still_pytest() {
+        // `pytest -q -n 2`: a GC-timed warning broke the progress line.
+        let out = "bringing up nodes...\n\
+                   \n\
+                   .F......./v/_pytest/unraisableexception.py:29: ResourceWarning: unclosed file\n  \
+                   gc.collect()\n\
+                   ResourceWarning: Enable tracemalloc to get the object allocation traceback\n\
+                   .                                            [100%]\n\
+                   =================== FAILURES ===================\n\
+                   __________________ test_names __________________\n\
+                   [gw0] linux -- Python 3.11.7 /v/bin/python\n\
+                   E       assert 2 == 3\n\
+                   ------------ Captured stdout call ------------\n\
+                   started 1795441742.950\n\
+                   ============ short test summary info ============\n\
+                   FAILED t.py::test_names - AssertionError: assert {'APPLE',...\n\
+                   1 failed, 14 passed, 8 warnings in 0.14s\n";
+        assert_eq!(
+            lines(out),
+            [
+                "=================== FAILURES ===================",
+                "__________________ test_names __________________",
+                "E       assert 2 == 3",
+                "============ short test summary info ============",
+                "FAILED t.py::test_names",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_uncut_pytest_message_stays() {
+        let out = "=== test session starts ===\nplatform linux\n\nFAILED t.py::a - KeyError: 'x'\n";
+        assert_eq!(lines(out), ["FAILED t.py::a - KeyError: 'x'"]);
+    }
+
+    #[test]
     fn tap_keeps_failures_and_their_details() {
         let out = "TAP version 13\n\
                    # Subtest: slug\n\
@@ -772,7 +888,6 @@ mod tests {
                 "    11 !== 10",
                 "  stack: |-",
                 "    TestContext.<anonymous> (/w/test/a.test.js:11:10)",
-                "  ...",
                 "# Error: Cannot find module './nope'",
             ]
         );

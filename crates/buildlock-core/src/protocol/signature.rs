@@ -484,9 +484,9 @@ mod tests {
     }
 
     /// Real outputs of one breakage run in 16 worktrees at once (`bench/signatures.py`), named
-    /// `<suite>.<breakage>.<round>.<worktree>.out`: chosen because the rule before this one gave
-    /// each of them a different signature (warnings, pass counts, worker ids, pids, timestamps,
-    /// make -j interleaving).
+    /// `<suite>.<breakage>.[run]r<round>.<worktree>.out`: chosen because the rule before this one
+    /// gave each of them a different signature (warnings, pass counts, worker ids, pids,
+    /// timestamps, make -j interleaving, set items in hash order).
     fn concurrent() -> Vec<(String, char, String)> {
         let dir =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/signature/concurrent");
@@ -500,10 +500,15 @@ mod tests {
                 .to_string_lossy()
                 .into_owned();
             let parts: Vec<&str> = file.split('.').collect();
-            let [suite, breakage, _round, agent, "out"] = parts[..] else {
-                panic!("fixture name {file} is not <suite>.<breakage>.<round>.<worktree>.out");
+            let [suite, breakage, round, agent, "out"] = parts[..] else {
+                panic!("fixture name {file} is not <suite>.<breakage>.[run]r<n>.<worktree>.out");
             };
-            let worktree = format!("/work/sigbench/base1/{suite}/wt/{agent}");
+            // The run the output came from: `r1` is base1's first round, `run4r1` run4's.
+            let run = match round.rsplit_once('r') {
+                Some((run, _)) if !run.is_empty() => run,
+                _ => "base1",
+            };
+            let worktree = format!("/work/sigbench/{run}/{suite}/wt/{agent}");
             let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
             let sig = signature(&bytes, Path::new(&worktree), Some(Path::new("/root")));
             out.push((
@@ -519,7 +524,7 @@ mod tests {
     fn one_breakage_run_concurrently_has_one_signature() {
         let all = concurrent();
         for suite in ["pytest", "pytest-warn", "cargo", "npm", "make"] {
-            for breakage in ['A', 'B'] {
+            for breakage in ['A', 'B', 'C'] {
                 let sigs: std::collections::BTreeSet<&str> = all
                     .iter()
                     .filter(|(s, b, _)| s == suite && *b == breakage)
@@ -555,7 +560,10 @@ mod tests {
                 }
             }
         }
-        assert!(groups.len() >= 9, "expected A and B fixtures: {groups:?}");
+        assert!(
+            groups.len() >= 15,
+            "expected A, B and C fixtures: {groups:?}"
+        );
     }
 
     #[test]
