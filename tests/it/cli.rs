@@ -104,7 +104,8 @@ fn status_for_people() {
     let out = buildlock(&r, &["status"], "x");
     let s = text(&out.stdout);
     assert!(
-        s.contains("key `repo`: FIXING (generation 1)")
+        s.contains("key `repo#")
+            && s.contains("`: FIXING (generation 1)")
             && s.contains("fixer     a1")
             && s.contains("waiting   a2"),
         "{s}"
@@ -136,7 +137,7 @@ fn release_by_the_fixer_only() {
     let out = buildlock(&r, &["release"], "a2");
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr).contains("`a1` fixes key `repo`"),
+        text(&out.stderr).contains("`a1` fixes key `repo#"),
         "{}",
         text(&out.stderr)
     );

@@ -39,8 +39,9 @@ pub fn failure_lines(text: &str) -> Vec<Cow<'_, str>> {
     }
     f.flush_block();
     f.flush_explanation();
-    let keep_warnings = f.warnings_are_the_failure || !f.kept.iter().any(|l| is_evidence(l));
-    if keep_warnings && !f.warnings.is_empty() {
+    let keep_warnings = !f.warnings.is_empty()
+        && (f.warnings_are_the_failure || !f.kept.iter().any(|l| is_evidence(l)));
+    if keep_warnings {
         // No failure but the warnings: they are the failure. Original order is not needed (the
         // signature sorts), so append.
         let mut all = f.kept;
@@ -103,7 +104,7 @@ impl<'a> Filter<'a> {
         if t.starts_with("[buildlock: ") && t.ends_with(" of output omitted]") {
             return;
         }
-        if t.contains("treated as error") {
+        if !self.warnings_are_the_failure && t.contains("treated as error") {
             self.warnings_are_the_failure = true;
         }
 
@@ -547,16 +548,20 @@ fn is_excerpt(t: &str) -> bool {
 
 /// Lines that say nothing about which failure this is.
 fn is_noise(t: &str) -> bool {
-    // The context lines gcc prints before the diagnostics of a function.
-    if t.contains(": In function ")
-        || t.contains(": In member function ")
-        || t.contains(": In constructor ")
-        || t.contains(": In destructor ")
-        || t.contains(": In instantiation of ")
-        || t.ends_with(": At top level:")
-        || t.ends_with(": At global scope:")
-        || t.starts_with("In file included from ")
+    // The context lines gcc prints before the diagnostics of a function (they end in `:`, a
+    // test that keeps this off most lines: this runs on every line of the output).
+    if t.ends_with(':')
+        && (t.contains(": In function ")
+            || t.contains(": In member function ")
+            || t.contains(": In constructor ")
+            || t.contains(": In destructor ")
+            || t.contains(": In instantiation of ")
+            || t.ends_with(": At top level:")
+            || t.ends_with(": At global scope:"))
     {
+        return true;
+    }
+    if t.starts_with("In file included from ") {
         return true;
     }
     if t.starts_with("make") {

@@ -286,12 +286,10 @@ fn classify_number(chars: &[char], last_word: &str) -> Option<(usize, &'static s
             .iter()
             .fold(0u64, |v, c| v * 10 + u64::from(*c as u8 - b'0'))
     };
-    if (n == 10 && (1_000_000_000..2_200_000_000).contains(&whole()))
-        || (n == 13 && (1_000_000_000_000..2_200_000_000_000).contains(&whole()))
-    {
-        if !at(len).is_some_and(is_word) {
-            return Some((len, "<time>"));
-        }
+    let unix_time = (n == 10 && (1_000_000_000..2_200_000_000).contains(&whole()))
+        || (n == 13 && (1_000_000_000_000..2_200_000_000_000).contains(&whole()));
+    if unix_time && !at(len).is_some_and(is_word) {
+        return Some((len, "<time>"));
     }
     // A unit right after it (or after one space) makes it a duration.
     let unit_start = if at(len) == Some(' ') { len + 1 } else { len };
