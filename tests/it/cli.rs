@@ -216,7 +216,10 @@ fn reset_of_an_unknown_key_lists_the_keys_and_changes_nothing() {
     assert_eq!(out.status.code(), Some(1));
     let e = text(&out.stderr);
     assert!(
-        e.contains("unknown key `nosuchkey`: nothing was changed") && e.contains("`repo` (fixing)"),
+        // `match = "signature"` (the default): the key is `repo#<signature>`.
+        e.contains("unknown key `nosuchkey`: nothing was changed")
+            && e.contains("`repo#")
+            && e.contains("` (fixing)"),
         "{e}"
     );
     let after = std::fs::read_dir(r.buildlock_dir().join("state"))
@@ -256,7 +259,7 @@ fn log_n_0_prints_nothing_and_long_agent_ids_fit() {
         columns.len() >= 3 && columns.iter().all(|c| *c == columns[0]),
         "{s}"
     );
-    assert!(s.contains(&format!(" {long} key `repo`")), "{s}");
+    assert!(s.contains(&format!(" {long} key `repo#")), "{s}");
 }
 
 #[test]
