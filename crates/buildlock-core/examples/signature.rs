@@ -10,10 +10,11 @@
 //!
 //! It prints to stdout and exits 2 on bad usage, 1 on an unreadable file; it never panics.
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::Path;
 use std::time::Instant;
 
+use buildlock_core::os::say;
 use buildlock_core::protocol::signature;
 
 fn main() {
@@ -23,7 +24,7 @@ fn main() {
         Some("--time") => time(&args[1..], home.as_deref()),
         None | Some("--show") if args.len() <= 1 => pairs(!args.is_empty(), home.as_deref()),
         _ => {
-            eprintln!("usage: signature [--show] < PAIRS | signature --time REPS WORKTREE FILE");
+            say::say("usage: signature [--show] < PAIRS | signature --time REPS WORKTREE FILE");
             2
         }
     };
@@ -31,18 +32,16 @@ fn main() {
 }
 
 fn pairs(show: bool, home: Option<&Path>) -> i32 {
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { return 1 };
         let Some((wt, file)) = line.split_once('\t') else {
-            eprintln!("expected WORKTREE<TAB>FILE, got {line:?}");
+            say::say(format!("expected WORKTREE<TAB>FILE, got {line:?}"));
             return 2;
         };
         let bytes = match std::fs::read(file) {
             Ok(b) => b,
             Err(e) => {
-                eprintln!("{file}: {e}");
+                say::say(format!("{file}: {e}"));
                 return 1;
             }
         };
@@ -54,7 +53,8 @@ fn pairs(show: bool, home: Option<&Path>) -> i32 {
                 text.push_str(l);
             }
         }
-        if writeln!(out, "{text}").is_err() {
+        if say::out(text).is_err() {
+            // A closed stdout: whoever reads has what they wanted.
             return 0;
         }
     }
@@ -63,17 +63,17 @@ fn pairs(show: bool, home: Option<&Path>) -> i32 {
 
 fn time(args: &[String], home: Option<&Path>) -> i32 {
     let [reps, wt, file] = args else {
-        eprintln!("usage: signature --time REPS WORKTREE FILE");
+        say::say("usage: signature --time REPS WORKTREE FILE");
         return 2;
     };
     let Ok(reps) = reps.parse::<usize>() else {
-        eprintln!("REPS must be a number, got {reps:?}");
+        say::say(format!("REPS must be a number, got {reps:?}"));
         return 2;
     };
     let bytes = match std::fs::read(file) {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("{file}: {e}");
+            say::say(format!("{file}: {e}"));
             return 1;
         }
     };
@@ -86,6 +86,6 @@ fn time(args: &[String], home: Option<&Path>) -> i32 {
         })
         .collect();
     ms.sort_by(f64::total_cmp);
-    println!("{:.1}", ms[ms.len() / 2]);
+    let _ = say::out(format!("{:.1}", ms[ms.len() / 2]));
     0
 }

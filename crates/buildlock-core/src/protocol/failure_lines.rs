@@ -11,7 +11,8 @@
 //!   garbage collector happens to run). Only when the output has a failure of its own, though: a
 //!   check that fails *because of* warnings (`--max-warnings 0`, `-W`, "treated as error") keeps
 //!   them, as they are then the failure;
-//! - **pytest's** header (versions, plugins, worker count, random seed), progress dots, the
+//! - **pytest's** (known by its session banner, or with `-q` by its section banners) header
+//!   (versions, plugins, worker count, random seed), progress dots, the
 //!   warnings summary, the slowest durations, captured output of failing tests, worker lines
 //!   (`[gw3] linux -- Python …`), the final tally (`1 failed, 466 passed in 3.2s`: pass counts
 //!   differ between agents that added tests) and a message cut to the terminal's width after
@@ -25,7 +26,11 @@
 //! - **make** and C compilers: echoed compiler command lines (which files were rebuilt),
 //!   `Waiting for unfinished jobs` (whether other jobs were still running), `Entering directory`,
 //!   and the `In function …:` context lines that precede diagnostics;
-//! - buildlock's own `[… bytes of output omitted]` marker.
+//! - node's warnings (`(node:1234) …Warning: …`), pytest-xdist's `bringing up nodes...`, and
+//!   buildlock's own `[… bytes of output omitted]` marker.
+//!
+//! Not handled (seen as different failures): a failure message that itself carries something
+//! random (a port, a generated name, a set printed in hash order outside pytest's explanations).
 
 use std::borrow::Cow;
 
