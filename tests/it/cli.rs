@@ -44,7 +44,11 @@ fn status_json_has_the_contract_fields() {
     let s = r.state();
     assert_eq!(s["backend"], "local");
     let key = &s["keys"][0];
-    assert_eq!(key["key"], "repo");
+    // `match = "signature"` (the default): the base key, then the failure's signature.
+    assert_eq!(
+        key["key"].as_str().unwrap(),
+        format!("repo#{}", key["signature"].as_str().unwrap())
+    );
     assert_eq!(key["status"], "fixing");
     assert_eq!(key["generation"], 1);
     assert_eq!(key["fix_commit"], serde_json::Value::Null);
@@ -100,7 +104,8 @@ fn status_for_people() {
     let out = buildlock(&r, &["status"], "x");
     let s = text(&out.stdout);
     assert!(
-        s.contains("key `repo`: FIXING (generation 1)")
+        s.contains("key `repo#")
+            && s.contains("`: FIXING (generation 1)")
             && s.contains("fixer     a1")
             && s.contains("waiting   a2"),
         "{s}"
@@ -132,7 +137,7 @@ fn release_by_the_fixer_only() {
     let out = buildlock(&r, &["release"], "a2");
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr).contains("`a1` fixes key `repo`"),
+        text(&out.stderr).contains("`a1` fixes key `repo#"),
         "{}",
         text(&out.stderr)
     );
@@ -211,7 +216,10 @@ fn reset_of_an_unknown_key_lists_the_keys_and_changes_nothing() {
     assert_eq!(out.status.code(), Some(1));
     let e = text(&out.stderr);
     assert!(
-        e.contains("unknown key `nosuchkey`: nothing was changed") && e.contains("`repo` (fixing)"),
+        // `match = "signature"` (the default): the key is `repo#<signature>`.
+        e.contains("unknown key `nosuchkey`: nothing was changed")
+            && e.contains("`repo#")
+            && e.contains("` (fixing)"),
         "{e}"
     );
     let after = std::fs::read_dir(r.buildlock_dir().join("state"))
@@ -251,7 +259,7 @@ fn log_n_0_prints_nothing_and_long_agent_ids_fit() {
         columns.len() >= 3 && columns.iter().all(|c| *c == columns[0]),
         "{s}"
     );
-    assert!(s.contains(&format!(" {long} key `repo`")), "{s}");
+    assert!(s.contains(&format!(" {long} key `repo#")), "{s}");
 }
 
 #[test]

@@ -1,28 +1,39 @@
 //! Failure signatures: a stable hash of a failure's output after normalisation.
 //!
 //! Two agents in different worktrees, on different machines, at different times, that hit the same
-//! error must get the same signature; different errors should get different ones. The hash is
+//! error must get the same signature; different errors must get different ones. The hash is
 //! FNV-1a 64 over the normalised text, written as 16 lowercase hex digits: it depends on nothing
-//! but the bytes, so it is the same on every machine and every version of buildlock.
+//! but the bytes, so it is the same on every machine. The rules below are part of it: a version
+//! of buildlock that changes them gives some failures new signatures (the agents of a repository
+//! share the one binary install.sh puts in the git common dir, so they agree with each other).
 //!
 //! Normalisation, in order:
-//! 1. bytes are read as UTF-8 (invalid sequences replaced); ANSI escape sequences are removed; of a
-//!    line rewritten with `\r` (progress bars) only the last rewrite is kept;
-//! 2. the work tree's absolute path becomes `<worktree>` and the home directory `~`;
-//! 3. in each line: temp paths (`/tmp/…`, `/var/tmp/…`, `/var/folders/…`, `$TMPDIR/…`) become
+//! 1. bytes are read as UTF-8 (invalid sequences replaced); ANSI escape sequences are removed;
+//! 2. only the lines that carry the failure are kept ([`failure_lines`]): warnings (when the
+//!    output has a failure of its own), test-runner tallies, progress, captured chatter, worker
+//!    lines, passing tests and make's job-control lines go; of a line rewritten with `\r`
+//!    (progress bars) only the last rewrite counts;
+//! 3. the work tree's absolute path becomes `<worktree>` and the home directory `~`;
+//! 4. in each line: temp paths (`/tmp/…`, `/var/tmp/…`, `/var/folders/…`, `$TMPDIR/…`) become
 //!    `<tmp>`; `0x…` addresses `<addr>`; hex runs of 8 or more with a digit in them (hashes, build
-//!    ids) `<hex>`; clock times `<time>`; dates `<date>`; durations (`0.52s`, `12 ms`, `1.5min`,
-//!    and the number after `duration`/`elapsed` keys) `<dur>`; a Rust panic's thread id `<tid>`;
-//! 4. runs of three or more `=`, `-`, `_`, `*`, `#` or `~` shrink to three (test runners pad
+//!    ids) `<hex>`; clock times and Unix times (seconds or milliseconds) `<time>`; dates
+//!    `<date>`; durations (`0.52s`, `12 ms`, `1.5min`, and the number after `duration`/`elapsed`
+//!    keys) `<dur>`; the number after `pid` or `(node:` `<pid>`; after a `…seed` key `<seed>`;
+//!    pytest-xdist worker ids (`gw3`) `gw<n>`; a Rust panic's thread id `<tid>`;
+//! 5. runs of three or more `=`, `-`, `_`, `*`, `#` or `~` shrink to three (test runners pad
 //!    their banners to a width that depends on the durations in them); whitespace runs become one
 //!    space; lines are trimmed;
-//! 5. lines that carry no failure are dropped: empty lines, build progress (`Compiling`,
+//! 6. lines that carry no failure are dropped: empty lines, build progress (`Compiling`,
 //!    `Finished`, `Running`, …), passing tests (`… ok`), package-manager notices and test-runner
 //!    headers that name tool versions;
-//! 6. the remaining lines are sorted and deduplicated, so that parallel test runners printing in a
+//! 7. the remaining lines are sorted and deduplicated, so that parallel test runners printing in a
 //!    different order give the same signature.
+//!
+//! Measured: `python3 bench/signatures.py` (the figures are in the README, "Failure signatures").
 
 use std::path::Path;
+
+use super::failure_lines::failure_lines;
 
 /// The signature of a failure's output: 16 hex digits.
 pub fn signature(output: &[u8], worktree: &Path, home: Option<&Path>) -> String {
@@ -50,13 +61,14 @@ pub fn normalise(output: &[u8], worktree: &Path, home: Option<&Path>) -> String 
     // Longest first, so that a work tree inside the home directory becomes `<worktree>`.
     roots.sort_by_key(|(r, _)| std::cmp::Reverse(r.len()));
 
-    let mut lines: Vec<String> = text
-        .lines()
-        .map(|line| line.rsplit('\r').next().unwrap_or(line))
+    let mut lines: Vec<String> = failure_lines(&text)
+        .into_iter()
         .map(|line| {
-            let mut line = line.to_owned();
+            let mut line = line.into_owned();
             for (root, with) in &roots {
-                line = line.replace(root.as_str(), with);
+                if line.contains(root.as_str()) {
+                    line = line.replace(root.as_str(), with);
+                }
             }
             normalise_line(&line)
         })
@@ -124,6 +136,8 @@ const DURATION_KEYS: &[&str] = &[
     "time_ms",
     "elapsed_ms",
 ];
+/// Keys whose number is a process id: `pid 123`, `pid=123`, node's `(node:123)`.
+const PID_KEYS: &[&str] = &["pid", "ppid", "node"];
 
 fn normalise_line(line: &str) -> String {
     let temp_dir = crate::os::env::temp_dir_prefix();
@@ -171,6 +185,16 @@ fn normalise_line(line: &str) -> String {
         if is_word(chars[i]) {
             let len = chars[i..].iter().take_while(|c| is_word(**c)).count();
             last_word = chars[i..i + len].iter().collect();
+            // pytest-xdist's worker ids (`gw3`): which worker ran a test.
+            if at_boundary
+                && len > 2
+                && last_word.starts_with("gw")
+                && last_word[2..].bytes().all(|b| b.is_ascii_digit())
+            {
+                out.push_str("gw<n>");
+                i += len;
+                continue;
+            }
             out.extend(&chars[i..i + len]);
             i += len;
             continue;
@@ -245,8 +269,27 @@ fn classify_number(chars: &[char], last_word: &str) -> Option<(usize, &'static s
     if at(len) == Some('.') && digits(len + 1) > 0 {
         len += 1 + digits(len + 1);
     }
-    if DURATION_KEYS.contains(&last_word.to_ascii_lowercase().as_str()) {
+    let key = last_word.to_ascii_lowercase();
+    if DURATION_KEYS.contains(&key.as_str()) {
         return Some((len, "<dur>"));
+    }
+    if PID_KEYS.contains(&key.as_str()) && len == n {
+        return Some((len, "<pid>"));
+    }
+    // `--randomly-seed=123`, `PYTHONHASHSEED=4`, `seed: 42`.
+    if key.ends_with("seed") && len == n {
+        return Some((len, "<seed>"));
+    }
+    // Unix times in seconds or milliseconds (2001 to 2039), as tests print them.
+    let whole = || {
+        chars[..n]
+            .iter()
+            .fold(0u64, |v, c| v * 10 + u64::from(*c as u8 - b'0'))
+    };
+    let unix_time = (n == 10 && (1_000_000_000..2_200_000_000).contains(&whole()))
+        || (n == 13 && (1_000_000_000_000..2_200_000_000_000).contains(&whole()));
+    if unix_time && !at(len).is_some_and(is_word) {
+        return Some((len, "<time>"));
     }
     // A unit right after it (or after one space) makes it a duration.
     let unit_start = if at(len) == Some(' ') { len + 1 } else { len };
@@ -436,6 +479,107 @@ mod tests {
             signature(&out, Path::new("/tmp/sigfx/wt-alpha"), None),
             signature(changed.as_bytes(), Path::new("/tmp/sigfx/wt-alpha"), None)
         );
+    }
+
+    /// Real outputs of one breakage run in 16 worktrees at once (`bench/signatures.py`), named
+    /// `<suite>.<breakage>.[run]r<round>.<worktree>.out`: chosen because the rule before this one
+    /// gave each of them a different signature (warnings, pass counts, worker ids, pids,
+    /// timestamps, make -j interleaving, set items in hash order).
+    fn concurrent() -> Vec<(String, char, String)> {
+        let dir =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/signature/concurrent");
+        let mut out = Vec::new();
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        for entry in entries {
+            let path = entry.expect("fixture dir entry").path();
+            let file = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let parts: Vec<&str> = file.split('.').collect();
+            let [suite, breakage, round, agent, "out"] = parts[..] else {
+                panic!("fixture name {file} is not <suite>.<breakage>.[run]r<n>.<worktree>.out");
+            };
+            // The run the output came from: `r1` is base1's first round, `run4r1` run4's.
+            let run = match round.rsplit_once('r') {
+                Some((run, _)) if !run.is_empty() => run,
+                _ => "base1",
+            };
+            let worktree = format!("/work/sigbench/{run}/{suite}/wt/{agent}");
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let sig = signature(&bytes, Path::new(&worktree), Some(Path::new("/root")));
+            out.push((
+                suite.to_owned(),
+                breakage.chars().next().unwrap_or('?'),
+                sig,
+            ));
+        }
+        out
+    }
+
+    #[test]
+    fn one_breakage_run_concurrently_has_one_signature() {
+        let all = concurrent();
+        for suite in ["pytest", "pytest-warn", "cargo", "npm", "make"] {
+            for breakage in ['A', 'B', 'C'] {
+                let sigs: std::collections::BTreeSet<&str> = all
+                    .iter()
+                    .filter(|(s, b, _)| s == suite && *b == breakage)
+                    .map(|(_, _, sig)| sig.as_str())
+                    .collect();
+                assert!(
+                    sigs.len() <= 1,
+                    "{suite} breakage {breakage}: {} signatures",
+                    sigs.len()
+                );
+                if breakage == 'A' {
+                    assert_eq!(sigs.len(), 1, "{suite}: no fixture of breakage A");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn different_breakages_run_concurrently_never_share_a_signature() {
+        let all = concurrent();
+        let groups: std::collections::BTreeMap<String, std::collections::BTreeSet<&str>> =
+            all.iter().fold(Default::default(), |mut m, (s, b, sig)| {
+                m.entry(format!("{s} {b}"))
+                    .or_default()
+                    .insert(sig.as_str());
+                m
+            });
+        let mut owner = std::collections::BTreeMap::new();
+        for (group, sigs) in &groups {
+            for sig in sigs {
+                if let Some(other) = owner.insert(*sig, group) {
+                    panic!("{group} and {other} share signature {sig}");
+                }
+            }
+        }
+        assert!(
+            groups.len() >= 15,
+            "expected A, B and C fixtures: {groups:?}"
+        );
+    }
+
+    #[test]
+    fn noise_of_concurrent_runs_is_normalised() {
+        let wt = Path::new("/w");
+        let n = |s: &str| normalise(s.as_bytes(), wt, None);
+        assert_eq!(
+            n("error: worker gw3 crashed"),
+            "error: worker gw<n> crashed"
+        );
+        assert_eq!(n("error in pid 4242"), "error in pid <pid>");
+        assert_eq!(n("error (node:13832) x"), "error (node:<pid>) x");
+        assert_eq!(n("error, seed=12345"), "error, seed=<seed>");
+        assert_eq!(n("error at 1795439979.417"), "error at <time>");
+        assert_eq!(n("error at 1795439949189 ms"), "error at <time> ms");
+        // Small numbers and other long ones stay: they can be what the failure is about.
+        assert_eq!(n("error: expected 3 got 4"), "error: expected 3 got 4");
+        assert_eq!(n("error: 3000000 too big"), "error: 3000000 too big");
     }
 
     #[test]
