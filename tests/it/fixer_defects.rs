@@ -246,7 +246,6 @@ fn a_fix_made_with_commit_amend_is_handed_over() {
 /// the maximum), and within `stale_after` a waiter takes the live fixer over and runs a second
 /// fix. Every process here sees the same stepped clock (an `LD_PRELOAD` shim).
 #[test]
-#[ignore = "defect: a backward clock step makes live fixers look silent and they are taken over"]
 fn a_backward_clock_step_does_not_get_a_live_fixer_taken_over() {
     let r = TestRepo::new("");
     let status = r.shared("status");
@@ -444,7 +443,6 @@ fn many_open_signature_keys_are_not_lost() {
 /// `stale_after` later, at most a minute) its lease looks expired, and an agent that fails in
 /// that window takes the live fixer over and stops its fix.
 #[test]
-#[ignore = "defect: a forward clock step lets the next failure take a live, lock-holding fixer over"]
 fn a_forward_clock_step_does_not_get_a_live_fixer_taken_over() {
     let r = TestRepo::new("");
     let status = r.shared("status");

@@ -25,6 +25,7 @@ pub(crate) fn fixer_liveness(ctx: &Context, s: &KeyState) -> Option<Liveness> {
         generation_floor: 0,
         passes: 0,
         fixer_lock_free: ctx.store.fixer_gone(&s.key, s.generation),
+        fixer_running: ctx.store.fixer_running(&s.key, s.generation),
         seen_silent: None,
     };
     Some(liveness(f, s.generation, &seen))

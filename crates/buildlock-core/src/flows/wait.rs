@@ -133,7 +133,9 @@ pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
             }
         }
         let lease = (state.generation, fixer.heartbeat);
-        if last_lease != Some(lease) {
+        // A holder that runs is alive whatever its lease says (a clock step): no silence.
+        let running = fixer.registered && w.store.fixer_running(w.key, state.generation);
+        if last_lease != Some(lease) || running {
             last_lease = Some(lease);
             lease_seen_at = Instant::now();
         } else if lease_seen_at.elapsed() >= w.stale_after {

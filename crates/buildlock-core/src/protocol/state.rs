@@ -268,6 +268,9 @@ pub struct Observed {
     pub passes: u64,
     /// The key's fixer lock (of the current generation) is free right now.
     pub fixer_lock_free: bool,
+    /// The key's fixer lock is held by a process that runs (not stopped): the fixer is alive
+    /// whatever its lease says, so no clock step can get it taken over.
+    pub fixer_running: bool,
     /// The caller watched the fixer's lease `(generation, heartbeat)` stay unchanged for
     /// `stale_after` on its own monotonic clock.
     pub seen_silent: Option<(u64, Millis)>,
@@ -288,6 +291,9 @@ pub enum Liveness {
 pub fn liveness(fixer: &Fixer, generation: u64, seen: &Observed) -> Liveness {
     if fixer.registered && seen.fixer_lock_free {
         return Liveness::Dead;
+    }
+    if fixer.registered && seen.fixer_running {
+        return Liveness::Live;
     }
     if seen.seen_silent == Some((generation, fixer.heartbeat)) {
         return Liveness::Stale;
@@ -634,6 +640,7 @@ mod tests {
             generation_floor: 0,
             passes: 0,
             fixer_lock_free: true,
+            fixer_running: false,
             seen_silent: None,
         }
     }
@@ -1124,6 +1131,33 @@ mod tests {
             }
         ));
         assert_eq!(next.generation, 2);
+    }
+
+    #[test]
+    fn a_running_lock_holder_is_live_whatever_its_lease_says() {
+        // A clock step makes the lease look a day old (or a day ahead); the holder still runs.
+        let s = fixing("y", 1);
+        let (s, _) = transition(&s, &register("y", 1, 6, None), &seen(T0));
+        for now in [T0 + 24 * 3600 * 1000, T0 - 24 * 3600 * 1000] {
+            let running = Observed {
+                fixer_lock_free: false,
+                fixer_running: true,
+                ..seen(now)
+            };
+            assert!(matches!(
+                transition(&s, &fail("x"), &running).1,
+                Outcome::Wait { .. }
+            ));
+        }
+        // Stopped (SIGSTOP): the lease decides again.
+        let stopped = Observed {
+            fixer_lock_free: false,
+            ..seen(T0 + LEASE)
+        };
+        assert!(matches!(
+            transition(&s, &fail("x"), &stopped).1,
+            Outcome::Elected { .. }
+        ));
     }
 
     #[test]

@@ -185,6 +185,9 @@ impl Store for LocalStore {
             }
             _ => true,
         };
+        let registered = before.fixer.as_ref().is_some_and(|f| f.registered);
+        let fixer_running =
+            registered && !fixer_lock_free && self.fixer_running(key, before.generation);
         let seen = Observed {
             now: time::now(),
             stale_after: policy.stale_after.as_millis().min(u128::from(u64::MAX)) as Millis,
@@ -192,6 +195,7 @@ impl Store for LocalStore {
             generation_floor: totals.generation,
             passes: file.passes,
             fixer_lock_free,
+            fixer_running,
             seen_silent,
         };
         let (after, outcome) = transition(&before, event, &seen);
@@ -311,6 +315,13 @@ impl Store for LocalStore {
 
     fn fixer_gone(&self, key: &str, generation: u64) -> bool {
         lock::is_free(&self.fixer_lock_path(key, generation)).unwrap_or(false)
+    }
+
+    fn fixer_running(&self, key: &str, generation: u64) -> bool {
+        matches!(
+            lock::holder(&self.fixer_lock_path(key, generation)),
+            Some((_, false))
+        )
     }
 
     fn wait_change(&self, _key: &str, timeout: Duration) {

@@ -169,6 +169,13 @@ pub trait Store: Send + Sync {
     /// free). Backends that cannot see a process die answer `false` and rely on the lease.
     fn fixer_gone(&self, key: &str, generation: u64) -> bool;
 
+    /// Whether a process that runs (is not stopped) holds the fixer role of `key`'s
+    /// `generation`: such a fixer is alive, whatever the clocks say. Backends that cannot tell
+    /// answer `false`.
+    fn fixer_running(&self, _key: &str, _generation: u64) -> bool {
+        false
+    }
+
     /// Sleeps until `key`'s state may have changed (or its fixer died), a signal arrived, or
     /// `timeout` passed. Callers re-read after every wake-up.
     fn wait_change(&self, key: &str, timeout: Duration);

@@ -867,6 +867,7 @@ impl Store for RemoteStore {
                     generation_floor: floor,
                     passes: view.base_passes,
                     fixer_lock_free: false,
+                    fixer_running: false,
                     seen_silent,
                 };
                 let (mut after, outcome) = transition(before, event, &seen);
