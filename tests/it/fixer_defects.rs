@@ -302,7 +302,6 @@ fn a_backward_clock_step_does_not_get_a_live_fixer_taken_over() {
 /// re-check passes slowly (3 s, longer than `stale_after`), nothing renews its lease meanwhile,
 /// and the waiter takes it over and is elected a second fixer of a breakage already fixed.
 #[test]
-#[ignore = "defect: a fixer's own slow re-check in the plain hook flow lets a waiter take over"]
 fn a_fixer_by_hand_keeps_its_lease_through_a_slow_recheck() {
     let (r, ta, _tb, b) = a_elected_b_waiting(
         "check = \"grep -qx ok state.txt || exit 1; sleep 3\"\n\

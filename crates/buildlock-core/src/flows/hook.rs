@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 use crate::flows::context::{Context, LoadError};
 use crate::flows::decision::{Decision, Verdict};
 use crate::flows::fixcommit;
+use crate::flows::lease::Heartbeat;
 use crate::flows::wait::{self, WaitEnd};
 use crate::os::check::{self, Ending};
 use crate::os::{env, say, signals, time};
-use crate::protocol::state::{Event, FixSeen, KeyState, Outcome, Status};
+use crate::protocol::state::{Event, FixSeen, KeyState, Lease, Outcome, Status};
 use crate::protocol::{exit, key, signature};
 use crate::store::{BaseView, Interrupted};
 
@@ -124,7 +125,7 @@ impl Hook<'_> {
                 Some(_) => BaseView::default(),
             };
             let passes_seen = (stale_reruns < MAX_STALE_RERUNS).then_some(view.passes);
-            let run = match self.run_check() {
+            let run = match self.run_check(&view) {
                 Ok(run) => run,
                 Err(e) => {
                     say::say(format!("cannot run the check: {e:#}"));
@@ -212,7 +213,34 @@ impl Hook<'_> {
         }
     }
 
-    fn run_check(&self) -> std::io::Result<check::Run> {
+    fn run_check(&self, view: &BaseView) -> std::io::Result<check::Run> {
+        // A fixer by hand (no commit-retry renewing its lease) keeps its lease through its own
+        // re-check, however long the check takes.
+        let _leases: Vec<Heartbeat> = view
+            .keys
+            .iter()
+            .filter(|s| {
+                s.status == Status::Fixing
+                    && s.fixer
+                        .as_ref()
+                        .is_some_and(|f| f.agent == self.ctx.agent && !f.registered)
+            })
+            .map(|s| {
+                let lease = Lease {
+                    agent: self.ctx.agent.clone(),
+                    generation: s.generation,
+                    heartbeat: time::now(),
+                };
+                let _ = self.ctx.store.write_lease(&s.key, &lease);
+                Heartbeat::start(
+                    self.ctx.store.clone(),
+                    s.key.clone(),
+                    self.ctx.agent.clone(),
+                    s.generation,
+                    self.ctx.config.stale_after,
+                )
+            })
+            .collect();
         // Check slots (issue 12): at most `check_slots` checks at once; nothing when 0.
         let _slot = match crate::flows::slots::take(self.ctx, Some(self.parent))
             .map_err(|e| std::io::Error::other(format!("{e:#}")))?
