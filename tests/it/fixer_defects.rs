@@ -324,7 +324,6 @@ fn a_fixer_by_hand_keeps_its_lease_through_a_slow_recheck() {
 /// decision folder (`<common dir>/buildlock/run/`) and exits 70 without even trying the commit.
 /// The contract: a passing check is never refused because coordination failed.
 #[test]
-#[ignore = "defect: commit-retry refuses a passing commit when its decision folder cannot be made"]
 fn commit_retry_commits_a_passing_check_with_a_read_only_coordination_dir() {
     let r = TestRepo::new("");
     let ok = r.shared("ok");

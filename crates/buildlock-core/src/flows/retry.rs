@@ -361,11 +361,18 @@ impl Retry<'_> {
     /// Runs `git commit` with our arguments untouched, asking the hook for its decision, and
     /// waits for it by blocking (no polling).
     fn commit(&self, role: Option<&Role>, seen_silent: Option<(u64, u64)>) -> Result<GitRun> {
-        let run_dir = self.ctx.home.join("run");
+        // The hand-over file lives in the coordination dir, or, where that cannot be written
+        // (read-only, full), in the temp dir: a passing commit must never be refused for it.
+        let mut run_dir = self.ctx.home.join("run");
         remove_old_decisions(&run_dir);
-        std::fs::create_dir_all(&run_dir)
-            .with_context(|| format!("cannot create {}", run_dir.display()))?;
-        let decision_path = run_dir.join(format!("{}-{}.json", std::process::id(), time::now()));
+        if std::fs::create_dir_all(&run_dir).is_err() || !writable(&run_dir) {
+            run_dir = std::env::temp_dir();
+        }
+        let decision_path = run_dir.join(format!(
+            "buildlock-decision-{}-{}.json",
+            std::process::id(),
+            time::now()
+        ));
         let mut cmd = Command::new(&self.git);
         cmd.arg("commit")
             .args(&self.args)
@@ -491,6 +498,14 @@ enum Waited {
     Again,
     Silent((u64, u64)),
     Exit(i32),
+}
+
+/// Whether a file can be created in `dir` right now.
+fn writable(dir: &Path) -> bool {
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    let ok = std::fs::write(&probe, b"").is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
 }
 
 /// Decision files older than a day: left by a commit-retry that was killed mid-commit.
