@@ -1,7 +1,6 @@
-//! Defects found in review of issue 8's work (listed in `docs/issue8-cases.md`): each test
-//! fails on main as of bc5be4e and is ignored until the core is fixed, so that CI stays green.
-//! Run them with `cargo test --test it fixer_defects -- --ignored`; remove the `#[ignore]` with
-//! the fix.
+//! Defects found by the fault review of issue 8's work (listed in `docs/issue8-cases.md`): each
+//! test failed on main as of bc5be4e and passes since the commit that fixed it (each names its
+//! test).
 
 use crate::fixer_cases::{
     assert_never_two_fixes, clock_shift_library, commit_breakage, commit_retry, configure,
@@ -352,13 +351,14 @@ fn commit_retry_commits_a_passing_check_with_a_read_only_coordination_dir() {
 /// same disk). commit-retry then takes git's exit code for its own and exits 1, which the
 /// contract reserves for "you are the fixer". It must exit 70.
 #[test]
-#[ignore = "defect: commit-retry exits 1 (\"you are the fixer\") when the coordination disk is full"]
 fn commit_retry_exits_70_when_the_coordination_disk_is_full() {
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("needs root to mount a small tmpfs: skipped");
         return;
     }
-    let r = TestRepo::new("check = \"false\"\n[hook]\nwait = false\n");
+    // commit-retry retries a coordination failure within `coordination.wait`, then exits 70.
+    let r =
+        TestRepo::new("check = \"false\"\n[hook]\nwait = false\n[coordination]\nwait = \"3s\"\n");
     let dir = r.buildlock_dir();
     std::fs::create_dir_all(&dir).unwrap();
     let mount = |args: &str| {
@@ -401,7 +401,6 @@ fn commit_retry_exits_70_when_the_coordination_disk_is_full() {
 /// runs: 1,700 agents with distinct failures left 95 keys on record.) Here the open keys are
 /// cloned from a real one to keep the test fast.
 #[test]
-#[ignore = "defect: open signature keys are unbounded; past 1 MiB the state reads as damaged and all are lost"]
 fn many_open_signature_keys_are_not_lost() {
     let r = TestRepo::new(
         "check = \"echo error in $BUILDLOCK_AGENT; false\"\n[coordination]\nmatch = \"signature\"\n\

@@ -51,6 +51,9 @@ pub struct Decision {
     pub claimed: Vec<String>,
 }
 
+/// What the hook says when it cannot write its decision; commit-retry recognises it.
+pub const HAND_OVER_FAILED: &str = "cannot hand the decision to commit-retry";
+
 impl Decision {
     pub fn new(verdict: Verdict) -> Decision {
         Decision {
@@ -73,10 +76,7 @@ impl Decision {
         if let Some(path) = crate::os::env::decision_file() {
             if let Ok(json) = serde_json::to_vec(self) {
                 if let Err(e) = std::fs::write(&path, json) {
-                    crate::os::say::warn(format!(
-                        "cannot hand the decision to commit-retry at {}: {e}",
-                        path.display()
-                    ));
+                    crate::os::say::warn(format!("{HAND_OVER_FAILED} at {}: {e}", path.display()));
                 }
             }
         }

@@ -425,7 +425,12 @@ impl Retry<'_> {
         };
         let _ = waiter.join();
         let tail = String::from_utf8_lossy(&tail.join().unwrap_or_default()).into_owned();
-        let decision = Decision::read(&decision_path);
+        let mut decision = Decision::read(&decision_path);
+        if decision.is_none() && tail.contains(crate::flows::decision::HAND_OVER_FAILED) {
+            // The hook decided but could not say what: treat it as coordination failing, never
+            // as git's own exit code (which would read as "you are the fixer").
+            decision = Some(Decision::new(Verdict::CoordinationFailed));
+        }
         let _ = std::fs::remove_file(&decision_path);
         let lock_contention =
             tail.contains(".lock': File exists") || tail.contains("cannot lock ref");
@@ -503,7 +508,8 @@ enum Waited {
 /// Whether a file can be created in `dir` right now.
 fn writable(dir: &Path) -> bool {
     let probe = dir.join(format!(".probe-{}", std::process::id()));
-    let ok = std::fs::write(&probe, b"").is_ok();
+    // As large as a decision: a full disk still lets an empty file be created.
+    let ok = std::fs::write(&probe, [b' '; 1024]).is_ok();
     let _ = std::fs::remove_file(&probe);
     ok
 }

@@ -49,7 +49,11 @@ pub const SCHEMA: u32 = 2;
 pub const KEEP_PASSING: usize = 16;
 /// Base files kept in `state/`.
 pub const KEEP_BASES: usize = 64;
-const MAX_STATE_BYTES: u64 = 1 << 20;
+/// A guard against an absurd file, not a limit on keys: a base file with thousands of open keys
+/// is read whole (its growth is bounded by `put`, not by refusing to read it).
+const MAX_STATE_BYTES: u64 = 64 << 20;
+/// Broken keys (nobody fixing) kept per base file, the newest.
+pub const KEEP_BROKEN: usize = 64;
 const HISTORY_CAP: u64 = 1 << 20;
 const KEEP_LOGS: usize = 200;
 const ELECTION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -85,26 +89,32 @@ impl BaseFile {
         self.keys.iter().find(|k| k.key == key)
     }
 
-    /// Puts `state` in, and keeps the file small: every open key, and the newest passing ones.
+    /// Puts `state` in, and keeps the file small: every key being fixed, the newest broken ones
+    /// (nobody fixes them; a new failure elects a fixer anyway) and the newest passing ones.
     fn put(&mut self, state: KeyState) {
         self.passes = self.passes.max(state.passed);
         match self.keys.iter_mut().find(|k| k.key == state.key) {
             Some(k) => *k = state,
             None => self.keys.push(state),
         }
-        let mut passing: Vec<(Millis, String)> = self
-            .keys
-            .iter()
-            .filter(|k| k.status == Status::Passing)
-            .map(|k| (k.changed, k.key.clone()))
-            .collect();
-        if passing.len() > KEEP_PASSING {
-            passing.sort();
-            let drop: Vec<String> = passing[..passing.len() - KEEP_PASSING]
+        for (status, keep) in [
+            (Status::Passing, KEEP_PASSING),
+            (Status::Broken, KEEP_BROKEN),
+        ] {
+            let mut these: Vec<(Millis, String)> = self
+                .keys
                 .iter()
-                .map(|(_, k)| k.clone())
+                .filter(|k| k.status == status)
+                .map(|k| (k.changed, k.key.clone()))
                 .collect();
-            self.keys.retain(|k| !drop.contains(&k.key));
+            if these.len() > keep {
+                these.sort();
+                let drop: std::collections::HashSet<String> = these[..these.len() - keep]
+                    .iter()
+                    .map(|(_, k)| k.clone())
+                    .collect();
+                self.keys.retain(|k| !drop.contains(&k.key));
+            }
         }
         self.keys.sort_by(|a, b| a.key.cmp(&b.key));
     }
