@@ -25,6 +25,7 @@ pub mod env;
 pub mod exit;
 pub mod fault;
 pub mod hook;
+pub mod installation;
 pub mod key;
 pub mod lease;
 pub mod ops;
