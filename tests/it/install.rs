@@ -680,6 +680,14 @@ fn committed_hooks_folder_keeps_working_for_a_teammate_without_buildlock() {
         shim,
         std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("hooks/pre-commit")).unwrap()
     );
+    let before = (snapshot(&hooks), snapshot(&r.buildlock_dir()));
+    let out = install(&r, &r.dir, &[]);
+    assert!(text(&out.stdout).contains("already buildlock's"));
+    assert_eq!(
+        before,
+        (snapshot(&hooks), snapshot(&r.buildlock_dir())),
+        "twice changes nothing"
+    );
     std::fs::write(r.dir.join(".buildlock.toml"), NO_WAIT).unwrap();
     r.git(&["add", "-A"]);
     r.git(&["commit", "-q", "-m", "buildlock shim", "--no-verify"]);
