@@ -374,6 +374,17 @@ fn assert_is_our_script(hook: &Path, repo: &Path) {
         )),
         "{script}"
     );
+    let found =
+        buildlock_core::installation::inspect(hook.parent().unwrap(), &repo.join(".git/buildlock"));
+    if hook.file_name().unwrap() == "pre-commit" {
+        assert_eq!(
+            found,
+            buildlock_core::installation::HookInstall::Ours {
+                hook: hook.to_owned(),
+                form: buildlock_core::installation::Form::Script
+            }
+        );
+    }
 }
 
 fn shell_quote(word: &str) -> String {
@@ -675,6 +686,13 @@ fn committed_hooks_folder_keeps_working_for_a_teammate_without_buildlock() {
         std::fs::read_to_string(hooks.join("pre-commit.chained")).unwrap(),
         team
     );
+    assert!(matches!(
+        buildlock_core::installation::inspect(&hooks, &r.buildlock_dir()),
+        buildlock_core::installation::HookInstall::Ours {
+            form: buildlock_core::installation::Form::CommittedShim,
+            ..
+        }
+    ));
     let shim = std::fs::read(hooks.join("pre-commit")).unwrap();
     assert_eq!(
         shim,

@@ -289,7 +289,8 @@ fn our_form(path: &Path, binary: &Path) -> Option<Form> {
     let marker = head
         .split(|&b| b == b'\n')
         .find(|line| line.starts_with(MARKER))?;
-    if contains(marker, b"committed shim") {
+    // "committed shim" now; earlier versions said "the pre-commit shim".
+    if contains(marker, b"shim") {
         Some(Form::CommittedShim)
     } else {
         Some(Form::Script)
@@ -461,6 +462,18 @@ mod tests {
         write(
             &hook,
             "#!/bin/sh\n# buildlock-hook: committed shim (core.hooksPath)\nexit 0\n",
+            0o755,
+        );
+        assert!(matches!(
+            inspect(&r.hooks, &r.home),
+            HookInstall::Ours {
+                form: Form::CommittedShim,
+                ..
+            }
+        ));
+        write(
+            &hook,
+            "#!/bin/sh\n# buildlock-hook: the pre-commit shim, for repositories that commit their hooks (core.hooksPath).\nexec \"$(git rev-parse --git-common-dir)/buildlock/bin/pre-commit\" \"$@\"\n",
             0o755,
         );
         assert!(matches!(
