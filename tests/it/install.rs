@@ -1111,6 +1111,25 @@ fn lefthook_install_again_is_detected_and_recovered() {
     std::fs::remove_file(r.shared("STOP")).unwrap();
     assert!(commit(&r, &r.dir, "c").status.success());
 
+    // lefthook.yml changed: lefthook, running as buildlock's check, reinstalls itself over ours.
+    // The hook can tell afterwards (hook_warning), and so can doctor.
+    let yml = std::fs::read_to_string(r.dir.join("lefthook.yml")).unwrap();
+    std::fs::write(
+        r.dir.join("lefthook.yml"),
+        format!("{yml}    other:\n      run: 'true'\n"),
+    )
+    .unwrap();
+    r.git(&["add", "lefthook.yml"]);
+    assert!(commit(&r, &r.dir, "yml").status.success());
+    let hooks_now = buildlock_core::installation::inspect(&hooks, &r.buildlock_dir());
+    if hooks_now.is_ours() {
+        eprintln!("note: this lefthook did not reinstall itself on a changed lefthook.yml");
+    } else {
+        let warning = buildlock_core::installation::hook_warning(&hooks, &r.buildlock_dir());
+        assert!(warning.is_some(), "{hooks_now:?}");
+        recover(&r, &reinstalled(&r).1);
+    }
+
     // Reinstalled once more, then buildlock uninstalled: lefthook's hook alone, nothing of ours.
     run_tool(&r, &lefthook, &["install"]);
     let out = install(&r, &r.dir, &["--uninstall", "--purge"]);
@@ -1176,6 +1195,11 @@ fn pre_commit_install_again_keeps_commits_working_and_is_recovered() {
     std::fs::remove_file(r.shared("STOP")).unwrap();
     assert!(commit(&r, &r.dir, "c").status.success());
 
+    let warning = buildlock_core::installation::hook_warning(&hooks, &r.buildlock_dir());
+    assert!(
+        warning.is_some_and(|w| w.contains("twice")),
+        "the hook has something to say"
+    );
     let (found, what_to_run) = reinstalled(&r);
     assert!(
         matches!(

@@ -87,12 +87,14 @@ pub enum HookInstall {
     },
     /// A hook manager put its hook where buildlock's was. `ours_at`: where it kept buildlock's
     /// (the pre-commit framework still runs it from there, first; lefthook never does); None: it
-    /// kept none. `chained_is_its_own`: the hook buildlock chains is that same manager's, so its checks run
+    /// kept none. `kept`: the hook buildlock chains, if any. `chained_is_its_own`: that hook is the
+    /// same manager's, so its checks run
     /// once coordinated (through buildlock) and once more after.
     ManagerReinstalled {
         hook: PathBuf,
         manager: Option<Manager>,
         ours_at: Option<PathBuf>,
+        kept: Option<PathBuf>,
         chained_is_its_own: bool,
         what_to_run: String,
     },
@@ -138,6 +140,7 @@ impl HookInstall {
                 hook,
                 manager,
                 ours_at,
+                kept,
                 chained_is_its_own,
                 what_to_run,
             } => {
@@ -177,9 +180,16 @@ impl HookInstall {
                         hook.display()
                     ),
                 };
-                format!(
-                    "{what}. To put buildlock back in front ({who}'s hook stays, as the check it runs), run inside the repository: {what_to_run}"
-                )
+                match kept {
+                    // install.sh chains one hook: with another one kept, it would refuse.
+                    Some(kept) if !chained_is_its_own => format!(
+                        "{what}. To coordinate {who}'s checks as well, move what {} does into {who}'s configuration (or into `check` in .buildlock.toml), remove that file, and run inside the repository: {what_to_run}",
+                        kept.display()
+                    ),
+                    _ => format!(
+                        "{what}. To put buildlock back in front ({who}'s hook stays, as the check it runs), run inside the repository: {what_to_run}"
+                    ),
+                }
             }
             HookInstall::Missing { hook, what_to_run } => format!(
                 "there is no pre-commit hook at {}, so buildlock does not run on commit; install it by running, inside the repository: {what_to_run}",
@@ -245,9 +255,9 @@ pub fn inspect(hooks_dir: &Path, buildlock_dir: &Path) -> HookInstall {
         hooks_dir.join("pre-commit.chained"),
     ]
     .into_iter()
-    .map(|p| read_head(&p))
-    .find(|h| !h.is_empty() && !contains(h, b"# buildlock-chained"));
-    let same_as_kept = kept.as_ref().is_some_and(|k| {
+    .map(|p| (read_head(&p), p))
+    .find(|(h, _)| !h.is_empty() && !contains(h, b"# buildlock-chained"));
+    let same_as_kept = kept.as_ref().is_some_and(|(k, _)| {
         (manager.is_some() && Manager::identify(k) == manager) || (*k == head && !head.is_empty())
     });
     if ours_at.is_some() || same_as_kept {
@@ -255,6 +265,7 @@ pub fn inspect(hooks_dir: &Path, buildlock_dir: &Path) -> HookInstall {
             hook,
             manager,
             ours_at,
+            kept: kept.map(|(_, p)| p),
             chained_is_its_own: same_as_kept,
             what_to_run: what_to_run(buildlock_dir),
         };
@@ -266,11 +277,17 @@ pub fn inspect(hooks_dir: &Path, buildlock_dir: &Path) -> HookInstall {
     }
 }
 
-/// The warning the hook prints when a hook manager reinstalled its hook over buildlock's; None
-/// when there is nothing to say (the hook in place is ours, or the case is for doctor to report).
+/// The warning the hook prints while it runs behind a hook manager that reinstalled its hook
+/// over buildlock's and that buildlock also chains (the pre-commit framework in migration mode:
+/// its checks run twice; lefthook replacing us while it runs as our check, after lefthook.yml
+/// changed). None otherwise: every other case is for `buildlock doctor` to report, and in most of
+/// them the hook does not run at all.
 pub fn hook_warning(hooks_dir: &Path, buildlock_dir: &Path) -> Option<String> {
     match inspect(hooks_dir, buildlock_dir) {
-        found @ HookInstall::ManagerReinstalled { .. } => Some(found.message()),
+        found @ HookInstall::ManagerReinstalled {
+            chained_is_its_own: true,
+            ..
+        } => Some(found.message()),
         _ => None,
     }
 }
@@ -570,6 +587,7 @@ mod tests {
                 hook: r.hooks.join("pre-commit"),
                 manager: Some(Manager::PreCommit),
                 ours_at: Some(r.hooks.join("pre-commit.legacy")),
+                kept: Some(r.home.join("chained/pre-commit")),
                 chained_is_its_own: true,
                 what_to_run: "sh path/to/buildlock/install.sh (from your checkout of buildlock)"
                     .to_owned(),
@@ -580,6 +598,37 @@ mod tests {
             said.contains("`pre-commit install`") && said.contains("twice"),
             "{said}"
         );
+    }
+
+    #[test]
+    fn the_framework_in_front_of_another_chained_hook_is_for_doctor_only() {
+        let r = repo();
+        let binary = r.home.join("bin/pre-commit");
+        // buildlock chains a hand-written hook; the framework was installed afterwards.
+        write(
+            &r.home.join("chained/pre-commit"),
+            "#!/bin/sh\nmake test\n",
+            0o755,
+        );
+        write(&r.hooks.join("pre-commit.legacy"), &script(&binary), 0o755);
+        write(&r.hooks.join("pre-commit"), PRE_COMMIT_FRAMEWORK, 0o755);
+        let found = inspect(&r.hooks, &r.home);
+        assert!(
+            matches!(
+                found,
+                HookInstall::ManagerReinstalled {
+                    chained_is_its_own: false,
+                    ..
+                }
+            ),
+            "{found:?}"
+        );
+        let said = found.message();
+        assert!(
+            said.contains("uncoordinated") && said.contains("remove that file"),
+            "{said}"
+        );
+        assert_eq!(hook_warning(&r.hooks, &r.home), None, "nothing runs twice");
     }
 
     #[test]
