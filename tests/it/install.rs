@@ -706,14 +706,34 @@ fn committed_hooks_folder_keeps_working_for_a_teammate_without_buildlock() {
         (snapshot(&hooks), snapshot(&r.buildlock_dir())),
         "twice changes nothing"
     );
+    // The command it printed commits the folder (through the new hook, which runs the team's).
+    let printed = said
+        .lines()
+        .find(|l| l.contains(" add -A -- "))
+        .and_then(|l| l.strip_prefix("buildlock install:"))
+        .unwrap_or_else(|| panic!("no commit command in {said}"))
+        .trim();
+    let out = r
+        .cmd("sh", &r.root)
+        .arg("-c")
+        .arg(printed)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{printed}: {}", text(&out.stderr));
+    assert_eq!(team_runs(&r), vec![r.dir.display().to_string()]);
+    let committed = r.git(&["show", "--name-status", "--format=", "HEAD"]);
+    assert_eq!(
+        text(&committed.stdout),
+        "M\t.githooks/pre-commit\nA\t.githooks/pre-commit.chained\n"
+    );
     std::fs::write(r.dir.join(".buildlock.toml"), NO_WAIT).unwrap();
-    r.git(&["add", "-A"]);
-    r.git(&["commit", "-q", "-m", "buildlock shim", "--no-verify"]);
+    r.git(&["add", ".buildlock.toml"]);
+    r.git(&["commit", "-q", "-m", "config", "--no-verify"]);
 
     // With buildlock: the team's hook is the coordinated check.
     let out = commit(&r, &r.dir, "a");
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(team_runs(&r), vec![r.dir.display().to_string()]);
+    assert_eq!(team_runs(&r).len(), 2);
     std::fs::write(r.shared("STOP"), "").unwrap();
     let out = commit(&r, &r.dir, "b");
     assert!(!out.status.success());
@@ -794,6 +814,25 @@ fn committed_hooks_folder_keeps_working_for_a_teammate_without_buildlock() {
     );
     assert!(!hooks.join("pre-commit.chained").exists());
     assert!(!r.buildlock_dir().join("chained/pre-commit").exists());
+    let said = text(&out.stdout);
+    let printed = said
+        .lines()
+        .find(|l| l.contains(" add -A -- "))
+        .and_then(|l| l.strip_prefix("buildlock install:"))
+        .unwrap_or_else(|| panic!("no commit command in {said}"))
+        .trim();
+    let out = r
+        .cmd("sh", &r.root)
+        .arg("-c")
+        .arg(printed)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{printed}: {}", text(&out.stderr));
+    let committed = r.git(&["show", "--name-status", "--format=", "HEAD"]);
+    assert_eq!(
+        text(&committed.stdout),
+        "M\t.githooks/pre-commit\nD\t.githooks/pre-commit.chained\n"
+    );
 }
 
 #[test]
