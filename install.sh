@@ -4,10 +4,10 @@
 # Why it is built the way it is:
 # - Everything that can fail is checked before anything is changed, so a refused run leaves the
 #   repository exactly as it was.
-# - The hook git runs is a small script that execs the installed binary by its absolute path: a
-#   hook manager (`pre-commit install`, `lefthook install`) reads the hook file before it replaces
-#   it, and a link to the 2.6 MB binary is not something it can read. One `exec` costs about what
-#   a plain shell hook costs.
+# - The hook git runs is a small text file whose `#!` line is the installed binary: a hook
+#   manager (`pre-commit install`, `lefthook install`) reads the hook file before it replaces it,
+#   and a link to the 2.6 MB binary is not something it can read; a `#!/bin/sh` wrapper would
+#   cost one more exec on every commit.
 # - A committed hooks folder (core.hooksPath) is shared by clones that have buildlock and clones
 #   that do not. The team's hook stays committed, as `pre-commit.chained`, and the committed shim
 #   (hooks/pre-commit) runs buildlock where it is installed and the team's hook everywhere else.
@@ -178,15 +178,29 @@ same_hook() {
     [ -n "$m" ] && [ "$m" = "$(manager_of "$2")" ]
 }
 
-# The hook this clone gets in .git/hooks (or wherever git looks without core.hooksPath).
+# The hook this clone gets in .git/hooks (or wherever git looks without core.hooksPath): a small
+# text file whose interpreter is the binary itself, so the kernel starts the binary directly (a
+# `#!/bin/sh` wrapper costs one more exec, about 0.6 ms a commit). A shebang line cannot hold
+# whitespace and is cut short on older kernels, so such paths get the `sh` form instead.
 hook_text() {
-    printf '#!/bin/sh\n'
-    printf '# buildlock-hook: written by buildlock'\''s install.sh for this clone (install.sh --uninstall removes it).\n'
-    printf '# A script, not a link to the binary, so that hook managers (pre-commit, lefthook) can read it.\n'
-    printf '# Run as the pre-commit framework'\''s legacy hook (after a later `pre-commit install`), the check\n'
-    printf '# it chains may be that framework again, run from elsewhere: its recursion guard must not fire.\n'
-    printf 'unset PRE_COMMIT_RUNNING_LEGACY\n'
-    printf 'exec %s "$@"\n' "$(shq "$bin/pre-commit")"
+    case $bin in
+        *[[:space:]]*) shebang=no ;;
+        *) if [ ${#bin} -le 96 ]; then shebang=yes; else shebang=no; fi ;;
+    esac
+    if [ "$shebang" = yes ]; then
+        printf '#!%s --hook-script\n' "$bin/pre-commit"
+        printf '# buildlock-hook: written by buildlock'\''s install.sh for this clone (install.sh --uninstall removes it).\n'
+        printf '# The line above runs buildlock'\''s binary on this file: as cheap as the binary itself, and a\n'
+        printf '# small text file that hook managers (pre-commit, lefthook) can read.\n'
+    else
+        printf '#!/bin/sh\n'
+        printf '# buildlock-hook: written by buildlock'\''s install.sh for this clone (install.sh --uninstall removes it).\n'
+        printf '# A small script that hook managers (pre-commit, lefthook) can read. Run as the pre-commit\n'
+        printf '# framework'\''s legacy hook, the check we chain may be that framework again: its recursion\n'
+        printf '# guard must not fire there.\n'
+        printf 'unset PRE_COMMIT_RUNNING_LEGACY\n'
+        printf 'exec %s "$@"\n' "$(shq "$bin/pre-commit")"
+    fi
 }
 
 dispatcher_text() {

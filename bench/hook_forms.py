@@ -7,7 +7,8 @@ Green commits (`check = "true"`), interleaved round-robin so the machine's noise
 variant alike, medians after 3 warm-up rounds:
   - plain shell hook:        `#!/bin/sh` + `exec sh -c 'true'` (the baseline, as in bench/run.py);
   - binary as a symlink:     .git/hooks/pre-commit -> the binary (what install.sh wrote before);
-  - installed script hook:   what install.sh writes now (a small script that execs the binary);
+  - installed hook:          what install.sh writes now: a small file whose `#!` line is the binary;
+  - installed hook, sh form: what it writes where a `#!` line cannot hold the path (a space in it);
   - committed-folder shim:   core.hooksPath = .githooks, the committed shim, buildlock installed;
   - shim without buildlock:  a teammate's clone: the shim runs the team's hook (`sh -c 'true'`).
 Nothing here asserts a time: benchmarks are not tests.
@@ -69,7 +70,12 @@ def main():
     variants["binary as a symlink"] = link
     script = repo(tmp, "script")
     install(script, tmp)
-    variants["installed script hook"] = script
+    assert (script / ".git/hooks/pre-commit").read_text().startswith(f"#!{script}")
+    variants["installed hook"] = script
+    spaced = repo(tmp, "sh form")
+    install(spaced, tmp)
+    assert (spaced / ".git/hooks/pre-commit").read_text().startswith("#!/bin/sh")
+    variants["installed hook, sh form"] = spaced
     shim = repo(tmp, "shim", hooks_path=True)
     install(shim, tmp)
     variants["committed-folder shim"] = shim

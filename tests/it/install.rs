@@ -351,7 +351,8 @@ fn failures_say_why_and_change_nothing() {
     assert_eq!(before, snapshot(&r.dir.join(".git")));
 }
 
-/// The hook install.sh writes: a small script that execs this repository's installed binary.
+/// The hook install.sh writes: a small text file that runs this repository's installed binary,
+/// as its `#!` interpreter, or through `sh` where the path cannot stand in a `#!` line.
 fn assert_is_our_script(hook: &Path, repo: &Path) {
     let meta = std::fs::symlink_metadata(hook).unwrap();
     assert!(
@@ -362,16 +363,19 @@ fn assert_is_our_script(hook: &Path, repo: &Path) {
     assert!(meta.len() < 1024, "small: {} bytes", meta.len());
     assert_eq!(meta.permissions().mode() & 0o111, 0o111, "executable");
     let script = std::fs::read_to_string(hook).unwrap();
-    assert!(
-        script.starts_with("#!/bin/sh\n# buildlock-hook"),
-        "{script}"
-    );
     let binary = repo.join(".git/buildlock/bin/pre-commit");
+    let path = binary.to_str().unwrap();
+    let first = if path.contains(char::is_whitespace) {
+        assert!(
+            script.contains(&format!("\nexec {} \"$@\"\n", shell_quote(path))),
+            "{script}"
+        );
+        "#!/bin/sh\n".to_owned()
+    } else {
+        format!("#!{path} --hook-script\n")
+    };
     assert!(
-        script.contains(&format!(
-            "exec {} \"$@\"",
-            shell_quote(binary.to_str().unwrap())
-        )),
+        script.starts_with(&format!("{first}# buildlock-hook")),
         "{script}"
     );
     let found =
@@ -1277,4 +1281,25 @@ fn pre_commit_install_again_keeps_commits_working_and_is_recovered() {
         text(&out.stderr)
     );
     assert_eq!(lines(&runs), before + 2);
+}
+
+#[test]
+fn the_chained_hook_gets_git_s_arguments_only() {
+    // Both forms of the hook: the `#!` line (here) and `sh` (a path with a space).
+    for name in ["plain", "with space"] {
+        let r = bare_repo();
+        let repo = r.root.join(name);
+        repo_at(&r, &repo);
+        let seen = r.shared("arguments");
+        write_exec(
+            &repo.join(".git/hooks/pre-commit"),
+            &format!("#!/bin/sh\necho \"$# $*\" > '{}'\n", seen.display()),
+        );
+        let out = install(&r, &repo, &[]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_is_our_script(&repo.join(".git/hooks/pre-commit"), &repo);
+        let out = commit(&r, &repo, "a");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(std::fs::read_to_string(&seen).unwrap(), "0 \n", "{name}");
+    }
 }
