@@ -191,7 +191,8 @@ hook_text() {
         printf '#!%s --hook-script\n' "$bin/pre-commit"
         printf '# buildlock-hook: written by buildlock'\''s install.sh for this clone (install.sh --uninstall removes it).\n'
         printf '# The line above runs buildlock'\''s binary on this file: as cheap as the binary itself, and a\n'
-        printf '# small text file that hook managers (pre-commit, lefthook) can read.\n'
+        printf '# small text file that hook managers (pre-commit, lefthook) can read. Run as `sh <this file>`:\n'
+        printf 'exec %s "$@"\n' "$(shq "$bin/pre-commit")"
     else
         printf '#!/bin/sh\n'
         printf '# buildlock-hook: written by buildlock'\''s install.sh for this clone (install.sh --uninstall removes it).\n'

@@ -584,12 +584,27 @@ fn the_hook_is_a_small_script_and_the_old_symlink_is_upgraded() {
         text(&out.stdout)
     );
     assert_is_our_script(&hook, &r.dir);
-    // The script runs the hook: a failing check elects the committer.
+    // The script runs the hook: a failing check elects the committer. Also when a tool runs it
+    // as `sh <hook file>` rather than as a program.
     std::fs::write(
         r.dir.join(".buildlock.toml"),
         format!("check = \"false\"\n{NO_WAIT}"),
     )
     .unwrap();
+    r.stage_change(&r.dir, "by-sh");
+    let out = r
+        .cmd("sh", &r.dir)
+        .arg(".git/hooks/pre-commit")
+        .env("BUILDLOCK_AGENT", "by-sh")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("you are the FIXER"),
+        "{}",
+        text(&out.stderr)
+    );
+    r.cmd(BUILDLOCK, &r.dir).arg("reset").output().unwrap();
     let out = commit(&r, &r.dir, "a");
     assert!(
         text(&out.stderr).contains("you are the FIXER"),
