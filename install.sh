@@ -1,23 +1,65 @@
 #!/bin/sh
-# install.sh [--uninstall [--purge]] [--force-hooks-path] [--bin-dir DIR] [REPO]
+# install.sh: install buildlock into a git repository, or take it out again (`--help` says how).
 #
-# Installs buildlock into the git repository REPO (default: the repository of the current
-# directory), for all of its worktrees:
-#   - builds the release binaries if they are missing or older than the sources;
-#   - copies them to <git common dir>/buildlock/bin/;
-#   - installs the pre-commit hook where git looks for it (`git rev-parse --git-path hooks`,
-#     which honours core.hooksPath); a hook already there that is not buildlock's is kept and
-#     chained: it moves to <common dir>/buildlock/chained/pre-commit and runs as the check
-#     unless .buildlock.toml sets its own `check`;
-#   - adds the local aliases `git commit-retry` and `git buildlock`;
-#   - writes .buildlock.toml from the example when the work tree has none.
-# --bin-dir DIR installs the binaries found in DIR instead of building them.
-# Installing twice changes nothing. --uninstall removes only what was added and restores the
-# previous hook byte for byte; coordination state stays unless --purge.
+# Why it is built the way it is:
+# - Everything that can fail is checked before anything is changed, so a refused run leaves the
+#   repository exactly as it was.
+# - The hook git runs is a small text file whose `#!` line is the installed binary: a hook
+#   manager (`pre-commit install`, `lefthook install`) reads the hook file before it replaces it,
+#   and a link to the 2.6 MB binary is not something it can read; a `#!/bin/sh` wrapper would
+#   cost one more exec on every commit.
+# - A committed hooks folder (core.hooksPath) is shared by clones that have buildlock and clones
+#   that do not. The team's hook stays committed, as `pre-commit.chained`, and the committed shim
+#   (hooks/pre-commit) runs buildlock where it is installed and the team's hook everywhere else.
+# - Hook managers regenerate their hook over ours; running install.sh again puts ours back in
+#   front and chains their newest hook. Uninstall restores what was there, and leaves no copy or
+#   link of ours behind, including the `.legacy` / `.old` names under which managers keep it.
 set -eu
 
+usage() {
+    cat <<'EOF'
+Usage: install.sh [--bin-dir DIR] [--force-hooks-path] [REPO]
+       install.sh --uninstall [--purge] [REPO]
+
+Installs buildlock into the git repository REPO (default: the repository of the current
+directory), for all of its worktrees:
+  - builds the release binaries with cargo when they are missing or older than the sources
+    (or takes them from --bin-dir), and copies them to <git common dir>/buildlock/bin/;
+  - installs the pre-commit hook where git looks for it (honouring core.hooksPath). A hook that
+    is already there is kept and runs as the check unless .buildlock.toml sets `check`;
+  - adds the local aliases `git commit-retry` and `git buildlock`;
+  - writes .buildlock.toml from the example when the work tree has none.
+Installing twice changes nothing; installing again after a hook manager (pre-commit, lefthook)
+reinstalled its hook puts buildlock's back in front of it.
+
+Options:
+  --bin-dir DIR        install the binaries pre-commit, commit-retry and buildlock found in DIR
+                       instead of building them
+  --force-hooks-path   install into a core.hooksPath folder that husky owns
+  --uninstall          remove what install.sh added and restore the previous hook byte for byte;
+                       the coordination state (<git common dir>/buildlock) stays
+  --purge              with --uninstall: remove the coordination state too
+  -h, --help           print this help and exit
+  --version            print the version and exit
+
+Examples:
+  ./install.sh ~/src/your-repo
+  ./install.sh --uninstall --purge ~/src/your-repo
+EOF
+}
+
 say() { printf 'buildlock install: %s\n' "$*"; }
-die() { printf 'buildlock install: error: %s\n' "$*" >&2; exit 1; }
+die() {
+    printf 'buildlock install: error: %s\n' "$*" >&2
+    exit 1
+}
+# The word $1 quoted for sh, so that a printed command can be pasted as it is (spaces, quotes).
+shq() {
+    case $1 in
+        '' | *[!A-Za-z0-9_./:@%+=,-]*) printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")" ;;
+        *) printf '%s' "$1" ;;
+    esac
+}
 
 src=$(cd "$(dirname "$0")" && pwd)
 mode=install
@@ -27,19 +69,37 @@ repo=
 bin_dir=
 expect_bin_dir=no
 for arg in "$@"; do
-    if [ "$expect_bin_dir" = yes ]; then bin_dir=$arg; expect_bin_dir=no; continue; fi
+    if [ "$expect_bin_dir" = yes ]; then
+        bin_dir=$arg
+        expect_bin_dir=no
+        continue
+    fi
     case "$arg" in
         --bin-dir) expect_bin_dir=yes ;;
         --bin-dir=*) bin_dir=${arg#--bin-dir=} ;;
         --uninstall) mode=uninstall ;;
         --purge) purge=yes ;;
         --force-hooks-path) force_hooks_path=yes ;;
-        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        -*) die "unknown option $arg (see --help)" ;;
-        *) [ -z "$repo" ] || die "one repository at a time (got '$repo' and '$arg')"; repo=$arg ;;
+        -h | --help)
+            usage
+            exit 0
+            ;;
+        --version)
+            version=$(sed -n 's/^version = "\([^"]*\)".*/\1/p' "$src/Cargo.toml" 2>/dev/null | head -n 1)
+            printf 'buildlock install.sh %s\n' "${version:-(unknown version)}"
+            exit 0
+            ;;
+        -*) die "unknown option $arg (see install.sh --help)" ;;
+        *)
+            [ -z "$repo" ] || die "one repository at a time (got $(shq "$repo") and $(shq "$arg"))"
+            repo=$arg
+            ;;
     esac
 done
 [ "$expect_bin_dir" = no ] || die "--bin-dir needs a directory"
+if [ "$purge" = yes ] && [ "$mode" != uninstall ]; then
+    die "--purge only goes with --uninstall (install.sh --uninstall --purge removes buildlock and its coordination state); nothing was changed"
+fi
 [ -n "$repo" ] || repo=.
 [ -d "$repo" ] || die "$repo is not a directory"
 command -v git >/dev/null 2>&1 || die "git is not installed"
@@ -58,8 +118,29 @@ bin="$home/bin"
 chained="$home/chained/pre-commit"
 manifest="$home/install.manifest"
 hook="$hooks/pre-commit"
+this="sh $(shq "$src/install.sh")"
 
-# Is the file at $1 buildlock's hook? (our symlink, or our shim)
+# With core.hooksPath the hooks folder is usually committed and shared by every clone: the hook
+# there is the committed shim, and the team's own hook stays beside it as pre-commit.chained. The
+# check runs at the top of the work tree being committed, so a relative hooks path finds the
+# version of the team's hook that this worktree has checked out.
+if [ -n "$hooks_path" ]; then
+    committed=yes
+    team="$hooks/pre-commit.chained"
+    case $hooks_path in
+        /* | '~'*) team_ref=$team ;;
+        *) team_ref="./${hooks_path%/}/pre-commit.chained" ;;
+    esac
+    keep=$team
+else
+    committed=no
+    keep=$chained
+fi
+
+exists() { [ -e "$1" ] || [ -L "$1" ]; }
+
+# Is the file at $1 buildlock's hook: this clone's script, the committed shim, or the link to the
+# binary that earlier versions installed (still recognised, for upgrades and uninstall)?
 is_ours() {
     if [ -L "$1" ]; then
         [ "$(readlink "$1")" = "$bin/pre-commit" ]
@@ -68,25 +149,156 @@ is_ours() {
     fi
 }
 
+# The script that runs the check in place of the team's committed hook (committed folders only).
+is_dispatcher() { [ -f "$1" ] && [ ! -L "$1" ] && grep -q '^# buildlock-chained' "$1" 2>/dev/null; }
+
+# The hook manager that generated the hook file $1, if any.
+manager_of() {
+    if [ ! -f "$1" ]; then
+        :
+    elif grep -q 'File generated by pre-commit' "$1" 2>/dev/null; then
+        echo pre-commit
+    elif grep -qE 'call_lefthook|LEFTHOOK' "$1" 2>/dev/null; then
+        echo lefthook
+    elif grep -q 'husky' "$1" 2>/dev/null; then
+        echo husky
+    fi
+}
+
+# Who generated the hook file $1, for messages.
+who() {
+    m=$(manager_of "$1")
+    printf '%s' "${m:-a hook manager}"
+}
+
+# Are $1 and $2 the same hook: the same bytes, or two generations of one hook manager's hook?
+same_hook() {
+    cmp -s "$1" "$2" && return 0
+    m=$(manager_of "$1")
+    [ -n "$m" ] && [ "$m" = "$(manager_of "$2")" ]
+}
+
+# The hook this clone gets in .git/hooks (or wherever git looks without core.hooksPath): a small
+# text file whose interpreter is the binary itself, so the kernel starts the binary directly (a
+# `#!/bin/sh` wrapper costs one more exec, about 0.6 ms a commit). A shebang line cannot hold
+# whitespace and is cut short on older kernels, so such paths get the `sh` form instead.
+hook_text() {
+    case $bin in
+        *[[:space:]]*) shebang=no ;;
+        *) if [ ${#bin} -le 96 ]; then shebang=yes; else shebang=no; fi ;;
+    esac
+    if [ "$shebang" = yes ]; then
+        printf '#!%s --hook-script\n' "$bin/pre-commit"
+        printf '# buildlock-hook: written by buildlock'\''s install.sh for this clone (install.sh --uninstall removes it).\n'
+        printf '# The line above runs buildlock'\''s binary on this file: as cheap as the binary itself, and a\n'
+        printf '# small text file that hook managers (pre-commit, lefthook) can read. Run as `sh <this file>`:\n'
+        printf 'exec %s "$@"\n' "$(shq "$bin/pre-commit")"
+    else
+        printf '#!/bin/sh\n'
+        printf '# buildlock-hook: written by buildlock'\''s install.sh for this clone (install.sh --uninstall removes it).\n'
+        printf '# A small script that hook managers (pre-commit, lefthook) can read. Run as the pre-commit\n'
+        printf '# framework'\''s legacy hook, the check we chain may be that framework again: its recursion\n'
+        printf '# guard must not fire there.\n'
+        printf 'unset PRE_COMMIT_RUNNING_LEGACY\n'
+        printf 'exec %s "$@"\n' "$(shq "$bin/pre-commit")"
+    fi
+}
+
+dispatcher_text() {
+    printf '#!/bin/sh\n'
+    printf '# buildlock-chained: written by buildlock'\''s install.sh. The hooks folder (core.hooksPath) keeps\n'
+    printf '# the team'\''s own hook as pre-commit.chained; this runs it as the check, from the top of the work\n'
+    printf '# tree being committed, so that each worktree runs the version it has checked out.\n'
+    printf 'team=%s\n' "$(shq "$team_ref")"
+    printf 'if [ -x "$team" ]; then exec "$team" "$@"; fi\n'
+    printf '[ ! -e "$team" ] || echo "buildlock: $team is not executable, so it does not run (git would ignore it too)" >&2\n'
+    printf 'exit 0\n'
+}
+
+# Is the file at $1 exactly the hook this install.sh writes?
+is_current() {
+    [ -f "$1" ] && [ ! -L "$1" ] || return 1
+    if [ "$committed" = yes ]; then
+        cmp -s "$1" "$src/hooks/pre-commit"
+    else
+        [ "$(cat "$1")" = "$(hook_text)" ]
+    fi
+}
+
 manifest_has() { [ -f "$manifest" ] && grep -qx "$1" "$manifest"; }
+manifest_add() { manifest_has "$1" || echo "$1" >>"$manifest"; }
+
+# Where the hook managers keep the hook they replaced: the pre-commit framework runs
+# `pre-commit.legacy` before its own hooks; lefthook keeps `pre-commit.old` and runs nothing of it.
+backups="$hook.legacy $hook.old"
 
 if [ "$mode" = uninstall ]; then
-    [ -d "$home" ] || { say "buildlock is not installed in $top; nothing to do"; exit 0; }
+    [ -d "$home" ] || {
+        say "buildlock is not installed in $top; nothing to do"
+        exit 0
+    }
+    restored=no
     if is_ours "$hook"; then
-        rm -f "$hook"
-        say "removed the hook $hook"
-        if [ -e "$chained" ] || [ -L "$chained" ]; then
-            mv "$chained" "$hook"
-            rmdir "$home/chained" 2>/dev/null || true
-            say "restored the previous hook $hook"
+        if [ "$committed" = yes ] && ! manifest_has wrote-shim && { ! exists "$chained" || is_dispatcher "$chained"; }; then
+            # The shim came with the repository, not from this clone's install: it is the team's,
+            # and it works without buildlock.
+            say "left the committed shim $hook in place: it is your team's, and without buildlock it runs $team"
+        else
+            rm -f "$hook"
+            say "removed the hook $hook"
+            if [ "$committed" = yes ] && manifest_has wrote-shim && exists "$team"; then
+                mv "$team" "$hook"
+                restored=yes
+                say "restored your hook $hook (it was kept as $team)"
+            elif exists "$chained" && ! is_dispatcher "$chained"; then
+                mv "$chained" "$hook"
+                restored=yes
+                say "restored the previous hook $hook"
+            fi
+            if [ "$committed" = yes ]; then
+                case "$hooks/" in
+                    "$top/"*)
+                        rel=${hooks#"$top/"}
+                        say "the hooks folder is part of the work tree: commit this change to take buildlock out for the whole team:"
+                        say "    git -C $(shq "$top") add -A -- $(shq "$rel") && git -C $(shq "$top") commit -m 'Hooks: remove the buildlock shim'"
+                        ;;
+                esac
+            fi
         fi
-    elif [ -e "$hook" ]; then
-        say "left $hook alone: it is not buildlock's"
+    elif exists "$hook"; then
+        if [ "$committed" = no ] && exists "$chained" && same_hook "$hook" "$chained"; then
+            # A hook manager had put its hook back in front of ours: it is the hook we kept.
+            rm -f "$chained"
+            restored=yes
+            say "$hook is $(who "$hook")'s own hook again (it had been reinstalled over buildlock's); removed buildlock's copy of it"
+        else
+            say "left $hook alone: it is not buildlock's"
+        fi
     fi
+    # Managers keep our hook under another name; with the binaries gone it would dangle. Where the
+    # previous hook is still kept, it goes back under that name, where the manager expects it.
+    for b in $backups; do
+        if is_ours "$b"; then
+            if [ "$committed" = no ] && [ "$restored" = no ] && exists "$chained" && ! is_dispatcher "$chained"; then
+                mv "$chained" "$b"
+                restored=yes
+                say "restored the previous hook as $b, where the hook manager runs it from"
+            else
+                rm -f "$b"
+                say "removed $b (buildlock's hook, as a hook manager had kept it)"
+            fi
+        fi
+    done
+    if is_dispatcher "$chained"; then rm -f "$chained"; fi
+    rmdir "$home/chained" 2>/dev/null || true
     for alias in commit-retry buildlock; do
         value=$(git -C "$top" config --local --get "alias.$alias" || true)
+        qbin=$(printf '%s' "$bin" | sed "s/'/'\\\\''/g")
         case "$value" in
-            *"$bin/"*) git -C "$top" config --local --unset "alias.$alias"; say "removed the alias git $alias" ;;
+            *"$bin/"* | *"$qbin/"*)
+                git -C "$top" config --local --unset "alias.$alias"
+                say "removed the alias git $alias"
+                ;;
         esac
     done
     if manifest_has "wrote-config" && [ -f "$top/.buildlock.toml" ] && cmp -s "$top/.buildlock.toml" "$src/.buildlock.toml.example"; then
@@ -99,7 +311,7 @@ if [ "$mode" = uninstall ]; then
         rm -rf "$home"
         say "removed the coordination state $home"
     else
-        say "kept the coordination state in $home (remove it with --uninstall --purge)"
+        say "kept the coordination state in $home; to remove it too: $this --uninstall --purge $(shq "$top")"
     fi
     say "uninstalled"
     exit 0
@@ -113,8 +325,8 @@ case "$hooks_path" in
   Either call buildlock from your husky hook: put this line in .husky/pre-commit, with your checks
   moved into .buildlock.toml's 'check':
       exec \"\$(git rev-parse --git-common-dir)/buildlock/bin/pre-commit\"
-  (then run install.sh again with --force-hooks-path to get the binaries and aliases),
-  or rerun with --force-hooks-path to install into $hooks anyway."
+  (then install the binaries and aliases with: $this --force-hooks-path $(shq "$top")),
+  or install into $hooks anyway with that same command."
         fi
         ;;
 esac
@@ -125,15 +337,35 @@ if [ -e "$hooks" ] && [ ! -d "$hooks" ]; then
 fi
 mkdir -p "$hooks" 2>/dev/null || die "cannot create the hooks directory $hooks"
 probe="$hooks/.buildlock-probe.$$"
-( : > "$probe" ) 2>/dev/null && rm -f "$probe" || die "the hooks directory $hooks is not writable"
-# A hook manager that reinstalled its hook over ours (lefthook does on every npm install) put back
-# the very hook we keep: ours goes back in place. A different one is the user's to sort out.
-regenerated=no
-if ! is_ours "$hook" && { [ -e "$hook" ] || [ -L "$hook" ]; } && { [ -e "$chained" ] || [ -L "$chained" ]; }; then
-    if cmp -s "$hook" "$chained"; then
-        regenerated=yes
+(: >"$probe") 2>/dev/null && rm -f "$probe" || die "the hooks directory $hooks is not writable"
+
+# What to do with the hook that is there. A hook manager that reinstalled its hook over ours
+# (lefthook on every `npm install`, the pre-commit framework on `pre-commit install`) put back the
+# hook we keep, maybe a newer generation of it: ours goes back in front, and the newest copy is the
+# one kept. A different foreign hook is the user's to sort out.
+if is_ours "$hook"; then
+    plan=ours
+elif exists "$hook"; then
+    if exists "$keep"; then
+        same_hook "$hook" "$keep" ||
+            die "$hook is not buildlock's, and a different hook is already kept at $keep: move one of them away, then run install.sh again"
+        plan=regenerated
     else
-        die "$hook is not buildlock's, and a different hook is already kept at $chained; move one of them away first"
+        plan=chain
+    fi
+else
+    plan=fresh
+fi
+# The committed-folder layout of earlier versions moved the team's hook out of the folder, into
+# this clone's $chained: it goes back into the folder, where every clone can run it.
+bring_back=no
+if [ "$committed" = yes ] && exists "$chained" && ! is_dispatcher "$chained"; then
+    if [ "$plan" = ours ] && ! exists "$team"; then
+        bring_back=yes
+    elif [ "$plan" = ours ] && cmp -s "$chained" "$team"; then
+        bring_back=dup
+    else
+        die "$chained holds a hook kept by an earlier install of buildlock, and $hook is set up differently now: move $chained away, then run install.sh again"
     fi
 fi
 
@@ -157,8 +389,8 @@ else
 fi
 if [ "$need_build" = yes ]; then
     command -v cargo >/dev/null 2>&1 || die "cargo is not installed, and the binaries need building: install Rust from https://rustup.rs, then run install.sh again"
-    say "building the release binaries (cargo build --release --locked; a few minutes the first time)"
-    (cd "$src" && cargo build --release --locked --quiet) || die "the build failed; see cargo's output above"
+    say "building the release binaries with cargo build --release --locked (a few minutes the first time)"
+    (cd "$src" && cargo build --release --locked) || die "the build failed; see cargo's output above"
 fi
 
 mkdir -p "$bin" 2>/dev/null || die "cannot create $bin"
@@ -171,32 +403,89 @@ for b in pre-commit commit-retry buildlock; do
 done
 [ "$changed" = yes ] && say "installed the binaries in $bin" || say "the binaries in $bin are up to date"
 [ "$git_dir" = "$common" ] || say "run from a linked worktree: installing for the whole repository ($common), every worktree shares it"
+touch "$manifest"
 
 # 2. The hook.
-if is_ours "$hook"; then
-    say "the hook $hook is already buildlock's"
-else
-    if [ "$regenerated" = yes ]; then
-        rm -f "$hook"
-        say "$hook was put back by a hook manager; it is the hook already kept at $chained, so buildlock's goes back in place"
-    elif [ -e "$hook" ] || [ -L "$hook" ]; then
-        mkdir -p "$home/chained"
-        mv "$hook" "$chained"
-        say "kept your existing hook: moved $hook to $chained; it runs as the check unless .buildlock.toml sets 'check'"
-    fi
-    if [ -n "$hooks_path" ]; then
-        # A hooks folder the team may commit: the portable shim, not a machine-specific link.
-        cp "$src/hooks/pre-commit" "$hook.tmp" && chmod 755 "$hook.tmp" && mv -f "$hook.tmp" "$hook"
-        say "installed the hook shim $hook (core.hooksPath = $hooks_path)"
+write_hook() {
+    if [ "$committed" = yes ]; then
+        cp "$src/hooks/pre-commit" "$hook.tmp"
     else
-        ln -s "$bin/pre-commit" "$hook"
-        say "installed the hook $hook -> $bin/pre-commit"
+        hook_text >"$hook.tmp"
     fi
+    chmod 755 "$hook.tmp" && mv -f "$hook.tmp" "$hook"
+}
+hook_changed=no
+case $plan in
+    ours)
+        if is_current "$hook"; then
+            say "the hook $hook is already buildlock's"
+        else
+            rm -f "$hook"
+            write_hook
+            hook_changed=yes
+            say "upgraded buildlock's hook $hook to this version's (a small script that hook managers can read)"
+        fi
+        ;;
+    regenerated)
+        mv -f "$hook" "$keep"
+        write_hook
+        say "$hook had been reinstalled by $(who "$keep") over buildlock's: buildlock's is back in front, and that hook runs as the check again (kept at $keep)"
+        ;;
+    chain)
+        mkdir -p "${keep%/*}"
+        mv "$hook" "$keep"
+        write_hook
+        [ "$committed" = yes ] && manifest_add wrote-shim
+        say "kept your existing hook: moved $hook to $keep; it runs as the check unless .buildlock.toml sets 'check'"
+        ;;
+    fresh)
+        write_hook
+        [ "$committed" = yes ] && manifest_add wrote-shim
+        ;;
+esac
+case $plan in
+    chain | fresh)
+        if [ "$committed" = yes ]; then
+            say "installed the shim $hook (core.hooksPath = $hooks_path): it runs buildlock where it is installed, and $team everywhere else"
+        else
+            say "installed the hook $hook (it runs $bin/pre-commit)"
+        fi
+        ;;
+esac
+# Managers keep the hook they replaced under another name; a copy of ours there is stale.
+for b in $backups; do
+    if is_ours "$b"; then
+        rm -f "$b"
+        say "removed $b, a stale copy of buildlock's hook that a hook manager had kept"
+    fi
+done
+if [ "$committed" = yes ]; then
+    case $bring_back in
+        yes)
+            mv "$chained" "$team"
+            manifest_add wrote-shim
+            say "moved your team's hook back into the hooks folder as $team (earlier versions kept it in $chained)"
+            ;;
+        dup) rm -f "$chained" ;;
+    esac
+    if ! is_dispatcher "$chained" || [ "$(cat "$chained")" != "$(dispatcher_text)" ]; then
+        mkdir -p "$home/chained"
+        dispatcher_text >"$chained.tmp" && chmod 755 "$chained.tmp" && mv -f "$chained.tmp" "$chained"
+    fi
+    case "$hooks/" in
+        "$top/"*)
+            if [ "$plan" != ours ] || [ "$bring_back" = yes ] || [ "$hook_changed" = yes ]; then
+                rel=${hooks#"$top/"}
+                say "the hooks folder is part of the work tree: commit it, so that every clone gets the shim and your hook:"
+                say "    git -C $(shq "$top") add -A -- $(shq "$rel") && git -C $(shq "$top") commit -m 'Hooks: buildlock shim; our pre-commit hook is now pre-commit.chained'"
+            fi
+            ;;
+    esac
 fi
 
 # 3. Aliases (local config, shared by every worktree).
 set_alias() {
-    want="!f() { cd \"\${GIT_PREFIX:-.}\" && exec \"$bin/$2\" \"\$@\"; }; f"
+    want="!f() { cd \"\${GIT_PREFIX:-.}\" && exec $(shq "$bin/$2") \"\$@\"; }; f"
     if [ "$(git -C "$top" config --local --get "alias.$1" || true)" != "$want" ]; then
         git -C "$top" config --local "alias.$1" "$want"
         say "added the alias: git $1"
@@ -205,12 +494,16 @@ set_alias() {
 set_alias commit-retry commit-retry
 set_alias buildlock buildlock
 
-# 4. The configuration.
-touch "$manifest"
+# 4. The configuration, and what `buildlock doctor` and the hook name as the way to recover.
+if [ "$(sed -n 's/^install-sh=//p' "$manifest")" != "$src/install.sh" ]; then
+    { grep -v '^install-sh=' "$manifest" || true; } >"$manifest.tmp"
+    printf 'install-sh=%s\n' "$src/install.sh" >>"$manifest.tmp"
+    mv -f "$manifest.tmp" "$manifest"
+fi
 if [ ! -e "$top/.buildlock.toml" ]; then
     cp "$src/.buildlock.toml.example" "$top/.buildlock.toml"
-    manifest_has "wrote-config" || echo "wrote-config" >> "$manifest"
-    if [ -e "$chained" ]; then
+    manifest_add "wrote-config"
+    if exists "$keep"; then
         say "wrote $top/.buildlock.toml from the example; your previous hook is the check until you set 'check'"
     else
         say "wrote $top/.buildlock.toml from the example: set 'check' to your build and test command"
@@ -220,4 +513,4 @@ fi
 say "done. Next:"
 say "  - agents commit with: git commit-retry -m '…'  (waits for another agent's fix, then retries)"
 say "  - see who fixes what: git buildlock status;  check the setup: git buildlock doctor"
-say "  - remove it again:    $src/install.sh --uninstall $top"
+say "  - remove it again:    $this --uninstall $(shq "$top")"

@@ -2,6 +2,12 @@
 //!
 //! git runs it with no arguments. A first argument of `--help`/`-h` or `--version`/`-V` is
 //! answered here, before anything is loaded: the check never runs for it.
+//!
+//! The hook file install.sh writes is a script whose interpreter is this binary
+//! (`#!<git common dir>/buildlock/bin/pre-commit --hook-script`): the kernel starts it directly,
+//! as cheap as the bare binary, while hook managers still read a small text file. The kernel puts
+//! `--hook-script <hook file>` before git's arguments; they are dropped here, so the check
+//! (a chained hook) gets exactly git's.
 
 use buildlock_core::os::say;
 
@@ -23,7 +29,10 @@ BUILDLOCK_CONFIG names one more configuration file.
 See also: `git buildlock status`, `git buildlock doctor`; skip the hook once: `git commit --no-verify`.";
 
 fn main() {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--hook-script") {
+        args.drain(..args.len().min(2));
+    }
     match args.first().and_then(|a| a.to_str()) {
         Some("--help" | "-h") => {
             let _ = say::out(USAGE);
@@ -38,5 +47,9 @@ fn main() {
         }
         _ => {}
     }
+    // Run as the pre-commit framework's legacy hook (`pre-commit install` after buildlock), the
+    // check we chain may be that framework again, run from elsewhere: its recursion guard
+    // ("installed in migration mode") must not fire there.
+    buildlock_core::os::env::forget_pre_commit_legacy();
     std::process::exit(buildlock_core::flows::hook::main(args));
 }

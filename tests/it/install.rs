@@ -80,11 +80,7 @@ fn plain_repository() {
         said.contains("installed the hook") && said.contains("set 'check'"),
         "{said}"
     );
-    let hook = r.dir.join(".git/hooks/pre-commit");
-    assert_eq!(
-        std::fs::read_link(&hook).unwrap(),
-        r.dir.join(".git/buildlock/bin/pre-commit")
-    );
+    assert_is_our_script(&r.dir.join(".git/hooks/pre-commit"), &r.dir);
     assert!(r.dir.join(".buildlock.toml").exists());
     // It works: a failing check elects the committer.
     std::fs::write(
@@ -168,8 +164,12 @@ fn a_hook_manager_reinstalling_its_hook_is_handled() {
     std::fs::write(&hook, managed).unwrap();
     let out = install(&r, &r.dir, &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("put back by a hook manager"));
-    assert!(std::fs::read_link(&hook).is_ok(), "ours is back in place");
+    assert!(
+        text(&out.stdout).contains("had been reinstalled by a hook manager"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_is_our_script(&hook, &r.dir);
     // A different foreign hook is not silently dropped.
     std::fs::remove_file(&hook).unwrap();
     std::fs::write(&hook, "#!/bin/sh\necho something else\n").unwrap();
@@ -349,4 +349,976 @@ fn failures_say_why_and_change_nothing() {
         text(&out.stderr)
     );
     assert_eq!(before, snapshot(&r.dir.join(".git")));
+}
+
+/// The hook install.sh writes: a small text file that runs this repository's installed binary,
+/// as its `#!` interpreter, or through `sh` where the path cannot stand in a `#!` line.
+fn assert_is_our_script(hook: &Path, repo: &Path) {
+    let meta = std::fs::symlink_metadata(hook).unwrap();
+    assert!(
+        meta.is_file(),
+        "{} is a regular file, not a link",
+        hook.display()
+    );
+    assert!(meta.len() < 1024, "small: {} bytes", meta.len());
+    assert_eq!(meta.permissions().mode() & 0o111, 0o111, "executable");
+    let script = std::fs::read_to_string(hook).unwrap();
+    let binary = repo.join(".git/buildlock/bin/pre-commit");
+    let path = binary.to_str().unwrap();
+    let first = if path.contains(char::is_whitespace) {
+        assert!(
+            script.contains(&format!("\nexec {} \"$@\"\n", shell_quote(path))),
+            "{script}"
+        );
+        "#!/bin/sh\n".to_owned()
+    } else {
+        format!("#!{path} --hook-script\n")
+    };
+    assert!(
+        script.starts_with(&format!("{first}# buildlock-hook")),
+        "{script}"
+    );
+    let found = buildlock_core::flows::installation::inspect(
+        hook.parent().unwrap(),
+        &repo.join(".git/buildlock"),
+    );
+    if hook.file_name().unwrap() == "pre-commit" {
+        assert_eq!(
+            found,
+            buildlock_core::flows::installation::HookInstall::Ours {
+                hook: hook.to_owned(),
+                form: buildlock_core::flows::installation::Form::Script
+            }
+        );
+    }
+}
+
+fn shell_quote(word: &str) -> String {
+    buildlock_core::flows::installation::shell_quote(word)
+}
+
+/// A repository with one commit at `dir` (which may have spaces and quotes in its path).
+fn repo_at(r: &TestRepo, dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    r.git_in(dir, &["init", "-q", "-b", "main"]);
+    std::fs::write(dir.join("README"), "hello\n").unwrap();
+    r.git_in(dir, &["add", "-A"]);
+    r.git_in(dir, &["commit", "-q", "-m", "init"]);
+}
+
+fn write_exec(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// `git commit -q -m MSG` after staging a change, in `dir`.
+fn commit(r: &TestRepo, dir: &Path, name: &str) -> Output {
+    r.stage_change(dir, name);
+    r.cmd("git", dir)
+        .args(["commit", "-q", "-m", name])
+        .output()
+        .unwrap()
+}
+
+const NO_WAIT: &str = "[hook]\nwait = false\n";
+
+#[test]
+fn help_and_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    for flag in ["--help", "-h"] {
+        let out = command("sh", tmp.path())
+            .arg(install_sh())
+            .arg(flag)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let usage = text(&out.stdout);
+        assert!(usage.starts_with("Usage: install.sh"), "{usage}");
+        for option in [
+            "--bin-dir DIR",
+            "--uninstall",
+            "--purge",
+            "--force-hooks-path",
+            "--version",
+        ] {
+            assert!(usage.contains(option), "{option} in {usage}");
+        }
+        assert!(
+            !usage.contains("set -eu") && !usage.contains("usage()"),
+            "the usage text, not the script's source: {usage}"
+        );
+        assert!(out.stderr.is_empty());
+    }
+    let out = command("sh", tmp.path())
+        .arg(install_sh())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        text(&out.stdout),
+        format!("buildlock install.sh {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    // Neither looks for a repository nor changes anything (here: not inside one at all).
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn purge_without_uninstall_is_refused_and_changes_nothing() {
+    let r = bare_repo();
+    let before = (snapshot(&r.dir), git_config(&r));
+    let out = install(&r, &r.dir, &["--purge"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("--purge only goes with --uninstall") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(before, (snapshot(&r.dir), git_config(&r)));
+    // Installed, the state is not touched either.
+    assert!(install(&r, &r.dir, &[]).status.success());
+    let before = snapshot(&r.dir);
+    assert_eq!(install(&r, &r.dir, &["--purge"]).status.code(), Some(1));
+    assert_eq!(before, snapshot(&r.dir));
+}
+
+#[test]
+fn paths_with_spaces_and_quotes() {
+    let r = bare_repo();
+    // install.sh from a checkout, binaries and repository whose paths need quoting.
+    let src = r.root.join("buildlock's src");
+    std::fs::create_dir_all(src.join("hooks")).unwrap();
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for f in [
+        "install.sh",
+        ".buildlock.toml.example",
+        "hooks/pre-commit",
+        "Cargo.toml",
+    ] {
+        std::fs::copy(checkout.join(f), src.join(f)).unwrap();
+    }
+    let bins = r.root.join("bin dir");
+    std::os::unix::fs::symlink(bin_dir(), &bins).unwrap();
+    let repo = r.root.join("it's a repo");
+    repo_at(&r, &repo);
+    let out = r
+        .cmd("sh", &r.root)
+        .arg(src.join("install.sh"))
+        .arg("--bin-dir")
+        .arg(&bins)
+        .arg(&repo)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert_is_our_script(&repo.join(".git/hooks/pre-commit"), &repo);
+
+    // The hook and both aliases run from these paths.
+    std::fs::write(
+        repo.join(".buildlock.toml"),
+        format!("check = \"false\"\n{NO_WAIT}"),
+    )
+    .unwrap();
+    r.stage_change(&repo, "a");
+    let out = r
+        .cmd("git", &repo)
+        .args(["commit-retry", "-q", "-m", "a"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("you are the FIXER"));
+    let out = r
+        .cmd("git", &repo)
+        .args(["buildlock", "status", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stdout).contains("\"fixing\""),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The printed commands paste as they are.
+    let printed = |said: &str, after: &str| -> String {
+        said.lines()
+            .find_map(|l| l.split_once(after).map(|(_, c)| c.trim().to_owned()))
+            .unwrap_or_else(|| panic!("no `{after}` in {said}"))
+    };
+    let uninstall = printed(&said, "remove it again:");
+    assert_eq!(
+        uninstall,
+        format!(
+            "sh {} --uninstall {}",
+            shell_quote(src.join("install.sh").to_str().unwrap()),
+            shell_quote(repo.to_str().unwrap())
+        )
+    );
+    let out = r
+        .cmd("sh", &r.root)
+        .arg("-c")
+        .arg(&uninstall)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{uninstall}: {}", text(&out.stderr));
+    assert!(!repo.join(".git/hooks/pre-commit").exists());
+    let config = std::fs::read_to_string(repo.join(".git/config")).unwrap();
+    assert!(!config.contains("alias"), "{config}");
+    let purge = printed(&text(&out.stdout), "to remove it too:");
+    let out = r.cmd("sh", &r.root).arg("-c").arg(&purge).output().unwrap();
+    assert!(out.status.success(), "{purge}: {}", text(&out.stderr));
+    assert!(!repo.join(".git/buildlock").exists());
+}
+
+#[test]
+fn the_hook_is_a_small_script_and_the_old_symlink_is_upgraded() {
+    let r = bare_repo();
+    assert!(install(&r, &r.dir, &[]).status.success());
+    let hook = r.dir.join(".git/hooks/pre-commit");
+    assert_is_our_script(&hook, &r.dir);
+    // What earlier versions installed: a link to the binary.
+    std::fs::remove_file(&hook).unwrap();
+    std::os::unix::fs::symlink(r.dir.join(".git/buildlock/bin/pre-commit"), &hook).unwrap();
+    let out = install(&r, &r.dir, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("upgraded buildlock's hook"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_is_our_script(&hook, &r.dir);
+    // The script runs the hook: a failing check elects the committer. Also when a tool runs it
+    // as `sh <hook file>` rather than as a program.
+    std::fs::write(
+        r.dir.join(".buildlock.toml"),
+        format!("check = \"false\"\n{NO_WAIT}"),
+    )
+    .unwrap();
+    r.stage_change(&r.dir, "by-sh");
+    let out = r
+        .cmd("sh", &r.dir)
+        .arg(".git/hooks/pre-commit")
+        .env("BUILDLOCK_AGENT", "by-sh")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("you are the FIXER"),
+        "{}",
+        text(&out.stderr)
+    );
+    r.cmd(BUILDLOCK, &r.dir).arg("reset").output().unwrap();
+    let out = commit(&r, &r.dir, "a");
+    assert!(
+        text(&out.stderr).contains("you are the FIXER"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The old form is still recognised by uninstall.
+    std::fs::remove_file(&hook).unwrap();
+    std::os::unix::fs::symlink(r.dir.join(".git/buildlock/bin/pre-commit"), &hook).unwrap();
+    assert!(install(&r, &r.dir, &["--uninstall"]).status.success());
+    assert!(std::fs::symlink_metadata(&hook).is_err());
+}
+
+#[test]
+fn uninstall_leaves_no_manager_backup_of_ours_behind() {
+    let r = bare_repo();
+    let hooks = r.dir.join(".git/hooks");
+    let mine = "#!/bin/sh\necho hand-written\n";
+    write_exec(&hooks.join("pre-commit"), mine);
+    assert!(install(&r, &r.dir, &[]).status.success());
+    // As `pre-commit install` does: ours becomes its legacy hook, its own goes in front. And an
+    // older lefthook run had kept the link form of ours as pre-commit.old.
+    let framework =
+        "#!/usr/bin/env bash\n# File generated by pre-commit: https://pre-commit.com\nexit 0\n";
+    std::fs::rename(hooks.join("pre-commit"), hooks.join("pre-commit.legacy")).unwrap();
+    write_exec(&hooks.join("pre-commit"), framework);
+    std::os::unix::fs::symlink(
+        r.dir.join(".git/buildlock/bin/pre-commit"),
+        hooks.join("pre-commit.old"),
+    )
+    .unwrap();
+    let found = buildlock_core::flows::installation::inspect(&hooks, &r.buildlock_dir());
+    assert!(
+        matches!(
+            found,
+            buildlock_core::flows::installation::HookInstall::ManagerReinstalled {
+                chained_is_its_own: false,
+                ..
+            }
+        ),
+        "{found:?}"
+    );
+    let out = install(&r, &r.dir, &["--uninstall"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The framework stays in front; the hand-written hook is back where the framework runs it.
+    assert_eq!(
+        std::fs::read_to_string(hooks.join("pre-commit")).unwrap(),
+        framework
+    );
+    assert_eq!(
+        std::fs::read_to_string(hooks.join("pre-commit.legacy")).unwrap(),
+        mine
+    );
+    assert!(
+        std::fs::symlink_metadata(hooks.join("pre-commit.old")).is_err(),
+        "no dangling link"
+    );
+    assert!(!r.buildlock_dir().join("chained").exists());
+}
+
+/// The team's hook for a committed hooks folder: appends where it ran, fails while STOP exists.
+fn team_hook(r: &TestRepo) -> String {
+    format!(
+        "#!/bin/sh\necho \"$PWD\" >> {}\ntest ! -e {}\n",
+        r.shared("team-ran").display(),
+        r.shared("STOP").display()
+    )
+}
+
+fn team_runs(r: &TestRepo) -> Vec<String> {
+    std::fs::read_to_string(r.shared("team-ran"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn committed_hooks_folder_keeps_working_for_a_teammate_without_buildlock() {
+    let r = bare_repo();
+    let hooks = r.dir.join(".githooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    let team = team_hook(&r);
+    write_exec(&hooks.join("pre-commit"), &team);
+    r.git(&["add", ".githooks"]);
+    r.git(&["commit", "-q", "-m", "team hook", "--no-verify"]);
+    r.git(&["config", "core.hooksPath", ".githooks"]);
+
+    let out = install(&r, &r.dir, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("commit it, so that every clone gets"),
+        "{said}"
+    );
+    // The team's hook stays committed beside the shim, byte for byte.
+    assert_eq!(
+        std::fs::read_to_string(hooks.join("pre-commit.chained")).unwrap(),
+        team
+    );
+    assert!(matches!(
+        buildlock_core::flows::installation::inspect(&hooks, &r.buildlock_dir()),
+        buildlock_core::flows::installation::HookInstall::Ours {
+            form: buildlock_core::flows::installation::Form::CommittedShim,
+            ..
+        }
+    ));
+    let shim = std::fs::read(hooks.join("pre-commit")).unwrap();
+    assert_eq!(
+        shim,
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("hooks/pre-commit")).unwrap()
+    );
+    let before = (snapshot(&hooks), snapshot(&r.buildlock_dir()));
+    let out = install(&r, &r.dir, &[]);
+    assert!(text(&out.stdout).contains("already buildlock's"));
+    assert_eq!(
+        before,
+        (snapshot(&hooks), snapshot(&r.buildlock_dir())),
+        "twice changes nothing"
+    );
+    // The command it printed commits the folder (through the new hook, which runs the team's).
+    let printed = said
+        .lines()
+        .find(|l| l.contains(" add -A -- "))
+        .and_then(|l| l.strip_prefix("buildlock install:"))
+        .unwrap_or_else(|| panic!("no commit command in {said}"))
+        .trim();
+    let out = r
+        .cmd("sh", &r.root)
+        .arg("-c")
+        .arg(printed)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{printed}: {}", text(&out.stderr));
+    assert_eq!(team_runs(&r), vec![r.dir.display().to_string()]);
+    let committed = r.git(&["show", "--name-status", "--format=", "HEAD"]);
+    assert_eq!(
+        text(&committed.stdout),
+        "M\t.githooks/pre-commit\nA\t.githooks/pre-commit.chained\n"
+    );
+    std::fs::write(r.dir.join(".buildlock.toml"), NO_WAIT).unwrap();
+    r.git(&["add", ".buildlock.toml"]);
+    r.git(&["commit", "-q", "-m", "config", "--no-verify"]);
+
+    // With buildlock: the team's hook is the coordinated check.
+    let out = commit(&r, &r.dir, "a");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(team_runs(&r).len(), 2);
+    std::fs::write(r.shared("STOP"), "").unwrap();
+    let out = commit(&r, &r.dir, "b");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("you are the FIXER"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::remove_file(r.shared("STOP")).unwrap();
+    assert!(commit(&r, &r.dir, "b").status.success(), "the fix lands");
+
+    // A linked worktree runs its own checkout of the team's hook, through buildlock.
+    let wt = r.worktree("linked");
+    let out = commit(&r, &wt, "c");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(team_runs(&r).last().unwrap(), &wt.display().to_string());
+
+    // A teammate's clone without buildlock: the team's hook runs and the commit goes through.
+    let mate = r.root.join("teammate");
+    r.git(&[
+        "clone",
+        "-q",
+        r.dir.to_str().unwrap(),
+        mate.to_str().unwrap(),
+    ]);
+    r.git_in(&mate, &["config", "core.hooksPath", ".githooks"]);
+    assert!(!mate.join(".git/buildlock").exists());
+    let out = commit(&r, &mate, "d");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("buildlock"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(team_runs(&r).last().unwrap(), &mate.display().to_string());
+    std::fs::write(r.shared("STOP"), "").unwrap();
+    let out = commit(&r, &mate, "e");
+    assert!(
+        !out.status.success(),
+        "the team's failing hook still stops the commit"
+    );
+    assert!(
+        !text(&out.stderr).contains("buildlock"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::remove_file(r.shared("STOP")).unwrap();
+
+    // The teammate installs buildlock too: the committed shim is already in place.
+    let out = install(&r, &mate, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("already buildlock's"),
+        "{}",
+        text(&out.stdout)
+    );
+    std::fs::write(r.shared("STOP"), "").unwrap();
+    let out = commit(&r, &mate, "f");
+    assert!(
+        text(&out.stderr).contains("FIXER") || text(&out.stderr).contains("already fixing"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::remove_file(r.shared("STOP")).unwrap();
+    // ... and takes it out again: the committed shim stays, it is the team's.
+    let before = snapshot(&mate.join(".githooks"));
+    let out = install(&r, &mate, &["--uninstall", "--purge"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(before, snapshot(&mate.join(".githooks")));
+    assert!(commit(&r, &mate, "g").status.success());
+
+    // Uninstalled where it was installed first, the team's hook is restored byte for byte.
+    let out = install(&r, &r.dir, &["--uninstall"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(hooks.join("pre-commit")).unwrap(),
+        team
+    );
+    assert!(!hooks.join("pre-commit.chained").exists());
+    assert!(!r.buildlock_dir().join("chained/pre-commit").exists());
+    let said = text(&out.stdout);
+    let printed = said
+        .lines()
+        .find(|l| l.contains(" add -A -- "))
+        .and_then(|l| l.strip_prefix("buildlock install:"))
+        .unwrap_or_else(|| panic!("no commit command in {said}"))
+        .trim();
+    let out = r
+        .cmd("sh", &r.root)
+        .arg("-c")
+        .arg(printed)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{printed}: {}", text(&out.stderr));
+    let committed = r.git(&["show", "--name-status", "--format=", "HEAD"]);
+    assert_eq!(
+        text(&committed.stdout),
+        "M\t.githooks/pre-commit\nD\t.githooks/pre-commit.chained\n"
+    );
+}
+
+#[test]
+fn committed_folder_from_an_earlier_version_gets_the_team_hook_back() {
+    let r = bare_repo();
+    let hooks = r.dir.join(".githooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    r.git(&["config", "core.hooksPath", ".githooks"]);
+    assert!(install(&r, &r.dir, &[]).status.success());
+    // What the earlier install.sh left: its shim in the folder, the team's hook in this clone only.
+    let team = team_hook(&r);
+    let chained = r.buildlock_dir().join("chained/pre-commit");
+    write_exec(&chained, &team);
+    write_exec(
+        &hooks.join("pre-commit"),
+        "#!/bin/sh\n# buildlock-hook: the pre-commit shim, for repositories that commit their hooks (core.hooksPath).\nexec \"$(git rev-parse --git-common-dir)/buildlock/bin/pre-commit\" \"$@\"\n",
+    );
+    let out = install(&r, &r.dir, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("moved your team's hook back"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        std::fs::read_to_string(hooks.join("pre-commit.chained")).unwrap(),
+        team
+    );
+    assert!(
+        std::fs::read_to_string(&chained)
+            .unwrap()
+            .contains("# buildlock-chained")
+    );
+    std::fs::write(r.dir.join(".buildlock.toml"), NO_WAIT).unwrap();
+    assert!(commit(&r, &r.dir, "a").status.success());
+    assert_eq!(team_runs(&r).len(), 1, "the team's hook runs as the check");
+    // Uninstall restores it where it was before buildlock.
+    assert!(install(&r, &r.dir, &["--uninstall"]).status.success());
+    assert_eq!(
+        std::fs::read_to_string(hooks.join("pre-commit")).unwrap(),
+        team
+    );
+}
+
+// Hook managers, for real: lefthook from npm and the pre-commit framework from PyPI. Each is taken
+// from BUILDLOCK_TEST_LEFTHOOK / BUILDLOCK_TEST_PRE_COMMIT, else from PATH, else installed once
+// under the target dir; when none works (no network, no npm, no python3 venv) the test says why
+// and passes without running: a missing tool is not a failure of buildlock.
+
+use std::sync::OnceLock;
+
+static LEFTHOOK: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+static PRE_COMMIT_FRAMEWORK: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
+fn lefthook() -> Option<PathBuf> {
+    tool("lefthook", &LEFTHOOK, || {
+        let probe: &[&str] = &["version"];
+        from_env("BUILDLOCK_TEST_LEFTHOOK", probe, "").unwrap_or_else(|| {
+            on_path("lefthook", probe, "").or_else(|_| {
+                let npm = |dir: &str| {
+                    vec![command_line(
+                        "npm",
+                        &[
+                            "install",
+                            "--prefix",
+                            dir,
+                            "--no-audit",
+                            "--no-fund",
+                            "--silent",
+                            "--fetch-retries=1",
+                            "--fetch-timeout=30000",
+                            "lefthook",
+                        ],
+                    )]
+                };
+                installed("lefthook", "node_modules/.bin/lefthook", npm)
+                    .and_then(|p| verify(p, probe, ""))
+            })
+        })
+    })
+}
+
+fn pre_commit_framework() -> Option<PathBuf> {
+    tool("the pre-commit framework", &PRE_COMMIT_FRAMEWORK, || {
+        let probe: &[&str] = &["--version"];
+        let expect = "pre-commit ";
+        from_env("BUILDLOCK_TEST_PRE_COMMIT", probe, expect).unwrap_or_else(|| {
+            on_path("pre-commit", probe, expect).or_else(|_| {
+                let venv = |dir: &str| {
+                    vec![
+                        command_line("python3", &["-m", "venv", dir]),
+                        command_line(
+                            &format!("{dir}/bin/pip"),
+                            &[
+                                "install",
+                                "-q",
+                                "--disable-pip-version-check",
+                                "--retries",
+                                "1",
+                                "--timeout",
+                                "30",
+                                "pre-commit",
+                            ],
+                        ),
+                    ]
+                };
+                installed("pre-commit", "bin/pre-commit", venv)
+                    .and_then(|p| verify(p, probe, expect))
+            })
+        })
+    })
+}
+
+fn tool(
+    name: &str,
+    cell: &'static OnceLock<Result<PathBuf, String>>,
+    get: impl FnOnce() -> Result<PathBuf, String>,
+) -> Option<PathBuf> {
+    match cell.get_or_init(get) {
+        Ok(path) => Some(path.clone()),
+        Err(why) => {
+            eprintln!("SKIPPED: {name} is not available, so this test did not run: {why}");
+            None
+        }
+    }
+}
+
+fn command_line(program: &str, args: &[&str]) -> Vec<String> {
+    std::iter::once(program)
+        .chain(args.iter().copied())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The tool that the environment variable `var` names, if it is set (then no other is looked for).
+fn from_env(var: &str, probe: &[&str], expect: &str) -> Option<Result<PathBuf, String>> {
+    std::env::var_os(var).map(|p| verify(PathBuf::from(p), probe, expect))
+}
+
+fn on_path(name: &str, probe: &[&str], expect: &str) -> Result<PathBuf, String> {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("{name} is not on PATH"))
+        .and_then(|p| verify(p, probe, expect))
+}
+
+fn verify(path: PathBuf, probe: &[&str], expect: &str) -> Result<PathBuf, String> {
+    let out = std::process::Command::new(&path)
+        .args(probe)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if out.status.success() && text(&out.stdout).starts_with(expect) {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} {probe:?} did not answer as expected",
+            path.display()
+        ))
+    }
+}
+
+/// Installs a tool once per target dir: into a fresh directory (a venv cannot move), named by a
+/// pointer file that is replaced atomically, so that concurrent test runs never see half an install.
+fn installed(
+    name: &str,
+    bin: &str,
+    steps: impl FnOnce(&str) -> Vec<Vec<String>>,
+) -> Result<PathBuf, String> {
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hook-managers");
+    let pointer = cache.join(format!("{name}.path"));
+    if let Ok(dir) = std::fs::read_to_string(&pointer) {
+        let exe = Path::new(dir.trim()).join(bin);
+        if exe.is_file() {
+            return Ok(exe);
+        }
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = cache.join(format!("{name}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    for step in steps(dir.to_str().unwrap()) {
+        // Outside any repository (lefthook's npm postinstall would install itself into the
+        // repository it runs in), with CI set (which makes that postinstall do nothing).
+        let child = std::process::Command::new(&step[0])
+            .args(&step[1..])
+            .current_dir(&dir)
+            .env("CI", "true")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", step[0]))?;
+        let out = wait_output(child, std::time::Duration::from_secs(240));
+        if !out.status.success() {
+            let _ = std::fs::remove_dir_all(&dir);
+            let err = text(&out.stderr);
+            let last = err
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            return Err(format!(
+                "`{}` failed ({}): {last}",
+                step.join(" "),
+                out.status
+            ));
+        }
+    }
+    let tmp = pointer.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, dir.to_str().unwrap()).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, &pointer).map_err(|e| e.to_string())?;
+    Ok(dir.join(bin))
+}
+
+/// Runs `program args…` in the repository with the test environment; must succeed.
+fn run_tool(r: &TestRepo, program: &Path, args: &[&str]) -> String {
+    let out = r.cmd(program, &r.dir).args(args).output().unwrap();
+    let both = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{} {args:?}: {both}",
+        program.display()
+    );
+    both
+}
+
+/// What `buildlock doctor` and the hook will say: the manager reinstalled, and how to recover.
+fn reinstalled(r: &TestRepo) -> (buildlock_core::flows::installation::HookInstall, String) {
+    let found =
+        buildlock_core::flows::installation::inspect(&r.dir.join(".git/hooks"), &r.buildlock_dir());
+    let buildlock_core::flows::installation::HookInstall::ManagerReinstalled {
+        what_to_run, ..
+    } = &found
+    else {
+        panic!("not detected: {found:?}")
+    };
+    let what_to_run = what_to_run.clone();
+    (found, what_to_run)
+}
+
+/// Runs the recovery command that buildlock names (with the test's prebuilt binaries).
+fn recover(r: &TestRepo, what_to_run: &str) -> String {
+    assert_eq!(
+        what_to_run,
+        format!("sh {}", shell_quote(install_sh().to_str().unwrap())),
+        "it names the install.sh that installed buildlock"
+    );
+    let line = format!(
+        "{what_to_run} --bin-dir {}",
+        shell_quote(bin_dir().to_str().unwrap())
+    );
+    let out = r.cmd("sh", &r.dir).arg("-c").arg(&line).output().unwrap();
+    assert!(out.status.success(), "{line}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
+}
+
+#[test]
+fn lefthook_install_again_is_detected_and_recovered() {
+    let Some(lefthook) = lefthook() else { return };
+    let r = bare_repo();
+    let hooks = r.dir.join(".git/hooks");
+    let runs = r.shared("lefthook-ran");
+    std::fs::write(
+        r.dir.join("lefthook.yml"),
+        format!(
+            "pre-commit:\n  commands:\n    check:\n      run: echo ran >> '{}' && test ! -e '{}'\n",
+            runs.display(),
+            r.shared("STOP").display()
+        ),
+    )
+    .unwrap();
+    r.git(&["add", "lefthook.yml"]);
+    r.git(&["commit", "-q", "-m", "lefthook", "--no-verify"]);
+    run_tool(&r, &lefthook, &["install"]);
+    let out = install(&r, &r.dir, &[]);
+    assert!(
+        text(&out.stdout).contains("kept your existing hook"),
+        "{}",
+        text(&out.stdout)
+    );
+    std::fs::write(r.dir.join(".buildlock.toml"), NO_WAIT).unwrap();
+    assert!(commit(&r, &r.dir, "a").status.success());
+    assert_eq!(lines(&runs), 1, "lefthook runs, as buildlock's check");
+
+    // `lefthook install` again (npm install does it): it can read our hook now, and keeps it.
+    let said = run_tool(&r, &lefthook, &["install"]);
+    assert!(!said.contains("token too long"), "{said}");
+    assert!(!buildlock_core::flows::installation::inspect(&hooks, &r.buildlock_dir()).is_ours());
+    assert_is_our_script(&hooks.join("pre-commit.old"), &r.dir);
+    let (found, what_to_run) = reinstalled(&r);
+    assert!(
+        found.message().contains("`lefthook install`"),
+        "{}",
+        found.message()
+    );
+    // Commits still work (lefthook alone runs, uncoordinated), until the recovery:
+    assert!(commit(&r, &r.dir, "b").status.success());
+    let said = recover(&r, &what_to_run);
+    assert!(said.contains("reinstalled by lefthook"), "{said}");
+    assert_is_our_script(&hooks.join("pre-commit"), &r.dir);
+    assert!(std::fs::symlink_metadata(hooks.join("pre-commit.old")).is_err());
+    std::fs::write(r.shared("STOP"), "").unwrap();
+    let out = commit(&r, &r.dir, "c");
+    assert!(
+        text(&out.stderr).contains("you are the FIXER"),
+        "coordinated again: {}",
+        text(&out.stderr)
+    );
+    std::fs::remove_file(r.shared("STOP")).unwrap();
+    assert!(commit(&r, &r.dir, "c").status.success());
+
+    // lefthook.yml changed: lefthook, running as buildlock's check, reinstalls itself over ours.
+    // The hook can tell afterwards (hook_warning), and so can doctor.
+    let yml = std::fs::read_to_string(r.dir.join("lefthook.yml")).unwrap();
+    std::fs::write(
+        r.dir.join("lefthook.yml"),
+        format!("{yml}    other:\n      run: 'true'\n"),
+    )
+    .unwrap();
+    r.git(&["add", "lefthook.yml"]);
+    assert!(commit(&r, &r.dir, "yml").status.success());
+    let hooks_now = buildlock_core::flows::installation::inspect(&hooks, &r.buildlock_dir());
+    if hooks_now.is_ours() {
+        eprintln!("note: this lefthook did not reinstall itself on a changed lefthook.yml");
+    } else {
+        let warning = buildlock_core::flows::installation::hook_warning(&hooks, &r.buildlock_dir());
+        assert!(warning.is_some(), "{hooks_now:?}");
+        recover(&r, &reinstalled(&r).1);
+    }
+
+    // Reinstalled once more, then buildlock uninstalled: lefthook's hook alone, nothing of ours.
+    run_tool(&r, &lefthook, &["install"]);
+    let out = install(&r, &r.dir, &["--uninstall", "--purge"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for leftover in ["pre-commit.old", "pre-commit.legacy"] {
+        assert!(
+            std::fs::symlink_metadata(hooks.join(leftover)).is_err(),
+            "{leftover} left behind"
+        );
+    }
+    assert!(!r.buildlock_dir().exists());
+    let before = lines(&runs);
+    let out = commit(&r, &r.dir, "d");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(lines(&runs), before + 1);
+}
+
+#[test]
+fn pre_commit_install_again_keeps_commits_working_and_is_recovered() {
+    let Some(framework) = pre_commit_framework() else {
+        return;
+    };
+    let r = bare_repo();
+    let hooks = r.dir.join(".git/hooks");
+    let runs = r.shared("framework-ran");
+    std::fs::write(
+        r.dir.join(".pre-commit-config.yaml"),
+        format!(
+            "repos:\n- repo: local\n  hooks:\n  - id: check\n    name: check\n    entry: sh -c \"echo ran >> '{}' && test ! -e '{}'\"\n    language: system\n    always_run: true\n    pass_filenames: false\n",
+            runs.display(),
+            r.shared("STOP").display()
+        ),
+    )
+    .unwrap();
+    r.git(&["add", ".pre-commit-config.yaml"]);
+    r.git(&["commit", "-q", "-m", "pre-commit", "--no-verify"]);
+    run_tool(&r, &framework, &["install"]);
+    assert!(text(&install(&r, &r.dir, &[]).stdout).contains("kept your existing hook"));
+    std::fs::write(r.dir.join(".buildlock.toml"), NO_WAIT).unwrap();
+    assert!(commit(&r, &r.dir, "a").status.success());
+    assert_eq!(lines(&runs), 1);
+
+    // `pre-commit install` again: migration mode, ours as its legacy hook. Commits keep working
+    // (no "bug: pre-commit's script is installed in migration mode"), coordinated, the checks twice.
+    run_tool(&r, &framework, &["install"]);
+    assert_is_our_script(&hooks.join("pre-commit.legacy"), &r.dir);
+    let out = commit(&r, &r.dir, "b");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains("bug:"), "{}", text(&out.stderr));
+    assert_eq!(
+        lines(&runs),
+        3,
+        "once through buildlock, once more by the framework"
+    );
+    std::fs::write(r.shared("STOP"), "").unwrap();
+    let out = commit(&r, &r.dir, "c");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("you are the FIXER") && !err.contains("bug:"),
+        "{err}"
+    );
+    std::fs::remove_file(r.shared("STOP")).unwrap();
+    assert!(commit(&r, &r.dir, "c").status.success());
+
+    let warning = buildlock_core::flows::installation::hook_warning(&hooks, &r.buildlock_dir());
+    assert!(
+        warning.is_some_and(|w| w.contains("twice")),
+        "the hook has something to say"
+    );
+    let (found, what_to_run) = reinstalled(&r);
+    assert!(
+        matches!(
+            found,
+            buildlock_core::flows::installation::HookInstall::ManagerReinstalled {
+                manager: Some(buildlock_core::flows::installation::Manager::PreCommit),
+                chained_is_its_own: true,
+                ..
+            }
+        ),
+        "{found:?}"
+    );
+    assert!(found.message().contains("twice"), "{}", found.message());
+    let said = recover(&r, &what_to_run);
+    assert!(said.contains("reinstalled by pre-commit"), "{said}");
+    assert_is_our_script(&hooks.join("pre-commit"), &r.dir);
+    assert!(std::fs::symlink_metadata(hooks.join("pre-commit.legacy")).is_err());
+    let before = lines(&runs);
+    assert!(commit(&r, &r.dir, "d").status.success());
+    assert_eq!(lines(&runs), before + 1, "once again");
+
+    // Uninstalled: the framework's own hook, nothing of ours, no dangling legacy hook.
+    let out = install(&r, &r.dir, &["--uninstall"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(std::fs::symlink_metadata(hooks.join("pre-commit.legacy")).is_err());
+    assert!(
+        std::fs::read_to_string(hooks.join("pre-commit"))
+            .unwrap()
+            .contains("File generated by pre-commit")
+    );
+    let out = commit(&r, &r.dir, "e");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("buildlock"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(lines(&runs), before + 2);
+}
+
+#[test]
+fn the_chained_hook_gets_git_s_arguments_only() {
+    // Both forms of the hook: the `#!` line (here) and `sh` (a path with a space).
+    for name in ["plain", "with space"] {
+        let r = bare_repo();
+        let repo = r.root.join(name);
+        repo_at(&r, &repo);
+        let seen = r.shared("arguments");
+        write_exec(
+            &repo.join(".git/hooks/pre-commit"),
+            &format!("#!/bin/sh\necho \"$# $*\" > '{}'\n", seen.display()),
+        );
+        let out = install(&r, &repo, &[]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_is_our_script(&repo.join(".git/hooks/pre-commit"), &repo);
+        let out = commit(&r, &repo, "a");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(std::fs::read_to_string(&seen).unwrap(), "0 \n", "{name}");
+    }
 }

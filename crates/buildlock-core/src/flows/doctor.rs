@@ -709,15 +709,7 @@ fn human_bytes(n: u64) -> String {
 
 /// The hooks directory git uses: `core.hooksPath` (relative to the work tree) or the common dir's.
 pub fn hooks_dir(ctx: &Context) -> PathBuf {
-    let configured = git2::Repository::open(&ctx.repo.git_dir)
-        .ok()
-        .and_then(|r| r.config().ok())
-        .and_then(|c| c.get_path("core.hooksPath").ok());
-    match configured {
-        Some(p) if p.is_relative() => ctx.repo.worktree.join(p),
-        Some(p) => p,
-        None => ctx.repo.common_dir.join("hooks"),
-    }
+    ctx.repo.hooks_dir()
 }
 
 /// The installed binaries: `<common dir>/buildlock/bin/`.
@@ -745,39 +737,22 @@ fn reinstall_hint(ctx: &Context, hook: &Path) -> String {
 
 fn hook_findings(ctx: &Context, r: &mut Report) -> Result<()> {
     let hook = hooks_dir(ctx).join("pre-commit");
-    match fs::read(&hook) {
-        Err(_) => r.problem(
-            format!(
-                "no pre-commit hook at {}: git runs nothing on commit, so nothing is checked or coordinated",
-                hook.display()
-            ),
-            reinstall_hint(ctx, &hook),
-        ),
-        Ok(bytes) => {
-            let ours = bytes.windows(9).any(|w| w == b"buildlock");
-            let exec = fs::metadata(&hook).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
-            match (ours, exec) {
-                (true, true) => r.ok(format!(
-                    "the hook {} is buildlock's and executable",
+    let found = crate::flows::installation::inspect(&hooks_dir(ctx), &ctx.home);
+    if found.is_ours() {
+        let exec = fs::metadata(&hook).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
+        if !exec && !fs::symlink_metadata(&hook).is_ok_and(|m| m.file_type().is_symlink()) {
+            return r.problem(
+                format!(
+                    "the hook {} is not executable: git skips it",
                     hook.display()
-                )),
-                (false, _) => r.problem(
-                    format!(
-                        "the hook {} is not buildlock's (a hook manager's `install` may have replaced it): commits are not coordinated",
-                        hook.display()
-                    ),
-                    reinstall_hint(ctx, &hook),
                 ),
-                (true, false) => r.problem(
-                    format!(
-                        "the hook {} is not executable: git skips it",
-                        hook.display()
-                    ),
-                    format!("chmod +x {}", shell_quote(&hook.display().to_string())),
-                ),
-            }
+                format!("chmod +x {}", shell_quote(&hook.display().to_string())),
+            );
         }
+        return r.ok(found.message());
     }
+    // The message says what is the case and what to run.
+    r.problem(found.message(), reinstall_hint(ctx, &hook))
 }
 
 fn alias_findings(ctx: &Context, r: &mut Report) -> Result<()> {

@@ -54,6 +54,15 @@ pub fn main(args: Vec<OsString>) -> i32 {
             return exit::COORDINATION;
         }
     };
+    // Behind a hook manager that re-installed itself in front of us (and that we also chain),
+    // say so: its checks run twice. Only where a hook is chained (one stat otherwise).
+    if chained_hook(&ctx.home).exists() {
+        if let Some(warning) =
+            crate::flows::installation::hook_warning(&ctx.repo.hooks_dir(), &ctx.home)
+        {
+            say::warn(warning);
+        }
+    }
     let Some(command) = the_check(&ctx, args) else {
         Decision::new(Verdict::Pass).hand_over();
         return exit::OK;

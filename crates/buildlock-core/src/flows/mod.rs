@@ -7,6 +7,7 @@
 //! - [`fixcommit`]: the fix commit handed to waiters;
 //! - [`wait`]: bounded waiting for a fix; [`lease`]: the fixer's heartbeat;
 //! - [`ci`]: `buildlock ci`, the protocol for a CI step (either backend);
+//! - [`installation`]: is the installed hook ours, and what replaced it (hook managers);
 //! - [`ops`]: the operator's commands; [`doctor`]: `buildlock doctor`; [`demo`]: the demo;
 //! - [`claims`]: claims and agents (`claim`, `unclaim`, `claims`, `agents`, `done`, `wait-for`);
 //!   [`guard`]: the hook's claims guard; [`slots`]: check slots; [`claims_demo`]: the demo's scene.
@@ -22,6 +23,7 @@ pub mod fixcommit;
 pub mod fixer;
 pub mod guard;
 pub mod hook;
+pub mod installation;
 pub mod lease;
 pub mod ops;
 pub mod retry;

@@ -135,6 +135,21 @@ impl Repo {
         &self.repo
     }
 
+    /// The hooks directory git uses: `core.hooksPath` (relative to the work tree), else the
+    /// common dir's `hooks`.
+    pub fn hooks_dir(&self) -> PathBuf {
+        let configured = self
+            .repo
+            .config()
+            .ok()
+            .and_then(|c| c.get_path("core.hooksPath").ok());
+        match configured {
+            Some(p) if p.is_relative() => self.worktree.join(p),
+            Some(p) => p,
+            None => self.common_dir.join("hooks"),
+        }
+    }
+
     /// Where buildlock keeps its coordination files.
     pub fn buildlock_dir(&self) -> PathBuf {
         self.common_dir.join("buildlock")
