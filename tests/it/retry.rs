@@ -75,9 +75,20 @@ fn sixteen_agents_one_fix_every_commit_lands() {
         .enumerate()
         .map(|(i, t)| commit_retry(&r, t, &format!("a{i}")))
         .collect();
-    for (i, c) in children.into_iter().enumerate() {
-        let out = wait_output(c, Duration::from_secs(120));
-        assert!(out.status.success(), "a{i}: {}", text(&out.stderr));
+    let outs: Vec<_> = children
+        .into_iter()
+        .map(|c| wait_output(c, Duration::from_secs(120)))
+        .collect();
+    // On a failure, every agent's story: the one that failed is rarely the one that went wrong.
+    let all = || {
+        outs.iter()
+            .enumerate()
+            .map(|(i, o)| format!("--- a{i} ({:?}):\n{}", o.status, text(&o.stderr)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for (i, out) in outs.iter().enumerate() {
+        assert!(out.status.success(), "a{i} failed; all agents:\n{}", all());
         assert_eq!(r.last_subject(&trees[i]), format!("a{i} work"));
     }
     let w = r.witness();

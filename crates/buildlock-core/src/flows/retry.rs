@@ -49,16 +49,17 @@ pub fn main(args: Vec<OsString>) -> i32 {
         // Not a repository, or similar: git says it best.
         Err(LoadError::Other(_)) => return plain_git(&git, &args),
     };
-    match (Retry {
+    let retry = Retry {
         ctx: &ctx,
         git,
         args,
-    })
-    .run()
-    {
+        elected: std::cell::RefCell::new(None),
+    };
+    match retry.run() {
         Ok(code) => code,
         Err(e) => {
             say::say(format!("commit-retry: {e:#}"));
+            retry.give_up_role();
             exit::COORDINATION
         }
     }
@@ -84,6 +85,9 @@ struct Retry<'a> {
     ctx: &'a Context,
     git: PathBuf,
     args: Vec<OsString>,
+    /// The breakage this run was elected to fix, if any: given up if the run fails, so that the
+    /// others need not wait for a fixer that is gone without having registered.
+    elected: std::cell::RefCell<Option<Assignment>>,
 }
 
 /// One `git commit` run.
@@ -188,6 +192,7 @@ impl Retry<'_> {
                 }
                 Verdict::Fix => {
                     let a = assignment(&decision);
+                    *self.elected.borrow_mut() = Some(a.clone());
                     let Some(command) = cfg.fix_command.clone() else {
                         say::say(
                             "commit-retry: you are the fixer and no `fix.command` is configured: fix \
@@ -258,6 +263,30 @@ impl Retry<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// This run failed while elected: give the role up (best effort), so that the next failing
+    /// agent is elected at once instead of everyone waiting out the lease.
+    fn give_up_role(&self) {
+        let Some(a) = self.elected.borrow_mut().take() else {
+            return;
+        };
+        let event = Event::Release {
+            agent: self.ctx.agent.clone(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let released =
+            self.ctx
+                .store
+                .apply(&a.key, &a.base, &event, self.ctx.policy(), None, &|| {
+                    Instant::now() > deadline
+                });
+        if released.is_ok_and(|r| r.outcome == crate::protocol::state::Outcome::Released) {
+            say::say(format!(
+                "commit-retry: gave the fixer role of key `{}` up, so that another agent can take it",
+                a.key
+            ));
         }
     }
 
