@@ -107,14 +107,39 @@ fn six_plain_commits_one_fix_five_told_the_commit_then_all_land_first_try() {
         s["totals"]
     );
 
-    // Each takes the fix as it was told, and commits: first try.
+    // All take the fix at once, with the very command they were told (worktrees share one
+    // `refs/stash`: the recipe must not use it), then commit: first try, each with its own work.
+    let told = outs
+        .iter()
+        .flatten()
+        .next()
+        .map(|o| text(&o.stderr))
+        .unwrap();
+    let recipe = told
+        .split('`')
+        .find(|part| part.starts_with("s=$(git stash create)"))
+        .unwrap_or_else(|| panic!("no recipe in: {told}"))
+        .to_owned();
+    let takers: Vec<_> = trees
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != fixer)
+        .map(|(_, t)| r.cmd("sh", t).args(["-c", &recipe]).spawn().unwrap())
+        .collect();
+    for taker in takers {
+        let out = wait_output(taker, Duration::from_secs(60));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
     for (i, t) in trees.iter().enumerate() {
         if i == fixer {
             continue;
         }
-        r.git_in(t, &["stash", "-q"]);
-        r.git_in(t, &["cherry-pick", &fix]);
-        r.git_in(t, &["stash", "pop", "-q", "--index"]);
+        let staged = text(&r.git_in(t, &["diff", "--cached", "--name-only"]).stdout);
+        assert_eq!(
+            staged.trim(),
+            format!("work{i}"),
+            "a{i} kept its own work, only"
+        );
         let out = r
             .cmd("git", t)
             .args(["commit", "-q", "-m", &format!("work {i}")])
@@ -130,9 +155,10 @@ fn six_plain_commits_one_fix_five_told_the_commit_then_all_land_first_try() {
 #[test]
 fn commit_retry_takes_the_fix_through_retry_refresh() {
     // The refresh gets BUILDLOCK_FIX_COMMIT and takes the fix; the retry then lands.
-    let (r, trees) = committed_breakage(
-        "[retry]\nrefresh = 'git stash -q && git cherry-pick \"$BUILDLOCK_FIX_COMMIT\" && git stash pop -q --index'\n",
-    );
+    let (r, trees) = committed_breakage(&format!(
+        "[retry]\nrefresh = '{}'\n",
+        buildlock_core::flows::fixcommit::REFRESH_TAKING_THE_FIX
+    ));
     let (fixer, waiter) = (&trees[0], &trees[1]);
     // The fixer's plain commit elects it.
     r.stage_change(fixer, "fixer-work");

@@ -78,11 +78,18 @@ pub fn lacking(repo: &Repo, commit: &str) -> Option<String> {
     }
 }
 
-/// How to take the fix, for people and agents.
+/// How to take the fix, for people and agents. Safe with parallel worktrees: `git stash` would
+/// share one `refs/stash` between all worktrees of the repository (agents popping each other's
+/// work); `git stash create` keeps the saved work in a commit of this shell's alone.
 pub fn how_to_take(commit: &str) -> String {
     let short = &commit[..commit.len().min(12)];
     format!(
-        "`git cherry-pick {short}` (with staged changes: `git stash && git cherry-pick {short} && \
-         git stash pop --index`)"
+        "`git cherry-pick {short}`; with staged or unstaged changes, keep them aside first \
+         (never with plain `git stash`, whose stash all worktrees share): \
+         `s=$(git stash create) && git reset -q --hard && git cherry-pick {short} && \
+         {{ [ -z \"$s\" ] || git stash apply -q --index \"$s\"; }}`"
     )
 }
+
+/// A `retry.refresh` that takes the fix commit safely (see [`how_to_take`]).
+pub const REFRESH_TAKING_THE_FIX: &str = r#"[ -z "$BUILDLOCK_FIX_COMMIT" ] || { s=$(git stash create) && git reset -q --hard && git cherry-pick "$BUILDLOCK_FIX_COMMIT" && { [ -z "$s" ] || git stash apply -q --index "$s"; }; }"#;

@@ -370,7 +370,7 @@ impl Retry<'_> {
             say::say(format!(
                 "commit-retry: take the fix with {}, then run `git commit-retry …` again \
                  (or set `retry.refresh` in .buildlock.toml to take it on its own: it gets \
-                 BUILDLOCK_FIX_COMMIT)",
+                 BUILDLOCK_FIX_COMMIT; the example config has one that does it safely)",
                 fixcommit::how_to_take(commit)
             ));
             return Ok(Some(exit::BLOCKED));
