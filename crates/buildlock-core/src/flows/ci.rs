@@ -328,7 +328,7 @@ impl Ci<'_> {
             .iter()
             .find(|s| s.key == key && s.status == Status::Passing)
             .and_then(|s| s.fix.as_ref())
-            .filter(|f| f.signature.as_deref() == Some(sig.as_str()))
+            .filter(|f| f.fixes(&sig))
             .and_then(|f| fixcommit::await_commit(f, fixcommit::GRACE, &stop))
             .and_then(|commit| fixcommit::lacking(&ctx.repo, &commit));
         let event = Event::Failed {

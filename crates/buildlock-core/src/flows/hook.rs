@@ -366,7 +366,7 @@ impl Hook<'_> {
             .iter()
             .find(|s| s.key == key && s.status == Status::Passing)
             .and_then(|s| s.fix.as_ref())
-            .filter(|f| f.signature.as_deref() == Some(sig.as_str()))
+            .filter(|f| f.fixes(&sig))
             // git writes the fix commit just after the fixer's hook returns: a check that
             // failed right after the fix may have to wait a moment for it.
             .and_then(|f| fixcommit::await_commit(f, fixcommit::GRACE, &|| self.stop()))

@@ -82,6 +82,11 @@ pub struct Fix {
     pub commit: Option<String>,
     /// The signature of the failure it fixed.
     pub signature: Option<String>,
+    /// Every failure signature seen in the generation it ended (the fixer's re-checks and its
+    /// waiters'): with `match = "any"` a fixer's re-check may fail differently, and the fix
+    /// still fixes what the others hit.
+    #[serde(default)]
+    pub signatures: Vec<String>,
     pub by: String,
     pub generation: u64,
     /// The fixer's HEAD when its check passed: the fix commit's parent.
@@ -115,6 +120,9 @@ pub struct KeyState {
     /// run of its own if the fix comes.
     #[serde(default)]
     pub waited: Vec<String>,
+    /// Every failure signature seen in this generation (bounded), for the fix it ends in.
+    #[serde(default)]
+    pub signatures: Vec<String>,
     /// When the status last changed.
     pub changed: Millis,
     /// Who fixed the build last.
@@ -142,6 +150,7 @@ impl KeyState {
             log: None,
             waiters: Vec::new(),
             waited: Vec::new(),
+            signatures: Vec::new(),
             changed: 0,
             fixed_by: None,
             orphan_fix: None,
@@ -375,8 +384,7 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
         } if state.status == Status::Passing
             && state.fix.as_ref().is_some_and(|f| {
                 // A fix commit not recorded yet was found by the caller on the fixer's HEAD.
-                f.commit.as_ref().is_none_or(|c| c == commit)
-                    && f.signature.as_ref() == Some(signature)
+                f.commit.as_ref().is_none_or(|c| c == commit) && f.fixes(signature)
             }) =>
         {
             let fix = next.fix.as_mut().expect("matched above");
@@ -429,7 +437,7 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
                 next.signature = Some(signature.clone());
                 next.log = Some(log.clone());
             }
-            match role {
+            let outcome = match role {
                 Role::Mine(fixer) => {
                     let attempts = fixer.attempts + 1;
                     if attempts >= seen.max_fix_attempts {
@@ -478,7 +486,14 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
                     elect(&mut next, agent, next_generation, seen.now);
                     Outcome::Elected { replaced: None }
                 }
+            };
+            if next.status == Status::Fixing
+                && !next.signatures.contains(signature)
+                && next.signatures.len() < MAX_SIGNATURES
+            {
+                next.signatures.push(signature.clone());
             }
+            outcome
         }
         Event::Passed {
             agent,
@@ -497,6 +512,7 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
                     next.fix = Some(Fix {
                         commit: fix.commit.clone(),
                         signature: state.signature.clone(),
+                        signatures: state.signatures.clone(),
                         by: agent.id.clone(),
                         generation: state.generation,
                         head_before: fix.head_before.clone(),
@@ -575,6 +591,17 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
     (next, outcome)
 }
 
+/// Failure signatures kept per generation.
+const MAX_SIGNATURES: usize = 32;
+
+impl Fix {
+    /// Whether this fix fixed failures with `signature`.
+    pub fn fixes(&self, signature: &str) -> bool {
+        self.signature.as_deref() == Some(signature)
+            || self.signatures.iter().any(|s| s == signature)
+    }
+}
+
 /// Who holds the role, as a failing agent sees it.
 enum Role<'a> {
     Nobody,
@@ -591,6 +618,7 @@ fn elect(next: &mut KeyState, agent: &Agent, generation: u64, now: Millis) {
     next.generation = generation;
     next.waiters.clear();
     next.waited.clear();
+    next.signatures.clear();
     next.changed = now;
     next.fixer = Some(Fixer {
         agent: agent.id.clone(),
@@ -610,6 +638,7 @@ fn to_passing(next: &mut KeyState, seen: &Observed, fixed_by: Option<String>) {
     next.fixer = None;
     next.waiters.clear();
     next.waited.clear();
+    next.signatures.clear();
     next.changed = seen.now;
     next.passed = seen.passes + 1;
     if fixed_by.is_some() {
@@ -1232,6 +1261,36 @@ mod tests {
                 Outcome::Elected { replaced: None }
             ));
         }
+    }
+
+    #[test]
+    fn a_fix_fixes_every_failure_of_its_generation() {
+        // match = "any": the fixer's re-check fails differently before it passes; the waiter's
+        // failure (the first signature) is still one that fix fixed.
+        let s = fixing("x", 1);
+        let (s, _) = transition(&s, &failed("x", "second"), &seen(T0 + 1));
+        let (s, _) = transition(&s, &failed("y", "third"), &seen(T0 + 2));
+        let passed = Event::Passed {
+            agent: agent("x"),
+            generation: Some(1),
+            fix: FixSeen::default(),
+        };
+        let (s, _) = transition(&s, &passed, &seen(T0 + 3));
+        let fix = s.fix.clone().unwrap();
+        assert_eq!(fix.signature.as_deref(), Some("second"));
+        for sig in ["sig", "second", "third"] {
+            assert!(fix.fixes(sig), "{sig}");
+        }
+        assert!(!fix.fixes("other"));
+        let lacks = with(failed("z", "sig"), |e| {
+            if let Event::Failed { lacks_fix, .. } = e {
+                *lacks_fix = Some("f1x".into());
+            }
+        });
+        assert!(matches!(
+            transition(&s, &lacks, &seen(T0 + 4)).1,
+            Outcome::TakeFix { .. }
+        ));
     }
 
     #[test]
