@@ -313,3 +313,53 @@ fn a_fixer_who_bypasses_with_buildlock_0_still_marks_the_build_fixed() {
     );
     assert_eq!(s["totals"]["fixes"], 1);
 }
+
+/// a0 fixes the committed breakage on its own branch; returns the fix commit.
+fn fixed_by_a0(r: &TestRepo, fixer: &std::path::Path) -> String {
+    assert_eq!(r.hook(fixer, "a0").status.code(), Some(1));
+    std::fs::write(fixer.join("dep.txt"), "ok\n").unwrap();
+    r.git_in(fixer, &["add", "dep.txt"]);
+    let out = r
+        .cmd("git", fixer)
+        .args(["commit", "-q", "-m", "fix dep"])
+        .env("BUILDLOCK_AGENT", "a0")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&r.git_in(fixer, &["rev-parse", "HEAD"]).stdout)
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn a_fix_whose_branch_is_gone_is_handed_to_nobody() {
+    let (r, trees) = committed_breakage("[hook]\nwait = false\n");
+    let (fixer, other) = (&trees[0], &trees[1]);
+    let fix = fixed_by_a0(&r, fixer);
+    // The fixer's work is abandoned: its worktree and branch are deleted.
+    r.git(&["worktree", "remove", "--force", fixer.to_str().unwrap()]);
+    r.git(&["branch", "-D", "a0"]);
+    let out = r.hook(other, "a1");
+    let err = text(&out.stderr);
+    assert!(
+        !err.contains(&fix[..12]),
+        "handed an abandoned commit: {err}"
+    );
+    assert!(err.contains("you are the FIXER"), "{err}");
+}
+
+#[test]
+fn reset_forgets_the_fixes_on_record() {
+    let (r, trees) = committed_breakage("[hook]\nwait = false\n");
+    let fix = fixed_by_a0(&r, &trees[0]);
+    assert_eq!(r.state()["keys"][0]["fix_commit"], fix.as_str());
+    let out = r.cmd(BUILDLOCK, &r.dir).arg("reset").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(r.state()["keys"][0]["fix_commit"], serde_json::Value::Null);
+    let out = r.hook(&trees[1], "a1");
+    assert!(
+        text(&out.stderr).contains("you are the FIXER"),
+        "{}",
+        text(&out.stderr)
+    );
+}

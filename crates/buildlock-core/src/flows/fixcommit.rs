@@ -33,9 +33,9 @@ pub fn resolve(fix: &Fix) -> Option<String> {
 /// Waits until the fix commit can be found, for at most `limit`, stopping early when `stop`
 /// says so.
 pub fn await_commit(fix: &Fix, limit: Duration, stop: &dyn Fn() -> bool) -> Option<String> {
-    if fix.commit.is_none() && fix.git_dir.is_none() {
-        // Nowhere to find it (a fix without a commit, or one recorded by another machine
-        // before its commit existed): nothing to wait for.
+    if fix.commit.is_none() && !fix.git_dir.as_ref().is_some_and(|d| d.exists()) {
+        // Nowhere to find it (a fix without a commit, one recorded by another machine before
+        // its commit existed, or the fixer's worktree removed): nothing to wait for.
         return None;
     }
     let start = Instant::now();
@@ -73,6 +73,9 @@ fn committing(fix: &Fix) -> bool {
 pub fn lacking(repo: &Repo, commit: &str) -> Option<String> {
     match repo.head_contains(commit) {
         Some(true) => None,
+        // A fix commit that exists here but no branch holds any more (its work was abandoned)
+        // is handed to nobody: the failure is then a breakage of its own.
+        Some(false) if !repo.reachable(commit) => None,
         // Not in our object store (another machine's fix, not fetched yet) also means we lack it.
         Some(false) | None => Some(commit.to_owned()),
     }

@@ -293,7 +293,9 @@ pub fn reset(ctx: &Context, key: Option<&str>) -> Result<i32> {
         None => {
             let mut open: Vec<(String, String)> = all
                 .iter()
-                .filter(|(_, s)| s.status != Status::Passing)
+                // Passing keys with a fix on record too: a reset forgets fixes, so that nobody is
+                // handed an old fix commit again.
+                .filter(|(_, s)| s.status != Status::Passing || s.fix.is_some())
                 .map(|(b, s)| (b.clone(), s.key.clone()))
                 .collect();
             let base = ctx.base();
@@ -305,7 +307,7 @@ pub fn reset(ctx: &Context, key: Option<&str>) -> Result<i32> {
     };
     if targets.is_empty() {
         say::say(format!(
-            "nothing to reset: every key is passing ({} on record)",
+            "nothing to reset: every key is passing, with no fix on record ({} on record)",
             all.len()
         ));
         return Ok(exit::OK);

@@ -87,6 +87,37 @@ impl Repo {
             .map(|oid| oid.to_string())
     }
 
+    /// Whether some branch (or some worktree's HEAD) still contains `commit`: a fix commit no
+    /// branch has any more (its branch deleted, its work abandoned) is handed to nobody.
+    pub fn reachable(&self, commit: &str) -> bool {
+        let Ok(commit) = git2::Oid::from_str(commit) else {
+            return false;
+        };
+        let Ok(refs) = self.repo.references() else {
+            return true;
+        };
+        let mut tips: Vec<git2::Oid> = refs
+            .flatten()
+            .filter(|r| r.is_branch() || r.is_remote())
+            .filter_map(|r| r.target())
+            .collect();
+        tips.extend(self.repo.head().ok().and_then(|h| h.target()));
+        if let Ok(worktrees) = self.repo.worktrees() {
+            for name in worktrees.iter().flatten() {
+                let head = self
+                    .repo
+                    .find_worktree(name)
+                    .ok()
+                    .and_then(|w| git2::Repository::open_from_worktree(&w).ok())
+                    .and_then(|r| r.head().ok().and_then(|h| h.target()));
+                tips.extend(head);
+            }
+        }
+        tips.iter().any(|&tip| {
+            tip == commit || self.repo.graph_descendant_of(tip, commit).unwrap_or(false)
+        })
+    }
+
     /// Whether HEAD is `commit` or descends from it. `None` when `commit` is not in this
     /// repository's object store (not fetched yet).
     pub fn head_contains(&self, commit: &str) -> Option<bool> {
