@@ -508,6 +508,7 @@ if [ ! -e "$top/.buildlock.toml" ]; then
     else
         say "wrote $top/.buildlock.toml from the example: set 'check' to your build and test command"
     fi
+    say "commit .buildlock.toml: worktrees and clones read it from their own checkout, so until it is committed they run with no check"
 fi
 
 say "done. Next:"

@@ -587,3 +587,18 @@ fn doctor_hints_name_what_exists_here() {
         "{s}"
     );
 }
+
+#[test]
+fn wait_for_an_agent_never_seen_is_an_error_not_a_go() {
+    let r = broken_with_fixer();
+    let out = buildlock(&r, &["wait-for", "a1x", "--timeout", "1s"], "x");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("no agent named `a1x`") && err.contains("a1"),
+        "{err}"
+    );
+    // A known agent is waited for as before.
+    let out = buildlock(&r, &["wait-for", "a2", "--timeout", "1s"], "x");
+    assert_ne!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}

@@ -363,3 +363,18 @@ fn reset_forgets_the_fixes_on_record() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn a_fix_left_unstaged_is_pointed_out() {
+    let (r, trees) = committed_breakage("[fix]\ncommand = \"echo ok > dep.txt\"\n");
+    let t = &trees[0];
+    r.stage_change(t, "work");
+    let out = r
+        .cmd(COMMIT_RETRY, t)
+        .args(["-q", "-m", "work"])
+        .env("BUILDLOCK_AGENT", "a0")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(err.contains("not staged (dep.txt)"), "{err}");
+}

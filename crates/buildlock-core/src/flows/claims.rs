@@ -835,6 +835,35 @@ pub fn wait_for(ctx: &Context, names: &[String], timeout: Option<&str>) -> Resul
         Some(Err(e)) => return usage(e),
     };
     let reg = store(ctx);
+    // A name never seen (a typo) would read as "gone" and let the caller go on at once.
+    let known: Vec<String> = agent_rows(ctx).into_iter().map(|a| a.agent).collect();
+    let history: std::collections::HashSet<String> = ctx
+        .store
+        .history()
+        .iter()
+        .filter_map(|e| e["agent"].as_str().map(str::to_owned))
+        .collect();
+    let reg_now = reg.read();
+    let unknown: Vec<&String> = names
+        .iter()
+        .filter(|n| !known.contains(n) && !history.contains(*n) && !reg_now.agents.contains_key(*n))
+        .collect();
+    if !unknown.is_empty() {
+        say::say(format!(
+            "wait-for: no agent named {} was ever seen here; nothing to wait for. Known agents: {}",
+            unknown
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if known.is_empty() {
+                "none yet".to_owned()
+            } else {
+                known.join(", ")
+            }
+        ));
+        return Ok(exit::USAGE);
+    }
     let watch = Watch::new(reg.home(), registry::FILE);
     let start = Instant::now();
     let mut last_progress: Option<Instant> = None;

@@ -145,7 +145,7 @@ fn check_findings(ctx: &Context, r: &mut Report) -> Result<()> {
             for (name, why) in &missing {
                 r.problem(
                     format!(
-                        "the check's command `{name}` {why}: every commit fails its check and elects a fixer for nothing"
+                        "the check's command `{name}` {why}: every commit is refused as a configuration error (exit 78; nobody is elected over it)"
                     ),
                     format!(
                         "install `{name}` (or put it on PATH), or correct `check` in {}",

@@ -175,6 +175,7 @@ impl Role {
                     "the fix finished in {}; checking again",
                     time::human(run.took)
                 ));
+                warn_unstaged(ctx);
                 FixEnd::Done
             }
             other => {
@@ -185,6 +186,19 @@ impl Role {
                 FixEnd::Done
             }
         })
+    }
+}
+
+/// The check runs on the work tree, the commit takes the index: a fix left unstaged passes the
+/// check but is not in the commit that everyone else is handed.
+fn warn_unstaged(ctx: &Context) {
+    let files = ctx.repo.unstaged(5);
+    if !files.is_empty() {
+        say::warn(format!(
+            "the fix left changes that are not staged ({}): the check sees them, but the commit \
+             will not have them; `fix.command` should `git add` what it fixes",
+            files.join(", ")
+        ));
     }
 }
 

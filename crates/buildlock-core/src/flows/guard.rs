@@ -240,7 +240,7 @@ pub fn in_hook(ctx: &Context, parent: u32) -> Option<i32> {
             record_conflict(ctx, &conflicts);
             tell(&conflicts, false);
             say::say(format!(
-                "waiting up to {} for the claim to be released, then this commit goes on (Ctrl-C to stop)",
+                "waiting up to {} for the claim to be released, then this commit goes on, or is refused if the paths are still claimed (Ctrl-C to stop)",
                 human(left)
             ));
         }

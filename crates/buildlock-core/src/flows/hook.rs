@@ -427,14 +427,23 @@ impl Hook<'_> {
                     say::Tone::Bad,
                     format!("the check failed and you are the FIXER for this breakage{how}"),
                 );
-                say::say(format!(
-                    "  key `{key}`, generation {}; failure log: {log_shown}\n  other agents that hit \
-                     this failure now wait for your fix (up to {})\n\
-                     next: fix the failure and commit again (with the hook: your passing commit marks \
-                     the build fixed, wakes them and hands them your commit)\n{release}",
-                    applied.after.generation,
-                    time::human(ctx.config.wait),
-                ));
+                if env::decision_file().is_some() && ctx.config.fix_command.is_some() {
+                    // commit-retry runs `fix.command` now and says so.
+                    say::say(format!(
+                        "  key `{key}`, generation {}; failure log: {log_shown}",
+                        applied.after.generation
+                    ));
+                } else {
+                    say::say(format!(
+                        "  key `{key}`, generation {}; failure log: {log_shown}\n  other agents that hit \
+                         this failure now wait for your fix (up to {})\n\
+                         next: fix the failure and commit the fix on its own (stage only the fix, with \
+                         the hook: your passing commit marks the build fixed, wakes them and hands them \
+                         that commit to cherry-pick), then commit your other work\n{release}",
+                        applied.after.generation,
+                        time::human(ctx.config.wait),
+                    ));
+                }
             }
             Outcome::KeepFixing { attempts } => {
                 d.fixer = Some(ctx.agent.clone());

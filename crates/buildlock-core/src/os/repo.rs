@@ -87,6 +87,25 @@ impl Repo {
             .map(|oid| oid.to_string())
     }
 
+    /// Tracked files whose changes in the work tree are not staged (at most `limit` names).
+    pub fn unstaged(&self, limit: usize) -> Vec<String> {
+        let mut opts = git2::StatusOptions::new();
+        opts.include_untracked(false).include_ignored(false);
+        let Ok(statuses) = self.repo.statuses(Some(&mut opts)) else {
+            return Vec::new();
+        };
+        statuses
+            .iter()
+            .filter(|e| {
+                e.status().intersects(
+                    git2::Status::WT_MODIFIED | git2::Status::WT_DELETED | git2::Status::WT_RENAMED,
+                )
+            })
+            .filter_map(|e| e.path().map(str::to_owned))
+            .take(limit)
+            .collect()
+    }
+
     /// Whether some branch (or some worktree's HEAD) still contains `commit`: a fix commit no
     /// branch has any more (its branch deleted, its work abandoned) is handed to nobody.
     pub fn reachable(&self, commit: &str) -> bool {
