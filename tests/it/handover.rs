@@ -378,3 +378,29 @@ fn a_fix_left_unstaged_is_pointed_out() {
     let err = text(&out.stderr);
     assert!(err.contains("not staged (dep.txt)"), "{err}");
 }
+
+#[test]
+fn a_fix_marked_by_a_hook_run_by_hand_is_not_waited_for_as_a_commit() {
+    // The fixer runs the hook by hand (no git commit writes anything after it): the waiters must
+    // not wait for a fix commit as if a `git commit` were still writing one.
+    let (r, trees) = committed_breakage("[coordination]\nwait = \"5m\"\n");
+    let (fixer, waiter) = (&trees[0], &trees[1]);
+    assert_eq!(r.hook(fixer, "a0").status.code(), Some(1));
+    r.stage_change(waiter, "w");
+    let child = r
+        .cmd(COMMIT_RETRY, waiter)
+        .args(["-q", "-m", "w"])
+        .env("BUILDLOCK_AGENT", "a1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(30), || r.state()["keys"][0]
+        ["waiters"]
+        == serde_json::json!(["a1"])));
+    std::fs::write(fixer.join("dep.txt"), "ok\n").unwrap();
+    std::fs::write(waiter.join("dep.txt"), "ok\n").unwrap();
+    r.git_in(waiter, &["add", "dep.txt"]);
+    assert_eq!(r.hook(fixer, "a0").status.code(), Some(0));
+    let out = wait_output(child, Duration::from_secs(30));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

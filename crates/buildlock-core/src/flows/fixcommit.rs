@@ -13,9 +13,8 @@
 
 use std::time::{Duration, Instant};
 
-/// How long a fix commit is waited for after the fixer's check passed. git writes it right after
-/// the hook returns; a commit that is not there by then (a `commit-msg` hook refused it, an
-/// editor was left open) is not waited for any longer.
+/// The least a fix commit is waited for while the fixer's `git commit` runs (see
+/// [`await_commit`]: at most ten minutes, an editor left open).
 pub const GRACE: Duration = Duration::from_secs(10);
 
 use crate::os::process;
@@ -33,28 +32,31 @@ pub fn resolve(fix: &Fix) -> Option<String> {
 /// Waits until the fix commit can be found, for at most `limit`, stopping early when `stop`
 /// says so.
 pub fn await_commit(fix: &Fix, limit: Duration, stop: &dyn Fn() -> bool) -> Option<String> {
-    if fix.commit.is_none() && !fix.git_dir.as_ref().is_some_and(|d| d.exists()) {
-        // Nowhere to find it (a fix without a commit, one recorded by another machine before
-        // its commit existed, or the fixer's worktree removed): nothing to wait for.
+    if let Some(commit) = resolve(fix) {
+        return Some(commit);
+    }
+    if fix.committer.is_none() || !fix.git_dir.as_ref().is_some_and(|d| d.exists()) {
+        // No `git commit` is writing it (a check run by hand, a fix recorded by another
+        // machine, the fixer's worktree removed): nothing to wait for.
         return None;
     }
+    // The fixer's `git commit` still runs (writing the commit, an editor open for the message,
+    // a slow commit-msg hook): the commit is on its way. Once git ended, whatever it wrote is
+    // there; a commit it did not write (refused by a hook) never comes.
     let start = Instant::now();
-    let mut deadline = start + limit;
-    let mut pause = Duration::from_millis(20);
+    let mut pause = Duration::from_millis(10);
     loop {
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(250));
         if let Some(commit) = resolve(fix) {
             return Some(commit);
         }
-        // The fixer's `git commit` still runs (an editor open for the message, a slow
-        // commit-msg hook): the commit is on its way, keep waiting.
-        if committing(fix) && start.elapsed() < EDITOR_LIMIT {
-            deadline = deadline.max(Instant::now() + Duration::from_millis(500));
+        if !committing(fix) {
+            return resolve(fix);
         }
-        if Instant::now() >= deadline || stop() {
+        if start.elapsed() >= EDITOR_LIMIT.max(limit) || stop() {
             return None;
         }
-        std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
-        pause = (pause * 2).min(Duration::from_millis(250));
     }
 }
 

@@ -301,8 +301,9 @@ impl Hook<'_> {
                     head_before: ctx.repo.head_oid(),
                     git_dir: Some(ctx.repo.git_dir.clone()),
                     commit: None,
-                    // git, our parent: it writes the fix commit once we return.
-                    committer: Some(crate::os::process::Process {
+                    // git, our parent, when git runs us for a commit (it sets GIT_INDEX_FILE): it
+                    // writes the fix commit once we return. Run by hand, nobody will.
+                    committer: env::index_file().map(|_| crate::os::process::Process {
                         pid: self.parent,
                         host: crate::os::process::hostname(),
                         start: crate::os::process::start_time(self.parent),
