@@ -413,6 +413,8 @@ def clone_states(ctx: Ctx, repo: Path, total: int, commit_keys: bool) -> int:
     tpl = max(files, key=lambda f: f.stat().st_mtime_ns)
     text = tpl.read_text()
     d = json.loads(text)
+    if "keys" in d:
+        return clone_base_states(sdir, tpl, d, len(files), total, commit_keys)
     key, sig = d.get("key", ""), d.get("signature") or ""
     if tpl.name != file_stem(key) + ".json" and not getattr(ctx, "_stem_warned", False):
         ctx._stem_warned = True
@@ -435,6 +437,36 @@ def clone_states(ctx: Ctx, repo: Path, total: int, commit_keys: bool) -> int:
             path.write_text(body)
             count += 1
     return count
+
+
+def clone_base_states(sdir: Path, tpl: Path, d: dict, count: int, total: int, commit_keys: bool) -> int:
+    """Schema 2 (one file per base key, holding that base's keys). `commit_keys`: `total` base
+    files, one per commit (scope = "commit"). Otherwise `total` keys of the one base, each with
+    a signature of its own, in its file: the worst case the hot path reads (the store itself
+    keeps only 16 passing keys per base; keys being fixed are all kept)."""
+    rng = random.Random(count * 7919 + total)
+    hexs = lambda n: "".join(rng.choice("0123456789abcdef") for _ in range(n))
+    base, k0 = d["base"], d["keys"][0]
+    if commit_keys:
+        while count < total:
+            nb = hexs(40)
+            path = sdir / (file_stem(nb) + ".json")
+            if path.exists():
+                continue
+            e = json.loads(json.dumps(d))
+            e["base"] = nb
+            for k in e["keys"]:
+                k["key"] = k["key"].replace(base, nb, 1)
+            path.write_text(json.dumps(e))
+            count += 1
+        return count
+    keys = d["keys"]
+    while len(keys) < total:
+        k = json.loads(json.dumps(k0))
+        k["key"] = f"{base}#{hexs(16)}"
+        keys.append(k)
+    tpl.write_text(json.dumps(d))
+    return len(keys)
 
 
 def keys_seen(ctx: Ctx, repo: Path) -> int:
