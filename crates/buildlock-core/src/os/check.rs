@@ -75,12 +75,22 @@ const GRACE: Duration = Duration::from_secs(2);
 const KEEP_HEAD: usize = 64 << 10;
 const KEEP_TAIL: usize = 16 << 20;
 
+/// The POSIX shell: `/bin/sh` where it is (no PATH search: on a PATH with many entries before
+/// it, each commit paid one failed exec per entry), else `sh` from PATH.
+fn shell() -> &'static str {
+    if std::path::Path::new("/bin/sh").exists() {
+        "/bin/sh"
+    } else {
+        "sh"
+    }
+}
+
 pub fn run(command: &Command, opts: Options<'_>) -> std::io::Result<Run> {
     let start = Instant::now();
     let (mut reader, writer) = std::io::pipe()?;
     let mut cmd = match command {
         Command::Shell(script) => {
-            let mut c = Process::new("sh");
+            let mut c = Process::new(shell());
             c.arg("-c").arg(script);
             c
         }
