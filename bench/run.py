@@ -400,7 +400,14 @@ def make_keys_signature(ctx: Ctx, repo: Path, n: int) -> int:
     fail.write_text(toml_config("echo 'error: E0 the build broke'; exit 1"))
     run(ctx, [REL / "pre-commit"], repo, check=False, extra={"BUILDLOCK_AGENT": "f", "BUILDLOCK_CONFIG": fail})
     run(ctx, [REL / "pre-commit"], repo, extra={"BUILDLOCK_AGENT": "f"})
-    return clone_states(ctx, repo, n, commit_keys=False)
+    made = clone_states(ctx, repo, n, commit_keys=False)
+    # One more real breakage and fix: the store rewrites the file as it keeps it (schema 2: the
+    # newest 16 passing keys of a base; every key being fixed). What the hot path then reads is
+    # what a repository holds after `n` breakages; `keys_seen` reports the count.
+    fail.write_text(toml_config("echo 'error: E1 the build broke again'; exit 1"))
+    run(ctx, [REL / "pre-commit"], repo, check=False, extra={"BUILDLOCK_AGENT": "f", "BUILDLOCK_CONFIG": fail})
+    run(ctx, [REL / "pre-commit"], repo, extra={"BUILDLOCK_AGENT": "f"})
+    return made
 
 
 def clone_states(ctx: Ctx, repo: Path, total: int, commit_keys: bool) -> int:

@@ -6,7 +6,7 @@
 //! or for tests:
 //! - `BUILDLOCK_DECISION`: set by commit-retry for the hook it runs through `git commit`; the hook
 //!   writes its decision there and leaves the waiting to commit-retry;
-//! - `BUILDLOCK_POLL`: the waiting poll interval (a duration; default 100ms);
+//! - `BUILDLOCK_POLL`: the waiting poll interval (a duration; default 1s: waiters wake on changes, this bounds their sleep);
 //! - `BUILDLOCK_FAULT`: `point[:action]`, a fault to inject at a named point (see `fault.rs`);
 //! - `BUILDLOCK_REMOTE_COMPACT_AFTER` (a count) and `BUILDLOCK_REMOTE_PRUNE_AFTER` (a duration):
 //!   the remote backend's chain length before compaction and the age of passing keys it deletes;
@@ -90,11 +90,12 @@ pub fn decision_file() -> Option<PathBuf> {
     var_os(DECISION_VAR).map(PathBuf::from)
 }
 
-/// How often waiters look at the state.
+/// The longest a waiter sleeps between two looks at the state (`BUILDLOCK_POLL`, default 1 s).
 pub fn poll_interval() -> Duration {
     var("BUILDLOCK_POLL")
         .and_then(|v| crate::os::time::parse_duration(&v).ok())
-        .unwrap_or(Duration::from_millis(100))
+        // Waiters wake on changes (inotify); this only bounds their sleep between two looks.
+        .unwrap_or(Duration::from_secs(1))
         .max(Duration::from_millis(5))
 }
 
