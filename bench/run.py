@@ -821,14 +821,17 @@ def bench_takeover(ctx: Ctx):
     status, witness, fix = ctx.tmp / "tstatus", ctx.tmp / "twitness", ctx.tmp / "tfix.sh"
     fix.write_text(f'echo "$BUILDLOCK_AGENT $(date +%s%N)" >> {witness}\n'
                    f'if [ "$BUILDLOCK_AGENT" = a ]; then sleep 60; fi\necho ok > {status}\n')
-    repo = new_repo(ctx, "take", toml_config(f"grep -qx ok {status}", fix={"command": f"sh {fix}"}))
+    # Each rep is a breakage of its own (its own error): the same error again would be handed the
+    # previous rep's fix commit instead of electing a fixer.
+    repo = new_repo(ctx, "take", toml_config(f"grep -qx ok {status} || {{ cat {status}; false; }}",
+                                             fix={"command": f"sh {fix}"}))
     link_bare_hook(repo)
     ta, tb = ctx.tmp / "take-a", ctx.tmp / "take-b"
     run(ctx, ["git", "worktree", "add", "-q", "-b", "ta", ta], repo)
     run(ctx, ["git", "worktree", "add", "-q", "-b", "tb", tb], repo)
     samples = []
     for rep in range(ctx.p["takeover_reps"]):
-        status.write_text("broken\n")
+        status.write_text(f"broken in rep {rep}\n")
         witness.write_text("")
         for t in (ta, tb):
             stage(ctx, t, rep)
