@@ -26,6 +26,28 @@ fn committed_breakage(extra: &str) -> (TestRepo, Vec<std::path::PathBuf>) {
     (r, trees)
 }
 
+/// a0, already elected, fixes the committed breakage in `fixer` and commits it with a plain
+/// `git commit` (with `env` added); returns the fix commit.
+fn commit_fix(r: &TestRepo, fixer: &std::path::Path, env: &[(&str, &str)]) -> String {
+    std::fs::write(fixer.join("dep.txt"), "ok\n").unwrap();
+    r.git_in(fixer, &["add", "dep.txt"]);
+    let mut c = r.cmd("git", fixer);
+    c.args(["commit", "-q", "-m", "fix dep"])
+        .env("BUILDLOCK_AGENT", "a0")
+        .envs(env.iter().copied());
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&r.git_in(fixer, &["rev-parse", "HEAD"]).stdout)
+        .trim()
+        .to_owned()
+}
+
+/// a0 is elected on the committed breakage, fixes it on its own branch; returns the fix commit.
+fn fixed_by_a0(r: &TestRepo, fixer: &std::path::Path) -> String {
+    assert_eq!(r.hook(fixer, "a0").status.code(), Some(1));
+    commit_fix(r, fixer, &[])
+}
+
 #[test]
 fn six_plain_commits_one_fix_five_told_the_commit_then_all_land_first_try() {
     let (r, trees) = committed_breakage("[coordination]\nwait = \"2m\"\n");
@@ -181,18 +203,7 @@ fn commit_retry_takes_the_fix_through_retry_refresh() {
     assert!(eventually(Duration::from_secs(30), || r.state()["keys"][0]
         ["waiters"]
         == serde_json::json!(["a1"])));
-    std::fs::write(fixer.join("dep.txt"), "ok\n").unwrap();
-    r.git_in(fixer, &["add", "dep.txt"]);
-    let out = r
-        .cmd("git", fixer)
-        .args(["commit", "-q", "-m", "fix dep"])
-        .env("BUILDLOCK_AGENT", "a0")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let fix = text(&r.git_in(fixer, &["rev-parse", "HEAD"]).stdout)
-        .trim()
-        .to_owned();
+    let fix = commit_fix(&r, fixer, &[]);
     let out = wait_output(child, Duration::from_secs(60));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(r.last_subject(waiter), "waiter work");
@@ -206,19 +217,7 @@ fn without_a_refresh_commit_retry_says_how_to_take_the_fix() {
     // a0 is elected on the broken base, fixes it and commits.
     let (r, trees) = committed_breakage("");
     let (fixer, other) = (&trees[0], &trees[1]);
-    assert_eq!(r.hook(fixer, "a0").status.code(), Some(1));
-    std::fs::write(fixer.join("dep.txt"), "ok\n").unwrap();
-    r.git_in(fixer, &["add", "dep.txt"]);
-    let out = r
-        .cmd("git", fixer)
-        .args(["commit", "-q", "-m", "fix dep"])
-        .env("BUILDLOCK_AGENT", "a0")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let fix = text(&r.git_in(fixer, &["rev-parse", "HEAD"]).stdout)
-        .trim()
-        .to_owned();
+    let fix = fixed_by_a0(&r, fixer);
     r.stage_change(other, "w");
     let out = r
         .cmd(COMMIT_RETRY, other)
@@ -296,39 +295,13 @@ fn a_fixer_who_bypasses_with_buildlock_0_still_marks_the_build_fixed() {
     let (fixer, other) = (&trees[0], &trees[1]);
     assert_eq!(r.hook(fixer, "a0").status.code(), Some(1));
     assert_eq!(r.hook(other, "a1").status.code(), Some(75));
-    std::fs::write(fixer.join("dep.txt"), "ok\n").unwrap();
-    r.git_in(fixer, &["add", "dep.txt"]);
-    let out = r
-        .cmd("git", fixer)
-        .args(["commit", "-q", "-m", "fix dep"])
-        .env("BUILDLOCK_AGENT", "a0")
-        .env("BUILDLOCK", "0")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    commit_fix(&r, fixer, &[("BUILDLOCK", "0")]);
     let s = r.state();
     assert_eq!(
         s["keys"][0]["status"], "passing",
         "the waiters are not stranded"
     );
     assert_eq!(s["totals"]["fixes"], 1);
-}
-
-/// a0 fixes the committed breakage on its own branch; returns the fix commit.
-fn fixed_by_a0(r: &TestRepo, fixer: &std::path::Path) -> String {
-    assert_eq!(r.hook(fixer, "a0").status.code(), Some(1));
-    std::fs::write(fixer.join("dep.txt"), "ok\n").unwrap();
-    r.git_in(fixer, &["add", "dep.txt"]);
-    let out = r
-        .cmd("git", fixer)
-        .args(["commit", "-q", "-m", "fix dep"])
-        .env("BUILDLOCK_AGENT", "a0")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    text(&r.git_in(fixer, &["rev-parse", "HEAD"]).stdout)
-        .trim()
-        .to_owned()
 }
 
 #[test]

@@ -97,6 +97,15 @@ pub fn record(ctx: &Context, events: Vec<Value>) {
     }
 }
 
+/// `a`, `b`, `c` as people read names and paths: each in backticks.
+fn ticked<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(|i| format!("`{i}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn usage(msg: impl std::fmt::Display) -> Result<i32> {
     say::say(msg);
     Ok(exit::USAGE)
@@ -201,11 +210,7 @@ fn describe_claim(c: &Claim, reg: &Registry, ttl: Millis) -> String {
     };
     format!(
         "claimed {} {} until {}; {lapse}",
-        c.paths
-            .iter()
-            .map(|p| format!("`{p}`"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        ticked(&c.paths),
         match c.mode {
             Mode::Exclusive => "exclusively",
             Mode::Shared => "shared",
@@ -536,14 +541,7 @@ pub fn unclaim(ctx: &Context, all: bool, raw_paths: &[String]) -> Result<i32> {
         anyhow::bail!("unexpected answer to unclaim: {:?}", applied.decision);
     };
     if !released.is_empty() {
-        say::say(format!(
-            "released {}",
-            released
-                .iter()
-                .map(|p| format!("`{p}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+        say::say(format!("released {}", ticked(&released)));
     }
     if !not_held.is_empty() {
         let mine: Vec<String> = applied
@@ -556,11 +554,7 @@ pub fn unclaim(ctx: &Context, all: bool, raw_paths: &[String]) -> Result<i32> {
         say::say(format!(
             "you (`{}`) hold no claim on {} (already released, lapsed, or written differently); your claims: {}",
             ctx.agent,
-            not_held
-                .iter()
-                .map(|p| format!("`{p}`"))
-                .collect::<Vec<_>>()
-                .join(", "),
+            ticked(&not_held),
             if mine.is_empty() {
                 "none".to_owned()
             } else {
@@ -851,11 +845,7 @@ pub fn wait_for(ctx: &Context, names: &[String], timeout: Option<&str>) -> Resul
     if !unknown.is_empty() {
         say::say(format!(
             "wait-for: no agent named {} was ever seen here; nothing to wait for. Known agents: {}",
-            unknown
-                .iter()
-                .map(|n| format!("`{n}`"))
-                .collect::<Vec<_>>()
-                .join(", "),
+            ticked(&unknown),
             if known.is_empty() {
                 "none yet".to_owned()
             } else {
@@ -873,11 +863,7 @@ pub fn wait_for(ctx: &Context, names: &[String], timeout: Option<&str>) -> Resul
             say::progress_done();
             say::say(format!(
                 "{} done or gone after {}",
-                names
-                    .iter()
-                    .map(|n| format!("`{n}`"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                ticked(names),
                 human(start.elapsed())
             ));
             return Ok(exit::OK);

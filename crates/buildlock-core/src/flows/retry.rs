@@ -390,11 +390,12 @@ impl Retry<'_> {
     /// Runs `git commit` with our arguments untouched, asking the hook for its decision, and
     /// waits for it by blocking (no polling).
     fn commit(&self, role: Option<&Role>, seen_silent: Option<(u64, u64)>) -> Result<GitRun> {
-        // The hand-over file lives in the coordination dir, or, where that cannot be written
-        // (read-only, full), in the temp dir: a passing commit must never be refused for it.
+        // The hand-over file lives in the coordination dir, or, where its folder cannot be made
+        // (read-only), in the temp dir: a passing commit must never be refused for it. A hook
+        // that cannot write it (a full disk) says so, and that is read below.
         let mut run_dir = self.ctx.home.join("run");
         remove_old_decisions(&run_dir);
-        if std::fs::create_dir_all(&run_dir).is_err() || !writable(&run_dir) {
+        if std::fs::create_dir_all(&run_dir).is_err() {
             run_dir = std::env::temp_dir();
         }
         let decision_path = run_dir.join(format!(
@@ -532,15 +533,6 @@ enum Waited {
     Again,
     Silent((u64, u64)),
     Exit(i32),
-}
-
-/// Whether a file can be created in `dir` right now.
-fn writable(dir: &Path) -> bool {
-    let probe = dir.join(format!(".probe-{}", std::process::id()));
-    // As large as a decision: a full disk still lets an empty file be created.
-    let ok = std::fs::write(&probe, [b' '; 1024]).is_ok();
-    let _ = std::fs::remove_file(&probe);
-    ok
 }
 
 /// Decision files older than a day: left by a commit-retry that was killed mid-commit.
