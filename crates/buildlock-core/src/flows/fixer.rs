@@ -61,7 +61,7 @@ impl Role {
         };
         // Stop what is left of the previous fixer's fix, and see it gone, before ours starts.
         if let Read::Found { state, .. } = ctx.store.read(&a.key) {
-            if let Some(orphan) = &state.orphan_fix {
+            for orphan in &state.orphan_fix {
                 match process::stop_group(orphan, Duration::from_secs(2)) {
                     Stopped::Stopped => say::say(format!(
                         "stopped the previous fixer's fix (process group {} on {})",

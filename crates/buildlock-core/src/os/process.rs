@@ -215,3 +215,40 @@ pub fn me() -> Process {
         token: None,
     }
 }
+
+#[cfg(test)]
+mod stop_tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    #[test]
+    fn a_fix_is_found_and_stopped_by_its_token_alone() {
+        let token = format!("t{}", std::process::id());
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "sleep 30"])
+            .env(crate::os::env::FIX_TOKEN_VAR, &token)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let record = Process {
+            pid: 0,
+            host: hostname(),
+            start: None,
+            token: Some(token),
+        };
+        assert_eq!(
+            stop_group(&record, Duration::from_secs(2)),
+            Stopped::Stopped
+        );
+        let _ = child.wait();
+        let other = Process {
+            token: Some("not-any-fix".into()),
+            ..record
+        };
+        assert_eq!(
+            stop_group(&other, Duration::from_secs(1)),
+            Stopped::NotRunning
+        );
+    }
+}

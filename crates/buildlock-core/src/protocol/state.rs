@@ -128,9 +128,10 @@ pub struct KeyState {
     /// Who fixed the build last.
     #[serde(default)]
     pub fixed_by: Option<String>,
-    /// The fix process of a fixer that was taken over: its successor stops it before fixing.
-    #[serde(default)]
-    pub orphan_fix: Option<Process>,
+    /// The fix runs of fixers that left the role (taken over, gave up, released, reset): the
+    /// next fixer stops them before fixing.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub orphan_fix: Vec<Process>,
     /// The base's pass counter when this key last became passing (see [`Observed::passes`]).
     #[serde(default)]
     pub passed: u64,
@@ -153,7 +154,7 @@ impl KeyState {
             signatures: Vec::new(),
             changed: 0,
             fixed_by: None,
-            orphan_fix: None,
+            orphan_fix: Vec::new(),
             passed: 0,
             fix: None,
         }
@@ -441,6 +442,7 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
                 Role::Mine(fixer) => {
                     let attempts = fixer.attempts + 1;
                     if attempts >= seen.max_fix_attempts {
+                        orphan(&mut next, Some(fixer));
                         next.status = Status::Broken;
                         next.fixer = None;
                         next.waiters.clear();
@@ -477,7 +479,7 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
                 }
                 Role::Replace(fixer, how) => {
                     elect(&mut next, agent, next_generation, seen.now);
-                    next.orphan_fix = fixer.fix_process.clone().or(state.orphan_fix.clone());
+                    orphan(&mut next, Some(fixer));
                     Outcome::Elected {
                         replaced: Some((fixer.clone(), how)),
                     }
@@ -554,7 +556,7 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
                 if fix_process.is_some() {
                     f.fix_process = fix_process.clone();
                     // The registering fixer stopped any orphan before starting its own fix.
-                    next.orphan_fix = None;
+                    next.orphan_fix.clear();
                 }
                 Outcome::Registered
             }
@@ -571,6 +573,7 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
         }
         Event::Release { agent } => match &state.fixer {
             Some(f) if state.status == Status::Fixing && f.agent == *agent => {
+                orphan(&mut next, Some(f));
                 next.status = Status::Broken;
                 next.fixer = None;
                 next.waiters.clear();
@@ -582,6 +585,7 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
             },
         },
         Event::Reset => {
+            orphan(&mut next, state.fixer.as_ref());
             to_passing(&mut next, seen, None);
             next.generation = next_generation;
             next.fix = None;
@@ -589,6 +593,37 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
         }
     };
     (next, outcome)
+}
+
+/// A fixer leaves the role (taken over, gave up, released, reset): its fix run, if it has one,
+/// is an orphan the next fixer stops, and sees gone, before its own fix starts. Every such run is
+/// kept (a few at most), not only the latest: an older one may still be running.
+fn orphan(next: &mut KeyState, fixer: Option<&Fixer>) {
+    if let Some(p) = fixer.and_then(|f| f.fix_process.clone()) {
+        if !next.orphan_fix.contains(&p) {
+            next.orphan_fix.push(p);
+        }
+        let excess = next.orphan_fix.len().saturating_sub(MAX_ORPHANS);
+        next.orphan_fix.drain(..excess);
+    }
+}
+
+const MAX_ORPHANS: usize = 8;
+
+/// Reads `orphan_fix` as written by any version: one process, or a list.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Process>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(Process),
+        Many(Vec<Process>),
+        Nothing(()),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(p) => vec![p],
+        OneOrMany::Many(v) => v,
+        OneOrMany::Nothing(()) => Vec::new(),
+    })
 }
 
 /// Failure signatures kept per generation.
@@ -1078,9 +1113,48 @@ mod tests {
         let s = fixing("y", 1);
         let (s, _) = transition(&s, &register("y", 1, 6, Some(process(7))), &seen(T0));
         let (s, _) = transition(&s, &fail("x"), &seen(T0 + 1));
-        assert_eq!(s.orphan_fix, Some(process(7)), "x must stop y's fix first");
+        assert_eq!(s.orphan_fix, [process(7)], "x must stop y's fix first");
         let reg = register("x", 2, 9, Some(process(8)));
-        assert_eq!(transition(&s, &reg, &seen(T0 + 2)).0.orphan_fix, None);
+        assert!(transition(&s, &reg, &seen(T0 + 2)).0.orphan_fix.is_empty());
+    }
+
+    #[test]
+    fn every_fix_run_left_behind_is_an_orphan_to_stop() {
+        // y's fix runs; y gives up or is released: its run is still an orphan to stop.
+        let running = |who: &str, pid| {
+            let s = fixing(who, 1);
+            transition(
+                &s,
+                &register(who, 1, pid, Some(process(pid + 1))),
+                &seen(T0),
+            )
+            .0
+        };
+        let released = transition(
+            &running("y", 6),
+            &Event::Release { agent: "y".into() },
+            &seen(T0 + 1),
+        )
+        .0;
+        assert_eq!(released.orphan_fix, [process(7)]);
+        let reset = transition(&running("y", 6), &Event::Reset, &seen(T0 + 1)).0;
+        assert_eq!(reset.orphan_fix, [process(7)]);
+        // Taken over twice before anyone stopped anything: both runs are kept.
+        let s = running("y", 6);
+        let (s, _) = transition(&s, &fail("x"), &seen(T0 + LEASE));
+        let (s, _) = transition(
+            &s,
+            &register("x", 2, 8, Some(process(9))),
+            &seen(T0 + LEASE),
+        );
+        assert!(
+            s.orphan_fix.is_empty(),
+            "x stopped y's run before registering its own"
+        );
+        let mut s = s;
+        s.orphan_fix.push(process(7)); // as if x had not seen it go
+        let (s, _) = transition(&s, &fail("z"), &seen(T0 + 3 * LEASE));
+        assert_eq!(s.orphan_fix, [process(7), process(9)]);
     }
 
     #[test]
@@ -1116,7 +1190,7 @@ mod tests {
             Outcome::Elected { replaced: Some((ref old, Liveness::Dead)) } if old.agent == "x"
         ));
         assert_eq!((fixer_of(&s), s.generation), ("x", 2));
-        assert_eq!(s.orphan_fix, Some(process(7)));
+        assert_eq!(s.orphan_fix, [process(7)]);
     }
 
     #[test]
