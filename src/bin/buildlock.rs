@@ -154,6 +154,14 @@ enum Command {
 }
 
 fn main() {
+    // commit-retry's second half (it execs us after a first commit that did not simply pass).
+    let mut args = std::env::args_os().skip(1);
+    if args
+        .next()
+        .is_some_and(|a| a == buildlock_core::flows::retry::RESUME_ARG)
+    {
+        std::process::exit(buildlock_core::flows::retry::resume(args.collect()));
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // Help and version go to stdout and exit 0; usage errors go to stderr and exit 2. clap

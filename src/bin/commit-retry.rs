@@ -5,7 +5,13 @@
 //! `-h` or `--version`, which is answered here without running git (`git commit -h` still shows
 //! git's own options).
 
-use buildlock_core::os::say;
+// No Rust runtime start-up (`no_main`): every commit through commit-retry pays for the wrapper's
+// start, and std's (stack-guard probing of /proc/self/maps and friends) is a tenth of a
+// millisecond of it. What it did that we need is done below.
+#![cfg_attr(not(test), no_main)]
+#![cfg_attr(test, allow(dead_code, unused_imports))]
+
+use buildlock_core::os::{say, signals};
 
 const USAGE: &str = "\
 commit-retry: `git commit` that waits for another agent's fix and retries.
@@ -28,21 +34,27 @@ error; 128+n ended by signal n; any other code is git's own, passed through (no 
 Environment: BUILDLOCK_AGENT is your agent id; BUILDLOCK=0 coordinates nothing.
 See also: `git buildlock status`, `git buildlock release` (give the fixer role up).";
 
-fn main() {
+#[cfg(not(test))]
+#[unsafe(no_mangle)]
+extern "C" fn main(
+    _argc: std::ffi::c_int,
+    _argv: *const *const std::ffi::c_char,
+) -> std::ffi::c_int {
+    signals::ignore_sigpipe();
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     match args.first().and_then(|a| a.to_str()) {
         Some("--help" | "-h") => {
             let _ = say::out(USAGE);
-            std::process::exit(0);
+            return 0;
         }
         Some("--version") => {
             let _ = say::out(concat!(
                 "commit-retry (buildlock) ",
                 env!("CARGO_PKG_VERSION")
             ));
-            std::process::exit(0);
+            return 0;
         }
         _ => {}
     }
-    std::process::exit(buildlock_core::flows::retry::main(args));
+    buildlock_core::flows::retry::front(args)
 }

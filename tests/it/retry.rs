@@ -318,3 +318,154 @@ fn fix_gets_the_contract_environment() {
         assert!(env.contains(var), "{var} missing from:\n{env}");
     }
 }
+
+/// A child's stderr as it comes, for tests that time when a line appears.
+fn stream_stderr(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<String>> {
+    use std::io::Read as _;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (mut err, into) = (child.stderr.take().unwrap(), seen.clone());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = err.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            into.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    seen
+}
+
+/// Without `BUILDLOCK_POLL` a waiter sleeps until something is due (its next progress line is
+/// 5 s away): only the fixer's step itself can wake it this soon (the state bell).
+#[test]
+fn a_waiter_wakes_on_the_fix_itself_not_on_a_poll() {
+    let r = repo_with_fix("0", "");
+    assert_eq!(r.hook(&r.dir, "a").status.code(), Some(1), "a is the fixer");
+    let tb = r.worktree("b");
+    r.stage_change(&tb, "fb");
+    let mut b = commit_retry_without_poll(&r, &tb, "b");
+    let err = stream_stderr(&mut b);
+    assert!(eventually(Duration::from_secs(20), || err
+        .lock()
+        .unwrap()
+        .contains("waiting up to")));
+    std::fs::write(r.shared("status"), "ok\n").unwrap();
+    let fixed = std::time::Instant::now();
+    assert_eq!(r.hook(&r.dir, "a").status.code(), Some(0), "the fix passes");
+    assert!(
+        eventually(Duration::from_secs(20), || err
+            .lock()
+            .unwrap()
+            .contains("retrying the commit")),
+        "{}",
+        err.lock().unwrap()
+    );
+    let noticed = fixed.elapsed();
+    let out = wait_output(b, Duration::from_secs(30));
+    assert!(out.status.success(), "{}", err.lock().unwrap());
+    assert!(
+        noticed < Duration::from_millis(2500),
+        "b noticed the fix after {noticed:?}: on a poll, not on the change"
+    );
+}
+
+/// The same for a fixer that dies: its exit wakes the waiter (a pidfd), not a poll.
+#[test]
+fn a_waiter_wakes_on_the_fixers_death_itself_not_on_a_poll() {
+    let r = TestRepo::new("");
+    let status = r.shared("status");
+    let fix = r.shared("fix.sh");
+    std::fs::write(
+        &fix,
+        format!(
+            "if [ \"$BUILDLOCK_AGENT\" = a ]; then sleep 60; fi\necho ok > {}\n",
+            status.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        r.dir.join(".buildlock.toml"),
+        format!(
+            "check = \"grep -qx ok {}\"\n[fix]\ncommand = \"sh {}\"\n",
+            status.display(),
+            fix.display()
+        ),
+    )
+    .unwrap();
+    r.git(&["commit", "-q", "-am", "config", "--no-verify"]);
+    std::fs::write(&status, "broken\n").unwrap();
+    let (ta, tb) = (r.worktree("a"), r.worktree("b"));
+    r.stage_change(&ta, "fa");
+    r.stage_change(&tb, "fb");
+    let a = commit_retry(&r, &ta, "a");
+    assert!(eventually(Duration::from_secs(20), || {
+        r.state()["keys"][0]["fixer"]["registered"] == true
+    }));
+    let mut b = commit_retry_without_poll(&r, &tb, "b");
+    let err = stream_stderr(&mut b);
+    assert!(eventually(Duration::from_secs(20), || err
+        .lock()
+        .unwrap()
+        .contains("waiting up to")));
+    signal(&a, libc::SIGKILL);
+    let died = std::time::Instant::now();
+    assert!(
+        eventually(Duration::from_secs(20), || err
+            .lock()
+            .unwrap()
+            .contains("the fixer `a` died")),
+        "{}",
+        err.lock().unwrap()
+    );
+    let noticed = died.elapsed();
+    let _ = wait_output(a, Duration::from_secs(5));
+    let out = wait_output(b, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", err.lock().unwrap());
+    assert!(
+        noticed < Duration::from_millis(2500),
+        "b noticed the death after {noticed:?}: on a poll, not on the exit"
+    );
+}
+
+fn commit_retry_without_poll(r: &TestRepo, dir: &Path, agent: &str) -> Child {
+    r.cmd(COMMIT_RETRY, dir)
+        .args(["-q", "-m", &format!("{agent} work")])
+        .env("BUILDLOCK_AGENT", agent)
+        .env_remove("BUILDLOCK_POLL")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// A green commit through commit-retry loads nothing and leaves nothing: no decision file in
+/// its private folder, and none in the coordination dir.
+#[test]
+fn a_green_commit_retry_leaves_no_decision_file() {
+    let r = TestRepo::new("check = \"true\"\n");
+    let tmp = r.root.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    r.stage_change(&r.dir, "f");
+    let out = r
+        .cmd(COMMIT_RETRY, &r.dir)
+        .args(["-q", "-m", "green"])
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(r.last_subject(&r.dir), "green");
+    let private = std::fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("buildlock-"))
+        .expect("the private hand-over folder");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        private.metadata().unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(std::fs::read_dir(private.path()).unwrap().count(), 0);
+    assert!(!r.buildlock_dir().join("run").exists());
+}

@@ -398,7 +398,7 @@ impl Ci<'_> {
             generation: state.generation,
             limit: ctx.config.wait,
             stale_after: ctx.config.stale_after,
-            poll: env::poll_interval(),
+            poll: env::poll_override(),
             parent: None,
         });
         Ok(match end {
@@ -425,7 +425,7 @@ impl Ci<'_> {
                 *seen_silent = Some(lease);
                 None
             }
-            WaitEnd::Fixed { by, fix } => {
+            WaitEnd::Fixed { by, fix, herd } => {
                 say::headline(
                     say::Tone::Good,
                     format!(
@@ -433,6 +433,7 @@ impl Ci<'_> {
                         by.map(|b| format!(" by `{b}`")).unwrap_or_default()
                     ),
                 );
+                wait::stagger(herd);
                 let commit = fix
                     .as_ref()
                     .and_then(|f| fixcommit::await_commit(f, fixcommit::GRACE, &stop));

@@ -4,8 +4,8 @@
 //! out; 2 a wrong command line (every input is checked before anything changes, and the message
 //! names what was wrong); 78 a configuration error (when loading the context). Every change is one
 //! step of the registry store under its lock (`store/registry.rs`); the decisions are the pure
-//! rules' (`protocol/claims.rs`). Waiting (`claim --wait`, `wait-for`) wakes when the registry file
-//! is replaced (inotify) or at the next moment something can lapse, with a bounded fallback poll,
+//! rules' (`protocol/claims.rs`). Waiting (`claim --wait`, `wait-for`) wakes when a registry change
+//! rings its bell (`os::bell`) or at the next moment something can lapse, with a bounded fallback poll,
 //! and shows progress on stderr.
 
 use anyhow::Result;
@@ -15,8 +15,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::flows::context::Context;
+use crate::os::bell::{Listener, Wake};
 use crate::os::time::{self, Millis, human, rfc3339};
-use crate::os::wake::{Wake, Watch};
 use crate::os::{env, process, say, signals};
 use crate::protocol::claims::{
     self, Claim, Conflict, DEFAULT_PRIORITY, Decision, Mode, Registry, Request, Who,
@@ -325,7 +325,7 @@ pub fn claim(ctx: &Context, args: &ClaimArgs) -> Result<i32> {
     let reg = store(ctx);
     let limits = limits(ctx);
     // Watch before the first look, so that a release in between is not missed.
-    let watch = wait.map(|_| Watch::new(reg.home(), registry::FILE));
+    let watch = wait.map(|_| registry::bell(reg.home()).listen());
     let me = who(ctx, priority);
     let applied = reg.apply(
         &Request::Claim {
@@ -368,7 +368,7 @@ pub fn claim(ctx: &Context, args: &ClaimArgs) -> Result<i32> {
             conflicts,
         } => {
             let limit = wait.unwrap_or_default();
-            let watch = watch.unwrap_or_else(|| Watch::new(reg.home(), registry::FILE));
+            let mut watch = watch.unwrap_or_else(|| registry::bell(reg.home()).listen());
             say::say(format!(
                 "queued (position {} of the waiting claims, priority {priority}); waiting up to {} for:\n{}",
                 position + 1,
@@ -379,7 +379,7 @@ pub fn claim(ctx: &Context, args: &ClaimArgs) -> Result<i32> {
                 ctx,
                 &reg,
                 limits,
-                &watch,
+                &mut watch,
                 &me,
                 (paths, mode, term),
                 ticket,
@@ -395,7 +395,7 @@ fn wait_for_grant(
     ctx: &Context,
     reg: &RegistryStore,
     limits: Limits,
-    watch: &Watch,
+    watch: &mut Listener,
     me: &Who,
     (paths, mode, term): (Vec<String>, Mode, Option<Millis>),
     ticket: u64,
@@ -854,7 +854,7 @@ pub fn wait_for(ctx: &Context, names: &[String], timeout: Option<&str>) -> Resul
         ));
         return Ok(exit::USAGE);
     }
-    let watch = Watch::new(reg.home(), registry::FILE);
+    let mut watch = registry::bell(reg.home()).listen();
     let start = Instant::now();
     let mut last_progress: Option<Instant> = None;
     loop {

@@ -219,11 +219,15 @@ fn story(root: &Path, pre_commit: &Path, commit_retry: &Path, buildlock: &Path) 
     // Set by a reader thread whose write found stdout closed: the demo stops its agents and ends.
     let closed = Arc::new(AtomicBool::new(false));
     let mut agents = Agents(Vec::new());
+    // commit-retry's hand-over folder goes in the temp dir: the demo's own, removed with it.
+    let tmp = root.join("tmp");
+    std::fs::create_dir_all(&tmp)?;
     for (i, (name, tree)) in trees.iter().enumerate() {
         let mut child = Command::new(commit_retry)
             .args(["-q", "-m", &format!("{name}: its change")])
             .current_dir(tree)
             .env("BUILDLOCK_AGENT", name)
+            .env("TMPDIR", &tmp)
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("NO_COLOR", "1")

@@ -20,7 +20,6 @@ use crate::flows::claims::{self as cl, FALLBACK};
 use crate::flows::context::Context;
 use crate::flows::decision::{Decision, Verdict};
 use crate::os::time::{self, human, rfc3339};
-use crate::os::wake::Watch;
 use crate::os::{changes, env, process, say, signals};
 use crate::protocol::claims::{Blocked, PathConflict, Request};
 use crate::protocol::exit;
@@ -85,7 +84,7 @@ pub fn wait_release(
 ) -> Result<GuardWait> {
     signals::install();
     let store = cl::store(ctx);
-    let watch = Watch::new(store.home(), registry::FILE);
+    let mut watch = registry::bell(store.home()).listen();
     let mut conflicts = recheck(ctx, changed);
     if conflicts.is_empty() {
         return Ok(GuardWait::Clear);

@@ -529,7 +529,7 @@ impl Hook<'_> {
             generation: decision.generation.unwrap_or(0),
             limit: deadline.saturating_duration_since(Instant::now()),
             stale_after: ctx.config.stale_after,
-            poll: env::poll_interval(),
+            poll: env::poll_override(),
             parent: Some(self.parent),
         };
         say::say(format!(
@@ -542,7 +542,7 @@ impl Hook<'_> {
             wait::leave(ctx, &key, decision.base.as_deref().unwrap_or(&key));
         }
         match end {
-            WaitEnd::Fixed { by, .. } => {
+            WaitEnd::Fixed { by, herd, .. } => {
                 say::headline(
                     say::Tone::Good,
                     format!(
@@ -552,6 +552,7 @@ impl Hook<'_> {
                             .unwrap_or_default()
                     ),
                 );
+                wait::stagger(herd);
                 // A failure of ours is matched with the fix commit in `failed`.
                 Waited::Again(None)
             }

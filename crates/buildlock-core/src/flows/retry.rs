@@ -9,12 +9,13 @@
 //! commits included (see `fixer.rs`), and records its fix commit once the commit is made. As a
 //! waiter it waits for the fix, takes the fix commit through `retry.refresh`, and retries.
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
 use std::io::Read as _;
-use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::flows::context::{Context, LoadError};
@@ -31,46 +32,120 @@ const LOCK_CONTENTION_RETRIES: u32 = 30;
 /// Fix runs in one commit-retry, whatever `max_fix_attempts` says: a guard against a loop.
 const MAX_FIX_RUNS: u32 = 100;
 
-pub fn main(args: Vec<OsString>) -> i32 {
+/// `commit-retry`'s first commit, all that a passing commit runs: no repository, no
+/// configuration, no store is loaded, and the binary that runs it links none of them (every
+/// commit pays for the wrapper's start). Anything but a clean commit goes on in the `buildlock`
+/// binary beside this one, by exec (same process, same pid: the hook was told it), at [`resume`].
+pub fn front(args: Vec<OsString>) -> i32 {
     signals::install();
-    let git = match which::which("git") {
-        Ok(git) => git,
-        Err(_) => {
-            say::say("`git` is not on PATH; install git or fix PATH, then run commit-retry again");
-            return 127;
-        }
+    let handover = Handover::private();
+    let first = match run_git(&args, handover.as_ref(), &[]) {
+        Ok(first) => first,
+        Err(code) => return code,
+    };
+    if first.code == 0 {
+        first.discard();
+        return exit::OK;
+    }
+    if let Some(signal) = signals::pending() {
+        first.discard();
+        return exit::signal(signal);
+    }
+    let buildlock = std::env::current_exe()
+        .ok()
+        .and_then(|me| Some(me.parent()?.join("buildlock")))
+        .filter(|b| b.is_file());
+    let Some(buildlock) = buildlock else {
+        first.discard();
+        say::say(format!(
+            "commit-retry: the commit failed (git exit {}), and the `buildlock` binary that \
+             waits and retries is not beside commit-retry: reinstall buildlock (install.sh), \
+             which puts pre-commit, commit-retry and buildlock in one folder",
+            first.code
+        ));
+        return first.code;
+    };
+    let Ok(json) = serde_json::to_string(&first) else {
+        first.discard();
+        return first.code;
+    };
+    // Still `commit-retry` to ps, top and pkill.
+    let e = std::process::Command::new(&buildlock)
+        .arg0("commit-retry")
+        .arg(RESUME_ARG)
+        .args(&args)
+        .env(RESUME_VAR, json)
+        .exec();
+    first.discard();
+    say::say(format!(
+        "commit-retry: the commit failed (git exit {}); cannot run {} to wait and retry: {e}",
+        first.code,
+        buildlock.display()
+    ));
+    first.code
+}
+
+/// The first argument with which commit-retry's [`front`] hands over to `buildlock`.
+pub const RESUME_ARG: &str = "__commit-retry";
+/// What the first commit left ([`Ran`], as JSON), for [`resume`].
+const RESUME_VAR: &str = "BUILDLOCK_RETRY_FIRST";
+
+/// The rest of commit-retry, after a first commit that did not simply pass (see [`front`]).
+pub fn resume(args: Vec<OsString>) -> i32 {
+    signals::install();
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, c"commit-retry".as_ptr());
+    }
+    let first: Option<Ran> = std::env::var(RESUME_VAR)
+        .ok()
+        .and_then(|json| serde_json::from_str(&json).ok());
+    // SAFETY: single-threaded here; nothing reads the environment concurrently.
+    unsafe { std::env::remove_var(RESUME_VAR) };
+    let Some(first) = first else {
+        say::say(format!(
+            "`buildlock {RESUME_ARG}` is commit-retry's second half; run `git commit-retry …`"
+        ));
+        return exit::USAGE;
     };
     let ctx = match Context::load() {
         Ok(ctx) => ctx,
         Err(LoadError::Config(e)) => {
+            first.discard();
             say::say(format!("{e}"));
             return exit::CONFIG;
         }
-        // Not a repository, or similar: git says it best.
-        Err(LoadError::Other(_)) => return plain_git(&git, &args),
+        // Not a repository, or similar: git has said it already.
+        Err(LoadError::Other(_)) => {
+            first.discard();
+            return first.code;
+        }
     };
+    let (handover, first) = match first.decision.as_ref().and_then(|d| d.parent()) {
+        Some(dir) => (
+            Handover {
+                dir: dir.to_owned(),
+            },
+            Some(first.into_git_run()),
+        ),
+        // No private temp folder: hand over in the coordination dir, and commit again, this
+        // time with the hook told where to say what it decided.
+        None => (Handover::in_dir(ctx.home.join("run")), None),
+    };
+    handover.remove_old();
     let retry = Retry {
         ctx: &ctx,
-        git,
         args,
+        handover,
         elected: std::cell::RefCell::new(None),
     };
-    match retry.run() {
+    match retry.run(first) {
         Ok(code) => code,
         Err(e) => {
             say::say(format!("commit-retry: {e:#}"));
             retry.give_up_role();
             exit::COORDINATION
-        }
-    }
-}
-
-fn plain_git(git: &Path, args: &[OsString]) -> i32 {
-    match Command::new(git).arg("commit").args(args).status() {
-        Ok(s) => code_of(s),
-        Err(e) => {
-            say::say(format!("cannot run git: {e}"));
-            127
         }
     }
 }
@@ -83,8 +158,8 @@ fn code_of(status: std::process::ExitStatus) -> i32 {
 
 struct Retry<'a> {
     ctx: &'a Context,
-    git: PathBuf,
     args: Vec<OsString>,
+    handover: Handover,
     /// The breakage this run was elected to fix, if any: given up if the run fails, so that the
     /// others need not wait for a fixer that is gone without having registered.
     elected: std::cell::RefCell<Option<Assignment>>,
@@ -110,7 +185,8 @@ fn assignment(d: &Decision) -> Assignment {
 }
 
 impl Retry<'_> {
-    fn run(&self) -> Result<i32> {
+    /// Commits until done; `first` is the commit already made, if any.
+    fn run(&self, mut first: Option<GitRun>) -> Result<i32> {
         let cfg = &self.ctx.config;
         let mut blocked = 0;
         let mut contention = 0;
@@ -120,7 +196,10 @@ impl Retry<'_> {
         let mut seen_silent: Option<(u64, u64)> = None;
         let mut claim_waits = 0; // issue 12
         loop {
-            let git = self.commit(role.as_ref(), seen_silent.take())?;
+            let git = match first.take() {
+                Some(run) => run,
+                None => self.commit(role.as_ref(), seen_silent.take())?,
+            };
             if let Some(signal) = signals::pending() {
                 say::say(format!(
                     "commit-retry: interrupted by signal {signal}; stopping (nothing was committed)"
@@ -343,7 +422,8 @@ impl Retry<'_> {
         Ok(match self.wait(d) {
             WaitEnd::Signal(n) => Waited::Exit(exit::signal(n)),
             WaitEnd::FixerSilent(_, lease) => Waited::Silent(lease),
-            WaitEnd::Fixed { fix, .. } => {
+            WaitEnd::Fixed { fix, herd, .. } => {
+                wait::stagger(herd);
                 // git writes the fix commit just after the fixer's hook returns: wait for it
                 // (bounded), then hand it to `retry.refresh` when this branch lacks it.
                 let commit = fix.as_ref().and_then(|f| {
@@ -387,88 +467,18 @@ impl Retry<'_> {
         fixer::refresh(self.ctx, &assignment(d), Some(commit))
     }
 
-    /// Runs `git commit` with our arguments untouched, asking the hook for its decision, and
-    /// waits for it by blocking (no polling).
+    /// Runs `git commit` again, telling the hook about our fixer role and a silence we saw.
     fn commit(&self, role: Option<&Role>, seen_silent: Option<(u64, u64)>) -> Result<GitRun> {
-        // The hand-over file lives in the coordination dir, or, where its folder cannot be made
-        // (read-only), in the temp dir: a passing commit must never be refused for it. A hook
-        // that cannot write it (a full disk) says so, and that is read below.
-        let mut run_dir = self.ctx.home.join("run");
-        remove_old_decisions(&run_dir);
-        if std::fs::create_dir_all(&run_dir).is_err() {
-            run_dir = std::env::temp_dir();
-        }
-        let decision_path = run_dir.join(format!(
-            "buildlock-decision-{}-{}.json",
-            std::process::id(),
-            time::now()
-        ));
-        let mut cmd = Command::new(&self.git);
-        cmd.arg("commit")
-            .args(&self.args)
-            .env(env::DECISION_VAR, &decision_path)
-            .env(env::HOLDER_VAR, std::process::id().to_string())
-            .stderr(Stdio::piped());
+        let mut vars = Vec::new();
         if let Some(role) = role {
-            cmd.env(env::FIXER_GENERATION_VAR, role.generation.to_string());
+            vars.push((env::FIXER_GENERATION_VAR, role.generation.to_string()));
         }
         if let Some((generation, heartbeat)) = seen_silent {
-            cmd.env(env::SEEN_SILENT_VAR, format!("{generation}:{heartbeat}"));
+            vars.push((env::SEEN_SILENT_VAR, format!("{generation}:{heartbeat}")));
         }
-        let mut child = cmd.spawn().context("cannot run git commit")?;
-        let pid = child.id();
-        // Pass git's stderr through as it comes, keeping the end to recognise lock contention.
-        let mut stderr = child.stderr.take().expect("piped");
-        let tail = std::thread::spawn(move || {
-            let mut tail: Vec<u8> = Vec::new();
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                say::raw(&buf[..n]);
-                tail.extend_from_slice(&buf[..n]);
-                if tail.len() > 16384 {
-                    tail.drain(..tail.len() - 8192);
-                }
-            }
-            tail
-        });
-        // A thread blocks in wait(); we block on its answer, waking only to look for a signal.
-        let (done, exited) = mpsc::channel();
-        let waiter = std::thread::spawn(move || {
-            let _ = done.send(child.wait());
-        });
-        let status = loop {
-            match exited.recv_timeout(Duration::from_millis(200)) {
-                Ok(status) => break status.context("cannot wait for git commit")?,
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    anyhow::bail!("lost track of git commit (pid {pid})")
-                }
-            }
-            if signals::pending().is_some() {
-                // Stop git; its hook notices that git went away and stops the check.
-                // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-            }
-        };
-        let _ = waiter.join();
-        let tail = String::from_utf8_lossy(&tail.join().unwrap_or_default()).into_owned();
-        let mut decision = Decision::read(&decision_path);
-        if decision.is_none() && tail.contains(crate::flows::decision::HAND_OVER_FAILED) {
-            // The hook decided but could not say what: treat it as coordination failing, never
-            // as git's own exit code (which would read as "you are the fixer").
-            decision = Some(Decision::new(Verdict::CoordinationFailed));
-        }
-        let _ = std::fs::remove_file(&decision_path);
-        let lock_contention =
-            tail.contains(".lock': File exists") || tail.contains("cannot lock ref");
-        Ok(GitRun {
-            code: code_of(status),
-            decision,
-            lock_contention,
-        })
+        run_git(&self.args, Some(&self.handover), &vars)
+            .map(Ran::into_git_run)
+            .map_err(|code| anyhow::anyhow!("cannot run git commit (exit {code})"))
     }
 
     fn wait(&self, d: &Decision) -> WaitEnd {
@@ -485,7 +495,7 @@ impl Retry<'_> {
             generation: d.generation.unwrap_or(0),
             limit,
             stale_after: self.ctx.config.stale_after,
-            poll: env::poll_interval(),
+            poll: env::poll_override(),
             parent: None,
         });
         if !matches!(end, WaitEnd::Fixed { .. }) {
@@ -535,18 +545,198 @@ enum Waited {
     Exit(i32),
 }
 
-/// Decision files older than a day: left by a commit-retry that was killed mid-commit.
-fn remove_old_decisions(run_dir: &Path) {
-    let day = Duration::from_secs(24 * 3600);
-    for e in std::fs::read_dir(run_dir).into_iter().flatten().flatten() {
-        let old = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > day);
-        if old {
-            let _ = std::fs::remove_file(e.path());
+/// Where the hook hands its decision to us: a file per `git commit`, in a folder only this user
+/// can enter (see `decision.rs`).
+struct Handover {
+    dir: PathBuf,
+}
+
+impl Handover {
+    /// The private temp folder: needs no repository, so the first commit starts at once.
+    fn private() -> Option<Handover> {
+        crate::os::fs::private_temp_dir("buildlock").map(|dir| Handover { dir })
+    }
+
+    /// A folder of the coordination dir, made if missing; the temp dir where it cannot be.
+    fn in_dir(dir: PathBuf) -> Handover {
+        if std::fs::create_dir_all(&dir).is_ok() {
+            Handover { dir }
+        } else {
+            Handover {
+                dir: std::env::temp_dir(),
+            }
         }
     }
+
+    /// A new file name for one `git commit`.
+    fn next(&self) -> PathBuf {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.dir.join(format!(
+            "decision-{}-{}-{seq}.json",
+            std::process::id(),
+            time::now()
+        ))
+    }
+
+    /// Decision files older than a day: left by a commit-retry that was killed mid-commit.
+    fn remove_old(&self) {
+        let day = Duration::from_secs(24 * 3600);
+        for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            let ours = name.to_string_lossy().starts_with("decision-")
+                || name.to_string_lossy().starts_with("buildlock-decision-");
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > day);
+            if ours && old {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// Runs `git commit` with `args` untouched and the hook told where to hand its decision over
+/// (when `handover` is given). git's stderr passes through as it comes; its end is kept to
+/// recognise lock contention. No thread and no polling of git: one poll(2) on its stderr, which
+/// wakes for output, for its end, or every 200 ms to forward a signal we got. `Err` is the exit
+/// code when git cannot run at all (said here).
+fn run_git(
+    args: &[OsString],
+    handover: Option<&Handover>,
+    vars: &[(&str, String)],
+) -> Result<Ran, i32> {
+    let decision_path = handover.map(Handover::next);
+    let mut cmd = Command::new("git");
+    cmd.arg("commit")
+        .args(args)
+        .env(env::HOLDER_VAR, std::process::id().to_string())
+        .stderr(Stdio::piped());
+    if let Some(path) = &decision_path {
+        cmd.env(env::DECISION_VAR, path);
+    }
+    for (name, value) in vars {
+        cmd.env(name, value);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            say::say("`git` is not on PATH; install git or fix PATH, then run commit-retry again");
+            return Err(127);
+        }
+        Err(e) => {
+            say::say(format!("cannot run git commit: {e}"));
+            return Err(127);
+        }
+    };
+    let tail = relay_stderr(&mut child);
+    let status = match child.wait() {
+        Ok(status) => status,
+        Err(e) => {
+            say::say(format!("cannot wait for git commit: {e}"));
+            return Err(exit::COORDINATION);
+        }
+    };
+    let tail = String::from_utf8_lossy(&tail);
+    Ok(Ran {
+        code: code_of(status),
+        decision: decision_path,
+        hand_over_failed: tail.contains(crate::flows::decision::HAND_OVER_FAILED),
+        lock_contention: tail.contains(".lock': File exists") || tail.contains("cannot lock ref"),
+    })
+}
+
+/// One `git commit` as it ran, before its decision file is read.
+#[derive(Serialize, Deserialize)]
+struct Ran {
+    code: i32,
+    /// Where the hook was asked to hand its decision over.
+    decision: Option<PathBuf>,
+    /// The hook said it could not write it.
+    hand_over_failed: bool,
+    lock_contention: bool,
+}
+
+impl Ran {
+    /// Reads the hook's decision (a passing commit needs none) and removes its file.
+    fn into_git_run(self) -> GitRun {
+        let mut decision = None;
+        if let Some(path) = &self.decision {
+            if self.code != 0 {
+                decision = Decision::read(path);
+            }
+            let _ = std::fs::remove_file(path);
+        }
+        if self.code != 0 && decision.is_none() && self.hand_over_failed {
+            // The hook decided but could not say what: treat it as coordination failing, never
+            // as git's own exit code (which would read as "you are the fixer").
+            decision = Some(Decision::new(Verdict::CoordinationFailed));
+        }
+        GitRun {
+            code: self.code,
+            decision,
+            lock_contention: self.lock_contention,
+        }
+    }
+
+    /// Removes the decision file, for a run that goes no further.
+    fn discard(&self) {
+        if let Some(path) = &self.decision {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Copies the child's stderr to ours until it ends (or, if a process the hook left behind keeps
+/// it open, until git exits); returns its last 8–16 KiB. A signal we got is passed on to git as
+/// SIGTERM (its hook notices that git went away and stops the check).
+fn relay_stderr(child: &mut std::process::Child) -> Vec<u8> {
+    use std::os::fd::AsRawFd as _;
+    let Some(mut stderr) = child.stderr.take() else {
+        return Vec::new();
+    };
+    let fd = stderr.as_raw_fd();
+    let mut tail: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 8192];
+    let mut forwarded = false;
+    let mut git_done = false;
+    loop {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: pfd is one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut pfd, 1, if git_done { 0 } else { 200 }) };
+        if ready > 0 {
+            match stderr.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    say::raw(&buf[..n]);
+                    tail.extend_from_slice(&buf[..n]);
+                    if tail.len() > 16384 {
+                        tail.drain(..tail.len() - 8192);
+                    }
+                    continue;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        } else if git_done {
+            // git is gone and nothing more is pending: whoever keeps the pipe open is not git.
+            break;
+        }
+        if !forwarded && signals::pending().is_some() {
+            forwarded = true;
+            // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        }
+        if ready == 0 && matches!(child.try_wait(), Ok(Some(_))) {
+            git_done = true;
+        }
+    }
+    tail
 }

@@ -21,7 +21,6 @@ use crate::flows::context::Context;
 use crate::os::check::Ending;
 use crate::os::lock::Lock;
 use crate::os::time::{self, human};
-use crate::os::wake::Watch;
 use crate::os::{env, say, signals};
 use crate::protocol::claims::{Decision, Request, SlotHolder};
 use crate::store::registry::{self, Limits, RegistryStore};
@@ -67,7 +66,7 @@ pub fn take(
     signals::install();
     let store = cl::store(ctx);
     let limits = cl::limits(ctx);
-    let watch = Watch::new(store.home(), registry::FILE);
+    let mut watch = registry::bell(store.home()).listen();
     let me = cl::who(ctx, cl::priority_or_default());
     let start = Instant::now();
     let mut ticket: Option<u64> = None;

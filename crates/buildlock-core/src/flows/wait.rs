@@ -1,9 +1,11 @@
-//! Bounded waiting for a fix: sleeps until the key's state changes (the store wakes it: inotify
+//! Bounded waiting for a fix: sleeps until the key's state changes (the store wakes it: a bell
 //! with the local backend), shows who fixes and for how long, and ends as soon as the build is
 //! fixed, the role is given up, or the fixer dies or goes silent.
 //!
-//! Between changes a waiter costs nothing: it wakes at most every `poll` (default 1 s) to show
-//! progress and check on the fixer, and on every change of the state or of a fixer lock.
+//! Between changes a waiter costs nothing: it wakes when a step that changes who fixes what rings
+//! the store's bell, when its fixer's process exits, to show progress (every few seconds), and
+//! when a deadline comes (the fixer's silence, the wait's limit). It polls only where nothing can
+//! wake it (every 100 ms), or every `BUILDLOCK_POLL` when that is set.
 //!
 //! Silence is judged on our own monotonic clock: the fixer's lease (generation, heartbeat) that
 //! did not move for a whole `stale_after` while we watched. No clocks of two hosts are compared.
@@ -11,6 +13,7 @@
 use std::time::{Duration, Instant};
 
 use crate::flows::context::Context;
+use crate::os::process::Process;
 use crate::os::time::{self, Millis};
 use crate::os::{say, signals};
 use crate::protocol::state::{Event, Fix, Fixer, Status};
@@ -22,6 +25,8 @@ pub enum WaitEnd {
     Fixed {
         by: Option<String>,
         fix: Option<Fix>,
+        /// How many agents waited for this fix with us (the herd that now retries).
+        herd: usize,
     },
     /// The episode we waited on ended and another began (fixed and broken again, or reset):
     /// the generation moved on.
@@ -46,14 +51,18 @@ pub struct Waiting<'a> {
     pub generation: u64,
     pub limit: Duration,
     pub stale_after: Duration,
-    /// The longest sleep between two looks.
-    pub poll: Duration,
+    /// The longest sleep between two looks (`BUILDLOCK_POLL`); by default as long as nothing
+    /// is due where changes wake us, else 100 ms.
+    pub poll: Option<Duration>,
     pub parent: Option<u32>,
 }
 
 pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
     crate::os::fault::point("wait");
+    // Watch before the first look, so that a change in between wakes us.
+    let woken = w.store.watch(w.key);
     let start = Instant::now();
+    let mut herd = 0;
     let mut last_lease: Option<(u64, Millis)> = None;
     let mut lease_seen_at = Instant::now();
     let mut last_progress: Option<Instant> = None;
@@ -62,12 +71,12 @@ pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
     } else {
         Duration::from_secs(5)
     };
-    // Without change notifications, look more often.
-    let poll = if w.store.watches() {
-        w.poll
+    let poll = w.poll.unwrap_or(if woken {
+        // Progress, silence and the limit bound each sleep below.
+        Duration::from_secs(3600)
     } else {
-        w.poll.min(Duration::from_millis(100))
-    };
+        Duration::from_millis(100)
+    });
     let end = loop {
         if let Some(signal) = signals::pending() {
             break WaitEnd::Signal(signal);
@@ -82,6 +91,7 @@ pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
                 break WaitEnd::Fixed {
                     by: None,
                     fix: None,
+                    herd,
                 };
             }
             Read::Damaged(_) => break WaitEnd::Broken,
@@ -101,8 +111,9 @@ pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
                         time::human(w.limit.saturating_sub(start.elapsed()))
                     ));
                 }
+                let nap = poll.min(progress_every);
                 w.store
-                    .wait_change(w.key, w.poll + time::jitter(w.poll / 4));
+                    .wait_change(w.key, None, nap + time::jitter(nap / 4));
                 continue;
             }
         };
@@ -116,6 +127,7 @@ pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
                 break WaitEnd::Fixed {
                     by: state.fixed_by,
                     fix: state.fix.filter(|f| f.generation == w.generation),
+                    herd,
                 };
             }
             (Status::Fixing, Some(f)) => f,
@@ -132,14 +144,20 @@ pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
                 _ => continue,
             }
         }
+        herd = state.waiters.len();
         let lease = (state.generation, fixer.heartbeat);
-        // A holder that runs is alive whatever its lease says (a clock step): no silence.
-        let running = fixer.registered && w.store.fixer_running(w.key, state.generation);
-        if last_lease != Some(lease) || running {
+        if last_lease != Some(lease) {
             last_lease = Some(lease);
             lease_seen_at = Instant::now();
         } else if lease_seen_at.elapsed() >= w.stale_after {
-            break WaitEnd::FixerSilent(fixer, lease);
+            // A holder that runs is alive whatever its lease says (a clock step): no silence
+            // yet; look again in a second.
+            if !(fixer.registered && w.store.fixer_running(w.key, state.generation)) {
+                break WaitEnd::FixerSilent(fixer, lease);
+            }
+            lease_seen_at = Instant::now()
+                .checked_sub(w.stale_after.saturating_sub(Duration::from_secs(1)))
+                .unwrap_or_else(Instant::now);
         }
         let waited = start.elapsed();
         if waited >= w.limit {
@@ -162,10 +180,35 @@ pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
             .min(w.limit - waited)
             .min(progress_every)
             .min(until_silent.max(Duration::from_millis(1)));
-        w.store.wait_change(w.key, nap + time::jitter(nap / 8));
+        // The holder's exit wakes us too (a registered fixer that dies is replaced at once).
+        let holder = fixer.pid.filter(|_| fixer.registered).map(|pid| Process {
+            pid,
+            host: fixer.host.clone(),
+            start: fixer.start,
+            token: None,
+        });
+        w.store
+            .wait_change(w.key, holder.as_ref(), nap + time::jitter(nap / 8));
     };
     say::progress_done();
     end
+}
+
+/// Before a herd of waiters retries at once: a pause of up to 4 ms per other waiter (at most a
+/// second), drawn at random, so that their retries (each a `git commit`, a hook and a check)
+/// come one after another instead of all at one instant on the same cores, where the last
+/// waiters to wake would queue behind the first ones' retries. A signal cuts it short.
+pub fn stagger(herd: usize) {
+    let spread = (Duration::from_millis(4) * herd.saturating_sub(1).min(250) as u32)
+        .min(Duration::from_secs(1));
+    let until = Instant::now() + time::jitter(spread);
+    while signals::pending().is_none() {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
 }
 
 /// This agent stops waiting on `key` (it gave up, was interrupted, or goes to take the fix): it

@@ -6,7 +6,7 @@
 //! or for tests:
 //! - `BUILDLOCK_DECISION`: set by commit-retry for the hook it runs through `git commit`; the hook
 //!   writes its decision there and leaves the waiting to commit-retry;
-//! - `BUILDLOCK_POLL`: the waiting poll interval (a duration; default 1s: waiters wake on changes, this bounds their sleep);
+//! - `BUILDLOCK_POLL`: the longest a waiter sleeps between two looks (a duration; by default waiters wake on changes and sleep until something is due);
 //! - `BUILDLOCK_FAULT`: `point[:action]`, a fault to inject at a named point (see `fault.rs`);
 //! - `BUILDLOCK_REMOTE_COMPACT_AFTER` (a count) and `BUILDLOCK_REMOTE_PRUNE_AFTER` (a duration):
 //!   the remote backend's chain length before compaction and the age of passing keys it deletes;
@@ -90,13 +90,17 @@ pub fn decision_file() -> Option<PathBuf> {
     var_os(DECISION_VAR).map(PathBuf::from)
 }
 
-/// The longest a waiter sleeps between two looks at the state (`BUILDLOCK_POLL`, default 1 s).
-pub fn poll_interval() -> Duration {
+/// The longest a waiter sleeps between two looks at the state, when `BUILDLOCK_POLL` sets it.
+pub fn poll_override() -> Option<Duration> {
     var("BUILDLOCK_POLL")
         .and_then(|v| crate::os::time::parse_duration(&v).ok())
-        // Waiters wake on changes (inotify); this only bounds their sleep between two looks.
-        .unwrap_or(Duration::from_secs(1))
-        .max(Duration::from_millis(5))
+        .map(|d| d.max(Duration::from_millis(5)))
+}
+
+/// The longest a claims or check-slot waiter sleeps between two looks (`BUILDLOCK_POLL`,
+/// default 1 s; they wake on changes too).
+pub fn poll_interval() -> Duration {
+    poll_override().unwrap_or(Duration::from_secs(1))
 }
 
 pub fn fault() -> Option<String> {

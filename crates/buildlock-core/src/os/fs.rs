@@ -85,7 +85,9 @@ pub fn open_nofollow(path: &Path) -> std::io::Result<File> {
 /// file is larger than that.
 pub fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
     let file = open_nofollow(path)?;
-    let mut bytes = Vec::new();
+    // Sized from the file's length: one read(2) for a file that did not grow meanwhile.
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0).min(limit) as usize;
+    let mut bytes = Vec::with_capacity(size + 1);
     file.take(limit + 1).read_to_end(&mut bytes)?;
     Ok((bytes.len() as u64 <= limit).then_some(bytes))
 }
@@ -117,6 +119,23 @@ pub fn remove_strays(dir: &Path) {
             let _ = fs::remove_file(e.path());
         }
     }
+}
+
+/// `<temp dir>/<name>-<uid>`: a folder only this user can enter (made 0700 if missing), for
+/// files that must not be forged or read by other users. `None` when it exists but is not such a
+/// folder (a symlink, another owner, open to others) or cannot be made.
+pub fn private_temp_dir(name: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let dir = std::env::temp_dir().join(format!("{name}-{me}"));
+    match fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => return Some(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(_) => return None,
+    }
+    let meta = fs::symlink_metadata(&dir).ok()?;
+    (meta.is_dir() && meta.uid() == me && meta.mode() & 0o077 == 0).then_some(dir)
 }
 
 /// Refuses a coordination directory that is a symlink or belongs to another user: buildlock

@@ -39,18 +39,8 @@ impl Lock {
 
     /// Takes the lock if nobody holds it: `Ok(None)` when someone does.
     pub fn try_acquire(path: &Path) -> io::Result<Option<Lock>> {
-        Self::try_acquire_as(path, Open::Quiet)
-    }
-
-    /// Takes the lock for a role whose end others watch for: the file is open for writing, so
-    /// its closing (the holder let go, or died) wakes watchers (see `os::watch`).
-    pub fn try_acquire_announced(path: &Path) -> io::Result<Option<Lock>> {
-        Self::try_acquire_as(path, Open::Announced)
-    }
-
-    fn try_acquire_as(path: &Path, how: Open) -> io::Result<Option<Lock>> {
         for _ in 0..8 {
-            let file = open(path, how)?;
+            let file = open(path)?;
             let opened = file
                 .metadata()
                 .map(|m| (m.dev(), m.ino()))
@@ -89,29 +79,14 @@ impl Lock {
     pub fn acquire_or_stop(
         path: &Path,
         timeout: Duration,
-        on_wait: impl FnMut(),
-        stop: impl Fn() -> bool,
-    ) -> io::Result<Option<Lock>> {
-        Self::acquire_as(path, timeout, on_wait, stop, Open::Quiet)
-    }
-
-    /// [`Lock::acquire`] of a role whose end others watch for (see [`Lock::try_acquire_announced`]).
-    pub fn acquire_announced(path: &Path, timeout: Duration) -> io::Result<Option<Lock>> {
-        Self::acquire_as(path, timeout, || {}, || false, Open::Announced)
-    }
-
-    fn acquire_as(
-        path: &Path,
-        timeout: Duration,
         mut on_wait: impl FnMut(),
         stop: impl Fn() -> bool,
-        how: Open,
     ) -> io::Result<Option<Lock>> {
         let start = Instant::now();
         let mut delay = Duration::from_millis(1);
         let mut told = false;
         loop {
-            if let Some(lock) = Self::try_acquire_as(path, how)? {
+            if let Some(lock) = Self::try_acquire(path)? {
                 return Ok(Some(lock));
             }
             let waited = start.elapsed();
@@ -181,23 +156,14 @@ pub fn locking_works(dir: &Path) -> io::Result<bool> {
     Ok(Lock::try_acquire(&path)?.is_none())
 }
 
-/// How a lock file is opened. flock works on a read-only descriptor; only a role whose end
-/// others watch for opens it for writing, because closing such a descriptor is what inotify
-/// reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Open {
-    Quiet,
-    Announced,
-}
-
-fn open(path: &Path, how: Open) -> io::Result<File> {
+/// Opens a lock file, read-only (flock needs no more), creating it if missing.
+fn open(path: &Path) -> io::Result<File> {
     let open = || {
         use std::os::unix::fs::OpenOptionsExt;
         // std refuses `create` without write access, so a read-only create asks for O_CREAT
         // directly.
         OpenOptions::new()
             .read(true)
-            .write(how == Open::Announced)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CREAT)
             .mode(0o644)
             .open(path)

@@ -4,12 +4,12 @@
 //! - [`fs`]: atomic writes; [`check`]: running a command in its own process group;
 //! - [`process`], [`signals`]: processes and signals; [`env`]: the only module that reads the
 //!   environment; [`time`]: clocks, durations, RFC 3339; [`say`]: everything printed for people;
-//! - [`watch`]: sleeping until a directory changes (inotify);
-//! - [`wake`]: waking a waiter on one file's changes or a process's exit (inotify, pidfds);
+//! - [`bell`]: waking waiters when a writer rings, or a process exits (a FIFO, pidfds);
 //! - [`changes`]: the paths a commit changes (the index git commits against HEAD);
 //! - [`repo`]: the git repository (work tree, common dir, branch, HEAD); [`fault`]: fault
 //!   injection for tests.
 
+pub mod bell;
 pub mod changes;
 pub mod check;
 pub mod env;
@@ -21,5 +21,3 @@ pub mod repo;
 pub mod say;
 pub mod signals;
 pub mod time;
-pub mod wake;
-pub mod watch;

@@ -24,6 +24,13 @@ pub fn install() {
     }
 }
 
+/// Writes to a closed pipe fail with EPIPE instead of killing the process, as in any Rust
+/// program; for the binaries that start without Rust's runtime (`no_main`).
+pub fn ignore_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_IGN has no memory-safety preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
 /// The signal received, if any.
 pub fn pending() -> Option<i32> {
     match PENDING.load(Ordering::SeqCst) {

@@ -1455,7 +1455,7 @@ mod tests {
             claim_req("holder", &["src/"], Mode::Exclusive, false),
             T0,
         );
-        let mut req = |agent: &str, prio: u8| Request::Claim {
+        let req = |agent: &str, prio: u8| Request::Claim {
             who: who(agent, prio),
             paths: vec!["src/x".into()],
             mode: Mode::Exclusive,

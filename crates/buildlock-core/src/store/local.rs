@@ -35,10 +35,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{Applied, BaseView, FixerHold, Policy, Read, Store, Totals};
+use crate::os::bell::{Bell, Listener};
 use crate::os::fs::{self as osfs, Durability, write_atomic};
 use crate::os::lock::{self, Lock};
+use crate::os::process::Process;
 use crate::os::time::{self, Millis};
-use crate::os::watch::Watch;
 use crate::protocol::key;
 use crate::protocol::ledger::history_entries;
 use crate::protocol::state::{Event, KeyState, Lease, Observed, Status, transition};
@@ -60,8 +61,8 @@ const ELECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct LocalStore {
     dir: PathBuf,
-    /// The waiters' inotify watch, set up on first use.
-    watch: Mutex<Option<Watch>>,
+    /// A waiter listening to the state bell, from [`Store::watch`] on.
+    listener: Mutex<Option<Listener>>,
 }
 
 /// One base key's file.
@@ -220,6 +221,11 @@ impl Store for LocalStore {
             };
             file.put(after.clone());
             write_atomic(&path, &serde_json::to_vec_pretty(&file)?, durability)?;
+            // Waiters act on who fixes what only: a waiter joining or leaving wakes nobody
+            // (else a crowd of n waiters forming would wake n² times).
+            if durability == Durability::Synced {
+                self.bell().ring();
+            }
         }
         // The step is saved. Everything below is bookkeeping: warned about, never a failure.
         let mut entries = Vec::new();
@@ -320,7 +326,7 @@ impl Store for LocalStore {
         timeout: Duration,
     ) -> Result<Option<FixerHold>> {
         let path = self.fixer_lock_path(key, generation);
-        Ok(Lock::acquire_announced(&path, timeout)?.map(FixerHold::new))
+        Ok(Lock::acquire(&path, timeout, || {})?.map(FixerHold::new))
     }
 
     fn fixer_gone(&self, key: &str, generation: u64) -> bool {
@@ -334,22 +340,22 @@ impl Store for LocalStore {
         )
     }
 
-    fn wait_change(&self, _key: &str, timeout: Duration) {
-        let Ok(mut watch) = self.watch.lock() else {
+    fn watch(&self, _key: &str) -> bool {
+        let Ok(mut slot) = self.listener.lock() else {
+            return false;
+        };
+        slot.get_or_insert_with(|| self.bell().listen()).is_live()
+    }
+
+    fn wait_change(&self, key: &str, fixer: Option<&Process>, timeout: Duration) {
+        self.watch(key);
+        let Ok(mut slot) = self.listener.lock() else {
             std::thread::sleep(timeout);
             return;
         };
-        let watch = watch.get_or_insert_with(|| {
-            Watch::new(&[
-                (self.dir.join("state"), crate::os::watch::Changes::Files),
-                (self.dir.join("locks"), crate::os::watch::Changes::Closed),
-            ])
-        });
-        watch.sleep(timeout);
-    }
-
-    fn watches(&self) -> bool {
-        Watch::supported()
+        if let Some(listener) = slot.as_mut() {
+            listener.wait(fixer.map(std::slice::from_ref).unwrap_or_default(), timeout);
+        }
     }
 }
 
@@ -370,7 +376,7 @@ impl LocalStore {
     pub fn new(dir: PathBuf) -> LocalStore {
         LocalStore {
             dir,
-            watch: Mutex::new(None),
+            listener: Mutex::new(None),
         }
     }
 
@@ -388,6 +394,11 @@ impl LocalStore {
         self.dir
             .join("locks")
             .join(format!("{}-g{generation}.fixer", key::file_stem(key)))
+    }
+
+    /// Rung after every step that changes who fixes what (see `os::bell`).
+    fn bell(&self) -> Bell {
+        Bell::in_dir(&self.dir, "state")
     }
 
     fn election_lock_path(&self) -> PathBuf {
@@ -728,6 +739,31 @@ mod tests {
         store
             .apply(key, base, event, policy(), None, &|| false)
             .unwrap()
+    }
+
+    /// Waiters wake on the steps that change who fixes what, and only on those: a crowd of n
+    /// waiters joining one by one must not wake itself n² times.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_state_bell_rings_for_who_fixes_what_not_for_waiters_joining() {
+        use crate::os::bell::Wake;
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_owned());
+        let mut listener = store.bell().listen();
+        assert!(listener.is_live());
+        let short = Duration::from_millis(50);
+        let long = Duration::from_secs(10);
+
+        let elected = apply(&store, "k", &fail("a")).outcome;
+        assert!(matches!(elected, Outcome::Elected { .. }), "{elected:?}");
+        assert_eq!(listener.sleep(long), Wake::Rang, "an election");
+        for w in ["b", "c"] {
+            let waits = apply(&store, "k", &fail(w)).outcome;
+            assert!(matches!(waits, Outcome::Wait { .. }), "{waits:?}");
+        }
+        assert_eq!(listener.sleep(short), Wake::TimedOut, "waiters joining");
+        apply(&store, "k", &pass("a"));
+        assert_eq!(listener.sleep(long), Wake::Rang, "the fix");
     }
 
     #[test]

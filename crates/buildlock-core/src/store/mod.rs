@@ -14,6 +14,7 @@
 use anyhow::Result;
 use std::time::Duration;
 
+use crate::os::process::Process;
 use crate::os::time::Millis;
 use crate::protocol::state::{Event, KeyState, Lease, Outcome};
 
@@ -176,12 +177,15 @@ pub trait Store: Send + Sync {
         false
     }
 
-    /// Sleeps until `key`'s state may have changed (or its fixer died), a signal arrived, or
-    /// `timeout` passed. Callers re-read after every wake-up.
-    fn wait_change(&self, key: &str, timeout: Duration);
+    /// Starts watching `key` for [`Store::wait_change`], before the caller's first look at the
+    /// state, so that a change in between is not missed. Whether changes wake the waiter (else
+    /// it should look more often).
+    fn watch(&self, key: &str) -> bool;
 
-    /// Whether [`Store::wait_change`] wakes on changes (else callers should poll more often).
-    fn watches(&self) -> bool;
+    /// Sleeps until `key`'s state may have changed, `fixer` (the process that holds the fixer
+    /// role, when one does) exited, a signal arrived, or `timeout` passed. Callers re-read after
+    /// every wake-up.
+    fn wait_change(&self, key: &str, fixer: Option<&Process>, timeout: Duration);
 
     /// The backend's own health checks for `buildlock doctor`: `(ok, what was found, what to do
     /// when it is a problem)`.

@@ -35,6 +35,11 @@ use crate::protocol::claims::{
 };
 
 pub const FILE: &str = "registry.json";
+
+/// The bell rung after every change of the registry (see `os::bell`).
+pub fn bell(home: &std::path::Path) -> crate::os::bell::Bell {
+    crate::os::bell::Bell::in_dir(home, "registry")
+}
 const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_BYTES: u64 = 4 << 20;
 
@@ -232,6 +237,7 @@ impl RegistryStore {
                 &serde_json::to_vec_pretty(&after)?,
                 Durability::Atomic,
             )?;
+            bell(&self.home).ring();
             // After the write: agents whose claims are all gone stop paying for touches.
             let holders: BTreeSet<&str> = after.claims.iter().map(|c| c.agent.as_str()).collect();
             for c in &before.claims {

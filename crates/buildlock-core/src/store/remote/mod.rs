@@ -49,6 +49,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::{Applied, BaseView, FixerHold, Interrupted, Policy, Read, Store, Totals};
+use crate::os::process::Process;
 use crate::os::time::{self, Millis};
 use crate::os::{env, say};
 use crate::protocol::key::{base_of, file_stem};
@@ -1020,7 +1021,7 @@ impl Store for RemoteStore {
         false
     }
 
-    fn watches(&self) -> bool {
+    fn watch(&self, _key: &str) -> bool {
         // `wait_change` sleeps `remote_poll` itself, whatever it is asked: each look is a round
         // trip to the remote.
         true
@@ -1076,7 +1077,7 @@ impl Store for RemoteStore {
         Some(Self::fix_ref_name(key, commit))
     }
 
-    fn wait_change(&self, _key: &str, _timeout: Duration) {
+    fn wait_change(&self, _key: &str, _fixer: Option<&Process>, _timeout: Duration) {
         // Every look costs a round trip to the remote: look every `remote_poll`, whatever the
         // caller's local poll interval is.
         std::thread::sleep(self.poll + time::jitter(self.poll / 4));

@@ -1,0 +1,334 @@
+//! A doorbell for waiters: sleeping until a writer says that something they wait on changed, or
+//! until a process exits, or until a bound passes. Waiters sleep here instead of polling.
+//!
+//! The bell is a FIFO. A waiter listens by opening it for reading (never blocks) and sleeping in
+//! poll(2) on it; a writer rings it after its change by opening it for writing and closing it at
+//! once (never blocks either: with nobody listening the open fails, which costs one syscall).
+//! When the last writer closes, the kernel reports POLLHUP to every reader: one ring wakes every
+//! listener, with no data and no per-user limit (inotify allows 128 instances per user, and a
+//! machine with more waiting agents than that would leave the rest polling). A listener that was
+//! woken opens the FIFO again before it returns, to hear the next ring.
+//!
+//! Guarantee: "listen, look, wait" never misses a change. A writer changes, then rings; a
+//! listener is listening before it looks. A ring that finds no listener (all of them between two
+//! opens) came after a change that every one of them looks at after opening again.
+//!
+//! Writers ring only for changes that waiters act on (see the store), so that a crowd joining
+//! the waiters does not wake itself once per newcomer. Process exits wake through pidfds. Where
+//! neither works (another OS, a FIFO that cannot be made) [`Listener::is_live`] is false and a
+//! wait is a plain sleep of its bound: callers re-read after every wake-up and bound each sleep,
+//! so the worst case is the bound, never a hang.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::os::process::{self, Process};
+
+/// Why a wait ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// The bell rang.
+    Rang,
+    /// One of the watched processes exited.
+    Exited,
+    /// The bound passed (or a signal came).
+    TimedOut,
+}
+
+/// A bell at a path; rung by writers, listened to by waiters.
+#[derive(Clone, Debug)]
+pub struct Bell {
+    path: PathBuf,
+}
+
+impl Bell {
+    pub fn new(path: PathBuf) -> Bell {
+        Bell { path }
+    }
+
+    /// `dir/<name>.bell`.
+    pub fn in_dir(dir: &Path, name: &str) -> Bell {
+        Bell::new(dir.join(format!("{name}.bell")))
+    }
+
+    /// Wakes every listener. Costs one failing open(2) when nobody listens.
+    pub fn ring(&self) {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            // Opening and closing is the ring; a regular file put here by mistake is opened
+            // and closed untouched.
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+                .open(&self.path);
+        }
+    }
+
+    /// Starts listening (making the FIFO if needed): a ring from now on wakes the next wait.
+    pub fn listen(&self) -> Listener {
+        Listener {
+            path: self.path.clone(),
+            #[cfg(target_os = "linux")]
+            fd: linux::open(&self.path),
+        }
+    }
+}
+
+/// One waiter listening to a bell.
+pub struct Listener {
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    path: PathBuf,
+    #[cfg(target_os = "linux")]
+    fd: Option<std::os::fd::OwnedFd>,
+}
+
+impl Listener {
+    /// Whether a ring wakes us (else a wait sleeps its whole bound, unless a process exits).
+    pub fn is_live(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            self.fd.is_some()
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            false
+        }
+    }
+
+    /// Sleeps until the bell rings or `at_most` passed (or a signal came).
+    pub fn sleep(&mut self, at_most: Duration) -> Wake {
+        self.wait(&[], at_most)
+    }
+
+    /// Sleeps until the bell rings, one of `procs` exits, or `timeout` passes (or a signal
+    /// came: the caller looks at its signal flag).
+    pub fn wait(&mut self, procs: &[Process], timeout: Duration) -> Wake {
+        // A process that is already gone needs no waiting.
+        if procs.iter().any(|p| !process::is_live(p)) {
+            return Wake::Exited;
+        }
+        #[cfg(target_os = "linux")]
+        {
+            linux::wait(self, procs, timeout)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            std::thread::sleep(timeout);
+            Wake::TimedOut
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use super::*;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+
+    /// Opens the FIFO for reading (made 0600 if missing); `None` unless it is a FIFO of ours.
+    pub fn open(path: &Path) -> Option<OwnedFd> {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+        // SAFETY: a NUL-terminated path; EEXIST (made by another listener) is fine.
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+            .open(path)
+            .ok()?;
+        let meta = file.metadata().ok()?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let ours = meta.uid() == unsafe { libc::geteuid() };
+        (meta.file_type().is_fifo() && ours).then(|| OwnedFd::from(file))
+    }
+
+    pub fn wait(l: &mut Listener, procs: &[Process], timeout: Duration) -> Wake {
+        let deadline = Instant::now() + timeout;
+        let pidfds: Vec<OwnedFd> = procs.iter().filter_map(pidfd).collect();
+        let mut fds: Vec<i32> = l.fd.iter().map(|f| f.as_raw_fd()).collect();
+        let bell = fds.len();
+        fds.extend(pidfds.iter().map(|f| f.as_raw_fd()));
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Wake::TimedOut;
+            }
+            if fds.is_empty() {
+                std::thread::sleep(left);
+                continue;
+            }
+            // A timeout a hair early (poll counts whole milliseconds) sleeps the rest.
+            let Some(ready) = poll(&fds, left) else {
+                continue;
+            };
+            if ready[bell..].iter().any(|&r| r) {
+                return Wake::Exited;
+            }
+            if bell == 1 && ready[0] {
+                // Rung: listen again before the caller looks, for the next ring.
+                l.fd = open(&l.path);
+                return Wake::Rang;
+            }
+            // A signal: the caller looks at its signal flag.
+            return Wake::TimedOut;
+        }
+    }
+
+    /// A pidfd for `p` if it is still that very process.
+    fn pidfd(p: &Process) -> Option<OwnedFd> {
+        if p.host != process::hostname() {
+            return None;
+        }
+        // SAFETY: pidfd_open has no memory-safety preconditions.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, p.pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: a fresh descriptor that nobody else owns.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // Opened after checking nothing: make sure the pid was not recycled meanwhile.
+        process::is_live(p).then_some(owned)
+    }
+
+    /// poll(2) for readability (or hang-up); which fds are ready (none on a signal), or `None`
+    /// on timeout.
+    fn poll(fds: &[i32], timeout: Duration) -> Option<Vec<bool>> {
+        let mut pfds: Vec<libc::pollfd> = fds
+            .iter()
+            .map(|&fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // Rounded up: never a busy loop of zero-millisecond polls.
+        let ms = timeout
+            .as_micros()
+            .div_ceil(1000)
+            .clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: `pfds` is a valid array of its length.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+        if n < 0 {
+            return Some(vec![false; pfds.len()]);
+        }
+        if n == 0 {
+            return None;
+        }
+        Some(pfds.iter().map(|p| p.revents != 0).collect())
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_ring_wakes_every_listener_and_each_hears_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let bell = Bell::in_dir(dir.path(), "state");
+        let mut listeners: Vec<Listener> = (0..3).map(|_| bell.listen()).collect();
+        assert!(listeners.iter().all(Listener::is_live));
+        for l in &mut listeners {
+            assert_eq!(
+                l.sleep(Duration::from_millis(30)),
+                Wake::TimedOut,
+                "no ring yet"
+            );
+        }
+        let ringer = bell.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            ringer.ring();
+        });
+        let start = Instant::now();
+        for l in &mut listeners {
+            assert_eq!(l.sleep(Duration::from_secs(10)), Wake::Rang);
+        }
+        assert!(start.elapsed() < Duration::from_secs(5));
+        t.join().unwrap();
+        // Heard once: the next wait waits for the next ring.
+        for l in &mut listeners {
+            assert_eq!(l.sleep(Duration::from_millis(30)), Wake::TimedOut);
+        }
+        bell.ring();
+        for l in &mut listeners {
+            assert_eq!(l.sleep(Duration::from_secs(10)), Wake::Rang);
+        }
+    }
+
+    #[test]
+    fn a_ring_between_listening_and_waiting_is_not_missed() {
+        let dir = tempfile::tempdir().unwrap();
+        let bell = Bell::in_dir(dir.path(), "state");
+        let mut l = bell.listen();
+        bell.ring();
+        assert_eq!(l.sleep(Duration::from_secs(10)), Wake::Rang);
+    }
+
+    #[test]
+    fn ringing_with_nobody_listening_costs_nothing_and_blocks_nobody() {
+        let dir = tempfile::tempdir().unwrap();
+        let bell = Bell::in_dir(dir.path(), "state");
+        bell.ring(); // no FIFO yet
+        drop(bell.listen()); // a FIFO, nobody listening
+        let start = Instant::now();
+        bell.ring();
+        assert!(start.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_bell_that_is_not_a_fifo_is_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("state.bell"), b"").unwrap();
+        let bell = Bell::in_dir(dir.path(), "state");
+        assert!(!bell.listen().is_live());
+        bell.ring();
+        assert_eq!(std::fs::read(dir.path().join("state.bell")).unwrap(), b"");
+    }
+
+    #[test]
+    fn sleeps_its_bound_when_nothing_rings() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = Instant::now();
+        let mut l = Bell::in_dir(dir.path(), "state").listen();
+        let woke = l.sleep(Duration::from_millis(50));
+        assert_eq!(woke, Wake::TimedOut);
+        assert!(
+            start.elapsed() >= Duration::from_millis(50),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn the_exit_of_a_watched_process_wakes_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Bell::in_dir(dir.path(), "state").listen();
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
+        let p = Process {
+            pid: child.id(),
+            host: process::hostname(),
+            start: process::start_time(child.id()),
+            token: None,
+        };
+        let start = Instant::now();
+        assert_eq!(
+            l.wait(std::slice::from_ref(&p), Duration::from_secs(10)),
+            Wake::Exited
+        );
+        assert!(start.elapsed() < Duration::from_secs(5));
+        child.wait().unwrap();
+        assert_eq!(
+            l.wait(&[p], Duration::from_secs(10)),
+            Wake::Exited,
+            "already gone"
+        );
+    }
+}
