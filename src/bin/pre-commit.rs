@@ -9,7 +9,12 @@
 //! `--hook-script <hook file>` before git's arguments; they are dropped here, so the check
 //! (a chained hook) gets exactly git's.
 
-use buildlock_core::os::say;
+// No Rust runtime start-up (`no_main`), as in commit-retry: every commit pays for the hook's
+// start. What std's start did that we need (SIGPIPE ignored) is done below.
+#![cfg_attr(not(test), no_main)]
+#![cfg_attr(test, allow(dead_code, unused_imports))]
+
+use buildlock_core::os::{say, signals};
 
 const USAGE: &str = "\
 pre-commit: buildlock's git hook. git runs it on every commit; run by hand, it checks once.
@@ -28,7 +33,13 @@ Environment: BUILDLOCK=0 runs the check and coordinates nothing; BUILDLOCK_AGENT
 BUILDLOCK_CONFIG names one more configuration file.
 See also: `git buildlock status`, `git buildlock doctor`; skip the hook once: `git commit --no-verify`.";
 
-fn main() {
+#[cfg(not(test))]
+#[unsafe(no_mangle)]
+extern "C" fn main(
+    _argc: std::ffi::c_int,
+    _argv: *const *const std::ffi::c_char,
+) -> std::ffi::c_int {
+    signals::ignore_sigpipe();
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     if args.first().is_some_and(|a| a == "--hook-script") {
         args.drain(..args.len().min(2));
@@ -36,14 +47,14 @@ fn main() {
     match args.first().and_then(|a| a.to_str()) {
         Some("--help" | "-h") => {
             let _ = say::out(USAGE);
-            std::process::exit(0);
+            return 0;
         }
         Some("--version" | "-V") => {
             let _ = say::out(concat!(
                 "pre-commit (buildlock) ",
                 env!("CARGO_PKG_VERSION")
             ));
-            std::process::exit(0);
+            return 0;
         }
         _ => {}
     }
@@ -51,5 +62,5 @@ fn main() {
     // check we chain may be that framework again, run from elsewhere: its recursion guard
     // ("installed in migration mode") must not fire there.
     buildlock_core::os::env::forget_pre_commit_legacy();
-    std::process::exit(buildlock_core::flows::hook::main(args));
+    buildlock_core::flows::hook::main(args)
 }

@@ -1,8 +1,10 @@
 //! The hook's decision, handed to the commit-retry that started it.
 //!
 //! commit-retry sets `BUILDLOCK_DECISION` to a file path for the `git commit` it runs; the hook
-//! writes what it decided there. commit-retry then knows for certain whether the hook rejected the
-//! commit and why, instead of guessing from git's output: no file means git failed on its own.
+//! writes what it decided there when it rejects the commit. commit-retry then knows for certain
+//! whether the hook rejected the commit and why, instead of guessing from git's output: no file
+//! means the hook passed (or never ran) and git failed on its own. A passing hook writes nothing:
+//! every green commit would pay for a file it does not need.
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -10,8 +12,6 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
-    /// The check passed (or there was nothing to check).
-    Pass,
     /// The check failed and this agent is the fixer.
     Fix,
     /// The check failed and another agent is fixing.

@@ -64,7 +64,6 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
     }
     let Some(command) = the_check(&ctx, args) else {
-        Decision::new(Verdict::Pass).hand_over();
         return exit::OK;
     };
     Hook {
@@ -157,7 +156,6 @@ impl Hook<'_> {
                     if ctx.unusable.is_none() {
                         self.passed(&base, &view);
                     }
-                    Decision::new(Verdict::Pass).hand_over();
                     return exit::OK;
                 }
                 Ending::Failed(Some(code @ (126 | 127))) => {

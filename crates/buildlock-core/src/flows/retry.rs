@@ -44,7 +44,7 @@ pub fn front(args: Vec<OsString>) -> i32 {
         Err(code) => return code,
     };
     if first.code == 0 {
-        first.discard();
+        // A passing hook wrote no decision: nothing to remove.
         return exit::OK;
     }
     if let Some(signal) = signals::pending() {
@@ -216,7 +216,7 @@ impl Retry<'_> {
                 return Ok(exit::OK);
             }
             let decision = match git.decision {
-                Some(d) if d.verdict != Verdict::Pass => d,
+                Some(d) => d,
                 // git failed on its own (before the hook, or after it passed).
                 _ if git.lock_contention && contention < LOCK_CONTENTION_RETRIES => {
                     contention += 1;
@@ -232,7 +232,6 @@ impl Retry<'_> {
                 _ => return Ok(git.code),
             };
             match decision.verdict {
-                Verdict::Pass => unreachable!("handled above"),
                 Verdict::ConfigError => return Ok(exit::CONFIG),
                 // Claims guard (issue 12): refused before the check; wait for the release.
                 Verdict::Claimed => {
@@ -661,14 +660,14 @@ struct Ran {
 }
 
 impl Ran {
-    /// Reads the hook's decision (a passing commit needs none) and removes its file.
+    /// Reads the hook's decision, if it rejected the commit, and removes its file.
     fn into_git_run(self) -> GitRun {
         let mut decision = None;
         if let Some(path) = &self.decision {
             if self.code != 0 {
                 decision = Decision::read(path);
+                let _ = std::fs::remove_file(path);
             }
-            let _ = std::fs::remove_file(path);
         }
         if self.code != 0 && decision.is_none() && self.hand_over_failed {
             // The hook decided but could not say what: treat it as coordination failing, never
