@@ -1171,6 +1171,13 @@ def main():
     log(f"commit-retry linked {'statically' if static else 'dynamically (no static C library)'}")
     if not SCHEDSTAT:
         log("note: /proc/<pid>/schedstat is unavailable or off: CPU falls back to 10 ms ticks")
+    # A run right after another starts in that run's load (its 256 waiters' retries): wait, at
+    # most 3 minutes, for the machine to settle (1-minute load below half the cores, or 1).
+    settle_until, calm = time.time() + (0 if args.quick else 180), max(1.0, (os.cpu_count() or 2) / 2)
+    if os.getloadavg()[0] >= calm and time.time() < settle_until:
+        log(f"waiting for the load average ({os.getloadavg()[0]:.2f}) to fall below {calm:.1f} ...")
+        while os.getloadavg()[0] >= calm and time.time() < settle_until:
+            time.sleep(5)
     started, load_before = time.time(), os.getloadavg()[0]
     results = {}
     with tempfile.TemporaryDirectory(prefix="buildlock-bench-", dir=args.tmp) as d:
