@@ -51,12 +51,15 @@ fn assert_no_overlap(lines: &[String]) {
 }
 
 fn commit_retry(r: &TestRepo, dir: &Path, agent: &str) -> Child {
-    r.cmd(COMMIT_RETRY, dir)
-        .args(["-q", "-m", &format!("{agent} work")])
+    commit_retry_cmd(r, dir, agent).spawn().unwrap()
+}
+
+fn commit_retry_cmd(r: &TestRepo, dir: &Path, agent: &str) -> std::process::Command {
+    let mut c = r.cmd(COMMIT_RETRY, dir);
+    c.args(["-q", "-m", &format!("{agent} work")])
         .env("BUILDLOCK_AGENT", agent)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+        .stderr(Stdio::piped());
+    c
 }
 
 #[test]
@@ -338,6 +341,18 @@ fn stream_stderr(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<String>> 
     seen
 }
 
+/// Waits (20 s at most) until the streamed stderr says `what`; fails with all of it otherwise.
+fn until_said(err: &std::sync::Mutex<String>, what: &str) {
+    assert!(
+        eventually(Duration::from_secs(20), || err
+            .lock()
+            .unwrap()
+            .contains(what)),
+        "never said {what:?}:\n{}",
+        err.lock().unwrap()
+    );
+}
+
 /// Without `BUILDLOCK_POLL` a waiter sleeps until something is due (its next progress line is
 /// 5 s away): only the fixer's step itself can wake it this soon (the state bell).
 #[test]
@@ -348,21 +363,11 @@ fn a_waiter_wakes_on_the_fix_itself_not_on_a_poll() {
     r.stage_change(&tb, "fb");
     let mut b = commit_retry_without_poll(&r, &tb, "b");
     let err = stream_stderr(&mut b);
-    assert!(eventually(Duration::from_secs(20), || err
-        .lock()
-        .unwrap()
-        .contains("waiting up to")));
+    until_said(&err, "waiting up to");
     std::fs::write(r.shared("status"), "ok\n").unwrap();
     let fixed = std::time::Instant::now();
     assert_eq!(r.hook(&r.dir, "a").status.code(), Some(0), "the fix passes");
-    assert!(
-        eventually(Duration::from_secs(20), || err
-            .lock()
-            .unwrap()
-            .contains("retrying the commit")),
-        "{}",
-        err.lock().unwrap()
-    );
+    until_said(&err, "retrying the commit");
     let noticed = fixed.elapsed();
     let out = wait_output(b, Duration::from_secs(30));
     assert!(out.status.success(), "{}", err.lock().unwrap());
@@ -406,20 +411,10 @@ fn a_waiter_wakes_on_the_fixers_death_itself_not_on_a_poll() {
     }));
     let mut b = commit_retry_without_poll(&r, &tb, "b");
     let err = stream_stderr(&mut b);
-    assert!(eventually(Duration::from_secs(20), || err
-        .lock()
-        .unwrap()
-        .contains("waiting up to")));
+    until_said(&err, "waiting up to");
     signal(&a, libc::SIGKILL);
     let died = std::time::Instant::now();
-    assert!(
-        eventually(Duration::from_secs(20), || err
-            .lock()
-            .unwrap()
-            .contains("the fixer `a` died")),
-        "{}",
-        err.lock().unwrap()
-    );
+    until_said(&err, "the fixer `a` died");
     let noticed = died.elapsed();
     let _ = wait_output(a, Duration::from_secs(5));
     let out = wait_output(b, Duration::from_secs(60));
@@ -431,11 +426,8 @@ fn a_waiter_wakes_on_the_fixers_death_itself_not_on_a_poll() {
 }
 
 fn commit_retry_without_poll(r: &TestRepo, dir: &Path, agent: &str) -> Child {
-    r.cmd(COMMIT_RETRY, dir)
-        .args(["-q", "-m", &format!("{agent} work")])
-        .env("BUILDLOCK_AGENT", agent)
+    commit_retry_cmd(r, dir, agent)
         .env_remove("BUILDLOCK_POLL")
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap()
 }
