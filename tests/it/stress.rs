@@ -4,11 +4,15 @@
 //! commit that did not land is simply tried again, by a new commit-retry of the same agent.
 //!
 //! Invariants, each checked by a witness that does not trust buildlock:
-//! - never two fix runs at once: the fix takes `w/running` with `ln -s $$` (atomic; the link
-//!   names the run) and checks at its end that it still holds it. A run that finds it taken by
-//!   a live fix logs `OVERLAP`. An orphaned fix stopped with SIGTERM by its successor removes its
-//!   own link (trap); one that died by SIGKILL leaves a link to a dead pid, which the next run
-//!   recognises as stale (`stale` in the log) — that is not an overlap;
+//! - never two fix runs at once for one key: the fix takes `w/running.<key>` with `ln -s $$`
+//!   (atomic; the link names the run) and checks at its end that it still holds it. A run that
+//!   finds it taken by a live fix logs `OVERLAP`. An orphaned fix stopped with SIGTERM by its
+//!   successor removes its own link (trap); one that died by SIGKILL leaves a link to a dead
+//!   pid, which the next run recognises as stale (`stale` in the log) — that is not an overlap.
+//!   With `match = "signature"` (the default) each breakage is a key of its own, and two
+//!   breakages may rightly be fixed at once: the controller breaks again only once every key
+//!   passes, and writes the build's status atomically, so that no check reads it half-written
+//!   (another output, so another signature: a breakage that is not one);
 //! - every agent's last commit lands (each agent ends with a commit after the build is green);
 //! - no commit lands whose tree did not pass the check: the check logs the hash of exactly what
 //!   it checked (`git ls-files -s` of the index git is committing) when it passes, and every
@@ -79,12 +83,13 @@ fn setup(p: &Params) -> (TestRepo, Vec<PathBuf>) {
     std::fs::write(
         &check,
         format!(
-            "if grep -qx ok {status}; then\n\
+            "s=$(cat {status})\n\
+             if [ \"$s\" = ok ]; then\n\
                h=$(git ls-files -s | git hash-object --stdin)\n\
                echo \"pass $h $BUILDLOCK_AGENT\" >> {passes}\n\
                exit 0\n\
              fi\n\
-             cat {status}\n\
+             echo \"$s\"\n\
              exit 1\n",
             status = status.display(),
             passes = passes.display()
@@ -97,25 +102,27 @@ fn setup(p: &Params) -> (TestRepo, Vec<PathBuf>) {
         format!(
             r#"W={w}
 trap '' PIPE
-me="$BUILDLOCK_AGENT g$BUILDLOCK_GENERATION a$BUILDLOCK_ATTEMPT pid$$"
-held() {{ [ "$(readlink "$W/running" 2>/dev/null)" = "$$" ]; }}
-trap 'if held; then echo "stopped $me $(date +%s%3N)" >> "$W/log"; rm -f "$W/running"; fi; exit 143' TERM
+k=$(printf %s "$BUILDLOCK_KEY" | tr -c 'A-Za-z0-9' _)
+R="$W/running.$k"
+me="$BUILDLOCK_AGENT g$BUILDLOCK_GENERATION a$BUILDLOCK_ATTEMPT pid$$ $k"
+held() {{ [ "$(readlink "$R" 2>/dev/null)" = "$$" ]; }}
+trap 'if held; then echo "stopped $me $(date +%s%3N)" >> "$W/log"; rm -f "$R"; fi; exit 143' TERM
 alive() {{ [ -e /proc/$1 ] && [ "$(cut -d' ' -f3 /proc/$1/stat 2>/dev/null)" != Z ] && grep -q fix.sh /proc/$1/cmdline 2>/dev/null; }}
-if ! ln -s "$$" "$W/running" 2>/dev/null; then
-  prev=$(readlink "$W/running")
+if ! ln -s "$$" "$R" 2>/dev/null; then
+  prev=$(readlink "$R")
   if [ -z "$prev" ] || alive "$prev"; then echo "OVERLAP $me with pid$prev" >> "$W/log"; exit 1; fi
   echo "stale pid$prev (found by $me)" >> "$W/log"
-  rm -f "$W/running"
-  ln -s "$$" "$W/running" 2>/dev/null || {{ echo "OVERLAP $me racing" >> "$W/log"; exit 1; }}
+  rm -f "$R"
+  ln -s "$$" "$R" 2>/dev/null || {{ echo "OVERLAP $me racing" >> "$W/log"; exit 1; }}
 fi
 echo "start $me $(date +%s%3N)" >> "$W/log"
 r=$(od -An -N2 -tu2 /dev/urandom | tr -d ' ')
 t=$(awk -v r="$r" 'BEGIN {{ printf "%.2f", 1.5 + r / 65535 * 1.5 }}')
 sleep $t & wait $!
 held || {{ echo "OVERLAP $me lost the witness" >> "$W/log"; exit 1; }}
-echo ok > {status}
+echo ok > {status}.$$ && mv {status}.$$ {status}
 echo "end $me $(date +%s%3N)" >> "$W/log"
-rm -f "$W/running"
+rm -f "$R"
 "#,
             w = w.display(),
             status = status.display()
@@ -231,22 +238,50 @@ fn agent(r: &TestRepo, tree: &Path, i: usize, stop: &AtomicBool) -> AgentReport 
     }
 }
 
-fn key_state(r: &TestRepo) -> serde_json::Value {
+/// Every key of `buildlock status --json`. With `match = "signature"` (the default) each
+/// breakage is a key of its own: the ones before it stay on record, passing.
+fn keys(r: &TestRepo) -> Vec<serde_json::Value> {
     let mut c = r.cmd(BUILDLOCK, &r.dir);
     c.args(["status", "--json"]);
     let out = c.output().unwrap();
     serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        .map(|v| v["keys"][0].clone())
-        .unwrap_or(serde_json::Value::Null)
+        .ok()
+        .and_then(|v| v["keys"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// The key being fixed, if any.
+fn fixing(r: &TestRepo) -> Option<serde_json::Value> {
+    keys(r).into_iter().find(|k| k["status"] == "fixing")
+}
+
+/// The witness link of a key's fix run (as `fix.sh` names it).
+fn running(r: &TestRepo, key: &serde_json::Value) -> PathBuf {
+    let name: String = key["key"]
+        .as_str()
+        .unwrap_or("")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    r.shared("w").join(format!("running.{name}"))
 }
 
 fn build_ok(r: &TestRepo) -> bool {
     std::fs::read_to_string(r.shared("status")).is_ok_and(|s| s == "ok\n")
 }
 
+/// The build's status, replaced at once: a check never reads it half-written (an empty file
+/// would fail with another output, and so another signature: a breakage that is not one).
+fn set_status(r: &TestRepo, text: &str) {
+    let status = r.shared("status");
+    let tmp = r.shared("status.controller");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &status).unwrap();
+}
+
+/// No key is broken or being fixed: the breakage is over for buildlock too.
 fn passing(r: &TestRepo) -> bool {
-    let k = key_state(r);
-    k.is_null() || k["status"] == "passing"
+    keys(r).iter().all(|k| k["status"] == "passing")
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
@@ -265,7 +300,6 @@ fn is_commit_retry(pid: u32) -> bool {
 
 /// The controller: breakage after breakage, never two at once.
 fn controller(r: &TestRepo, p: &Params, rng: &mut Rng) -> Vec<Breakage> {
-    let status = r.shared("status");
     let start = Instant::now();
     let mut out = Vec::new();
     let mut n = 0;
@@ -281,11 +315,7 @@ fn controller(r: &TestRepo, p: &Params, rng: &mut Rng) -> Vec<Breakage> {
             (rng.below(100) < 20).then(|| Duration::from_millis(200 + rng.below(1300)));
         let start_ms = now_ms();
         // A new error each time: a new failure signature per breakage.
-        std::fs::write(
-            &status,
-            format!("error: dependency mismatch (breakage {n})\n"),
-        )
-        .unwrap();
+        set_status(r, &format!("error: dependency mismatch (breakage {n})\n"));
         let broke = Instant::now();
         let mut acted = false;
         let mut repaired_by_controller = false;
@@ -295,8 +325,8 @@ fn controller(r: &TestRepo, p: &Params, rng: &mut Rng) -> Vec<Breakage> {
         loop {
             assert!(
                 broke.elapsed() < limit,
-                "breakage {n} not over after {limit:?}: {}",
-                key_state(r)
+                "breakage {n} not over after {limit:?}: {:?}",
+                keys(r)
             );
             if let (Some(pid), Some(at)) = (stopped, resume_at) {
                 if Instant::now() >= at {
@@ -305,14 +335,14 @@ fn controller(r: &TestRepo, p: &Params, rng: &mut Rng) -> Vec<Breakage> {
                 }
             }
             if !acted && intervention != Intervention::None {
-                let k = key_state(r);
+                let k = fixing(r).unwrap_or_default();
                 let f = &k["fixer"];
                 if std::env::var_os("BUILDLOCK_STRESS_VERBOSE").is_some() {
                     eprintln!(
                         "controller {n}: {} fixer {} running {:?}",
-                        k["status"],
+                        k["key"],
                         f,
-                        std::fs::read_link(r.shared("w").join("running"))
+                        std::fs::read_link(running(r, &k))
                     );
                 }
                 // Mid-fix: the fix is on record and its run holds the witness.
@@ -322,9 +352,7 @@ fn controller(r: &TestRepo, p: &Params, rng: &mut Rng) -> Vec<Breakage> {
                     .as_u64()
                     .and_then(|fix| parent_of(fix as u32))
                     .filter(|&pid| is_commit_retry(pid));
-                if k["status"] == "fixing"
-                    && std::fs::read_link(r.shared("w").join("running")).is_ok()
-                {
+                if k["status"] == "fixing" && std::fs::read_link(running(r, &k)).is_ok() {
                     if let Some(pid) = holder {
                         let sig = if intervention == Intervention::Kill {
                             libc::SIGKILL
@@ -343,13 +371,13 @@ fn controller(r: &TestRepo, p: &Params, rng: &mut Rng) -> Vec<Breakage> {
             }
             if let Some(after) = repair_after {
                 if !repaired_by_controller && broke.elapsed() >= after {
-                    std::fs::write(&status, "ok\n").unwrap();
+                    set_status(r, "ok\n");
                     repaired_by_controller = true;
                 }
             }
             // Nobody hit it (or nobody is fixing it): the controller repairs it after a while.
             if broke.elapsed() > Duration::from_secs(10) && passing(r) && !build_ok(r) {
-                std::fs::write(&status, "ok\n").unwrap();
+                set_status(r, "ok\n");
                 repaired_by_controller = true;
             }
             if stopped.is_none() && build_ok(r) && passing(r) {
@@ -394,12 +422,16 @@ fn stress(p: Params) {
     }
     let reports = reports.lock().unwrap();
 
-    // 1. Never two fix runs at once.
+    // What a failure shows: the witness log and buildlock's own history, side by side.
     let log = lines(&r.shared("w").join("log"));
+    let history_text = lines(&r.buildlock_dir().join("history.jsonl")).join("\n");
+    let evidence = format!("witness log:\n{}\nhistory:\n{history_text}", log.join("\n"));
+
+    // 1. Never two fix runs at once.
     let overlaps: Vec<&String> = log.iter().filter(|l| l.starts_with("OVERLAP")).collect();
     assert!(
         overlaps.is_empty(),
-        "two fix runs at once: {overlaps:?}\n{log:?}"
+        "two fix runs at once: {overlaps:?}\n{evidence}"
     );
 
     // 2. Every agent's last commit landed (and nothing after it).
@@ -477,7 +509,7 @@ fn stress(p: Params) {
         assert!(
             replaced <= usize::from(b.acted),
             "breakage {b:?}: {replaced} takeovers\n{}",
-            log.join("\n")
+            evidence
         );
         // Every fix run is the elected fixer's or its replacement's.
         let runs = log
@@ -490,7 +522,7 @@ fn stress(p: Params) {
             runs,
             elected + replaced,
             "breakage {b:?}: {runs} fix runs for {elected} elections and {replaced} takeovers\n{}",
-            log.join("\n")
+            evidence
         );
         hit += usize::from(failed > 0);
         elections += elected;
