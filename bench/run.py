@@ -1167,7 +1167,7 @@ def main():
     subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True)
     # As install.sh builds it: commit-retry linked statically where a static C library exists.
     static = subprocess.run(["cargo", "rustc", "--release", "--locked", "--quiet", "--bin", "commit-retry", "--",
-                             "-C", "target-feature=+crt-static"], cwd=ROOT, capture_output=True).returncode == 0
+                             "-C", "target-feature=+crt-static", "-C", "relocation-model=static"], cwd=ROOT, capture_output=True).returncode == 0
     log(f"commit-retry linked {'statically' if static else 'dynamically (no static C library)'}")
     if not SCHEDSTAT:
         log("note: /proc/<pid>/schedstat is unavailable or off: CPU falls back to 10 ms ticks")
