@@ -157,6 +157,14 @@ pub fn clock_offset_ms() -> i64 {
     })
 }
 
+/// Forgets `PRE_COMMIT_RUNNING_LEGACY`, which the pre-commit framework sets when it runs the
+/// hook it replaced (ours) as a "legacy" hook: a chained check that is that framework again must
+/// not take itself for a recursion. Call first thing in `main`, before any thread exists.
+pub fn forget_pre_commit_legacy() {
+    // SAFETY: called first thing in main, before any other thread exists.
+    unsafe { std::env::remove_var("PRE_COMMIT_RUNNING_LEGACY") };
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -168,12 +176,4 @@ mod tests {
             assert!(!super::is_off(v), "{v:?}");
         }
     }
-}
-
-/// Forgets `PRE_COMMIT_RUNNING_LEGACY`, which the pre-commit framework sets when it runs the
-/// hook it replaced (ours) as a "legacy" hook: a chained check that is that framework again must
-/// not take itself for a recursion. Call first thing in `main`, before any thread exists.
-pub fn forget_pre_commit_legacy() {
-    // SAFETY: called first thing in main, before any other thread exists.
-    unsafe { std::env::remove_var("PRE_COMMIT_RUNNING_LEGACY") };
 }

@@ -174,6 +174,23 @@ pub fn check_owned(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Sets `path`'s modification time to now if the file exists: one `utimensat` call, no open, no
+/// write. `false` when there is no such file (the common case, which costs nothing more).
+pub fn touch_existing(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path; a null `times` means "now" for both times.
+    unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), 0) == 0 }
+}
+
+/// The modification time of `path` in unix milliseconds, if it exists.
+pub fn modified_ms(path: &Path) -> Option<crate::os::time::Millis> {
+    let t = fs::metadata(path).ok()?.modified().ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,21 +271,4 @@ mod tests {
         assert!(check_owned(&real).is_ok());
         assert!(check_owned(&dir.path().join("missing")).is_ok());
     }
-}
-
-/// Sets `path`'s modification time to now if the file exists: one `utimensat` call, no open, no
-/// write. `false` when there is no such file (the common case, which costs nothing more).
-pub fn touch_existing(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: `c` is a valid NUL-terminated path; a null `times` means "now" for both times.
-    unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), 0) == 0 }
-}
-
-/// The modification time of `path` in unix milliseconds, if it exists.
-pub fn modified_ms(path: &Path) -> Option<crate::os::time::Millis> {
-    let t = fs::metadata(path).ok()?.modified().ok()?;
-    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as u64)
 }
