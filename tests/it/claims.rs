@@ -326,6 +326,47 @@ fn wait_for_returns_when_the_agent_is_done_or_times_out() {
     assert_eq!(w["state"], "done");
 }
 
+#[test]
+fn an_agent_that_only_commits_is_listed_until_its_ttl() {
+    let r = repo("check = \"true\"\n[claims]\nttl = \"2s\"\n");
+    let wt = r.worktree("feature-a");
+    r.stage_change(&wt, "a.txt");
+    let mut c = r.cmd("git", &wt);
+    c.args(["commit", "-q", "-m", "a"])
+        .env("BUILDLOCK_AGENT", "ana");
+    run_ok(c);
+    // A commit with coordination off is no sign of life of an agent.
+    r.stage_change(&wt, "b.txt");
+    let mut c = r.cmd("git", &wt);
+    c.args(["commit", "-q", "-m", "b"])
+        .env("BUILDLOCK_AGENT", "bypasser")
+        .env("BUILDLOCK", "0");
+    run_ok(c);
+
+    let a = agents_json(&r);
+    let listed: Vec<&serde_json::Value> = a["agents"].as_array().unwrap().iter().collect();
+    assert_eq!(listed.len(), 1, "{a:#}");
+    let ana = listed[0];
+    assert_eq!(ana["agent"], "ana");
+    assert_eq!(ana["state"], "idle");
+    assert_eq!(ana["branch"], "feature-a");
+    assert_eq!(
+        std::fs::canonicalize(ana["worktree"].as_str().unwrap()).unwrap(),
+        std::fs::canonicalize(&wt).unwrap()
+    );
+    let table = text(&bl(&r, &r.dir, "observer", &["agents"]).stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("ana ") && l.contains("feature-a")),
+        "{table}"
+    );
+    // No sign of life for the ttl: no longer listed.
+    std::thread::sleep(Duration::from_millis(2300));
+    let a = agents_json(&r);
+    assert!(a["agents"].as_array().unwrap().is_empty(), "{a:#}");
+}
+
 // ------------------------------------------------------------------------------------------
 // The race: 16 agents, overlapping globs, many rounds, an independent witness
 // ------------------------------------------------------------------------------------------

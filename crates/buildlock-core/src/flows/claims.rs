@@ -707,6 +707,8 @@ fn agent_rows(ctx: &Context) -> Vec<AgentRow> {
             branch: Some(a.branch.clone()),
         });
     }
+    let seen = registry::seen_agents(&ctx.home, now, ttl);
+    let seen_as = |name: &str| seen.iter().find(|s| s.agent == name);
     // Agents known only from the build state: fixers and waiters.
     for (_, s) in &keys {
         if s.status != Status::Fixing {
@@ -728,14 +730,39 @@ fn agent_rows(ctx: &Context) -> Vec<AgentRow> {
                 last_seen: fixer.map_or(s.changed, |f| f.heartbeat),
                 host: fixer.map_or_else(String::new, |f| f.host.clone()),
                 pid: fixer.and_then(|f| f.pid),
-                worktree: None,
-                branch: None,
+                worktree: seen_as(&name).map(|s| s.worktree.display().to_string()),
+                branch: seen_as(&name).and_then(|s| current_branch(&s.git_dir)),
                 agent: name,
             });
         }
     }
+    // Agents known only from their commits: they claim nothing and nothing waits on them.
+    for s in &seen {
+        if rows.iter().any(|r| r.agent == s.agent) {
+            continue;
+        }
+        rows.push(AgentRow {
+            agent: s.agent.clone(),
+            state: claims::agent_state(&reg, &s.agent, false, false),
+            priority: DEFAULT_PRIORITY,
+            claims: Vec::new(),
+            last_seen: s.last_seen,
+            host: s.host.clone(),
+            pid: None,
+            worktree: Some(s.worktree.display().to_string()),
+            branch: current_branch(&s.git_dir),
+        });
+    }
     rows.sort_by(|a, b| a.agent.cmp(&b.agent));
     rows
+}
+
+/// The branch checked out in the work tree whose git dir is `git_dir` (None when detached).
+fn current_branch(git_dir: &std::path::Path) -> Option<String> {
+    let head = std::fs::read_to_string(git_dir.join("HEAD")).ok()?;
+    head.trim()
+        .strip_prefix("ref: refs/heads/")
+        .map(str::to_owned)
 }
 
 /// `buildlock agents [--json]`: every agent seen within `claims.ttl`, and what it is doing.

@@ -24,7 +24,7 @@ use crate::os::check::{self, Ending};
 use crate::os::{env, say, signals, time};
 use crate::protocol::state::{Event, FixSeen, KeyState, Lease, Outcome, Status};
 use crate::protocol::{exit, key, signature};
-use crate::store::{BaseView, Interrupted};
+use crate::store::{BaseView, Interrupted, registry};
 
 /// Re-runs of a check whose failure was stale (the build was fixed while it ran); after that
 /// the failure counts, whatever happened meanwhile.
@@ -115,6 +115,16 @@ impl Hook<'_> {
         let mut seen_silent = env::seen_silent();
         let mut stale_reruns = 0;
         let base = ctx.base();
+        if !bypass && ctx.unusable.is_none() {
+            // Listed by `buildlock agents` from now on (one syscall after the first commit).
+            registry::seen(&ctx.home, &ctx.agent, || registry::Seen {
+                agent: ctx.agent.clone(),
+                host: crate::os::process::hostname(),
+                worktree: ctx.repo.worktree.clone(),
+                git_dir: ctx.repo.git_dir.clone(),
+                last_seen: 0,
+            });
+        }
         // Claims guard (issue 12): another agent's exclusive claim refuses (or holds) the commit
         // before any check runs.
         if !bypass {

@@ -5,6 +5,9 @@
 //! registry.json           agents, claims, the claim and slot queues, slot holders (schema'd JSON)
 //! claimed                 present while the registry holds any claim (the guard's one stat)
 //! alive/<agent>           present while the agent holds claims; its mtime is the last sign of life
+//! seen/<agent>            every agent whose commits ran the hook: who it is and where; its mtime
+//!                         is its last commit (so that `buildlock agents` lists agents that claim
+//!                         nothing)
 //! locks/registry.lock     held for one read-decide-write of the registry (empty, never removed)
 //! locks/slot-<i>.lock     held by the process running a check in slot i, for the whole check
 //! ```
@@ -293,6 +296,65 @@ fn alive_path(home: &Path, agent: &str) -> PathBuf {
 /// when the agent holds no claim: the cost for everyone who does not claim is one syscall.
 pub fn touch(home: &Path, agent: &str) {
     touch_existing(&alive_path(home, agent));
+}
+
+/// An agent known from its commits only (`seen/<agent>`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Seen {
+    pub agent: String,
+    pub host: String,
+    pub worktree: PathBuf,
+    /// The work tree's git dir, where its current branch is read.
+    pub git_dir: PathBuf,
+    /// The last commit's time (the file's mtime), unix milliseconds.
+    #[serde(skip)]
+    pub last_seen: crate::os::time::Millis,
+}
+
+fn seen_dir(home: &Path) -> PathBuf {
+    home.join("seen")
+}
+
+/// A commit of `agent` ran the hook: one `utimensat` on `seen/<agent>`; the file is written only
+/// the first time. Best effort: a coordination dir we cannot write costs the commit nothing.
+pub fn seen(home: &Path, agent: &str, describe: impl FnOnce() -> Seen) {
+    let path = seen_dir(home).join(crate::protocol::key::file_stem(agent));
+    if touch_existing(&path) {
+        return;
+    }
+    let _ = std::fs::create_dir_all(seen_dir(home));
+    if let Ok(bytes) = serde_json::to_vec(&describe()) {
+        let _ = write_atomic(&path, &bytes, Durability::Atomic);
+    }
+}
+
+/// Agents seen within `ttl` (by their last commit), newest first. Files of agents not seen for
+/// a day (and longer than `ttl`) are removed: the folder holds the agents of the last day.
+pub fn seen_agents(home: &Path, now: crate::os::time::Millis, ttl: u64) -> Vec<Seen> {
+    let forget_after = ttl.max(24 * 3600 * 1000);
+    let mut agents: Vec<Seen> = std::fs::read_dir(seen_dir(home))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let path = e.path();
+            let last_seen = modified_ms(&path)?;
+            let age = now.saturating_sub(last_seen);
+            if age > forget_after && !e.file_name().to_string_lossy().starts_with('.') {
+                let _ = std::fs::remove_file(&path);
+                return None;
+            }
+            if age > ttl {
+                return None;
+            }
+            let bytes = crate::os::fs::read_bounded(&path, 64 * 1024).ok()??;
+            let mut seen: Seen = serde_json::from_slice(&bytes).ok()?;
+            seen.last_seen = last_seen;
+            Some(seen)
+        })
+        .collect();
+    agents.sort_by_key(|a| std::cmp::Reverse(a.last_seen));
+    agents
 }
 
 #[cfg(test)]
