@@ -461,3 +461,57 @@ fn a_green_commit_retry_leaves_no_decision_file() {
     assert_eq!(std::fs::read_dir(private.path()).unwrap().count(), 0);
     assert!(!r.buildlock_dir().join("run").exists());
 }
+
+/// The fixer was committing its own work: a fix that only stages what it fixes is committed on
+/// its own, so that the commit every waiter is handed holds the fix and nothing else; the own
+/// work follows in a commit of its own, staged exactly as the agent had staged it.
+#[test]
+fn the_fix_is_committed_on_its_own_not_with_the_fixers_work() {
+    let r = TestRepo::new("");
+    let fix = r.shared("fix.sh");
+    std::fs::write(&fix, "echo ok > build.txt\ngit add build.txt\n").unwrap();
+    std::fs::write(
+        r.dir.join(".buildlock.toml"),
+        format!(
+            "check = \"grep -qx ok build.txt\"\n[fix]\ncommand = \"sh {}\"\n",
+            fix.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(r.dir.join("build.txt"), "broken\n").unwrap();
+    std::fs::write(r.dir.join("notes.txt"), "one\n").unwrap();
+    r.git(&["add", "-A"]);
+    r.git(&["commit", "-q", "-m", "broken build", "--no-verify"]);
+    // The agent's work: a new file, and a change staged in part (the rest stays unstaged).
+    std::fs::write(r.dir.join("mine.txt"), "my work\n").unwrap();
+    std::fs::write(r.dir.join("notes.txt"), "one\ntwo\n").unwrap();
+    r.git(&["add", "mine.txt", "notes.txt"]);
+    std::fs::write(r.dir.join("notes.txt"), "one\ntwo\nthree (not staged)\n").unwrap();
+
+    let out = wait_output(commit_retry(&r, &r.dir, "fixer"), Duration::from_secs(60));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let files = |rev: &str| {
+        text(&r.git(&["show", "--format=", "--name-only", rev]).stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(files("HEAD~1"), ["build.txt"], "{}", text(&out.stderr));
+    assert!(r.last_subject(&r.dir).ends_with("fixer work"));
+    assert_eq!(files("HEAD"), ["mine.txt", "notes.txt"]);
+    assert_eq!(
+        text(&r.git(&["show", "HEAD:notes.txt"]).stdout),
+        "one\ntwo\n",
+        "the own work is committed as it was staged"
+    );
+    assert_eq!(
+        std::fs::read_to_string(r.dir.join("notes.txt")).unwrap(),
+        "one\ntwo\nthree (not staged)\n",
+        "the work tree is untouched"
+    );
+    // What the waiters are handed is the fix alone.
+    let fix_commit = text(&r.git(&["rev-parse", "HEAD~1"]).stdout)
+        .trim()
+        .to_owned();
+    assert_eq!(r.state()["keys"][0]["fix_commit"], fix_commit.as_str());
+}

@@ -217,7 +217,7 @@ impl Ci<'_> {
                         }
                     }
                     let held = self.role.as_ref().expect("taken above");
-                    match held.role.run_fix(ctx, &command, &a)? {
+                    match held.role.run_fix(ctx, &command, &a, &[])? {
                         FixEnd::Done => {}
                         FixEnd::TakenOver => {
                             self.role = None;

@@ -115,7 +115,15 @@ impl Role {
 
     /// Runs `fix.command` once, with the contract's environment and a token that identifies
     /// this run, registering its process group so that a successor can stop it.
-    pub fn run_fix(&self, ctx: &Context, command: &str, a: &Assignment) -> Result<FixEnd> {
+    /// `aside`: paths of the agent's own work, set aside while the fix runs (their changes in
+    /// the work tree are not the fix's).
+    pub fn run_fix(
+        &self,
+        ctx: &Context,
+        command: &str,
+        a: &Assignment,
+        aside: &[String],
+    ) -> Result<FixEnd> {
         let attempt = a.attempts + 1;
         say::headline(
             say::Tone::Bad,
@@ -175,7 +183,7 @@ impl Role {
                     "the fix finished in {}; checking again",
                     time::human(run.took)
                 ));
-                warn_unstaged(ctx);
+                warn_unstaged(ctx, aside);
                 FixEnd::Done
             }
             other => {
@@ -191,8 +199,14 @@ impl Role {
 
 /// The check runs on the work tree, the commit takes the index: a fix left unstaged passes the
 /// check but is not in the commit that everyone else is handed.
-fn warn_unstaged(ctx: &Context) {
-    let files = ctx.repo.unstaged(5);
+fn warn_unstaged(ctx: &Context, aside: &[String]) {
+    let files: Vec<String> = ctx
+        .repo
+        .unstaged(usize::MAX)
+        .into_iter()
+        .filter(|f| !aside.contains(f))
+        .take(5)
+        .collect();
     if !files.is_empty() {
         say::warn(format!(
             "the fix left changes that are not staged ({}): the check sees them, but the commit \

@@ -4,6 +4,7 @@
 //! - [`hook`]: the pre-commit flow; [`retry`]: commit-retry; [`decision`]: what the hook hands
 //!   to commit-retry;
 //! - [`fixer`]: holding a fixer role and running the fix (commit-retry, `buildlock ci`);
+//!   [`own_work`]: the fixer's own staged work, set aside while its fix is committed alone;
 //! - [`fixcommit`]: the fix commit handed to waiters;
 //! - [`wait`]: bounded waiting for a fix; [`lease`]: the fixer's heartbeat;
 //! - [`ci`]: `buildlock ci`, the protocol for a CI step (either backend);
@@ -26,6 +27,7 @@ pub mod hook;
 pub mod installation;
 pub mod lease;
 pub mod ops;
+pub mod own_work;
 pub mod retry;
 pub mod slots;
 pub mod wait;

@@ -22,6 +22,7 @@ use crate::flows::context::{Context, LoadError};
 use crate::flows::decision::{Decision, Verdict};
 use crate::flows::fixcommit;
 use crate::flows::fixer::{self, Assignment, FixEnd, Role, Took};
+use crate::flows::own_work::SetAside;
 use crate::flows::wait::{self, WaitEnd};
 use crate::os::{env, say, signals, time};
 use crate::protocol::exit;
@@ -195,16 +196,45 @@ impl Retry<'_> {
         let mut role: Option<Role> = None;
         let mut seen_silent: Option<(u64, u64)> = None;
         let mut claim_waits = 0; // issue 12
+        // The fixer's own staged work, set aside while the fix is committed on its own.
+        let mut aside: Option<SetAside> = None;
+        // The fix is staged: the next commit is the fix alone (with a message of its own).
+        let mut fix_commit_next = false;
         loop {
+            let fix_commit = std::mem::take(&mut fix_commit_next);
             let git = match first.take() {
                 Some(run) => run,
-                None => self.commit(role.as_ref(), seen_silent.take())?,
+                None if fix_commit => {
+                    let args = self.fix_commit_args(role.as_ref());
+                    self.commit(&args, role.as_ref(), None)?
+                }
+                None => self.commit(&self.args, role.as_ref(), seen_silent.take())?,
             };
             if let Some(signal) = signals::pending() {
                 say::say(format!(
                     "commit-retry: interrupted by signal {signal}; stopping (nothing was committed)"
                 ));
                 return Ok(exit::signal(signal));
+            }
+            if fix_commit && git.code == 0 {
+                if let Some(role) = role.take() {
+                    self.record_fix_commit(&role);
+                }
+                if let Some(mut own) = aside.take() {
+                    own.restore()?;
+                }
+                say::headline(
+                    say::Tone::Good,
+                    format!(
+                        "committed the fix on its own ({}); now committing your own work",
+                        self.ctx
+                            .repo
+                            .head_oid()
+                            .as_deref()
+                            .map_or("", |h| &h[..h.len().min(12)])
+                    ),
+                );
+                continue;
             }
             if git.code == 0 {
                 if let Some(role) = &role {
@@ -231,6 +261,12 @@ impl Retry<'_> {
                 }
                 _ => return Ok(git.code),
             };
+            if decision.verdict != Verdict::Fix {
+                // Whatever comes next commits the agent's own work, as it was staged.
+                if let Some(mut own) = aside.take() {
+                    own.restore()?;
+                }
+            }
             match decision.verdict {
                 Verdict::ConfigError => return Ok(exit::CONFIG),
                 // Claims guard (issue 12): refused before the check; wait for the release.
@@ -274,7 +310,8 @@ impl Retry<'_> {
                     let Some(command) = cfg.fix_command.clone() else {
                         say::say(
                             "commit-retry: you are the fixer and no `fix.command` is configured: fix \
-                             the failure (see the log above), then run `git commit-retry …` again",
+                             the failure (see the log above) and commit the fix on its own, staging \
+                             only the fix, with `git commit-retry …`; then commit your other work",
                         );
                         return Ok(exit::FIXER);
                     };
@@ -307,8 +344,18 @@ impl Retry<'_> {
                         }
                     }
                     let r = role.as_ref().expect("taken above");
-                    match r.run_fix(self.ctx, &command, &a)? {
-                        FixEnd::Done => {}
+                    if aside.is_none() {
+                        aside = SetAside::take(&self.ctx.repo.worktree, &self.args)?;
+                    }
+                    let own_paths = aside.as_ref().map(SetAside::paths).unwrap_or_default();
+                    match r.run_fix(self.ctx, &command, &a, &own_paths)? {
+                        FixEnd::Done => match aside.as_mut() {
+                            Some(own) if own.fix_staged() => fix_commit_next = true,
+                            // The fix committed itself (or changed nothing): the own work
+                            // goes back, and the next commit is the agent's own.
+                            Some(own) => own.restore()?,
+                            None => {}
+                        },
                         FixEnd::TakenOver => {
                             role = None;
                             say::say(
@@ -466,8 +513,35 @@ impl Retry<'_> {
         fixer::refresh(self.ctx, &assignment(d), Some(commit))
     }
 
+    /// The arguments of the fix's own commit: its own message, and the agent's `-q` if it gave one.
+    fn fix_commit_args(&self, role: Option<&Role>) -> Vec<OsString> {
+        let mut args: Vec<OsString> = self
+            .args
+            .iter()
+            .filter(|a| *a == "-q" || *a == "--quiet")
+            .cloned()
+            .collect();
+        let what = role.map_or_else(String::new, |r| {
+            format!(" (key {}, generation {})", r.key, r.generation)
+        });
+        args.push("-m".into());
+        args.push(
+            format!(
+                "Fix the build{what}\n\nCommitted on its own by buildlock's commit-retry for agent {},                  the elected fixer, so that the agents waiting for it can take exactly this fix.",
+                self.ctx.agent
+            )
+            .into(),
+        );
+        args
+    }
+
     /// Runs `git commit` again, telling the hook about our fixer role and a silence we saw.
-    fn commit(&self, role: Option<&Role>, seen_silent: Option<(u64, u64)>) -> Result<GitRun> {
+    fn commit(
+        &self,
+        args: &[OsString],
+        role: Option<&Role>,
+        seen_silent: Option<(u64, u64)>,
+    ) -> Result<GitRun> {
         let mut vars = Vec::new();
         if let Some(role) = role {
             vars.push((env::FIXER_GENERATION_VAR, role.generation.to_string()));
@@ -475,7 +549,7 @@ impl Retry<'_> {
         if let Some((generation, heartbeat)) = seen_silent {
             vars.push((env::SEEN_SILENT_VAR, format!("{generation}:{heartbeat}")));
         }
-        run_git(&self.args, Some(&self.handover), &vars)
+        run_git(args, Some(&self.handover), &vars)
             .map(Ran::into_git_run)
             .map_err(|code| anyhow::anyhow!("cannot run git commit (exit {code})"))
     }
