@@ -302,8 +302,13 @@ if [ "$mode" = uninstall ]; then
         esac
     done
     if manifest_has "wrote-config" && [ -f "$top/.buildlock.toml" ] && cmp -s "$top/.buildlock.toml" "$src/.buildlock.toml.example"; then
-        rm -f "$top/.buildlock.toml"
-        say "removed $top/.buildlock.toml (unchanged since install)"
+        if git -C "$top" ls-files --error-unmatch -- .buildlock.toml >/dev/null 2>&1; then
+            # Committed: removing it is a change for the whole team, not for this clone's uninstall.
+            say "kept $top/.buildlock.toml: it is committed (to remove it: git rm .buildlock.toml, then commit)"
+        else
+            rm -f "$top/.buildlock.toml"
+            say "removed $top/.buildlock.toml (unchanged since install)"
+        fi
     fi
     rm -rf "$bin"
     rm -f "$manifest"
@@ -391,13 +396,15 @@ if [ "$need_build" = yes ]; then
     command -v cargo >/dev/null 2>&1 || die "cargo is not installed, and the binaries need building: install Rust from https://rustup.rs, then run install.sh again"
     say "building the release binaries with cargo build --release --locked (a few minutes the first time)"
     (cd "$src" && cargo build --release --locked) || die "the build failed; see cargo's output above"
-    # commit-retry wraps every commit of the agents that use it: linked statically (glibc's
-    # libc.a) and at a fixed address (nothing to relocate at start) it starts a quarter of a
-    # millisecond sooner. Optional: it stays as built without.
-    if [ "$(uname -s)" = Linux ]; then
-        (cd "$src" && cargo rustc --release --locked --quiet --bin commit-retry -- -C target-feature=+crt-static -C relocation-model=static) >/dev/null 2>&1 ||
-            say "note: commit-retry stays dynamically linked (no static C library here); it works the same"
-    fi
+fi
+# commit-retry wraps every commit of the agents that use it: linked statically (glibc's libc.a)
+# and at a fixed address (nothing to relocate at start) it starts a quarter of a millisecond
+# sooner. Also when the release binaries were built by hand (`cargo build --release`). Optional:
+# it stays as built without.
+if [ -z "$bin_dir" ] && [ "$(uname -s)" = Linux ] && command -v cargo >/dev/null 2>&1 &&
+    command -v ldd >/dev/null 2>&1 && ldd "$release/commit-retry" >/dev/null 2>&1; then
+    (cd "$src" && cargo rustc --release --locked --quiet --bin commit-retry -- -C target-feature=+crt-static -C relocation-model=static) >/dev/null 2>&1 ||
+        say "note: commit-retry stays dynamically linked (no static C library here); it works the same"
 fi
 
 mkdir -p "$bin" 2>/dev/null || die "cannot create $bin"

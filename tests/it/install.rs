@@ -287,6 +287,21 @@ fn uninstall_without_a_previous_hook_leaves_none() {
 }
 
 #[test]
+fn uninstall_keeps_a_committed_config() {
+    let r = bare_repo();
+    assert!(install(&r, &r.dir, &[]).status.success());
+    // As install.sh says to: the config is committed for the team.
+    r.git(&["add", ".buildlock.toml"]);
+    r.git(&["commit", "-q", "-m", "buildlock config", "--no-verify"]);
+    let out = install(&r, &r.dir, &["--uninstall"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(r.dir.join(".buildlock.toml").exists(), "{said}");
+    assert!(said.contains("it is committed"), "{said}");
+    assert_eq!(text(&r.git(&["status", "--porcelain"]).stdout), "");
+}
+
+#[test]
 fn failures_say_why_and_change_nothing() {
     // Not a git repository.
     let tmp = tempfile::tempdir().unwrap();
