@@ -8,9 +8,11 @@
 //! is staged again on top of it, exactly as it was staged, and committed with the agent's own
 //! arguments.
 //!
-//! Nothing is lost if this process dies in between: the work tree still holds everything, and
-//! the saved tree (printed when it is set aside) restores the exact staging with
-//! `git restore --staged --source=<tree> -- .`. On every ordinary exit the staging is restored.
+//! Nothing is lost if this process dies in between: the work tree still holds everything, the
+//! set-aside is on record (`run/aside-<agent>.json`), and the agent's next commit-retry stages the
+//! work again before anything else ([`recover`]); by hand, the saved tree (printed when it is set
+//! aside) restores the exact staging with `git restore --staged --source=<tree> -- .`. On every
+//! ordinary exit the staging is restored at once.
 
 use anyhow::{Context as _, Result, bail};
 use std::ffi::OsString;
@@ -24,7 +26,10 @@ use crate::os::say;
 /// cannot be two commits, and nothing is set aside.
 const JOINING: [&str; 4] = ["--amend", "--fixup", "--squash", "--dry-run"];
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct SetAside {
+    /// The commit-retry that set it aside (to tell a live one from a dead one).
+    holder: crate::os::process::Process,
     worktree: PathBuf,
     /// HEAD's tree when the work was set aside.
     base: String,
@@ -32,13 +37,53 @@ pub struct SetAside {
     own: String,
     /// The paths the own work changes (relative to the work tree root).
     paths: Vec<Vec<u8>>,
+    #[serde(skip)]
+    record: PathBuf,
+    #[serde(skip)]
     restored: bool,
+}
+
+fn record_path(home: &Path, agent: &str) -> PathBuf {
+    home.join("run").join(format!(
+        "aside-{}.json",
+        crate::protocol::key::file_stem(agent)
+    ))
+}
+
+/// Stages again the work that an earlier commit-retry of `agent` in this work tree set aside
+/// and could not put back (it was killed). `true` when it did.
+pub fn recover(home: &Path, agent: &str, worktree: &Path) -> Result<bool> {
+    let record = record_path(home, agent);
+    let Some(bytes) = crate::os::fs::read_bounded(&record, 1 << 20).ok().flatten() else {
+        return Ok(false);
+    };
+    let Ok(mut aside) = serde_json::from_slice::<SetAside>(&bytes) else {
+        let _ = std::fs::remove_file(&record);
+        return Ok(false);
+    };
+    if aside.worktree != worktree || crate::os::process::is_live(&aside.holder) {
+        return Ok(false);
+    }
+    aside.record = record;
+    aside.restore()?;
+    say::say(format!(
+        "commit-retry: staged your work again ({} path{}), which an interrupted commit-retry had set \
+         aside while its fix ran",
+        aside.paths.len(),
+        if aside.paths.len() == 1 { "" } else { "s" }
+    ));
+    Ok(true)
 }
 
 impl SetAside {
     /// Sets the staged work aside when there is some and the commit arguments allow two
     /// commits; `None` otherwise (nothing staged, an `--amend`, no HEAD yet, unmerged paths).
-    pub fn take(worktree: &Path, args: &[OsString]) -> Result<Option<SetAside>> {
+    pub fn take(
+        home: &Path,
+        agent: &str,
+        worktree: &Path,
+        args: &[OsString],
+    ) -> Result<Option<SetAside>> {
         let joining = args.iter().any(|a| {
             JOINING
                 .iter()
@@ -58,24 +103,41 @@ impl SetAside {
             return Ok(None);
         }
         let paths = changed(worktree, &base, &own)?;
-        git_ok(worktree, &["reset", "-q", "--", "."])
-            .context("cannot set your staged work aside (git reset)")?;
+        let aside = SetAside {
+            holder: crate::os::process::me(),
+            worktree: worktree.to_owned(),
+            base,
+            own,
+            paths,
+            record: record_path(home, agent),
+            restored: false,
+        };
+        // On record before the index changes: whatever happens next, it can be put back.
+        if let Some(dir) = aside.record.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        crate::os::fs::write_atomic(
+            &aside.record,
+            &serde_json::to_vec(&aside)?,
+            crate::os::fs::Durability::Atomic,
+        )
+        .context("cannot record the set-aside of your staged work")?;
+        let (paths, own) = (&aside.paths, &aside.own);
+        if let Err(e) = git_ok(worktree, &["reset", "-q", "--", "."]) {
+            let _ = std::fs::remove_file(&aside.record);
+            std::mem::forget(aside);
+            return Err(e.context("cannot set your staged work aside (git reset)"));
+        }
         say::say(format!(
             "commit-retry: set your staged work aside ({} path{}, saved as tree {}) so that the fix \
              is committed on its own; it is staged again after the fix commit (if this is \
              interrupted: `git restore --staged --source={} -- .`)",
             paths.len(),
             if paths.len() == 1 { "" } else { "s" },
-            short(&own),
+            short(own),
             own
         ));
-        Ok(Some(SetAside {
-            worktree: worktree.to_owned(),
-            base,
-            own,
-            paths,
-            restored: false,
-        }))
+        Ok(Some(aside))
     }
 
     /// The paths the own work changes.
@@ -132,6 +194,7 @@ impl SetAside {
                     .join(", ")
             ));
         }
+        let _ = std::fs::remove_file(&self.record);
         Ok(())
     }
 }

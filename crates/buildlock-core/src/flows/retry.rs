@@ -135,6 +135,16 @@ pub fn resume(args: Vec<OsString>) -> i32 {
         None => (Handover::in_dir(ctx.home.join("run")), None),
     };
     handover.remove_old();
+    // An earlier run of this agent was killed while it had the agent's staged work set aside:
+    // staged again first, and the commit made again with it.
+    let first = match crate::flows::own_work::recover(&ctx.home, &ctx.agent, &ctx.repo.worktree) {
+        Ok(true) => None,
+        Ok(false) => first,
+        Err(e) => {
+            say::warn(format!("{e:#}"));
+            first
+        }
+    };
     let retry = Retry {
         ctx: &ctx,
         args,
@@ -324,7 +334,14 @@ impl Retry<'_> {
                     if !role.as_ref().is_some_and(|r| r.is_for(&a)) {
                         // Drop an old role before taking a new one.
                         role = None;
-                        match Role::take(self.ctx, &a)? {
+                        let took = Role::take(self.ctx, &a)?;
+                        if !matches!(took, Took::Role(_)) {
+                            // Not fixing after all: the next commit is the agent's own.
+                            if let Some(mut own) = aside.take() {
+                                own.restore()?;
+                            }
+                        }
+                        match took {
                             Took::Role(r) => role = Some(r),
                             Took::NotFixer => continue,
                             Took::HeldElsewhere => {
@@ -345,19 +362,29 @@ impl Retry<'_> {
                     }
                     let r = role.as_ref().expect("taken above");
                     if aside.is_none() {
-                        aside = SetAside::take(&self.ctx.repo.worktree, &self.args)?;
+                        aside = SetAside::take(
+                            &self.ctx.home,
+                            &self.ctx.agent,
+                            &self.ctx.repo.worktree,
+                            &self.args,
+                        )?;
                     }
                     let own_paths = aside.as_ref().map(SetAside::paths).unwrap_or_default();
                     match r.run_fix(self.ctx, &command, &a, &own_paths)? {
-                        FixEnd::Done => match aside.as_mut() {
-                            Some(own) if own.fix_staged() => fix_commit_next = true,
-                            // The fix committed itself (or changed nothing): the own work
-                            // goes back, and the next commit is the agent's own.
-                            Some(own) => own.restore()?,
-                            None => {}
-                        },
+                        FixEnd::Done => {
+                            if aside.as_ref().is_some_and(SetAside::fix_staged) {
+                                fix_commit_next = true;
+                            } else if let Some(mut own) = aside.take() {
+                                // The fix committed itself (or changed nothing): the own work
+                                // goes back, and the next commit is the agent's own.
+                                own.restore()?;
+                            }
+                        }
                         FixEnd::TakenOver => {
                             role = None;
+                            if let Some(mut own) = aside.take() {
+                                own.restore()?;
+                            }
                             say::say(
                                 "another agent took the fixer role over: stopped our fix; waiting \
                                  for theirs",

@@ -323,8 +323,13 @@ pub fn seen(home: &Path, agent: &str, describe: impl FnOnce() -> Seen) {
         return;
     }
     let _ = std::fs::create_dir_all(seen_dir(home));
+    // Whole or not at all (a torn file would stay torn: later commits only touch it), and not
+    // through `write_atomic`, whose fault point belongs to the state.
+    let tmp = seen_dir(home).join(format!(".{}.{}", std::process::id(), time::now()));
     if let Ok(bytes) = serde_json::to_vec(&describe()) {
-        let _ = write_atomic(&path, &bytes, Durability::Atomic);
+        if std::fs::write(&tmp, bytes).is_err() || std::fs::rename(&tmp, &path).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
     }
 }
 
@@ -340,7 +345,7 @@ pub fn seen_agents(home: &Path, now: crate::os::time::Millis, ttl: u64) -> Vec<S
             let path = e.path();
             let last_seen = modified_ms(&path)?;
             let age = now.saturating_sub(last_seen);
-            if age > forget_after && !e.file_name().to_string_lossy().starts_with('.') {
+            if age > forget_after {
                 let _ = std::fs::remove_file(&path);
                 return None;
             }
