@@ -515,3 +515,41 @@ fn the_fix_is_committed_on_its_own_not_with_the_fixers_work() {
         .to_owned();
     assert_eq!(r.state()["keys"][0]["fix_commit"], fix_commit.as_str());
 }
+
+/// commit-retry killed while its first commit's check runs: git and the hook go on, and the
+/// hook elects it. It was to run `fix.command` itself and never will: the next agent to fail
+/// takes the role over at once, not after `stale_after`.
+#[test]
+fn a_commit_retry_killed_before_it_took_its_role_is_replaced_at_once() {
+    let r = repo_with_fix(
+        "0.2",
+        "[coordination]\nstale_after = \"10m\"\nwait = \"30s\"\n",
+    );
+    // A check slow enough to kill commit-retry while it runs.
+    let config = std::fs::read_to_string(r.dir.join(".buildlock.toml")).unwrap();
+    let config = config.replace("check = \"grep", "check = \"sleep 1; grep");
+    std::fs::write(r.dir.join(".buildlock.toml"), config).unwrap();
+    r.git(&["commit", "-q", "-am", "slow check", "--no-verify"]);
+    let (ta, tb) = (r.worktree("a"), r.worktree("b"));
+    r.stage_change(&ta, "fa");
+    r.stage_change(&tb, "fb");
+    let a = commit_retry(&r, &ta, "a");
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&a, libc::SIGKILL);
+    let _ = wait_output(a, Duration::from_secs(5));
+    // a's orphaned hook finishes its check and elects a.
+    assert!(eventually(Duration::from_secs(20), || r.state()["keys"][0]
+        ["fixer"]["agent"]
+        == "a"));
+    let started = std::time::Instant::now();
+    let out = wait_output(commit_retry(&r, &tb, "b"), Duration::from_secs(60));
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("taking over from `a`"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(r.witness(), ["start b", "end b"]);
+}

@@ -338,6 +338,11 @@ impl Ci<'_> {
             passes_seen,
             lacks_fix,
             holder: Some(std::process::id()),
+            elector: ctx
+                .config
+                .fix_command
+                .is_some()
+                .then(crate::os::process::me),
         };
         let applied = ctx
             .store

@@ -387,6 +387,16 @@ impl Hook<'_> {
             passes_seen,
             lacks_fix,
             holder: env::holder(),
+            // commit-retry goes on to run `fix.command` if elected: until it registers, its
+            // death is the fixer's. Without a `fix.command` the agent fixes by hand.
+            elector: env::holder()
+                .filter(|_| env::decision_file().is_some() && ctx.config.fix_command.is_some())
+                .map(|pid| crate::os::process::Process {
+                    pid,
+                    host: crate::os::process::hostname(),
+                    start: crate::os::process::start_time(pid),
+                    token: None,
+                }),
         };
         let applied = ctx
             .store

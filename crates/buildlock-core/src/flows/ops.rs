@@ -27,6 +27,7 @@ pub(crate) fn fixer_liveness(ctx: &Context, s: &KeyState) -> Option<Liveness> {
         fixer_lock_free: ctx.store.fixer_gone(&s.key, s.generation),
         fixer_running: ctx.store.fixer_running(&s.key, s.generation),
         seen_silent: None,
+        elector_dead: crate::store::elector_dead(f),
     };
     Some(liveness(f, s.generation, &seen))
 }

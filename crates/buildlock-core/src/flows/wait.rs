@@ -144,6 +144,10 @@ pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
                 _ => continue,
             }
         }
+        if crate::store::elector_dead(&fixer) {
+            // Elected, and gone before it could register (killed, or it stopped on an error).
+            break WaitEnd::FixerDied(fixer);
+        }
         herd = state.waiters.len();
         let lease = (state.generation, fixer.heartbeat);
         if last_lease != Some(lease) {
@@ -180,13 +184,17 @@ pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
             .min(w.limit - waited)
             .min(progress_every)
             .min(until_silent.max(Duration::from_millis(1)));
-        // The holder's exit wakes us too (a registered fixer that dies is replaced at once).
-        let holder = fixer.pid.filter(|_| fixer.registered).map(|pid| Process {
-            pid,
-            host: fixer.host.clone(),
-            start: fixer.start,
-            token: None,
-        });
+        // The holder's exit wakes us too (a registered fixer that dies is replaced at once), or,
+        // before it registers, the elected process's.
+        let holder = match fixer.pid.filter(|_| fixer.registered) {
+            Some(pid) => Some(Process {
+                pid,
+                host: fixer.host.clone(),
+                start: fixer.start,
+                token: None,
+            }),
+            None => fixer.elector.clone(),
+        };
         w.store
             .wait_change(w.key, holder.as_ref(), nap + time::jitter(nap / 8));
     };

@@ -64,6 +64,10 @@ pub struct Fixer {
     /// The fix command's process group, so that a successor can stop an orphaned fix.
     #[serde(default)]
     pub fix_process: Option<Process>,
+    /// The process elected to go on and register (commit-retry or `buildlock ci` with a
+    /// `fix.command`): until it registers, its death is the fixer's (a fixer by hand has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elector: Option<Process>,
 }
 
 /// An agent waiting for the current fixer.
@@ -236,6 +240,8 @@ pub enum Event {
         lacks_fix: Option<String>,
         /// The process (commit-retry, `buildlock ci`) on whose behalf the check ran, if any.
         holder: Option<u32>,
+        /// That process, when it runs `fix.command` itself if elected (see [`Fixer::elector`]).
+        elector: Option<Process>,
     },
     /// The check passed for `agent`. `generation` is set when the caller knows the generation it
     /// was elected in (commit-retry's fixer); a stale one changes nothing.
@@ -284,6 +290,8 @@ pub struct Observed {
     /// The caller watched the fixer's lease `(generation, heartbeat)` stay unchanged for
     /// `stale_after` on its own monotonic clock.
     pub seen_silent: Option<(u64, Millis)>,
+    /// The fixer has not registered and its elector (see [`Fixer::elector`]) is dead.
+    pub elector_dead: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -292,7 +300,8 @@ pub enum Liveness {
     Live,
     /// The lease ran out: the fixer went silent.
     Stale,
-    /// The fixer registered a process and its fixer lock is free: the process died.
+    /// The fixer registered a process and its fixer lock is free, or the process elected to
+    /// register died before it did: the process died.
     Dead,
 }
 
@@ -304,6 +313,9 @@ pub fn liveness(fixer: &Fixer, generation: u64, seen: &Observed) -> Liveness {
     }
     if fixer.registered && seen.fixer_running {
         return Liveness::Live;
+    }
+    if !fixer.registered && fixer.elector.is_some() && seen.elector_dead {
+        return Liveness::Dead;
     }
     if seen.seen_silent == Some((generation, fixer.heartbeat)) {
         return Liveness::Stale;
@@ -407,6 +419,7 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
             signature,
             log,
             holder,
+            elector,
             ..
         } => {
             let fixing = state
@@ -478,14 +491,14 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
                     }
                 }
                 Role::Replace(fixer, how) => {
-                    elect(&mut next, agent, next_generation, seen.now);
+                    elect(&mut next, agent, elector, next_generation, seen.now);
                     orphan(&mut next, Some(fixer));
                     Outcome::Elected {
                         replaced: Some((fixer.clone(), how)),
                     }
                 }
                 Role::Nobody => {
-                    elect(&mut next, agent, next_generation, seen.now);
+                    elect(&mut next, agent, elector, next_generation, seen.now);
                     Outcome::Elected { replaced: None }
                 }
             };
@@ -648,7 +661,13 @@ enum Role<'a> {
     Replace(&'a Fixer, Liveness),
 }
 
-fn elect(next: &mut KeyState, agent: &Agent, generation: u64, now: Millis) {
+fn elect(
+    next: &mut KeyState,
+    agent: &Agent,
+    elector: &Option<Process>,
+    generation: u64,
+    now: Millis,
+) {
     next.status = Status::Fixing;
     next.generation = generation;
     next.waiters.clear();
@@ -665,6 +684,7 @@ fn elect(next: &mut KeyState, agent: &Agent, generation: u64, now: Millis) {
         attempts: 0,
         registered: false,
         fix_process: None,
+        elector: elector.clone(),
     });
 }
 
@@ -706,6 +726,7 @@ mod tests {
             fixer_lock_free: true,
             fixer_running: false,
             seen_silent: None,
+            elector_dead: false,
         }
     }
 
@@ -717,6 +738,7 @@ mod tests {
             passes_seen: None,
             lacks_fix: None,
             holder: None,
+            elector: None,
         }
     }
 
@@ -769,6 +791,54 @@ mod tests {
 
     fn fixer_of(s: &KeyState) -> &str {
         &s.fixer.as_ref().unwrap().agent
+    }
+
+    /// commit-retry elected, gone before it registered (killed, or stopped on an error): with a
+    /// `fix.command` it was to run the fix itself, so its death is the fixer's and the next
+    /// failure replaces it at once; a fixer by hand (no elector) keeps its lease.
+    #[test]
+    fn an_elector_that_died_before_registering_is_replaced_at_once() {
+        let elected = transition(
+            &KeyState::passing("repo"),
+            &with(fail("x"), |e| {
+                if let Event::Failed { elector, .. } = e {
+                    *elector = Some(process(7));
+                }
+            }),
+            &seen(T0),
+        )
+        .0;
+        assert_eq!(elected.fixer.as_ref().unwrap().elector, Some(process(7)));
+        let alive = transition(&elected, &fail("y"), &seen(T0 + 1)).1;
+        assert!(matches!(alive, Outcome::Wait { .. }), "{alive:?}");
+        let dead = Observed {
+            elector_dead: true,
+            ..seen(T0 + 1)
+        };
+        let (s, out) = transition(&elected, &fail("y"), &dead);
+        assert!(
+            matches!(
+                out,
+                Outcome::Elected {
+                    replaced: Some((_, Liveness::Dead))
+                }
+            ),
+            "{out:?}"
+        );
+        assert_eq!((fixer_of(&s), s.generation), ("y", 2));
+        // Registered, the elector no longer counts: the lock says who lives.
+        let registered = transition(&elected, &register("x", 1, 7, None), &seen(T0)).0;
+        let out = transition(
+            &registered,
+            &fail("y"),
+            &Observed {
+                fixer_lock_free: false,
+                fixer_running: true,
+                ..dead.clone()
+            },
+        )
+        .1;
+        assert!(matches!(out, Outcome::Wait { .. }), "{out:?}");
     }
 
     #[test]

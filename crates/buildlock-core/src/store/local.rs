@@ -208,6 +208,10 @@ impl Store for LocalStore {
             fixer_lock_free,
             fixer_running,
             seen_silent,
+            elector_dead: before
+                .fixer
+                .as_ref()
+                .is_some_and(crate::store::elector_dead),
         };
         let (after, outcome) = transition(&before, event, &seen);
 
@@ -723,6 +727,7 @@ mod tests {
             passes_seen: None,
             lacks_fix: None,
             holder: None,
+            elector: None,
         }
     }
 

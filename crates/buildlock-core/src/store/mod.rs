@@ -110,6 +110,20 @@ impl std::error::Error for Interrupted {}
 
 /// One coordination domain's store. Implementations are safe to use from several processes at
 /// once: `apply` is the only read-decide-write, and it is atomic.
+/// Whether `fixer` never registered and the process elected to register it is gone (this host
+/// only: another host's processes cannot be seen, and are not judged).
+pub fn elector_dead(fixer: &crate::protocol::state::Fixer) -> bool {
+    !fixer.registered
+        && fixer.elector.as_ref().is_some_and(|p| {
+            p.host == crate::os::process::hostname()
+                && match p.start {
+                    Some(_) => !crate::os::process::is_live(p),
+                    // Gone before the hook could read its start time (or no /proc here).
+                    None => !crate::os::process::alive(p.pid),
+                }
+        })
+}
+
 pub trait Store: Send + Sync {
     /// `"local"` or `"remote"`, for `status --json`.
     fn backend(&self) -> &'static str;

@@ -870,6 +870,10 @@ impl Store for RemoteStore {
                     fixer_lock_free: false,
                     fixer_running: false,
                     seen_silent,
+                    elector_dead: before
+                        .fixer
+                        .as_ref()
+                        .is_some_and(crate::store::elector_dead),
                 };
                 let (mut after, outcome) = transition(before, event, &seen);
                 // Another machine cannot read the fixer's git dir: only a recorded fix commit
