@@ -120,9 +120,12 @@ pub fn run(command: &Command, opts: Options<'_>) -> std::io::Result<Run> {
     (opts.on_start)(pgid);
 
     let echo = opts.echo;
-    let (out_tx, out_rx) = mpsc::channel();
+    // Shared, not sent at EOF: a daemon the command left may hold the pipe open for ever, and
+    // what was read until then is the failure's output all the same.
+    let capture = std::sync::Arc::new(std::sync::Mutex::new(Capture::default()));
+    let (eof_tx, eof_rx) = mpsc::channel::<()>();
+    let shared = capture.clone();
     std::thread::spawn(move || {
-        let mut capture = Capture::default();
         let mut buf = [0u8; 16 << 10];
         loop {
             match reader.read(&mut buf) {
@@ -131,13 +134,15 @@ pub fn run(command: &Command, opts: Options<'_>) -> std::io::Result<Run> {
                     if echo {
                         say::raw(&buf[..n]);
                     }
-                    capture.push(&buf[..n]);
+                    if let Ok(mut c) = shared.lock() {
+                        c.push(&buf[..n]);
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             }
         }
-        let _ = out_tx.send(capture.into_bytes());
+        let _ = eof_tx.send(());
     });
     let (exit_tx, exit_rx) = mpsc::channel();
     let mut child: Child = child;
@@ -178,9 +183,29 @@ pub fn run(command: &Command, opts: Options<'_>) -> std::io::Result<Run> {
             break stop(Ending::TimedOut(opts.timeout), &exit_rx);
         }
     };
-    // The command is done; a daemon it left may still hold the pipe open.
-    let mut output = out_rx
-        .recv_timeout(Duration::from_millis(200))
+    // The command is done. Read to the end of its output, as long as output still comes; a
+    // daemon it left that holds the pipe open (and is quiet) ends the wait after a moment.
+    let mut seen = capture.lock().map_or(0, |c| c.total);
+    let mut quiet_since = Instant::now();
+    let drained_by = Instant::now() + Duration::from_secs(10);
+    loop {
+        match eof_rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        let total = capture.lock().map_or(0, |c| c.total);
+        if total != seen {
+            (seen, quiet_since) = (total, Instant::now());
+        } else if quiet_since.elapsed() >= Duration::from_millis(200) {
+            break;
+        }
+        if Instant::now() >= drained_by {
+            break;
+        }
+    }
+    let mut output = capture
+        .lock()
+        .map(|mut c| std::mem::take(&mut *c).into_bytes())
         .unwrap_or_default();
     if let Ending::TimedOut(t) = &ending {
         output.extend_from_slice(
@@ -209,10 +234,13 @@ struct Capture {
     head: Vec<u8>,
     tail: VecDeque<u8>,
     dropped: u64,
+    /// Bytes read so far, kept or not.
+    total: u64,
 }
 
 impl Capture {
     fn push(&mut self, mut bytes: &[u8]) {
+        self.total += bytes.len() as u64;
         let room = KEEP_HEAD.saturating_sub(self.head.len());
         let (h, rest) = bytes.split_at(room.min(bytes.len()));
         self.head.extend_from_slice(h);
@@ -282,6 +310,36 @@ mod tests {
         let r = run_sh("setsid sleep 5 & echo started", Duration::from_secs(10));
         assert_eq!(r.ending, Ending::Passed);
         assert!(r.took < Duration::from_secs(3), "{:?}", r.took);
+    }
+
+    /// The output is the failure's signature and log: a daemon left holding the pipe must not
+    /// cost it (it was dropped whole: an empty log, and one signature for every such failure).
+    #[test]
+    fn a_daemon_holding_the_pipe_does_not_cost_the_output() {
+        let r = run_sh(
+            "setsid sleep 5 & echo 'error: the real failure'; exit 3",
+            Duration::from_secs(10),
+        );
+        assert_eq!(r.ending, Ending::Failed(Some(3)));
+        assert!(r.took < Duration::from_secs(3), "{:?}", r.took);
+        assert_eq!(
+            String::from_utf8_lossy(&r.output),
+            "error: the real failure\n"
+        );
+    }
+
+    /// Output still streaming after the command exits (a child writing on) is read to its end.
+    #[test]
+    fn output_still_coming_after_the_exit_is_kept() {
+        let r = run_sh(
+            "(for i in 1 2 3 4 5; do sleep 0.1; echo line $i; done) & exit 1",
+            Duration::from_secs(10),
+        );
+        assert!(
+            String::from_utf8_lossy(&r.output).contains("line 5"),
+            "{:?}",
+            String::from_utf8_lossy(&r.output)
+        );
     }
 
     #[test]
