@@ -169,12 +169,29 @@ mod linux {
                 return Wake::Exited;
             }
             if bell == 1 && ready[0] {
-                // Rung: listen again before the caller looks, for the next ring.
+                // Rung. Bytes someone wrote into the FIFO (`echo > state.bell`) would keep it
+                // readable for every listener for ever: drain them. Then listen again before
+                // the caller looks, for the next ring.
+                if let Some(fd) = &l.fd {
+                    drain(fd.as_raw_fd());
+                }
                 l.fd = open(&l.path);
                 return Wake::Rang;
             }
             // A signal: the caller looks at its signal flag.
             return Wake::TimedOut;
+        }
+    }
+
+    /// Reads whatever the (non-blocking) FIFO holds, up to 1 MiB.
+    fn drain(fd: i32) {
+        let mut buf = [0u8; 4096];
+        for _ in 0..256 {
+            // SAFETY: `buf` is valid for writes of its length.
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                return;
+            }
         }
     }
 
@@ -225,6 +242,31 @@ mod linux {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+
+    /// `echo x > state.bell` (a "ring" by hand) leaves bytes in the FIFO: heard once, drained,
+    /// not heard again and again (every waiter spun at 100 % of a core).
+    #[test]
+    fn bytes_written_into_the_bell_are_heard_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let bell = Bell::in_dir(dir.path(), "state");
+        let mut l = bell.listen();
+        assert!(l.is_live());
+        let path = dir.path().join("state.bell");
+        let mut w = std::os::unix::fs::OpenOptionsExt::custom_flags(
+            std::fs::OpenOptions::new().write(true),
+            libc::O_NONBLOCK,
+        )
+        .open(&path)
+        .unwrap();
+        std::io::Write::write_all(&mut w, b"x\n").unwrap();
+        drop(w);
+        assert_eq!(l.sleep(Duration::from_secs(5)), Wake::Rang);
+        assert_eq!(
+            l.sleep(Duration::from_millis(100)),
+            Wake::TimedOut,
+            "the bytes were drained"
+        );
+    }
 
     #[test]
     fn one_ring_wakes_every_listener_and_each_hears_the_next_one() {
