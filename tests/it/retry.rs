@@ -553,3 +553,60 @@ fn a_commit_retry_killed_before_it_took_its_role_is_replaced_at_once() {
     );
     assert_eq!(r.witness(), ["start b", "end b"]);
 }
+
+/// The fixer dies with several agents waiting: one of them takes over, the others wait for it
+/// instead of all running their (possibly long) check at the same instant only to learn that.
+#[test]
+fn when_the_fixer_dies_one_waiter_takes_over_and_the_others_wait_without_a_check() {
+    const WAITERS: usize = 6;
+    let r = repo_with_fix("1.5", "[coordination]\nwait = \"60s\"\n");
+    // Every check run leaves a line.
+    let runs = r.shared("check-runs");
+    let config = std::fs::read_to_string(r.dir.join(".buildlock.toml")).unwrap();
+    let config = config.replace(
+        "check = \"grep",
+        &format!("check = \"echo run >> {}; grep", runs.display()),
+    );
+    std::fs::write(r.dir.join(".buildlock.toml"), config).unwrap();
+    r.git(&["commit", "-q", "-am", "counting check", "--no-verify"]);
+    let trees: Vec<_> = (0..=WAITERS)
+        .map(|i| {
+            let t = r.worktree(&format!("t{i}"));
+            r.stage_change(&t, &format!("f{i}"));
+            t
+        })
+        .collect();
+    let fixer = commit_retry(&r, &trees[0], "a0");
+    assert!(eventually(Duration::from_secs(20), || r.state()["keys"][0]
+        ["fixer"]["fix_pid"]
+        .is_u64()));
+    let waiters: Vec<_> = (1..=WAITERS)
+        .map(|i| commit_retry(&r, &trees[i], &format!("a{i}")))
+        .collect();
+    assert!(eventually(Duration::from_secs(20), || r.state()["keys"][0]
+        ["waiters"]
+        .as_array()
+        .is_some_and(|w| w.len() == WAITERS)));
+    let before = lines_of(&runs);
+    signal(&fixer, libc::SIGKILL);
+    let _ = wait_output(fixer, Duration::from_secs(5));
+    for (i, w) in waiters.into_iter().enumerate() {
+        let out = wait_output(w, Duration::from_secs(60));
+        assert!(out.status.success(), "a{}: {}", i + 1, text(&out.stderr));
+    }
+    // After the kill: the new fixer's failing check, its passing re-check, and one passing
+    // check per other waiter's commit. Before, every waiter also ran a failing check at once.
+    let after = lines_of(&runs) - before;
+    assert!(after <= WAITERS + 2, "{after} check runs after the kill");
+    assert_eq!(
+        r.witness()
+            .iter()
+            .filter(|l| l.starts_with("start"))
+            .count(),
+        2
+    );
+}
+
+fn lines_of(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
+}

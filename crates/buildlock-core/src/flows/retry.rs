@@ -492,7 +492,33 @@ impl Retry<'_> {
             return Ok(Waited::Exit(exit::BLOCKED));
         }
         let a = assignment(d);
-        Ok(match self.wait(d) {
+        let mut d = d.clone();
+        let end = loop {
+            let end = self.wait(&d);
+            if !matches!(end, WaitEnd::FixerDied(_) | WaitEnd::FixerSilent(..)) {
+                break end;
+            }
+            // Another waiter may have taken over already: wait for it without a check run.
+            let me = (self.ctx.agent.as_str(), self.ctx.agent().pid);
+            let generation = d.generation.unwrap_or(0);
+            match wait::taken_over(
+                self.ctx.store.as_ref(),
+                &a.key,
+                generation,
+                me,
+                self.ctx.config.wait,
+            ) {
+                Some((generation, fixer)) => {
+                    say::say(format!(
+                        "commit-retry: `{fixer}` took the fixer role over (generation {generation})"
+                    ));
+                    d.generation = Some(generation);
+                    d.fixer = Some(fixer);
+                }
+                None => break end,
+            }
+        };
+        Ok(match end {
             WaitEnd::Signal(n) => Waited::Exit(exit::signal(n)),
             WaitEnd::FixerSilent(_, lease) => Waited::Silent(lease),
             WaitEnd::Fixed { fix, herd, .. } => {

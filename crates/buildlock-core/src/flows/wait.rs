@@ -219,6 +219,58 @@ pub fn stagger(herd: usize) {
     }
 }
 
+/// The fixer we waited for died or went silent, and every waiter noticed at the same instant.
+/// One of them is enough to take over (and to run its check to do so): the first live waiter
+/// on record goes at once; the others wait until the state moves, that waiter ends, or
+/// `limit` passes. `Some((generation, agent))` when another agent took over meanwhile (a newer
+/// generation whose fixer is not known dead): wait for that one, no check run needed. `None`:
+/// commit again now. `me` is this waiter's (agent, pid) as on record.
+pub fn taken_over(
+    store: &dyn Store,
+    key: &str,
+    generation: u64,
+    me: (&str, u32),
+    limit: Duration,
+) -> Option<(u64, String)> {
+    store.watch(key);
+    let Read::Found { state, .. } = store.read(key) else {
+        return None;
+    };
+    let host = crate::os::process::hostname();
+    let first = state
+        .waiters
+        .iter()
+        .find(|w| w.host == host && crate::os::process::running(w.pid))?;
+    if (first.agent.as_str(), first.pid) == me {
+        return None;
+    }
+    let first = Process {
+        pid: first.pid,
+        host,
+        start: crate::os::process::start_time(first.pid),
+        token: None,
+    };
+    let deadline = Instant::now() + limit;
+    loop {
+        let Read::Found { state, .. } = store.read(key) else {
+            return None;
+        };
+        if state.generation != generation || state.status != Status::Fixing {
+            let fixer = state.fixer.filter(|_| state.status == Status::Fixing)?;
+            let dead = crate::store::elector_dead(&fixer)
+                || (fixer.registered && store.fixer_gone(key, state.generation));
+            return (state.generation > generation && !dead)
+                .then_some((state.generation, fixer.agent));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let gone = !crate::os::process::is_live(&first) || !crate::os::process::running(first.pid);
+        if left.is_zero() || gone || signals::pending().is_some() {
+            return None;
+        }
+        store.wait_change(key, Some(&first), left.min(Duration::from_secs(1)));
+    }
+}
+
 /// This agent stops waiting on `key` (it gave up, was interrupted, or goes to take the fix): it
 /// leaves the waiters, so that `buildlock status` tells the truth. Best effort.
 pub fn leave(ctx: &Context, key: &str, base: &str) {

@@ -148,6 +148,23 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// Whether process `pid` runs: alive and not stopped (SIGSTOP, a debugger). Where there is no
+/// `/proc`, alive.
+pub fn running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next();
+            !matches!(state, Some("Z" | "X" | "T" | "t") | None)
+        }
+        Err(_) => alive(pid),
+    }
+}
+
 fn environ_has(pid: u32, needle: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/environ"))
         .map(|env| env.split(|&b| b == 0).any(|var| var == needle.as_bytes()))
