@@ -610,3 +610,48 @@ fn when_the_fixer_dies_one_waiter_takes_over_and_the_others_wait_without_a_check
 fn lines_of(path: &Path) -> usize {
     std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
 }
+
+/// The private temp folder cannot be used (here TMPDIR is a file): the first commit hands its
+/// decision over in the repository's own folder, so the fixer runs the fix at once instead of
+/// committing again (a second check, counted as a failed re-check: with `max_fix_attempts = 1`
+/// it gave the role up without ever running the fix).
+#[test]
+fn an_unusable_temp_dir_costs_no_second_check() {
+    let r = repo_with_fix("0.1", "[coordination]\nmax_fix_attempts = 1\n");
+    let not_a_dir = r.shared("not-a-dir");
+    std::fs::write(&not_a_dir, "").unwrap();
+    r.stage_change(&r.dir, "mine");
+    let out = r
+        .cmd(COMMIT_RETRY, &r.dir)
+        .args(["-q", "-m", "fixer work"])
+        .env("BUILDLOCK_AGENT", "a")
+        .env("TMPDIR", &not_a_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(r.witness(), ["start a", "end a"]);
+    assert_eq!(r.last_subject(&r.dir), "fixer work");
+}
+
+/// commit-retry without its second half beside it: a waiter must not exit 1, which says "you
+/// are the fixer".
+#[test]
+fn without_the_buildlock_binary_commit_retry_exits_70_and_says_why() {
+    let r = repo_with_fix("0.1", "");
+    let lone = r.shared("lone");
+    std::fs::create_dir_all(&lone).unwrap();
+    std::fs::copy(COMMIT_RETRY, lone.join("commit-retry")).unwrap();
+    r.stage_change(&r.dir, "mine");
+    let out = r
+        .cmd(lone.join("commit-retry").to_str().unwrap(), &r.dir)
+        .args(["-q", "-m", "work"])
+        .env("BUILDLOCK_AGENT", "a")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(70), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("reinstall buildlock"),
+        "{}",
+        text(&out.stderr)
+    );
+}

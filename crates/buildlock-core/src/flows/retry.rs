@@ -39,7 +39,10 @@ const MAX_FIX_RUNS: u32 = 100;
 /// binary beside this one, by exec (same process, same pid: the hook was told it), at [`resume`].
 pub fn front(args: Vec<OsString>) -> i32 {
     signals::install();
-    let handover = Handover::private();
+    // The private temp folder; where it cannot be used (a symlink or someone else's folder in
+    // its place, an unwritable TMPDIR), the repository's own, found by asking git (rare: it
+    // costs a process). Without either the hook could not say what it decided.
+    let handover = Handover::private().or_else(Handover::in_repository);
     let first = match run_git(&args, handover.as_ref(), &[]) {
         Ok(first) => first,
         Err(code) => return code,
@@ -56,19 +59,30 @@ pub fn front(args: Vec<OsString>) -> i32 {
         .ok()
         .and_then(|me| Some(me.parent()?.join("buildlock")))
         .filter(|b| b.is_file());
+    // From here on a failure to go on is coordination failing (exit 70), never git's own code
+    // (1 would read as "you are the fixer"). Elected, this process's end frees the role at once.
     let Some(buildlock) = buildlock else {
         first.discard();
         say::say(format!(
             "commit-retry: the commit failed (git exit {}), and the `buildlock` binary that \
              waits and retries is not beside commit-retry: reinstall buildlock (install.sh), \
-             which puts pre-commit, commit-retry and buildlock in one folder",
+             which puts pre-commit, commit-retry and buildlock in one folder (exit 70)",
             first.code
         ));
-        return first.code;
+        return exit::COORDINATION;
     };
     let Ok(json) = serde_json::to_string(&first) else {
         first.discard();
-        return first.code;
+        say::say(format!(
+            "commit-retry: the commit failed (git exit {}), and its hand-over file's path {} \
+             is not UTF-8: set TMPDIR to a plain path (exit 70)",
+            first.code,
+            first
+                .decision
+                .as_deref()
+                .map_or_else(String::new, |p| p.display().to_string())
+        ));
+        return exit::COORDINATION;
     };
     // Still `commit-retry` to ps, top and pkill.
     let e = std::process::Command::new(&buildlock)
@@ -79,11 +93,12 @@ pub fn front(args: Vec<OsString>) -> i32 {
         .exec();
     first.discard();
     say::say(format!(
-        "commit-retry: the commit failed (git exit {}); cannot run {} to wait and retry: {e}",
+        "commit-retry: the commit failed (git exit {}); cannot run {} to wait and retry: {e} \
+         (exit 70)",
         first.code,
         buildlock.display()
     ));
-    first.code
+    exit::COORDINATION
 }
 
 /// The first argument with which commit-retry's [`front`] hands over to `buildlock`.
@@ -694,8 +709,28 @@ impl Handover {
         }
     }
 
-    /// A new file name for one `git commit`.
+    /// The repository's own hand-over folder (`<git common dir>/buildlock/run`), found by
+    /// asking git: for a first commit whose private temp folder cannot be used.
+    fn in_repository() -> Option<Handover> {
+        let out = Command::new("git")
+            .args(["rev-parse", "--path-format=absolute", "--git-common-dir"])
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let common = String::from_utf8(out.stdout).ok()?;
+        let dir = PathBuf::from(common.trim()).join("buildlock").join("run");
+        (out.status.success() && std::fs::create_dir_all(&dir).is_ok()).then_some(Handover { dir })
+    }
+
+    /// A new file name for one `git commit`. The folder is made again if it went (a temp dir
+    /// cleaner, by hand): the hook could not hand its decision over otherwise.
     fn next(&self) -> PathBuf {
+        if !self.dir.is_dir() {
+            let private = Handover::private().filter(|p| p.dir == self.dir);
+            if private.is_none() {
+                let _ = std::fs::create_dir_all(&self.dir);
+            }
+        }
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.dir.join(format!(
