@@ -655,3 +655,45 @@ fn without_the_buildlock_binary_commit_retry_exits_70_and_says_why() {
         text(&out.stderr)
     );
 }
+
+/// The fix is committed apart without ever changing the agent's index: a fixer killed mid-fix
+/// leaves its staging as it was (a plain `git commit` afterwards still commits the work).
+#[test]
+fn a_fixer_killed_mid_fix_leaves_its_staging_as_it_was() {
+    let r = TestRepo::new("");
+    let fix = r.shared("fix.sh");
+    std::fs::write(&fix, "sleep 30\necho ok > build.txt\ngit add build.txt\n").unwrap();
+    std::fs::write(
+        r.dir.join(".buildlock.toml"),
+        format!(
+            "check = \"grep -qx ok build.txt\"\n[fix]\ncommand = \"sh {}\"\n",
+            fix.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(r.dir.join("build.txt"), "broken\n").unwrap();
+    r.git(&["add", "-A"]);
+    r.git(&["commit", "-q", "-m", "broken build", "--no-verify"]);
+    r.stage_change(&r.dir, "mine.txt");
+    let staged = || text(&r.git(&["diff", "--cached", "--name-only"]).stdout);
+    let fixer = commit_retry(&r, &r.dir, "fixer");
+    assert!(eventually(Duration::from_secs(20), || r.state()["keys"][0]
+        ["fixer"]["fix_pid"]
+        .is_u64()));
+    assert_eq!(
+        staged(),
+        "mine.txt\n",
+        "staging untouched while the fix runs"
+    );
+    let fix_group = r.state()["keys"][0]["fixer"]["fix_pid"].as_u64().unwrap();
+    signal(&fixer, libc::SIGKILL);
+    let _ = wait_output(fixer, Duration::from_secs(5));
+    // The orphaned fix, which a successor would stop.
+    unsafe { libc::kill(-(fix_group as libc::pid_t), libc::SIGKILL) };
+    assert_eq!(staged(), "mine.txt\n");
+    r.git(&["commit", "-q", "-m", "by hand", "--no-verify"]);
+    assert_eq!(
+        text(&r.git(&["show", "--format=", "--name-only", "HEAD"]).stdout),
+        "mine.txt\n"
+    );
+}

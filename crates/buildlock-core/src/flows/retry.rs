@@ -22,7 +22,7 @@ use crate::flows::context::{Context, LoadError};
 use crate::flows::decision::{Decision, Verdict};
 use crate::flows::fixcommit;
 use crate::flows::fixer::{self, Assignment, FixEnd, Role, Took};
-use crate::flows::own_work::SetAside;
+use crate::flows::own_work::{FixIndex, OwnWork};
 use crate::flows::wait::{self, WaitEnd};
 use crate::os::{env, say, signals, time};
 use crate::protocol::exit;
@@ -150,16 +150,6 @@ pub fn resume(args: Vec<OsString>) -> i32 {
         None => (Handover::in_dir(ctx.home.join("run")), None),
     };
     handover.remove_old();
-    // An earlier run of this agent was killed while it had the agent's staged work set aside:
-    // staged again first, and the commit made again with it.
-    let first = match crate::flows::own_work::recover(&ctx.home, &ctx.agent, &ctx.repo.worktree) {
-        Ok(true) => None,
-        Ok(false) => first,
-        Err(e) => {
-            say::warn(format!("{e:#}"));
-            first
-        }
-    };
     let retry = Retry {
         ctx: &ctx,
         args,
@@ -221,20 +211,24 @@ impl Retry<'_> {
         let mut role: Option<Role> = None;
         let mut seen_silent: Option<(u64, u64)> = None;
         let mut claim_waits = 0; // issue 12
-        // The fixer's own staged work, set aside while the fix is committed on its own.
-        let mut aside: Option<SetAside> = None;
-        // The fix is staged: the next commit is the fix alone (with a message of its own).
-        let mut fix_commit_next = false;
+        // What the fixer had staged of its own when its fix started, kept out of the fix commit.
+        let mut own: Option<OwnWork> = None;
+        // The fix is staged apart from the own work: the next commit is the fix alone, from
+        // this index, with a message of its own.
+        let mut fix_commit_next: Option<FixIndex> = None;
         loop {
-            let fix_commit = std::mem::take(&mut fix_commit_next);
-            let git = match first.take() {
-                Some(run) => run,
-                None if fix_commit => {
+            let fix_index = fix_commit_next.take();
+            let fix_commit = fix_index.is_some();
+            let git = match (first.take(), &fix_index) {
+                (Some(run), _) => run,
+                (None, Some(index)) => {
                     let args = self.fix_commit_args(role.as_ref());
-                    self.commit(&args, role.as_ref(), None)?
+                    let index = index.path.to_string_lossy().into_owned();
+                    self.commit(&args, role.as_ref(), None, Some(index))?
                 }
-                None => self.commit(&self.args, role.as_ref(), seen_silent.take())?,
+                (None, None) => self.commit(&self.args, role.as_ref(), seen_silent.take(), None)?,
             };
+            drop(fix_index);
             if let Some(signal) = signals::pending() {
                 say::say(format!(
                     "commit-retry: interrupted by signal {signal}; stopping (nothing was committed)"
@@ -245,9 +239,7 @@ impl Retry<'_> {
                 if let Some(role) = role.take() {
                     self.record_fix_commit(&role);
                 }
-                if let Some(mut own) = aside.take() {
-                    own.restore()?;
-                }
+                own = None;
                 say::headline(
                     say::Tone::Good,
                     format!(
@@ -287,10 +279,7 @@ impl Retry<'_> {
                 _ => return Ok(git.code),
             };
             if decision.verdict != Verdict::Fix {
-                // Whatever comes next commits the agent's own work, as it was staged.
-                if let Some(mut own) = aside.take() {
-                    own.restore()?;
-                }
+                own = None;
             }
             match decision.verdict {
                 Verdict::ConfigError => return Ok(exit::CONFIG),
@@ -349,14 +338,7 @@ impl Retry<'_> {
                     if !role.as_ref().is_some_and(|r| r.is_for(&a)) {
                         // Drop an old role before taking a new one.
                         role = None;
-                        let took = Role::take(self.ctx, &a)?;
-                        if !matches!(took, Took::Role(_)) {
-                            // Not fixing after all: the next commit is the agent's own.
-                            if let Some(mut own) = aside.take() {
-                                own.restore()?;
-                            }
-                        }
-                        match took {
+                        match Role::take(self.ctx, &a)? {
                             Took::Role(r) => role = Some(r),
                             Took::NotFixer => continue,
                             Took::HeldElsewhere => {
@@ -376,30 +358,22 @@ impl Retry<'_> {
                         }
                     }
                     let r = role.as_ref().expect("taken above");
-                    if aside.is_none() {
-                        aside = SetAside::take(
-                            &self.ctx.home,
-                            &self.ctx.agent,
-                            &self.ctx.repo.worktree,
-                            &self.args,
-                        )?;
+                    if own.is_none() {
+                        own = OwnWork::note(&self.ctx.repo.worktree, &self.args);
                     }
-                    let own_paths = aside.as_ref().map(SetAside::paths).unwrap_or_default();
+                    let own_paths = own.as_ref().map(OwnWork::paths).unwrap_or_default();
                     match r.run_fix(self.ctx, &command, &a, &own_paths)? {
                         FixEnd::Done => {
-                            if aside.as_ref().is_some_and(SetAside::fix_staged) {
-                                fix_commit_next = true;
-                            } else if let Some(mut own) = aside.take() {
-                                // The fix committed itself (or changed nothing): the own work
-                                // goes back, and the next commit is the agent's own.
-                                own.restore()?;
+                            // The fix staged apart from the agent's own work: committed alone
+                            // next. Else (it committed itself, or staged nothing) the next
+                            // commit is the agent's, as before.
+                            if let Some(work) = &own {
+                                fix_commit_next = work.fix_index(&self.ctx.repo.git_dir)?;
                             }
                         }
                         FixEnd::TakenOver => {
                             role = None;
-                            if let Some(mut own) = aside.take() {
-                                own.restore()?;
-                            }
+                            own = None;
                             say::say(
                                 "another agent took the fixer role over: stopped our fix; waiting \
                                  for theirs",
@@ -609,8 +583,12 @@ impl Retry<'_> {
         args: &[OsString],
         role: Option<&Role>,
         seen_silent: Option<(u64, u64)>,
+        index: Option<String>,
     ) -> Result<GitRun> {
         let mut vars = Vec::new();
+        if let Some(index) = index {
+            vars.push(("GIT_INDEX_FILE", index));
+        }
         if let Some(role) = role {
             vars.push((env::FIXER_GENERATION_VAR, role.generation.to_string()));
         }
