@@ -397,14 +397,17 @@ if [ "$need_build" = yes ]; then
     say "building the release binaries with cargo build --release --locked (a few minutes the first time)"
     (cd "$src" && cargo build --release --locked) || die "the build failed; see cargo's output above"
 fi
-# commit-retry wraps every commit of the agents that use it: linked statically (glibc's libc.a)
-# and at a fixed address (nothing to relocate at start) it starts a quarter of a millisecond
+# The hook and commit-retry run on every commit: linked statically (glibc's libc.a) and at a fixed
+# address (nothing to load or relocate at start) each starts about a quarter of a millisecond
 # sooner. Also when the release binaries were built by hand (`cargo build --release`). Optional:
-# it stays as built without.
+# they stay as built without.
 if [ -z "$bin_dir" ] && [ "$(uname -s)" = Linux ] && command -v cargo >/dev/null 2>&1 &&
-    command -v ldd >/dev/null 2>&1 && ldd "$release/commit-retry" >/dev/null 2>&1; then
-    (cd "$src" && cargo rustc --release --locked --quiet --bin commit-retry -- -C target-feature=+crt-static -C relocation-model=static) >/dev/null 2>&1 ||
-        say "note: commit-retry stays dynamically linked (no static C library here); it works the same"
+    command -v ldd >/dev/null 2>&1; then
+    for b in pre-commit commit-retry; do
+        ldd "$release/$b" >/dev/null 2>&1 || continue
+        (cd "$src" && cargo rustc --release --locked --quiet --bin "$b" -- -C target-feature=+crt-static -C relocation-model=static) >/dev/null 2>&1 ||
+            say "note: $b stays dynamically linked (no static C library here); it works the same"
+    done
 fi
 
 mkdir -p "$bin" 2>/dev/null || die "cannot create $bin"

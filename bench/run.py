@@ -986,7 +986,7 @@ def render_run(res, title="Run"):
     out = [f"### {title}: {m['date']}", "",
            f"- machine: {m['nproc']} cores ({m['cpu']}), {m['mem_gib']} GiB, Linux {m['kernel']}; temporary "
            f"repositories on {m['tmp_fs']}; {m['git']}; {m['rustc']}",
-           f"- code measured: {m['code']}; release build (commit-retry {m.get('commit_retry', 'dynamically linked')}, "
+           f"- code measured: {m['code']}; release build ({m.get('linkage', 'commit-retry ' + m.get('commit_retry', 'dynamically linked'))}, "
            "as install.sh builds it)",
            f"- command: `{m['command']}`" + ("  **(QUICK MODE: few repetitions, small N: not figures to cite)**"
                                               if m["quick"] else ""),
@@ -1165,10 +1165,13 @@ def main():
     anchors = (args.anchors or not args.quick) and not args.no_anchors
     log(f"building the release binaries into {REL.parent} ...")
     subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True)
-    # As install.sh builds it: commit-retry linked statically where a static C library exists.
-    static = subprocess.run(["cargo", "rustc", "--release", "--locked", "--quiet", "--bin", "commit-retry", "--",
-                             "-C", "target-feature=+crt-static", "-C", "relocation-model=static"], cwd=ROOT, capture_output=True).returncode == 0
-    log(f"commit-retry linked {'statically' if static else 'dynamically (no static C library)'}")
+    # As install.sh builds them: the hook and commit-retry linked statically where a static C
+    # library exists.
+    static = all(subprocess.run(["cargo", "rustc", "--release", "--locked", "--quiet", "--bin", b, "--",
+                                 "-C", "target-feature=+crt-static", "-C", "relocation-model=static"],
+                                cwd=ROOT, capture_output=True).returncode == 0
+                 for b in ("pre-commit", "commit-retry"))
+    log(f"pre-commit and commit-retry linked {'statically' if static else 'dynamically (no static C library)'}")
     if not SCHEDSTAT:
         log("note: /proc/<pid>/schedstat is unavailable or off: CPU falls back to 10 ms ticks")
     # A run right after another starts in that run's load (its 256 waiters' retries): wait, at
@@ -1201,7 +1204,7 @@ def main():
                            command=" ".join(["python3", "bench/run.py", *sys.argv[1:]]), quick=args.quick,
                            load_before=f"{load_before:.2f}", load_after=f"{os.getloadavg()[0]:.2f}",
                            took_s=time.time() - started,
-                           commit_retry="statically linked" if static else "dynamically linked")
+                           linkage="pre-commit and commit-retry " + ("statically linked" if static else "dynamically linked"))
     print(render_run(results))
     print(json.dumps(results, default=str), file=sys.stderr)
     if args.write:
