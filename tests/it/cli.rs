@@ -427,6 +427,41 @@ fn doctor(r: &TestRepo) -> (Option<i32>, String) {
 }
 
 #[test]
+fn doctor_finds_a_bell_that_is_not_a_fifo() {
+    let r = TestRepo::new("check = \"true\"\n");
+    std::fs::create_dir_all(r.buildlock_dir()).unwrap();
+    std::fs::write(r.buildlock_dir().join("state.bell"), "x").unwrap();
+    let (code, s) = doctor(&r);
+    assert_eq!(code, Some(1), "{s}");
+    assert!(s.contains("state.bell is not a FIFO of yours"), "{s}");
+}
+
+/// `fix.command` and `retry.refresh` run only in a breakage: doctor finds their typos before.
+#[test]
+fn doctor_finds_fix_and_refresh_commands_that_do_not_exist() {
+    let r = TestRepo::new(
+        "check = \"true\"\n[fix]\ncommand = \"my-llm-fixer --go\"\n[retry]\nrefresh = \"nosuchcmd\"\n",
+    );
+    let (code, s) = doctor(&r);
+    assert_eq!(code, Some(1), "{s}");
+    assert!(
+        s.contains("`fix.command` runs `my-llm-fixer`, which is not found")
+            && s.contains("`retry.refresh` runs `nosuchcmd`, which is not found"),
+        "{s}"
+    );
+    let r = TestRepo::new(
+        "check = \"true\"\n[fix]\ncommand = \"git add -A\"\n[retry]\nrefresh = \"git status\"\n",
+    );
+    let (code, s) = doctor(&r);
+    assert!(
+        s.contains("fix.command: `git add -A` (its commands exist)"),
+        "{s}"
+    );
+    assert!(!s.contains("fix.command` runs"), "{s}");
+    assert_eq!(code, Some(0), "{s}");
+}
+
+#[test]
 fn doctor_finds_a_check_command_that_does_not_exist() {
     let r = TestRepo::new("check = \"cd . && nosuchtool-xyz --all | tee out.log\"\n");
     let (code, s) = doctor(&r);

@@ -77,6 +77,7 @@ pub fn run(ctx: &Context) -> Result<i32> {
         }
     ))?;
     check_findings(ctx, &mut r)?;
+    command_findings(ctx, &mut r)?;
     hook_findings(ctx, &mut r)?;
     coordination_dir_findings(ctx, &mut r)?;
     out!(
@@ -205,6 +206,42 @@ fn check_findings(ctx: &Context, r: &mut Report) -> Result<()> {
             "no `check` set and no chained hook: the hook passes and says nothing; set `check` in {}",
             config_files(ctx)
         ))?,
+    }
+    Ok(())
+}
+
+/// `fix.command` and `retry.refresh` run only in a breakage: a typo in them shows up then, at the
+/// worst time, unless doctor finds it now.
+fn command_findings(ctx: &Context, r: &mut Report) -> Result<()> {
+    let commands = [
+        (
+            "fix.command",
+            ctx.config.fix_command.as_deref(),
+            "every fix run fails (exit 127), and the fixer gives the role up after \
+             `max_fix_attempts`",
+        ),
+        (
+            "retry.refresh",
+            ctx.config.retry_refresh.as_deref(),
+            "waiters cannot take the fix: commit-retry stops with exit 75 after the fix",
+        ),
+    ];
+    for (key, command, consequence) in commands {
+        let Some(command) = command else { continue };
+        let names = command_names(command);
+        let missing = missing_commands(&ctx.repo.worktree, &names);
+        for (name, why) in &missing {
+            r.problem(
+                format!("`{key}` runs `{name}`, which {why}: {consequence}"),
+                format!(
+                    "install `{name}` (or put it on PATH), or correct `{key}` in {}",
+                    config_files(ctx)
+                ),
+            )?;
+        }
+        if missing.is_empty() && !names.is_empty() {
+            r.ok(format!("{key}: `{command}` (its commands exist)"))?;
+        }
     }
     Ok(())
 }
@@ -600,7 +637,36 @@ fn coordination_dir_findings(ctx: &Context, r: &mut Report) -> Result<()> {
             ))?;
         }
     }
+    bell_findings(home, r)?;
     size_findings(home)
+}
+
+/// The bells (FIFOs that wake waiters): something else in their place does not break
+/// coordination, but waiters then notice a fix only at their next look, seconds later.
+fn bell_findings(home: &Path, r: &mut Report) -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    for name in ["state", "registry"] {
+        let path = home.join(format!("{name}.bell"));
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue; // made by the first waiter
+        };
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let ours = meta.uid() == unsafe { libc::geteuid() };
+        if !meta.file_type().is_fifo() || !ours {
+            r.problem(
+                format!(
+                    "{} is not a FIFO of yours, so waiters are not woken by changes: they notice \
+                     a fix only at their next look, seconds later",
+                    path.display()
+                ),
+                format!(
+                    "remove it (`rm {}`); the next waiter makes it again",
+                    shell_quote(&path.display().to_string())
+                ),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates, writes, syncs and removes a fresh file in `dir`.
