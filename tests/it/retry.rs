@@ -697,3 +697,19 @@ fn a_fixer_killed_mid_fix_leaves_its_staging_as_it_was() {
         "mine.txt\n"
     );
 }
+
+/// The fixer has nothing staged: its fix makes the check pass, git then says "nothing to
+/// commit" (exit 1). commit-retry says that the build is fixed and that git made no commit,
+/// rather than leave an exit 1 that reads as "you are the fixer".
+#[test]
+fn a_fixer_with_nothing_staged_is_told_the_build_is_fixed_and_nothing_was_committed() {
+    let r = repo_with_fix("0.1", "");
+    let out = wait_output(commit_retry(&r, &r.dir, "a"), Duration::from_secs(60));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the build is marked fixed, but git made no commit"),
+        "{err}"
+    );
+    assert_eq!(r.state()["keys"][0]["status"], "passing");
+}

@@ -276,7 +276,20 @@ impl Retry<'_> {
                     std::thread::sleep(pause);
                     continue;
                 }
-                _ => return Ok(git.code),
+                _ => {
+                    if role.is_some() {
+                        // Our check passed (the build is marked fixed); git ended the commit
+                        // itself, e.g. with nothing staged. Its code is passed through, and 1
+                        // would otherwise read as "you are the fixer".
+                        say::say(format!(
+                            "commit-retry: the check passes and the build is marked fixed, but \
+                             git made no commit (git exit {}, see its message above: nothing \
+                             staged?); its exit code is passed through",
+                            git.code
+                        ));
+                    }
+                    return Ok(git.code);
+                }
             };
             if decision.verdict != Verdict::Fix {
                 own = None;
