@@ -551,8 +551,8 @@ impl Hook<'_> {
             parent: Some(self.parent),
         };
         say::say(format!(
-            "waiting up to {} for the fix, then this commit goes ahead or gives up (exit 75); \
-             Ctrl-C to stop waiting",
+            "waiting up to {} for the fix: then the check runs again and this commit goes on \
+             if it passes; with no fix by then it stops (exit 75); Ctrl-C to stop waiting",
             time::human(waiting.limit)
         ));
         let end = wait::wait_for_fix(&waiting);
