@@ -713,3 +713,107 @@ fn a_fixer_with_nothing_staged_is_told_the_build_is_fixed_and_nothing_was_commit
     );
     assert_eq!(r.state()["keys"][0]["status"], "passing");
 }
+
+/// A repository whose build is broken in `build.txt`, and whose fix repairs and stages it.
+fn repo_broken_in_tree() -> TestRepo {
+    let r = TestRepo::new("");
+    let fix = r.shared("fix.sh");
+    std::fs::write(&fix, "echo ok > build.txt\ngit add build.txt\n").unwrap();
+    std::fs::write(
+        r.dir.join(".buildlock.toml"),
+        format!(
+            "check = \"grep -qx ok build.txt\"\n[fix]\ncommand = \"sh {}\"\n",
+            fix.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(r.dir.join("build.txt"), "broken\n").unwrap();
+    std::fs::write(r.dir.join("a.txt"), "a\n").unwrap();
+    r.git(&["add", "-A"]);
+    r.git(&["commit", "-q", "-m", "broken build", "--no-verify"]);
+    r
+}
+
+fn files_of(r: &TestRepo, rev: &str) -> String {
+    text(&r.git(&["show", "--format=", "--name-only", rev]).stdout)
+}
+
+/// A pathspec commit takes the work tree, not the index: the fix the fix command staged is
+/// committed on its own first (else it was never committed, and the agent's commit was handed
+/// to the waiters as the fix).
+#[test]
+fn with_a_pathspec_commit_the_fix_is_committed_on_its_own() {
+    let r = repo_broken_in_tree();
+    std::fs::write(r.dir.join("a.txt"), "a changed\n").unwrap();
+    let out = r
+        .cmd(COMMIT_RETRY, &r.dir)
+        .args(["-q", "-m", "my a", "--", "a.txt"])
+        .env("BUILDLOCK_AGENT", "a")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(files_of(&r, "HEAD~1"), "build.txt\n");
+    assert_eq!(files_of(&r, "HEAD"), "a.txt\n");
+    assert_eq!(text(&r.git(&["status", "--porcelain"]).stdout), "");
+    let fix = text(&r.git(&["rev-parse", "HEAD~1"]).stdout)
+        .trim()
+        .to_owned();
+    assert_eq!(r.state()["keys"][0]["fix_commit"], fix.as_str());
+}
+
+/// A `commit-msg` policy the fix's own message does not meet: the fix goes with the agent's
+/// commit, as before, and says so (it made no commit at all and exited 1).
+#[test]
+fn a_fix_commit_that_git_refuses_goes_with_the_agents_commit() {
+    let r = repo_broken_in_tree();
+    let hook = r.dir.join(".git/hooks/commit-msg");
+    // The subject must name a ticket (the agent's message body is carried into the fix
+    // commit's, which meets a rule that looks anywhere in the message).
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\nhead -n 1 \"$1\" | grep -q '^PROJ-[0-9]'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    r.stage_change(&r.dir, "mine.txt");
+    let out = r
+        .cmd(COMMIT_RETRY, &r.dir)
+        .args(["-q", "-m", "PROJ-1 my work"])
+        .env("BUILDLOCK_AGENT", "a")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("could not be committed on its own"), "{err}");
+    assert_eq!(files_of(&r, "HEAD"), "build.txt\nmine.txt\n");
+}
+
+/// A merge in progress: git would make the fix's own commit the merge (dropping the other
+/// side's changes from its tree). Nothing is split; the merge commit holds the fix.
+#[test]
+fn during_a_merge_the_fix_is_not_committed_apart() {
+    let r = repo_broken_in_tree();
+    r.git(&["checkout", "-q", "-b", "side"]);
+    std::fs::write(r.dir.join("side.txt"), "side\n").unwrap();
+    r.git(&["add", "side.txt"]);
+    r.git(&["commit", "-q", "-m", "side", "--no-verify"]);
+    r.git(&["checkout", "-q", "-"]);
+    std::fs::write(r.dir.join("a.txt"), "a on main\n").unwrap();
+    r.git(&["commit", "-q", "-am", "main moves", "--no-verify"]);
+    r.git(&["merge", "-q", "--no-commit", "--no-ff", "side"]);
+    let out = r
+        .cmd(COMMIT_RETRY, &r.dir)
+        .args(["-q", "-m", "merge side"])
+        .env("BUILDLOCK_AGENT", "a")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let parents = text(&r.git(&["rev-list", "--parents", "-n", "1", "HEAD"]).stdout);
+    assert_eq!(parents.split_whitespace().count(), 3, "a merge: {parents}");
+    let tree = text(&r.git(&["ls-tree", "--name-only", "HEAD"]).stdout);
+    assert!(
+        tree.contains("side.txt") && tree.contains("build.txt"),
+        "{tree}"
+    );
+    assert_eq!(text(&r.git(&["show", "HEAD:build.txt"]).stdout), "ok\n");
+}

@@ -6,9 +6,15 @@
 //! land on every other agent's branch. So the fix is committed on its own first, from an index
 //! file of its own (HEAD plus exactly what the fix staged), and the agent's own commit follows.
 //!
-//! The agent's index is never changed: whenever this process is killed, its staging is as the
-//! agent left it plus the fix, as it would be without any of this, and a plain `git commit`
-//! still commits it.
+//! The agent's index is never changed (trees are written from a copy of it): whenever this
+//! process is killed, its staging is as the agent left it plus the fix, as it would be without
+//! any of this, and a plain `git commit` still commits it.
+//!
+//! The same holds when the agent's own commit does not take the index as it is (`-a`, `--only`,
+//! pathspecs): the fix it staged would otherwise never be committed. Not split: a merge, cherry-
+//! pick or revert in progress (git would make the fix commit the merge), and `--amend` and the
+//! like; if git refuses the fix commit (a `commit-msg` policy), the fix goes with the agent's
+//! commit, as before.
 
 use anyhow::{Result, bail};
 use std::ffi::OsString;
@@ -19,8 +25,78 @@ use std::process::{Command, Stdio};
 use crate::os::say;
 
 /// Commit arguments that rewrite or join an earlier commit: with them the fix and the own work
-/// cannot be two commits.
+/// cannot be two commits. git accepts any unambiguous prefix of a long option.
 const JOINING: [&str; 4] = ["--amend", "--fixup", "--squash", "--dry-run"];
+/// Long options of `git commit` that take their value in the next argument (unless `=value`).
+const LONG_VALUED: [&str; 12] = [
+    "--message",
+    "--file",
+    "--reuse-message",
+    "--reedit-message",
+    "--template",
+    "--author",
+    "--date",
+    "--cleanup",
+    "--fixup",
+    "--squash",
+    "--trailer",
+    "--pathspec-from-file",
+];
+/// Short options of `git commit` that take a value (the rest of the cluster, or the next
+/// argument).
+const SHORT_VALUED: &[u8] = b"mFCct";
+
+/// What the agent's commit arguments say.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Args {
+    /// They rewrite or join an earlier commit (`--amend`, …).
+    joining: bool,
+    /// The commit takes the work tree, not the index as it is: `-a`, `-o`, `-i`, pathspecs.
+    worktree: bool,
+}
+
+fn is_prefix_of(arg: &str, long: &str) -> bool {
+    arg.len() > 3 && long.starts_with(arg)
+}
+
+fn read_args(args: &[OsString]) -> Args {
+    let mut out = Args::default();
+    let mut it = args.iter().map(|a| a.to_string_lossy().into_owned());
+    while let Some(arg) = it.next() {
+        if arg == "--" {
+            out.worktree |= it.next().is_some();
+            break;
+        }
+        if let Some(long) = arg.strip_prefix("--") {
+            let name = format!("--{}", long.split('=').next().unwrap_or(""));
+            out.joining |= JOINING.iter().any(|j| is_prefix_of(&name, j));
+            out.worktree |= ["--all", "--only", "--include", "--pathspec-from-file"]
+                .iter()
+                .any(|o| name == *o || is_prefix_of(&name, o));
+            if LONG_VALUED.contains(&name.as_str()) && !long.contains('=') {
+                it.next();
+            }
+            continue;
+        }
+        if let Some(cluster) = arg.strip_prefix('-').filter(|c| !c.is_empty()) {
+            for (i, c) in cluster.bytes().enumerate() {
+                if matches!(c, b'a' | b'o' | b'i') {
+                    out.worktree = true;
+                }
+                if SHORT_VALUED.contains(&c) {
+                    if i + 1 == cluster.len() {
+                        it.next();
+                    }
+                    break;
+                }
+            }
+            continue;
+        }
+        // A pathspec.
+        out.worktree = true;
+    }
+    out
+}
 
 /// What the agent had staged when the fix started.
 pub struct OwnWork {
@@ -46,14 +122,21 @@ impl Drop for FixIndex {
 }
 
 impl OwnWork {
-    /// What is staged before the fix runs; `None` when nothing is, or when the commit arguments
-    /// make one commit of everything (`--amend` and the like), or without a HEAD yet.
-    pub fn note(worktree: &Path, args: &[OsString]) -> Option<OwnWork> {
-        let joining = args.iter().any(|a| {
-            a.to_str()
-                .is_some_and(|a| JOINING.iter().any(|j| a.starts_with(j)))
-        });
-        if joining {
+    /// What is the agent's own before the fix runs: what it staged, and with `-a` or pathspecs
+    /// its tracked changes. `None` when the fix need not be committed apart (nothing staged and
+    /// a commit of the index as it is: the agent's commit is the fix), when it cannot be (a
+    /// merge in progress, `--amend` and the like), or without a HEAD yet.
+    pub fn note(worktree: &Path, git_dir: &Path, args: &[OsString]) -> Option<OwnWork> {
+        let read = read_args(args);
+        let in_progress = [
+            "MERGE_HEAD",
+            "CHERRY_PICK_HEAD",
+            "REVERT_HEAD",
+            "SQUASH_MSG",
+        ]
+        .iter()
+        .any(|f| git_dir.join(f).exists());
+        if read.joining || in_progress {
             return None;
         }
         let base = git_out(
@@ -62,11 +145,22 @@ impl OwnWork {
             None,
         )?;
         // Unmerged entries cannot be written as a tree: such an index is left to the agent.
-        let own = git_out(worktree, &["write-tree"], None)?;
-        if own == base {
+        let own = index_tree(worktree, git_dir)?;
+        if own == base && !read.worktree {
+            // Nothing of its own: the agent's commit is the fix, as it always was.
             return None;
         }
-        let paths = changed(worktree, &base, &own).ok()?;
+        let mut paths = changed(worktree, &base, &own).ok()?;
+        if read.worktree {
+            // Its tracked changes in the work tree are its own too (`-a`, pathspecs).
+            if let Some(out) = git_out(worktree, &["diff", "-z", "--name-only"], None) {
+                paths.extend(
+                    out.split('\0')
+                        .filter(|p| !p.is_empty())
+                        .map(|p| p.as_bytes().to_vec()),
+                );
+            }
+        }
         Some(OwnWork {
             worktree: worktree.to_owned(),
             base,
@@ -97,7 +191,7 @@ impl OwnWork {
             // The fix committed on its own already.
             return Ok(None);
         }
-        let Some(after) = git_out(&self.worktree, &["write-tree"], None) else {
+        let Some(after) = index_tree(&self.worktree, git_dir) else {
             return Ok(None);
         };
         let fix = changed(&self.worktree, &self.own, &after)?;
@@ -120,7 +214,7 @@ impl OwnWork {
             return Ok(None);
         }
         let index = FixIndex {
-            path: git_dir.join(format!("buildlock-fix-index-{}", std::process::id())),
+            path: git_dir.join(format!("{FIX_INDEX}{}", std::process::id())),
         };
         let env = Some(index.path.as_path());
         git_ok(&self.worktree, &["read-tree", &self.base], env)?;
@@ -129,6 +223,31 @@ impl OwnWork {
         Ok(Some(index))
     }
 }
+
+const FIX_INDEX: &str = "buildlock-fix-index-";
+
+/// The agent's index as a tree, written from a copy of it: the index itself is not touched (not
+/// even its cache, nor its lock). Also sweeps the fix index files of runs that were killed.
+fn index_tree(worktree: &Path, git_dir: &Path) -> Option<String> {
+    for e in std::fs::read_dir(git_dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let dead = name
+            .strip_prefix(FIX_INDEX)
+            .or_else(|| name.strip_prefix(INDEX_COPY))
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| !crate::os::process::alive(pid));
+        if dead {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let copy = FixIndex {
+        path: git_dir.join(format!("{INDEX_COPY}{}", std::process::id())),
+    };
+    std::fs::copy(git_dir.join("index"), &copy.path).ok()?;
+    git_out(worktree, &["write-tree"], Some(&copy.path))
+}
+
+const INDEX_COPY: &str = "buildlock-index-copy-";
 
 fn git(worktree: &Path, index: Option<&Path>) -> Command {
     let mut c = Command::new("git");
@@ -220,4 +339,34 @@ fn changed(worktree: &Path, from: &str, to: &str) -> Result<Vec<Vec<u8>>> {
         .filter(|p| !p.is_empty())
         .map(<[u8]>::to_vec)
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(args: &[&str]) -> Args {
+        read_args(&args.iter().map(OsString::from).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn commit_arguments_are_read_as_git_reads_them() {
+        assert_eq!(read(&["-q", "-m", "a -a message"]), Args::default());
+        assert!(read(&["-m", "x", "--", "a.txt"]).worktree);
+        assert!(read(&["-m", "x", "a.txt"]).worktree);
+        assert!(read(&["-am", "x"]).worktree);
+        assert!(!read(&["-ma"]).worktree, "`a` is the value of -m");
+        assert!(read(&["-ma", "x"]).worktree, "`x` is a pathspec");
+        assert!(read(&["--all", "-m", "x"]).worktree);
+        assert_eq!(read(&["--author", "A <a@b>", "-m", "x"]), Args::default());
+        assert_eq!(read(&["--author=A <a@b>", "-m", "x"]), Args::default());
+        assert_eq!(read(&["-F", "msg.txt"]), Args::default());
+        assert!(read(&["--amend", "--no-edit"]).joining);
+        assert!(read(&["--amen", "--no-edit"]).joining, "git takes a prefix");
+        assert!(read(&["--fixup=HEAD"]).joining);
+        assert!(
+            !read(&["-m", "--amend"]).joining,
+            "a message, not an option"
+        );
+    }
 }

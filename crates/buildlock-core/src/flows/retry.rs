@@ -253,6 +253,17 @@ impl Retry<'_> {
                 );
                 continue;
             }
+            if fix_commit && git.decision.is_none() {
+                // git refused the fix's own commit (a `commit-msg` policy, signing, a lock): the
+                // fix is still staged with the agent's work, and goes with its commit, as before.
+                say::warn(format!(
+                    "the fix could not be committed on its own (git exit {}, see above); it goes \
+                     with your commit, and waiters are handed that commit",
+                    git.code
+                ));
+                own = None;
+                continue;
+            }
             if git.code == 0 {
                 if let Some(role) = &role {
                     self.record_fix_commit(role);
@@ -372,7 +383,11 @@ impl Retry<'_> {
                     }
                     let r = role.as_ref().expect("taken above");
                     if own.is_none() {
-                        own = OwnWork::note(&self.ctx.repo.worktree, &self.args);
+                        own = OwnWork::note(
+                            &self.ctx.repo.worktree,
+                            &self.ctx.repo.git_dir,
+                            &self.args,
+                        );
                     }
                     let own_paths = own.as_ref().map(OwnWork::paths).unwrap_or_default();
                     match r.run_fix(self.ctx, &command, &a, &own_paths)? {
@@ -570,24 +585,62 @@ impl Retry<'_> {
 
     /// The arguments of the fix's own commit: its own message, and the agent's `-q` if it gave one.
     fn fix_commit_args(&self, role: Option<&Role>) -> Vec<OsString> {
-        let mut args: Vec<OsString> = self
-            .args
-            .iter()
-            .filter(|a| *a == "-q" || *a == "--quiet")
-            .cloned()
-            .collect();
+        // The agent's choices that a team's rules may require of every commit: quiet, sign-off,
+        // signing, author and date.
+        let mut args: Vec<OsString> = Vec::new();
+        let mut it = self.args.iter();
+        while let Some(a) = it.next() {
+            let text = a.to_string_lossy();
+            let kept = matches!(
+                text.as_ref(),
+                "-q" | "--quiet" | "-s" | "--signoff" | "--no-gpg-sign"
+            ) || text.starts_with("-S")
+                || text.starts_with("--gpg-sign")
+                || text.starts_with("--author=")
+                || text.starts_with("--date=");
+            if kept {
+                args.push(a.clone());
+            } else if text == "--author" || text == "--date" {
+                args.push(a.clone());
+                args.extend(it.next().cloned());
+            }
+        }
         let what = role.map_or_else(String::new, |r| {
             format!(" (key {}, generation {})", r.key, r.generation)
         });
         args.push("-m".into());
         args.push(
             format!(
-                "Fix the build{what}\n\nCommitted on its own by buildlock's commit-retry for agent {},                  the elected fixer, so that the agents waiting for it can take exactly this fix.",
-                self.ctx.agent
+                "Fix the build{what}\n\nCommitted on its own by buildlock's commit-retry for agent \
+                 {}, the elected fixer, so that the agents waiting for it can take exactly this \
+                 fix.{}",
+                self.ctx.agent,
+                self.message()
+                    .map(|m| format!(" The agent was committing:\n\n{m}"))
+                    .unwrap_or_default()
             )
             .into(),
         );
         args
+    }
+
+    /// The agent's commit message, from `-m`/`--message` (paragraphs joined as git does).
+    fn message(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        let mut it = self.args.iter().map(|a| a.to_string_lossy().into_owned());
+        while let Some(a) = it.next() {
+            if a == "--" {
+                break;
+            }
+            if a == "-m" || a == "--message" {
+                parts.extend(it.next());
+            } else if let Some(m) = a.strip_prefix("--message=") {
+                parts.push(m.to_owned());
+            } else if let Some(m) = a.strip_prefix("-m").filter(|_| !a.starts_with("--")) {
+                parts.push(m.to_owned());
+            }
+        }
+        (!parts.is_empty()).then(|| parts.join("\n\n"))
     }
 
     /// Runs `git commit` again, telling the hook about our fixer role and a silence we saw.
