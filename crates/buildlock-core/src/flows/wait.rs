@@ -244,11 +244,21 @@ pub fn taken_over(
     if (first.agent.as_str(), first.pid) == me {
         return None;
     }
+    let first_agent = first.agent.clone();
     let first = Process {
         pid: first.pid,
         host,
         start: crate::os::process::start_time(first.pid),
         token: None,
+    };
+    // Its retry failed differently (another key, with `match = "signature"`): it fixes that
+    // one, and nobody takes this one over unless we do.
+    let fixing_elsewhere = || {
+        store.all().iter().any(|(_, s)| {
+            s.key != key
+                && s.status == Status::Fixing
+                && s.fixer.as_ref().is_some_and(|f| f.agent == first_agent)
+        })
     };
     let deadline = Instant::now() + limit;
     loop {
@@ -263,7 +273,9 @@ pub fn taken_over(
                 .then_some((state.generation, fixer.agent));
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        let gone = !crate::os::process::is_live(&first) || !crate::os::process::running(first.pid);
+        let gone = !crate::os::process::is_live(&first)
+            || !crate::os::process::running(first.pid)
+            || fixing_elsewhere();
         if left.is_zero() || gone || signals::pending().is_some() {
             return None;
         }
