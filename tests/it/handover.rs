@@ -377,3 +377,63 @@ fn a_fix_marked_by_a_hook_run_by_hand_is_not_waited_for_as_a_commit() {
     let out = wait_output(child, Duration::from_secs(30));
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// The documented refresh, when the fix cannot be taken on top of the agent's work: nothing is
+/// lost (it was: `git reset --hard` had run, and the work lived only in an unreachable commit).
+#[test]
+fn the_example_refresh_keeps_the_work_when_it_cannot_finish() {
+    let r = TestRepo::new("");
+    std::fs::write(r.dir.join("dep.rs"), "broken\n").unwrap();
+    std::fs::write(r.dir.join("notes.txt"), "notes\n").unwrap();
+    r.git(&["add", "dep.rs", "notes.txt"]);
+    r.git(&["commit", "-q", "-m", "base", "--no-verify"]);
+    let wt = r.worktree("waiter");
+    // The fix, on main.
+    std::fs::write(r.dir.join("dep.rs"), "fixed\n").unwrap();
+    r.git(&["commit", "-q", "-am", "fix", "--no-verify"]);
+    let fix = text(&r.git(&["rev-parse", "HEAD"]).stdout)
+        .trim()
+        .to_owned();
+    let refresh = |dir: &std::path::Path| {
+        r.cmd("sh", dir)
+            .args([
+                "-c",
+                buildlock_core::flows::fixcommit::REFRESH_TAKING_THE_FIX,
+            ])
+            .env("BUILDLOCK_FIX_COMMIT", &fix)
+            .output()
+            .unwrap()
+    };
+    // 1. The agent's staged change to the very file the fix changes: the work does not apply
+    //    on top of the fix. It is kept in a ref, and the refresh says how to take it back.
+    std::fs::write(wt.join("dep.rs"), "my own change\n").unwrap();
+    r.git_in(&wt, &["add", "dep.rs"]);
+    std::fs::write(wt.join("notes.txt"), "unstaged\n").unwrap();
+    let out = refresh(&wt);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    let kept = err
+        .split("git stash apply --index ")
+        .nth(1)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| panic!("not said how to take the work back: {err}"));
+    let refs = text(
+        &r.git(&[
+            "for-each-ref",
+            "--format=%(objectname)",
+            "refs/buildlock/kept/",
+        ])
+        .stdout,
+    );
+    assert!(refs.contains(&kept), "{refs}");
+    r.git_in(&wt, &["reset", "-q", "--hard", "HEAD~1"]);
+    r.git_in(&wt, &["stash", "apply", "-q", "--index", &kept]);
+    assert_eq!(
+        std::fs::read_to_string(wt.join("dep.rs")).unwrap(),
+        "my own change\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(wt.join("notes.txt")).unwrap(),
+        "unstaged\n"
+    );
+}

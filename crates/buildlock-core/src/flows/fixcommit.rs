@@ -97,4 +97,8 @@ pub fn how_to_take(commit: &str) -> String {
 }
 
 /// A `retry.refresh` that takes the fix commit safely (see [`how_to_take`]).
-pub const REFRESH_TAKING_THE_FIX: &str = r#"[ -z "$BUILDLOCK_FIX_COMMIT" ] || { s=$(git stash create) && git reset -q --hard && git cherry-pick "$BUILDLOCK_FIX_COMMIT" && { [ -z "$s" ] || git stash apply -q --index "$s"; }; }"#;
+/// Kept safe when it cannot finish: the work is saved in a commit of its own, reachable by a ref
+/// of this run (`refs/buildlock/kept/<pid>`) until it is back; a fix that does not apply is
+/// backed out (the work comes back as it was); work that does not apply on top of the fix stays
+/// in that ref, and the refresh says how to take it back.
+pub const REFRESH_TAKING_THE_FIX: &str = r#"[ -z "$BUILDLOCK_FIX_COMMIT" ] || { s=$(git stash create) || exit 1; [ -z "$s" ] || git update-ref "refs/buildlock/kept/$$" "$s" || exit 1; git reset -q --hard; if git cherry-pick "$BUILDLOCK_FIX_COMMIT" >&2; then ok=1; else git cherry-pick --abort; git reset -q --hard; ok=; fi; if [ -n "$s" ]; then if git stash apply -q --index "$s"; then git update-ref -d "refs/buildlock/kept/$$"; else git reset -q --hard; echo "your work is kept as $s (refs/buildlock/kept/$$): git stash apply --index $s" >&2; ok=; fi; fi; [ -n "$ok" ]; }"#;
