@@ -467,21 +467,7 @@ fn a_green_commit_retry_leaves_no_decision_file() {
 /// work follows in a commit of its own, staged exactly as the agent had staged it.
 #[test]
 fn the_fix_is_committed_on_its_own_not_with_the_fixers_work() {
-    let r = TestRepo::new("");
-    let fix = r.shared("fix.sh");
-    std::fs::write(&fix, "echo ok > build.txt\ngit add build.txt\n").unwrap();
-    std::fs::write(
-        r.dir.join(".buildlock.toml"),
-        format!(
-            "check = \"grep -qx ok build.txt\"\n[fix]\ncommand = \"sh {}\"\n",
-            fix.display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(r.dir.join("build.txt"), "broken\n").unwrap();
-    std::fs::write(r.dir.join("notes.txt"), "one\n").unwrap();
-    r.git(&["add", "-A"]);
-    r.git(&["commit", "-q", "-m", "broken build", "--no-verify"]);
+    let r = repo_broken_in_tree("");
     // The agent's work: a new file, and a change staged in part (the rest stays unstaged).
     std::fs::write(r.dir.join("mine.txt"), "my work\n").unwrap();
     std::fs::write(r.dir.join("notes.txt"), "one\ntwo\n").unwrap();
@@ -660,20 +646,7 @@ fn without_the_buildlock_binary_commit_retry_exits_70_and_says_why() {
 /// leaves its staging as it was (a plain `git commit` afterwards still commits the work).
 #[test]
 fn a_fixer_killed_mid_fix_leaves_its_staging_as_it_was() {
-    let r = TestRepo::new("");
-    let fix = r.shared("fix.sh");
-    std::fs::write(&fix, "sleep 30\necho ok > build.txt\ngit add build.txt\n").unwrap();
-    std::fs::write(
-        r.dir.join(".buildlock.toml"),
-        format!(
-            "check = \"grep -qx ok build.txt\"\n[fix]\ncommand = \"sh {}\"\n",
-            fix.display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(r.dir.join("build.txt"), "broken\n").unwrap();
-    r.git(&["add", "-A"]);
-    r.git(&["commit", "-q", "-m", "broken build", "--no-verify"]);
+    let r = repo_broken_in_tree("sleep 30\n");
     r.stage_change(&r.dir, "mine.txt");
     let staged = || text(&r.git(&["diff", "--cached", "--name-only"]).stdout);
     let fixer = commit_retry(&r, &r.dir, "fixer");
@@ -714,11 +687,16 @@ fn a_fixer_with_nothing_staged_is_told_the_build_is_fixed_and_nothing_was_commit
     assert_eq!(r.state()["keys"][0]["status"], "passing");
 }
 
-/// A repository whose build is broken in `build.txt`, and whose fix repairs and stages it.
-fn repo_broken_in_tree() -> TestRepo {
+/// A repository whose build is broken in `build.txt`, and whose fix (after `before`) repairs
+/// and stages it. Also committed: `a.txt` and `notes.txt`.
+fn repo_broken_in_tree(before: &str) -> TestRepo {
     let r = TestRepo::new("");
     let fix = r.shared("fix.sh");
-    std::fs::write(&fix, "echo ok > build.txt\ngit add build.txt\n").unwrap();
+    std::fs::write(
+        &fix,
+        format!("{before}echo ok > build.txt\ngit add build.txt\n"),
+    )
+    .unwrap();
     std::fs::write(
         r.dir.join(".buildlock.toml"),
         format!(
@@ -729,6 +707,7 @@ fn repo_broken_in_tree() -> TestRepo {
     .unwrap();
     std::fs::write(r.dir.join("build.txt"), "broken\n").unwrap();
     std::fs::write(r.dir.join("a.txt"), "a\n").unwrap();
+    std::fs::write(r.dir.join("notes.txt"), "one\n").unwrap();
     r.git(&["add", "-A"]);
     r.git(&["commit", "-q", "-m", "broken build", "--no-verify"]);
     r
@@ -743,7 +722,7 @@ fn files_of(r: &TestRepo, rev: &str) -> String {
 /// to the waiters as the fix).
 #[test]
 fn with_a_pathspec_commit_the_fix_is_committed_on_its_own() {
-    let r = repo_broken_in_tree();
+    let r = repo_broken_in_tree("");
     std::fs::write(r.dir.join("a.txt"), "a changed\n").unwrap();
     let out = r
         .cmd(COMMIT_RETRY, &r.dir)
@@ -765,7 +744,7 @@ fn with_a_pathspec_commit_the_fix_is_committed_on_its_own() {
 /// commit, as before, and says so (it made no commit at all and exited 1).
 #[test]
 fn a_fix_commit_that_git_refuses_goes_with_the_agents_commit() {
-    let r = repo_broken_in_tree();
+    let r = repo_broken_in_tree("");
     let hook = r.dir.join(".git/hooks/commit-msg");
     // The subject must name a ticket (the agent's message body is carried into the fix
     // commit's, which meets a rule that looks anywhere in the message).
@@ -792,7 +771,7 @@ fn a_fix_commit_that_git_refuses_goes_with_the_agents_commit() {
 /// side's changes from its tree). Nothing is split; the merge commit holds the fix.
 #[test]
 fn during_a_merge_the_fix_is_not_committed_apart() {
-    let r = repo_broken_in_tree();
+    let r = repo_broken_in_tree("");
     r.git(&["checkout", "-q", "-b", "side"]);
     std::fs::write(r.dir.join("side.txt"), "side\n").unwrap();
     r.git(&["add", "side.txt"]);

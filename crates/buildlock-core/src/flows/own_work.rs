@@ -272,7 +272,11 @@ fn git_out(worktree: &Path, args: &[&str], index: Option<&Path>) -> Option<Strin
 }
 
 fn git_ok(worktree: &Path, args: &[&str], index: Option<&Path>) -> Result<()> {
-    let out = git(worktree, index).args(args).output()?;
+    succeeded(args, git(worktree, index).args(args).output()?)
+}
+
+/// `Ok` when git succeeded, else its words.
+fn succeeded(args: &[&str], out: std::process::Output) -> Result<()> {
     if !out.status.success() {
         bail!(
             "git {} failed: {}",
@@ -303,38 +307,24 @@ fn git_paths(
             stdin.write_all(b"\0")?;
         }
     }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "git {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    succeeded(args, child.wait_with_output()?)
 }
 
 /// The paths that differ between two trees.
 fn changed(worktree: &Path, from: &str, to: &str) -> Result<Vec<Vec<u8>>> {
-    let out = git(worktree, None)
-        .args([
-            "diff-tree",
-            "-r",
-            "-z",
-            "--no-renames",
-            "--name-only",
-            from,
-            to,
-        ])
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "git diff-tree failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(out
-        .stdout
+    let args = [
+        "diff-tree",
+        "-r",
+        "-z",
+        "--no-renames",
+        "--name-only",
+        from,
+        to,
+    ];
+    let out = git(worktree, None).args(args).output()?;
+    let names = out.stdout.clone();
+    succeeded(&args, out)?;
+    Ok(names
         .split(|&b| b == 0)
         .filter(|p| !p.is_empty())
         .map(<[u8]>::to_vec)

@@ -131,18 +131,24 @@ fn carrying(needle: &str) -> Vec<u32> {
         .collect()
 }
 
+/// The one-letter state of process `pid` (`R`, `S`, `T`, `Z`, …) where `/proc` tells; `Err`
+/// when it cannot be read (no such process, or no `/proc`).
+fn state(pid: u32) -> std::io::Result<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    Ok(stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_owned())
+}
+
 /// Whether process `pid` exists (a zombie counts as gone).
 pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .split_whitespace()
-                .next();
-            state != Some("Z") && state != Some("X")
-        }
+    match state(pid) {
+        Ok(state) => state != "Z" && state != "X",
         // SAFETY: signal 0 only checks for existence.
         Err(_) => pid > 0 && unsafe { libc::kill(pid as libc::pid_t, 0) } == 0,
     }
@@ -151,16 +157,8 @@ pub fn alive(pid: u32) -> bool {
 /// Whether process `pid` runs: alive and not stopped (SIGSTOP, a debugger). Where there is no
 /// `/proc`, alive.
 pub fn running(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .split_whitespace()
-                .next();
-            !matches!(state, Some("Z" | "X" | "T" | "t") | None)
-        }
+    match state(pid) {
+        Ok(state) => !matches!(state.as_str(), "Z" | "X" | "T" | "t" | ""),
         Err(_) => alive(pid),
     }
 }
