@@ -193,16 +193,7 @@ fn commit_retry_takes_the_fix_through_retry_refresh() {
     assert_eq!(out.status.code(), Some(1));
     // The waiter's commit-retry waits for it.
     r.stage_change(waiter, "waiter-work");
-    let child = r
-        .cmd(COMMIT_RETRY, waiter)
-        .args(["-q", "-m", "waiter work"])
-        .env("BUILDLOCK_AGENT", "a1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(eventually(Duration::from_secs(30), || r.state()["keys"][0]
-        ["waiters"]
-        == serde_json::json!(["a1"])));
+    let child = waiting_commit_retry(&r, waiter, "waiter work");
     let fix = commit_fix(&r, fixer, &[]);
     let out = wait_output(child, Duration::from_secs(60));
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -360,16 +351,7 @@ fn a_fix_marked_by_a_hook_run_by_hand_is_not_waited_for_as_a_commit() {
     let (fixer, waiter) = (&trees[0], &trees[1]);
     assert_eq!(r.hook(fixer, "a0").status.code(), Some(1));
     r.stage_change(waiter, "w");
-    let child = r
-        .cmd(COMMIT_RETRY, waiter)
-        .args(["-q", "-m", "w"])
-        .env("BUILDLOCK_AGENT", "a1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(eventually(Duration::from_secs(30), || r.state()["keys"][0]
-        ["waiters"]
-        == serde_json::json!(["a1"])));
+    let child = waiting_commit_retry(&r, waiter, "w");
     std::fs::write(fixer.join("dep.txt"), "ok\n").unwrap();
     std::fs::write(waiter.join("dep.txt"), "ok\n").unwrap();
     r.git_in(waiter, &["add", "dep.txt"]);
@@ -436,4 +418,19 @@ fn the_example_refresh_keeps_the_work_when_it_cannot_finish() {
         std::fs::read_to_string(wt.join("notes.txt")).unwrap(),
         "unstaged\n"
     );
+}
+
+/// commit-retry of agent `a1` in `dir`, once it waits (listed as the key's only waiter).
+fn waiting_commit_retry(r: &TestRepo, dir: &std::path::Path, message: &str) -> std::process::Child {
+    let child = r
+        .cmd(COMMIT_RETRY, dir)
+        .args(["-q", "-m", message])
+        .env("BUILDLOCK_AGENT", "a1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(30), || r.state()["keys"][0]
+        ["waiters"]
+        == serde_json::json!(["a1"])));
+    child
 }

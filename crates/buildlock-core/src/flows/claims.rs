@@ -731,7 +731,7 @@ fn agent_rows(ctx: &Context) -> Vec<AgentRow> {
                 host: fixer.map_or_else(String::new, |f| f.host.clone()),
                 pid: fixer.and_then(|f| f.pid),
                 worktree: seen_as(&name).map(|s| s.worktree.display().to_string()),
-                branch: seen_as(&name).and_then(|s| current_branch(&s.git_dir)),
+                branch: seen_as(&name).and_then(|s| current_branch(s.git_dir.as_deref()?)),
                 agent: name,
             });
         }
@@ -750,7 +750,7 @@ fn agent_rows(ctx: &Context) -> Vec<AgentRow> {
             host: s.host.clone(),
             pid: None,
             worktree: Some(s.worktree.display().to_string()),
-            branch: current_branch(&s.git_dir),
+            branch: s.git_dir.as_deref().and_then(current_branch),
         });
     }
     rows.sort_by(|a, b| a.agent.cmp(&b.agent));

@@ -24,6 +24,8 @@ pub struct Context {
     /// Why the coordination state cannot be used (a coordination dir that is a symlink or
     /// belongs to another user), if so. The check still runs; a failure then exits 70.
     pub unusable: Option<String>,
+    /// The agent was seen before (`seen/<agent>` exists, and this run renewed it).
+    pub seen: bool,
 }
 
 /// Why loading failed: configuration errors have their own exit code.
@@ -66,8 +68,8 @@ impl Context {
             .err()
             .map(|e| format!("{e:#}"));
         // Every buildlock program is a sign of life that renews the agent's claims (one syscall,
-        // which fails at once when the agent holds none).
-        crate::store::registry::touch(&home, &agent);
+        // which fails at once for an agent never seen).
+        let seen = crate::store::registry::touch(&home, &agent);
         Ok(Context {
             repo,
             config,
@@ -75,6 +77,7 @@ impl Context {
             home,
             agent,
             unusable,
+            seen,
         })
     }
 

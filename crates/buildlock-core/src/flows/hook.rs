@@ -115,13 +115,14 @@ impl Hook<'_> {
         let mut seen_silent = env::seen_silent();
         let mut stale_reruns = 0;
         let base = ctx.base();
-        if !bypass && ctx.unusable.is_none() {
-            // Listed by `buildlock agents` from now on (one syscall after the first commit).
+        if !bypass && ctx.unusable.is_none() && !ctx.seen {
+            // The agent's first commit: listed by `buildlock agents` from now on (later commits
+            // only renew it, with the touch every program makes when it loads).
             registry::seen(&ctx.home, &ctx.agent, || registry::Seen {
                 agent: ctx.agent.clone(),
                 host: crate::os::process::hostname(),
                 worktree: ctx.repo.worktree.clone(),
-                git_dir: ctx.repo.git_dir.clone(),
+                git_dir: Some(ctx.repo.git_dir.clone()),
                 last_seen: 0,
             });
         }

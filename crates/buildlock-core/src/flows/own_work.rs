@@ -109,13 +109,13 @@ pub struct OwnWork {
     paths: Vec<Vec<u8>>,
 }
 
-/// An index file holding HEAD plus only the fix: `GIT_INDEX_FILE` for the fix's own commit.
-/// Removed when dropped.
-pub struct FixIndex {
+/// An index file of ours (`GIT_INDEX_FILE`): the fix's own (HEAD plus only the fix), or a copy
+/// of the agent's to write a tree from. Removed when dropped.
+pub struct TempIndex {
     pub path: PathBuf,
 }
 
-impl Drop for FixIndex {
+impl Drop for TempIndex {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
@@ -181,7 +181,7 @@ impl OwnWork {
     /// `git_dir`). `None` when the fix staged nothing (it committed itself, or did nothing), or
     /// staged a path that the own work changes too: then the two cannot be told apart, and
     /// they are committed together, as said here.
-    pub fn fix_index(&self, git_dir: &Path) -> Result<Option<FixIndex>> {
+    pub fn fix_index(&self, git_dir: &Path) -> Result<Option<TempIndex>> {
         let head = git_out(
             &self.worktree,
             &["rev-parse", "--verify", "-q", "HEAD^{tree}"],
@@ -213,7 +213,7 @@ impl OwnWork {
             ));
             return Ok(None);
         }
-        let index = FixIndex {
+        let index = TempIndex {
             path: git_dir.join(format!("{FIX_INDEX}{}", std::process::id())),
         };
         let env = Some(index.path.as_path());
@@ -240,7 +240,7 @@ fn index_tree(worktree: &Path, git_dir: &Path) -> Option<String> {
             let _ = std::fs::remove_file(e.path());
         }
     }
-    let copy = FixIndex {
+    let copy = TempIndex {
         path: git_dir.join(format!("{INDEX_COPY}{}", std::process::id())),
     };
     std::fs::copy(git_dir.join("index"), &copy.path).ok()?;

@@ -22,7 +22,7 @@ use crate::flows::context::{Context, LoadError};
 use crate::flows::decision::{Decision, Verdict};
 use crate::flows::fixcommit;
 use crate::flows::fixer::{self, Assignment, FixEnd, Role, Took};
-use crate::flows::own_work::{FixIndex, OwnWork};
+use crate::flows::own_work::{OwnWork, TempIndex};
 use crate::flows::wait::{self, WaitEnd};
 use crate::os::{env, say, signals, time};
 use crate::protocol::exit;
@@ -215,7 +215,7 @@ impl Retry<'_> {
         let mut own: Option<OwnWork> = None;
         // The fix is staged apart from the own work: the next commit is the fix alone, from
         // this index, with a message of its own.
-        let mut fix_commit_next: Option<FixIndex> = None;
+        let mut fix_commit_next: Option<TempIndex> = None;
         loop {
             let fix_index = fix_commit_next.take();
             let fix_commit = fix_index.is_some();

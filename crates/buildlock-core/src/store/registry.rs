@@ -4,10 +4,9 @@
 //! ```text
 //! registry.json           agents, claims, the claim and slot queues, slot holders (schema'd JSON)
 //! claimed                 present while the registry holds any claim (the guard's one stat)
-//! alive/<agent>           present while the agent holds claims; its mtime is the last sign of life
-//! seen/<agent>            every agent whose commits ran the hook: who it is and where; its mtime
-//!                         is its last commit (so that `buildlock agents` lists agents that claim
-//!                         nothing)
+//! seen/<agent>            every agent that committed through the hook or claimed: who it is and
+//!                         where; its mtime is its last sign of life (renews its claims, and lists
+//!                         it in `buildlock agents` even when it claims nothing)
 //! locks/registry.lock     held for one read-decide-write of the registry (empty, never removed)
 //! locks/slot-<i>.lock     held by the process running a check in slot i, for the whole check
 //! ```
@@ -18,7 +17,7 @@
 //! the guard and the listings do.
 //!
 //! Signs of life cost nothing for an agent without claims: [`touch`] is one `utimensat` on
-//! `alive/<agent>`, which exists only while the agent holds claims (ENOENT otherwise). No lock, no
+//! `seen/<agent>` (ENOENT for an agent never seen, which then holds no claim). No lock, no
 //! write: the next step folds the file's mtime into the agent's `last_seen`.
 //!
 //! Liveness of a slot holder is its flock: the kernel frees it the instant the holder dies, and a
@@ -149,12 +148,12 @@ impl RegistryStore {
         }
     }
 
-    /// Folds `alive/<agent>` mtimes (the agents' touches) into their `last_seen`.
+    /// Folds `seen/<agent>` mtimes (the agents' touches) into their `last_seen`.
     fn fold_touches(&self, reg: &mut Registry) {
         let holders: BTreeSet<String> = reg.claims.iter().map(|c| c.agent.clone()).collect();
         for agent in holders {
             if let (Some(seen), Some(rec)) = (
-                modified_ms(&alive_path(&self.home, &agent)),
+                modified_ms(&seen_path(&self.home, &agent)),
                 reg.agents.get_mut(&agent),
             ) {
                 rec.last_seen = rec.last_seen.max(seen);
@@ -221,16 +220,18 @@ impl RegistryStore {
                     std::fs::write(self.marker(), b"")
                         .with_context(|| format!("cannot create {}", self.marker().display()))?;
                 }
+                // Every holder has a sign of life to renew its claims with.
                 for c in &after.claims {
-                    let alive = alive_path(&self.home, &c.agent);
-                    if !alive.exists() {
-                        if let Some(dir) = alive.parent() {
-                            std::fs::create_dir_all(dir)
-                                .with_context(|| format!("cannot create {}", dir.display()))?;
-                        }
-                        std::fs::write(&alive, b"")
-                            .with_context(|| format!("cannot create {}", alive.display()))?;
-                    }
+                    let holder = after.agents.get(&c.agent);
+                    self::seen(&self.home, &c.agent, || Seen {
+                        agent: c.agent.clone(),
+                        host: holder.map_or_else(process::hostname, |a| a.host.clone()),
+                        worktree: holder
+                            .map(|a| PathBuf::from(&a.worktree))
+                            .unwrap_or_default(),
+                        git_dir: None,
+                        last_seen: 0,
+                    });
                 }
             }
             // A crash of the process leaves the old registry or the new one; a crash of the machine
@@ -241,13 +242,6 @@ impl RegistryStore {
                 Durability::Atomic,
             )?;
             bell(&self.home).ring();
-            // After the write: agents whose claims are all gone stop paying for touches.
-            let holders: BTreeSet<&str> = after.claims.iter().map(|c| c.agent.as_str()).collect();
-            for c in &before.claims {
-                if !holders.contains(c.agent.as_str()) {
-                    let _ = std::fs::remove_file(alive_path(&self.home, &c.agent));
-                }
-            }
             if after.claims.is_empty() && self.any_claims() {
                 let _ = std::fs::remove_file(self.marker());
             }
@@ -287,15 +281,14 @@ impl RegistryStore {
     }
 }
 
-fn alive_path(home: &Path, agent: &str) -> PathBuf {
-    home.join("alive")
-        .join(crate::protocol::key::file_stem(agent))
+fn seen_path(home: &Path, agent: &str) -> PathBuf {
+    seen_dir(home).join(crate::protocol::key::file_stem(agent))
 }
 
-/// A sign of life of `agent`: renews its claims. One `utimensat`, which fails at once (ENOENT)
-/// when the agent holds no claim: the cost for everyone who does not claim is one syscall.
-pub fn touch(home: &Path, agent: &str) {
-    touch_existing(&alive_path(home, agent));
+/// A sign of life of `agent`: renews its claims and keeps it listed. One `utimensat`; `false`
+/// (ENOENT, at once) for an agent never seen, which holds no claim.
+pub fn touch(home: &Path, agent: &str) -> bool {
+    touch_existing(&seen_path(home, agent))
 }
 
 /// An agent known from its commits only (`seen/<agent>`).
@@ -304,8 +297,9 @@ pub struct Seen {
     pub agent: String,
     pub host: String,
     pub worktree: PathBuf,
-    /// The work tree's git dir, where its current branch is read.
-    pub git_dir: PathBuf,
+    /// The work tree's git dir, where its current branch is read (known to the hook).
+    #[serde(default)]
+    pub git_dir: Option<PathBuf>,
     /// The last commit's time (the file's mtime), unix milliseconds.
     #[serde(skip)]
     pub last_seen: crate::os::time::Millis,
@@ -315,11 +309,11 @@ fn seen_dir(home: &Path) -> PathBuf {
     home.join("seen")
 }
 
-/// A commit of `agent` ran the hook: one `utimensat` on `seen/<agent>`; the file is written only
-/// the first time. Best effort: a coordination dir we cannot write costs the commit nothing.
+/// Writes `seen/<agent>` for an agent that has none (see [`touch`], which renews it). Best
+/// effort: a coordination dir we cannot write costs the caller nothing.
 pub fn seen(home: &Path, agent: &str, describe: impl FnOnce() -> Seen) {
-    let path = seen_dir(home).join(crate::protocol::key::file_stem(agent));
-    if touch_existing(&path) {
+    let path = seen_path(home, agent);
+    if path.exists() {
         return;
     }
     let _ = std::fs::create_dir_all(seen_dir(home));
@@ -401,14 +395,15 @@ mod tests {
         let a = store.apply(&claim("a", "x"), LIMITS).unwrap();
         assert!(matches!(a.decision, Decision::Granted { .. }));
         assert!(store.any_claims());
-        assert!(alive_path(dir.path(), "a").exists());
+        assert!(seen_path(dir.path(), "a").exists());
         let b = store.apply(&claim("b", "x"), LIMITS).unwrap();
         assert!(matches!(b.decision, Decision::Refused { .. }));
         let _ = store
             .apply(&Request::Done { who: who("a") }, LIMITS)
             .unwrap();
         assert!(!store.any_claims());
-        assert!(!alive_path(dir.path(), "a").exists());
+        // It stays: the agent's sign of life, whether it claims or not.
+        assert!(seen_path(dir.path(), "a").exists());
         assert!(store.read().agents["a"].done);
     }
 
@@ -421,7 +416,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         touch(dir.path(), "a");
         touch(dir.path(), "nobody");
-        assert!(!alive_path(dir.path(), "nobody").exists());
+        assert!(!seen_path(dir.path(), "nobody").exists());
         assert!(store.read().agents["a"].last_seen > before);
     }
 
