@@ -139,7 +139,7 @@ fn six_plain_commits_one_fix_five_told_the_commit_then_all_land_first_try() {
         .unwrap();
     let recipe = told
         .split('`')
-        .find(|part| part.starts_with("s=$(git stash create)"))
+        .find(|part| part.starts_with("BUILDLOCK_FIX_COMMIT="))
         .unwrap_or_else(|| panic!("no recipe in: {told}"))
         .to_owned();
     let takers: Vec<_> = trees

@@ -88,11 +88,11 @@ pub fn lacking(repo: &Repo, commit: &str) -> Option<String> {
 /// work); `git stash create` keeps the saved work in a commit of this shell's alone.
 pub fn how_to_take(commit: &str) -> String {
     let short = &commit[..commit.len().min(12)];
+    // The very refresh the example config has: it keeps the work also when it cannot finish.
     format!(
         "`git cherry-pick {short}`; with staged or unstaged changes, keep them aside first \
          (never with plain `git stash`, whose stash all worktrees share): \
-         `s=$(git stash create) && git reset -q --hard && git cherry-pick {short} && \
-         {{ [ -z \"$s\" ] || git stash apply -q --index \"$s\"; }}`"
+         `BUILDLOCK_FIX_COMMIT={short} sh -c '{REFRESH_TAKING_THE_FIX}'`"
     )
 }
 
