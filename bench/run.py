@@ -67,7 +67,7 @@ STATE = "state"                # state/<file_stem(key)>.json: one JSON state fil
 LOCKS = "locks"                # locks/election.lock and locks/<file_stem(key)>.fixer
 HISTORY = "history.jsonl"      # one JSON object per event; a "fixed" event has "key" and "ms"
 INSTALLED_BIN = "bin"          # install.sh copies the binaries to <coord>/bin/
-# What commit-retry and the hook print (crates/buildlock-core/src/flows/{retry,hook,wait}.rs):
+# What commit-retry and the hook print (crates/buildlock-core/src/flows/commit/{retry,hook,wait}.rs):
 WAITING = re.compile(r"is fixing; waiting up to|waiting up to .* for the fix")  # the wait began
 RESUMED = re.compile(r"; retrying the commit|; running the check again")          # the wait ended
 PROGRESS = re.compile(r"waiting for `")                                        # progress ticks

@@ -8,8 +8,10 @@
 //! Adding a command is one variant of [`Command`] (its doc comment is its help) and one arm in
 //! [`run`], usually one call into `buildlock_core::flows`.
 
+use buildlock_core::flows::claims::commands as claims;
 use buildlock_core::flows::context::{Context, LoadError};
-use buildlock_core::flows::{ci, claims, demo, doctor, ops};
+use buildlock_core::flows::operator::{doctor, ops};
+use buildlock_core::flows::{ci, demo};
 use buildlock_core::os::say;
 use buildlock_core::protocol::exit;
 use clap::{CommandFactory, Parser, Subcommand};
@@ -158,9 +160,9 @@ fn main() {
     let mut args = std::env::args_os().skip(1);
     if args
         .next()
-        .is_some_and(|a| a == buildlock_core::flows::retry::RESUME_ARG)
+        .is_some_and(|a| a == buildlock_core::flows::commit::retry::RESUME_ARG)
     {
-        std::process::exit(buildlock_core::flows::retry::resume(args.collect()));
+        std::process::exit(buildlock_core::flows::commit::retry::resume(args.collect()));
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

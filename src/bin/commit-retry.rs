@@ -56,5 +56,5 @@ extern "C" fn main(
         }
         _ => {}
     }
-    buildlock_core::flows::retry::front(args)
+    buildlock_core::flows::commit::retry::front(args)
 }

@@ -62,5 +62,5 @@ extern "C" fn main(
     // check we chain may be that framework again, run from elsewhere: its recursion guard
     // ("installed in migration mode") must not fire there.
     buildlock_core::os::env::forget_pre_commit_legacy();
-    buildlock_core::flows::hook::main(args)
+    buildlock_core::flows::commit::hook::main(args)
 }

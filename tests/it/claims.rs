@@ -909,5 +909,5 @@ fn done_means_eight_commits_two_slots() {
 fn the_demo_scene_plays() {
     let tmp = tempfile::tempdir().unwrap();
     let bin = Path::new(BUILDLOCK).parent().unwrap().to_owned();
-    buildlock_core::flows::claims_demo::scene(&tmp.path().canonicalize().unwrap(), &bin).unwrap();
+    buildlock_core::flows::demo::claims::scene(&tmp.path().canonicalize().unwrap(), &bin).unwrap();
 }

@@ -179,7 +179,7 @@ fn commit_retry_takes_the_fix_through_retry_refresh() {
     // The refresh gets BUILDLOCK_FIX_COMMIT and takes the fix; the retry then lands.
     let (r, trees) = committed_breakage(&format!(
         "[retry]\nrefresh = '{}'\n",
-        buildlock_core::flows::fixcommit::REFRESH_TAKING_THE_FIX
+        buildlock_core::flows::commit::fixcommit::REFRESH_TAKING_THE_FIX
     ));
     let (fixer, waiter) = (&trees[0], &trees[1]);
     // The fixer's plain commit elects it.
@@ -380,7 +380,7 @@ fn the_example_refresh_keeps_the_work_when_it_cannot_finish() {
         r.cmd("sh", dir)
             .args([
                 "-c",
-                buildlock_core::flows::fixcommit::REFRESH_TAKING_THE_FIX,
+                buildlock_core::flows::commit::fixcommit::REFRESH_TAKING_THE_FIX,
             ])
             .env("BUILDLOCK_FIX_COMMIT", &fix)
             .output()

@@ -393,23 +393,23 @@ fn assert_is_our_script(hook: &Path, repo: &Path) {
         script.starts_with(&format!("{first}# buildlock-hook")),
         "{script}"
     );
-    let found = buildlock_core::flows::installation::inspect(
+    let found = buildlock_core::flows::operator::installation::inspect(
         hook.parent().unwrap(),
         &repo.join(".git/buildlock"),
     );
     if hook.file_name().unwrap() == "pre-commit" {
         assert_eq!(
             found,
-            buildlock_core::flows::installation::HookInstall::Ours {
+            buildlock_core::flows::operator::installation::HookInstall::Ours {
                 hook: hook.to_owned(),
-                form: buildlock_core::flows::installation::Form::Script
+                form: buildlock_core::flows::operator::installation::Form::Script
             }
         );
     }
 }
 
 fn shell_quote(word: &str) -> String {
-    buildlock_core::flows::installation::shell_quote(word)
+    buildlock_core::flows::operator::installation::shell_quote(word)
 }
 
 /// A repository with one commit at `dir` (which may have spaces and quotes in its path).
@@ -653,11 +653,11 @@ fn uninstall_leaves_no_manager_backup_of_ours_behind() {
         hooks.join("pre-commit.old"),
     )
     .unwrap();
-    let found = buildlock_core::flows::installation::inspect(&hooks, &r.buildlock_dir());
+    let found = buildlock_core::flows::operator::installation::inspect(&hooks, &r.buildlock_dir());
     assert!(
         matches!(
             found,
-            buildlock_core::flows::installation::HookInstall::ManagerReinstalled {
+            buildlock_core::flows::operator::installation::HookInstall::ManagerReinstalled {
                 chained_is_its_own: false,
                 ..
             }
@@ -723,9 +723,9 @@ fn committed_hooks_folder_keeps_working_for_a_teammate_without_buildlock() {
         team
     );
     assert!(matches!(
-        buildlock_core::flows::installation::inspect(&hooks, &r.buildlock_dir()),
-        buildlock_core::flows::installation::HookInstall::Ours {
-            form: buildlock_core::flows::installation::Form::CommittedShim,
+        buildlock_core::flows::operator::installation::inspect(&hooks, &r.buildlock_dir()),
+        buildlock_core::flows::operator::installation::HookInstall::Ours {
+            form: buildlock_core::flows::operator::installation::Form::CommittedShim,
             ..
         }
     ));
@@ -1100,11 +1100,19 @@ fn run_tool(r: &TestRepo, program: &Path, args: &[&str]) -> String {
 }
 
 /// What `buildlock doctor` and the hook will say: the manager reinstalled, and how to recover.
-fn reinstalled(r: &TestRepo) -> (buildlock_core::flows::installation::HookInstall, String) {
-    let found =
-        buildlock_core::flows::installation::inspect(&r.dir.join(".git/hooks"), &r.buildlock_dir());
-    let buildlock_core::flows::installation::HookInstall::ManagerReinstalled {
-        what_to_run, ..
+fn reinstalled(
+    r: &TestRepo,
+) -> (
+    buildlock_core::flows::operator::installation::HookInstall,
+    String,
+) {
+    let found = buildlock_core::flows::operator::installation::inspect(
+        &r.dir.join(".git/hooks"),
+        &r.buildlock_dir(),
+    );
+    let buildlock_core::flows::operator::installation::HookInstall::ManagerReinstalled {
+        what_to_run,
+        ..
     } = &found
     else {
         panic!("not detected: {found:?}")
@@ -1164,7 +1172,10 @@ fn lefthook_install_again_is_detected_and_recovered() {
     // `lefthook install` again (npm install does it): it can read our hook now, and keeps it.
     let said = run_tool(&r, &lefthook, &["install"]);
     assert!(!said.contains("token too long"), "{said}");
-    assert!(!buildlock_core::flows::installation::inspect(&hooks, &r.buildlock_dir()).is_ours());
+    assert!(
+        !buildlock_core::flows::operator::installation::inspect(&hooks, &r.buildlock_dir())
+            .is_ours()
+    );
     assert_is_our_script(&hooks.join("pre-commit.old"), &r.dir);
     let (found, what_to_run) = reinstalled(&r);
     assert!(
@@ -1198,11 +1209,13 @@ fn lefthook_install_again_is_detected_and_recovered() {
     .unwrap();
     r.git(&["add", "lefthook.yml"]);
     assert!(commit(&r, &r.dir, "yml").status.success());
-    let hooks_now = buildlock_core::flows::installation::inspect(&hooks, &r.buildlock_dir());
+    let hooks_now =
+        buildlock_core::flows::operator::installation::inspect(&hooks, &r.buildlock_dir());
     if hooks_now.is_ours() {
         eprintln!("note: this lefthook did not reinstall itself on a changed lefthook.yml");
     } else {
-        let warning = buildlock_core::flows::installation::hook_warning(&hooks, &r.buildlock_dir());
+        let warning =
+            buildlock_core::flows::operator::installation::hook_warning(&hooks, &r.buildlock_dir());
         assert!(warning.is_some(), "{hooks_now:?}");
         recover(&r, &reinstalled(&r).1);
     }
@@ -1272,7 +1285,8 @@ fn pre_commit_install_again_keeps_commits_working_and_is_recovered() {
     std::fs::remove_file(r.shared("STOP")).unwrap();
     assert!(commit(&r, &r.dir, "c").status.success());
 
-    let warning = buildlock_core::flows::installation::hook_warning(&hooks, &r.buildlock_dir());
+    let warning =
+        buildlock_core::flows::operator::installation::hook_warning(&hooks, &r.buildlock_dir());
     assert!(
         warning.is_some_and(|w| w.contains("twice")),
         "the hook has something to say"
@@ -1281,8 +1295,8 @@ fn pre_commit_install_again_keeps_commits_working_and_is_recovered() {
     assert!(
         matches!(
             found,
-            buildlock_core::flows::installation::HookInstall::ManagerReinstalled {
-                manager: Some(buildlock_core::flows::installation::Manager::PreCommit),
+            buildlock_core::flows::operator::installation::HookInstall::ManagerReinstalled {
+                manager: Some(buildlock_core::flows::operator::installation::Manager::PreCommit),
                 chained_is_its_own: true,
                 ..
             }

@@ -19,10 +19,10 @@
 use anyhow::Result;
 use std::path::PathBuf;
 
+use crate::flows::commit::fixcommit;
+use crate::flows::commit::fixer::{self, Assignment, FixEnd, Role, Took};
+use crate::flows::commit::wait::{self, WaitEnd};
 use crate::flows::context::Context;
-use crate::flows::fixcommit;
-use crate::flows::fixer::{self, Assignment, FixEnd, Role, Took};
-use crate::flows::wait::{self, WaitEnd};
 use crate::os::check::{self, Ending};
 use crate::os::{env, say, signals, time};
 use crate::protocol::state::{Event, FixSeen, KeyState, Outcome, Status};

@@ -1,33 +1,36 @@
-//! What the programs do. A flow talks to [`crate::store::Store`], never to a backend.
+//! What the programs do. A flow talks to [`crate::store::Store`], never to a backend; which
+//! backend it has is decided once, in [`context`].
 //!
-//! - [`context`]: what every program loads first (repository, configuration, store, agent);
-//! - [`hook`]: the pre-commit flow; [`retry`]: commit-retry; [`decision`]: what the hook hands
-//!   to commit-retry;
-//! - [`fixer`]: holding a fixer role and running the fix (commit-retry, `buildlock ci`);
-//!   [`own_work`]: the fixer's own staged work, set aside while its fix is committed alone;
-//! - [`fixcommit`]: the fix commit handed to waiters;
-//! - [`wait`]: bounded waiting for a fix; [`lease`]: the fixer's heartbeat;
-//! - [`ci`]: `buildlock ci`, the protocol for a CI step (either backend);
-//! - [`installation`]: is the installed hook ours, and what replaced it (hook managers);
-//! - [`ops`]: the operator's commands; [`doctor`]: `buildlock doctor`; [`demo`]: the demo;
-//! - [`claims`]: claims and agents (`claim`, `unclaim`, `claims`, `agents`, `done`, `wait-for`);
-//!   [`guard`]: the hook's claims guard; [`slots`]: check slots; [`claims_demo`]: the demo's scene.
+//! # The life of a failed commit
+//!
+//! Everything a commit goes through is in [`commit`], in this order:
+//!
+//! 1. [`commit::retry`]: `git commit-retry` runs `git commit` (and re-execs itself through
+//!    `buildlock __commit-retry` where it must be statically linked);
+//! 2. [`commit::hook`]: git runs the pre-commit hook; it loads the [`context`], asks the claims
+//!    guard ([`claims::guard`]) and a check slot ([`claims::slots`]), runs the check; on a failure
+//!    one step under the election lock decides who fixes (the pure state machine in
+//!    `protocol::state`);
+//! 3. [`commit::decision`]: the hook writes what it decided for the commit-retry that started it;
+//! 4. the elected fixer: [`commit::fixer`] holds the role and runs `fix.command`, renewing its
+//!    lease from [`commit::lease`]'s heartbeat; [`commit::own_work`] keeps the fixer's own work out
+//!    of the fix, which [`commit::fixcommit`] records and hands to the waiters;
+//! 5. every other agent: [`commit::wait`] waits for the fix (or for a dead or silent fixer to be
+//!    replaced), then commit-retry takes the fix and commits again.
+//!
+//! [`ci`] is the same protocol for a CI step, without a commit (either backend).
+//!
+//! # Everything else
+//!
+//! - [`claims`]: claims and agents (`claim`, `unclaim`, `claims`, `agents`, `done`, `wait-for`),
+//!   the hook's claims guard, check slots;
+//! - [`operator`]: the operator's commands (`status`, `release`, `reset`, `log`), `doctor`, and
+//!   whether the installed hook is ours;
+//! - [`demo`]: `buildlock demo`, the whole story on a throwaway repository.
 
 pub mod ci;
 pub mod claims;
-pub mod claims_demo;
+pub mod commit;
 pub mod context;
-pub mod decision;
 pub mod demo;
-pub mod doctor;
-pub mod fixcommit;
-pub mod fixer;
-pub mod guard;
-pub mod hook;
-pub mod installation;
-pub mod lease;
-pub mod ops;
-pub mod own_work;
-pub mod retry;
-pub mod slots;
-pub mod wait;
+pub mod operator;

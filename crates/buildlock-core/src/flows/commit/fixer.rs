@@ -13,8 +13,8 @@ use anyhow::{Result, bail};
 use std::ffi::OsString;
 use std::time::Duration;
 
+use crate::flows::commit::lease::Heartbeat;
 use crate::flows::context::Context;
-use crate::flows::lease::Heartbeat;
 use crate::os::check::{self, Ending};
 use crate::os::process::{self, Process, Stopped};
 use crate::os::{env, say, time};

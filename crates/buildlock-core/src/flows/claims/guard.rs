@@ -16,9 +16,9 @@
 use anyhow::Result;
 use std::time::{Duration, Instant};
 
-use crate::flows::claims::{self as cl, FALLBACK};
+use crate::flows::claims::commands::{self as cl, FALLBACK};
+use crate::flows::commit::decision::{Decision, Verdict};
 use crate::flows::context::Context;
-use crate::flows::decision::{Decision, Verdict};
 use crate::os::time::{self, human, rfc3339};
 use crate::os::{changes, env, process, say, signals};
 use crate::protocol::claims::{Blocked, PathConflict, Request};

@@ -14,9 +14,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::flows::commit::hook::chained_hook;
 use crate::flows::context::Context;
-use crate::flows::hook::chained_hook;
-use crate::flows::ops::fixer_liveness;
+use crate::flows::operator::ops::fixer_liveness;
 use crate::os::lock::Lock;
 use crate::out;
 use crate::protocol::exit;
@@ -803,7 +803,7 @@ fn reinstall_hint(ctx: &Context, hook: &Path) -> String {
 
 fn hook_findings(ctx: &Context, r: &mut Report) -> Result<()> {
     let hook = hooks_dir(ctx).join("pre-commit");
-    let found = crate::flows::installation::inspect(&hooks_dir(ctx), &ctx.home);
+    let found = crate::flows::operator::installation::inspect(&hooks_dir(ctx), &ctx.home);
     if found.is_ours() {
         let exec = fs::metadata(&hook).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
         if !exec && !fs::symlink_metadata(&hook).is_ok_and(|m| m.file_type().is_symlink()) {

@@ -18,12 +18,12 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::flows::commit::decision::{Decision, Verdict};
+use crate::flows::commit::fixcommit;
+use crate::flows::commit::fixer::{self, Assignment, FixEnd, Role, Took};
+use crate::flows::commit::own_work::{OwnWork, TempIndex};
+use crate::flows::commit::wait::{self, WaitEnd};
 use crate::flows::context::{Context, LoadError};
-use crate::flows::decision::{Decision, Verdict};
-use crate::flows::fixcommit;
-use crate::flows::fixer::{self, Assignment, FixEnd, Role, Took};
-use crate::flows::own_work::{OwnWork, TempIndex};
-use crate::flows::wait::{self, WaitEnd};
 use crate::os::{env, say, signals, time};
 use crate::protocol::exit;
 use crate::protocol::state::Event;
@@ -313,7 +313,7 @@ impl Retry<'_> {
                     if claim_waits > cfg.retry_attempts {
                         return Ok(exit::BLOCKED);
                     }
-                    match crate::flows::guard::retry_wait(self.ctx, &decision) {
+                    match crate::flows::claims::guard::retry_wait(self.ctx, &decision) {
                         Some(code) => return Ok(code),
                         None => continue,
                     }
@@ -849,7 +849,7 @@ fn run_git(
     Ok(Ran {
         code: code_of(status),
         decision: decision_path,
-        hand_over_failed: tail.contains(crate::flows::decision::HAND_OVER_FAILED),
+        hand_over_failed: tail.contains(crate::flows::commit::decision::HAND_OVER_FAILED),
         lock_contention: tail.contains(".lock': File exists") || tail.contains("cannot lock ref"),
     })
 }

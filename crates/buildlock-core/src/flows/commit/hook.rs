@@ -15,11 +15,11 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::flows::commit::decision::{Decision, Verdict};
+use crate::flows::commit::fixcommit;
+use crate::flows::commit::lease::Heartbeat;
+use crate::flows::commit::wait::{self, WaitEnd};
 use crate::flows::context::{Context, LoadError};
-use crate::flows::decision::{Decision, Verdict};
-use crate::flows::fixcommit;
-use crate::flows::lease::Heartbeat;
-use crate::flows::wait::{self, WaitEnd};
 use crate::os::check::{self, Ending};
 use crate::os::{env, say, signals, time};
 use crate::protocol::state::{Event, FixSeen, KeyState, Lease, Outcome, Status};
@@ -58,7 +58,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     // say so: its checks run twice. Only where a hook is chained (one stat otherwise).
     if chained_hook(&ctx.home).exists() {
         if let Some(warning) =
-            crate::flows::installation::hook_warning(&ctx.repo.hooks_dir(), &ctx.home)
+            crate::flows::operator::installation::hook_warning(&ctx.repo.hooks_dir(), &ctx.home)
         {
             say::warn(warning);
         }
@@ -129,7 +129,7 @@ impl Hook<'_> {
         // Claims guard (issue 12): another agent's exclusive claim refuses (or holds) the commit
         // before any check runs.
         if !bypass {
-            if let Some(code) = crate::flows::guard::in_hook(ctx, self.parent) {
+            if let Some(code) = crate::flows::claims::guard::in_hook(ctx, self.parent) {
                 return code;
             }
         }
@@ -260,7 +260,7 @@ impl Hook<'_> {
             })
             .collect();
         // Check slots (issue 12): at most `check_slots` checks at once; nothing when 0.
-        let _slot = match crate::flows::slots::take(self.ctx, Some(self.parent))
+        let _slot = match crate::flows::claims::slots::take(self.ctx, Some(self.parent))
             .map_err(|e| std::io::Error::other(format!("{e:#}")))?
         {
             Ok(slot) => slot,

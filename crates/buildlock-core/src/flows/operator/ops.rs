@@ -57,7 +57,7 @@ pub fn status_json(ctx: &Context) -> Value {
                        "registered": f.registered,
                        "fix_pid": f.fix_process.as_ref().map(|p| p.pid)})
             });
-            let fix_commit = s.fix.as_ref().and_then(crate::flows::fixcommit::resolve);
+            let fix_commit = s.fix.as_ref().and_then(crate::flows::commit::fixcommit::resolve);
             json!({"key": s.key, "base": base, "status": s.status.as_str(), "generation": s.generation,
                    "fixer": fixer, "signature": s.signature, "log": s.log,
                    "waiters": live_waiters(&s), "changed": rfc3339(s.changed),
@@ -390,7 +390,7 @@ pub fn log(ctx: &Context, as_json: bool, n: usize) -> Result<i32> {
             "stopped_waiting" => "stopped waiting".to_owned(),
             "damaged" => format!("state file was unreadable ({}), rewritten", s("reason")),
             // Claims events (issue 12): claim, release, lapse, done, conflict.
-            other => crate::flows::claims::log_detail(other, e),
+            other => crate::flows::claims::commands::log_detail(other, e),
         };
         let agent = if s("agent").is_empty() {
             "-".to_owned()

@@ -8,6 +8,8 @@
 //! (`buildlock demo | head -1`) and SIGINT/SIGTERM/SIGHUP (the agents, each in its own process
 //! group, are stopped and waited for first, so nothing writes into the directory afterwards).
 
+pub mod claims;
+
 use anyhow::{Context as _, Result, bail};
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
@@ -18,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::flows::ops::sibling;
+use crate::flows::operator::ops::sibling;
 use crate::os::say::{self, OutError};
 use crate::os::{process, signals};
 use crate::out;
@@ -309,7 +311,7 @@ fn story(root: &Path, pre_commit: &Path, commit_retry: &Path, buildlock: &Path) 
         .status();
     step("before anything breaks: a claim, and a commit that waits for it")?;
     let scene = match buildlock.parent() {
-        Some(bin) => crate::flows::claims_demo::scene(root, bin),
+        Some(bin) => crate::flows::demo::claims::scene(root, bin),
         None => Ok(()),
     };
     if let Err(e) = &scene {

@@ -1,4 +1,4 @@
-//! The demo's claims scene (issue 12): a claim conflict resolved by waiting, on a throwaway
+//! The demo's claims scene: a claim conflict resolved by waiting, on a throwaway
 //! repository under `root`.
 //!
 //! `agent-a` claims `src/api/*`; `agent-b`'s commit touching `src/api/x.py` is refused before its
