@@ -27,8 +27,10 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct Lock {
     path: PathBuf,
-    // The guard is forgotten after locking: an flock lives as long as the open file description,
-    // which this value owns, so closing it on drop is the unlock.
+    // fd-lock takes the lock (flock on Unix, LockFileEx on Windows), but its guard borrows the
+    // `RwLock`, so it cannot live in this struct beside it. The guard is forgotten instead: both
+    // kinds of lock last as long as the open file, which this value owns, so closing the file on
+    // drop is the unlock (and a crashed holder's lock is freed by the kernel the same way).
     _file: fd_lock::RwLock<File>,
 }
 
@@ -114,9 +116,7 @@ pub fn holder(path: &Path) -> Option<(u32, bool)> {
         (*kind == "FLOCK" && dev_ino.rsplit(':').next()?.parse::<u64>().ok()? == ino)
             .then(|| pid.parse().ok())?
     })?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let state = stat.rsplit(')').next()?.split_whitespace().next()?;
-    Some((pid, state == "T" || state == "t"))
+    Some((pid, crate::os::process::stat(pid).ok()?.stopped()))
 }
 
 /// Whether nobody holds the lock at `path` right now. A missing file is free.

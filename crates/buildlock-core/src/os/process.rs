@@ -32,10 +32,65 @@ pub fn hostname() -> String {
 
 /// The kernel's start time of `pid` in clock ticks since boot, where the OS tells it (Linux).
 pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields are counted after the last ')'.
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
+    stat(pid).ok().map(|s| s.start)
+}
+
+/// What `/proc/<pid>/stat` says of a process: the one reader of that file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stat {
+    /// The one-letter state: `R`, `S`, `D`, `T` (stopped), `t` (traced), `Z` (zombie), `X`, …
+    pub state: String,
+    /// The process group.
+    pub pgrp: u32,
+    /// Start time in clock ticks since boot (field 22).
+    pub start: u64,
+}
+
+impl Stat {
+    /// Parses the text of `/proc/<pid>/stat`. The command name (field 2) may hold spaces and
+    /// parentheses, so fields are counted after the last `)`.
+    pub fn parse(text: &str) -> Option<Stat> {
+        let after = &text[text.rfind(')')? + 1..];
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        Some(Stat {
+            state: (*fields.first()?).to_owned(),
+            pgrp: fields.get(2)?.parse().ok()?,
+            start: fields.get(19)?.parse().ok()?,
+        })
+    }
+
+    /// A zombie or a dead process runs nothing and holds nothing.
+    pub fn gone(&self) -> bool {
+        matches!(self.state.as_str(), "Z" | "X")
+    }
+
+    /// Stopped by a signal (SIGSTOP) or a debugger.
+    pub fn stopped(&self) -> bool {
+        matches!(self.state.as_str(), "T" | "t")
+    }
+}
+
+/// Reads `/proc/<pid>/stat`: `Err` when there is no such process, or no `/proc`.
+pub fn stat(pid: u32) -> std::io::Result<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    Stat::parse(&text).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("/proc/{pid}/stat: unexpected contents"),
+        )
+    })
+}
+
+/// Every process `/proc` lists, with its stat.
+fn all_processes() -> Vec<(u32, Stat)> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, stat(pid).ok()?)))
+        .collect()
 }
 
 /// What [`stop_group`] found and did.
@@ -112,43 +167,19 @@ pub fn stop_group(p: &Process, grace: Duration) -> Stopped {
 
 /// The process groups of the live processes whose environment holds `needle`.
 fn carrying(needle: &str) -> Vec<u32> {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    procs
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            if pid == std::process::id() || !environ_has(pid, needle) {
-                return None;
-            }
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            let mut fields = stat.rsplit(')').next()?.split_whitespace();
-            let state = fields.next()?;
-            let pgrp: u32 = fields.nth(1)?.parse().ok()?;
-            (state != "Z" && state != "X").then_some(pgrp)
+    all_processes()
+        .into_iter()
+        .filter(|(pid, stat)| {
+            *pid != std::process::id() && !stat.gone() && environ_has(*pid, needle)
         })
+        .map(|(_, stat)| stat.pgrp)
         .collect()
-}
-
-/// The one-letter state of process `pid` (`R`, `S`, `T`, `Z`, …) where `/proc` tells; `Err`
-/// when it cannot be read (no such process, or no `/proc`).
-fn state(pid: u32) -> std::io::Result<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    Ok(stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_owned())
 }
 
 /// Whether process `pid` exists (a zombie counts as gone).
 pub fn alive(pid: u32) -> bool {
-    match state(pid) {
-        Ok(state) => state != "Z" && state != "X",
+    match stat(pid) {
+        Ok(stat) => !stat.gone(),
         // SAFETY: signal 0 only checks for existence.
         Err(_) => pid > 0 && unsafe { libc::kill(pid as libc::pid_t, 0) } == 0,
     }
@@ -157,8 +188,8 @@ pub fn alive(pid: u32) -> bool {
 /// Whether process `pid` runs: alive and not stopped (SIGSTOP, a debugger). Where there is no
 /// `/proc`, alive.
 pub fn running(pid: u32) -> bool {
-    match state(pid) {
-        Ok(state) => !matches!(state.as_str(), "Z" | "X" | "T" | "t" | ""),
+    match stat(pid) {
+        Ok(stat) => !stat.gone() && !stat.stopped(),
         Err(_) => alive(pid),
     }
 }
@@ -171,19 +202,10 @@ fn environ_has(pid: u32, needle: &str) -> bool {
 
 /// The live (non-zombie) processes of group `pgid`.
 fn group_members(pgid: u32) -> Vec<u32> {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    procs
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            let mut fields = stat.rsplit(')').next()?.split_whitespace();
-            let state = fields.next()?;
-            let pgrp: u32 = fields.nth(1)?.parse().ok()?;
-            (pgrp == pgid && state != "Z" && state != "X").then_some(pid)
-        })
+    all_processes()
+        .into_iter()
+        .filter(|(_, stat)| stat.pgrp == pgid && !stat.gone())
+        .map(|(pid, _)| pid)
         .collect()
 }
 
@@ -228,6 +250,34 @@ pub fn me() -> Process {
         host: hostname(),
         start: start_time(pid),
         token: None,
+    }
+}
+
+#[cfg(test)]
+mod stat_tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_counted_after_the_last_parenthesis() {
+        let text = "4242 (a) b (c) d) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 \
+                    987654 1000 100 18446744073709551615";
+        assert_eq!(
+            Stat::parse(text),
+            Some(Stat {
+                state: "S".into(),
+                pgrp: 4242,
+                start: 987654
+            })
+        );
+        assert_eq!(Stat::parse("4242 (sh"), None);
+        assert_eq!(Stat::parse("4242 (sh) S 1"), None);
+    }
+
+    #[test]
+    fn this_process_reads_as_running_with_its_own_start_time() {
+        let me = stat(std::process::id()).unwrap();
+        assert!(!me.gone() && !me.stopped());
+        assert_eq!(Some(me.start), start_time(std::process::id()));
     }
 }
 
