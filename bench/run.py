@@ -905,7 +905,7 @@ def spread(s, lo="p25", hi="p75"):
 
 
 def goal_rows(res):
-    """(figure, goal, value, meets) for every row of issue 10's table, from one run's results."""
+    """(figure, goal, value, meets) for every row of the goals table, from one run's results."""
     rows = []
     g = res.get("green", {}).get("variants", {})
 
@@ -936,9 +936,9 @@ def goal_rows(res):
     w = res.get("wake", {})
     for n, r in w.items():
         s = r["cpu_pct_all"]
-        stated = n == "64"  # the issue states the goal at 64 waiters
+        stated = n == "64"  # the goal is stated at 64 waiters
         rows.append((f"{n} agents waiting: CPU of all waiters together",
-                     "≤ 1 % of a core" if stated else "— (issue: ≤ 1 % at 64)",
+                     "≤ 1 % of a core" if stated else "— (goal: ≤ 1 % at 64)",
                      f"**{s['median']:.2f} %** ({s['min']:.2f}–{s['max']:.2f} over {s['n']} runs)",
                      s["median"] <= 1.0 if stated else None))
     for n, r in w.items():
@@ -992,7 +992,7 @@ def render_run(res, title="Run"):
                                               if m["quick"] else ""),
            f"- load average (1 min) before / after: {m['load_before']} / {m['load_after']}; took {m['took_s']:.0f} s",
            ""]
-    out += ["| figure (issue 10) | goal | measured | meets |", "|---|---|---|---|"]
+    out += ["| figure | goal | measured | meets |", "|---|---|---|---|"]
     for fig, goal, val, ok in goal_rows(res):
         out.append(f"| {fig} | {goal} | {val} | {'yes' if ok else 'no' if ok is False else '—'} |")
     g = res.get("green")
@@ -1110,7 +1110,7 @@ DOC_METHOD = """## What is measured, and how
   clock reading, the state dir's inotify events included. p50, p99 and max over all waiters of
   all runs, and the max of each run. *Every waiter committed*: from the mark to the last
   waiter's "committed" line (their retries are spread over up to a second on purpose, see
-  README *How it works*), per run.
+  docs/design.md), per run.
 - **Takeover**: a fixer (`commit-retry` running a long `fix.command`) is SIGKILLed while one
   waiter waits; the delay until the waiter's own fix starts (it first stops the orphaned fix).
 """
@@ -1127,7 +1127,7 @@ def write_doc(path: Path, res):
             except ValueError:
                 log(f"{path}: the stored runs are unreadable; starting afresh")
     runs = (runs + [res])[-2:]
-    out = [DOC_INTRO, "## Against the goals of issue 10", ""]
+    out = [DOC_INTRO, "## Against the goals", ""]
     tables = [goal_rows(r) for r in runs]
     heads = [f"{r['meta']['date']}{' (quick)' if r['meta']['quick'] else ''}" for r in runs]
     out += ["| figure | goal | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(runs)]

@@ -154,7 +154,7 @@ pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
     Ok(exit::OK)
 }
 
-/// The counters, each with what it counts (`protocol/ledger.rs` and the README define the same).
+/// The counters, each with what it counts (`protocol/ledger.rs` and docs/operating.md define the same).
 fn totals(ctx: &Context) -> Result<()> {
     let t = ctx.store.totals();
     let plural = |count: u64, one: &str, many: &str| {
