@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What the claims guard costs the hook (issue 12), paired, on one repository with many files.
+"""What the claims guard costs the hook, paired, on one repository with many files.
 
     python3 bench/guard.py [PRE_COMMIT] [FILES] [ROUNDS]
 

@@ -389,7 +389,7 @@ pub fn log(ctx: &Context, as_json: bool, n: usize) -> Result<i32> {
             "fix_commit" => format!("the fix is commit {}", short(s("commit"))),
             "stopped_waiting" => "stopped waiting".to_owned(),
             "damaged" => format!("state file was unreadable ({}), rewritten", s("reason")),
-            // Claims events (issue 12): claim, release, lapse, done, conflict.
+            // Claims events: claim, release, lapse, done, conflict.
             other => crate::flows::claims::commands::log_detail(other, e),
         };
         let agent = if s("agent").is_empty() {
