@@ -156,6 +156,8 @@ enum Command {
 }
 
 fn main() {
+    // Every command may write state or history: past `ulimit -f` a write fails, it never kills.
+    buildlock_core::os::signals::survive_file_size_limit();
     // commit-retry's second half (it execs us after a first commit that did not simply pass).
     let mut args = std::env::args_os().skip(1);
     if args

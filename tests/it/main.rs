@@ -12,5 +12,6 @@ mod hook;
 mod install;
 mod race;
 mod remote;
+mod resource_limits;
 mod retry;
 mod stress;
