@@ -1,10 +1,10 @@
-//! Integration tests: the real binaries on real temporary repositories.
+//! Integration tests: the real binaries on real temporary repositories. Each file is named by the
+//! behaviour it tests; what they share is in `harness.rs`.
 
 mod claims;
 mod cli;
+mod election;
 mod faults;
-mod fixer_cases;
-mod fixer_defects;
 mod handover;
 mod harness;
 mod help;
@@ -13,4 +13,7 @@ mod install;
 mod race;
 mod remote;
 mod retry;
+mod stale;
+mod state;
 mod stress;
+mod takeover;
