@@ -7,14 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn bl(r: &TestRepo, dir: &Path, agent: &str, args: &[&str]) -> Output {
-    r.cmd(BUILDLOCK, dir)
-        .env("BUILDLOCK_AGENT", agent)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn spawn_bl(r: &TestRepo, dir: &Path, agent: &str, args: &[&str]) -> Child {
     r.cmd(BUILDLOCK, dir)
         .env("BUILDLOCK_AGENT", agent)
@@ -30,13 +22,17 @@ fn code(o: &Output) -> Option<i32> {
 }
 
 fn claims_json(r: &TestRepo) -> serde_json::Value {
-    let o = bl(r, &r.dir, "observer", &["claims", "--json"]);
-    serde_json::from_slice(&o.stdout).unwrap()
+    let o = r
+        .buildlock(&r.dir, "observer", &["claims", "--json"])
+        .success();
+    serde_json::from_slice(&o.get_output().stdout).unwrap()
 }
 
 fn agents_json(r: &TestRepo) -> serde_json::Value {
-    let o = bl(r, &r.dir, "observer", &["agents", "--json"]);
-    serde_json::from_slice(&o.stdout).unwrap()
+    let o = r
+        .buildlock(&r.dir, "observer", &["agents", "--json"])
+        .success();
+    serde_json::from_slice(&o.get_output().stdout).unwrap()
 }
 
 /// A repository with the given config and a few files, committed.
@@ -60,20 +56,19 @@ fn repo(config: &str) -> TestRepo {
 #[test]
 fn exclusive_refuses_overlap_and_names_the_holder() {
     let r = repo("");
-    let a = bl(&r, &r.dir, "a1", &["claim", "src/api/*"]);
-    assert_eq!(code(&a), Some(0), "{}", text(&a.stderr));
-    let b = bl(&r, &r.dir, "a2", &["claim", "src/api/x.py"]);
-    assert_eq!(code(&b), Some(75), "{}", text(&b.stderr));
-    let err = text(&b.stderr);
-    assert!(err.contains("`a1` holds `src/api/*`"), "{err}");
-    assert!(err.contains("until 20"), "{err}");
-    assert!(err.contains("claim --wait"), "what to do: {err}");
+    r.buildlock(&r.dir, "a1", &["claim", "src/api/*"]).code(0);
+    // Refused, naming the holder, its term and what to do.
+    r.buildlock(&r.dir, "a2", &["claim", "src/api/x.py"])
+        .code(75)
+        .stderr(
+            contains("`a1` holds `src/api/*`")
+                .and(contains("until 20"))
+                .and(contains("claim --wait")),
+        );
     // Disjoint paths and one's own paths are fine.
-    assert_eq!(code(&bl(&r, &r.dir, "a2", &["claim", "docs/"])), Some(0));
-    assert_eq!(
-        code(&bl(&r, &r.dir, "a1", &["claim", "src/api/x.py"])),
-        Some(0)
-    );
+    r.buildlock(&r.dir, "a2", &["claim", "docs/"]).code(0);
+    r.buildlock(&r.dir, "a1", &["claim", "src/api/x.py"])
+        .code(0);
     let c = claims_json(&r);
     assert_eq!(c["claims"].as_array().unwrap().len(), 3, "{c}");
     assert!(r.history_events().contains(&"conflict".to_owned()));
@@ -82,36 +77,26 @@ fn exclusive_refuses_overlap_and_names_the_holder() {
 #[test]
 fn shared_claims_coexist_and_keep_exclusive_claims_out() {
     let r = repo("");
-    assert_eq!(
-        code(&bl(&r, &r.dir, "r1", &["claim", "--shared", "docs"])),
-        Some(0)
-    );
-    assert_eq!(
-        code(&bl(&r, &r.dir, "r2", &["claim", "--shared", "docs/d.md"])),
-        Some(0)
-    );
-    let w = bl(&r, &r.dir, "w", &["claim", "docs/*"]);
-    assert_eq!(code(&w), Some(75));
-    let err = text(&w.stderr);
-    assert!(err.contains("`r1`") && err.contains("`r2`"), "{err}");
+    r.buildlock(&r.dir, "r1", &["claim", "--shared", "docs"])
+        .code(0);
+    r.buildlock(&r.dir, "r2", &["claim", "--shared", "docs/d.md"])
+        .code(0);
+    r.buildlock(&r.dir, "w", &["claim", "docs/*"])
+        .code(75)
+        .stderr(contains("`r1`").and(contains("`r2`")));
     // Once both readers are done, the writer gets it.
-    assert_eq!(code(&bl(&r, &r.dir, "r1", &["done"])), Some(0));
-    assert_eq!(
-        code(&bl(&r, &r.dir, "r2", &["unclaim", "docs/d.md"])),
-        Some(0)
-    );
-    assert_eq!(code(&bl(&r, &r.dir, "w", &["claim", "docs/*"])), Some(0));
+    r.buildlock(&r.dir, "r1", &["done"]).code(0);
+    r.buildlock(&r.dir, "r2", &["unclaim", "docs/d.md"]).code(0);
+    r.buildlock(&r.dir, "w", &["claim", "docs/*"]).code(0);
     // ... and now a reader is refused.
-    assert_eq!(
-        code(&bl(&r, &r.dir, "r3", &["claim", "--shared", "docs/d.md"])),
-        Some(75)
-    );
+    r.buildlock(&r.dir, "r3", &["claim", "--shared", "docs/d.md"])
+        .code(75);
 }
 
 #[test]
 fn the_queue_goes_by_priority_then_arrival() {
     let r = repo("");
-    assert_eq!(code(&bl(&r, &r.dir, "holder", &["claim", "src/"])), Some(0));
+    r.buildlock(&r.dir, "holder", &["claim", "src/"]).code(0);
     let order = r.shared("order");
     let mut children = Vec::new();
     // Arrive in this order; expected service: p1, p3a, p3b, p5.
@@ -148,7 +133,7 @@ fn the_queue_goes_by_priority_then_arrival() {
         .unwrap();
     assert_eq!(p5["state"], "blocked", "{agents}");
     assert_eq!(p5["priority"], 5);
-    assert_eq!(code(&bl(&r, &r.dir, "holder", &["done"])), Some(0));
+    r.buildlock(&r.dir, "holder", &["done"]).code(0);
     for c in children {
         let out = wait_output(c, Duration::from_secs(60));
         assert!(out.status.success(), "{}", text(&out.stderr));
@@ -164,60 +149,49 @@ fn the_queue_goes_by_priority_then_arrival() {
 #[test]
 fn a_wait_runs_out_and_leaves_the_queue() {
     let r = repo("");
-    assert_eq!(code(&bl(&r, &r.dir, "h", &["claim", "src/"])), Some(0));
+    r.buildlock(&r.dir, "h", &["claim", "src/"]).code(0);
     let start = Instant::now();
-    let w = bl(&r, &r.dir, "w", &["claim", "--wait", "300ms", "src/x"]);
-    assert_eq!(code(&w), Some(75), "{}", text(&w.stderr));
+    r.buildlock(&r.dir, "w", &["claim", "--wait", "300ms", "src/x"])
+        .code(75)
+        .stderr(contains("left the queue"));
     assert!(start.elapsed() >= Duration::from_millis(300));
-    assert!(text(&w.stderr).contains("left the queue"));
     assert_eq!(claims_json(&r)["queue"].as_array().unwrap().len(), 0);
 }
 
 #[test]
 fn claims_lapse_after_ttl_without_a_sign_of_life_and_at_their_term() {
     let r = repo("[claims]\nttl = \"1s\"\n");
-    assert_eq!(code(&bl(&r, &r.dir, "a", &["claim", "src/"])), Some(0));
-    assert_eq!(code(&bl(&r, &r.dir, "b", &["claim", "src/x"])), Some(75));
+    r.buildlock(&r.dir, "a", &["claim", "src/"]).code(0);
+    r.buildlock(&r.dir, "b", &["claim", "src/x"]).code(75);
     // A sign of life of `a` (any buildlock program) renews it.
     std::thread::sleep(Duration::from_millis(600));
-    let _ = bl(&r, &r.dir, "a", &["status"]);
+    r.buildlock(&r.dir, "a", &["status"]).success();
     std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(
-        code(&bl(&r, &r.dir, "b", &["claim", "src/x"])),
-        Some(75),
-        "renewed by status"
-    );
+    // Renewed by status.
+    r.buildlock(&r.dir, "b", &["claim", "src/x"]).code(75);
     std::thread::sleep(Duration::from_millis(1100));
-    let b = bl(&r, &r.dir, "b", &["claim", "src/x"]);
-    assert_eq!(code(&b), Some(0), "lapsed: {}", text(&b.stderr));
+    // Lapsed.
+    r.buildlock(&r.dir, "b", &["claim", "src/x"]).code(0);
     let h = std::fs::read_to_string(r.buildlock_dir().join("history.jsonl")).unwrap();
     assert!(
         h.contains("\"event\":\"lapse\"") && h.contains("\"reason\":\"ttl\""),
         "{h}"
     );
     // --for: a fixed term, longer than the ttl, not cut by silence.
-    assert_eq!(
-        code(&bl(&r, &r.dir, "c", &["claim", "--for", "2500ms", "docs/"])),
-        Some(0)
-    );
+    r.buildlock(&r.dir, "c", &["claim", "--for", "2500ms", "docs/"])
+        .code(0);
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(
-        code(&bl(&r, &r.dir, "d", &["claim", "docs/d.md"])),
-        Some(75),
-        "within its term"
-    );
+    // Within its term.
+    r.buildlock(&r.dir, "d", &["claim", "docs/d.md"]).code(75);
     std::thread::sleep(Duration::from_millis(1200));
-    assert_eq!(
-        code(&bl(&r, &r.dir, "d", &["claim", "docs/d.md"])),
-        Some(0),
-        "after its term"
-    );
+    // After its term.
+    r.buildlock(&r.dir, "d", &["claim", "docs/d.md"]).code(0);
 }
 
 #[test]
 fn every_bad_input_is_refused_clearly_and_changes_nothing() {
     let r = repo("");
-    assert_eq!(code(&bl(&r, &r.dir, "h", &["claim", "docs/"])), Some(0));
+    r.buildlock(&r.dir, "h", &["claim", "docs/"]).code(0);
     let snapshot = || {
         (
             std::fs::read(r.buildlock_dir().join("registry.json")).unwrap(),
@@ -258,50 +232,39 @@ fn every_bad_input_is_refused_clearly_and_changes_nothing() {
         (vec!["claims", "x"], "unexpected argument"),
     ];
     for (args, says) in cases {
-        let o = bl(&r, &r.dir, "bad", &args);
-        assert_eq!(code(&o), Some(2), "{args:?}: {}", text(&o.stderr));
-        assert!(
-            text(&o.stderr).contains(says),
-            "{args:?} should say {says:?}: {}",
-            text(&o.stderr)
-        );
+        r.buildlock(&r.dir, "bad", &args)
+            .code(2)
+            .stderr(contains(says));
         assert_eq!(snapshot(), before, "{args:?} changed something");
     }
     // A bad BUILDLOCK_PRIORITY is a usage error too, naming the variable.
-    let o = r
-        .cmd(BUILDLOCK, &r.dir)
+    r.cmd(BUILDLOCK, &r.dir)
         .env("BUILDLOCK_AGENT", "bad")
         .env("BUILDLOCK_PRIORITY", "0")
         .args(["claim", "src/"])
-        .output()
-        .unwrap();
-    assert_eq!(code(&o), Some(2));
-    assert!(
-        text(&o.stderr).contains("BUILDLOCK_PRIORITY"),
-        "{}",
-        text(&o.stderr)
-    );
+        .assert()
+        .code(2)
+        .stderr(contains("BUILDLOCK_PRIORITY"));
     assert_eq!(snapshot(), before);
     // A configuration error is 78.
     std::fs::write(r.dir.join(".buildlock.toml"), "[claims]\nttl = \"ten\"\n").unwrap();
-    let o = bl(&r, &r.dir, "bad", &["claim", "src/"]);
-    assert_eq!(code(&o), Some(78), "{}", text(&o.stderr));
-    assert!(text(&o.stderr).contains("claims.ttl"));
+    r.buildlock(&r.dir, "bad", &["claim", "src/"])
+        .code(78)
+        .stderr(contains("claims.ttl"));
     assert_eq!(snapshot(), before);
 }
 
 #[test]
 fn wait_for_returns_when_the_agent_is_done_or_times_out() {
     let r = repo("");
-    assert_eq!(code(&bl(&r, &r.dir, "worker", &["claim", "src/"])), Some(0));
-    let o = bl(
-        &r,
+    r.buildlock(&r.dir, "worker", &["claim", "src/"]).code(0);
+    r.buildlock(
         &r.dir,
         "boss",
         &["wait-for", "worker", "--timeout", "300ms"],
-    );
-    assert_eq!(code(&o), Some(75), "{}", text(&o.stderr));
-    assert!(text(&o.stderr).contains("`worker`"));
+    )
+    .code(75)
+    .stderr(contains("`worker`"));
     let waiter = spawn_bl(
         &r,
         &r.dir,
@@ -310,7 +273,7 @@ fn wait_for_returns_when_the_agent_is_done_or_times_out() {
     );
     std::thread::sleep(Duration::from_millis(300));
     let done_at = Instant::now();
-    assert_eq!(code(&bl(&r, &r.dir, "worker", &["done"])), Some(0));
+    r.buildlock(&r.dir, "worker", &["done"]).code(0);
     let out = wait_output(waiter, Duration::from_secs(60));
     let took = done_at.elapsed();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -354,7 +317,7 @@ fn an_agent_that_only_commits_is_listed_until_its_ttl() {
         std::fs::canonicalize(ana["worktree"].as_str().unwrap()).unwrap(),
         std::fs::canonicalize(&wt).unwrap()
     );
-    let table = text(&bl(&r, &r.dir, "observer", &["agents"]).stdout);
+    let table = stdout_of(&r.buildlock(&r.dir, "observer", &["agents"]));
     assert!(
         table
             .lines()
@@ -488,7 +451,7 @@ fn guarded() -> (TestRepo, PathBuf) {
     (r, ran)
 }
 
-fn commit(r: &TestRepo, agent: &str, args: &[&str]) -> Output {
+fn guarded_commit(r: &TestRepo, agent: &str, args: &[&str]) -> Output {
     r.cmd("git", &r.dir)
         .env("BUILDLOCK_AGENT", agent)
         .arg("commit")
@@ -500,10 +463,8 @@ fn commit(r: &TestRepo, agent: &str, args: &[&str]) -> Output {
 #[test]
 fn the_guard_refuses_every_form_of_commit_that_touches_a_claim() {
     let (r, ran) = guarded();
-    assert_eq!(
-        code(&bl(&r, &r.dir, "holder", &["claim", "src/api/*"])),
-        Some(0)
-    );
+    r.buildlock(&r.dir, "holder", &["claim", "src/api/*"])
+        .code(0);
     let refused = |what: &str, out: &Output| {
         let err = text(&out.stderr);
         assert_eq!(
@@ -527,57 +488,55 @@ fn the_guard_refuses_every_form_of_commit_that_touches_a_claim() {
     // Plain commit of a staged change.
     std::fs::write(r.dir.join("src/api/x.py"), "changed\n").unwrap();
     r.git(&["add", "src/api/x.py"]);
-    let o = commit(&r, "b", &["-m", "plain"]);
+    let o = guarded_commit(&r, "b", &["-m", "plain"]);
     refused("plain commit", &o);
     assert!(text(&o.stderr).contains("src/api/x.py"));
     reset();
     // commit -a: the change is not staged; git hands the hook index.lock.
     std::fs::write(r.dir.join("src/api/x.py"), "changed\n").unwrap();
-    refused("commit -a", &commit(&r, "b", &["-a", "-m", "all"]));
+    refused("commit -a", &guarded_commit(&r, "b", &["-a", "-m", "all"]));
     reset();
     // commit -- path: only that path is committed (next-index-<pid>.lock).
     std::fs::write(r.dir.join("src/api/x.py"), "changed\n").unwrap();
     std::fs::write(r.dir.join("src/other.py"), "changed\n").unwrap();
     refused(
         "commit -- path",
-        &commit(&r, "b", &["-m", "only", "--", "src/api/x.py"]),
+        &guarded_commit(&r, "b", &["-m", "only", "--", "src/api/x.py"]),
     );
     // ... and the same work tree committing only the unclaimed path passes, although a claimed
     // change is staged in the default index.
     r.git(&["add", "src/api/x.py"]);
-    let o = commit(&r, "b", &["-m", "only other", "--", "src/other.py"]);
+    let o = guarded_commit(&r, "b", &["-m", "only other", "--", "src/other.py"]);
     assert_eq!(code(&o), Some(0), "{}", text(&o.stderr));
     assert!(ran.exists(), "the check ran");
     reset();
     // A rename out of the claim counts its old path; into the claim, its new one.
     r.git(&["mv", "src/api/x.py", "src/moved.py"]);
-    refused("rename out", &commit(&r, "b", &["-m", "mv out"]));
+    refused("rename out", &guarded_commit(&r, "b", &["-m", "mv out"]));
     reset();
     r.git(&["mv", "src/other.py", "src/api/other.py"]);
-    refused("rename in", &commit(&r, "b", &["-m", "mv in"]));
+    refused("rename in", &guarded_commit(&r, "b", &["-m", "mv in"]));
     reset();
     // A deletion.
     r.git(&["rm", "-q", "src/api/y.py"]);
-    refused("deletion", &commit(&r, "b", &["-m", "rm"]));
+    refused("deletion", &guarded_commit(&r, "b", &["-m", "rm"]));
     reset();
     // The holder itself commits to its claim; others commit elsewhere.
     std::fs::write(r.dir.join("src/api/x.py"), "mine\n").unwrap();
     r.git(&["add", "-A"]);
-    let o = commit(&r, "holder", &["-m", "own"]);
+    let o = guarded_commit(&r, "holder", &["-m", "own"]);
     assert_eq!(code(&o), Some(0), "{}", text(&o.stderr));
     std::fs::write(r.dir.join("docs/d.md"), "free\n").unwrap();
     r.git(&["add", "-A"]);
-    let o = commit(&r, "b", &["-m", "elsewhere"]);
+    let o = guarded_commit(&r, "b", &["-m", "elsewhere"]);
     assert_eq!(code(&o), Some(0), "{}", text(&o.stderr));
     // A shared claim does not stop a commit.
-    assert_eq!(
-        code(&bl(&r, &r.dir, "reader", &["claim", "--shared", "docs/"])),
-        Some(0)
-    );
+    r.buildlock(&r.dir, "reader", &["claim", "--shared", "docs/"])
+        .code(0);
     std::fs::write(r.dir.join("docs/d.md"), "again\n").unwrap();
     r.git(&["add", "-A"]);
     assert_eq!(
-        code(&commit(&r, "b", &["-m", "under a read claim"])),
+        code(&guarded_commit(&r, "b", &["-m", "under a read claim"])),
         Some(0)
     );
     // claims.guard = false turns it off.
@@ -589,16 +548,17 @@ fn the_guard_refuses_every_form_of_commit_that_touches_a_claim() {
     .unwrap();
     std::fs::write(r.dir.join("src/api/x.py"), "unguarded\n").unwrap();
     r.git(&["add", "-A"]);
-    assert_eq!(code(&commit(&r, "b", &["-m", "guard off"])), Some(0));
+    assert_eq!(
+        code(&guarded_commit(&r, "b", &["-m", "guard off"])),
+        Some(0)
+    );
 }
 
 #[test]
 fn a_plain_commit_waits_for_the_release_when_hook_wait_is_on() {
     let r = repo("check = \"true\"\n");
-    assert_eq!(
-        code(&bl(&r, &r.dir, "holder", &["claim", "src/api/"])),
-        Some(0)
-    );
+    r.buildlock(&r.dir, "holder", &["claim", "src/api/"])
+        .code(0);
     std::fs::write(r.dir.join("src/api/x.py"), "changed\n").unwrap();
     r.git(&["add", "-A"]);
     let child = r
@@ -615,10 +575,8 @@ fn a_plain_commit_waits_for_the_release_when_hook_wait_is_on() {
             .iter()
             .any(|a| a["agent"] == "b" && a["state"] == "blocked")
     }));
-    assert_eq!(
-        code(&bl(&r, &r.dir, "holder", &["unclaim", "src/api/"])),
-        Some(0)
-    );
+    r.buildlock(&r.dir, "holder", &["unclaim", "src/api/"])
+        .code(0);
     let out = wait_output(child, Duration::from_secs(30));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(r.last_subject(&r.dir), "waits");
@@ -701,7 +659,7 @@ fn a_killed_agent_frees_its_slot_at_once_and_its_claim_after_the_ttl() {
     )
     .unwrap();
     // The check sees BUILDLOCK_AGENT through the environment the hook inherits.
-    assert_eq!(code(&bl(&r, &r.dir, "victim", &["claim", "src/"])), Some(0));
+    r.buildlock(&r.dir, "victim", &["claim", "src/"]).code(0);
     let victim = r
         .cmd(PRE_COMMIT, &r.dir)
         .env("BUILDLOCK_AGENT", "victim")
@@ -734,16 +692,13 @@ fn a_killed_agent_frees_its_slot_at_once_and_its_claim_after_the_ttl() {
     );
     assert!(killed_at.elapsed() < Duration::from_secs(5));
     // The killed agent's claim is still there until the ttl passes without a sign of life.
-    assert_eq!(
-        code(&bl(&r, &r.dir, "other", &["claim", "src/x"])),
-        Some(75)
-    );
-    assert!(eventually(Duration::from_secs(20), || code(&bl(
-        &r,
-        &r.dir,
-        "other",
-        &["claim", "src/x"]
-    )) == Some(0)));
+    r.buildlock(&r.dir, "other", &["claim", "src/x"]).code(75);
+    assert!(eventually(Duration::from_secs(20), || {
+        r.buildlock(&r.dir, "other", &["claim", "src/x"])
+            .get_output()
+            .status
+            .success()
+    }));
     signal(&waiter, libc::SIGTERM);
     let _ = wait_output(waiter, Duration::from_secs(30));
     let mut victim = victim;
@@ -760,11 +715,11 @@ fn a_killed_agent_frees_its_slot_at_once_and_its_claim_after_the_ttl() {
 }
 
 // ------------------------------------------------------------------------------------------
-// The issue's "Done means"
+// Claims, slots and the guard together, end to end
 // ------------------------------------------------------------------------------------------
 
 #[test]
-fn done_means_three_agents_a_refusal_a_wait_and_a_landing() {
+fn three_agents_a_refusal_a_wait_and_a_landing() {
     let r = TestRepo::new("");
     let ran = r.shared("ran");
     std::fs::write(
@@ -780,9 +735,9 @@ fn done_means_three_agents_a_refusal_a_wait_and_a_landing() {
     r.git(&["add", "-A"]);
     r.git(&["commit", "-q", "-m", "api", "--no-verify"]);
     let (a, b, c) = (r.worktree("a"), r.worktree("b"), r.worktree("c"));
-    let o = bl(&r, &a, "agent-a", &["claim", "src/api/*"]);
-    assert_eq!(code(&o), Some(0), "{}", text(&o.stderr));
-    let _ = bl(&r, &c, "agent-c", &["claim", "--shared", "docs/"]);
+    r.buildlock(&a, "agent-a", &["claim", "src/api/*"]).code(0);
+    r.buildlock(&c, "agent-c", &["claim", "--shared", "docs/"])
+        .code(0);
     // b's commit touching src/api/x.py is refused before its check runs, naming the holder.
     std::fs::write(b.join("src/api/x.py"), "b's change\n").unwrap();
     r.git_in(&b, &["add", "-A"]);
@@ -816,8 +771,7 @@ fn done_means_three_agents_a_refusal_a_wait_and_a_landing() {
             .any(|x| x["agent"] == "agent-b" && x["state"] == "blocked")
     }));
     // `buildlock agents` shows who is doing what.
-    let agents = bl(&r, &c, "agent-c", &["agents"]);
-    let table = text(&agents.stdout);
+    let table = stdout_of(&r.buildlock(&c, "agent-c", &["agents"]));
     for want in [
         "agent-a",
         "agent-b",
@@ -829,22 +783,21 @@ fn done_means_three_agents_a_refusal_a_wait_and_a_landing() {
         assert!(table.contains(want), "{want} in:\n{table}");
     }
     let done_at = Instant::now();
-    assert_eq!(code(&bl(&r, &a, "agent-a", &["done"])), Some(0));
+    r.buildlock(&a, "agent-a", &["done"]).code(0);
     let out = wait_output(retry, Duration::from_secs(60));
     let took = done_at.elapsed();
     assert!(out.status.success(), "{}", text(&out.stderr));
     eprintln!("commit-retry landed {took:?} after `buildlock done`");
     assert!(took < Duration::from_secs(3), "landed {took:?} after done");
     assert_eq!(r.last_subject(&b), "b lands");
-    let log = bl(&r, &a, "agent-a", &["log", "-n", "50"]);
-    let log = text(&log.stdout);
+    let log = stdout_of(&r.buildlock(&a, "agent-a", &["log", "-n", "50"]));
     for want in ["claim", "conflict", "done"] {
         assert!(log.contains(want), "{want} in the log:\n{log}");
     }
 }
 
 #[test]
-fn done_means_eight_commits_two_slots() {
+fn eight_agents_commit_through_two_check_slots() {
     const AGENTS: usize = 8;
     let r = TestRepo::new("");
     let check = slot_check(&r, 2, "0.2");

@@ -1,20 +1,13 @@
 //! The `buildlock` operator CLI.
 
 use crate::harness::*;
-
-fn buildlock(r: &TestRepo, args: &[&str], agent: &str) -> std::process::Output {
-    r.cmd(BUILDLOCK, &r.dir)
-        .args(args)
-        .env("BUILDLOCK_AGENT", agent)
-        .output()
-        .unwrap()
-}
+use std::time::Duration;
 
 /// `a1` is the fixer (by hand: a plain hook run); `a2` was told to wait and exited (75).
 fn broken_with_fixer() -> TestRepo {
     let r = TestRepo::new("check = \"echo boom; false\"\n[hook]\nwait = false\n");
-    assert_eq!(r.hook(&r.dir, "a1").status.code(), Some(1));
-    assert_eq!(r.hook(&r.dir, "a2").status.code(), Some(75));
+    r.hook(&r.dir, "a1").code(1);
+    r.hook(&r.dir, "a2").code(75);
     r
 }
 
@@ -23,7 +16,7 @@ fn broken_with_fixer_and_waiter() -> (TestRepo, std::process::Child) {
     let r = TestRepo::new(
         "check = \"test -e fixed || { echo boom; false; }\"\n[hook]\nwait = true\n[fix]\ncost = 0.5\n",
     );
-    assert_eq!(r.hook(&r.dir, "a1").status.code(), Some(1));
+    r.hook(&r.dir, "a1").code(1);
     let waiter = r
         .cmd(PRE_COMMIT, &r.dir)
         .env("BUILDLOCK_AGENT", "a2")
@@ -77,7 +70,7 @@ fn status_json_has_the_contract_fields() {
     assert_eq!(key["waiters"], serde_json::json!(["a2"]));
     // a1 fixes it: a2 wakes, and the wait counts as a fix run avoided.
     std::fs::write(r.dir.join("fixed"), "").unwrap();
-    assert_eq!(r.hook(&r.dir, "a1").status.code(), Some(0));
+    r.hook(&r.dir, "a1").code(0);
     let out = wait_output(waiter, std::time::Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let s = r.state();
@@ -101,22 +94,19 @@ fn status_json_has_the_contract_fields() {
 #[test]
 fn status_for_people() {
     let (r, mut waiter) = broken_with_fixer_and_waiter();
-    let out = buildlock(&r, &["status"], "x");
-    let s = text(&out.stdout);
-    assert!(
-        s.contains("key `repo#")
-            && s.contains("`: FIXING (generation 1)")
-            && s.contains("fixer     a1")
-            && s.contains("waiting   a2"),
-        "{s}"
+    r.buildlock(&r.dir, "x", &["status"]).stdout(
+        contains("key `repo#")
+            .and(contains("`: FIXING (generation 1)"))
+            .and(contains("fixer     a1"))
+            .and(contains("waiting   a2")),
     );
     waiter.kill().unwrap();
     waiter.wait().unwrap();
-    let s = text(&buildlock(&r, &["status"], "x").stdout);
-    assert!(
-        !s.contains("waiting   a2"),
-        "a killed waiter is not listed: {s}"
-    );
+    // A killed waiter is not listed.
+    let status = r
+        .buildlock(&r.dir, "x", &["status"])
+        .stdout(contains("waiting   a2").not());
+    let s = stdout_of(&status);
     // Each figure says what it counts; the saving shows how it was computed.
     for line in [
         "2  failed checks",
@@ -134,15 +124,10 @@ fn status_for_people() {
 #[test]
 fn release_by_the_fixer_only() {
     let r = broken_with_fixer();
-    let out = buildlock(&r, &["release"], "a2");
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("`a1` fixes key `repo#"),
-        "{}",
-        text(&out.stderr)
-    );
-    let out = buildlock(&r, &["release"], "a1");
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    r.buildlock(&r.dir, "a2", &["release"])
+        .code(1)
+        .stderr(contains("`a1` fixes key `repo#"));
+    r.buildlock(&r.dir, "a1", &["release"]).code(0);
     let key = &r.state()["keys"][0];
     assert_eq!(
         (key["status"].as_str(), key["fixer"].is_null()),
@@ -154,28 +139,23 @@ fn release_by_the_fixer_only() {
 #[test]
 fn reset_forces_passing_with_a_new_generation() {
     let r = broken_with_fixer();
-    let out = buildlock(&r, &["reset"], "ops");
-    assert_eq!(out.status.code(), Some(0));
+    r.buildlock(&r.dir, "ops", &["reset"]).code(0);
     let key = &r.state()["keys"][0];
     assert_eq!(
         (key["status"].as_str(), key["generation"].as_u64()),
         (Some("passing"), Some(2))
     );
     // The old fixer's passing check can no longer mark anything; its failure starts a new episode.
-    assert_eq!(r.hook(&r.dir, "a1").status.code(), Some(1));
+    r.hook(&r.dir, "a1").code(1);
     assert_eq!(r.state()["keys"][0]["generation"], 3);
 }
 
 #[test]
 fn log_tells_the_story() {
     let r = broken_with_fixer();
-    let out = buildlock(&r, &["log"], "x");
-    let s = text(&out.stdout);
-    assert!(
-        s.contains("elected fixer") && s.contains("waits for `a1`"),
-        "{s}"
-    );
-    let json = text(&buildlock(&r, &["log", "--json", "-n", "2"], "x").stdout);
+    r.buildlock(&r.dir, "x", &["log"])
+        .stdout(contains("elected fixer").and(contains("waits for `a1`")));
+    let json = stdout_of(&r.buildlock(&r.dir, "x", &["log", "--json", "-n", "2"]));
     let events: Vec<serde_json::Value> = json
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -188,21 +168,15 @@ fn log_tells_the_story() {
 #[test]
 fn doctor_and_usage_errors() {
     let r = TestRepo::new("check = \"true\"\n");
-    let out = buildlock(&r, &["doctor"], "x");
-    let s = text(&out.stdout);
-    assert!(
-        s.contains("file locking works") && s.contains("is buildlock's"),
-        "{s}"
-    );
-    assert_eq!(out.status.code(), Some(0), "{s}");
+    doctor(&r)
+        .code(0)
+        .stdout(contains("file locking works").and(contains("is buildlock's")));
     std::fs::remove_file(r.dir.join(".git/hooks/pre-commit")).unwrap();
-    let out = buildlock(&r, &["doctor"], "x");
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stdout).contains("no pre-commit hook"));
-    assert_eq!(buildlock(&r, &["frobnicate"], "x").status.code(), Some(2));
-    assert_eq!(buildlock(&r, &["log", "-n"], "x").status.code(), Some(2));
+    doctor(&r).code(1).stdout(contains("no pre-commit hook"));
+    r.buildlock(&r.dir, "x", &["frobnicate"]).code(2);
+    r.buildlock(&r.dir, "x", &["log", "-n"]).code(2);
     std::fs::write(r.dir.join(".buildlock.toml"), "bad = 1\n").unwrap();
-    assert_eq!(buildlock(&r, &["status"], "x").status.code(), Some(78));
+    r.buildlock(&r.dir, "x", &["status"]).code(78);
 }
 
 #[test]
@@ -212,16 +186,14 @@ fn reset_of_an_unknown_key_lists_the_keys_and_changes_nothing() {
         .unwrap()
         .count();
     let history = r.history_events().len();
-    let out = buildlock(&r, &["reset", "nosuchkey"], "ops");
-    assert_eq!(out.status.code(), Some(1));
-    let e = text(&out.stderr);
-    assert!(
-        // `match = "signature"` (the default): the key is `repo#<signature>`.
-        e.contains("unknown key `nosuchkey`: nothing was changed")
-            && e.contains("`repo#")
-            && e.contains("` (fixing)"),
-        "{e}"
-    );
+    // `match = "signature"` (the default): the key is `repo#<signature>`.
+    r.buildlock(&r.dir, "ops", &["reset", "nosuchkey"])
+        .code(1)
+        .stderr(
+            contains("unknown key `nosuchkey`: nothing was changed")
+                .and(contains("`repo#"))
+                .and(contains("` (fixing)")),
+        );
     let after = std::fs::read_dir(r.buildlock_dir().join("state"))
         .unwrap()
         .count();
@@ -229,12 +201,14 @@ fn reset_of_an_unknown_key_lists_the_keys_and_changes_nothing() {
     assert_eq!(r.state()["keys"][0]["status"], "fixing");
     // A fresh repository: no key at all, and still nothing is created.
     let fresh = TestRepo::new("check = \"true\"\n");
-    let out = buildlock(&fresh, &["reset", "repo2"], "ops");
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("no key has a state yet"));
-    let out = buildlock(&fresh, &["reset"], "ops");
-    assert_eq!(out.status.code(), Some(0));
-    assert!(text(&out.stderr).contains("nothing to reset"));
+    fresh
+        .buildlock(&fresh.dir, "ops", &["reset", "repo2"])
+        .code(1)
+        .stderr(contains("no key has a state yet"));
+    fresh
+        .buildlock(&fresh.dir, "ops", &["reset"])
+        .code(0)
+        .stderr(contains("nothing to reset"));
     assert!(!fresh.buildlock_dir().join("state").exists());
 }
 
@@ -242,18 +216,16 @@ fn reset_of_an_unknown_key_lists_the_keys_and_changes_nothing() {
 fn log_n_0_prints_nothing_and_long_agent_ids_fit() {
     let r = TestRepo::new("check = \"false\"\n[hook]\nwait = false\n");
     let long = "build-host.example.com:/home/someone/src/a/rather/long/worktree/path";
-    assert_eq!(r.hook(&r.dir, long).status.code(), Some(1));
-    assert_eq!(r.hook(&r.dir, "a2").status.code(), Some(75));
-    let out = buildlock(&r, &["log", "-n", "0"], "x");
-    assert_eq!(out.status.code(), Some(0));
-    assert_eq!(text(&out.stdout), "");
-    let out = buildlock(&r, &["log", "--json", "-n", "0"], "x");
-    assert_eq!(
-        (out.status.code(), text(&out.stdout)),
-        (Some(0), String::new())
-    );
+    r.hook(&r.dir, long).code(1);
+    r.hook(&r.dir, "a2").code(75);
+    r.buildlock(&r.dir, "x", &["log", "-n", "0"])
+        .code(0)
+        .stdout("");
+    r.buildlock(&r.dir, "x", &["log", "--json", "-n", "0"])
+        .code(0)
+        .stdout("");
     // Every line's key column starts at the same place, whatever the agent's id.
-    let s = text(&buildlock(&r, &["log"], "x").stdout);
+    let s = stdout_of(&r.buildlock(&r.dir, "x", &["log"]));
     let columns: Vec<usize> = s.lines().map(|l| l.find(" key `").unwrap()).collect();
     assert!(
         columns.len() >= 3 && columns.iter().all(|c| *c == columns[0]),
@@ -266,18 +238,12 @@ fn log_n_0_prints_nothing_and_long_agent_ids_fit() {
 fn buildlock_off_in_any_case() {
     for off in ["0", "false", "FALSE", "Off", "No"] {
         let r = TestRepo::new("check = \"echo boom; false\"\n");
-        let out = r
-            .cmd(PRE_COMMIT, &r.dir)
+        r.cmd(PRE_COMMIT, &r.dir)
             .env("BUILDLOCK", off)
             .env("BUILDLOCK_AGENT", "a1")
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(1), "{off}");
-        assert!(
-            text(&out.stderr).contains("coordination is off"),
-            "{off}: {}",
-            text(&out.stderr)
-        );
+            .assert()
+            .code(1)
+            .stderr(contains("coordination is off"));
         assert!(
             r.history_events().is_empty(),
             "{off}: something was coordinated"
@@ -285,13 +251,11 @@ fn buildlock_off_in_any_case() {
     }
     // Anything else coordinates as usual.
     let r = TestRepo::new("check = \"false\"\n");
-    let out = r
-        .cmd(PRE_COMMIT, &r.dir)
+    r.cmd(PRE_COMMIT, &r.dir)
         .env("BUILDLOCK", "on")
         .env("BUILDLOCK_AGENT", "a1")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+        .assert()
+        .code(1);
     assert!(r.history_events().contains(&"elected".to_owned()));
 }
 
@@ -300,15 +264,11 @@ fn an_absurd_duration_is_a_configuration_error_not_a_panic() {
     let r = TestRepo::new("check = \"false\"\n[coordination]\nwait = \"2562047788015216h\"\n");
     r.stage_change(&r.dir, "x.txt");
     for (program, args) in [(PRE_COMMIT, &[][..]), (BUILDLOCK, &["status"][..])] {
-        let out = r.cmd(program, &r.dir).args(args).output().unwrap();
-        let e = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(78), "{program}: {e}");
-        assert!(
-            e.contains(".buildlock.toml line 3, key `coordination.wait`")
-                && e.contains("at most one year"),
-            "{e}"
+        r.cmd(program, &r.dir).args(args).assert().code(78).stderr(
+            contains(".buildlock.toml line 3, key `coordination.wait`")
+                .and(contains("at most one year"))
+                .and(contains("panicked").not()),
         );
-        assert!(!e.contains("panicked"), "{e}");
     }
     // The bound itself is accepted.
     std::fs::write(
@@ -316,7 +276,7 @@ fn an_absurd_duration_is_a_configuration_error_not_a_panic() {
         "check = \"true\"\n[coordination]\nwait = \"8760h\"\n",
     )
     .unwrap();
-    assert_eq!(buildlock(&r, &["status"], "x").status.code(), Some(0));
+    r.buildlock(&r.dir, "x", &["status"]).code(0);
 }
 
 /// Runs `buildlock args` with a stdout whose reader is already gone: every write fails with EPIPE.
@@ -349,24 +309,23 @@ fn a_closed_stdout_is_no_panic() {
         &["--help"],
         &["--version"],
     ] {
-        let out = with_closed_stdout(&r, args, &tmp);
-        let e = text(&out.stderr);
-        assert!(!e.contains("panicked"), "{args:?}: {e}");
-        assert_eq!(out.status.code(), Some(0), "{args:?}: {e}");
+        with_closed_stdout(&r, args, &tmp)
+            .assert()
+            .append_context("args", format!("{args:?}"))
+            .code(0)
+            .stderr(contains("panicked").not());
     }
     // The demo left nothing in its temp dir.
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
     for program in [PRE_COMMIT, COMMIT_RETRY] {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
-        let out = r
-            .cmd(program, &r.dir)
+        r.cmd(program, &r.dir)
             .arg("--help")
             .stdout(writer)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(0));
-        assert!(!text(&out.stderr).contains("panicked"));
+            .assert()
+            .code(0)
+            .stderr(contains("panicked").not());
     }
 }
 
@@ -421,9 +380,8 @@ fn the_demo_cleans_up_when_interrupted() {
     }
 }
 
-fn doctor(r: &TestRepo) -> (Option<i32>, String) {
-    let out = buildlock(r, &["doctor"], "x");
-    (out.status.code(), text(&out.stdout))
+fn doctor(r: &TestRepo) -> Assert {
+    r.buildlock(&r.dir, "x", &["doctor"])
 }
 
 #[test]
@@ -431,9 +389,9 @@ fn doctor_finds_a_bell_that_is_not_a_fifo() {
     let r = TestRepo::new("check = \"true\"\n");
     std::fs::create_dir_all(r.buildlock_dir()).unwrap();
     std::fs::write(r.buildlock_dir().join("state.bell"), "x").unwrap();
-    let (code, s) = doctor(&r);
-    assert_eq!(code, Some(1), "{s}");
-    assert!(s.contains("state.bell is not a FIFO of yours"), "{s}");
+    doctor(&r)
+        .code(1)
+        .stdout(contains("state.bell is not a FIFO of yours"));
 }
 
 /// `fix.command` and `retry.refresh` run only in a breakage: doctor finds their typos before.
@@ -442,34 +400,26 @@ fn doctor_finds_fix_and_refresh_commands_that_do_not_exist() {
     let r = TestRepo::new(
         "check = \"true\"\n[fix]\ncommand = \"my-llm-fixer --go\"\n[retry]\nrefresh = \"nosuchcmd\"\n",
     );
-    let (code, s) = doctor(&r);
-    assert_eq!(code, Some(1), "{s}");
-    assert!(
-        s.contains("`fix.command` runs `my-llm-fixer`, which is not found")
-            && s.contains("`retry.refresh` runs `nosuchcmd`, which is not found"),
-        "{s}"
+    doctor(&r).code(1).stdout(
+        contains("`fix.command` runs `my-llm-fixer`, which is not found").and(contains(
+            "`retry.refresh` runs `nosuchcmd`, which is not found",
+        )),
     );
     let r = TestRepo::new(
         "check = \"true\"\n[fix]\ncommand = \"git add -A\"\n[retry]\nrefresh = \"git status\"\n",
     );
-    let (code, s) = doctor(&r);
-    assert!(
-        s.contains("fix.command: `git add -A` (its commands exist)"),
-        "{s}"
-    );
-    assert!(!s.contains("fix.command` runs"), "{s}");
-    assert_eq!(code, Some(0), "{s}");
+    doctor(&r)
+        .code(0)
+        .stdout(contains("fix.command: `git add -A` (its commands exist)"))
+        .stdout(contains("fix.command` runs").not());
 }
 
 #[test]
 fn doctor_finds_a_check_command_that_does_not_exist() {
     let r = TestRepo::new("check = \"cd . && nosuchtool-xyz --all | tee out.log\"\n");
-    let (code, s) = doctor(&r);
-    assert_eq!(code, Some(1), "{s}");
-    assert!(
-        s.contains("PROBLEM  the check's command `nosuchtool-xyz` is not found")
-            && s.contains("what to do: install `nosuchtool-xyz`"),
-        "{s}"
+    doctor(&r).code(1).stdout(
+        contains("PROBLEM  the check's command `nosuchtool-xyz` is not found")
+            .and(contains("what to do: install `nosuchtool-xyz`")),
     );
     // Builtins, keywords and commands on PATH are fine; a path is resolved at the work tree.
     std::fs::write(
@@ -477,20 +427,17 @@ fn doctor_finds_a_check_command_that_does_not_exist() {
         "check = \"cd . && if true; then sh ./check.sh 2>&1 | tee out.log; fi\"\n",
     )
     .unwrap();
-    let (code, s) = doctor(&r);
-    assert_eq!(code, Some(0), "{s}");
-    assert!(
-        s.contains("the check's command(s) exist: `cd`, `true`, `sh`, `tee`"),
-        "{s}"
-    );
+    doctor(&r).code(0).stdout(contains(
+        "the check's command(s) exist: `cd`, `true`, `sh`, `tee`",
+    ));
     std::fs::write(r.dir.join(".buildlock.toml"), "check = \"./check.sh\"\n").unwrap();
-    let (code, s) = doctor(&r);
-    assert_eq!(code, Some(1), "{s}");
-    assert!(s.contains("`./check.sh` does not exist"), "{s}");
+    doctor(&r)
+        .code(1)
+        .stdout(contains("`./check.sh` does not exist"));
     std::fs::write(r.dir.join("check.sh"), "exit 0\n").unwrap();
-    let (code, s) = doctor(&r);
-    assert_eq!(code, Some(1), "{s}");
-    assert!(s.contains("`./check.sh` is not executable"), "{s}");
+    doctor(&r)
+        .code(1)
+        .stdout(contains("`./check.sh` is not executable"));
 }
 
 #[test]
@@ -501,22 +448,19 @@ fn doctor_finds_a_chained_hook_that_check_replaces() {
     std::fs::write(&chained, "#!/bin/sh\n# generated by lefthook\nexit 0\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&chained, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (code, s) = doctor(&r);
-    assert_eq!(code, Some(1), "{s}");
-    assert!(
-        s.contains("your previous pre-commit hook (lefthook) was kept as")
-            && s.contains("it no longer runs on commit")
-            && s.contains(&format!("check = \"{} && true\"", chained.display())),
-        "{s}"
+    doctor(&r).code(1).stdout(
+        contains("your previous pre-commit hook (lefthook) was kept as").and(
+            contains("it no longer runs on commit").and(contains(format!(
+                "check = \"{} && true\"",
+                chained.display()
+            ))),
+        ),
     );
     // Without `check`, the chained hook is the check: all clear.
     std::fs::write(r.dir.join(".buildlock.toml"), "").unwrap();
-    let (code, s) = doctor(&r);
-    assert_eq!(code, Some(0), "{s}");
-    assert!(
-        s.contains("(your previous pre-commit hook (lefthook), chained)"),
-        "{s}"
-    );
+    doctor(&r).code(0).stdout(contains(
+        "(your previous pre-commit hook (lefthook), chained)",
+    ));
 }
 
 #[test]
@@ -524,25 +468,22 @@ fn doctor_finds_a_coordination_folder_that_is_a_file() {
     // Tests run as root, which chmod does not stop: a file where a folder must be makes every
     // write into it fail for anyone (ENOTDIR).
     let r = broken_with_fixer();
-    let (code, s) = doctor(&r);
-    assert_eq!(code, Some(0), "{s}");
-    assert!(
-        s.contains("is writable") && s.contains("state/ 1 file"),
-        "{s}"
-    );
+    doctor(&r)
+        .code(0)
+        .stdout(contains("is writable").and(contains("state/ 1 file")));
     let state = r.buildlock_dir().join("state");
     std::fs::remove_dir_all(&state).unwrap();
     std::fs::write(&state, "not a folder").unwrap();
-    let (code, s) = doctor(&r);
-    assert_eq!(code, Some(1), "{s}");
-    assert!(
-        s.contains(&format!("PROBLEM  {} is not a folder", state.display())) && s.contains("mv "),
-        "{s}"
-    );
-    assert!(
-        !s.contains("./install.sh") && !s.contains(".buildlock.toml.example"),
-        "{s}"
-    );
+    doctor(&r)
+        .code(1)
+        .stdout(
+            contains(format!("PROBLEM  {} is not a folder", state.display())).and(contains("mv ")),
+        )
+        .stdout(
+            contains("./install.sh")
+                .not()
+                .and(contains(".buildlock.toml.example").not()),
+        );
 }
 
 /// `chattr +i` makes a folder unwritable even for root; removed again when dropped.
@@ -574,14 +515,12 @@ fn doctor_finds_a_coordination_folder_it_cannot_write() {
     let _guard = Immutable(logs.clone());
     // The old probe (re-opening locks/probe.lock) passed here: the folder still reads fine.
     assert!(std::fs::read_dir(&logs).is_ok());
-    let (code, s) = doctor(&r);
-    assert_eq!(code, Some(1), "{s}");
-    assert!(
-        s.contains(&format!(
+    doctor(&r).code(1).stdout(
+        contains(format!(
             "PROBLEM  cannot write in {} (failure logs)",
             logs.display()
-        )) && s.contains("lsattr -d"),
-        "{s}"
+        ))
+        .and(contains("lsattr -d")),
     );
 }
 
@@ -600,40 +539,53 @@ fn doctor_hints_name_what_exists_here() {
     }
     let hook = r.dir.join(".git/hooks/pre-commit");
     std::fs::remove_file(&hook).unwrap();
-    let (code, s) = doctor(&r);
-    assert_eq!(code, Some(1), "{s}");
-    assert!(
-        s.contains(&format!(
+    doctor(&r)
+        .code(1)
+        .stdout(contains(format!(
             "ln -sf {} {}",
             bin.join("pre-commit").display(),
             hook.display()
-        )),
-        "{s}"
-    );
-    assert!(
-        s.contains(&format!(
+        )))
+        .stdout(contains(format!(
             "git config alias.commit-retry '!f() {{ cd \"${{GIT_PREFIX:-.}}\" && exec \"{}\"",
             bin.join("commit-retry").display()
-        )),
-        "{s}"
-    );
-    assert!(
-        !s.contains("./install.sh") && !s.contains(".buildlock.toml.example"),
-        "{s}"
-    );
+        )))
+        .stdout(
+            contains("./install.sh")
+                .not()
+                .and(contains(".buildlock.toml.example").not()),
+        );
 }
 
 #[test]
 fn wait_for_an_agent_never_seen_is_an_error_not_a_go() {
     let r = broken_with_fixer();
-    let out = buildlock(&r, &["wait-for", "a1x", "--timeout", "1s"], "x");
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("no agent named `a1x`") && err.contains("a1"),
-        "{err}"
-    );
+    r.buildlock(&r.dir, "x", &["wait-for", "a1x", "--timeout", "1s"])
+        .code(2)
+        .stderr(contains("no agent named `a1x`").and(contains("a1")));
     // A known agent is waited for as before.
-    let out = buildlock(&r, &["wait-for", "a2", "--timeout", "1s"], "x");
-    assert_ne!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    r.buildlock(&r.dir, "x", &["wait-for", "a2", "--timeout", "1s"])
+        .code(predicate::ne(2));
+}
+
+/// `status` names the process that holds the role (commit-retry running the fix), which `kill`
+/// reaches; a fixer by hand, whose hook has exited, has no pid or a live one.
+// regression: `status` named the elected hook, long exited, as the fixer's pid
+#[test]
+fn status_names_the_live_process_that_holds_the_role() {
+    let r = shared_status_repo("3", "");
+    r.stage_change(&r.dir, "fa");
+    let a = KillOnDrop(Some(r.commit_retry(&r.dir, "a")));
+    assert!(eventually(Duration::from_secs(20), || fix_on_record(&r, 1)));
+    let fixer = r.state()["keys"][0]["fixer"].clone();
+    assert_eq!(fixer["pid"].as_u64(), Some(u64::from(a.id())), "{fixer}");
+    drop(a);
+    // A fixer by hand (the plain hook, which has exited): no pid to name, or a live one.
+    let r = TestRepo::new("check = \"false\"\n[hook]\nwait = false\n");
+    r.hook(&r.dir, "x").code(1);
+    let fixer = r.state()["keys"][0]["fixer"].clone();
+    assert!(
+        fixer["pid"].is_null() || alive(fixer["pid"].as_u64().unwrap() as u32),
+        "a dead pid: {fixer}"
+    );
 }

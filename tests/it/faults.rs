@@ -1,6 +1,8 @@
-//! The fault-injection plan of `reliability.md`, row by row. Faults are injected at named points
-//! with `BUILDLOCK_FAULT=point[:action]` (see `crates/buildlock-core/src/fault.rs`) or with real
-//! signals, with short leases, and the invariants are checked afterwards.
+//! Faults, and the fault-injection plan row by row. Faults are injected at named points with
+//! `BUILDLOCK_FAULT=point[:action]` (see `crates/buildlock-core/src/os/fault.rs`) or with real
+//! signals, with short leases, and the invariants are checked afterwards. The tests of the rows
+//! that live elsewhere are named in the table; the coordination dir made read-only or full is
+//! tested here, below the plan's own rows.
 //!
 //! | row | fault | test |
 //! |---|---|---|
@@ -19,6 +21,7 @@
 
 use crate::harness::*;
 use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -48,8 +51,7 @@ fn killed_holding_the_election_lock() {
         .unwrap();
     assert_eq!(out.status.signal(), Some(libc::SIGKILL), "the fault fired");
     // The kernel freed the lock: the next agent proceeds at once, on the old (empty) state.
-    let out = r.hook(&r.dir, "b");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    r.hook(&r.dir, "b").code(1);
     let key = &r.state()["keys"][0];
     assert_eq!(
         (key["fixer"]["agent"].as_str(), key["generation"].as_u64()),
@@ -60,7 +62,7 @@ fn killed_holding_the_election_lock() {
 #[test]
 fn killed_during_a_state_write() {
     let r = failing_repo();
-    assert_eq!(r.hook(&r.dir, "a").status.code(), Some(1));
+    r.hook(&r.dir, "a").code(1);
     let out = r
         .cmd(PRE_COMMIT, &r.dir)
         .env("BUILDLOCK_AGENT", "b")
@@ -81,7 +83,7 @@ fn killed_during_a_state_write() {
     );
     assert_eq!(key["waiters"], serde_json::json!([]));
     // The next writer takes the stray over.
-    assert_eq!(r.hook(&r.dir, "c").status.code(), Some(75));
+    r.hook(&r.dir, "c").code(75);
     assert_eq!(state_dir_strays(&r), Vec::<String>::new());
     assert!(r.history_events().contains(&"waiting".to_owned()));
 }
@@ -232,4 +234,102 @@ fn bare_repository_with_worktrees() {
         bare.join("buildlock/state/repo.json").exists(),
         "one domain, in the bare repository's common dir"
     );
+}
+
+/// The coordination dir is read-only and the fixer's check passes: the commit goes ahead, with a
+/// warning. A passing check is never refused because coordination failed.
+// regression: refused with exit 1 ("cannot take the election lock … Read-only file system")
+#[test]
+fn a_passing_check_commits_with_a_read_only_coordination_dir() {
+    let r = TestRepo::new("");
+    r.configure("check = \"grep -qx ok state.txt\"\n[hook]\nwait = false\n");
+    r.commit_breakage();
+    r.stage_change(&r.dir, "work");
+    let out = r.git_commit(&r.dir, "a", "a work").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    std::fs::write(r.dir.join("state.txt"), "ok\n").unwrap();
+    r.git(&["add", "state.txt"]);
+    let ro = ReadOnly::new(&r.buildlock_dir());
+    if ro.is_none() {
+        // Root without the right to mount: make every state write fail another way.
+        eprintln!("cannot mount read-only here: the state folder is replaced by a file instead");
+        let state = r.buildlock_dir().join("state");
+        std::fs::remove_dir_all(&state).unwrap();
+        std::fs::write(&state, "not a folder").unwrap();
+    }
+    let out = r.git_commit(&r.dir, "a", "a work").output().unwrap();
+    drop(ro);
+    assert!(out.status.success(), "refused: {}", text(&out.stderr));
+    assert_eq!(r.last_subject(&r.dir), "a work");
+}
+
+/// The same through commit-retry: with a read-only coordination dir it cannot create its decision
+/// folder (`<common dir>/buildlock/run/`), and a passing check still commits.
+// regression: commit-retry exited 70 without trying the commit
+#[test]
+fn commit_retry_commits_a_passing_check_with_a_read_only_coordination_dir() {
+    let r = TestRepo::new("");
+    let ok = r.shared("ok");
+    r.configure(&format!(
+        "check = \"test -e {}\"\n[hook]\nwait = false\n",
+        ok.display()
+    ));
+    r.hook(&r.dir, "a").code(1);
+    std::fs::write(&ok, "").unwrap();
+    r.stage_change(&r.dir, "fa");
+    let Some(ro) = ReadOnly::new(&r.buildlock_dir()) else {
+        eprintln!("cannot make the coordination dir read-only here (root without mount): skipped");
+        return;
+    };
+    let out = wait_output(r.commit_retry(&r.dir, "a"), Duration::from_secs(60));
+    drop(ro);
+    assert!(out.status.success(), "refused: {}", text(&out.stderr));
+    assert_eq!(r.last_subject(&r.dir), "a work");
+}
+
+/// The coordination dir's disk is full: the hook can neither write the state nor hand its decision
+/// to commit-retry (the decision file lives on the same disk), and commit-retry exits 70
+/// (coordination failed), never 1, which the contract reserves for "you are the fixer".
+// regression: commit-retry took git's exit code (1) for its own
+#[test]
+fn commit_retry_exits_70_when_the_coordination_disk_is_full() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("needs root to mount a small tmpfs: skipped");
+        return;
+    }
+    // commit-retry retries a coordination failure within `coordination.wait`, then exits 70.
+    let r =
+        TestRepo::new("check = \"false\"\n[hook]\nwait = false\n[coordination]\nwait = \"3s\"\n");
+    let dir = r.buildlock_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let mount = |args: &str| {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(args)
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(mount(&format!(
+        "mount -t tmpfs -o size=64k tmpfs '{}'",
+        dir.display()
+    )));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(dir.clone());
+    // Fill it.
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=4k"])
+        .arg(format!("of={}", dir.join("fill").display()))
+        .stderr(Stdio::null())
+        .status();
+    r.stage_change(&r.dir, "fa");
+    let out = wait_output(r.commit_retry(&r.dir, "a"), Duration::from_secs(60));
+    let err = text(&out.stderr);
+    assert!(err.contains("coordination itself failed"), "{err}");
+    assert_eq!(out.status.code(), Some(70), "{err}");
 }

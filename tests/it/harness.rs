@@ -1,10 +1,15 @@
-//! A temp repository builder and an isolated environment for running the real binaries.
+//! The one harness of the integration tests: a temp repository builder, an isolated environment
+//! for running the real binaries, and the witnesses and fault tools the tests share. Every helper
+//! used by more than one test file lives here, and only here.
 //!
 //! Every command starts from a cleared environment: temporary `HOME` and `XDG_CONFIG_HOME`, no
-//! global or system git config, fixed author dates, a fast poll interval, no colour.
+//! global or system git config, fixed author dates, a fast poll interval, no colour. Runs whose
+//! outcome is checked at once return an [`Assert`] (assert_cmd), which prints the command's
+//! status, stdout and stderr when a check fails; runs that race are spawned as [`Child`]ren.
 
-#![allow(dead_code)]
-
+pub use assert_cmd::assert::{Assert, OutputAssertExt};
+pub use predicates::prelude::*;
+pub use predicates::str::contains;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -55,6 +60,12 @@ pub fn run_ok(mut c: Command) -> Output {
 
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// What a checked run printed on stdout, for checks that predicates do not express (parsing,
+/// columns).
+pub fn stdout_of(run: &Assert) -> String {
+    text(&run.get_output().stdout)
 }
 
 impl TestRepo {
@@ -117,20 +128,66 @@ impl TestRepo {
     }
 
     /// Runs the hook by hand in `dir` as agent `agent`.
-    pub fn hook(&self, dir: &Path, agent: &str) -> Output {
+    pub fn hook(&self, dir: &Path, agent: &str) -> Assert {
         self.cmd(PRE_COMMIT, dir)
             .env("BUILDLOCK_AGENT", agent)
-            .output()
-            .unwrap()
+            .assert()
+    }
+
+    /// Runs `buildlock args` in `dir` as agent `agent`.
+    pub fn buildlock(&self, dir: &Path, agent: &str, args: &[&str]) -> Assert {
+        self.cmd(BUILDLOCK, dir)
+            .env("BUILDLOCK_AGENT", agent)
+            .args(args)
+            .assert()
+    }
+
+    /// `git commit -q -m msg` in `dir` as `agent`: the plain flow, the hook installed. Spawn it
+    /// to race, or `.assert()` it.
+    pub fn git_commit(&self, dir: &Path, agent: &str, msg: &str) -> Command {
+        let mut c = self.cmd("git", dir);
+        c.args(["commit", "-q", "-m", msg])
+            .env("BUILDLOCK_AGENT", agent)
+            .stderr(Stdio::piped());
+        c
+    }
+
+    /// `commit-retry -q -m "<agent> work"` in `dir` as `agent`, not started yet.
+    pub fn commit_retry_cmd(&self, dir: &Path, agent: &str) -> Command {
+        let mut c = self.cmd(COMMIT_RETRY, dir);
+        c.args(["-q", "-m", &format!("{agent} work")])
+            .env("BUILDLOCK_AGENT", agent)
+            .stderr(Stdio::piped());
+        c
+    }
+
+    /// `commit-retry -q -m "<agent> work"` in `dir` as `agent`, started.
+    pub fn commit_retry(&self, dir: &Path, agent: &str) -> Child {
+        self.commit_retry_cmd(dir, agent).spawn().unwrap()
+    }
+
+    /// Commits `.buildlock.toml` = `config` without the hook.
+    pub fn configure(&self, config: &str) {
+        std::fs::write(self.dir.join(".buildlock.toml"), config).unwrap();
+        self.git(&["commit", "-q", "-am", "config", "--no-verify"]);
+    }
+
+    /// Commits `state.txt` = `broken` on main: the breakage the agents' branches start from.
+    pub fn commit_breakage(&self) {
+        std::fs::write(self.dir.join("state.txt"), "broken\n").unwrap();
+        self.git(&["add", "state.txt"]);
+        self.git(&["commit", "-q", "-m", "a bad merge", "--no-verify"]);
+    }
+
+    pub fn head(&self, dir: &Path) -> String {
+        text(&self.git_in(dir, &["rev-parse", "HEAD"]).stdout)
+            .trim()
+            .to_owned()
     }
 
     /// The lines of the shared witness file that fix commands append to.
     pub fn witness(&self) -> Vec<String> {
-        std::fs::read_to_string(self.shared("witness"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        lines(&self.shared("witness"))
     }
 
     pub fn buildlock_dir(&self) -> PathBuf {
@@ -141,6 +198,10 @@ impl TestRepo {
         let mut c = self.cmd(BUILDLOCK, &self.dir);
         c.args(["status", "--json"]);
         serde_json::from_slice(&run_ok(c).stdout).unwrap()
+    }
+
+    pub fn count_events(&self, event: &str) -> usize {
+        self.history_events().iter().filter(|e| *e == event).count()
     }
 
     pub fn history_events(&self) -> Vec<String> {
@@ -206,4 +267,325 @@ pub fn wait_output(child: Child, limit: Duration) -> Output {
     let out = child.wait_with_output().unwrap();
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     out
+}
+
+/// The lines of the file at `path` (none when it does not exist yet).
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes, from /proc.
+// ---------------------------------------------------------------------------------------------
+
+/// Field `n` of `/proc/<pid>/stat` after the command name: 0 is the state, 1 the parent, 19 the
+/// start time.
+fn proc_stat_field(pid: u32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(n)
+        .map(str::to_owned)
+}
+
+/// The state of process `pid` (`R`, `S`, `T` stopped, `Z`…).
+pub fn proc_state(pid: u32) -> Option<char> {
+    proc_stat_field(pid, 0)?.chars().next()
+}
+
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    proc_stat_field(pid, 1)?.parse().ok()
+}
+
+pub fn start_time(pid: u32) -> Option<u64> {
+    proc_stat_field(pid, 19)?.parse().ok()
+}
+
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fix witness, the repositories built on it, and the fault tools.
+// ---------------------------------------------------------------------------------------------
+
+/// `<witness>/running` (mkdir is atomic) or it records `OVERLAP`; it removes it when it ends, or
+/// when it is stopped with SIGTERM (buildlock stops an orphaned fix with TERM first). Each run
+/// logs `start|end|stopped <agent> <pid>` to `<witness>/log`. `work` is what the fix does.
+///
+/// SIGPIPE is ignored: an orphaned fix (its commit-retry was killed) writes to a pipe nobody
+/// reads, and the shell's own "Terminated" notice would otherwise kill it before its trap runs.
+pub fn witness_fix(root: &Path, sleep: &str, work: &str) -> PathBuf {
+    let w = root.join("w");
+    std::fs::create_dir_all(&w).unwrap();
+    let script = root.join("fix.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "W={w}\n\
+             trap '' PIPE\n\
+             if ! mkdir \"$W/running\" 2>/dev/null; then echo \"OVERLAP $BUILDLOCK_AGENT $$\" >> \"$W/log\"; exit 1; fi\n\
+             trap 'echo \"stopped $BUILDLOCK_AGENT $$\" >> \"$W/log\"; rmdir \"$W/running\"; exit 143' TERM\n\
+             echo \"start $BUILDLOCK_AGENT $$\" >> \"$W/log\"\n\
+             sleep {sleep} & wait $!\n\
+             {work}\n\
+             echo \"end $BUILDLOCK_AGENT $$\" >> \"$W/log\"\n\
+             rmdir \"$W/running\"\n",
+            w = w.display()
+        ),
+    )
+    .unwrap();
+    script
+}
+
+pub fn witness_log(root: &Path) -> Vec<String> {
+    lines(&root.join("w").join("log"))
+}
+
+pub fn starts(log: &[String]) -> Vec<&String> {
+    log.iter().filter(|l| l.starts_with("start ")).collect()
+}
+
+/// The `n`th fix run has started and its process is on record (so a successor can stop it).
+pub fn fix_on_record(r: &TestRepo, n: usize) -> bool {
+    starts(&witness_log(&r.root)).len() == n && r.state()["keys"][0]["fixer"]["fix_pid"].is_u64()
+}
+
+pub fn assert_never_two_fixes(log: &[String]) {
+    assert!(
+        !log.iter().any(|l| l.starts_with("OVERLAP")),
+        "two fix runs at once: {log:?}"
+    );
+}
+
+/// A repository whose check reads the shared file `status` and whose fix (with the witness)
+/// writes `ok` there after `sleep`.
+pub fn shared_status_repo(sleep: &str, extra: &str) -> TestRepo {
+    let r = TestRepo::new("");
+    let status = r.shared("status");
+    let fix = witness_fix(&r.root, sleep, &format!("echo ok > {}", status.display()));
+    r.configure(&format!(
+        "check = \"grep -qx ok {s}\"\n[fix]\ncommand = \"sh {f}\"\n{extra}",
+        s = status.display(),
+        f = fix.display()
+    ));
+    std::fs::write(&status, "broken\n").unwrap();
+    r
+}
+
+/// An `LD_PRELOAD` library that shifts the wall clock (CLOCK_REALTIME and gettimeofday) by
+/// `FAKE_CLOCK_OFFSET_MS`, or by the number of milliseconds in the file
+/// `FAKE_CLOCK_OFFSET_FILE` (read at every call, so that a test can step the clock of running
+/// processes), built once with the system C compiler (the one Rust links with). With
+/// `FAKE_SLOW_RENAME_MS`, every `rename` is delayed that long.
+pub fn clock_shift_library() -> PathBuf {
+    static LIB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    LIB.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let src = dir.join("clockshift.c");
+        let lib = dir.join(format!("clockshift-{}.so", std::process::id()));
+        std::fs::write(
+            &src,
+            r#"#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <sys/time.h>
+#include <time.h>
+static long long shift_ms(void) {
+    const char *file = getenv("FAKE_CLOCK_OFFSET_FILE");
+    if (file) {
+        /* Read on every call: the test steps the clock of running processes. */
+        char buf[32] = {0};
+        int fd = open(file, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            ssize_t n = read(fd, buf, sizeof buf - 1);
+            close(fd);
+            if (n > 0) return atoll(buf);
+        }
+        return 0;
+    }
+    const char *s = getenv("FAKE_CLOCK_OFFSET_MS");
+    return s ? atoll(s) : 0;
+}
+static void shift(struct timespec *ts) {
+    long long ns = (long long)ts->tv_sec * 1000000000LL + ts->tv_nsec + shift_ms() * 1000000LL;
+    ts->tv_sec = ns / 1000000000LL;
+    ts->tv_nsec = ns % 1000000000LL;
+}
+int clock_gettime(clockid_t id, struct timespec *ts) {
+    static int (*real)(clockid_t, struct timespec *);
+    if (!real) real = (int (*)(clockid_t, struct timespec *))dlsym(RTLD_NEXT, "clock_gettime");
+    int rc = real(id, ts);
+    if (rc == 0 && (id == CLOCK_REALTIME || id == CLOCK_REALTIME_COARSE)) shift(ts);
+    return rc;
+}
+/* FAKE_SLOW_RENAME_MS: every rename(2) takes that long, so that a test can kill a process
+   in the middle of a state write (buildlock writes state by renaming a temp file over it). */
+int rename(const char *from, const char *to) {
+    static int (*real)(const char *, const char *);
+    if (!real) real = (int (*)(const char *, const char *))dlsym(RTLD_NEXT, "rename");
+    const char *ms = getenv("FAKE_SLOW_RENAME_MS");
+    if (ms) usleep((useconds_t)atoi(ms) * 1000);
+    return real(from, to);
+}
+int gettimeofday(struct timeval *tv, void *tz) {
+    struct timespec ts;
+    int rc = clock_gettime(CLOCK_REALTIME, &ts);
+    if (rc == 0 && tv) { tv->tv_sec = ts.tv_sec; tv->tv_usec = ts.tv_nsec / 1000; }
+    (void)tz;
+    return rc;
+}
+"#,
+        )
+        .unwrap();
+        let out = Command::new("cc")
+            .args(["-shared", "-fPIC", "-O1", "-o"])
+            .arg(&lib)
+            .arg(&src)
+            .arg("-ldl")
+            .output()
+            .expect("a C compiler (cc) to build the clock shim");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        lib
+    })
+    .clone()
+}
+
+/// Makes a directory tree read-only for this test, whoever we are: a read-only bind mount as
+/// root (root ignores permissions), `chmod a-w` otherwise. Undone on drop. `None` when root
+/// cannot mount here (a container without CAP_SYS_ADMIN).
+pub struct ReadOnly {
+    dir: PathBuf,
+    mounted: bool,
+}
+
+impl ReadOnly {
+    pub fn new(dir: &Path) -> Option<ReadOnly> {
+        let root = unsafe { libc::geteuid() } == 0;
+        if root {
+            let sh = |cmd: String| {
+                Command::new("sh")
+                    .arg("-c")
+                    .arg(cmd)
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            let d = dir.display();
+            if !sh(format!("mount --bind '{d}' '{d}'")) {
+                return None;
+            }
+            let ro = ReadOnly {
+                dir: dir.to_owned(),
+                mounted: true,
+            };
+            sh(format!("mount -o remount,bind,ro '{d}'")).then_some(ro)
+        } else {
+            let status = Command::new("chmod")
+                .args(["-R", "a-w"])
+                .arg(dir)
+                .status()
+                .unwrap();
+            assert!(status.success());
+            Some(ReadOnly {
+                dir: dir.to_owned(),
+                mounted: false,
+            })
+        }
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("umount").arg(&self.dir).status();
+        } else {
+            let _ = Command::new("chmod")
+                .args(["-R", "u+w"])
+                .arg(&self.dir)
+                .status();
+        }
+    }
+}
+
+/// Kills a child on drop (a process the test stopped, or one left when an assertion fails).
+pub struct KillOnDrop(pub Option<Child>);
+
+impl KillOnDrop {
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().unwrap().id()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A small deterministic random source; the seed is printed so that a run can be repeated with
+/// `BUILDLOCK_TEST_SEED`.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn from_env(what: &str) -> Rng {
+        let seed = std::env::var("BUILDLOCK_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("{what}: BUILDLOCK_TEST_SEED={seed}");
+        Rng(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+/// A tree-dependent check, the breakage committed on main, and worktrees `a` and `b` with
+/// staged work. `a` is elected with a plain `git commit`; `b` then waits in its hook.
+pub fn a_elected_b_waiting(config: &str) -> (TestRepo, PathBuf, PathBuf, Child) {
+    let r = TestRepo::new("");
+    r.configure(config);
+    r.commit_breakage();
+    let (ta, tb) = (r.worktree("ta"), r.worktree("tb"));
+    r.stage_change(&ta, "fa");
+    r.stage_change(&tb, "fb");
+    let out = r.git_commit(&ta, "a", "a work").output().unwrap();
+    assert!(
+        text(&out.stderr).contains("you are the FIXER"),
+        "{}",
+        text(&out.stderr)
+    );
+    let b = r.git_commit(&tb, "b", "b work").spawn().unwrap();
+    assert!(eventually(Duration::from_secs(20), || r.state()["keys"][0]
+        ["waiters"]
+        == serde_json::json!(["b"])));
+    (r, ta, tb, b)
 }

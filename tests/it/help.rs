@@ -6,24 +6,23 @@ use crate::harness::*;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-fn run(r: &TestRepo, program: &str, args: &[&str]) -> std::process::Output {
-    r.cmd(program, &r.dir).args(args).output().unwrap()
+fn run(r: &TestRepo, program: &str, args: &[&str]) -> Assert {
+    r.cmd(program, &r.dir)
+        .args(args)
+        .assert()
+        .append_context("args", format!("{args:?}"))
 }
 
 #[test]
 fn buildlock_help_and_version_for_every_command() {
     let r = TestRepo::new("check = \"true\"\n");
-    let out = run(&r, BUILDLOCK, &["--version"]);
-    assert_eq!(out.status.code(), Some(0));
-    assert_eq!(text(&out.stdout).trim(), format!("buildlock {VERSION}"));
+    run(&r, BUILDLOCK, &["--version"])
+        .code(0)
+        .stdout(predicate::str::diff(format!("buildlock {VERSION}")).trim());
     for args in [&["--help"][..], &["-h"], &["help"]] {
-        let out = run(&r, BUILDLOCK, args);
-        let s = text(&out.stdout);
-        assert_eq!(out.status.code(), Some(0), "{args:?}");
-        assert!(
-            s.contains("Usage: buildlock <COMMAND>") && s.contains("Exit codes"),
-            "{s}"
-        );
+        run(&r, BUILDLOCK, args)
+            .code(0)
+            .stdout(contains("Usage: buildlock <COMMAND>").and(contains("Exit codes")));
     }
     let commands = [
         "status",
@@ -36,23 +35,13 @@ fn buildlock_help_and_version_for_every_command() {
     ];
     for command in commands {
         for args in [vec![command, "--help"], vec!["help", command]] {
-            let out = run(&r, BUILDLOCK, &args);
-            let s = text(&out.stdout);
-            assert_eq!(
-                out.status.code(),
-                Some(0),
-                "{args:?}: {}",
-                text(&out.stderr)
-            );
-            assert!(
-                s.contains(&format!("Usage: buildlock {command}")),
-                "{args:?}: {s}"
-            );
+            run(&r, BUILDLOCK, &args)
+                .code(0)
+                .stdout(contains(format!("Usage: buildlock {command}")));
         }
     }
     // Options appear in their command's help.
-    let s = text(&run(&r, BUILDLOCK, &["log", "--help"]).stdout);
-    assert!(s.contains("--json") && s.contains("-n <N>"), "{s}");
+    run(&r, BUILDLOCK, &["log", "--help"]).stdout(contains("--json").and(contains("-n <N>")));
     // The help did not touch the repository's coordination state.
     assert!(!r.buildlock_dir().join("history.jsonl").exists());
 }
@@ -72,14 +61,11 @@ fn buildlock_usage_errors_exit_2() {
         &["reset", "a", "b"],
         &["completions", "tcsh"],
     ] {
-        let out = run(&r, BUILDLOCK, args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
         // clap says what was wrong and where to read more (no command at all: the help).
-        let e = text(&out.stderr);
-        assert!(
-            (e.contains("error:") && e.contains("--help")) || e.contains("Usage: buildlock"),
-            "{args:?}: {}",
-            text(&out.stderr)
+        run(&r, BUILDLOCK, args).code(2).stderr(
+            contains("error:")
+                .and(contains("--help"))
+                .or(contains("Usage: buildlock")),
         );
     }
 }
@@ -88,23 +74,19 @@ fn buildlock_usage_errors_exit_2() {
 fn completions_for_bash_zsh_fish() {
     let r = TestRepo::new("");
     for shell in ["bash", "zsh", "fish"] {
-        let out = run(&r, BUILDLOCK, &["completions", shell]);
-        let s = text(&out.stdout);
-        assert_eq!(out.status.code(), Some(0), "{shell}");
-        assert!(
-            s.contains("buildlock") && s.contains("doctor"),
-            "{shell}: {s}"
-        );
+        run(&r, BUILDLOCK, &["completions", shell])
+            .code(0)
+            .stdout(contains("buildlock").and(contains("doctor")));
     }
     // bash accepts what it generated.
-    let out = run(&r, BUILDLOCK, &["completions", "bash"]);
+    let out = run(&r, BUILDLOCK, &["completions", "bash"]).success();
     let script = r.root.join("completion.bash");
-    std::fs::write(&script, &out.stdout).unwrap();
-    let mut c = r.cmd("bash", &r.dir);
-    c.arg("-c")
-        .arg(format!(". {} && complete -p buildlock", script.display()));
-    let check = c.output().unwrap();
-    assert!(check.status.success(), "{}", text(&check.stderr));
+    std::fs::write(&script, &out.get_output().stdout).unwrap();
+    r.cmd("bash", &r.dir)
+        .arg("-c")
+        .arg(format!(". {} && complete -p buildlock", script.display()))
+        .assert()
+        .success();
 }
 
 /// A repository whose check writes a marker file, with a staged change.
@@ -124,25 +106,18 @@ fn marker_repo() -> (TestRepo, std::path::PathBuf) {
 fn the_hook_answers_help_and_version_without_running_the_check() {
     let (r, marker) = marker_repo();
     for flag in ["--help", "-h"] {
-        let out = run(&r, PRE_COMMIT, &[flag]);
-        assert_eq!(out.status.code(), Some(0), "{flag}");
-        let s = text(&out.stdout);
-        assert!(
-            s.contains("Usage:") && s.contains("Exit codes"),
-            "{flag}: {s}"
-        );
+        run(&r, PRE_COMMIT, &[flag])
+            .code(0)
+            .stdout(contains("Usage:").and(contains("Exit codes")));
     }
     for flag in ["--version", "-V"] {
-        let out = run(&r, PRE_COMMIT, &[flag]);
-        assert_eq!(out.status.code(), Some(0), "{flag}");
-        assert_eq!(
-            text(&out.stdout).trim(),
-            format!("pre-commit (buildlock) {VERSION}")
-        );
+        run(&r, PRE_COMMIT, &[flag])
+            .code(0)
+            .stdout(predicate::str::diff(format!("pre-commit (buildlock) {VERSION}")).trim());
     }
     assert!(!marker.exists(), "the check ran for --help/--version");
     // The control: run plainly, the hook does run the check and writes the marker.
-    assert_eq!(run(&r, PRE_COMMIT, &[]).status.code(), Some(0));
+    run(&r, PRE_COMMIT, &[]).code(0);
     assert!(marker.exists());
 }
 
@@ -151,23 +126,17 @@ fn commit_retry_answers_help_and_version_without_running_git() {
     let (r, marker) = marker_repo();
     let head = text(&r.git(&["rev-parse", "HEAD"]).stdout);
     for flag in ["--help", "-h", "--version"] {
-        let out = run(&r, COMMIT_RETRY, &[flag]);
-        assert_eq!(out.status.code(), Some(0), "{flag}: {}", text(&out.stderr));
-        let s = text(&out.stdout);
+        let out = run(&r, COMMIT_RETRY, &[flag]).code(0);
         if flag == "--version" {
-            assert_eq!(s.trim(), format!("commit-retry (buildlock) {VERSION}"));
+            out.stdout(predicate::str::diff(format!("commit-retry (buildlock) {VERSION}")).trim());
         } else {
-            assert!(
-                s.contains("Usage: git commit-retry") && s.contains("Exit codes"),
-                "{s}"
-            );
+            out.stdout(contains("Usage: git commit-retry").and(contains("Exit codes")));
         }
     }
     assert!(!marker.exists(), "the check ran for --help/--version");
     assert_eq!(text(&r.git(&["rev-parse", "HEAD"]).stdout), head);
     // Only a FIRST argument is ours: later ones are git's (here `-m` and its message).
-    let out = run(&r, COMMIT_RETRY, &["-q", "-m", "--help"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    run(&r, COMMIT_RETRY, &["-q", "-m", "--help"]).code(0);
     assert_eq!(r.last_subject(&r.dir), "--help");
     assert!(marker.exists(), "the control commit ran the check");
 }

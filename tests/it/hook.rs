@@ -21,13 +21,11 @@ fn repo_with_shared_check(extra: &str) -> TestRepo {
 fn no_check_and_no_chained_hook_passes_silently() {
     let r = TestRepo::new("");
     r.stage_change(&r.dir, "a");
-    let out = r
-        .cmd("git", &r.dir)
+    r.cmd("git", &r.dir)
         .args(["commit", "-q", "-m", "a"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert_eq!(text(&out.stderr), "");
+        .assert()
+        .success()
+        .stderr("");
     assert!(
         !r.buildlock_dir().exists(),
         "nothing to coordinate, nothing written"
@@ -38,13 +36,11 @@ fn no_check_and_no_chained_hook_passes_silently() {
 fn green_commit_writes_nothing() {
     let r = repo_with_shared_check("");
     r.stage_change(&r.dir, "a");
-    let out = r
-        .cmd("git", &r.dir)
+    r.cmd("git", &r.dir)
         .args(["commit", "-q", "-m", "a"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stderr), "");
+        .assert()
+        .success()
+        .stderr("");
     assert!(!r.buildlock_dir().join("state").exists());
 }
 
@@ -53,16 +49,14 @@ fn runs_by_hand_from_a_subfolder() {
     let r = repo_with_shared_check("[hook]\nwait = false\n");
     std::fs::create_dir_all(r.dir.join("sub/deeper")).unwrap();
     std::fs::write(r.shared("status"), "broken\n").unwrap();
-    let out = r
-        .cmd(PRE_COMMIT, &r.dir.join("sub/deeper"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("you are the FIXER"));
+    r.cmd(PRE_COMMIT, &r.dir.join("sub/deeper"))
+        .assert()
+        .code(1)
+        .stderr(contains("you are the FIXER"));
     assert_eq!(r.state()["keys"][0]["status"], "fixing");
 }
 
-/// The race: 16 agents in 16 worktrees fail at the same instant, round after round.
+/// The race: 16 agents in 16 worktrees fail at the same instant, round after round.
 #[test]
 fn sixteen_agents_one_fixer_per_round() {
     const AGENTS: usize = 16;
@@ -182,22 +176,9 @@ fn fixer_repeated_failures_give_the_role_up() {
     let r = repo_with_shared_check("[hook]\nwait = false\n[coordination]\nmax_fix_attempts = 2\n");
     std::fs::write(r.shared("status"), "broken\n").unwrap();
     let hook = |agent: &str| r.hook(&r.dir, agent);
-    let first = hook("x");
-    assert_eq!(first.status.code(), Some(1));
-    let again = hook("x");
-    assert_eq!(again.status.code(), Some(1));
-    assert!(
-        text(&again.stderr).contains("failed re-check 1 of 2"),
-        "{}",
-        text(&again.stderr)
-    );
-    let last = hook("x");
-    assert_eq!(last.status.code(), Some(1));
-    assert!(
-        text(&last.stderr).contains("gave the fixer role up"),
-        "{}",
-        text(&last.stderr)
-    );
+    hook("x").code(1);
+    hook("x").code(1).stderr(contains("failed re-check 1 of 2"));
+    hook("x").code(1).stderr(contains("gave the fixer role up"));
     assert_eq!(r.state()["keys"][0]["status"], "broken");
     assert!(r.history_events().contains(&"gave_up".to_owned()));
 }
@@ -207,16 +188,13 @@ fn silent_fixer_is_taken_over_after_the_lease() {
     let r = repo_with_shared_check("[hook]\nwait = false\n[coordination]\nstale_after = \"1s\"\n");
     std::fs::write(r.shared("status"), "broken\n").unwrap();
     let hook = |agent: &str| r.hook(&r.dir, agent);
-    assert_eq!(hook("silent").status.code(), Some(1));
-    assert_eq!(hook("other").status.code(), Some(75), "the lease is fresh");
+    hook("silent").code(1);
+    // The lease is fresh: wait.
+    hook("other").code(75);
     std::thread::sleep(Duration::from_millis(1200));
-    let out = hook("other");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("taking over from `silent`"),
-        "{}",
-        text(&out.stderr)
-    );
+    hook("other")
+        .code(1)
+        .stderr(contains("taking over from `silent`"));
     let key = &r.state()["keys"][0];
     assert_eq!(
         (key["fixer"]["agent"].as_str(), key["generation"].as_u64()),
@@ -225,7 +203,7 @@ fn silent_fixer_is_taken_over_after_the_lease() {
     assert!(r.history_events().contains(&"takeover".to_owned()));
     // The old fixer's passing check changes nothing now.
     std::fs::write(r.shared("status"), "ok\n").unwrap();
-    assert_eq!(hook("silent").status.code(), Some(0));
+    hook("silent").code(0);
     assert_eq!(r.state()["keys"][0]["fixer"]["agent"], "other");
 }
 
@@ -234,8 +212,7 @@ fn waiting_hook_commits_once_the_fixer_fixes() {
     let r = repo_with_shared_check("[coordination]\nwait = \"30s\"\n");
     let waiter_tree = r.worktree("waiter");
     std::fs::write(r.shared("status"), "broken\n").unwrap();
-    let fixer = r.hook(&r.dir, "fixer");
-    assert_eq!(fixer.status.code(), Some(1));
+    r.hook(&r.dir, "fixer").code(1);
     r.stage_change(&waiter_tree, "w");
     let waiter = r
         .cmd("git", &waiter_tree)
@@ -248,8 +225,7 @@ fn waiting_hook_commits_once_the_fixer_fixes() {
         ["waiters"]
         == serde_json::json!(["waiter"])));
     std::fs::write(r.shared("status"), "ok\n").unwrap();
-    let fixed = r.hook(&r.dir, "fixer");
-    assert_eq!(fixed.status.code(), Some(0));
+    r.hook(&r.dir, "fixer").code(0);
     let out = wait_output(waiter, Duration::from_secs(30));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let err = text(&out.stderr);
@@ -264,38 +240,27 @@ fn waiting_hook_commits_once_the_fixer_fixes() {
 fn wait_runs_out_with_exit_75() {
     let r = repo_with_shared_check("[coordination]\nwait = \"300ms\"\n");
     std::fs::write(r.shared("status"), "broken\n").unwrap();
-    assert_eq!(r.hook(&r.dir, "a").status.code(), Some(1));
-    let out = r.hook(&r.dir, "b");
-    assert_eq!(out.status.code(), Some(75));
-    assert!(
-        text(&out.stderr).contains("still fixing"),
-        "{}",
-        text(&out.stderr)
-    );
+    r.hook(&r.dir, "a").code(1);
+    r.hook(&r.dir, "b")
+        .code(75)
+        .stderr(contains("still fixing"));
 }
 
 #[test]
 fn coordination_off_still_runs_the_check() {
     let r = repo_with_shared_check("");
     std::fs::write(r.shared("status"), "broken\n").unwrap();
-    let out = r
-        .cmd(PRE_COMMIT, &r.dir)
+    r.cmd(PRE_COMMIT, &r.dir)
         .env("BUILDLOCK", "0")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("coordination is off"));
+        .assert()
+        .code(1)
+        .stderr(contains("coordination is off"));
     assert!(!r.buildlock_dir().join("state").exists());
     std::fs::write(r.shared("status"), "ok\n").unwrap();
-    assert_eq!(
-        r.cmd(PRE_COMMIT, &r.dir)
-            .env("BUILDLOCK", "0")
-            .output()
-            .unwrap()
-            .status
-            .code(),
-        Some(0)
-    );
+    r.cmd(PRE_COMMIT, &r.dir)
+        .env("BUILDLOCK", "0")
+        .assert()
+        .code(0);
 }
 
 #[test]
@@ -324,13 +289,11 @@ fn damaged_state_files_are_survived_and_rewritten() {
         std::fs::create_dir_all(state.parent().unwrap()).unwrap();
         std::fs::write(&state, &bytes).unwrap();
         std::fs::write(r.shared("status"), "broken\n").unwrap();
-        let out = r.cmd(PRE_COMMIT, &r.dir).output().unwrap();
-        assert_eq!(out.status.code(), Some(1), "{what}: {}", text(&out.stderr));
-        assert!(
-            text(&out.stderr).contains("was unreadable"),
-            "{what}: {}",
-            text(&out.stderr)
-        );
+        r.cmd(PRE_COMMIT, &r.dir)
+            .assert()
+            .append_context("damage", what)
+            .code(1)
+            .stderr(contains("was unreadable"));
         assert_eq!(
             r.state()["keys"][0]["status"],
             "fixing",
@@ -341,8 +304,7 @@ fn damaged_state_files_are_survived_and_rewritten() {
     // A directory in its place, and a damaged file met by a passing check.
     let r = repo_with_shared_check("");
     std::fs::create_dir_all(r.buildlock_dir().join("state/repo.json/x")).unwrap();
-    let out = r.cmd(PRE_COMMIT, &r.dir).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    r.cmd(PRE_COMMIT, &r.dir).assert().code(0);
     assert_eq!(r.state()["keys"][0]["status"], "passing");
 }
 
@@ -367,31 +329,26 @@ fn bad_configs_exit_78_naming_file_line_and_key() {
     ];
     for (config, expect) in cases {
         let r = TestRepo::new(config);
-        let out = r.cmd(PRE_COMMIT, &r.dir).output().unwrap();
-        assert_eq!(out.status.code(), Some(78), "{config}");
-        let err = text(&out.stderr);
-        assert!(
-            err.contains(".buildlock.toml") && err.contains(expect),
-            "{config}: {err}"
-        );
+        r.cmd(PRE_COMMIT, &r.dir)
+            .assert()
+            .append_context("config", config)
+            .code(78)
+            .stderr(contains(".buildlock.toml").and(contains(expect)));
     }
     // BUILDLOCK_CONFIG wins over the repository file and must exist.
     let r = TestRepo::new("check = \"true\"\n");
-    let out = r
-        .cmd(PRE_COMMIT, &r.dir)
+    r.cmd(PRE_COMMIT, &r.dir)
         .env("BUILDLOCK_CONFIG", r.root.join("nope.toml"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    assert!(text(&out.stderr).contains("nope.toml"));
+        .assert()
+        .code(78)
+        .stderr(contains("nope.toml"));
     std::fs::write(r.root.join("ci.toml"), "check = \"false\"\n").unwrap();
-    let out = r
-        .cmd(PRE_COMMIT, &r.dir)
+    // The later layer's check runs.
+    r.cmd(PRE_COMMIT, &r.dir)
         .env("BUILDLOCK_CONFIG", r.root.join("ci.toml"))
         .env("BUILDLOCK", "0")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "the later layer's check ran");
+        .assert()
+        .code(1);
 }
 
 #[test]
@@ -400,18 +357,14 @@ fn user_config_is_the_lowest_layer() {
     let user = r.root.join("config/buildlock");
     std::fs::create_dir_all(&user).unwrap();
     std::fs::write(user.join("config.toml"), "check = \"exit 3\"\n").unwrap();
-    let out = r
-        .cmd(PRE_COMMIT, &r.dir)
+    // The user file's check runs...
+    r.cmd(PRE_COMMIT, &r.dir)
         .env("BUILDLOCK", "0")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "the user file's check ran");
+        .assert()
+        .code(1);
+    // ... and the repository's file wins over it.
     std::fs::write(r.dir.join(".buildlock.toml"), "check = \"true\"\n").unwrap();
-    assert_eq!(
-        r.cmd(PRE_COMMIT, &r.dir).output().unwrap().status.code(),
-        Some(0),
-        "the repo file wins"
-    );
+    r.cmd(PRE_COMMIT, &r.dir).assert().code(0);
 }
 
 /// The check sees exactly what git will commit, for every form of GIT_INDEX_FILE.
@@ -427,13 +380,7 @@ fn the_check_sees_the_index_git_commits() {
     std::fs::write(r.dir.join("tracked"), "1\n").unwrap();
     r.git(&["add", "-A"]);
     r.git(&["commit", "-q", "-m", "tracked"]);
-    let read = || {
-        std::fs::read_to_string(&seen)
-            .unwrap()
-            .lines()
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
-    };
+    let read = || lines(&seen);
 
     r.stage_change(&r.dir, "plain");
     r.git(&["commit", "-q", "-m", "plain"]);
@@ -456,7 +403,7 @@ fn linked_worktrees_share_one_domain_and_a_submodule_has_its_own() {
     let r = repo_with_shared_check("[hook]\nwait = false\n");
     let wt = r.worktree("linked");
     std::fs::write(r.shared("status"), "broken\n").unwrap();
-    assert_eq!(r.hook(&wt, "in-linked").status.code(), Some(1));
+    r.hook(&wt, "in-linked").code(1);
     assert_eq!(
         r.state()["keys"][0]["fixer"]["agent"],
         "in-linked",
@@ -475,12 +422,7 @@ fn linked_worktrees_share_one_domain_and_a_submodule_has_its_own() {
         sub_src.dir.to_str().unwrap(),
         "sub",
     ]);
-    let out = r
-        .cmd(PRE_COMMIT, &r.dir.join("sub"))
-        .env("BUILDLOCK_AGENT", "in-sub")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    r.hook(&r.dir.join("sub"), "in-sub").code(1);
     assert!(r.dir.join(".git/modules/sub/buildlock/state").exists());
     assert_eq!(
         r.state()["keys"][0]["fixer"]["agent"],
@@ -494,13 +436,11 @@ fn git_dir_set_as_in_a_linked_worktree_hook() {
     let r = repo_with_shared_check("[hook]\nwait = false\n");
     let wt = r.worktree("w");
     std::fs::write(r.shared("status"), "broken\n").unwrap();
-    let out = r
-        .cmd(PRE_COMMIT, &wt)
+    r.cmd(PRE_COMMIT, &wt)
         .env("GIT_DIR", r.dir.join(".git/worktrees/w"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains(&format!("{}", r.buildlock_dir().display())));
+        .assert()
+        .code(1)
+        .stderr(contains(r.buildlock_dir().display().to_string()));
 }
 
 #[test]
@@ -514,14 +454,12 @@ fn scope_branch_and_signature_make_separate_keys() {
     r.git(&["commit", "-q", "-am", "config", "--no-verify"]);
     let hook = |agent: &str| r.hook(&r.dir, agent);
     std::fs::write(r.shared("error"), "error: one\n").unwrap();
-    assert_eq!(hook("a").status.code(), Some(1));
-    assert_eq!(hook("b").status.code(), Some(75), "same failure: wait");
+    hook("a").code(1);
+    // The same failure: wait.
+    hook("b").code(75);
+    // A different failure: its own fixer.
     std::fs::write(r.shared("error"), "error: two\n").unwrap();
-    assert_eq!(
-        hook("b").status.code(),
-        Some(1),
-        "a different failure: its own fixer"
-    );
+    hook("b").code(1);
     let keys = r.state()["keys"].as_array().unwrap().clone();
     assert_eq!(keys.len(), 2);
     assert!(
@@ -607,8 +545,7 @@ fn a_daemon_started_by_the_check_holds_no_lock() {
         script.display()
     );
     std::fs::write(r.dir.join(".buildlock.toml"), config).unwrap();
-    let out = r.hook(&r.dir, "a");
-    assert_eq!(out.status.code(), Some(1));
+    r.hook(&r.dir, "a").code(1);
     assert!(eventually(Duration::from_secs(5), || pidfile.exists()));
     let daemon: i32 = std::fs::read_to_string(&pidfile)
         .unwrap()
@@ -617,7 +554,38 @@ fn a_daemon_started_by_the_check_holds_no_lock() {
         .unwrap();
     assert!(alive(daemon as u32), "the daemon outlives the hook");
     // Its holding our files does not hold the locks: another agent decides at once.
-    let out = r.hook(&r.dir, "b");
-    assert_eq!(out.status.code(), Some(75));
+    r.hook(&r.dir, "b").code(75);
     unsafe { libc::kill(daemon, libc::SIGKILL) };
+}
+
+/// A waiter whose wait ran out, and one interrupted with SIGINT, are no longer listed.
+// regression: a waiter that had exited 75 stayed listed
+#[test]
+fn waiters_that_gave_up_or_were_interrupted_leave_the_list() {
+    let r = TestRepo::new("check = \"false\"\n[coordination]\nwait = \"1s\"\n");
+    r.hook(&r.dir, "fixer").code(1);
+    r.hook(&r.dir, "gave-up").code(75);
+    assert_eq!(
+        r.state()["keys"][0]["waiters"],
+        serde_json::json!([]),
+        "the waiter whose wait ran out"
+    );
+    let patient = r
+        .cmd(PRE_COMMIT, &r.dir)
+        .env("BUILDLOCK_AGENT", "interrupted")
+        .env("BUILDLOCK_CONFIG", {
+            let p = r.shared("long-wait.toml");
+            std::fs::write(&p, "[coordination]\nwait = \"60s\"\n").unwrap();
+            p
+        })
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || r.state()["keys"][0]
+        ["waiters"]
+        == serde_json::json!(["interrupted"])));
+    signal(&patient, libc::SIGINT);
+    let out = wait_output(patient, Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert_eq!(r.state()["keys"][0]["waiters"], serde_json::json!([]));
 }

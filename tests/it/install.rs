@@ -427,7 +427,7 @@ fn write_exec(path: &Path, text: &str) {
 }
 
 /// `git commit -q -m MSG` after staging a change, in `dir`.
-fn commit(r: &TestRepo, dir: &Path, name: &str) -> Output {
+fn stage_and_commit(r: &TestRepo, dir: &Path, name: &str) -> Output {
     r.stage_change(dir, name);
     r.cmd("git", dir)
         .args(["commit", "-q", "-m", name])
@@ -622,7 +622,7 @@ fn the_hook_is_a_small_script_and_the_old_symlink_is_upgraded() {
         text(&out.stderr)
     );
     r.cmd(BUILDLOCK, &r.dir).arg("reset").output().unwrap();
-    let out = commit(&r, &r.dir, "a");
+    let out = stage_and_commit(&r, &r.dir, "a");
     assert!(
         text(&out.stderr).contains("you are the FIXER"),
         "{}",
@@ -767,11 +767,11 @@ fn committed_hooks_folder_keeps_working_for_a_teammate_without_buildlock() {
     r.git(&["commit", "-q", "-m", "config", "--no-verify"]);
 
     // With buildlock: the team's hook is the coordinated check.
-    let out = commit(&r, &r.dir, "a");
+    let out = stage_and_commit(&r, &r.dir, "a");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(team_runs(&r).len(), 2);
     std::fs::write(r.shared("STOP"), "").unwrap();
-    let out = commit(&r, &r.dir, "b");
+    let out = stage_and_commit(&r, &r.dir, "b");
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("you are the FIXER"),
@@ -779,11 +779,14 @@ fn committed_hooks_folder_keeps_working_for_a_teammate_without_buildlock() {
         text(&out.stderr)
     );
     std::fs::remove_file(r.shared("STOP")).unwrap();
-    assert!(commit(&r, &r.dir, "b").status.success(), "the fix lands");
+    assert!(
+        stage_and_commit(&r, &r.dir, "b").status.success(),
+        "the fix lands"
+    );
 
     // A linked worktree runs its own checkout of the team's hook, through buildlock.
     let wt = r.worktree("linked");
-    let out = commit(&r, &wt, "c");
+    let out = stage_and_commit(&r, &wt, "c");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(team_runs(&r).last().unwrap(), &wt.display().to_string());
 
@@ -797,7 +800,7 @@ fn committed_hooks_folder_keeps_working_for_a_teammate_without_buildlock() {
     ]);
     r.git_in(&mate, &["config", "core.hooksPath", ".githooks"]);
     assert!(!mate.join(".git/buildlock").exists());
-    let out = commit(&r, &mate, "d");
+    let out = stage_and_commit(&r, &mate, "d");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         !text(&out.stderr).contains("buildlock"),
@@ -806,7 +809,7 @@ fn committed_hooks_folder_keeps_working_for_a_teammate_without_buildlock() {
     );
     assert_eq!(team_runs(&r).last().unwrap(), &mate.display().to_string());
     std::fs::write(r.shared("STOP"), "").unwrap();
-    let out = commit(&r, &mate, "e");
+    let out = stage_and_commit(&r, &mate, "e");
     assert!(
         !out.status.success(),
         "the team's failing hook still stops the commit"
@@ -827,7 +830,7 @@ fn committed_hooks_folder_keeps_working_for_a_teammate_without_buildlock() {
         text(&out.stdout)
     );
     std::fs::write(r.shared("STOP"), "").unwrap();
-    let out = commit(&r, &mate, "f");
+    let out = stage_and_commit(&r, &mate, "f");
     assert!(
         text(&out.stderr).contains("FIXER") || text(&out.stderr).contains("already fixing"),
         "{}",
@@ -839,7 +842,7 @@ fn committed_hooks_folder_keeps_working_for_a_teammate_without_buildlock() {
     let out = install(&r, &mate, &["--uninstall", "--purge"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(before, snapshot(&mate.join(".githooks")));
-    assert!(commit(&r, &mate, "g").status.success());
+    assert!(stage_and_commit(&r, &mate, "g").status.success());
 
     // Uninstalled where it was installed first, the team's hook is restored byte for byte.
     let out = install(&r, &r.dir, &["--uninstall"]);
@@ -903,7 +906,7 @@ fn committed_folder_from_an_earlier_version_gets_the_team_hook_back() {
             .contains("# buildlock-chained")
     );
     std::fs::write(r.dir.join(".buildlock.toml"), NO_WAIT).unwrap();
-    assert!(commit(&r, &r.dir, "a").status.success());
+    assert!(stage_and_commit(&r, &r.dir, "a").status.success());
     assert_eq!(team_runs(&r).len(), 1, "the team's hook runs as the check");
     // Uninstall restores it where it was before buildlock.
     assert!(install(&r, &r.dir, &["--uninstall"]).status.success());
@@ -1137,10 +1140,6 @@ fn recover(r: &TestRepo, what_to_run: &str) -> String {
     text(&out.stdout)
 }
 
-fn lines(path: &Path) -> usize {
-    std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
-}
-
 #[test]
 fn lefthook_install_again_is_detected_and_recovered() {
     let Some(lefthook) = lefthook() else { return };
@@ -1166,8 +1165,8 @@ fn lefthook_install_again_is_detected_and_recovered() {
         text(&out.stdout)
     );
     std::fs::write(r.dir.join(".buildlock.toml"), NO_WAIT).unwrap();
-    assert!(commit(&r, &r.dir, "a").status.success());
-    assert_eq!(lines(&runs), 1, "lefthook runs, as buildlock's check");
+    assert!(stage_and_commit(&r, &r.dir, "a").status.success());
+    assert_eq!(lines(&runs).len(), 1, "lefthook runs, as buildlock's check");
 
     // `lefthook install` again (npm install does it): it can read our hook now, and keeps it.
     let said = run_tool(&r, &lefthook, &["install"]);
@@ -1184,20 +1183,20 @@ fn lefthook_install_again_is_detected_and_recovered() {
         found.message()
     );
     // Commits still work (lefthook alone runs, uncoordinated), until the recovery:
-    assert!(commit(&r, &r.dir, "b").status.success());
+    assert!(stage_and_commit(&r, &r.dir, "b").status.success());
     let said = recover(&r, &what_to_run);
     assert!(said.contains("reinstalled by lefthook"), "{said}");
     assert_is_our_script(&hooks.join("pre-commit"), &r.dir);
     assert!(std::fs::symlink_metadata(hooks.join("pre-commit.old")).is_err());
     std::fs::write(r.shared("STOP"), "").unwrap();
-    let out = commit(&r, &r.dir, "c");
+    let out = stage_and_commit(&r, &r.dir, "c");
     assert!(
         text(&out.stderr).contains("you are the FIXER"),
         "coordinated again: {}",
         text(&out.stderr)
     );
     std::fs::remove_file(r.shared("STOP")).unwrap();
-    assert!(commit(&r, &r.dir, "c").status.success());
+    assert!(stage_and_commit(&r, &r.dir, "c").status.success());
 
     // lefthook.yml changed: lefthook, running as buildlock's check, reinstalls itself over ours.
     // The hook can tell afterwards (hook_warning), and so can doctor.
@@ -1208,7 +1207,7 @@ fn lefthook_install_again_is_detected_and_recovered() {
     )
     .unwrap();
     r.git(&["add", "lefthook.yml"]);
-    assert!(commit(&r, &r.dir, "yml").status.success());
+    assert!(stage_and_commit(&r, &r.dir, "yml").status.success());
     let hooks_now =
         buildlock_core::flows::operator::installation::inspect(&hooks, &r.buildlock_dir());
     if hooks_now.is_ours() {
@@ -1231,10 +1230,10 @@ fn lefthook_install_again_is_detected_and_recovered() {
         );
     }
     assert!(!r.buildlock_dir().exists());
-    let before = lines(&runs);
-    let out = commit(&r, &r.dir, "d");
+    let before = lines(&runs).len();
+    let out = stage_and_commit(&r, &r.dir, "d");
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(lines(&runs), before + 1);
+    assert_eq!(lines(&runs).len(), before + 1);
 }
 
 #[test]
@@ -1259,23 +1258,23 @@ fn pre_commit_install_again_keeps_commits_working_and_is_recovered() {
     run_tool(&r, &framework, &["install"]);
     assert!(text(&install(&r, &r.dir, &[]).stdout).contains("kept your existing hook"));
     std::fs::write(r.dir.join(".buildlock.toml"), NO_WAIT).unwrap();
-    assert!(commit(&r, &r.dir, "a").status.success());
-    assert_eq!(lines(&runs), 1);
+    assert!(stage_and_commit(&r, &r.dir, "a").status.success());
+    assert_eq!(lines(&runs).len(), 1);
 
     // `pre-commit install` again: migration mode, ours as its legacy hook. Commits keep working
     // (no "bug: pre-commit's script is installed in migration mode"), coordinated, the checks twice.
     run_tool(&r, &framework, &["install"]);
     assert_is_our_script(&hooks.join("pre-commit.legacy"), &r.dir);
-    let out = commit(&r, &r.dir, "b");
+    let out = stage_and_commit(&r, &r.dir, "b");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!text(&out.stderr).contains("bug:"), "{}", text(&out.stderr));
     assert_eq!(
-        lines(&runs),
+        lines(&runs).len(),
         3,
         "once through buildlock, once more by the framework"
     );
     std::fs::write(r.shared("STOP"), "").unwrap();
-    let out = commit(&r, &r.dir, "c");
+    let out = stage_and_commit(&r, &r.dir, "c");
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(
@@ -1283,7 +1282,7 @@ fn pre_commit_install_again_keeps_commits_working_and_is_recovered() {
         "{err}"
     );
     std::fs::remove_file(r.shared("STOP")).unwrap();
-    assert!(commit(&r, &r.dir, "c").status.success());
+    assert!(stage_and_commit(&r, &r.dir, "c").status.success());
 
     let warning =
         buildlock_core::flows::operator::installation::hook_warning(&hooks, &r.buildlock_dir());
@@ -1308,9 +1307,9 @@ fn pre_commit_install_again_keeps_commits_working_and_is_recovered() {
     assert!(said.contains("reinstalled by pre-commit"), "{said}");
     assert_is_our_script(&hooks.join("pre-commit"), &r.dir);
     assert!(std::fs::symlink_metadata(hooks.join("pre-commit.legacy")).is_err());
-    let before = lines(&runs);
-    assert!(commit(&r, &r.dir, "d").status.success());
-    assert_eq!(lines(&runs), before + 1, "once again");
+    let before = lines(&runs).len();
+    assert!(stage_and_commit(&r, &r.dir, "d").status.success());
+    assert_eq!(lines(&runs).len(), before + 1, "once again");
 
     // Uninstalled: the framework's own hook, nothing of ours, no dangling legacy hook.
     let out = install(&r, &r.dir, &["--uninstall"]);
@@ -1321,14 +1320,14 @@ fn pre_commit_install_again_keeps_commits_working_and_is_recovered() {
             .unwrap()
             .contains("File generated by pre-commit")
     );
-    let out = commit(&r, &r.dir, "e");
+    let out = stage_and_commit(&r, &r.dir, "e");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         !text(&out.stderr).contains("buildlock"),
         "{}",
         text(&out.stderr)
     );
-    assert_eq!(lines(&runs), before + 2);
+    assert_eq!(lines(&runs).len(), before + 2);
 }
 
 #[test]
@@ -1346,7 +1345,7 @@ fn the_chained_hook_gets_git_s_arguments_only() {
         let out = install(&r, &repo, &[]);
         assert!(out.status.success(), "{}", text(&out.stderr));
         assert_is_our_script(&repo.join(".git/hooks/pre-commit"), &repo);
-        let out = commit(&r, &repo, "a");
+        let out = stage_and_commit(&r, &repo, "a");
         assert!(out.status.success(), "{}", text(&out.stderr));
         assert_eq!(std::fs::read_to_string(&seen).unwrap(), "0 \n", "{name}");
     }

@@ -1,10 +1,10 @@
-//! Integration tests: the real binaries on real temporary repositories.
+//! Integration tests: the real binaries on real temporary repositories. Each file is named by the
+//! behaviour it tests; what they share is in `harness.rs`.
 
 mod claims;
 mod cli;
+mod election;
 mod faults;
-mod fixer_cases;
-mod fixer_defects;
 mod handover;
 mod harness;
 mod help;
@@ -14,4 +14,7 @@ mod race;
 mod remote;
 mod resource_limits;
 mod retry;
+mod stale;
+mod state;
 mod stress;
+mod takeover;

@@ -364,7 +364,7 @@ fn back_to_broken(s: &Server, clones: &[PathBuf]) {
     }
 }
 
-fn race(n: usize, rounds: usize, daemon: bool) {
+fn remote_race(n: usize, rounds: usize, daemon: bool) {
     // A long lease: this is about elections, not takeovers (a loaded 2-core machine can make a
     // heartbeat push wait for seconds behind the others).
     let mut s = race_server("stale_after = \"60s\"");
@@ -402,12 +402,12 @@ fn race(n: usize, rounds: usize, daemon: bool) {
 
 #[test]
 fn remote_race_seven_clones_over_git_daemon() {
-    race(7, 2, true);
+    remote_race(7, 2, true);
 }
 
 #[test]
 fn remote_race_seven_clones_over_file_url() {
-    race(7, 1, false);
+    remote_race(7, 1, false);
 }
 
 #[test]
@@ -417,7 +417,7 @@ fn remote_race_full() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
-    race(16, rounds, true);
+    remote_race(16, rounds, true);
 }
 
 // Faults ----------------------------------------------------------------------------------------
@@ -448,7 +448,7 @@ fn shared_config(root: &Path, coordination: &str) -> String {
     )
 }
 
-fn starts(s: &Server) -> Vec<String> {
+fn fix_starts(s: &Server) -> Vec<String> {
     s.witness()
         .into_iter()
         .filter(|l| l.starts_with("start"))
@@ -486,7 +486,7 @@ fn remote_fixer_killed_mid_fix_is_taken_over_after_stale_after() {
     // The first job is elected and starts its fix; then the others fail and wait.
     let first = s.ci(&clones[0], "flavor0", &[]);
     assert!(
-        eventually(Duration::from_secs(30), || starts(&s).len() == 1),
+        eventually(Duration::from_secs(30), || fix_starts(&s).len() == 1),
         "the first job started its fix"
     );
     let mut children = vec![("flavor0".to_owned(), first)];
@@ -514,7 +514,7 @@ fn remote_fixer_killed_mid_fix_is_taken_over_after_stale_after() {
     let killed = Instant::now();
     let _ = wait_output(fixer, Duration::from_secs(10));
     std::fs::remove_file(s.path("hold")).unwrap();
-    let took_over = eventually(Duration::from_secs(30), || starts(&s).len() == 2);
+    let took_over = eventually(Duration::from_secs(30), || fix_starts(&s).len() == 2);
     let took = killed.elapsed();
     let outs = finish(
         children,
@@ -527,7 +527,7 @@ fn remote_fixer_killed_mid_fix_is_taken_over_after_stale_after() {
         report(&outs)
     );
     all_green(&outs);
-    let st = starts(&s);
+    let st = fix_starts(&s);
     assert!(
         !st[1].contains("flavor0"),
         "the successor is another job: {st:?}"
@@ -548,7 +548,7 @@ fn remote_daemon_stopped_and_restarted_during_a_wait() {
         .map(|i| s.clone(&format!("c{i}"), &s.daemon_url()))
         .collect();
     let mut children = vec![("flavor0".to_owned(), s.ci(&clones[0], "flavor0", &[]))];
-    assert!(eventually(Duration::from_secs(30), || starts(&s).len() == 1));
+    assert!(eventually(Duration::from_secs(30), || fix_starts(&s).len() == 1));
     for (i, c) in clones.iter().enumerate().skip(1) {
         children.push((format!("flavor{i}"), s.ci(c, &format!("flavor{i}"), &[])));
     }
@@ -563,7 +563,7 @@ fn remote_daemon_stopped_and_restarted_during_a_wait() {
     std::fs::remove_file(s.path("hold")).unwrap();
     let outs = finish(children, Duration::from_secs(90));
     all_green(&outs);
-    assert_eq!(starts(&s).len(), 1, "one fix run: {:?}", s.witness());
+    assert_eq!(fix_starts(&s).len(), 1, "one fix run: {:?}", s.witness());
     let told = outs
         .iter()
         .filter(|(_, o)| text(&o.stderr).contains("cannot reach the remote `origin`"))
@@ -607,7 +607,7 @@ fn remote_a_push_that_loses_every_race_for_a_while_still_lands_once() {
     let a = s.clone("a", &url);
     let b = s.clone("b", &url);
     let fixer = s.ci(&a, "fixer", &[]);
-    assert!(eventually(Duration::from_secs(30), || starts(&s).len() == 1));
+    assert!(eventually(Duration::from_secs(30), || fix_starts(&s).len() == 1));
     // A writer on the server moves the key's ref as fast as it can (fast-forward commits with the
     // same state), so that b's pushes keep finding the ref moved under them.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -670,7 +670,7 @@ fn remote_a_push_that_loses_every_race_for_a_while_still_lands_once() {
         Duration::from_secs(60),
     );
     all_green(&outs);
-    assert_eq!(starts(&s).len(), 1, "{:?}", s.witness());
+    assert_eq!(fix_starts(&s).len(), 1, "{:?}", s.witness());
     assert!(
         during > 5,
         "the ref kept moving while the waiter joined ({during} moves)"
@@ -797,7 +797,7 @@ fn remote_clock_skew_of_ten_minutes_either_way_changes_nothing() {
                 &[("BUILDLOCK_TEST_CLOCK_OFFSET", fixer_skew)],
             ),
         )];
-        assert!(eventually(Duration::from_secs(30), || starts(&s).len() == 1));
+        assert!(eventually(Duration::from_secs(30), || fix_starts(&s).len() == 1));
         for (i, skew) in waiter_skews.iter().enumerate() {
             let agent = format!("waiter{i}");
             children.push((
@@ -822,7 +822,7 @@ fn remote_clock_skew_of_ten_minutes_either_way_changes_nothing() {
         let outs = finish(children, Duration::from_secs(60));
         all_green(&outs);
         assert_eq!(
-            starts(&s).len(),
+            fix_starts(&s).len(),
             1,
             "fixer skewed {fixer_skew}: {:?}",
             s.witness()

@@ -2,7 +2,7 @@
 
 use crate::harness::*;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 /// A repository whose check reads the shared `status`, and whose fix repairs it, appending
@@ -50,18 +50,6 @@ fn assert_no_overlap(lines: &[String]) {
     }
 }
 
-fn commit_retry(r: &TestRepo, dir: &Path, agent: &str) -> Child {
-    commit_retry_cmd(r, dir, agent).spawn().unwrap()
-}
-
-fn commit_retry_cmd(r: &TestRepo, dir: &Path, agent: &str) -> std::process::Command {
-    let mut c = r.cmd(COMMIT_RETRY, dir);
-    c.args(["-q", "-m", &format!("{agent} work")])
-        .env("BUILDLOCK_AGENT", agent)
-        .stderr(Stdio::piped());
-    c
-}
-
 #[test]
 fn sixteen_agents_one_fix_every_commit_lands() {
     const AGENTS: usize = 16;
@@ -76,7 +64,7 @@ fn sixteen_agents_one_fix_every_commit_lands() {
     let children: Vec<_> = trees
         .iter()
         .enumerate()
-        .map(|(i, t)| commit_retry(&r, t, &format!("a{i}")))
+        .map(|(i, t)| r.commit_retry(t, &format!("a{i}")))
         .collect();
     let outs: Vec<_> = children
         .into_iter()
@@ -112,9 +100,9 @@ fn sigkilled_fixer_is_replaced_and_its_orphaned_fix_stopped() {
     let (ta, tb) = (r.worktree("a"), r.worktree("b"));
     r.stage_change(&ta, "fa");
     r.stage_change(&tb, "fb");
-    let a = commit_retry(&r, &ta, "a");
+    let a = r.commit_retry(&ta, "a");
     assert!(eventually(Duration::from_secs(20), || r.witness() == ["start a"]));
-    let b = commit_retry(&r, &tb, "b");
+    let b = r.commit_retry(&tb, "b");
     assert!(eventually(Duration::from_secs(10), || r.state()["keys"][0]
         ["waiters"]
         == serde_json::json!(["b"])));
@@ -155,14 +143,14 @@ fn sigstopped_fixer_is_taken_over_after_the_lease_and_fenced_when_resumed() {
     let (ta, tb) = (r.worktree("a"), r.worktree("b"));
     r.stage_change(&ta, "fa");
     r.stage_change(&tb, "fb");
-    let a = commit_retry(&r, &ta, "a");
+    let a = r.commit_retry(&ta, "a");
     assert!(eventually(Duration::from_secs(20), || r.witness() == ["start a"]));
     // Mid-fix: the fix runs and is registered (the fixer holds no lock now).
     assert!(eventually(Duration::from_secs(20), || r.state()["keys"][0]
         ["fixer"]["fix_pid"]
         .is_u64()));
     signal(&a, libc::SIGSTOP);
-    let b = commit_retry(&r, &tb, "b");
+    let b = r.commit_retry(&tb, "b");
     let out = wait_output(b, Duration::from_secs(60));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let after_b = r.state();
@@ -195,7 +183,7 @@ fn git_lock_contention_is_retried_and_elects_nobody() {
     r.stage_change(&r.dir, "x");
     let lock = r.dir.join(".git/index.lock");
     std::fs::write(&lock, "").unwrap();
-    let child = commit_retry(&r, &r.dir, "a");
+    let child = r.commit_retry(&r.dir, "a");
     std::thread::sleep(Duration::from_millis(700));
     std::fs::remove_file(&lock).unwrap();
     let out = wait_output(child, Duration::from_secs(30));
@@ -219,14 +207,14 @@ fn exit_codes() {
     std::fs::write(r.shared("status"), "ok\n").unwrap();
     r.stage_change(&r.dir, "a");
     assert_eq!(
-        wait_output(commit_retry(&r, &r.dir, "x"), Duration::from_secs(30))
+        wait_output(r.commit_retry(&r.dir, "x"), Duration::from_secs(30))
             .status
             .code(),
         Some(0)
     );
 
     // git's own code passes through: nothing to commit.
-    let out = wait_output(commit_retry(&r, &r.dir, "x"), Duration::from_secs(30));
+    let out = wait_output(r.commit_retry(&r.dir, "x"), Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(1));
     assert!(
         !text(&out.stderr).contains("fixer"),
@@ -244,7 +232,7 @@ fn exit_codes() {
     // 1: the fixer without fix.command.
     let r = TestRepo::new("check = \"false\"\n");
     r.stage_change(&r.dir, "a");
-    let out = wait_output(commit_retry(&r, &r.dir, "x"), Duration::from_secs(30));
+    let out = wait_output(r.commit_retry(&r.dir, "x"), Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("no `fix.command` is configured"),
@@ -255,9 +243,9 @@ fn exit_codes() {
     // 75: still blocked after retry.attempts.
     let config = "check = \"false\"\n[coordination]\nwait = \"200ms\"\n[retry]\nattempts = 2\n";
     let r = TestRepo::new(config);
-    assert_eq!(r.hook(&r.dir, "fixer").status.code(), Some(1));
+    r.hook(&r.dir, "fixer").code(1);
     r.stage_change(&r.dir, "a");
-    let out = wait_output(commit_retry(&r, &r.dir, "x"), Duration::from_secs(30));
+    let out = wait_output(r.commit_retry(&r.dir, "x"), Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(75), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("still blocked by `fixer` after 2 commit attempts"));
 
@@ -266,7 +254,7 @@ fn exit_codes() {
         "check = \"false\"\n[fix]\ncommand = \"true\"\n[coordination]\nmax_fix_attempts = 2\n";
     let r = TestRepo::new(config);
     r.stage_change(&r.dir, "a");
-    let out = wait_output(commit_retry(&r, &r.dir, "x"), Duration::from_secs(30));
+    let out = wait_output(r.commit_retry(&r.dir, "x"), Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("gave the fixer role up"));
     assert_eq!(r.state()["keys"][0]["status"], "broken");
@@ -275,16 +263,16 @@ fn exit_codes() {
     // 78: configuration error.
     let r = TestRepo::new("[fix]\ncomand = \"x\"\n");
     r.stage_change(&r.dir, "a");
-    let out = wait_output(commit_retry(&r, &r.dir, "x"), Duration::from_secs(30));
+    let out = wait_output(r.commit_retry(&r.dir, "x"), Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(78));
     assert!(text(&out.stderr).contains("fix.comand"));
 
     // 128+n: ended by a signal while waiting.
     let config = "check = \"false\"\n[coordination]\nwait = \"30s\"\n";
     let r = TestRepo::new(config);
-    assert_eq!(r.hook(&r.dir, "fixer").status.code(), Some(1));
+    r.hook(&r.dir, "fixer").code(1);
     r.stage_change(&r.dir, "a");
-    let child = commit_retry(&r, &r.dir, "x");
+    let child = r.commit_retry(&r.dir, "x");
     assert!(eventually(Duration::from_secs(10), || r.state()["keys"][0]
         ["waiters"]
         == serde_json::json!(["x"])));
@@ -307,7 +295,7 @@ fn fix_gets_the_contract_environment() {
     );
     std::fs::write(r.dir.join(".buildlock.toml"), config).unwrap();
     r.stage_change(&r.dir, "a");
-    let out = wait_output(commit_retry(&r, &r.dir, "fx"), Duration::from_secs(30));
+    let out = wait_output(r.commit_retry(&r.dir, "fx"), Duration::from_secs(30));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let env = std::fs::read_to_string(env_out).unwrap();
     for var in [
@@ -358,7 +346,8 @@ fn until_said(err: &std::sync::Mutex<String>, what: &str) {
 #[test]
 fn a_waiter_wakes_on_the_fix_itself_not_on_a_poll() {
     let r = repo_with_fix("0", "");
-    assert_eq!(r.hook(&r.dir, "a").status.code(), Some(1), "a is the fixer");
+    // a is the fixer.
+    r.hook(&r.dir, "a").code(1);
     let tb = r.worktree("b");
     r.stage_change(&tb, "fb");
     let mut b = commit_retry_without_poll(&r, &tb, "b");
@@ -366,7 +355,8 @@ fn a_waiter_wakes_on_the_fix_itself_not_on_a_poll() {
     until_said(&err, "waiting up to");
     std::fs::write(r.shared("status"), "ok\n").unwrap();
     let fixed = std::time::Instant::now();
-    assert_eq!(r.hook(&r.dir, "a").status.code(), Some(0), "the fix passes");
+    // The fix passes.
+    r.hook(&r.dir, "a").code(0);
     until_said(&err, "retrying the commit");
     let noticed = fixed.elapsed();
     let out = wait_output(b, Duration::from_secs(30));
@@ -405,7 +395,7 @@ fn a_waiter_wakes_on_the_fixers_death_itself_not_on_a_poll() {
     let (ta, tb) = (r.worktree("a"), r.worktree("b"));
     r.stage_change(&ta, "fa");
     r.stage_change(&tb, "fb");
-    let a = commit_retry(&r, &ta, "a");
+    let a = r.commit_retry(&ta, "a");
     assert!(eventually(Duration::from_secs(20), || {
         r.state()["keys"][0]["fixer"]["registered"] == true
     }));
@@ -426,7 +416,7 @@ fn a_waiter_wakes_on_the_fixers_death_itself_not_on_a_poll() {
 }
 
 fn commit_retry_without_poll(r: &TestRepo, dir: &Path, agent: &str) -> Child {
-    commit_retry_cmd(r, dir, agent)
+    r.commit_retry_cmd(dir, agent)
         .env_remove("BUILDLOCK_POLL")
         .spawn()
         .unwrap()
@@ -474,7 +464,7 @@ fn the_fix_is_committed_on_its_own_not_with_the_fixers_work() {
     r.git(&["add", "mine.txt", "notes.txt"]);
     std::fs::write(r.dir.join("notes.txt"), "one\ntwo\nthree (not staged)\n").unwrap();
 
-    let out = wait_output(commit_retry(&r, &r.dir, "fixer"), Duration::from_secs(60));
+    let out = wait_output(r.commit_retry(&r.dir, "fixer"), Duration::from_secs(60));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let files = |rev: &str| {
         text(&r.git(&["show", "--format=", "--name-only", rev]).stdout)
@@ -519,7 +509,7 @@ fn a_commit_retry_killed_before_it_took_its_role_is_replaced_at_once() {
     let (ta, tb) = (r.worktree("a"), r.worktree("b"));
     r.stage_change(&ta, "fa");
     r.stage_change(&tb, "fb");
-    let a = commit_retry(&r, &ta, "a");
+    let a = r.commit_retry(&ta, "a");
     std::thread::sleep(Duration::from_millis(300));
     signal(&a, libc::SIGKILL);
     let _ = wait_output(a, Duration::from_secs(5));
@@ -528,7 +518,7 @@ fn a_commit_retry_killed_before_it_took_its_role_is_replaced_at_once() {
         ["fixer"]["agent"]
         == "a"));
     let started = std::time::Instant::now();
-    let out = wait_output(commit_retry(&r, &tb, "b"), Duration::from_secs(60));
+    let out = wait_output(r.commit_retry(&tb, "b"), Duration::from_secs(60));
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("taking over from `a`"), "{err}");
@@ -562,18 +552,18 @@ fn when_the_fixer_dies_one_waiter_takes_over_and_the_others_wait_without_a_check
             t
         })
         .collect();
-    let fixer = commit_retry(&r, &trees[0], "a0");
+    let fixer = r.commit_retry(&trees[0], "a0");
     assert!(eventually(Duration::from_secs(20), || r.state()["keys"][0]
         ["fixer"]["fix_pid"]
         .is_u64()));
     let waiters: Vec<_> = (1..=WAITERS)
-        .map(|i| commit_retry(&r, &trees[i], &format!("a{i}")))
+        .map(|i| r.commit_retry(&trees[i], &format!("a{i}")))
         .collect();
     assert!(eventually(Duration::from_secs(20), || r.state()["keys"][0]
         ["waiters"]
         .as_array()
         .is_some_and(|w| w.len() == WAITERS)));
-    let before = lines_of(&runs);
+    let before = lines(&runs).len();
     signal(&fixer, libc::SIGKILL);
     let _ = wait_output(fixer, Duration::from_secs(5));
     for (i, w) in waiters.into_iter().enumerate() {
@@ -582,7 +572,7 @@ fn when_the_fixer_dies_one_waiter_takes_over_and_the_others_wait_without_a_check
     }
     // After the kill: the new fixer's failing check, its passing re-check, and one passing
     // check per other waiter's commit. Before, every waiter also ran a failing check at once.
-    let after = lines_of(&runs) - before;
+    let after = lines(&runs).len() - before;
     assert!(after <= WAITERS + 2, "{after} check runs after the kill");
     assert_eq!(
         r.witness()
@@ -591,10 +581,6 @@ fn when_the_fixer_dies_one_waiter_takes_over_and_the_others_wait_without_a_check
             .count(),
         2
     );
-}
-
-fn lines_of(path: &Path) -> usize {
-    std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
 }
 
 /// The private temp folder cannot be used (here TMPDIR is a file): the first commit hands its
@@ -649,7 +635,7 @@ fn a_fixer_killed_mid_fix_leaves_its_staging_as_it_was() {
     let r = repo_broken_in_tree("sleep 30\n");
     r.stage_change(&r.dir, "mine.txt");
     let staged = || text(&r.git(&["diff", "--cached", "--name-only"]).stdout);
-    let fixer = commit_retry(&r, &r.dir, "fixer");
+    let fixer = r.commit_retry(&r.dir, "fixer");
     assert!(eventually(Duration::from_secs(20), || r.state()["keys"][0]
         ["fixer"]["fix_pid"]
         .is_u64()));
@@ -677,7 +663,7 @@ fn a_fixer_killed_mid_fix_leaves_its_staging_as_it_was() {
 #[test]
 fn a_fixer_with_nothing_staged_is_told_the_build_is_fixed_and_nothing_was_committed() {
     let r = repo_with_fix("0.1", "");
-    let out = wait_output(commit_retry(&r, &r.dir, "a"), Duration::from_secs(60));
+    let out = wait_output(r.commit_retry(&r.dir, "a"), Duration::from_secs(60));
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(

@@ -1,4 +1,4 @@
-//! The stress of issue 8: N agents (commit-retry in N worktrees) commit in a loop while a
+//! Stress: N agents (commit-retry in N worktrees) commit in a loop while a
 //! controller breaks the build at random, sometimes repairs it itself, and SIGKILLs or SIGSTOPs
 //! (then SIGCONTs) the fixer in the middle of its fix. The agents behave like agent harnesses: a
 //! commit that did not land is simply tried again, by a new commit-retry of the same agent.
@@ -32,7 +32,6 @@
 //!
 //! `BUILDLOCK_TEST_SEED` repeats the controller's choices of a run (printed at its start).
 
-use crate::fixer_cases::{Rng, lines};
 use crate::harness::*;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -284,16 +283,6 @@ fn passing(r: &TestRepo) -> bool {
     keys(r).iter().all(|k| k["status"] == "passing")
 }
 
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit(')')
-        .next()?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 fn is_commit_retry(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "commit-retry")
 }
@@ -350,7 +339,7 @@ fn controller(r: &TestRepo, p: &Params, rng: &mut Rng) -> Vec<Breakage> {
                 // not from `fixer.pid`, so that the controller acts the same on any version.
                 let holder = f["fix_pid"]
                     .as_u64()
-                    .and_then(|fix| parent_of(fix as u32))
+                    .and_then(|fix| parent_pid(fix as u32))
                     .filter(|&pid| is_commit_retry(pid));
                 if k["status"] == "fixing" && std::fs::read_link(running(r, &k)).is_ok() {
                     if let Some(pid) = holder {

@@ -1,0 +1,440 @@
+//! Liveness and takeover: a dead fixer's orphaned fix is stopped before the next fix starts, and
+//! a live fixer is never taken over, whatever its re-check takes, whoever released it, and
+//! however the wall clock steps. Fix runs are judged by an independent witness (see
+//! `harness::witness_fix`), never by buildlock's own account.
+
+use crate::harness::*;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// commit-retry is SIGKILLed mid-fix (its fix goes on in its own process group) and the same
+/// agent runs commit-retry again: the dead run's orphaned fix is stopped before the new one
+/// starts.
+// regression: "you are still the fixer", and a second fix ran beside the first
+#[test]
+fn same_agent_after_sigkill_stops_its_orphaned_fix_first() {
+    let r = shared_status_repo("3", "");
+    let (ta, tb) = (r.worktree("ta"), r.worktree("tb"));
+    r.stage_change(&ta, "fa");
+    r.stage_change(&tb, "fb");
+    let first = r.commit_retry(&ta, "a");
+    // Mid-fix: the fix runs and is on record (see `a_fix_killed_before_it_is_recorded_…` for
+    // a kill just before that).
+    assert!(eventually(Duration::from_secs(20), || fix_on_record(&r, 1)));
+    signal(&first, libc::SIGKILL);
+    let _ = wait_output(first, Duration::from_secs(5));
+    let again = r.commit_retry(&ta, "a");
+    let out = wait_output(again, Duration::from_secs(60));
+    let log = witness_log(&r.root);
+    let err = text(&out.stderr);
+    assert!(
+        !log.iter().any(|l| l.starts_with("OVERLAP")),
+        "two fix runs at once: {log:?}\n{err}"
+    );
+    assert!(out.status.success(), "{err}\n{log:?}");
+    assert!(err.contains("stopped the previous fixer's fix"), "{err}");
+    assert_eq!(starts(&log).len(), 2, "{log:?}");
+    assert!(log[1].starts_with("stopped a"), "{log:?}");
+    assert_eq!(r.last_subject(&ta), "a work");
+}
+
+/// commit-retry is SIGKILLed between starting the fix and recording its process group: the next
+/// fixer (the same agent, retrying) still finds and stops that fix before running its own.
+// regression: nothing on record named the fix, and a second ran beside it
+#[test]
+fn a_fix_killed_before_it_is_recorded_is_still_stopped() {
+    // The fix kills its own commit-retry first thing, while commit-retry is still recording the
+    // fix's process group: its state writes are slowed down (every rename takes 300 ms) so
+    // that this happens every time.
+    for round in 0..2 {
+        let r = TestRepo::new("");
+        let status = r.shared("status");
+        let fix = witness_fix(&r.root, "2", &format!("echo ok > {}", status.display()));
+        let wrapper = r.shared("fix-wrapper.sh");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "if [ ! -e {once} ]; then\n\
+                   touch {once}; p=$PPID\n\
+                   while [ \"$(cat /proc/$p/comm)\" != commit-retry ] && [ $p -gt 1 ]; do set -- $(cat /proc/$p/stat); p=$4; done\n\
+                   [ $p -gt 1 ] && kill -KILL $p\n\
+                 fi\n\
+                 exec sh {fix}\n",
+                once = r.shared("killed-once").display(),
+                fix = fix.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            r.dir.join(".buildlock.toml"),
+            format!(
+                "check = \"grep -qx ok {s}\"\n[fix]\ncommand = \"sh {w}\"\n",
+                s = status.display(),
+                w = wrapper.display()
+            ),
+        )
+        .unwrap();
+        r.git(&["commit", "-q", "-am", "config", "--no-verify"]);
+        std::fs::write(&status, "broken\n").unwrap();
+        r.stage_change(&r.dir, "fa");
+        let first = r
+            .cmd(COMMIT_RETRY, &r.dir)
+            .args(["-q", "-m", "a work"])
+            .env("BUILDLOCK_AGENT", "a")
+            .env("LD_PRELOAD", clock_shift_library())
+            .env("FAKE_SLOW_RENAME_MS", "300")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let first = wait_output(first, Duration::from_secs(30));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&first.status),
+            Some(libc::SIGKILL),
+            "{}",
+            text(&first.stderr)
+        );
+        let again = wait_output(r.commit_retry(&r.dir, "a"), Duration::from_secs(60));
+        let log = lines(&r.root.join("w").join("log"));
+        assert!(
+            !log.iter().any(|l| l.starts_with("OVERLAP")),
+            "round {round}: two fix runs at once: {log:?}\n{}",
+            text(&again.stderr)
+        );
+        assert!(again.status.success(), "{}", text(&again.stderr));
+    }
+}
+
+/// A state that names an unrelated process group as a dead fixer's orphaned fix (pid, host and
+/// start time all right, as a crafted or stale state can have them) never makes the next fixer
+/// kill that group.
+#[test]
+fn a_crafted_orphan_record_never_kills_an_unrelated_group() {
+    for token in [Some("0123456789abcdef"), None] {
+        let r = shared_status_repo("0", "");
+        r.hook(&r.dir, "a").code(1);
+        r.buildlock(&r.dir, "a", &["release"]).success();
+        // The decoy: a process group of its own that buildlock did not start.
+        let decoy = KillOnDrop(Some({
+            use std::os::unix::process::CommandExt;
+            Command::new("sleep")
+                .arg("60")
+                .process_group(0)
+                .spawn()
+                .unwrap()
+        }));
+        let pid = decoy.id();
+        let orphan = serde_json::json!({"pid": pid, "host": hostname(),
+            "start": start_time(pid), "token": token});
+        let state_dir = r.buildlock_dir().join("state");
+        for e in std::fs::read_dir(&state_dir).unwrap().flatten() {
+            if !e.file_name().to_string_lossy().ends_with(".json") {
+                continue;
+            }
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+            set_key_everywhere(&mut v, "orphan_fix", &orphan);
+            std::fs::write(e.path(), serde_json::to_vec(&v).unwrap()).unwrap();
+        }
+        r.stage_change(&r.dir, "fb");
+        let out = wait_output(r.commit_retry(&r.dir, "b"), Duration::from_secs(30));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            proc_state(pid).is_some_and(|s| s != 'Z'),
+            "token {token:?}: buildlock killed an unrelated process group: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+fn set_key_everywhere(v: &mut serde_json::Value, key: &str, to: &serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            if map.contains_key(key) {
+                map.insert(key.to_owned(), to.clone());
+            }
+            for (_, inner) in map.iter_mut() {
+                set_key_everywhere(inner, key, to);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for inner in items {
+                set_key_everywhere(inner, key, to);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The fixer `a` is SIGSTOPped mid-fix; `b` takes over after the lease; `a` is resumed. Locks
+/// are per generation: `b` holds its own, so `c`, failing meanwhile, waits for `b`.
+// regression: `b` ran without the fixer lock, looked dead once `a` let go; `c` killed its fix
+#[test]
+fn resumed_old_fixer_does_not_make_the_new_one_look_dead() {
+    // Fix runs long enough that `b` stops `a`'s fix, and that `c` fails while `b` still fixes.
+    let r = shared_status_repo(
+        "6",
+        "[coordination]\nstale_after = \"2s\"\nwait = \"40s\"\n",
+    );
+    let trees: Vec<PathBuf> = ["ta", "tb", "tc"]
+        .iter()
+        .map(|n| {
+            let t = r.worktree(n);
+            r.stage_change(&t, &format!("f{n}"));
+            t
+        })
+        .collect();
+    let a = r.commit_retry(&trees[0], "a");
+    assert!(eventually(Duration::from_secs(20), || fix_on_record(&r, 1)));
+    signal(&a, libc::SIGSTOP);
+    let b = r.commit_retry(&trees[1], "b");
+    assert!(
+        eventually(Duration::from_secs(30), || starts(&witness_log(&r.root))
+            .len()
+            == 2),
+        "{:?}",
+        witness_log(&r.root)
+    );
+    signal(&a, libc::SIGCONT);
+    std::thread::sleep(Duration::from_millis(500));
+    let c = r.commit_retry(&trees[2], "c");
+    let outs: Vec<_> = [a, b, c]
+        .into_iter()
+        .map(|child| wait_output(child, Duration::from_secs(60)))
+        .collect();
+    let log = witness_log(&r.root);
+    assert_never_two_fixes(&log);
+    assert_eq!(starts(&log).len(), 2, "a's fix and b's, no third: {log:?}");
+    assert!(
+        log.iter().any(|l| l.starts_with("end b")),
+        "b's fix ran to its end: {log:?}"
+    );
+    for (name, out) in ["a", "b", "c"].iter().zip(&outs) {
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+    }
+    assert!(
+        !text(&outs[2].stderr).contains("taking over"),
+        "{}",
+        text(&outs[2].stderr)
+    );
+    assert_eq!(r.state()["totals"]["elections"], 2);
+}
+
+/// `buildlock release` during `a`'s fix, then `a`'s re-check fails and `a` is elected again: `a`
+/// holds its new generation's lock, and `b` waits for it.
+// regression: `a` looked dead once its old hold was dropped, and `b` took over and killed its fix
+#[test]
+fn fixer_elected_again_after_release_is_not_taken_over() {
+    let r = TestRepo::new("");
+    let status = r.shared("status");
+    let count = r.shared("fix-count");
+    // The first fix run does not fix; the next ones do.
+    let work = format!(
+        "echo x >> {c}; [ $(wc -l < {c}) -ge 2 ] && echo ok > {s}; true",
+        c = count.display(),
+        s = status.display()
+    );
+    let fix = witness_fix(&r.root, "2", &work);
+    r.configure(&format!(
+            "check = \"grep -qx ok {s}\"\n[fix]\ncommand = \"sh {f}\"\n[coordination]\nwait = \"40s\"\n",
+            s = status.display(),
+            f = fix.display()
+        ),
+    );
+    std::fs::write(&status, "broken\n").unwrap();
+    let (ta, tb) = (r.worktree("ta"), r.worktree("tb"));
+    r.stage_change(&ta, "fa");
+    r.stage_change(&tb, "fb");
+    let a = r.commit_retry(&ta, "a");
+    assert!(eventually(Duration::from_secs(20), || starts(
+        &witness_log(&r.root)
+    )
+    .len()
+        == 1));
+    r.buildlock(&ta, "a", &["release"]).success();
+    // a's next fix run: b fails meanwhile and must wait for it.
+    assert!(
+        eventually(Duration::from_secs(20), || starts(&witness_log(&r.root))
+            .len()
+            == 2),
+        "{:?}",
+        witness_log(&r.root)
+    );
+    let b = r.commit_retry(&tb, "b");
+    let (oa, ob) = (
+        wait_output(a, Duration::from_secs(60)),
+        wait_output(b, Duration::from_secs(60)),
+    );
+    let log = witness_log(&r.root);
+    assert_never_two_fixes(&log);
+    assert!(oa.status.success(), "a: {}\n{log:?}", text(&oa.stderr));
+    assert!(ob.status.success(), "b: {}\n{log:?}", text(&ob.stderr));
+    assert_eq!(starts(&log).len(), 2, "{log:?}");
+    assert!(
+        starts(&log).iter().all(|l| l.starts_with("start a")),
+        "b never fixed: {log:?}"
+    );
+    assert_eq!(r.count_events("takeover"), 0, "{:?}", r.history_events());
+}
+
+/// The fixer's re-check (the check passes slowly: 4 s) is longer than `stale_after` (2 s): the
+/// lease is held through the re-check, and the waiter takes the fix commit instead of taking over.
+// regression: commit-retry stopped its heartbeat for the re-check and the waiter ran a second fix
+#[test]
+fn fixer_keeps_its_lease_through_a_recheck_longer_than_stale_after() {
+    let r = TestRepo::new("");
+    let fix = witness_fix(&r.root, "0.2", "echo ok > state.txt && git add state.txt");
+    r.configure(&format!(
+            "check = \"grep -qx ok state.txt || exit 1; sleep 4\"\n[fix]\ncommand = \"sh {f}\"\n\
+             [coordination]\nstale_after = \"2s\"\nwait = \"40s\"\n[retry]\n\
+             refresh = \"git stash -q && git cherry-pick $BUILDLOCK_FIX_COMMIT && git stash pop -q --index\"\n",
+            f = fix.display()
+        ),
+    );
+    r.commit_breakage();
+    let (ta, tb) = (r.worktree("ta"), r.worktree("tb"));
+    r.stage_change(&ta, "fa");
+    r.stage_change(&tb, "fb");
+    let a = r.commit_retry(&ta, "a");
+    assert!(eventually(Duration::from_secs(20), || starts(
+        &witness_log(&r.root)
+    )
+    .len()
+        == 1));
+    let b = r.commit_retry(&tb, "b");
+    let (oa, ob) = (
+        wait_output(a, Duration::from_secs(60)),
+        wait_output(b, Duration::from_secs(60)),
+    );
+    let log = witness_log(&r.root);
+    assert_never_two_fixes(&log);
+    assert!(oa.status.success(), "a: {}", text(&oa.stderr));
+    assert_eq!(starts(&log).len(), 1, "one fix run: {log:?}");
+    assert_eq!(r.count_events("takeover"), 0, "{:?}", r.history_events());
+    assert!(ob.status.success(), "b: {}", text(&ob.stderr));
+    assert_eq!(r.last_subject(&tb), "b work");
+}
+
+/// The same for a fixer by hand (a plain `git commit`, no commit-retry): its re-check passes
+/// slowly (3 s, longer than `stale_after`), and the waiter does not take it over.
+// regression: nothing renewed the lease, and the waiter was elected a second fixer
+#[test]
+fn a_fixer_by_hand_keeps_its_lease_through_a_slow_recheck() {
+    let (r, ta, _tb, b) = a_elected_b_waiting(
+        "check = \"grep -qx ok state.txt || exit 1; sleep 3\"\n\
+         [coordination]\nstale_after = \"1s\"\nwait = \"60s\"\n",
+    );
+    std::fs::write(ta.join("state.txt"), "ok\n").unwrap();
+    r.git_in(&ta, &["add", "state.txt"]);
+    let out = r.git_commit(&ta, "a", "a work").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = wait_output(b, Duration::from_secs(60));
+    let err = text(&out.stderr);
+    assert!(
+        !err.contains("you are the FIXER"),
+        "b took the fixer over during its passing re-check: {err}"
+    );
+    assert_eq!(r.count_events("takeover"), 0, "{:?}", r.history_events());
+}
+
+/// The wall clock steps back a minute (NTP, a restored VM) while a live fixer runs its fix: its
+/// heartbeats are older than the lease it wrote, and still no waiter takes it over. Every process
+/// here sees the same stepped clock (an `LD_PRELOAD` shim).
+// regression: the lease never "moved" (renewals keep the maximum) and a waiter ran a second fix
+#[test]
+fn a_backward_clock_step_does_not_get_a_live_fixer_taken_over() {
+    let r = TestRepo::new("");
+    let status = r.shared("status");
+    let fix = witness_fix(&r.root, "8", &format!("echo ok > {}", status.display()));
+    r.configure(&format!(
+        "check = \"grep -qx ok {s}\"\n[fix]\ncommand = \"sh {f}\"\n\
+             [coordination]\nstale_after = \"2s\"\nwait = \"60s\"\n",
+        s = status.display(),
+        f = fix.display()
+    ));
+    std::fs::write(&status, "broken\n").unwrap();
+    let offset = r.shared("clock-offset");
+    std::fs::write(&offset, "0").unwrap();
+    let (ta, tb) = (r.worktree("ta"), r.worktree("tb"));
+    r.stage_change(&ta, "fa");
+    r.stage_change(&tb, "fb");
+    let spawn = |dir: &PathBuf, agent: &str| {
+        r.cmd(COMMIT_RETRY, dir)
+            .args(["-q", "-m", &format!("{agent} work")])
+            .env("BUILDLOCK_AGENT", agent)
+            .env("LD_PRELOAD", clock_shift_library())
+            .env("FAKE_CLOCK_OFFSET_FILE", &offset)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let a = spawn(&ta, "a");
+    assert!(eventually(Duration::from_secs(20), || fix_on_record(&r, 1)));
+    let b = spawn(&tb, "b");
+    assert!(eventually(Duration::from_secs(20), || r.state()["keys"][0]
+        ["waiters"]
+        == serde_json::json!(["b"])));
+    std::fs::write(&offset, "-60000").unwrap();
+    let (oa, ob) = (
+        wait_output(a, Duration::from_secs(60)),
+        wait_output(b, Duration::from_secs(60)),
+    );
+    let log = witness_log(&r.root);
+    assert_never_two_fixes(&log);
+    assert!(oa.status.success(), "{}", text(&oa.stderr));
+    assert!(ob.status.success(), "{}", text(&ob.stderr));
+    assert_eq!(
+        starts(&log).len(),
+        1,
+        "a live fixer was taken over: {log:?}\n{}",
+        text(&ob.stderr)
+    );
+}
+
+/// The wall clock steps forward (a resumed laptop or VM, NTP) past `stale_after` while a live
+/// fixer runs its fix and holds its fixer lock: an agent that fails before the fixer's next
+/// heartbeat waits for it (75) instead of taking it over.
+// regression: the lease looked expired until the next heartbeat, and the agent stopped the live fix
+#[test]
+fn a_forward_clock_step_does_not_get_a_live_fixer_taken_over() {
+    let r = TestRepo::new("");
+    let status = r.shared("status");
+    let fix = witness_fix(&r.root, "6", &format!("echo ok > {}", status.display()));
+    r.configure(&format!(
+        "check = \"grep -qx ok {s}\"\n[fix]\ncommand = \"sh {f}\"\n\
+             [coordination]\nstale_after = \"20s\"\nwait = \"60s\"\n[hook]\nwait = false\n",
+        s = status.display(),
+        f = fix.display()
+    ));
+    std::fs::write(&status, "broken\n").unwrap();
+    let offset = r.shared("clock-offset");
+    std::fs::write(&offset, "0").unwrap();
+    r.stage_change(&r.dir, "fa");
+    let a = r
+        .cmd(COMMIT_RETRY, &r.dir)
+        .args(["-q", "-m", "a work"])
+        .env("BUILDLOCK_AGENT", "a")
+        .env("LD_PRELOAD", clock_shift_library())
+        .env("FAKE_CLOCK_OFFSET_FILE", &offset)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(20), || fix_on_record(&r, 1)));
+    std::fs::write(&offset, "60000").unwrap();
+    let out = r
+        .cmd(PRE_COMMIT, &r.dir)
+        .env("BUILDLOCK_AGENT", "c")
+        .env("LD_PRELOAD", clock_shift_library())
+        .env("FAKE_CLOCK_OFFSET_FILE", &offset)
+        .output()
+        .unwrap();
+    let oa = wait_output(a, Duration::from_secs(60));
+    let log = witness_log(&r.root);
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "c took the live fixer over: {}\n{log:?}",
+        text(&out.stderr)
+    );
+    assert!(oa.status.success(), "{}", text(&oa.stderr));
+}
