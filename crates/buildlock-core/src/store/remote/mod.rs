@@ -61,6 +61,8 @@ mod probe;
 mod prune;
 mod read;
 pub mod refs;
+#[cfg(test)]
+mod testing;
 mod transaction;
 
 pub use prune::{compact_after, prune_after};
@@ -393,5 +395,291 @@ impl Store for RemoteStore {
         // Every look costs a round trip to the remote: look every `remote_poll`, whatever the
         // caller's local poll interval is.
         std::thread::sleep(self.poll + time::jitter(self.poll / 4));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{Remote, doc, tip, view};
+    use super::*;
+    use crate::os::process::Process;
+    use crate::protocol::state::{Agent, FixSeen, Status};
+
+    fn policy() -> Policy {
+        Policy {
+            stale_after: Duration::from_secs(60),
+            max_fix_attempts: 3,
+        }
+    }
+
+    fn agent(id: &str) -> Agent {
+        Agent {
+            id: id.into(),
+            pid: 100,
+            host: "box".into(),
+        }
+    }
+
+    fn failed(id: &str) -> Event {
+        Event::Failed {
+            agent: agent(id),
+            signature: "sig".into(),
+            log: PathBuf::from("/tmp/log"),
+            passes_seen: None,
+            lacks_fix: None,
+            holder: None,
+            elector: None,
+        }
+    }
+
+    fn passed(id: &str, git_dir: &str) -> Event {
+        passed_with(id, git_dir, "f00d")
+    }
+
+    fn passed_with(id: &str, git_dir: &str, commit: &str) -> Event {
+        Event::Passed {
+            agent: agent(id),
+            generation: None,
+            fix: FixSeen {
+                head_before: Some("head".into()),
+                git_dir: Some(PathBuf::from(git_dir)),
+                commit: Some(commit.into()),
+                committer: Some(Process {
+                    pid: 7,
+                    host: "box".into(),
+                    start: None,
+                    token: None,
+                }),
+            },
+        }
+    }
+
+    fn seen() -> Observed {
+        observed(&view(None, None), policy(), None, 1_000, false)
+    }
+
+    fn written<R>(step: Step<R>) -> (R, KeyState, Vec<serde_json::Value>, Totals) {
+        match step {
+            Step::Write {
+                result,
+                after,
+                history,
+                count,
+            } => {
+                let mut totals = Totals::default();
+                if let Some(count) = count {
+                    count(&mut totals);
+                }
+                (result, after, history, totals)
+            }
+            Step::Keep(_) => panic!("expected a write"),
+        }
+    }
+
+    #[test]
+    fn the_remote_observes_no_clock_and_no_process() {
+        let mut d = doc("k", 1);
+        d.state.generation = 4;
+        let mut v = view(Some(tip("k", 1, "t")), Some(d));
+        v.base_passes = 9;
+        let seen = observed(&v, policy(), Some((4, 5)), 1_000, true);
+        assert_eq!(seen.stale_after, Millis::MAX, "no wall-clock lease rule");
+        assert!(!seen.fixer_lock_free && !seen.fixer_running);
+        assert_eq!(seen.generation_floor, 4);
+        assert_eq!(seen.passes, 9);
+        assert_eq!(seen.seen_silent, Some((4, 5)));
+        assert_eq!(seen.max_fix_attempts, 3);
+        assert!(seen.elector_dead);
+        assert_eq!(seen.now, 1_000);
+    }
+
+    #[test]
+    fn the_generation_floor_survives_a_damaged_tip() {
+        let mut good = doc("k", 1);
+        good.state.generation = 6;
+        let mut v = view(Some(tip("k", 2, "bad")), None);
+        v.damaged = Some("garbage".into());
+        v.last_good = Some(good);
+        assert_eq!(observed(&v, policy(), None, 0, false).generation_floor, 6);
+        assert_eq!(seen().generation_floor, 0);
+    }
+
+    #[test]
+    fn a_failure_elects_and_counts() {
+        let before = KeyState::passing("k");
+        let (outcome, after, history, totals) =
+            written(decide("k", &failed("a"), &before, &seen()));
+        assert!(
+            matches!(outcome, Outcome::Elected { replaced: None }),
+            "{outcome:?}"
+        );
+        assert_eq!(after.status, Status::Fixing);
+        assert!(!history.is_empty());
+        assert_eq!((totals.failures, totals.elections), (1, 1));
+    }
+
+    #[test]
+    fn a_fix_recorded_on_the_remote_keeps_only_what_another_machine_can_use() {
+        let (_, fixing, _, _) =
+            written(decide("k", &failed("a"), &KeyState::passing("k"), &seen()));
+        let (outcome, after, _, totals) =
+            written(decide("k", &passed("a", "/home/a/.git"), &fixing, &seen()));
+        assert_eq!(outcome, Outcome::Fixed);
+        let fix = after.fix.unwrap();
+        assert_eq!(fix.commit.as_deref(), Some("f00d"));
+        assert_eq!(fix.head_before.as_deref(), Some("head"));
+        assert_eq!(
+            fix.git_dir, None,
+            "this machine's git dir means nothing elsewhere"
+        );
+        assert_eq!(fix.committer, None);
+        assert_eq!(totals.fixes, 1);
+    }
+
+    #[test]
+    fn a_transition_that_changes_nothing_writes_nothing() {
+        let before = KeyState::passing("k");
+        match decide("k", &passed("a", "/x"), &before, &seen()) {
+            Step::Keep(outcome) => assert_eq!(outcome, Outcome::Unchanged),
+            Step::Write { .. } => panic!("a pass on a passing key wrote"),
+        }
+    }
+
+    #[test]
+    fn a_record_is_written_only_on_a_key_with_state() {
+        let entry = serde_json::json!({"event": "fix_started", "key": "k"});
+        let before = KeyState::unknown("k");
+        assert!(matches!(
+            recorded(&before, &view(None, None), &entry),
+            Step::Keep(())
+        ));
+        let v = view(Some(tip("k", 1, "t")), Some(doc("k", 1)));
+        let ((), after, history, totals) = written(recorded(&before, &v, &entry));
+        assert_eq!(after, before);
+        assert_eq!(history, [entry]);
+        assert_eq!(totals.fix_runs, 1);
+    }
+
+    #[test]
+    fn a_heartbeat_always_moves_the_lease_forward() {
+        let (_, fixing, _, _) =
+            written(decide("k", &failed("a"), &KeyState::passing("k"), &seen()));
+        let fixer = fixing.fixer.clone().unwrap();
+        // A clock that went back: the heartbeat still moves.
+        let lease = Lease {
+            agent: "a".into(),
+            generation: fixing.generation,
+            heartbeat: fixer.heartbeat.saturating_sub(500),
+        };
+        let ((), after, history, _) = written(renewed(&fixing, &lease));
+        assert_eq!(after.fixer.unwrap().heartbeat, fixer.heartbeat + 1);
+        assert!(history.is_empty());
+        // Another agent's lease changes nothing.
+        let other = Lease {
+            agent: "b".into(),
+            ..lease
+        };
+        assert!(matches!(renewed(&fixing, &other), Step::Keep(())));
+    }
+
+    #[test]
+    fn totals_add_up_and_the_generation_is_the_highest() {
+        let mut sum = Totals::default();
+        let one = Totals {
+            failures: 1,
+            elections: 2,
+            takeovers: 3,
+            waits: 4,
+            fixes: 5,
+            fix_runs: 6,
+            fix_runs_avoided: 7,
+            generation: 9,
+        };
+        add_totals(&mut sum, &one);
+        add_totals(
+            &mut sum,
+            &Totals {
+                generation: 2,
+                ..one
+            },
+        );
+        assert_eq!(
+            sum,
+            Totals {
+                failures: 2,
+                elections: 4,
+                takeovers: 6,
+                waits: 8,
+                fixes: 10,
+                fix_runs: 12,
+                fix_runs_avoided: 14,
+                generation: 9,
+            }
+        );
+    }
+
+    #[test]
+    fn a_breakage_and_its_fix_through_the_store() {
+        let remote = Remote::new();
+        let a = remote.store("a");
+        let b = remote.store("b");
+        let never = &|| false;
+        let elected = a
+            .apply("k", "k", &failed("a"), policy(), None, never)
+            .unwrap();
+        assert!(matches!(elected.outcome, Outcome::Elected { .. }));
+        let waiting = b
+            .apply("k", "k", &failed("b"), policy(), None, never)
+            .unwrap();
+        assert!(
+            matches!(waiting.outcome, Outcome::Wait { .. }),
+            "{:?}",
+            waiting.outcome
+        );
+        let lease = Lease {
+            agent: "a".into(),
+            generation: elected.after.generation,
+            heartbeat: 0,
+        };
+        a.write_lease("k", &lease).unwrap();
+        a.record(serde_json::json!({"event": "fix_started", "key": "k"}))
+            .unwrap();
+        let fix = remote.commit_in("a");
+        let fixed = a
+            .apply(
+                "k",
+                "k",
+                &passed_with("a", "/a/.git", &fix),
+                policy(),
+                None,
+                never,
+            )
+            .unwrap();
+        assert_eq!(fixed.outcome, Outcome::Fixed);
+        match b.read("k") {
+            Read::Found { state, .. } => {
+                assert_eq!(state.status, Status::Passing);
+                assert_eq!(state.fix_commit(), Some(fix.as_str()));
+            }
+            other => panic!("{other:?}"),
+        }
+        let fix_ref = b.fix_ref("k", &fix).unwrap();
+        assert_eq!(fix_ref, format!("refs/buildlock/fix/k/_/{fix}"));
+        assert!(
+            remote.refs().contains(&(fix_ref, fix.clone())),
+            "the fix commit travelled with the state: {:?}",
+            remote.refs()
+        );
+        let totals = b.totals();
+        assert_eq!((totals.failures, totals.elections, totals.waits), (2, 1, 1));
+        assert_eq!((totals.fixes, totals.fix_runs), (1, 1));
+        assert_eq!(b.all().len(), 1);
+        let events: Vec<String> = b
+            .history()
+            .iter()
+            .filter_map(|e| e["event"].as_str().map(str::to_owned))
+            .collect();
+        assert!(events.contains(&"fix_started".to_owned()), "{events:?}");
+        assert_eq!(b.read_base("k").keys.len(), 1);
     }
 }

@@ -123,3 +123,56 @@ impl RemoteStore {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::store::remote::testing::Remote;
+
+    #[test]
+    fn a_probe_that_may_write_leaves_nothing_behind() {
+        let remote = Remote::new();
+        let store = remote.store("a");
+        store.probe().unwrap();
+        assert!(remote.refs().is_empty(), "{:?}", remote.refs());
+        let checks = store.diagnosis();
+        assert_eq!(checks.len(), 2, "{checks:?}");
+        assert!(checks.iter().all(|(ok, _, _)| *ok), "{checks:?}");
+        assert!(checks[0].1.contains("0 key ref(s)"), "{checks:?}");
+    }
+
+    #[test]
+    fn a_remote_that_refuses_deletions_is_named_with_the_ref_to_delete() {
+        let remote = Remote::new();
+        remote.deny_deletions();
+        let store = remote.store("a");
+        let err = store.probe().unwrap_err();
+        assert!(err.starts_with("created refs/buildlock/probe/"), "{err}");
+        assert!(err.contains("cannot delete it"), "{err}");
+        let left = remote.refs();
+        assert_eq!(left.len(), 1);
+        assert!(
+            err.contains(&format!("delete {} by hand", left[0].0)),
+            "{err}"
+        );
+        let checks = store.diagnosis();
+        assert_eq!(checks.len(), 2);
+        assert!(checks[0].0, "reading works: {checks:?}");
+        assert!(!checks[1].0, "{checks:?}");
+    }
+
+    #[test]
+    fn a_remote_that_cannot_be_read_is_one_failed_check() {
+        let remote = Remote::new();
+        let store = remote.store("a");
+        remote.remove();
+        let checks = store.diagnosis();
+        assert_eq!(checks.len(), 1, "no probe without a read: {checks:?}");
+        let (ok, found, todo) = &checks[0];
+        assert!(!ok);
+        assert!(
+            found.starts_with("cannot read the remote `origin`"),
+            "{found}"
+        );
+        assert!(todo.contains("git ls-remote origin"), "{todo}");
+    }
+}

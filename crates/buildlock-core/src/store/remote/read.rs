@@ -237,3 +237,163 @@ fn view_of(
     }
     view
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ledger::Totals;
+    use crate::protocol::state::{KeyState, Status};
+
+    fn doc(key: &str, base: &str, seq: u64, passes: u64) -> Doc {
+        Doc {
+            schema: chain::SCHEMA,
+            base: base.into(),
+            seq,
+            totals: Totals::default(),
+            passes,
+            state: KeyState::passing(key),
+        }
+    }
+
+    fn tip(key: &str, epoch: u64, oid: &str) -> Tip {
+        Tip {
+            epoch,
+            oid: oid.into(),
+            name: refs::state_ref(&key_path(key), epoch),
+        }
+    }
+
+    #[test]
+    fn a_base_view_holds_the_keys_of_that_base_only() {
+        let mut view = BaseView::default();
+        add_to_base(&mut view, "commit", true, Ok(doc("commit", "commit", 1, 3)));
+        add_to_base(
+            &mut view,
+            "commit",
+            false,
+            Ok(doc("commit#0123456789abcdef", "commit", 1, 5)),
+        );
+        add_to_base(&mut view, "commit", false, Ok(doc("other", "other", 1, 9)));
+        assert_eq!(
+            view.passes, 5,
+            "the highest pass counter of the base's keys"
+        );
+        let keys: Vec<&str> = view.keys.iter().map(|k| k.key.as_str()).collect();
+        assert_eq!(keys, ["commit", "commit#0123456789abcdef"]);
+        assert_eq!(view.damaged, None);
+    }
+
+    #[test]
+    fn only_the_keys_own_damage_is_reported() {
+        let mut view = BaseView::default();
+        add_to_base(
+            &mut view,
+            "commit",
+            false,
+            Err("a sub key is damaged".into()),
+        );
+        assert_eq!(view.damaged, None);
+        add_to_base(&mut view, "commit", true, Err("the key is damaged".into()));
+        assert_eq!(view.damaged.as_deref(), Some("the key is damaged"));
+        assert!(view.keys.is_empty());
+    }
+
+    #[test]
+    fn a_view_decodes_the_highest_epoch_and_keeps_the_others_as_strays() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = git2::Repository::init_bare(dir.path()).unwrap();
+        let old = chain::write(&repo, &doc("k", "k", 1, 0), None, "s", &[], None, 1).unwrap();
+        let new = chain::write(&repo, &doc("k", "k", 9, 0), None, "s", &[], None, 2).unwrap();
+        let fixes = vec![("refs/buildlock/fix/k/_/f".to_owned(), "f".to_owned())];
+        let view = view_of(
+            &repo,
+            "k",
+            vec![tip("k", 9, &new), tip("k", 1, &old)],
+            fixes.clone(),
+        );
+        assert_eq!(view.current, Some(tip("k", 9, &new)));
+        assert_eq!(view.strays, [tip("k", 1, &old)]);
+        assert_eq!(view.fixes, fixes);
+        assert_eq!(view.doc.as_ref().map(|d| d.seq), Some(9));
+        assert!(view.tip_is_commit);
+        assert_eq!(view.damaged, None);
+        assert_eq!(view.prev().map(|d| d.seq), Some(9));
+    }
+
+    #[test]
+    fn a_damaged_tip_says_why_and_finds_the_last_good_state_below_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = git2::Repository::init_bare(dir.path()).unwrap();
+        let good = chain::write(&repo, &doc("k", "k", 4, 0), None, "s", &[], None, 1).unwrap();
+        // The next commit holds another key's state: damaged for `k`.
+        let wrong =
+            chain::write(&repo, &doc("x", "x", 5, 0), Some(&good), "s", &[], None, 2).unwrap();
+        let view = view_of(&repo, "k", vec![tip("k", 1, &wrong)], Vec::new());
+        assert!(view.doc.is_none());
+        let why = view.damaged.as_deref().unwrap();
+        assert!(why.contains(&tip("k", 1, "").name), "{why}");
+        assert!(why.contains(short(&wrong)), "{why}");
+        assert!(why.contains("it holds key `x`"), "{why}");
+        assert!(view.tip_is_commit, "a damaged commit can still be a parent");
+        assert_eq!(view.prev().map(|d| d.seq), Some(4));
+    }
+
+    #[test]
+    fn a_tip_that_is_not_a_commit_has_no_last_good_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = git2::Repository::init_bare(dir.path()).unwrap();
+        let blob = repo.blob(b"not a state").unwrap().to_string();
+        let view = view_of(&repo, "k", vec![tip("k", 1, &blob)], Vec::new());
+        assert!(view.damaged.as_deref().unwrap().contains("blob"));
+        assert!(!view.tip_is_commit);
+        assert!(view.prev().is_none());
+    }
+
+    #[test]
+    fn a_key_with_no_refs_reads_as_no_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = git2::Repository::init_bare(dir.path()).unwrap();
+        let view = view_of(&repo, "k", Vec::new(), Vec::new());
+        assert!(view.current.is_none() && view.doc.is_none() && view.damaged.is_none());
+        assert!(!view.tip_is_commit);
+    }
+
+    #[test]
+    fn reads_against_a_real_remote() {
+        let remote = super::super::testing::Remote::new();
+        let store = remote.store("a");
+        assert!(matches!(store.read_key("commit"), Read::Missing));
+        let base = store.base_view("commit").unwrap();
+        assert!(base.keys.is_empty() && base.damaged.is_none());
+        remote.put_state(&doc("commit", "commit", 1, 2));
+        let mut sub = doc("commit#0123456789abcdef", "commit", 1, 7);
+        sub.state.status = Status::Broken;
+        remote.put_state(&sub);
+        match store.read_key("commit") {
+            Read::Found { base, state } => {
+                assert_eq!(base, "commit");
+                assert_eq!(state.status, Status::Passing);
+            }
+            other => panic!("{other:?}"),
+        }
+        let view = store.view("commit").unwrap();
+        assert_eq!(view.base_passes, 7, "the base's other keys count");
+        let base = store.base_view("commit").unwrap();
+        assert_eq!(base.keys.len(), 2);
+        assert_eq!(base.passes, 7);
+        assert_eq!(store.views().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn an_unreachable_remote_is_never_read_as_passing() {
+        let remote = super::super::testing::Remote::new();
+        let store = remote.store("a");
+        remote.remove();
+        match store.read_key("commit") {
+            Read::Unreachable(why) => assert!(why.contains("origin"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(store.base_view("commit").is_err());
+        assert!(store.views().is_err());
+    }
+}

@@ -149,3 +149,144 @@ pub(super) fn probe_ref_name(host: &str, pid: u32) -> String {
 pub(super) fn short(oid: &str) -> &str {
     &oid[..oid.len().min(12)]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tip(path: &str, epoch: u64, oid: &str) -> Tip {
+        Tip {
+            epoch,
+            oid: oid.into(),
+            name: state_ref(path, epoch),
+        }
+    }
+
+    fn listed(refs: &[(&str, &str)]) -> Vec<(String, String)> {
+        refs.iter()
+            .map(|(o, n)| ((*o).to_owned(), (*n).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_base_key_and_its_sub_keys_share_one_base_stem() {
+        let base = key_path("commit");
+        let sub = key_path("commit#0123456789abcdef");
+        assert_eq!(base, "commit/_");
+        assert_eq!(sub, "commit/0123456789abcdef");
+        assert_eq!(base_stem(&base), "commit");
+        assert_eq!(base_stem(&sub), "commit");
+        assert!(in_base(&sub, "commit"));
+        assert!(
+            !in_base("commits/_", "commit"),
+            "a base whose stem extends another's is not part of it"
+        );
+    }
+
+    #[test]
+    fn every_key_path_has_exactly_two_parts() {
+        for key in [
+            "commit",
+            "commit#0123456789abcdef",
+            "branch:main",
+            "a/b/c",
+            "a/b#0123456789abcdef",
+            "not#a-signature",
+        ] {
+            let path = key_path(key);
+            assert_eq!(path.matches('/').count(), 1, "{key} -> {path}");
+        }
+        assert_eq!(
+            key_path("not#a-signature").split('/').nth(1),
+            Some("_"),
+            "only a 16-hex signature makes a sub key"
+        );
+    }
+
+    #[test]
+    fn state_and_fix_refs_read_back_as_the_key_they_were_named_for() {
+        let key = "commit#0123456789abcdef";
+        let path = key_path(key);
+        let fix = fix_ref_name(key, "f00d");
+        assert_eq!(fix, format!("{FIX_PREFIX}{path}/f00d"));
+        let refs = listed(&[
+            ("a1", &state_ref(&path, 1)),
+            ("a7", &state_ref(&path, 7)),
+            ("f1", &fix),
+            ("b1", &state_ref(&key_path("commit"), 3)),
+        ]);
+        let keys = group(&refs);
+        assert_eq!(keys.len(), 2);
+        let (tips, fixes) = &keys[&path];
+        assert_eq!(tips, &[tip(&path, 1, "a1"), tip(&path, 7, "a7")]);
+        assert_eq!(fixes, &[(fix, "f1".to_owned())]);
+        let (tips, fixes) = &keys["commit/_"];
+        assert_eq!(tips, &[tip("commit/_", 3, "b1")]);
+        assert!(fixes.is_empty());
+    }
+
+    #[test]
+    fn refs_that_do_not_fit_the_layout_are_ignored() {
+        let refs = listed(&[
+            ("x", "refs/buildlock/state/commit/_/notanumber"),
+            ("x", "refs/buildlock/state/commit/1"),
+            ("x", "refs/buildlock/state/a/b/c/1"),
+            ("x", "refs/buildlock/state/nodepth"),
+            ("x", "refs/buildlock/fix/commit/f00d"),
+            ("x", "refs/buildlock/fix/a/b/c/f00d"),
+            ("x", "refs/buildlock/probe/host-1"),
+            ("x", "refs/heads/main"),
+        ]);
+        assert!(group(&refs).is_empty(), "{:?}", group(&refs));
+    }
+
+    #[test]
+    fn the_highest_epoch_is_the_state_and_the_rest_are_strays() {
+        let tips = vec![
+            tip("k/_", 5, "e5"),
+            tip("k/_", 12, "e12"),
+            tip("k/_", 1, "e1"),
+        ];
+        assert_eq!(top(&tips).map(|t| t.epoch), Some(12));
+        let (current, strays) = split_epochs(tips);
+        assert_eq!(current, Some(tip("k/_", 12, "e12")));
+        assert_eq!(strays, [tip("k/_", 1, "e1"), tip("k/_", 5, "e5")]);
+        assert_eq!(split_epochs(Vec::new()), (None, Vec::new()));
+        assert_eq!(top(&[]), None);
+    }
+
+    #[test]
+    fn epochs_compare_as_numbers_not_as_text() {
+        let tips = vec![tip("k/_", 9, "nine"), tip("k/_", 10, "ten")];
+        assert_eq!(top(&tips).unwrap().oid, "ten");
+        assert_eq!(split_epochs(tips).0.unwrap().oid, "ten");
+    }
+
+    #[test]
+    fn patterns_list_what_group_reads() {
+        assert_eq!(base_states("commit"), "refs/buildlock/state/commit/*");
+        assert_eq!(key_fixes("commit/_"), "refs/buildlock/fix/commit/_/*");
+        assert_eq!(
+            all_keys(),
+            ["refs/buildlock/state/*", "refs/buildlock/fix/*"].map(str::to_owned)
+        );
+    }
+
+    #[test]
+    fn probe_ref_names_are_valid_ref_names() {
+        assert_eq!(
+            probe_ref_name("ci-runner.example", 42),
+            "refs/buildlock/probe/ci-runner.example-42"
+        );
+        assert_eq!(
+            probe_ref_name("my host:~^?*[x]", 7),
+            "refs/buildlock/probe/my_host______x_-7"
+        );
+    }
+
+    #[test]
+    fn short_oids_are_twelve_digits_at_most() {
+        assert_eq!(short("0123456789abcdef0123"), "0123456789ab");
+        assert_eq!(short("abc"), "abc");
+    }
+}

@@ -388,3 +388,379 @@ impl RemoteStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::state::Status;
+    use crate::store::remote::testing::{Remote, doc, tip, view};
+    use std::cell::Cell;
+
+    fn broken(key: &str) -> KeyState {
+        KeyState::unknown(key)
+    }
+
+    /// A decision that writes `status` (and a history entry by `agent`).
+    fn write_status(status: Status, agent: &str) -> impl FnMut(&KeyState, &View) -> Step<()> {
+        let agent = agent.to_owned();
+        move |before: &KeyState, _: &View| {
+            let mut after = before.clone();
+            after.status = status;
+            after.generation += 1;
+            Step::Write {
+                result: (),
+                after,
+                history: vec![serde_json::json!({"event": "failed", "agent": agent})],
+                count: Some(Box::new(|t: &mut Totals| t.failures += 1)),
+            }
+        }
+    }
+
+    fn chain_of(remote: &Remote, oid: &str) -> Vec<u64> {
+        let repo = remote.repo();
+        let mut seqs = Vec::new();
+        let mut next = Some(git2::Oid::from_str(oid).unwrap());
+        while let Some(id) = next {
+            seqs.push(chain::decode(&repo, &id.to_string(), "").doc.unwrap().seq);
+            next = repo.find_commit(id).unwrap().parent_id(0).ok();
+        }
+        seqs
+    }
+
+    #[test]
+    fn the_state_before_is_the_tips_or_broken_when_damaged_or_passing_when_new() {
+        let mut d = doc("k", 3);
+        d.state.status = Status::Fixing;
+        assert_eq!(
+            state_before("k", &view(Some(tip("k", 1, "t")), Some(d.clone()))),
+            d.state
+        );
+        let mut damaged = view(Some(tip("k", 1, "t")), None);
+        damaged.damaged = Some("garbage".into());
+        assert_eq!(state_before("k", &damaged), broken("k"));
+        assert_eq!(state_before("k", &view(None, None)), KeyState::passing("k"));
+    }
+
+    #[test]
+    fn keeping_the_state_stands_only_when_nothing_needs_repair() {
+        let clean = view(Some(tip("k", 3, "t")), Some(doc("k", 3)));
+        assert!(nothing_to_repair(&clean));
+        let mut stray = view(Some(tip("k", 3, "t")), Some(doc("k", 3)));
+        stray.strays.push(tip("k", 1, "s"));
+        assert!(!nothing_to_repair(&stray));
+        let mut damaged = view(Some(tip("k", 3, "t")), None);
+        damaged.damaged = Some("garbage".into());
+        assert!(!nothing_to_repair(&damaged));
+    }
+
+    #[test]
+    fn a_plan_carries_the_counters_on_and_numbers_the_commit() {
+        let mut prev = doc("k", 5);
+        prev.base = "base".into();
+        prev.totals.failures = 2;
+        prev.passes = 3;
+        let mut v = view(Some(tip("k", 5, "t")), Some(prev));
+        v.base_passes = 4;
+        let mut after = KeyState::passing("k");
+        after.passed = 1;
+        let count: Count = Box::new(|t: &mut Totals| t.failures += 1);
+        let Planned { doc, at } = plan("ignored", &v, &after, Some(count), 64);
+        assert_eq!(doc.seq, 6);
+        assert_eq!(doc.totals.failures, 3);
+        assert_eq!(
+            doc.passes, 4,
+            "the highest of the key's, the base's and the state's"
+        );
+        assert_eq!(doc.base, "base", "a key keeps the base it was created with");
+        assert_eq!(doc.state, after);
+        assert_eq!(at.epoch, 5);
+        assert_eq!(at.parent, Some("t"));
+    }
+
+    #[test]
+    fn a_new_key_takes_the_callers_base_and_starts_at_one() {
+        let mut after = KeyState::passing("k");
+        after.passed = 7;
+        let new = view(None, None);
+        let Planned { doc, at } = plan("base", &new, &after, None, 64);
+        assert_eq!((doc.seq, doc.passes, doc.base.as_str()), (1, 7, "base"));
+        assert_eq!(doc.totals, Totals::default());
+        assert_eq!((at.epoch, at.parent, at.previous), (1, None, None));
+        // A record (base "") on a key whose doc has no base takes the caller's.
+        let mut prev = doc.clone();
+        prev.base = String::new();
+        let v = view(Some(tip("k", 1, "t")), Some(prev));
+        assert_eq!(plan("caller", &v, &after, None, 64).doc.base, "caller");
+    }
+
+    #[test]
+    fn below_a_damaged_tip_the_plan_continues_from_the_last_good_state() {
+        let mut good = doc("k", 8);
+        good.totals.elections = 5;
+        let mut v = view(Some(tip("k", 2, "bad")), None);
+        v.damaged = Some("garbage".into());
+        v.last_good = Some(good);
+        let Planned { doc, at } = plan("k", &v, &broken("k"), None, 64);
+        assert_eq!(doc.seq, 9);
+        assert_eq!(doc.totals.elections, 5);
+        assert_eq!(at.parent, Some("bad"), "a damaged commit is still a parent");
+    }
+
+    #[test]
+    fn history_is_stamped_and_damage_comes_first() {
+        let history = vec![
+            serde_json::json!({"event": "failed", "agent": "a", "ms": 1}),
+            serde_json::json!("not an object"),
+        ];
+        let out = stamp("k", Some("garbage"), history, 5_000);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0]["event"], "damaged");
+        assert_eq!(out[0]["reason"], "garbage");
+        assert_eq!(out[0]["key"], "k");
+        assert_eq!(out[1]["ms"], 5_000, "the commit's time wins");
+        assert_eq!(out[1]["time"], time::rfc3339(5_000));
+        assert_eq!(out[2], "not an object");
+        assert_eq!(
+            stamp("k", None, Vec::new(), 1),
+            Vec::<serde_json::Value>::new()
+        );
+    }
+
+    #[test]
+    fn a_subject_says_what_happened() {
+        let mut after = KeyState::unknown("k");
+        after.generation = 3;
+        let history = [
+            serde_json::json!({"event": "failed", "agent": "a"}),
+            serde_json::json!({"event": "elected"}),
+            serde_json::json!({"no": "event"}),
+        ];
+        assert_eq!(
+            subject("k", &history, &after),
+            "buildlock k: failed a, elected (broken, generation 3)"
+        );
+        assert_eq!(
+            subject("k", &[], &KeyState::passing("k")),
+            "buildlock k: heartbeat (passing, generation 0)"
+        );
+    }
+
+    #[test]
+    fn a_fix_commit_is_published_unless_its_ref_is_there() {
+        let mut after = KeyState::passing("k");
+        assert_eq!(new_fix("k", &view(None, None), &after), None);
+        after.fix = Some(crate::protocol::state::Fix {
+            commit: Some("f00d".into()),
+            signature: None,
+            signatures: Vec::new(),
+            by: "a".into(),
+            generation: 1,
+            head_before: None,
+            git_dir: None,
+            committer: None,
+            credited: Vec::new(),
+        });
+        let mut v = view(None, None);
+        assert_eq!(new_fix("k", &v, &after).as_deref(), Some("f00d"));
+        v.fixes.push((fix_ref_name("k", "f00d"), "f00d".into()));
+        assert_eq!(new_fix("k", &v, &after), None);
+    }
+
+    #[test]
+    fn updates_are_leased_on_what_was_read() {
+        let name = |e| state_ref("k/_", e);
+        // The same epoch: leased on the tip.
+        let v = view(Some(tip("k", 1, "old")), Some(doc("k", 1)));
+        let u = updates("k", &v, "new", 1, None);
+        assert_eq!(u.len(), 1);
+        assert_eq!(
+            (
+                u[0].name.as_str(),
+                u[0].new.as_deref(),
+                u[0].expect.as_deref()
+            ),
+            (name(1).as_str(), Some("new"), Some("old"))
+        );
+        // A new epoch: it must not exist, and the old one goes, leased.
+        let u = updates("k", &v, "new", 9, None);
+        assert_eq!(u.len(), 2);
+        assert_eq!((u[0].name.clone(), u[0].expect.clone()), (name(9), None));
+        assert_eq!(
+            (u[1].name.clone(), u[1].new.clone(), u[1].expect.clone()),
+            (name(1), None, Some("old".to_owned()))
+        );
+        // A new key: must not exist. A fix travels in the same push.
+        let u = updates("k", &view(None, None), "new", 1, Some("f00d"));
+        assert_eq!(u.len(), 2);
+        assert_eq!(u[0].expect, None);
+        assert_eq!(u[1].name, fix_ref_name("k", "f00d"));
+        assert_eq!(u[1].new.as_deref(), Some("f00d"));
+    }
+
+    #[test]
+    fn backoff_grows_with_losses_and_is_bounded() {
+        let rtt = Duration::from_millis(100);
+        assert_eq!(backoff(rtt, 1), rtt);
+        assert_eq!(backoff(rtt, 3), rtt * 3);
+        assert_eq!(backoff(rtt, 40), rtt * 4);
+        assert_eq!(backoff(Duration::from_secs(60), 1), Duration::from_secs(2));
+        assert_eq!(
+            next_pause(Duration::from_millis(250)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(next_pause(Duration::from_secs(4)), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_transaction_creates_a_key_and_then_extends_its_chain() {
+        let remote = Remote::new();
+        let store = remote.store("a");
+        let never = &|| false;
+        let t = Duration::from_secs(20);
+        let first = store
+            .transact("k", "k", t, never, write_status(Status::Broken, "a"))
+            .unwrap();
+        assert_eq!(first.before, KeyState::passing("k"));
+        assert_eq!(first.after.status, Status::Broken);
+        let second = store
+            .transact("k", "k", t, never, write_status(Status::Fixing, "a"))
+            .unwrap();
+        assert_eq!(second.before, first.after);
+        let refs = remote.refs();
+        assert_eq!(refs.len(), 1);
+        assert_eq!(refs[0].0, "refs/buildlock/state/k/_/1");
+        assert_eq!(chain_of(&remote, &refs[0].1), [2, 1]);
+        let v = store.view("k").unwrap();
+        let d = v.doc.unwrap();
+        assert_eq!(d.state.status, Status::Fixing);
+        assert_eq!(d.totals.failures, 2, "each transition's count adds up");
+        let history = chain::history(&remote.repo(), &refs[0].1, 10);
+        assert_eq!(history.len(), 2);
+        assert!(history.iter().all(|e| e["ms"].is_u64()));
+    }
+
+    #[test]
+    fn of_two_agents_that_read_the_same_tip_one_lands_and_the_other_decides_again() {
+        let remote = Remote::new();
+        let a = remote.store("a");
+        let b = remote.store("b");
+        let never = &|| false;
+        let t = Duration::from_secs(20);
+        let rounds = Cell::new(0);
+        let done = a
+            .transact("k", "k", t, never, |before, _| {
+                rounds.set(rounds.get() + 1);
+                if rounds.get() == 1 {
+                    // B moves the key between A's read and A's push.
+                    b.transact("k", "k", t, never, write_status(Status::Broken, "b"))
+                        .unwrap();
+                    assert_eq!(*before, KeyState::passing("k"));
+                } else {
+                    assert_eq!(before.status, Status::Broken, "A re-read B's state");
+                }
+                write_status(Status::Fixing, "a")(before, &view(None, None))
+            })
+            .unwrap();
+        assert_eq!(rounds.get(), 2, "A lost one race and decided again");
+        assert_eq!(done.before.status, Status::Broken);
+        let refs = remote.refs();
+        assert_eq!(refs.len(), 1);
+        assert_eq!(chain_of(&remote, &refs[0].1), [2, 1], "no update was lost");
+        let history = chain::history(&remote.repo(), &refs[0].1, 10);
+        let agents: Vec<&str> = history
+            .iter()
+            .map(|e| e["agent"].as_str().unwrap())
+            .collect();
+        assert_eq!(agents, ["b", "a"]);
+    }
+
+    #[test]
+    fn keeping_a_clean_state_pushes_nothing() {
+        let remote = Remote::new();
+        let store = remote.store("a");
+        let oid = remote.put_state(&doc("k", 1));
+        let done = store
+            .transact("k", "k", Duration::from_secs(20), &|| false, |_, _| {
+                Step::Keep(7)
+            })
+            .unwrap();
+        assert_eq!(done.result, 7);
+        assert_eq!(done.before, done.after);
+        assert_eq!(
+            remote.refs(),
+            [("refs/buildlock/state/k/_/1".to_owned(), oid)]
+        );
+    }
+
+    #[test]
+    fn keeping_a_state_with_a_stray_epoch_repairs_it() {
+        let remote = Remote::new();
+        let store = remote.store("a");
+        remote.put_state(&doc("k", 1));
+        let current = remote.put_state(&doc("k", 5));
+        store
+            .transact("k", "k", Duration::from_secs(20), &|| false, |_, _| {
+                Step::Keep(())
+            })
+            .unwrap();
+        let refs = remote.refs();
+        assert_eq!(refs.len(), 1, "the stray epoch is gone: {refs:?}");
+        assert_eq!(refs[0].0, "refs/buildlock/state/k/_/5");
+        assert_eq!(chain_of(&remote, &refs[0].1), [6, 5]);
+        assert_ne!(refs[0].1, current);
+    }
+
+    #[test]
+    fn a_damaged_tip_is_replaced_by_a_broken_state_that_says_so() {
+        let remote = Remote::new();
+        let store = remote.store("a");
+        let blob = remote.repo().blob(b"garbage").unwrap().to_string();
+        remote.set_ref("refs/buildlock/state/k/_/3", &blob);
+        let done = store
+            .transact("k", "k", Duration::from_secs(20), &|| false, |_, _| {
+                Step::Keep(())
+            })
+            .unwrap();
+        assert_eq!(done.before, broken("k"));
+        assert!(done.damaged.as_deref().unwrap().contains("blob"));
+        let refs = remote.refs();
+        assert_eq!(refs.len(), 1);
+        assert_eq!(refs[0].0, "refs/buildlock/state/k/_/4", "a higher epoch");
+        let history = chain::history(&remote.repo(), &refs[0].1, 10);
+        assert_eq!(history[0]["event"], "damaged");
+        assert_eq!(store.view("k").unwrap().doc.unwrap().state, broken("k"));
+    }
+
+    #[test]
+    fn a_transaction_told_to_stop_stops_before_reading() {
+        let remote = Remote::new();
+        let store = remote.store("a");
+        let err = store
+            .transact("k", "k", Duration::from_secs(20), &|| true, |_, _| {
+                Step::Keep(())
+            })
+            .err()
+            .unwrap();
+        assert!(err.downcast_ref::<Interrupted>().is_some(), "{err:#}");
+        assert!(remote.refs().is_empty());
+    }
+
+    #[test]
+    fn a_remote_that_is_gone_fails_the_transaction_with_gits_words() {
+        let remote = Remote::new();
+        let store = remote.store("a");
+        remote.remove();
+        let err = store
+            .transact("k", "k", Duration::from_secs(20), &|| false, |_, _| {
+                Step::Keep(())
+            })
+            .err()
+            .unwrap();
+        let said = format!("{err:#}");
+        assert!(
+            said.starts_with("coordination failed on the remote `origin`"),
+            "{said}"
+        );
+        assert!(said.contains("ls-remote"), "{said}");
+    }
+}
