@@ -2,15 +2,16 @@
 //! remote, moved only by compare-and-swap pushes. Agents on machines that share no disk (the jobs
 //! of a CI matrix) coordinate through the repository's own remote, with no server of ours.
 //!
-//! ```text
-//! refs/buildlock/state/<base>/<sub>/<E>   the key's chain; E = the `seq` of the chain's root
-//! refs/buildlock/fix/<base>/<sub>/<oid>   the commit that fixed the key's last breakage
-//!
-//! <base> is the base key's file stem; <sub> is `_` for the base key itself, or the signature
-//! of a `match = "signature"` key: a base's keys are listed with one pattern, and no ref name is
-//! ever a prefix directory of another (git refuses `a` beside `a/b`).
-//! refs/buildlock/probe/<nonce>           `buildlock doctor`'s push test (created, then deleted)
-//! ```
+//! The parts, one topic each:
+//! - [`refs`]: the ref layout (a key's chain, its fix refs, the doctor's probe) and reading it back;
+//! - [`chain`]: one state commit, written and decoded in process (git2);
+//! - [`git`]: the transport, the user's own `git` for every remote operation;
+//! - `read`: one read of a key (or of every key), decoded;
+//! - `transaction`: the read–decide–push compare-and-swap engine;
+//! - `prune`: compaction of long chains and pruning of old keys and fix refs;
+//! - `probe`: `buildlock doctor`'s checks of the remote;
+//! - this module: the [`Store`] implementation, which feeds the pure state machine what the
+//!   remote can observe.
 //!
 //! Guarantees:
 //! - **One winner.** A transition reads the key's tip, runs the pure state machine, writes a new
@@ -42,77 +43,37 @@
 //! - **The user's git.** Every remote operation runs their `git` (see [`git`]); state commits are
 //!   written in process into the local object store and carry buildlock's own identity.
 
-use anyhow::{Result, anyhow};
-use std::collections::BTreeMap;
+use anyhow::Result;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{Applied, BaseView, FixerHold, Interrupted, Policy, Read, Store, Totals};
+use super::{Applied, BaseView, FixerHold, Policy, Read, Store, Totals};
 use crate::os::process::Process;
+use crate::os::say;
 use crate::os::time::{self, Millis};
-use crate::os::{env, say};
-use crate::protocol::key::{base_of, file_stem};
 use crate::protocol::ledger::history_entries;
-use crate::protocol::state::{Event, KeyState, Lease, Observed, Outcome, Status, transition};
+use crate::protocol::state::{Event, KeyState, Lease, Observed, Outcome, transition};
 
 pub mod chain;
 pub mod git;
+mod probe;
+mod prune;
+mod read;
+pub mod refs;
+#[cfg(test)]
+mod testing;
+mod transaction;
 
-use chain::Doc;
-use git::{Failure, Git, Pushed, Update};
+pub use prune::{compact_after, prune_after};
+pub use refs::{FIX_PREFIX, PROBE_PREFIX, STATE_PREFIX, fix_ref_name, key_path};
 
-pub const STATE_PREFIX: &str = "refs/buildlock/state/";
-pub const FIX_PREFIX: &str = "refs/buildlock/fix/";
-pub const PROBE_PREFIX: &str = "refs/buildlock/probe/";
+use git::Git;
+use read::View;
+use transaction::Step;
 
-/// A chain this long is compacted by the next transition.
-pub fn compact_after() -> u64 {
-    env::remote_compact_after().unwrap_or(64).max(2)
-}
-
-/// Passing keys untouched this long are deleted from the remote.
-pub fn prune_after() -> Duration {
-    env::remote_prune_after().unwrap_or(Duration::from_secs(24 * 3600))
-}
-
-/// How far back `buildlock log` and the generation floor look in one chain.
+/// How far back `buildlock log` looks in one chain.
 const WALK_LIMIT: usize = 10_000;
-
-/// One ref of a key's chain on the remote.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Tip {
-    epoch: u64,
-    oid: String,
-    name: String,
-}
-
-/// A key's refs on the remote: its chain's epochs, and its fix refs `(name, oid)`.
-type KeyRefs = (Vec<Tip>, Vec<(String, String)>);
-
-/// Adds a transition's counts to a key's totals.
-type Count = Box<dyn FnOnce(&mut Totals)>;
-
-/// What one read of a key on the remote found.
-struct View {
-    /// The highest epoch: the key's state.
-    current: Option<Tip>,
-    /// Lower epochs (left by an agent that created the key from a stale read): deleted with
-    /// leases by the next transition.
-    strays: Vec<Tip>,
-    /// The key's fix refs `(name, oid)`.
-    fixes: Vec<(String, String)>,
-    /// The decoded tip.
-    doc: Option<Doc>,
-    /// Why the tip could not be used, when it could not.
-    damaged: Option<String>,
-    /// Whether the tip is a commit, so that the next state commit can descend from it.
-    tip_is_commit: bool,
-    /// For a damaged tip: the newest good state below it (generation floor, counters).
-    last_good: Option<Doc>,
-    /// The base's pass counter: the highest over its keys.
-    base_passes: u64,
-}
 
 pub struct RemoteStore {
     git: Git,
@@ -170,603 +131,108 @@ impl RemoteStore {
     fn repo(&self) -> Result<git2::Repository> {
         chain::open(&self.git_dir)
     }
+}
 
-    fn state_ref(path: &str, epoch: u64) -> String {
-        format!("{STATE_PREFIX}{path}/{epoch}")
-    }
-
-    /// The ref under which the fix commit `commit` of `key` is published.
-    pub fn fix_ref_name(key: &str, commit: &str) -> String {
-        format!("{FIX_PREFIX}{}/{commit}", key_path(key))
-    }
-
-    /// Groups `ls-remote` output into keys: stem -> (epochs, fix refs).
-    fn group(refs: &[(String, String)]) -> BTreeMap<String, KeyRefs> {
-        let mut keys: BTreeMap<String, KeyRefs> = BTreeMap::new();
-        for (oid, name) in refs {
-            if let Some(rest) = name.strip_prefix(STATE_PREFIX) {
-                let Some((stem, epoch)) = rest.rsplit_once('/') else {
-                    continue;
-                };
-                if stem.matches('/').count() != 1 {
-                    continue;
-                }
-                let Ok(epoch) = epoch.parse::<u64>() else {
-                    continue;
-                };
-                keys.entry(stem.to_owned()).or_default().0.push(Tip {
-                    epoch,
-                    oid: oid.clone(),
-                    name: name.clone(),
-                });
-            } else if let Some(rest) = name.strip_prefix(FIX_PREFIX) {
-                if let Some((stem, _)) = rest
-                    .rsplit_once('/')
-                    .filter(|(s, _)| s.matches('/').count() == 1)
-                {
-                    keys.entry(stem.to_owned())
-                        .or_default()
-                        .1
-                        .push((name.clone(), oid.clone()));
-                }
-            }
-        }
-        keys
-    }
-
-    /// Fetches the objects among `oids` that the local object store lacks (one fetch).
-    fn fetch_missing(&self, repo: &git2::Repository, oids: &[&str]) -> Result<(), Failure> {
-        let missing: Vec<String> = oids
-            .iter()
-            .filter(|o| !chain::has_object(repo, o))
-            .map(|o| (*o).to_owned())
-            .collect();
-        self.git.fetch_objects(&missing)
-    }
-
-    fn view_of(
-        &self,
-        repo: &git2::Repository,
-        key: &str,
-        mut tips: Vec<Tip>,
-        fixes: Vec<(String, String)>,
-    ) -> View {
-        tips.sort_by_key(|t| t.epoch);
-        let current = tips.pop();
-        let mut view = View {
-            current: current.clone(),
-            strays: tips,
-            fixes,
-            doc: None,
-            damaged: None,
-            tip_is_commit: false,
-            last_good: None,
-            base_passes: 0,
-        };
-        if let Some(tip) = &current {
-            let decoded = chain::decode(repo, &tip.oid, key);
-            view.tip_is_commit = decoded.is_commit;
-            match decoded.doc {
-                Ok(doc) => view.doc = Some(doc),
-                Err(why) => {
-                    view.damaged = Some(format!("{} ({}): {why}", tip.name, short(&tip.oid)));
-                    if decoded.is_commit {
-                        view.last_good = repo
-                            .find_commit(git2::Oid::from_str(&tip.oid).unwrap_or(git2::Oid::zero()))
-                            .ok()
-                            .and_then(|c| c.parent_id(0).ok())
-                            .and_then(|p| chain::last_good(repo, &p.to_string(), key, 64));
-                    }
-                }
-            }
-        }
-        view
-    }
-
-    /// One read of `key`: one `ls-remote` of its base's refs, and one fetch of the tips that are
-    /// new here. The base's other keys give its pass counter (`Observed::passes`).
-    fn view(&self, key: &str) -> Result<View, Failure> {
-        let path = key_path(key);
-        let base_stem = file_stem(base_of(key));
-        let refs = self.git.ls_remote(&[
-            format!("{STATE_PREFIX}{base_stem}/*"),
-            format!("{FIX_PREFIX}{path}/*"),
-        ])?;
-        let mut groups = Self::group(&refs);
-        let repo = self
-            .repo()
-            .map_err(|e| Failure::Permanent(format!("{e:#}")))?;
-        let tops: Vec<&str> = groups
-            .iter()
-            .filter(|(p, _)| p.starts_with(&format!("{base_stem}/")))
-            .filter_map(|(_, (tips, _))| tips.iter().max_by_key(|t| t.epoch))
-            .map(|t| t.oid.as_str())
-            .collect();
-        self.fetch_missing(&repo, &tops)?;
-        let base_passes = groups
-            .iter()
-            .filter(|(p, _)| p.starts_with(&format!("{base_stem}/")) && **p != path)
-            .filter_map(|(_, (tips, _))| tips.iter().max_by_key(|t| t.epoch))
-            .filter_map(|t| chain::decode(&repo, &t.oid, "").doc.ok())
-            .map(|d| d.passes)
-            .max()
-            .unwrap_or(0);
-        let (tips, fixes) = groups.remove(&path).unwrap_or_default();
-        let mut view = self.view_of(&repo, key, tips, fixes);
-        view.base_passes = base_passes.max(view.doc.as_ref().map_or(0, |d| d.passes));
-        Ok(view)
-    }
-
-    /// Every key on the remote, decoded (one `ls-remote`, one fetch of the new tips).
-    fn views(&self) -> Result<Vec<(String, View)>, Failure> {
-        let refs = self
-            .git
-            .ls_remote(&[format!("{STATE_PREFIX}*"), format!("{FIX_PREFIX}*")])?;
-        let groups = Self::group(&refs);
-        let repo = self
-            .repo()
-            .map_err(|e| Failure::Permanent(format!("{e:#}")))?;
-        let tops: Vec<&str> = groups
-            .values()
-            .filter_map(|(tips, _)| tips.iter().max_by_key(|t| t.epoch))
-            .map(|t| t.oid.as_str())
-            .collect();
-        self.fetch_missing(&repo, &tops)?;
-        Ok(groups
-            .into_iter()
-            .filter(|(_, (tips, _))| !tips.is_empty())
-            .map(|(stem, (tips, fixes))| {
-                let view = self.view_of(&repo, "", tips, fixes);
-                (stem, view)
-            })
-            .collect())
-    }
-
-    /// Runs `op` until it succeeds, fails permanently, or `deadline` passes, backing off
-    /// between transient failures and saying what it waits for.
-    fn retrying<T>(
-        &self,
-        deadline: Instant,
-        mut op: impl FnMut() -> Result<T, Failure>,
-    ) -> Result<T, Failure> {
-        let mut pause = Duration::from_millis(250);
-        let mut told: Option<Instant> = None;
-        loop {
-            match op() {
-                Ok(v) => {
-                    if told.is_some() {
-                        say::say(format!("reached the remote `{}` again", self.git.remote));
-                    }
-                    return Ok(v);
-                }
-                Err(Failure::Transient(m)) if Instant::now() + pause < deadline => {
-                    if told.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                        told = Some(Instant::now());
-                        say::warn(format!(
-                            "cannot reach the remote `{}` ({m}); trying again for up to {}",
-                            self.git.remote,
-                            time::human(deadline.saturating_duration_since(Instant::now()))
-                        ));
-                    }
-                    std::thread::sleep(pause + time::jitter(pause / 2));
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    fn failed(&self, f: Failure, waited: Duration) -> anyhow::Error {
-        match f {
-            Failure::Transient(m) => anyhow!(
-                "coordination failed: could not reach the remote `{}` ({}) for {}: {m}",
-                self.git.remote,
-                self.url,
-                time::human(waited)
-            ),
-            Failure::Permanent(m) => anyhow!(
-                "coordination failed on the remote `{}` ({}): {m}",
-                self.git.remote,
-                self.url
-            ),
-        }
-    }
-
-    /// The ref updates that publish `commit` as `key`'s new state (and its fix commit), each
-    /// leased on what `view` saw.
-    #[allow(clippy::too_many_arguments)]
-    fn updates(
-        &self,
-        key: &str,
-        view: &View,
-        commit: &str,
-        epoch: u64,
-        new_fix: Option<&str>,
-    ) -> Vec<Update> {
-        let name = Self::state_ref(&key_path(key), epoch);
-        let mut updates = vec![Update {
-            name: name.clone(),
-            new: Some(commit.to_owned()),
-            expect: view
-                .current
-                .as_ref()
-                .filter(|t| t.name == name)
-                .map(|t| t.oid.clone()),
-        }];
-        // A new epoch retires the old one (and any stray) in the same atomic push.
-        for old in view.current.iter().chain(&view.strays) {
-            if old.name != name {
-                updates.push(Update {
-                    name: old.name.clone(),
-                    new: None,
-                    expect: Some(old.oid.clone()),
-                });
-            }
-        }
-        if let Some(fix) = new_fix {
-            let fix_name = Self::fix_ref_name(key, fix);
-            if !view.fixes.iter().any(|(n, _)| *n == fix_name) {
-                updates.push(Update {
-                    name: fix_name.clone(),
-                    new: Some(fix.to_owned()),
-                    expect: None,
-                });
-            }
-            for (n, oid) in &view.fixes {
-                if *n != fix_name {
-                    updates.push(Update {
-                        name: n.clone(),
-                        new: None,
-                        expect: Some(oid.clone()),
-                    });
-                }
-            }
-        }
-        updates
-    }
-
-    /// One compare-and-swap transition: `decide` maps the state read to the state to write (or
-    /// `None`: nothing to write). Loops until a push lands, re-reading after every lost race.
-    fn transact<R>(
-        &self,
-        key: &str,
-        base: &str,
-        limit: Duration,
-        stop: &dyn Fn() -> bool,
-        mut decide: impl FnMut(&KeyState, &View) -> Step<R>,
-    ) -> Result<(R, KeyState, KeyState, Option<String>)> {
-        let started = Instant::now();
-        let deadline = started + limit;
-        let mut lost = 0u32;
-        let mut pushed: Option<(String, R, KeyState, KeyState, Option<String>)> = None;
-        loop {
-            let round = Instant::now();
-            if stop() {
-                return Err(Interrupted.into());
-            }
-            let view = self
-                .retrying(deadline, || self.view(key))
-                .map_err(|f| self.failed(f, started.elapsed()))?;
-            // A push whose report we lost (or that raced our re-read) may have landed.
-            if let Some((oid, r, before, after, damaged)) = pushed.take() {
-                if view.current.as_ref().is_some_and(|t| t.oid == oid) {
-                    return Ok((r, before, after, damaged));
-                }
-            }
-            let before = match (&view.doc, &view.damaged) {
-                (Some(doc), _) => doc.state.clone(),
-                (None, Some(_)) => KeyState::unknown(key),
-                (None, None) => KeyState::passing(key),
-            };
-            let (r, after, history, totals_delta) = match decide(&before, &view) {
-                Step::Keep(r) if view.damaged.is_none() && view.strays.is_empty() => {
-                    return Ok((r, before.clone(), before, None));
-                }
-                Step::Keep(r) => (r, before.clone(), Vec::new(), None),
-                Step::Write {
-                    result,
-                    after,
-                    history,
-                    count,
-                } => (result, after, history, count),
-            };
-            let prev = view.doc.as_ref().or(view.last_good.as_ref());
-            let mut totals = prev.map(|d| d.totals).unwrap_or_default();
-            if let Some(count) = totals_delta {
-                count(&mut totals);
-            }
-            let seq = prev.map_or(0, |d| d.seq) + 1;
-            let passes = prev
-                .map_or(0, |d| d.passes)
-                .max(view.base_passes)
-                .max(after.passed);
-            let current_epoch = view.current.as_ref().map(|t| t.epoch);
-            // A new chain when the key is new, the tip cannot be a parent, or the chain is long.
-            let (epoch, parent, previous) = match &view.current {
-                Some(t)
-                    if view.tip_is_commit && seq.saturating_sub(t.epoch) + 1 < compact_after() =>
-                {
-                    (t.epoch, Some(t.oid.as_str()), None)
-                }
-                Some(t) => (
-                    seq.max(current_epoch.unwrap_or(0) + 1),
-                    None,
-                    Some(t.oid.as_str()),
-                ),
-                None => (seq, None, None),
-            };
-            let doc = Doc {
-                schema: chain::SCHEMA,
-                base: prev
-                    .map(|d| d.base.clone())
-                    .filter(|b| !b.is_empty())
-                    .unwrap_or_else(|| base.to_owned()),
-                seq,
-                totals,
-                passes,
-                state: after.clone(),
-            };
-            let now = time::now();
-            let mut history = history;
-            if let Some(why) = &view.damaged {
-                say::warn(format!(
-                    "the state of key `{key}` on the remote `{}` was unreadable ({why}); treating it as broken \
-                     with nobody fixing, and writing a new state",
-                    self.git.remote
-                ));
-                history.insert(
-                    0,
-                    serde_json::json!({"event": "damaged", "key": key, "reason": why}),
-                );
-            }
-            for entry in &mut history {
-                if let Some(obj) = entry.as_object_mut() {
-                    obj.insert("time".into(), time::rfc3339(now).into());
-                    obj.insert("ms".into(), now.into());
-                }
-            }
-            let subject = subject(key, &history, &after);
-            let repo = self.repo()?;
-            let commit = chain::write(&repo, &doc, parent, &subject, &history, previous, now)?;
-            drop(repo);
-            // The fix commit travels with the state that records it (and is published again
-            // if its ref went missing).
-            let new_fix = after.fix_commit().map(str::to_owned).filter(|f| {
-                !view
-                    .fixes
-                    .iter()
-                    .any(|(n, _)| *n == Self::fix_ref_name(key, f))
-            });
-            let updates = self.updates(key, &view, &commit, epoch, new_fix.as_deref());
-            let outcome = self.retrying(deadline, || self.git.push(&updates));
-            let damaged = view.damaged.clone();
-            match outcome {
-                Ok(Pushed::Landed) => return Ok((r, before, after, damaged)),
-                Ok(Pushed::Stale) => {
-                    lost += 1;
-                    if Instant::now() >= deadline {
-                        return Err(anyhow!(
-                            "coordination failed: lost {lost} races in a row for key `{key}` on the remote `{}` \
-                             within {} (too many agents at once?)",
-                            self.git.remote,
-                            time::human(limit)
-                        ));
-                    }
-                    pushed = Some((commit, r, before, after, damaged));
-                    // Back off by a random part of a few round trips (one read and one push, as
-                    // just measured), more after each loss: N agents that collided spread out
-                    // over about N round trips instead of colliding again in lockstep.
-                    let rtt = round.elapsed().min(Duration::from_secs(2));
-                    std::thread::sleep(time::jitter(rtt * lost.min(4)));
-                }
-                Err(Failure::Transient(m)) => {
-                    // Did it land after all? One last look.
-                    if let Ok(v) = self.view(key) {
-                        if v.current.as_ref().is_some_and(|t| t.oid == commit) {
-                            return Ok((r, before, after, damaged));
-                        }
-                    }
-                    return Err(self.failed(Failure::Transient(m), started.elapsed()));
-                }
-                Err(f) => return Err(self.failed(f, started.elapsed())),
-            }
-        }
-    }
-
-    /// After a fix: deletes passing keys untouched for [`prune_after`] (with leases; best effort,
-    /// one try: whatever raced it stays for the next time).
-    fn prune(&self, except: &str) {
-        let Ok(views) = self.views() else {
-            return;
-        };
-        let cutoff = time::now().saturating_sub(prune_after().as_millis() as Millis);
-        let mut updates = Vec::new();
-        for (stem, v) in views {
-            let Some(doc) = &v.doc else { continue };
-            if stem == except || doc.state.status != Status::Passing || doc.state.changed >= cutoff
-            {
-                continue;
-            }
-            for t in v.current.iter().chain(&v.strays) {
-                updates.push(Update {
-                    name: t.name.clone(),
-                    new: None,
-                    expect: Some(t.oid.clone()),
-                });
-            }
-            for (n, oid) in &v.fixes {
-                updates.push(Update {
-                    name: n.clone(),
-                    new: None,
-                    expect: Some(oid.clone()),
-                });
-            }
-            if updates.len() >= 200 {
-                break;
-            }
-        }
-        if !updates.is_empty() {
-            let _ = self.git.push(&updates);
-        }
-    }
-
-    /// Pushes and deletes a probe ref: whether this machine may write `refs/buildlock/*`.
-    pub fn probe(&self) -> Result<(), String> {
-        let repo = self.repo().map_err(|e| format!("{e:#}"))?;
-        let doc = Doc {
-            schema: chain::SCHEMA,
-            base: "probe".into(),
-            seq: 1,
-            totals: Totals::default(),
-            passes: 0,
-            state: KeyState::passing("probe"),
-        };
-        let now = time::now();
-        let commit = chain::write(
-            &repo,
-            &doc,
-            None,
-            "buildlock doctor: push test",
-            &[],
-            None,
-            now,
-        )
-        .map_err(|e| format!("{e:#}"))?;
-        let name = format!(
-            "{PROBE_PREFIX}{}-{}",
-            crate::os::process::hostname(),
-            std::process::id()
-        );
-        let name: String = name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "-_./".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let create = [Update {
-            name: name.clone(),
-            new: Some(commit.clone()),
-            expect: None,
-        }];
-        match self.git.push(&create) {
-            Ok(Pushed::Landed) => {}
-            Ok(Pushed::Stale) => return Err(format!("{name} exists already on the remote")),
-            Err(f) => {
-                return Err(format!(
-                    "cannot create {name}: {f}\nthe credentials git uses here need permission to push refs \
-                     under refs/buildlock/ (GitHub Actions: `permissions: contents: write`; GitLab: a token \
-                     with write_repository, or a deploy key with write access)"
-                ));
-            }
-        }
-        let delete = [Update {
-            name: name.clone(),
-            new: None,
-            expect: Some(commit),
-        }];
-        match self.git.push(&delete) {
-            Ok(Pushed::Landed) => Ok(()),
-            Ok(Pushed::Stale) => Err(format!("{name} changed while testing")),
-            Err(f) => Err(format!(
-                "created {name} but cannot delete it: {f}\nbuildlock deletes refs under refs/buildlock/ to keep \
-                 the remote bounded: the credentials need permission to delete refs there (a server with \
-                 receive.denyDeletes or a protection rule on refs/buildlock/* refuses it); delete {name} by hand"
-            )),
-        }
-    }
-
-    /// The read for the flows: the key's state, or why the remote could not be reached.
-    fn read_key(&self, key: &str) -> Read {
-        match self.view(key) {
-            Ok(v) => {
-                self.reached();
-                match (v.doc, v.damaged) {
-                    (Some(doc), _) => Read::Found {
-                        base: doc.base,
-                        state: doc.state,
-                    },
-                    (None, Some(why)) => Read::Damaged(why),
-                    (None, None) => Read::Missing,
-                }
-            }
-            Err(f) => {
-                let mut u = self.unreachable.lock().unwrap_or_else(|e| e.into_inner());
-                let since = u.map_or_else(Instant::now, |(s, _)| s);
-                *u = Some((since, Instant::now()));
-                Read::Unreachable(format!(
-                    "cannot reach the remote `{}` for {}: {}",
-                    self.git.remote,
-                    time::human(since.elapsed()),
-                    f.message()
-                ))
-            }
-        }
-    }
-
-    fn reached(&self) {
-        let mut u = self.unreachable.lock().unwrap_or_else(|e| e.into_inner());
-        if u.take().is_some() {
-            say::say(format!("reached the remote `{}` again", self.git.remote));
-        }
+/// What the remote can observe for a transition, from what `view` read.
+fn observed(
+    view: &View,
+    policy: Policy,
+    seen_silent: Option<(u64, Millis)>,
+    now: Millis,
+    elector_dead: bool,
+) -> Observed {
+    Observed {
+        now,
+        // The remote never compares clocks: only a waiter's monotonic observation
+        // (`seen_silent`) makes a fixer stale.
+        stale_after: Millis::MAX,
+        max_fix_attempts: policy.max_fix_attempts,
+        generation_floor: view.prev().map_or(0, |d| d.state.generation),
+        passes: view.base_passes,
+        fixer_lock_free: false,
+        fixer_running: false,
+        seen_silent,
+        elector_dead,
     }
 }
 
-/// What a transition decided.
-#[allow(clippy::large_enum_variant)] // one per transition, moved once
-enum Step<R> {
-    /// Nothing to write.
-    Keep(R),
-    Write {
-        result: R,
-        after: KeyState,
-        history: Vec<serde_json::Value>,
-        count: Option<Count>,
-    },
+/// The state machine's step for `event`: written (with its history and counts) when it changes
+/// the state, kept otherwise.
+fn decide(key: &str, event: &Event, before: &KeyState, seen: &Observed) -> Step<Outcome> {
+    let (mut after, outcome) = transition(before, event, seen);
+    // Another machine cannot read the fixer's git dir: only a recorded fix commit means
+    // anything there (`buildlock ci` and commit-retry record it).
+    if let Some(fix) = after.fix.as_mut() {
+        fix.git_dir = None;
+        fix.committer = None;
+    }
+    if after == *before {
+        return Step::Keep(outcome);
+    }
+    let history = history_entries(key, event, &outcome, before, &after);
+    let (ev, out, bef, aft) = (
+        event.clone(),
+        outcome.clone(),
+        before.clone(),
+        after.clone(),
+    );
+    Step::Write {
+        result: outcome,
+        after,
+        history,
+        count: Some(Box::new(move |t: &mut Totals| {
+            t.count(&ev, &out, &bef, &aft)
+        })),
+    }
 }
 
-/// Where `key`'s refs live under `refs/buildlock/state/` and `refs/buildlock/fix/`:
-/// `<base stem>/<sub>` (see the module header).
-pub fn key_path(key: &str) -> String {
-    let base = base_of(key);
-    let sub = if base.len() == key.len() {
-        "_".to_owned()
+/// A record of an event that changes no state: the history entry and its counts, written only
+/// where the key has a state on the remote.
+fn recorded(before: &KeyState, view: &View, entry: &serde_json::Value) -> Step<()> {
+    if view.current.is_none() {
+        return Step::Keep(());
+    }
+    let e = entry.clone();
+    Step::Write {
+        result: (),
+        after: before.clone(),
+        history: vec![entry.clone()],
+        count: Some(Box::new(move |t: &mut Totals| t.count_record(&e))),
+    }
+}
+
+/// A heartbeat: `lease` folded into the state, written when it moves the fixer's lease.
+fn renewed(before: &KeyState, lease: &Lease) -> Step<()> {
+    let mut after = before.clone();
+    // Strictly increasing, so that the lease visibly moves even on a machine whose clock
+    // stands still or went back: waiters compare it for equality only.
+    let mut lease = lease.clone();
+    if let Some(f) = before.fixer.as_ref() {
+        lease.heartbeat = lease.heartbeat.max(f.heartbeat + 1);
+    }
+    after.renew(&lease);
+    if after == *before {
+        Step::Keep(())
     } else {
-        file_stem(&key[base.len() + 1..])
-    };
-    format!("{}/{sub}", file_stem(base))
+        Step::Write {
+            result: (),
+            after,
+            history: Vec::new(),
+            count: None,
+        }
+    }
 }
 
-fn short(oid: &str) -> &str {
-    &oid[..oid.len().min(12)]
-}
-
-fn subject(key: &str, history: &[serde_json::Value], after: &KeyState) -> String {
-    let what: Vec<String> = history
-        .iter()
-        .filter_map(|e| {
-            let event = e.get("event")?.as_str()?;
-            let agent = e.get("agent").and_then(|a| a.as_str()).unwrap_or("");
-            Some(if agent.is_empty() {
-                event.to_owned()
-            } else {
-                format!("{event} {agent}")
-            })
-        })
-        .collect();
-    let what = if what.is_empty() {
-        "heartbeat".to_owned()
-    } else {
-        what.join(", ")
-    };
-    format!(
-        "buildlock {key}: {what} ({}, generation {})",
-        after.status.as_str(),
-        after.generation
-    )
+/// Adds one key's counters to the domain's.
+fn add_totals(sum: &mut Totals, t: &Totals) {
+    sum.failures += t.failures;
+    sum.elections += t.elections;
+    sum.takeovers += t.takeovers;
+    sum.waits += t.waits;
+    sum.fixes += t.fixes;
+    sum.fix_runs += t.fix_runs;
+    sum.fix_runs_avoided += t.fix_runs_avoided;
+    sum.generation = sum.generation.max(t.generation);
 }
 
 impl Store for RemoteStore {
@@ -786,43 +252,7 @@ impl Store for RemoteStore {
     }
 
     fn read_base(&self, base: &str) -> BaseView {
-        let path = key_path(base);
-        let base_stem = path.split('/').next().unwrap_or_default().to_owned();
-        let read = || -> Result<BaseView, Failure> {
-            let refs = self
-                .git
-                .ls_remote(&[format!("{STATE_PREFIX}{base_stem}/*")])?;
-            let groups = Self::group(&refs);
-            let repo = self
-                .repo()
-                .map_err(|e| Failure::Permanent(format!("{e:#}")))?;
-            let tops: Vec<&str> = groups
-                .values()
-                .filter_map(|(tips, _)| tips.iter().max_by_key(|t| t.epoch))
-                .map(|t| t.oid.as_str())
-                .collect();
-            self.fetch_missing(&repo, &tops)?;
-            let mut view = BaseView::default();
-            for (p, (tips, _)) in groups {
-                if !p.starts_with(&format!("{base_stem}/")) {
-                    continue;
-                }
-                let Some(top) = tips.iter().max_by_key(|t| t.epoch) else {
-                    continue;
-                };
-                match chain::decode(&repo, &top.oid, "").doc {
-                    Ok(doc) if doc.base == base => {
-                        view.passes = view.passes.max(doc.passes);
-                        view.keys.push(doc.state);
-                    }
-                    Ok(_) => {}
-                    Err(why) if p == path => view.damaged = Some(why),
-                    Err(_) => {}
-                }
-            }
-            Ok(view)
-        };
-        match read() {
+        match self.base_view(base) {
             Ok(view) => {
                 self.reached();
                 view
@@ -852,66 +282,22 @@ impl Store for RemoteStore {
         seen_silent: Option<(u64, Millis)>,
         stop: &dyn Fn() -> bool,
     ) -> Result<Applied> {
-        let (outcome, before, after, damaged) =
-            self.transact(key, base, self.wait, stop, |before, view| {
-                let floor = view
-                    .doc
-                    .as_ref()
-                    .or(view.last_good.as_ref())
-                    .map_or(0, |d| d.state.generation);
-                let seen = Observed {
-                    now: time::now(),
-                    // The remote never compares clocks: only a waiter's monotonic observation
-                    // (`seen_silent`) makes a fixer stale.
-                    stale_after: Millis::MAX,
-                    max_fix_attempts: policy.max_fix_attempts,
-                    generation_floor: floor,
-                    passes: view.base_passes,
-                    fixer_lock_free: false,
-                    fixer_running: false,
-                    seen_silent,
-                    elector_dead: before
-                        .fixer
-                        .as_ref()
-                        .is_some_and(crate::store::elector_dead),
-                };
-                let (mut after, outcome) = transition(before, event, &seen);
-                // Another machine cannot read the fixer's git dir: only a recorded fix commit
-                // means anything there (`buildlock ci` and commit-retry record it).
-                if let Some(fix) = after.fix.as_mut() {
-                    fix.git_dir = None;
-                    fix.committer = None;
-                }
-                if after == *before {
-                    return Step::Keep(outcome);
-                }
-                let history = history_entries(key, event, &outcome, before, &after);
-                let (ev, out, bef, aft) = (
-                    event.clone(),
-                    outcome.clone(),
-                    before.clone(),
-                    after.clone(),
-                );
-                Step::Write {
-                    result: outcome,
-                    after,
-                    history,
-                    count: Some(Box::new(move |t: &mut Totals| {
-                        t.count(&ev, &out, &bef, &aft)
-                    })),
-                }
-            })?;
-        if matches!(
-            outcome,
-            Outcome::Fixed | Outcome::Recovered | Outcome::Reset
-        ) {
+        let done = self.transact(key, base, self.wait, stop, |before, view| {
+            let elector_dead = before
+                .fixer
+                .as_ref()
+                .is_some_and(crate::store::elector_dead);
+            let seen = observed(view, policy, seen_silent, time::now(), elector_dead);
+            decide(key, event, before, &seen)
+        })?;
+        if prune::prunes_after(&done.result) {
             self.prune(&key_path(key));
         }
         Ok(Applied {
-            before,
-            after,
-            outcome,
-            damaged,
+            before: done.before,
+            after: done.after,
+            outcome: done.result,
+            damaged: done.damaged,
         })
     }
 
@@ -930,15 +316,7 @@ impl Store for RemoteStore {
         let mut sum = Totals::default();
         for (_, v) in self.views().unwrap_or_default() {
             if let Some(d) = v.doc {
-                let t = d.totals;
-                sum.failures += t.failures;
-                sum.elections += t.elections;
-                sum.takeovers += t.takeovers;
-                sum.waits += t.waits;
-                sum.fixes += t.fixes;
-                sum.fix_runs += t.fix_runs;
-                sum.fix_runs_avoided += t.fix_runs_avoided;
-                sum.generation = sum.generation.max(t.generation);
+                add_totals(&mut sum, &d.totals);
             }
         }
         sum
@@ -969,16 +347,7 @@ impl Store for RemoteStore {
         };
         let limit = self.wait.min(Duration::from_secs(30));
         self.transact(&key, &key, limit, &|| false, |before, view| {
-            if view.current.is_none() {
-                return Step::Keep(());
-            }
-            let e = entry.clone();
-            Step::Write {
-                result: (),
-                after: before.clone(),
-                history: vec![entry.clone()],
-                count: Some(Box::new(move |t: &mut Totals| t.count_record(&e))),
-            }
+            recorded(before, view, &entry)
         })?;
         Ok(())
     }
@@ -989,24 +358,7 @@ impl Store for RemoteStore {
             self.wait.max(Duration::from_millis(500)),
         );
         self.transact(key, "", limit, &|| false, |before, _| {
-            let mut after = before.clone();
-            // Strictly increasing, so that the lease visibly moves even on a machine whose clock
-            // stands still or went back: waiters compare it for equality only.
-            let mut lease = lease.clone();
-            if let Some(f) = before.fixer.as_ref() {
-                lease.heartbeat = lease.heartbeat.max(f.heartbeat + 1);
-            }
-            after.renew(&lease);
-            if after == *before {
-                Step::Keep(())
-            } else {
-                Step::Write {
-                    result: (),
-                    after,
-                    history: Vec::new(),
-                    count: None,
-                }
-            }
+            renewed(before, lease)
         })?;
         Ok(())
     }
@@ -1032,58 +384,302 @@ impl Store for RemoteStore {
     }
 
     fn diagnose(&self) -> Vec<(bool, String, String)> {
-        let mut out = Vec::new();
-        let started = Instant::now();
-        match self.git.ls_remote(&[format!("{STATE_PREFIX}*")]) {
-            Ok(refs) => out.push((
-                true,
-                format!(
-                    "the remote `{}` ({}) answers ({} ms; {} key ref(s) under {STATE_PREFIX})",
-                    self.git.remote,
-                    self.url,
-                    started.elapsed().as_millis(),
-                    refs.len()
-                ),
-                String::new(),
-            )),
-            Err(f) => {
-                out.push((
-                    false,
-                    format!("cannot read the remote `{}` ({}): {f}", self.git.remote, self.url),
-                    format!(
-                        "make `git ls-remote {} 'refs/buildlock/*'` work here (network, URL,                          credentials), or set coordination.remote to a remote that does",
-                        self.git.remote
-                    ),
-                ));
-                return out;
-            }
-        }
-        match self.probe() {
-            Ok(()) => out.push((
-                true,
-                format!(
-                    "the remote `{}` accepts pushes to refs/buildlock/* (created and deleted a probe ref)",
-                    self.git.remote
-                ),
-                String::new(),
-            )),
-            Err(m) => out.push((
-                false,
-                m,
-                "give the credentials git uses here permission to create, update and delete refs                  under refs/buildlock/ (see docs/ci/ for GitHub Actions and GitLab)"
-                    .to_owned(),
-            )),
-        }
-        out
+        self.diagnosis()
     }
 
     fn fix_ref(&self, key: &str, commit: &str) -> Option<String> {
-        Some(Self::fix_ref_name(key, commit))
+        Some(fix_ref_name(key, commit))
     }
 
     fn wait_change(&self, _key: &str, _fixer: Option<&Process>, _timeout: Duration) {
         // Every look costs a round trip to the remote: look every `remote_poll`, whatever the
         // caller's local poll interval is.
         std::thread::sleep(self.poll + time::jitter(self.poll / 4));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{Remote, doc, tip, view};
+    use super::*;
+    use crate::os::process::Process;
+    use crate::protocol::state::{Agent, FixSeen, Status};
+
+    fn policy() -> Policy {
+        Policy {
+            stale_after: Duration::from_secs(60),
+            max_fix_attempts: 3,
+        }
+    }
+
+    fn agent(id: &str) -> Agent {
+        Agent {
+            id: id.into(),
+            pid: 100,
+            host: "box".into(),
+        }
+    }
+
+    fn failed(id: &str) -> Event {
+        Event::Failed {
+            agent: agent(id),
+            signature: "sig".into(),
+            log: PathBuf::from("/tmp/log"),
+            passes_seen: None,
+            lacks_fix: None,
+            holder: None,
+            elector: None,
+        }
+    }
+
+    fn passed(id: &str, git_dir: &str) -> Event {
+        passed_with(id, git_dir, "f00d")
+    }
+
+    fn passed_with(id: &str, git_dir: &str, commit: &str) -> Event {
+        Event::Passed {
+            agent: agent(id),
+            generation: None,
+            fix: FixSeen {
+                head_before: Some("head".into()),
+                git_dir: Some(PathBuf::from(git_dir)),
+                commit: Some(commit.into()),
+                committer: Some(Process {
+                    pid: 7,
+                    host: "box".into(),
+                    start: None,
+                    token: None,
+                }),
+            },
+        }
+    }
+
+    fn seen() -> Observed {
+        observed(&view(None, None), policy(), None, 1_000, false)
+    }
+
+    fn written<R>(step: Step<R>) -> (R, KeyState, Vec<serde_json::Value>, Totals) {
+        match step {
+            Step::Write {
+                result,
+                after,
+                history,
+                count,
+            } => {
+                let mut totals = Totals::default();
+                if let Some(count) = count {
+                    count(&mut totals);
+                }
+                (result, after, history, totals)
+            }
+            Step::Keep(_) => panic!("expected a write"),
+        }
+    }
+
+    #[test]
+    fn the_remote_observes_no_clock_and_no_process() {
+        let mut d = doc("k", 1);
+        d.state.generation = 4;
+        let mut v = view(Some(tip("k", 1, "t")), Some(d));
+        v.base_passes = 9;
+        let seen = observed(&v, policy(), Some((4, 5)), 1_000, true);
+        assert_eq!(seen.stale_after, Millis::MAX, "no wall-clock lease rule");
+        assert!(!seen.fixer_lock_free && !seen.fixer_running);
+        assert_eq!(seen.generation_floor, 4);
+        assert_eq!(seen.passes, 9);
+        assert_eq!(seen.seen_silent, Some((4, 5)));
+        assert_eq!(seen.max_fix_attempts, 3);
+        assert!(seen.elector_dead);
+        assert_eq!(seen.now, 1_000);
+    }
+
+    #[test]
+    fn the_generation_floor_survives_a_damaged_tip() {
+        let mut good = doc("k", 1);
+        good.state.generation = 6;
+        let mut v = view(Some(tip("k", 2, "bad")), None);
+        v.damaged = Some("garbage".into());
+        v.last_good = Some(good);
+        assert_eq!(observed(&v, policy(), None, 0, false).generation_floor, 6);
+        assert_eq!(seen().generation_floor, 0);
+    }
+
+    #[test]
+    fn a_failure_elects_and_counts() {
+        let before = KeyState::passing("k");
+        let (outcome, after, history, totals) =
+            written(decide("k", &failed("a"), &before, &seen()));
+        assert!(
+            matches!(outcome, Outcome::Elected { replaced: None }),
+            "{outcome:?}"
+        );
+        assert_eq!(after.status, Status::Fixing);
+        assert!(!history.is_empty());
+        assert_eq!((totals.failures, totals.elections), (1, 1));
+    }
+
+    #[test]
+    fn a_fix_recorded_on_the_remote_keeps_only_what_another_machine_can_use() {
+        let (_, fixing, _, _) =
+            written(decide("k", &failed("a"), &KeyState::passing("k"), &seen()));
+        let (outcome, after, _, totals) =
+            written(decide("k", &passed("a", "/home/a/.git"), &fixing, &seen()));
+        assert_eq!(outcome, Outcome::Fixed);
+        let fix = after.fix.unwrap();
+        assert_eq!(fix.commit.as_deref(), Some("f00d"));
+        assert_eq!(fix.head_before.as_deref(), Some("head"));
+        assert_eq!(
+            fix.git_dir, None,
+            "this machine's git dir means nothing elsewhere"
+        );
+        assert_eq!(fix.committer, None);
+        assert_eq!(totals.fixes, 1);
+    }
+
+    #[test]
+    fn a_transition_that_changes_nothing_writes_nothing() {
+        let before = KeyState::passing("k");
+        match decide("k", &passed("a", "/x"), &before, &seen()) {
+            Step::Keep(outcome) => assert_eq!(outcome, Outcome::Unchanged),
+            Step::Write { .. } => panic!("a pass on a passing key wrote"),
+        }
+    }
+
+    #[test]
+    fn a_record_is_written_only_on_a_key_with_state() {
+        let entry = serde_json::json!({"event": "fix_started", "key": "k"});
+        let before = KeyState::unknown("k");
+        assert!(matches!(
+            recorded(&before, &view(None, None), &entry),
+            Step::Keep(())
+        ));
+        let v = view(Some(tip("k", 1, "t")), Some(doc("k", 1)));
+        let ((), after, history, totals) = written(recorded(&before, &v, &entry));
+        assert_eq!(after, before);
+        assert_eq!(history, [entry]);
+        assert_eq!(totals.fix_runs, 1);
+    }
+
+    #[test]
+    fn a_heartbeat_always_moves_the_lease_forward() {
+        let (_, fixing, _, _) =
+            written(decide("k", &failed("a"), &KeyState::passing("k"), &seen()));
+        let fixer = fixing.fixer.clone().unwrap();
+        // A clock that went back: the heartbeat still moves.
+        let lease = Lease {
+            agent: "a".into(),
+            generation: fixing.generation,
+            heartbeat: fixer.heartbeat.saturating_sub(500),
+        };
+        let ((), after, history, _) = written(renewed(&fixing, &lease));
+        assert_eq!(after.fixer.unwrap().heartbeat, fixer.heartbeat + 1);
+        assert!(history.is_empty());
+        // Another agent's lease changes nothing.
+        let other = Lease {
+            agent: "b".into(),
+            ..lease
+        };
+        assert!(matches!(renewed(&fixing, &other), Step::Keep(())));
+    }
+
+    #[test]
+    fn totals_add_up_and_the_generation_is_the_highest() {
+        let mut sum = Totals::default();
+        let one = Totals {
+            failures: 1,
+            elections: 2,
+            takeovers: 3,
+            waits: 4,
+            fixes: 5,
+            fix_runs: 6,
+            fix_runs_avoided: 7,
+            generation: 9,
+        };
+        add_totals(&mut sum, &one);
+        add_totals(
+            &mut sum,
+            &Totals {
+                generation: 2,
+                ..one
+            },
+        );
+        assert_eq!(
+            sum,
+            Totals {
+                failures: 2,
+                elections: 4,
+                takeovers: 6,
+                waits: 8,
+                fixes: 10,
+                fix_runs: 12,
+                fix_runs_avoided: 14,
+                generation: 9,
+            }
+        );
+    }
+
+    #[test]
+    fn a_breakage_and_its_fix_through_the_store() {
+        let remote = Remote::new();
+        let a = remote.store("a");
+        let b = remote.store("b");
+        let never = &|| false;
+        let elected = a
+            .apply("k", "k", &failed("a"), policy(), None, never)
+            .unwrap();
+        assert!(matches!(elected.outcome, Outcome::Elected { .. }));
+        let waiting = b
+            .apply("k", "k", &failed("b"), policy(), None, never)
+            .unwrap();
+        assert!(
+            matches!(waiting.outcome, Outcome::Wait { .. }),
+            "{:?}",
+            waiting.outcome
+        );
+        let lease = Lease {
+            agent: "a".into(),
+            generation: elected.after.generation,
+            heartbeat: 0,
+        };
+        a.write_lease("k", &lease).unwrap();
+        a.record(serde_json::json!({"event": "fix_started", "key": "k"}))
+            .unwrap();
+        let fix = remote.commit_in("a");
+        let fixed = a
+            .apply(
+                "k",
+                "k",
+                &passed_with("a", "/a/.git", &fix),
+                policy(),
+                None,
+                never,
+            )
+            .unwrap();
+        assert_eq!(fixed.outcome, Outcome::Fixed);
+        match b.read("k") {
+            Read::Found { state, .. } => {
+                assert_eq!(state.status, Status::Passing);
+                assert_eq!(state.fix_commit(), Some(fix.as_str()));
+            }
+            other => panic!("{other:?}"),
+        }
+        let fix_ref = b.fix_ref("k", &fix).unwrap();
+        assert_eq!(fix_ref, format!("refs/buildlock/fix/k/_/{fix}"));
+        assert!(
+            remote.refs().contains(&(fix_ref, fix.clone())),
+            "the fix commit travelled with the state: {:?}",
+            remote.refs()
+        );
+        let totals = b.totals();
+        assert_eq!((totals.failures, totals.elections, totals.waits), (2, 1, 1));
+        assert_eq!((totals.fixes, totals.fix_runs), (1, 1));
+        assert_eq!(b.all().len(), 1);
+        let events: Vec<String> = b
+            .history()
+            .iter()
+            .filter_map(|e| e["event"].as_str().map(str::to_owned))
+            .collect();
+        assert!(events.contains(&"fix_started".to_owned()), "{events:?}");
+        assert_eq!(b.read_base("k").keys.len(), 1);
     }
 }
