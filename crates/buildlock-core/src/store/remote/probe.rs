@@ -69,8 +69,8 @@ impl RemoteStore {
             Ok(Pushed::Stale) => Err(format!("{name} changed while testing")),
             Err(f) => Err(format!(
                 "created {name} but cannot delete it: {f}\nbuildlock deletes refs under refs/buildlock/ to keep \
-                 the remote bounded: the credentials need permission to delete refs there (a server with \
-                 receive.denyDeletes or a protection rule on refs/buildlock/* refuses it); delete {name} by hand"
+                 the remote bounded: the credentials need permission to delete refs there (a server-side \
+                 hook or a protection rule on refs/buildlock/* refuses it); delete {name} by hand"
             )),
         }
     }
@@ -97,7 +97,7 @@ impl RemoteStore {
                     false,
                     format!("cannot read the remote `{}` ({}): {f}", self.git.remote, self.url),
                     format!(
-                        "make `git ls-remote {} 'refs/buildlock/*'` work here (network, URL,                          credentials), or set coordination.remote to a remote that does",
+                        "make `git ls-remote {} 'refs/buildlock/*'` work here (network, URL, credentials), or set coordination.remote to a remote that does",
                         self.git.remote
                     ),
                 ));
@@ -116,7 +116,7 @@ impl RemoteStore {
             Err(m) => out.push((
                 false,
                 m,
-                "give the credentials git uses here permission to create, update and delete refs                  under refs/buildlock/ (see docs/ci/ for GitHub Actions and GitLab)"
+                "give the credentials git uses here permission to create, update and delete refs under refs/buildlock/ (see docs/ci/ for GitHub Actions and GitLab)"
                     .to_owned(),
             )),
         }
