@@ -650,8 +650,7 @@ fn bell_findings(home: &Path, r: &mut Report) -> Result<()> {
         let Ok(meta) = fs::symlink_metadata(&path) else {
             continue; // made by the first waiter
         };
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let ours = meta.uid() == unsafe { libc::geteuid() };
+        let ours = meta.uid() == crate::os::process::euid();
         if !meta.file_type().is_fifo() || !ours {
             r.problem(
                 format!(
