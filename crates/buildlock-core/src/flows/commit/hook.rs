@@ -117,15 +117,7 @@ impl Hook<'_> {
         let mut stale_reruns = 0;
         let base = ctx.base();
         if !bypass && ctx.unusable.is_none() && !ctx.seen {
-            // The agent's first commit: listed by `buildlock agents` from now on (later commits
-            // only renew it, with the touch every program makes when it loads).
-            registry::seen(&ctx.home, &ctx.agent, || registry::Seen {
-                agent: ctx.agent.clone(),
-                host: crate::os::process::hostname(),
-                worktree: ctx.repo.worktree.clone(),
-                git_dir: Some(ctx.repo.git_dir.clone()),
-                last_seen: 0,
-            });
+            first_commit_seen(ctx);
         }
         // Claims guard (issue 12): another agent's exclusive claim refuses (or holds) the commit
         // before any check runs.
@@ -153,44 +145,8 @@ impl Hook<'_> {
                     return exit::CONFIG;
                 }
             };
-            match run.ending {
-                Ending::Signal(n) => {
-                    say::say(format!(
-                        "interrupted by signal {n}: stopped the check; nothing was recorded"
-                    ));
-                    return exit::signal(n);
-                }
-                Ending::ParentGone => {
-                    say::say("git went away: stopped the check; nothing was recorded");
-                    return exit::signal(libc::SIGHUP);
-                }
-                Ending::Passed => {
-                    if ctx.unusable.is_none() {
-                        self.passed(&base, &view);
-                    }
-                    return exit::OK;
-                }
-                Ending::Failed(Some(code @ (126 | 127))) => {
-                    say::say(format!(
-                        "the check could not run: its command was {} (exit {code}); this is not a \
-                         broken build, so nobody was elected\nnext: fix `check` in {} (or the \
-                         chained hook), then commit again",
-                        if code == 127 {
-                            "not found"
-                        } else {
-                            "not executable"
-                        },
-                        ctx.repo.worktree.join(".buildlock.toml").display()
-                    ));
-                    Decision::new(Verdict::ConfigError).hand_over();
-                    return exit::CONFIG;
-                }
-                Ending::TimedOut(limit) => say::say(format!(
-                    "the check was still running after check_timeout ({}) and was stopped; \
-                     that counts as a failure",
-                    time::human(limit)
-                )),
-                Ending::Failed(_) => {}
+            if let Some(code) = self.check_ended(&run.ending, &base, &view) {
+                return code;
             }
             if bypass {
                 say::say(
@@ -229,6 +185,54 @@ impl Hook<'_> {
                 Waited::Again(silent) => seen_silent = silent,
                 Waited::Exit(code) => return code,
             }
+        }
+    }
+
+    /// The exit code when the check's run ends the hook (a signal, git gone, a pass, a command
+    /// that could not run); `None` when it failed (a timeout included) and the hook goes on.
+    fn check_ended(&self, ending: &Ending, base: &str, view: &BaseView) -> Option<i32> {
+        let ctx = self.ctx;
+        match ending {
+            Ending::Signal(n) => {
+                say::say(format!(
+                    "interrupted by signal {n}: stopped the check; nothing was recorded"
+                ));
+                Some(exit::signal(*n))
+            }
+            Ending::ParentGone => {
+                say::say("git went away: stopped the check; nothing was recorded");
+                Some(exit::signal(libc::SIGHUP))
+            }
+            Ending::Passed => {
+                if ctx.unusable.is_none() {
+                    self.passed(base, view);
+                }
+                Some(exit::OK)
+            }
+            Ending::Failed(Some(code @ (126 | 127))) => {
+                say::say(format!(
+                    "the check could not run: its command was {} (exit {code}); this is not a \
+                     broken build, so nobody was elected\nnext: fix `check` in {} (or the \
+                     chained hook), then commit again",
+                    if *code == 127 {
+                        "not found"
+                    } else {
+                        "not executable"
+                    },
+                    ctx.repo.worktree.join(".buildlock.toml").display()
+                ));
+                Decision::new(Verdict::ConfigError).hand_over();
+                Some(exit::CONFIG)
+            }
+            Ending::TimedOut(limit) => {
+                say::say(format!(
+                    "the check was still running after check_timeout ({}) and was stopped; \
+                     that counts as a failure",
+                    time::human(*limit)
+                ));
+                None
+            }
+            Ending::Failed(_) => None,
         }
     }
 
@@ -370,16 +374,7 @@ impl Hook<'_> {
             passes_seen,
             seen_silent,
             holder: env::holder(),
-            // commit-retry goes on to run `fix.command` if elected: until it registers, its
-            // death is the fixer's. Without a `fix.command` the agent fixes by hand.
-            elector: env::holder()
-                .filter(|_| env::decision_file().is_some() && ctx.config.fix_command.is_some())
-                .map(|pid| crate::os::process::Process {
-                    pid,
-                    host: crate::os::process::hostname(),
-                    start: crate::os::process::start_time(pid),
-                    token: None,
-                }),
+            elector: elector(ctx),
         };
         let Recorded {
             key,
@@ -641,6 +636,31 @@ impl Told<'_> {
                 .map_or_else(|| "-".into(), |l| l.display().to_string()),
         ));
     }
+}
+
+/// commit-retry goes on to run `fix.command` if elected: until it registers, its death is the
+/// fixer's. Without a `fix.command` the agent fixes by hand.
+fn elector(ctx: &Context) -> Option<crate::os::process::Process> {
+    env::holder()
+        .filter(|_| env::decision_file().is_some() && ctx.config.fix_command.is_some())
+        .map(|pid| crate::os::process::Process {
+            pid,
+            host: crate::os::process::hostname(),
+            start: crate::os::process::start_time(pid),
+            token: None,
+        })
+}
+
+/// The agent's first commit: listed by `buildlock agents` from now on (later commits only renew
+/// it, with the touch every program makes when it loads).
+fn first_commit_seen(ctx: &Context) {
+    registry::seen(&ctx.home, &ctx.agent, || registry::Seen {
+        agent: ctx.agent.clone(),
+        host: crate::os::process::hostname(),
+        worktree: ctx.repo.worktree.clone(),
+        git_dir: Some(ctx.repo.git_dir.clone()),
+        last_seen: 0,
+    });
 }
 
 fn coordination_failed(why: &str) -> i32 {
