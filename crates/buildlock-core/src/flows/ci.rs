@@ -19,14 +19,15 @@
 use anyhow::Result;
 use std::path::PathBuf;
 
+use crate::flows::commit::failure::{self, Failure, Recorded};
 use crate::flows::commit::fixcommit;
 use crate::flows::commit::fixer::{self, Assignment, FixEnd, Role, Took};
 use crate::flows::commit::wait::{self, WaitEnd};
 use crate::flows::context::Context;
 use crate::os::check::{self, Ending};
 use crate::os::{env, say, signals, time};
+use crate::protocol::exit;
 use crate::protocol::state::{Event, FixSeen, KeyState, Outcome, Status};
-use crate::protocol::{exit, key, signature};
 use crate::store::{BaseView, Interrupted};
 
 const WHO: &str = "buildlock ci";
@@ -58,6 +59,10 @@ pub fn run(ctx: &Context, command: Vec<String>) -> Result<i32> {
         ctx,
         check,
         role: None,
+        seen_silent: None,
+        stale_reruns: 0,
+        blocked: 0,
+        fix_runs: 0,
     }
     .run()
 }
@@ -73,20 +78,56 @@ struct Ci<'a> {
     ctx: &'a Context,
     check: check::Command,
     role: Option<Held>,
+    /// The fixer lease a wait saw silent, for the next failure to report.
+    seen_silent: Option<(u64, u64)>,
+    /// Failures in a row that turned out stale.
+    stale_reruns: u32,
+    /// Waits and fixes taken so far.
+    blocked: u32,
+    fix_runs: u32,
 }
 
 fn stop() -> bool {
     signals::pending().is_some()
 }
 
+/// The check failed with coordination off (`BUILDLOCK=0`) or unusable here: nobody is elected.
+fn uncoordinated(ctx: &Context) -> i32 {
+    match &ctx.unusable {
+        Some(why) => {
+            say::say(format!(
+                "{WHO}: the check failed and coordination cannot work here ({why}): \
+                 nobody was elected (exit 70)"
+            ));
+            exit::COORDINATION
+        }
+        None => {
+            say::say(format!(
+                "{WHO}: the check failed; coordination is off (BUILDLOCK=0), so nobody \
+                 was elected"
+            ));
+            exit::FIXER
+        }
+    }
+}
+
+/// Recording the failure failed: interrupted, or coordination itself failed.
+fn coordination_failed(e: &anyhow::Error) -> i32 {
+    if e.is::<Interrupted>() {
+        return exit::signal(signals::pending().unwrap_or(libc::SIGINT));
+    }
+    say::say(format!("{WHO}: {e:#}"));
+    say::say(
+        "the check failed and coordination failed, so nobody was elected (exit \
+         70); run it again, or without coordination with BUILDLOCK=0",
+    );
+    exit::COORDINATION
+}
+
 impl Ci<'_> {
     fn run(&mut self) -> Result<i32> {
         let ctx = self.ctx;
         let coordinate = env::coordination_enabled() && ctx.unusable.is_none();
-        let mut seen_silent: Option<(u64, u64)> = None;
-        let mut stale_reruns = 0;
-        let mut blocked = 0;
-        let mut fix_runs = 0;
         loop {
             // The key a fixer works on is the one it was elected for, wherever HEAD went since.
             let base = match &self.role {
@@ -98,7 +139,7 @@ impl Ci<'_> {
             } else {
                 BaseView::default()
             };
-            let passes_seen = (stale_reruns < MAX_STALE_RERUNS).then_some(view.passes);
+            let passes_seen = (self.stale_reruns < MAX_STALE_RERUNS).then_some(view.passes);
             let run = match self.run_check() {
                 Ok(run) => run,
                 Err(e) => {
@@ -106,185 +147,185 @@ impl Ci<'_> {
                     return Ok(exit::CONFIG);
                 }
             };
-            match run.ending {
-                Ending::Signal(n) => {
-                    say::say(format!(
-                        "{WHO}: interrupted by signal {n}: stopped the command; nothing was recorded"
-                    ));
-                    return Ok(exit::signal(n));
-                }
-                Ending::ParentGone => return Ok(exit::signal(libc::SIGHUP)),
-                Ending::Passed => {
-                    if coordinate {
-                        self.passed(&base, &view);
-                    }
-                    say::headline(say::Tone::Good, format!("{WHO}: the check passes"));
-                    return Ok(exit::OK);
-                }
-                Ending::Failed(Some(code @ (126 | 127))) => {
-                    say::say(format!(
-                        "{WHO}: the command could not run (exit {code}: {}); this is not a broken \
-                         build, so nobody was elected",
-                        if code == 127 {
-                            "not found"
-                        } else {
-                            "not executable"
-                        }
-                    ));
-                    return Ok(exit::CONFIG);
-                }
-                Ending::Failed(_) | Ending::TimedOut(_) => {}
+            if let Some(code) = self.check_ended(&run.ending, coordinate, &base, &view) {
+                return Ok(code);
             }
             if !coordinate {
-                match &ctx.unusable {
-                    Some(why) => {
-                        say::say(format!(
-                            "{WHO}: the check failed and coordination cannot work here ({why}): \
-                             nobody was elected (exit 70)"
-                        ));
-                        return Ok(exit::COORDINATION);
-                    }
-                    None => {
-                        say::say(format!(
-                            "{WHO}: the check failed; coordination is off (BUILDLOCK=0), so nobody \
-                             was elected"
-                        ));
-                        return Ok(exit::FIXER);
-                    }
-                }
+                return Ok(uncoordinated(ctx));
             }
+            let seen_silent = self.seen_silent.take();
             let (a, outcome, after) =
-                match self.failed(&run.output, &base, &view, passes_seen, seen_silent.take()) {
+                match self.failed(&run.output, &base, &view, passes_seen, seen_silent) {
                     Ok(x) => x,
-                    Err(e) if e.is::<Interrupted>() => {
-                        return Ok(exit::signal(signals::pending().unwrap_or(libc::SIGINT)));
-                    }
-                    Err(e) => {
-                        say::say(format!("{WHO}: {e:#}"));
-                        say::say(
-                            "the check failed and coordination failed, so nobody was elected (exit \
-                             70); run it again, or without coordination with BUILDLOCK=0",
-                        );
-                        return Ok(exit::COORDINATION);
-                    }
+                    Err(e) => return Ok(coordination_failed(&e)),
                 };
-            match outcome {
-                Outcome::Stale => {
-                    stale_reruns += 1;
-                    say::say(format!(
-                        "{WHO}: the build was fixed while your check ran; running it again"
-                    ));
-                }
-                Outcome::Elected { .. } | Outcome::KeepFixing { .. } => {
-                    let Some(command) = ctx.config.fix_command.clone() else {
-                        say::say(format!(
-                            "{WHO}: you are the fixer and no `fix.command` is configured (exit 1): \
-                             fix the failure (log: {}), and run `buildlock ci` again; or give the \
-                             role up with `buildlock release`",
-                            a.log
-                                .as_ref()
-                                .map_or_else(|| "-".into(), |l| l.display().to_string())
-                        ));
-                        return Ok(exit::FIXER);
-                    };
-                    fix_runs += 1;
-                    if fix_runs > MAX_FIX_RUNS {
-                        anyhow::bail!(
-                            "the fix ran {MAX_FIX_RUNS} times without the check passing; stopping"
-                        );
-                    }
-                    if !self.role.as_ref().is_some_and(|h| h.role.is_for(&a)) {
-                        self.role = None;
-                        match Role::take(ctx, &a)? {
-                            Took::Role(role) => {
-                                self.role = Some(Held {
-                                    role,
-                                    head_before: ctx.repo.head_oid(),
-                                })
-                            }
-                            Took::NotFixer => continue,
-                            Took::HeldElsewhere => {
-                                say::say(format!(
-                                    "{WHO}: another run of agent `{}` holds this fixer role \
-                                     (generation {}); waiting for it instead of fixing beside it",
-                                    ctx.agent, a.generation
-                                ));
-                                if let Some(code) = self.wait(&a, &after, &mut seen_silent)? {
-                                    return Ok(code);
-                                }
-                                continue;
-                            }
-                        }
-                    }
-                    let held = self.role.as_ref().expect("taken above");
-                    match held.role.run_fix(ctx, &command, &a, &[])? {
-                        FixEnd::Done => {}
-                        FixEnd::TakenOver => {
-                            self.role = None;
-                            say::say(format!(
-                                "{WHO}: another agent took the fixer role over: stopped our fix; \
-                                 waiting for theirs"
-                            ));
-                        }
-                        FixEnd::Signal(n) => {
-                            say::say(format!("{WHO}: interrupted by signal {n}; stopped the fix"));
-                            return Ok(exit::signal(n));
-                        }
-                    }
-                }
-                Outcome::GaveUp { attempts } => {
-                    say::say(format!(
-                        "{WHO}: the check still fails after {attempts} fix attempts: you gave the \
-                         fixer role up (exit 1); the key is broken with nobody fixing; ask a person \
-                         to look at {}",
-                        a.log
-                            .as_ref()
-                            .map_or_else(|| "-".into(), |l| l.display().to_string())
-                    ));
-                    return Ok(exit::FIXER);
-                }
-                Outcome::Wait { .. } => {
-                    self.role = None;
-                    blocked += 1;
-                    if blocked > ctx.config.retry_attempts {
-                        wait::leave(ctx, &a.key, &a.base);
-                        say::say(format!(
-                            "{WHO}: still blocked after {} waits (exit 75); run it again later, or \
-                             check `buildlock status`",
-                            ctx.config.retry_attempts
-                        ));
-                        return Ok(exit::BLOCKED);
-                    }
-                    if let Some(code) = self.wait(&a, &after, &mut seen_silent)? {
-                        return Ok(code);
-                    }
-                }
-                Outcome::TakeFix { commit, by } => {
-                    self.role = None;
-                    blocked += 1;
-                    say::say(format!(
-                        "{WHO}: `{by}` already fixed this failure in commit {commit}, which this \
-                         checkout lacks"
-                    ));
-                    if ctx.config.retry_refresh.is_none() || blocked > ctx.config.retry_attempts {
-                        say::say(format!(
-                            "{WHO}: take the fix ({}), then run `buildlock ci` again (exit 75); \
-                             `retry.refresh` takes it on its own with BUILDLOCK_FIX_COMMIT{}",
-                            fixcommit::how_to_take(&commit),
-                            ctx.store
-                                .fix_ref(&a.key, &commit)
-                                .map(|r| format!(" and BUILDLOCK_FIX_REF={r}"))
-                                .unwrap_or_default()
-                        ));
-                        return Ok(exit::BLOCKED);
-                    }
-                    if let Some(code) = fixer::refresh(ctx, &a, Some(&commit))? {
-                        return Ok(code);
-                    }
-                }
-                other => anyhow::bail!("unexpected outcome of a failed check: {other:?}"),
+            if let Some(code) = self.act(&a, outcome, &after)? {
+                return Ok(code);
             }
         }
+    }
+
+    /// The exit code when the check's run ends the job (a signal, a pass, a command that could
+    /// not run); `None` when it failed and the protocol goes on.
+    fn check_ended(
+        &self,
+        ending: &Ending,
+        coordinate: bool,
+        base: &str,
+        view: &BaseView,
+    ) -> Option<i32> {
+        match ending {
+            Ending::Signal(n) => {
+                say::say(format!(
+                    "{WHO}: interrupted by signal {n}: stopped the command; nothing was recorded"
+                ));
+                Some(exit::signal(*n))
+            }
+            Ending::ParentGone => Some(exit::signal(libc::SIGHUP)),
+            Ending::Passed => {
+                if coordinate {
+                    self.passed(base, view);
+                }
+                say::headline(say::Tone::Good, format!("{WHO}: the check passes"));
+                Some(exit::OK)
+            }
+            Ending::Failed(Some(code @ (126 | 127))) => {
+                say::say(format!(
+                    "{WHO}: the command could not run (exit {code}: {}); this is not a broken \
+                     build, so nobody was elected",
+                    if *code == 127 {
+                        "not found"
+                    } else {
+                        "not executable"
+                    }
+                ));
+                Some(exit::CONFIG)
+            }
+            Ending::Failed(_) | Ending::TimedOut(_) => None,
+        }
+    }
+
+    /// What this job does about the outcome of its failure; `Some(code)` to exit with, `None` to
+    /// run the check again.
+    fn act(&mut self, a: &Assignment, outcome: Outcome, after: &KeyState) -> Result<Option<i32>> {
+        match outcome {
+            Outcome::Stale => {
+                self.stale_reruns += 1;
+                say::say(format!(
+                    "{WHO}: the build was fixed while your check ran; running it again"
+                ));
+                Ok(None)
+            }
+            Outcome::Elected { .. } | Outcome::KeepFixing { .. } => self.fix(a, after),
+            Outcome::GaveUp { attempts } => {
+                say::say(format!(
+                    "{WHO}: the check still fails after {attempts} fix attempts: you gave the \
+                     fixer role up (exit 1); the key is broken with nobody fixing; ask a person \
+                     to look at {}",
+                    a.log
+                        .as_ref()
+                        .map_or_else(|| "-".into(), |l| l.display().to_string())
+                ));
+                Ok(Some(exit::FIXER))
+            }
+            Outcome::Wait { .. } => {
+                self.role = None;
+                self.blocked += 1;
+                if self.blocked > self.ctx.config.retry_attempts {
+                    wait::leave(self.ctx, &a.key, &a.base);
+                    say::say(format!(
+                        "{WHO}: still blocked after {} waits (exit 75); run it again later, or \
+                         check `buildlock status`",
+                        self.ctx.config.retry_attempts
+                    ));
+                    return Ok(Some(exit::BLOCKED));
+                }
+                self.wait(a, after)
+            }
+            Outcome::TakeFix { commit, by } => self.take_fix(a, &commit, &by),
+            other => anyhow::bail!("unexpected outcome of a failed check: {other:?}"),
+        }
+    }
+
+    /// Elected: runs `fix.command` holding the role (taken first, unless held already).
+    fn fix(&mut self, a: &Assignment, after: &KeyState) -> Result<Option<i32>> {
+        let ctx = self.ctx;
+        let Some(command) = ctx.config.fix_command.clone() else {
+            say::say(format!(
+                "{WHO}: you are the fixer and no `fix.command` is configured (exit 1): \
+                 fix the failure (log: {}), and run `buildlock ci` again; or give the \
+                 role up with `buildlock release`",
+                a.log
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |l| l.display().to_string())
+            ));
+            return Ok(Some(exit::FIXER));
+        };
+        self.fix_runs += 1;
+        if self.fix_runs > MAX_FIX_RUNS {
+            anyhow::bail!("the fix ran {MAX_FIX_RUNS} times without the check passing; stopping");
+        }
+        if !self.role.as_ref().is_some_and(|h| h.role.is_for(a)) {
+            self.role = None;
+            match Role::take(ctx, a)? {
+                Took::Role(role) => {
+                    self.role = Some(Held {
+                        role,
+                        head_before: ctx.repo.head_oid(),
+                    })
+                }
+                Took::NotFixer => return Ok(None),
+                Took::HeldElsewhere => {
+                    say::say(format!(
+                        "{WHO}: another run of agent `{}` holds this fixer role \
+                         (generation {}); waiting for it instead of fixing beside it",
+                        ctx.agent, a.generation
+                    ));
+                    return self.wait(a, after);
+                }
+            }
+        }
+        let held = self.role.as_ref().expect("taken above");
+        match held.role.run_fix(ctx, &command, a, &[])? {
+            FixEnd::Done => {}
+            FixEnd::TakenOver => {
+                self.role = None;
+                say::say(format!(
+                    "{WHO}: another agent took the fixer role over: stopped our fix; \
+                     waiting for theirs"
+                ));
+            }
+            FixEnd::Signal(n) => {
+                say::say(format!("{WHO}: interrupted by signal {n}; stopped the fix"));
+                return Ok(Some(exit::signal(n)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The fix exists as `commit` and this checkout lacks it: `retry.refresh` takes it, else
+    /// the job stops and says how.
+    fn take_fix(&mut self, a: &Assignment, commit: &str, by: &str) -> Result<Option<i32>> {
+        let ctx = self.ctx;
+        self.role = None;
+        self.blocked += 1;
+        say::say(format!(
+            "{WHO}: `{by}` already fixed this failure in commit {commit}, which this \
+             checkout lacks"
+        ));
+        if ctx.config.retry_refresh.is_none() || self.blocked > ctx.config.retry_attempts {
+            say::say(format!(
+                "{WHO}: take the fix ({}), then run `buildlock ci` again (exit 75); \
+                 `retry.refresh` takes it on its own with BUILDLOCK_FIX_COMMIT{}",
+                fixcommit::how_to_take(commit),
+                ctx.store
+                    .fix_ref(&a.key, commit)
+                    .map(|r| format!(" and BUILDLOCK_FIX_REF={r}"))
+                    .unwrap_or_default()
+            ));
+            return Ok(Some(exit::BLOCKED));
+        }
+        fixer::refresh(ctx, a, Some(commit))
     }
 
     fn run_check(&self) -> std::io::Result<check::Run> {
@@ -310,33 +351,13 @@ impl Ci<'_> {
         seen_silent: Option<(u64, u64)>,
     ) -> Result<(Assignment, Outcome, KeyState)> {
         let ctx = self.ctx;
-        let sig = signature::signature(output, &ctx.repo.worktree, env::home_dir().as_deref());
-        let log = match crate::store::local::write_log(&ctx.home, &ctx.agent, output) {
-            Ok(log) => Some(log),
-            Err(e) => {
-                say::warn(format!("{e:#}; going on without a failure log"));
-                None
-            }
-        };
-        let key = match &self.role {
-            Some(h) => h.role.key.clone(),
-            None => key::for_failure(base, ctx.config.matching, &sig),
-        };
-        // The last fix of this failure, when our HEAD does not have it.
-        let lacks_fix = view
-            .keys
-            .iter()
-            .find(|s| s.key == key && s.status == Status::Passing)
-            .and_then(|s| s.fix.as_ref())
-            .filter(|f| f.fixes(&sig))
-            .and_then(|f| fixcommit::await_commit(f, fixcommit::GRACE, &stop))
-            .and_then(|commit| fixcommit::lacking(&ctx.repo, &commit));
-        let event = Event::Failed {
-            agent: ctx.agent(),
-            signature: sig.clone(),
-            log: log.clone().unwrap_or_default(),
+        let failure = Failure {
+            output,
+            base,
+            key: self.role.as_ref().map(|h| h.role.key.clone()),
+            view,
             passes_seen,
-            lacks_fix,
+            seen_silent,
             holder: Some(std::process::id()),
             elector: ctx
                 .config
@@ -344,9 +365,12 @@ impl Ci<'_> {
                 .is_some()
                 .then(crate::os::process::me),
         };
-        let applied = ctx
-            .store
-            .apply(&key, base, &event, ctx.policy(), seen_silent, &stop)?;
+        let Recorded {
+            key,
+            signature,
+            log,
+            applied,
+        } = failure::record(ctx, failure, &stop)?;
         let attempts = applied
             .after
             .fixer
@@ -357,7 +381,7 @@ impl Ci<'_> {
             key,
             base: base.to_owned(),
             generation: applied.after.generation,
-            signature: Some(sig),
+            signature: Some(signature),
             log,
             attempts,
         };
@@ -390,12 +414,7 @@ impl Ci<'_> {
     }
 
     /// Waits for the fixer of `a`; `Some(code)` to exit with.
-    fn wait(
-        &self,
-        a: &Assignment,
-        state: &KeyState,
-        seen_silent: &mut Option<(u64, u64)>,
-    ) -> Result<Option<i32>> {
+    fn wait(&mut self, a: &Assignment, state: &KeyState) -> Result<Option<i32>> {
         let ctx = self.ctx;
         let end = wait::wait_for_fix(&wait::Waiting {
             store: ctx.store.as_ref(),
@@ -427,7 +446,7 @@ impl Ci<'_> {
                     f.agent,
                     time::human(ctx.config.stale_after)
                 ));
-                *seen_silent = Some(lease);
+                self.seen_silent = Some(lease);
                 None
             }
             WaitEnd::Fixed { by, fix, herd } => {

@@ -2,7 +2,7 @@
 //!
 //! - [`lock`]: the only module that takes a lock (flock through fd-lock);
 //! - [`fs`]: atomic writes; [`check`]: running a command in its own process group;
-//! - [`process`], [`signals`]: processes and signals; [`env`]: the only module that reads the
+//! - [`process`], [`signals`]: processes and signals; [`poll`]: waiting for input on a pipe; [`env`]: the only module that reads the
 //!   environment; [`time`]: clocks, durations, RFC 3339; [`say`]: everything printed for people;
 //! - [`bell`]: waking waiters when a writer rings, or a process exits (a FIFO, pidfds);
 //! - [`changes`]: the paths a commit changes (the index git commits against HEAD);
@@ -16,6 +16,7 @@ pub mod env;
 pub mod fault;
 pub mod fs;
 pub mod lock;
+pub mod poll;
 pub mod process;
 pub mod repo;
 pub mod say;

@@ -1,5 +1,6 @@
 //! Facts about processes: our host name, a process's start time, whether it still runs, and
-//! stopping a process group that buildlock itself started.
+//! stopping a process group that buildlock itself started; signalling a child, naming this
+//! process and its user id.
 //!
 //! Rule: a process group read from state is signalled only when one of its processes carries
 //! the fix's token in its environment (see [`stop_group`]), so neither a recycled pid nor a
@@ -228,6 +229,30 @@ pub fn group_alive(pgid: u32) -> bool {
         return unsafe { libc::kill(-(pgid as libc::pid_t), 0) } == 0;
     }
     !group_members(pgid).is_empty()
+}
+
+/// Sends `signal` to the process `pid` (a child of ours, not yet reaped).
+pub fn kill(pid: u32, signal: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid as libc::pid_t, signal) };
+}
+
+/// Names this process for ps, top and pkill (Linux, which keeps at most 15 bytes of it; a no-op
+/// elsewhere).
+pub fn set_name(name: &std::ffi::CStr) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr());
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = name;
+}
+
+/// The effective user id of this process.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// Sends `signal` to ourselves (fault injection).

@@ -16,7 +16,7 @@
 use anyhow::Result;
 use std::time::{Duration, Instant};
 
-use crate::flows::claims::commands::{self as cl, FALLBACK};
+use crate::flows::claims::common as cl;
 use crate::flows::commit::decision::{Decision, Verdict};
 use crate::flows::context::Context;
 use crate::os::time::{self, human, rfc3339};
@@ -118,11 +118,7 @@ pub fn wait_release(
         if waited >= limit {
             break GuardWait::TimedOut(conflicts.clone());
         }
-        let every = if say::stderr_is_terminal() {
-            Duration::from_secs(1)
-        } else {
-            Duration::from_secs(5)
-        };
+        let every = cl::progress_every();
         if last_progress.is_none_or(|t| t.elapsed() >= every) {
             last_progress = Some(Instant::now());
             let first = &conflicts[0];
@@ -138,13 +134,7 @@ pub fn wait_release(
             ));
         }
         let next_lapse = conflicts.iter().map(|c| c.until).min().unwrap_or(0);
-        let mut nap = (limit - waited).min(FALLBACK).min(Duration::from_millis(
-            next_lapse.saturating_sub(time::now()) + 1,
-        ));
-        if !watch.is_live() {
-            nap = nap.min(env::poll_interval());
-        }
-        watch.wait(&[], nap);
+        cl::nap(&mut watch, limit - waited, Some(next_lapse));
     };
     say::progress_done();
     block(None);

@@ -16,7 +16,7 @@
 use anyhow::Result;
 use std::time::{Duration, Instant};
 
-use crate::flows::claims::commands as cl;
+use crate::flows::claims::common as cl;
 use crate::flows::context::Context;
 use crate::os::check::Ending;
 use crate::os::lock::Lock;

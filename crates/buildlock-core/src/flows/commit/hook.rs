@@ -16,14 +16,15 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::flows::commit::decision::{Decision, Verdict};
+use crate::flows::commit::failure::{self, Failure, Recorded};
 use crate::flows::commit::fixcommit;
 use crate::flows::commit::lease::Heartbeat;
 use crate::flows::commit::wait::{self, WaitEnd};
 use crate::flows::context::{Context, LoadError};
 use crate::os::check::{self, Ending};
 use crate::os::{env, say, signals, time};
-use crate::protocol::state::{Event, FixSeen, KeyState, Lease, Outcome, Status};
-use crate::protocol::{exit, key, signature};
+use crate::protocol::exit;
+use crate::protocol::state::{Event, FixSeen, Fixer, KeyState, Lease, Liveness, Outcome, Status};
 use crate::store::{BaseView, Interrupted, registry};
 
 /// Re-runs of a check whose failure was stale (the build was fixed while it ran); after that
@@ -116,15 +117,7 @@ impl Hook<'_> {
         let mut stale_reruns = 0;
         let base = ctx.base();
         if !bypass && ctx.unusable.is_none() && !ctx.seen {
-            // The agent's first commit: listed by `buildlock agents` from now on (later commits
-            // only renew it, with the touch every program makes when it loads).
-            registry::seen(&ctx.home, &ctx.agent, || registry::Seen {
-                agent: ctx.agent.clone(),
-                host: crate::os::process::hostname(),
-                worktree: ctx.repo.worktree.clone(),
-                git_dir: Some(ctx.repo.git_dir.clone()),
-                last_seen: 0,
-            });
+            first_commit_seen(ctx);
         }
         // Claims guard (issue 12): another agent's exclusive claim refuses (or holds) the commit
         // before any check runs.
@@ -152,44 +145,8 @@ impl Hook<'_> {
                     return exit::CONFIG;
                 }
             };
-            match run.ending {
-                Ending::Signal(n) => {
-                    say::say(format!(
-                        "interrupted by signal {n}: stopped the check; nothing was recorded"
-                    ));
-                    return exit::signal(n);
-                }
-                Ending::ParentGone => {
-                    say::say("git went away: stopped the check; nothing was recorded");
-                    return exit::signal(libc::SIGHUP);
-                }
-                Ending::Passed => {
-                    if ctx.unusable.is_none() {
-                        self.passed(&base, &view);
-                    }
-                    return exit::OK;
-                }
-                Ending::Failed(Some(code @ (126 | 127))) => {
-                    say::say(format!(
-                        "the check could not run: its command was {} (exit {code}); this is not a \
-                         broken build, so nobody was elected\nnext: fix `check` in {} (or the \
-                         chained hook), then commit again",
-                        if code == 127 {
-                            "not found"
-                        } else {
-                            "not executable"
-                        },
-                        ctx.repo.worktree.join(".buildlock.toml").display()
-                    ));
-                    Decision::new(Verdict::ConfigError).hand_over();
-                    return exit::CONFIG;
-                }
-                Ending::TimedOut(limit) => say::say(format!(
-                    "the check was still running after check_timeout ({}) and was stopped; \
-                     that counts as a failure",
-                    time::human(limit)
-                )),
-                Ending::Failed(_) => {}
+            if let Some(code) = self.check_ended(&run.ending, &base, &view) {
+                return code;
             }
             if bypass {
                 say::say(
@@ -228,6 +185,54 @@ impl Hook<'_> {
                 Waited::Again(silent) => seen_silent = silent,
                 Waited::Exit(code) => return code,
             }
+        }
+    }
+
+    /// The exit code when the check's run ends the hook (a signal, git gone, a pass, a command
+    /// that could not run); `None` when it failed (a timeout included) and the hook goes on.
+    fn check_ended(&self, ending: &Ending, base: &str, view: &BaseView) -> Option<i32> {
+        let ctx = self.ctx;
+        match ending {
+            Ending::Signal(n) => {
+                say::say(format!(
+                    "interrupted by signal {n}: stopped the check; nothing was recorded"
+                ));
+                Some(exit::signal(*n))
+            }
+            Ending::ParentGone => {
+                say::say("git went away: stopped the check; nothing was recorded");
+                Some(exit::signal(libc::SIGHUP))
+            }
+            Ending::Passed => {
+                if ctx.unusable.is_none() {
+                    self.passed(base, view);
+                }
+                Some(exit::OK)
+            }
+            Ending::Failed(Some(code @ (126 | 127))) => {
+                say::say(format!(
+                    "the check could not run: its command was {} (exit {code}); this is not a \
+                     broken build, so nobody was elected\nnext: fix `check` in {} (or the \
+                     chained hook), then commit again",
+                    if *code == 127 {
+                        "not found"
+                    } else {
+                        "not executable"
+                    },
+                    ctx.repo.worktree.join(".buildlock.toml").display()
+                ));
+                Decision::new(Verdict::ConfigError).hand_over();
+                Some(exit::CONFIG)
+            }
+            Ending::TimedOut(limit) => {
+                say::say(format!(
+                    "the check was still running after check_timeout ({}) and was stopped; \
+                     that counts as a failure",
+                    time::human(*limit)
+                ));
+                None
+            }
+            Ending::Failed(_) => None,
         }
     }
 
@@ -360,50 +365,23 @@ impl Hook<'_> {
         seen_silent: Option<(u64, u64)>,
     ) -> Result<Failed> {
         let ctx = self.ctx;
-        let sig = signature::signature(output, &ctx.repo.worktree, env::home_dir().as_deref());
-        let log = match crate::store::local::write_log(&ctx.home, &ctx.agent, output) {
-            Ok(log) => Some(log),
-            Err(e) => {
-                say::warn(format!("{e:#}; going on without a failure log"));
-                None
-            }
-        };
         let base = ctx.base();
-        let key = key::for_failure(&base, ctx.config.matching, &sig);
-        // The last fix of this failure, when our HEAD does not have it.
-        let lacks_fix = view
-            .keys
-            .iter()
-            .find(|s| s.key == key && s.status == Status::Passing)
-            .and_then(|s| s.fix.as_ref())
-            .filter(|f| f.fixes(&sig))
-            // git writes the fix commit just after the fixer's hook returns: a check that
-            // failed right after the fix may have to wait a moment for it.
-            .and_then(|f| fixcommit::await_commit(f, fixcommit::GRACE, &|| self.stop()))
-            .and_then(|commit| fixcommit::lacking(&ctx.repo, &commit));
-        let event = Event::Failed {
-            agent: ctx.agent(),
-            signature: sig.clone(),
-            log: log.clone().unwrap_or_default(),
+        let failure = Failure {
+            output,
+            base: &base,
+            key: None,
+            view,
             passes_seen,
-            lacks_fix,
+            seen_silent,
             holder: env::holder(),
-            // commit-retry goes on to run `fix.command` if elected: until it registers, its
-            // death is the fixer's. Without a `fix.command` the agent fixes by hand.
-            elector: env::holder()
-                .filter(|_| env::decision_file().is_some() && ctx.config.fix_command.is_some())
-                .map(|pid| crate::os::process::Process {
-                    pid,
-                    host: crate::os::process::hostname(),
-                    start: crate::os::process::start_time(pid),
-                    token: None,
-                }),
+            elector: elector(ctx),
         };
-        let applied = ctx
-            .store
-            .apply(&key, &base, &event, ctx.policy(), seen_silent, &|| {
-                self.stop()
-            })?;
+        let Recorded {
+            key,
+            signature,
+            log,
+            applied,
+        } = failure::record(ctx, failure, &|| self.stop())?;
         if applied.outcome == Outcome::Stale {
             if let Some(log) = &log {
                 let _ = std::fs::remove_file(log);
@@ -418,114 +396,36 @@ impl Hook<'_> {
         d.base = Some(base);
         d.generation = Some(applied.after.generation);
         d.log = log;
-        d.signature = Some(sig);
-        let release = "give the role up with `buildlock release` (or `git buildlock release`)";
+        d.signature = Some(signature);
+        let told = Told {
+            ctx,
+            key: &key,
+            generation: applied.after.generation,
+            log_shown: &log_shown,
+        };
         let mut fixer_since = None;
         match &applied.outcome {
             Outcome::Elected { replaced } => {
                 d.fixer = Some(ctx.agent.clone());
                 d.attempts = Some(0);
-                let how = match replaced {
-                    Some((old, why)) if old.agent == ctx.agent => format!(
-                        " again (your earlier run {})",
-                        match why {
-                            crate::protocol::state::Liveness::Dead => "died",
-                            _ => "went silent",
-                        }
-                    ),
-                    Some((old, why)) => format!(
-                        " (taking over from `{}`, whose {})",
-                        old.agent,
-                        match why {
-                            crate::protocol::state::Liveness::Dead => "process died",
-                            _ => "lease ran out without a sign of life",
-                        }
-                    ),
-                    None => String::new(),
-                };
-                say::headline(
-                    say::Tone::Bad,
-                    format!("the check failed and you are the FIXER for this breakage{how}"),
-                );
-                if env::decision_file().is_some() && ctx.config.fix_command.is_some() {
-                    // commit-retry runs `fix.command` now and says so.
-                    say::say(format!(
-                        "  key `{key}`, generation {}; failure log: {log_shown}",
-                        applied.after.generation
-                    ));
-                } else {
-                    say::say(format!(
-                        "  key `{key}`, generation {}; failure log: {log_shown}\n  other agents that hit \
-                         this failure now wait for your fix (up to {})\n\
-                         next: fix the failure and commit the fix on its own (stage only the fix, with \
-                         the hook: your passing commit marks the build fixed, wakes them and hands them \
-                         that commit to cherry-pick), then commit your other work\n{release}",
-                        applied.after.generation,
-                        time::human(ctx.config.wait),
-                    ));
-                }
+                told.elected(replaced.as_ref());
             }
             Outcome::KeepFixing { attempts } => {
                 d.fixer = Some(ctx.agent.clone());
                 d.attempts = Some(*attempts);
-                say::headline(
-                    say::Tone::Bad,
-                    format!(
-                        "the check still fails: you are still the FIXER (failed re-check {attempts} \
-                         of {})",
-                        ctx.config.max_fix_attempts
-                    ),
-                );
-                say::say(format!(
-                    "  key `{key}`; failure log: {log_shown}\nnext: keep fixing and commit again; \
-                     after {} failed re-checks the role is given up\n{release}",
-                    ctx.config.max_fix_attempts,
-                ));
+                told.keep_fixing(*attempts);
             }
             Outcome::GaveUp { attempts } => {
                 d.verdict = Verdict::GaveUp;
                 d.attempts = Some(*attempts);
-                say::headline(
-                    say::Tone::Bad,
-                    format!(
-                        "the check failed again: after {attempts} failed re-checks you gave the \
-                         fixer role up"
-                    ),
-                );
-                say::say(format!(
-                    "  key `{key}` is now broken with nobody fixing; failure log: {log_shown}\n\
-                     next: the next agent whose check fails becomes the fixer; ask a person to \
-                     look at the log"
-                ));
+                told.gave_up(*attempts);
             }
             Outcome::Wait { fixer, .. } => {
                 d.verdict = Verdict::Wait;
                 d.fixer = Some(fixer.agent.clone());
                 d.since = Some(fixer.since);
                 fixer_since = Some(fixer.since);
-                let who = if fixer.agent == ctx.agent {
-                    format!("another process of yours (`{}`)", fixer.agent)
-                } else {
-                    format!("`{}`", fixer.agent)
-                };
-                say::headline(
-                    say::Tone::Wait,
-                    format!("the check failed, and {who} is already fixing this breakage"),
-                );
-                say::say(format!(
-                    "  fixing since {} ({} ago); key `{key}`, generation {}\n  their failure log: \
-                     {}\n  your failure log: {log_shown}\ndo not fix it yourself: it is being fixed",
-                    time::rfc3339(fixer.since),
-                    time::human(Duration::from_millis(
-                        time::now().saturating_sub(fixer.since)
-                    )),
-                    applied.after.generation,
-                    applied
-                        .after
-                        .log
-                        .as_ref()
-                        .map_or_else(|| "-".into(), |l| l.display().to_string()),
-                ));
+                told.wait(fixer, &applied.after);
             }
             Outcome::TakeFix { commit, by } => {
                 d.verdict = Verdict::TakeFix;
@@ -622,6 +522,145 @@ enum Waited {
     /// Run the check again (with the fixer lease seen silent, if it was).
     Again(Option<(u64, u64)>),
     Exit(i32),
+}
+
+/// What the hook tells the agent about a failure it recorded, one outcome per method.
+struct Told<'a> {
+    ctx: &'a Context,
+    key: &'a str,
+    generation: u64,
+    log_shown: &'a str,
+}
+
+const RELEASE: &str = "give the role up with `buildlock release` (or `git buildlock release`)";
+
+impl Told<'_> {
+    fn elected(&self, replaced: Option<&(Fixer, Liveness)>) {
+        let (ctx, key, log_shown) = (self.ctx, self.key, self.log_shown);
+        let how = match replaced {
+            Some((old, why)) if old.agent == ctx.agent => format!(
+                " again (your earlier run {})",
+                match why {
+                    Liveness::Dead => "died",
+                    _ => "went silent",
+                }
+            ),
+            Some((old, why)) => format!(
+                " (taking over from `{}`, whose {})",
+                old.agent,
+                match why {
+                    Liveness::Dead => "process died",
+                    _ => "lease ran out without a sign of life",
+                }
+            ),
+            None => String::new(),
+        };
+        say::headline(
+            say::Tone::Bad,
+            format!("the check failed and you are the FIXER for this breakage{how}"),
+        );
+        if env::decision_file().is_some() && ctx.config.fix_command.is_some() {
+            // commit-retry runs `fix.command` now and says so.
+            say::say(format!(
+                "  key `{key}`, generation {}; failure log: {log_shown}",
+                self.generation
+            ));
+        } else {
+            say::say(format!(
+                "  key `{key}`, generation {}; failure log: {log_shown}\n  other agents that hit \
+                 this failure now wait for your fix (up to {})\n\
+                 next: fix the failure and commit the fix on its own (stage only the fix, with \
+                 the hook: your passing commit marks the build fixed, wakes them and hands them \
+                 that commit to cherry-pick), then commit your other work\n{RELEASE}",
+                self.generation,
+                time::human(ctx.config.wait),
+            ));
+        }
+    }
+
+    fn keep_fixing(&self, attempts: u32) {
+        let (ctx, key, log_shown) = (self.ctx, self.key, self.log_shown);
+        say::headline(
+            say::Tone::Bad,
+            format!(
+                "the check still fails: you are still the FIXER (failed re-check {attempts} \
+                 of {})",
+                ctx.config.max_fix_attempts
+            ),
+        );
+        say::say(format!(
+            "  key `{key}`; failure log: {log_shown}\nnext: keep fixing and commit again; \
+             after {} failed re-checks the role is given up\n{RELEASE}",
+            ctx.config.max_fix_attempts,
+        ));
+    }
+
+    fn gave_up(&self, attempts: u32) {
+        let (key, log_shown) = (self.key, self.log_shown);
+        say::headline(
+            say::Tone::Bad,
+            format!(
+                "the check failed again: after {attempts} failed re-checks you gave the \
+                 fixer role up"
+            ),
+        );
+        say::say(format!(
+            "  key `{key}` is now broken with nobody fixing; failure log: {log_shown}\n\
+             next: the next agent whose check fails becomes the fixer; ask a person to \
+             look at the log"
+        ));
+    }
+
+    fn wait(&self, fixer: &Fixer, after: &KeyState) {
+        let (ctx, key, log_shown) = (self.ctx, self.key, self.log_shown);
+        let who = if fixer.agent == ctx.agent {
+            format!("another process of yours (`{}`)", fixer.agent)
+        } else {
+            format!("`{}`", fixer.agent)
+        };
+        say::headline(
+            say::Tone::Wait,
+            format!("the check failed, and {who} is already fixing this breakage"),
+        );
+        say::say(format!(
+            "  fixing since {} ({} ago); key `{key}`, generation {}\n  their failure log: \
+             {}\n  your failure log: {log_shown}\ndo not fix it yourself: it is being fixed",
+            time::rfc3339(fixer.since),
+            time::human(Duration::from_millis(
+                time::now().saturating_sub(fixer.since)
+            )),
+            self.generation,
+            after
+                .log
+                .as_ref()
+                .map_or_else(|| "-".into(), |l| l.display().to_string()),
+        ));
+    }
+}
+
+/// commit-retry goes on to run `fix.command` if elected: until it registers, its death is the
+/// fixer's. Without a `fix.command` the agent fixes by hand.
+fn elector(ctx: &Context) -> Option<crate::os::process::Process> {
+    env::holder()
+        .filter(|_| env::decision_file().is_some() && ctx.config.fix_command.is_some())
+        .map(|pid| crate::os::process::Process {
+            pid,
+            host: crate::os::process::hostname(),
+            start: crate::os::process::start_time(pid),
+            token: None,
+        })
+}
+
+/// The agent's first commit: listed by `buildlock agents` from now on (later commits only renew
+/// it, with the touch every program makes when it loads).
+fn first_commit_seen(ctx: &Context) {
+    registry::seen(&ctx.home, &ctx.agent, || registry::Seen {
+        agent: ctx.agent.clone(),
+        host: crate::os::process::hostname(),
+        worktree: ctx.repo.worktree.clone(),
+        git_dir: Some(ctx.repo.git_dir.clone()),
+        last_seen: 0,
+    });
 }
 
 fn coordination_failed(why: &str) -> i32 {

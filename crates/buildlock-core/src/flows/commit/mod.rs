@@ -5,6 +5,7 @@
 //! others [`wait`].
 
 pub mod decision;
+pub mod failure;
 pub mod fixcommit;
 pub mod fixer;
 pub mod hook;

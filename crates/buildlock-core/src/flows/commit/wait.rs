@@ -61,114 +61,175 @@ pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
     crate::os::fault::point("wait");
     // Watch before the first look, so that a change in between wakes us.
     let woken = w.store.watch(w.key);
-    let start = Instant::now();
-    let mut herd = 0;
-    let mut last_lease: Option<(u64, Millis)> = None;
-    let mut lease_seen_at = Instant::now();
-    let mut last_progress: Option<Instant> = None;
-    let progress_every = if say::stderr_is_terminal() {
-        Duration::from_secs(1)
-    } else {
-        Duration::from_secs(5)
-    };
-    let poll = w.poll.unwrap_or(if woken {
-        // Progress, silence and the limit bound each sleep below.
-        Duration::from_secs(3600)
-    } else {
-        Duration::from_millis(100)
-    });
+    let mut watch = Watch::new(w, woken);
     let end = loop {
+        if let Some(end) = watch.look() {
+            break end;
+        }
+    };
+    say::progress_done();
+    end
+}
+
+/// One wait for a fix, between two looks: what it saw of the fixer's lease and when.
+struct Watch<'w, 'a> {
+    w: &'w Waiting<'a>,
+    start: Instant,
+    herd: usize,
+    last_lease: Option<(u64, Millis)>,
+    lease_seen_at: Instant,
+    last_progress: Option<Instant>,
+    progress_every: Duration,
+    poll: Duration,
+}
+
+impl<'w, 'a> Watch<'w, 'a> {
+    fn new(w: &'w Waiting<'a>, woken: bool) -> Self {
+        let poll = w.poll.unwrap_or(if woken {
+            // Progress, silence and the limit bound each sleep below.
+            Duration::from_secs(3600)
+        } else {
+            Duration::from_millis(100)
+        });
+        Watch {
+            w,
+            start: Instant::now(),
+            herd: 0,
+            last_lease: None,
+            lease_seen_at: Instant::now(),
+            last_progress: None,
+            progress_every: if say::stderr_is_terminal() {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_secs(5)
+            },
+            poll,
+        }
+    }
+}
+
+impl Watch<'_, '_> {
+    /// One look at the key, then a nap until something may have changed; `Some` when the wait
+    /// is over.
+    fn look(&mut self) -> Option<WaitEnd> {
+        let w = self.w;
         if let Some(signal) = signals::pending() {
-            break WaitEnd::Signal(signal);
+            return Some(WaitEnd::Signal(signal));
         }
         if w.parent
             .is_some_and(|p| p != std::os::unix::process::parent_id())
         {
-            break WaitEnd::ParentGone;
+            return Some(WaitEnd::ParentGone);
         }
         let state = match w.store.read(w.key) {
             Read::Missing => {
-                break WaitEnd::Fixed {
+                return Some(WaitEnd::Fixed {
                     by: None,
                     fix: None,
-                    herd,
-                };
+                    herd: self.herd,
+                });
             }
-            Read::Damaged(_) => break WaitEnd::Broken,
+            Read::Damaged(_) => return Some(WaitEnd::Broken),
             Read::Found { state, .. } => state,
-            Read::Unreachable(why) => {
-                // Keep trying, and say so. Time we could not look does not count as silence:
-                // the silence clock starts again at the next successful read.
-                let first = last_lease.is_some();
-                last_lease = None;
-                if start.elapsed() >= w.limit {
-                    break WaitEnd::TimedOut;
-                }
-                if first || last_progress.is_none_or(|t| t.elapsed() >= progress_every) {
-                    last_progress = Some(Instant::now());
-                    say::progress(format!(
-                        "{why}; still waiting for the fix and trying again (giving up in {})",
-                        time::human(w.limit.saturating_sub(start.elapsed()))
-                    ));
-                }
-                let nap = poll.min(progress_every);
-                w.store
-                    .wait_change(w.key, None, nap + time::jitter(nap / 4));
-                continue;
-            }
+            Read::Unreachable(why) => return self.unreachable(&why),
         };
         if state.generation != w.generation && state.status != Status::Passing {
-            break WaitEnd::Moved {
+            return Some(WaitEnd::Moved {
                 generation: state.generation,
-            };
+            });
         }
         let fixer = match (state.status, state.fixer) {
             (Status::Passing, _) => {
-                break WaitEnd::Fixed {
+                return Some(WaitEnd::Fixed {
                     by: state.fixed_by,
                     fix: state.fix.filter(|f| f.generation == w.generation),
-                    herd,
-                };
+                    herd: self.herd,
+                });
             }
             (Status::Fixing, Some(f)) => f,
-            _ => break WaitEnd::Broken,
+            _ => return Some(WaitEnd::Broken),
         };
         if fixer.registered && w.store.fixer_gone(w.key, state.generation) {
             // Re-read: a fixer that just finished marks the state before it lets the lock go.
-            match w.store.read(w.key) {
+            return match w.store.read(w.key) {
                 Read::Found { state: again, .. }
                     if again.generation == state.generation && again.status == Status::Fixing =>
                 {
-                    break WaitEnd::FixerDied(fixer);
+                    Some(WaitEnd::FixerDied(fixer))
                 }
-                _ => continue,
-            }
+                _ => None,
+            };
         }
         if crate::store::elector_dead(&fixer) {
             // Elected, and gone before it could register (killed, or it stopped on an error).
-            break WaitEnd::FixerDied(fixer);
+            return Some(WaitEnd::FixerDied(fixer));
         }
-        herd = state.waiters.len();
-        let lease = (state.generation, fixer.heartbeat);
-        if last_lease != Some(lease) {
-            last_lease = Some(lease);
-            lease_seen_at = Instant::now();
-        } else if lease_seen_at.elapsed() >= w.stale_after {
+        self.herd = state.waiters.len();
+        if let Some(lease) = self.silent(state.generation, &fixer) {
+            return Some(WaitEnd::FixerSilent(fixer, lease));
+        }
+        let waited = self.start.elapsed();
+        if waited >= w.limit {
+            return Some(WaitEnd::TimedOut);
+        }
+        self.show_progress(&fixer, waited);
+        self.nap(&fixer, waited);
+        None
+    }
+
+    /// The store could not be read: keep trying, and say so. Time we could not look does not
+    /// count as silence: the silence clock starts again at the next successful read.
+    fn unreachable(&mut self, why: &str) -> Option<WaitEnd> {
+        let w = self.w;
+        let first = self.last_lease.is_some();
+        self.last_lease = None;
+        if self.start.elapsed() >= w.limit {
+            return Some(WaitEnd::TimedOut);
+        }
+        if first
+            || self
+                .last_progress
+                .is_none_or(|t| t.elapsed() >= self.progress_every)
+        {
+            self.last_progress = Some(Instant::now());
+            say::progress(format!(
+                "{why}; still waiting for the fix and trying again (giving up in {})",
+                time::human(w.limit.saturating_sub(self.start.elapsed()))
+            ));
+        }
+        let nap = self.poll.min(self.progress_every);
+        w.store
+            .wait_change(w.key, None, nap + time::jitter(nap / 4));
+        None
+    }
+
+    /// The fixer's lease `(generation, heartbeat)` when it did not move for `stale_after` and
+    /// its holder does not run.
+    fn silent(&mut self, generation: u64, fixer: &Fixer) -> Option<(u64, Millis)> {
+        let w = self.w;
+        let lease = (generation, fixer.heartbeat);
+        if self.last_lease != Some(lease) {
+            self.last_lease = Some(lease);
+            self.lease_seen_at = Instant::now();
+        } else if self.lease_seen_at.elapsed() >= w.stale_after {
             // A holder that runs is alive whatever its lease says (a clock step): no silence
             // yet; look again in a second.
-            if !(fixer.registered && w.store.fixer_running(w.key, state.generation)) {
-                break WaitEnd::FixerSilent(fixer, lease);
+            if !(fixer.registered && w.store.fixer_running(w.key, generation)) {
+                return Some(lease);
             }
-            lease_seen_at = Instant::now()
+            self.lease_seen_at = Instant::now()
                 .checked_sub(w.stale_after.saturating_sub(Duration::from_secs(1)))
                 .unwrap_or_else(Instant::now);
         }
-        let waited = start.elapsed();
-        if waited >= w.limit {
-            break WaitEnd::TimedOut;
-        }
-        if last_progress.is_none_or(|t| t.elapsed() >= progress_every) {
-            last_progress = Some(Instant::now());
+        None
+    }
+
+    fn show_progress(&mut self, fixer: &Fixer, waited: Duration) {
+        if self
+            .last_progress
+            .is_none_or(|t| t.elapsed() >= self.progress_every)
+        {
+            self.last_progress = Some(Instant::now());
             let fixing_for = Duration::from_millis(time::now().saturating_sub(fixer.since));
             say::progress(format!(
                 "waiting for `{}` to fix the build (fixing for {}, since {}); waited {}, giving up in {}",
@@ -176,13 +237,20 @@ pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
                 time::human(fixing_for),
                 time::rfc3339(fixer.since),
                 time::human(waited),
-                time::human(w.limit - waited),
+                time::human(self.w.limit - waited),
             ));
         }
-        let until_silent = w.stale_after.saturating_sub(lease_seen_at.elapsed());
-        let nap = poll
+    }
+
+    /// Sleeps until the key changes, the fixer's process exits, or the next thing falls due
+    /// (progress, silence, the limit).
+    fn nap(&self, fixer: &Fixer, waited: Duration) {
+        let w = self.w;
+        let until_silent = w.stale_after.saturating_sub(self.lease_seen_at.elapsed());
+        let nap = self
+            .poll
             .min(w.limit - waited)
-            .min(progress_every)
+            .min(self.progress_every)
             .min(until_silent.max(Duration::from_millis(1)));
         // The holder's exit wakes us too (a registered fixer that dies is replaced at once), or,
         // before it registers, the elected process's.
@@ -197,9 +265,7 @@ pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
         };
         w.store
             .wait_change(w.key, holder.as_ref(), nap + time::jitter(nap / 8));
-    };
-    say::progress_done();
-    end
+    }
 }
 
 /// Before a herd of waiters retries at once: a pause of up to 4 ms per other waiter (at most a

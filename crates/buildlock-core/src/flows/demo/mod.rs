@@ -137,9 +137,53 @@ fn story(root: &Path, pre_commit: &Path, commit_retry: &Path, buildlock: &Path) 
     std::fs::create_dir_all(&repo)?;
 
     step("a repository whose check reads a shared dependency (shared/api.txt)")?;
-    git(&repo, &["init", "-q", "-b", "main"])?;
-    git(&repo, &["config", "user.name", "demo"])?;
-    git(&repo, &["config", "user.email", "demo@example.com"])?;
+    let api = make_repository(&repo, &shared, pre_commit)?;
+
+    step(&format!(
+        "{AGENTS} agents, each in its own worktree, each with a change to commit"
+    ))?;
+    let trees = make_worktrees(root, &repo)?;
+
+    step(
+        "someone breaks the shared dependency; all six run `git commit-retry` at the same instant",
+    )?;
+    std::fs::write(&api, "version = 1\n")?;
+    let failed = run_agents(root, commit_retry, &trees)?;
+
+    step("what happened")?;
+    let landed = what_happened(&shared, &trees, started)?;
+    step("buildlock status")?;
+    let _ = Command::new(buildlock)
+        .arg("status")
+        .current_dir(&repo)
+        .env("NO_COLOR", "1")
+        .status();
+    step("buildlock log")?;
+    let _ = Command::new(buildlock)
+        .args(["log", "-n", "40"])
+        .current_dir(&repo)
+        .status();
+    step("before anything breaks: a claim, and a commit that waits for it")?;
+    let scene = match buildlock.parent() {
+        Some(bin) => crate::flows::demo::claims::scene(root, bin),
+        None => Ok(()),
+    };
+    if let Err(e) = &scene {
+        crate::os::say::say(format!("the claims scene failed: {e:#}"));
+    }
+    Ok(if failed == 0 && landed == AGENTS && scene.is_ok() {
+        crate::protocol::exit::OK
+    } else {
+        crate::protocol::exit::FIXER
+    })
+}
+
+/// The repository: a check that reads `shared/api.txt`, a scripted fix, the configuration, one
+/// commit, and the hook installed. Returns the shared dependency's path.
+fn make_repository(repo: &Path, shared: &Path, pre_commit: &Path) -> Result<PathBuf> {
+    git(repo, &["init", "-q", "-b", "main"])?;
+    git(repo, &["config", "user.name", "demo"])?;
+    git(repo, &["config", "user.email", "demo@example.com"])?;
     let api = shared.join("api.txt");
     std::fs::write(&api, "version = 2\n")?;
     std::fs::write(
@@ -167,8 +211,8 @@ fn story(root: &Path, pre_commit: &Path, commit_retry: &Path, buildlock: &Path) 
         "{}",
         std::fs::read_to_string(repo.join(".buildlock.toml"))?.trim_end()
     )?;
-    git(&repo, &["add", "-A"])?;
-    git(&repo, &["commit", "-q", "-m", "init"])?;
+    git(repo, &["add", "-A"])?;
+    git(repo, &["commit", "-q", "-m", "init"])?;
     let hooks = repo.join(".git/hooks");
     std::fs::create_dir_all(&hooks)?;
     let hook = hooks.join("pre-commit");
@@ -178,16 +222,17 @@ fn story(root: &Path, pre_commit: &Path, commit_retry: &Path, buildlock: &Path) 
         hook.display(),
         pre_commit.display()
     )?;
+    Ok(api)
+}
 
-    step(&format!(
-        "{AGENTS} agents, each in its own worktree, each with a change to commit"
-    ))?;
+/// One worktree per agent, each with a change staged: `(name, worktree)`.
+fn make_worktrees(root: &Path, repo: &Path) -> Result<Vec<(String, PathBuf)>> {
     let mut trees: Vec<(String, PathBuf)> = Vec::new();
     for i in 1..=AGENTS {
         let name = format!("agent-{i}");
         let tree = root.join(&name);
         git(
-            &repo,
+            repo,
             &[
                 OsStr::new("worktree"),
                 OsStr::new("add"),
@@ -212,11 +257,12 @@ fn story(root: &Path, pre_commit: &Path, commit_retry: &Path, buildlock: &Path) 
             .collect::<Vec<_>>()
             .join(", ")
     )?;
+    Ok(trees)
+}
 
-    step(
-        "someone breaks the shared dependency; all six run `git commit-retry` at the same instant",
-    )?;
-    std::fs::write(&api, "version = 1\n")?;
+/// Starts `git commit-retry` in every worktree at once, relays their output with a tag each,
+/// and waits for all of them; returns how many failed.
+fn run_agents(root: &Path, commit_retry: &Path, trees: &[(String, PathBuf)]) -> Result<usize> {
     let colors = ["31", "32", "33", "34", "35", "36"];
     // Set by a reader thread whose write found stdout closed: the demo stops its agents and ends.
     let closed = Arc::new(AtomicBool::new(false));
@@ -253,39 +299,15 @@ fn story(root: &Path, pre_commit: &Path, commit_retry: &Path, buildlock: &Path) 
         }
         agents.0.push((name.clone(), child, readers));
     }
-    let mut failed = 0;
-    while !agents.0.is_empty() {
-        if closed.load(Ordering::SeqCst) {
-            agents.stop();
-            return Err(OutError::Closed.into());
-        }
-        if let Some(n) = signals::pending() {
-            agents.stop();
-            return Err(Interrupted(n).into());
-        }
-        let mut i = 0;
-        while i < agents.0.len() {
-            match agents.0[i].1.try_wait()? {
-                Some(status) => {
-                    let (name, _, readers) = agents.0.remove(i);
-                    for r in readers {
-                        let _ = r.join();
-                    }
-                    if !status.success() {
-                        failed += 1;
-                        out!("{name}: commit-retry exited {status}")?;
-                    }
-                }
-                None => i += 1,
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    agents.wait_all(&closed)
+}
 
-    step("what happened")?;
+/// Tells how many of the agents' commits landed and how often the fix ran; returns how many
+/// landed.
+fn what_happened(shared: &Path, trees: &[(String, PathBuf)], started: Instant) -> Result<usize> {
     let fix_runs = std::fs::read_to_string(shared.join("fix-runs")).unwrap_or_default();
     let mut landed = 0;
-    for (name, tree) in &trees {
+    for (name, tree) in trees {
         let subject = git(tree, &["log", "-1", "--format=%s"])?;
         if subject.trim() == format!("{name}: its change") {
             landed += 1;
@@ -298,36 +320,47 @@ fn story(root: &Path, pre_commit: &Path, commit_retry: &Path, buildlock: &Path) 
         fix_runs.lines().collect::<Vec<_>>().join(", ")
     )?;
     out!("took {}", crate::os::time::human(started.elapsed()))?;
-    step("buildlock status")?;
-    let _ = Command::new(buildlock)
-        .arg("status")
-        .current_dir(&repo)
-        .env("NO_COLOR", "1")
-        .status();
-    step("buildlock log")?;
-    let _ = Command::new(buildlock)
-        .args(["log", "-n", "40"])
-        .current_dir(&repo)
-        .status();
-    step("before anything breaks: a claim, and a commit that waits for it")?;
-    let scene = match buildlock.parent() {
-        Some(bin) => crate::flows::demo::claims::scene(root, bin),
-        None => Ok(()),
-    };
-    if let Err(e) = &scene {
-        crate::os::say::say(format!("the claims scene failed: {e:#}"));
-    }
-    Ok(if failed == 0 && landed == AGENTS && scene.is_ok() {
-        crate::protocol::exit::OK
-    } else {
-        crate::protocol::exit::FIXER
-    })
+    Ok(landed)
 }
 
 /// The running agents: each one's name, process and output relays. Dropping them stops them.
 struct Agents(Vec<(String, Child, Vec<std::thread::JoinHandle<()>>)>);
 
 impl Agents {
+    /// Waits until every agent ended, saying which failed; returns how many. A closed stdout
+    /// or a signal stops them all.
+    fn wait_all(&mut self, closed: &AtomicBool) -> Result<usize> {
+        let mut failed = 0;
+        while !self.0.is_empty() {
+            if closed.load(Ordering::SeqCst) {
+                self.stop();
+                return Err(OutError::Closed.into());
+            }
+            if let Some(n) = signals::pending() {
+                self.stop();
+                return Err(Interrupted(n).into());
+            }
+            let mut i = 0;
+            while i < self.0.len() {
+                match self.0[i].1.try_wait()? {
+                    Some(status) => {
+                        let (name, _, readers) = self.0.remove(i);
+                        for r in readers {
+                            let _ = r.join();
+                        }
+                        if !status.success() {
+                            failed += 1;
+                            out!("{name}: commit-retry exited {status}")?;
+                        }
+                    }
+                    None => i += 1,
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(failed)
+    }
+
     /// Stops every agent's process group (SIGTERM, then SIGKILL after 5 s) and waits for it, so
     /// that nothing writes into the demo's directory once it is removed.
     fn stop(&mut self) {

@@ -1,0 +1,302 @@
+//! What the registry looks like to people: `buildlock claims`, `buildlock agents`, and how
+//! `buildlock log` words a claims event.
+
+use anyhow::Result;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+use crate::flows::claims::common::{limits, out, store, until_text};
+use crate::flows::context::Context;
+use crate::os::time::{self, Millis, human, rfc3339};
+use crate::protocol::claims::{self, Claim, DEFAULT_PRIORITY};
+use crate::protocol::exit;
+use crate::protocol::state::Status;
+use crate::store::registry;
+
+/// How `buildlock log` words a claims event (`other`: its name, for events it does not know).
+pub fn log_detail(event: &str, e: &Value) -> String {
+    let paths = e["paths"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(|p| format!("`{p}`"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    match event {
+        "claim" => {
+            let waited = e["waited_ms"].as_u64().unwrap_or(0);
+            format!(
+                "claimed {paths} ({}){}",
+                s("mode"),
+                if waited > 0 {
+                    format!(" after waiting {}", human(Duration::from_millis(waited)))
+                } else {
+                    String::new()
+                }
+            )
+        }
+        "release" => format!("released {paths}"),
+        "lapse" => format!(
+            "claim on {paths} lapsed ({})",
+            if s("reason") == "for" {
+                "its --for term ended"
+            } else {
+                "no sign of life for claims.ttl"
+            }
+        ),
+        "done" if paths.is_empty() => "done".to_owned(),
+        "done" => format!("done; released {paths}"),
+        "conflict" => format!(
+            "{} refused: {paths} claimed by `{}`",
+            if s("by") == "commit" {
+                "commit"
+            } else {
+                "claim"
+            },
+            s("holder")
+        ),
+        other => other.to_owned(),
+    }
+}
+
+/// `buildlock claims [--json]`: the live claims and the waiting requests.
+pub fn list(ctx: &Context, as_json: bool) -> Result<i32> {
+    let reg = store(ctx).read();
+    let (now, ttl) = (time::now(), limits(ctx).ttl_ms());
+    let live: Vec<&Claim> = reg.live_claims(now, ttl).collect();
+    if as_json {
+        let claims: Vec<Value> = live
+            .iter()
+            .map(|c| {
+                json!({"agent": c.agent, "paths": c.paths, "mode": c.mode,
+                       "until": rfc3339(c.lapses_at(&reg, ttl)), "granted": rfc3339(c.granted),
+                       "fixed_term": c.until.is_some()})
+            })
+            .collect();
+        let queue: Vec<Value> = reg
+            .claim_queue
+            .iter()
+            .map(|w| {
+                json!({"agent": w.agent, "paths": w.paths, "mode": w.mode, "priority": w.priority,
+                       "since": rfc3339(w.arrived), "pid": w.process.pid})
+            })
+            .collect();
+        out(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&json!({"claims": claims, "queue": queue}))?
+        ));
+        return Ok(exit::OK);
+    }
+    if live.is_empty() && reg.claim_queue.is_empty() {
+        out("no live claims\n");
+        return Ok(exit::OK);
+    }
+    let mut text = String::new();
+    for c in &live {
+        text.push_str(&format!(
+            "{:<24} {:<9}  until {}  {}\n",
+            c.agent,
+            c.mode.as_str(),
+            until_text(c.lapses_at(&reg, ttl)),
+            c.paths.join(" ")
+        ));
+    }
+    for w in &reg.claim_queue {
+        text.push_str(&format!(
+            "{:<24} {:<9}  WAITING since {} (priority {})  {}\n",
+            w.agent,
+            w.mode.as_str(),
+            rfc3339(w.arrived),
+            w.priority,
+            w.paths.join(" ")
+        ));
+    }
+    out(&text);
+    Ok(exit::OK)
+}
+
+/// One row of `buildlock agents`.
+pub(super) struct AgentRow {
+    pub(super) agent: String,
+    state: &'static str,
+    priority: u8,
+    claims: Vec<Value>,
+    last_seen: Millis,
+    host: String,
+    pid: Option<u32>,
+    worktree: Option<String>,
+    branch: Option<String>,
+}
+
+pub(super) fn agent_rows(ctx: &Context) -> Vec<AgentRow> {
+    let reg = store(ctx).read();
+    let (now, ttl) = (time::now(), limits(ctx).ttl_ms());
+    let keys = ctx.store.all();
+    let fixing = |a: &str| {
+        keys.iter().any(|(_, s)| {
+            s.status == Status::Fixing && s.fixer.as_ref().is_some_and(|f| f.agent == a)
+        })
+    };
+    let waiting = |a: &str| {
+        keys.iter()
+            .any(|(_, s)| s.status == Status::Fixing && s.waiters.iter().any(|w| w.agent == a))
+    };
+    let mut rows: Vec<AgentRow> = Vec::new();
+    for (name, a) in &reg.agents {
+        let claims: Vec<Value> = reg
+            .claims_of(name, now, ttl)
+            .map(|c| {
+                json!({"paths": c.paths, "mode": c.mode, "until": rfc3339(c.lapses_at(&reg, ttl))})
+            })
+            .collect();
+        let busy = !claims.is_empty()
+            || reg.slots.iter().any(|h| &h.agent == name)
+            || reg.slot_queue.iter().any(|w| &w.agent == name)
+            || reg.claim_queue.iter().any(|w| &w.agent == name);
+        if !busy && a.last_seen.saturating_add(ttl) <= now {
+            continue;
+        }
+        rows.push(AgentRow {
+            agent: name.clone(),
+            state: claims::agent_state(&reg, name, fixing(name), waiting(name)),
+            priority: a.priority,
+            claims,
+            last_seen: a.last_seen,
+            host: a.host.clone(),
+            pid: Some(a.pid),
+            worktree: Some(a.worktree.clone()),
+            branch: Some(a.branch.clone()),
+        });
+    }
+    let seen = registry::seen_agents(&ctx.home, now, ttl);
+    let seen_as = |name: &str| seen.iter().find(|s| s.agent == name);
+    // Agents known only from the build state: fixers and waiters.
+    for (_, s) in &keys {
+        if s.status != Status::Fixing {
+            continue;
+        }
+        let mut names: Vec<(String, Option<&crate::protocol::state::Fixer>)> = Vec::new();
+        if let Some(f) = &s.fixer {
+            names.push((f.agent.clone(), Some(f)));
+        }
+        names.extend(s.waiters.iter().map(|w| (w.agent.clone(), None)));
+        for (name, fixer) in names {
+            if rows.iter().any(|r| r.agent == name) {
+                continue;
+            }
+            rows.push(AgentRow {
+                state: claims::agent_state(&reg, &name, fixing(&name), waiting(&name)),
+                priority: DEFAULT_PRIORITY,
+                claims: Vec::new(),
+                last_seen: fixer.map_or(s.changed, |f| f.heartbeat),
+                host: fixer.map_or_else(String::new, |f| f.host.clone()),
+                pid: fixer.and_then(|f| f.pid),
+                worktree: seen_as(&name).map(|s| s.worktree.display().to_string()),
+                branch: seen_as(&name).and_then(|s| current_branch(s.git_dir.as_deref()?)),
+                agent: name,
+            });
+        }
+    }
+    // Agents known only from their commits: they claim nothing and nothing waits on them.
+    for s in &seen {
+        if rows.iter().any(|r| r.agent == s.agent) {
+            continue;
+        }
+        rows.push(AgentRow {
+            agent: s.agent.clone(),
+            state: claims::agent_state(&reg, &s.agent, false, false),
+            priority: DEFAULT_PRIORITY,
+            claims: Vec::new(),
+            last_seen: s.last_seen,
+            host: s.host.clone(),
+            pid: None,
+            worktree: Some(s.worktree.display().to_string()),
+            branch: s.git_dir.as_deref().and_then(current_branch),
+        });
+    }
+    rows.sort_by(|a, b| a.agent.cmp(&b.agent));
+    rows
+}
+
+/// The branch checked out in the work tree whose git dir is `git_dir` (None when detached).
+fn current_branch(git_dir: &std::path::Path) -> Option<String> {
+    let head = std::fs::read_to_string(git_dir.join("HEAD")).ok()?;
+    head.trim()
+        .strip_prefix("ref: refs/heads/")
+        .map(str::to_owned)
+}
+
+/// `buildlock agents [--json]`: every agent seen within `claims.ttl`, and what it is doing.
+pub fn agents(ctx: &Context, as_json: bool) -> Result<i32> {
+    let rows = agent_rows(ctx);
+    if as_json {
+        let agents: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                json!({"agent": r.agent, "state": r.state, "priority": r.priority, "claims": r.claims,
+                       "last_seen": rfc3339(r.last_seen), "host": r.host, "pid": r.pid,
+                       "worktree": r.worktree, "branch": r.branch})
+            })
+            .collect();
+        out(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&json!({"agents": agents}))?
+        ));
+        return Ok(exit::OK);
+    }
+    if rows.is_empty() {
+        out(&format!(
+            "no agents seen within {} (claims.ttl)\n",
+            human(ctx.config.claims_ttl)
+        ));
+        return Ok(exit::OK);
+    }
+    let mut text = format!(
+        "{:<24} {:<9} {:>3}  {:<10} {:<20} CLAIMS\n",
+        "AGENT", "STATE", "PRI", "SEEN", "BRANCH"
+    );
+    let now = time::now();
+    for r in &rows {
+        let claims: Vec<String> = r
+            .claims
+            .iter()
+            .map(|c| {
+                let paths: Vec<&str> = c["paths"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                format!(
+                    "{}{}",
+                    paths.join(" "),
+                    if c["mode"] == "shared" {
+                        " (shared)"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .collect();
+        text.push_str(&format!(
+            "{:<24} {:<9} {:>3}  {:<10} {:<20} {}\n",
+            r.agent,
+            r.state,
+            r.priority,
+            format!(
+                "{} ago",
+                human(Duration::from_millis(now.saturating_sub(r.last_seen)))
+            ),
+            r.branch.as_deref().unwrap_or("-"),
+            if claims.is_empty() {
+                "-".to_owned()
+            } else {
+                claims.join(", ")
+            }
+        ));
+    }
+    out(&text);
+    Ok(exit::OK)
+}
