@@ -27,7 +27,7 @@ pub enum Verdict {
     /// The configuration is wrong.
     ConfigError,
     /// The claims guard refused the commit before its check: `claimed` names the paths, `fixer`
-    /// the agent that holds the first of them (issue 12).
+    /// the agent that holds the first of them.
     Claimed,
 }
 

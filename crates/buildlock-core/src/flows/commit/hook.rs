@@ -119,7 +119,7 @@ impl Hook<'_> {
         if !bypass && ctx.unusable.is_none() && !ctx.seen {
             first_commit_seen(ctx);
         }
-        // Claims guard (issue 12): another agent's exclusive claim refuses (or holds) the commit
+        // Claims guard: another agent's exclusive claim refuses (or holds) the commit
         // before any check runs.
         if !bypass {
             if let Some(code) = crate::flows::claims::guard::in_hook(ctx, self.parent) {
@@ -264,7 +264,7 @@ impl Hook<'_> {
                 )
             })
             .collect();
-        // Check slots (issue 12): at most `check_slots` checks at once; nothing when 0.
+        // Check slots: at most `check_slots` checks at once; nothing when 0.
         let _slot = match crate::flows::claims::slots::take(self.ctx, Some(self.parent))
             .map_err(|e| std::io::Error::other(format!("{e:#}")))?
         {

@@ -46,7 +46,8 @@ pub(super) struct Retry<'a> {
     fix_runs: u32,
     /// Since when coordination keeps failing.
     coordination_since: Option<Instant>,
-    claim_waits: u32, // issue 12
+    /// Waits for another agent's claim so far.
+    claim_waits: u32,
 }
 
 fn assignment(d: &Decision) -> Assignment {
@@ -214,7 +215,7 @@ impl Retry<'_> {
     fn act(&mut self, decision: &Decision, git_code: i32) -> Result<Option<i32>> {
         match decision.verdict {
             Verdict::ConfigError => Ok(Some(exit::CONFIG)),
-            // Claims guard (issue 12): refused before the check; wait for the release.
+            // Claims guard: refused before the check; wait for the release.
             Verdict::Claimed => {
                 self.claim_waits += 1;
                 if self.claim_waits > self.ctx.config.retry_attempts {
