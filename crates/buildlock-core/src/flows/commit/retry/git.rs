@@ -154,7 +154,11 @@ fn relay_stderr(child: &mut std::process::Child) -> Vec<u8> {
             forwarded = true;
             process::kill(child.id(), libc::SIGTERM);
         }
-        if ready == Ready::TimedOut && matches!(child.try_wait(), Ok(Some(_))) {
+        if ready == Ready::Failed {
+            // Most often EINTR; anything else must not turn this loop into a busy one.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if ready != Ready::Readable && matches!(child.try_wait(), Ok(Some(_))) {
             git_done = true;
         }
     }
