@@ -27,7 +27,7 @@ use crate::os::check::{self, Ending};
 use crate::os::{env, say, signals, time};
 use crate::protocol::state::{Event, FixSeen, KeyState, Outcome, Status};
 use crate::protocol::{exit, key, signature};
-use crate::store::{BaseView, Interrupted};
+use crate::store::{BaseView, StoreError};
 
 const WHO: &str = "buildlock ci";
 /// Fix runs in one `buildlock ci`, whatever `max_fix_attempts` says: a guard against a loop.
@@ -156,7 +156,7 @@ impl Ci<'_> {
             let (a, outcome, after) =
                 match self.failed(&run.output, &base, &view, passes_seen, seen_silent.take()) {
                     Ok(x) => x,
-                    Err(e) if e.is::<Interrupted>() => {
+                    Err(StoreError::Interrupted) => {
                         return Ok(exit::signal(signals::pending().unwrap_or(libc::SIGINT)));
                     }
                     Err(e) => {
@@ -308,7 +308,7 @@ impl Ci<'_> {
         view: &BaseView,
         passes_seen: Option<u64>,
         seen_silent: Option<(u64, u64)>,
-    ) -> Result<(Assignment, Outcome, KeyState)> {
+    ) -> Result<(Assignment, Outcome, KeyState), StoreError> {
         let ctx = self.ctx;
         let sig = signature::signature(output, &ctx.repo.worktree, env::home_dir().as_deref());
         let log = match crate::store::local::write_log(&ctx.home, &ctx.agent, output) {

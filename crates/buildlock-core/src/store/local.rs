@@ -26,7 +26,7 @@
 //! The hook's hot path is [`Store::read_base`]: one small file read, whatever the number of keys
 //! on record.
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::{Read as _, Seek, SeekFrom, Write};
@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{Applied, BaseView, FixerHold, Policy, Read, Store, Totals};
+use super::{Applied, BaseView, FixerHold, Policy, Read, Store, StoreError, Totals};
 use crate::os::bell::{Bell, Listener};
 use crate::os::fs::{self as osfs, Durability, write_atomic};
 use crate::os::lock::{self, Lock};
@@ -174,7 +174,7 @@ impl Store for LocalStore {
         policy: Policy,
         seen_silent: Option<(u64, Millis)>,
         stop: &dyn Fn() -> bool,
-    ) -> Result<Applied> {
+    ) -> Result<Applied, StoreError> {
         let _lock = self.election_lock(stop)?;
         crate::os::fault::point("election");
 
@@ -308,19 +308,19 @@ impl Store for LocalStore {
             .unwrap_or_default()
     }
 
-    fn record(&self, entry: serde_json::Value) -> Result<()> {
+    fn record(&self, entry: serde_json::Value) -> Result<(), StoreError> {
         let _lock = self.election_lock(&|| false)?;
         let mut totals = self.totals();
         totals.count_record(&entry);
-        self.append_history(&[entry], totals)
+        Ok(self.append_history(&[entry], totals)?)
     }
 
-    fn write_lease(&self, key: &str, lease: &Lease) -> Result<()> {
-        write_atomic(
+    fn write_lease(&self, key: &str, lease: &Lease) -> Result<(), StoreError> {
+        Ok(write_atomic(
             &self.lease_path(key, lease.generation),
             &serde_json::to_vec(lease)?,
             Durability::Atomic,
-        )
+        )?)
     }
 
     fn hold_fixer(
@@ -328,7 +328,7 @@ impl Store for LocalStore {
         key: &str,
         generation: u64,
         timeout: Duration,
-    ) -> Result<Option<FixerHold>> {
+    ) -> Result<Option<FixerHold>, StoreError> {
         let path = self.fixer_lock_path(key, generation);
         Ok(Lock::acquire(&path, timeout, || {})?.map(FixerHold::new))
     }
@@ -511,7 +511,7 @@ impl LocalStore {
         }
     }
 
-    fn election_lock(&self, stop: &dyn Fn() -> bool) -> Result<Lock> {
+    fn election_lock(&self, stop: &dyn Fn() -> bool) -> Result<Lock, StoreError> {
         let path = self.election_lock_path();
         let lock = Lock::acquire_or_stop(
             &path,
@@ -527,7 +527,7 @@ impl LocalStore {
         .with_context(|| format!("cannot take the election lock in {}", self.dir.display()))?;
         let Some(lock) = lock else {
             if stop() {
-                return Err(anyhow!(super::Interrupted));
+                return Err(StoreError::Interrupted);
             }
             let who = match lock::holder(&path) {
                 Some((pid, true)) => format!(
@@ -540,19 +540,19 @@ impl LocalStore {
                     path.display()
                 ),
             };
-            return Err(anyhow!(
+            return Err(StoreError::Unreachable(format!(
                 "the election lock {} has been held for {} {who}",
                 path.display(),
                 time::human(ELECTION_TIMEOUT),
-            ));
+            )));
         };
         // A second handle must be refused while we hold the lock, or locking is not real here.
         if Lock::try_acquire(&path)?.is_some() {
-            return Err(anyhow!(
+            return Err(StoreError::Refused(format!(
                 "file locking does not work in {} (a network or virtual file system?): buildlock \
                  cannot coordinate here and refuses to pretend; keep the repository on a local disk",
                 self.dir.display()
-            ));
+            )));
         }
         Ok(lock)
     }

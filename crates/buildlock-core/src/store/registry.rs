@@ -62,7 +62,7 @@ impl Limits {
 
 /// The result of one step.
 #[must_use]
-pub struct Applied {
+pub struct RegistryStep {
     pub before: Registry,
     pub after: Registry,
     pub decision: Decision,
@@ -162,7 +162,7 @@ impl RegistryStore {
     }
 
     /// One read-decide-write step under the registry lock.
-    pub fn apply(&self, request: &Request, limits: Limits) -> Result<Applied> {
+    pub fn apply(&self, request: &Request, limits: Limits) -> Result<RegistryStep> {
         let _lock = self.lock()?;
         let mut before = match self.read_file() {
             Ok(reg) => reg,
@@ -246,7 +246,7 @@ impl RegistryStore {
                 let _ = std::fs::remove_file(self.marker());
             }
         }
-        Ok(Applied {
+        Ok(RegistryStep {
             before,
             after,
             decision,

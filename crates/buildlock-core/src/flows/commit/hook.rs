@@ -24,7 +24,7 @@ use crate::os::check::{self, Ending};
 use crate::os::{env, say, signals, time};
 use crate::protocol::state::{Event, FixSeen, KeyState, Lease, Outcome, Status};
 use crate::protocol::{exit, key, signature};
-use crate::store::{BaseView, Interrupted, registry};
+use crate::store::{BaseView, StoreError, registry};
 
 /// Re-runs of a check whose failure was stale (the build was fixed while it ran); after that
 /// the failure counts, whatever happened meanwhile.
@@ -203,7 +203,7 @@ impl Hook<'_> {
             }
             let failed = match self.failed(&run.output, &view, passes_seen, seen_silent.take()) {
                 Ok(failed) => failed,
-                Err(e) if e.is::<Interrupted>() => return self.stopped(),
+                Err(StoreError::Interrupted) => return self.stopped(),
                 Err(e) => return coordination_failed(&format!("{e:#}")),
             };
             let (decision, fixer_since) = match failed {
@@ -358,7 +358,7 @@ impl Hook<'_> {
         view: &BaseView,
         passes_seen: Option<u64>,
         seen_silent: Option<(u64, u64)>,
-    ) -> Result<Failed> {
+    ) -> Result<Failed, StoreError> {
         let ctx = self.ctx;
         let sig = signature::signature(output, &ctx.repo.worktree, env::home_dir().as_deref());
         let log = match crate::store::local::write_log(&ctx.home, &ctx.agent, output) {
@@ -533,7 +533,11 @@ impl Hook<'_> {
                 d.fix_commit = Some(commit.clone());
                 tell_take_fix(commit, by, env::decision_file().is_some());
             }
-            other => anyhow::bail!("unexpected outcome of a failed check: {other:?}"),
+            other => {
+                return Err(
+                    anyhow::anyhow!("unexpected outcome of a failed check: {other:?}").into(),
+                );
+            }
         }
         Ok(Failed::Decided(d, fixer_since))
     }

@@ -851,7 +851,7 @@ impl Store for RemoteStore {
         policy: Policy,
         seen_silent: Option<(u64, Millis)>,
         stop: &dyn Fn() -> bool,
-    ) -> Result<Applied> {
+    ) -> Result<Applied, super::StoreError> {
         let (outcome, before, after, damaged) =
             self.transact(key, base, self.wait, stop, |before, view| {
                 let floor = view
@@ -961,7 +961,7 @@ impl Store for RemoteStore {
         all
     }
 
-    fn record(&self, entry: serde_json::Value) -> Result<()> {
+    fn record(&self, entry: serde_json::Value) -> Result<(), super::StoreError> {
         // A fix run started or ended: no state changes, but the counters (fix runs) and the
         // history do; one push, like any transition.
         let Some(key) = entry.get("key").and_then(|k| k.as_str()).map(str::to_owned) else {
@@ -983,7 +983,7 @@ impl Store for RemoteStore {
         Ok(())
     }
 
-    fn write_lease(&self, key: &str, lease: &Lease) -> Result<()> {
+    fn write_lease(&self, key: &str, lease: &Lease) -> Result<(), super::StoreError> {
         let limit = (self.stale_after / 2).clamp(
             Duration::from_millis(500),
             self.wait.max(Duration::from_millis(500)),
@@ -1016,7 +1016,7 @@ impl Store for RemoteStore {
         _key: &str,
         _generation: u64,
         _timeout: Duration,
-    ) -> Result<Option<FixerHold>> {
+    ) -> Result<Option<FixerHold>, super::StoreError> {
         // Another machine cannot see this process die; the heartbeat is the sign of life.
         Ok(Some(FixerHold::new(())))
     }
