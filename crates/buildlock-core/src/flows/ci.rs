@@ -311,7 +311,7 @@ impl Ci<'_> {
     ) -> Result<(Assignment, Outcome, KeyState), StoreError> {
         let ctx = self.ctx;
         let sig = signature::signature(output, &ctx.repo.worktree, env::home_dir().as_deref());
-        let log = match crate::store::local::write_log(&ctx.home, &ctx.agent, output) {
+        let log = match ctx.home.write_log(&ctx.agent, output) {
             Ok(log) => Some(log),
             Err(e) => {
                 say::warn(format!("{e:#}; going on without a failure log"));

@@ -4,13 +4,12 @@ use anyhow::Result;
 
 use crate::os::repo::Repo;
 use crate::protocol::config::{Config, ConfigError};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::protocol::config::Backend;
 use crate::store::local::LocalStore;
 use crate::store::remote::RemoteStore;
-use crate::store::{Policy, Store};
+use crate::store::{Home, Policy, Store};
 
 pub struct Context {
     pub repo: Repo,
@@ -19,7 +18,7 @@ pub struct Context {
     pub store: Arc<dyn Store>,
     /// `<git common dir>/buildlock/`: this machine's own files (failure logs, the hook's hand-over
     /// files, the chained hook, the installed binaries), whatever the backend.
-    pub home: PathBuf,
+    pub home: Home,
     pub agent: String,
     /// Why the coordination state cannot be used (a coordination dir that is a symlink or
     /// belongs to another user), if so. The check still runs; a failure then exits 70.
@@ -38,10 +37,10 @@ impl Context {
     pub fn load() -> Result<Context, LoadError> {
         let repo = Repo::discover().map_err(LoadError::Other)?;
         let config = Config::load(&repo.worktree).map_err(LoadError::Config)?;
-        let home = repo.buildlock_dir();
+        let home = Home::new(repo.buildlock_dir());
         // The one place a backend is chosen.
         let store: Arc<dyn Store> = match config.backend {
-            Backend::Local => Arc::new(LocalStore::new(home.clone())),
+            Backend::Local => Arc::new(LocalStore::new(home.path().to_owned())),
             Backend::Remote => Arc::new(
                 RemoteStore::new(
                     &repo.git_dir,
@@ -64,12 +63,12 @@ impl Context {
             ),
         };
         let agent = crate::os::env::agent_id(&repo.worktree);
-        let unusable = crate::os::fs::check_owned(&home)
+        let unusable = crate::os::fs::check_owned(home.path())
             .err()
             .map(|e| format!("{e:#}"));
         // Every buildlock program is a sign of life that renews the agent's claims (one syscall,
         // which fails at once for an agent never seen).
-        let seen = crate::store::registry::touch(&home, &agent);
+        let seen = crate::store::registry::touch(home.path(), &agent);
         Ok(Context {
             repo,
             config,

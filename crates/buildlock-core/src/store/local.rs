@@ -10,7 +10,7 @@
 //!                              replaced atomically
 //! leases/<key>-g<N>.json       the lease renewals of generation N's fixer, written by it alone
 //! history.jsonl                one JSON object per event, each with the running totals; capped
-//! logs/                        failure logs (the newest 200)
+//! logs/, run/, bin/, …         this machine's own files, whatever the backend (see `Home`)
 //! ```
 //!
 //! Every state write happens under the election lock and is the commit point of a step: what
@@ -56,7 +56,6 @@ const MAX_STATE_BYTES: u64 = 64 << 20;
 /// Broken keys (nobody fixing) kept per base file, the newest.
 pub const KEEP_BROKEN: usize = 64;
 const HISTORY_CAP: u64 = 1 << 20;
-const KEEP_LOGS: usize = 200;
 const ELECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct LocalStore {
@@ -601,37 +600,6 @@ impl LocalStore {
         }
         Ok(())
     }
-}
-
-/// Saves a failure's output under `home/logs/` and returns its path; keeps the newest
-/// [`KEEP_LOGS`].
-pub fn write_log(home: &Path, agent: &str, output: &[u8]) -> Result<PathBuf> {
-    let dir = home.join("logs");
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = format!(
-        "{}-{}-{}.log",
-        time::now(),
-        key::file_stem(agent),
-        std::process::id()
-    );
-    let path = dir.join(name);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .with_context(|| format!("cannot write the failure log {}", path.display()))?;
-    file.write_all(output)
-        .with_context(|| format!("cannot write the failure log {}", path.display()))?;
-    if let Ok(entries) = fs::read_dir(&dir) {
-        let mut logs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-        if logs.len() > KEEP_LOGS {
-            logs.sort();
-            for old in &logs[..logs.len() - KEEP_LOGS] {
-                let _ = fs::remove_file(old);
-            }
-        }
-    }
-    Ok(path)
 }
 
 /// The totals on the last line of the history that has them: read from the end of the file.

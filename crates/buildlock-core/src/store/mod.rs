@@ -18,6 +18,7 @@ use crate::os::time::Millis;
 use crate::protocol::state::{Event, KeyState, Lease, Outcome};
 
 pub mod error;
+pub mod home;
 pub mod local;
 pub mod registry;
 pub mod remote;
@@ -27,6 +28,7 @@ pub use error::StoreError;
 /// The remote's transaction gives up with this (carried in `anyhow`, and recovered typed by
 /// `StoreError::from`) until it speaks [`StoreError`] itself.
 pub(crate) use error::StoreError::Interrupted;
+pub use home::Home;
 
 /// What reading a state file found.
 #[derive(Debug, Clone, PartialEq)]

@@ -45,7 +45,7 @@ pub struct ClaimArgs {
 // ------------------------------------------------------------------------------------------
 
 pub fn store(ctx: &Context) -> RegistryStore {
-    RegistryStore::new(&ctx.home)
+    RegistryStore::new(ctx.home.path())
 }
 
 pub fn limits(ctx: &Context) -> Limits {
@@ -439,7 +439,7 @@ fn wait_for_grant(
         }
         let _: Wake = watch.wait(&[], nap);
         // A sign of life that renews our other claims without rewriting the registry.
-        registry::touch(&ctx.home, &ctx.agent);
+        registry::touch(ctx.home.path(), &ctx.agent);
         let applied = reg.apply(
             &Request::Claim {
                 who: me.clone(),
@@ -707,7 +707,7 @@ fn agent_rows(ctx: &Context) -> Vec<AgentRow> {
             branch: Some(a.branch.clone()),
         });
     }
-    let seen = registry::seen_agents(&ctx.home, now, ttl);
+    let seen = registry::seen_agents(ctx.home.path(), now, ttl);
     let seen_as = |name: &str| seen.iter().find(|s| s.agent == name);
     // Agents known only from the build state: fixers and waiters.
     for (_, s) in &keys {

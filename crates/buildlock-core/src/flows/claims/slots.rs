@@ -162,7 +162,7 @@ pub fn take(
                     env::poll_interval()
                 };
                 watch.wait(&procs, nap);
-                registry::touch(&ctx.home, &ctx.agent);
+                registry::touch(ctx.home.path(), &ctx.agent);
             }
             // Our place was lost (the registry was reset): queue again.
             Decision::Gone => ticket = None,

@@ -12,7 +12,6 @@
 
 use anyhow::Result;
 use std::ffi::OsString;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::flows::commit::decision::{Decision, Verdict};
@@ -31,9 +30,6 @@ use crate::store::{BaseView, StoreError, registry};
 const MAX_STALE_RERUNS: u32 = 2;
 
 /// Where install.sh keeps a pre-existing hook that buildlock chains.
-pub fn chained_hook(buildlock_dir: &std::path::Path) -> PathBuf {
-    buildlock_dir.join("chained").join("pre-commit")
-}
 
 pub fn main(args: Vec<OsString>) -> i32 {
     signals::install();
@@ -56,10 +52,11 @@ pub fn main(args: Vec<OsString>) -> i32 {
     };
     // Behind a hook manager that re-installed itself in front of us (and that we also chain),
     // say so: its checks run twice. Only where a hook is chained (one stat otherwise).
-    if chained_hook(&ctx.home).exists() {
-        if let Some(warning) =
-            crate::flows::operator::installation::hook_warning(&ctx.repo.hooks_dir(), &ctx.home)
-        {
+    if ctx.home.chained_hook().exists() {
+        if let Some(warning) = crate::flows::operator::installation::hook_warning(
+            &ctx.repo.hooks_dir(),
+            ctx.home.path(),
+        ) {
             say::warn(warning);
         }
     }
@@ -79,7 +76,7 @@ fn the_check(ctx: &Context, args: Vec<OsString>) -> Option<check::Command> {
     if let Some(check) = &ctx.config.check {
         return Some(check::Command::Shell(check.clone()));
     }
-    let chained = chained_hook(&ctx.home);
+    let chained = ctx.home.chained_hook();
     use std::os::unix::fs::PermissionsExt;
     let executable = std::fs::metadata(&chained)
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
@@ -118,7 +115,7 @@ impl Hook<'_> {
         if !bypass && ctx.unusable.is_none() && !ctx.seen {
             // The agent's first commit: listed by `buildlock agents` from now on (later commits
             // only renew it, with the touch every program makes when it loads).
-            registry::seen(&ctx.home, &ctx.agent, || registry::Seen {
+            registry::seen(ctx.home.path(), &ctx.agent, || registry::Seen {
                 agent: ctx.agent.clone(),
                 host: crate::os::process::hostname(),
                 worktree: ctx.repo.worktree.clone(),
@@ -361,7 +358,7 @@ impl Hook<'_> {
     ) -> Result<Failed, StoreError> {
         let ctx = self.ctx;
         let sig = signature::signature(output, &ctx.repo.worktree, env::home_dir().as_deref());
-        let log = match crate::store::local::write_log(&ctx.home, &ctx.agent, output) {
+        let log = match ctx.home.write_log(&ctx.agent, output) {
             Ok(log) => Some(log),
             Err(e) => {
                 say::warn(format!("{e:#}; going on without a failure log"));

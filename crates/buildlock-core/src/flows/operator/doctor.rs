@@ -14,7 +14,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::flows::commit::hook::chained_hook;
 use crate::flows::context::Context;
 use crate::flows::operator::ops::fixer_liveness;
 use crate::os::lock::Lock;
@@ -136,7 +135,7 @@ fn config_files(ctx: &Context) -> String {
 
 /// (a) the check's commands exist; (b) a chained hook that `check` silently replaces.
 fn check_findings(ctx: &Context, r: &mut Report) -> Result<()> {
-    let chained = chained_hook(&ctx.home);
+    let chained = ctx.home.chained_hook();
     let chained_exists = fs::symlink_metadata(&chained).is_ok();
     match &ctx.config.check {
         Some(check) => {
@@ -546,7 +545,7 @@ fn tokens(line: &str) -> Vec<Token> {
 /// (c) the coordination dir and its folders can really be written, and locking works in them;
 /// (d) how big they are.
 fn coordination_dir_findings(ctx: &Context, r: &mut Report) -> Result<()> {
-    let home = ctx.home.as_path();
+    let home = ctx.home.path();
     let mut dirs: Vec<(PathBuf, &str)> = vec![(home.to_owned(), "history and totals")];
     dirs.extend(FOLDERS.iter().map(|(name, what)| (home.join(name), *what)));
     let mut writable = true;
@@ -780,7 +779,7 @@ pub fn hooks_dir(ctx: &Context) -> PathBuf {
 
 /// The installed binaries: `<common dir>/buildlock/bin/`.
 fn bin_dir(ctx: &Context) -> PathBuf {
-    ctx.home.join("bin")
+    ctx.home.bin()
 }
 
 /// How to put buildlock's hook back, with what exists here.
@@ -803,7 +802,7 @@ fn reinstall_hint(ctx: &Context, hook: &Path) -> String {
 
 fn hook_findings(ctx: &Context, r: &mut Report) -> Result<()> {
     let hook = hooks_dir(ctx).join("pre-commit");
-    let found = crate::flows::operator::installation::inspect(&hooks_dir(ctx), &ctx.home);
+    let found = crate::flows::operator::installation::inspect(&hooks_dir(ctx), ctx.home.path());
     if found.is_ours() {
         let exec = fs::metadata(&hook).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
         if !exec && !fs::symlink_metadata(&hook).is_ok_and(|m| m.file_type().is_symlink()) {

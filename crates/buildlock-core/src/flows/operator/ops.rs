@@ -68,7 +68,7 @@ pub fn status_json(ctx: &Context) -> Value {
     json!({
         "repository": ctx.repo.worktree,
         "backend": ctx.store.backend(),
-        "coordination_dir": ctx.home,
+        "coordination_dir": ctx.home.path(),
         "state": ctx.store.location(),
         "agent": ctx.agent,
         "keys": keys,
