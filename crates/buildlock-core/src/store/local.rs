@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{Applied, BaseView, FixerHold, Policy, Read, Store, StoreError, Totals};
+use super::{Applied, BaseView, Finding, FixerHold, Policy, Read, Store, StoreError, Totals};
 use crate::os::bell::{Bell, Listener};
 use crate::os::fs::{self as osfs, Durability, write_atomic};
 use crate::os::lock::{self, Lock};
@@ -57,6 +57,8 @@ const MAX_STATE_BYTES: u64 = 64 << 20;
 pub const KEEP_BROKEN: usize = 64;
 const HISTORY_CAP: u64 = 1 << 20;
 const ELECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+mod probe;
 
 pub struct LocalStore {
     dir: PathBuf,
@@ -359,6 +361,10 @@ impl Store for LocalStore {
         if let Some(listener) = slot.as_mut() {
             listener.wait(fixer.map(std::slice::from_ref).unwrap_or_default(), timeout);
         }
+    }
+
+    fn diagnose(&self) -> Vec<Finding> {
+        probe::findings(&self.dir)
     }
 }
 

@@ -18,6 +18,7 @@ use crate::os::time::Millis;
 use crate::protocol::state::{Event, KeyState, Lease, Outcome};
 
 pub mod error;
+pub mod finding;
 pub mod home;
 pub mod local;
 pub mod registry;
@@ -28,6 +29,7 @@ pub use error::StoreError;
 /// The remote's transaction gives up with this (carried in `anyhow`, and recovered typed by
 /// `StoreError::from`) until it speaks [`StoreError`] itself.
 pub(crate) use error::StoreError::Interrupted;
+pub use finding::Finding;
 pub use home::Home;
 
 /// What reading a state file found.
@@ -207,10 +209,9 @@ pub trait Store: Send + Sync {
     /// Where the state lives, for people (a directory, or refs on a remote).
     fn location(&self) -> String;
 
-    /// The backend's own health checks for `buildlock doctor`.
-    fn diagnose(&self) -> Vec<(bool, String, String)> {
-        Vec::new()
-    }
+    /// The backend's own health checks for `buildlock doctor`, which prints them in order: the
+    /// local backend probes its folders and its locks, the remote one the remote's answers.
+    fn diagnose(&self) -> Vec<Finding>;
 
     /// Where a waiter can fetch the fix commit `commit` of `key` (`BUILDLOCK_FIX_REF`), when the
     /// backend publishes it.

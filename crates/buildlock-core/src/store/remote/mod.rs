@@ -1031,24 +1031,19 @@ impl Store for RemoteStore {
         true
     }
 
-    fn diagnose(&self) -> Vec<(bool, String, String)> {
+    fn diagnose(&self) -> Vec<super::Finding> {
         let mut out = Vec::new();
         let started = Instant::now();
         match self.git.ls_remote(&[format!("{STATE_PREFIX}*")]) {
-            Ok(refs) => out.push((
-                true,
-                format!(
-                    "the remote `{}` ({}) answers ({} ms; {} key ref(s) under {STATE_PREFIX})",
-                    self.git.remote,
-                    self.url,
-                    started.elapsed().as_millis(),
-                    refs.len()
-                ),
-                String::new(),
-            )),
+            Ok(refs) => out.push(super::Finding::ok(format!(
+                "the remote `{}` ({}) answers ({} ms; {} key ref(s) under {STATE_PREFIX})",
+                self.git.remote,
+                self.url,
+                started.elapsed().as_millis(),
+                refs.len()
+            ))),
             Err(f) => {
-                out.push((
-                    false,
+                out.push(super::Finding::problem(
                     format!("cannot read the remote `{}` ({}): {f}", self.git.remote, self.url),
                     format!(
                         "make `git ls-remote {} 'refs/buildlock/*'` work here (network, URL,                          credentials), or set coordination.remote to a remote that does",
@@ -1059,16 +1054,11 @@ impl Store for RemoteStore {
             }
         }
         match self.probe() {
-            Ok(()) => out.push((
-                true,
-                format!(
+            Ok(()) => out.push(super::Finding::ok(format!(
                     "the remote `{}` accepts pushes to refs/buildlock/* (created and deleted a probe ref)",
                     self.git.remote
-                ),
-                String::new(),
-            )),
-            Err(m) => out.push((
-                false,
+            ))),
+            Err(m) => out.push(super::Finding::problem(
                 m,
                 "give the credentials git uses here permission to create, update and delete refs                  under refs/buildlock/ (see docs/ci/ for GitHub Actions and GitLab)"
                     .to_owned(),
