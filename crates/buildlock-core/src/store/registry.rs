@@ -99,6 +99,26 @@ impl RegistryStore {
         self.home.join("claimed")
     }
 
+    /// The bell rung after every change of the registry.
+    pub fn bell(&self) -> crate::os::bell::Bell {
+        bell(&self.home)
+    }
+
+    /// A sign of life of `agent` (see [`touch`]).
+    pub fn touch(&self, agent: &str) -> bool {
+        touch(&self.home, agent)
+    }
+
+    /// Writes `seen/<agent>` for an agent that has none (see [`seen`]).
+    pub fn seen(&self, agent: &str, describe: impl FnOnce() -> Seen) {
+        seen(&self.home, agent, describe)
+    }
+
+    /// Agents seen within `ttl` (see [`seen_agents`]).
+    pub fn seen_agents(&self, now: crate::os::time::Millis, ttl: u64) -> Vec<Seen> {
+        seen_agents(&self.home, now, ttl)
+    }
+
     pub fn slot_lock_path(&self, slot: usize) -> PathBuf {
         self.home.join("locks").join(format!("slot-{slot}.lock"))
     }

@@ -23,7 +23,7 @@ use crate::protocol::claims::{
 };
 use crate::protocol::exit;
 use crate::protocol::state::Status;
-use crate::store::registry::{self, Limits, RegistryStore};
+use crate::store::registry::{Limits, RegistryStore};
 
 /// How long a waiter sleeps at most between two looks when nothing wakes it.
 pub const FALLBACK: Duration = Duration::from_secs(1);
@@ -43,10 +43,6 @@ pub struct ClaimArgs {
 // ------------------------------------------------------------------------------------------
 // Helpers shared with the guard and the slots
 // ------------------------------------------------------------------------------------------
-
-pub fn store(ctx: &Context) -> RegistryStore {
-    RegistryStore::new(ctx.home.path())
-}
 
 pub fn limits(ctx: &Context) -> Limits {
     Limits {
@@ -322,10 +318,10 @@ pub fn claim(ctx: &Context, args: &ClaimArgs) -> Result<i32> {
     } else {
         Mode::Exclusive
     };
-    let reg = store(ctx);
+    let reg = &ctx.registry;
     let limits = limits(ctx);
     // Watch before the first look, so that a release in between is not missed.
-    let watch = wait.map(|_| registry::bell(reg.home()).listen());
+    let watch = wait.map(|_| reg.bell().listen());
     let me = who(ctx, priority);
     let applied = reg.apply(
         &Request::Claim {
@@ -368,7 +364,7 @@ pub fn claim(ctx: &Context, args: &ClaimArgs) -> Result<i32> {
             conflicts,
         } => {
             let limit = wait.unwrap_or_default();
-            let mut watch = watch.unwrap_or_else(|| registry::bell(reg.home()).listen());
+            let mut watch = watch.unwrap_or_else(|| reg.bell().listen());
             say::say(format!(
                 "queued (position {} of the waiting claims, priority {priority}); waiting up to {} for:\n{}",
                 position + 1,
@@ -439,7 +435,7 @@ fn wait_for_grant(
         }
         let _: Wake = watch.wait(&[], nap);
         // A sign of life that renews our other claims without rewriting the registry.
-        registry::touch(ctx.home.path(), &ctx.agent);
+        ctx.registry.touch(&ctx.agent);
         let applied = reg.apply(
             &Request::Claim {
                 who: me.clone(),
@@ -528,7 +524,7 @@ pub fn unclaim(ctx: &Context, all: bool, raw_paths: &[String]) -> Result<i32> {
             Err(e) => return usage(format!("{e}; nothing was released")),
         },
     };
-    let reg = store(ctx);
+    let reg = &ctx.registry;
     let applied = reg.apply(
         &Request::Unclaim {
             who: who(ctx, priority_or_default()),
@@ -573,7 +569,7 @@ pub fn unclaim(ctx: &Context, all: bool, raw_paths: &[String]) -> Result<i32> {
 
 /// `buildlock done`: release every claim of this agent and mark it done.
 pub fn done(ctx: &Context) -> Result<i32> {
-    let applied = store(ctx).apply(
+    let applied = ctx.registry.apply(
         &Request::Done {
             who: who(ctx, priority_or_default()),
         },
@@ -600,7 +596,7 @@ pub fn done(ctx: &Context) -> Result<i32> {
 
 /// `buildlock claims [--json]`: the live claims and the waiting requests.
 pub fn list(ctx: &Context, as_json: bool) -> Result<i32> {
-    let reg = store(ctx).read();
+    let reg = ctx.registry.read();
     let (now, ttl) = (time::now(), limits(ctx).ttl_ms());
     let live: Vec<&Claim> = reg.live_claims(now, ttl).collect();
     if as_json {
@@ -668,7 +664,7 @@ struct AgentRow {
 }
 
 fn agent_rows(ctx: &Context) -> Vec<AgentRow> {
-    let reg = store(ctx).read();
+    let reg = ctx.registry.read();
     let (now, ttl) = (time::now(), limits(ctx).ttl_ms());
     let keys = ctx.store.all();
     let fixing = |a: &str| {
@@ -707,7 +703,7 @@ fn agent_rows(ctx: &Context) -> Vec<AgentRow> {
             branch: Some(a.branch.clone()),
         });
     }
-    let seen = registry::seen_agents(ctx.home.path(), now, ttl);
+    let seen = ctx.registry.seen_agents(now, ttl);
     let seen_as = |name: &str| seen.iter().find(|s| s.agent == name);
     // Agents known only from the build state: fixers and waiters.
     for (_, s) in &keys {
@@ -855,7 +851,7 @@ pub fn wait_for(ctx: &Context, names: &[String], timeout: Option<&str>) -> Resul
         Some(Ok(d)) => d,
         Some(Err(e)) => return usage(e),
     };
-    let reg = store(ctx);
+    let reg = &ctx.registry;
     // A name never seen (a typo) would read as "gone" and let the caller go on at once.
     let known: Vec<String> = agent_rows(ctx).into_iter().map(|a| a.agent).collect();
     let history: std::collections::HashSet<String> = ctx
@@ -881,7 +877,7 @@ pub fn wait_for(ctx: &Context, names: &[String], timeout: Option<&str>) -> Resul
         ));
         return Ok(exit::USAGE);
     }
-    let mut watch = registry::bell(reg.home()).listen();
+    let mut watch = reg.bell().listen();
     let start = Instant::now();
     let mut last_progress: Option<Instant> = None;
     loop {

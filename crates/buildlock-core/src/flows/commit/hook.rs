@@ -115,7 +115,7 @@ impl Hook<'_> {
         if !bypass && ctx.unusable.is_none() && !ctx.seen {
             // The agent's first commit: listed by `buildlock agents` from now on (later commits
             // only renew it, with the touch every program makes when it loads).
-            registry::seen(ctx.home.path(), &ctx.agent, || registry::Seen {
+            ctx.registry.seen(&ctx.agent, || registry::Seen {
                 agent: ctx.agent.clone(),
                 host: crate::os::process::hostname(),
                 worktree: ctx.repo.worktree.clone(),
