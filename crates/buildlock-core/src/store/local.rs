@@ -34,7 +34,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{Applied, BaseView, Finding, FixerHold, Policy, Read, Store, StoreError, Totals};
+use super::{
+    Applied, BaseView, Entry, Finding, FixerHold, Policy, Read, Store, StoreError, Totals,
+};
 use crate::os::bell::{Bell, Listener};
 use crate::os::fs::{self as osfs, Durability, write_atomic};
 use crate::os::lock::{self, Lock};
@@ -240,9 +242,15 @@ impl Store for LocalStore {
                  nobody fixing, and rewriting it",
                 path.display()
             ));
-            entries.push(serde_json::json!({"event": "damaged", "key": key, "reason": why}));
+            entries.push(Entry::from_json(
+                serde_json::json!({"event": "damaged", "key": key, "reason": why}),
+            ));
         }
-        entries.extend(history_entries(key, event, &outcome, &before, &after));
+        entries.extend(
+            history_entries(key, event, &outcome, &before, &after)
+                .into_iter()
+                .map(Entry::from_json),
+        );
         let mut next_totals = totals;
         next_totals.count(event, &outcome, &before, &after);
         if let Err(e) = self.append_history(&entries, next_totals) {
@@ -296,7 +304,7 @@ impl Store for LocalStore {
         last_totals(&self.history_path()).unwrap_or_default()
     }
 
-    fn history(&self) -> Vec<serde_json::Value> {
+    fn history(&self) -> Vec<Entry> {
         osfs::read_bounded(&self.history_path(), 2 * HISTORY_CAP)
             .ok()
             .flatten()
@@ -309,10 +317,10 @@ impl Store for LocalStore {
             .unwrap_or_default()
     }
 
-    fn record(&self, entry: serde_json::Value) -> Result<(), StoreError> {
+    fn record(&self, entry: Entry) -> Result<(), StoreError> {
         let _lock = self.election_lock(&|| false)?;
         let mut totals = self.totals();
-        totals.count_record(&entry);
+        totals.count_record(&serde_json::Value::from(entry.clone()));
         Ok(self.append_history(&[entry], totals)?)
     }
 
@@ -564,7 +572,7 @@ impl LocalStore {
 
     /// Appends the entries in one write, the last one carrying the running totals, and keeps the
     /// history within its cap. Under the election lock.
-    fn append_history(&self, entries: &[serde_json::Value], totals: Totals) -> Result<()> {
+    fn append_history(&self, entries: &[Entry], totals: Totals) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -573,12 +581,11 @@ impl LocalStore {
         let mut text = Vec::new();
         for (i, entry) in entries.iter().enumerate() {
             let mut entry = entry.clone();
-            if let Some(obj) = entry.as_object_mut() {
-                obj.insert("time".into(), time::rfc3339(now).into());
-                obj.insert("ms".into(), now.into());
-                if i + 1 == entries.len() {
-                    obj.insert("totals".into(), serde_json::to_value(totals)?);
-                }
+            entry.stamp(now);
+            if i + 1 == entries.len() {
+                entry
+                    .fields
+                    .insert("totals".into(), serde_json::to_value(totals)?);
             }
             serde_json::to_writer(&mut text, &entry)?;
             text.push(b'\n');
@@ -760,13 +767,10 @@ mod tests {
         let t = store.totals();
         assert_eq!((t.fixes, t.fix_runs_avoided), (1, 1));
         let history = store.history();
-        let events: Vec<&str> = history
-            .iter()
-            .map(|e| e["event"].as_str().unwrap())
-            .collect();
+        let events: Vec<&str> = history.iter().map(|e| e.event.as_str()).collect();
         assert_eq!(events, ["failed", "elected", "failed", "waiting", "fixed"]);
         assert_eq!(
-            history.last().unwrap()["totals"]["fixes"],
+            history.last().unwrap().totals().unwrap().fixes,
             1,
             "the history carries the totals"
         );
@@ -855,7 +859,9 @@ mod tests {
             };
             store
                 .append_history(
-                    &[serde_json::json!({"event": "x", "i": i, "pad": pad})],
+                    &[Entry::from_json(
+                        serde_json::json!({"event": "x", "i": i, "pad": pad}),
+                    )],
                     totals,
                 )
                 .unwrap();
@@ -863,11 +869,8 @@ mod tests {
         let len = fs::metadata(store.history_path()).unwrap().len();
         assert!(len <= HISTORY_CAP, "{len}");
         let h = store.history();
-        assert_eq!(h.last().unwrap()["i"], 1499);
-        assert!(
-            h.iter().all(|e| e["event"] == "x"),
-            "cut at a line boundary"
-        );
+        assert_eq!(h.last().unwrap().fields["i"], 1499);
+        assert!(h.iter().all(|e| e.event == "x"), "cut at a line boundary");
         assert_eq!(store.totals().failures, 1499);
     }
 

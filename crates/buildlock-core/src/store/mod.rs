@@ -19,6 +19,7 @@ use crate::protocol::state::{Event, KeyState, Lease, Outcome};
 
 pub mod error;
 pub mod finding;
+pub mod history;
 pub mod home;
 pub mod local;
 pub mod registry;
@@ -30,6 +31,7 @@ pub use error::StoreError;
 /// `StoreError::from`) until it speaks [`StoreError`] itself.
 pub(crate) use error::StoreError::Interrupted;
 pub use finding::Finding;
+pub use history::Entry;
 pub use home::Home;
 
 /// What reading a state file found.
@@ -157,11 +159,11 @@ pub trait Store: Send + Sync {
     fn totals(&self) -> Totals;
 
     /// The history of events, oldest first.
-    fn history(&self) -> Vec<serde_json::Value>;
+    fn history(&self) -> Vec<Entry>;
 
     /// Records an event that changes no state (a fix run started or finished); it counts in the
     /// totals where the ledger says so.
-    fn record(&self, entry: serde_json::Value) -> Result<(), StoreError>;
+    fn record(&self, entry: Entry) -> Result<(), StoreError>;
 
     // Liveness of the fixer.
 

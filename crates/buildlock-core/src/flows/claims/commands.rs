@@ -23,6 +23,7 @@ use crate::protocol::claims::{
 };
 use crate::protocol::exit;
 use crate::protocol::state::Status;
+use crate::store::Entry;
 use crate::store::registry::{Limits, RegistryStore};
 
 /// How long a waiter sleeps at most between two looks when nothing wakes it.
@@ -85,7 +86,7 @@ pub fn priority_or_default() -> u8 {
 /// Appends the registry's events to the shared history (`buildlock log`).
 pub fn record(ctx: &Context, events: Vec<Value>) {
     for e in events {
-        if let Err(err) = ctx.store.record(e) {
+        if let Err(err) = ctx.store.record(Entry::from_json(e)) {
             say::warn(format!(
                 "could not record a claims event in the history: {err:#}"
             ));
@@ -373,7 +374,7 @@ pub fn claim(ctx: &Context, args: &ClaimArgs) -> Result<i32> {
             ));
             wait_for_grant(
                 ctx,
-                &reg,
+                reg,
                 limits,
                 &mut watch,
                 &me,
@@ -858,7 +859,7 @@ pub fn wait_for(ctx: &Context, names: &[String], timeout: Option<&str>) -> Resul
         .store
         .history()
         .iter()
-        .filter_map(|e| e["agent"].as_str().map(str::to_owned))
+        .filter_map(|e| e.agent().map(str::to_owned))
         .collect();
     let reg_now = reg.read();
     let unknown: Vec<&String> = names
@@ -881,7 +882,7 @@ pub fn wait_for(ctx: &Context, names: &[String], timeout: Option<&str>) -> Resul
     let start = Instant::now();
     let mut last_progress: Option<Instant> = None;
     loop {
-        let (pending, next_gone) = still_running(ctx, &reg, names);
+        let (pending, next_gone) = still_running(ctx, reg, names);
         if pending.is_empty() {
             say::progress_done();
             say::say(format!(

@@ -266,10 +266,10 @@ pub fn in_hook(ctx: &Context, parent: u32) -> Option<i32> {
 
 fn record_conflict(ctx: &Context, conflicts: &[PathConflict]) {
     let paths: Vec<&str> = conflicts.iter().map(|c| c.path.as_str()).collect();
-    let _ = ctx
-        .store
-        .record(serde_json::json!({"event": "conflict", "agent": ctx.agent,
-        "holder": conflicts[0].agent, "paths": paths, "by": "commit"}));
+    let _ = ctx.store.record(crate::store::Entry::from_json(
+        serde_json::json!({"event": "conflict",
+        "agent": ctx.agent, "holder": conflicts[0].agent, "paths": paths, "by": "commit"}),
+    ));
 }
 
 /// commit-retry's call after its hook refused on a claim (`d.claimed`: the paths): waits within

@@ -29,8 +29,6 @@ use crate::store::{BaseView, StoreError, registry};
 /// the failure counts, whatever happened meanwhile.
 const MAX_STALE_RERUNS: u32 = 2;
 
-/// Where install.sh keeps a pre-existing hook that buildlock chains.
-
 pub fn main(args: Vec<OsString>) -> i32 {
     signals::install();
     let parent = std::os::unix::process::parent_id();

@@ -327,7 +327,7 @@ pub fn reset(ctx: &Context, key: Option<&str>) -> Result<i32> {
 }
 
 pub fn log(ctx: &Context, as_json: bool, n: usize) -> Result<i32> {
-    let history = ctx.store.history();
+    let history: Vec<Value> = ctx.store.history().into_iter().map(Value::from).collect();
     let shown = &history[history.len().saturating_sub(n)..];
     // The agent column fits the longest id shown (default ids are `<host>:<work tree path>`).
     let agent_width = shown

@@ -944,29 +944,31 @@ impl Store for RemoteStore {
         sum
     }
 
-    fn history(&self) -> Vec<serde_json::Value> {
+    fn history(&self) -> Vec<super::Entry> {
         let Ok(views) = self.views() else {
             return Vec::new();
         };
         let Ok(repo) = self.repo() else {
             return Vec::new();
         };
-        let mut all: Vec<serde_json::Value> = Vec::new();
+        let mut all: Vec<super::Entry> = Vec::new();
         for (_, v) in views {
             if let Some(t) = &v.current {
-                all.extend(chain::history(&repo, &t.oid, WALK_LIMIT));
+                let entries = chain::history(&repo, &t.oid, WALK_LIMIT);
+                all.extend(entries.into_iter().map(super::Entry::from_json));
             }
         }
-        all.sort_by_key(|e| e.get("ms").and_then(|m| m.as_u64()).unwrap_or(0));
+        all.sort_by_key(|e| e.ms.unwrap_or(0));
         all
     }
 
-    fn record(&self, entry: serde_json::Value) -> Result<(), super::StoreError> {
+    fn record(&self, entry: super::Entry) -> Result<(), super::StoreError> {
         // A fix run started or ended: no state changes, but the counters (fix runs) and the
         // history do; one push, like any transition.
-        let Some(key) = entry.get("key").and_then(|k| k.as_str()).map(str::to_owned) else {
+        let Some(key) = entry.key.clone() else {
             return Ok(());
         };
+        let entry = serde_json::Value::from(entry);
         let limit = self.wait.min(Duration::from_secs(30));
         self.transact(&key, &key, limit, &|| false, |before, view| {
             if view.current.is_none() {
