@@ -576,9 +576,13 @@ fn remote_daemon_stopped_and_restarted_during_a_wait() {
     // A daemon stopped mid-request resets the connection; a stopped one refuses it.
     let said = text(&outs[1].1.stderr);
     assert!(
-        ["Connection refused", "unable to connect", "Connection reset by peer"]
-            .iter()
-            .any(|words| said.contains(words)),
+        [
+            "Connection refused",
+            "unable to connect",
+            "Connection reset by peer"
+        ]
+        .iter()
+        .any(|words| said.contains(words)),
         "in git's own words: {said}"
     );
 }

@@ -56,6 +56,9 @@ fn the_check_meets_the_file_size_limit_as_it_would_without_buildlock() {
     let out = hook_with_file_size_limit(&r, "a1", 1024);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
-    assert!(err.contains("status=153"), "the check's write was killed by SIGXFSZ: {err}");
+    assert!(
+        err.contains("status=153"),
+        "the check's write was killed by SIGXFSZ: {err}"
+    );
     let _ = std::fs::remove_file(r.dir.join("big.out"));
 }

@@ -28,7 +28,7 @@ use crate::os::check::{self, Ending};
 use crate::os::{env, say, signals, time};
 use crate::protocol::exit;
 use crate::protocol::state::{Event, FixSeen, KeyState, Outcome, Status};
-use crate::store::{BaseView, Interrupted};
+use crate::store::{BaseView, StoreError};
 
 const WHO: &str = "buildlock ci";
 /// Fix runs in one `buildlock ci`, whatever `max_fix_attempts` says: a guard against a loop.
@@ -112,8 +112,8 @@ fn uncoordinated(ctx: &Context) -> i32 {
 }
 
 /// Recording the failure failed: interrupted, or coordination itself failed.
-fn coordination_failed(e: &anyhow::Error) -> i32 {
-    if e.is::<Interrupted>() {
+fn coordination_failed(e: &StoreError) -> i32 {
+    if matches!(e, StoreError::Interrupted) {
         return exit::signal(signals::pending().unwrap_or(libc::SIGINT));
     }
     say::say(format!("{WHO}: {e:#}"));
@@ -349,7 +349,7 @@ impl Ci<'_> {
         view: &BaseView,
         passes_seen: Option<u64>,
         seen_silent: Option<(u64, u64)>,
-    ) -> Result<(Assignment, Outcome, KeyState)> {
+    ) -> Result<(Assignment, Outcome, KeyState), StoreError> {
         let ctx = self.ctx;
         let failure = Failure {
             output,

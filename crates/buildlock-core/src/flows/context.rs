@@ -4,22 +4,26 @@ use anyhow::Result;
 
 use crate::os::repo::Repo;
 use crate::protocol::config::{Config, ConfigError};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::protocol::config::Backend;
 use crate::store::local::LocalStore;
+use crate::store::registry::RegistryStore;
 use crate::store::remote::RemoteStore;
-use crate::store::{Policy, Store};
+use crate::store::{Home, Policy, Store};
 
 pub struct Context {
     pub repo: Repo,
     pub config: Config,
     /// The coordination state, whichever backend holds it.
     pub store: Arc<dyn Store>,
+    /// Agents, claims and check slots. Only a local registry exists (in [`Context::home`]), so
+    /// both backends use it: agents on other machines do not see this machine's claims. Chosen
+    /// here, beside the store, so that a remote registry changes this one place.
+    pub registry: Arc<RegistryStore>,
     /// `<git common dir>/buildlock/`: this machine's own files (failure logs, the hook's hand-over
     /// files, the chained hook, the installed binaries), whatever the backend.
-    pub home: PathBuf,
+    pub home: Home,
     pub agent: String,
     /// Why the coordination state cannot be used (a coordination dir that is a symlink or
     /// belongs to another user), if so. The check still runs; a failure then exits 70.
@@ -38,10 +42,10 @@ impl Context {
     pub fn load() -> Result<Context, LoadError> {
         let repo = Repo::discover().map_err(LoadError::Other)?;
         let config = Config::load(&repo.worktree).map_err(LoadError::Config)?;
-        let home = repo.buildlock_dir();
-        // The one place a backend is chosen.
+        let home = Home::new(repo.buildlock_dir());
+        // The one place a backend is chosen (the registry's below: local for both).
         let store: Arc<dyn Store> = match config.backend {
-            Backend::Local => Arc::new(LocalStore::new(home.clone())),
+            Backend::Local => Arc::new(LocalStore::new(home.path().to_owned())),
             Backend::Remote => Arc::new(
                 RemoteStore::new(
                     &repo.git_dir,
@@ -63,17 +67,19 @@ impl Context {
                 })?,
             ),
         };
+        let registry = Arc::new(RegistryStore::new(home.path()));
         let agent = crate::os::env::agent_id(&repo.worktree);
-        let unusable = crate::os::fs::check_owned(&home)
+        let unusable = crate::os::fs::check_owned(home.path())
             .err()
             .map(|e| format!("{e:#}"));
         // Every buildlock program is a sign of life that renews the agent's claims (one syscall,
         // which fails at once for an agent never seen).
-        let seen = crate::store::registry::touch(&home, &agent);
+        let seen = registry.touch(&agent);
         Ok(Context {
             repo,
             config,
             store,
+            registry,
             home,
             agent,
             unusable,

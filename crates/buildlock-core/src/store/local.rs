@@ -10,7 +10,7 @@
 //!                              replaced atomically
 //! leases/<key>-g<N>.json       the lease renewals of generation N's fixer, written by it alone
 //! history.jsonl                one JSON object per event, each with the running totals; capped
-//! logs/                        failure logs (the newest 200)
+//! logs/, run/, bin/, …         this machine's own files, whatever the backend (see `Home`)
 //! ```
 //!
 //! Every state write happens under the election lock and is the commit point of a step: what
@@ -26,7 +26,7 @@
 //! The hook's hot path is [`Store::read_base`]: one small file read, whatever the number of keys
 //! on record.
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::{Read as _, Seek, SeekFrom, Write};
@@ -34,7 +34,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{Applied, BaseView, FixerHold, Policy, Read, Store, Totals};
+use super::{
+    Applied, BaseView, Entry, Finding, FixerHold, Policy, Read, Store, StoreError, Totals,
+};
 use crate::os::bell::{Bell, Listener};
 use crate::os::fs::{self as osfs, Durability, write_atomic};
 use crate::os::lock::{self, Lock};
@@ -56,8 +58,9 @@ const MAX_STATE_BYTES: u64 = 64 << 20;
 /// Broken keys (nobody fixing) kept per base file, the newest.
 pub const KEEP_BROKEN: usize = 64;
 const HISTORY_CAP: u64 = 1 << 20;
-const KEEP_LOGS: usize = 200;
 const ELECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+mod probe;
 
 pub struct LocalStore {
     dir: PathBuf,
@@ -174,7 +177,7 @@ impl Store for LocalStore {
         policy: Policy,
         seen_silent: Option<(u64, Millis)>,
         stop: &dyn Fn() -> bool,
-    ) -> Result<Applied> {
+    ) -> Result<Applied, StoreError> {
         let _lock = self.election_lock(stop)?;
         crate::os::fault::point("election");
 
@@ -239,9 +242,15 @@ impl Store for LocalStore {
                  nobody fixing, and rewriting it",
                 path.display()
             ));
-            entries.push(serde_json::json!({"event": "damaged", "key": key, "reason": why}));
+            entries.push(Entry::from_json(
+                serde_json::json!({"event": "damaged", "key": key, "reason": why}),
+            ));
         }
-        entries.extend(history_entries(key, event, &outcome, &before, &after));
+        entries.extend(
+            history_entries(key, event, &outcome, &before, &after)
+                .into_iter()
+                .map(Entry::from_json),
+        );
         let mut next_totals = totals;
         next_totals.count(event, &outcome, &before, &after);
         if let Err(e) = self.append_history(&entries, next_totals) {
@@ -295,7 +304,7 @@ impl Store for LocalStore {
         last_totals(&self.history_path()).unwrap_or_default()
     }
 
-    fn history(&self) -> Vec<serde_json::Value> {
+    fn history(&self) -> Vec<Entry> {
         osfs::read_bounded(&self.history_path(), 2 * HISTORY_CAP)
             .ok()
             .flatten()
@@ -308,19 +317,19 @@ impl Store for LocalStore {
             .unwrap_or_default()
     }
 
-    fn record(&self, entry: serde_json::Value) -> Result<()> {
+    fn record(&self, entry: Entry) -> Result<(), StoreError> {
         let _lock = self.election_lock(&|| false)?;
         let mut totals = self.totals();
-        totals.count_record(&entry);
-        self.append_history(&[entry], totals)
+        totals.count_record(&serde_json::Value::from(entry.clone()));
+        Ok(self.append_history(&[entry], totals)?)
     }
 
-    fn write_lease(&self, key: &str, lease: &Lease) -> Result<()> {
-        write_atomic(
+    fn write_lease(&self, key: &str, lease: &Lease) -> Result<(), StoreError> {
+        Ok(write_atomic(
             &self.lease_path(key, lease.generation),
             &serde_json::to_vec(lease)?,
             Durability::Atomic,
-        )
+        )?)
     }
 
     fn hold_fixer(
@@ -328,7 +337,7 @@ impl Store for LocalStore {
         key: &str,
         generation: u64,
         timeout: Duration,
-    ) -> Result<Option<FixerHold>> {
+    ) -> Result<Option<FixerHold>, StoreError> {
         let path = self.fixer_lock_path(key, generation);
         Ok(Lock::acquire(&path, timeout, || {})?.map(FixerHold::new))
     }
@@ -360,6 +369,10 @@ impl Store for LocalStore {
         if let Some(listener) = slot.as_mut() {
             listener.wait(fixer.map(std::slice::from_ref).unwrap_or_default(), timeout);
         }
+    }
+
+    fn diagnose(&self) -> Vec<Finding> {
+        probe::findings(&self.dir)
     }
 }
 
@@ -511,7 +524,7 @@ impl LocalStore {
         }
     }
 
-    fn election_lock(&self, stop: &dyn Fn() -> bool) -> Result<Lock> {
+    fn election_lock(&self, stop: &dyn Fn() -> bool) -> Result<Lock, StoreError> {
         let path = self.election_lock_path();
         let lock = Lock::acquire_or_stop(
             &path,
@@ -527,7 +540,7 @@ impl LocalStore {
         .with_context(|| format!("cannot take the election lock in {}", self.dir.display()))?;
         let Some(lock) = lock else {
             if stop() {
-                return Err(anyhow!(super::Interrupted));
+                return Err(StoreError::Interrupted);
             }
             let who = match lock::holder(&path) {
                 Some((pid, true)) => format!(
@@ -540,26 +553,26 @@ impl LocalStore {
                     path.display()
                 ),
             };
-            return Err(anyhow!(
+            return Err(StoreError::Unreachable(format!(
                 "the election lock {} has been held for {} {who}",
                 path.display(),
                 time::human(ELECTION_TIMEOUT),
-            ));
+            )));
         };
         // A second handle must be refused while we hold the lock, or locking is not real here.
         if Lock::try_acquire(&path)?.is_some() {
-            return Err(anyhow!(
+            return Err(StoreError::Refused(format!(
                 "file locking does not work in {} (a network or virtual file system?): buildlock \
                  cannot coordinate here and refuses to pretend; keep the repository on a local disk",
                 self.dir.display()
-            ));
+            )));
         }
         Ok(lock)
     }
 
     /// Appends the entries in one write, the last one carrying the running totals, and keeps the
     /// history within its cap. Under the election lock.
-    fn append_history(&self, entries: &[serde_json::Value], totals: Totals) -> Result<()> {
+    fn append_history(&self, entries: &[Entry], totals: Totals) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -568,12 +581,11 @@ impl LocalStore {
         let mut text = Vec::new();
         for (i, entry) in entries.iter().enumerate() {
             let mut entry = entry.clone();
-            if let Some(obj) = entry.as_object_mut() {
-                obj.insert("time".into(), time::rfc3339(now).into());
-                obj.insert("ms".into(), now.into());
-                if i + 1 == entries.len() {
-                    obj.insert("totals".into(), serde_json::to_value(totals)?);
-                }
+            entry.stamp(now);
+            if i + 1 == entries.len() {
+                entry
+                    .fields
+                    .insert("totals".into(), serde_json::to_value(totals)?);
             }
             serde_json::to_writer(&mut text, &entry)?;
             text.push(b'\n');
@@ -601,37 +613,6 @@ impl LocalStore {
         }
         Ok(())
     }
-}
-
-/// Saves a failure's output under `home/logs/` and returns its path; keeps the newest
-/// [`KEEP_LOGS`].
-pub fn write_log(home: &Path, agent: &str, output: &[u8]) -> Result<PathBuf> {
-    let dir = home.join("logs");
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = format!(
-        "{}-{}-{}.log",
-        time::now(),
-        key::file_stem(agent),
-        std::process::id()
-    );
-    let path = dir.join(name);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .with_context(|| format!("cannot write the failure log {}", path.display()))?;
-    file.write_all(output)
-        .with_context(|| format!("cannot write the failure log {}", path.display()))?;
-    if let Ok(entries) = fs::read_dir(&dir) {
-        let mut logs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-        if logs.len() > KEEP_LOGS {
-            logs.sort();
-            for old in &logs[..logs.len() - KEEP_LOGS] {
-                let _ = fs::remove_file(old);
-            }
-        }
-    }
-    Ok(path)
 }
 
 /// The totals on the last line of the history that has them: read from the end of the file.
@@ -786,13 +767,10 @@ mod tests {
         let t = store.totals();
         assert_eq!((t.fixes, t.fix_runs_avoided), (1, 1));
         let history = store.history();
-        let events: Vec<&str> = history
-            .iter()
-            .map(|e| e["event"].as_str().unwrap())
-            .collect();
+        let events: Vec<&str> = history.iter().map(|e| e.event.as_str()).collect();
         assert_eq!(events, ["failed", "elected", "failed", "waiting", "fixed"]);
         assert_eq!(
-            history.last().unwrap()["totals"]["fixes"],
+            history.last().unwrap().totals().unwrap().fixes,
             1,
             "the history carries the totals"
         );
@@ -881,7 +859,9 @@ mod tests {
             };
             store
                 .append_history(
-                    &[serde_json::json!({"event": "x", "i": i, "pad": pad})],
+                    &[Entry::from_json(
+                        serde_json::json!({"event": "x", "i": i, "pad": pad}),
+                    )],
                     totals,
                 )
                 .unwrap();
@@ -889,11 +869,8 @@ mod tests {
         let len = fs::metadata(store.history_path()).unwrap().len();
         assert!(len <= HISTORY_CAP, "{len}");
         let h = store.history();
-        assert_eq!(h.last().unwrap()["i"], 1499);
-        assert!(
-            h.iter().all(|e| e["event"] == "x"),
-            "cut at a line boundary"
-        );
+        assert_eq!(h.last().unwrap().fields["i"], 1499);
+        assert!(h.iter().all(|e| e.event == "x"), "cut at a line boundary");
         assert_eq!(store.totals().failures, 1499);
     }
 

@@ -11,18 +11,28 @@
 //! decision is the pure state machine's (`protocol::state`); a store only feeds it what it
 //! observed and persists what it returns, atomically.
 
-use anyhow::Result;
 use std::time::Duration;
 
 use crate::os::process::Process;
 use crate::os::time::Millis;
 use crate::protocol::state::{Event, KeyState, Lease, Outcome};
 
+pub mod error;
+pub mod finding;
+pub mod history;
+pub mod home;
 pub mod local;
 pub mod registry;
 pub mod remote;
 
 pub use crate::protocol::ledger::Totals;
+pub use error::StoreError;
+/// The remote's transaction gives up with this (carried in `anyhow`, and recovered typed by
+/// `StoreError::from`) until it speaks [`StoreError`] itself.
+pub(crate) use error::StoreError::Interrupted;
+pub use finding::Finding;
+pub use history::Entry;
+pub use home::Home;
 
 /// What reading a state file found.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,41 +105,28 @@ pub struct BaseView {
     pub damaged: Option<String>,
 }
 
-/// Taking the election lock was given up because the caller was told to stop (a signal, or git
-/// went away): not a coordination failure.
-#[derive(Debug)]
-pub struct Interrupted;
-
-impl std::fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("interrupted while waiting for the election lock")
-    }
-}
-
-impl std::error::Error for Interrupted {}
-
-/// One coordination domain's store. Implementations are safe to use from several processes at
-/// once: `apply` is the only read-decide-write, and it is atomic.
-/// Whether `fixer` never registered and the process elected to register it is gone (this host
-/// only: another host's processes cannot be seen, and are not judged).
-pub fn elector_dead(fixer: &crate::protocol::state::Fixer) -> bool {
-    !fixer.registered
-        && fixer.elector.as_ref().is_some_and(|p| {
-            p.host == crate::os::process::hostname()
-                && match p.start {
-                    Some(_) => !crate::os::process::is_live(p),
-                    // Gone before the hook could read its start time (or no /proc here).
-                    None => !crate::os::process::alive(p.pid),
-                }
-        })
-}
-
+/// One coordination domain's store: the per-key states, and what a flow needs around them.
+///
+/// A backend is chosen once, where the context is built (`flows::context`); flows hold an
+/// `Arc<dyn Store>` and never ask which one they have. Implementations are safe to use from
+/// several processes at once: [`Store::apply`] is the only read-decide-write, and it is atomic.
+///
+/// The methods, by concern:
+/// - **state**: [`read`](Store::read), [`read_base`](Store::read_base), [`apply`](Store::apply),
+///   [`all`](Store::all), [`totals`](Store::totals), [`history`](Store::history),
+///   [`record`](Store::record);
+/// - **liveness** of the fixer: [`write_lease`](Store::write_lease),
+///   [`hold_fixer`](Store::hold_fixer), [`fixer_gone`](Store::fixer_gone),
+///   [`fixer_running`](Store::fixer_running);
+/// - **waking** a waiter: [`watch`](Store::watch), [`wait_change`](Store::wait_change);
+/// - **describing** the store to people: [`backend`](Store::backend),
+///   [`location`](Store::location), [`diagnose`](Store::diagnose), [`fix_ref`](Store::fix_ref).
+///
+/// Reads never fail (what they could not read is in their answer); the steps that write return a
+/// [`StoreError`], whose [`StoreError::Interrupted`] tells a caller that was told to stop from a
+/// coordination failure.
 pub trait Store: Send + Sync {
-    /// `"local"` or `"remote"`, for `status --json`.
-    fn backend(&self) -> &'static str;
-
-    /// Where the state lives, for people (a directory, or refs on a remote).
-    fn location(&self) -> String;
+    // State.
 
     /// A key's state, without any lock.
     fn read(&self, key: &str) -> Read;
@@ -144,7 +141,7 @@ pub trait Store: Send + Sync {
     ///
     /// `seen_silent` is the caller's monotonic observation that the fixer's lease did not move
     /// for a whole `stale_after` (see `Observed::seen_silent`). Waiting for the election gives up
-    /// with [`Interrupted`] as soon as `stop` says so.
+    /// with [`StoreError::Interrupted`] as soon as `stop` says so.
     fn apply(
         &self,
         key: &str,
@@ -153,22 +150,25 @@ pub trait Store: Send + Sync {
         policy: Policy,
         seen_silent: Option<(u64, Millis)>,
         stop: &dyn Fn() -> bool,
-    ) -> Result<Applied>;
+    ) -> Result<Applied, StoreError>;
 
     /// Every key on record, with its base key.
     fn all(&self) -> Vec<(String, KeyState)>;
 
+    /// The running counters of the domain (see `protocol::ledger`).
     fn totals(&self) -> Totals;
 
     /// The history of events, oldest first.
-    fn history(&self) -> Vec<serde_json::Value>;
+    fn history(&self) -> Vec<Entry>;
 
     /// Records an event that changes no state (a fix run started or finished); it counts in the
     /// totals where the ledger says so.
-    fn record(&self, entry: serde_json::Value) -> Result<()>;
+    fn record(&self, entry: Entry) -> Result<(), StoreError>;
+
+    // Liveness of the fixer.
 
     /// Renews a fixer's lease without the election: only that fixer writes it.
-    fn write_lease(&self, key: &str, lease: &Lease) -> Result<()>;
+    fn write_lease(&self, key: &str, lease: &Lease) -> Result<(), StoreError>;
 
     /// Takes the fixer role of `key`'s `generation` for this process, trying for at most
     /// `timeout`: `Ok(None)` when another process holds it. One hold per generation, so a stopped
@@ -178,7 +178,7 @@ pub trait Store: Send + Sync {
         key: &str,
         generation: u64,
         timeout: Duration,
-    ) -> Result<Option<FixerHold>>;
+    ) -> Result<Option<FixerHold>, StoreError>;
 
     /// Whether the fixer that registered a process for `key`'s `generation` has died (its hold is
     /// free). Backends that cannot see a process die answer `false` and rely on the lease.
@@ -191,6 +191,8 @@ pub trait Store: Send + Sync {
         false
     }
 
+    // Waking a waiter.
+
     /// Starts watching `key` for [`Store::wait_change`], before the caller's first look at the
     /// state, so that a change in between is not missed. Whether changes wake the waiter (else
     /// it should look more often).
@@ -201,15 +203,36 @@ pub trait Store: Send + Sync {
     /// every wake-up.
     fn wait_change(&self, key: &str, fixer: Option<&Process>, timeout: Duration);
 
-    /// The backend's own health checks for `buildlock doctor`: `(ok, what was found, what to do
-    /// when it is a problem)`.
-    fn diagnose(&self) -> Vec<(bool, String, String)> {
-        Vec::new()
-    }
+    // Describing the store.
+
+    /// `"local"` or `"remote"`, for `status --json`.
+    fn backend(&self) -> &'static str;
+
+    /// Where the state lives, for people (a directory, or refs on a remote).
+    fn location(&self) -> String;
+
+    /// The backend's own health checks for `buildlock doctor`, which prints them in order: the
+    /// local backend probes its folders and its locks, the remote one the remote's answers.
+    fn diagnose(&self) -> Vec<Finding>;
 
     /// Where a waiter can fetch the fix commit `commit` of `key` (`BUILDLOCK_FIX_REF`), when the
     /// backend publishes it.
     fn fix_ref(&self, _key: &str, _commit: &str) -> Option<String> {
         None
     }
+}
+
+/// Whether `fixer` never registered and the process elected to register it is gone (this host
+/// only: another host's processes cannot be seen, and are not judged). Both backends feed it to
+/// the state machine as `Observed::elector_dead`.
+pub fn elector_dead(fixer: &crate::protocol::state::Fixer) -> bool {
+    !fixer.registered
+        && fixer.elector.as_ref().is_some_and(|p| {
+            p.host == crate::os::process::hostname()
+                && match p.start {
+                    Some(_) => !crate::os::process::is_live(p),
+                    // Gone before the hook could read its start time (or no /proc here).
+                    None => !crate::os::process::alive(p.pid),
+                }
+        })
 }

@@ -62,7 +62,7 @@ impl Limits {
 
 /// The result of one step.
 #[must_use]
-pub struct Applied {
+pub struct RegistryStep {
     pub before: Registry,
     pub after: Registry,
     pub decision: Decision,
@@ -97,6 +97,26 @@ impl RegistryStore {
 
     fn marker(&self) -> PathBuf {
         self.home.join("claimed")
+    }
+
+    /// The bell rung after every change of the registry.
+    pub fn bell(&self) -> crate::os::bell::Bell {
+        bell(&self.home)
+    }
+
+    /// A sign of life of `agent` (see [`touch`]).
+    pub fn touch(&self, agent: &str) -> bool {
+        touch(&self.home, agent)
+    }
+
+    /// Writes `seen/<agent>` for an agent that has none (see [`seen`]).
+    pub fn seen(&self, agent: &str, describe: impl FnOnce() -> Seen) {
+        seen(&self.home, agent, describe)
+    }
+
+    /// Agents seen within `ttl` (see [`seen_agents`]).
+    pub fn seen_agents(&self, now: crate::os::time::Millis, ttl: u64) -> Vec<Seen> {
+        seen_agents(&self.home, now, ttl)
     }
 
     pub fn slot_lock_path(&self, slot: usize) -> PathBuf {
@@ -162,7 +182,7 @@ impl RegistryStore {
     }
 
     /// One read-decide-write step under the registry lock.
-    pub fn apply(&self, request: &Request, limits: Limits) -> Result<Applied> {
+    pub fn apply(&self, request: &Request, limits: Limits) -> Result<RegistryStep> {
         let _lock = self.lock()?;
         let mut before = match self.read_file() {
             Ok(reg) => reg,
@@ -246,7 +266,7 @@ impl RegistryStore {
                 let _ = std::fs::remove_file(self.marker());
             }
         }
-        Ok(Applied {
+        Ok(RegistryStep {
             before,
             after,
             decision,

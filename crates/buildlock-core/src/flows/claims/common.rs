@@ -14,14 +14,10 @@ use crate::os::time::{self, Millis, human, rfc3339};
 use crate::os::{env, process, say};
 use crate::protocol::claims::{self, Claim, Conflict, DEFAULT_PRIORITY, Mode, Registry, Who};
 use crate::protocol::exit;
-use crate::store::registry::{Limits, RegistryStore};
+use crate::store::registry::Limits;
 
 /// How long a waiter sleeps at most between two looks when nothing wakes it.
 pub const FALLBACK: Duration = Duration::from_secs(1);
-
-pub fn store(ctx: &Context) -> RegistryStore {
-    RegistryStore::new(&ctx.home)
-}
 
 pub fn limits(ctx: &Context) -> Limits {
     Limits {
@@ -64,7 +60,7 @@ pub fn priority_or_default() -> u8 {
 /// Appends the registry's events to the shared history (`buildlock log`).
 pub fn record(ctx: &Context, events: Vec<Value>) {
     for e in events {
-        if let Err(err) = ctx.store.record(e) {
+        if let Err(err) = ctx.store.record(crate::store::Entry::from_json(e)) {
             say::warn(format!(
                 "could not record a claims event in the history: {err:#}"
             ));

@@ -23,7 +23,6 @@ use crate::os::time::{self, human, rfc3339};
 use crate::os::{changes, env, process, say, signals};
 use crate::protocol::claims::{Blocked, PathConflict, Request};
 use crate::protocol::exit;
-use crate::store::registry;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GuardOutcome {
@@ -38,7 +37,7 @@ pub fn guard(ctx: &Context) -> Result<GuardOutcome> {
     if !ctx.config.claims_guard || !env::coordination_enabled() {
         return Ok(GuardOutcome::Clear);
     }
-    let store = cl::store(ctx);
+    let store = &ctx.registry;
     if !store.any_claims() {
         return Ok(GuardOutcome::Clear);
     }
@@ -59,7 +58,7 @@ pub fn guard(ctx: &Context) -> Result<GuardOutcome> {
 
 /// The guard against a fixed set of changed paths (while waiting: the commit does not change).
 fn recheck(ctx: &Context, changed: &[String]) -> Vec<PathConflict> {
-    let reg = cl::store(ctx).read();
+    let reg = ctx.registry.read();
     reg.guard(&ctx.agent, changed, time::now(), cl::limits(ctx).ttl_ms())
 }
 
@@ -83,8 +82,8 @@ pub fn wait_release(
     parent: Option<u32>,
 ) -> Result<GuardWait> {
     signals::install();
-    let store = cl::store(ctx);
-    let mut watch = registry::bell(store.home()).listen();
+    let store = &ctx.registry;
+    let mut watch = store.bell().listen();
     let mut conflicts = recheck(ctx, changed);
     if conflicts.is_empty() {
         return Ok(GuardWait::Clear);
@@ -257,10 +256,10 @@ pub fn in_hook(ctx: &Context, parent: u32) -> Option<i32> {
 
 fn record_conflict(ctx: &Context, conflicts: &[PathConflict]) {
     let paths: Vec<&str> = conflicts.iter().map(|c| c.path.as_str()).collect();
-    let _ = ctx
-        .store
-        .record(serde_json::json!({"event": "conflict", "agent": ctx.agent,
-        "holder": conflicts[0].agent, "paths": paths, "by": "commit"}));
+    let _ = ctx.store.record(crate::store::Entry::from_json(
+        serde_json::json!({"event": "conflict",
+        "agent": ctx.agent, "holder": conflicts[0].agent, "paths": paths, "by": "commit"}),
+    ));
 }
 
 /// commit-retry's call after its hook refused on a claim (`d.claimed`: the paths): waits within

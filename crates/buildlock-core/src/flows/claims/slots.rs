@@ -23,13 +23,13 @@ use crate::os::lock::Lock;
 use crate::os::time::{self, human};
 use crate::os::{env, say, signals};
 use crate::protocol::claims::{Decision, Request, SlotHolder};
-use crate::store::registry::{self, Limits, RegistryStore};
+use crate::store::registry::{Limits, RegistryStore};
 
 /// A check slot held by this process. Dropping it frees the slot: the lock first (so a waiter that
 /// looks finds it free), then the registry entry (which wakes the waiters).
 #[must_use = "the slot is released when this is dropped"]
 pub struct SlotHold {
-    store: RegistryStore,
+    store: std::sync::Arc<RegistryStore>,
     limits: Limits,
     ticket: u64,
     pub slot: usize,
@@ -64,9 +64,9 @@ pub fn take(
         return Ok(Ok(None));
     }
     signals::install();
-    let store = cl::store(ctx);
+    let store = ctx.registry.clone();
     let limits = cl::limits(ctx);
-    let mut watch = registry::bell(store.home()).listen();
+    let mut watch = store.bell().listen();
     let me = cl::who(ctx, cl::priority_or_default());
     let start = Instant::now();
     let mut ticket: Option<u64> = None;
@@ -162,7 +162,7 @@ pub fn take(
                     env::poll_interval()
                 };
                 watch.wait(&procs, nap);
-                registry::touch(&ctx.home, &ctx.agent);
+                ctx.registry.touch(&ctx.agent);
             }
             // Our place was lost (the registry was reset): queue again.
             Decision::Gone => ticket = None,

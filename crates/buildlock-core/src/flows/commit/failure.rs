@@ -48,7 +48,7 @@ pub struct Recorded {
 /// to remove).
 pub fn record(ctx: &Context, f: Failure<'_>, stop: &dyn Fn() -> bool) -> Result<Recorded> {
     let sig = signature::signature(f.output, &ctx.repo.worktree, env::home_dir().as_deref());
-    let log = match crate::store::local::write_log(&ctx.home, &ctx.agent, f.output) {
+    let log = match ctx.home.write_log(&ctx.agent, f.output) {
         Ok(log) => Some(log),
         Err(e) => {
             say::warn(format!("{e:#}; going on without a failure log"));

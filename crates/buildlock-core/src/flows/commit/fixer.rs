@@ -19,7 +19,7 @@ use crate::os::check::{self, Ending};
 use crate::os::process::{self, Process, Stopped};
 use crate::os::{env, say, time};
 use crate::protocol::state::{Event, Outcome};
-use crate::store::{FixerHold, Read};
+use crate::store::{Entry, FixerHold, Read};
 
 /// What a breakage's fixer works on: from the hook's decision, or `buildlock ci`'s election.
 #[derive(Clone, Debug)]
@@ -166,15 +166,18 @@ impl Role {
             if let Err(e) = store.apply(&a.key, &a.base, &event, ctx.policy(), None, &stop) {
                 say::warn(format!("could not record the fix process: {e:#}"));
             }
-            let _ = store.record(serde_json::json!({"event": "fix_started", "key": a.key,
-                "agent": ctx.agent, "generation": a.generation, "attempt": attempt}));
+            let _ = store.record(Entry::from_json(serde_json::json!({"event": "fix_started",
+                "key": a.key, "agent": ctx.agent, "generation": a.generation,
+                "attempt": attempt})));
             crate::os::fault::point("fix");
         };
         let run = shell(ctx, command, env, &mut on_start, &|| self.fenced())?;
         let taken_over = self.fenced();
-        let _ = store.record(serde_json::json!({"event": "fix_finished", "key": a.key,
-            "agent": ctx.agent, "generation": a.generation, "attempt": attempt,
-            "ok": run.ending == Ending::Passed, "took_ms": run.took.as_millis() as u64}));
+        let _ = store.record(Entry::from_json(
+            serde_json::json!({"event": "fix_finished",
+            "key": a.key, "agent": ctx.agent, "generation": a.generation, "attempt": attempt,
+            "ok": run.ending == Ending::Passed, "took_ms": run.took.as_millis() as u64}),
+        ));
         Ok(match run.ending {
             Ending::Signal(n) => FixEnd::Signal(n),
             _ if taken_over => FixEnd::TakenOver,

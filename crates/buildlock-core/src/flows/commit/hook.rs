@@ -12,7 +12,6 @@
 
 use anyhow::Result;
 use std::ffi::OsString;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::flows::commit::decision::{Decision, Verdict};
@@ -25,16 +24,11 @@ use crate::os::check::{self, Ending};
 use crate::os::{env, say, signals, time};
 use crate::protocol::exit;
 use crate::protocol::state::{Event, FixSeen, Fixer, KeyState, Lease, Liveness, Outcome, Status};
-use crate::store::{BaseView, Interrupted, registry};
+use crate::store::{BaseView, StoreError, registry};
 
 /// Re-runs of a check whose failure was stale (the build was fixed while it ran); after that
 /// the failure counts, whatever happened meanwhile.
 const MAX_STALE_RERUNS: u32 = 2;
-
-/// Where install.sh keeps a pre-existing hook that buildlock chains.
-pub fn chained_hook(buildlock_dir: &std::path::Path) -> PathBuf {
-    buildlock_dir.join("chained").join("pre-commit")
-}
 
 pub fn main(args: Vec<OsString>) -> i32 {
     signals::install();
@@ -57,10 +51,11 @@ pub fn main(args: Vec<OsString>) -> i32 {
     };
     // Behind a hook manager that re-installed itself in front of us (and that we also chain),
     // say so: its checks run twice. Only where a hook is chained (one stat otherwise).
-    if chained_hook(&ctx.home).exists() {
-        if let Some(warning) =
-            crate::flows::operator::installation::hook_warning(&ctx.repo.hooks_dir(), &ctx.home)
-        {
+    if ctx.home.chained_hook().exists() {
+        if let Some(warning) = crate::flows::operator::installation::hook_warning(
+            &ctx.repo.hooks_dir(),
+            ctx.home.path(),
+        ) {
             say::warn(warning);
         }
     }
@@ -80,7 +75,7 @@ fn the_check(ctx: &Context, args: Vec<OsString>) -> Option<check::Command> {
     if let Some(check) = &ctx.config.check {
         return Some(check::Command::Shell(check.clone()));
     }
-    let chained = chained_hook(&ctx.home);
+    let chained = ctx.home.chained_hook();
     use std::os::unix::fs::PermissionsExt;
     let executable = std::fs::metadata(&chained)
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
@@ -160,7 +155,7 @@ impl Hook<'_> {
             }
             let failed = match self.failed(&run.output, &view, passes_seen, seen_silent.take()) {
                 Ok(failed) => failed,
-                Err(e) if e.is::<Interrupted>() => return self.stopped(),
+                Err(StoreError::Interrupted) => return self.stopped(),
                 Err(e) => return coordination_failed(&format!("{e:#}")),
             };
             let (decision, fixer_since) = match failed {
@@ -363,7 +358,7 @@ impl Hook<'_> {
         view: &BaseView,
         passes_seen: Option<u64>,
         seen_silent: Option<(u64, u64)>,
-    ) -> Result<Failed> {
+    ) -> Result<Failed, StoreError> {
         let ctx = self.ctx;
         let base = ctx.base();
         let failure = Failure {
@@ -433,7 +428,11 @@ impl Hook<'_> {
                 d.fix_commit = Some(commit.clone());
                 tell_take_fix(commit, by, env::decision_file().is_some());
             }
-            other => anyhow::bail!("unexpected outcome of a failed check: {other:?}"),
+            other => {
+                return Err(
+                    anyhow::anyhow!("unexpected outcome of a failed check: {other:?}").into(),
+                );
+            }
         }
         Ok(Failed::Decided(d, fixer_since))
     }
@@ -654,7 +653,7 @@ fn elector(ctx: &Context) -> Option<crate::os::process::Process> {
 /// The agent's first commit: listed by `buildlock agents` from now on (later commits only renew
 /// it, with the touch every program makes when it loads).
 fn first_commit_seen(ctx: &Context) {
-    registry::seen(&ctx.home, &ctx.agent, || registry::Seen {
+    ctx.registry.seen(&ctx.agent, || registry::Seen {
         agent: ctx.agent.clone(),
         host: crate::os::process::hostname(),
         worktree: ctx.repo.worktree.clone(),

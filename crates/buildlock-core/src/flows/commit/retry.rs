@@ -139,7 +139,7 @@ pub fn resume(args: Vec<OsString>) -> i32 {
         ),
         // No private temp folder: hand over in the coordination dir, and commit again, this
         // time with the hook told where to say what it decided.
-        None => (Handover::in_dir(ctx.home.join("run")), None),
+        None => (Handover::in_dir(ctx.home.run()), None),
     };
     handover.remove_old();
     let mut retry = Retry::new(&ctx, args, handover);

@@ -9,27 +9,17 @@
 
 use anyhow::Result;
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::flows::commit::hook::chained_hook;
 use crate::flows::context::Context;
 use crate::flows::operator::ops::fixer_liveness;
 use crate::flows::operator::shell_words::command_names;
-use crate::os::lock::Lock;
 use crate::out;
 use crate::protocol::exit;
 use crate::protocol::state::Liveness;
-
-/// The coordination dir's sub-folders the store writes, and what each holds.
-const FOLDERS: [(&str, &str); 4] = [
-    ("state", "the build state of each key"),
-    ("locks", "the election and fixer locks"),
-    ("logs", "failure logs"),
-    ("leases", "fixers' heartbeats"),
-];
+use crate::store::finding::Level;
 
 /// Prints findings and counts problems.
 struct Report {
@@ -80,17 +70,17 @@ pub fn run(ctx: &Context) -> Result<i32> {
     check_findings(ctx, &mut r)?;
     command_findings(ctx, &mut r)?;
     hook_findings(ctx, &mut r)?;
-    coordination_dir_findings(ctx, &mut r)?;
     out!(
         "state       {} (backend `{}`)",
         ctx.store.location(),
         ctx.store.backend()
     )?;
-    for (good, what, todo) in ctx.store.diagnose() {
-        if good {
-            r.ok(what)?;
-        } else {
-            r.problem(what, todo)?;
+    for f in ctx.store.diagnose() {
+        match f.level {
+            Level::Ok => r.ok(f.what)?,
+            Level::Note => r.note(f.what)?,
+            Level::Problem => r.problem(f.what, f.todo)?,
+            Level::Size => out!("size     {}", f.what)?,
         }
     }
     for (_, s) in ctx.store.all() {
@@ -137,7 +127,7 @@ fn config_files(ctx: &Context) -> String {
 
 /// (a) the check's commands exist; (b) a chained hook that `check` silently replaces.
 fn check_findings(ctx: &Context, r: &mut Report) -> Result<()> {
-    let chained = chained_hook(&ctx.home);
+    let chained = ctx.home.chained_hook();
     let chained_exists = fs::symlink_metadata(&chained).is_ok();
     match &ctx.config.check {
         Some(check) => {
@@ -328,235 +318,6 @@ fn missing_commands(worktree: &Path, names: &[String]) -> Vec<(String, String)> 
     missing
 }
 
-/// (c) the coordination dir and its folders can really be written, and locking works in them;
-/// (d) how big they are.
-fn coordination_dir_findings(ctx: &Context, r: &mut Report) -> Result<()> {
-    let home = ctx.home.as_path();
-    let mut dirs: Vec<(PathBuf, &str)> = vec![(home.to_owned(), "history and totals")];
-    dirs.extend(FOLDERS.iter().map(|(name, what)| (home.join(name), *what)));
-    let mut writable = true;
-    for (dir, what) in &dirs {
-        match fs::symlink_metadata(dir) {
-            Ok(m) if !m.is_dir() && !fs::metadata(dir).is_ok_and(|m| m.is_dir()) => {
-                writable = false;
-                r.problem(
-                    format!(
-                        "{} is not a folder, so buildlock cannot write {what} there: every failure's coordination fails",
-                        dir.display()
-                    ),
-                    format!(
-                        "move it away (`mv {0} {0}.bak`); buildlock creates the folder again",
-                        shell_quote(&dir.display().to_string())
-                    ),
-                )?;
-            }
-            Ok(_) => {
-                if let Err(e) = write_probe(dir) {
-                    writable = false;
-                    r.problem(
-                        format!(
-                            "cannot write in {} ({what}): {e}",
-                            dir.display()
-                        ),
-                        format!(
-                            "make it writable for the user who commits (`ls -ld {0}`; `lsattr -d {0}` shows an immutable flag)",
-                            shell_quote(&dir.display().to_string())
-                        ),
-                    )?;
-                }
-            }
-            // Not created yet: the first failure creates it inside its nearest existing parent.
-            Err(_) => {
-                let parent = dir.ancestors().find(|a| a.is_dir()).unwrap_or(home);
-                if parent.starts_with(home) {
-                    continue; // the coordination dir itself was probed first
-                }
-                if let Err(e) = write_probe(parent) {
-                    writable = false;
-                    r.problem(
-                        format!(
-                            "{} does not exist yet and cannot be created in {}: {e}",
-                            dir.display(),
-                            parent.display()
-                        ),
-                        format!(
-                            "make {} writable for the user who commits",
-                            shell_quote(&parent.display().to_string())
-                        ),
-                    )?;
-                }
-            }
-        }
-    }
-    if writable {
-        r.ok(format!(
-            "the coordination dir {} is writable (a probe file was created, written and removed in each folder)",
-            home.display()
-        ))?;
-    }
-    match lock_probe(home) {
-        Ok(true) => r.ok(format!("file locking works in {}", home.display()))?,
-        Ok(false) => r.problem(
-            format!(
-                "file locking does NOT work in {} (a network or virtual file system?): buildlock cannot coordinate here",
-                home.display()
-            ),
-            "keep the repository's git directory on a local disk (all agents must reach the same git common dir)",
-        )?,
-        // Not a second problem when the dir cannot be written at all: said above.
-        Err(e) if writable => r.problem(
-            format!("cannot test locking in {}: {e}", home.display()),
-            "make the coordination dir writable for the user who commits",
-        )?,
-        Err(_) => {}
-    }
-    for entry in fs::read_dir(home.join("state"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        if entry.file_name().to_string_lossy().starts_with('.') {
-            r.note(format!(
-                "stray temp file {} (a writer was killed; the next write removes it)",
-                entry.path().display()
-            ))?;
-        }
-    }
-    bell_findings(home, r)?;
-    size_findings(home)
-}
-
-/// The bells (FIFOs that wake waiters): something else in their place does not break
-/// coordination, but waiters then notice a fix only at their next look, seconds later.
-fn bell_findings(home: &Path, r: &mut Report) -> Result<()> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    for name in ["state", "registry"] {
-        let path = home.join(format!("{name}.bell"));
-        let Ok(meta) = fs::symlink_metadata(&path) else {
-            continue; // made by the first waiter
-        };
-        let ours = meta.uid() == crate::os::process::euid();
-        if !meta.file_type().is_fifo() || !ours {
-            r.problem(
-                format!(
-                    "{} is not a FIFO of yours, so waiters are not woken by changes: they notice \
-                     a fix only at their next look, seconds later",
-                    path.display()
-                ),
-                format!(
-                    "remove it (`rm {}`); the next waiter makes it again",
-                    shell_quote(&path.display().to_string())
-                ),
-            )?;
-        }
-    }
-    Ok(())
-}
-
-/// Creates, writes, syncs and removes a fresh file in `dir`.
-fn write_probe(dir: &Path) -> std::io::Result<()> {
-    let path = dir.join(format!(".doctor-{}.probe", std::process::id()));
-    let result = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .and_then(|mut f| {
-            f.write_all(b"buildlock doctor write probe\n")?;
-            f.sync_all()
-        });
-    let removed = fs::remove_file(&path);
-    result?;
-    removed
-}
-
-/// Takes a lock on a fresh file in `locks/` and checks that a second take is refused, as it must
-/// be between two agents. Removes the file.
-fn lock_probe(home: &Path) -> std::io::Result<bool> {
-    let locks = home.join("locks");
-    // A missing locks/ is created by the first election; probe in the coordination dir then.
-    let dir = if locks.is_dir() {
-        locks
-    } else {
-        home.to_owned()
-    };
-    if !dir.is_dir() {
-        return Ok(true); // nothing exists yet: the write probe above spoke for the parent
-    }
-    let path = dir.join(format!(".doctor-{}.lock", std::process::id()));
-    let result = (|| {
-        let Some(_held) = Lock::try_acquire(&path)? else {
-            return Ok(false);
-        };
-        Ok(Lock::try_acquire(&path)?.is_none())
-    })();
-    let _ = fs::remove_file(&path);
-    result
-}
-
-/// (d) files and bytes in each folder, and in all.
-fn size_findings(home: &Path) -> Result<()> {
-    fn walk(path: &Path, files: &mut u64, bytes: &mut u64) {
-        let Ok(m) = fs::symlink_metadata(path) else {
-            return;
-        };
-        if m.is_dir() {
-            for e in fs::read_dir(path).into_iter().flatten().flatten() {
-                walk(&e.path(), files, bytes);
-            }
-        } else {
-            *files += 1;
-            *bytes += m.len();
-        }
-    }
-    if !home.is_dir() {
-        return Ok(out!(
-            "size     {} does not exist yet: it is created at the first failure",
-            home.display()
-        )?);
-    }
-    let mut parts = Vec::new();
-    let (mut all_files, mut all_bytes) = (0, 0);
-    for name in [
-        "state",
-        "locks",
-        "logs",
-        "leases",
-        "history.jsonl",
-        "totals.json",
-    ] {
-        let (mut files, mut bytes) = (0, 0);
-        walk(&home.join(name), &mut files, &mut bytes);
-        all_files += files;
-        all_bytes += bytes;
-        if name.contains('.') {
-            if files > 0 {
-                parts.push(format!("{name} {}", human_bytes(bytes)));
-            }
-        } else {
-            parts.push(format!(
-                "{name}/ {files} file{} {}",
-                if files == 1 { "" } else { "s" },
-                human_bytes(bytes)
-            ));
-        }
-    }
-    out!(
-        "size     {}: {all_files} files, {} ({}); logs keep the last 200, history its last MiB",
-        home.display(),
-        human_bytes(all_bytes),
-        parts.join(", ")
-    )?;
-    Ok(())
-}
-
-fn human_bytes(n: u64) -> String {
-    match n {
-        0..1024 => format!("{n} B"),
-        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
-        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
-    }
-}
-
 /// The hooks directory git uses: `core.hooksPath` (relative to the work tree) or the common dir's.
 pub fn hooks_dir(ctx: &Context) -> PathBuf {
     ctx.repo.hooks_dir()
@@ -564,7 +325,7 @@ pub fn hooks_dir(ctx: &Context) -> PathBuf {
 
 /// The installed binaries: `<common dir>/buildlock/bin/`.
 fn bin_dir(ctx: &Context) -> PathBuf {
-    ctx.home.join("bin")
+    ctx.home.bin()
 }
 
 /// How to put buildlock's hook back, with what exists here.
@@ -587,7 +348,7 @@ fn reinstall_hint(ctx: &Context, hook: &Path) -> String {
 
 fn hook_findings(ctx: &Context, r: &mut Report) -> Result<()> {
     let hook = hooks_dir(ctx).join("pre-commit");
-    let found = crate::flows::operator::installation::inspect(&hooks_dir(ctx), &ctx.home);
+    let found = crate::flows::operator::installation::inspect(&hooks_dir(ctx), ctx.home.path());
     if found.is_ours() {
         let exec = fs::metadata(&hook).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
         if !exec && !fs::symlink_metadata(&hook).is_ok_and(|m| m.file_type().is_symlink()) {

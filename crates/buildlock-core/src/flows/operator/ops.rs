@@ -68,7 +68,7 @@ pub fn status_json(ctx: &Context) -> Value {
     json!({
         "repository": ctx.repo.worktree,
         "backend": ctx.store.backend(),
-        "coordination_dir": ctx.home,
+        "coordination_dir": ctx.home.path(),
         "state": ctx.store.location(),
         "agent": ctx.agent,
         "keys": keys,
@@ -327,7 +327,7 @@ pub fn reset(ctx: &Context, key: Option<&str>) -> Result<i32> {
 }
 
 pub fn log(ctx: &Context, as_json: bool, n: usize) -> Result<i32> {
-    let history = ctx.store.history();
+    let history: Vec<Value> = ctx.store.history().into_iter().map(Value::from).collect();
     let shown = &history[history.len().saturating_sub(n)..];
     // The agent column fits the longest id shown (default ids are `<host>:<work tree path>`).
     let agent_width = shown

@@ -281,7 +281,7 @@ impl Store for RemoteStore {
         policy: Policy,
         seen_silent: Option<(u64, Millis)>,
         stop: &dyn Fn() -> bool,
-    ) -> Result<Applied> {
+    ) -> Result<Applied, super::StoreError> {
         let done = self.transact(key, base, self.wait, stop, |before, view| {
             let elector_dead = before
                 .fixer
@@ -322,29 +322,31 @@ impl Store for RemoteStore {
         sum
     }
 
-    fn history(&self) -> Vec<serde_json::Value> {
+    fn history(&self) -> Vec<super::Entry> {
         let Ok(views) = self.views() else {
             return Vec::new();
         };
         let Ok(repo) = self.repo() else {
             return Vec::new();
         };
-        let mut all: Vec<serde_json::Value> = Vec::new();
+        let mut all: Vec<super::Entry> = Vec::new();
         for (_, v) in views {
             if let Some(t) = &v.current {
-                all.extend(chain::history(&repo, &t.oid, WALK_LIMIT));
+                let entries = chain::history(&repo, &t.oid, WALK_LIMIT);
+                all.extend(entries.into_iter().map(super::Entry::from_json));
             }
         }
-        all.sort_by_key(|e| e.get("ms").and_then(|m| m.as_u64()).unwrap_or(0));
+        all.sort_by_key(|e| e.ms.unwrap_or(0));
         all
     }
 
-    fn record(&self, entry: serde_json::Value) -> Result<()> {
+    fn record(&self, entry: super::Entry) -> Result<(), super::StoreError> {
         // A fix run started or ended: no state changes, but the counters (fix runs) and the
         // history do; one push, like any transition.
-        let Some(key) = entry.get("key").and_then(|k| k.as_str()).map(str::to_owned) else {
+        let Some(key) = entry.key.clone() else {
             return Ok(());
         };
+        let entry = serde_json::Value::from(entry);
         let limit = self.wait.min(Duration::from_secs(30));
         self.transact(&key, &key, limit, &|| false, |before, view| {
             recorded(before, view, &entry)
@@ -352,7 +354,7 @@ impl Store for RemoteStore {
         Ok(())
     }
 
-    fn write_lease(&self, key: &str, lease: &Lease) -> Result<()> {
+    fn write_lease(&self, key: &str, lease: &Lease) -> Result<(), super::StoreError> {
         let limit = (self.stale_after / 2).clamp(
             Duration::from_millis(500),
             self.wait.max(Duration::from_millis(500)),
@@ -368,7 +370,7 @@ impl Store for RemoteStore {
         _key: &str,
         _generation: u64,
         _timeout: Duration,
-    ) -> Result<Option<FixerHold>> {
+    ) -> Result<Option<FixerHold>, super::StoreError> {
         // Another machine cannot see this process die; the heartbeat is the sign of life.
         Ok(Some(FixerHold::new(())))
     }
@@ -383,7 +385,7 @@ impl Store for RemoteStore {
         true
     }
 
-    fn diagnose(&self) -> Vec<(bool, String, String)> {
+    fn diagnose(&self) -> Vec<super::Finding> {
         self.diagnosis()
     }
 
@@ -642,8 +644,10 @@ mod tests {
             heartbeat: 0,
         };
         a.write_lease("k", &lease).unwrap();
-        a.record(serde_json::json!({"event": "fix_started", "key": "k"}))
-            .unwrap();
+        a.record(crate::store::Entry::from_json(
+            serde_json::json!({"event": "fix_started", "key": "k"}),
+        ))
+        .unwrap();
         let fix = remote.commit_in("a");
         let fixed = a
             .apply(
@@ -674,11 +678,7 @@ mod tests {
         assert_eq!((totals.failures, totals.elections, totals.waits), (2, 1, 1));
         assert_eq!((totals.fixes, totals.fix_runs), (1, 1));
         assert_eq!(b.all().len(), 1);
-        let events: Vec<String> = b
-            .history()
-            .iter()
-            .filter_map(|e| e["event"].as_str().map(str::to_owned))
-            .collect();
+        let events: Vec<String> = b.history().iter().map(|e| e.event.clone()).collect();
         assert!(events.contains(&"fix_started".to_owned()), "{events:?}");
         assert_eq!(b.read_base("k").keys.len(), 1);
     }

@@ -18,6 +18,7 @@ use super::refs::{self, STATE_PREFIX};
 use crate::os::time;
 use crate::protocol::ledger::Totals;
 use crate::protocol::state::KeyState;
+use crate::store::Finding;
 
 impl RemoteStore {
     /// Pushes and deletes a probe ref: whether this machine may write `refs/buildlock/*`.
@@ -77,27 +78,26 @@ impl RemoteStore {
 
     /// `buildlock doctor`'s checks of the remote: it answers (how fast, how many keys), and it
     /// accepts this machine's pushes and deletions under `refs/buildlock/` (see [`Self::probe`]).
-    pub(super) fn diagnosis(&self) -> Vec<(bool, String, String)> {
+    pub(super) fn diagnosis(&self) -> Vec<Finding> {
         let mut out = Vec::new();
         let started = Instant::now();
         match self.git.ls_remote(&[format!("{STATE_PREFIX}*")]) {
-            Ok(refs) => out.push((
-                true,
-                format!(
-                    "the remote `{}` ({}) answers ({} ms; {} key ref(s) under {STATE_PREFIX})",
-                    self.git.remote,
-                    self.url,
-                    started.elapsed().as_millis(),
-                    refs.len()
-                ),
-                String::new(),
-            )),
+            Ok(refs) => out.push(Finding::ok(format!(
+                "the remote `{}` ({}) answers ({} ms; {} key ref(s) under {STATE_PREFIX})",
+                self.git.remote,
+                self.url,
+                started.elapsed().as_millis(),
+                refs.len()
+            ))),
             Err(f) => {
-                out.push((
-                    false,
-                    format!("cannot read the remote `{}` ({}): {f}", self.git.remote, self.url),
+                out.push(Finding::problem(
                     format!(
-                        "make `git ls-remote {} 'refs/buildlock/*'` work here (network, URL, credentials), or set coordination.remote to a remote that does",
+                        "cannot read the remote `{}` ({}): {f}",
+                        self.git.remote, self.url
+                    ),
+                    format!(
+                        "make `git ls-remote {} 'refs/buildlock/*'` work here (network, URL, \
+                         credentials), or set coordination.remote to a remote that does",
                         self.git.remote
                     ),
                 ));
@@ -105,18 +105,14 @@ impl RemoteStore {
             }
         }
         match self.probe() {
-            Ok(()) => out.push((
-                true,
-                format!(
-                    "the remote `{}` accepts pushes to refs/buildlock/* (created and deleted a probe ref)",
-                    self.git.remote
-                ),
-                String::new(),
-            )),
-            Err(m) => out.push((
-                false,
+            Ok(()) => out.push(Finding::ok(format!(
+                "the remote `{}` accepts pushes to refs/buildlock/* (created and deleted a probe ref)",
+                self.git.remote
+            ))),
+            Err(m) => out.push(Finding::problem(
                 m,
-                "give the credentials git uses here permission to create, update and delete refs under refs/buildlock/ (see docs/ci/ for GitHub Actions and GitLab)"
+                "give the credentials git uses here permission to create, update and delete refs \
+                 under refs/buildlock/ (see docs/ci/ for GitHub Actions and GitLab)"
                     .to_owned(),
             )),
         }
@@ -136,8 +132,8 @@ mod tests {
         assert!(remote.refs().is_empty(), "{:?}", remote.refs());
         let checks = store.diagnosis();
         assert_eq!(checks.len(), 2, "{checks:?}");
-        assert!(checks.iter().all(|(ok, _, _)| *ok), "{checks:?}");
-        assert!(checks[0].1.contains("0 key ref(s)"), "{checks:?}");
+        assert!(checks.iter().all(|c| !c.is_problem()), "{checks:?}");
+        assert!(checks[0].what.contains("0 key ref(s)"), "{checks:?}");
     }
 
     #[test]
@@ -156,8 +152,8 @@ mod tests {
         );
         let checks = store.diagnosis();
         assert_eq!(checks.len(), 2);
-        assert!(checks[0].0, "reading works: {checks:?}");
-        assert!(!checks[1].0, "{checks:?}");
+        assert!(!checks[0].is_problem(), "reading works: {checks:?}");
+        assert!(checks[1].is_problem(), "{checks:?}");
     }
 
     #[test]
@@ -167,8 +163,8 @@ mod tests {
         remote.remove();
         let checks = store.diagnosis();
         assert_eq!(checks.len(), 1, "no probe without a read: {checks:?}");
-        let (ok, found, todo) = &checks[0];
-        assert!(!ok);
+        let (found, todo) = (&checks[0].what, &checks[0].todo);
+        assert!(checks[0].is_problem());
         assert!(
             found.starts_with("cannot read the remote `origin`"),
             "{found}"

@@ -741,7 +741,13 @@ mod tests {
             })
             .err()
             .unwrap();
-        assert!(err.downcast_ref::<Interrupted>().is_some(), "{err:#}");
+        assert!(
+            matches!(
+                crate::store::StoreError::from(err),
+                crate::store::StoreError::Interrupted
+            ),
+            "a stop is an interruption"
+        );
         assert!(remote.refs().is_empty());
     }
 

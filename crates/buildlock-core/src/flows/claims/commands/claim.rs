@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::flows::claims::common::{
     describe_claim, describe_conflicts, duration_arg, limits, nap, normalize_all, priority,
-    priority_or_default, progress_every, record, store, ticked, usage, who,
+    priority_or_default, progress_every, record, ticked, usage, who,
 };
 use crate::flows::context::Context;
 use crate::os::bell::{Listener, Wake};
@@ -13,7 +13,7 @@ use crate::os::time::{self, Millis, human};
 use crate::os::{say, signals};
 use crate::protocol::claims::{Decision, Mode, Request, Who};
 use crate::protocol::exit;
-use crate::store::registry::{self, Limits, RegistryStore};
+use crate::store::registry::{Limits, RegistryStore};
 
 /// `buildlock claim` as given on the command line (parsed by the binary, judged here).
 #[derive(Clone, Debug, Default)]
@@ -76,10 +76,10 @@ pub fn claim(ctx: &Context, args: &ClaimArgs) -> Result<i32> {
     } else {
         Mode::Exclusive
     };
-    let reg = store(ctx);
+    let reg = &ctx.registry;
     let limits = limits(ctx);
     // Watch before the first look, so that a release in between is not missed.
-    let watch = wait.map(|_| registry::bell(reg.home()).listen());
+    let watch = wait.map(|_| reg.bell().listen());
     let me = who(ctx, priority);
     let applied = reg.apply(
         &Request::Claim {
@@ -122,7 +122,7 @@ pub fn claim(ctx: &Context, args: &ClaimArgs) -> Result<i32> {
             conflicts,
         } => {
             let limit = wait.unwrap_or_default();
-            let mut watch = watch.unwrap_or_else(|| registry::bell(reg.home()).listen());
+            let mut watch = watch.unwrap_or_else(|| reg.bell().listen());
             say::say(format!(
                 "queued (position {} of the waiting claims, priority {priority}); waiting up to {} for:\n{}",
                 position + 1,
@@ -184,7 +184,7 @@ fn wait_for_grant(
         let next_lapse = now_reg.next_lapse(time::now(), limits.ttl_ms());
         let _: Wake = nap(watch, limit - waited, next_lapse);
         // A sign of life that renews our other claims without rewriting the registry.
-        registry::touch(&ctx.home, &ctx.agent);
+        ctx.registry.touch(&ctx.agent);
         let applied = reg.apply(
             &Request::Claim {
                 who: me.clone(),
@@ -265,7 +265,7 @@ pub fn unclaim(ctx: &Context, all: bool, raw_paths: &[String]) -> Result<i32> {
             Err(e) => return usage(format!("{e}; nothing was released")),
         },
     };
-    let reg = store(ctx);
+    let reg = &ctx.registry;
     let applied = reg.apply(
         &Request::Unclaim {
             who: who(ctx, priority_or_default()),

@@ -6,8 +6,7 @@ use std::time::Instant;
 
 use crate::flows::claims::commands::listing::agent_rows;
 use crate::flows::claims::common::{
-    duration_arg, limits, nap, priority_or_default, progress_every, record, store, ticked, usage,
-    who,
+    duration_arg, limits, nap, priority_or_default, progress_every, record, ticked, usage, who,
 };
 use crate::flows::context::Context;
 use crate::os::time::{self, Millis, human};
@@ -15,11 +14,11 @@ use crate::os::{say, signals};
 use crate::protocol::claims::{self, Decision, Request};
 use crate::protocol::exit;
 use crate::protocol::state::Status;
-use crate::store::registry::{self, RegistryStore};
+use crate::store::registry::RegistryStore;
 
 /// `buildlock done`: release every claim of this agent and mark it done.
 pub fn done(ctx: &Context) -> Result<i32> {
-    let applied = store(ctx).apply(
+    let applied = ctx.registry.apply(
         &Request::Done {
             who: who(ctx, priority_or_default()),
         },
@@ -55,14 +54,14 @@ pub fn wait_for(ctx: &Context, names: &[String], timeout: Option<&str>) -> Resul
         Some(Ok(d)) => d,
         Some(Err(e)) => return usage(e),
     };
-    let reg = store(ctx);
+    let reg = &ctx.registry;
     // A name never seen (a typo) would read as "gone" and let the caller go on at once.
     let known: Vec<String> = agent_rows(ctx).into_iter().map(|a| a.agent).collect();
     let history: std::collections::HashSet<String> = ctx
         .store
         .history()
         .iter()
-        .filter_map(|e| e["agent"].as_str().map(str::to_owned))
+        .filter_map(|e| e.agent().map(str::to_owned))
         .collect();
     let reg_now = reg.read();
     let unknown: Vec<&String> = names
@@ -81,7 +80,7 @@ pub fn wait_for(ctx: &Context, names: &[String], timeout: Option<&str>) -> Resul
         ));
         return Ok(exit::USAGE);
     }
-    let mut watch = registry::bell(reg.home()).listen();
+    let mut watch = reg.bell().listen();
     let start = Instant::now();
     let mut last_progress: Option<Instant> = None;
     loop {

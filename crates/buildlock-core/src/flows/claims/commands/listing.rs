@@ -5,13 +5,12 @@ use anyhow::Result;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-use crate::flows::claims::common::{limits, out, store, until_text};
+use crate::flows::claims::common::{limits, out, until_text};
 use crate::flows::context::Context;
 use crate::os::time::{self, Millis, human, rfc3339};
 use crate::protocol::claims::{self, Claim, DEFAULT_PRIORITY};
 use crate::protocol::exit;
 use crate::protocol::state::Status;
-use crate::store::registry;
 
 /// How `buildlock log` words a claims event (`other`: its name, for events it does not know).
 pub fn log_detail(event: &str, e: &Value) -> String {
@@ -65,7 +64,7 @@ pub fn log_detail(event: &str, e: &Value) -> String {
 
 /// `buildlock claims [--json]`: the live claims and the waiting requests.
 pub fn list(ctx: &Context, as_json: bool) -> Result<i32> {
-    let reg = store(ctx).read();
+    let reg = ctx.registry.read();
     let (now, ttl) = (time::now(), limits(ctx).ttl_ms());
     let live: Vec<&Claim> = reg.live_claims(now, ttl).collect();
     if as_json {
@@ -133,7 +132,7 @@ pub(super) struct AgentRow {
 }
 
 pub(super) fn agent_rows(ctx: &Context) -> Vec<AgentRow> {
-    let reg = store(ctx).read();
+    let reg = ctx.registry.read();
     let (now, ttl) = (time::now(), limits(ctx).ttl_ms());
     let keys = ctx.store.all();
     let fixing = |a: &str| {
@@ -172,7 +171,7 @@ pub(super) fn agent_rows(ctx: &Context) -> Vec<AgentRow> {
             branch: Some(a.branch.clone()),
         });
     }
-    let seen = registry::seen_agents(&ctx.home, now, ttl);
+    let seen = ctx.registry.seen_agents(now, ttl);
     let seen_as = |name: &str| seen.iter().find(|s| s.agent == name);
     // Agents known only from the build state: fixers and waiters.
     for (_, s) in &keys {

@@ -1,0 +1,119 @@
+//! `<git common dir>/buildlock/`: this machine's own files, whatever backend holds the
+//! coordination state.
+//!
+//! ```text
+//! logs/                   failure logs (the newest 200), written by the hook and `buildlock ci`
+//! run/                    commit-retry's hand-over files, when it has no private temp folder
+//! bin/                    the installed binaries (install.sh)
+//! chained/pre-commit      the hook that was there before buildlock's, run after the check
+//! install.manifest        what install.sh installed, to say what to run again
+//! ```
+//!
+//! The local backend keeps its state in the same folder (see [`super::local`]), and so does the
+//! claims registry (see [`super::registry`]). Like cargo's `Filesystem`, a [`Home`] names the
+//! place and the files in it; nothing is created until something is written.
+
+use anyhow::{Context as _, Result};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::os::time;
+use crate::protocol::key;
+
+/// Failure logs kept in `logs/`, the newest.
+pub const KEEP_LOGS: usize = 200;
+
+/// `<git common dir>/buildlock/`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Home {
+    root: PathBuf,
+}
+
+impl Home {
+    pub fn new(root: PathBuf) -> Home {
+        Home { root }
+    }
+
+    /// The folder itself.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// `logs/`: failure logs.
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+
+    /// `run/`: commit-retry's hand-over files, when it has no private temp folder.
+    pub fn run(&self) -> PathBuf {
+        self.root.join("run")
+    }
+
+    /// `bin/`: the installed binaries.
+    pub fn bin(&self) -> PathBuf {
+        self.root.join("bin")
+    }
+
+    /// `chained/pre-commit`: the hook that was there before buildlock's.
+    pub fn chained_hook(&self) -> PathBuf {
+        self.root.join("chained").join("pre-commit")
+    }
+
+    /// Saves a failure's output under `logs/` and returns its path; keeps the newest
+    /// [`KEEP_LOGS`].
+    pub fn write_log(&self, agent: &str, output: &[u8]) -> Result<PathBuf> {
+        let dir = self.logs();
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let name = format!(
+            "{}-{}-{}.log",
+            time::now(),
+            key::file_stem(agent),
+            std::process::id()
+        );
+        let path = dir.join(name);
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .with_context(|| format!("cannot write the failure log {}", path.display()))?;
+        file.write_all(output)
+            .with_context(|| format!("cannot write the failure log {}", path.display()))?;
+        if let Ok(entries) = fs::read_dir(&dir) {
+            let mut logs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+            if logs.len() > KEEP_LOGS {
+                logs.sort();
+                for old in &logs[..logs.len() - KEEP_LOGS] {
+                    let _ = fs::remove_file(old);
+                }
+            }
+        }
+        Ok(path)
+    }
+}
+
+impl AsRef<Path> for Home {
+    fn as_ref(&self) -> &Path {
+        &self.root
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_are_written_under_logs_and_the_newest_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path().join("buildlock"));
+        let first = home.write_log("host:/w", b"error[E0308]").unwrap();
+        assert!(first.starts_with(home.logs()));
+        assert_eq!(fs::read(&first).unwrap(), b"error[E0308]");
+        for i in 0..KEEP_LOGS + 5 {
+            fs::write(home.logs().join(format!("0-old-{i:04}.log")), b"").unwrap();
+        }
+        home.write_log("a", b"x").unwrap();
+        assert_eq!(fs::read_dir(home.logs()).unwrap().count(), KEEP_LOGS);
+        assert!(first.exists(), "the oldest go first");
+    }
+}
