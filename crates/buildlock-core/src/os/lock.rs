@@ -248,11 +248,19 @@ mod tests {
                 let (path, holders) = (path.clone(), holders.clone());
                 std::thread::spawn(move || {
                     for _ in 0..200 {
-                        if let Some(lock) = Lock::try_acquire(&path).unwrap() {
-                            let n = holders.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            assert_eq!(n, 0, "two holders of one lock path");
-                            holders.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                            drop(lock);
+                        match Lock::try_acquire(&path) {
+                            Ok(Some(lock)) => {
+                                let n = holders.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                assert_eq!(n, 0, "two holders of one lock path");
+                                holders.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                                drop(lock);
+                            }
+                            Ok(None) => {}
+                            // Eight threads deleting the path in a loop can replace it under one
+                            // racer eight times in a row (under load): it gives up, holding
+                            // nothing, which is safe.
+                            Err(e) if e.to_string().contains("keeps being replaced") => {}
+                            Err(e) => panic!("{e}"),
                         }
                         remove_if_free(&path);
                     }

@@ -131,7 +131,7 @@ pub fn claim(ctx: &Context, args: &ClaimArgs) -> Result<i32> {
             ));
             wait_for_grant(
                 ctx,
-                &reg,
+                reg,
                 limits,
                 &mut watch,
                 &me,

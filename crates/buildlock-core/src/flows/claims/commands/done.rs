@@ -84,7 +84,7 @@ pub fn wait_for(ctx: &Context, names: &[String], timeout: Option<&str>) -> Resul
     let start = Instant::now();
     let mut last_progress: Option<Instant> = None;
     loop {
-        let (pending, next_gone) = still_running(ctx, &reg, names);
+        let (pending, next_gone) = still_running(ctx, reg, names);
         if pending.is_empty() {
             say::progress_done();
             say::say(format!(
