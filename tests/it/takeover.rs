@@ -438,3 +438,104 @@ fn a_forward_clock_step_does_not_get_a_live_fixer_taken_over() {
     );
     assert!(oa.status.success(), "{}", text(&oa.stderr));
 }
+
+/// commit-retry is SIGKILLed mid-fix and a plain `git commit` (no commit-retry, so no fix of its
+/// own) takes over: the orphaned fix is stopped by that commit's hook, at once.
+// regression: the orphan ran on until the new fixer later ran a fix of its own
+#[test]
+fn a_plain_commit_that_takes_over_stops_the_orphaned_fix_at_once() {
+    let r = shared_status_repo("60", "[hook]\nwait = false\n");
+    let (ta, tb) = (r.worktree("ta"), r.worktree("tb"));
+    r.stage_change(&ta, "fa");
+    r.stage_change(&tb, "fb");
+    let first = r.commit_retry(&ta, "a");
+    assert!(eventually(Duration::from_secs(30), || fix_on_record(&r, 1)));
+    signal(&first, libc::SIGKILL);
+    let _ = wait_output(first, Duration::from_secs(5));
+    let out = r.git_commit(&tb, "b", "b work").output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "b is the fixer now: {err}");
+    assert!(err.contains("you are the FIXER"), "{err}");
+    assert!(err.contains("stopped the previous fixer's fix"), "{err}");
+    // The orphan's own trap wrote its last line before the hook returned.
+    let log = witness_log(&r.root);
+    assert_eq!(starts(&log).len(), 1, "{log:?}");
+    assert!(
+        log.iter().any(|l| l.starts_with("stopped a")),
+        "stopped before the hook returned: {log:?}"
+    );
+}
+
+/// The fix starts a daemon in a session of its own (as gpg-agent, sccache or a build server
+/// does) and is orphaned; the next fixer stops the fix and nothing else: the daemon lives on,
+/// and the message names what was stopped.
+// regression: every process group carrying the fix's token was killed, daemons included
+#[test]
+fn stopping_an_orphaned_fix_spares_a_daemon_it_started_in_a_session_of_its_own() {
+    let r = TestRepo::new("");
+    let status = r.shared("status");
+    let daemon_pid = r.shared("daemon.pid");
+    let fix = r.shared("fix.sh");
+    std::fs::write(
+        &fix,
+        format!(
+            "if [ \"$BUILDLOCK_AGENT\" = a ]; then\n\
+               setsid sh -c 'echo $$ > {pid}; exec sleep 300' </dev/null >/dev/null 2>&1 &\n\
+               sleep 60\n\
+             fi\n\
+             echo ok > {status}\n",
+            pid = daemon_pid.display(),
+            status = status.display()
+        ),
+    )
+    .unwrap();
+    r.configure(&format!(
+        "check = \"grep -qx ok {s}\"\n[fix]\ncommand = \"sh {f}\"\n",
+        s = status.display(),
+        f = fix.display()
+    ));
+    std::fs::write(&status, "broken\n").unwrap();
+    let (ta, tb) = (r.worktree("ta"), r.worktree("tb"));
+    r.stage_change(&ta, "fa");
+    r.stage_change(&tb, "fb");
+    let first = r.commit_retry(&ta, "a");
+    let daemon = || -> Option<u32> {
+        std::fs::read_to_string(&daemon_pid)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    assert!(eventually(Duration::from_secs(30), || daemon().is_some()
+        && r.state()["keys"][0]["fixer"]["fix_pid"].is_u64()));
+    let daemon = daemon().unwrap();
+    signal(&first, libc::SIGKILL);
+    let _ = wait_output(first, Duration::from_secs(5));
+    // b takes over with commit-retry, stops a's fix, runs its own and commits.
+    let out = wait_output(r.commit_retry(&tb, "b"), Duration::from_secs(60));
+    let err = text(&out.stderr);
+    // The daemon is stopped only by this test, whatever the assertions say.
+    let cleanup = scopeguard(daemon);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        alive(daemon),
+        "the daemon in its own session lives on: {err}"
+    );
+    assert!(
+        err.contains("stopped the previous fixer's fix: process group"),
+        "{err}"
+    );
+    assert!(err.contains("sleep"), "names what was stopped: {err}");
+    drop(cleanup);
+}
+
+/// Kills `pid` when dropped (a process the test itself started).
+fn scopeguard(pid: u32) -> impl Drop {
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+    Kill(pid)
+}

@@ -1,10 +1,11 @@
 //! Facts about processes: our host name, a process's start time, whether it still runs, and
-//! stopping a process group that buildlock itself started; signalling a child, naming this
-//! process and its user id.
+//! stopping the process group of a fix that buildlock itself started.
 //!
 //! Rule: a process group read from state is signalled only when one of its processes carries
 //! the fix's token in its environment (see [`stop_group`]), so neither a recycled pid nor a
-//! crafted state file can aim a signal at an unrelated process.
+//! crafted state file can aim a signal at an unrelated process. And only that group: a process
+//! the fix started that left it for a group or session of its own (a daemon: gpg-agent, sccache,
+//! a build server) is not the fix, and lives on.
 
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
@@ -43,6 +44,8 @@ pub struct Stat {
     pub state: String,
     /// The process group.
     pub pgrp: u32,
+    /// The session.
+    pub session: u32,
     /// Start time in clock ticks since boot (field 22).
     pub start: u64,
 }
@@ -56,6 +59,7 @@ impl Stat {
         Some(Stat {
             state: (*fields.first()?).to_owned(),
             pgrp: fields.get(2)?.parse().ok()?,
+            session: fields.get(3)?.parse().ok()?,
             start: fields.get(19)?.parse().ok()?,
         })
     }
@@ -95,56 +99,53 @@ fn all_processes() -> Vec<(u32, Stat)> {
 }
 
 /// What [`stop_group`] found and did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stopped {
-    /// Nothing of that group runs any more.
+    /// Nothing of that fix runs any more.
     NotRunning,
-    /// It ran, and now it is gone.
-    Stopped,
+    /// These processes of the fix's group ran (pid and command name), and now they are gone.
+    Stopped {
+        group: u32,
+        processes: Vec<(u32, String)>,
+    },
     /// Processes run in a group with that number, but they are not that fix (a reused pid, or a
     /// crafted state): left alone.
     NotOurs,
     /// It ran, and even SIGKILL has not ended it yet.
-    StillRunning,
+    StillRunning { group: u32 },
 }
 
 /// Stops the process group of a fix that buildlock started, `p`, and waits until it is gone.
 ///
-/// Identity beyond the state file: the group's processes must be on this host, and one of them
-/// must carry `p.token` in its environment (`BUILDLOCK_FIX_TOKEN`), a secret only that fix's
-/// environment has. A record without a token is never acted on: every fix buildlock starts
-/// carries one, so such a record was crafted (a pid, host and start time are all public, in
-/// `/proc`), and trusting it would let a state file aim buildlock at any process group of the
-/// user. Otherwise nothing is signalled. SIGTERM, then SIGKILL after `grace`.
+/// The fix is its own process group, started by buildlock with `process_group(0)`: `p.pid` is
+/// that group, recorded when it started (0 when its starter died before it could record it).
+/// Only that group is signalled, and only when one of its processes carries `p.token` in its
+/// environment (`BUILDLOCK_FIX_TOKEN`), a secret only that fix's environment has; a record
+/// without a token is never acted on (a pid, host and start time are all public, in `/proc`,
+/// so such a record could aim buildlock at any group of the user). A process the fix started
+/// that moved to a group or session of its own carries the token too, but is not the fix: it is
+/// never signalled. SIGTERM, then SIGKILL after `grace`.
 pub fn stop_group(p: &Process, grace: Duration) -> Stopped {
     let Some(token) = p.token.as_deref().filter(|_| p.host == hostname()) else {
         return Stopped::NotRunning;
     };
     let needle = format!("{}={token}", crate::os::env::FIX_TOKEN_VAR);
-    // Every process group in which a process carries the token: the fix's own group, and any
-    // group a part of it moved to. Found by the token, not by the recorded pid, so a fix whose
-    // pid was never recorded (its starter died first) is found too.
-    let groups = || -> Vec<u32> {
-        let mut groups: Vec<u32> = carrying(&needle).into_iter().filter(|&g| g > 1).collect();
-        groups.sort_unstable();
-        groups.dedup();
-        groups
-    };
-    let found = groups();
-    if found.is_empty() {
+    let Some(group) = fix_group(p.pid, &needle) else {
         return if p.pid > 1 && group_alive(p.pid) {
             Stopped::NotOurs
         } else {
             Stopped::NotRunning
         };
-    }
-    for &g in &found {
-        kill_group(g, libc::SIGTERM);
-    }
+    };
+    let processes: Vec<(u32, String)> = group_members(group)
+        .into_iter()
+        .map(|pid| (pid, command_name(pid)))
+        .collect();
+    kill_group(group, libc::SIGTERM);
     let gone = |within: Duration| {
         let deadline = Instant::now() + within;
         loop {
-            if groups().is_empty() {
+            if group_members(group).is_empty() {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -153,28 +154,48 @@ pub fn stop_group(p: &Process, grace: Duration) -> Stopped {
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    if gone(grace) {
-        return Stopped::Stopped;
+    if !gone(grace) {
+        kill_group(group, libc::SIGKILL);
+        if !gone(Duration::from_secs(5)) {
+            return Stopped::StillRunning { group };
+        }
     }
-    for g in groups() {
-        kill_group(g, libc::SIGKILL);
-    }
-    if gone(Duration::from_secs(5)) {
-        Stopped::Stopped
-    } else {
-        Stopped::StillRunning
-    }
+    Stopped::Stopped { group, processes }
 }
 
-/// The process groups of the live processes whose environment holds `needle`.
-fn carrying(needle: &str) -> Vec<u32> {
+/// The fix's own process group: the recorded one when a process of it carries the token; when
+/// none was recorded (`recorded` is 0), the group whose leader carries the token and is not a
+/// session leader (buildlock starts a fix as a new group in its own session; a daemon that
+/// called `setsid` leads a session of its own).
+fn fix_group(recorded: u32, needle: &str) -> Option<u32> {
+    let carriers = carrying(needle);
+    if recorded > 1 {
+        return carriers
+            .iter()
+            .any(|(_, stat)| stat.pgrp == recorded)
+            .then_some(recorded);
+    }
+    carriers
+        .iter()
+        .find(|(pid, stat)| stat.pgrp == *pid && stat.session != *pid)
+        .map(|(pid, _)| *pid)
+}
+
+/// The live processes whose environment holds `needle`, with their stat.
+fn carrying(needle: &str) -> Vec<(u32, Stat)> {
     all_processes()
         .into_iter()
         .filter(|(pid, stat)| {
             *pid != std::process::id() && !stat.gone() && environ_has(*pid, needle)
         })
-        .map(|(_, stat)| stat.pgrp)
         .collect()
+}
+
+/// A process's command name (`/proc/<pid>/comm`), for people; `?` when it cannot be read.
+pub fn command_name(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim_end().to_owned())
+        .unwrap_or_else(|_| "?".to_owned())
 }
 
 /// Whether process `pid` exists (a zombie counts as gone).
@@ -291,6 +312,7 @@ mod stat_tests {
             Some(Stat {
                 state: "S".into(),
                 pgrp: 4242,
+                session: 4242,
                 start: 987654
             })
         );
@@ -311,34 +333,71 @@ mod stop_tests {
     use super::*;
     use std::os::unix::process::CommandExt;
 
-    #[test]
-    fn a_fix_is_found_and_stopped_by_its_token_alone() {
-        let token = format!("t{}", std::process::id());
-        let mut child = std::process::Command::new("/bin/sh")
-            .args(["-c", "sleep 30"])
-            .env(crate::os::env::FIX_TOKEN_VAR, &token)
+    /// Starts `script` as buildlock starts a fix: its own process group, the token in its
+    /// environment. Returns it once `expected` processes carry the token.
+    fn fix(script: &str, token: &str, expected: usize) -> std::process::Child {
+        let child = std::process::Command::new("/bin/sh")
+            .args(["-c", script])
+            .env(crate::os::env::FIX_TOKEN_VAR, token)
             .process_group(0)
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        let record = Process {
-            pid: 0,
+        let needle = format!("{}={token}", crate::os::env::FIX_TOKEN_VAR);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while carrying(&needle).len() < expected && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child
+    }
+
+    fn record(pid: u32, token: &str) -> Process {
+        Process {
+            pid,
             host: hostname(),
             start: None,
-            token: Some(token),
+            token: Some(token.to_owned()),
+        }
+    }
+
+    #[test]
+    fn a_fix_is_found_and_stopped_by_its_token_alone() {
+        let token = format!("t{}", std::process::id());
+        let mut child = fix("sleep 30", &token, 1);
+        let stopped = stop_group(&record(0, &token), Duration::from_secs(2));
+        let Stopped::Stopped { group, processes } = stopped else {
+            panic!("{stopped:?}");
         };
-        assert_eq!(
-            stop_group(&record, Duration::from_secs(2)),
-            Stopped::Stopped
+        assert_eq!(group, child.id());
+        assert!(
+            processes.iter().any(|(pid, _)| *pid == child.id()),
+            "{processes:?}"
         );
         let _ = child.wait();
-        let other = Process {
-            token: Some("not-any-fix".into()),
-            ..record
-        };
         assert_eq!(
-            stop_group(&other, Duration::from_secs(1)),
+            stop_group(&record(0, "not-any-fix"), Duration::from_secs(1)),
             Stopped::NotRunning
         );
+    }
+
+    #[test]
+    fn a_daemon_the_fix_started_in_a_session_of_its_own_lives_on() {
+        for recorded in [true, false] {
+            let token = format!("d{}-{recorded}", std::process::id());
+            // The fix: a daemon in a session of its own (it carries the token too), then work.
+            let mut child = fix("setsid sleep 60 & sleep 60", &token, 3);
+            let pid = if recorded { child.id() } else { 0 };
+            let stopped = stop_group(&record(pid, &token), Duration::from_secs(2));
+            assert!(
+                matches!(&stopped, Stopped::Stopped { group, .. } if *group == child.id()),
+                "{stopped:?}"
+            );
+            let _ = child.wait();
+            let needle = format!("{}={token}", crate::os::env::FIX_TOKEN_VAR);
+            let left = carrying(&needle);
+            assert_eq!(left.len(), 1, "the daemon, and only it, lives on: {left:?}");
+            let (daemon, stat) = &left[0];
+            assert_eq!(stat.session, *daemon, "a session leader");
+            kill(*daemon, libc::SIGKILL);
+        }
     }
 }

@@ -102,6 +102,21 @@ macro_rules! out {
     };
 }
 
+/// A name that came from outside (a process's command name, an agent id, a path) made inert for
+/// showing: control characters (newline, escape) are written as escapes, so the name can never
+/// pass for a line of buildlock's own or steer a terminal.
+pub fn inert(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// `buildlock: <msg>`, one line per line of `msg`.
 pub fn say(msg: impl Display) {
     let text = msg.to_string();
@@ -152,5 +167,19 @@ pub fn progress(msg: impl Display) {
 pub fn progress_done() {
     if stderr_is_terminal() {
         raw(b"\r\x1b[2K");
+    }
+}
+
+#[cfg(test)]
+mod inert_tests {
+    use super::inert;
+
+    #[test]
+    fn inert_names_cannot_start_a_line_or_steer_a_terminal() {
+        assert_eq!(
+            inert("a\nbuildlock: next: run x\u{1b}[2J"),
+            "a\\nbuildlock: next: run x\\u{1b}[2J"
+        );
+        assert_eq!(inert("plain name é"), "plain name é");
     }
 }

@@ -9,11 +9,11 @@
 use anyhow::Result;
 use std::path::PathBuf;
 
-use crate::flows::commit::fixcommit;
+use crate::flows::commit::{fixcommit, fixer};
 use crate::flows::context::Context;
 use crate::os::process::Process;
 use crate::os::{env, say};
-use crate::protocol::state::{Event, Status};
+use crate::protocol::state::{Event, Outcome, Status};
 use crate::protocol::{key, signature};
 use crate::store::{Applied, BaseView};
 
@@ -82,6 +82,13 @@ pub fn record(ctx: &Context, f: Failure<'_>, stop: &dyn Fn() -> bool) -> Result<
     let applied = ctx
         .store
         .apply(&key, f.base, &event, ctx.policy(), f.seen_silent, stop)?;
+    // A takeover stops the fix its predecessor left running at once, whichever program took
+    // over: a plain `git commit` may never run a fix of its own to stop it.
+    if matches!(applied.outcome, Outcome::Elected { .. }) {
+        if let Err(e) = fixer::stop_orphaned_fixes(&applied.after) {
+            say::warn(format!("{e:#}"));
+        }
+    }
     Ok(Recorded {
         key,
         signature: sig,

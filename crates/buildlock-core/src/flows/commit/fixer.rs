@@ -18,7 +18,7 @@ use crate::flows::context::Context;
 use crate::os::check::{self, Ending};
 use crate::os::process::{self, Process, Stopped};
 use crate::os::{env, say, time};
-use crate::protocol::state::{Event, Outcome};
+use crate::protocol::state::{Event, KeyState, Outcome};
 use crate::store::{Entry, FixerHold, Read};
 
 /// What a breakage's fixer works on: from the hook's decision, or `buildlock ci`'s election.
@@ -61,20 +61,7 @@ impl Role {
         };
         // Stop what is left of the previous fixer's fix, and see it gone, before ours starts.
         if let Read::Found { state, .. } = ctx.store.read(&a.key) {
-            for orphan in &state.orphan_fix {
-                match process::stop_group(orphan, Duration::from_secs(2)) {
-                    Stopped::Stopped => say::say(format!(
-                        "stopped the previous fixer's fix (process group {} on {})",
-                        orphan.pid, orphan.host
-                    )),
-                    Stopped::NotRunning | Stopped::NotOurs => {}
-                    Stopped::StillRunning => bail!(
-                        "the previous fixer's fix (process group {}) still runs after SIGKILL; \
-                         not starting a second fix beside it",
-                        orphan.pid
-                    ),
-                }
-            }
+            stop_orphaned_fixes(&state)?;
         }
         let event = Event::Register {
             agent: ctx.agent.clone(),
@@ -238,6 +225,31 @@ pub fn describe_ending(ending: &Ending) -> String {
         Ending::Signal(n) => format!("was interrupted by signal {n}"),
         Ending::ParentGone => "was stopped because its parent went away".to_owned(),
     }
+}
+
+/// Stops every fix run that a fixer who left the role left behind (taken over, released, reset),
+/// and sees it gone: before a new fixer's fix starts, and as soon as any program takes the role
+/// over. Each is stopped as its own process group, nothing else (see `os::process::stop_group`).
+pub fn stop_orphaned_fixes(state: &KeyState) -> Result<()> {
+    for orphan in &state.orphan_fix {
+        match process::stop_group(orphan, Duration::from_secs(2)) {
+            Stopped::Stopped { group, processes } => say::say(format!(
+                "stopped the previous fixer's fix: process group {group} on {} ({})",
+                orphan.host,
+                processes
+                    .iter()
+                    .map(|(pid, name)| format!("{} {pid}", say::inert(name)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Stopped::NotRunning | Stopped::NotOurs => {}
+            Stopped::StillRunning { group } => bail!(
+                "the previous fixer's fix (process group {group}) still runs after SIGKILL; \
+                 not starting a second fix beside it"
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// This process, as the holder of a role.
