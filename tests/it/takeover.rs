@@ -539,3 +539,120 @@ fn scopeguard(pid: u32) -> impl Drop {
     }
     Kill(pid)
 }
+
+/// A `git` on PATH that, for `write-tree` (commit-retry's look at its own staged work, between
+/// its election and its fix), marks `<dir>/in-window` and sleeps `secs` first: a window opened
+/// on purpose, for one agent only.
+fn slow_write_tree(dir: &std::path::Path, secs: u32) -> std::ffi::OsString {
+    let bin = dir.join("slow-git");
+    std::fs::create_dir_all(&bin).unwrap();
+    let git = which_git();
+    std::fs::write(
+        bin.join("git"),
+        format!(
+            "#!/bin/sh\n\
+             for a in \"$@\"; do\n\
+               if [ \"$a\" = write-tree ] && [ ! -e {mark} ]; then touch {mark}; sleep {secs}; break; fi\n\
+             done\n\
+             exec {git} \"$@\"\n",
+            mark = dir.join("in-window").display(),
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(bin.join("git"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut path = std::ffi::OsString::from(bin.as_os_str());
+    path.push(":");
+    path.push(std::env::var_os("PATH").unwrap_or_default());
+    path
+}
+
+fn which_git() -> String {
+    let out = Command::new("sh")
+        .args(["-c", "command -v git"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// `a` is elected and registered, and then, before its fix starts, an operator resets the key
+/// and `b` is elected for the same breakage: `a` starts no fix; `b`'s is the only one.
+// regression: the fenced "fix started" record was ignored and a's fix ran beside b's
+#[test]
+fn a_fixer_reset_before_its_fix_starts_starts_nothing() {
+    let r = shared_status_repo("3", "");
+    let (ta, tb) = (r.worktree("ta"), r.worktree("tb"));
+    r.stage_change(&ta, "fa");
+    r.stage_change(&tb, "fb");
+    let slow = slow_write_tree(&r.root, 4);
+    let a = r
+        .commit_retry_cmd(&ta, "a")
+        .env("PATH", slow)
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(30), || r
+        .root
+        .join("in-window")
+        .exists()));
+    r.buildlock(&r.dir, "operator", &["reset"]).success();
+    let b = r.commit_retry(&tb, "b");
+    let (a, b) = (
+        wait_output(a, Duration::from_secs(90)),
+        wait_output(b, Duration::from_secs(90)),
+    );
+    let (ea, eb) = (text(&a.stderr), text(&b.stderr));
+    let log = witness_log(&r.root);
+    assert_never_two_fixes(&log);
+    assert_eq!(
+        starts(&log).len(),
+        1,
+        "only b's fix ran: {log:?}\n{ea}\n{eb}"
+    );
+    assert!(starts(&log)[0].starts_with("start b"), "{log:?}");
+    assert!(ea.contains("moved on before the fix started"), "{ea}");
+    assert!(a.status.success() && b.status.success(), "{ea}\n{eb}");
+}
+
+/// The same window without any operator: `a` is SIGSTOPped there for longer than
+/// `stale_after`, `b` takes over and fixes; `a` is continued and starts no fix.
+// regression: a's fix started beside b's when a was continued
+#[test]
+fn a_fixer_stopped_before_its_fix_and_taken_over_starts_nothing_when_continued() {
+    let r = shared_status_repo("4", "[coordination]\nstale_after = \"2s\"\n");
+    let (ta, tb) = (r.worktree("ta"), r.worktree("tb"));
+    r.stage_change(&ta, "fa");
+    r.stage_change(&tb, "fb");
+    let slow = slow_write_tree(&r.root, 1);
+    let a = r
+        .commit_retry_cmd(&ta, "a")
+        .env("PATH", slow)
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(30), || r
+        .root
+        .join("in-window")
+        .exists()));
+    signal(&a, libc::SIGSTOP);
+    let b = r.commit_retry(&tb, "b");
+    // b takes over once a's lease is silent, and its fix starts.
+    assert!(eventually(Duration::from_secs(60), || starts(
+        &witness_log(&r.root)
+    )
+    .len()
+        == 1));
+    signal(&a, libc::SIGCONT);
+    let (a, b) = (
+        wait_output(a, Duration::from_secs(90)),
+        wait_output(b, Duration::from_secs(90)),
+    );
+    let (ea, eb) = (text(&a.stderr), text(&b.stderr));
+    let log = witness_log(&r.root);
+    assert_never_two_fixes(&log);
+    assert_eq!(
+        starts(&log).len(),
+        1,
+        "only b's fix ran: {log:?}\n{ea}\n{eb}"
+    );
+    assert!(starts(&log)[0].starts_with("start b"), "{log:?}");
+    assert!(a.status.success() && b.status.success(), "{ea}\n{eb}");
+}

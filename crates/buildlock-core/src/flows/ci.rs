@@ -295,6 +295,7 @@ impl Ci<'_> {
                      waiting for theirs"
                 ));
             }
+            FixEnd::NotStarted => self.role = None,
             FixEnd::Signal(n) => {
                 say::say(format!("{WHO}: interrupted by signal {n}; stopped the fix"));
                 return Ok(Some(exit::signal(n)));

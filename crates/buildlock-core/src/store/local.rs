@@ -353,6 +353,10 @@ impl Store for LocalStore {
         )
     }
 
+    fn look_every(&self) -> Duration {
+        Duration::from_millis(250)
+    }
+
     fn watch(&self, _key: &str) -> bool {
         let Ok(mut slot) = self.listener.lock() else {
             return false;

@@ -193,6 +193,11 @@ pub trait Store: Send + Sync {
 
     // Waking a waiter.
 
+    /// How often a process may look at a key's state without costing anyone anything: a fixer's
+    /// heartbeat looks this often, so that it notices at once when its role moved on (local: a
+    /// small file read; remote: a round trip, so `remote_poll`).
+    fn look_every(&self) -> Duration;
+
     /// Starts watching `key` for [`Store::wait_change`], before the caller's first look at the
     /// state, so that a change in between is not missed. Whether changes wake the waiter (else
     /// it should look more often).

@@ -75,7 +75,7 @@ impl Role {
         if applied.outcome != Outcome::Registered {
             return Ok(Took::NotFixer);
         }
-        let heartbeat = Heartbeat::start(
+        let heartbeat = Heartbeat::watching(
             ctx.store.clone(),
             a.key.clone(),
             ctx.agent.clone(),
@@ -112,6 +112,11 @@ impl Role {
         aside: &[String],
     ) -> Result<FixEnd> {
         let attempt = a.attempts + 1;
+        // A fixer whose role moved on starts nothing; the check is made again, under the
+        // election lock, when the fix's token goes on record just below.
+        if self.fenced() {
+            return Ok(not_started(a));
+        }
         say::headline(
             say::Tone::Bad,
             format!(
@@ -136,7 +141,12 @@ impl Role {
                 token: Some(token.clone()),
             }),
         };
-        store.apply(&a.key, &a.base, &announce, ctx.policy(), None, &stop)?;
+        // The gate: the record that the fix starts is refused once the generation is fenced
+        // (a reset, a release, a takeover), and then nothing starts.
+        let announced = store.apply(&a.key, &a.base, &announce, ctx.policy(), None, &stop)?;
+        if announced.outcome != Outcome::Registered {
+            return Ok(not_started(a));
+        }
         let mut on_start = |pgid: u32| {
             let fix_process = Process {
                 pid: pgid,
@@ -209,8 +219,22 @@ fn warn_unstaged(ctx: &Context, aside: &[String]) {
 /// How a fix run ended.
 pub enum FixEnd {
     Done,
+    /// Another agent took the role over (or it was reset or released) while the fix ran: the
+    /// fix was stopped.
     TakenOver,
+    /// The role had moved on before the fix could start: it never started.
+    NotStarted,
     Signal(i32),
+}
+
+/// Says why a fix did not start.
+fn not_started(a: &Assignment) -> FixEnd {
+    say::say(format!(
+        "the fixer role of generation {} moved on before the fix started (reset, released or \
+         taken over): not starting it; this agent goes on as any other",
+        a.generation
+    ));
+    FixEnd::NotStarted
 }
 
 /// A command's ending, in words.

@@ -1,5 +1,8 @@
 //! The fixer's lease: a heartbeat thread renews it while the fix runs, so a long fix is never
-//! taken over while alive, and notices when it has been taken over (fenced), so the fixer stops.
+//! taken over while alive, and notices when it has been taken over, reset or released (fenced),
+//! so the fixer stops. It renews every quarter of `stale_after`, and looks at the state more
+//! often ([`Store::look_every`]): a fix whose role moved on is stopped within that, not at the
+//! next renewal.
 //!
 //! The heartbeat takes no lock: it reads the state as any waiter does and writes its own lease
 //! file (see `Store::write_lease`). A fixer that is SIGSTOPped mid-heartbeat therefore blocks
@@ -20,7 +23,8 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
-    /// Renews `agent`'s lease on `key` (generation `generation`) every quarter of `stale_after`.
+    /// Renews `agent`'s lease on `key` (generation `generation`) every quarter of `stale_after`
+    /// (a role held while the hook's check runs).
     pub fn start(
         store: Arc<dyn Store>,
         key: String,
@@ -28,23 +32,58 @@ impl Heartbeat {
         generation: u64,
         stale_after: Duration,
     ) -> Heartbeat {
+        Heartbeat::spawn(store, key, agent, generation, stale_after, false)
+    }
+
+    /// [`Heartbeat::start`] for a fixer that runs a fix: it also looks whether it still holds
+    /// the role every [`Store::look_every`], so that [`Heartbeat::fenced`] turns true promptly.
+    pub fn watching(
+        store: Arc<dyn Store>,
+        key: String,
+        agent: String,
+        generation: u64,
+        stale_after: Duration,
+    ) -> Heartbeat {
+        Heartbeat::spawn(store, key, agent, generation, stale_after, true)
+    }
+
+    fn spawn(
+        store: Arc<dyn Store>,
+        key: String,
+        agent: String,
+        generation: u64,
+        stale_after: Duration,
+        watch: bool,
+    ) -> Heartbeat {
         let stop = Arc::new(AtomicBool::new(false));
         let fenced = Arc::new(AtomicBool::new(false));
         let (stop2, fenced2) = (stop.clone(), fenced.clone());
         let every = (stale_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
+        let look = if watch {
+            store.look_every().min(every)
+        } else {
+            every
+        };
         let thread = std::thread::spawn(move || {
             let mut next = Instant::now() + every;
+            let mut next_look = Instant::now() + look;
             while !stop2.load(Ordering::SeqCst) {
-                if Instant::now() < next {
-                    std::thread::park_timeout(next - Instant::now());
+                let now = Instant::now();
+                let due = next.min(next_look);
+                if now < due {
+                    std::thread::park_timeout(due - now);
                     continue;
                 }
-                next = Instant::now() + every;
+                next_look = now + look;
+                let renew = now >= next;
                 let current = match store.read(&key) {
                     Read::Found { state, .. } => state.is_fixer(&agent, generation),
                     // Not knowing is not being fenced: try again at the next beat.
                     Read::Unreachable(why) => {
-                        crate::os::say::warn(format!("could not renew the fixer lease: {why}"));
+                        if renew {
+                            next = now + every;
+                            crate::os::say::warn(format!("could not renew the fixer lease: {why}"));
+                        }
                         continue;
                     }
                     _ => false,
@@ -53,6 +92,10 @@ impl Heartbeat {
                     fenced2.store(true, Ordering::SeqCst);
                     return;
                 }
+                if !renew {
+                    continue;
+                }
+                next = now + every;
                 let lease = Lease {
                     agent: agent.clone(),
                     generation,

@@ -379,6 +379,10 @@ impl Store for RemoteStore {
         false
     }
 
+    fn look_every(&self) -> Duration {
+        self.poll
+    }
+
     fn watch(&self, _key: &str) -> bool {
         // `wait_change` sleeps `remote_poll` itself, whatever it is asked: each look is a round
         // trip to the remote.

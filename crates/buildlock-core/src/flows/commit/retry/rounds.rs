@@ -333,6 +333,10 @@ impl Retry<'_> {
                      for theirs",
                 );
             }
+            FixEnd::NotStarted => {
+                self.role = None;
+                self.own = None;
+            }
             FixEnd::Signal(n) => {
                 say::say(format!(
                     "commit-retry: interrupted by signal {n}; stopped the fix"
