@@ -310,7 +310,7 @@ impl Ci<'_> {
         seen_silent: Option<(u64, u64)>,
     ) -> Result<(Assignment, Outcome, KeyState)> {
         let ctx = self.ctx;
-        let sig = signature::signature(output, &ctx.repo.worktree, env::home_dir().as_deref());
+        let sig = signature::signature(output, &ctx.failure_places());
         let log = match crate::store::local::write_log(&ctx.home, &ctx.agent, output) {
             Ok(log) => Some(log),
             Err(e) => {

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use buildlock_protocol::time::parse_duration;
+
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
@@ -46,6 +48,13 @@ pub fn agent_id(worktree: &Path) -> String {
         .unwrap_or_else(|| format!("{}:{}", crate::os::process::hostname(), worktree.display()))
 }
 
+/// The user configuration file: `config.toml` in the platform config dir for `buildlock`
+/// (`$XDG_CONFIG_HOME/buildlock/`, else `~/.config/buildlock/`, on Linux).
+pub fn user_config_file() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "buildlock").map(|d| d.config_dir().join("config.toml"))
+}
+
+/// The file `BUILDLOCK_CONFIG` names, as written.
 pub fn config_file() -> Option<PathBuf> {
     var_os("BUILDLOCK_CONFIG").map(PathBuf::from)
 }
@@ -84,7 +93,7 @@ pub fn fixer_generation() -> Option<u64> {
 
 /// The secret a fix run carries in its environment, so that only that run can be identified as
 /// the fix to stop (see `os::process::stop_group`).
-pub const FIX_TOKEN_VAR: &str = "BUILDLOCK_FIX_TOKEN";
+pub use buildlock_protocol::process::FIX_TOKEN_VAR;
 
 pub fn decision_file() -> Option<PathBuf> {
     var_os(DECISION_VAR).map(PathBuf::from)
@@ -93,7 +102,7 @@ pub fn decision_file() -> Option<PathBuf> {
 /// The longest a waiter sleeps between two looks at the state, when `BUILDLOCK_POLL` sets it.
 pub fn poll_override() -> Option<Duration> {
     var("BUILDLOCK_POLL")
-        .and_then(|v| crate::os::time::parse_duration(&v).ok())
+        .and_then(|v| parse_duration(&v).ok())
         .map(|d| d.max(Duration::from_millis(5)))
 }
 
@@ -139,7 +148,7 @@ pub fn remote_compact_after() -> Option<u64> {
 
 /// The age of passing keys the remote backend deletes (tests and benchmarks).
 pub fn remote_prune_after() -> Option<Duration> {
-    var("BUILDLOCK_REMOTE_PRUNE_AFTER").and_then(|v| crate::os::time::parse_duration(&v).ok())
+    var("BUILDLOCK_REMOTE_PRUNE_AFTER").and_then(|v| parse_duration(&v).ok())
 }
 
 /// A skew added to this process's wall clock, in milliseconds (tests only): `+10m` or `-10m`.
@@ -153,7 +162,7 @@ pub fn clock_offset_ms() -> i64 {
             Some(rest) => (-1, rest),
             None => (1, v.strip_prefix('+').unwrap_or(&v)),
         };
-        crate::os::time::parse_duration(rest).map_or(0, |d| sign * d.as_millis() as i64)
+        parse_duration(rest).map_or(0, |d| sign * d.as_millis() as i64)
     })
 }
 

@@ -5,22 +5,8 @@
 //! the fix's token in its environment (see [`stop_group`]), so neither a recycled pid nor a
 //! crafted state file can aim a signal at an unrelated process.
 
-use serde::{Deserialize, Serialize};
+pub use buildlock_protocol::process::Process;
 use std::time::{Duration, Instant};
-
-/// One process of one agent, as recorded in state. `pid` and `start` are shown to people; a fix
-/// process is acted on only through its `token` (see [`stop_group`]).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Process {
-    pub pid: u32,
-    pub host: String,
-    /// Process start time in clock ticks since boot (Linux `/proc/<pid>/stat` field 22).
-    pub start: Option<u64>,
-    /// A secret that only this process's environment carries (`BUILDLOCK_FIX_TOKEN`), so that a
-    /// crafted or stale state can never make buildlock signal an unrelated process group.
-    #[serde(default)]
-    pub token: Option<String>,
-}
 
 /// This machine's name (`localhost` if it cannot be read).
 pub fn hostname() -> String {
@@ -64,7 +50,7 @@ pub fn stop_group(p: &Process, grace: Duration) -> Stopped {
     let Some(token) = p.token.as_deref().filter(|_| p.host == hostname()) else {
         return Stopped::NotRunning;
     };
-    let needle = format!("{}={token}", crate::os::env::FIX_TOKEN_VAR);
+    let needle = format!("{}={token}", buildlock_protocol::process::FIX_TOKEN_VAR);
     // Every process group in which a process carries the token: the fix's own group, and any
     // group a part of it moved to. Found by the token, not by the recorded pid, so a fix whose
     // pid was never recorded (its starter died first) is found too.
@@ -241,7 +227,7 @@ mod stop_tests {
         let token = format!("t{}", std::process::id());
         let mut child = std::process::Command::new("/bin/sh")
             .args(["-c", "sleep 30"])
-            .env(crate::os::env::FIX_TOKEN_VAR, &token)
+            .env(buildlock_protocol::process::FIX_TOKEN_VAR, &token)
             .process_group(0)
             .spawn()
             .unwrap();

@@ -360,7 +360,7 @@ impl Hook<'_> {
         seen_silent: Option<(u64, u64)>,
     ) -> Result<Failed> {
         let ctx = self.ctx;
-        let sig = signature::signature(output, &ctx.repo.worktree, env::home_dir().as_deref());
+        let sig = signature::signature(output, &ctx.failure_places());
         let log = match crate::store::local::write_log(&ctx.home, &ctx.agent, output) {
             Ok(log) => Some(log),
             Err(e) => {

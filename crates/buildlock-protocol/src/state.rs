@@ -19,9 +19,9 @@
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-use crate::os::time::Millis;
+use crate::time::Millis;
 
-pub use crate::os::process::Process;
+pub use crate::process::Process;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

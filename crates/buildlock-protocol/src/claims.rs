@@ -57,8 +57,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path};
 
-use crate::os::process::Process;
-use crate::os::time::Millis;
+use crate::process::Process;
+use crate::time::Millis;
 
 /// The registry file's schema; another version reads as empty (and is rewritten).
 pub const SCHEMA: u32 = 1;
