@@ -6,12 +6,16 @@
 //! or for tests:
 //! - `BUILDLOCK_DECISION`: set by commit-retry for the hook it runs through `git commit`; the hook
 //!   writes its decision there and leaves the waiting to commit-retry;
+//! - `BUILDLOCK_RETRY_FIRST`: what commit-retry's first commit left, for its second half;
 //! - `BUILDLOCK_POLL`: the longest a waiter sleeps between two looks (a duration; by default waiters wake on changes and sleep until something is due);
 //! - `BUILDLOCK_FAULT`: `point[:action]`, a fault to inject at a named point (see `fault.rs`);
 //! - `BUILDLOCK_REMOTE_COMPACT_AFTER` (a count) and `BUILDLOCK_REMOTE_PRUNE_AFTER` (a duration):
 //!   the remote backend's chain length before compaction and the age of passing keys it deletes;
 //! - `BUILDLOCK_TEST_CLOCK_OFFSET`: a signed duration (`"+10m"`, `"-10m"`) added to this process's
 //!   wall clock, for the clock-skew tests of the remote backend.
+
+// The one module allowed to call `std::env::var` and its kin (clippy.toml bans them elsewhere).
+#![allow(clippy::disallowed_methods)]
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -164,6 +168,24 @@ pub fn clock_offset_ms() -> i64 {
         };
         parse_duration(rest).map_or(0, |d| sign * d.as_millis() as i64)
     })
+}
+
+/// Set by commit-retry's first half when it hands over to its second (`buildlock
+/// __commit-retry`): what the first commit left, as JSON.
+pub const RETRY_FIRST_VAR: &str = "BUILDLOCK_RETRY_FIRST";
+
+/// Reads and forgets [`RETRY_FIRST_VAR`], so that the commands commit-retry runs do not see it.
+/// Call while single-threaded (first thing in commit-retry's second half).
+pub fn take_retry_first() -> Option<String> {
+    let first = std::env::var(RETRY_FIRST_VAR).ok();
+    // SAFETY: single-threaded here (see above); nothing reads the environment concurrently.
+    unsafe { std::env::remove_var(RETRY_FIRST_VAR) };
+    first
+}
+
+/// `PATH` as set (empty if unset), for messages about commands not found on it.
+pub fn path() -> String {
+    std::env::var("PATH").unwrap_or_default()
 }
 
 /// Forgets `PRE_COMMIT_RUNNING_LEGACY`, which the pre-commit framework sets when it runs the
