@@ -7,7 +7,7 @@
 //! - [`failure_lines`]: which lines of a failed check's output carry the failure;
 //! - [`signature`]: failure normalisation and hashing; [`state`]: the state machine;
 //! - [`ledger`]: what each transition adds to the counters and the history;
-//! - [`claims`]: claims, check slots and the agent registry;
+//! - [`claims`]: claims, check slots and the agent registry; [`pathspec`]: the paths a claim names;
 //! - [`exit`]: the exit codes of the contract;
 //! - [`time`]: unix milliseconds and the duration grammar; [`process`]: a process as recorded.
 
@@ -17,6 +17,7 @@ pub mod exit;
 pub mod failure_lines;
 pub mod key;
 pub mod ledger;
+pub mod pathspec;
 pub mod process;
 pub mod signature;
 pub mod state;
