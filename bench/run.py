@@ -75,7 +75,7 @@ COMMITTED = re.compile(r"buildlock: committed")                                 
 
 
 def file_stem(key: str) -> str:
-    """The state file name of `key`, as crates/buildlock-core/src/protocol/key.rs makes it."""
+    """The state file name of `key`, as crates/buildlock-protocol/src/key.rs makes it."""
     def safe(c):
         return c.isascii() and (c.isalnum() or c in "._-")
     if len(key.encode()) <= 64 and all(safe(c) for c in key) and not key.startswith("."):

@@ -762,7 +762,7 @@ def timing(tool, base):
     """Median time of one signature over a 16 MiB output made of real failure outputs."""
     # The fixtures (failures of cargo, npm, pytest and make, from two worktrees and from 16 at
     # once), repeated up to 16 MiB: the most the hook keeps of an output.
-    fixtures = sorted((ROOT / "crates/buildlock-core/tests/fixtures/signature").rglob("*.out"))
+    fixtures = sorted((ROOT / "crates/buildlock-protocol/tests/fixtures/signature").rglob("*.out"))
     blob = b"".join(f.read_bytes() for f in fixtures)
     data = bytearray()
     while len(data) < 16 << 20:

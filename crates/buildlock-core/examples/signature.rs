@@ -4,7 +4,7 @@
 //! Usage:
 //! - `signature [--show] < PAIRS`: each stdin line is `WORKTREE<TAB>OUTPUT-FILE`; prints one line
 //!   per pair, the signature (with `--show`, followed by the normalised text it hashes, indented).
-//!   The home directory is `$HOME`, as in the hook.
+//!   The home directory is `$HOME` and the temp dir `$TMPDIR`, as in the hook.
 //! - `signature --time REPS WORKTREE OUTPUT-FILE`: prints the median milliseconds of one
 //!   signature computation over REPS runs (the file is read once, before timing).
 //!
@@ -14,15 +14,15 @@ use std::io::BufRead;
 use std::path::Path;
 use std::time::Instant;
 
+use buildlock_core::flows::context::failure_places;
 use buildlock_core::os::say;
 use buildlock_core::protocol::signature;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
     let code = match args.first().map(String::as_str) {
-        Some("--time") => time(&args[1..], home.as_deref()),
-        None | Some("--show") if args.len() <= 1 => pairs(!args.is_empty(), home.as_deref()),
+        Some("--time") => time(&args[1..]),
+        None | Some("--show") if args.len() <= 1 => pairs(!args.is_empty()),
         _ => {
             say::say("usage: signature [--show] < PAIRS | signature --time REPS WORKTREE FILE");
             2
@@ -31,7 +31,7 @@ fn main() {
     std::process::exit(code);
 }
 
-fn pairs(show: bool, home: Option<&Path>) -> i32 {
+fn pairs(show: bool) -> i32 {
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { return 1 };
         let Some((wt, file)) = line.split_once('\t') else {
@@ -45,10 +45,11 @@ fn pairs(show: bool, home: Option<&Path>) -> i32 {
                 return 1;
             }
         };
-        let sig = signature::signature(&bytes, Path::new(wt), home);
+        let places = failure_places(Path::new(wt));
+        let sig = signature::signature(&bytes, &places);
         let mut text = sig;
         if show {
-            for l in signature::normalise(&bytes, Path::new(wt), home).lines() {
+            for l in signature::normalise(&bytes, &places).lines() {
                 text.push_str("\n    ");
                 text.push_str(l);
             }
@@ -61,7 +62,7 @@ fn pairs(show: bool, home: Option<&Path>) -> i32 {
     0
 }
 
-fn time(args: &[String], home: Option<&Path>) -> i32 {
+fn time(args: &[String]) -> i32 {
     let [reps, wt, file] = args else {
         say::say("usage: signature --time REPS WORKTREE FILE");
         return 2;
@@ -80,7 +81,8 @@ fn time(args: &[String], home: Option<&Path>) -> i32 {
     let mut ms: Vec<f64> = (0..reps.max(1))
         .map(|_| {
             let t = Instant::now();
-            let sig = signature::signature(&bytes, Path::new(wt), home);
+            // The places as the hook finds them for each failure (the work tree resolved again).
+            let sig = signature::signature(&bytes, &failure_places(Path::new(wt)));
             std::hint::black_box(sig);
             t.elapsed().as_secs_f64() * 1000.0
         })

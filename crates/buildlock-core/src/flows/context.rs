@@ -4,6 +4,8 @@ use anyhow::Result;
 
 use crate::os::repo::Repo;
 use crate::protocol::config::{Config, ConfigError};
+use crate::protocol::signature::Places;
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::protocol::config::Backend;
@@ -32,6 +34,38 @@ pub struct Context {
     pub seen: bool,
 }
 
+/// Reads every configuration layer for the work tree at `worktree` (the files
+/// `protocol::config::layer_files` names, in its order) and hands each text to the rules.
+pub fn load_config(worktree: &Path) -> Result<Config, ConfigError> {
+    let files = crate::protocol::config::layer_files(
+        worktree,
+        crate::os::env::user_config_file(),
+        crate::os::env::config_file(),
+    );
+    let mut config = Config::default();
+    for (file, required) in files {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => continue,
+            Err(e) => return Err(ConfigError::unreadable(&file, e)),
+        };
+        config.layer(&text, &file)?;
+        config.sources.push(file);
+    }
+    Ok(config)
+}
+
+/// The places of this machine a failure's output may name, for the signature: the work tree as
+/// given and as the file system resolves it, `HOME`, and a `TMPDIR` other than `/tmp`.
+pub fn failure_places(worktree: &Path) -> Places {
+    Places {
+        worktree: worktree.to_owned(),
+        real_worktree: worktree.canonicalize().ok(),
+        home: crate::os::env::home_dir(),
+        temp_dir: crate::os::env::temp_dir_prefix().clone(),
+    }
+}
+
 /// Why loading failed: configuration errors have their own exit code.
 pub enum LoadError {
     Config(ConfigError),
@@ -41,7 +75,7 @@ pub enum LoadError {
 impl Context {
     pub fn load() -> Result<Context, LoadError> {
         let repo = Repo::discover().map_err(LoadError::Other)?;
-        let config = Config::load(&repo.worktree).map_err(LoadError::Config)?;
+        let config = load_config(&repo.worktree).map_err(LoadError::Config)?;
         let home = Home::new(repo.buildlock_dir());
         // The one place a backend is chosen (the registry's below: local for both).
         let store: Arc<dyn Store> = match config.backend {
@@ -96,7 +130,16 @@ impl Context {
 
     /// The base key for the current scope.
     pub fn base(&self) -> String {
-        crate::protocol::key::base(&self.config, &self.repo)
+        crate::protocol::key::base(
+            self.config.scope,
+            || self.repo.branch(),
+            || self.repo.head_commit(),
+        )
+    }
+
+    /// What failure normalisation replaces on this machine (see [`failure_places`]).
+    pub fn failure_places(&self) -> Places {
+        failure_places(&self.repo.worktree)
     }
 
     pub fn agent(&self) -> crate::protocol::state::Agent {

@@ -6,6 +6,7 @@
 //! or for tests:
 //! - `BUILDLOCK_DECISION`: set by commit-retry for the hook it runs through `git commit`; the hook
 //!   writes its decision there and leaves the waiting to commit-retry;
+//! - `BUILDLOCK_RETRY_FIRST`: what commit-retry's first commit left, for its second half;
 //! - `BUILDLOCK_POLL`: the longest a waiter sleeps between two looks (a duration; by default waiters wake on changes and sleep until something is due);
 //! - `BUILDLOCK_FAULT`: `point[:action]`, a fault to inject at a named point (see `fault.rs`);
 //! - `BUILDLOCK_REMOTE_COMPACT_AFTER` (a count) and `BUILDLOCK_REMOTE_PRUNE_AFTER` (a duration):
@@ -13,10 +14,15 @@
 //! - `BUILDLOCK_TEST_CLOCK_OFFSET`: a signed duration (`"+10m"`, `"-10m"`) added to this process's
 //!   wall clock, for the clock-skew tests of the remote backend.
 
+// The one module allowed to call `std::env::var` and its kin (clippy.toml bans them elsewhere).
+#![allow(clippy::disallowed_methods)]
+
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
+
+use buildlock_protocol::time::parse_duration;
 
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
@@ -46,6 +52,13 @@ pub fn agent_id(worktree: &Path) -> String {
         .unwrap_or_else(|| format!("{}:{}", crate::os::process::hostname(), worktree.display()))
 }
 
+/// The user configuration file: `config.toml` in the platform config dir for `buildlock`
+/// (`$XDG_CONFIG_HOME/buildlock/`, else `~/.config/buildlock/`, on Linux).
+pub fn user_config_file() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "buildlock").map(|d| d.config_dir().join("config.toml"))
+}
+
+/// The file `BUILDLOCK_CONFIG` names, as written.
 pub fn config_file() -> Option<PathBuf> {
     var_os("BUILDLOCK_CONFIG").map(PathBuf::from)
 }
@@ -84,7 +97,7 @@ pub fn fixer_generation() -> Option<u64> {
 
 /// The secret a fix run carries in its environment, so that only that run can be identified as
 /// the fix to stop (see `os::process::stop_group`).
-pub const FIX_TOKEN_VAR: &str = "BUILDLOCK_FIX_TOKEN";
+pub use buildlock_protocol::process::FIX_TOKEN_VAR;
 
 pub fn decision_file() -> Option<PathBuf> {
     var_os(DECISION_VAR).map(PathBuf::from)
@@ -93,7 +106,7 @@ pub fn decision_file() -> Option<PathBuf> {
 /// The longest a waiter sleeps between two looks at the state, when `BUILDLOCK_POLL` sets it.
 pub fn poll_override() -> Option<Duration> {
     var("BUILDLOCK_POLL")
-        .and_then(|v| crate::os::time::parse_duration(&v).ok())
+        .and_then(|v| parse_duration(&v).ok())
         .map(|d| d.max(Duration::from_millis(5)))
 }
 
@@ -139,7 +152,7 @@ pub fn remote_compact_after() -> Option<u64> {
 
 /// The age of passing keys the remote backend deletes (tests and benchmarks).
 pub fn remote_prune_after() -> Option<Duration> {
-    var("BUILDLOCK_REMOTE_PRUNE_AFTER").and_then(|v| crate::os::time::parse_duration(&v).ok())
+    var("BUILDLOCK_REMOTE_PRUNE_AFTER").and_then(|v| parse_duration(&v).ok())
 }
 
 /// A skew added to this process's wall clock, in milliseconds (tests only): `+10m` or `-10m`.
@@ -153,8 +166,26 @@ pub fn clock_offset_ms() -> i64 {
             Some(rest) => (-1, rest),
             None => (1, v.strip_prefix('+').unwrap_or(&v)),
         };
-        crate::os::time::parse_duration(rest).map_or(0, |d| sign * d.as_millis() as i64)
+        parse_duration(rest).map_or(0, |d| sign * d.as_millis() as i64)
     })
+}
+
+/// Set by commit-retry's first half when it hands over to its second (`buildlock
+/// __commit-retry`): what the first commit left, as JSON.
+pub const RETRY_FIRST_VAR: &str = "BUILDLOCK_RETRY_FIRST";
+
+/// Reads and forgets [`RETRY_FIRST_VAR`], so that the commands commit-retry runs do not see it.
+/// Call while single-threaded (first thing in commit-retry's second half).
+pub fn take_retry_first() -> Option<String> {
+    let first = std::env::var(RETRY_FIRST_VAR).ok();
+    // SAFETY: single-threaded here (see above); nothing reads the environment concurrently.
+    unsafe { std::env::remove_var(RETRY_FIRST_VAR) };
+    first
+}
+
+/// `PATH` as set (empty if unset), for messages about commands not found on it.
+pub fn path() -> String {
+    std::env::var("PATH").unwrap_or_default()
 }
 
 /// Forgets `PRE_COMMIT_RUNNING_LEGACY`, which the pre-commit framework sets when it runs the

@@ -7,22 +7,8 @@
 //! the fix started that left it for a group or session of its own (a daemon: gpg-agent, sccache,
 //! a build server) is not the fix, and lives on.
 
-use serde::{Deserialize, Serialize};
+pub use buildlock_protocol::process::Process;
 use std::time::{Duration, Instant};
-
-/// One process of one agent, as recorded in state. `pid` and `start` are shown to people; a fix
-/// process is acted on only through its `token` (see [`stop_group`]).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Process {
-    pub pid: u32,
-    pub host: String,
-    /// Process start time in clock ticks since boot (Linux `/proc/<pid>/stat` field 22).
-    pub start: Option<u64>,
-    /// A secret that only this process's environment carries (`BUILDLOCK_FIX_TOKEN`), so that a
-    /// crafted or stale state can never make buildlock signal an unrelated process group.
-    #[serde(default)]
-    pub token: Option<String>,
-}
 
 /// This machine's name (`localhost` if it cannot be read).
 pub fn hostname() -> String {

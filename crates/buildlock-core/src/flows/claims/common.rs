@@ -122,7 +122,7 @@ pub fn normalize_all(ctx: &Context, raw: &[String]) -> Result<Vec<String>, Strin
 
 fn normalize_one(root: &Path, raw: &str) -> Result<String, String> {
     let is_file = |spec: &str| root.join(spec).is_file();
-    match claims::normalize(raw, root, is_file) {
+    match crate::protocol::pathspec::normalize(raw, root, is_file) {
         Ok(s) => Ok(s),
         // An absolute path through a symlink to the work tree: judge its real location.
         Err(e) if Path::new(raw).is_absolute() => {
@@ -138,7 +138,8 @@ fn normalize_one(root: &Path, raw: &str) -> Result<String, String> {
                 Some(name) => real.join(name),
                 None => real,
             };
-            claims::normalize(&real.to_string_lossy(), root, is_file).map_err(|_| e)
+            crate::protocol::pathspec::normalize(&real.to_string_lossy(), root, is_file)
+                .map_err(|_| e)
         }
         Err(e) => Err(e),
     }

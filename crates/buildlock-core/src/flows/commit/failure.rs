@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use crate::flows::commit::{fixcommit, fixer};
 use crate::flows::context::Context;
 use crate::os::process::Process;
-use crate::os::{env, say};
+use crate::os::say;
 use crate::protocol::state::{Event, Outcome, Status};
 use crate::protocol::{key, signature};
 use crate::store::{Applied, BaseView};
@@ -47,7 +47,7 @@ pub struct Recorded {
 /// store's step. The log is written whatever the step decides (a stale failure's is the caller's
 /// to remove).
 pub fn record(ctx: &Context, f: Failure<'_>, stop: &dyn Fn() -> bool) -> Result<Recorded> {
-    let sig = signature::signature(f.output, &ctx.repo.worktree, env::home_dir().as_deref());
+    let sig = signature::signature(f.output, &ctx.failure_places());
     let log = match ctx.home.write_log(&ctx.agent, f.output) {
         Ok(log) => Some(log),
         Err(e) => {

@@ -99,18 +99,15 @@ pub fn front(args: Vec<OsString>) -> i32 {
 
 /// The first argument with which commit-retry's [`front`] hands over to `buildlock`.
 pub const RESUME_ARG: &str = "__commit-retry";
-/// What the first commit left ([`Ran`], as JSON), for [`resume`].
-const RESUME_VAR: &str = "BUILDLOCK_RETRY_FIRST";
+// What the first commit left ([`Ran`], as JSON), for [`resume`].
+use crate::os::env::RETRY_FIRST_VAR as RESUME_VAR;
 
 /// The rest of commit-retry, after a first commit that did not simply pass (see [`front`]).
 pub fn resume(args: Vec<OsString>) -> i32 {
     signals::install();
     process::set_name(c"commit-retry");
-    let first: Option<Ran> = std::env::var(RESUME_VAR)
-        .ok()
-        .and_then(|json| serde_json::from_str(&json).ok());
-    // SAFETY: single-threaded here; nothing reads the environment concurrently.
-    unsafe { std::env::remove_var(RESUME_VAR) };
+    let first: Option<Ran> =
+        crate::os::env::take_retry_first().and_then(|json| serde_json::from_str(&json).ok());
     let Some(first) = first else {
         say::say(format!(
             "`buildlock {RESUME_ARG}` is commit-retry's second half; run `git commit-retry …`"

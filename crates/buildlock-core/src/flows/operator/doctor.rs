@@ -305,7 +305,7 @@ fn missing_commands(worktree: &Path, names: &[String]) -> Vec<(String, String)> 
         .output();
     match out {
         Ok(out) => {
-            let path = std::env::var("PATH").unwrap_or_default();
+            let path = crate::os::env::path();
             for name in String::from_utf8_lossy(&out.stdout).lines() {
                 missing.push((
                     name.to_owned(),

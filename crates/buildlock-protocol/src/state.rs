@@ -19,9 +19,9 @@
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-use crate::os::time::Millis;
+use crate::time::Millis;
 
-pub use crate::os::process::Process;
+pub use crate::process::Process;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -385,31 +385,16 @@ pub enum Outcome {
     Fenced,
 }
 
+/// The state machine: one function per event; `next` starts as a copy of `state`.
 pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState, Outcome) {
     let mut next = state.clone();
-    let next_generation = state.generation.max(seen.generation_floor) + 1;
     let outcome = match event {
         Event::Failed {
             agent,
             signature,
             lacks_fix: Some(commit),
             ..
-        } if state.status == Status::Passing
-            && state.fix.as_ref().is_some_and(|f| {
-                // A fix commit not recorded yet was found by the caller on the fixer's HEAD.
-                f.commit.as_ref().is_none_or(|c| c == commit) && f.fixes(signature)
-            }) =>
-        {
-            let fix = next.fix.as_mut().expect("matched above");
-            fix.commit = Some(commit.clone());
-            if !fix.credited.contains(&agent.id) {
-                fix.credited.push(agent.id.clone());
-            }
-            Outcome::TakeFix {
-                commit: commit.clone(),
-                by: fix.by.clone(),
-            }
-        }
+        } if fix_found(state, signature, commit) => take_fix(&mut next, agent, commit),
         Event::Failed {
             passes_seen: Some(passes),
             ..
@@ -422,190 +407,305 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
             elector,
             ..
         } => {
-            let fixing = state
-                .fixer
-                .as_ref()
-                .filter(|_| state.status == Status::Fixing);
-            let role = match fixing {
-                None => Role::Nobody,
-                Some(f) => match liveness(f, state.generation, seen) {
-                    // Dead is dead, also when the same agent fails again: its orphaned fix is
-                    // stopped and it is elected anew.
-                    Liveness::Dead => Role::Replace(f, Liveness::Dead),
-                    how if f.agent == agent.id => {
-                        // Another process of this agent holds the role (a second commit-retry
-                        // of the same agent): it waits for that one unless that one went silent.
-                        let other_process = f.registered && f.pid.is_some() && f.pid != *holder;
-                        match (other_process, how) {
-                            (false, _) => Role::Mine(f),
-                            (true, Liveness::Live) => Role::Other(f),
-                            (true, how) => Role::Replace(f, how),
-                        }
-                    }
-                    Liveness::Live => Role::Other(f),
-                    how => Role::Replace(f, how),
-                },
+            let failure = Failure {
+                agent,
+                signature,
+                log,
+                holder: *holder,
+                elector,
             };
-            if !matches!(role, Role::Other(_)) {
-                // The fixer's failure is the one on record; a waiter's is only in its own log.
-                next.signature = Some(signature.clone());
-                next.log = Some(log.clone());
-            }
-            let outcome = match role {
-                Role::Mine(fixer) => {
-                    let attempts = fixer.attempts + 1;
-                    if attempts >= seen.max_fix_attempts {
-                        orphan(&mut next, Some(fixer));
-                        next.status = Status::Broken;
-                        next.fixer = None;
-                        next.waiters.clear();
-                        next.changed = seen.now;
-                        Outcome::GaveUp { attempts }
-                    } else {
-                        let f = next.fixer.as_mut().expect("fixer present");
-                        f.attempts = attempts;
-                        f.heartbeat = seen.now;
-                        Outcome::KeepFixing { attempts }
-                    }
-                }
-                Role::Other(fixer) => {
-                    let listed = state
-                        .waiters
-                        .iter()
-                        .any(|w| w.agent == agent.id && w.pid == agent.pid);
-                    if !listed {
-                        next.waiters.retain(|w| w.agent != agent.id);
-                        next.waiters.push(Waiter {
-                            agent: agent.id.clone(),
-                            pid: agent.pid,
-                            host: agent.host.clone(),
-                        });
-                    }
-                    let first = !state.waited.contains(&agent.id);
-                    if first {
-                        next.waited.push(agent.id.clone());
-                    }
-                    Outcome::Wait {
-                        fixer: fixer.clone(),
-                        first,
-                    }
-                }
-                Role::Replace(fixer, how) => {
-                    elect(&mut next, agent, elector, next_generation, seen.now);
-                    orphan(&mut next, Some(fixer));
-                    Outcome::Elected {
-                        replaced: Some((fixer.clone(), how)),
-                    }
-                }
-                Role::Nobody => {
-                    elect(&mut next, agent, elector, next_generation, seen.now);
-                    Outcome::Elected { replaced: None }
-                }
-            };
-            if next.status == Status::Fixing
-                && !next.signatures.contains(signature)
-                && next.signatures.len() < MAX_SIGNATURES
-            {
-                next.signatures.push(signature.clone());
-            }
-            outcome
+            failed(state, &mut next, &failure, seen)
         }
         Event::Passed {
             agent,
             generation,
             fix,
-        } => match state.status {
-            Status::Passing => Outcome::Unchanged,
-            Status::Broken => {
-                to_passing(&mut next, seen, None);
-                Outcome::Recovered
-            }
-            Status::Fixing => {
-                let is_fixer = state.fixer.as_ref().is_some_and(|f| f.agent == agent.id);
-                if is_fixer && generation.is_none_or(|g| g == state.generation) {
-                    to_passing(&mut next, seen, Some(agent.id.clone()));
-                    next.fix = Some(Fix {
-                        commit: fix.commit.clone(),
-                        signature: state.signature.clone(),
-                        signatures: state.signatures.clone(),
-                        by: agent.id.clone(),
-                        generation: state.generation,
-                        head_before: fix.head_before.clone(),
-                        git_dir: fix.git_dir.clone(),
-                        committer: fix.committer.clone(),
-                        credited: state.waited.clone(),
-                    });
-                    Outcome::Fixed
-                } else if is_fixer {
-                    Outcome::Fenced
-                } else {
-                    Outcome::Unchanged
-                }
-            }
-        },
+        } => passed(state, &mut next, agent, *generation, fix, seen),
         Event::FixCommitted {
             agent,
             generation,
             commit,
-        } => match next.fix.as_mut() {
-            Some(f) if f.by == *agent && f.generation == *generation => {
-                f.commit = Some(commit.clone());
-                Outcome::Committed
-            }
-            _ => Outcome::Fenced,
-        },
+        } => fix_committed(&mut next, agent, *generation, commit),
         Event::Register {
             agent,
             generation,
             holder,
             fix_process,
-        } => match next.fixer.as_mut() {
-            Some(f) if state.is_fixer(agent, *generation) => {
-                f.registered = true;
-                f.pid = Some(holder.pid);
-                f.host = holder.host.clone();
-                f.start = holder.start;
-                f.heartbeat = f.heartbeat.max(seen.now);
-                if fix_process.is_some() {
-                    f.fix_process = fix_process.clone();
-                    // The registering fixer stopped any orphan before starting its own fix.
-                    next.orphan_fix.clear();
-                }
-                Outcome::Registered
-            }
-            _ => Outcome::Fenced,
-        },
-        Event::Unwait { agent, pid } => {
-            next.waiters
-                .retain(|w| !(w.agent == *agent && w.pid == *pid));
-            if next.waiters.len() == state.waiters.len() {
-                Outcome::Unchanged
-            } else {
-                Outcome::Unwaited
-            }
-        }
-        Event::Release { agent } => match &state.fixer {
-            Some(f) if state.status == Status::Fixing && f.agent == *agent => {
-                orphan(&mut next, Some(f));
-                next.status = Status::Broken;
-                next.fixer = None;
-                next.waiters.clear();
-                next.changed = seen.now;
-                Outcome::Released
-            }
-            other => Outcome::NotFixer {
-                fixer: other.clone(),
-            },
-        },
-        Event::Reset => {
-            orphan(&mut next, state.fixer.as_ref());
-            to_passing(&mut next, seen, None);
-            next.generation = next_generation;
-            next.fix = None;
-            Outcome::Reset
-        }
+        } => register(
+            state,
+            &mut next,
+            agent,
+            *generation,
+            holder,
+            fix_process,
+            seen,
+        ),
+        Event::Unwait { agent, pid } => unwait(state, &mut next, agent, *pid),
+        Event::Release { agent } => release(state, &mut next, agent, seen),
+        Event::Reset => reset(state, &mut next, seen),
     };
     (next, outcome)
+}
+
+/// The generation the next election or reset starts.
+fn next_generation(state: &KeyState, seen: &Observed) -> u64 {
+    state.generation.max(seen.generation_floor) + 1
+}
+
+/// Whether a failure on a passing key is one its last fix fixed, and `commit`, which the caller
+/// found on the fixer's HEAD but the agent's HEAD lacks, is that fix (or one not recorded yet).
+fn fix_found(state: &KeyState, signature: &str, commit: &str) -> bool {
+    state.status == Status::Passing
+        && state
+            .fix
+            .as_ref()
+            .is_some_and(|f| f.commit.as_ref().is_none_or(|c| c == commit) && f.fixes(signature))
+}
+
+/// `Failed` with a fix to take: the agent is credited and told to take `commit`.
+fn take_fix(next: &mut KeyState, agent: &Agent, commit: &str) -> Outcome {
+    let fix = next.fix.as_mut().expect("fix_found saw it");
+    fix.commit = Some(commit.to_owned());
+    if !fix.credited.contains(&agent.id) {
+        fix.credited.push(agent.id.clone());
+    }
+    Outcome::TakeFix {
+        commit: commit.to_owned(),
+        by: fix.by.clone(),
+    }
+}
+
+/// What [`failed`] needs of an `Event::Failed`.
+struct Failure<'a> {
+    agent: &'a Agent,
+    signature: &'a String,
+    log: &'a PathBuf,
+    holder: Option<u32>,
+    elector: &'a Option<Process>,
+}
+
+/// `Failed`, neither a fix to take nor stale: elect, keep fixing, wait, or give up.
+fn failed(state: &KeyState, next: &mut KeyState, failure: &Failure, seen: &Observed) -> Outcome {
+    let Failure {
+        agent,
+        signature,
+        log,
+        holder,
+        elector,
+    } = *failure;
+    let role = role(state, agent, holder, seen);
+    if !matches!(role, Role::Other(_)) {
+        // The fixer's failure is the one on record; a waiter's is only in its own log.
+        next.signature = Some(signature.clone());
+        next.log = Some(log.clone());
+    }
+    let outcome = match role {
+        Role::Mine(fixer) => keep_fixing(next, fixer, seen),
+        Role::Other(fixer) => wait_for(state, next, fixer, agent),
+        Role::Replace(fixer, how) => {
+            elect(next, agent, elector, next_generation(state, seen), seen.now);
+            orphan(next, Some(fixer));
+            Outcome::Elected {
+                replaced: Some((fixer.clone(), how)),
+            }
+        }
+        Role::Nobody => {
+            elect(next, agent, elector, next_generation(state, seen), seen.now);
+            Outcome::Elected { replaced: None }
+        }
+    };
+    if next.status == Status::Fixing
+        && !next.signatures.contains(signature)
+        && next.signatures.len() < MAX_SIGNATURES
+    {
+        next.signatures.push(signature.clone());
+    }
+    outcome
+}
+
+/// Who holds the role, as `agent` (whose check ran on behalf of `holder`) sees it.
+fn role<'a>(state: &'a KeyState, agent: &Agent, holder: Option<u32>, seen: &Observed) -> Role<'a> {
+    let fixing = state
+        .fixer
+        .as_ref()
+        .filter(|_| state.status == Status::Fixing);
+    match fixing {
+        None => Role::Nobody,
+        Some(f) => match liveness(f, state.generation, seen) {
+            // Dead is dead, also when the same agent fails again: its orphaned fix is
+            // stopped and it is elected anew.
+            Liveness::Dead => Role::Replace(f, Liveness::Dead),
+            how if f.agent == agent.id => {
+                // Another process of this agent holds the role (a second commit-retry
+                // of the same agent): it waits for that one unless that one went silent.
+                let other_process = f.registered && f.pid.is_some() && f.pid != holder;
+                match (other_process, how) {
+                    (false, _) => Role::Mine(f),
+                    (true, Liveness::Live) => Role::Other(f),
+                    (true, how) => Role::Replace(f, how),
+                }
+            }
+            Liveness::Live => Role::Other(f),
+            how => Role::Replace(f, how),
+        },
+    }
+}
+
+/// The fixer failed again: one more attempt, or it gives up after `max_fix_attempts`.
+fn keep_fixing(next: &mut KeyState, fixer: &Fixer, seen: &Observed) -> Outcome {
+    let attempts = fixer.attempts + 1;
+    if attempts >= seen.max_fix_attempts {
+        orphan(next, Some(fixer));
+        next.status = Status::Broken;
+        next.fixer = None;
+        next.waiters.clear();
+        next.changed = seen.now;
+        Outcome::GaveUp { attempts }
+    } else {
+        let f = next.fixer.as_mut().expect("fixer present");
+        f.attempts = attempts;
+        f.heartbeat = seen.now;
+        Outcome::KeepFixing { attempts }
+    }
+}
+
+/// Another agent's live fixer: `agent` waits for it.
+fn wait_for(state: &KeyState, next: &mut KeyState, fixer: &Fixer, agent: &Agent) -> Outcome {
+    let listed = state
+        .waiters
+        .iter()
+        .any(|w| w.agent == agent.id && w.pid == agent.pid);
+    if !listed {
+        next.waiters.retain(|w| w.agent != agent.id);
+        next.waiters.push(Waiter {
+            agent: agent.id.clone(),
+            pid: agent.pid,
+            host: agent.host.clone(),
+        });
+    }
+    let first = !state.waited.contains(&agent.id);
+    if first {
+        next.waited.push(agent.id.clone());
+    }
+    Outcome::Wait {
+        fixer: fixer.clone(),
+        first,
+    }
+}
+
+/// `Passed`: a broken key recovers; the fixer's pass (of its own generation) is the fix.
+fn passed(
+    state: &KeyState,
+    next: &mut KeyState,
+    agent: &Agent,
+    generation: Option<u64>,
+    fix: &FixSeen,
+    seen: &Observed,
+) -> Outcome {
+    match state.status {
+        Status::Passing => Outcome::Unchanged,
+        Status::Broken => {
+            to_passing(next, seen, None);
+            Outcome::Recovered
+        }
+        Status::Fixing => {
+            let is_fixer = state.fixer.as_ref().is_some_and(|f| f.agent == agent.id);
+            if is_fixer && generation.is_none_or(|g| g == state.generation) {
+                to_passing(next, seen, Some(agent.id.clone()));
+                next.fix = Some(Fix {
+                    commit: fix.commit.clone(),
+                    signature: state.signature.clone(),
+                    signatures: state.signatures.clone(),
+                    by: agent.id.clone(),
+                    generation: state.generation,
+                    head_before: fix.head_before.clone(),
+                    git_dir: fix.git_dir.clone(),
+                    committer: fix.committer.clone(),
+                    credited: state.waited.clone(),
+                });
+                Outcome::Fixed
+            } else if is_fixer {
+                Outcome::Fenced
+            } else {
+                Outcome::Unchanged
+            }
+        }
+    }
+}
+
+/// `FixCommitted`: the fix of `generation` by `agent` records its commit.
+fn fix_committed(next: &mut KeyState, agent: &str, generation: u64, commit: &str) -> Outcome {
+    match next.fix.as_mut() {
+        Some(f) if f.by == agent && f.generation == generation => {
+            f.commit = Some(commit.to_owned());
+            Outcome::Committed
+        }
+        _ => Outcome::Fenced,
+    }
+}
+
+/// `Register`: the fixer of `generation` took its lock as `holder`, maybe with its fix running.
+fn register(
+    state: &KeyState,
+    next: &mut KeyState,
+    agent: &str,
+    generation: u64,
+    holder: &Process,
+    fix_process: &Option<Process>,
+    seen: &Observed,
+) -> Outcome {
+    match next.fixer.as_mut() {
+        Some(f) if state.is_fixer(agent, generation) => {
+            f.registered = true;
+            f.pid = Some(holder.pid);
+            f.host = holder.host.clone();
+            f.start = holder.start;
+            f.heartbeat = f.heartbeat.max(seen.now);
+            if fix_process.is_some() {
+                f.fix_process = fix_process.clone();
+                // The registering fixer stopped any orphan before starting its own fix.
+                next.orphan_fix.clear();
+            }
+            Outcome::Registered
+        }
+        _ => Outcome::Fenced,
+    }
+}
+
+/// `Unwait`: a waiter leaves the list.
+fn unwait(state: &KeyState, next: &mut KeyState, agent: &str, pid: u32) -> Outcome {
+    next.waiters.retain(|w| !(w.agent == agent && w.pid == pid));
+    if next.waiters.len() == state.waiters.len() {
+        Outcome::Unchanged
+    } else {
+        Outcome::Unwaited
+    }
+}
+
+/// `Release`: the fixer gives the role up; the key stays broken.
+fn release(state: &KeyState, next: &mut KeyState, agent: &str, seen: &Observed) -> Outcome {
+    match &state.fixer {
+        Some(f) if state.status == Status::Fixing && f.agent == agent => {
+            orphan(next, Some(f));
+            next.status = Status::Broken;
+            next.fixer = None;
+            next.waiters.clear();
+            next.changed = seen.now;
+            Outcome::Released
+        }
+        other => Outcome::NotFixer {
+            fixer: other.clone(),
+        },
+    }
+}
+
+/// `Reset`: passing, in a new generation, with no fix on record.
+fn reset(state: &KeyState, next: &mut KeyState, seen: &Observed) -> Outcome {
+    orphan(next, state.fixer.as_ref());
+    to_passing(next, seen, None);
+    next.generation = next_generation(state, seen);
+    next.fix = None;
+    Outcome::Reset
 }
 
 /// A fixer leaves the role (taken over, gave up, released, reset): its fix run, if it has one,

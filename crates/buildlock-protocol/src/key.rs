@@ -4,14 +4,20 @@
 //! `match = "signature"` the key is `<base>#<signature>`, so two different breakages get two
 //! fixers.
 
-use crate::os::repo::Repo;
-use crate::protocol::config::{Config, Match, Scope};
+use crate::config::{Match, Scope};
 
-pub fn base(config: &Config, repo: &Repo) -> String {
-    match config.scope {
+/// The base key for `scope`: `repo`, the current branch's name, or the HEAD commit id. The caller
+/// reads the repository; `branch` and `head_commit` give what it read, and only the one the scope
+/// needs is asked for (each is a look at the repository).
+pub fn base(
+    scope: Scope,
+    branch: impl FnOnce() -> String,
+    head_commit: impl FnOnce() -> String,
+) -> String {
+    match scope {
         Scope::Repo => "repo".to_owned(),
-        Scope::Branch => repo.branch(),
-        Scope::Commit => repo.head_commit(),
+        Scope::Branch => branch(),
+        Scope::Commit => head_commit(),
     }
 }
 
@@ -52,6 +58,14 @@ pub fn file_stem(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_scope_picks_the_base() {
+        let base = |scope| base(scope, || "main".to_owned(), || "0123abcd".to_owned());
+        assert_eq!(base(Scope::Repo), "repo");
+        assert_eq!(base(Scope::Branch), "main");
+        assert_eq!(base(Scope::Commit), "0123abcd");
+    }
 
     #[test]
     fn signature_keys_extend_the_base() {

@@ -18,7 +18,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::protocol::state::{Event, KeyState, Outcome};
+use crate::state::{Event, KeyState, Outcome};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

@@ -31,18 +31,46 @@
 //!
 //! Measured: `python3 bench/signatures.py` (the figures are in the README, "Failure signatures").
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::failure_lines::failure_lines;
 
+/// The places of one machine that a failure's output may name, which normalisation replaces. The
+/// caller finds them (resolving the work tree, reading `HOME` and `TMPDIR`): the rules neither
+/// touch the file system nor read the environment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Places {
+    /// The work tree, as the check ran in it: becomes `<worktree>`.
+    pub worktree: PathBuf,
+    /// The work tree as the file system resolves it (symlinks followed), if it could be: becomes
+    /// `<worktree>` too.
+    pub real_worktree: Option<PathBuf>,
+    /// The home directory: becomes `~`.
+    pub home: Option<PathBuf>,
+    /// `$TMPDIR/` when it is set to something other than `/tmp`: a temp path, like `/tmp/…`.
+    pub temp_dir: Option<String>,
+}
+
+impl Places {
+    /// A work tree and a home directory; no resolved work tree and no temp dir of its own.
+    pub fn new(worktree: &Path, home: Option<&Path>) -> Places {
+        Places {
+            worktree: worktree.to_owned(),
+            real_worktree: None,
+            home: home.map(Path::to_owned),
+            temp_dir: None,
+        }
+    }
+}
+
 /// The signature of a failure's output: 16 hex digits.
-pub fn signature(output: &[u8], worktree: &Path, home: Option<&Path>) -> String {
-    let normalised = normalise(output, worktree, home);
+pub fn signature(output: &[u8], places: &Places) -> String {
+    let normalised = normalise(output, places);
     format!("{:016x}", fnv1a64(normalised.as_bytes()))
 }
 
 /// The normalised text that the signature hashes (one line per distinct failure line, sorted).
-pub fn normalise(output: &[u8], worktree: &Path, home: Option<&Path>) -> String {
+pub fn normalise(output: &[u8], places: &Places) -> String {
     let text = strip_ansi(&String::from_utf8_lossy(output));
     let mut roots: Vec<(String, &str)> = Vec::new();
     let mut add_root = |path: &Path, with: &'static str| {
@@ -51,16 +79,17 @@ pub fn normalise(output: &[u8], worktree: &Path, home: Option<&Path>) -> String 
             roots.push((s, with));
         }
     };
-    add_root(worktree, "<worktree>");
-    if let Ok(real) = worktree.canonicalize() {
-        add_root(&real, "<worktree>");
+    add_root(&places.worktree, "<worktree>");
+    if let Some(real) = &places.real_worktree {
+        add_root(real, "<worktree>");
     }
-    if let Some(home) = home {
+    if let Some(home) = &places.home {
         add_root(home, "~");
     }
     // Longest first, so that a work tree inside the home directory becomes `<worktree>`.
     roots.sort_by_key(|(r, _)| std::cmp::Reverse(r.len()));
 
+    let temp_dir = places.temp_dir.as_deref();
     let mut lines: Vec<String> = failure_lines(&text)
         .into_iter()
         .map(|line| {
@@ -70,7 +99,7 @@ pub fn normalise(output: &[u8], worktree: &Path, home: Option<&Path>) -> String 
                     line = line.replace(root.as_str(), with);
                 }
             }
-            normalise_line(&line)
+            normalise_line(&line, temp_dir)
         })
         .filter(|line| !is_noise(line))
         .collect();
@@ -139,8 +168,9 @@ const DURATION_KEYS: &[&str] = &[
 /// Keys whose number is a process id: `pid 123`, `pid=123`, node's `(node:123)`.
 const PID_KEYS: &[&str] = &["pid", "ppid", "node"];
 
-fn normalise_line(line: &str) -> String {
-    let temp_dir = crate::os::env::temp_dir_prefix();
+/// One line's volatile parts replaced; `temp_dir` is a temp dir of this machine's own
+/// ([`Places::temp_dir`]).
+fn normalise_line(line: &str, temp_dir: Option<&str>) -> String {
     let chars: Vec<char> = line.chars().collect();
     let mut out = String::with_capacity(line.len());
     let mut i = 0;
@@ -150,9 +180,7 @@ fn normalise_line(line: &str) -> String {
         // Temp paths, up to the next delimiter.
         if chars[i] == '/'
             && (TEMP_PREFIXES.iter().any(|p| starts_with_at(&chars, i, p))
-                || temp_dir
-                    .as_deref()
-                    .is_some_and(|t| starts_with_at(&chars, i, t)))
+                || temp_dir.is_some_and(|t| starts_with_at(&chars, i, t)))
         {
             while i < chars.len() && !is_path_end(chars[i]) {
                 i += 1;
@@ -435,8 +463,7 @@ mod tests {
     fn sig(tool: &str, wt: &str) -> String {
         signature(
             &fixture(&format!("{tool}.{wt}.out")),
-            Path::new(&format!("/tmp/sigfx/{wt}")),
-            None,
+            &Places::new(Path::new(&format!("/tmp/sigfx/{wt}")), None),
         )
     }
 
@@ -465,7 +492,7 @@ mod tests {
         // Pinned (FNV-1a 64 of "error: boom", computed independently): a change here breaks
         // agreement between agents running different versions.
         assert_eq!(
-            signature(b"error: boom\n", Path::new("/w"), None),
+            signature(b"error: boom\n", &Places::new(Path::new("/w"), None)),
             "fec0e2390acfa444"
         );
         assert_eq!(sig("cargo-build", "wt-alpha").len(), 16);
@@ -476,8 +503,11 @@ mod tests {
         let out = fixture("cargo-test.wt-alpha.out");
         let changed = String::from_utf8_lossy(&out).replace("right: 5", "right: 6");
         assert_ne!(
-            signature(&out, Path::new("/tmp/sigfx/wt-alpha"), None),
-            signature(changed.as_bytes(), Path::new("/tmp/sigfx/wt-alpha"), None)
+            signature(&out, &Places::new(Path::new("/tmp/sigfx/wt-alpha"), None)),
+            signature(
+                changed.as_bytes(),
+                &Places::new(Path::new("/tmp/sigfx/wt-alpha"), None)
+            )
         );
     }
 
@@ -508,7 +538,10 @@ mod tests {
             };
             let worktree = format!("/work/sigbench/{run}/{suite}/wt/{agent}");
             let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
-            let sig = signature(&bytes, Path::new(&worktree), Some(Path::new("/root")));
+            let sig = signature(
+                &bytes,
+                &Places::new(Path::new(&worktree), Some(Path::new("/root"))),
+            );
             out.push((
                 suite.to_owned(),
                 breakage.chars().next().unwrap_or('?'),
@@ -567,7 +600,7 @@ mod tests {
     #[test]
     fn noise_of_concurrent_runs_is_normalised() {
         let wt = Path::new("/w");
-        let n = |s: &str| normalise(s.as_bytes(), wt, None);
+        let n = |s: &str| normalise(s.as_bytes(), &Places::new(wt, None));
         assert_eq!(
             n("error: worker gw3 crashed"),
             "error: worker gw<n> crashed"
@@ -585,7 +618,7 @@ mod tests {
     #[test]
     fn normalises_the_documented_forms() {
         let wt = Path::new("/home/u/wt");
-        let n = |s: &str| normalise(s.as_bytes(), wt, Some(Path::new("/home/u")));
+        let n = |s: &str| normalise(s.as_bytes(), &Places::new(wt, Some(Path::new("/home/u"))));
         assert_eq!(n("\x1b[1m\x1b[91merror\x1b[0m: x"), "error: x");
         assert_eq!(n("at /home/u/wt/src/a.rs:3"), "at <worktree>/src/a.rs:3");
         assert_eq!(n("see /home/u/.cargo/x"), "see ~/.cargo/x");

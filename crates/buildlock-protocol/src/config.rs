@@ -1,9 +1,11 @@
 //! Configuration and its layers.
 //!
 //! Later wins: built-in defaults < the user file `config.toml` in the platform config dir for
-//! `buildlock` < `.buildlock.toml` at the work tree root < the file named by `BUILDLOCK_CONFIG`.
-//! A missing file is no error (except the one `BUILDLOCK_CONFIG` names); an unknown key, a wrong
-//! type, a bad duration or an out-of-range value is a [`ConfigError`] naming file, line and key.
+//! `buildlock` < `.buildlock.toml` at the work tree root < the file named by `BUILDLOCK_CONFIG`
+//! ([`layer_files`]). A missing file is no error (except the one `BUILDLOCK_CONFIG` names); an
+//! unknown key, a wrong type, a bad duration or an out-of-range value is a [`ConfigError`] naming
+//! file, line and key. The rules read no file: the flows layer reads each one and hands its text
+//! to [`Config::layer`].
 
 use serde::Deserialize;
 use std::fmt;
@@ -11,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
-use crate::os::time::parse_duration;
+use crate::time::parse_duration;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -156,44 +158,44 @@ pub const MAX_CHECK_SLOTS: u32 = 1024;
 /// Name of the per-repository file at the work tree root.
 pub const REPO_FILE: &str = ".buildlock.toml";
 
-impl Config {
-    /// Loads every layer for the work tree at `worktree`.
-    pub fn load(worktree: &Path) -> Result<Config, ConfigError> {
-        let mut config = Config::default();
-        if let Some(user) = user_file() {
-            config.layer_file(&user, false)?;
-        }
-        config.layer_file(&worktree.join(REPO_FILE), false)?;
-        if let Some(explicit) = crate::os::env::config_file() {
-            let explicit = if explicit.is_relative() {
-                worktree.join(explicit)
-            } else {
-                explicit
-            };
-            config.layer_file(&explicit, true)?;
-        }
-        Ok(config)
-    }
-
-    fn layer_file(&mut self, path: &Path, required: bool) -> Result<(), ConfigError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(()),
-            Err(e) => {
-                return Err(ConfigError {
-                    file: path.to_owned(),
-                    line: None,
-                    key: None,
-                    message: format!("cannot read it: {e}"),
-                });
-            }
+/// The files whose layers make the configuration of the work tree at `worktree`, lowest first,
+/// each with whether it must exist: the user file (`user_file`, where the platform has a config
+/// dir), [`REPO_FILE`] at the root, and the file `BUILDLOCK_CONFIG` names (`explicit`, relative
+/// to the root), which must. The caller reads them (the rules read no file) and hands each text to
+/// [`Config::layer`]; a missing file that need not exist is skipped.
+pub fn layer_files(
+    worktree: &Path,
+    user_file: Option<PathBuf>,
+    explicit: Option<PathBuf>,
+) -> Vec<(PathBuf, bool)> {
+    let mut files: Vec<(PathBuf, bool)> = user_file.map(|user| (user, false)).into_iter().collect();
+    files.push((worktree.join(REPO_FILE), false));
+    if let Some(explicit) = explicit {
+        let explicit = if explicit.is_relative() {
+            worktree.join(explicit)
+        } else {
+            explicit
         };
-        self.layer(&text, path)?;
-        self.sources.push(path.to_owned());
-        Ok(())
+        files.push((explicit, true));
     }
+    files
+}
 
-    /// Applies one file's text on top of this configuration.
+impl ConfigError {
+    /// A layer file that could not be read (`reason`: what the OS said).
+    pub fn unreadable(file: &Path, reason: impl fmt::Display) -> ConfigError {
+        ConfigError {
+            file: file.to_owned(),
+            line: None,
+            key: None,
+            message: format!("cannot read it: {reason}"),
+        }
+    }
+}
+
+impl Config {
+    /// Applies one file's text on top of this configuration (the caller records the file in
+    /// [`Config::sources`]).
     pub fn layer(&mut self, text: &str, file: &Path) -> Result<(), ConfigError> {
         let err = |span: Option<std::ops::Range<usize>>, message: String| {
             let (line, key) = match span {
@@ -332,11 +334,6 @@ fn positive(
     } else {
         Ok(d)
     }
-}
-
-/// The user file: `config.toml` in the platform config dir for `buildlock`.
-pub fn user_file() -> Option<PathBuf> {
-    directories::ProjectDirs::from("", "", "buildlock").map(|d| d.config_dir().join("config.toml"))
 }
 
 /// The 1-based line of byte `offset`, and the dotted key written on that line, if any.
@@ -506,6 +503,28 @@ refresh = "git rebase main"
     }
 
     #[test]
+    fn the_layer_files_in_order() {
+        let wt = Path::new("/r");
+        let files = layer_files(wt, Some("/u/config.toml".into()), Some("ci.toml".into()));
+        assert_eq!(
+            files,
+            [
+                (PathBuf::from("/u/config.toml"), false),
+                (PathBuf::from("/r/.buildlock.toml"), false),
+                (PathBuf::from("/r/ci.toml"), true),
+            ]
+        );
+        let files = layer_files(wt, None, Some("/etc/b.toml".into()));
+        assert_eq!(
+            files,
+            [
+                (PathBuf::from("/r/.buildlock.toml"), false),
+                (PathBuf::from("/etc/b.toml"), true),
+            ]
+        );
+    }
+
+    #[test]
     fn later_layers_win_key_by_key() {
         let mut c = Config::default();
         c.layer(
@@ -592,7 +611,7 @@ refresh = "git rebase main"
 
     #[test]
     fn the_ci_example_is_valid() {
-        let c = parse(include_str!("../../../../docs/ci/buildlock-ci.toml")).unwrap();
+        let c = parse(include_str!("../../../docs/ci/buildlock-ci.toml")).unwrap();
         assert_eq!((c.backend, c.scope), (Backend::Remote, Scope::Commit));
         assert!(c.retry_refresh.unwrap().contains("BUILDLOCK_FIX_REF"));
     }
