@@ -220,21 +220,21 @@ fn resumed_old_fixer_does_not_make_the_new_one_look_dead() {
     assert_eq!(r.state()["totals"]["elections"], 2);
 }
 
-/// `buildlock release` during `a`'s fix, then `a`'s re-check fails and `a` is elected again: `a`
-/// holds its new generation's lock, and `b` waits for it.
+/// `buildlock release` during `a`'s fix stops that fix; `a`'s next commit fails and `a` is
+/// elected again: `a` holds its new generation's lock, and `b` waits for it.
 // regression: `a` looked dead once its old hold was dropped, and `b` took over and killed its fix
 #[test]
 fn fixer_elected_again_after_release_is_not_taken_over() {
     let r = TestRepo::new("");
     let status = r.shared("status");
-    let count = r.shared("fix-count");
-    // The first fix run does not fix; the next ones do.
-    let work = format!(
-        "echo x >> {c}; [ $(wc -l < {c}) -ge 2 ] && echo ok > {s}; true",
-        c = count.display(),
-        s = status.display()
+    let first = r.shared("first-run");
+    // The first fix run is long (the release stops it); the next one is short, and fixes.
+    let sleep = format!(
+        "$(if [ -e {f} ]; then echo 1; else touch {f}; echo 60; fi)",
+        f = first.display()
     );
-    let fix = witness_fix(&r.root, "2", &work);
+    let work = format!("echo ok > {s}", s = status.display());
+    let fix = witness_fix(&r.root, &sleep, &work);
     r.configure(&format!(
             "check = \"grep -qx ok {s}\"\n[fix]\ncommand = \"sh {f}\"\n[coordination]\nwait = \"40s\"\n",
             s = status.display(),
@@ -252,7 +252,8 @@ fn fixer_elected_again_after_release_is_not_taken_over() {
     .len()
         == 1));
     r.buildlock(&ta, "a", &["release"]).success();
-    // a's next fix run: b fails meanwhile and must wait for it.
+    // The release stopped a's fix (promptly: not at its end, a minute later); a's next fix
+    // run: b fails meanwhile and must wait for it.
     assert!(
         eventually(Duration::from_secs(20), || starts(&witness_log(&r.root))
             .len()
@@ -273,6 +274,10 @@ fn fixer_elected_again_after_release_is_not_taken_over() {
     assert!(
         starts(&log).iter().all(|l| l.starts_with("start a")),
         "b never fixed: {log:?}"
+    );
+    assert!(
+        log[1].starts_with("stopped a"),
+        "the release stopped the fix: {log:?}"
     );
     assert_eq!(r.count_events("takeover"), 0, "{:?}", r.history_events());
 }

@@ -200,7 +200,7 @@ pub enum Request {
 
 /// What the store observed under the registry lock.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Observed {
+pub struct RegistryObserved {
     pub now: Millis,
     /// `claims.ttl`.
     pub ttl: Millis,
@@ -227,7 +227,7 @@ pub struct Conflict {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub enum RegistryOutcome {
     /// The claim is granted (now or from the queue).
     Granted {
         claim: Claim,
@@ -427,8 +427,8 @@ pub struct PathConflict {
 pub fn decide(
     reg: &Registry,
     request: &Request,
-    seen: &Observed,
-) -> (Registry, Decision, Vec<HistoryEvent>) {
+    seen: &RegistryObserved,
+) -> (Registry, RegistryOutcome, Vec<HistoryEvent>) {
     let mut r = reg.clone();
     r.schema = SCHEMA;
     let mut events = Vec::new();
@@ -460,7 +460,7 @@ pub fn decide(
             r.slot_queue.retain(|w| w.ticket != *ticket);
             // Someone behind may go now.
             grant_queued(&mut r, seen, &mut events);
-            Decision::Ok
+            RegistryOutcome::Ok
         }
         Request::Unclaim { who, paths } => {
             let mut released = Vec::new();
@@ -495,7 +495,7 @@ pub fn decide(
                 );
             }
             grant_queued(&mut r, seen, &mut events);
-            Decision::Released { released, not_held }
+            RegistryOutcome::Released { released, not_held }
         }
         Request::Done { who } => {
             let released = r.claims.iter().filter(|c| c.agent == who.agent).count();
@@ -513,22 +513,22 @@ pub fn decide(
             }
             events.push(serde_json::json!({"event": "done", "agent": who.agent, "paths": paths}));
             grant_queued(&mut r, seen, &mut events);
-            Decision::Done { released }
+            RegistryOutcome::Done { released }
         }
         Request::Slot { who, ticket } => slot(&mut r, seen, who, *ticket),
         Request::SlotRelease { ticket } => {
             r.slots.retain(|h| h.ticket != *ticket);
             r.slot_queue.retain(|w| w.ticket != *ticket);
-            Decision::Ok
+            RegistryOutcome::Ok
         }
         Request::Blocked { who, on } => {
             // The conflict itself is recorded by the guard, once per refused commit.
             if let Some(a) = r.agents.get_mut(&who.agent) {
                 a.blocked = on.clone();
             }
-            Decision::Ok
+            RegistryOutcome::Ok
         }
-        Request::Settle => Decision::Ok,
+        Request::Settle => RegistryOutcome::Ok,
     };
     (r, decision, events)
 }
@@ -575,7 +575,7 @@ fn register(r: &mut Registry, who: &Who, now: Millis) {
 
 /// Lapses claims, drops dead waiters and holders, forgets long-silent agents, grants what can be
 /// granted.
-fn settle(r: &mut Registry, seen: &Observed, events: &mut Vec<HistoryEvent>) {
+fn settle(r: &mut Registry, seen: &RegistryObserved, events: &mut Vec<HistoryEvent>) {
     let (now, ttl) = (seen.now, seen.ttl);
     let reg = r.clone();
     r.claims.retain(|c| {
@@ -614,7 +614,7 @@ fn settle(r: &mut Registry, seen: &Observed, events: &mut Vec<HistoryEvent>) {
 }
 
 /// Grants queued claim requests in order while nothing in front of them conflicts.
-fn grant_queued(r: &mut Registry, seen: &Observed, events: &mut Vec<HistoryEvent>) {
+fn grant_queued(r: &mut Registry, seen: &RegistryObserved, events: &mut Vec<HistoryEvent>) {
     loop {
         let order: Vec<ClaimWaiter> = r.claim_order().into_iter().cloned().collect();
         let mut granted = None;
@@ -635,7 +635,7 @@ fn grant_queued(r: &mut Registry, seen: &Observed, events: &mut Vec<HistoryEvent
 /// What stands in the way of `w`: live claims of others, and conflicting requests ahead of it.
 fn blockers(
     r: &Registry,
-    seen: &Observed,
+    seen: &RegistryObserved,
     ahead: &[ClaimWaiter],
     w: &ClaimWaiter,
 ) -> Vec<Conflict> {
@@ -662,7 +662,7 @@ fn blockers(
     out
 }
 
-fn grant(r: &mut Registry, seen: &Observed, w: &ClaimWaiter) -> Claim {
+fn grant(r: &mut Registry, seen: &RegistryObserved, w: &ClaimWaiter) -> Claim {
     // Claiming the same paths again in the same mode replaces the older claim (a renewal).
     r.claims
         .retain(|c| !(c.agent == w.agent && c.mode == w.mode && c.paths == w.paths));
@@ -684,7 +684,7 @@ fn grant(r: &mut Registry, seen: &Observed, w: &ClaimWaiter) -> Claim {
 #[allow(clippy::too_many_arguments)]
 fn claim(
     r: &mut Registry,
-    seen: &Observed,
+    seen: &RegistryObserved,
     who: &Who,
     paths: &[String],
     mode: Mode,
@@ -692,15 +692,15 @@ fn claim(
     wait: bool,
     ticket: Option<u64>,
     events: &mut Vec<HistoryEvent>,
-) -> Decision {
+) -> RegistryOutcome {
     let ticket = match ticket {
         // Looking again: granted meanwhile (by settle), still queued, or gone.
         Some(t) => {
             if let Some(c) = r.claims.iter().find(|c| c.id == t) {
-                return Decision::Granted { claim: c.clone() };
+                return RegistryOutcome::Granted { claim: c.clone() };
             }
             if !r.claim_queue.iter().any(|w| w.ticket == t) {
-                return Decision::Gone;
+                return RegistryOutcome::Gone;
             }
             t
         }
@@ -734,7 +734,7 @@ fn claim(
             "mode": claim.mode, "until": claim.until,
             "waited_ms": seen.now.saturating_sub(me.arrived)}),
         );
-        return Decision::Granted { claim };
+        return RegistryOutcome::Granted { claim };
     }
     if !wait {
         r.claim_queue.retain(|w| w.ticket != ticket);
@@ -742,19 +742,24 @@ fn claim(
             serde_json::json!({"event": "conflict", "agent": who.agent, "paths": paths,
             "mode": mode, "holder": conflicts[0].agent, "by": "claim"}),
         );
-        return Decision::Refused { conflicts };
+        return RegistryOutcome::Refused { conflicts };
     }
-    Decision::Queued {
+    RegistryOutcome::Queued {
         ticket,
         position: i,
         conflicts,
     }
 }
 
-fn slot(r: &mut Registry, seen: &Observed, who: &Who, ticket: Option<u64>) -> Decision {
+fn slot(
+    r: &mut Registry,
+    seen: &RegistryObserved,
+    who: &Who,
+    ticket: Option<u64>,
+) -> RegistryOutcome {
     let ticket = match ticket {
         Some(t) if r.slot_queue.iter().any(|w| w.ticket == t) => t,
-        Some(_) => return Decision::Gone,
+        Some(_) => return RegistryOutcome::Gone,
         None => {
             r.seq += 1;
             r.slot_queue.push(SlotWaiter {
@@ -794,11 +799,11 @@ fn slot(r: &mut Registry, seen: &Observed, who: &Who, ticket: Option<u64>) -> De
             process: w.process,
             since: seen.now,
         });
-        return Decision::TakeSlot { ticket, slot };
+        return RegistryOutcome::TakeSlot { ticket, slot };
     }
     let mut running = r.slots.clone();
     running.sort_by_key(|h| h.slot);
-    Decision::SlotQueued {
+    RegistryOutcome::SlotQueued {
         ticket,
         position,
         running,
@@ -858,8 +863,8 @@ mod tests {
         }
     }
 
-    fn seen(now: Millis) -> Observed {
-        Observed {
+    fn seen(now: Millis) -> RegistryObserved {
+        RegistryObserved {
             now,
             ttl: TTL,
             dead: BTreeSet::new(),
@@ -879,7 +884,7 @@ mod tests {
         }
     }
 
-    fn step(r: &Registry, req: Request, now: Millis) -> (Registry, Decision) {
+    fn step(r: &Registry, req: Request, now: Millis) -> (Registry, RegistryOutcome) {
         let (r, d, _) = decide(r, &req, &seen(now));
         (r, d)
     }
@@ -891,14 +896,14 @@ mod tests {
             claim_req("a", &["src/api/*"], Mode::Exclusive, false),
             T0,
         );
-        assert!(matches!(d, Decision::Granted { .. }));
+        assert!(matches!(d, RegistryOutcome::Granted { .. }));
         let (r2, d) = step(
             &r,
             claim_req("b", &["src/api/x.py"], Mode::Exclusive, false),
             T0 + 1,
         );
         match d {
-            Decision::Refused { conflicts } => {
+            RegistryOutcome::Refused { conflicts } => {
                 assert_eq!(conflicts[0].agent, "a");
                 assert_eq!(conflicts[0].theirs, "src/api/*");
                 assert_eq!(conflicts[0].until, Some(T0 + TTL));
@@ -913,7 +918,7 @@ mod tests {
             T0 + 1,
         );
         assert!(
-            matches!(d, Decision::Refused { .. }),
+            matches!(d, RegistryOutcome::Refused { .. }),
             "shared conflicts with exclusive"
         );
         let (_, d) = step(
@@ -921,14 +926,17 @@ mod tests {
             claim_req("b", &["docs"], Mode::Exclusive, false),
             T0 + 1,
         );
-        assert!(matches!(d, Decision::Granted { .. }), "disjoint paths");
+        assert!(
+            matches!(d, RegistryOutcome::Granted { .. }),
+            "disjoint paths"
+        );
         let (_, d) = step(
             &r,
             claim_req("a", &["src/api/x.py"], Mode::Exclusive, false),
             T0 + 1,
         );
         assert!(
-            matches!(d, Decision::Granted { .. }),
+            matches!(d, RegistryOutcome::Granted { .. }),
             "own claims never conflict"
         );
     }
@@ -941,11 +949,11 @@ mod tests {
             T0,
         );
         let (r, d) = step(&r, claim_req("b", &["docs/x.md"], Mode::Shared, false), T0);
-        assert!(matches!(d, Decision::Granted { .. }));
+        assert!(matches!(d, RegistryOutcome::Granted { .. }));
         assert_eq!(r.claims.len(), 2);
         let (_, d) = step(&r, claim_req("c", &["docs/*"], Mode::Exclusive, false), T0);
         match d {
-            Decision::Refused { conflicts } => assert_eq!(conflicts.len(), 2),
+            RegistryOutcome::Refused { conflicts } => assert_eq!(conflicts.len(), 2),
             other => panic!("{other:?}"),
         }
     }
@@ -970,10 +978,10 @@ mod tests {
         let (r, d3) = step(&r, req("high", 1), T0 + 3);
         let (r, d4) = step(&r, req("mid-2", 3), T0 + 4);
         for d in [&d1, &d2, &d3, &d4] {
-            assert!(matches!(d, Decision::Queued { .. }), "{d:?}");
+            assert!(matches!(d, RegistryOutcome::Queued { .. }), "{d:?}");
         }
-        assert!(matches!(d3, Decision::Queued { position: 0, .. }));
-        assert!(matches!(d4, Decision::Queued { position: 2, .. }));
+        assert!(matches!(d3, RegistryOutcome::Queued { position: 0, .. }));
+        assert!(matches!(d4, RegistryOutcome::Queued { position: 2, .. }));
         let mut r = r;
         let mut order = Vec::new();
         let mut holder = "holder".to_owned();
@@ -1014,7 +1022,7 @@ mod tests {
             T0 + 2,
         );
         match d {
-            Decision::Refused { conflicts } => {
+            RegistryOutcome::Refused { conflicts } => {
                 assert!(conflicts[0].queued && conflicts[0].agent == "w")
             }
             other => panic!("{other:?}"),
@@ -1030,7 +1038,7 @@ mod tests {
             ticket: None,
         };
         let (_, d) = step(&r, req, T0 + 2);
-        assert!(matches!(d, Decision::Granted { .. }), "{d:?}");
+        assert!(matches!(d, RegistryOutcome::Granted { .. }), "{d:?}");
     }
 
     #[test]
@@ -1041,7 +1049,7 @@ mod tests {
             T0,
         );
         let (r, d) = step(&r, claim_req("w", &["x"], Mode::Exclusive, true), T0);
-        let Decision::Queued { ticket, .. } = d else {
+        let RegistryOutcome::Queued { ticket, .. } = d else {
             panic!("{d:?}")
         };
         let again = |r: &Registry, now| {
@@ -1058,11 +1066,17 @@ mod tests {
                 now,
             )
         };
-        assert!(matches!(again(&r, T0 + 1).1, Decision::Queued { .. }));
+        assert!(matches!(
+            again(&r, T0 + 1).1,
+            RegistryOutcome::Queued { .. }
+        ));
         let (done, _) = step(&r, Request::Done { who: who("h", 3) }, T0 + 2);
-        assert!(matches!(again(&done, T0 + 3).1, Decision::Granted { .. }));
+        assert!(matches!(
+            again(&done, T0 + 3).1,
+            RegistryOutcome::Granted { .. }
+        ));
         let (left, _) = step(&r, Request::Leave { ticket }, T0 + 2);
-        assert!(matches!(again(&left, T0 + 3).1, Decision::Gone));
+        assert!(matches!(again(&left, T0 + 3).1, RegistryOutcome::Gone));
         assert!(left.claim_queue.is_empty());
     }
 
@@ -1088,7 +1102,7 @@ mod tests {
             &claim_req("b", &["x"], Mode::Exclusive, false),
             &seen(T0 + TTL),
         );
-        assert!(matches!(d, Decision::Granted { .. }));
+        assert!(matches!(d, RegistryOutcome::Granted { .. }));
         assert_eq!(events[0]["event"], "lapse");
         assert_eq!(events[0]["reason"], "ttl");
         assert_eq!(r3.claims.len(), 1);
@@ -1114,7 +1128,7 @@ mod tests {
             T0,
         );
         let (r, d) = step(&r, claim_req("w", &["x"], Mode::Exclusive, true), T0);
-        let Decision::Queued { ticket, .. } = d else {
+        let RegistryOutcome::Queued { ticket, .. } = d else {
             panic!()
         };
         let look = Request::Claim {
@@ -1126,7 +1140,7 @@ mod tests {
             ticket: Some(ticket),
         };
         let (after, d, events) = decide(&r, &look, &seen(T0 + 500));
-        assert!(matches!(d, Decision::Queued { .. }));
+        assert!(matches!(d, RegistryOutcome::Queued { .. }));
         assert_eq!(after, r, "no write, so no waiter is woken");
         assert!(events.is_empty());
         let (r, d, _) = decide(
@@ -1137,7 +1151,7 @@ mod tests {
             },
             &seen(T0),
         );
-        let Decision::SlotQueued { ticket, .. } = d else {
+        let RegistryOutcome::SlotQueued { ticket, .. } = d else {
             panic!("{d:?}")
         };
         let (after, _, _) = decide(
@@ -1159,7 +1173,7 @@ mod tests {
             T0,
         );
         let (r, d) = step(&r, claim_req("w", &["x"], Mode::Exclusive, true), T0);
-        let Decision::Queued { ticket, .. } = d else {
+        let RegistryOutcome::Queued { ticket, .. } = d else {
             panic!()
         };
         let mut s = seen(T0 + 1);
@@ -1185,7 +1199,7 @@ mod tests {
         );
         assert_eq!(
             d,
-            Decision::Released {
+            RegistryOutcome::Released {
                 released: vec!["x".into()],
                 not_held: vec!["z".into()]
             }
@@ -1202,7 +1216,7 @@ mod tests {
         );
         assert_eq!(
             d,
-            Decision::Released {
+            RegistryOutcome::Released {
                 released: vec!["y".into()],
                 not_held: vec![]
             }
@@ -1224,7 +1238,7 @@ mod tests {
         );
         assert_eq!(
             d,
-            Decision::Released {
+            RegistryOutcome::Released {
                 released: vec![],
                 not_held: vec![]
             }
@@ -1241,7 +1255,7 @@ mod tests {
         );
         let (r, _) = step(&r, claim_req("a", &["y"], Mode::Shared, false), T0);
         let (r, d, ev) = decide(&r, &Request::Done { who: who("a", 3) }, &seen(T0));
-        assert_eq!(d, Decision::Done { released: 2 });
+        assert_eq!(d, RegistryOutcome::Done { released: 2 });
         assert!(r.claims.is_empty());
         assert!(r.agents["a"].done);
         assert_eq!(agent_state(&r, "a", false, false), "done");
@@ -1288,8 +1302,8 @@ mod tests {
         assert!(!r.others_claim("a", T0, TTL));
     }
 
-    fn slot_seen(now: Millis, free: &[usize]) -> Observed {
-        Observed {
+    fn slot_seen(now: Millis, free: &[usize]) -> RegistryObserved {
+        RegistryObserved {
             free_slots: free.to_vec(),
             ..seen(now)
         }
@@ -1310,7 +1324,7 @@ mod tests {
         };
         // Two slots, both free: the first two take them.
         let (r, d, _) = ask(&r, "a", 3, &[0, 1]);
-        let Decision::TakeSlot {
+        let RegistryOutcome::TakeSlot {
             ticket: ta,
             slot: 0,
         } = d
@@ -1318,13 +1332,16 @@ mod tests {
             panic!("{d:?}")
         };
         let (r, d, _) = ask(&r, "b", 3, &[1]);
-        assert!(matches!(d, Decision::TakeSlot { slot: 1, .. }), "{d:?}");
+        assert!(
+            matches!(d, RegistryOutcome::TakeSlot { slot: 1, .. }),
+            "{d:?}"
+        );
         assert_eq!(r.slots.len(), 2);
         assert!(r.slot_queue.is_empty());
         // Now everyone queues; c (5) first, then d (1): d goes first.
         let (r, dc, _) = ask(&r, "c", 5, &[]);
         let (r, dd, _) = ask(&r, "d", 1, &[]);
-        let Decision::SlotQueued {
+        let RegistryOutcome::SlotQueued {
             ticket: tc,
             position: 0,
             ref running,
@@ -1333,7 +1350,7 @@ mod tests {
             panic!("{dc:?}")
         };
         assert_eq!(running.len(), 2);
-        let Decision::SlotQueued {
+        let RegistryOutcome::SlotQueued {
             ticket: td,
             position: 0,
             ..
@@ -1362,11 +1379,11 @@ mod tests {
         );
         assert!(matches!(
             look(&r, "c", 5, tc, &[0]),
-            Decision::SlotQueued { position: 1, .. }
+            RegistryOutcome::SlotQueued { position: 1, .. }
         ));
         assert_eq!(
             look(&r, "d", 1, td, &[0]),
-            Decision::TakeSlot {
+            RegistryOutcome::TakeSlot {
                 ticket: td,
                 slot: 0
             }
@@ -1383,7 +1400,7 @@ mod tests {
             },
             &slot_seen(T0, &[0]),
         );
-        assert!(matches!(d, Decision::TakeSlot { slot: 0, .. }));
+        assert!(matches!(d, RegistryOutcome::TakeSlot { slot: 0, .. }));
         assert_eq!(r.slots.len(), 1);
         // Busy while its lock is held.
         let (r2, d, _) = decide(
@@ -1394,7 +1411,7 @@ mod tests {
             },
             &slot_seen(T0, &[]),
         );
-        assert!(matches!(d, Decision::SlotQueued { position: 0, .. }));
+        assert!(matches!(d, RegistryOutcome::SlotQueued { position: 0, .. }));
         assert_eq!(r2.slots[0].agent, "a");
         // a was SIGKILLed: its lock is free; b gets slot 0 and a's entry goes.
         let (r, d, _) = decide(
@@ -1405,7 +1422,7 @@ mod tests {
             },
             &slot_seen(T0, &[0]),
         );
-        assert!(matches!(d, Decision::TakeSlot { slot: 0, .. }));
+        assert!(matches!(d, RegistryOutcome::TakeSlot { slot: 0, .. }));
         assert_eq!(r.slots.len(), 1);
         assert_eq!(r.slots[0].agent, "b");
     }

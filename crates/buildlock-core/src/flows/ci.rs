@@ -291,8 +291,8 @@ impl Ci<'_> {
             FixEnd::TakenOver => {
                 self.role = None;
                 say::say(format!(
-                    "{WHO}: another agent took the fixer role over: stopped our fix; \
-                     waiting for theirs"
+                    "{WHO}: the fixer role moved on (taken over, released or reset): stopped \
+                     our fix; this job goes on as any other"
                 ));
             }
             FixEnd::NotStarted => self.role = None,

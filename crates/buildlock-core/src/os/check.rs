@@ -151,12 +151,17 @@ pub fn run(command: &Command, opts: Options<'_>) -> std::io::Result<Run> {
     });
 
     let stop = |why: Ending, exit_rx: &mpsc::Receiver<std::io::Result<ExitStatus>>| {
+        let deadline = Instant::now() + GRACE;
         process::kill_group(pgid, libc::SIGTERM);
         if exit_rx.recv_timeout(GRACE).is_err() {
             process::kill_group(pgid, libc::SIGKILL);
             let _ = exit_rx.recv_timeout(GRACE);
         }
-        // Members of the group that outlived its leader.
+        // The rest of the group gets the same grace as its leader (a `sh -c` leader dies at once
+        // on SIGTERM; the script it runs may be cleaning up in a trap), then SIGKILL.
+        while process::group_alive(pgid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         process::kill_group(pgid, libc::SIGKILL);
         why
     };
@@ -303,6 +308,33 @@ mod tests {
         assert_eq!(r.ending, Ending::TimedOut(Duration::from_millis(200)));
         assert!(r.took < Duration::from_secs(5));
         assert!(String::from_utf8_lossy(&r.output).contains("check_timeout"));
+    }
+
+    /// The leader (`sh -c`) dies at once on SIGTERM; the script it runs traps it to clean up,
+    /// and gets the grace too before SIGKILL.
+    // regression: the group was SIGKILLed the moment its leader exited, mid-trap
+    #[test]
+    fn a_stopped_group_gets_its_grace_after_the_leader_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("inner.sh");
+        let cleaned = dir.path().join("cleaned");
+        std::fs::write(
+            &script,
+            format!(
+                "trap 'sleep 0.3; echo yes > {}; exit 143' TERM\nsleep 30 & wait $!\n",
+                cleaned.display()
+            ),
+        )
+        .unwrap();
+        let r = run_sh(
+            &format!("sh {}; echo after", script.display()),
+            Duration::from_millis(300),
+        );
+        assert_eq!(r.ending, Ending::TimedOut(Duration::from_millis(300)));
+        assert_eq!(
+            std::fs::read_to_string(&cleaned).unwrap_or_default(),
+            "yes\n"
+        );
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::os::fs::{Durability, modified_ms, touch_existing, write_atomic};
 use crate::os::lock::{self, Lock};
 use crate::os::{process, say, time};
 use crate::protocol::claims::{
-    Decision, HistoryEvent, Observed, Registry, Request, SCHEMA, decide,
+    HistoryEvent, Registry, RegistryObserved, RegistryOutcome, Request, SCHEMA, decide,
 };
 
 pub const FILE: &str = "registry.json";
@@ -65,7 +65,7 @@ impl Limits {
 pub struct RegistryStep {
     pub before: Registry,
     pub after: Registry,
-    pub decision: Decision,
+    pub decision: RegistryOutcome,
     /// History entries for `buildlock log`.
     pub events: Vec<HistoryEvent>,
     /// The slot lock to hold for the check, when the decision was `TakeSlot`.
@@ -219,7 +219,7 @@ impl RegistryStore {
             })
             .map(|(n, _)| n.clone())
             .collect();
-        let seen = Observed {
+        let seen = RegistryObserved {
             now: time::now(),
             ttl: limits.ttl_ms(),
             dead,
@@ -228,7 +228,7 @@ impl RegistryStore {
         };
         let (after, decision, events) = decide(&before, request, &seen);
         let slot = match &decision {
-            Decision::TakeSlot { slot, .. } => {
+            RegistryOutcome::TakeSlot { slot, .. } => {
                 probes.into_iter().find(|(s, _)| s == slot).map(|(_, l)| l)
             }
             _ => None,
@@ -413,11 +413,11 @@ mod tests {
         let store = RegistryStore::new(dir.path());
         assert!(!store.any_claims());
         let a = store.apply(&claim("a", "x"), LIMITS).unwrap();
-        assert!(matches!(a.decision, Decision::Granted { .. }));
+        assert!(matches!(a.decision, RegistryOutcome::Granted { .. }));
         assert!(store.any_claims());
         assert!(seen_path(dir.path(), "a").exists());
         let b = store.apply(&claim("b", "x"), LIMITS).unwrap();
-        assert!(matches!(b.decision, Decision::Refused { .. }));
+        assert!(matches!(b.decision, RegistryOutcome::Refused { .. }));
         let _ = store
             .apply(&Request::Done { who: who("a") }, LIMITS)
             .unwrap();
@@ -448,7 +448,7 @@ mod tests {
             std::fs::write(store.path(), bad).unwrap();
             assert_eq!(store.read(), Registry::default());
             let a = store.apply(&claim("a", "x"), LIMITS).unwrap();
-            assert!(matches!(a.decision, Decision::Granted { .. }));
+            assert!(matches!(a.decision, RegistryOutcome::Granted { .. }));
             assert_eq!(store.read().claims.len(), 1);
             let _ = store
                 .apply(&Request::Done { who: who("a") }, LIMITS)
@@ -470,7 +470,10 @@ mod tests {
                 limits,
             )
             .unwrap();
-        assert!(matches!(a.decision, Decision::TakeSlot { slot: 0, .. }));
+        assert!(matches!(
+            a.decision,
+            RegistryOutcome::TakeSlot { slot: 0, .. }
+        ));
         let held = a.slot.expect("the lock comes with the decision");
         let b = store
             .apply(
@@ -481,7 +484,7 @@ mod tests {
                 limits,
             )
             .unwrap();
-        let Decision::SlotQueued { ticket: tb, .. } = b.decision else {
+        let RegistryOutcome::SlotQueued { ticket: tb, .. } = b.decision else {
             panic!("{:?}", b.decision)
         };
         drop(held);
@@ -494,6 +497,9 @@ mod tests {
                 limits,
             )
             .unwrap();
-        assert!(matches!(b.decision, Decision::TakeSlot { slot: 0, .. }));
+        assert!(matches!(
+            b.decision,
+            RegistryOutcome::TakeSlot { slot: 0, .. }
+        ));
     }
 }

@@ -22,7 +22,7 @@ use crate::os::check::Ending;
 use crate::os::lock::Lock;
 use crate::os::time::{self, human};
 use crate::os::{env, say, signals};
-use crate::protocol::claims::{Decision, Request, SlotHolder};
+use crate::protocol::claims::{RegistryOutcome, Request, SlotHolder};
 use crate::store::registry::{Limits, RegistryStore};
 
 /// A check slot held by this process. Dropping it frees the slot: the lock first (so a waiter that
@@ -83,7 +83,7 @@ pub fn take(
             limits,
         )?;
         match applied.decision {
-            Decision::TakeSlot { ticket: t, slot } => {
+            RegistryOutcome::TakeSlot { ticket: t, slot } => {
                 if told {
                     say::progress_done();
                     say::say(format!(
@@ -100,7 +100,7 @@ pub fn take(
                     lock: applied.slot,
                 })));
             }
-            Decision::SlotQueued {
+            RegistryOutcome::SlotQueued {
                 ticket: t,
                 position,
                 running,
@@ -165,7 +165,7 @@ pub fn take(
                 ctx.registry.touch(&ctx.agent);
             }
             // Our place was lost (the registry was reset): queue again.
-            Decision::Gone => ticket = None,
+            RegistryOutcome::Gone => ticket = None,
             other => anyhow::bail!("unexpected answer to a slot request: {other:?}"),
         }
     }

@@ -177,8 +177,8 @@ impl Hook<'_> {
                 _ => return exit::FIXER,
             }
             match self.wait(&decision, deadline) {
-                Waited::Again(silent) => seen_silent = silent,
-                Waited::Exit(code) => return code,
+                HookWait::Again(silent) => seen_silent = silent,
+                HookWait::Exit(code) => return code,
             }
         }
     }
@@ -438,7 +438,7 @@ impl Hook<'_> {
     }
 
     /// Waits in the hook (a plain `git commit` with `hook.wait = true`) for the fix.
-    fn wait(&self, decision: &Decision, deadline: Instant) -> Waited {
+    fn wait(&self, decision: &Decision, deadline: Instant) -> HookWait {
         let ctx = self.ctx;
         let key = decision.key.clone().unwrap_or_default();
         let waiting = wait::Waiting {
@@ -472,41 +472,41 @@ impl Hook<'_> {
                 );
                 wait::stagger(herd);
                 // A failure of ours is matched with the fix commit in `failed`.
-                Waited::Again(None)
+                HookWait::Again(None)
             }
             WaitEnd::Moved { generation } => {
                 say::say(format!(
                     "that fix ended and generation {generation} began; running the check again"
                 ));
-                Waited::Again(None)
+                HookWait::Again(None)
             }
             WaitEnd::Broken => {
                 say::say("the fixer gave the role up; running the check again");
-                Waited::Again(None)
+                HookWait::Again(None)
             }
             WaitEnd::FixerDied(f) => {
                 say::say(format!(
                     "the fixer `{}` died; running the check again",
                     f.agent
                 ));
-                Waited::Again(None)
+                HookWait::Again(None)
             }
             WaitEnd::FixerSilent(f, lease) => {
                 say::say(format!(
                     "the fixer `{}` went silent; running the check again",
                     f.agent
                 ));
-                Waited::Again(Some(lease))
+                HookWait::Again(Some(lease))
             }
             WaitEnd::TimedOut => {
                 tell_wait(decision, decision.since, false, true);
-                Waited::Exit(exit::BLOCKED)
+                HookWait::Exit(exit::BLOCKED)
             }
             WaitEnd::Signal(n) => {
                 say::say(format!("interrupted by signal {n} while waiting"));
-                Waited::Exit(exit::signal(n))
+                HookWait::Exit(exit::signal(n))
             }
-            WaitEnd::ParentGone => Waited::Exit(exit::signal(libc::SIGHUP)),
+            WaitEnd::ParentGone => HookWait::Exit(exit::signal(libc::SIGHUP)),
         }
     }
 }
@@ -517,7 +517,7 @@ enum Failed {
     Decided(Decision, Option<u64>),
 }
 
-enum Waited {
+enum HookWait {
     /// Run the check again (with the fixer lease seen silent, if it was).
     Again(Option<(u64, u64)>),
     Exit(i32),

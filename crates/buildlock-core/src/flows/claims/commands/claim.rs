@@ -11,7 +11,7 @@ use crate::flows::context::Context;
 use crate::os::bell::{Listener, Wake};
 use crate::os::time::{self, Millis, human};
 use crate::os::{say, signals};
-use crate::protocol::claims::{Decision, Mode, Request, Who};
+use crate::protocol::claims::{Mode, RegistryOutcome, Request, Who};
 use crate::protocol::exit;
 use crate::store::registry::{Limits, RegistryStore};
 
@@ -94,7 +94,7 @@ pub fn claim(ctx: &Context, args: &ClaimArgs) -> Result<i32> {
     )?;
     record(ctx, applied.events);
     match applied.decision {
-        Decision::Granted { claim } => {
+        RegistryOutcome::Granted { claim } => {
             say::headline(
                 say::Tone::Good,
                 describe_claim(&claim, &applied.after, limits.ttl_ms()),
@@ -104,7 +104,7 @@ pub fn claim(ctx: &Context, args: &ClaimArgs) -> Result<i32> {
             );
             Ok(exit::OK)
         }
-        Decision::Refused { conflicts } => {
+        RegistryOutcome::Refused { conflicts } => {
             say::headline(
                 say::Tone::Wait,
                 "refused: another agent holds (or waits for) what you claim; nothing was claimed",
@@ -116,7 +116,7 @@ pub fn claim(ctx: &Context, args: &ClaimArgs) -> Result<i32> {
             );
             Ok(exit::BLOCKED)
         }
-        Decision::Queued {
+        RegistryOutcome::Queued {
             ticket,
             position,
             conflicts,
@@ -198,7 +198,7 @@ fn wait_for_grant(
         )?;
         record(ctx, applied.events);
         match applied.decision {
-            Decision::Granted { claim } => {
+            RegistryOutcome::Granted { claim } => {
                 say::progress_done();
                 say::headline(
                     say::Tone::Good,
@@ -210,7 +210,7 @@ fn wait_for_grant(
                 );
                 return Ok(exit::OK);
             }
-            Decision::Queued {
+            RegistryOutcome::Queued {
                 position,
                 conflicts,
                 ..
@@ -233,7 +233,7 @@ fn wait_for_grant(
                     ));
                 }
             }
-            Decision::Gone => {
+            RegistryOutcome::Gone => {
                 say::progress_done();
                 say::say(
                     "your queued claim is no longer in the registry (it was reset or damaged); nothing was \
@@ -274,7 +274,7 @@ pub fn unclaim(ctx: &Context, all: bool, raw_paths: &[String]) -> Result<i32> {
         limits(ctx),
     )?;
     record(ctx, applied.events);
-    let Decision::Released { released, not_held } = applied.decision else {
+    let RegistryOutcome::Released { released, not_held } = applied.decision else {
         anyhow::bail!("unexpected answer to unclaim: {:?}", applied.decision);
     };
     if !released.is_empty() {

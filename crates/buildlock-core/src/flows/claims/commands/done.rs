@@ -11,7 +11,7 @@ use crate::flows::claims::common::{
 use crate::flows::context::Context;
 use crate::os::time::{self, Millis, human};
 use crate::os::{say, signals};
-use crate::protocol::claims::{self, Decision, Request};
+use crate::protocol::claims::{self, RegistryOutcome, Request};
 use crate::protocol::exit;
 use crate::protocol::state::Status;
 use crate::store::registry::RegistryStore;
@@ -26,7 +26,7 @@ pub fn done(ctx: &Context) -> Result<i32> {
     )?;
     record(ctx, applied.events);
     let released = match applied.decision {
-        Decision::Done { released } => released,
+        RegistryOutcome::Done { released } => released,
         other => anyhow::bail!("unexpected answer to done: {other:?}"),
     };
     say::headline(

@@ -329,8 +329,8 @@ impl Retry<'_> {
                 self.role = None;
                 self.own = None;
                 say::say(
-                    "another agent took the fixer role over: stopped our fix; waiting \
-                     for theirs",
+                    "the fixer role moved on (taken over, released or reset): stopped our \
+                     fix; this agent goes on as any other",
                 );
             }
             FixEnd::NotStarted => {
