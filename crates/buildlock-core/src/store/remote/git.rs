@@ -84,7 +84,7 @@ impl Git {
             bin,
             git_dir: git_dir.to_owned(),
             remote: remote.to_owned(),
-            timeout: Duration::from_secs(60),
+            timeout: crate::os::env::remote_timeout().unwrap_or(Duration::from_secs(60)),
         })
     }
 
