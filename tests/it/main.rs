@@ -16,6 +16,7 @@ mod hook;
 mod install;
 mod race;
 mod remote;
+mod remote_stall;
 mod resource_limits;
 mod retry;
 mod stale;

@@ -11,6 +11,7 @@
 //! - `BUILDLOCK_FAULT`: `point[:action]`, a fault to inject at a named point (see `fault.rs`);
 //! - `BUILDLOCK_REMOTE_COMPACT_AFTER` (a count) and `BUILDLOCK_REMOTE_PRUNE_AFTER` (a duration):
 //!   the remote backend's chain length before compaction and the age of passing keys it deletes;
+//! - `BUILDLOCK_REMOTE_TIMEOUT` (a duration): the bound on one remote git run (default 60 s);
 //! - `BUILDLOCK_TEST_CLOCK_OFFSET`: a signed duration (`"+10m"`, `"-10m"`) added to this process's
 //!   wall clock, for the clock-skew tests of the remote backend.
 
@@ -153,6 +154,11 @@ pub fn remote_compact_after() -> Option<u64> {
 /// The age of passing keys the remote backend deletes (tests and benchmarks).
 pub fn remote_prune_after() -> Option<Duration> {
     var("BUILDLOCK_REMOTE_PRUNE_AFTER").and_then(|v| parse_duration(&v).ok())
+}
+
+/// The bound on one remote git run, when `BUILDLOCK_REMOTE_TIMEOUT` sets it (tests).
+pub fn remote_timeout() -> Option<Duration> {
+    var("BUILDLOCK_REMOTE_TIMEOUT").and_then(|v| crate::os::time::parse_duration(&v).ok())
 }
 
 /// A skew added to this process's wall clock, in milliseconds (tests only): `+10m` or `-10m`.

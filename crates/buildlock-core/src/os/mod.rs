@@ -2,6 +2,7 @@
 //!
 //! - [`lock`]: the only module that takes a lock (flock through fd-lock);
 //! - [`fs`]: atomic writes; [`check`]: running a command in its own process group;
+//! - [`deadline`]: running a program (the remote backend's git) that ends, with its group, by a deadline;
 //! - [`process`], [`signals`]: processes and signals; [`poll`]: waiting for input on a pipe; [`env`]: the only module that reads the
 //!   environment; [`time`]: clocks, durations, RFC 3339; [`say`]: everything printed for people;
 //! - [`bell`]: waking waiters when a writer rings, or a process exits (a FIFO, pidfds);
@@ -12,6 +13,7 @@
 pub mod bell;
 pub mod changes;
 pub mod check;
+pub mod deadline;
 pub mod env;
 pub mod fault;
 pub mod fs;

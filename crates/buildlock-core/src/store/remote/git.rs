@@ -2,7 +2,8 @@
 //! the remote (their credentials, ssh config, proxies and URL rewrites apply).
 //!
 //! Guarantees:
-//! - every run is bounded in time (a stalled connection is killed, and reported as transient);
+//! - every run is bounded in time: a stalled connection is ended with git and every helper it
+//!   started (they run in a process group of their own), and reported as transient;
 //! - no prompt can hang a CI job (`GIT_TERMINAL_PROMPT=0`, stdin is `/dev/null`);
 //! - nothing of the user's repository changes: reads are `ls-remote` and `fetch` of object ids
 //!   (no ref is written, not even `FETCH_HEAD`), and pushes never run the user's `pre-push` hook;
@@ -11,7 +12,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::os::{deadline, time};
 
 /// How a git run failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,7 +87,7 @@ impl Git {
             bin,
             git_dir: git_dir.to_owned(),
             remote: remote.to_owned(),
-            timeout: Duration::from_secs(60),
+            timeout: crate::os::env::remote_timeout().unwrap_or(Duration::from_secs(60)),
         })
     }
 
@@ -116,58 +119,47 @@ impl Git {
             .env_remove("GIT_PREFIX")
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("LC_ALL", "C")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stdin(Stdio::null());
         c
     }
 
+    /// One run of git, bounded by `self.timeout`: at the deadline git and every helper it
+    /// started (`git-remote-https`, `ssh`) are ended as a group, and reading their output never
+    /// waits past it (see `os::deadline`).
     fn run(&self, args: &[String]) -> Result<Ran, Failure> {
         let mut c = self.command();
         c.args(args);
-        let mut child = c
-            .spawn()
-            .map_err(|e| Failure::Permanent(format!("cannot run {}: {e}", self.bin.display())))?;
-        let mut out = child.stdout.take().expect("piped");
-        let mut err = child.stderr.take().expect("piped");
-        let out_t = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = std::io::Read::read_to_string(&mut out, &mut s);
-            s
-        });
-        let err_t = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = std::io::Read::read_to_string(&mut err, &mut s);
-            s
-        });
-        let start = Instant::now();
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if start.elapsed() >= self.timeout => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(2)),
-                Err(e) => return Err(Failure::Transient(format!("cannot wait for git: {e}"))),
+        let what = args.first().map_or("", String::as_str);
+        let output = match deadline::run(c, self.timeout) {
+            Ok(output) => output,
+            Err(deadline::Error::Spawn(e)) => {
+                return Err(Failure::Permanent(format!(
+                    "cannot run {}: {e}",
+                    self.bin.display()
+                )));
+            }
+            Err(deadline::Error::TimedOut(u)) => {
+                return Err(Failure::Transient(format!(
+                    "`git {what}` to remote `{}` took longer than {} and was stopped{}",
+                    self.remote,
+                    time::human(self.timeout),
+                    said(&u.stderr)
+                )));
+            }
+            // No retry can help while buildlock is being stopped.
+            Err(deadline::Error::Interrupted(signal, u)) => {
+                return Err(Failure::Permanent(format!(
+                    "`git {what}` to remote `{}` was stopped: buildlock received signal {signal}{}",
+                    self.remote,
+                    said(&u.stderr)
+                )));
             }
         };
-        let stdout = out_t.join().unwrap_or_default();
-        let stderr = err_t.join().unwrap_or_default();
-        let Some(status) = status else {
-            return Err(Failure::Transient(format!(
-                "`git {}` to remote `{}` took longer than {}s and was stopped",
-                args.first().map_or("", String::as_str),
-                self.remote,
-                self.timeout.as_secs()
-            )));
-        };
         Ok(Ran {
-            ok: status.success(),
-            code: status.code(),
-            stdout,
-            stderr,
+            ok: output.status.success(),
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         })
     }
 
@@ -312,6 +304,21 @@ impl Git {
                 self.remote
             )))
         }
+    }
+}
+
+/// What git said on stderr before it was stopped, as a suffix of a message (empty: nothing).
+fn said(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!(" (git said: {})", lines.join("; "))
     }
 }
 
