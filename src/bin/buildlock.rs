@@ -179,7 +179,15 @@ fn main() {
             });
         }
     };
-    std::process::exit(finish(run(cli.command)));
+    // Ctrl-C and friends become a flag that every wait and every git run of the remote backend
+    // looks at (git runs in a process group of its own, which a terminal's Ctrl-C does not
+    // reach): they stop what they started, and the command ends as interrupted.
+    buildlock_core::os::signals::install();
+    let code = finish(run(cli.command));
+    std::process::exit(match buildlock_core::os::signals::pending() {
+        Some(signal) if code == exit::OK => exit::signal(signal),
+        _ => code,
+    });
 }
 
 fn run(command: Command) -> anyhow::Result<i32> {
