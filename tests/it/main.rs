@@ -16,5 +16,6 @@ mod resource_limits;
 mod retry;
 mod stale;
 mod state;
+mod strays;
 mod stress;
 mod takeover;
