@@ -132,3 +132,48 @@ fn stray_temp_files_of_dead_runs_are_reported_and_swept_and_a_live_runs_kept() {
     let report = doctor(&r, &tmp);
     assert!(!report.contains("stray"), "{report}");
 }
+
+/// Every fixer commits its fix while it holds its fixer lock, so that lock cannot go when its
+/// generation ends. Many breakages (one key each: their failures differ) must still leave only a
+/// few lock files: each new generation removes the free locks of generations that are over.
+// regression: one `locks/*.fixer` file per generation, for ever (59 after 102 generations)
+#[test]
+fn fixer_locks_stay_few_over_many_generations() {
+    let r = TestRepo::new("");
+    let status = r.shared("status");
+    r.configure(&format!(
+        "check = \"cat {s}; grep -qx ok {s}\"\n[fix]\ncommand = \"echo ok > {s}\"\n",
+        s = status.display()
+    ));
+    let words = [
+        "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
+        "juliett",
+    ];
+    let locks = r.buildlock_dir().join("locks");
+    let fixer_locks = || {
+        std::fs::read_dir(&locks)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".fixer"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    for (i, word) in words.iter().enumerate() {
+        std::fs::write(&status, format!("broken: {word} is missing\n")).unwrap();
+        r.stage_change(&r.dir, &format!("f{i}"));
+        let out = r.commit_retry_cmd(&r.dir, "a").output().unwrap();
+        assert!(out.status.success(), "round {i}: {}", text(&out.stderr));
+        assert!(
+            fixer_locks() <= 2,
+            "round {i}: {} fixer locks: {:?}",
+            fixer_locks(),
+            std::fs::read_dir(&locks)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name())
+                .collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(r.count_events("elected"), words.len());
+}
