@@ -21,5 +21,6 @@ mod resource_limits;
 mod retry;
 mod stale;
 mod state;
+mod strays;
 mod stress;
 mod takeover;

@@ -193,6 +193,55 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// Whether process `pid` may have written a file last modified at `written`: it is alive, and it
+/// started before then. A pid that is gone, or that now names a process started after the file
+/// was written (the pid was reused), did not write it. Where the start time cannot be told, a
+/// live pid may have.
+///
+/// A file's time is on the wall clock, so this compares wall clocks, with a margin of
+/// [`WRITER_MARGIN`]: a clock stepped forward by more than that while the writer runs is the one
+/// way a live writer's file could be taken for a stray. Within it, a reused pid is taken for the
+/// writer, which only keeps a stray file until that process ends.
+pub fn may_have_written(pid: u32, written: std::time::SystemTime) -> bool {
+    if pid == 0 || !alive(pid) {
+        return false;
+    }
+    started_at(pid).is_none_or(|start| start <= written + WRITER_MARGIN)
+}
+
+/// See [`may_have_written`].
+const WRITER_MARGIN: Duration = Duration::from_secs(60);
+
+/// When process `pid` started, on the wall clock (Linux: its start in ticks since boot, plus the
+/// boot time, itself the wall clock less `CLOCK_BOOTTIME`).
+#[cfg(target_os = "linux")]
+fn started_at(pid: u32) -> Option<std::time::SystemTime> {
+    let ticks = start_time(pid)?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .ok()
+        .filter(|&hz| hz > 0)?;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write to.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return None;
+    }
+    let since_boot = Duration::new(
+        u64::try_from(ts.tv_sec).ok()?,
+        u32::try_from(ts.tv_nsec).ok()?,
+    );
+    let boot = std::time::SystemTime::now().checked_sub(since_boot)?;
+    boot.checked_add(Duration::from_millis(ticks.checked_mul(1000)? / hz))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn started_at(_pid: u32) -> Option<std::time::SystemTime> {
+    None
+}
+
 /// Whether process `pid` runs: alive and not stopped (SIGSTOP, a debugger). Where there is no
 /// `/proc`, alive.
 pub fn running(pid: u32) -> bool {
@@ -311,6 +360,24 @@ mod stat_tests {
         let me = stat(std::process::id()).unwrap();
         assert!(!me.gone() && !me.stopped());
         assert_eq!(Some(me.start), start_time(std::process::id()));
+    }
+
+    /// A file is this process's when written after it started; one written before it started
+    /// was written by an earlier holder of its pid.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_pid_wrote_only_files_written_after_it_started() {
+        let me = std::process::id();
+        let now = std::time::SystemTime::now();
+        assert!(may_have_written(me, now));
+        assert!(!may_have_written(
+            me,
+            now - Duration::from_secs(365 * 24 * 3600)
+        ));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        assert!(!may_have_written(gone, now));
     }
 }
 

@@ -21,7 +21,9 @@
 //!
 //! Sizes stay bounded: a base file keeps its open keys and its last [`KEEP_PASSING`] passing
 //! keys; at most [`KEEP_BASES`] base files are kept (the oldest all-passing ones go first, only
-//! when a new one is created); a fixer lock or lease file goes with its generation.
+//! when a new one is created); a fixer lock or lease file goes with its generation, or, if its
+//! fixer still held it then, at the next new generation of any key: `locks/` holds the fixer
+//! locks of the generations being fixed, and those still held by a live (or stopped) process.
 //!
 //! The hook's hot path is [`Store::read_base`]: one small file read, whatever the number of keys
 //! on record.
@@ -260,6 +262,12 @@ impl Store for LocalStore {
             || (before.status == Status::Fixing && after.status != Status::Fixing)
         {
             self.forget_generation(key, before.generation);
+        }
+        if after.generation > before.generation {
+            // A new generation (an election, a takeover, a reset): the fixer locks that could not
+            // go when their generation ended (their fixer still held them, as it does while it
+            // commits its fix) go now, whatever their key, if free.
+            self.sweep_locks();
         }
         if !existed {
             self.prune_bases(base);
@@ -897,6 +905,32 @@ mod tests {
         let open = format!("repo#{:016x}", 7777);
         apply(&store, &open, &fail("b"));
         assert!(store.read_base("repo").keys.iter().any(|k| k.key == open));
+    }
+
+    /// A fixer holds its lock while its fix commit declares the build fixed, so that lock cannot
+    /// go with its generation; the next election (of any key) removes it once free.
+    #[test]
+    fn a_lock_held_when_its_generation_ended_goes_at_the_next_election() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_owned());
+        let fixer_locks = || {
+            fs::read_dir(dir.path().join("locks"))
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".fixer"))
+                .count()
+        };
+        for i in 0..20u32 {
+            let key = format!("repo#{i:016x}");
+            let generation = apply(&store, &key, &fail("a")).after.generation;
+            let hold = store
+                .hold_fixer(&key, generation, Duration::from_secs(1))
+                .unwrap()
+                .unwrap();
+            apply(&store, &key, &pass("a"));
+            drop(hold);
+            assert!(fixer_locks() <= 2, "{i}: {}", fixer_locks());
+        }
     }
 
     #[test]

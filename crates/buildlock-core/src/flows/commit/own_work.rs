@@ -227,24 +227,60 @@ impl OwnWork {
 const FIX_INDEX: &str = "buildlock-fix-index-";
 
 /// The agent's index as a tree, written from a copy of it: the index itself is not touched (not
-/// even its cache, nor its lock). Also sweeps the fix index files of runs that were killed.
+/// even its cache, nor its lock).
 fn index_tree(worktree: &Path, git_dir: &Path) -> Option<String> {
-    for e in std::fs::read_dir(git_dir).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let dead = name
-            .strip_prefix(FIX_INDEX)
-            .or_else(|| name.strip_prefix(INDEX_COPY))
-            .and_then(|pid| pid.parse::<u32>().ok())
-            .is_some_and(|pid| !crate::os::process::alive(pid));
-        if dead {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
     let copy = TempIndex {
         path: git_dir.join(format!("{INDEX_COPY}{}", std::process::id())),
     };
     std::fs::copy(git_dir.join("index"), &copy.path).ok()?;
+    // Written now, whatever time the copy kept: a sweeper tells a live run's file by it.
+    crate::os::fs::touch_existing(&copy.path);
     git_out(worktree, &["write-tree"], Some(&copy.path))
+}
+
+/// The index files (the fix's own, copies of the agent's) that commit-retry runs left in the
+/// repository's git dirs (the common dir and each linked worktree's) when they were killed: each
+/// is named after its run's pid, and that pid is gone, or is now a process that started after the
+/// file was written (a reused pid). A live run's files are never among them.
+pub fn strays(common_dir: &Path) -> Vec<PathBuf> {
+    let mut dirs = vec![common_dir.to_owned()];
+    dirs.extend(
+        std::fs::read_dir(common_dir.join("worktrees"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path()),
+    );
+    let mut found = Vec::new();
+    for dir in dirs {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix(FIX_INDEX)
+                .or_else(|| name.strip_prefix(INDEX_COPY))
+                .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let written = e
+                .metadata()
+                .ok()
+                .filter(std::fs::Metadata::is_file)
+                .and_then(|m| m.modified().ok());
+            if written.is_some_and(|t| !crate::os::process::may_have_written(pid, t)) {
+                found.push(e.path());
+            }
+        }
+    }
+    found
+}
+
+/// Removes the [`strays`]: when commit-retry starts its work (a green commit never pays for it).
+pub fn remove_strays(common_dir: &Path) {
+    for path in strays(common_dir) {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 const INDEX_COPY: &str = "buildlock-index-copy-";

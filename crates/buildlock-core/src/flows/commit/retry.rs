@@ -22,7 +22,7 @@ use crate::os::{process, say, signals};
 use crate::protocol::exit;
 
 mod git;
-mod handover;
+pub(crate) mod handover;
 mod rounds;
 
 use git::{Ran, run_git};
@@ -138,7 +138,9 @@ pub fn resume(args: Vec<OsString>) -> i32 {
         // time with the hook told where to say what it decided.
         None => (Handover::in_dir(ctx.home.run()), None),
     };
-    handover.remove_old();
+    // What killed runs left (hand-over files, index copies): swept here, never on a green commit.
+    handover.remove_strays(&ctx.home.run());
+    crate::flows::commit::own_work::remove_strays(&ctx.repo.common_dir);
     let mut retry = Retry::new(&ctx, args, handover);
     match retry.run(first) {
         Ok(code) => code,

@@ -83,6 +83,7 @@ pub fn run(ctx: &Context) -> Result<i32> {
             Level::Size => out!("size     {}", f.what)?,
         }
     }
+    stray_findings(ctx, &mut r)?;
     for (_, s) in ctx.store.all() {
         let how = match fixer_liveness(ctx, &s) {
             Some(Liveness::Dead) => "dead",
@@ -105,6 +106,26 @@ pub fn run(ctx: &Context) -> Result<i32> {
         )?;
         Ok(exit::FIXER)
     }
+}
+
+/// Temp files of commit-retry runs that were killed (index copies in the git dirs, hand-over
+/// decision files): harmless, left for the next commit-retry to remove (doctor changes nothing).
+fn stray_findings(ctx: &Context, r: &mut Report) -> Result<()> {
+    use crate::flows::commit::{own_work, retry::handover};
+    let index = own_work::strays(&ctx.repo.common_dir);
+    let decisions = handover::strays(&handover::folders(&ctx.home.run()));
+    for (path, what) in index
+        .iter()
+        .map(|p| (p, "an index file"))
+        .chain(decisions.iter().map(|p| (p, "a hand-over decision file")))
+    {
+        r.note(format!(
+            "stray temp file {} ({what} of a commit-retry that was killed; the next \
+             commit-retry that does more than a green commit removes it, or `rm` it)",
+            path.display()
+        ))?;
+    }
+    Ok(())
 }
 
 /// Where `check` comes from, for hints: the configuration files that were read.

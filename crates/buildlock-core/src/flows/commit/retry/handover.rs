@@ -2,7 +2,7 @@
 //! (see `decision.rs`), private to this user; made again if it goes, cleaned of files left by a
 //! killed commit-retry.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -62,22 +62,62 @@ impl Handover {
         ))
     }
 
-    /// Decision files older than a day: left by a commit-retry that was killed mid-commit.
-    pub(super) fn remove_old(&self) {
-        let day = Duration::from_secs(24 * 3600);
-        for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
-            let name = e.file_name();
-            let ours = name.to_string_lossy().starts_with("decision-")
-                || name.to_string_lossy().starts_with("buildlock-decision-");
-            let old = e
+    /// Removes the [`strays`] here and in the coordination dir's `run/` (`also`): when
+    /// commit-retry starts its work, after a first commit that did not simply pass.
+    pub(super) fn remove_strays(&self, also: &Path) {
+        for path in strays(&[self.dir.clone(), also.to_owned()]) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The hand-over folders a doctor looks in, made by nobody: the private temp folder (if it is
+/// there) and the coordination dir's `run/`.
+pub(crate) fn folders(run: &Path) -> Vec<PathBuf> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    vec![
+        std::env::temp_dir().join(format!("buildlock-{me}")),
+        run.to_owned(),
+    ]
+}
+
+/// Decision files in `dirs` that no commit-retry will read: their name's pid (the commit-retry
+/// that made it) is gone, or is now a process that started after the file was written (a reused
+/// pid); or, of a form that names no pid, older than a day. A live commit-retry's files are never
+/// among them.
+pub(crate) fn strays(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let day = Duration::from_secs(24 * 3600);
+    let mut found = Vec::new();
+    let mut seen = Vec::new();
+    for dir in dirs {
+        if seen.contains(dir) {
+            continue;
+        }
+        seen.push(dir.clone());
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let written = e
                 .metadata()
-                .and_then(|m| m.modified())
                 .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > day);
-            if ours && old {
-                let _ = std::fs::remove_file(e.path());
+                .filter(std::fs::Metadata::is_file)
+                .and_then(|m| m.modified().ok());
+            let Some(written) = written else { continue };
+            let stray = if let Some(rest) = name.strip_prefix("decision-") {
+                // decision-<pid>-<millis>-<seq>.json
+                rest.split('-')
+                    .next()
+                    .and_then(|pid| pid.parse::<u32>().ok())
+                    .is_some_and(|pid| !crate::os::process::may_have_written(pid, written))
+            } else if name.starts_with("buildlock-decision-") {
+                written.elapsed().is_ok_and(|age| age > day)
+            } else {
+                false
+            };
+            if stray {
+                found.push(e.path());
             }
         }
     }
+    found
 }
