@@ -40,6 +40,12 @@ impl Home {
         &self.root
     }
 
+    /// `buildlock doctor`'s checks of what every backend uses here: the folder and its logs can
+    /// be written, locking works in it (the claims registry), the registry's bell, the size.
+    pub fn diagnose(&self) -> Vec<super::Finding> {
+        super::probe::home_findings(&self.root)
+    }
+
     /// `logs/`: failure logs.
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")

@@ -62,8 +62,6 @@ pub const KEEP_BROKEN: usize = 64;
 const HISTORY_CAP: u64 = 1 << 20;
 const ELECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
-mod probe;
-
 pub struct LocalStore {
     dir: PathBuf,
     /// A waiter listening to the state bell, from [`Store::watch`] on.
@@ -384,7 +382,7 @@ impl Store for LocalStore {
     }
 
     fn diagnose(&self) -> Vec<Finding> {
-        probe::findings(&self.dir)
+        super::probe::store_findings(&self.dir)
     }
 }
 

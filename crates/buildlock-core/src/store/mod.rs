@@ -22,6 +22,7 @@ pub mod finding;
 pub mod history;
 pub mod home;
 pub mod local;
+mod probe;
 pub mod registry;
 pub mod remote;
 

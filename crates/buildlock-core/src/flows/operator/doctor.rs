@@ -75,7 +75,7 @@ pub fn run(ctx: &Context) -> Result<i32> {
         ctx.store.location(),
         ctx.store.backend()
     )?;
-    for f in ctx.store.diagnose() {
+    for f in ctx.home.diagnose().into_iter().chain(ctx.store.diagnose()) {
         match f.level {
             Level::Ok => r.ok(f.what)?,
             Level::Note => r.note(f.what)?,

@@ -1,4 +1,6 @@
-//! The local backend's own health checks (`buildlock doctor`): the coordination dir and its
+//! Health checks of the coordination dir (`buildlock doctor`), for [`Home`](super::Home) (the
+//! folders every backend uses: the dir itself, logs, the claims registry's lock and bell, the
+//! size) and for the local backend (its state, locks and leases, and the state's bell): the
 //! folders can really be written, and locking works in them; the bells are FIFOs of ours; how
 //! big it all is. Every probe does the real thing and cleans up after itself: a probe file is
 //! created, written, synced and removed; a folder that does not exist yet is not created (its
@@ -11,22 +13,80 @@ use std::path::{Path, PathBuf};
 use crate::os::lock::Lock;
 use crate::store::finding::Finding;
 
-/// The coordination dir's sub-folders the store writes, and what each holds.
-const FOLDERS: [(&str, &str); 4] = [
+/// The folders every backend writes in the coordination dir, and what each holds.
+const HOME_FOLDERS: [(&str, &str); 1] = [("logs", "failure logs")];
+
+/// The local backend's folders in the coordination dir, and what each holds.
+const STORE_FOLDERS: [(&str, &str); 3] = [
     ("state", "the build state of each key"),
     ("locks", "the election and fixer locks"),
-    ("logs", "failure logs"),
     ("leases", "fixers' heartbeats"),
 ];
 
-/// (c) the coordination dir and its folders can really be written, and locking works in them;
-/// (d) how big they are.
-pub(super) fn findings(home: &Path) -> Vec<Finding> {
+/// The coordination dir as every backend uses it: it and its logs can be written, locking works
+/// in it (the claims registry's lock), the registry's bell, how big it all is.
+pub(super) fn home_findings(home: &Path) -> Vec<Finding> {
     let mut r = Vec::new();
-    let mut dirs: Vec<(PathBuf, &str)> = vec![(home.to_owned(), "history and totals")];
-    dirs.extend(FOLDERS.iter().map(|(name, what)| (home.join(name), *what)));
+    let mut dirs: Vec<(PathBuf, &str)> = vec![(home.to_owned(), "history, totals and claims")];
+    dirs.extend(
+        HOME_FOLDERS
+            .iter()
+            .map(|(name, what)| (home.join(name), *what)),
+    );
+    let writable = writable_findings(home, &dirs, &mut r);
+    if writable {
+        r.push(Finding::ok(format!(
+            "the coordination dir {} is writable (a probe file was created, written and removed in each folder)",
+            home.display()
+        )));
+    }
+    lock_findings(home, writable, &mut r);
+    bell_findings(home, &["registry"], &mut r);
+    r.push(size_finding(home));
+    r
+}
+
+/// The local backend's own folders: state, locks and leases can be written, locking works in
+/// `locks/`, stray temp files of killed writers, the state's bell.
+pub(super) fn store_findings(home: &Path) -> Vec<Finding> {
+    let mut r = Vec::new();
+    let dirs: Vec<(PathBuf, &str)> = STORE_FOLDERS
+        .iter()
+        .map(|(name, what)| (home.join(name), *what))
+        .collect();
+    let writable = writable_findings(home, &dirs, &mut r);
+    if writable {
+        r.push(Finding::ok(format!(
+            "the local state's folders in {} are writable (state, locks, leases)",
+            home.display()
+        )));
+    }
+    let locks = home.join("locks");
+    // Not made yet: the first election makes it, in the dir whose locking is probed for Home.
+    if locks.is_dir() {
+        lock_findings(&locks, writable, &mut r);
+    }
+    for entry in fs::read_dir(home.join("state"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            r.push(Finding::note(format!(
+                "stray temp file {} (a writer was killed; the next write removes it)",
+                entry.path().display()
+            )));
+        }
+    }
+    bell_findings(home, &["state"], &mut r);
+    r
+}
+
+/// Probes each of `dirs` (in the coordination dir `home`) with a real write; whether all could
+/// be written.
+fn writable_findings(home: &Path, dirs: &[(PathBuf, &str)], r: &mut Vec<Finding>) -> bool {
     let mut writable = true;
-    for (dir, what) in &dirs {
+    for (dir, what) in dirs {
         match fs::symlink_metadata(dir) {
             Ok(m) if !m.is_dir() && !fs::metadata(dir).is_ok_and(|m| m.is_dir()) => {
                 writable = false;
@@ -79,50 +139,34 @@ pub(super) fn findings(home: &Path) -> Vec<Finding> {
             }
         }
     }
-    if writable {
-        r.push(Finding::ok(format!(
-            "the coordination dir {} is writable (a probe file was created, written and removed in each folder)",
-            home.display()
-        )));
-    }
-    match lock_probe(home) {
-        Ok(true) => r.push(Finding::ok(format!("file locking works in {}", home.display()))),
+    writable
+}
+
+/// File locking works in `dir` (a second take of a lock is refused, as between two agents).
+fn lock_findings(dir: &Path, writable: bool, r: &mut Vec<Finding>) {
+    match lock_probe(dir) {
+        Ok(true) => r.push(Finding::ok(format!("file locking works in {}", dir.display()))),
         Ok(false) => r.push(Finding::problem(
             format!(
                 "file locking does NOT work in {} (a network or virtual file system?): buildlock cannot coordinate here",
-                home.display()
+                dir.display()
             ),
             "keep the repository's git directory on a local disk (all agents must reach the same git common dir)",
         )),
         // Not a second problem when the dir cannot be written at all: said above.
         Err(e) if writable => r.push(Finding::problem(
-            format!("cannot test locking in {}: {e}", home.display()),
+            format!("cannot test locking in {}: {e}", dir.display()),
             "make the coordination dir writable for the user who commits",
         )),
         Err(_) => {}
     }
-    for entry in fs::read_dir(home.join("state"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        if entry.file_name().to_string_lossy().starts_with('.') {
-            r.push(Finding::note(format!(
-                "stray temp file {} (a writer was killed; the next write removes it)",
-                entry.path().display()
-            )));
-        }
-    }
-    bell_findings(home, &mut r);
-    r.push(size_finding(home));
-    r
 }
 
 /// The bells (FIFOs that wake waiters): something else in their place does not break
 /// coordination, but waiters then notice a fix only at their next look, seconds later.
-fn bell_findings(home: &Path, r: &mut Vec<Finding>) {
+fn bell_findings(home: &Path, names: &[&str], r: &mut Vec<Finding>) {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    for name in ["state", "registry"] {
+    for name in names {
         let path = home.join(format!("{name}.bell"));
         let Ok(meta) = fs::symlink_metadata(&path) else {
             continue; // made by the first waiter
@@ -160,19 +204,12 @@ fn write_probe(dir: &Path) -> std::io::Result<()> {
     removed
 }
 
-/// Takes a lock on a fresh file in `locks/` and checks that a second take is refused, as it must
-/// be between two agents. Removes the file.
-fn lock_probe(home: &Path) -> std::io::Result<bool> {
-    let locks = home.join("locks");
-    // A missing locks/ is created by the first election; probe in the coordination dir then.
-    let dir = if locks.is_dir() {
-        locks
-    } else {
-        home.to_owned()
+/// Takes a lock on a fresh file in `dir` and checks that a second take is refused, as it must be
+/// between two agents. Removes the file. A folder not made yet is probed in its parent.
+fn lock_probe(dir: &Path) -> std::io::Result<bool> {
+    let Some(dir) = dir.ancestors().find(|a| a.is_dir()) else {
+        return Ok(true);
     };
-    if !dir.is_dir() {
-        return Ok(true); // nothing exists yet: the write probe above spoke for the parent
-    }
     let path = dir.join(format!(".doctor-{}.lock", std::process::id()));
     let result = (|| {
         let Some(_held) = Lock::try_acquire(&path)? else {
