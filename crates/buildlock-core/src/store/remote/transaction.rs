@@ -17,7 +17,7 @@
 //! - **Never fails open.** Transient failures are retried with backoff within the limit, permanent
 //!   ones fail at once; both carry git's own message and name the remote.
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use std::time::{Duration, Instant};
 
 use super::RemoteStore;
@@ -29,7 +29,7 @@ use super::refs::{fix_ref_name, key_path, state_ref};
 use crate::os::{say, time};
 use crate::protocol::ledger::Totals;
 use crate::protocol::state::KeyState;
-use crate::store::Interrupted;
+use crate::store::{Interrupted, StoreError};
 
 /// Adds a transition's counts to a key's totals.
 pub(super) type Count = Box<dyn FnOnce(&mut Totals)>;
@@ -328,12 +328,13 @@ impl RemoteStore {
     }
 
     fn too_many_races(&self, key: &str, lost: u32, limit: Duration) -> anyhow::Error {
-        anyhow!(
+        StoreError::Unreachable(format!(
             "coordination failed: lost {lost} races in a row for key `{key}` on the remote `{}` \
              within {} (too many agents at once?)",
             self.git.remote,
             time::human(limit)
-        )
+        ))
+        .into()
     }
 
     /// Runs `op` until it succeeds, fails permanently, or `deadline` passes, backing off
@@ -374,18 +375,18 @@ impl RemoteStore {
     /// failure; git's words and the remote's name in both cases.
     fn failed(&self, f: Failure, waited: Duration) -> anyhow::Error {
         match f {
-            Failure::Transient(m) => anyhow!(
+            Failure::Transient(m) => StoreError::Unreachable(format!(
                 "coordination failed: could not reach the remote `{}` ({}) for {}: {m}",
                 self.git.remote,
                 self.url,
                 time::human(waited)
-            ),
-            Failure::Permanent(m) => anyhow!(
+            )),
+            Failure::Permanent(m) => StoreError::Refused(format!(
                 "coordination failed on the remote `{}` ({}): {m}",
-                self.git.remote,
-                self.url
-            ),
+                self.git.remote, self.url
+            )),
         }
+        .into()
     }
 }
 
@@ -768,5 +769,10 @@ mod tests {
             "{said}"
         );
         assert!(said.contains("ls-remote"), "{said}");
+        // A remote that is not there refuses for good: typed, for the flows to tell apart.
+        assert!(
+            matches!(StoreError::from(err), StoreError::Refused(m) if m == said),
+            "{said}"
+        );
     }
 }
