@@ -243,6 +243,14 @@ fn finish(result: anyhow::Result<i32>) -> i32 {
     match result {
         Ok(code) => code,
         Err(e) if say::is_closed_stdout(&e) => exit::OK,
+        // The state could not be read (an unreachable remote): nothing is reported as read.
+        Err(e)
+            if e.downcast_ref::<buildlock_core::store::StoreError>()
+                .is_some() =>
+        {
+            say::say(format!("{e:#}"));
+            exit::COORDINATION
+        }
         Err(e) => {
             say::say(format!("{e:#}"));
             exit::FIXER

@@ -222,15 +222,53 @@ fn remote_stalled_connection_ends_status_within_its_deadline() {
     status(&server, &r);
 }
 
-/// The contract says `status` against a remote it cannot read exits 70; today the store's
-/// `all()` and `totals()` read an unreachable remote as "no keys", and status says "passing"
-/// (exit 0). Outside this test's concern (the deadline); kept here, ignored, until it is fixed.
+/// `status` against a remote it cannot read exits 70, naming the remote: never "passing".
+// regression: the store's all() and totals() read an unreachable remote as "no keys"
 #[test]
-#[ignore = "status reads an unreachable remote as passing (Store::all swallows the failure)"]
 fn remote_stalled_status_exits_70_naming_the_remote() {
     let server = Stalled::start();
     let r = stalled_repo(&server);
     check_unreachable(&status(&server, &r));
+}
+
+/// Every report against a remote that refuses connections (a closed port) exits 70, names the
+/// remote and says git's error; none says "passing" or "no events".
+// regression: status printed "build passing: nobody is fixing anything", log "no events yet", exit 0
+#[test]
+fn reports_against_an_unreachable_remote_exit_70_and_say_why() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let r = TestRepo::new("[coordination]\nbackend = \"remote\"\nwait = \"1s\"\n");
+    r.git(&[
+        "remote",
+        "add",
+        "origin",
+        &format!("http://127.0.0.1:{closed}/repo.git"),
+    ]);
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["log"],
+        &["log", "--json"],
+        &["doctor"],
+    ] {
+        let out = r.cmd(BUILDLOCK, &r.dir).args(args).output().unwrap();
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert_eq!(out.status.code(), Some(70), "{args:?}: {stdout}\n{stderr}");
+        assert!(stderr.contains("the remote `origin`"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("Failed to connect")
+                || stderr.contains("Connection refused")
+                || stderr.contains("Could not connect"),
+            "git's own words: {args:?}: {stderr}"
+        );
+        assert!(
+            !stdout.contains("passing") && !stdout.contains("no events"),
+            "{args:?}: {stdout}"
+        );
+    }
 }
 
 #[test]

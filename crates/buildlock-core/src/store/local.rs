@@ -192,7 +192,7 @@ impl Store for LocalStore {
             (None, Some(_)) => KeyState::unknown(key),
             (None, None) => KeyState::passing(key),
         };
-        let totals = self.totals();
+        let totals = self.totals_now();
         let fixer_lock_free = match &before.fixer {
             Some(f) if f.registered => {
                 lock::is_free(&self.fixer_lock_path(key, before.generation))?
@@ -278,9 +278,9 @@ impl Store for LocalStore {
         })
     }
 
-    fn all(&self) -> Vec<(String, KeyState)> {
+    fn all(&self) -> Result<Vec<(String, KeyState)>, StoreError> {
         let Ok(entries) = fs::read_dir(self.dir.join("state")) else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let mut keys: Vec<(String, KeyState)> = entries
             .flatten()
@@ -303,29 +303,20 @@ impl Store for LocalStore {
             .map(|(b, k)| (b, self.with_lease(k)))
             .collect();
         keys.sort_by(|a, b| a.1.key.cmp(&b.1.key));
-        keys
+        Ok(keys)
     }
 
-    fn totals(&self) -> Totals {
-        last_totals(&self.history_path()).unwrap_or_default()
+    fn totals(&self) -> Result<Totals, StoreError> {
+        Ok(self.totals_now())
     }
 
-    fn history(&self) -> Vec<Entry> {
-        osfs::read_bounded(&self.history_path(), 2 * HISTORY_CAP)
-            .ok()
-            .flatten()
-            .map(|bytes| {
-                String::from_utf8_lossy(&bytes)
-                    .lines()
-                    .filter_map(|l| serde_json::from_str(l).ok())
-                    .collect()
-            })
-            .unwrap_or_default()
+    fn history(&self) -> Result<Vec<Entry>, StoreError> {
+        Ok(self.history_now())
     }
 
     fn record(&self, entry: Entry) -> Result<(), StoreError> {
         let _lock = self.election_lock(&|| false)?;
-        let mut totals = self.totals();
+        let mut totals = self.totals_now();
         totals.count_record(&serde_json::Value::from(entry.clone()));
         Ok(self.append_history(&[entry], totals)?)
     }
@@ -400,6 +391,25 @@ fn decisive(before: &KeyState, after: &KeyState) -> bool {
 }
 
 impl LocalStore {
+    /// The counters, from the history's last line that has them (none yet: zero).
+    fn totals_now(&self) -> Totals {
+        last_totals(&self.history_path()).unwrap_or_default()
+    }
+
+    /// The history, as much of it as can be read (a damaged line is skipped).
+    fn history_now(&self) -> Vec<Entry> {
+        osfs::read_bounded(&self.history_path(), 2 * HISTORY_CAP)
+            .ok()
+            .flatten()
+            .map(|bytes| {
+                String::from_utf8_lossy(&bytes)
+                    .lines()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn new(dir: PathBuf) -> LocalStore {
         LocalStore {
             dir,
@@ -511,6 +521,7 @@ impl LocalStore {
     fn sweep_locks(&self) {
         let open: Vec<String> = self
             .all()
+            .unwrap_or_default()
             .into_iter()
             .filter(|(_, s)| s.status == Status::Fixing)
             .map(|(_, s)| format!("{}-g{}", key::file_stem(&s.key), s.generation))
@@ -771,12 +782,12 @@ mod tests {
         assert_eq!(a.outcome, Outcome::Elected { replaced: None });
         let b = apply(&store, "repo", &fail("b"));
         assert!(matches!(b.outcome, Outcome::Wait { first: true, .. }));
-        let t = store.totals();
+        let t = store.totals().unwrap();
         assert_eq!((t.failures, t.elections, t.waits, t.fix_runs), (2, 1, 1, 0));
         apply(&store, "repo", &pass("a"));
-        let t = store.totals();
+        let t = store.totals().unwrap();
         assert_eq!((t.fixes, t.fix_runs_avoided), (1, 1));
-        let history = store.history();
+        let history = store.history().unwrap();
         let events: Vec<&str> = history.iter().map(|e| e.event.as_str()).collect();
         assert_eq!(events, ["failed", "elected", "failed", "waiting", "fixed"]);
         assert_eq!(
@@ -878,10 +889,10 @@ mod tests {
         }
         let len = fs::metadata(store.history_path()).unwrap().len();
         assert!(len <= HISTORY_CAP, "{len}");
-        let h = store.history();
+        let h = store.history().unwrap();
         assert_eq!(h.last().unwrap().fields["i"], 1499);
         assert!(h.iter().all(|e| e.event == "x"), "cut at a line boundary");
-        assert_eq!(store.totals().failures, 1499);
+        assert_eq!(store.totals().unwrap().failures, 1499);
     }
 
     #[test]
@@ -960,6 +971,6 @@ mod tests {
         assert!(count("state") <= KEEP_BASES + 1, "{}", count("state"));
         assert!(count("locks") <= 4, "{}", count("locks"));
         assert!(count("leases") <= 2, "{}", count("leases"));
-        assert_eq!(store.totals().fixes, 150);
+        assert_eq!(store.totals().unwrap().fixes, 150);
     }
 }

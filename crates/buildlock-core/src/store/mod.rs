@@ -153,14 +153,15 @@ pub trait Store: Send + Sync {
         stop: &dyn Fn() -> bool,
     ) -> Result<Applied, StoreError>;
 
-    /// Every key on record, with its base key.
-    fn all(&self) -> Vec<(String, KeyState)>;
+    /// Every key on record, with its base key. An error when the store could not be read: a
+    /// store that cannot be reached is never reported as having nothing on record.
+    fn all(&self) -> Result<Vec<(String, KeyState)>, StoreError>;
 
     /// The running counters of the domain (see `protocol::ledger`).
-    fn totals(&self) -> Totals;
+    fn totals(&self) -> Result<Totals, StoreError>;
 
     /// The history of events, oldest first.
-    fn history(&self) -> Vec<Entry>;
+    fn history(&self) -> Result<Vec<Entry>, StoreError>;
 
     /// Records an event that changes no state (a fix run started or finished); it counts in the
     /// totals where the ledger says so.

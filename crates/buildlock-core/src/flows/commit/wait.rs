@@ -320,7 +320,7 @@ pub fn taken_over(
     // Its retry failed differently (another key, with `match = "signature"`): it fixes that
     // one, and nobody takes this one over unless we do.
     let fixing_elsewhere = || {
-        store.all().iter().any(|(_, s)| {
+        store.all().unwrap_or_default().iter().any(|(_, s)| {
             s.key != key
                 && s.status == Status::Fixing
                 && s.fixer.as_ref().is_some_and(|f| f.agent == first_agent)

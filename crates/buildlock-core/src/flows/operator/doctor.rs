@@ -84,7 +84,9 @@ pub fn run(ctx: &Context) -> Result<i32> {
         }
     }
     stray_findings(ctx, &mut r)?;
-    for (_, s) in ctx.store.all() {
+    // Not read (an unreachable remote): the findings above say why; the run ends as a
+    // coordination failure (exit 70), never as "no problems".
+    for (_, s) in ctx.store.all()? {
         let how = match fixer_liveness(ctx, &s) {
             Some(Liveness::Dead) => "dead",
             Some(Liveness::Stale) => "stale",

@@ -14,6 +14,7 @@ use crate::os::time::{self, human, rfc3339};
 use crate::out;
 use crate::protocol::exit;
 use crate::protocol::state::{Event, KeyState, Liveness, Observed, Outcome, Status, liveness};
+use crate::store::StoreError;
 use crate::store::{Read, Totals};
 
 pub(crate) fn fixer_liveness(ctx: &Context, s: &KeyState) -> Option<Liveness> {
@@ -43,10 +44,10 @@ fn live_waiters(s: &KeyState) -> Vec<String> {
 }
 
 /// The contract's `status --json` document.
-pub fn status_json(ctx: &Context) -> Value {
+pub fn status_json(ctx: &Context) -> Result<Value, StoreError> {
     let keys: Vec<Value> = ctx
         .store
-        .all()
+        .all()?
         .into_iter()
         .map(|(base, s)| {
             let live = fixer_liveness(ctx, &s);
@@ -64,8 +65,8 @@ pub fn status_json(ctx: &Context) -> Value {
                    "fixed_by": s.fixed_by, "fix_commit": fix_commit})
         })
         .collect();
-    let t = ctx.store.totals();
-    json!({
+    let t = ctx.store.totals()?;
+    Ok(json!({
         "repository": ctx.repo.worktree,
         "backend": ctx.store.backend(),
         "coordination_dir": ctx.home.path(),
@@ -73,7 +74,7 @@ pub fn status_json(ctx: &Context) -> Value {
         "agent": ctx.agent,
         "keys": keys,
         "totals": totals_json(&t, ctx.config.fix_cost),
-    })
+    }))
 }
 
 fn totals_json(t: &Totals, cost: f64) -> Value {
@@ -84,7 +85,7 @@ fn totals_json(t: &Totals, cost: f64) -> Value {
 
 pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
     if as_json {
-        out!("{}", serde_json::to_string_pretty(&status_json(ctx))?)?;
+        out!("{}", serde_json::to_string_pretty(&status_json(ctx)?)?)?;
         return Ok(exit::OK);
     }
     out!("repository  {}", ctx.repo.worktree.display())?;
@@ -93,7 +94,7 @@ pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
         ctx.store.location(),
         ctx.store.backend()
     )?;
-    let keys = ctx.store.all();
+    let keys = ctx.store.all()?;
     let open: Vec<&KeyState> = keys
         .iter()
         .map(|(_, s)| s)
@@ -156,7 +157,7 @@ pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
 
 /// The counters, each with what it counts (`protocol/ledger.rs` and docs/operating.md define the same).
 fn totals(ctx: &Context) -> Result<()> {
-    let t = ctx.store.totals();
+    let t = ctx.store.totals()?;
     let plural = |count: u64, one: &str, many: &str| {
         format!("{count:>5}  {}", if count == 1 { one } else { many })
     };
@@ -210,18 +211,16 @@ fn totals(ctx: &Context) -> Result<()> {
 
 /// `buildlock release`: this agent gives up the fixer role on every key it fixes.
 pub fn release(ctx: &Context) -> Result<i32> {
-    let mine: Vec<(String, KeyState)> = ctx
-        .store
-        .all()
-        .into_iter()
+    let all = ctx.store.all()?;
+    let mine: Vec<(String, KeyState)> = all
+        .iter()
+        .cloned()
         .filter(|(_, s)| {
             s.status == Status::Fixing && s.fixer.as_ref().is_some_and(|f| f.agent == ctx.agent)
         })
         .collect();
     if mine.is_empty() {
-        let others: Vec<String> = ctx
-            .store
-            .all()
+        let others: Vec<String> = all
             .into_iter()
             .filter_map(|(_, s)| {
                 s.fixer
@@ -264,7 +263,7 @@ pub fn release(ctx: &Context) -> Result<i32> {
 /// `buildlock reset [KEY]`: force keys back to passing (every key that is not passing, or KEY).
 /// An unknown KEY is an error that lists the keys on record, and changes nothing.
 pub fn reset(ctx: &Context, key: Option<&str>) -> Result<i32> {
-    let all = ctx.store.all();
+    let all = ctx.store.all()?;
     // A damaged state file is not "on record" (it cannot be read) but is broken: reset repairs it.
     let damaged = |k: &str| matches!(ctx.store.read(k), Read::Damaged(_));
     let base_of = |k: &str| k.split_once('#').map_or(k, |(b, _)| b).to_owned();
@@ -327,7 +326,7 @@ pub fn reset(ctx: &Context, key: Option<&str>) -> Result<i32> {
 }
 
 pub fn log(ctx: &Context, as_json: bool, n: usize) -> Result<i32> {
-    let history: Vec<Value> = ctx.store.history().into_iter().map(Value::from).collect();
+    let history: Vec<Value> = ctx.store.history()?.into_iter().map(Value::from).collect();
     let shown = &history[history.len().saturating_sub(n)..];
     // The agent column fits the longest id shown (default ids are `<host>:<work tree path>`).
     let agent_width = shown

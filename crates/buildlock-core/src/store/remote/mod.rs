@@ -68,7 +68,7 @@ mod transaction;
 pub use prune::{compact_after, prune_after};
 pub use refs::{FIX_PREFIX, PROBE_PREFIX, STATE_PREFIX, fix_ref_name, key_path};
 
-use git::Git;
+use git::{Failure, Git};
 use read::View;
 use transaction::Step;
 
@@ -90,6 +90,20 @@ pub struct RemoteStore {
 }
 
 impl RemoteStore {
+    /// Why the remote could not be read, naming it and in git's words: never "nothing there".
+    fn unread(&self, f: Failure) -> super::StoreError {
+        match f {
+            Failure::Transient(m) => super::StoreError::Unreachable(format!(
+                "cannot read the remote `{}` ({}): {m}",
+                self.git.remote, self.url
+            )),
+            Failure::Permanent(m) => super::StoreError::Refused(format!(
+                "cannot read the remote `{}` ({}): {m}",
+                self.git.remote, self.url
+            )),
+        }
+    }
+
     /// The store on remote `remote` of the repository at `git_dir`. Fails when git is missing or
     /// the remote does not exist (the caller names the config line).
     pub fn new(
@@ -301,34 +315,30 @@ impl Store for RemoteStore {
         })
     }
 
-    fn all(&self) -> Vec<(String, KeyState)> {
+    fn all(&self) -> Result<Vec<(String, KeyState)>, super::StoreError> {
         let mut keys: Vec<(String, KeyState)> = self
             .views()
-            .unwrap_or_default()
+            .map_err(|f| self.unread(f))?
             .into_iter()
             .filter_map(|(_, v)| v.doc.map(|d| (d.base, d.state)))
             .collect();
         keys.sort_by(|a, b| a.1.key.cmp(&b.1.key));
-        keys
+        Ok(keys)
     }
 
-    fn totals(&self) -> Totals {
+    fn totals(&self) -> Result<Totals, super::StoreError> {
         let mut sum = Totals::default();
-        for (_, v) in self.views().unwrap_or_default() {
+        for (_, v) in self.views().map_err(|f| self.unread(f))? {
             if let Some(d) = v.doc {
                 add_totals(&mut sum, &d.totals);
             }
         }
-        sum
+        Ok(sum)
     }
 
-    fn history(&self) -> Vec<super::Entry> {
-        let Ok(views) = self.views() else {
-            return Vec::new();
-        };
-        let Ok(repo) = self.repo() else {
-            return Vec::new();
-        };
+    fn history(&self) -> Result<Vec<super::Entry>, super::StoreError> {
+        let views = self.views().map_err(|f| self.unread(f))?;
+        let repo = self.repo().map_err(super::StoreError::Io)?;
         let mut all: Vec<super::Entry> = Vec::new();
         for (_, v) in views {
             if let Some(t) = &v.current {
@@ -337,7 +347,7 @@ impl Store for RemoteStore {
             }
         }
         all.sort_by_key(|e| e.ms.unwrap_or(0));
-        all
+        Ok(all)
     }
 
     fn record(&self, entry: super::Entry) -> Result<(), super::StoreError> {
@@ -678,11 +688,16 @@ mod tests {
             "the fix commit travelled with the state: {:?}",
             remote.refs()
         );
-        let totals = b.totals();
+        let totals = b.totals().unwrap();
         assert_eq!((totals.failures, totals.elections, totals.waits), (2, 1, 1));
         assert_eq!((totals.fixes, totals.fix_runs), (1, 1));
-        assert_eq!(b.all().len(), 1);
-        let events: Vec<String> = b.history().iter().map(|e| e.event.clone()).collect();
+        assert_eq!(b.all().unwrap().len(), 1);
+        let events: Vec<String> = b
+            .history()
+            .unwrap()
+            .iter()
+            .map(|e| e.event.clone())
+            .collect();
         assert!(events.contains(&"fix_started".to_owned()), "{events:?}");
         assert_eq!(b.read_base("k").keys.len(), 1);
     }

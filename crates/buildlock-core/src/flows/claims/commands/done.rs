@@ -60,6 +60,7 @@ pub fn wait_for(ctx: &Context, names: &[String], timeout: Option<&str>) -> Resul
     let history: std::collections::HashSet<String> = ctx
         .store
         .history()
+        .unwrap_or_default()
         .iter()
         .filter_map(|e| e.agent().map(str::to_owned))
         .collect();
@@ -130,7 +131,7 @@ fn still_running(
 ) -> (Vec<String>, Option<Millis>) {
     let r = reg.read();
     let (now, ttl) = (time::now(), limits(ctx).ttl_ms());
-    let keys = ctx.store.all();
+    let keys = ctx.store.all().unwrap_or_default();
     let mut pending = Vec::new();
     let mut next_gone: Option<Millis> = None;
     for name in names {

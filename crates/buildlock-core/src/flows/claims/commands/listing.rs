@@ -134,7 +134,7 @@ pub(super) struct AgentRow {
 pub(super) fn agent_rows(ctx: &Context) -> Vec<AgentRow> {
     let reg = ctx.registry.read();
     let (now, ttl) = (time::now(), limits(ctx).ttl_ms());
-    let keys = ctx.store.all();
+    let keys = ctx.store.all().unwrap_or_default();
     let fixing = |a: &str| {
         keys.iter().any(|(_, s)| {
             s.status == Status::Fixing && s.fixer.as_ref().is_some_and(|f| f.agent == a)
