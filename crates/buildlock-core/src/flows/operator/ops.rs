@@ -214,10 +214,10 @@ pub fn release(ctx: &Context) -> Result<i32> {
     let all = ctx.store.all()?;
     let mine: Vec<(String, KeyState)> = all
         .iter()
-        .cloned()
         .filter(|(_, s)| {
             s.status == Status::Fixing && s.fixer.as_ref().is_some_and(|f| f.agent == ctx.agent)
         })
+        .cloned()
         .collect();
     if mine.is_empty() {
         let others: Vec<String> = all
