@@ -102,6 +102,20 @@ macro_rules! out {
     };
 }
 
+/// `word` as one word for `sh`, quoted only when it must be, so that a printed command can be
+/// pasted as it is.
+pub fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_./:@%+=,-".contains(&b));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
 /// A name that came from outside (a process's command name, an agent id, a path) made inert for
 /// showing: control characters (newline, escape) are written as escapes, so the name can never
 /// pass for a line of buildlock's own or steer a terminal.

@@ -6,6 +6,7 @@
 //! created, written, synced and removed; a folder that does not exist yet is not created (its
 //! nearest existing parent is probed instead).
 
+use crate::os::say::shell_quote;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -281,18 +282,5 @@ fn human_bytes(n: u64) -> String {
         0..1024 => format!("{n} B"),
         1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
         _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
-    }
-}
-
-/// `text` as one word for `sh`, quoted only when it must be.
-fn shell_quote(text: &str) -> String {
-    let plain = !text.is_empty()
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-+:=@%,".contains(c));
-    if plain {
-        text.to_owned()
-    } else {
-        format!("'{}'", text.replace('\'', r"'\''"))
     }
 }

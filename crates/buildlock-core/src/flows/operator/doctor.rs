@@ -7,6 +7,7 @@
 //! It changes nothing: its probe files are removed, and a folder that does not exist yet is not
 //! created (its nearest existing parent is probed instead).
 
+use crate::os::say::shell_quote;
 use anyhow::Result;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -274,19 +275,6 @@ fn hook_kind(path: &Path) -> &'static str {
         "your previous pre-commit hook (husky)"
     } else {
         "your previous pre-commit hook"
-    }
-}
-
-/// `'text'` for a shell, when it needs quoting.
-fn shell_quote(text: &str) -> String {
-    let plain = !text.is_empty()
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-+:=@%,".contains(c));
-    if plain {
-        text.to_owned()
-    } else {
-        format!("'{}'", text.replace('\'', r"'\''"))
     }
 }
 

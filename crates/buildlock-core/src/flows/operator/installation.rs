@@ -14,6 +14,7 @@
 //! - Read-only and cheap enough for every commit: no git, no lock, a stat or two and a read of the
 //!   first few KiB of a file. It never fails: what cannot be read counts as missing.
 
+pub use crate::os::say::shell_quote;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -390,19 +391,6 @@ fn what_to_run(buildlock_dir: &Path) -> String {
             || "sh path/to/buildlock/install.sh (from your checkout of buildlock)".to_owned(),
             |p| format!("sh {}", shell_quote(p)),
         )
-}
-
-/// `word` quoted for sh, so that a printed command can be pasted as it is.
-pub fn shell_quote(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_./:@%+=,-".contains(&b));
-    if plain {
-        word.to_owned()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
 }
 
 fn read_head(path: &Path) -> Vec<u8> {
