@@ -572,6 +572,44 @@ fn slow_write_tree(dir: &std::path::Path, secs: u32) -> std::ffi::OsString {
     path
 }
 
+/// Worktrees `ta` and `tb` with staged work; `a` (commit-retry in `ta`) elected and held in the
+/// window before its fix for `secs`. Returns `a` and `tb`.
+fn a_in_the_window(r: &TestRepo, secs: u32) -> (std::process::Child, PathBuf) {
+    let (ta, tb) = (r.worktree("ta"), r.worktree("tb"));
+    r.stage_change(&ta, "fa");
+    r.stage_change(&tb, "fb");
+    let slow = slow_write_tree(&r.root, secs);
+    let a = r
+        .commit_retry_cmd(&ta, "a")
+        .env("PATH", slow)
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(30), || r
+        .root
+        .join("in-window")
+        .exists()));
+    (a, tb)
+}
+
+/// Both agents end, both commits land, and the witness saw one fix run: `b`'s. Their stderr.
+fn only_b_fixed(r: &TestRepo, a: std::process::Child, b: std::process::Child) -> (String, String) {
+    let (a, b) = (
+        wait_output(a, Duration::from_secs(90)),
+        wait_output(b, Duration::from_secs(90)),
+    );
+    let (ea, eb) = (text(&a.stderr), text(&b.stderr));
+    let log = witness_log(&r.root);
+    assert_never_two_fixes(&log);
+    assert_eq!(
+        starts(&log).len(),
+        1,
+        "only b's fix ran: {log:?}\n{ea}\n{eb}"
+    );
+    assert!(starts(&log)[0].starts_with("start b"), "{log:?}");
+    assert!(a.status.success() && b.status.success(), "{ea}\n{eb}");
+    (ea, eb)
+}
+
 fn which_git() -> String {
     let out = Command::new("sh")
         .args(["-c", "command -v git"])
@@ -586,36 +624,11 @@ fn which_git() -> String {
 #[test]
 fn a_fixer_reset_before_its_fix_starts_starts_nothing() {
     let r = shared_status_repo("3", "");
-    let (ta, tb) = (r.worktree("ta"), r.worktree("tb"));
-    r.stage_change(&ta, "fa");
-    r.stage_change(&tb, "fb");
-    let slow = slow_write_tree(&r.root, 4);
-    let a = r
-        .commit_retry_cmd(&ta, "a")
-        .env("PATH", slow)
-        .spawn()
-        .unwrap();
-    assert!(eventually(Duration::from_secs(30), || r
-        .root
-        .join("in-window")
-        .exists()));
+    let (a, tb) = a_in_the_window(&r, 4);
     r.buildlock(&r.dir, "operator", &["reset"]).success();
     let b = r.commit_retry(&tb, "b");
-    let (a, b) = (
-        wait_output(a, Duration::from_secs(90)),
-        wait_output(b, Duration::from_secs(90)),
-    );
-    let (ea, eb) = (text(&a.stderr), text(&b.stderr));
-    let log = witness_log(&r.root);
-    assert_never_two_fixes(&log);
-    assert_eq!(
-        starts(&log).len(),
-        1,
-        "only b's fix ran: {log:?}\n{ea}\n{eb}"
-    );
-    assert!(starts(&log)[0].starts_with("start b"), "{log:?}");
+    let (ea, _) = only_b_fixed(&r, a, b);
     assert!(ea.contains("moved on before the fix started"), "{ea}");
-    assert!(a.status.success() && b.status.success(), "{ea}\n{eb}");
 }
 
 /// The same window without any operator: `a` is SIGSTOPped there for longer than
@@ -624,19 +637,7 @@ fn a_fixer_reset_before_its_fix_starts_starts_nothing() {
 #[test]
 fn a_fixer_stopped_before_its_fix_and_taken_over_starts_nothing_when_continued() {
     let r = shared_status_repo("4", "[coordination]\nstale_after = \"2s\"\n");
-    let (ta, tb) = (r.worktree("ta"), r.worktree("tb"));
-    r.stage_change(&ta, "fa");
-    r.stage_change(&tb, "fb");
-    let slow = slow_write_tree(&r.root, 1);
-    let a = r
-        .commit_retry_cmd(&ta, "a")
-        .env("PATH", slow)
-        .spawn()
-        .unwrap();
-    assert!(eventually(Duration::from_secs(30), || r
-        .root
-        .join("in-window")
-        .exists()));
+    let (a, tb) = a_in_the_window(&r, 1);
     signal(&a, libc::SIGSTOP);
     let b = r.commit_retry(&tb, "b");
     // b takes over once a's lease is silent, and its fix starts.
@@ -646,18 +647,5 @@ fn a_fixer_stopped_before_its_fix_and_taken_over_starts_nothing_when_continued()
     .len()
         == 1));
     signal(&a, libc::SIGCONT);
-    let (a, b) = (
-        wait_output(a, Duration::from_secs(90)),
-        wait_output(b, Duration::from_secs(90)),
-    );
-    let (ea, eb) = (text(&a.stderr), text(&b.stderr));
-    let log = witness_log(&r.root);
-    assert_never_two_fixes(&log);
-    assert_eq!(
-        starts(&log).len(),
-        1,
-        "only b's fix ran: {log:?}\n{ea}\n{eb}"
-    );
-    assert!(starts(&log)[0].starts_with("start b"), "{log:?}");
-    assert!(a.status.success() && b.status.success(), "{ea}\n{eb}");
+    only_b_fixed(&r, a, b);
 }
