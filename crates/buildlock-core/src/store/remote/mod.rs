@@ -423,6 +423,8 @@ mod tests {
             id: id.into(),
             pid: 100,
             host: "box".into(),
+            start: None,
+            pid_space: None,
         }
     }
 
@@ -455,6 +457,7 @@ mod tests {
                     host: "box".into(),
                     start: None,
                     token: None,
+                    pid_space: None,
                 }),
             },
         }
