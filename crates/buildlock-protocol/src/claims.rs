@@ -857,6 +857,7 @@ mod tests {
                 host: "box".into(),
                 start: Some(1),
                 token: None,
+                pid_space: None,
             },
             worktree: format!("/w/{agent}"),
             branch: agent.into(),

@@ -76,6 +76,26 @@ pub struct Waiter {
     pub agent: String,
     pub pid: u32,
     pub host: String,
+    /// The waiting process's start time, so that a reused pid is not taken for it (`None` in
+    /// records of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<u64>,
+    /// The pid space `pid` belongs to (see `process`'s doc); `None` in records of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_space: Option<String>,
+}
+
+impl Waiter {
+    /// The waiting process, as a record to judge.
+    pub fn process(&self) -> Process {
+        Process {
+            pid: self.pid,
+            host: self.host.clone(),
+            start: self.start,
+            token: None,
+            pid_space: self.pid_space.clone(),
+        }
+    }
 }
 
 /// The last fix of a key: what it fixed and, when known, the commit that fixed it.
@@ -213,6 +233,9 @@ pub struct Agent {
     pub id: String,
     pub pid: u32,
     pub host: String,
+    /// `pid`'s start time and pid space, when known (see [`Waiter`]).
+    pub start: Option<u64>,
+    pub pid_space: Option<String>,
 }
 
 /// What a fixer's passing check saw of its own repository, so that its fix commit can be found.
@@ -581,6 +604,8 @@ fn wait_for(state: &KeyState, next: &mut KeyState, fixer: &Fixer, agent: &Agent)
             agent: agent.id.clone(),
             pid: agent.pid,
             host: agent.host.clone(),
+            start: agent.start,
+            pid_space: agent.pid_space.clone(),
         });
     }
     let first = !state.waited.contains(&agent.id);
@@ -813,6 +838,8 @@ mod tests {
             id: id.into(),
             pid: 100,
             host: "box".into(),
+            start: None,
+            pid_space: None,
         }
     }
 
@@ -865,6 +892,7 @@ mod tests {
             host: "box".into(),
             start: Some(42),
             token: None,
+            pid_space: None,
         }
     }
 

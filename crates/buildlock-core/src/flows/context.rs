@@ -143,12 +143,16 @@ impl Context {
     }
 
     pub fn agent(&self) -> crate::protocol::state::Agent {
+        // Under commit-retry or `buildlock ci`, the process that acts for the agent and lives on
+        // while it waits; else this one. With its start time and pid space, so that a waiter is
+        // never confused with a process that reused its pid, or with another container's.
+        let p = crate::os::process::of(crate::os::env::holder().unwrap_or_else(std::process::id));
         crate::protocol::state::Agent {
             id: self.agent.clone(),
-            // Under commit-retry or `buildlock ci`, the process that acts for the agent and
-            // lives on while it waits; else this one.
-            pid: crate::os::env::holder().unwrap_or_else(std::process::id),
-            host: crate::os::process::hostname(),
+            pid: p.pid,
+            host: p.host,
+            start: p.start,
+            pid_space: p.pid_space,
         }
     }
 }

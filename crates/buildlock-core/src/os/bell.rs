@@ -354,12 +354,7 @@ mod tests {
             .arg("0.2")
             .spawn()
             .unwrap();
-        let p = Process {
-            pid: child.id(),
-            host: process::hostname(),
-            start: process::start_time(child.id()),
-            token: None,
-        };
+        let p = process::of(child.id());
         let start = Instant::now();
         assert_eq!(
             l.wait(std::slice::from_ref(&p), Duration::from_secs(10)),

@@ -1,5 +1,9 @@
-//! Facts about processes: our host name, a process's start time, whether it still runs, and
-//! stopping the process group of a fix that buildlock itself started.
+//! Facts about processes: our host name and pid space, a process's start time, whether it still
+//! runs, and stopping the process group of a fix that buildlock itself started.
+//!
+//! Identity: a recorded process is judged ([`judge`]) only in the pid space it was recorded in
+//! (the same host name, boot and pid namespace: see `protocol::process`), and only as the process
+//! that started at the recorded time. What cannot be identified is [`Seen::Unknown`], never dead.
 //!
 //! Rule: a process group read from state is signalled only when one of its processes carries
 //! the fix's token in its environment (see [`stop_group`]), so neither a recycled pid nor a
@@ -16,6 +20,103 @@ pub fn hostname() -> String {
         |_| "localhost".to_owned(),
         |h| h.to_string_lossy().into_owned(),
     )
+}
+
+/// This process's pid space: where a pid recorded here means the same process (see
+/// `protocol::process`). Linux: `<boot id>/<pid namespace inode>`, from
+/// `/proc/sys/kernel/random/boot_id` and `/proc/self/ns/pid`; macOS (no pid namespaces): the
+/// boot session's UUID; `None` where the OS tells neither, and then nothing recorded here is
+/// ever judged dead by its pid. Read once.
+pub fn pid_space() -> Option<String> {
+    static SPACE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    SPACE.get_or_init(read_pid_space).clone()
+}
+
+#[cfg(target_os = "linux")]
+fn read_pid_space() -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    linux_pid_space(&boot, &ns.to_string_lossy())
+}
+
+/// `<boot id>/<inode>` from the text of `boot_id` and the target of `/proc/self/ns/pid`
+/// (`pid:[4026531836]`); `None` unless both look as the kernel writes them.
+pub fn linux_pid_space(boot_id: &str, ns_link: &str) -> Option<String> {
+    let boot = boot_id.trim();
+    let valid_boot = boot.len() == 36 && boot.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+    let inode: u64 = ns_link
+        .strip_prefix("pid:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()?;
+    valid_boot.then(|| format!("{}/{inode}", boot.to_ascii_lowercase()))
+}
+
+#[cfg(target_os = "macos")]
+fn read_pid_space() -> Option<String> {
+    let mut buf = [0u8; 64];
+    let mut len: libc::size_t = buf.len();
+    // SAFETY: a NUL-terminated name; `buf` is valid for writes of `len` bytes.
+    let rc = unsafe {
+        libc::sysctlbyname(
+            c"kern.bootsessionuuid".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            &mut len,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&buf[..len.min(buf.len())]);
+    let uuid = text.trim_end_matches('\0').trim();
+    (!uuid.is_empty()).then(|| format!("boot:{uuid}"))
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+fn read_pid_space() -> Option<String> {
+    None
+}
+
+/// What can be said here of a recorded process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// That very process runs (or at least lives: stopped counts).
+    Alive,
+    /// It is gone: its pid names no process, a zombie, or one started at another time.
+    Dead,
+    /// It cannot be told from here: another host or pid space, a record without a pid space,
+    /// or a live pid whose start time cannot be compared. Never to be taken for dead.
+    Unknown,
+}
+
+/// Judges a recorded process from here (see [`Seen`]).
+pub fn judge(p: &Process) -> Seen {
+    if !p.visible_from(&hostname(), pid_space().as_deref()) {
+        return Seen::Unknown;
+    }
+    match (stat(p.pid), p.start) {
+        (Ok(stat), _) if stat.gone() => Seen::Dead,
+        (Ok(stat), Some(start)) if stat.start != start => Seen::Dead,
+        (Ok(_), Some(_)) => Seen::Alive,
+        // No start time on record: a live pid may have been reused.
+        (Ok(_), None) => Seen::Unknown,
+        (Err(_), _) if !alive(p.pid) => Seen::Dead,
+        // Alive, and no start time to compare (no /proc here).
+        (Err(_), _) => Seen::Unknown,
+    }
+}
+
+/// `pid` of this host, as recorded in state: its start time and our pid space.
+pub fn of(pid: u32) -> Process {
+    Process {
+        pid,
+        host: hostname(),
+        start: start_time(pid),
+        token: None,
+        pid_space: pid_space(),
+    }
 }
 
 /// The kernel's start time of `pid` in clock ticks since boot, where the OS tells it (Linux).
@@ -317,21 +418,22 @@ pub fn raise(signal: i32) {
     unsafe { libc::kill(libc::getpid(), signal) };
 }
 
-/// Whether `p` is this very process (same host, pid and start time) and still runs: a zombie
-/// (killed, not yet reaped) does not count, since it runs nothing and holds nothing.
+/// Whether `p` is this very process (same host, pid space when recorded, pid and start time)
+/// and still runs: a zombie (killed, not yet reaped) does not count, since it runs nothing and
+/// holds nothing. A record of another pid space is not: its pid means another process here.
 pub fn is_live(p: &Process) -> bool {
-    p.host == hostname() && p.start.is_some() && start_time(p.pid) == p.start && alive(p.pid)
+    p.host == hostname()
+        && p.pid_space
+            .as_ref()
+            .is_none_or(|s| Some(s) == pid_space().as_ref())
+        && p.start.is_some()
+        && start_time(p.pid) == p.start
+        && alive(p.pid)
 }
 
 /// This process, as recorded in state.
 pub fn me() -> Process {
-    let pid = std::process::id();
-    Process {
-        pid,
-        host: hostname(),
-        start: start_time(pid),
-        token: None,
-    }
+    of(std::process::id())
 }
 
 #[cfg(test)]
@@ -409,6 +511,7 @@ mod stop_tests {
             host: hostname(),
             start: None,
             token: Some(token.to_owned()),
+            pid_space: pid_space(),
         }
     }
 
@@ -452,5 +555,99 @@ mod stop_tests {
             assert_eq!(stat.session, *daemon, "a session leader");
             kill(*daemon, libc::SIGKILL);
         }
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+
+    #[test]
+    fn the_linux_pid_space_is_the_boot_id_and_the_pid_namespace() {
+        assert_eq!(
+            linux_pid_space("1B4E28BA-2FA1-11D2-883F-0016D3CCA427\n", "pid:[4026531836]"),
+            Some("1b4e28ba-2fa1-11d2-883f-0016d3cca427/4026531836".into())
+        );
+        let boot = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
+        assert_eq!(linux_pid_space(boot, "net:[4026531836]"), None);
+        assert_eq!(linux_pid_space(boot, "pid:[x]"), None);
+        assert_eq!(linux_pid_space("", "pid:[1]"), None);
+        assert_eq!(
+            linux_pid_space("not a boot id at all, no sir!!!!!!!", "pid:[1]"),
+            None
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn this_process_has_a_pid_space_and_is_alive_in_it() {
+        let space = pid_space().expect("Linux tells a pid space");
+        assert_eq!(Some(space.clone()), read_pid_space(), "stable");
+        let me = me();
+        assert_eq!(me.pid_space.as_deref(), Some(space.as_str()));
+        assert_eq!(judge(&me), Seen::Alive);
+        assert!(is_live(&me));
+    }
+
+    fn reaped_child() -> Process {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let p = of(child.id());
+        child.wait().unwrap();
+        p
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_process_is_judged_dead_only_in_its_own_pid_space() {
+        let dead = reaped_child();
+        assert!(dead.start.is_some());
+        assert_eq!(judge(&dead), Seen::Dead);
+        // Same host name, another container or boot: not ours to judge.
+        let elsewhere = Process {
+            pid_space: Some("00000000-0000-0000-0000-000000000000/1".into()),
+            ..dead.clone()
+        };
+        assert_eq!(judge(&elsewhere), Seen::Unknown);
+        assert!(!is_live(&elsewhere));
+        let me_elsewhere = Process {
+            pid_space: elsewhere.pid_space.clone(),
+            ..me()
+        };
+        assert!(
+            !is_live(&me_elsewhere),
+            "our pid means another process there"
+        );
+        // A record of an older version (no pid space): not judged either.
+        let old = Process {
+            pid_space: None,
+            ..dead.clone()
+        };
+        assert_eq!(judge(&old), Seen::Unknown);
+        // Another host name.
+        let other_host = Process {
+            host: format!("{}-other", hostname()),
+            ..dead
+        };
+        assert_eq!(judge(&other_host), Seen::Unknown);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_reused_pid_is_not_the_recorded_process() {
+        let reused = Process {
+            start: me().start.map(|s| s + 1),
+            ..me()
+        };
+        assert_eq!(judge(&reused), Seen::Dead);
+        assert!(!is_live(&reused));
+        // No start time on record: a live pid may be a reused one; not judged.
+        let no_start = Process {
+            start: None,
+            ..me()
+        };
+        assert_eq!(judge(&no_start), Seen::Unknown);
+        let mut no_start_dead = reaped_child();
+        no_start_dead.start = None;
+        assert_eq!(judge(&no_start_dead), Seen::Dead);
     }
 }

@@ -718,6 +718,8 @@ mod tests {
             id: id.into(),
             pid: 1,
             host: "h".into(),
+            start: None,
+            pid_space: None,
         }
     }
 

@@ -229,17 +229,16 @@ pub trait Store: Send + Sync {
     }
 }
 
-/// Whether `fixer` never registered and the process elected to register it is gone (this host
-/// only: another host's processes cannot be seen, and are not judged). Both backends feed it to
-/// the state machine as `Observed::elector_dead`.
+/// Whether `fixer` never registered and the process elected to register it is gone. Only a
+/// process of this pid space (same host name, boot and pid namespace) can be seen gone: another
+/// host's or container's, or a record without a pid space (older versions), is never judged dead
+/// here, and its lease decides (see `os::process::judge`). Both backends feed it to the state
+/// machine as `Observed::elector_dead`.
 pub fn elector_dead(fixer: &crate::protocol::state::Fixer) -> bool {
+    use crate::os::process::{Seen, judge};
     !fixer.registered
-        && fixer.elector.as_ref().is_some_and(|p| {
-            p.host == crate::os::process::hostname()
-                && match p.start {
-                    Some(_) => !crate::os::process::is_live(p),
-                    // Gone before the hook could read its start time (or no /proc here).
-                    None => !crate::os::process::alive(p.pid),
-                }
-        })
+        && fixer
+            .elector
+            .as_ref()
+            .is_some_and(|p| judge(p) == Seen::Dead)
 }

@@ -139,6 +139,7 @@ impl Role {
                 host: process::hostname(),
                 start: None,
                 token: Some(token.clone()),
+                pid_space: process::pid_space(),
             }),
         };
         // The gate: the record that the fix starts is refused once the generation is fenced
@@ -153,6 +154,7 @@ impl Role {
                 host: process::hostname(),
                 start: process::start_time(pgid),
                 token: Some(token.clone()),
+                pid_space: process::pid_space(),
             };
             let event = Event::Register {
                 agent: ctx.agent.clone(),
@@ -278,13 +280,7 @@ pub fn stop_orphaned_fixes(state: &KeyState) -> Result<()> {
 
 /// This process, as the holder of a role.
 fn this_process() -> Process {
-    let me = std::process::id();
-    Process {
-        pid: me,
-        host: process::hostname(),
-        start: process::start_time(me),
-        token: None,
-    }
+    process::me()
 }
 
 /// Stop waiting for the election lock on a signal.

@@ -312,12 +312,7 @@ impl Hook<'_> {
                     commit: None,
                     // git, our parent, when git runs us for a commit (it sets GIT_INDEX_FILE): it
                     // writes the fix commit once we return. Run by hand, nobody will.
-                    committer: env::index_file().map(|_| crate::os::process::Process {
-                        pid: self.parent,
-                        host: crate::os::process::hostname(),
-                        start: crate::os::process::start_time(self.parent),
-                        token: None,
-                    }),
+                    committer: env::index_file().map(|_| crate::os::process::of(self.parent)),
                 },
             };
             let applied = match ctx
@@ -642,12 +637,7 @@ impl Told<'_> {
 fn elector(ctx: &Context) -> Option<crate::os::process::Process> {
     env::holder()
         .filter(|_| env::decision_file().is_some() && ctx.config.fix_command.is_some())
-        .map(|pid| crate::os::process::Process {
-            pid,
-            host: crate::os::process::hostname(),
-            start: crate::os::process::start_time(pid),
-            token: None,
-        })
+        .map(crate::os::process::of)
 }
 
 /// The agent's first commit: listed by `buildlock agents` from now on (later commits only renew

@@ -9,6 +9,17 @@
 //!
 //! Silence is judged on our own monotonic clock: the fixer's lease (generation, heartbeat) that
 //! did not move for a whole `stale_after` while we watched. No clocks of two hosts are compared.
+//!
+//! A silent fixer is outwaited: when the wait's own limit comes shortly before the fixer's lease
+//! runs out (within one more such wait), while that lease has not moved since the wait began and
+//! no running process holds the role (a fixer by hand whose session died, a stopped one), the
+//! wait goes on until the lease runs out, says so, and ends as [`WaitEnd::FixerSilent`], so that
+//! the caller takes over. So a wait lasts at most twice its limit, and never more than
+//! `stale_after` past it (the lease runs out at most that long after we first saw it); it ends
+//! as [`WaitEnd::TimedOut`] as soon as the fixer shows a sign of life. Without this, a waiter
+//! whose waits add up to a little less than `stale_after` gives up just before the dead fixer
+//! could be replaced. A lease that runs out long after the wait is not waited for: the waiter
+//! gives up at its limit, as before.
 
 use std::time::{Duration, Instant};
 
@@ -75,6 +86,12 @@ pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
 struct Watch<'w, 'a> {
     w: &'w Waiting<'a>,
     start: Instant,
+    /// The wait's limit: `w.limit`, or, outwaiting a silent fixer, when its lease runs out.
+    limit: Duration,
+    /// The first lease seen in this wait: the fixer is silent while it is still the one.
+    first_lease: Option<(u64, Millis)>,
+    /// The silent fixer's lease being outwaited past `w.limit` (see the module's doc).
+    outwaiting: Option<(u64, Millis)>,
     herd: usize,
     last_lease: Option<(u64, Millis)>,
     lease_seen_at: Instant,
@@ -94,6 +111,9 @@ impl<'w, 'a> Watch<'w, 'a> {
         Watch {
             w,
             start: Instant::now(),
+            limit: w.limit,
+            first_lease: None,
+            outwaiting: None,
             herd: 0,
             last_lease: None,
             lease_seen_at: Instant::now(),
@@ -168,10 +188,28 @@ impl Watch<'_, '_> {
         if let Some(lease) = self.silent(state.generation, &fixer) {
             return Some(WaitEnd::FixerSilent(fixer, lease));
         }
+        let lease = (state.generation, fixer.heartbeat);
+        self.first_lease.get_or_insert(lease);
+        if let Some(outwaited) = self.outwaiting {
+            if outwaited != lease {
+                say::progress_done();
+                say::say(format!(
+                    "the fixer `{}` renewed its lease: it is alive; not waiting for it to run out",
+                    fixer.agent
+                ));
+                return Some(WaitEnd::TimedOut);
+            }
+            if self.start.elapsed() >= self.limit {
+                // Its lease ran out (on this machine's clock, which the local store's lease
+                // rule uses too): take over.
+                return Some(WaitEnd::FixerSilent(fixer, lease));
+            }
+        }
         let waited = self.start.elapsed();
-        if waited >= w.limit {
+        if waited >= self.limit && !self.outwait(lease, &fixer, waited) {
             return Some(WaitEnd::TimedOut);
         }
+        let waited = self.start.elapsed();
         self.show_progress(&fixer, waited);
         self.nap(&fixer, waited);
         None
@@ -183,7 +221,7 @@ impl Watch<'_, '_> {
         let w = self.w;
         let first = self.last_lease.is_some();
         self.last_lease = None;
-        if self.start.elapsed() >= w.limit {
+        if self.start.elapsed() >= self.limit {
             return Some(WaitEnd::TimedOut);
         }
         if first
@@ -194,7 +232,7 @@ impl Watch<'_, '_> {
             self.last_progress = Some(Instant::now());
             say::progress(format!(
                 "{why}; still waiting for the fix and trying again (giving up in {})",
-                time::human(w.limit.saturating_sub(self.start.elapsed()))
+                time::human(self.limit.saturating_sub(self.start.elapsed()))
             ));
         }
         let nap = self.poll.min(self.progress_every);
@@ -224,6 +262,46 @@ impl Watch<'_, '_> {
         None
     }
 
+    /// The wait's limit came (`waited` so far) and the fixer's lease is `lease`: whether to
+    /// outwait a silent fixer whose lease runs out within one more `w.limit` (see the module's
+    /// doc), saying so. Its lease runs out at the earlier of a whole `stale_after` of silence on
+    /// our own clock and, with the local store (whose lease rule is this machine's wall clock),
+    /// its heartbeat plus `stale_after`.
+    fn outwait(&mut self, lease: (u64, Millis), fixer: &Fixer, waited: Duration) -> bool {
+        let w = self.w;
+        let silent_throughout = self.first_lease == Some(lease) && self.last_lease == Some(lease);
+        if self.outwaiting.is_some()
+            || !silent_throughout
+            || (fixer.registered && w.store.fixer_running(w.key, lease.0))
+        {
+            return false;
+        }
+        let by_us = w.stale_after.saturating_sub(self.lease_seen_at.elapsed());
+        let stale_ms = Millis::try_from(w.stale_after.as_millis()).unwrap_or(Millis::MAX);
+        let now = time::now();
+        let by_clock = (w.store.backend() == "local" && fixer.heartbeat <= now).then(|| {
+            Duration::from_millis(fixer.heartbeat.saturating_add(stale_ms).saturating_sub(now))
+        });
+        let left = by_clock.map_or(by_us, |c| c.min(by_us));
+        if left > w.limit {
+            // Not shortly: the lease runs out long after our wait; it decides for a later try.
+            return false;
+        }
+        self.outwaiting = Some(lease);
+        self.limit = waited + left;
+        let runs_out = now.saturating_add(Millis::try_from(left.as_millis()).unwrap_or(0));
+        say::progress_done();
+        say::say(format!(
+            "the fixer `{}` has been silent since {} (no sign of life: its lease was not \
+             renewed); waiting until its lease runs out at {} (in {}) to take over",
+            fixer.agent,
+            time::rfc3339(fixer.heartbeat),
+            time::rfc3339(runs_out),
+            time::human(left),
+        ));
+        true
+    }
+
     fn show_progress(&mut self, fixer: &Fixer, waited: Duration) {
         if self
             .last_progress
@@ -231,13 +309,18 @@ impl Watch<'_, '_> {
         {
             self.last_progress = Some(Instant::now());
             let fixing_for = Duration::from_millis(time::now().saturating_sub(fixer.since));
+            let then = if self.outwaiting.is_some() {
+                "its lease runs out (then taking over) in"
+            } else {
+                "giving up in"
+            };
             say::progress(format!(
-                "waiting for `{}` to fix the build (fixing for {}, since {}); waited {}, giving up in {}",
+                "waiting for `{}` to fix the build (fixing for {}, since {}); waited {}, {then} {}",
                 fixer.agent,
                 time::human(fixing_for),
                 time::rfc3339(fixer.since),
                 time::human(waited),
-                time::human(self.w.limit - waited),
+                time::human(self.limit.saturating_sub(waited)),
             ));
         }
     }
@@ -249,20 +332,23 @@ impl Watch<'_, '_> {
         let until_silent = w.stale_after.saturating_sub(self.lease_seen_at.elapsed());
         let nap = self
             .poll
-            .min(w.limit - waited)
+            .min(self.limit.saturating_sub(waited))
             .min(self.progress_every)
             .min(until_silent.max(Duration::from_millis(1)));
         // The holder's exit wakes us too (a registered fixer that dies is replaced at once), or,
-        // before it registers, the elected process's.
+        // before it registers, the elected process's: when it is that very process of ours to
+        // watch (not one of another host or container, whose pid names another process here).
         let holder = match fixer.pid.filter(|_| fixer.registered) {
             Some(pid) => Some(Process {
                 pid,
                 host: fixer.host.clone(),
                 start: fixer.start,
                 token: None,
+                pid_space: None,
             }),
             None => fixer.elector.clone(),
-        };
+        }
+        .filter(crate::os::process::is_live);
         w.store
             .wait_change(w.key, holder.as_ref(), nap + time::jitter(nap / 8));
     }
@@ -302,21 +388,25 @@ pub fn taken_over(
     let Read::Found { state, .. } = store.read(key) else {
         return None;
     };
-    let host = crate::os::process::hostname();
-    let first = state
-        .waiters
-        .iter()
-        .find(|w| w.host == host && crate::os::process::running(w.pid))?;
-    if (first.agent.as_str(), first.pid) == me {
+    // The first waiter we can see alive and running: with its start time and pid space on
+    // record, a waiter that died and whose pid now names another process is not it, nor is
+    // another container's. A record of an older version (neither on record) is judged as
+    // before, by its pid on this host, with the start time it has now.
+    let first = state.waiters.iter().find_map(|w| {
+        let mut p = w.process();
+        if p.start.is_none() && p.pid_space.is_none() {
+            p.start = crate::os::process::start_time(p.pid);
+        }
+        let seen = p.host == crate::os::process::hostname()
+            && crate::os::process::is_live(&p)
+            && crate::os::process::running(p.pid);
+        seen.then_some((w, p))
+    });
+    let (first_waiter, first) = first?;
+    if (first_waiter.agent.as_str(), first_waiter.pid) == me {
         return None;
     }
-    let first_agent = first.agent.clone();
-    let first = Process {
-        pid: first.pid,
-        host,
-        start: crate::os::process::start_time(first.pid),
-        token: None,
-    };
+    let first_agent = first_waiter.agent.clone();
     // Its retry failed differently (another key, with `match = "signature"`): it fixes that
     // one, and nobody takes this one over unless we do.
     let fixing_elsewhere = || {

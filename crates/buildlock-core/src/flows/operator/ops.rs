@@ -33,12 +33,13 @@ pub(crate) fn fixer_liveness(ctx: &Context, s: &KeyState) -> Option<Liveness> {
     Some(liveness(f, s.generation, &seen))
 }
 
-/// The agents still waiting: a waiter whose process is gone (killed while waiting) is not.
+/// The agents still waiting: a waiter whose process is gone (killed while waiting) is not. One
+/// that cannot be seen from here (another host or container) is shown.
 fn live_waiters(s: &KeyState) -> Vec<String> {
-    let host = crate::os::process::hostname();
+    use crate::os::process::{Seen, judge};
     s.waiters
         .iter()
-        .filter(|w| w.host != host || crate::os::process::alive(w.pid))
+        .filter(|w| judge(&w.process()) != Seen::Dead)
         .map(|w| w.agent.clone())
         .collect()
 }

@@ -433,6 +433,8 @@ mod tests {
             id: id.into(),
             pid: 100,
             host: "box".into(),
+            start: None,
+            pid_space: None,
         }
     }
 
@@ -465,6 +467,7 @@ mod tests {
                     host: "box".into(),
                     start: None,
                     token: None,
+                    pid_space: None,
                 }),
             },
         }

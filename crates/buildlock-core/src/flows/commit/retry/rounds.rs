@@ -621,8 +621,11 @@ impl Retry<'_> {
                 "retrying the commit",
             ),
             WaitEnd::FixerSilent(f, _) => (
-                format!("the fixer `{}` went silent", f.agent),
-                "retrying the commit",
+                format!(
+                    "the fixer `{}` went silent (its lease ran out without a sign of life)",
+                    f.agent
+                ),
+                "retrying the commit to take over",
             ),
             WaitEnd::TimedOut => (
                 format!("no fix after {}", time::human(limit)),
