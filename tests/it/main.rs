@@ -9,6 +9,7 @@ mod claims;
 mod cli;
 mod election;
 mod faults;
+mod fix_commit;
 mod handover;
 mod harness;
 mod help;

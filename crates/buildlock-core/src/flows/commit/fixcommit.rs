@@ -83,6 +83,61 @@ pub fn lacking(repo: &Repo, commit: &str) -> Option<String> {
     }
 }
 
+/// The title of a fix commit: what broke, from the failure log (its first line that says
+/// error or failure, else its first line), so that `git log` says what the commit fixed.
+pub fn title(log: Option<&std::path::Path>) -> String {
+    let text = log
+        .and_then(|l| std::fs::read(l).ok())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| strip_ansi(l).trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .take(200)
+        .collect();
+    let said = lines
+        .iter()
+        .find(|l| {
+            let l = l.to_lowercase();
+            ["error", "fail", "panicked", "fatal"]
+                .iter()
+                .any(|w| l.contains(w))
+        })
+        .or_else(|| lines.first());
+    match said {
+        Some(line) => {
+            let mut line: String = line.chars().filter(|c| !c.is_control()).collect();
+            if line.chars().count() > 60 {
+                line = line.chars().take(59).collect::<String>() + "…";
+            }
+            format!("Fix the build: {line}")
+        }
+        None => "Fix the build".to_owned(),
+    }
+}
+
+/// `line` without ANSI escape sequences (colours).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ … final byte in @..~
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// How to take the fix, for people and agents. Safe with parallel worktrees: `git stash` would
 /// share one `refs/stash` between all worktrees of the repository (agents popping each other's
 /// work); `git stash create` keeps the saved work in a commit of this shell's alone.
