@@ -139,6 +139,31 @@ impl Drop for TempIndex {
 /// `head base own before nothing_staged pid` on its first line, the failure log on the second.
 pub const PENDING: &str = "buildlock-fix-pending";
 
+/// Whether the work tree around the current directory has a [`PENDING`] record: a few file
+/// system look-ups and no git process, for commit-retry to ask before its first commit (whose
+/// check would pass on the fix, and commit it mixed with the agent's own work).
+pub fn pending_here() -> bool {
+    let Ok(mut dir) = std::env::current_dir() else {
+        return false;
+    };
+    loop {
+        let dot = dir.join(".git");
+        if dot.is_dir() {
+            return dot.join(PENDING).is_file();
+        }
+        if dot.is_file() {
+            let text = std::fs::read_to_string(&dot).unwrap_or_default();
+            return text
+                .trim()
+                .strip_prefix("gitdir:")
+                .is_some_and(|gd| dir.join(gd.trim()).join(PENDING).is_file());
+        }
+        if !dir.pop() {
+            return false;
+        }
+    }
+}
+
 /// A tree entry: mode and object id; `None` where the path is absent.
 type Entry = Option<(String, String)>;
 

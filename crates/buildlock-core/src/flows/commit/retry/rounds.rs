@@ -94,6 +94,23 @@ impl<'a> Retry<'a> {
 }
 
 impl Retry<'_> {
+    /// A fix that a killed run started and did not commit apart ([`OwnWork::pending`]): the
+    /// next commit is that fix alone, then the agent's own. `true` when there is one.
+    pub(super) fn complete_pending(&mut self) -> Result<bool> {
+        let Some(work) = OwnWork::pending(&self.ctx.repo.worktree, &self.ctx.repo.git_dir) else {
+            return Ok(false);
+        };
+        say::say(
+            "commit-retry: a fix that a killed run made is not committed yet: committing it on \
+             its own first, then your own work",
+        );
+        let index = work.fix_index()?;
+        let found = index.is_some();
+        self.fix_commit_next = index;
+        self.own = found.then_some(work);
+        Ok(found)
+    }
+
     /// Commits until done; `first` is the commit already made, if any.
     pub(super) fn run(&mut self, mut first: Option<GitRun>) -> Result<i32> {
         loop {
