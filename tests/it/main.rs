@@ -24,4 +24,5 @@ mod stale;
 mod state;
 mod strays;
 mod stress;
+mod take_fix;
 mod takeover;
