@@ -14,6 +14,10 @@ fn with_a_fix() -> (TestRepo, String) {
     r.git(&["add", "-A"]);
     r.git(&["commit", "-q", "-m", "base", "--no-verify"]);
     let fix = make_fix(&r);
+    // This branch moved on since: taking the fix is a cherry-pick, not a fast-forward.
+    std::fs::write(r.dir.join("c.txt"), "c\n").unwrap();
+    r.git(&["add", "c.txt"]);
+    r.git(&["commit", "-q", "-m", "c", "--no-verify"]);
     (r, fix)
 }
 
@@ -44,6 +48,10 @@ fn git_text(r: &TestRepo, args: &[&str]) -> String {
 
 /// The fix is in HEAD (a new commit on the old HEAD, with the fix's change) and in the work tree.
 fn assert_taken(r: &TestRepo, before: &str) {
+    assert!(
+        git_text(r, &["log", "-1", "--format=%B"]).contains("cherry picked from commit"),
+        "a cherry-pick"
+    );
     assert_eq!(git_text(r, &["rev-parse", "HEAD~1"]).trim(), before);
     assert_eq!(git_text(r, &["show", "HEAD:dep.rs"]), "fixed\n");
     assert_eq!(

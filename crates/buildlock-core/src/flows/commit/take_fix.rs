@@ -220,40 +220,7 @@ fn take(commit: &str) -> Result<i32> {
         return Ok(exit::BLOCKED);
     }
     // The new commit first: objects only.
-    let message = git.out(&["log", "-1", "--format=%B", &fix])?;
-    let mut message = String::from_utf8_lossy(&message).trim_end().to_owned();
-    message.push_str(&format!("\n\n(cherry picked from commit {fix})\n"));
-    let author = git.line(&[
-        "log",
-        "-1",
-        "--format=%an%x00%ae%x00%ad",
-        "--date=raw",
-        &fix,
-    ])?;
-    let mut who = author.split('\0');
-    let mut c = git.cmd();
-    c.args(["commit-tree", &tree, "-p", &head, "-F", "-"]);
-    if let (Some(name), Some(email), Some(date)) = (who.next(), who.next(), who.next()) {
-        c.env("GIT_AUTHOR_NAME", name)
-            .env("GIT_AUTHOR_EMAIL", email)
-            .env("GIT_AUTHOR_DATE", date);
-    }
-    let mut child = c
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(message.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "git commit-tree failed: {} (nothing changed)",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let new = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let new = new_commit(&git, &fix, &parent, &head, &tree)?;
 
     // The index: the fix's paths only (they hold HEAD's entries: no local work there).
     let taken: Vec<(Vec<u8>, Entry)> = changes
@@ -318,6 +285,48 @@ fn take(commit: &str) -> Result<i32> {
         if paths.len() > 5 { ", …" } else { "" }
     ));
     Ok(exit::OK)
+}
+
+/// The commit HEAD moves to: the fix itself when HEAD is its parent (HEAD then contains it),
+/// else a new commit of `tree` on `head` with the fix's message and author (a cherry-pick).
+fn new_commit(git: &Git, fix: &str, parent: &str, head: &str, tree: &str) -> Result<String> {
+    if head == parent {
+        return Ok(fix.to_owned());
+    }
+    let message = git.out(&["log", "-1", "--format=%B", fix])?;
+    let mut message = String::from_utf8_lossy(&message).trim_end().to_owned();
+    message.push_str(&format!("\n\n(cherry picked from commit {fix})\n"));
+    let author = git.line(&[
+        "log",
+        "-1",
+        "--format=%an%x00%ae%x00%ad",
+        "--date=raw",
+        &fix,
+    ])?;
+    let mut who = author.split('\0');
+    let mut c = git.cmd();
+    c.args(["commit-tree", tree, "-p", head, "-F", "-"]);
+    if let (Some(name), Some(email), Some(date)) = (who.next(), who.next(), who.next()) {
+        c.env("GIT_AUTHOR_NAME", name)
+            .env("GIT_AUTHOR_EMAIL", email)
+            .env("GIT_AUTHOR_DATE", date);
+    }
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(message.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "git commit-tree failed: {} (nothing changed)",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// The paths of `paths` that hold local work of any kind, or whose state git cannot tell:
