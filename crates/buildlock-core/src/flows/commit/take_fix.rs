@@ -296,13 +296,7 @@ fn new_commit(git: &Git, fix: &str, parent: &str, head: &str, tree: &str) -> Res
     let message = git.out(&["log", "-1", "--format=%B", fix])?;
     let mut message = String::from_utf8_lossy(&message).trim_end().to_owned();
     message.push_str(&format!("\n\n(cherry picked from commit {fix})\n"));
-    let author = git.line(&[
-        "log",
-        "-1",
-        "--format=%an%x00%ae%x00%ad",
-        "--date=raw",
-        &fix,
-    ])?;
+    let author = git.line(&["log", "-1", "--format=%an%x00%ae%x00%ad", "--date=raw", fix])?;
     let mut who = author.split('\0');
     let mut c = git.cmd();
     c.args(["commit-tree", tree, "-p", head, "-F", "-"]);
