@@ -27,7 +27,8 @@ Environment:
   NO_COLOR          no colour
 
 Exit codes: 0 done; 1 the command failed, or doctor found a problem; 2 a wrong command line;
-75 refused or timed out (claim, wait-for); 78 a configuration error.";
+75 refused or timed out (claim, wait-for), or the fix cannot be taken now (take-fix, nothing
+lost); 70 coordination (or take-fix) failed; 78 a configuration error.";
 
 /// Elect one fixer when a shared build breaks under parallel agents.
 ///
@@ -145,6 +146,18 @@ enum Command {
     },
     /// Release every claim of yours and mark your agent done
     Done,
+    /// Take a fix commit into this work tree, keeping every kind of local work
+    ///
+    /// HEAD gets a new commit with the fix's changes (as `git cherry-pick` would make it), and
+    /// only the files the fix changes are written. Your staged, unstaged, untracked,
+    /// intent-to-add, assume-unchanged and skip-worktree entries and your submodules stay as
+    /// they are. It refuses, changing nothing, when a file the fix changes holds local work of
+    /// yours, when the fix does not apply, and during a merge or rebase. Exit 0 taken, 75 cannot
+    /// take it now (nothing lost), 70 failed.
+    TakeFix {
+        /// The fix commit (default: BUILDLOCK_FIX_COMMIT, the one you were told to take)
+        commit: Option<String>,
+    },
     /// Wait until each AGENT is done (or gone: no sign of life for `claims.ttl`); exit 75 on timeout
     WaitFor {
         #[arg(value_name = "AGENT")]
@@ -220,6 +233,7 @@ fn run(command: Command) -> anyhow::Result<i32> {
         Command::Claims { json } => with_context(|ctx| claims::list(ctx, json)),
         Command::Agents { json } => with_context(|ctx| claims::agents(ctx, json)),
         Command::Done => with_context(claims::done),
+        Command::TakeFix { commit } => Ok(buildlock_core::flows::commit::take_fix::run(commit)),
         Command::WaitFor { agents, timeout } => {
             with_context(|ctx| claims::wait_for(ctx, &agents, timeout.as_deref()))
         }

@@ -111,7 +111,7 @@ fn six_plain_commits_one_fix_five_told_the_commit_then_all_land_first_try() {
             "a{i}: {err}"
         );
         assert!(
-            err.contains(&format!("git cherry-pick {}", &fix[..12])),
+            err.contains(&format!("git buildlock take-fix {fix}")),
             "a{i}: {err}"
         );
         assert!(!err.contains("you are the FIXER"), "a{i}: {err}");
@@ -127,8 +127,9 @@ fn six_plain_commits_one_fix_five_told_the_commit_then_all_land_first_try() {
         s["totals"]
     );
 
-    // All take the fix at once, with the very command they were told (worktrees share one
-    // `refs/stash`: the recipe must not use it), then commit: first try, each with its own work.
+    // All take the fix at once, with the very command they were told, then commit: first try,
+    // each with its own work.
+    r.alias_buildlock();
     let told = outs
         .iter()
         .flatten()
@@ -137,7 +138,7 @@ fn six_plain_commits_one_fix_five_told_the_commit_then_all_land_first_try() {
         .unwrap();
     let recipe = told
         .split('`')
-        .find(|part| part.starts_with("BUILDLOCK_FIX_COMMIT="))
+        .find(|part| part.starts_with("git buildlock take-fix "))
         .unwrap_or_else(|| panic!("no recipe in: {told}"))
         .to_owned();
     let takers: Vec<_> = trees
@@ -179,6 +180,7 @@ fn commit_retry_takes_the_fix_through_retry_refresh() {
         "[retry]\nrefresh = '{}'\n",
         buildlock_core::flows::commit::fixcommit::REFRESH_TAKING_THE_FIX
     ));
+    r.alias_buildlock();
     let (fixer, waiter) = (&trees[0], &trees[1]);
     // The fixer's plain commit elects it.
     r.stage_change(fixer, "fixer-work");
@@ -217,7 +219,7 @@ fn without_a_refresh_commit_retry_says_how_to_take_the_fix() {
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(75), "{err}");
     assert!(
-        err.contains(&format!("git cherry-pick {}", &fix[..12])),
+        err.contains(&format!("git buildlock take-fix {fix}")),
         "{err}"
     );
     assert!(err.contains("retry.refresh"), "{err}");
@@ -352,11 +354,13 @@ fn a_fix_marked_by_a_hook_run_by_hand_is_not_waited_for_as_a_commit() {
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
-/// The documented refresh, when the fix cannot be taken on top of the agent's work: nothing is
-/// lost (it was: `git reset --hard` had run, and the work lived only in an unreachable commit).
+/// The documented refresh, when the fix cannot be taken on top of the agent's work: it refuses
+/// (exit 75), naming the file, and changes nothing (the old recipe had run `git reset --hard`,
+/// and the work lived only in a commit of its own).
 #[test]
 fn the_example_refresh_keeps_the_work_when_it_cannot_finish() {
     let r = TestRepo::new("");
+    r.alias_buildlock();
     std::fs::write(r.dir.join("dep.rs"), "broken\n").unwrap();
     std::fs::write(r.dir.join("notes.txt"), "notes\n").unwrap();
     r.git(&["add", "dep.rs", "notes.txt"]);
@@ -366,47 +370,31 @@ fn the_example_refresh_keeps_the_work_when_it_cannot_finish() {
     std::fs::write(r.dir.join("dep.rs"), "fixed\n").unwrap();
     r.git(&["commit", "-q", "-am", "fix", "--no-verify"]);
     let fix = r.head(&r.dir);
-    let refresh = |dir: &std::path::Path| {
-        r.cmd("sh", dir)
-            .args([
-                "-c",
-                buildlock_core::flows::commit::fixcommit::REFRESH_TAKING_THE_FIX,
-            ])
-            .env("BUILDLOCK_FIX_COMMIT", &fix)
-            .output()
-            .unwrap()
-    };
-    // 1. The agent's staged change to the very file the fix changes: the work does not apply
-    //    on top of the fix. It is kept in a ref, and the refresh says how to take it back.
+    // The agent's staged change to the very file the fix changes, and an unstaged one.
     std::fs::write(wt.join("dep.rs"), "my own change\n").unwrap();
     r.git_in(&wt, &["add", "dep.rs"]);
     std::fs::write(wt.join("notes.txt"), "unstaged\n").unwrap();
-    let out = refresh(&wt);
-    let err = text(&out.stderr);
-    assert!(!out.status.success(), "{err}");
-    let kept = err
-        .split("git stash apply --index ")
-        .nth(1)
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|| panic!("not said how to take the work back: {err}"));
-    let refs = text(
-        &r.git(&[
-            "for-each-ref",
-            "--format=%(objectname)",
-            "refs/buildlock/kept/",
+    let head = r.head(&wt);
+    let out = r
+        .cmd("sh", &wt)
+        .args([
+            "-c",
+            buildlock_core::flows::commit::fixcommit::REFRESH_TAKING_THE_FIX,
         ])
-        .stdout,
+        .env("BUILDLOCK_FIX_COMMIT", &fix)
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{err}");
+    assert!(err.contains("dep.rs"), "{err}");
+    assert_eq!(r.head(&wt), head);
+    assert_eq!(
+        text(&r.git_in(&wt, &["status", "--porcelain"]).stdout),
+        "M  dep.rs\n M notes.txt\n"
     );
-    assert!(refs.contains(&kept), "{refs}");
-    r.git_in(&wt, &["reset", "-q", "--hard", "HEAD~1"]);
-    r.git_in(&wt, &["stash", "apply", "-q", "--index", &kept]);
     assert_eq!(
         std::fs::read_to_string(wt.join("dep.rs")).unwrap(),
         "my own change\n"
-    );
-    assert_eq!(
-        std::fs::read_to_string(wt.join("notes.txt")).unwrap(),
-        "unstaged\n"
     );
 }
 

@@ -90,6 +90,16 @@ impl TestRepo {
         r
     }
 
+    /// The `git buildlock` alias, as install.sh adds it (what the exit-75 message and the
+    /// example `retry.refresh` run).
+    pub fn alias_buildlock(&self) {
+        self.git(&[
+            "config",
+            "alias.buildlock",
+            &format!("!f() {{ cd \"${{GIT_PREFIX:-.}}\" && exec '{BUILDLOCK}' \"$@\"; }}; f"),
+        ]);
+    }
+
     pub fn install_hook(&self) {
         let hooks = self.dir.join(".git/hooks");
         std::fs::create_dir_all(&hooks).unwrap();

@@ -117,6 +117,16 @@ pub fn poll_interval() -> Duration {
     poll_override().unwrap_or(Duration::from_secs(1))
 }
 
+/// `BUILDLOCK_FIX_COMMIT`: the fix commit a waiter was told to take (`buildlock take-fix`).
+pub fn fix_commit() -> Option<String> {
+    var("BUILDLOCK_FIX_COMMIT")
+}
+
+/// `BUILDLOCK_FIX_REF`: a ref on the remote that holds the fix commit (remote backend).
+pub fn fix_ref() -> Option<String> {
+    var("BUILDLOCK_FIX_REF")
+}
+
 pub fn fault() -> Option<String> {
     var("BUILDLOCK_FAULT")
 }

@@ -83,22 +83,71 @@ pub fn lacking(repo: &Repo, commit: &str) -> Option<String> {
     }
 }
 
-/// How to take the fix, for people and agents. Safe with parallel worktrees: `git stash` would
-/// share one `refs/stash` between all worktrees of the repository (agents popping each other's
-/// work); `git stash create` keeps the saved work in a commit of this shell's alone.
+/// The title of a fix commit: what broke, from the failure log (its first line that says
+/// error or failure, else its first line), so that `git log` says what the commit fixed.
+pub fn title(log: Option<&std::path::Path>) -> String {
+    let text = log
+        .and_then(|l| std::fs::read(l).ok())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| strip_ansi(l).trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .take(200)
+        .collect();
+    let said = lines
+        .iter()
+        .find(|l| {
+            let l = l.to_lowercase();
+            ["error", "fail", "panicked", "fatal"]
+                .iter()
+                .any(|w| l.contains(w))
+        })
+        .or_else(|| lines.first());
+    match said {
+        Some(line) => {
+            let mut line: String = line.chars().filter(|c| !c.is_control()).collect();
+            if line.chars().count() > 60 {
+                line = line.chars().take(59).collect::<String>() + "…";
+            }
+            format!("Fix the build: {line}")
+        }
+        None => "Fix the build".to_owned(),
+    }
+}
+
+/// `line` without ANSI escape sequences (colours).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ … final byte in @..~
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// How to take the fix, for people and agents: `buildlock take-fix`, which keeps every kind of
+/// local work and changes nothing when it cannot take the fix (see `take_fix.rs`).
 pub fn how_to_take(commit: &str) -> String {
-    let short = &commit[..commit.len().min(12)];
-    // The very refresh the example config has: it keeps the work also when it cannot finish.
     format!(
-        "`git cherry-pick {short}`; with staged or unstaged changes, keep them aside first \
-         (never with plain `git stash`, whose stash all worktrees share): \
-         `BUILDLOCK_FIX_COMMIT={short} sh -c '{REFRESH_TAKING_THE_FIX}'`"
+        "`git buildlock take-fix {commit}` (it keeps all your local work, staged, unstaged and \
+         untracked; when it cannot take the fix it changes nothing and says why)"
     )
 }
 
-/// A `retry.refresh` that takes the fix commit safely (see [`how_to_take`]).
-/// Kept safe when it cannot finish: the work is saved in a commit of its own, reachable by a ref
-/// of this run (`refs/buildlock/kept/<pid>`) until it is back; a fix that does not apply is
-/// backed out (the work comes back as it was); work that does not apply on top of the fix stays
-/// in that ref, and the refresh says how to take it back.
-pub const REFRESH_TAKING_THE_FIX: &str = r#"[ -z "$BUILDLOCK_FIX_COMMIT" ] || { s=$(git stash create) || exit 1; [ -z "$s" ] || git update-ref "refs/buildlock/kept/$$" "$s" || exit 1; git reset -q --hard; if git cherry-pick "$BUILDLOCK_FIX_COMMIT" >&2; then ok=1; else git cherry-pick --abort; git reset -q --hard; ok=; fi; if [ -n "$s" ]; then if git stash apply -q --index "$s"; then git update-ref -d "refs/buildlock/kept/$$"; else git reset -q --hard; echo "your work is kept as $s (refs/buildlock/kept/$$): git stash apply --index $s" >&2; ok=; fi; fi; [ -n "$ok" ]; }"#;
+/// A `retry.refresh` that takes the fix commit safely (see [`how_to_take`]): it reads
+/// `BUILDLOCK_FIX_COMMIT`, and does nothing without one. `git buildlock` is the alias that
+/// install.sh adds.
+pub const REFRESH_TAKING_THE_FIX: &str = "git buildlock take-fix";

@@ -98,14 +98,28 @@ fn read_args(args: &[OsString]) -> Args {
     out
 }
 
-/// What the agent had staged when the fix started.
+/// What was the agent's own when the fix started, and where the fix began: enough to tell the
+/// fix apart from the own work afterwards, whatever the fix staged (`git add -A` included), and
+/// kept on disk ([`PENDING`]) so that a run killed before the fix was committed apart can be
+/// completed by the next one.
 pub struct OwnWork {
     worktree: PathBuf,
+    git_dir: PathBuf,
+    /// HEAD then.
+    head: String,
     /// HEAD's tree then.
     base: String,
     /// The index then, as a tree.
     own: String,
-    /// The paths the own work changes.
+    /// The whole work tree then, tracked and untracked (what `git add -A` would stage), as a
+    /// tree: the fix is what changed from this snapshot to the one taken after it.
+    before: String,
+    /// The failure log, for the fix commit's title.
+    log: Option<PathBuf>,
+    /// The agent's commit takes the index as it is (no `-a`, no pathspecs) and nothing was
+    /// staged: after the fix's own commit there is nothing more to commit.
+    nothing_staged: bool,
+    /// The paths the own work changes (staged, unstaged or untracked).
     paths: Vec<Vec<u8>>,
 }
 
@@ -121,12 +135,48 @@ impl Drop for TempIndex {
     }
 }
 
+/// The record of a fix started and not yet committed apart, in the work tree's own git dir:
+/// `head base own before nothing_staged pid` on its first line, the failure log on the second.
+pub const PENDING: &str = "buildlock-fix-pending";
+
+/// Whether the work tree around the current directory has a [`PENDING`] record: a few file
+/// system look-ups and no git process, for commit-retry to ask before its first commit (whose
+/// check would pass on the fix, and commit it mixed with the agent's own work).
+pub fn pending_here() -> bool {
+    let Ok(mut dir) = std::env::current_dir() else {
+        return false;
+    };
+    loop {
+        let dot = dir.join(".git");
+        if dot.is_dir() {
+            return dot.join(PENDING).is_file();
+        }
+        if dot.is_file() {
+            let text = std::fs::read_to_string(&dot).unwrap_or_default();
+            return text
+                .trim()
+                .strip_prefix("gitdir:")
+                .is_some_and(|gd| dir.join(gd.trim()).join(PENDING).is_file());
+        }
+        if !dir.pop() {
+            return false;
+        }
+    }
+}
+
+/// A tree entry: mode and object id; `None` where the path is absent.
+type Entry = Option<(String, String)>;
+
 impl OwnWork {
-    /// What is the agent's own before the fix runs: what it staged, and with `-a` or pathspecs
-    /// its tracked changes. `None` when the fix need not be committed apart (nothing staged and
-    /// a commit of the index as it is: the agent's commit is the fix), when it cannot be (a
-    /// merge in progress, `--amend` and the like), or without a HEAD yet.
-    pub fn note(worktree: &Path, git_dir: &Path, args: &[OsString]) -> Option<OwnWork> {
+    /// What is the agent's own before the fix runs: what it staged, and everything else in its
+    /// work tree. `None` when the fix cannot be committed apart (a merge in progress, `--amend`
+    /// and the like, an index with conflicts), or without a HEAD yet.
+    pub fn note(
+        worktree: &Path,
+        git_dir: &Path,
+        args: &[OsString],
+        log: Option<&Path>,
+    ) -> Option<OwnWork> {
         let read = read_args(args);
         let in_progress = [
             "MERGE_HEAD",
@@ -139,6 +189,7 @@ impl OwnWork {
         if read.joining || in_progress {
             return None;
         }
+        let head = git_out(worktree, &["rev-parse", "--verify", "-q", "HEAD"], None)?;
         let base = git_out(
             worktree,
             &["rev-parse", "--verify", "-q", "HEAD^{tree}"],
@@ -146,27 +197,102 @@ impl OwnWork {
         )?;
         // Unmerged entries cannot be written as a tree: such an index is left to the agent.
         let own = index_tree(worktree, git_dir)?;
-        if own == base && !read.worktree {
-            // Nothing of its own: the agent's commit is the fix, as it always was.
-            return None;
-        }
-        let mut paths = changed(worktree, &base, &own).ok()?;
-        if read.worktree {
-            // Its tracked changes in the work tree are its own too (`-a`, pathspecs).
-            if let Some(out) = git_out(worktree, &["diff", "-z", "--name-only"], None) {
-                paths.extend(
-                    out.split('\0')
-                        .filter(|p| !p.is_empty())
-                        .map(|p| p.as_bytes().to_vec()),
-                );
-            }
-        }
-        Some(OwnWork {
+        let before = snapshot(worktree, git_dir)?;
+        let work = OwnWork {
             worktree: worktree.to_owned(),
+            git_dir: git_dir.to_owned(),
+            nothing_staged: own == base && !read.worktree,
+            head,
             base,
             own,
-            paths,
-        })
+            before,
+            log: log.map(Path::to_owned),
+            paths: Vec::new(),
+        };
+        let work = work.with_paths();
+        work.keep();
+        Some(work)
+    }
+
+    fn with_paths(mut self) -> OwnWork {
+        let mut paths = changed(&self.worktree, &self.base, &self.own).unwrap_or_default();
+        for p in changed(&self.worktree, &self.base, &self.before).unwrap_or_default() {
+            if !paths.contains(&p) {
+                paths.push(p);
+            }
+        }
+        self.paths = paths;
+        self
+    }
+
+    /// Writes the [`PENDING`] record (best effort: without it only a kill loses the split).
+    fn keep(&self) {
+        let text = format!(
+            "{} {} {} {} {} {}\n{}\n",
+            self.head,
+            self.base,
+            self.own,
+            self.before,
+            u8::from(self.nothing_staged),
+            std::process::id(),
+            self.log
+                .as_deref()
+                .map(|l| l.display().to_string())
+                .unwrap_or_default()
+        );
+        let path = self.git_dir.join(PENDING);
+        let tmp = self
+            .git_dir
+            .join(format!("{PENDING}.{}", std::process::id()));
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+    }
+
+    /// The fix is committed apart, or will never be: the record goes.
+    pub fn done(&self) {
+        let _ = std::fs::remove_file(self.git_dir.join(PENDING));
+    }
+
+    /// A fix that a killed run started and did not commit apart (its [`PENDING`] record, whose
+    /// writer is gone, and HEAD still where the fix began): to be completed now. A record that
+    /// no longer applies is removed.
+    pub fn pending(worktree: &Path, git_dir: &Path) -> Option<OwnWork> {
+        let path = git_dir.join(PENDING);
+        let written = std::fs::metadata(&path).ok()?.modified().ok()?;
+        let text = std::fs::read_to_string(&path).ok()?;
+        let mut lines = text.lines();
+        let first: Vec<&str> = lines.next().unwrap_or("").split(' ').collect();
+        let log = lines.next().filter(|l| !l.is_empty()).map(PathBuf::from);
+        let head = git_out(worktree, &["rev-parse", "--verify", "-q", "HEAD"], None);
+        let [h, base, own, before, nothing, pid] = first[..] else {
+            let _ = std::fs::remove_file(&path);
+            return None;
+        };
+        let pid = pid.parse::<u32>().unwrap_or(0);
+        if pid != std::process::id() && crate::os::process::may_have_written(pid, written) {
+            // Its run is alive: the fix is still its own to commit.
+            return None;
+        }
+        if head.as_deref() != Some(h) {
+            // Committed since (by hand, or the fix committed itself): nothing to complete.
+            let _ = std::fs::remove_file(&path);
+            return None;
+        }
+        Some(
+            OwnWork {
+                worktree: worktree.to_owned(),
+                git_dir: git_dir.to_owned(),
+                head: h.to_owned(),
+                base: base.to_owned(),
+                own: own.to_owned(),
+                before: before.to_owned(),
+                log,
+                nothing_staged: nothing == "1",
+                paths: Vec::new(),
+            }
+            .with_paths(),
+        )
     }
 
     /// The paths the own work changes.
@@ -177,51 +303,258 @@ impl OwnWork {
             .collect()
     }
 
-    /// After the fix: an index of HEAD plus what the fix staged, to commit the fix alone (in
-    /// `git_dir`). `None` when the fix staged nothing (it committed itself, or did nothing), or
-    /// staged a path that the own work changes too: then the two cannot be told apart, and
-    /// they are committed together, as said here.
-    pub fn fix_index(&self, git_dir: &Path) -> Result<Option<TempIndex>> {
+    /// Whether the agent had nothing of its own to commit (see [`OwnWork::nothing_staged`]).
+    pub fn nothing_staged(&self) -> bool {
+        self.nothing_staged
+    }
+
+    /// The failure log the fix was for.
+    pub fn log(&self) -> Option<&Path> {
+        self.log.as_deref()
+    }
+
+    /// After the fix: an index of HEAD plus what the fix changed (the difference between a
+    /// snapshot of the whole work tree before the fix and one after it), to commit the fix alone
+    /// (in `git_dir`); and the agent's own index put back as it was, plus the fix, whatever the
+    /// fix staged. `None` when the fix changed nothing in the work tree, or committed itself.
+    pub fn fix_index(&self) -> Result<Option<TempIndex>> {
         let head = git_out(
             &self.worktree,
-            &["rev-parse", "--verify", "-q", "HEAD^{tree}"],
+            &["rev-parse", "--verify", "-q", "HEAD"],
             None,
         );
-        if head.as_deref() != Some(self.base.as_str()) {
+        if head.as_deref() != Some(self.head.as_str()) {
             // The fix committed on its own already.
+            self.done();
             return Ok(None);
         }
-        let Some(after) = index_tree(&self.worktree, git_dir) else {
-            return Ok(None);
+        let Some(after) = snapshot(&self.worktree, &self.git_dir) else {
+            bail!("cannot take a snapshot of the work tree after the fix");
         };
-        let fix = changed(&self.worktree, &self.own, &after)?;
-        if fix.is_empty() {
-            return Ok(None);
+        let fix = raw_diff(&self.worktree, &self.before, &after)?;
+        let paths: Vec<Vec<u8>> = fix.iter().map(|(p, ..)| p.clone()).collect();
+        let heads = entries(&self.worktree, &self.base, &paths)?;
+        let owns = entries(&self.worktree, &self.own, &paths)?;
+        let mut fix_entries = Vec::new();
+        let mut own_entries = Vec::new();
+        let mut mixed = Vec::new();
+        for (path, before, after) in &fix {
+            let at_head = heads.get(path).cloned().flatten();
+            let at_own = owns.get(path).cloned().flatten();
+            let f = match combine(&self.worktree, &at_head, before, after) {
+                Some(e) => e,
+                None => {
+                    mixed.push(String::from_utf8_lossy(path).into_owned());
+                    after.clone()
+                }
+            };
+            let o =
+                combine(&self.worktree, &at_own, before, after).unwrap_or_else(|| after.clone());
+            fix_entries.push((path.clone(), f));
+            own_entries.push((path.clone(), o));
         }
-        let both: Vec<String> = fix
-            .iter()
-            .filter(|p| self.paths.contains(p))
-            .take(5)
-            .map(|p| String::from_utf8_lossy(p).into_owned())
-            .collect();
-        if !both.is_empty() {
+        if !mixed.is_empty() {
             say::warn(format!(
-                "the fix staged files that your own staged work changes too ({}): the fix cannot \
-                 be committed apart from your work, so one commit holds both; waiters are handed \
-                 that commit",
-                both.join(", ")
+                "the fix changed lines that your own unstaged work changes too ({}): they cannot \
+                 be told apart, so the fix commit holds your change there too",
+                mixed.join(", ")
             ));
+        }
+        // The agent's index: as it was, plus the fix.
+        self.restore_own(&own_entries)?;
+        if fix_entries.is_empty() {
+            self.done();
             return Ok(None);
         }
         let index = TempIndex {
-            path: git_dir.join(format!("{FIX_INDEX}{}", std::process::id())),
+            path: self
+                .git_dir
+                .join(format!("{FIX_INDEX}{}", std::process::id())),
         };
         let env = Some(index.path.as_path());
         git_ok(&self.worktree, &["read-tree", &self.base], env)?;
-        let source = format!("--source={after}");
-        git_paths(&self.worktree, &["restore", "--staged", &source], &fix, env)?;
+        index_info(&self.worktree, &fix_entries, env)?;
+        if git_out(&self.worktree, &["write-tree"], env).as_deref() == Some(self.base.as_str()) {
+            self.done();
+            return Ok(None);
+        }
         Ok(Some(index))
     }
+
+    /// Puts the agent's index back as it was before the fix, plus `fix` (its entries for the
+    /// fix's paths): what the fix staged of the agent's own work is unstaged again, and what it
+    /// added of untracked files is untracked again. Only entries that differ are written.
+    fn restore_own(&self, fix: &[(Vec<u8>, Entry)]) -> Result<()> {
+        let Some(now) = index_tree(&self.worktree, &self.git_dir) else {
+            say::warn(
+                "your index has conflicts after the fix: it is left as the fix left it".to_owned(),
+            );
+            return Ok(());
+        };
+        let want = TempIndex {
+            path: self
+                .git_dir
+                .join(format!("{WANT_INDEX}{}", std::process::id())),
+        };
+        let env = Some(want.path.as_path());
+        git_ok(&self.worktree, &["read-tree", &self.own], env)?;
+        index_info(&self.worktree, fix, env)?;
+        let Some(want_tree) = git_out(&self.worktree, &["write-tree"], env) else {
+            bail!("cannot write the index wanted after the fix");
+        };
+        let diff = raw_diff(&self.worktree, &now, &want_tree)?;
+        if diff.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<(Vec<u8>, Entry)> = diff.into_iter().map(|(p, _, e)| (p, e)).collect();
+        index_info(&self.worktree, &entries, None)
+    }
+}
+
+/// A snapshot of the whole work tree (tracked and untracked, ignoring what .gitignore ignores)
+/// as a tree: `git add -A` into a copy of the agent's index. Neither the index nor the work tree
+/// is touched.
+pub fn snapshot(worktree: &Path, git_dir: &Path) -> Option<String> {
+    let copy = TempIndex {
+        path: git_dir.join(format!("{INDEX_COPY}{}", std::process::id())),
+    };
+    std::fs::copy(git_dir.join("index"), &copy.path).ok()?;
+    crate::os::fs::touch_existing(&copy.path);
+    let env = Some(copy.path.as_path());
+    let added = git(worktree, env)
+        .args(["add", "-A", "--ignore-errors"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()?;
+    if !added.success() {
+        return None;
+    }
+    git_out(worktree, &["write-tree"], env)
+}
+
+/// The entry that `x` (the same path in another tree) gets when the change `before` → `after`
+/// is made to it: `after` where `x` is `before` (or already `after`); a three-way merge of the
+/// content where all three are files; `None` where the two cannot be told apart.
+fn combine(worktree: &Path, x: &Entry, before: &Entry, after: &Entry) -> Option<Entry> {
+    if x == before || x == after {
+        return Some(after.clone());
+    }
+    let (Some((xm, xo)), Some((bm, bo)), Some((am, ao))) = (x, before, after) else {
+        return None;
+    };
+    let file = |m: &str| m == "100644" || m == "100755";
+    if !(file(xm) && file(bm) && file(am)) {
+        return None;
+    }
+    let merged = git_out(
+        worktree,
+        &[
+            "merge-file",
+            "--object-id",
+            xo.as_str(),
+            bo.as_str(),
+            ao.as_str(),
+        ],
+        None,
+    )?;
+    // The mode the fix gave, unless the fix kept it and `x` has its own.
+    let mode = if am == bm { xm.clone() } else { am.clone() };
+    Some(Some((mode, merged)))
+}
+
+/// `git update-index -z --index-info` with `entries` (an absent entry removes the path).
+fn index_info(worktree: &Path, entries: &[(Vec<u8>, Entry)], index: Option<&Path>) -> Result<()> {
+    let args = ["update-index", "-z", "--index-info"];
+    let mut child = git(worktree, index)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        for (path, entry) in entries {
+            let line = match entry {
+                Some((mode, oid)) => format!("{mode} {oid}\t"),
+                None => "0 0000000000000000000000000000000000000000\t".to_owned(),
+            };
+            stdin.write_all(line.as_bytes())?;
+            stdin.write_all(path)?;
+            stdin.write_all(b"\0")?;
+        }
+    }
+    succeeded(&args, child.wait_with_output()?)
+}
+
+/// The entries of `paths` in `tree`.
+fn entries(
+    worktree: &Path,
+    tree: &str,
+    paths: &[Vec<u8>],
+) -> Result<std::collections::HashMap<Vec<u8>, Entry>> {
+    let mut found = std::collections::HashMap::new();
+    if paths.is_empty() {
+        return Ok(found);
+    }
+    let args = ["ls-tree", "-r", "-z", "--full-tree", tree];
+    let mut child = git(worktree, None)
+        .args(args)
+        .arg("--")
+        .args(paths.iter().map(|p| {
+            use std::os::unix::ffi::OsStrExt as _;
+            std::ffi::OsStr::from_bytes(p).to_owned()
+        }))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let _ = &mut child;
+    let out = child.wait_with_output()?;
+    let listing = out.stdout.clone();
+    succeeded(&args, out)?;
+    for record in listing.split(|&b| b == 0).filter(|r| !r.is_empty()) {
+        // <mode> SP <type> SP <oid> TAB <path>
+        let Some(tab) = record.iter().position(|&b| b == b'\t') else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&record[..tab]);
+        let mut parts = head.split(' ');
+        let (Some(mode), _, Some(oid)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        found.insert(
+            record[tab + 1..].to_vec(),
+            Some((mode.to_owned(), oid.to_owned())),
+        );
+    }
+    for p in paths {
+        found.entry(p.clone()).or_insert(None);
+    }
+    Ok(found)
+}
+
+/// The paths that differ between two trees, with their entries on each side.
+fn raw_diff(worktree: &Path, from: &str, to: &str) -> Result<Vec<(Vec<u8>, Entry, Entry)>> {
+    let args = ["diff-tree", "-r", "-z", "--no-renames", "--raw", from, to];
+    let out = git(worktree, None).args(args).output()?;
+    let raw = out.stdout.clone();
+    succeeded(&args, out)?;
+    let mut found = Vec::new();
+    let mut fields = raw.split(|&b| b == 0);
+    while let Some(meta) = fields.next() {
+        if meta.is_empty() {
+            continue;
+        }
+        let Some(path) = fields.next() else { break };
+        // :<old mode> <new mode> <old oid> <new oid> <status>
+        let meta = String::from_utf8_lossy(meta);
+        let parts: Vec<&str> = meta.trim_start_matches(':').split(' ').collect();
+        let [om, nm, oo, no, _status] = parts[..] else {
+            continue;
+        };
+        let side = |m: &str, o: &str| (m != "000000").then(|| (m.to_owned(), o.to_owned()));
+        found.push((path.to_vec(), side(om, oo), side(nm, no)));
+    }
+    Ok(found)
 }
 
 const FIX_INDEX: &str = "buildlock-fix-index-";
@@ -258,6 +591,7 @@ pub fn strays(common_dir: &Path) -> Vec<PathBuf> {
             let Some(pid) = name
                 .strip_prefix(FIX_INDEX)
                 .or_else(|| name.strip_prefix(INDEX_COPY))
+                .or_else(|| name.strip_prefix(WANT_INDEX))
                 .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|pid| pid.parse::<u32>().ok())
             else {
@@ -284,6 +618,7 @@ pub fn remove_strays(common_dir: &Path) {
 }
 
 const INDEX_COPY: &str = "buildlock-index-copy-";
+const WANT_INDEX: &str = "buildlock-want-index-";
 
 fn git(worktree: &Path, index: Option<&Path>) -> Command {
     let mut c = Command::new("git");
@@ -321,29 +656,6 @@ fn succeeded(args: &[&str], out: std::process::Output) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// `git <args> --pathspec-from-file=- --pathspec-file-nul` with `paths` on stdin.
-fn git_paths(
-    worktree: &Path,
-    args: &[&str],
-    paths: &[Vec<u8>],
-    index: Option<&Path>,
-) -> Result<()> {
-    let mut child = git(worktree, index)
-        .args(args)
-        .args(["--pathspec-from-file=-", "--pathspec-file-nul"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    if let Some(mut stdin) = child.stdin.take() {
-        for p in paths {
-            stdin.write_all(p)?;
-            stdin.write_all(b"\0")?;
-        }
-    }
-    succeeded(args, child.wait_with_output()?)
 }
 
 /// The paths that differ between two trees.

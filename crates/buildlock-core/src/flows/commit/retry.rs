@@ -39,9 +39,15 @@ pub fn front(args: Vec<OsString>) -> i32 {
     // its place, an unwritable TMPDIR), the repository's own, found by asking git (rare: it
     // costs a process). Without either the hook could not say what it decided.
     let handover = Handover::private().or_else(Handover::in_repository);
-    let first = match run_git(&args, handover.as_ref(), &[]) {
-        Ok(first) => first,
-        Err(code) => return code,
+    // A fix that a killed run left staged and not committed apart: no first commit (its check
+    // would pass on the fix and commit it mixed with the agent's work); the rounds complete it.
+    let first = if crate::flows::commit::own_work::pending_here() {
+        Ran::not_made()
+    } else {
+        match run_git(&args, handover.as_ref(), &[]) {
+            Ok(first) => first,
+            Err(code) => return code,
+        }
     };
     if first.code == 0 {
         // A passing hook wrote no decision: nothing to remove.
@@ -142,6 +148,18 @@ pub fn resume(args: Vec<OsString>) -> i32 {
     handover.remove_strays(&ctx.home.run());
     crate::flows::commit::own_work::remove_strays(&ctx.repo.common_dir);
     let mut retry = Retry::new(&ctx, args, handover);
+    // A fix that a killed run started and did not commit apart: completed apart first.
+    let first = match retry.complete_pending() {
+        // The first commit's decision (if one was made) was read already: it goes.
+        Ok(true) => None,
+        Ok(false) => first,
+        Err(e) => {
+            say::warn(format!(
+                "could not complete the fix a killed run left: {e:#}"
+            ));
+            first
+        }
+    };
     match retry.run(first) {
         Ok(code) => code,
         Err(e) => {

@@ -85,6 +85,16 @@ pub(super) struct Ran {
 }
 
 impl Ran {
+    /// A first commit not made: commit-retry goes straight to its rounds (a fix to complete).
+    pub(super) fn not_made() -> Ran {
+        Ran {
+            code: 1,
+            decision: None,
+            hand_over_failed: false,
+            lock_contention: false,
+        }
+    }
+
     /// Reads the hook's decision, if it rejected the commit, and removes its file.
     pub(super) fn into_git_run(self) -> GitRun {
         let mut decision = None;

@@ -4,6 +4,7 @@
 
 use anyhow::Result;
 use std::ffi::OsString;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::git::{GitRun, Ran, run_git};
@@ -93,6 +94,23 @@ impl<'a> Retry<'a> {
 }
 
 impl Retry<'_> {
+    /// A fix that a killed run started and did not commit apart ([`OwnWork::pending`]): the
+    /// next commit is that fix alone, then the agent's own. `true` when there is one.
+    pub(super) fn complete_pending(&mut self) -> Result<bool> {
+        let Some(work) = OwnWork::pending(&self.ctx.repo.worktree, &self.ctx.repo.git_dir) else {
+            return Ok(false);
+        };
+        say::say(
+            "commit-retry: a fix that a killed run made is not committed yet: committing it on \
+             its own first, then your own work",
+        );
+        let index = work.fix_index()?;
+        let found = index.is_some();
+        self.fix_commit_next = index;
+        self.own = found.then_some(work);
+        Ok(found)
+    }
+
     /// Commits until done; `first` is the commit already made, if any.
     pub(super) fn run(&mut self, mut first: Option<GitRun>) -> Result<i32> {
         loop {
@@ -124,7 +142,7 @@ impl Retry<'_> {
                 Committed::Exit(code) => return Ok(code),
             };
             if decision.verdict != Verdict::Fix {
-                self.own = None;
+                self.own.take().inspect(OwnWork::done);
             }
             if let Some(code) = self.act(&decision, code)? {
                 return Ok(code);
@@ -139,7 +157,23 @@ impl Retry<'_> {
             if let Some(role) = self.role.take() {
                 self.record_fix_commit(&role);
             }
-            self.own = None;
+            let own = self.own.take();
+            own.as_ref().inspect(|o| o.done());
+            if own.as_ref().is_some_and(OwnWork::nothing_staged) {
+                say::headline(
+                    say::Tone::Good,
+                    format!(
+                        "committed the fix on its own ({}); you had nothing of your own staged, \
+                         so there is nothing more to commit",
+                        self.ctx
+                            .repo
+                            .head_oid()
+                            .as_deref()
+                            .map_or("", |h| &h[..h.len().min(12)])
+                    ),
+                );
+                return Committed::Exit(exit::OK);
+            }
             say::headline(
                 say::Tone::Good,
                 format!(
@@ -161,7 +195,8 @@ impl Retry<'_> {
                  with your commit, and waiters are handed that commit",
                 git.code
             ));
-            self.own = None;
+            // The agent's index holds the fix (see `OwnWork::fix_index`): its commit has it.
+            self.own.take().inspect(OwnWork::done);
             return Committed::Again;
         }
         if git.code == 0 {
@@ -313,21 +348,29 @@ impl Retry<'_> {
         }
         let r = self.role.as_ref().expect("taken above");
         if self.own.is_none() {
-            self.own = OwnWork::note(&self.ctx.repo.worktree, &self.ctx.repo.git_dir, &self.args);
+            self.own = OwnWork::note(
+                &self.ctx.repo.worktree,
+                &self.ctx.repo.git_dir,
+                &self.args,
+                a.log.as_deref(),
+            );
         }
         let own_paths = self.own.as_ref().map(OwnWork::paths).unwrap_or_default();
         match r.run_fix(self.ctx, &command, &a, &own_paths)? {
             FixEnd::Done => {
-                // The fix staged apart from the agent's own work: committed alone
-                // next. Else (it committed itself, or staged nothing) the next
+                // Killed here, the fix is staged and not committed apart: the next run
+                // completes it apart (see `OwnWork::pending`).
+                crate::os::fault::point("fix-done");
+                // What the fix changed, told apart from the agent's own work: committed
+                // alone next. Else (it committed itself, or changed nothing) the next
                 // commit is the agent's, as before.
                 if let Some(work) = &self.own {
-                    self.fix_commit_next = work.fix_index(&self.ctx.repo.git_dir)?;
+                    self.fix_commit_next = work.fix_index()?;
                 }
             }
             FixEnd::TakenOver => {
                 self.role = None;
-                self.own = None;
+                self.own.take().inspect(OwnWork::done);
                 say::say(
                     "the fixer role moved on (taken over, released or reset): stopped our \
                      fix; this agent goes on as any other",
@@ -335,7 +378,7 @@ impl Retry<'_> {
             }
             FixEnd::NotStarted => {
                 self.role = None;
-                self.own = None;
+                self.own.take().inspect(OwnWork::done);
             }
             FixEnd::Signal(n) => {
                 say::say(format!(
@@ -520,12 +563,14 @@ impl Retry<'_> {
         let what = role.map_or_else(String::new, |r| {
             format!(" (key {}, generation {})", r.key, r.generation)
         });
+        let log = self.own.as_ref().and_then(OwnWork::log).map(Path::to_owned);
         args.push("-m".into());
         args.push(
             format!(
-                "Fix the build{what}\n\nCommitted on its own by buildlock's commit-retry for agent \
-                 {}, the elected fixer, so that the agents waiting for it can take exactly this \
+                "{}\n\nCommitted on its own by buildlock's commit-retry for agent {}, the \
+                 elected fixer{what}, so that the agents waiting for it can take exactly this \
                  fix.{}",
+                fixcommit::title(log.as_deref()),
                 self.ctx.agent,
                 self.message()
                     .map(|m| format!(" The agent was committing:\n\n{m}"))
