@@ -9,6 +9,7 @@ mod claims;
 mod cli;
 mod election;
 mod faults;
+mod fix_time_limits;
 mod handover;
 mod harness;
 mod help;
