@@ -10,6 +10,7 @@ mod cli;
 mod election;
 mod faults;
 mod fix_commit;
+mod fix_time_limits;
 mod handover;
 mod harness;
 mod help;

@@ -79,6 +79,9 @@ pub struct Config {
     pub wait: Duration,
     pub stale_after: Duration,
     pub max_fix_attempts: u32,
+    /// The longest one fixer holds a key, alive or not: past it, the next failing agent takes
+    /// over (the old fixer is fenced and its fix stopped).
+    pub max_fix_time: Duration,
     pub backend: Backend,
     /// `backend = "remote"`: the name of the git remote that holds the state.
     pub remote: String,
@@ -90,6 +93,9 @@ pub struct Config {
     pub hook_wait: bool,
     pub fix_command: Option<String>,
     pub fix_cost: f64,
+    /// A `fix.command` run still running then is stopped (its process tree) and counts as a
+    /// failed attempt.
+    pub fix_timeout: Duration,
     pub retry_attempts: u32,
     pub retry_refresh: Option<String>,
     /// At most this many checks run at once in the domain (0: no limit).
@@ -112,6 +118,7 @@ impl Default for Config {
             wait: Duration::from_secs(5 * 60),
             stale_after: Duration::from_secs(15 * 60),
             max_fix_attempts: 3,
+            max_fix_time: Duration::from_secs(60 * 60),
             backend: Backend::Local,
             remote: "origin".to_owned(),
             remote_origin: None,
@@ -119,6 +126,7 @@ impl Default for Config {
             hook_wait: true,
             fix_command: None,
             fix_cost: 0.0,
+            fix_timeout: Duration::from_secs(20 * 60),
             retry_attempts: 3,
             retry_refresh: None,
             check_slots: 0,
@@ -263,6 +271,9 @@ impl Config {
             if let Some(v) = &c.max_fix_attempts {
                 self.max_fix_attempts = at_least_one(v, "max_fix_attempts")?;
             }
+            if let Some(v) = &c.max_fix_time {
+                self.max_fix_time = positive(duration(v)?, v, &err)?;
+            }
             if let Some(v) = c.backend {
                 self.backend = v;
             }
@@ -310,6 +321,9 @@ impl Config {
                     ));
                 }
                 self.fix_cost = *v.get_ref();
+            }
+            if let Some(v) = &f.timeout {
+                self.fix_timeout = positive(duration(v)?, v, &err)?;
             }
         }
         if let Some(r) = raw.retry {
@@ -386,6 +400,7 @@ struct RawCoordination {
     wait: Option<Spanned<String>>,
     stale_after: Option<Spanned<String>>,
     max_fix_attempts: Option<Spanned<u32>>,
+    max_fix_time: Option<Spanned<String>>,
     backend: Option<Backend>,
     remote: Option<Spanned<String>>,
     remote_poll: Option<Spanned<String>>,
@@ -409,6 +424,7 @@ struct RawHook {
 struct RawFix {
     command: Option<String>,
     cost: Option<Spanned<f64>>,
+    timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -641,6 +657,52 @@ refresh = "git rebase main"
         assert_eq!(e.key.as_deref(), Some("claims.guard"));
         let e = parse("[claims]\nttl_ = \"1m\"\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("claims.ttl_"));
+    }
+
+    #[test]
+    fn fix_time_limits() {
+        let c = Config::default();
+        assert_eq!(
+            (c.max_fix_time, c.fix_timeout),
+            (Duration::from_secs(3600), Duration::from_secs(1200)),
+            "the contract's defaults: 1h and 20m"
+        );
+        let c =
+            parse("[coordination]\nmax_fix_time = \"90m\"\n[fix]\ntimeout = \"45s\"\n").unwrap();
+        assert_eq!(
+            (c.max_fix_time, c.fix_timeout),
+            (Duration::from_secs(5400), Duration::from_secs(45))
+        );
+        // fix.timeout is the fix's own bound: check_timeout no longer is.
+        assert_eq!(c.check_timeout, Duration::from_secs(1800));
+        let e = parse("[coordination]\n\nmax_fix_time = \"an hour\"\n").unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(3), Some("coordination.max_fix_time"))
+        );
+        assert!(e.message.contains("bad duration"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("configuration error in /r/.buildlock.toml line 3"),
+            "{e}"
+        );
+        let e = parse("[fix]\ncommand = \"./fix.sh\"\ntimeout = \"20 min\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("fix.timeout")));
+        assert!(e.message.contains("bad duration"), "{e}");
+        for zero in [
+            "[coordination]\nmax_fix_time = \"0s\"\n",
+            "[fix]\ntimeout = \"0ms\"\n",
+        ] {
+            let e = parse(zero).unwrap_err();
+            assert!(e.message.contains("longer than zero"), "{e}");
+        }
+        let e = parse("[fix]\ntimeout = 20\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("fix.timeout"));
+        // The names are exact: the old spellings one might guess are unknown keys.
+        let e = parse("[coordination]\nfix_timeout = \"20m\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("coordination.fix_timeout"));
+        let e = parse("[fix]\nmax_fix_time = \"1h\"\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("fix.max_fix_time"));
     }
 
     #[test]

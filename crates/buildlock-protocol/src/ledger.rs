@@ -4,7 +4,8 @@
 //! The figures, as `buildlock status` shows them:
 //! - `failures`: failed checks recorded (a stale re-run is not one);
 //! - `elections`: fixers elected, takeovers included; `takeovers`: of those, replacing a fixer
-//!   that died or went silent;
+//!   that died, went silent, or held the key past `max_fix_time` (the history's `reason`:
+//!   `dead`, `stale`, `overtime`);
 //! - `waits`: agents told to wait for a fixer (once per agent and breakage);
 //! - `fixes`: breakages fixed by their fixer;
 //! - `fix_runs`: runs of `fix.command` (by commit-retry or `buildlock ci`);

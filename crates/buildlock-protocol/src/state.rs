@@ -12,6 +12,8 @@
 //!   the domain-wide high-water mark, so even a state file lost to damage cannot make it go back;
 //! - a registered fixer whose fixer lock is free is dead, whoever fails next, the same agent
 //!   included: a second fix never starts beside an orphaned one;
+//! - no fixer holds a key for longer than `max_fix_time`, alive or not: past it, the next agent
+//!   that fails takes over as from a stale fixer (the old fixer is fenced, its fix an orphan);
 //! - a failure is stale only when the key became passing after the check started, judged by a
 //!   counter of passes read before the check, never by wall-clock times;
 //! - a failure the last fix already fixed, on a HEAD without that fix commit, elects nobody.
@@ -301,6 +303,9 @@ pub struct Observed {
     pub now: Millis,
     pub stale_after: Millis,
     pub max_fix_attempts: u32,
+    /// The longest one fixer holds a key (from its election, [`Fixer::since`]), alive or not;
+    /// `Millis::MAX`: no bound (a backend that does not compare clocks).
+    pub max_fix_time: Millis,
     /// Domain-wide generation high-water mark.
     pub generation_floor: u64,
     /// The base's pass counter: how many times any key of this base became passing.
@@ -326,11 +331,37 @@ pub enum Liveness {
     /// The fixer registered a process and its fixer lock is free, or the process elected to
     /// register died before it did: the process died.
     Dead,
+    /// Alive, but it has held the key for longer than `max_fix_time`: the next failing agent
+    /// takes over as from a stale fixer.
+    Overtime,
 }
 
-/// How alive the fixer is. A heartbeat further in the future than one lease is not trusted: a
-/// clock that far off would otherwise make a fixer eternal.
+/// How alive the fixer is, and whether it may keep the key: a live fixer that has held it for
+/// longer than `max_fix_time` is [`Liveness::Overtime`] (dead and stale say more, and win). A
+/// heartbeat further in the future than one lease is not trusted, nor an election further in the
+/// future than `max_fix_time`: a clock that far off would otherwise make a fixer eternal.
 pub fn liveness(fixer: &Fixer, generation: u64, seen: &Observed) -> Liveness {
+    match alive(fixer, generation, seen) {
+        Liveness::Live if overtime(fixer, seen) => Liveness::Overtime,
+        how => how,
+    }
+}
+
+/// Whether `fixer` has held the key for longer than `max_fix_time`, by the wall clock the store
+/// observed (see [`Observed::max_fix_time`]).
+fn overtime(fixer: &Fixer, seen: &Observed) -> bool {
+    if seen.max_fix_time == Millis::MAX {
+        return false;
+    }
+    if fixer.since > seen.now {
+        fixer.since - seen.now > seen.max_fix_time
+    } else {
+        seen.now - fixer.since >= seen.max_fix_time
+    }
+}
+
+/// Dead, stale or live, from the fixer lock, the elector and the lease.
+fn alive(fixer: &Fixer, generation: u64, seen: &Observed) -> Liveness {
     if fixer.registered && seen.fixer_lock_free {
         return Liveness::Dead;
     }
@@ -359,7 +390,7 @@ pub fn liveness(fixer: &Fixer, generation: u64, seen: &Observed) -> Liveness {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// The agent is the new fixer; `replaced` is the fixer it took over from (possibly its own
-    /// earlier process, dead).
+    /// earlier process, dead), and why (dead, stale, or overtime).
     Elected {
         replaced: Option<(Fixer, Liveness)>,
     },
@@ -560,7 +591,9 @@ fn role<'a>(state: &'a KeyState, agent: &Agent, holder: Option<u32>, seen: &Obse
             Liveness::Dead => Role::Replace(f, Liveness::Dead),
             how if f.agent == agent.id => {
                 // Another process of this agent holds the role (a second commit-retry
-                // of the same agent): it waits for that one unless that one went silent.
+                // of the same agent): it waits for that one unless that one went silent or
+                // held the key too long. The fixer's own failure keeps its role, overtime or
+                // not: `max_fix_attempts` bounds that.
                 let other_process = f.registered && f.pid.is_some() && f.pid != holder;
                 match (other_process, how) {
                     (false, _) => Role::Mine(f),
@@ -782,7 +815,7 @@ enum Role<'a> {
     Mine(&'a Fixer),
     /// A live fixer: wait for it.
     Other(&'a Fixer),
-    /// A fixer that died or went silent: take over.
+    /// A fixer that died, went silent or held the key past `max_fix_time`: take over.
     Replace(&'a Fixer, Liveness),
 }
 
@@ -831,6 +864,7 @@ mod tests {
     use super::*;
 
     const LEASE: Millis = 15 * 60 * 1000;
+    const MAX_FIX_TIME: Millis = 60 * 60 * 1000;
     const T0: Millis = 1_795_341_600_000;
 
     fn agent(id: &str) -> Agent {
@@ -848,6 +882,7 @@ mod tests {
             now,
             stale_after: LEASE,
             max_fix_attempts: 3,
+            max_fix_time: MAX_FIX_TIME,
             generation_floor: 0,
             passes: 0,
             fixer_lock_free: true,
@@ -1103,6 +1138,174 @@ mod tests {
         obs.seen_silent = Some((1, hb - 1));
         assert!(matches!(
             transition(&s, &fail("x"), &obs).1,
+            Outcome::Wait { .. }
+        ));
+    }
+
+    /// A registered fixer whose lock is held by a running process: as alive as can be.
+    fn running_fixer(id: &str) -> KeyState {
+        let s = fixing(id, 1);
+        transition(&s, &register(id, 1, 6, Some(process(7))), &seen(T0 + 1)).0
+    }
+
+    fn running(now: Millis) -> Observed {
+        Observed {
+            fixer_lock_free: false,
+            fixer_running: true,
+            ..seen(now)
+        }
+    }
+
+    #[test]
+    fn a_fixer_past_max_fix_time_is_taken_over_alive_or_not() {
+        let s = running_fixer("y");
+        assert_eq!(
+            liveness(s.fixer.as_ref().unwrap(), 1, &running(T0 + MAX_FIX_TIME)),
+            Liveness::Overtime
+        );
+        let (next, out) = transition(&s, &fail("x"), &running(T0 + MAX_FIX_TIME));
+        match &out {
+            Outcome::Elected {
+                replaced: Some((old, Liveness::Overtime)),
+            } => assert_eq!(old.agent, "y"),
+            other => panic!("expected a takeover for overtime, got {other:?}"),
+        }
+        assert_eq!((next.status, fixer_of(&next)), (Status::Fixing, "x"));
+        assert_eq!(next.generation, 2, "a new generation: y is fenced");
+        assert_eq!(next.fixer.as_ref().unwrap().since, T0 + MAX_FIX_TIME);
+        assert_eq!(
+            next.orphan_fix,
+            [process(7)],
+            "y's fix is an orphan x stops before its own starts"
+        );
+        // y, fenced, changes nothing any more.
+        let y_back = register("y", 1, 6, Some(process(8)));
+        assert_eq!(
+            transition(&next, &y_back, &running(T0 + MAX_FIX_TIME)).1,
+            Outcome::Fenced
+        );
+        // The history says why.
+        let entries = crate::ledger::history_entries("repo", &fail("x"), &out, &s, &next);
+        assert!(
+            entries
+                .iter()
+                .any(|e| e["event"] == "takeover" && e["reason"] == "overtime" && e["from"] == "y"),
+            "{entries:?}"
+        );
+        let mut totals = crate::ledger::Totals::default();
+        totals.count(&fail("x"), &out, &s, &next);
+        assert_eq!((totals.elections, totals.takeovers), (1, 1));
+    }
+
+    #[test]
+    fn below_max_fix_time_a_live_fixer_keeps_the_key() {
+        let s = running_fixer("y");
+        for now in [T0 + 1, T0 + MAX_FIX_TIME - 1] {
+            let (next, out) = transition(&s, &fail("x"), &running(now));
+            assert!(matches!(out, Outcome::Wait { .. }), "{out:?}");
+            assert_eq!((fixer_of(&next), next.generation), ("y", 1));
+            assert!(next.orphan_fix.is_empty());
+            assert_eq!(
+                liveness(s.fixer.as_ref().unwrap(), 1, &running(now)),
+                Liveness::Live
+            );
+        }
+    }
+
+    #[test]
+    fn max_fix_time_is_counted_from_the_election_not_the_lease() {
+        // Heartbeats and re-checks renew the lease; they do not extend the role.
+        let s = running_fixer("y");
+        let own = with(fail("y"), |e| {
+            if let Event::Failed { holder, .. } = e {
+                *holder = Some(6);
+            }
+        });
+        let (s, out) = transition(&s, &own, &running(T0 + MAX_FIX_TIME - 10));
+        assert_eq!(out, Outcome::KeepFixing { attempts: 1 });
+        let mut s = s;
+        s.renew(&Lease {
+            agent: "y".into(),
+            generation: 1,
+            heartbeat: T0 + MAX_FIX_TIME,
+        });
+        assert!(matches!(
+            transition(&s, &fail("x"), &running(T0 + MAX_FIX_TIME)).1,
+            Outcome::Elected {
+                replaced: Some((_, Liveness::Overtime))
+            }
+        ));
+    }
+
+    #[test]
+    fn the_fixer_itself_past_max_fix_time_keeps_fixing_and_max_fix_attempts_bounds_it() {
+        let s = running_fixer("y");
+        let own = with(fail("y"), |e| {
+            if let Event::Failed { holder, .. } = e {
+                *holder = Some(6);
+            }
+        });
+        let late = running(T0 + 2 * MAX_FIX_TIME);
+        let (s, out) = transition(&s, &own, &late);
+        assert_eq!(out, Outcome::KeepFixing { attempts: 1 });
+        // Another process of the same agent does not wait for an overtime holder.
+        let other = with(fail("y"), |e| {
+            if let Event::Failed { holder, .. } = e {
+                *holder = Some(99);
+            }
+        });
+        assert!(matches!(
+            transition(&s, &other, &late).1,
+            Outcome::Elected {
+                replaced: Some((_, Liveness::Overtime))
+            }
+        ));
+    }
+
+    #[test]
+    fn dead_and_stale_say_more_than_overtime() {
+        let s = running_fixer("y");
+        let dead = seen(T0 + 2 * MAX_FIX_TIME); // the fixer lock is free
+        assert!(matches!(
+            transition(&s, &fail("x"), &dead).1,
+            Outcome::Elected {
+                replaced: Some((_, Liveness::Dead))
+            }
+        ));
+        let by_hand = fixing("y", 1);
+        assert!(matches!(
+            transition(&by_hand, &fail("x"), &seen(T0 + 2 * MAX_FIX_TIME)).1,
+            Outcome::Elected {
+                replaced: Some((_, Liveness::Stale))
+            }
+        ));
+    }
+
+    #[test]
+    fn max_fix_time_unbounded_or_a_clock_far_off() {
+        // A backend that does not compare clocks turns the bound off.
+        let s = running_fixer("y");
+        let off = Observed {
+            max_fix_time: Millis::MAX,
+            ..running(T0 + 100 * MAX_FIX_TIME)
+        };
+        assert!(matches!(
+            transition(&s, &fail("x"), &off).1,
+            Outcome::Wait { .. }
+        ));
+        // An election far in the future (a clock stepped back) does not make a fixer eternal;
+        // a little skew is tolerated.
+        let mut ahead = s.clone();
+        ahead.fixer.as_mut().unwrap().since = T0 + 10 * MAX_FIX_TIME;
+        assert!(matches!(
+            transition(&ahead, &fail("x"), &running(T0)).1,
+            Outcome::Elected {
+                replaced: Some((_, Liveness::Overtime))
+            }
+        ));
+        ahead.fixer.as_mut().unwrap().since = T0 + 1000;
+        assert!(matches!(
+            transition(&ahead, &fail("x"), &running(T0)).1,
             Outcome::Wait { .. }
         ));
     }
@@ -1436,10 +1639,12 @@ mod tests {
 
     #[test]
     fn a_running_lock_holder_is_live_whatever_its_lease_says() {
-        // A clock step makes the lease look a day old (or a day ahead); the holder still runs.
+        // A clock step makes the lease look half an hour old (or ahead); the holder still runs.
+        // (A step past `max_fix_time` is another matter: by the clock, it held the key that
+        // long, and is taken over safely, fenced, its fix stopped first.)
         let s = fixing("y", 1);
         let (s, _) = transition(&s, &register("y", 1, 6, None), &seen(T0));
-        for now in [T0 + 24 * 3600 * 1000, T0 - 24 * 3600 * 1000] {
+        for now in [T0 + 2 * LEASE, T0 - 2 * LEASE] {
             let running = Observed {
                 fixer_lock_free: false,
                 fixer_running: true,

@@ -27,7 +27,7 @@ use crate::flows::context::Context;
 use crate::os::check::{self, Ending};
 use crate::os::{env, say, signals, time};
 use crate::protocol::exit;
-use crate::protocol::state::{Event, FixSeen, KeyState, Outcome, Status};
+use crate::protocol::state::{Event, FixSeen, KeyState, Liveness, Outcome, Status};
 use crate::store::{BaseView, StoreError};
 
 const WHO: &str = "buildlock ci";
@@ -395,7 +395,15 @@ impl Ci<'_> {
                     a.generation,
                     replaced
                         .as_ref()
-                        .map(|(f, _)| format!(", taking over from `{}`", f.agent))
+                        .map(|(f, why)| match why {
+                            Liveness::Overtime => format!(
+                                ", taking over from `{}`, which {}: it is fenced and its fix \
+                                 is stopped before ours starts",
+                                f.agent,
+                                fixer::held_too_long(ctx)
+                            ),
+                            _ => format!(", taking over from `{}`", f.agent),
+                        })
                         .unwrap_or_default()
                 ),
             ),

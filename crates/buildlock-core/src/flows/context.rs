@@ -125,6 +125,7 @@ impl Context {
         Policy {
             stale_after: self.config.stale_after,
             max_fix_attempts: self.config.max_fix_attempts,
+            max_fix_time: self.config.max_fix_time,
         }
     }
 

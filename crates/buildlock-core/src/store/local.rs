@@ -204,8 +204,10 @@ impl Store for LocalStore {
             registered && !fixer_lock_free && self.fixer_running(key, before.generation);
         let seen = Observed {
             now: time::now(),
-            stale_after: policy.stale_after.as_millis().min(u128::from(u64::MAX)) as Millis,
+            stale_after: super::millis(policy.stale_after),
             max_fix_attempts: policy.max_fix_attempts,
+            // One machine, one clock: the fixer's election time and `now` were both read here.
+            max_fix_time: super::millis(policy.max_fix_time),
             generation_floor: totals.generation,
             passes: file.passes,
             fixer_lock_free,
@@ -710,6 +712,7 @@ mod tests {
         Policy {
             stale_after: Duration::from_secs(60),
             max_fix_attempts: 3,
+            max_fix_time: Duration::from_secs(3600),
         }
     }
 

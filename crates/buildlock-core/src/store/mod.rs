@@ -66,6 +66,14 @@ impl Read {
 pub struct Policy {
     pub stale_after: Duration,
     pub max_fix_attempts: u32,
+    /// `coordination.max_fix_time`: the longest one fixer holds a key (a backend that compares
+    /// no clocks does not apply it; see `remote`).
+    pub max_fix_time: Duration,
+}
+
+/// A duration as the state machine's milliseconds (saturating).
+pub(crate) fn millis(d: Duration) -> Millis {
+    d.as_millis().min(u128::from(u64::MAX)) as Millis
 }
 
 /// The result of one step under the election lock.
@@ -191,6 +199,13 @@ pub trait Store: Send + Sync {
     /// answer `false`.
     fn fixer_running(&self, _key: &str, _generation: u64) -> bool {
         false
+    }
+
+    /// Whether this backend applies `coordination.max_fix_time`, which compares the fixer's
+    /// election time with the clock now: the remote one does not (no decision there compares
+    /// the clocks of two machines).
+    fn bounds_fix_time(&self) -> bool {
+        true
     }
 
     // Waking a waiter.

@@ -96,12 +96,24 @@ impl Role {
         self.heartbeat.fenced()
     }
 
+    /// Whether the state, read now, still names this agent the fixer of `a`'s generation (a
+    /// state that cannot be read says nothing: not knowing is not being fenced).
+    fn still_fixer(&self, ctx: &Context, a: &Assignment) -> bool {
+        match ctx.store.read(&a.key) {
+            Read::Found { state, .. } => state.is_fixer(&ctx.agent, a.generation),
+            _ => true,
+        }
+    }
+
     pub fn is_for(&self, a: &Assignment) -> bool {
         self.key == a.key && self.generation == a.generation
     }
 
     /// Runs `fix.command` once, with the contract's environment and a token that identifies
-    /// this run, registering its process group so that a successor can stop it.
+    /// this run, registering its process group so that a successor can stop it. A run still
+    /// going after `fix.timeout` is stopped, its process group with it; the re-check that
+    /// follows every run then counts the failed attempt, so a fix that hangs costs
+    /// `fix.timeout` per attempt, never more.
     /// `aside`: paths of the agent's own work, set aside while the fix runs (their changes in
     /// the work tree are not the fix's).
     pub fn run_fix(
@@ -170,8 +182,13 @@ impl Role {
                 "attempt": attempt})));
             crate::os::fault::point("fix");
         };
-        let run = shell(ctx, command, env, &mut on_start, &|| self.fenced())?;
-        let taken_over = self.fenced();
+        let run = shell(ctx, command, env, Limit::FixTimeout, &mut on_start, &|| {
+            self.fenced()
+        })?;
+        // The successor may stop our fix (an orphan to it) before our heartbeat sees the role
+        // gone: a run that did not pass asks the state once, so that it is told as what it was.
+        let taken_over =
+            self.fenced() || (run.ending != Ending::Passed && !self.still_fixer(ctx, a));
         let _ = store.record(Entry::from_json(
             serde_json::json!({"event": "fix_finished",
             "key": a.key, "agent": ctx.agent, "generation": a.generation, "attempt": attempt,
@@ -191,7 +208,7 @@ impl Role {
             other => {
                 say::say(format!(
                     "the fix {}; checking again anyway",
-                    describe_ending(&other)
+                    describe_ending(&other, Limit::FixTimeout)
                 ));
                 FixEnd::Done
             }
@@ -239,15 +256,51 @@ fn not_started(a: &Assignment) -> FixEnd {
     FixEnd::NotStarted
 }
 
-/// A command's ending, in words.
-pub fn describe_ending(ending: &Ending) -> String {
+/// Why a live fixer was taken over, in words: "held the role for longer than …".
+pub fn held_too_long(ctx: &Context) -> String {
+    format!(
+        "held the role for longer than coordination.max_fix_time ({})",
+        time::human(ctx.config.max_fix_time)
+    )
+}
+
+/// Which setting bounds a command that [`shell`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// `fix.timeout`: a run of `fix.command`.
+    FixTimeout,
+    /// `check_timeout`: `retry.refresh` (it runs what a check would, a rebase or a build).
+    CheckTimeout,
+}
+
+impl Limit {
+    /// The setting's name, as the user writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Limit::FixTimeout => "fix.timeout",
+            Limit::CheckTimeout => "check_timeout",
+        }
+    }
+
+    fn of(self, ctx: &Context) -> Duration {
+        match self {
+            Limit::FixTimeout => ctx.config.fix_timeout,
+            Limit::CheckTimeout => ctx.config.check_timeout,
+        }
+    }
+}
+
+/// A command's ending, in words; `limit` is the setting that bounded it.
+pub fn describe_ending(ending: &Ending, limit: Limit) -> String {
     match ending {
         Ending::Passed => "succeeded".to_owned(),
         Ending::Failed(Some(code)) => format!("failed (exit {code})"),
         Ending::Failed(None) => "was killed by a signal".to_owned(),
-        Ending::TimedOut(limit) => {
-            format!("was stopped after check_timeout ({})", time::human(*limit))
-        }
+        Ending::TimedOut(after) => format!(
+            "was stopped after {} ({}), its process group with it",
+            limit.name(),
+            time::human(*after)
+        ),
         Ending::Signal(n) => format!("was interrupted by signal {n}"),
         Ending::ParentGone => "was stopped because its parent went away".to_owned(),
     }
@@ -336,18 +389,20 @@ pub fn fix_env(ctx: &Context, a: &Assignment, attempt: u32) -> Vec<(String, OsSt
     env
 }
 
-/// Runs `command` with `sh -c` at the work tree root in its own process group, echoed,
-/// bounded by `check_timeout` (the fix and the refresh).
+/// Runs `command` with `sh -c` at the work tree root in its own process group, echoed, bounded
+/// by `limit` (`fix.timeout` for the fix, `check_timeout` for the refresh): past it, the whole
+/// group is stopped (TERM, then KILL).
 pub fn shell(
     ctx: &Context,
     command: &str,
     env: Vec<(String, OsString)>,
+    limit: Limit,
     on_start: &mut dyn FnMut(u32),
     cancel: &dyn Fn() -> bool,
 ) -> Result<check::Run> {
     let options = check::Options {
         dir: &ctx.repo.worktree,
-        timeout: ctx.config.check_timeout,
+        timeout: limit.of(ctx),
         echo: true,
         env,
         parent: None,
@@ -375,14 +430,16 @@ pub fn refresh(ctx: &Context, a: &Assignment, fix_commit: Option<&str>) -> Resul
             env.push(("BUILDLOCK_FIX_REF".to_owned(), reference.into()));
         }
     }
-    let run = shell(ctx, refresh, env, &mut |_| {}, &|| false)?;
+    let run = shell(ctx, refresh, env, Limit::CheckTimeout, &mut |_| {}, &|| {
+        false
+    })?;
     Ok(match run.ending {
         Ending::Passed => None,
         Ending::Signal(n) => Some(crate::protocol::exit::signal(n)),
         other => {
             say::say(format!(
                 "`retry.refresh` {}; fix what it reports, then run `git commit-retry …` again",
-                describe_ending(&other)
+                describe_ending(&other, Limit::CheckTimeout)
             ));
             Some(crate::protocol::exit::BLOCKED)
         }

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use crate::flows::commit::decision::{Decision, Verdict};
 use crate::flows::commit::failure::{self, Failure, Recorded};
-use crate::flows::commit::fixcommit;
 use crate::flows::commit::lease::Heartbeat;
 use crate::flows::commit::wait::{self, WaitEnd};
+use crate::flows::commit::{fixcommit, fixer};
 use crate::flows::context::{Context, LoadError};
 use crate::os::check::{self, Ending};
 use crate::os::{env, say, signals, time};
@@ -535,16 +535,21 @@ impl Told<'_> {
             Some((old, why)) if old.agent == ctx.agent => format!(
                 " again (your earlier run {})",
                 match why {
-                    Liveness::Dead => "died",
-                    _ => "went silent",
+                    Liveness::Dead => "died".to_owned(),
+                    Liveness::Overtime => fixer::held_too_long(ctx),
+                    _ => "went silent".to_owned(),
                 }
             ),
             Some((old, why)) => format!(
-                " (taking over from `{}`, whose {})",
+                " (taking over from `{}`, {})",
                 old.agent,
                 match why {
-                    Liveness::Dead => "process died",
-                    _ => "lease ran out without a sign of life",
+                    Liveness::Dead => "whose process died".to_owned(),
+                    Liveness::Overtime => format!(
+                        "which {}: it is fenced and its fix is stopped before yours starts",
+                        fixer::held_too_long(ctx)
+                    ),
+                    _ => "whose lease ran out without a sign of life".to_owned(),
                 }
             ),
             None => String::new(),

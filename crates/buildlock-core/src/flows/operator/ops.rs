@@ -23,6 +23,11 @@ pub(crate) fn fixer_liveness(ctx: &Context, s: &KeyState) -> Option<Liveness> {
         now: time::now(),
         stale_after: ctx.config.stale_after.as_millis() as u64,
         max_fix_attempts: ctx.config.max_fix_attempts,
+        max_fix_time: if ctx.store.bounds_fix_time() {
+            crate::store::millis(ctx.config.max_fix_time)
+        } else {
+            time::Millis::MAX
+        },
         generation_floor: 0,
         passes: 0,
         fixer_lock_free: ctx.store.fixer_gone(&s.key, s.generation),
@@ -55,7 +60,8 @@ pub fn status_json(ctx: &Context) -> Result<Value, StoreError> {
             let fixer = s.fixer.as_ref().map(|f| {
                 json!({"agent": f.agent, "pid": f.pid, "host": f.host, "since": rfc3339(f.since),
                        "heartbeat": rfc3339(f.heartbeat), "attempts": f.attempts,
-                       "live": live == Some(Liveness::Live), "liveness": live,
+                       "live": matches!(live, Some(Liveness::Live | Liveness::Overtime)),
+                       "liveness": live,
                        "registered": f.registered,
                        "fix_pid": f.fix_process.as_ref().map(|p| p.pid)})
             });
@@ -120,6 +126,11 @@ pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
                 Some(Liveness::Dead) => {
                     "DEAD: the next failing agent takes over at once".to_owned()
                 }
+                Some(Liveness::Overtime) => format!(
+                    "OVERTIME: alive, but it has held the key for longer than \
+                     coordination.max_fix_time ({}): the next failing agent takes over",
+                    human(ctx.config.max_fix_time)
+                ),
                 None => "-".to_owned(),
             };
             match f.pid {

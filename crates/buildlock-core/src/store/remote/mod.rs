@@ -35,7 +35,12 @@
 //!   always false) and the wall-clock lease rule is switched off: a fixer is stale only when a
 //!   waiter watched its lease (generation, heartbeat) not move for `stale_after` on its own
 //!   monotonic clock (`Observed::seen_silent`). A heartbeat is a state commit; its value is only
-//!   compared for equality.
+//!   compared for equality. For the same reason `coordination.max_fix_time` does not apply here:
+//!   a fixer's election time was read on its machine's clock, and judging how long it has held
+//!   the key would compare that clock with the waiter's. What bounds a remote fixer instead is
+//!   its own process: each fix run is stopped after `fix.timeout` (on the fixer's own monotonic
+//!   clock) and counted by the re-check, so a live fixer gives the role up after
+//!   `max_fix_attempts` runs; a silent one is taken over after `stale_after`.
 //! - **Never fails open.** A transient failure (connection refused, timeout, a server that hung
 //!   up) is retried with backoff within `coordination.wait`; a permanent one (permission,
 //!   authentication, no such remote, a server hook that declines) fails at once; both carry git's
@@ -161,6 +166,8 @@ fn observed(
         // (`seen_silent`) makes a fixer stale.
         stale_after: Millis::MAX,
         max_fix_attempts: policy.max_fix_attempts,
+        // Nor `max_fix_time`: the fixer's `since` is another machine's clock (see the module).
+        max_fix_time: Millis::MAX,
         generation_floor: view.prev().map_or(0, |d| d.state.generation),
         passes: view.base_passes,
         fixer_lock_free: false,
@@ -389,6 +396,10 @@ impl Store for RemoteStore {
         false
     }
 
+    fn bounds_fix_time(&self) -> bool {
+        false
+    }
+
     fn look_every(&self) -> Duration {
         self.poll
     }
@@ -425,6 +436,7 @@ mod tests {
         Policy {
             stale_after: Duration::from_secs(60),
             max_fix_attempts: 3,
+            max_fix_time: Duration::from_secs(1),
         }
     }
 
@@ -503,6 +515,11 @@ mod tests {
         v.base_passes = 9;
         let seen = observed(&v, policy(), Some((4, 5)), 1_000, true);
         assert_eq!(seen.stale_after, Millis::MAX, "no wall-clock lease rule");
+        assert_eq!(
+            seen.max_fix_time,
+            Millis::MAX,
+            "no wall-clock bound on the role"
+        );
         assert!(!seen.fixer_lock_free && !seen.fixer_running);
         assert_eq!(seen.generation_floor, 4);
         assert_eq!(seen.passes, 9);
