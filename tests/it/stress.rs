@@ -1,7 +1,8 @@
 //! Stress, a storm: N agents (commit-retry in N worktrees) commit in a loop while a controller
 //! breaks the build at random, sometimes repairs it itself, and in each breakage, at random
 //! moments, does some of:
-//! - SIGKILL or SIGSTOP the fixer's commit-retry in the middle of its fix;
+//! - SIGKILL or SIGSTOP the fixer's commit-retry in the middle of its fix (a stop, half the time,
+//!   of its fix's process group too: a silent fixer whose fix stands still);
 //! - SIGKILL or SIGSTOP a waiter's commit-retry (one of `waiters` in `buildlock status`);
 //! - `buildlock release` as the fixer agent (its `BUILDLOCK_AGENT`, in its work tree);
 //! - `buildlock reset`;
@@ -489,7 +490,7 @@ fn controller(s: &Storm, p: &Params, rng: &mut Rng, signalled: &AtomicUsize) -> 
         let mut release_done = plan.release_at.is_none();
         let mut repaired_by_controller = false;
         // Stopped processes, and when to continue each.
-        let mut stopped: Vec<(u32, Instant)> = Vec::new();
+        let mut stopped: Vec<(libc::pid_t, Instant)> = Vec::new();
         let limit = if hang {
             p.max_fix_time + Duration::from_secs(60)
         } else {
@@ -508,7 +509,7 @@ fn controller(s: &Storm, p: &Params, rng: &mut Rng, signalled: &AtomicUsize) -> 
         loop {
             if broke.elapsed() >= limit {
                 for (pid, _) in &stopped {
-                    unsafe { libc::kill(*pid as libc::pid_t, libc::SIGCONT) };
+                    unsafe { libc::kill(*pid, libc::SIGCONT) };
                 }
                 panic!(
                     "breakage {n} (hang: {hang}) not over after {limit:?}: {:?}\nacts: {acts:?}\nwitness log:\n{}",
@@ -518,7 +519,7 @@ fn controller(s: &Storm, p: &Params, rng: &mut Rng, signalled: &AtomicUsize) -> 
             }
             stopped.retain(|&(pid, at)| {
                 if Instant::now() >= at {
-                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+                    unsafe { libc::kill(pid, libc::SIGCONT) };
                     false
                 } else {
                     true
@@ -542,14 +543,24 @@ fn controller(s: &Storm, p: &Params, rng: &mut Rng, signalled: &AtomicUsize) -> 
                         } else {
                             libc::SIGSTOP
                         };
+                        // A stop is of commit-retry alone (its fix goes on and ends), or of the
+                        // whole fixer, its fix's process group too: a silent fixer whose fix
+                        // stands still, that only its lease running out can replace.
+                        let group = f["fix_pid"].as_u64().unwrap_or(0) as libc::pid_t;
+                        let whole = sig == libc::SIGSTOP && group > 1 && rng.below(2) == 0;
                         if unsafe { libc::kill(pid as libc::pid_t, sig) } == 0 {
                             fixer_done = true;
+                            let until = Instant::now() + pause(p, rng);
                             if sig == libc::SIGKILL {
                                 signalled.fetch_add(1, Ordering::SeqCst);
                             } else {
-                                stopped.push((pid, Instant::now() + pause(p, rng)));
+                                stopped.push((pid as libc::pid_t, until));
                             }
-                            act(&mut acts, kind, format!("{} pid {pid}", f["agent"]));
+                            if whole && unsafe { libc::kill(-group, libc::SIGSTOP) } == 0 {
+                                stopped.push((-group, until));
+                            }
+                            let what = if whole { " and its fix" } else { "" };
+                            act(&mut acts, kind, format!("{} pid {pid}{what}", f["agent"]));
                         }
                     }
                 }
@@ -578,7 +589,8 @@ fn controller(s: &Storm, p: &Params, rng: &mut Rng, signalled: &AtomicUsize) -> 
                                 if sig == libc::SIGKILL {
                                     signalled.fetch_add(1, Ordering::SeqCst);
                                 } else {
-                                    stopped.push((pid, Instant::now() + pause(p, rng)));
+                                    stopped
+                                        .push((pid as libc::pid_t, Instant::now() + pause(p, rng)));
                                 }
                                 act(&mut acts, kind, format!("{id} pid {pid}"));
                             }
@@ -588,10 +600,8 @@ fn controller(s: &Storm, p: &Params, rng: &mut Rng, signalled: &AtomicUsize) -> 
             }
             if let Some(at) = plan.release_at {
                 if !release_done && broke.elapsed() >= at {
-                    if let Some(agent) = f["agent"].as_str().filter(|_| k["status"] == "fixing")
-                    {
-                        let i: Option<usize> =
-                            agent.strip_prefix('s').and_then(|i| i.parse().ok());
+                    if let Some(agent) = f["agent"].as_str().filter(|_| k["status"] == "fixing") {
+                        let i: Option<usize> = agent.strip_prefix('s').and_then(|i| i.parse().ok());
                         if let Some(tree) = i.and_then(|i| s.trees.get(i)) {
                             release_done = true;
                             let (code, err) = buildlock_as(s, tree, agent, &["release"]);
@@ -876,7 +886,12 @@ fn stress(p: Params) {
         // and stops of the fixer, each of those ran its fix.
         let runs = starts_at.iter().filter(|&&t| b.contains(t)).count();
         let disturbed = more > 0
-            || b.count(&[ActKind::KillWaiter, ActKind::StopWaiter, ActKind::Reset, ActKind::Release]) > 0;
+            || b.count(&[
+                ActKind::KillWaiter,
+                ActKind::StopWaiter,
+                ActKind::Reset,
+                ActKind::Release,
+            ]) > 0;
         let owed = elected + replaced.len();
         assert!(
             runs <= owed && (disturbed || b.hang || runs == owed),
