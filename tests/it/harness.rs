@@ -599,3 +599,28 @@ pub fn a_elected_b_waiting(config: &str) -> (TestRepo, PathBuf, PathBuf, Child) 
         == serde_json::json!(["b"])));
     (r, ta, tb, b)
 }
+
+/// The processes (zombies left out) whose environment holds the entry `needle` (`NAME=value`),
+/// with their command names: what a test started, found by a tag in the environment that every
+/// process it starts inherits, never by name.
+pub fn processes_with_env(needle: &str) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .map(|d| d.flatten().collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me && proc_state(pid).is_some_and(|s| s != 'Z'))
+        .filter(|&pid| env_has(pid, needle))
+        .map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            (pid, comm.trim().to_owned())
+        })
+        .collect()
+}
+
+/// Whether the environment of process `pid` holds the entry `needle` (`NAME=value`).
+pub fn env_has(pid: u32, needle: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|&b| b == 0).any(|e| e == needle.as_bytes()))
+}
