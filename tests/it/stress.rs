@@ -869,9 +869,8 @@ fn stress(p: Params) {
             let cause = b
                 .acts
                 .iter()
-                .filter(|a| a.ms <= at(t))
+                .rfind(|a| a.ms <= at(t))
                 .map(|a| format!("{:?} {}", a.kind, a.target))
-                .last()
                 .unwrap_or_else(|| "max_fix_time".to_owned());
             let from = b
                 .acts
