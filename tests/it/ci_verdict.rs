@@ -151,11 +151,17 @@ fn ci_broken_commit_exits_3_everywhere_and_the_fix_reaches_a_branch() {
         let md = std::fs::read_to_string(&j.summary)
             .unwrap_or_else(|e| panic!("{}: no job summary ({e})\n{all}", j.flavor));
         for want in [
-            format!("### buildlock ci (`{}`): broken, passes on the fix", j.flavor),
+            format!(
+                "### buildlock ci (`{}`): broken, passes on the fix",
+                j.flavor
+            ),
             format!("**Tested commit:** `{tested}` on branch `main`"),
             "**Verdict:** broken".to_owned(),
             format!("**Fix commit:** `{fix}`"),
-            format!("**Delivered:** branch `buildlock/fix/{}` on `origin`", &tested[..12]),
+            format!(
+                "**Delivered:** branch `buildlock/fix/{}` on `origin`",
+                &tested[..12]
+            ),
             "**Fixed by:** `".to_owned(),
             "**Passed on the fix:**".to_owned(),
             format!("`{}` (this job", j.flavor),
@@ -253,14 +259,22 @@ fn ci_deliver_push_onto_a_moved_branch_delivers_a_branch_instead() {
     std::fs::write(seed.join("other"), "x\n").unwrap();
     git(&s.root, &seed, &["add", "other"]);
     git(&s.root, &seed, &["commit", "-q", "-m", "moved on"]);
-    git(&s.root, &seed, &["push", "-q", s.bare.to_str().unwrap(), "main"]);
+    git(
+        &s.root,
+        &seed,
+        &["push", "-q", s.bare.to_str().unwrap(), "main"],
+    );
     let moved = remote_ref(&s, "refs/heads/main").unwrap();
     let ci = s.path("ci.toml");
     std::fs::write(&ci, "[ci]\ndeliver = \"push\"\n").unwrap();
     let jobs = run_jobs(&s, &clones[..1], Some(&ci));
     let all = report(&jobs);
     assert_eq!(jobs[0].out.status.code(), Some(3), "{all}");
-    assert_eq!(remote_ref(&s, "refs/heads/main"), Some(moved), "main untouched");
+    assert_eq!(
+        remote_ref(&s, "refs/heads/main"),
+        Some(moved),
+        "main untouched"
+    );
     assert_eq!(
         remote_ref(&s, &format!("refs/heads/buildlock/fix/{}", &tested[..12])),
         Some(s.head(&clones[0].1)),
@@ -307,7 +321,11 @@ fn ci_with_the_local_backend_delivers_to_origin() {
     let (s2, clones2, _) = matrix();
     git(&s2.root, &clones2[0].1, &["remote", "remove", "origin"]);
     let ci2 = s2.path("ci.toml");
-    std::fs::write(&ci2, "[coordination]\nbackend = \"local\"\n[retry]\nrefresh = \"\"\n").unwrap();
+    std::fs::write(
+        &ci2,
+        "[coordination]\nbackend = \"local\"\n[retry]\nrefresh = \"\"\n",
+    )
+    .unwrap();
     let jobs = run_jobs(&s2, &clones2[..1], Some(&ci2));
     let all = report(&jobs);
     assert_eq!(jobs[0].out.status.code(), Some(3), "{all}");

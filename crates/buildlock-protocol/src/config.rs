@@ -653,6 +653,8 @@ refresh = "git rebase main"
         let c = parse(include_str!("../../../docs/ci/buildlock-ci.toml")).unwrap();
         assert_eq!((c.backend, c.scope), (Backend::Remote, Scope::Commit));
         assert!(c.retry_refresh.unwrap().contains("BUILDLOCK_FIX_REF"));
+        assert_eq!(c.matching, Match::Any, "one commit, one analysis");
+        assert_eq!((c.ci_deliver, c.ci_pass_on_fix), (Deliver::Branch, false));
     }
 
     #[test]
@@ -693,7 +695,10 @@ refresh = "git rebase main"
         let e = parse("\n[ci]\ndeliver = \"pr\"\n").unwrap_err();
         assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("ci.deliver")));
         let e = parse("[ci]\npass_on_fix = \"yes\"\n").unwrap_err();
-        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("ci.pass_on_fix")));
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(2), Some("ci.pass_on_fix"))
+        );
         let e = parse("[ci]\ndelivr = \"branch\"\n").unwrap_err();
         assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("ci.delivr")));
     }

@@ -46,9 +46,9 @@ use crate::os::check::{self, Ending};
 use crate::os::{env, say, signals, time};
 use crate::protocol::config::{Backend, Deliver};
 use crate::protocol::exit;
+use crate::protocol::state::{Event, FixSeen, KeyState, Outcome, Status};
 use crate::store::remote::deliver;
 use crate::store::remote::git::{Git, Pushed};
-use crate::protocol::state::{Event, FixSeen, KeyState, Outcome, Status};
 use crate::store::{BaseView, StoreError};
 
 const WHO: &str = "buildlock ci";
@@ -941,7 +941,8 @@ impl Ci<'_> {
         }
         let remote = self.delivery_remote();
         let git = deliver::connect(&ctx.repo.git_dir, &remote).ok()?;
-        let mut branches: Vec<String> = self.tested.as_deref().map(fix_branch).into_iter().collect();
+        let mut branches: Vec<String> =
+            self.tested.as_deref().map(fix_branch).into_iter().collect();
         if ctx.config.ci_deliver == Deliver::Push {
             branches.extend(self.tested_branch.clone());
         }
@@ -1042,7 +1043,11 @@ impl Ci<'_> {
         rows.push(("Tested commit", tested));
         rows.push(("Verdict", verdict.to_owned()));
         if let Some(fix) = self.fix.as_ref().filter(|_| on_fix || self.failed) {
-            let by = fix.by.as_deref().map(md).unwrap_or_else(|| "unknown".into());
+            let by = fix
+                .by
+                .as_deref()
+                .map(md)
+                .unwrap_or_else(|| "unknown".into());
             rows.push((
                 "Fixed by",
                 if fix.mine {
@@ -1059,13 +1064,14 @@ impl Ci<'_> {
                     .unwrap_or_else(|| "none: the fix made no commit".into()),
             ));
             if fix.commit.is_some() {
-                let mut delivered = fix.delivered.clone().unwrap_or_else(|| {
-                    match ctx.config.ci_deliver {
-                        Deliver::None => "not delivered (ci.deliver = \"none\")".into(),
-                        _ if fix.mine => "not delivered".into(),
-                        _ => "not found on a branch (see the fixer's job)".into(),
-                    }
-                });
+                let mut delivered =
+                    fix.delivered
+                        .clone()
+                        .unwrap_or_else(|| match ctx.config.ci_deliver {
+                            Deliver::None => "not delivered (ci.deliver = \"none\")".into(),
+                            _ if fix.mine => "not delivered".into(),
+                            _ => "not found on a branch (see the fixer's job)".into(),
+                        });
                 if let Some(link) = &fix.link {
                     delivered.push_str(&format!(" ([open a pull/merge request]({link}))"));
                 }
@@ -1087,7 +1093,11 @@ impl Ci<'_> {
                     "Waited for the fix",
                     format!(
                         "{} (each job reports its own verdict)",
-                        fix.waited.iter().map(|w| md(w)).collect::<Vec<_>>().join(", ")
+                        fix.waited
+                            .iter()
+                            .map(|w| md(w))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 ));
             }
@@ -1142,8 +1152,7 @@ mod tests {
                 pull_request_link(url, "buildlock/fix/0123456789ab", Some("main"), &none).unwrap();
             assert_eq!(forge, Forge::GitHub);
             assert_eq!(
-                link,
-                "https://github.com/o/r/compare/main...buildlock/fix/0123456789ab?expand=1",
+                link, "https://github.com/o/r/compare/main...buildlock/fix/0123456789ab?expand=1",
                 "{url}"
             );
         }
