@@ -990,6 +990,9 @@ impl Ci<'_> {
             ("passed", "passed (exit 0)".to_owned())
         } else {
             let why = match code {
+                exit::FIXER if !env::coordination_enabled() => {
+                    "failed (coordination is off: nobody was elected)"
+                }
                 exit::FIXER => "failed: this job is the fixer and the failure is not fixed",
                 exit::BLOCKED => "failed: still waiting for a fix when the wait ran out",
                 exit::COORDINATION => "failed, and coordination failed: nobody was elected",
