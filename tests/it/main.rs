@@ -5,6 +5,8 @@
 // clippy.toml keeps the environment in os/env.rs for the programs themselves.
 #![allow(clippy::disallowed_methods)]
 
+mod ci_files;
+mod ci_verdict;
 mod claims;
 mod cli;
 mod election;

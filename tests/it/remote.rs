@@ -39,10 +39,10 @@ impl Drop for Daemon {
     }
 }
 
-struct Server {
+pub(crate) struct Server {
     _tmp: tempfile::TempDir,
-    root: PathBuf,
-    bare: PathBuf,
+    pub(crate) root: PathBuf,
+    pub(crate) bare: PathBuf,
     port: u16,
     daemon: Option<Daemon>,
 }
@@ -52,7 +52,7 @@ fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-fn git(root: &Path, dir: &Path, args: &[&str]) -> Output {
+pub(crate) fn git(root: &Path, dir: &Path, args: &[&str]) -> Output {
     let mut c = command("git", root);
     c.current_dir(dir).args(args);
     run_ok(c)
@@ -61,7 +61,7 @@ fn git(root: &Path, dir: &Path, args: &[&str]) -> Output {
 impl Server {
     /// A bare repository whose `main` holds `.buildlock.toml` = `config` and a `status` file
     /// saying `broken` (the check greps it for `ok`).
-    fn new(config: &str) -> Server {
+    pub(crate) fn new(config: &str) -> Server {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().canonicalize().unwrap();
         std::fs::create_dir_all(root.join("home")).unwrap();
@@ -106,7 +106,7 @@ impl Server {
         }
     }
 
-    fn start_daemon(&mut self) {
+    pub(crate) fn start_daemon(&mut self) {
         let child = Command::new("timeout")
             .args([
                 "600",
@@ -145,16 +145,16 @@ impl Server {
         );
     }
 
-    fn daemon_url(&self) -> String {
+    pub(crate) fn daemon_url(&self) -> String {
         format!("git://127.0.0.1:{}/srv.git", self.port)
     }
 
-    fn file_url(&self) -> String {
+    pub(crate) fn file_url(&self) -> String {
         format!("file://{}", self.bare.display())
     }
 
     /// A clone of its own (a machine): no shared git dir.
-    fn clone(&self, name: &str, url: &str) -> PathBuf {
+    pub(crate) fn clone(&self, name: &str, url: &str) -> PathBuf {
         git(
             &self.root,
             &self.root,
@@ -164,7 +164,7 @@ impl Server {
     }
 
     /// Every branch and tag of the remote, with its commit.
-    fn heads_and_tags(&self) -> String {
+    pub(crate) fn heads_and_tags(&self) -> String {
         text(
             &git(
                 &self.root,
@@ -189,7 +189,7 @@ impl Server {
         .collect()
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.root.join(name)
     }
 
@@ -202,7 +202,7 @@ impl Server {
     }
 
     /// `buildlock ci` in `dir` as `agent`, started now.
-    fn ci(&self, dir: &Path, agent: &str, extra_env: &[(&str, &str)]) -> Child {
+    pub(crate) fn ci(&self, dir: &Path, agent: &str, extra_env: &[(&str, &str)]) -> Child {
         let mut c = command(BUILDLOCK, &self.root);
         c.current_dir(dir)
             .arg("ci")
@@ -221,7 +221,7 @@ impl Server {
         serde_json::from_slice(&run_ok(c).stdout).unwrap()
     }
 
-    fn head(&self, dir: &Path) -> String {
+    pub(crate) fn head(&self, dir: &Path) -> String {
         text(&git(&self.root, dir, &["rev-parse", "HEAD"]).stdout)
             .trim()
             .to_owned()
@@ -230,7 +230,9 @@ impl Server {
 
 /// The configuration of the race: the check waits for the starting gun (so that every job
 /// fails at the same instant) and greps `status`; the fix commits `ok` and records itself in a
-/// witness file outside every clone; a waiter refreshes onto the fix ref.
+/// witness file outside every clone; a waiter refreshes onto the fix ref. The race is about the
+/// protocol on the remote (refs/buildlock only): `ci.pass_on_fix` and `ci.deliver = "none"` keep
+/// the CI verdict (exit 3) and the fix branch out of it; ci_verdict.rs tests those.
 fn race_config(root: &Path, extra: &str) -> String {
     let fix = root.join("fix.sh");
     std::fs::write(
@@ -249,14 +251,15 @@ fn race_config(root: &Path, extra: &str) -> String {
         "check = \"while [ ! -e {go} ]; do sleep 0.01; done; grep -qx ok status\"\n\
          [coordination]\nbackend = \"remote\"\nscope = \"commit\"\nwait = \"90s\"\nremote_poll = \"200ms\"\n{extra}\n\
          [fix]\ncommand = \"sh {fix}\"\n\
-         [retry]\nattempts = 5\nrefresh = \"git fetch -q origin $BUILDLOCK_FIX_REF && git checkout -q --detach $BUILDLOCK_FIX_COMMIT\"\n",
+         [retry]\nattempts = 5\nrefresh = \"git fetch -q origin $BUILDLOCK_FIX_REF && git checkout -q --detach $BUILDLOCK_FIX_COMMIT\"\n\
+         [ci]\npass_on_fix = true\ndeliver = \"none\"\n",
         go = root.join("go").display(),
         fix = fix.display(),
     )
 }
 
 /// A server whose `.buildlock.toml` names paths in the server's own temp dir.
-fn server_with(config: impl FnOnce(&Path) -> String) -> Server {
+pub(crate) fn server_with(config: impl FnOnce(&Path) -> String) -> Server {
     let s = Server::new("");
     let seed = s.root.join("seed");
     std::fs::write(seed.join(".buildlock.toml"), config(&s.root)).unwrap();

@@ -47,6 +47,21 @@ pub enum Backend {
     Remote,
 }
 
+/// `ci.deliver`: where `buildlock ci`'s fixer delivers its fix commit, besides
+/// `refs/buildlock/fix/…`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Deliver {
+    /// A normal branch `buildlock/fix/<12 hex of the tested commit>`, created only if it does not
+    /// exist yet (never moved by two fixers), for a pull or merge request.
+    Branch,
+    /// Fast-forward the tested branch to the fix when it still points at the tested commit
+    /// (compare-and-swap); else as [`Deliver::Branch`].
+    Push,
+    /// Nowhere else.
+    None,
+}
+
 /// Where a setting was written, so that a problem found only when it is used (a remote name
 /// that does not exist) can still name the file, the line and the key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,6 +119,12 @@ pub struct Config {
     pub claims_ttl: Duration,
     /// The hook refuses a commit that changes a path another live agent claimed exclusively.
     pub claims_guard: bool,
+    // `[ci]`: `buildlock ci`'s verdict and the fix's way home.
+    /// `ci.deliver`: where the fixer's fix commit goes.
+    pub ci_deliver: Deliver,
+    /// `ci.pass_on_fix`: a job whose tested commit failed and that passed only on the fix exits
+    /// 0 instead of 3.
+    pub ci_pass_on_fix: bool,
     /// The files that were read, in order.
     pub sources: Vec<PathBuf>,
 }
@@ -132,6 +153,8 @@ impl Default for Config {
             check_slots: 0,
             claims_ttl: Duration::from_secs(10 * 60),
             claims_guard: true,
+            ci_deliver: Deliver::Branch,
+            ci_pass_on_fix: false,
             sources: Vec::new(),
         }
     }
@@ -326,6 +349,14 @@ impl Config {
                 self.fix_timeout = positive(duration(v)?, v, &err)?;
             }
         }
+        if let Some(c) = raw.ci {
+            if let Some(v) = c.deliver {
+                self.ci_deliver = v;
+            }
+            if let Some(v) = c.pass_on_fix {
+                self.ci_pass_on_fix = v;
+            }
+        }
         if let Some(r) = raw.retry {
             if let Some(v) = &r.attempts {
                 self.retry_attempts = at_least_one(v, "attempts")?;
@@ -389,6 +420,7 @@ struct RawFile {
     hook: Option<RawHook>,
     fix: Option<RawFix>,
     retry: Option<RawRetry>,
+    ci: Option<RawCi>,
 }
 
 #[derive(Deserialize)]
@@ -432,6 +464,13 @@ struct RawFix {
 struct RawRetry {
     attempts: Option<Spanned<u32>>,
     refresh: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCi {
+    deliver: Option<Deliver>,
+    pass_on_fix: Option<bool>,
 }
 
 #[cfg(test)]
@@ -630,6 +669,8 @@ refresh = "git rebase main"
         let c = parse(include_str!("../../../docs/ci/buildlock-ci.toml")).unwrap();
         assert_eq!((c.backend, c.scope), (Backend::Remote, Scope::Commit));
         assert!(c.retry_refresh.unwrap().contains("BUILDLOCK_FIX_REF"));
+        assert_eq!(c.matching, Match::Any, "one commit, one analysis");
+        assert_eq!((c.ci_deliver, c.ci_pass_on_fix), (Deliver::Branch, false));
     }
 
     #[test]
@@ -703,6 +744,25 @@ refresh = "git rebase main"
         assert_eq!(e.key.as_deref(), Some("coordination.fix_timeout"));
         let e = parse("[fix]\nmax_fix_time = \"1h\"\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("fix.max_fix_time"));
+    }
+
+    #[test]
+    fn ci_keys() {
+        let c = Config::default();
+        assert_eq!((c.ci_deliver, c.ci_pass_on_fix), (Deliver::Branch, false));
+        let c = parse("[ci]\ndeliver = \"push\"\npass_on_fix = true\n").unwrap();
+        assert_eq!((c.ci_deliver, c.ci_pass_on_fix), (Deliver::Push, true));
+        let c = parse("[ci]\ndeliver = \"none\"\n").unwrap();
+        assert_eq!(c.ci_deliver, Deliver::None);
+        let e = parse("\n[ci]\ndeliver = \"pr\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("ci.deliver")));
+        let e = parse("[ci]\npass_on_fix = \"yes\"\n").unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(2), Some("ci.pass_on_fix"))
+        );
+        let e = parse("[ci]\ndelivr = \"branch\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("ci.delivr")));
     }
 
     #[test]

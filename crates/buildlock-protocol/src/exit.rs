@@ -8,6 +8,9 @@ pub const OK: i32 = 0;
 pub const FIXER: i32 = 1;
 /// `buildlock`: the command line was wrong.
 pub const USAGE: i32 = 2;
+/// `buildlock ci`: the tested commit failed and the job passed only on the fix commit ("broken
+/// here, passes on the fix"); `ci.pass_on_fix = true` makes it [`OK`].
+pub const BROKEN_PASSES_ON_FIX: i32 = 3;
 /// Another agent is fixing and the wait ran out, or was not wanted (EX_TEMPFAIL).
 pub const BLOCKED: i32 = 75;
 /// The configuration is wrong (EX_CONFIG).

@@ -14,7 +14,25 @@
 //!
 //! The key is fixed at election: a fix commit moves HEAD (and so the `commit` scope's key), but
 //! the fixer's later checks are about the key it was elected for. Exit codes are commit-retry's:
-//! 0, 1, 75, 78, 70 (the check failed and coordination failed: nobody was elected), 128+n.
+//! 0, 1, 75, 78, 70 (the check failed and coordination failed: nobody was elected), 128+n; and 3
+//! when the tested commit failed and the job passed only on the fix (`ci.pass_on_fix = true`: 0).
+//!
+//! The CI result (contract: "the CI result and the fix's way home"):
+//! - the *tested commit* is HEAD when the job starts. A job passes "on the fix" when its tested
+//!   commit failed and its passing check ran on another HEAD (the fix commit, taken by
+//!   `retry.refresh` or made by its own fix) or on tracked changes not committed (a fix that made
+//!   no commit). A job whose check failed and then passed on the same clean tested commit (the
+//!   fix was outside the repository, or the failure was flaky) passes: exit 0, said as such.
+//! - every job prints a block saying so in its log and, where `GITHUB_STEP_SUMMARY` is set,
+//!   appends the same account in Markdown: tested commit, verdict, who fixed it, the fix commit,
+//!   where it was delivered, and which jobs are known to have passed on it (the fixer's own check
+//!   and this job; each other job reports its own).
+//! - the fixer delivers its fix commit (`ci.deliver`) before it marks the build fixed, so that a
+//!   waiter that sees the build fixed can also see where the fix went: to the branch
+//!   `buildlock/fix/<12 hex of the tested commit>` created with an empty expected old value
+//!   (never moved once there), or (`"push"`) onto the tested branch, leased on the tested commit.
+//!   The remote is `coordination.remote` with the remote backend, `origin` with the local one;
+//!   with no such remote the fix is not delivered, and the job says so.
 
 use anyhow::Result;
 use std::path::PathBuf;
@@ -26,8 +44,11 @@ use crate::flows::commit::wait::{self, WaitEnd};
 use crate::flows::context::Context;
 use crate::os::check::{self, Ending};
 use crate::os::{env, say, signals, time};
+use crate::protocol::config::{Backend, Deliver};
 use crate::protocol::exit;
 use crate::protocol::state::{Event, FixSeen, KeyState, Liveness, Outcome, Status};
+use crate::store::remote::deliver;
+use crate::store::remote::git::{Git, Pushed};
 use crate::store::{BaseView, StoreError};
 
 const WHO: &str = "buildlock ci";
@@ -55,7 +76,14 @@ pub fn run(ctx: &Context, command: Vec<String>) -> Result<i32> {
             }
         },
     };
-    Ci {
+    let tested = ctx.repo.head_oid();
+    let branch = ctx.repo.branch();
+    let tested_branch = if branch != "HEAD" {
+        Some(branch)
+    } else {
+        env::ci_branch()
+    };
+    let mut ci = Ci {
         ctx,
         check,
         role: None,
@@ -63,8 +91,31 @@ pub fn run(ctx: &Context, command: Vec<String>) -> Result<i32> {
         stale_reruns: 0,
         blocked: 0,
         fix_runs: 0,
-    }
-    .run()
+        tested,
+        tested_branch,
+        failed: false,
+        passed_on: None,
+        fix: None,
+    };
+    let code = ci.run()?;
+    Ok(ci.verdict(code))
+}
+
+/// The fix this job passed on (or waited for), as far as it knows.
+#[derive(Default)]
+struct JobFix {
+    /// Who fixed it.
+    by: Option<String>,
+    /// The fix commit.
+    commit: Option<String>,
+    /// The jobs that waited for it.
+    waited: Vec<String>,
+    /// This job ran the fix.
+    mine: bool,
+    /// Where it was delivered, in words (Markdown-safe), and the link to open a pull or merge
+    /// request.
+    delivered: Option<String>,
+    link: Option<String>,
 }
 
 /// The fixer role this process holds, and HEAD when it was won (a different HEAD after the fix
@@ -85,6 +136,16 @@ struct Ci<'a> {
     /// Waits and fixes taken so far.
     blocked: u32,
     fix_runs: u32,
+    /// HEAD when the job started: the commit whose verdict it reports.
+    tested: Option<String>,
+    /// The branch being tested (the checked-out branch, else the one the CI names).
+    tested_branch: Option<String>,
+    /// The check failed at least once.
+    failed: bool,
+    /// Where the passing check ran: HEAD, and whether tracked files differed from it.
+    passed_on: Option<(Option<String>, bool)>,
+    /// The fix, once there is one.
+    fix: Option<JobFix>,
 }
 
 fn stop() -> bool {
@@ -150,6 +211,7 @@ impl Ci<'_> {
             if let Some(code) = self.check_ended(&run.ending, coordinate, &base, &view) {
                 return Ok(code);
             }
+            self.failed = true;
             if !coordinate {
                 return Ok(uncoordinated(ctx));
             }
@@ -168,7 +230,7 @@ impl Ci<'_> {
     /// The exit code when the check's run ends the job (a signal, a pass, a command that could
     /// not run); `None` when it failed and the protocol goes on.
     fn check_ended(
-        &self,
+        &mut self,
         ending: &Ending,
         coordinate: bool,
         base: &str,
@@ -183,6 +245,7 @@ impl Ci<'_> {
             }
             Ending::ParentGone => Some(exit::signal(libc::SIGHUP)),
             Ending::Passed => {
+                self.passed_on = Some((self.ctx.repo.head_oid(), tracked_changes(self.ctx)));
                 if coordinate {
                     self.passed(base, view);
                 }
@@ -314,6 +377,11 @@ impl Ci<'_> {
             "{WHO}: `{by}` already fixed this failure in commit {commit}, which this \
              checkout lacks"
         ));
+        self.fix = Some(JobFix {
+            by: Some(by.to_owned()),
+            commit: Some(commit.to_owned()),
+            ..JobFix::default()
+        });
         if ctx.config.retry_refresh.is_none() || self.blocked > ctx.config.retry_attempts {
             say::say(format!(
                 "{WHO}: take the fix ({}), then run `buildlock ci` again (exit 75); \
@@ -463,13 +531,21 @@ impl Ci<'_> {
                     say::Tone::Good,
                     format!(
                         "{WHO}: the build was fixed{}",
-                        by.map(|b| format!(" by `{b}`")).unwrap_or_default()
+                        by.as_ref()
+                            .map(|b| format!(" by `{b}`"))
+                            .unwrap_or_default()
                     ),
                 );
                 wait::stagger(herd);
                 let commit = fix
                     .as_ref()
                     .and_then(|f| fixcommit::await_commit(f, fixcommit::GRACE, &stop));
+                self.fix = Some(JobFix {
+                    by: by.clone().or_else(|| fix.as_ref().map(|f| f.by.clone())),
+                    commit: commit.clone(),
+                    waited: fix.as_ref().map(|f| f.credited.clone()).unwrap_or_default(),
+                    ..JobFix::default()
+                });
                 let lacking = commit.and_then(|c| fixcommit::lacking(&ctx.repo, &c));
                 fixer::refresh(ctx, a, lacking.as_deref())?
             }
@@ -496,12 +572,29 @@ impl Ci<'_> {
     /// Marks the build passing: the fixer marks the key it was elected for (with its fix commit
     /// when HEAD moved); anyone marks a broken key of the scope passing. A coordination failure
     /// here never fails a passing check.
-    fn passed(&self, base: &str, view: &BaseView) {
+    fn passed(&mut self, base: &str, view: &BaseView) {
         let ctx = self.ctx;
         let head = ctx.repo.head_oid();
         let mut marks: Vec<(String, Option<u64>, FixSeen)> = Vec::new();
         if let Some(h) = &self.role {
             let moved = head.is_some() && head != h.head_before;
+            // Delivered before the build is marked fixed: a waiter that sees it fixed can see
+            // where the fix went.
+            let mut mine = JobFix {
+                by: Some(ctx.agent.clone()),
+                commit: if moved { head.clone() } else { None },
+                mine: true,
+                ..JobFix::default()
+            };
+            match mine.commit.clone() {
+                Some(commit) => self.deliver(&commit, &mut mine),
+                None => say::say(format!(
+                    "{WHO}: the fix made no commit (the check passed on uncommitted changes): \
+                     nothing to deliver; commit the fix in `fix.command` to hand it on"
+                )),
+            }
+            self.fix = Some(mine);
+            let h = self.role.as_ref().expect("held above");
             marks.push((
                 h.role.key.clone(),
                 Some(h.role.generation),
@@ -538,10 +631,20 @@ impl Ci<'_> {
                 generation,
                 fix,
             };
-            match ctx
+            let applied = ctx
                 .store
-                .apply(&key, base, &event, ctx.policy(), None, &stop)
-            {
+                .apply(&key, base, &event, ctx.policy(), None, &stop);
+            if let (Ok(applied), Some(fix)) = (&applied, self.fix.as_mut()) {
+                if applied.outcome == Outcome::Fixed {
+                    fix.waited = applied
+                        .after
+                        .fix
+                        .as_ref()
+                        .map(|f| f.credited.clone())
+                        .unwrap_or_default();
+                }
+            }
+            match applied {
                 Ok(applied) if applied.outcome == Outcome::Fixed => say::headline(
                     say::Tone::Good,
                     format!(
@@ -568,5 +671,531 @@ impl Ci<'_> {
                 )),
             }
         }
+    }
+}
+
+/// Tracked files that differ from HEAD (staged or not): the check ran on something that is not
+/// the commit.
+fn tracked_changes(ctx: &Context) -> bool {
+    let mut opts = git2::StatusOptions::new();
+    opts.include_untracked(false)
+        .include_ignored(false)
+        .exclude_submodules(true);
+    ctx.repo
+        .git()
+        .statuses(Some(&mut opts))
+        .is_ok_and(|s| s.iter().any(|e| e.status() != git2::Status::CURRENT))
+}
+
+/// The branch a fix of `tested` is delivered to: `buildlock/fix/<12 hex of the tested commit>`.
+pub fn fix_branch(tested: &str) -> String {
+    format!("buildlock/fix/{}", &tested[..tested.len().min(12)])
+}
+
+/// A name for Markdown: inside a code span, with nothing that could end it or a table cell.
+fn md(name: &str) -> String {
+    let clean: String = say::inert(name)
+        .chars()
+        .map(|c| match c {
+            '`' => '\'',
+            '|' => '/',
+            c => c,
+        })
+        .collect();
+    format!("`{clean}`")
+}
+
+/// The forge a remote URL is on, for the link that opens a pull or merge request.
+#[derive(Debug, PartialEq, Eq)]
+enum Forge {
+    GitHub,
+    GitLab,
+}
+
+/// The host (no user, no port) and the repository path (no `.git`) of a remote URL:
+/// `https://[user[:token]@]host[:port]/path`, `ssh://[user@]host[:port]/path`, `user@host:path`.
+fn host_and_path(url: &str) -> Option<(String, String)> {
+    let (host_part, path) = match url.split_once("://") {
+        Some((_, rest)) => rest.split_once('/')?,
+        None => {
+            let (h, p) = url.split_once(':')?;
+            if h.contains('/') {
+                return None; // a local path
+            }
+            (h, p)
+        }
+    };
+    let host = host_part.rsplit('@').next()?;
+    let host = host.split(':').next()?.to_ascii_lowercase();
+    let path = path.trim_matches('/');
+    let path = path.strip_suffix(".git").unwrap_or(path).trim_matches('/');
+    (!host.is_empty() && !path.is_empty()).then(|| (host, path.to_owned()))
+}
+
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let host = rest.split('/').next()?.rsplit('@').next()?;
+    Some(host.split(':').next()?.to_ascii_lowercase())
+}
+
+/// Percent-encodes what a branch name may hold that a URL may not.
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The address that opens a pull request (GitHub) or merge request (GitLab) from `branch` into
+/// `base`, when the remote at `url` is on one of them; `servers` are the CI's own forge
+/// addresses (GitHub Enterprise Server, self-managed GitLab). Never carries credentials.
+fn pull_request_link(
+    url: &str,
+    branch: &str,
+    base: Option<&str>,
+    servers: &(Option<String>, Option<String>),
+) -> Option<(Forge, String)> {
+    let (host, path) = host_and_path(url)?;
+    let on = |server: &Option<String>| {
+        server
+            .as_deref()
+            .filter(|s| url_host(s).as_deref() == Some(host.as_str()))
+            .map(|s| s.trim_end_matches('/').to_owned())
+    };
+    let (forge, web) = if host == "github.com" {
+        (Forge::GitHub, "https://github.com".to_owned())
+    } else if let Some(web) = on(&servers.0) {
+        (Forge::GitHub, web)
+    } else if let Some(web) = on(&servers.1) {
+        (Forge::GitLab, web)
+    } else if host == "gitlab.com" || host.starts_with("gitlab.") {
+        (Forge::GitLab, format!("https://{host}"))
+    } else {
+        return None;
+    };
+    let branch = url_escape(branch);
+    let link = match (&forge, base) {
+        (Forge::GitHub, Some(base)) => format!(
+            "{web}/{path}/compare/{}...{branch}?expand=1",
+            url_escape(base)
+        ),
+        (Forge::GitHub, None) => format!("{web}/{path}/pull/new/{branch}"),
+        (Forge::GitLab, base) => format!(
+            "{web}/{path}/-/merge_requests/new?merge_request%5Bsource_branch%5D={branch}{}",
+            base.map(|b| format!("&merge_request%5Btarget_branch%5D={}", url_escape(b)))
+                .unwrap_or_default()
+        ),
+    };
+    Some((forge, link))
+}
+
+impl Ci<'_> {
+    /// The remote a fix is delivered to: `coordination.remote` with the remote backend, `origin`
+    /// with the local one.
+    fn delivery_remote(&self) -> String {
+        match self.ctx.config.backend {
+            Backend::Remote => self.ctx.config.remote.clone(),
+            Backend::Local => "origin".to_owned(),
+        }
+    }
+
+    /// Delivers the fix commit `commit` as `ci.deliver` says, and says where it went.
+    fn deliver(&self, commit: &str, fix: &mut JobFix) {
+        let ctx = self.ctx;
+        let how = ctx.config.ci_deliver;
+        if how == Deliver::None {
+            return;
+        }
+        let Some(tested) = self.tested.as_deref() else {
+            return;
+        };
+        let remote = self.delivery_remote();
+        let git = match deliver::connect(&ctx.repo.git_dir, &remote) {
+            Ok(git) => git,
+            Err(why) => {
+                say::warn(format!(
+                    "{WHO}: the fix commit {commit} could not be delivered (ci.deliver = \
+                     \"{}\"): {why}",
+                    deliver_name(how)
+                ));
+                fix.delivered = Some(format!(
+                    "not delivered: no remote {} to push to",
+                    md(&remote)
+                ));
+                return;
+            }
+        };
+        if how == Deliver::Push {
+            if let Some(branch) = self.tested_branch.as_deref() {
+                match deliver::push_branch(&git, branch, commit, Some(tested)) {
+                    Ok(Pushed::Landed) => {
+                        say::headline(
+                            say::Tone::Good,
+                            format!(
+                                "{WHO}: delivered the fix: branch `{}` on `{remote}` moved \
+                                 forward from the tested commit to the fix commit {commit}",
+                                say::inert(branch)
+                            ),
+                        );
+                        fix.delivered = Some(format!(
+                            "pushed to branch {} on {} (fast-forward from the tested commit)",
+                            md(branch),
+                            md(&remote)
+                        ));
+                        return;
+                    }
+                    Ok(Pushed::Stale) => say::say(format!(
+                        "{WHO}: branch `{}` on `{remote}` moved on since the tested commit: \
+                         not pushing onto it; delivering the fix as a branch instead",
+                        say::inert(branch)
+                    )),
+                    Err(e) => say::say(format!(
+                        "{WHO}: could not push the fix onto branch `{}` ({e}); delivering it \
+                         as a branch instead",
+                        say::inert(branch)
+                    )),
+                }
+            } else {
+                say::say(format!(
+                    "{WHO}: the tested branch is not known (a detached checkout, and no \
+                     GITHUB_REF or CI_COMMIT_BRANCH): delivering the fix as a branch instead"
+                ));
+            }
+        }
+        self.deliver_branch(&git, &remote, tested, commit, fix);
+    }
+
+    /// Creates the branch `buildlock/fix/<12 hex>` at `commit`, only where it does not exist.
+    fn deliver_branch(
+        &self,
+        git: &Git,
+        remote: &str,
+        tested: &str,
+        commit: &str,
+        fix: &mut JobFix,
+    ) {
+        let branch = fix_branch(tested);
+        let pushed = deliver::push_branch(git, &branch, commit, None);
+        match pushed {
+            Ok(Pushed::Landed) => {}
+            Ok(Pushed::Stale) => {
+                let there = deliver::branch_tips(git, std::slice::from_ref(&branch))
+                    .ok()
+                    .and_then(|t| t.into_iter().next().map(|(_, oid)| oid));
+                if there.as_deref() != Some(commit) {
+                    say::say(format!(
+                        "{WHO}: branch `{branch}` on `{remote}` already holds another fix ({}); \
+                         left as it is: our fix commit {commit} is not delivered there",
+                        there.as_deref().unwrap_or("unknown")
+                    ));
+                    fix.delivered = Some(format!(
+                        "not delivered: branch {} on {} already holds another fix",
+                        md(&branch),
+                        md(remote)
+                    ));
+                    return;
+                }
+            }
+            Err(e) => {
+                say::warn(format!(
+                    "{WHO}: the fix commit {commit} could not be delivered to branch `{branch}` \
+                     on `{remote}`: {e}"
+                ));
+                fix.delivered = Some(format!(
+                    "not delivered: pushing branch {} to {} failed",
+                    md(&branch),
+                    md(remote)
+                ));
+                return;
+            }
+        }
+        fix.delivered = Some(format!("branch {} on {}", md(&branch), md(remote)));
+        let link = git.url().ok().and_then(|url| {
+            pull_request_link(
+                &url,
+                &branch,
+                self.tested_branch.as_deref(),
+                &env::ci_servers(),
+            )
+        });
+        say::headline(
+            say::Tone::Good,
+            format!("{WHO}: delivered the fix commit {commit} to branch `{branch}` on `{remote}`"),
+        );
+        match &link {
+            Some((Forge::GitHub, l)) => say::say(format!("{WHO}: open a pull request: {l}")),
+            Some((Forge::GitLab, l)) => say::say(format!("{WHO}: open a merge request: {l}")),
+            None => say::say(format!(
+                "{WHO}: open a pull or merge request from branch `{branch}`{}",
+                self.tested_branch
+                    .as_deref()
+                    .map(|b| format!(" into `{}`", say::inert(b)))
+                    .unwrap_or_default()
+            )),
+        }
+        fix.link = link.map(|(_, l)| l);
+    }
+
+    /// For a job that did not fix: where the fixer delivered the fix (looked up on the remote:
+    /// the fix branch of our tested commit, or the tested branch, pointing at the fix commit).
+    fn find_delivery(&self, commit: &str) -> Option<String> {
+        let ctx = self.ctx;
+        if ctx.config.ci_deliver == Deliver::None || !env::coordination_enabled() {
+            return None;
+        }
+        let remote = self.delivery_remote();
+        let git = deliver::connect(&ctx.repo.git_dir, &remote).ok()?;
+        let mut branches: Vec<String> =
+            self.tested.as_deref().map(fix_branch).into_iter().collect();
+        if ctx.config.ci_deliver == Deliver::Push {
+            branches.extend(self.tested_branch.clone());
+        }
+        let tips = deliver::branch_tips(&git, &branches).ok()?;
+        let (branch, _) = tips.iter().find(|(_, oid)| oid == commit)?;
+        Some(format!("branch {} on {}", md(branch), md(&remote)))
+    }
+
+    /// The job's verdict: the exit code (3 for a tested commit that passed only on the fix),
+    /// a block in the log and, where the CI has one, the job summary.
+    fn verdict(&mut self, code: i32) -> i32 {
+        let ctx = self.ctx;
+        let on_fix = code == exit::OK
+            && self.failed
+            && self
+                .passed_on
+                .as_ref()
+                .is_some_and(|(head, dirty)| *dirty || *head != self.tested);
+        let final_code = if on_fix && !ctx.config.ci_pass_on_fix {
+            exit::BROKEN_PASSES_ON_FIX
+        } else {
+            code
+        };
+        let (title, verdict) = if on_fix {
+            (
+                "broken, passes on the fix",
+                format!(
+                    "broken: the tested commit failed here; this job passed only on the fix \
+                     (exit {final_code}{})",
+                    if ctx.config.ci_pass_on_fix {
+                        ": ci.pass_on_fix = true"
+                    } else {
+                        "; ci.pass_on_fix = true makes it 0"
+                    }
+                ),
+            )
+        } else if code == exit::OK && self.failed {
+            (
+                "passed on a re-run",
+                "passed: the check failed first, then passed on the same tested commit with no \
+                 change to it (the failure was not in the commit, or it is flaky) (exit 0)"
+                    .to_owned(),
+            )
+        } else if code == exit::OK {
+            ("passed", "passed (exit 0)".to_owned())
+        } else {
+            let why = match code {
+                exit::FIXER if !env::coordination_enabled() => {
+                    "failed (coordination is off: nobody was elected)"
+                }
+                exit::FIXER => "failed: this job is the fixer and the failure is not fixed",
+                exit::BLOCKED => "failed: still waiting for a fix when the wait ran out",
+                exit::COORDINATION => "failed, and coordination failed: nobody was elected",
+                exit::CONFIG => "could not run: a configuration error, or the command cannot run",
+                c if c > 128 => "interrupted by a signal",
+                _ => "failed",
+            };
+            ("failed", format!("{why} (exit {code})"))
+        };
+        let lookup = self
+            .fix
+            .as_ref()
+            .filter(|f| on_fix && !f.mine && f.delivered.is_none())
+            .and_then(|f| f.commit.clone());
+        if let Some(commit) = lookup {
+            let found = self.find_delivery(&commit);
+            if let Some(fix) = self.fix.as_mut() {
+                fix.delivered = found;
+            }
+        }
+        let account = self.account(title, &verdict, on_fix);
+        for line in account.plain.lines() {
+            say::say(line);
+        }
+        if let Some(file) = env::step_summary() {
+            use std::io::Write;
+            let wrote = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&file)
+                .and_then(|mut f| f.write_all(account.markdown.as_bytes()));
+            if let Err(e) = wrote {
+                say::warn(format!(
+                    "{WHO}: could not write the job summary to {}: {e}",
+                    file.display()
+                ));
+            }
+        }
+        final_code
+    }
+
+    /// The account of the job, as lines for the log and as Markdown for the job summary.
+    fn account(&self, title: &str, verdict: &str, on_fix: bool) -> Account {
+        let ctx = self.ctx;
+        let mut rows: Vec<(&str, String)> = Vec::new();
+        let tested = match (&self.tested, &self.tested_branch) {
+            (Some(t), Some(b)) => format!("{} on branch {}", md(t), md(b)),
+            (Some(t), None) => md(t),
+            (None, _) => "none (no commit yet)".to_owned(),
+        };
+        rows.push(("Tested commit", tested));
+        rows.push(("Verdict", verdict.to_owned()));
+        if let Some(fix) = self.fix.as_ref().filter(|_| on_fix || self.failed) {
+            let by = fix
+                .by
+                .as_deref()
+                .map(md)
+                .unwrap_or_else(|| "unknown".into());
+            rows.push((
+                "Fixed by",
+                if fix.mine {
+                    format!("{by} (this job)")
+                } else {
+                    by
+                },
+            ));
+            rows.push((
+                "Fix commit",
+                fix.commit
+                    .as_deref()
+                    .map(md)
+                    .unwrap_or_else(|| "none: the fix made no commit".into()),
+            ));
+            if fix.commit.is_some() {
+                let mut delivered =
+                    fix.delivered
+                        .clone()
+                        .unwrap_or_else(|| match ctx.config.ci_deliver {
+                            Deliver::None => "not delivered (ci.deliver = \"none\")".into(),
+                            _ if fix.mine => "not delivered".into(),
+                            _ => "not found on a branch (see the fixer's job)".into(),
+                        });
+                if let Some(link) = &fix.link {
+                    delivered.push_str(&format!(" ([open a pull/merge request]({link}))"));
+                }
+                rows.push(("Delivered", delivered));
+            }
+            if on_fix {
+                let me = md(&ctx.agent);
+                let passed = match (&fix.by, fix.mine) {
+                    (_, true) => format!("{me} (this job, the fixer)"),
+                    (Some(by), false) => {
+                        format!("{} (the fixer's own check), {me} (this job)", md(by))
+                    }
+                    (None, false) => format!("{me} (this job)"),
+                };
+                rows.push(("Passed on the fix", passed));
+            }
+            if !fix.waited.is_empty() {
+                rows.push((
+                    "Waited for the fix",
+                    format!(
+                        "{} (each job reports its own verdict)",
+                        fix.waited
+                            .iter()
+                            .map(|w| md(w))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
+        let heading = format!("buildlock ci ({}): {title}", md(&ctx.agent));
+        let mut markdown = format!("### {heading}\n\n");
+        let mut plain = format!("--- {} ---\n", heading.replace('`', ""));
+        for (k, v) in &rows {
+            markdown.push_str(&format!("- **{k}:** {v}\n"));
+            plain.push_str(&format!("  {k}: {}\n", v.replace('`', "")));
+        }
+        markdown.push('\n');
+        Account { plain, markdown }
+    }
+}
+
+struct Account {
+    plain: String,
+    markdown: String,
+}
+
+fn deliver_name(d: Deliver) -> &'static str {
+    match d {
+        Deliver::Branch => "branch",
+        Deliver::Push => "push",
+        Deliver::None => "none",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fix_branch_takes_12_hex() {
+        assert_eq!(
+            fix_branch("0123456789abcdef0123456789abcdef01234567"),
+            "buildlock/fix/0123456789ab"
+        );
+    }
+
+    #[test]
+    fn pull_request_links() {
+        let none = (None, None);
+        for url in [
+            "https://github.com/o/r.git",
+            "https://x-access-token:SECRET@github.com/o/r",
+            "git@github.com:o/r.git",
+            "ssh://git@github.com/o/r.git",
+        ] {
+            let (forge, link) =
+                pull_request_link(url, "buildlock/fix/0123456789ab", Some("main"), &none).unwrap();
+            assert_eq!(forge, Forge::GitHub);
+            assert_eq!(
+                link, "https://github.com/o/r/compare/main...buildlock/fix/0123456789ab?expand=1",
+                "{url}"
+            );
+        }
+        let (_, link) = pull_request_link("https://github.com/o/r", "b", None, &none).unwrap();
+        assert_eq!(link, "https://github.com/o/r/pull/new/b");
+        let (forge, link) = pull_request_link(
+            "https://buildlock:tok@gitlab.example.com/g/sub/p.git",
+            "buildlock/fix/0123456789ab",
+            Some("main"),
+            &(None, Some("https://gitlab.example.com".into())),
+        )
+        .unwrap();
+        assert_eq!(forge, Forge::GitLab);
+        assert_eq!(
+            link,
+            "https://gitlab.example.com/g/sub/p/-/merge_requests/new?merge_request%5Bsource_branch%5D=buildlock/fix/0123456789ab&merge_request%5Btarget_branch%5D=main"
+        );
+        let (forge, _) = pull_request_link(
+            "https://ghe.corp/o/r",
+            "b",
+            None,
+            &(Some("https://ghe.corp".into()), None),
+        )
+        .unwrap();
+        assert_eq!(forge, Forge::GitHub);
+        assert!(pull_request_link("git://127.0.0.1:9418/srv.git", "b", None, &none).is_none());
+        assert!(pull_request_link("/srv/repo.git", "b", None, &none).is_none());
+        assert!(pull_request_link("file:///srv/repo.git", "b", None, &none).is_none());
+    }
+
+    #[test]
+    fn markdown_names_are_inert() {
+        assert_eq!(md("a`b|c\n"), "`a'b/c\\n`");
     }
 }

@@ -212,6 +212,27 @@ pub fn forget_pre_commit_legacy() {
     unsafe { std::env::remove_var("PRE_COMMIT_RUNNING_LEGACY") };
 }
 
+// `buildlock ci`'s view of the CI it runs in (read only there).
+
+/// The CI's job summary file: GitHub Actions' `GITHUB_STEP_SUMMARY` (Markdown, appended to).
+pub fn step_summary() -> Option<PathBuf> {
+    var_os("GITHUB_STEP_SUMMARY").map(PathBuf::from)
+}
+
+/// The branch the CI says this job tests, for a detached checkout: GitHub's `GITHUB_REF` when
+/// it is `refs/heads/…`, GitLab's `CI_COMMIT_BRANCH`.
+pub fn ci_branch() -> Option<String> {
+    var("GITHUB_REF")
+        .and_then(|r| r.strip_prefix("refs/heads/").map(str::to_owned))
+        .or_else(|| var("CI_COMMIT_BRANCH"))
+}
+
+/// The web addresses of the CI's own forge: GitHub's `GITHUB_SERVER_URL` (GitHub Enterprise
+/// Server included) and GitLab's `CI_SERVER_URL` (self-managed GitLab included).
+pub fn ci_servers() -> (Option<String>, Option<String>) {
+    (var("GITHUB_SERVER_URL"), var("CI_SERVER_URL"))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -10,6 +10,7 @@
 //! - `transaction`: the read–decide–push compare-and-swap engine;
 //! - `prune`: compaction of long chains and pruning of old keys and fix refs;
 //! - `probe`: `buildlock doctor`'s checks of the remote;
+//! - [`deliver`]: `buildlock ci`'s delivery of a fix commit to a branch (`ci.deliver`);
 //! - this module: the [`Store`] implementation, which feeds the pure state machine what the
 //!   remote can observe.
 //!
@@ -61,6 +62,7 @@ use crate::protocol::ledger::history_entries;
 use crate::protocol::state::{Event, KeyState, Lease, Observed, Outcome, transition};
 
 pub mod chain;
+pub mod deliver;
 pub mod git;
 mod probe;
 mod prune;
