@@ -20,6 +20,7 @@ pub mod fs;
 pub mod lock;
 pub mod poll;
 pub mod process;
+pub mod remote_git;
 pub mod repo;
 pub mod say;
 pub mod signals;

@@ -62,8 +62,7 @@ use crate::protocol::ledger::history_entries;
 use crate::protocol::state::{Event, KeyState, Lease, Observed, Outcome, transition};
 
 pub mod chain;
-pub mod deliver;
-pub mod git;
+
 mod probe;
 mod prune;
 mod read;
@@ -75,7 +74,7 @@ mod transaction;
 pub use prune::{compact_after, prune_after};
 pub use refs::{FIX_PREFIX, PROBE_PREFIX, STATE_PREFIX, fix_ref_name, key_path};
 
-use git::{Failure, Git};
+use crate::os::remote_git::{Failure, Git};
 use read::View;
 use transaction::Step;
 

@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use super::RemoteStore;
 use super::chain::{self, Doc};
-use super::git::{Pushed, Update};
 use super::refs::{self, STATE_PREFIX};
+use crate::os::remote_git::{Pushed, Update};
 use crate::os::time;
 use crate::protocol::ledger::Totals;
 use crate::protocol::state::KeyState;

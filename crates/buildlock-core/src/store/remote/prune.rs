@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use super::RemoteStore;
 use super::chain::Doc;
-use super::git::Update;
 use super::read::View;
 use super::refs::{Tip, fix_ref_name};
 use crate::os::env;
+use crate::os::remote_git::Update;
 use crate::os::time::{self, Millis};
 use crate::protocol::state::{Outcome, Status};
 

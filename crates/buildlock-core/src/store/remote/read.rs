@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use super::RemoteStore;
 use super::chain::{self, Doc};
-use super::git::Failure;
 use super::refs::{self, KeyRefs, Tip, base_stem, in_base, key_path, short, top};
+use crate::os::remote_git::Failure;
 use crate::os::{say, time};
 use crate::protocol::key::{base_of, file_stem};
 use crate::store::{BaseView, Read};

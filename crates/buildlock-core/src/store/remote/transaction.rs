@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use super::RemoteStore;
 use super::chain::{self, Doc};
-use super::git::{Failure, Pushed, Update};
 use super::prune::{self, Placement, compact_after};
 use super::read::View;
 use super::refs::{fix_ref_name, key_path, state_ref};
+use crate::os::remote_git::{Failure, Pushed, Update};
 use crate::os::{say, time};
 use crate::protocol::ledger::Totals;
 use crate::protocol::state::KeyState;

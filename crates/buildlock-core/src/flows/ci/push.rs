@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::git::{Failure, Git, Pushed, Update};
+use crate::os::remote_git::{Failure, Git, Pushed, Update};
 
 /// Tries of one delivery push when the remote cannot be reached for a moment.
 const TRIES: u32 = 3;
