@@ -864,3 +864,23 @@ fn the_demo_scene_plays() {
     let bin = Path::new(BUILDLOCK).parent().unwrap().to_owned();
     buildlock_core::flows::demo::claims::scene(&tmp.path().canonicalize().unwrap(), &bin).unwrap();
 }
+
+#[test]
+fn a_claim_on_an_existing_name_with_glob_characters_is_that_file_not_its_neighbours() {
+    let r = repo("check = \"true\"\n[hook]\nwait = false\n");
+    for f in ["a[1].txt", "a1.txt"] {
+        std::fs::write(r.dir.join(f), "x\n").unwrap();
+    }
+    r.git(&["add", "-A"]);
+    r.git(&["commit", "-q", "-m", "two files", "--no-verify"]);
+    r.buildlock(&r.dir, "a1", &["claim", "a[1].txt"]).code(0);
+    // Its neighbour, which `a[1].txt` would match as a glob, is free.
+    r.buildlock(&r.dir, "a2", &["claim", "a1.txt"]).code(0);
+    // The file itself is taken, by a claim and by the guard.
+    r.buildlock(&r.dir, "a2", &["claim", "a[1].txt"])
+        .code(75)
+        .stderr(contains("a1"));
+    std::fs::write(r.dir.join("a[1].txt"), "changed\n").unwrap();
+    r.git(&["add", "a[1].txt"]);
+    r.hook(&r.dir, "a2").code(75);
+}
