@@ -13,6 +13,7 @@ mod handover;
 mod harness;
 mod help;
 mod hook;
+mod input;
 mod install;
 mod race;
 mod remote;

@@ -242,7 +242,7 @@ impl Ci<'_> {
                 }
                 self.wait(a, after)
             }
-            Outcome::TakeFix { commit, by } => self.take_fix(a, &commit, &by),
+            Outcome::TakeFix { commit, by } => self.take_fix(a, &commit, &say::inert(&by)),
             other => anyhow::bail!("unexpected outcome of a failed check: {other:?}"),
         }
     }
@@ -395,7 +395,7 @@ impl Ci<'_> {
                     a.generation,
                     replaced
                         .as_ref()
-                        .map(|(f, _)| format!(", taking over from `{}`", f.agent))
+                        .map(|(f, _)| format!(", taking over from `{}`", say::inert(&f.agent)))
                         .unwrap_or_default()
                 ),
             ),
@@ -405,7 +405,7 @@ impl Ci<'_> {
             )),
             Outcome::Wait { fixer, .. } => say::say(format!(
                 "{WHO}: `{}` is fixing this breakage (since {}); waiting up to {} for the fix",
-                fixer.agent,
+                say::inert(&fixer.agent),
                 time::rfc3339(fixer.since),
                 time::human(ctx.config.wait)
             )),
@@ -444,7 +444,7 @@ impl Ci<'_> {
                 say::say(format!(
                     "{WHO}: the fixer `{}` went silent for {}; checking again (and taking over if \
                      it still fails)",
-                    f.agent,
+                    say::inert(&f.agent),
                     time::human(ctx.config.stale_after)
                 ));
                 self.seen_silent = Some(lease);
@@ -455,7 +455,8 @@ impl Ci<'_> {
                     say::Tone::Good,
                     format!(
                         "{WHO}: the build was fixed{}",
-                        by.map(|b| format!(" by `{b}`")).unwrap_or_default()
+                        by.map(|b| format!(" by `{}`", say::inert(&b)))
+                            .unwrap_or_default()
                     ),
                 );
                 wait::stagger(herd);
@@ -478,7 +479,7 @@ impl Ci<'_> {
             WaitEnd::FixerDied(f) => {
                 say::say(format!(
                     "{WHO}: the fixer `{}` died; checking again",
-                    f.agent
+                    say::inert(&f.agent)
                 ));
                 None
             }

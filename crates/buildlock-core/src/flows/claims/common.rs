@@ -68,11 +68,11 @@ pub fn record(ctx: &Context, events: Vec<Value>) {
     }
 }
 
-/// `a`, `b`, `c` as people read names and paths: each in backticks.
+/// `a`, `b`, `c` as people read names and paths: each in backticks, shown inert.
 pub(super) fn ticked<T: std::fmt::Display>(items: &[T]) -> String {
     items
         .iter()
-        .map(|i| format!("`{i}`"))
+        .map(|i| format!("`{}`", say::inert(&i.to_string())))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -161,20 +161,20 @@ pub fn describe_conflicts(conflicts: &[Conflict]) -> String {
         let what = if c.queued {
             format!(
                 "`{}` ({}) is waiting ahead of you for `{}`",
-                c.agent,
+                say::inert(&c.agent),
                 c.mode.as_str(),
-                c.theirs
+                say::inert(&c.theirs)
             )
         } else {
             format!(
                 "`{}` holds `{}` ({}) until {}",
-                c.agent,
-                c.theirs,
+                say::inert(&c.agent),
+                say::inert(&c.theirs),
                 c.mode.as_str(),
                 c.until.map_or_else(|| "-".into(), until_text)
             )
         };
-        let line = format!("  `{}`: {what}", c.ours);
+        let line = format!("  `{}`: {what}", say::inert(&c.ours));
         if !lines.contains(&line) {
             lines.push(line);
         }

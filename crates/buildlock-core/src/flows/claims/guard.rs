@@ -124,8 +124,8 @@ pub fn wait_release(
             say::progress(format!(
                 "waiting for `{}` to release `{}` ({} path(s) of this commit claimed; lapses by {}); waited {}, \
                  giving up in {}",
-                first.agent,
-                first.spec,
+                say::inert(&first.agent),
+                say::inert(&first.spec),
                 conflicts.len(),
                 rfc3339(first.until),
                 human(waited),
@@ -163,9 +163,9 @@ pub fn tell(conflicts: &[PathConflict], waited: bool) {
     for c in conflicts.iter().take(20) {
         lines.push(format!(
             "  {}  (claim `{}` by `{}`, until {} at the latest)",
-            c.path,
-            c.spec,
-            c.agent,
+            say::inert(&c.path),
+            say::inert(&c.spec),
+            say::inert(&c.agent),
             until(c.until)
         ));
     }
@@ -175,7 +175,10 @@ pub fn tell(conflicts: &[PathConflict], waited: bool) {
     say::say(lines.join("\n"));
     let holders: std::collections::BTreeSet<&str> =
         conflicts.iter().map(|c| c.agent.as_str()).collect();
-    let holders: Vec<String> = holders.iter().map(|h| format!("`{h}`")).collect();
+    let holders: Vec<String> = holders
+        .iter()
+        .map(|h| format!("`{}`", say::inert(h)))
+        .collect();
     say::say(format!(
         "next: `git commit-retry …` waits for {} to release them (`buildlock unclaim`/`buildlock done`) or for the \
          claims to lapse, then commits; or leave those paths out of this commit; `buildlock agents` shows who \

@@ -233,7 +233,7 @@ impl Watch<'_, '_> {
             let fixing_for = Duration::from_millis(time::now().saturating_sub(fixer.since));
             say::progress(format!(
                 "waiting for `{}` to fix the build (fixing for {}, since {}); waited {}, giving up in {}",
-                fixer.agent,
+                say::inert(&fixer.agent),
                 time::human(fixing_for),
                 time::rfc3339(fixer.since),
                 time::human(waited),
