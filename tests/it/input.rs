@@ -85,3 +85,64 @@ fn an_id_a_hostile_state_holds_is_shown_inert_everywhere() {
         assert_inert(&text(&run.stderr));
     }
 }
+
+/// A fixer (a0, in its own worktree) fixed a committed breakage with a plain `git commit`; then
+/// the state's fix commit was replaced by `commit`. Returns the repository, the real fix commit
+/// and another agent's worktree, whose check still fails.
+fn fix_on_record_replaced_by(commit: &str) -> (TestRepo, String, std::path::PathBuf) {
+    let r = TestRepo::new("check = \"grep -qx ok dep.txt || { echo 'dep.txt: bad'; false; }\"\n");
+    std::fs::write(r.dir.join("dep.txt"), "broken\n").unwrap();
+    r.git(&["add", "-A"]);
+    r.git(&["commit", "-q", "-m", "break", "--no-verify"]);
+    let (fixer, other) = (r.worktree("a0"), r.worktree("a1"));
+    r.hook(&fixer, "a0").code(1);
+    std::fs::write(fixer.join("dep.txt"), "ok\n").unwrap();
+    r.git_in(&fixer, &["add", "dep.txt"]);
+    let out = r
+        .git_commit(&fixer, "a0", "fix dep")
+        .output()
+        .expect("git commit");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let fix = r.head(&fixer);
+    let state = r.buildlock_dir().join("state");
+    for entry in std::fs::read_dir(&state).unwrap().flatten() {
+        let mut doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(entry.path()).unwrap()).unwrap();
+        for key in doc["keys"].as_array_mut().unwrap() {
+            if key["fix"].is_object() {
+                key["fix"]["commit"] = commit.into();
+            }
+        }
+        std::fs::write(entry.path(), serde_json::to_vec(&doc).unwrap()).unwrap();
+    }
+    (r, fix, other)
+}
+
+#[test]
+fn a_fix_commit_in_the_state_that_is_not_a_commit_id_is_never_pasted_into_a_command() {
+    let (r, _, other) = fix_on_record_replaced_by("0123abc'; sh ./evil.sh; echo '");
+    // The fix on record cannot be handed over: nobody is told to run anything, and the failure
+    // is a breakage of its own (a1 fixes it).
+    let run = r.hook(&other, "a1").code(1);
+    let err = text(&run.get_output().stderr);
+    assert!(
+        !err.contains("cherry-pick 0123abc") && !err.contains("BUILDLOCK_FIX_COMMIT=0123abc"),
+        "{err}"
+    );
+    assert!(err.contains("not a commit id"), "{err}");
+    assert!(err.contains("FIXER"), "{err}");
+    let status = r.buildlock(&r.dir, "a1", &["status", "--json"]);
+    assert!(!stdout_of(&status).contains("evil.sh"));
+}
+
+#[test]
+fn a_non_ascii_fix_commit_in_the_state_does_not_panic_the_hook() {
+    let (r, fix, other) = fix_on_record_replaced_by("aéééééééééééééé");
+    let run = r.hook(&other, "a1").code(1);
+    let err = text(&run.get_output().stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("not a commit id"), "{err}");
+    // The history's fix commit is shown the same way: `log` neither panics nor pastes it.
+    rewrite_all(&r.buildlock_dir(), &fix, "aéééééééééééééé");
+    r.buildlock(&r.dir, "a1", &["log"]).code(0);
+}

@@ -437,7 +437,8 @@ pub fn sibling(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// A commit id as people read it.
-fn short(commit: &str) -> &str {
-    &commit[..commit.len().min(12)]
+/// A commit id as people read it: its first 12 characters, shown inert (the history may hold
+/// anything; a byte slice would panic inside a character).
+fn short(commit: &str) -> String {
+    say::inert(&commit.chars().take(12).collect::<String>())
 }
