@@ -148,8 +148,10 @@ fn blocked_on(conflicts: &[PathConflict]) -> Blocked {
     }
 }
 
-/// Tells the agent what was refused and what to do.
-pub fn tell(conflicts: &[PathConflict], waited: bool) {
+/// Tells the agent what was refused and what to do: `waited`, after a wait that ran out;
+/// `waiting`, before this very program waits (a plain `git commit` with `hook.wait`, or
+/// commit-retry), so there is nothing for the agent to do next but let it.
+pub fn tell(conflicts: &[PathConflict], waited: bool, waiting: bool) {
     say::headline(
         say::Tone::Wait,
         if waited {
@@ -179,6 +181,15 @@ pub fn tell(conflicts: &[PathConflict], waited: bool) {
         .iter()
         .map(|h| format!("`{}`", say::inert(h)))
         .collect();
+    if waiting {
+        say::say(format!(
+            "held by {}: released with `buildlock unclaim`/`buildlock done` or when the claims lapse; \
+             `buildlock agents` shows who holds what\nbypass: `BUILDLOCK=0 git commit …` (no coordination) \
+             or `git commit --no-verify` (no hook)",
+            holders.join(", ")
+        ));
+        return;
+    }
     say::say(format!(
         "next: `git commit-retry …` waits for {} to release them (`buildlock unclaim`/`buildlock done`) or for the \
          claims to lapse, then commits; or leave those paths out of this commit; `buildlock agents` shows who \
@@ -221,7 +232,7 @@ pub fn in_hook(ctx: &Context, parent: u32) -> Option<i32> {
             d.claimed = conflicts.iter().map(|c| c.path.clone()).collect();
             d.hand_over();
             if !under_retry {
-                tell(&conflicts, false);
+                tell(&conflicts, false, false);
             }
             return Some(exit::BLOCKED);
         }
@@ -229,7 +240,7 @@ pub fn in_hook(ctx: &Context, parent: u32) -> Option<i32> {
         if !told {
             told = true;
             record_conflict(ctx, &conflicts);
-            tell(&conflicts, false);
+            tell(&conflicts, false, true);
             say::say(format!(
                 "waiting up to {} for the claim to be released, then this commit goes on, or is refused if the paths are still claimed (Ctrl-C to stop)",
                 human(left)
@@ -242,7 +253,7 @@ pub fn in_hook(ctx: &Context, parent: u32) -> Option<i32> {
                 say::headline(say::Tone::Good, "released; going on with the commit");
             }
             Ok(GuardWait::TimedOut(c)) => {
-                tell(&c, true);
+                tell(&c, true, false);
                 return Some(exit::BLOCKED);
             }
             Ok(GuardWait::Signal(n)) => return Some(exit::signal(n)),
@@ -275,7 +286,7 @@ pub fn retry_wait(ctx: &Context, d: &Decision) -> Option<i32> {
         // Released meanwhile: commit again.
         return None;
     }
-    tell(&conflicts, false);
+    tell(&conflicts, false, true);
     say::say(format!(
         "commit-retry: waiting up to {} for the claim to be released, then committing again",
         human(limit)
@@ -286,7 +297,7 @@ pub fn retry_wait(ctx: &Context, d: &Decision) -> Option<i32> {
             None
         }
         Ok(GuardWait::TimedOut(c)) => {
-            tell(&c, true);
+            tell(&c, true, false);
             say::say(format!(
                 "commit-retry: still claimed after {} (exit 75)",
                 human(limit)

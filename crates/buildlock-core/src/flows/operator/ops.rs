@@ -319,9 +319,12 @@ pub fn reset(ctx: &Context, key: Option<&str>) -> Result<i32> {
         return Ok(exit::OK);
     }
     for (base, key) in targets {
+        let reset = Event::Reset {
+            agent: ctx.agent.clone(),
+        };
         let applied = ctx
             .store
-            .apply(&key, &base, &Event::Reset, ctx.policy(), None, &|| false)?;
+            .apply(&key, &base, &reset, ctx.policy(), None, &|| false)?;
         say::say(format!(
             "reset key `{}`: {} -> passing (generation {}); a fixer still at work can no longer mark anything",
             say::inert(&key),
@@ -332,8 +335,16 @@ pub fn reset(ctx: &Context, key: Option<&str>) -> Result<i32> {
     Ok(exit::OK)
 }
 
-pub fn log(ctx: &Context, as_json: bool, n: usize) -> Result<i32> {
-    let history: Vec<Value> = ctx.store.history()?.into_iter().map(Value::from).collect();
+/// `buildlock log [--json] [-n N] [--agent AGENT]`: the last `n` events (of `agent` only, when
+/// given: the events it caused, as their `agent` field names it).
+pub fn log(ctx: &Context, as_json: bool, n: usize, agent: Option<&str>) -> Result<i32> {
+    let history: Vec<Value> = ctx
+        .store
+        .history()?
+        .into_iter()
+        .filter(|e| agent.is_none() || e.agent() == agent)
+        .map(Value::from)
+        .collect();
     let shown = &history[history.len().saturating_sub(n)..];
     // The agent column fits the longest id shown (default ids are `<host>:<work tree path>`).
     let agent_width = shown
@@ -418,7 +429,14 @@ pub fn log(ctx: &Context, as_json: bool, n: usize) -> Result<i32> {
         )?;
     }
     if history.is_empty() && n > 0 && !as_json {
-        out!("no events yet ({})", ctx.store.location())?;
+        match agent {
+            Some(a) => out!(
+                "no events of agent `{}` ({})",
+                say::inert(a),
+                ctx.store.location()
+            )?,
+            None => out!("no events yet ({})", ctx.store.location())?,
+        }
     }
     Ok(exit::OK)
 }

@@ -95,7 +95,7 @@ pub fn list(ctx: &Context, as_json: bool) -> Result<i32> {
         out("no live claims\n");
         return Ok(exit::OK);
     }
-    let mut text = String::new();
+    let mut text = format!("{:<24} {:<9}  {}\n", "AGENT", "MODE", "TERM  PATHS");
     for c in &live {
         text.push_str(&format!(
             "{:<24} {:<9}  until {}  {}\n",
