@@ -35,7 +35,14 @@ lost); 70 coordination (or take-fix) failed; 78 a configuration error.";
 /// The hook (`pre-commit`) and `commit-retry` do the coordinating; this tool shows and repairs
 /// the coordination state of the repository you are in.
 #[derive(Parser)]
-#[command(name = "buildlock", version, after_help = AFTER_HELP, arg_required_else_help = true)]
+// Our own `help` command: clap's refuses every option, `help --help` included (exit 2).
+#[command(
+    name = "buildlock",
+    version,
+    after_help = AFTER_HELP,
+    arg_required_else_help = true,
+    disable_help_subcommand = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -66,6 +73,9 @@ enum Command {
         /// How many of the last events to show
         #[arg(short = 'n', value_name = "N", default_value_t = 20)]
         count: usize,
+        /// Only the events of this agent (as `buildlock agents` shows it); the last N of them
+        #[arg(long, value_name = "AGENT")]
+        agent: Option<String>,
     },
     /// Check the installation: hook, configuration, check command, coordination dir, locking
     ///
@@ -166,6 +176,12 @@ enum Command {
         #[arg(long, value_name = "DURATION")]
         timeout: Option<String>,
     },
+    /// Print this message or the help of the given command
+    Help {
+        /// The command to explain (default: all of them)
+        #[arg(value_name = "COMMAND")]
+        command: Option<String>,
+    },
 }
 
 fn main() {
@@ -208,7 +224,9 @@ fn run(command: Command) -> anyhow::Result<i32> {
         Command::Status { json } => with_context(|ctx| ops::status(ctx, json)),
         Command::Release => with_context(ops::release),
         Command::Reset { key } => with_context(|ctx| ops::reset(ctx, key.as_deref())),
-        Command::Log { json, count } => with_context(|ctx| ops::log(ctx, json, count)),
+        Command::Log { json, count, agent } => {
+            with_context(|ctx| ops::log(ctx, json, count, agent.as_deref()))
+        }
         Command::Doctor => with_context(doctor::run),
         Command::Ci { command } => with_context(|ctx| ci::run(ctx, command)),
         Command::Demo { keep } => demo::run(keep),
@@ -237,7 +255,36 @@ fn run(command: Command) -> anyhow::Result<i32> {
         Command::WaitFor { agents, timeout } => {
             with_context(|ctx| claims::wait_for(ctx, &agents, timeout.as_deref()))
         }
+        Command::Help { command } => help(command.as_deref()),
     }
+}
+
+/// `buildlock help [COMMAND]`: the long help, on stdout (exit 0); an unknown command is a usage
+/// error (exit 2), as clap's own `help` has it.
+fn help(command: Option<&str>) -> anyhow::Result<i32> {
+    let mut cli = Cli::command();
+    let mut text = match command {
+        None => cli.render_long_help(),
+        Some(name) => match cli.find_subcommand_mut(name) {
+            Some(sub) => sub
+                .clone()
+                .bin_name(format!("buildlock {name}"))
+                .render_long_help(),
+            None => {
+                say::say(format!(
+                    "unknown command `{}`; `buildlock help` lists them",
+                    say::inert(name)
+                ));
+                return Ok(exit::USAGE);
+            }
+        },
+    }
+    .to_string();
+    if text.ends_with('\n') {
+        text.pop();
+    }
+    buildlock_core::out!("{text}")?;
+    Ok(exit::OK)
 }
 
 /// Loads the repository's context (exit 78 for a configuration error) and runs `f` with it.

@@ -578,8 +578,16 @@ fn a_plain_commit_waits_for_the_release_when_hook_wait_is_on() {
     r.buildlock(&r.dir, "holder", &["unclaim", "src/api/"])
         .code(0);
     let out = wait_output(child, Duration::from_secs(30));
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
     assert_eq!(r.last_subject(&r.dir), "waits");
+    // The hook waits on its own: it names the holder and how to bypass, and tells nobody to do
+    // anything next (commit-retry, leaving paths out) while it waits.
+    assert!(
+        !err.lines().any(|l| l.starts_with("buildlock: next:")),
+        "{err}"
+    );
+    assert!(err.contains("`holder`") && err.contains("bypass"), "{err}");
 }
 
 // ------------------------------------------------------------------------------------------
@@ -863,4 +871,43 @@ fn the_demo_scene_plays() {
     let tmp = tempfile::tempdir().unwrap();
     let bin = Path::new(BUILDLOCK).parent().unwrap().to_owned();
     buildlock_core::flows::demo::claims::scene(&tmp.path().canonicalize().unwrap(), &bin).unwrap();
+}
+
+#[test]
+fn a_claim_on_an_existing_name_with_glob_characters_is_that_file_not_its_neighbours() {
+    let r = repo("check = \"true\"\n[hook]\nwait = false\n");
+    for f in ["a[1].txt", "a1.txt"] {
+        std::fs::write(r.dir.join(f), "x\n").unwrap();
+    }
+    r.git(&["add", "-A"]);
+    r.git(&["commit", "-q", "-m", "two files", "--no-verify"]);
+    r.buildlock(&r.dir, "a1", &["claim", "a[1].txt"]).code(0);
+    // Its neighbour, which `a[1].txt` would match as a glob, is free.
+    r.buildlock(&r.dir, "a2", &["claim", "a1.txt"]).code(0);
+    // The file itself is taken, by a claim and by the guard.
+    r.buildlock(&r.dir, "a2", &["claim", "a[1].txt"])
+        .code(75)
+        .stderr(contains("a1"));
+    std::fs::write(r.dir.join("a[1].txt"), "changed\n").unwrap();
+    r.git(&["add", "a[1].txt"]);
+    r.hook(&r.dir, "a2").code(75);
+}
+
+#[test]
+fn claims_lists_under_a_header() {
+    let r = repo("");
+    r.buildlock(&r.dir, "a1", &["claim", "src/api/"]).code(0);
+    let out = stdout_of(&r.buildlock(&r.dir, "observer", &["claims"]).code(0));
+    let mut lines = out.lines();
+    let header = lines.next().unwrap_or_default();
+    assert!(
+        header.starts_with("AGENT") && header.contains("MODE") && header.contains("PATHS"),
+        "{out}"
+    );
+    assert!(
+        lines
+            .next()
+            .is_some_and(|l| l.starts_with("a1 ") && l.contains("src/api/")),
+        "{out}"
+    );
 }

@@ -148,6 +148,40 @@ fn reset_forces_passing_with_a_new_generation() {
     // The old fixer's passing check can no longer mark anything; its failure starts a new episode.
     r.hook(&r.dir, "a1").code(1);
     assert_eq!(r.state()["keys"][0]["generation"], 3);
+    // Who reset it is on record, and in the log.
+    let json = stdout_of(&r.buildlock(&r.dir, "x", &["log", "--json"]));
+    let reset: serde_json::Value = json
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["event"] == "reset")
+        .expect("a reset event");
+    assert_eq!(reset["agent"], "ops", "{reset}");
+    let log = stdout_of(&r.buildlock(&r.dir, "x", &["log"]));
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" reset ") && l.contains(" ops ")),
+        "{log}"
+    );
+}
+
+#[test]
+fn log_agent_shows_one_agents_events() {
+    let r = broken_with_fixer();
+    let json = stdout_of(&r.buildlock(&r.dir, "x", &["log", "--json", "--agent", "a2"]));
+    let events: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!events.is_empty(), "{json}");
+    assert!(events.iter().all(|e| e["agent"] == "a2"), "{json}");
+    assert!(events.iter().any(|e| e["event"] == "waiting"), "{json}");
+    // -n counts that agent's events.
+    let last = stdout_of(&r.buildlock(&r.dir, "x", &["log", "--agent", "a1", "-n", "1"]));
+    assert_eq!(last.lines().count(), 1, "{last}");
+    assert!(last.contains(" a1 "), "{last}");
+    r.buildlock(&r.dir, "x", &["log", "--agent", "nobody"])
+        .code(0)
+        .stdout(contains("no events of agent `nobody`"));
 }
 
 #[test]

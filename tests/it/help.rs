@@ -40,6 +40,13 @@ fn buildlock_help_and_version_for_every_command() {
                 .stdout(contains(format!("Usage: buildlock {command}")));
         }
     }
+    // `help` is a command like the others: it has a help of its own.
+    run(&r, BUILDLOCK, &["help", "--help"])
+        .code(0)
+        .stdout(contains("Usage: buildlock help"));
+    run(&r, BUILDLOCK, &["help", "frobnicate"])
+        .code(2)
+        .stderr(contains("frobnicate"));
     // Options appear in their command's help.
     run(&r, BUILDLOCK, &["log", "--help"]).stdout(contains("--json").and(contains("-n <N>")));
     // The help did not touch the repository's coordination state.

@@ -18,6 +18,7 @@ mod harness;
 mod help;
 mod hook;
 mod identity;
+mod input;
 mod install;
 mod race;
 mod remote;

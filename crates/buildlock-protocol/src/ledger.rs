@@ -153,8 +153,15 @@ pub fn history_entries(
         }
         Outcome::Released => out.push(json!({"event": "released", "key": key,
             "agent": fixer(before), "generation": generation})),
-        Outcome::Reset => out.push(json!({"event": "reset", "key": key, "generation": generation,
-                                          "was": before.status.as_str()})),
+        Outcome::Reset => {
+            // Who reset it (`buildlock reset` by an operator or an agent).
+            let agent = match event {
+                Event::Reset { agent } => Some(agent.as_str()),
+                _ => None,
+            };
+            out.push(json!({"event": "reset", "key": key, "agent": agent,
+                            "generation": generation, "was": before.status.as_str()}))
+        }
         _ => {}
     }
     out

@@ -6,10 +6,12 @@
 //! language is git's default pathspec language: `*` matches any string *including `/`* (so `**` is
 //! `*`, and `src/*.py` matches `src/api/x.py`), `?` any one character, `[a-z]` / `[!a-z]` a class,
 //! `\` escapes the next character. A pathspec ending in `/` is a directory: it covers what it
-//! names and everything below it (`docs/`, `src/*/tests/`). A plain name is a file when it names an
-//! existing file at claim time (`src/api/x.py`: just that file); otherwise it is taken as a
-//! directory and stored with a trailing `/` (`docs` becomes `docs/`), so a name claimed before it
-//! exists is taken the wide way. A glob without a trailing `/` covers the paths it matches, which,
+//! names and everything below it (`docs/`, `src/*/tests/`). A name that exists at claim time is
+//! that path, literally, whatever characters it holds: a file is just that file (`src/api/x.py`;
+//! `a[1].txt` is that file, not `a1.txt`), a folder that folder and everything below it, and its
+//! glob characters are stored escaped (`a\[1].txt`). A plain name that does not exist is taken
+//! as a directory and stored with a trailing `/` (`docs` becomes `docs/`), so a name claimed
+//! before it exists is taken the wide way. A glob without a trailing `/` covers the paths it matches, which,
 //! since `*` crosses `/`, already includes whole subtrees (`src/api/*`).
 //!
 //! Two pathspecs *overlap* when some path is covered by both. That question is decided exactly
@@ -20,8 +22,9 @@
 //!
 //! Where it differs from git's own matching (`git ls-files -- <spec>`), on purpose: a glob ending
 //! in `/` covers what is below what it matches (git matches nothing with it); `file/` names the
-//! file; pathspec magic (`:(glob)`, `:!`, `:/`) is refused; and a name with glob characters is
-//! always a glob, even where a file has that very name (git also matches it literally). The test
+//! file; pathspec magic (`:(glob)`, `:!`, `:/`) is refused; and a name with glob characters that
+//! exists is only that path (git matches it both literally and as a glob: `a*b` also lists `axb`),
+//! so that a claim on an existing file never takes its neighbours. The test
 //! `tests/pathspec_vs_git.rs` holds the rest to git's own answers.
 
 use std::path::{Component, Path};
@@ -29,9 +32,21 @@ use std::path::{Component, Path};
 /// Longest pathspec accepted, in characters.
 const MAX_SPEC: usize = 1024;
 
-/// `raw` as a pathspec relative to the work tree `root`, normalised lexically; an error says what
-/// was wrong and what to write instead.
-pub fn normalize(raw: &str, root: &Path, is_file: impl Fn(&str) -> bool) -> Result<String, String> {
+/// What a name is in the work tree at claim time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Found {
+    File,
+    Folder,
+}
+
+/// `raw` as a pathspec relative to the work tree `root`, normalised lexically; `found` says what
+/// a normalised name is in the work tree, if it exists (the caller looks; the rules read no file).
+/// An error says what was wrong and what to write instead.
+pub fn normalize(
+    raw: &str,
+    root: &Path,
+    found: impl Fn(&str) -> Option<Found>,
+) -> Result<String, String> {
     if raw.trim().is_empty() {
         return Err(
             "an empty pathspec: name a path or glob relative to the work tree root, e.g. `src/api/*.py`"
@@ -92,13 +107,31 @@ pub fn normalize(raw: &str, root: &Path, is_file: impl Fn(&str) -> bool) -> Resu
         return Ok("*".to_owned());
     }
     let spec = parts.join("/");
+    // A name that exists is that path, whatever characters it holds (see the module header).
+    match found(&spec) {
+        Some(Found::File) => return Ok(literal(&spec)),
+        Some(Found::Folder) => return Ok(format!("{}/", literal(&spec))),
+        None => {}
+    }
     let glob = literal_prefix(&spec).len() < spec.len();
-    // A plain name covers its subtree unless it names a file; a glob written with a trailing `/`
+    // A plain name covers its subtree (it is not a file); a glob written with a trailing `/`
     // covers what is below what it matches (see the module header).
-    if (!glob && !is_file(&spec)) || (glob && raw.ends_with('/')) {
+    if !glob || raw.ends_with('/') {
         return Ok(format!("{spec}/"));
     }
     Ok(spec)
+}
+
+/// `name` as a pathspec that matches just that name: its glob and escape characters escaped.
+pub fn literal(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if matches!(c, '*' | '?' | '[' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -353,10 +386,36 @@ mod tests {
     use super::*;
 
     fn norm(raw: &str) -> Result<String, String> {
-        // Names ending in `.py`, `.rs` or `.md` are the files that exist.
+        // Names ending in `.py`, `.rs`, `.md` or `.txt` are the files that exist; `src`, `docs`
+        // and `d[1]` the folders.
         normalize(raw, Path::new("/w/repo"), |p| {
-            p.ends_with(".py") || p.ends_with(".rs") || p.ends_with(".md")
+            let plain = !p.contains(['*', '?']);
+            if p == "what?*.txt"
+                || (plain && [".py", ".rs", ".md", ".txt"].iter().any(|e| p.ends_with(e)))
+            {
+                Some(Found::File)
+            } else if ["src", "docs", "d[1]"].contains(&p) {
+                Some(Found::Folder)
+            } else {
+                None
+            }
         })
+    }
+
+    #[test]
+    fn a_name_that_exists_is_that_path_literally() {
+        assert_eq!(norm("a[1].txt").unwrap(), "a\\[1].txt");
+        assert!(covers(&norm("a[1].txt").unwrap(), "a[1].txt"));
+        assert!(!covers(&norm("a[1].txt").unwrap(), "a1.txt"));
+        assert!(!overlap(&norm("a[1].txt").unwrap(), "a1.txt"));
+        assert!(overlap(&norm("a[1].txt").unwrap(), "a*.txt"));
+        assert_eq!(norm("d[1]").unwrap(), "d\\[1]/");
+        assert!(covers(&norm("d[1]/").unwrap(), "d[1]/x"));
+        assert!(!covers(&norm("d[1]").unwrap(), "d1/x"));
+        assert_eq!(norm("what?*.txt").unwrap(), "what\\?\\*.txt");
+        // A glob that names nothing stays a glob.
+        assert_eq!(norm("b[1]").unwrap(), "b[1]");
+        assert!(covers(&norm("b[1]").unwrap(), "b1"));
     }
 
     #[test]

@@ -15,8 +15,12 @@
 //!    (progress bars) only the last rewrite counts;
 //! 3. the work tree's absolute path becomes `<worktree>` and the home directory `~`;
 //! 4. in each line: temp paths (`/tmp/…`, `/var/tmp/…`, `/var/folders/…`, `$TMPDIR/…`) become
-//!    `<tmp>`; `0x…` addresses `<addr>`; hex runs of 8 or more with a digit in them (hashes, build
-//!    ids) `<hex>`; clock times and Unix times (seconds or milliseconds) `<time>`; dates
+//!    `<tmp>`; IPv4 and IPv6 addresses with their port, if any (`10.0.3.17`, `10.0.3.17:40123`,
+//!    `fe80::2a`, `[fe80::2a]:8080`, `::1`, `::ffff:10.0.0.1`, `fe80::1%eth0`), `<ip>`: one
+//!    placeholder for every form, since the same service is logged as `::1:5432` by one tool and
+//!    `[::1]:5432` by another; a port after `localhost` or a URL's host
+//!    (`http://db.internal:5432`), or after a `port` key (`port 8080`, `port=8080`), `<port>`; `0x…` addresses `<addr>`; hex runs of 8 or more with a
+//!    digit in them (hashes, build ids) `<hex>`; clock times and Unix times (seconds or milliseconds) `<time>`; dates
 //!    `<date>`; durations (`0.52s`, `12 ms`, `1.5min`, and the number after `duration`/`elapsed`
 //!    keys) `<dur>`; the number after `pid` or `(node:` `<pid>`; after a `…seed` key `<seed>`;
 //!    pytest-xdist worker ids (`gw3`) `gw<n>`; a Rust panic's thread id `<tid>`;
@@ -167,6 +171,8 @@ const DURATION_KEYS: &[&str] = &[
 ];
 /// Keys whose number is a process id: `pid 123`, `pid=123`, node's `(node:123)`.
 const PID_KEYS: &[&str] = &["pid", "ppid", "node"];
+/// Keys whose number is a port: `port 8080`, `port=8080`, `PORT: 8080`.
+const PORT_KEYS: &[&str] = &["port", "lport", "rport", "sport", "dport"];
 
 /// One line's volatile parts replaced; `temp_dir` is a temp dir of this machine's own
 /// ([`Places::temp_dir`]).
@@ -187,6 +193,26 @@ fn normalise_line(line: &str, temp_dir: Option<&str>) -> String {
             }
             out.push_str("<tmp>");
             continue;
+        }
+        // IP addresses, before numbers and hex runs (which would take them apart).
+        if at_boundary
+            && (chars[i].is_ascii_hexdigit() || matches!(chars[i], ':' | '['))
+            && !after(&chars, i, ':')
+            && !after(&chars, i, '.')
+        {
+            if let Some(len) = address_len(&chars[i..]) {
+                out.push_str("<ip>");
+                i += len;
+                continue;
+            }
+        }
+        // A port after `localhost` or a URL's host: `localhost:<port>`.
+        if chars[i] == ':' && names_host(&out) {
+            if let Some(len) = port_len(&chars[i + 1..]) {
+                out.push_str(":<port>");
+                i += 1 + len;
+                continue;
+            }
         }
         if at_boundary && chars[i].is_ascii_digit() {
             if let Some((len, tag)) = classify_number(&chars[i..], &last_word) {
@@ -239,6 +265,160 @@ fn normalise_line(line: &str, temp_dir: Option<&str>) -> String {
 
 fn is_word(c: char) -> bool {
     c.is_alphanumeric() || c == '_'
+}
+
+/// Whether the character before `i` is `c`.
+fn after(chars: &[char], i: usize, c: char) -> bool {
+    i > 0 && chars[i - 1] == c
+}
+
+/// The length of the address `chars` starts with, if it does: an IP address (an IPv6 one maybe
+/// in brackets) and its `:port`, if any.
+fn address_len(chars: &[char]) -> Option<usize> {
+    let mut len = if chars.first() == Some(&'[') {
+        let inner = ip_len(&chars[1..])?;
+        if chars.get(1 + inner) != Some(&']') {
+            return None;
+        }
+        inner + 2
+    } else {
+        ip_len(chars)?
+    };
+    if chars.get(len) == Some(&':') {
+        len += port_len(&chars[len + 1..]).map_or(0, |p| p + 1);
+    }
+    Some(len)
+}
+
+/// The length of the IPv4 or IPv6 address `chars` starts with, if it starts with one (not
+/// followed by a word character, or a `.` and a digit).
+fn ip_len(chars: &[char]) -> Option<usize> {
+    let ends = |len: usize| !goes_on(&chars[len..]);
+    if let Some(len) = ipv4_len(chars) {
+        if ends(len) {
+            return Some(len);
+        }
+    }
+    // IPv6: hex groups of at most 4 digits between colons, `::` once at most for a run of zero
+    // groups, maybe an IPv4 tail and a `%zone`; at least one digit (so that no `ab::cd` path of a
+    // language is taken for one), and `::` or all eight groups.
+    let mut len = 0;
+    let mut groups = 0;
+    let mut compressed = false;
+    let mut digit = false;
+    loop {
+        if chars.get(len) == Some(&':') && chars.get(len + 1) == Some(&':') {
+            if compressed {
+                return None;
+            }
+            compressed = true;
+            len += 2;
+        } else if len > 0 {
+            if chars.get(len) != Some(&':') {
+                break;
+            }
+            // A single `:` then a group; a `:` that ends it (`fe80::1:`) belongs to the text.
+            if !chars.get(len + 1).is_some_and(|c| c.is_ascii_hexdigit()) {
+                break;
+            }
+            len += 1;
+        }
+        if let Some(v4) = ipv4_len(&chars[len..]).filter(|_| groups > 0 || compressed) {
+            len += v4;
+            groups += 2;
+            digit = true;
+            break;
+        }
+        let g = chars[len..]
+            .iter()
+            .take_while(|c| c.is_ascii_hexdigit())
+            .count();
+        if g == 0 {
+            if compressed && chars.get(len.wrapping_sub(1)) == Some(&':') {
+                // `::` at the end (`fe80::`).
+                break;
+            }
+            return None;
+        }
+        if g > 4 {
+            return None;
+        }
+        digit |= chars[len..len + g].iter().any(char::is_ascii_digit);
+        len += g;
+        groups += 1;
+        if groups > 8 {
+            return None;
+        }
+    }
+    if !digit || !(compressed || groups == 8) || (compressed && groups > 7) {
+        return None;
+    }
+    // A zone: `fe80::1%eth0`.
+    if chars.get(len) == Some(&'%') {
+        let zone = chars[len + 1..].iter().take_while(|c| is_word(**c)).count();
+        if zone > 0 {
+            len += 1 + zone;
+        }
+    }
+    (!chars.get(len).copied().is_some_and(is_word)).then_some(len)
+}
+
+/// The length of the dotted quad `chars` starts with (each part at most 255), if it does.
+fn ipv4_len(chars: &[char]) -> Option<usize> {
+    let mut len = 0;
+    for part in 0..4 {
+        if part > 0 {
+            if chars.get(len) != Some(&'.') {
+                return None;
+            }
+            len += 1;
+        }
+        let n = chars[len.min(chars.len())..]
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count();
+        if !(1..=3).contains(&n) {
+            return None;
+        }
+        let value: u32 = chars[len..len + n]
+            .iter()
+            .collect::<String>()
+            .parse()
+            .ok()?;
+        if value > 255 {
+            return None;
+        }
+        len += n;
+    }
+    Some(len)
+}
+
+/// Whether the text before a `:` names a host whose port may follow: `localhost`, or a URL's
+/// host (`http://db.internal`).
+fn names_host(out: &str) -> bool {
+    let host_start = out
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+        .map_or(0, |i| i + 1);
+    let host = &out[host_start..];
+    host.eq_ignore_ascii_case("localhost")
+        || (!host.is_empty() && out[..host_start].ends_with("://"))
+}
+
+/// Whether the number before `rest` goes on there: a word character, or a `.` and a digit.
+fn goes_on(rest: &[char]) -> bool {
+    match rest {
+        [c, ..] if is_word(*c) => true,
+        ['.', d, ..] => d.is_ascii_digit(),
+        _ => false,
+    }
+}
+
+/// The length of the port number `chars` starts with (1 to 65535, a whole number), if it does.
+fn port_len(chars: &[char]) -> Option<usize> {
+    let n = chars.iter().take_while(|c| c.is_ascii_digit()).count();
+    let whole = !goes_on(&chars[n..]);
+    let value: u32 = chars[..n.min(5)].iter().collect::<String>().parse().ok()?;
+    ((1..=5).contains(&n) && whole && (1..=65535).contains(&value)).then_some(n)
 }
 
 fn is_path_end(c: char) -> bool {
@@ -303,6 +483,9 @@ fn classify_number(chars: &[char], last_word: &str) -> Option<(usize, &'static s
     }
     if PID_KEYS.contains(&key.as_str()) && len == n {
         return Some((len, "<pid>"));
+    }
+    if PORT_KEYS.contains(&key.as_str()) && len == n {
+        return Some((len, "<port>"));
     }
     // `--randomly-seed=123`, `PYTHONHASHSEED=4`, `seed: 42`.
     if key.ends_with("seed") && len == n {
@@ -467,7 +650,16 @@ mod tests {
         )
     }
 
-    const TOOLS: &[&str] = &["cargo-test", "cargo-build", "npm-test", "pytest", "make"];
+    const TOOLS: &[&str] = &[
+        "cargo-test",
+        "cargo-build",
+        "npm-test",
+        "pytest",
+        "make",
+        // One service down, reached at `10.0.3.17:40123` in one worktree and at
+        // `[fe80::2a]:8080` in the other.
+        "net-cargo",
+    ];
 
     #[test]
     fn same_failure_in_two_worktrees_has_one_signature() {
@@ -554,7 +746,9 @@ mod tests {
     #[test]
     fn one_breakage_run_concurrently_has_one_signature() {
         let all = concurrent();
-        for suite in ["pytest", "pytest-warn", "cargo", "npm", "make"] {
+        // `net`: one service down (A) or answering wrongly (B), reached by each agent at an address
+        // and port of its own (IPv4, IPv6, loopback).
+        for suite in ["pytest", "pytest-warn", "cargo", "npm", "make", "net"] {
             for breakage in ['A', 'B', 'C'] {
                 let sigs: std::collections::BTreeSet<&str> = all
                     .iter()
@@ -613,6 +807,72 @@ mod tests {
         // Small numbers and other long ones stay: they can be what the failure is about.
         assert_eq!(n("error: expected 3 got 4"), "error: expected 3 got 4");
         assert_eq!(n("error: 3000000 too big"), "error: 3000000 too big");
+    }
+
+    #[test]
+    fn addresses_and_ports_are_normalised() {
+        let wt = Path::new("/w");
+        let n = |s: &str| normalise(s.as_bytes(), &Places::new(wt, None));
+        // The three connection failures: one signature.
+        let refused = |at: &str| {
+            signature(
+                format!("error: connection refused at {at}\n").as_bytes(),
+                &Places::new(wt, None),
+            )
+        };
+        assert_eq!(refused("10.0.3.17:40123"), refused("192.168.77.201:51877"));
+        assert_eq!(refused("10.0.3.17:40123"), refused("[fe80::2a]:8080"));
+        for (raw, want) in [
+            (
+                "error: connect ECONNREFUSED 127.0.0.1:5432",
+                "error: connect ECONNREFUSED <ip>",
+            ),
+            (
+                "error: dial tcp [::1]:8080: refused",
+                "error: dial tcp <ip>: refused",
+            ),
+            ("error: no route to fe80::1%eth0", "error: no route to <ip>"),
+            (
+                "error: host 2001:db8:85a3:0:0:8a2e:370:7334 down",
+                "error: host <ip> down",
+            ),
+            (
+                "error: mapped ::ffff:10.0.0.1 refused",
+                "error: mapped <ip> refused",
+            ),
+            (
+                "error: GET http://10.1.2.3/x failed",
+                "error: GET http://<ip>/x failed",
+            ),
+            (
+                "error: GET http://localhost:8080/x failed",
+                "error: GET http://localhost:<port>/x failed",
+            ),
+            (
+                "error: db.internal:5432 via postgres://db.internal:5432/app",
+                "error: db.internal:5432 via postgres://db.internal:<port>/app",
+            ),
+            (
+                "error: bind port 8080 in use",
+                "error: bind port <port> in use",
+            ),
+            ("error: port=40123 busy", "error: port=<port> busy"),
+        ] {
+            assert_eq!(n(raw), want, "{raw}");
+        }
+        // What only looks like an address stays: file positions, times, paths of a language,
+        // versions with more parts, numbers out of range.
+        for same in [
+            "error at src/main.rs:42:7",
+            "error: core::panicking::panic_fmt",
+            "error: crate1::tests::adds",
+            "error: version 1.2.3.4.5 unsupported",
+            "error: 300.1.2.3 is no address",
+            "error: dead::beef",
+        ] {
+            assert_eq!(n(same), same);
+        }
+        assert_eq!(n("at 12:34:56 boom"), "at <time> boom");
     }
 
     #[test]

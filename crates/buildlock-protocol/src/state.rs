@@ -293,8 +293,8 @@ pub enum Event {
     Unwait { agent: String, pid: u32 },
     /// `buildlock release` by `agent`.
     Release { agent: String },
-    /// `buildlock reset`.
-    Reset,
+    /// `buildlock reset` by `agent`.
+    Reset { agent: String },
 }
 
 /// What the caller observed just before the transition, atomically with it.
@@ -496,7 +496,7 @@ pub fn transition(state: &KeyState, event: &Event, seen: &Observed) -> (KeyState
         ),
         Event::Unwait { agent, pid } => unwait(state, &mut next, agent, *pid),
         Event::Release { agent } => release(state, &mut next, agent, seen),
-        Event::Reset => reset(state, &mut next, seen),
+        Event::Reset { .. } => reset(state, &mut next, seen),
     };
     (next, outcome)
 }
@@ -1454,7 +1454,7 @@ mod tests {
             KeyState::unknown("repo"),
             fixing("x", 4),
         ] {
-            let (next, out) = transition(&s, &Event::Reset, &seen(T0));
+            let (next, out) = transition(&s, &Event::Reset { agent: "op".into() }, &seen(T0));
             assert_eq!((out, next.status), (Outcome::Reset, Status::Passing));
             assert_eq!(next.generation, s.generation + 1);
             assert!(next.fixer.is_none());
@@ -1538,7 +1538,12 @@ mod tests {
         )
         .0;
         assert_eq!(released.orphan_fix, [process(7)]);
-        let reset = transition(&running("y", 6), &Event::Reset, &seen(T0 + 1)).0;
+        let reset = transition(
+            &running("y", 6),
+            &Event::Reset { agent: "op".into() },
+            &seen(T0 + 1),
+        )
+        .0;
         assert_eq!(reset.orphan_fix, [process(7)]);
         // Taken over twice before anyone stopped anything: both runs are kept.
         let s = running("y", 6);

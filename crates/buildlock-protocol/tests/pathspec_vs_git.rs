@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-use buildlock_protocol::pathspec::{covers, normalize};
+use buildlock_protocol::pathspec::{Found, covers, normalize};
 
 const FILES: &[&str] = &[
     "README",
@@ -22,6 +22,10 @@ const FILES: &[&str] = &[
     "a*b",
     "axb",
     "a[b",
+    "a[1].txt",
+    "a1.txt",
+    "d[1]/x",
+    "d1/x",
     "doc",
     "docs/a.md",
     "docs/sub/b.md",
@@ -79,7 +83,6 @@ const SAME: &[&str] = &[
     "src/[^a-c]pi/*",
     "src/[bz]pi",
     "a\\*b",
-    "a*b",
     "a[b",
     "file[0-9].txt",
     "file[!0-9].txt",
@@ -95,6 +98,15 @@ const SAME: &[&str] = &[
     "weird*",
     "nothing/here",
     "*.none",
+];
+
+/// Names that exist and hold glob characters: a claim is that path alone (git also matches them
+/// as globs: `a*b` lists `axb` too), so that it never takes the neighbours of a file.
+const EXISTING: &[(&str, &[&str])] = &[
+    ("a*b", &["a*b"]),
+    ("a[1].txt", &["a[1].txt"]),
+    ("d[1]", &["d[1]/x"]),
+    ("d[1]/", &["d[1]/x"]),
 ];
 
 /// Pathspecs where the language is wider than git on purpose (see `pathspec.rs`).
@@ -144,8 +156,16 @@ fn by_git(repo: &Path, spec: &str) -> BTreeSet<String> {
 
 /// What a claim on `spec` covers.
 fn by_claim(root: &Path, spec: &str) -> BTreeSet<String> {
-    let spec =
-        normalize(spec, root, |p| FILES.contains(&p)).unwrap_or_else(|e| panic!("{spec}: {e}"));
+    let found = |p: &str| {
+        if FILES.contains(&p) {
+            Some(Found::File)
+        } else if FILES.iter().any(|f| f.starts_with(&format!("{p}/"))) {
+            Some(Found::Folder)
+        } else {
+            None
+        }
+    };
+    let spec = normalize(spec, root, found).unwrap_or_else(|e| panic!("{spec}: {e}"));
     FILES
         .iter()
         .filter(|f| covers(&spec, f))
@@ -176,6 +196,18 @@ fn pathspecs_cover_what_git_matches() {
 }
 
 #[test]
+fn a_name_that_exists_is_that_path_literally() {
+    let repo = repo();
+    for (spec, only) in EXISTING {
+        let claim = by_claim(repo.path(), spec);
+        let only: BTreeSet<String> = only.iter().map(|p| p.to_string()).collect();
+        assert_eq!(claim, only, "{spec:?}");
+        // git lists it too (and, as a glob, maybe more).
+        assert!(by_git(repo.path(), spec).is_superset(&only), "{spec:?}");
+    }
+}
+
+#[test]
 fn where_the_language_is_wider_it_is_only_wider() {
     let repo = repo();
     for spec in WIDER {
@@ -199,7 +231,7 @@ fn pathspec_magic_is_refused_not_misread() {
     ] {
         // git understands these; a claim refuses them rather than reading them as a plain name.
         let _ = by_git(repo.path(), spec);
-        let e = normalize(spec, repo.path(), |_| false).unwrap_err();
+        let e = normalize(spec, repo.path(), |_| None).unwrap_err();
         assert!(e.contains("magic"), "{spec}: {e}");
     }
 }

@@ -76,6 +76,16 @@ impl Context {
     pub fn load() -> Result<Context, LoadError> {
         let repo = Repo::discover().map_err(LoadError::Other)?;
         let config = load_config(&repo.worktree).map_err(LoadError::Config)?;
+        // An id that could pass for buildlock's own text is a configuration error naming its
+        // variable (exit 78), before anything is recorded under it.
+        let agent = crate::os::env::agent_id(&repo.worktree).map_err(|bad| {
+            LoadError::Config(crate::protocol::config::ConfigError {
+                file: "the environment".into(),
+                line: None,
+                key: Some(bad.var.to_owned()),
+                message: bad.message,
+            })
+        })?;
         let home = Home::new(repo.buildlock_dir());
         // The one place a backend is chosen (the registry's below: local for both).
         let store: Arc<dyn Store> = match config.backend {
@@ -102,7 +112,6 @@ impl Context {
             ),
         };
         let registry = Arc::new(RegistryStore::new(home.path()));
-        let agent = crate::os::env::agent_id(&repo.worktree);
         let unusable = crate::os::fs::check_owned(home.path())
             .err()
             .map(|e| format!("{e:#}"));

@@ -46,11 +46,83 @@ fn is_off(value: &str) -> bool {
         .any(|off| v.eq_ignore_ascii_case(off))
 }
 
+/// The longest agent id, in characters (the contract's).
+pub const MAX_AGENT_ID: usize = 128;
+
+/// Why the agent id cannot be used: `var` is the variable that gave it, `message` says what is
+/// wrong with it and what to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadAgentId {
+    pub var: &'static str,
+    pub message: String,
+}
+
 /// The agent's id: `BUILDLOCK_AGENT`, else `BUILD_FLAVOR`, else `<hostname>:<work tree path>`.
-pub fn agent_id(worktree: &Path) -> String {
-    var("BUILDLOCK_AGENT")
-        .or_else(|| var("BUILD_FLAVOR"))
-        .unwrap_or_else(|| format!("{}:{}", crate::os::process::hostname(), worktree.display()))
+///
+/// An id is shown to other agents, so it is data, never text that could pass for buildlock's
+/// own: a variable's id of more than [`MAX_AGENT_ID`] characters, or holding one that is not
+/// printable (newline, escape: see `say::is_printable`), is refused, naming the variable. The
+/// default id is never refused (nobody chose it): what is not printable in it is escaped, and a
+/// longer one keeps the host and the end of the path (which tells worktrees apart).
+pub fn agent_id(worktree: &Path) -> Result<String, BadAgentId> {
+    for name in ["BUILDLOCK_AGENT", "BUILD_FLAVOR"] {
+        let Some(value) = var_os(name) else { continue };
+        let Some(id) = value.to_str() else {
+            return Err(BadAgentId {
+                var: name,
+                message: format!(
+                    "the agent id is not valid UTF-8 ({}); set {name} to at most {MAX_AGENT_ID} printable characters",
+                    crate::os::say::inert(&value.to_string_lossy())
+                ),
+            });
+        };
+        return check_agent_id(id)
+            .map(str::to_owned)
+            .map_err(|why| BadAgentId {
+                var: name,
+                message: format!(
+                    "{why}; set {name} to at most {MAX_AGENT_ID} printable characters"
+                ),
+            });
+    }
+    Ok(default_agent_id(
+        &crate::os::process::hostname(),
+        &worktree.display().to_string(),
+    ))
+}
+
+/// What is wrong with `id` as an agent id, if anything.
+fn check_agent_id(id: &str) -> Result<&str, String> {
+    let shown = crate::os::say::inert(id);
+    if let Some(c) = id.chars().find(|c| !crate::os::say::is_printable(*c)) {
+        return Err(format!(
+            "the agent id `{shown}` holds a character that is not printable (U+{:04X}): an id must not \
+             pass for text of buildlock's own",
+            c as u32
+        ));
+    }
+    let n = id.chars().count();
+    if n > MAX_AGENT_ID {
+        return Err(format!(
+            "the agent id is {n} characters long (at most {MAX_AGENT_ID})"
+        ));
+    }
+    Ok(id)
+}
+
+/// `<host>:<path>`, made printable, and at most [`MAX_AGENT_ID`] characters: a longer one keeps
+/// the start of the host and the end of the path.
+fn default_agent_id(host: &str, path: &str) -> String {
+    let (host, path) = (crate::os::say::inert(host), crate::os::say::inert(path));
+    let id = format!("{host}:{path}");
+    if id.chars().count() <= MAX_AGENT_ID {
+        return id;
+    }
+    let host: String = host.chars().take(48).collect();
+    let room = MAX_AGENT_ID - host.chars().count() - ":…".chars().count();
+    let skip = path.chars().count().saturating_sub(room);
+    let tail: String = path.chars().skip(skip).collect();
+    format!("{host}:…{tail}")
 }
 
 /// The user configuration file: `config.toml` in the platform config dir for `buildlock`
@@ -235,6 +307,40 @@ pub fn ci_servers() -> (Option<String>, Option<String>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn agent_ids_are_printable_and_short() {
+        assert_eq!(super::check_agent_id("a1"), Ok("a1"));
+        assert_eq!(
+            super::check_agent_id("linux (x86_64) · é"),
+            Ok("linux (x86_64) · é")
+        );
+        for bad in [
+            "a\nbuildlock: next: x",
+            "a\u{1b}[2J",
+            "a\tb",
+            "a\u{202e}b",
+            "a\u{2028}b",
+        ] {
+            assert!(super::check_agent_id(bad).is_err(), "{bad:?}");
+        }
+        let long = "x".repeat(super::MAX_AGENT_ID);
+        assert!(super::check_agent_id(&long).is_ok());
+        assert!(super::check_agent_id(&format!("{long}x")).is_err());
+    }
+
+    #[test]
+    fn a_long_default_id_keeps_the_host_and_the_end_of_the_path() {
+        let path = format!("/home/me/{}wt-alpha", "deep/".repeat(40));
+        let id = super::default_agent_id("box", &path);
+        assert_eq!(id.chars().count(), super::MAX_AGENT_ID);
+        assert!(
+            id.starts_with("box:…") && id.ends_with("/deep/wt-alpha"),
+            "{id}"
+        );
+        assert_eq!(super::default_agent_id("box", "/w\nt"), "box:/w\\nt");
+        assert_eq!(super::default_agent_id("box", "/src/wt"), "box:/src/wt");
+    }
+
     #[test]
     fn off_values_in_any_case() {
         for v in ["0", "false", "FALSE", "Off", "no", "No", " off "] {

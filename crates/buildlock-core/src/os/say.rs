@@ -117,18 +117,32 @@ pub fn shell_quote(word: &str) -> String {
 }
 
 /// A name that came from outside (a process's command name, an agent id, a path) made inert for
-/// showing: control characters (newline, escape) are written as escapes, so the name can never
-/// pass for a line of buildlock's own or steer a terminal.
+/// showing: what is not printable (control characters such as newline and escape, and the
+/// invisible ones that reorder or hide text: see [`is_printable`]) is written as an escape, so the
+/// name can never pass for a line of buildlock's own or steer a terminal.
 pub fn inert(name: &str) -> String {
     name.chars()
         .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
+            if is_printable(c) {
                 c.to_string()
+            } else {
+                c.escape_default().to_string()
             }
         })
         .collect()
+}
+
+/// Whether `c` shows as itself: not a control character (newline, escape, DEL, C1), and not one
+/// of the characters that end a line or reorder, join or hide text without showing (line and
+/// paragraph separators, bidirectional overrides and isolates, zero-width marks, the BOM).
+pub fn is_printable(c: char) -> bool {
+    !c.is_control()
+        && !matches!(c,
+            '\u{00ad}' | '\u{061c}' | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{feff}')
 }
 
 /// `buildlock: <msg>`, one line per line of `msg`.
@@ -195,5 +209,7 @@ mod inert_tests {
             "a\\nbuildlock: next: run x\\u{1b}[2J"
         );
         assert_eq!(inert("plain name é"), "plain name é");
+        // Invisible characters that reorder or end lines are shown, not obeyed.
+        assert_eq!(inert("a\u{202e}b\u{2028}c"), "a\\u{202e}b\\u{2028}c");
     }
 }

@@ -866,7 +866,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path().to_owned());
         apply(&store, "repo", &fail("a"));
-        apply(&store, "repo", &Event::Reset);
+        apply(&store, "repo", &Event::Reset { agent: "op".into() });
         fs::write(store.base_path("repo"), b"").unwrap();
         let a = apply(&store, "repo", &fail("b"));
         assert_eq!(a.after.generation, 3);

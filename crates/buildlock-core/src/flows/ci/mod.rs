@@ -309,7 +309,7 @@ impl Ci<'_> {
                 }
                 self.wait(a, after)
             }
-            Outcome::TakeFix { commit, by } => self.take_fix(a, &commit, &by),
+            Outcome::TakeFix { commit, by } => self.take_fix(a, &commit, &say::inert(&by)),
             other => anyhow::bail!("unexpected outcome of a failed check: {other:?}"),
         }
     }
@@ -471,10 +471,10 @@ impl Ci<'_> {
                             Liveness::Overtime => format!(
                                 ", taking over from `{}`, which {}: it is fenced and its fix \
                                  is stopped before ours starts",
-                                f.agent,
+                                say::inert(&f.agent),
                                 fixer::held_too_long(ctx)
                             ),
-                            _ => format!(", taking over from `{}`", f.agent),
+                            _ => format!(", taking over from `{}`", say::inert(&f.agent)),
                         })
                         .unwrap_or_default()
                 ),
@@ -485,7 +485,7 @@ impl Ci<'_> {
             )),
             Outcome::Wait { fixer, .. } => say::say(format!(
                 "{WHO}: `{}` is fixing this breakage (since {}); waiting up to {} for the fix",
-                fixer.agent,
+                say::inert(&fixer.agent),
                 time::rfc3339(fixer.since),
                 time::human(ctx.config.wait)
             )),
@@ -524,7 +524,7 @@ impl Ci<'_> {
                 say::say(format!(
                     "{WHO}: the fixer `{}` went silent for {}; checking again (and taking over if \
                      it still fails)",
-                    f.agent,
+                    say::inert(&f.agent),
                     time::human(ctx.config.stale_after)
                 ));
                 self.seen_silent = Some(lease);
@@ -536,7 +536,7 @@ impl Ci<'_> {
                     format!(
                         "{WHO}: the build was fixed{}",
                         by.as_ref()
-                            .map(|b| format!(" by `{b}`"))
+                            .map(|b| format!(" by `{}`", say::inert(b)))
                             .unwrap_or_default()
                     ),
                 );
@@ -566,7 +566,7 @@ impl Ci<'_> {
             WaitEnd::FixerDied(f) => {
                 say::say(format!(
                     "{WHO}: the fixer `{}` died; checking again",
-                    f.agent
+                    say::inert(&f.agent)
                 ));
                 None
             }

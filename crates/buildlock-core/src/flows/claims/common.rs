@@ -68,11 +68,11 @@ pub fn record(ctx: &Context, events: Vec<Value>) {
     }
 }
 
-/// `a`, `b`, `c` as people read names and paths: each in backticks.
+/// `a`, `b`, `c` as people read names and paths: each in backticks, shown inert.
 pub(super) fn ticked<T: std::fmt::Display>(items: &[T]) -> String {
     items
         .iter()
-        .map(|i| format!("`{i}`"))
+        .map(|i| format!("`{}`", say::inert(&i.to_string())))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -121,8 +121,18 @@ pub fn normalize_all(ctx: &Context, raw: &[String]) -> Result<Vec<String>, Strin
 }
 
 fn normalize_one(root: &Path, raw: &str) -> Result<String, String> {
-    let is_file = |spec: &str| root.join(spec).is_file();
-    match crate::protocol::pathspec::normalize(raw, root, is_file) {
+    use crate::protocol::pathspec::Found;
+    // What git tracks: a symlink (to a folder too) is a file; only a real folder is a folder.
+    let found = |spec: &str| {
+        root.join(spec).symlink_metadata().ok().map(|m| {
+            if m.is_dir() {
+                Found::Folder
+            } else {
+                Found::File
+            }
+        })
+    };
+    match crate::protocol::pathspec::normalize(raw, root, found) {
         Ok(s) => Ok(s),
         // An absolute path through a symlink to the work tree: judge its real location.
         Err(e) if Path::new(raw).is_absolute() => {
@@ -138,7 +148,7 @@ fn normalize_one(root: &Path, raw: &str) -> Result<String, String> {
                 Some(name) => real.join(name),
                 None => real,
             };
-            crate::protocol::pathspec::normalize(&real.to_string_lossy(), root, is_file)
+            crate::protocol::pathspec::normalize(&real.to_string_lossy(), root, found)
                 .map_err(|_| e)
         }
         Err(e) => Err(e),
@@ -151,20 +161,20 @@ pub fn describe_conflicts(conflicts: &[Conflict]) -> String {
         let what = if c.queued {
             format!(
                 "`{}` ({}) is waiting ahead of you for `{}`",
-                c.agent,
+                say::inert(&c.agent),
                 c.mode.as_str(),
-                c.theirs
+                say::inert(&c.theirs)
             )
         } else {
             format!(
                 "`{}` holds `{}` ({}) until {}",
-                c.agent,
-                c.theirs,
+                say::inert(&c.agent),
+                say::inert(&c.theirs),
                 c.mode.as_str(),
                 c.until.map_or_else(|| "-".into(), until_text)
             )
         };
-        let line = format!("  `{}`: {what}", c.ours);
+        let line = format!("  `{}`: {what}", say::inert(&c.ours));
         if !lines.contains(&line) {
             lines.push(line);
         }

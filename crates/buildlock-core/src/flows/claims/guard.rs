@@ -124,8 +124,8 @@ pub fn wait_release(
             say::progress(format!(
                 "waiting for `{}` to release `{}` ({} path(s) of this commit claimed; lapses by {}); waited {}, \
                  giving up in {}",
-                first.agent,
-                first.spec,
+                say::inert(&first.agent),
+                say::inert(&first.spec),
                 conflicts.len(),
                 rfc3339(first.until),
                 human(waited),
@@ -148,8 +148,10 @@ fn blocked_on(conflicts: &[PathConflict]) -> Blocked {
     }
 }
 
-/// Tells the agent what was refused and what to do.
-pub fn tell(conflicts: &[PathConflict], waited: bool) {
+/// Tells the agent what was refused and what to do: `waited`, after a wait that ran out;
+/// `waiting`, before this very program waits (a plain `git commit` with `hook.wait`, or
+/// commit-retry), so there is nothing for the agent to do next but let it.
+pub fn tell(conflicts: &[PathConflict], waited: bool, waiting: bool) {
     say::headline(
         say::Tone::Wait,
         if waited {
@@ -163,9 +165,9 @@ pub fn tell(conflicts: &[PathConflict], waited: bool) {
     for c in conflicts.iter().take(20) {
         lines.push(format!(
             "  {}  (claim `{}` by `{}`, until {} at the latest)",
-            c.path,
-            c.spec,
-            c.agent,
+            say::inert(&c.path),
+            say::inert(&c.spec),
+            say::inert(&c.agent),
             until(c.until)
         ));
     }
@@ -175,7 +177,19 @@ pub fn tell(conflicts: &[PathConflict], waited: bool) {
     say::say(lines.join("\n"));
     let holders: std::collections::BTreeSet<&str> =
         conflicts.iter().map(|c| c.agent.as_str()).collect();
-    let holders: Vec<String> = holders.iter().map(|h| format!("`{h}`")).collect();
+    let holders: Vec<String> = holders
+        .iter()
+        .map(|h| format!("`{}`", say::inert(h)))
+        .collect();
+    if waiting {
+        say::say(format!(
+            "held by {}: released with `buildlock unclaim`/`buildlock done` or when the claims lapse; \
+             `buildlock agents` shows who holds what\nbypass: `BUILDLOCK=0 git commit …` (no coordination) \
+             or `git commit --no-verify` (no hook)",
+            holders.join(", ")
+        ));
+        return;
+    }
     say::say(format!(
         "next: `git commit-retry …` waits for {} to release them (`buildlock unclaim`/`buildlock done`) or for the \
          claims to lapse, then commits; or leave those paths out of this commit; `buildlock agents` shows who \
@@ -218,7 +232,7 @@ pub fn in_hook(ctx: &Context, parent: u32) -> Option<i32> {
             d.claimed = conflicts.iter().map(|c| c.path.clone()).collect();
             d.hand_over();
             if !under_retry {
-                tell(&conflicts, false);
+                tell(&conflicts, false, false);
             }
             return Some(exit::BLOCKED);
         }
@@ -226,7 +240,7 @@ pub fn in_hook(ctx: &Context, parent: u32) -> Option<i32> {
         if !told {
             told = true;
             record_conflict(ctx, &conflicts);
-            tell(&conflicts, false);
+            tell(&conflicts, false, true);
             say::say(format!(
                 "waiting up to {} for the claim to be released, then this commit goes on, or is refused if the paths are still claimed (Ctrl-C to stop)",
                 human(left)
@@ -239,7 +253,7 @@ pub fn in_hook(ctx: &Context, parent: u32) -> Option<i32> {
                 say::headline(say::Tone::Good, "released; going on with the commit");
             }
             Ok(GuardWait::TimedOut(c)) => {
-                tell(&c, true);
+                tell(&c, true, false);
                 return Some(exit::BLOCKED);
             }
             Ok(GuardWait::Signal(n)) => return Some(exit::signal(n)),
@@ -272,7 +286,7 @@ pub fn retry_wait(ctx: &Context, d: &Decision) -> Option<i32> {
         // Released meanwhile: commit again.
         return None;
     }
-    tell(&conflicts, false);
+    tell(&conflicts, false, true);
     say::say(format!(
         "commit-retry: waiting up to {} for the claim to be released, then committing again",
         human(limit)
@@ -283,7 +297,7 @@ pub fn retry_wait(ctx: &Context, d: &Decision) -> Option<i32> {
             None
         }
         Ok(GuardWait::TimedOut(c)) => {
-            tell(&c, true);
+            tell(&c, true, false);
             say::say(format!(
                 "commit-retry: still claimed after {} (exit 75)",
                 human(limit)

@@ -185,7 +185,7 @@ fn describe(running: &[SlotHolder]) -> String {
         .map(|h| {
             format!(
                 "`{}` (pid {}, for {})",
-                h.agent,
+                say::inert(&h.agent),
                 h.process.pid,
                 human(Duration::from_millis(now.saturating_sub(h.since)))
             )

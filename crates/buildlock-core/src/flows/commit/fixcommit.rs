@@ -10,6 +10,10 @@
 //! A waiter can wake before the commit exists (git writes it after the hook returns), and the
 //! fixer's commit can still fail after its check passed (a `commit-msg` hook, an aborted editor):
 //! [`await_commit`] waits a bounded time for it and otherwise says it is not there.
+//!
+//! A commit id read from the state is pasted into the command agents are told to run and handed
+//! to `retry.refresh`: only an object id (4 to 64 hex digits) is ever used; anything else (a state
+//! written by an old or hostile process) is ignored with a warning.
 
 use std::time::{Duration, Instant};
 
@@ -17,15 +21,35 @@ use std::time::{Duration, Instant};
 /// [`await_commit`]: at most ten minutes, an editor left open).
 pub const GRACE: Duration = Duration::from_secs(10);
 
-use crate::os::process;
 use crate::os::repo::{self, Repo};
+use crate::os::{process, say};
 use crate::protocol::state::Fix;
 
-/// The fix commit, when it is known or can be found now.
+/// Whether `id` can be a git object id, full or abbreviated: 4 to 64 hex digits (SHA-1 or
+/// SHA-256), nothing else.
+pub fn is_object_id(id: &str) -> bool {
+    (4..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The fix commit, when it is known or can be found now. A recorded commit that is not an object
+/// id is ignored (with a warning): that fix is handed to nobody, and a failure it would have fixed
+/// is a breakage of its own.
 pub fn resolve(fix: &Fix) -> Option<String> {
-    if let Some(commit) = &fix.commit {
-        return Some(commit.clone());
+    match fix.commit.as_deref() {
+        Some(commit) if is_object_id(commit) => Some(commit.to_owned()),
+        Some(commit) => {
+            say::warn(format!(
+                "the state names a fix commit that is not a commit id (`{}`): ignoring it",
+                say::inert(commit)
+            ));
+            None
+        }
+        None => found(fix),
     }
+}
+
+/// The fix commit found from the fixer's HEAD (git's own answer: an object id).
+fn found(fix: &Fix) -> Option<String> {
     repo::commit_after(fix.git_dir.as_deref()?, fix.head_before.as_deref())
 }
 
@@ -35,7 +59,10 @@ pub fn await_commit(fix: &Fix, limit: Duration, stop: &dyn Fn() -> bool) -> Opti
     if let Some(commit) = resolve(fix) {
         return Some(commit);
     }
-    if fix.committer.is_none() || !fix.git_dir.as_ref().is_some_and(|d| d.exists()) {
+    if fix.commit.is_some()
+        || fix.committer.is_none()
+        || !fix.git_dir.as_ref().is_some_and(|d| d.exists())
+    {
         // No `git commit` is writing it (a check run by hand, a fix recorded by another
         // machine, the fixer's worktree removed): nothing to wait for.
         return None;
@@ -48,11 +75,11 @@ pub fn await_commit(fix: &Fix, limit: Duration, stop: &dyn Fn() -> bool) -> Opti
     loop {
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(250));
-        if let Some(commit) = resolve(fix) {
+        if let Some(commit) = found(fix) {
             return Some(commit);
         }
         if !committing(fix) {
-            return resolve(fix);
+            return found(fix);
         }
         if start.elapsed() >= EDITOR_LIMIT.max(limit) || stop() {
             return None;
@@ -71,8 +98,12 @@ fn committing(fix: &Fix) -> bool {
     })
 }
 
-/// `Some(commit)` when this repository's HEAD does not have the fix commit `commit`.
+/// `Some(commit)` when this repository's HEAD does not have the fix commit `commit` (never for
+/// something that is not an object id: nobody is told to take it).
 pub fn lacking(repo: &Repo, commit: &str) -> Option<String> {
+    if !is_object_id(commit) {
+        return None;
+    }
     match repo.head_contains(commit) {
         Some(true) => None,
         // A fix commit that exists here but no branch holds any more (its work was abandoned)
@@ -141,6 +172,8 @@ fn strip_ansi(line: &str) -> String {
 /// How to take the fix, for people and agents: `buildlock take-fix`, which keeps every kind of
 /// local work and changes nothing when it cannot take the fix (see `take_fix.rs`).
 pub fn how_to_take(commit: &str) -> String {
+    // Callers hand over object ids only; whatever else comes is shown inert.
+    let commit = say::inert(commit);
     format!(
         "`git buildlock take-fix {commit}` (it keeps all your local work, staged, unstaged and \
          untracked; when it cannot take the fix it changes nothing and says why)"
@@ -151,3 +184,50 @@ pub fn how_to_take(commit: &str) -> String {
 /// `BUILDLOCK_FIX_COMMIT`, and does nothing without one. `git buildlock` is the alias that
 /// install.sh adds.
 pub const REFRESH_TAKING_THE_FIX: &str = "git buildlock take-fix";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_object_ids_are_commits() {
+        for good in [
+            "abcd",
+            "0123456789abcdef0123456789abcdef01234567",
+            &"a".repeat(64),
+        ] {
+            assert!(is_object_id(good), "{good:?}");
+        }
+        for bad in [
+            "",
+            "abc",
+            "abcd; sh ./evil.sh",
+            "$(sh evil.sh)",
+            "ééééééééééééééé",
+            "g123456",
+            &"a".repeat(65),
+        ] {
+            assert!(!is_object_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_recorded_commit_that_is_not_an_object_id_is_ignored() {
+        let fix = |commit: &str| Fix {
+            commit: Some(commit.to_owned()),
+            signature: None,
+            signatures: Vec::new(),
+            by: "a0".to_owned(),
+            generation: 1,
+            head_before: None,
+            git_dir: None,
+            committer: None,
+            credited: Vec::new(),
+        };
+        assert_eq!(resolve(&fix("0123abcd")), Some("0123abcd".to_owned()));
+        assert_eq!(resolve(&fix("0123abcd' ; sh ./evil.sh ; '")), None);
+        assert_eq!(resolve(&fix("ééééééééééééé")), None);
+        // Never a panic, whatever it is handed.
+        assert!(how_to_take("éééééééééééé").contains("ééé"));
+    }
+}

@@ -421,7 +421,7 @@ impl Hook<'_> {
                 d.verdict = Verdict::TakeFix;
                 d.fixer = Some(by.clone());
                 d.fix_commit = Some(commit.clone());
-                tell_take_fix(commit, by, env::decision_file().is_some());
+                tell_take_fix(commit, &say::inert(by), env::decision_file().is_some());
             }
             other => {
                 return Err(
@@ -461,7 +461,7 @@ impl Hook<'_> {
                     format!(
                         "the build was fixed{}; running the check again",
                         by.as_ref()
-                            .map(|b| format!(" by `{b}`"))
+                            .map(|b| format!(" by `{}`", say::inert(b)))
                             .unwrap_or_default()
                     ),
                 );
@@ -482,14 +482,14 @@ impl Hook<'_> {
             WaitEnd::FixerDied(f) => {
                 say::say(format!(
                     "the fixer `{}` died; running the check again",
-                    f.agent
+                    say::inert(&f.agent)
                 ));
                 HookWait::Again(None)
             }
             WaitEnd::FixerSilent(f, lease) => {
                 say::say(format!(
                     "the fixer `{}` went silent; running the check again",
-                    f.agent
+                    say::inert(&f.agent)
                 ));
                 HookWait::Again(Some(lease))
             }
@@ -542,7 +542,7 @@ impl Told<'_> {
             ),
             Some((old, why)) => format!(
                 " (taking over from `{}`, {})",
-                old.agent,
+                say::inert(&old.agent),
                 match why {
                     Liveness::Dead => "whose process died".to_owned(),
                     Liveness::Overtime => format!(
@@ -613,9 +613,9 @@ impl Told<'_> {
     fn wait(&self, fixer: &Fixer, after: &KeyState) {
         let (ctx, key, log_shown) = (self.ctx, self.key, self.log_shown);
         let who = if fixer.agent == ctx.agent {
-            format!("another process of yours (`{}`)", fixer.agent)
+            format!("another process of yours (`{}`)", say::inert(&fixer.agent))
         } else {
-            format!("`{}`", fixer.agent)
+            format!("`{}`", say::inert(&fixer.agent))
         };
         say::headline(
             say::Tone::Wait,
@@ -632,7 +632,7 @@ impl Told<'_> {
             after
                 .log
                 .as_ref()
-                .map_or_else(|| "-".into(), |l| l.display().to_string()),
+                .map_or_else(|| "-".into(), |l| say::inert(&l.display().to_string())),
         ));
     }
 }
@@ -686,7 +686,7 @@ fn tell_wait(d: &Decision, since: Option<u64>, under_retry: bool, waited: bool) 
     if under_retry {
         return; // commit-retry does the waiting and the telling
     }
-    let fixer = d.fixer.as_deref().unwrap_or("another agent");
+    let fixer = say::inert(d.fixer.as_deref().unwrap_or("another agent"));
     if waited {
         say::say(format!(
             "`{fixer}` is still fixing (since {}); this commit gives up for now (exit 75)",

@@ -316,7 +316,7 @@ impl Watch<'_, '_> {
             };
             say::progress(format!(
                 "waiting for `{}` to fix the build (fixing for {}, since {}); waited {}, {then} {}",
-                fixer.agent,
+                say::inert(&fixer.agent),
                 time::human(fixing_for),
                 time::rfc3339(fixer.since),
                 time::human(waited),

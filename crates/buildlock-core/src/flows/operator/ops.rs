@@ -114,7 +114,7 @@ pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
         out!("")?;
         out!(
             "key `{}`: {} (generation {})",
-            s.key,
+            say::inert(&s.key),
             s.status.as_str().to_uppercase(),
             s.generation
         )?;
@@ -133,12 +133,11 @@ pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
                 ),
                 None => "-".to_owned(),
             };
+            let (agent, host) = (say::inert(&f.agent), say::inert(&f.host));
             match f.pid {
-                Some(pid) => out!("  fixer     {} (pid {pid} on {})", f.agent, f.host)?,
+                Some(pid) => out!("  fixer     {agent} (pid {pid} on {host})")?,
                 None => out!(
-                    "  fixer     {} on {} (fixing by hand: no process holds the role)",
-                    f.agent,
-                    f.host
+                    "  fixer     {agent} on {host} (fixing by hand: no process holds the role)"
                 )?,
             }
             out!(
@@ -157,10 +156,11 @@ pub fn status(ctx: &Context, as_json: bool) -> Result<i32> {
         }
         let waiters = live_waiters(s);
         if !waiters.is_empty() {
+            let waiters: Vec<String> = waiters.iter().map(|w| say::inert(w)).collect();
             out!("  waiting   {}", waiters.join(", "))?;
         }
         if let Some(log) = &s.log {
-            out!("  log       {}", log.display())?;
+            out!("  log       {}", say::inert(&log.display().to_string()))?;
         }
     }
     totals(ctx)?;
@@ -235,14 +235,19 @@ pub fn release(ctx: &Context) -> Result<i32> {
         let others: Vec<String> = all
             .into_iter()
             .filter_map(|(_, s)| {
-                s.fixer
-                    .map(|f| format!("`{}` fixes key `{}`", f.agent, s.key))
+                s.fixer.map(|f| {
+                    format!(
+                        "`{}` fixes key `{}`",
+                        say::inert(&f.agent),
+                        say::inert(&s.key)
+                    )
+                })
             })
             .collect();
         say::say(format!(
             "you (`{}`) are not the fixer of anything{}; nothing to release (set BUILDLOCK_AGENT if you are a \
              different agent; `buildlock reset` forces the state back to passing)",
-            ctx.agent,
+            say::inert(&ctx.agent),
             if others.is_empty() {
                 String::new()
             } else {
@@ -265,7 +270,7 @@ pub fn release(ctx: &Context) -> Result<i32> {
         if applied.outcome == Outcome::Released {
             say::say(format!(
                 "released key `{}`: it is broken with nobody fixing; the next agent whose check fails becomes the fixer",
-                s.key
+                say::inert(&s.key)
             ));
         }
     }
@@ -286,10 +291,11 @@ pub fn reset(ctx: &Context, key: Option<&str>) -> Result<i32> {
             None => {
                 let known: Vec<String> = all
                     .iter()
-                    .map(|(_, s)| format!("`{}` ({})", s.key, s.status.as_str()))
+                    .map(|(_, s)| format!("`{}` ({})", say::inert(&s.key), s.status.as_str()))
                     .collect();
                 say::say(format!(
-                    "unknown key `{k}`: nothing was changed; {}",
+                    "unknown key `{}`: nothing was changed; {}",
+                    say::inert(k),
                     if known.is_empty() {
                         "no key has a state yet (no check has failed here)".to_owned()
                     } else {
@@ -325,11 +331,15 @@ pub fn reset(ctx: &Context, key: Option<&str>) -> Result<i32> {
         return Ok(exit::OK);
     }
     for (base, key) in targets {
+        let reset = Event::Reset {
+            agent: ctx.agent.clone(),
+        };
         let applied = ctx
             .store
-            .apply(&key, &base, &Event::Reset, ctx.policy(), None, &|| false)?;
+            .apply(&key, &base, &reset, ctx.policy(), None, &|| false)?;
         say::say(format!(
-            "reset key `{key}`: {} -> passing (generation {}); a fixer still at work can no longer mark anything",
+            "reset key `{}`: {} -> passing (generation {}); a fixer still at work can no longer mark anything",
+            say::inert(&key),
             applied.before.status.as_str(),
             applied.after.generation
         ));
@@ -337,14 +347,22 @@ pub fn reset(ctx: &Context, key: Option<&str>) -> Result<i32> {
     Ok(exit::OK)
 }
 
-pub fn log(ctx: &Context, as_json: bool, n: usize) -> Result<i32> {
-    let history: Vec<Value> = ctx.store.history()?.into_iter().map(Value::from).collect();
+/// `buildlock log [--json] [-n N] [--agent AGENT]`: the last `n` events (of `agent` only, when
+/// given: the events it caused, as their `agent` field names it).
+pub fn log(ctx: &Context, as_json: bool, n: usize, agent: Option<&str>) -> Result<i32> {
+    let history: Vec<Value> = ctx
+        .store
+        .history()?
+        .into_iter()
+        .filter(|e| agent.is_none() || e.agent() == agent)
+        .map(Value::from)
+        .collect();
     let shown = &history[history.len().saturating_sub(n)..];
     // The agent column fits the longest id shown (default ids are `<host>:<work tree path>`).
     let agent_width = shown
         .iter()
         .filter_map(|e| e.get("agent").and_then(Value::as_str))
-        .map(|a| a.chars().count())
+        .map(|a| say::inert(a).chars().count())
         .max()
         .unwrap_or(0)
         .max(8);
@@ -353,18 +371,20 @@ pub fn log(ctx: &Context, as_json: bool, n: usize) -> Result<i32> {
             out!("{}", serde_json::to_string(e)?)?;
             continue;
         }
-        let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("");
+        // Every name in the history is shown inert: an old or hostile writer may have put
+        // anything there.
+        let s = |k: &str| say::inert(e.get(k).and_then(Value::as_str).unwrap_or(""));
         let g = e
             .get("generation")
             .and_then(Value::as_u64)
             .map(|g| format!(" gen {g}"))
             .unwrap_or_default();
-        let detail = match s("event") {
+        let detail = match s("event").as_str() {
             "failed" => format!(
                 "check failed{}",
                 e["log"]
                     .as_str()
-                    .map(|l| format!(", log {l}"))
+                    .map(|l| format!(", log {}", say::inert(l)))
                     .unwrap_or_default()
             ),
             "elected" => "elected fixer".to_owned(),
@@ -395,9 +415,9 @@ pub fn log(ctx: &Context, as_json: bool, n: usize) -> Result<i32> {
             "take_fix" => format!(
                 "told to take `{}`'s fix commit {}",
                 s("fixer"),
-                short(s("commit"))
+                short(&s("commit"))
             ),
-            "fix_commit" => format!("the fix is commit {}", short(s("commit"))),
+            "fix_commit" => format!("the fix is commit {}", short(&s("commit"))),
             "stopped_waiting" => "stopped waiting".to_owned(),
             "damaged" => format!("state file was unreadable ({}), rewritten", s("reason")),
             // Claims events: claim, release, lapse, done, conflict.
@@ -406,10 +426,10 @@ pub fn log(ctx: &Context, as_json: bool, n: usize) -> Result<i32> {
         let agent = if s("agent").is_empty() {
             "-".to_owned()
         } else {
-            s("agent").to_owned()
+            s("agent")
         };
         // Claims events have no key.
-        let key = match s("key") {
+        let key = match s("key").as_str() {
             "" => String::new(),
             k => format!("key `{k}`{g}: "),
         };
@@ -421,7 +441,14 @@ pub fn log(ctx: &Context, as_json: bool, n: usize) -> Result<i32> {
         )?;
     }
     if history.is_empty() && n > 0 && !as_json {
-        out!("no events yet ({})", ctx.store.location())?;
+        match agent {
+            Some(a) => out!(
+                "no events of agent `{}` ({})",
+                say::inert(a),
+                ctx.store.location()
+            )?,
+            None => out!("no events yet ({})", ctx.store.location())?,
+        }
     }
     Ok(exit::OK)
 }
@@ -440,7 +467,8 @@ pub fn sibling(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// A commit id as people read it.
-fn short(commit: &str) -> &str {
-    &commit[..commit.len().min(12)]
+/// A commit id as people read it: its first 12 characters, shown inert (the history may hold
+/// anything; a byte slice would panic inside a character).
+fn short(commit: &str) -> String {
+    say::inert(&commit.chars().take(12).collect::<String>())
 }

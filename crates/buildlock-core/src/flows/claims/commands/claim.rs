@@ -220,7 +220,7 @@ fn wait_for_grant(
                     last_progress = Instant::now();
                     let holders: Vec<String> = conflicts
                         .iter()
-                        .map(|c| format!("`{}`", c.agent))
+                        .map(|c| format!("`{}`", say::inert(&c.agent)))
                         .collect::<std::collections::BTreeSet<_>>()
                         .into_iter()
                         .collect();
@@ -286,11 +286,11 @@ pub fn unclaim(ctx: &Context, all: bool, raw_paths: &[String]) -> Result<i32> {
             .claims
             .iter()
             .filter(|c| c.agent == ctx.agent)
-            .flat_map(|c| c.paths.iter().map(|p| format!("`{p}`")))
+            .flat_map(|c| c.paths.iter().map(|p| format!("`{}`", say::inert(p))))
             .collect();
         say::say(format!(
             "you (`{}`) hold no claim on {} (already released, lapsed, or written differently); your claims: {}",
-            ctx.agent,
+            say::inert(&ctx.agent),
             ticked(&not_held),
             if mine.is_empty() {
                 "none".to_owned()
@@ -302,7 +302,7 @@ pub fn unclaim(ctx: &Context, all: bool, raw_paths: &[String]) -> Result<i32> {
     if released.is_empty() && not_held.is_empty() {
         say::say(format!(
             "you (`{}`) hold no claims; nothing to release",
-            ctx.agent
+            say::inert(&ctx.agent)
         ));
     }
     Ok(exit::OK)

@@ -33,7 +33,8 @@ pub fn done(ctx: &Context) -> Result<i32> {
         say::Tone::Good,
         format!(
             "`{}` is done: released {released} claim(s); agents waiting for you (`buildlock wait-for {}`) go on now",
-            ctx.agent, ctx.agent
+            say::inert(&ctx.agent),
+            say::inert(&ctx.agent)
         ),
     );
     Ok(exit::OK)
@@ -47,7 +48,10 @@ pub fn wait_for(ctx: &Context, names: &[String], timeout: Option<&str>) -> Resul
         return usage("wait-for needs at least one AGENT (as `buildlock agents` shows them)");
     }
     if let Some(bad) = names.iter().find(|n| n.trim().is_empty()) {
-        return usage(format!("wait-for: {bad:?} is not an agent name"));
+        return usage(format!(
+            "wait-for: `{}` is not an agent name",
+            say::inert(bad)
+        ));
     }
     let limit = match timeout.map(|t| duration_arg("--timeout", t)) {
         None => ctx.config.wait,
@@ -76,7 +80,7 @@ pub fn wait_for(ctx: &Context, names: &[String], timeout: Option<&str>) -> Resul
             if known.is_empty() {
                 "none yet".to_owned()
             } else {
-                known.join(", ")
+                ticked(&known)
             }
         ));
         return Ok(exit::USAGE);
@@ -152,7 +156,7 @@ fn still_running(
         };
         if alive || fixing {
             let state = claims::agent_state(&r, name, fixing, false);
-            pending.push(format!("`{name}` ({state})"));
+            pending.push(format!("`{}` ({state})", say::inert(name)));
             if let Some(at) = gone_at.filter(|_| !holds && !fixing) {
                 next_gone = Some(next_gone.map_or(at, |n: Millis| n.min(at)));
             }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::flows::claims::common::{limits, out, until_text};
 use crate::flows::context::Context;
+use crate::os::say;
 use crate::os::time::{self, Millis, human, rfc3339};
 use crate::protocol::claims::{self, Claim, DEFAULT_PRIORITY};
 use crate::protocol::exit;
@@ -19,12 +20,12 @@ pub fn log_detail(event: &str, e: &Value) -> String {
         .map(|a| {
             a.iter()
                 .filter_map(Value::as_str)
-                .map(|p| format!("`{p}`"))
+                .map(|p| format!("`{}`", say::inert(p)))
                 .collect::<Vec<_>>()
                 .join(" ")
         })
         .unwrap_or_default();
-    let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    let s = |k: &str| say::inert(e.get(k).and_then(Value::as_str).unwrap_or(""));
     match event {
         "claim" => {
             let waited = e["waited_ms"].as_u64().unwrap_or(0);
@@ -94,28 +95,37 @@ pub fn list(ctx: &Context, as_json: bool) -> Result<i32> {
         out("no live claims\n");
         return Ok(exit::OK);
     }
-    let mut text = String::new();
+    let mut text = format!("{:<24} {:<9}  {}\n", "AGENT", "MODE", "TERM  PATHS");
     for c in &live {
         text.push_str(&format!(
             "{:<24} {:<9}  until {}  {}\n",
-            c.agent,
+            say::inert(&c.agent),
             c.mode.as_str(),
             until_text(c.lapses_at(&reg, ttl)),
-            c.paths.join(" ")
+            inert_all(&c.paths)
         ));
     }
     for w in &reg.claim_queue {
         text.push_str(&format!(
             "{:<24} {:<9}  WAITING since {} (priority {})  {}\n",
-            w.agent,
+            say::inert(&w.agent),
             w.mode.as_str(),
             rfc3339(w.arrived),
             w.priority,
-            w.paths.join(" ")
+            inert_all(&w.paths)
         ));
     }
     out(&text);
     Ok(exit::OK)
+}
+
+/// Names or paths, each shown inert, separated by spaces.
+fn inert_all(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| say::inert(n))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// One row of `buildlock agents`.
@@ -264,13 +274,18 @@ pub fn agents(ctx: &Context, as_json: bool) -> Result<i32> {
             .claims
             .iter()
             .map(|c| {
-                let paths: Vec<&str> = c["paths"]
+                let paths: Vec<String> = c["paths"]
                     .as_array()
-                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_owned)
+                            .collect()
+                    })
                     .unwrap_or_default();
                 format!(
                     "{}{}",
-                    paths.join(" "),
+                    inert_all(&paths),
                     if c["mode"] == "shared" {
                         " (shared)"
                     } else {
@@ -281,14 +296,16 @@ pub fn agents(ctx: &Context, as_json: bool) -> Result<i32> {
             .collect();
         text.push_str(&format!(
             "{:<24} {:<9} {:>3}  {:<10} {:<20} {}\n",
-            r.agent,
+            say::inert(&r.agent),
             r.state,
             r.priority,
             format!(
                 "{} ago",
                 human(Duration::from_millis(now.saturating_sub(r.last_seen)))
             ),
-            r.branch.as_deref().unwrap_or("-"),
+            r.branch
+                .as_deref()
+                .map_or_else(|| "-".to_owned(), say::inert),
             if claims.is_empty() {
                 "-".to_owned()
             } else {

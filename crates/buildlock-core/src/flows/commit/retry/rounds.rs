@@ -458,7 +458,7 @@ impl Retry<'_> {
                 "commit-retry: still blocked by `{}` after {} commit attempts (exit 75)\nnext: run \
                  `git commit-retry …` again later, check `git buildlock status`, or bypass with \
                  `git commit --no-verify`",
-                d.fixer.as_deref().unwrap_or("another agent"),
+                say::inert(d.fixer.as_deref().unwrap_or("another agent")),
                 self.ctx.config.retry_attempts
             ));
             return Ok(Waited::Exit(exit::BLOCKED));
@@ -628,7 +628,7 @@ impl Retry<'_> {
         let limit = self.ctx.config.wait;
         say::say(format!(
             "commit-retry: `{}` is fixing; waiting up to {} for the fix, then retrying the commit",
-            d.fixer.as_deref().unwrap_or("another agent"),
+            say::inert(d.fixer.as_deref().unwrap_or("another agent")),
             time::human(limit)
         ));
         let end = wait::wait_for_fix(&wait::Waiting {
@@ -648,7 +648,7 @@ impl Retry<'_> {
                 format!(
                     "fixed{}",
                     by.as_ref()
-                        .map(|b| format!(" by `{b}`"))
+                        .map(|b| format!(" by `{}`", say::inert(b)))
                         .unwrap_or_default()
                 ),
                 "retrying the commit",
