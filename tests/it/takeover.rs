@@ -649,3 +649,60 @@ fn a_fixer_stopped_before_its_fix_and_taken_over_starts_nothing_when_continued()
     signal(&a, libc::SIGCONT);
     only_b_fixed(&r, a, b);
 }
+
+/// `a` and its fix are both SIGSTOPped (a stopped fix takes the whole grace to stop: SIGTERM
+/// waits, then SIGKILL); `b` takes over after the 1 s lease and stops a's fix, which takes
+/// longer than `stale_after`; `c`, waiting meanwhile, waits for `b`: one takeover, not two.
+// regression: the new fixer renewed no lease while it stopped the old fix, and was taken over
+#[test]
+fn a_fixer_stopping_its_predecessors_fix_keeps_its_lease() {
+    // a's fix is long; its successor's is short. (No witness marker: a stopped fix ends by
+    // SIGKILL here, which no trap sees.)
+    let r = TestRepo::new("");
+    let status = r.shared("status");
+    let fix = r.shared("fix.sh");
+    std::fs::write(
+        &fix,
+        format!(
+            "if [ \"$BUILDLOCK_AGENT\" = a ]; then sleep 60; fi\necho ok > {}\n",
+            status.display()
+        ),
+    )
+    .unwrap();
+    r.configure(&format!(
+        "check = \"grep -qx ok {s}\"\n[fix]\ncommand = \"sh {f}\"\n\
+         [coordination]\nstale_after = \"1s\"\nwait = \"60s\"\n",
+        s = status.display(),
+        f = fix.display()
+    ));
+    std::fs::write(&status, "broken\n").unwrap();
+    let (ta, tb, tc) = (r.worktree("ta"), r.worktree("tb"), r.worktree("tc"));
+    r.stage_change(&ta, "fa");
+    r.stage_change(&tb, "fb");
+    r.stage_change(&tc, "fc");
+    let a = KillOnDrop(Some(r.commit_retry(&ta, "a")));
+    assert!(eventually(Duration::from_secs(30), || r.state()["keys"][0]
+        ["fixer"]["fix_pid"]
+        .is_u64()));
+    let fix_group = r.state()["keys"][0]["fixer"]["fix_pid"].as_u64().unwrap() as i32;
+    // SAFETY: kill has no memory-safety preconditions; the group is the fix this test started.
+    unsafe { libc::kill(-fix_group, libc::SIGSTOP) };
+    signal(a.0.as_ref().unwrap(), libc::SIGSTOP);
+    let b = r.commit_retry(&tb, "b");
+    let c = r.commit_retry(&tc, "c");
+    let (ob, oc) = (
+        wait_output(b, Duration::from_secs(120)),
+        wait_output(c, Duration::from_secs(120)),
+    );
+    let (eb, ec) = (text(&ob.stderr), text(&oc.stderr));
+    assert!(
+        ob.status.success() && oc.status.success(),
+        "b: {eb}\nc: {ec}"
+    );
+    assert_eq!(
+        r.count_events("takeover"),
+        1,
+        "only a was taken over: {:?}\nb: {eb}\nc: {ec}",
+        r.history_events()
+    );
+}

@@ -85,7 +85,7 @@ pub fn record(ctx: &Context, f: Failure<'_>, stop: &dyn Fn() -> bool) -> Result<
     // A takeover stops the fix its predecessor left running at once, whichever program took
     // over: a plain `git commit` may never run a fix of its own to stop it.
     if matches!(applied.outcome, Outcome::Elected { .. }) {
-        if let Err(e) = fixer::stop_orphaned_fixes(&applied.after) {
+        if let Err(e) = fixer::stop_orphaned_fixes(ctx, &applied.after) {
             say::warn(format!("{e:#}"));
         }
     }

@@ -61,7 +61,7 @@ impl Role {
         };
         // Stop what is left of the previous fixer's fix, and see it gone, before ours starts.
         if let Read::Found { state, .. } = ctx.store.read(&a.key) {
-            stop_orphaned_fixes(&state)?;
+            stop_orphaned_fixes(ctx, &state)?;
         }
         let event = Event::Register {
             agent: ctx.agent.clone(),
@@ -309,7 +309,21 @@ pub fn describe_ending(ending: &Ending, limit: Limit) -> String {
 /// Stops every fix run that a fixer who left the role left behind (taken over, released, reset),
 /// and sees it gone: before a new fixer's fix starts, and as soon as any program takes the role
 /// over. Each is stopped as its own process group, nothing else (see `os::process::stop_group`).
-pub fn stop_orphaned_fixes(state: &KeyState) -> Result<()> {
+///
+/// The new fixer keeps its lease the whole time (stopping a fix can take seconds: a grace after
+/// SIGTERM, then SIGKILL): a short `stale_after` must not see it silent and replace it before it
+/// has even started.
+pub fn stop_orphaned_fixes(ctx: &Context, state: &KeyState) -> Result<()> {
+    if state.orphan_fix.is_empty() {
+        return Ok(());
+    }
+    let _lease = Heartbeat::start(
+        ctx.store.clone(),
+        state.key.clone(),
+        ctx.agent.clone(),
+        state.generation,
+        ctx.config.stale_after,
+    );
     for orphan in &state.orphan_fix {
         match process::stop_group(orphan, Duration::from_secs(2)) {
             Stopped::Stopped { group, processes } => say::say(format!(
