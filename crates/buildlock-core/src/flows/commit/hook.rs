@@ -570,7 +570,7 @@ impl Told<'_> {
                  this failure now wait for your fix (up to {})\n\
                  next: fix the failure and commit the fix on its own (stage only the fix, with \
                  the hook: your passing commit marks the build fixed, wakes them and hands them \
-                 that commit to cherry-pick), then commit your other work\n{RELEASE}",
+                 that commit to take), then commit your other work\n{RELEASE}",
                 self.generation,
                 time::human(ctx.config.wait),
             ));
