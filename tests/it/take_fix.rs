@@ -279,3 +279,18 @@ fn the_default_commit_is_buildlock_fix_commit_and_a_second_take_is_a_no_op() {
     // Without any fix commit: nothing to do.
     r.cmd(BUILDLOCK, &r.dir).arg("take-fix").assert().success();
 }
+
+// regression: the commit named on the command line was cut by bytes, and a non-ASCII one panicked
+#[test]
+fn a_commit_name_that_is_no_commit_changes_nothing_and_does_not_panic() {
+    let (r, _) = with_a_fix();
+    let head = r.head(&r.dir);
+    let status = git_text(&r, &["status", "--porcelain"]);
+    for name in ["aéééééééééééé", "0123abc\u{1b}[2J"] {
+        take_fix(&r, &r.dir, name)
+            .code(75)
+            .stderr(predicates::str::contains("is not in this repository"))
+            .stderr(predicates::str::contains("\u{1b}").not());
+    }
+    assert_nothing_changed(&r, &head, &status);
+}

@@ -106,7 +106,58 @@ impl Git {
     }
 }
 
+/// What is known once the fix is found and can be taken onto HEAD.
+struct Taking {
+    git: Git,
+    /// The fix commit, and its first 12 hex digits.
+    fix: String,
+    short: String,
+    parent: String,
+    head: String,
+}
+
+/// A step's end: go on with the value, or stop with an exit code (said already).
+type Step<T> = Result<std::result::Result<T, i32>>;
+
 fn take(commit: &str) -> Result<i32> {
+    let t = match find(commit)? {
+        Ok(t) => t,
+        Err(code) => return Ok(code),
+    };
+    let tree = match t.fix_on_head()? {
+        Ok(tree) => tree,
+        Err(code) => return Ok(code),
+    };
+    let head_tree = t
+        .git
+        .line(&["rev-parse", &format!("{}^{{tree}}", t.head)])?;
+    if tree == head_tree {
+        say::say(format!(
+            "take-fix: HEAD has the changes of the fix {} already",
+            t.short
+        ));
+        return Ok(exit::OK);
+    }
+    let changes = raw_diff(&t.git, &head_tree, &tree)?;
+    let paths: Vec<&[u8]> = changes.iter().map(|(p, ..)| p.as_slice()).collect();
+    let local = local_work(&t.git, &paths)?;
+    if !local.is_empty() {
+        say::say(format!(
+            "take-fix: the fix {} changes files where you have local work ({}): commit or \
+             move that work, then run `git buildlock take-fix {}` again (exit 75; nothing \
+             changed)",
+            t.short,
+            local.join(", "),
+            t.fix
+        ));
+        return Ok(exit::BLOCKED);
+    }
+    t.apply(&tree, &changes)
+}
+
+/// The repository, the fix commit and HEAD; stops (75 or 0) when the fix is not here, HEAD has
+/// it, or a merge or rebase is in progress.
+fn find(commit: &str) -> Step<Taking> {
     let probe = Git {
         top: std::env::current_dir().context("cannot read the current directory")?,
     };
@@ -117,7 +168,7 @@ fn take(commit: &str) -> Result<i32> {
         top: PathBuf::from(top),
     };
     let git_dir = PathBuf::from(git.line(&["rev-parse", "--absolute-git-dir"])?);
-    let short = &commit[..commit.len().min(12)];
+    let shown = say::inert(&commit.chars().take(12).collect::<String>());
     let Some(fix) = git.maybe(&[
         "rev-parse",
         "--verify",
@@ -126,18 +177,19 @@ fn take(commit: &str) -> Result<i32> {
     ]) else {
         let how = env::fix_ref().map_or_else(
             || "fetch it first".to_owned(),
-            |r| format!("fetch it first: `git fetch <remote> {r}`"),
+            |r| format!("fetch it first: `git fetch <remote> {}`", say::inert(&r)),
         );
         say::say(format!(
-            "take-fix: the fix commit {short} is not in this repository; {how}, then run \
-             `git buildlock take-fix {commit}` again (exit 75; nothing changed)"
+            "take-fix: the fix commit {shown} is not in this repository; {how}, then run \
+             `git buildlock take-fix {}` again (exit 75; nothing changed)",
+            say::inert(commit)
         ));
-        return Ok(exit::BLOCKED);
+        return Ok(Err(exit::BLOCKED));
     };
-    let short = &fix[..12];
+    let short = fix.chars().take(12).collect::<String>();
     let Some(head) = git.maybe(&["rev-parse", "--verify", "-q", "HEAD"]) else {
         say::say("take-fix: this work tree has no commit yet to take the fix onto (exit 75)");
-        return Ok(exit::BLOCKED);
+        return Ok(Err(exit::BLOCKED));
     };
     if git
         .cmd()
@@ -147,7 +199,7 @@ fn take(commit: &str) -> Result<i32> {
         .success()
     {
         say::say(format!("take-fix: HEAD has the fix {short} already"));
-        return Ok(exit::OK);
+        return Ok(Err(exit::OK));
     }
     let busy = [
         ("MERGE_HEAD", "a merge"),
@@ -161,86 +213,116 @@ fn take(commit: &str) -> Result<i32> {
             "take-fix: {what} is in progress in this work tree: finish it (or abort it), then run \
              `git buildlock take-fix {fix}` (exit 75; nothing changed)"
         ));
-        return Ok(exit::BLOCKED);
+        return Ok(Err(exit::BLOCKED));
     }
     let Some(parent) = git.maybe(&["rev-parse", "--verify", "-q", &format!("{fix}^1")]) else {
         bail!("the fix commit {short} has no parent: it cannot be taken as a change");
     };
-    // The fix on HEAD, as a tree: a cherry-pick that touches nothing.
-    let merged = git
-        .cmd()
-        .args([
-            "merge-tree",
-            "--write-tree",
-            "--name-only",
-            "--no-messages",
-            &format!("--merge-base={parent}"),
-            &head,
-            &fix,
-        ])
-        .stdin(Stdio::null())
-        .output()?;
-    let listing = String::from_utf8_lossy(&merged.stdout).into_owned();
-    let mut lines = listing.lines();
-    let tree = lines.next().unwrap_or_default().trim().to_owned();
-    match merged.status.code() {
-        Some(0) => {}
-        Some(1) => {
-            let conflicts: Vec<&str> = lines.take_while(|l| !l.is_empty()).take(10).collect();
+    Ok(Ok(Taking {
+        git,
+        fix,
+        short,
+        parent,
+        head,
+    }))
+}
+
+impl Taking {
+    /// The fix on HEAD, as a tree: a cherry-pick that touches nothing. Stops (75) on a conflict.
+    fn fix_on_head(&self) -> Step<String> {
+        let merged = self
+            .git
+            .cmd()
+            .args([
+                "merge-tree",
+                "--write-tree",
+                "--name-only",
+                "--no-messages",
+                &format!("--merge-base={}", self.parent),
+                &self.head,
+                &self.fix,
+            ])
+            .stdin(Stdio::null())
+            .output()?;
+        let listing = String::from_utf8_lossy(&merged.stdout).into_owned();
+        let mut lines = listing.lines();
+        let tree = lines.next().unwrap_or_default().trim().to_owned();
+        match merged.status.code() {
+            Some(0) => Ok(Ok(tree)),
+            Some(1) => {
+                let conflicts: Vec<&str> = lines.take_while(|l| !l.is_empty()).take(10).collect();
+                say::say(format!(
+                    "take-fix: the fix {short} does not apply on your HEAD (conflicts in {}): take \
+                     it by hand with `git cherry-pick {short}` once your work is committed \
+                     (exit 75; nothing changed)",
+                    conflicts.join(", "),
+                    short = self.short
+                ));
+                Ok(Err(exit::BLOCKED))
+            }
+            _ => bail!(
+                "git merge-tree failed: {}",
+                String::from_utf8_lossy(&merged.stderr).trim()
+            ),
+        }
+    }
+
+    /// Takes the fix: the new commit (objects only), the fix's paths in the index and the work
+    /// tree (they hold HEAD's content: no local work there), then HEAD, compare-and-swap. When a
+    /// step fails, the fix's paths are put back as they were.
+    fn apply(&self, tree: &str, changes: &[(Vec<u8>, Entry, Entry)]) -> Result<i32> {
+        let (git, fix, short) = (&self.git, &self.fix, &self.short);
+        let new = new_commit(git, fix, &self.parent, &self.head, tree)?;
+        let taken: Vec<(Vec<u8>, Entry)> = changes
+            .iter()
+            .map(|(p, _, t)| (p.clone(), t.clone()))
+            .collect();
+        let back: Vec<(Vec<u8>, Entry)> = changes
+            .iter()
+            .map(|(p, h, _)| (p.clone(), h.clone()))
+            .collect();
+        if let Err(e) = git.with_input(&["update-index", "-z", "--index-info"], &index_info(&taken))
+        {
             say::say(format!(
-                "take-fix: the fix {short} does not apply on your HEAD (conflicts in {}): take \
-                 it by hand with `git cherry-pick {short}` once your work is committed \
-                 (exit 75; nothing changed)",
-                conflicts.join(", ")
+                "take-fix: cannot update the index ({e:#}): another git command may be running in \
+                 this work tree; run `git buildlock take-fix {fix}` again (exit 75; nothing changed)"
             ));
             return Ok(exit::BLOCKED);
         }
-        _ => bail!(
-            "git merge-tree failed: {}",
-            String::from_utf8_lossy(&merged.stderr).trim()
-        ),
-    }
-    let head_tree = git.line(&["rev-parse", &format!("{head}^{{tree}}")])?;
-    if tree == head_tree {
+        if let Err(e) = write_paths(git, &taken) {
+            return self.undo(&back, format!("cannot write the fix's files ({e:#})"));
+        }
+        let reason = format!("take-fix: {short}");
+        if let Err(e) = git.out(&["update-ref", "-m", &reason, "HEAD", &new, &self.head]) {
+            return self.undo(&back, format!("HEAD moved meanwhile ({e:#}); run it again"));
+        }
+        // Stat information for the paths just written (best effort: content is right either way).
+        let _ = git
+            .cmd()
+            .args(["update-index", "-q", "--refresh"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let names: Vec<String> = changes
+            .iter()
+            .take(5)
+            .map(|(p, ..)| say::inert(&String::from_utf8_lossy(p)))
+            .collect();
         say::say(format!(
-            "take-fix: HEAD has the changes of the fix {short} already"
+            "take-fix: took the fix {short} as {} ({}{}); your own work is as it was",
+            new.chars().take(12).collect::<String>(),
+            names.join(", "),
+            if changes.len() > 5 { ", …" } else { "" }
         ));
-        return Ok(exit::OK);
+        Ok(exit::OK)
     }
-    let changes = raw_diff(&git, &head_tree, &tree)?;
-    let paths: Vec<&[u8]> = changes.iter().map(|(p, ..)| p.as_slice()).collect();
-    let local = local_work(&git, &paths)?;
-    if !local.is_empty() {
-        say::say(format!(
-            "take-fix: the fix {short} changes files where you have local work ({}): commit or \
-             move that work, then run `git buildlock take-fix {fix}` again (exit 75; nothing \
-             changed)",
-            local.join(", ")
-        ));
-        return Ok(exit::BLOCKED);
-    }
-    // The new commit first: objects only.
-    let new = new_commit(&git, &fix, &parent, &head, &tree)?;
 
-    // The index: the fix's paths only (they hold HEAD's entries: no local work there).
-    let taken: Vec<(Vec<u8>, Entry)> = changes
-        .iter()
-        .map(|(p, _, t)| (p.clone(), t.clone()))
-        .collect();
-    let back: Vec<(Vec<u8>, Entry)> = changes
-        .iter()
-        .map(|(p, h, _)| (p.clone(), h.clone()))
-        .collect();
-    if let Err(e) = git.with_input(&["update-index", "-z", "--index-info"], &index_info(&taken)) {
-        say::say(format!(
-            "take-fix: cannot update the index ({e:#}): another git command may be running in \
-             this work tree; run `git buildlock take-fix {fix}` again (exit 75; nothing changed)"
-        ));
-        return Ok(exit::BLOCKED);
-    }
-    let undo = |why: String| -> Result<i32> {
-        let index = git.with_input(&["update-index", "-z", "--index-info"], &index_info(&back));
-        let files = write_paths(&git, &back);
+    /// Puts the fix's paths back in the index and the work tree after a failed step.
+    fn undo(&self, back: &[(Vec<u8>, Entry)], why: String) -> Result<i32> {
+        let index = self
+            .git
+            .with_input(&["update-index", "-z", "--index-info"], &index_info(back));
+        let files = write_paths(&self.git, back);
         match (index, files) {
             (Ok(_), Ok(())) => {
                 say::say(format!(
@@ -258,33 +340,7 @@ fn take(commit: &str) -> Result<i32> {
                     .unwrap_or_default()
             ),
         }
-    };
-    if let Err(e) = write_paths(&git, &taken) {
-        return undo(format!("cannot write the fix's files ({e:#})"));
     }
-    let reason = format!("take-fix: {short}");
-    if let Err(e) = git.out(&["update-ref", "-m", &reason, "HEAD", &new, &head]) {
-        return undo(format!("HEAD moved meanwhile ({e:#}); run it again"));
-    }
-    // Stat information for the paths just written (best effort: content is right either way).
-    let _ = git
-        .cmd()
-        .args(["update-index", "-q", "--refresh"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    let names: Vec<String> = paths
-        .iter()
-        .take(5)
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .collect();
-    say::say(format!(
-        "take-fix: took the fix {short} as {} ({}{}); your own work is as it was",
-        &new[..12],
-        names.join(", "),
-        if paths.len() > 5 { ", …" } else { "" }
-    ));
-    Ok(exit::OK)
 }
 
 /// The commit HEAD moves to: the fix itself when HEAD is its parent (HEAD then contains it),
