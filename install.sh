@@ -132,6 +132,7 @@ esac
 husky_dir=${hooks%/*}
 # The line that calls buildlock from .husky/pre-commit: skipped where buildlock is not installed
 # (a teammate's clone, after uninstall), and when husky runs the file as buildlock's own check.
+# shellcheck disable=SC2016 # the line is written as it is, for .husky/pre-commit
 husky_line='b="$(git rev-parse --git-common-dir)/buildlock/bin/pre-commit"; [ -n "${BUILDLOCK_HUSKY_CHECK-}" ] || [ ! -x "$b" ] || exec "$b" "$@"'
 
 # With core.hooksPath the hooks folder is usually committed and shared by every clone: the hook
@@ -221,6 +222,7 @@ hook_text() {
 
 dispatcher_text() {
     if [ "$husky" != no ]; then
+        # shellcheck disable=SC2016 # the script is written as it is
         printf '#!/bin/sh\n'
         printf '# buildlock-chained: written by buildlock'\''s install.sh. husky: the team'\''s .husky/pre-commit is the\n'
         printf '# check, run by husky'\''s runner under the name it picks the script by (pre-commit), from the top\n'
@@ -230,8 +232,10 @@ dispatcher_text() {
         printf 'BUILDLOCK_HUSKY_CHECK=1\n'
         printf 'export BUILDLOCK_HUSKY_CHECK\n'
         printf '# shellcheck disable=SC2016\n'
+        # shellcheck disable=SC2016
         printf 'if [ -f "$dir/h" ]; then exec sh -c '\''. "${0%%/*}/h"'\'' "$dir/pre-commit" "$@"; fi\n'
         printf '# No runner in this worktree (husky not installed here: npm install): what it would run.\n'
+        # shellcheck disable=SC2016
         printf 'if [ -f "${dir%%/*}/pre-commit" ]; then PATH="node_modules/.bin:$PATH"; export PATH; exec sh -e "${dir%%/*}/pre-commit" "$@"; fi\n'
         printf 'exit 0\n'
         return

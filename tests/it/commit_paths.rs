@@ -50,7 +50,14 @@ fn commit_retry_from_a_subdirectory_of_any_worktree_runs_the_hook() {
         install(&r, &[]);
         // The committed folder goes to the worktrees with the branch.
         r.git(&["add", "-A"]);
-        r.git(&["commit", "-q", "--allow-empty", "-m", "hooks", "--no-verify"]);
+        r.git(&[
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "hooks",
+            "--no-verify",
+        ]);
         let wt = r.worktree("wt");
         for (i, top) in [r.dir.clone(), wt].iter().enumerate() {
             let sub = top.join("sub");

@@ -215,7 +215,11 @@ fn core_hooks_path_gets_the_shim() {
 /// reason printed) when npm cannot install it.
 fn husky_repo() -> Option<(TestRepo, PathBuf)> {
     let r = bare_repo();
-    std::fs::write(r.dir.join("package.json"), "{\"name\":\"t\",\"version\":\"1.0.0\"}\n").unwrap();
+    std::fs::write(
+        r.dir.join("package.json"),
+        "{\"name\":\"t\",\"version\":\"1.0.0\"}\n",
+    )
+    .unwrap();
     std::fs::write(r.dir.join(".gitignore"), "node_modules\n").unwrap();
     let npm = r
         .cmd("npm", &r.dir)
@@ -264,7 +268,11 @@ fn husky_with_the_line_in_its_pre_commit_is_coordinated_in_every_worktree() {
     let husky_before = snapshot(&r.dir.join(".husky"));
     let out = install(&r, &r.dir, &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(snapshot(&r.dir.join(".husky")), husky_before, "husky's files are its own");
+    assert_eq!(
+        snapshot(&r.dir.join(".husky")),
+        husky_before,
+        "husky's files are its own"
+    );
     let said = text(&out.stdout);
     let line = said
         .lines()
@@ -280,7 +288,11 @@ fn husky_with_the_line_in_its_pre_commit_is_coordinated_in_every_worktree() {
     // A passing commit runs the team's checks once, through buildlock.
     std::fs::write(r.dir.join("a"), "a\n").unwrap();
     r.git(&["add", "a"]);
-    let out = r.cmd("git", &r.dir).args(["commit", "-q", "-m", "a"]).output().unwrap();
+    let out = r
+        .cmd("git", &r.dir)
+        .args(["commit", "-q", "-m", "a"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(team_count(&witness), 1);
     // A failing one elects a fixer: coordinated.
@@ -333,16 +345,27 @@ fn husky_with_the_line_in_its_pre_commit_is_coordinated_in_every_worktree() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(team_count(&witness), 3, "the team's checks ran in the worktree");
+    assert_eq!(
+        team_count(&witness),
+        3,
+        "the team's checks ran in the worktree"
+    );
 
     // Uninstalled: the line is named, and skipped, and the team's checks run as before.
     let out = install(&r, &r.dir, &["--uninstall"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let said = text(&out.stdout);
-    assert!(said.contains(".husky/pre-commit still calls buildlock"), "{said}");
+    assert!(
+        said.contains(".husky/pre-commit still calls buildlock"),
+        "{said}"
+    );
     std::fs::write(r.dir.join("c"), "c\n").unwrap();
     r.git(&["add", "c"]);
-    let out = r.cmd("git", &r.dir).args(["commit", "-q", "-m", "c"]).output().unwrap();
+    let out = r
+        .cmd("git", &r.dir)
+        .args(["commit", "-q", "-m", "c"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(team_count(&witness), 4);
 }
@@ -356,11 +379,18 @@ fn husky_with_force_hooks_path_keeps_running_the_team_s_checks() {
     let out = install(&r, &r.dir, &["--force-hooks-path"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let said = text(&out.stdout);
-    assert!(!said.contains("add -A"), "nothing to commit in husky's ignored folder: {said}");
+    assert!(
+        !said.contains("add -A"),
+        "nothing to commit in husky's ignored folder: {said}"
+    );
     assert_is_our_script_or_shim(&r.dir.join(".husky/_/pre-commit"));
     std::fs::write(r.dir.join("a"), "a\n").unwrap();
     r.git(&["add", "a"]);
-    let out = r.cmd("git", &r.dir).args(["commit", "-q", "-m", "a"]).output().unwrap();
+    let out = r
+        .cmd("git", &r.dir)
+        .args(["commit", "-q", "-m", "a"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(team_count(&witness), 1, "the team's .husky/pre-commit ran");
     std::fs::write(r.dir.join("BROKEN"), "x\n").unwrap();
@@ -376,8 +406,16 @@ fn husky_with_force_hooks_path_keeps_running_the_team_s_checks() {
     r.git(&["rm", "-q", "--cached", "BROKEN"]);
     let out = install(&r, &r.dir, &["--uninstall"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(!text(&out.stdout).contains("add -A"), "{}", text(&out.stdout));
-    assert_eq!(snapshot(&r.dir.join(".husky")), before, "husky's folder as it was");
+    assert!(
+        !text(&out.stdout).contains("add -A"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        snapshot(&r.dir.join(".husky")),
+        before,
+        "husky's folder as it was"
+    );
 }
 
 fn assert_is_our_script_or_shim(hook: &Path) {
@@ -1020,7 +1058,7 @@ fn committed_hooks_folder_keeps_working_for_a_teammate_without_buildlock() {
     let committed = r.git(&["show", "--name-status", "--format=", "HEAD"]);
     assert_eq!(
         text(&committed.stdout),
-        "M\t.githooks/pre-commit\nD\t.githooks/pre-commit.chained\n"
+        "M\t.githooks/pre-commit\nD\t.githooks/pre-commit.chained\nD\t.githooks/pre-merge-commit\n"
     );
 }
 
