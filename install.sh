@@ -118,7 +118,22 @@ bin="$home/bin"
 chained="$home/chained/pre-commit"
 manifest="$home/install.manifest"
 hook="$hooks/pre-commit"
+# pre-merge-commit: git runs it (instead of pre-commit) for a merge it makes without a conflict.
+mhook="$hooks/pre-merge-commit"
+mkeep="$home/chained/pre-merge-commit"
 this="sh $(shq "$src/install.sh")"
+# husky (v9: core.hooksPath = .husky/_, a folder that git ignores and that husky rewrites on every
+# `npm install`, in each worktree apart). Its runner `h` runs `.husky/<name>`, <name> being the
+# name it is run as: it must be run as `pre-commit`, never under another name.
+husky=no
+case "$hooks_path" in
+    *.husky*) if [ "$force_hooks_path" = yes ]; then husky=force; else husky=line; fi ;;
+esac
+husky_dir=${hooks%/*}
+# The line that calls buildlock from .husky/pre-commit: skipped where buildlock is not installed
+# (a teammate's clone, after uninstall), and when husky runs the file as buildlock's own check.
+# shellcheck disable=SC2016 # the line is written as it is, for .husky/pre-commit
+husky_line='b="$(git rev-parse --git-common-dir)/buildlock/bin/pre-commit"; [ -n "${BUILDLOCK_HUSKY_CHECK-}" ] || [ ! -x "$b" ] || exec "$b" "$@"'
 
 # With core.hooksPath the hooks folder is usually committed and shared by every clone: the hook
 # there is the committed shim, and the team's own hook stays beside it as pre-commit.chained. The
@@ -128,9 +143,10 @@ if [ -n "$hooks_path" ]; then
     committed=yes
     team="$hooks/pre-commit.chained"
     case $hooks_path in
-        /* | '~'*) team_ref=$team ;;
-        *) team_ref="./${hooks_path%/}/pre-commit.chained" ;;
+        /* | '~'*) hooks_ref=$hooks ;;
+        *) hooks_ref="./${hooks_path%/}" ;;
     esac
+    team_ref="$hooks_ref/pre-commit.chained"
     keep=$team
 else
     committed=no
@@ -205,6 +221,25 @@ hook_text() {
 }
 
 dispatcher_text() {
+    if [ "$husky" != no ]; then
+        # shellcheck disable=SC2016 # the script is written as it is
+        printf '#!/bin/sh\n'
+        printf '# buildlock-chained: written by buildlock'\''s install.sh. husky: the team'\''s .husky/pre-commit is the\n'
+        printf '# check, run by husky'\''s runner under the name it picks the script by (pre-commit), from the top\n'
+        printf '# of the work tree being committed. BUILDLOCK_HUSKY_CHECK tells buildlock'\''s line in that file\n'
+        printf '# not to call buildlock again.\n'
+        printf 'dir=%s\n' "$(shq "$hooks_ref")"
+        printf 'BUILDLOCK_HUSKY_CHECK=1\n'
+        printf 'export BUILDLOCK_HUSKY_CHECK\n'
+        printf '# shellcheck disable=SC2016\n'
+        # shellcheck disable=SC2016
+        printf 'if [ -f "$dir/h" ]; then exec sh -c '\''. "${0%%/*}/h"'\'' "$dir/pre-commit" "$@"; fi\n'
+        printf '# No runner in this worktree (husky not installed here: npm install): what it would run.\n'
+        # shellcheck disable=SC2016
+        printf 'if [ -f "${dir%%/*}/pre-commit" ]; then PATH="node_modules/.bin:$PATH"; export PATH; exec sh -e "${dir%%/*}/pre-commit" "$@"; fi\n'
+        printf 'exit 0\n'
+        return
+    fi
     printf '#!/bin/sh\n'
     printf '# buildlock-chained: written by buildlock'\''s install.sh. The hooks folder (core.hooksPath) keeps\n'
     printf '# the team'\''s own hook as pre-commit.chained; this runs it as the check, from the top of the work\n'
@@ -224,6 +259,28 @@ is_current() {
         [ "$(cat "$1")" = "$(hook_text)" ]
     fi
 }
+
+# Is the file at $1 one that git ignores (husky's .husky/_ ignores itself): nothing there to commit.
+ignored() { git -C "$top" check-ignore -q -- "$1" 2>/dev/null; }
+
+# The text of the pre-merge-commit hook in this clone's hooks folder: the pre-commit hook's, or,
+# where a pre-merge-commit hook was there before, a script that runs buildlock then that hook.
+merge_hook_text() {
+    if exists "$mkeep"; then
+        printf '#!/bin/sh\n'
+        printf '# buildlock-hook: written by buildlock'\''s install.sh for this clone (install.sh --uninstall removes it).\n'
+        printf '# git runs it for a merge made without a conflict: buildlock'\''s check, coordinated as for a\n'
+        printf '# commit, then the pre-merge-commit hook that was here before.\n'
+        printf 'unset PRE_COMMIT_RUNNING_LEGACY\n'
+        printf '%s "$@" || exit\n' "$(shq "$bin/pre-commit")"
+        printf 'exec %s "$@"\n' "$(shq "$mkeep")"
+    else
+        hook_text
+    fi
+}
+
+# The line from .husky/pre-commit that calls buildlock, if there is one (its number: its text).
+husky_calls() { [ -f "$husky_dir/$1" ] && grep -n 'buildlock/bin/pre-commit' "$husky_dir/$1" 2>/dev/null; }
 
 manifest_has() { [ -f "$manifest" ] && grep -qx "$1" "$manifest"; }
 manifest_add() { manifest_has "$1" || echo "$1" >>"$manifest"; }
@@ -255,12 +312,14 @@ if [ "$mode" = uninstall ]; then
                 restored=yes
                 say "restored the previous hook $hook"
             fi
-            if [ "$committed" = yes ]; then
+            if [ "$committed" = yes ] && ignored "$hook"; then
+                say "the hooks folder $hooks is ignored by git (husky's): nothing to commit"
+            elif [ "$committed" = yes ]; then
                 case "$hooks/" in
                     "$top/"*)
                         rel=${hooks#"$top/"}
                         say "the hooks folder is part of the work tree: commit this change to take buildlock out for the whole team:"
-                        say "    git -C $(shq "$top") add -A -- $(shq "$rel") && git -C $(shq "$top") commit -m 'Hooks: remove the buildlock shim'"
+                        say "    git -C $(shq "$top") add -A -- $(shq "$rel") && git -C $(shq "$top") commit -m 'Hooks: remove the buildlock shim' -- $(shq "$rel")"
                         ;;
                 esac
             fi
@@ -289,6 +348,26 @@ if [ "$mode" = uninstall ]; then
             fi
         fi
     done
+    if is_ours "$mhook"; then
+        if [ "$committed" = yes ] && ! manifest_has wrote-merge-shim; then
+            say "left the committed shim $mhook in place: it is your team's, and without buildlock it runs nothing of buildlock's"
+        else
+            rm -f "$mhook"
+            say "removed the hook $mhook"
+            if [ "$committed" = no ] && exists "$mkeep"; then
+                mv "$mkeep" "$mhook"
+                say "restored the previous hook $mhook"
+            fi
+        fi
+    fi
+    if [ "$husky" != no ]; then
+        for name in pre-commit pre-merge-commit; do
+            if found=$(husky_calls "$name"); then
+                say "$husky_dir/$name still calls buildlock (line ${found%%:*}); without buildlock that line is skipped and the rest of the file runs, so commits keep working. To take it out for the whole team, delete the line and commit:"
+                say "    ${found#*:}"
+            fi
+        done
+    fi
     if is_dispatcher "$chained"; then rm -f "$chained"; fi
     rmdir "$home/chained" 2>/dev/null || true
     for alias in commit-retry buildlock; do
@@ -322,33 +401,26 @@ if [ "$mode" = uninstall ]; then
     exit 0
 fi
 
-# Hook managers that own core.hooksPath.
-case "$hooks_path" in
-    *.husky*)
-        if [ "$force_hooks_path" = no ]; then
-            die "core.hooksPath is husky's ($hooks_path), and husky rewrites that folder on every install.
-  Either call buildlock from your husky hook: put this line in .husky/pre-commit, with your checks
-  moved into .buildlock.toml's 'check':
-      exec \"\$(git rev-parse --git-common-dir)/buildlock/bin/pre-commit\"
-  (then install the binaries and aliases with: $this --force-hooks-path $(shq "$top")),
-  or install into $hooks anyway with that same command."
-        fi
-        ;;
-esac
-
 # Everything that can fail is checked before anything is changed.
-if [ -e "$hooks" ] && [ ! -d "$hooks" ]; then
+if [ "$husky" = line ]; then
+    # husky keeps its hooks folder: git runs husky's hook, and .husky/pre-commit calls buildlock.
+    plan=husky
+elif [ -e "$hooks" ] && [ ! -d "$hooks" ]; then
     die "the hooks directory $hooks is not a directory"
 fi
-mkdir -p "$hooks" 2>/dev/null || die "cannot create the hooks directory $hooks"
-probe="$hooks/.buildlock-probe.$$"
-(: >"$probe") 2>/dev/null && rm -f "$probe" || die "the hooks directory $hooks is not writable"
+if [ "$husky" != line ]; then
+    mkdir -p "$hooks" 2>/dev/null || die "cannot create the hooks directory $hooks"
+    probe="$hooks/.buildlock-probe.$$"
+    (: >"$probe") 2>/dev/null && rm -f "$probe" || die "the hooks directory $hooks is not writable"
+fi
 
 # What to do with the hook that is there. A hook manager that reinstalled its hook over ours
 # (lefthook on every `npm install`, the pre-commit framework on `pre-commit install`) put back the
 # hook we keep, maybe a newer generation of it: ours goes back in front, and the newest copy is the
 # one kept. A different foreign hook is the user's to sort out.
-if is_ours "$hook"; then
+if [ "$husky" = line ]; then
+    :
+elif is_ours "$hook"; then
     plan=ours
 elif exists "$hook"; then
     if exists "$keep"; then
@@ -361,10 +433,28 @@ elif exists "$hook"; then
 else
     plan=fresh
 fi
+# pre-merge-commit: kept and chained as pre-commit is, in this clone's hooks folder; in a committed
+# folder the shim goes in only where there is none (a team's hook there is left as it is).
+mplan=none
+if [ "$husky" = line ]; then
+    :
+elif is_ours "$mhook"; then
+    mplan=ours
+elif ! exists "$mhook"; then
+    mplan=fresh
+elif [ "$committed" = no ]; then
+    if exists "$mkeep"; then
+        same_hook "$mhook" "$mkeep" ||
+            die "$mhook is not buildlock's, and a different hook is already kept at $mkeep: move one of them away, then run install.sh again"
+        mplan=regenerated
+    else
+        mplan=chain
+    fi
+fi
 # The committed-folder layout of earlier versions moved the team's hook out of the folder, into
 # this clone's $chained: it goes back into the folder, where every clone can run it.
 bring_back=no
-if [ "$committed" = yes ] && exists "$chained" && ! is_dispatcher "$chained"; then
+if [ "$committed" = yes ] && [ "$husky" != line ] && exists "$chained" && ! is_dispatcher "$chained"; then
     if [ "$plan" = ours ] && ! exists "$team"; then
         bring_back=yes
     elif [ "$plan" = ours ] && cmp -s "$chained" "$team"; then
@@ -461,6 +551,21 @@ case $plan in
         ;;
 esac
 case $plan in
+    husky)
+        if [ ! -d "$hooks" ]; then
+            say "this worktree has no $hooks yet: husky makes it on npm install; until then git runs no hook here (buildlock's neither)"
+        fi
+        for name in pre-commit pre-merge-commit; do
+            if found=$(husky_calls "$name"); then
+                say "husky: $husky_dir/$name calls buildlock (line ${found%%:*})"
+            elif [ "$name" = pre-commit ]; then
+                say "husky keeps its hooks ($hooks_path). To coordinate your husky checks, put this line at the top of $husky_dir/pre-commit (and of $husky_dir/pre-merge-commit, to check merges), then commit it:"
+                say "    $husky_line"
+                say "  buildlock then runs the rest of that file as its check; where buildlock is not installed the line is skipped and the file runs as before"
+                say "  (or install into $hooks instead: $this --force-hooks-path $(shq "$top"))"
+            fi
+        done
+        ;;
     chain | fresh)
         if [ "$committed" = yes ]; then
             say "installed the shim $hook (core.hooksPath = $hooks_path): it runs buildlock where it is installed, and $team everywhere else"
@@ -476,7 +581,46 @@ for b in $backups; do
         say "removed $b, a stale copy of buildlock's hook that a hook manager had kept"
     fi
 done
-if [ "$committed" = yes ]; then
+# pre-merge-commit, the same way.
+write_merge_hook() {
+    if [ "$committed" = yes ]; then
+        cp "$src/hooks/pre-commit" "$mhook.tmp"
+    else
+        merge_hook_text >"$mhook.tmp"
+    fi
+    chmod 755 "$mhook.tmp" && mv -f "$mhook.tmp" "$mhook"
+}
+case $mplan in
+    ours)
+        if [ "$committed" = yes ] && cmp -s "$mhook" "$src/hooks/pre-commit"; then
+            :
+        elif [ "$committed" = no ] && [ "$(cat "$mhook")" = "$(merge_hook_text)" ]; then
+            :
+        else
+            write_merge_hook
+            hook_changed=yes
+            say "upgraded buildlock's hook $mhook"
+        fi
+        ;;
+    regenerated | chain)
+        mkdir -p "${mkeep%/*}"
+        mv -f "$mhook" "$mkeep"
+        write_merge_hook
+        say "kept your existing hook: moved $mhook to $mkeep; merges run buildlock's check, then it"
+        ;;
+    fresh)
+        write_merge_hook
+        [ "$committed" = yes ] && manifest_add wrote-merge-shim
+        hook_changed=yes
+        say "installed the hook $mhook (a merge git makes without a conflict is checked like a commit)"
+        ;;
+    none)
+        if [ "$husky" != line ]; then
+            say "left $mhook alone (it is your team's): merges made without a conflict run it, not buildlock's check"
+        fi
+        ;;
+esac
+if [ "$committed" = yes ] && [ "$husky" != line ]; then
     case $bring_back in
         yes)
             mv "$chained" "$team"
@@ -489,20 +633,31 @@ if [ "$committed" = yes ]; then
         mkdir -p "$home/chained"
         dispatcher_text >"$chained.tmp" && chmod 755 "$chained.tmp" && mv -f "$chained.tmp" "$chained"
     fi
-    case "$hooks/" in
+    if ignored "$hook"; then
+        say "the hooks folder $hooks is ignored by git and rewritten by husky on npm install, in each worktree apart: nothing to commit; after npm install, or in another worktree, run install.sh there again (or use the line in $husky_dir/pre-commit instead: install.sh without --force-hooks-path says it)"
+    else case "$hooks/" in
         "$top/"*)
             if [ "$plan" != ours ] || [ "$bring_back" = yes ] || [ "$hook_changed" = yes ]; then
                 rel=${hooks#"$top/"}
                 say "the hooks folder is part of the work tree: commit it, so that every clone gets the shim and your hook:"
-                say "    git -C $(shq "$top") add -A -- $(shq "$rel") && git -C $(shq "$top") commit -m 'Hooks: buildlock shim; our pre-commit hook is now pre-commit.chained'"
+                say "    git -C $(shq "$top") add -A -- $(shq "$rel") && git -C $(shq "$top") commit -m 'Hooks: buildlock shim; our pre-commit hook is now pre-commit.chained' -- $(shq "$rel")"
             fi
             ;;
-    esac
+    esac; fi
+fi
+
+if [ "$husky" = line ] && { ! is_dispatcher "$chained" || [ "$(cat "$chained")" != "$(dispatcher_text)" ]; }; then
+    # The check: husky's .husky/pre-commit, run by husky's runner.
+    mkdir -p "$home/chained"
+    dispatcher_text >"$chained.tmp" && chmod 755 "$chained.tmp" && mv -f "$chained.tmp" "$chained"
 fi
 
 # 3. Aliases (local config, shared by every worktree).
 set_alias() {
-    want="!f() { cd \"\${GIT_PREFIX:-.}\" && exec $(shq "$bin/$2") \"\$@\"; }; f"
+    # git runs the alias at the top of the work tree; in a linked worktree it exports GIT_DIR
+    # (not GIT_WORK_TREE), and git run from the prefix below would take that folder for the top
+    # of the work tree: no relative core.hooksPath found there, no hook run. So the top is named.
+    want="!f() { [ -z \"\${GIT_DIR:-}\" ] || [ -n \"\${GIT_WORK_TREE:-}\" ] || { GIT_WORK_TREE=\$PWD; export GIT_WORK_TREE; }; cd \"\${GIT_PREFIX:-.}\" && exec $(shq "$bin/$2") \"\$@\"; }; f"
     if [ "$(git -C "$top" config --local --get "alias.$1" || true)" != "$want" ]; then
         git -C "$top" config --local "alias.$1" "$want"
         say "added the alias: git $1"
@@ -520,7 +675,9 @@ fi
 if [ ! -e "$top/.buildlock.toml" ]; then
     cp "$src/.buildlock.toml.example" "$top/.buildlock.toml"
     manifest_add "wrote-config"
-    if exists "$keep"; then
+    if [ "$husky" != no ]; then
+        say "wrote $top/.buildlock.toml from the example; $husky_dir/pre-commit (husky's) is the check until you set 'check'"
+    elif exists "$keep"; then
         say "wrote $top/.buildlock.toml from the example; your previous hook is the check until you set 'check'"
     else
         say "wrote $top/.buildlock.toml from the example: set 'check' to your build and test command"

@@ -210,29 +210,217 @@ fn core_hooks_path_gets_the_shim() {
     );
 }
 
-#[test]
-fn husky_is_refused_with_the_way_on_and_nothing_changes() {
+/// A repository with husky 9 from npm (`npm install husky@9`, then `husky`), whose
+/// `.husky/pre-commit` logs each run and fails while a file BROKEN is staged; None (with the
+/// reason printed) when npm cannot install it.
+fn husky_repo() -> Option<(TestRepo, PathBuf)> {
     let r = bare_repo();
-    std::fs::create_dir_all(r.dir.join(".husky/_")).unwrap();
-    r.git(&["config", "core.hooksPath", ".husky/_"]);
-    let before = (
-        snapshot(&r.dir.join(".git")),
-        snapshot(&r.dir.join(".husky")),
-    );
+    std::fs::write(
+        r.dir.join("package.json"),
+        "{\"name\":\"t\",\"version\":\"1.0.0\"}\n",
+    )
+    .unwrap();
+    std::fs::write(r.dir.join(".gitignore"), "node_modules\n").unwrap();
+    let npm = r
+        .cmd("npm", &r.dir)
+        .args(["install", "--no-audit", "--no-fund", "--silent", "husky@9"])
+        .output();
+    match npm {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            eprintln!("skipped: npm cannot install husky@9: {}", text(&out.stderr));
+            return None;
+        }
+        Err(e) => {
+            eprintln!("skipped: npm cannot run: {e}");
+            return None;
+        }
+    }
+    let husky = r.dir.join("node_modules/husky/bin.js");
+    run_ok({
+        let mut c = r.cmd("node", &r.dir);
+        c.arg(&husky);
+        c
+    });
+    let witness = r.root.join("team-runs");
+    std::fs::write(
+        r.dir.join(".husky/pre-commit"),
+        format!(
+            "echo team >> '{}'\ngit diff --cached --quiet -- BROKEN\n",
+            witness.display()
+        ),
+    )
+    .unwrap();
+    r.git(&["add", "-A"]);
+    r.git(&["commit", "-q", "-m", "husky", "--no-verify"]);
+    Some((r, witness))
+}
+
+fn team_count(witness: &Path) -> usize {
+    std::fs::read_to_string(witness).map_or(0, |s| s.lines().count())
+}
+
+#[test]
+fn husky_with_the_line_in_its_pre_commit_is_coordinated_in_every_worktree() {
+    let Some((r, witness)) = husky_repo() else {
+        return;
+    };
+    let husky_before = snapshot(&r.dir.join(".husky"));
     let out = install(&r, &r.dir, &[]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = text(&out.stderr);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        snapshot(&r.dir.join(".husky")),
+        husky_before,
+        "husky's files are its own"
+    );
+    let said = text(&out.stdout);
+    let line = said
+        .lines()
+        .find_map(|l| l.strip_prefix("buildlock install:     b="))
+        .map(|l| format!("b={l}"))
+        .unwrap_or_else(|| panic!("no line to add in {said}"));
+    // The line, committed at the top of .husky/pre-commit.
+    let team = std::fs::read_to_string(r.dir.join(".husky/pre-commit")).unwrap();
+    std::fs::write(r.dir.join(".husky/pre-commit"), format!("{line}\n{team}")).unwrap();
+    r.git(&["add", ".husky/pre-commit"]);
+    r.git(&["commit", "-q", "-m", "buildlock line", "--no-verify"]);
+
+    // A passing commit runs the team's checks once, through buildlock.
+    std::fs::write(r.dir.join("a"), "a\n").unwrap();
+    r.git(&["add", "a"]);
+    let out = r
+        .cmd("git", &r.dir)
+        .args(["commit", "-q", "-m", "a"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(team_count(&witness), 1);
+    // A failing one elects a fixer: coordinated.
+    std::fs::write(r.dir.join("BROKEN"), "x\n").unwrap();
+    r.git(&["add", "BROKEN"]);
+    let out = r
+        .cmd("git", &r.dir)
+        .args(["commit", "-q", "-m", "broken"])
+        .env("BUILDLOCK_AGENT", "husky-agent")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(team_count(&witness), 2);
+    assert!(r.state().to_string().contains("husky-agent"));
+    r.git(&["rm", "-q", "--cached", "BROKEN"]);
+    std::fs::remove_file(r.dir.join("BROKEN")).unwrap();
+    r.buildlock(&r.dir, "husky-agent", &["reset"]).success();
+
+    // doctor: a working husky setup is no problem.
+    let doctor = r.cmd(BUILDLOCK, &r.dir).arg("doctor").output().unwrap();
     assert!(
-        err.contains("husky") && err.contains("--force-hooks-path"),
-        "{err}"
+        !text(&doctor.stdout).contains("PROBLEM  the hook"),
+        "{}",
+        text(&doctor.stdout)
+    );
+
+    // A new worktree has no .husky/_ until husky is installed there: doctor says so.
+    let wt = r.worktree("wt");
+    let doctor = r.cmd(BUILDLOCK, &wt).arg("doctor").output().unwrap();
+    let said = text(&doctor.stdout);
+    assert!(said.contains("npm install"), "{said}");
+    run_ok({
+        let mut c = r.cmd("node", &wt);
+        c.arg(r.dir.join("node_modules/husky/bin.js"));
+        c
+    });
+    let doctor = r.cmd(BUILDLOCK, &wt).arg("doctor").output().unwrap();
+    assert!(
+        !text(&doctor.stdout).contains("PROBLEM  the hook"),
+        "{}",
+        text(&doctor.stdout)
+    );
+    // commit-retry from a subdirectory of that worktree runs husky's checks.
+    std::fs::create_dir_all(wt.join("sub")).unwrap();
+    std::fs::write(wt.join("sub/b"), "b\n").unwrap();
+    r.git_in(&wt, &["add", "sub/b"]);
+    let out = r
+        .cmd("git", &wt.join("sub"))
+        .args(["commit-retry", "-q", "-m", "b"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        team_count(&witness),
+        3,
+        "the team's checks ran in the worktree"
+    );
+
+    // Uninstalled: the line is named, and skipped, and the team's checks run as before.
+    let out = install(&r, &r.dir, &["--uninstall"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains(".husky/pre-commit still calls buildlock"),
+        "{said}"
+    );
+    std::fs::write(r.dir.join("c"), "c\n").unwrap();
+    r.git(&["add", "c"]);
+    let out = r
+        .cmd("git", &r.dir)
+        .args(["commit", "-q", "-m", "c"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(team_count(&witness), 4);
+}
+
+#[test]
+fn husky_with_force_hooks_path_keeps_running_the_team_s_checks() {
+    let Some((r, witness)) = husky_repo() else {
+        return;
+    };
+    let before = snapshot(&r.dir.join(".husky"));
+    let out = install(&r, &r.dir, &["--force-hooks-path"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(
+        !said.contains("add -A"),
+        "nothing to commit in husky's ignored folder: {said}"
+    );
+    assert_is_our_script_or_shim(&r.dir.join(".husky/_/pre-commit"));
+    std::fs::write(r.dir.join("a"), "a\n").unwrap();
+    r.git(&["add", "a"]);
+    let out = r
+        .cmd("git", &r.dir)
+        .args(["commit", "-q", "-m", "a"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(team_count(&witness), 1, "the team's .husky/pre-commit ran");
+    std::fs::write(r.dir.join("BROKEN"), "x\n").unwrap();
+    r.git(&["add", "BROKEN"]);
+    let out = r
+        .cmd("git", &r.dir)
+        .args(["commit", "-q", "-m", "broken"])
+        .env("BUILDLOCK_AGENT", "husky-agent")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(r.state().to_string().contains("husky-agent"));
+    r.git(&["rm", "-q", "--cached", "BROKEN"]);
+    let out = install(&r, &r.dir, &["--uninstall"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stdout).contains("add -A"),
+        "{}",
+        text(&out.stdout)
     );
     assert_eq!(
+        snapshot(&r.dir.join(".husky")),
         before,
-        (
-            snapshot(&r.dir.join(".git")),
-            snapshot(&r.dir.join(".husky"))
-        )
+        "husky's folder as it was"
     );
+}
+
+fn assert_is_our_script_or_shim(hook: &Path) {
+    let text = std::fs::read_to_string(hook).unwrap();
+    assert!(text.contains("buildlock-hook"), "{text}");
 }
 
 #[test]
@@ -760,7 +948,7 @@ fn committed_hooks_folder_keeps_working_for_a_teammate_without_buildlock() {
     let committed = r.git(&["show", "--name-status", "--format=", "HEAD"]);
     assert_eq!(
         text(&committed.stdout),
-        "M\t.githooks/pre-commit\nA\t.githooks/pre-commit.chained\n"
+        "M\t.githooks/pre-commit\nA\t.githooks/pre-commit.chained\nA\t.githooks/pre-merge-commit\n"
     );
     std::fs::write(r.dir.join(".buildlock.toml"), NO_WAIT).unwrap();
     r.git(&["add", ".buildlock.toml"]);
@@ -870,7 +1058,7 @@ fn committed_hooks_folder_keeps_working_for_a_teammate_without_buildlock() {
     let committed = r.git(&["show", "--name-status", "--format=", "HEAD"]);
     assert_eq!(
         text(&committed.stdout),
-        "M\t.githooks/pre-commit\nD\t.githooks/pre-commit.chained\n"
+        "M\t.githooks/pre-commit\nD\t.githooks/pre-commit.chained\nD\t.githooks/pre-merge-commit\n"
     );
 }
 

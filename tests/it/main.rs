@@ -9,6 +9,7 @@ mod ci_files;
 mod ci_verdict;
 mod claims;
 mod cli;
+mod commit_paths;
 mod election;
 mod faults;
 mod fix_commit;

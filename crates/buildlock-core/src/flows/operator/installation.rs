@@ -218,6 +218,23 @@ pub fn inspect(hooks_dir: &Path, buildlock_dir: &Path) -> HookInstall {
     let hook = hooks_dir.join("pre-commit");
     let binary = buildlock_dir.join("bin").join("pre-commit");
     let Ok(meta) = std::fs::symlink_metadata(&hook) else {
+        // husky's folder, not made yet in this worktree: husky makes it on `npm install`.
+        if ends_with_underscore(hooks_dir) && !hooks_dir.exists() {
+            if let Some(parent) = hooks_dir.parent() {
+                if contains(
+                    &read_head(&parent.join("pre-commit")),
+                    b"buildlock/bin/pre-commit",
+                ) {
+                    return HookInstall::Missing {
+                        hook,
+                        what_to_run: format!(
+                            "`npm install` in this worktree (husky makes {} there; until then git runs no hook here)",
+                            hooks_dir.display()
+                        ),
+                    };
+                }
+            }
+        }
         return HookInstall::Missing {
             hook,
             what_to_run: what_to_run(buildlock_dir),
@@ -234,7 +251,10 @@ pub fn inspect(hooks_dir: &Path, buildlock_dir: &Path) -> HookInstall {
         };
     }
     let head = read_head(&hook);
-    if ends_with_underscore(hooks_dir) && contains(&head, b"husky") {
+    // husky 9.1's hook is `. "$(dirname "$0")/h"`, its runner `h` beside it.
+    let husky = contains(&head, b"husky")
+        || (contains(&head, b"/h\"") && contains(&read_head(&hooks_dir.join("h")), b"husky"));
+    if ends_with_underscore(hooks_dir) && husky {
         // husky: `.husky/_/pre-commit` runs `.husky/pre-commit`, which may call buildlock.
         if let Some(parent) = hooks_dir.parent() {
             let user_hook = read_head(&parent.join("pre-commit"));
