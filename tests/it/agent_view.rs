@@ -116,7 +116,8 @@ fn agent<'a>(a: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
 
 fn agents_json(r: &TestRepo) -> serde_json::Value {
     serde_json::from_str(&stdout_of(
-        &r.buildlock(&r.dir, "observer", &["agents", "--json"]).code(0),
+        &r.buildlock(&r.dir, "observer", &["agents", "--json"])
+            .code(0),
     ))
     .unwrap()
 }
@@ -155,7 +156,9 @@ fn agents_shows_a_waiter_live_and_a_checking_agent_as_checking() {
     let wb = agent(&a, "b");
     assert_eq!(wb["state"], "waiting", "{a:#}");
     assert_eq!(wb["host"], hostname(), "{a:#}");
-    let pid = wb["pid"].as_u64().unwrap_or_else(|| panic!("no pid: {a:#}")) as u32;
+    let pid = wb["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no pid: {a:#}")) as u32;
     assert!(alive(pid), "{a:#}");
     let age = now_secs().saturating_sub(epoch_secs(wb["last_seen"].as_str().unwrap()));
     assert!(age <= 2, "b waits right now, last seen {age}s ago: {a:#}");
@@ -163,7 +166,9 @@ fn agents_shows_a_waiter_live_and_a_checking_agent_as_checking() {
 
     let wc = agent(&a, "c");
     assert_eq!(wc["state"], "checking", "{a:#}");
-    let pid = wc["pid"].as_u64().unwrap_or_else(|| panic!("no pid: {a:#}")) as u32;
+    let pid = wc["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no pid: {a:#}")) as u32;
     assert!(alive(pid), "{a:#}");
     assert_eq!(wc["host"], hostname(), "{a:#}");
     let age = now_secs().saturating_sub(epoch_secs(wc["last_seen"].as_str().unwrap()));
@@ -194,8 +199,7 @@ fn one_agent_id_in_two_work_trees_at_once_is_warned_and_shown() {
         .as_array()
         .unwrap_or_else(|| panic!("{a:#}"));
     assert!(
-        also.iter()
-            .any(|w| w["worktree"].as_str() == ta.to_str()),
+        also.iter().any(|w| w["worktree"].as_str() == ta.to_str()),
         "{a:#}"
     );
     assert_eq!(
