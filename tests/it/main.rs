@@ -5,6 +5,7 @@
 // clippy.toml keeps the environment in os/env.rs for the programs themselves.
 #![allow(clippy::disallowed_methods)]
 
+mod agent_view;
 mod ci_files;
 mod ci_verdict;
 mod claims;

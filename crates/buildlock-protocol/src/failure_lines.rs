@@ -56,6 +56,72 @@ pub fn failure_lines(text: &str) -> Vec<Cow<'_, str>> {
     f.kept
 }
 
+/// The most lines a waiter is shown of a failure (contract: "What agents read").
+pub const SUMMARY_LINES: usize = 20;
+/// A longer line is cut: one line of minified output can cost more than the rest together.
+const SUMMARY_LINE_CHARS: usize = 240;
+
+/// What an agent that must not fix a failure is shown of it: its first failing lines.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// At most the `max` asked for, colour codes removed, long lines cut.
+    pub lines: Vec<String>,
+    /// How many lines the full selection held (more than `lines.len()` when cut short).
+    pub of: usize,
+}
+
+/// The first failing lines of a failed check's output, at most `max`: the lines
+/// [`failure_lines`] keeps, narrowed to those that show a failure (`error:`, `FAILED`, a panic, a
+/// traceback…) with the indented lines right under each (a source excerpt, ` --> file:line`, a
+/// stack). Output in which nothing shows a failure is unknown: then its last lines, where a
+/// failing command usually says why. Empty lines never count.
+pub fn summary(text: &str, max: usize) -> Summary {
+    let text = crate::signature::strip_ansi(text);
+    let kept = failure_lines(&text);
+    let kept: Vec<&str> = kept
+        .iter()
+        .map(|l| l.as_ref())
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let chosen: Vec<&str> = if kept.iter().any(|l| is_evidence(l)) {
+        let mut chosen = Vec::new();
+        let mut in_failure = false;
+        for line in &kept {
+            in_failure = is_evidence(line) || (in_failure && belongs_to_previous(line));
+            if in_failure {
+                chosen.push(*line);
+            }
+        }
+        chosen
+    } else {
+        let from = kept.len().saturating_sub(max);
+        kept[from..].to_vec()
+    };
+    Summary {
+        of: chosen.len(),
+        lines: chosen.into_iter().take(max).map(cut).collect(),
+    }
+}
+
+/// A line under a failure that belongs to it: indented, or rustc's and gcc's excerpt markers.
+fn belongs_to_previous(line: &str) -> bool {
+    let t = line.trim_start();
+    line.starts_with([' ', '\t'])
+        || t.starts_with("-->")
+        || t.starts_with('|')
+        || t.starts_with("= ")
+        || t.split_once(" |")
+            .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn cut(line: &str) -> String {
+    let line = line.replace('\t', "    ");
+    match line.char_indices().nth(SUMMARY_LINE_CHARS) {
+        Some((i, _)) => format!("{}…", &line[..i]),
+        None => line,
+    }
+}
+
 #[derive(Default, PartialEq, Eq, Clone, Copy)]
 enum Region {
     #[default]
@@ -910,6 +976,52 @@ mod tests {
             lines(out),
             ["lint: src/a.py:3: unused import os", "lint failed"]
         );
+    }
+
+    #[test]
+    fn a_summary_keeps_the_failing_lines_and_what_is_indented_under_them() {
+        let mut out = String::new();
+        for i in 1..=200 {
+            match i {
+                60 => out += "\x1b[31merror\x1b[0m: part 60 is broken\n",
+                61 => out += "  --> src/a.rs:3:5\n",
+                150 => out += "error: part 150 is broken\n",
+                _ => out += &format!("progress line {i}\n"),
+            }
+        }
+        let s = summary(&out, SUMMARY_LINES);
+        assert_eq!(
+            s.lines,
+            [
+                "error: part 60 is broken",
+                "  --> src/a.rs:3:5",
+                "error: part 150 is broken"
+            ]
+        );
+        assert_eq!(s.of, 3);
+    }
+
+    #[test]
+    fn a_summary_is_cut_at_its_limit_and_says_how_many_there_were() {
+        let out: String = (0..50).map(|i| format!("error: e{i}\n")).collect();
+        let s = summary(&out, 20);
+        assert_eq!(s.lines.len(), 20);
+        assert_eq!(s.lines[0], "error: e0");
+        assert_eq!(s.of, 50);
+        let long = format!("error: {}\n", "x".repeat(1000));
+        assert!(summary(&long, 20).lines[0].chars().count() <= SUMMARY_LINE_CHARS + 1);
+    }
+
+    #[test]
+    fn a_summary_of_output_without_a_failing_line_is_its_tail() {
+        let out: String = (0..30).map(|i| format!("step {i}\n")).collect::<String>() + "\n";
+        let s = summary(&out, 5);
+        assert_eq!(
+            s.lines,
+            ["step 25", "step 26", "step 27", "step 28", "step 29"]
+        );
+        assert_eq!(s.of, 5);
+        assert!(summary("", 5).lines.is_empty());
     }
 
     #[test]

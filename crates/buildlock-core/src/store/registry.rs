@@ -7,8 +7,13 @@
 //! seen/<agent>            every agent that committed through the hook or claimed: who it is and
 //!                         where; its mtime is its last sign of life (renews its claims, and lists
 //!                         it in `buildlock agents` even when it claims nothing)
+//! where/<agent>/<tree>    one per work tree the agent's hook ran in: who it is there; its mtime
+//!                         is its last commit there (two recent ones: one id used by two agents)
 //! locks/registry.lock     held for one read-decide-write of the registry (empty, never removed)
 //! locks/slot-<i>.lock     held by the process running a check in slot i, for the whole check
+//! locks/checking/<agent>.lock  held by the hook while it runs the agent's check (with or
+//!                         without check slots): `buildlock agents` shows it `checking`, and its
+//!                         holder's pid
 //! ```
 //!
 //! Every change is one step under `locks/registry.lock`: read, observe (time, dead waiters,
@@ -117,6 +122,47 @@ impl RegistryStore {
     /// Agents seen within `ttl` (see [`seen_agents`]).
     pub fn seen_agents(&self, now: crate::os::time::Millis, ttl: u64) -> Vec<Seen> {
         seen_agents(&self.home, now, ttl)
+    }
+
+    /// Records a commit of `agent` in the work tree `here.worktree` (see [`seen_in`]) and returns
+    /// the other work trees the same id was active in within `window`, newest first.
+    pub fn seen_in(&self, here: &Seen, window: u64) -> Vec<Seen> {
+        seen_in(&self.home, here, window)
+    }
+
+    /// The work trees `agent` committed in within `window`, newest first.
+    pub fn worktrees_of(
+        &self,
+        agent: &str,
+        now: crate::os::time::Millis,
+        window: u64,
+    ) -> Vec<Seen> {
+        worktrees_of(&self.home, agent, now, window)
+    }
+
+    fn checking_path(&self, agent: &str) -> PathBuf {
+        self.home
+            .join("locks")
+            .join("checking")
+            .join(format!("{}.lock", crate::protocol::key::file_stem(agent)))
+    }
+
+    /// Held while the agent's check runs: `buildlock agents` shows the agent `checking`. Best
+    /// effort: `None` when another process of the same agent already holds it (that one shows)
+    /// or the folder cannot be written (nothing is refused for it).
+    pub fn checking(&self, agent: &str) -> Option<Lock> {
+        let path = self.checking_path(agent);
+        let _ = std::fs::create_dir_all(path.parent()?);
+        Lock::try_acquire(&path).ok().flatten()
+    }
+
+    /// Whether a check of `agent` runs now, and the pid that runs it where the OS tells.
+    pub fn checking_now(&self, agent: &str) -> Option<Option<u32>> {
+        let path = self.checking_path(agent);
+        if let Some((pid, _)) = lock::holder(&path) {
+            return Some(Some(pid));
+        }
+        (!lock::is_free(&path).unwrap_or(true)).then_some(None)
     }
 
     pub fn slot_lock_path(&self, slot: usize) -> PathBuf {
@@ -327,6 +373,72 @@ pub struct Seen {
 
 fn seen_dir(home: &Path) -> PathBuf {
     home.join("seen")
+}
+
+fn where_dir(home: &Path, agent: &str) -> PathBuf {
+    home.join("where")
+        .join(crate::protocol::key::file_stem(agent))
+}
+
+/// Records that `here.agent` committed in the work tree `here.worktree` now: one `utimensat` of
+/// `where/<agent>/<tree>` (written whole the first time), then one look at the agent's folder,
+/// which holds one file per work tree. Returns the other work trees the same id committed in
+/// within `window`: one id active in two work trees at once is two agents taken for one (a
+/// failure of either counts as the fixer's own, they share claims), which the caller warns about
+/// and refuses nothing for. Files of work trees not seen for a day are removed. Best effort.
+pub fn seen_in(home: &Path, here: &Seen, window: u64) -> Vec<Seen> {
+    let dir = where_dir(home, &here.agent);
+    let path = dir.join(crate::protocol::key::file_stem(
+        &here.worktree.to_string_lossy(),
+    ));
+    if !touch_existing(&path) {
+        let _ = std::fs::create_dir_all(&dir);
+        let tmp = dir.join(format!(".{}.{}", std::process::id(), time::now()));
+        if let Ok(bytes) = serde_json::to_vec(here) {
+            if std::fs::write(&tmp, bytes).is_err() || std::fs::rename(&tmp, &path).is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+        }
+    }
+    worktrees_of(home, &here.agent, time::now(), window)
+        .into_iter()
+        .filter(|s| s.worktree != here.worktree)
+        .collect()
+}
+
+/// The work trees `agent` committed in within `window` (`where/<agent>/`), newest first.
+pub fn worktrees_of(
+    home: &Path,
+    agent: &str,
+    now: crate::os::time::Millis,
+    window: u64,
+) -> Vec<Seen> {
+    let forget_after = window.max(24 * 3600 * 1000);
+    let mut found: Vec<Seen> = std::fs::read_dir(where_dir(home, agent))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter_map(|e| {
+            let path = e.path();
+            let last_seen = modified_ms(&path)?;
+            let age = now.saturating_sub(last_seen);
+            if age > forget_after {
+                let _ = std::fs::remove_file(&path);
+                return None;
+            }
+            if age > window {
+                return None;
+            }
+            let bytes = crate::os::fs::read_bounded(&path, 64 * 1024).ok()??;
+            let mut seen: Seen = serde_json::from_slice(&bytes).ok()?;
+            (seen.agent == agent).then_some(())?;
+            seen.last_seen = last_seen;
+            Some(seen)
+        })
+        .collect();
+    found.sort_by_key(|s| std::cmp::Reverse(s.last_seen));
+    found
 }
 
 /// Writes `seen/<agent>` for an agent that has none (see [`touch`], which renews it). Best

@@ -2,8 +2,19 @@
 //! or must take a fix that already exists.
 //!
 //! Hot path (check passes, nobody fixing): one in-process repository open, the config files, one
-//! small state read before the check (the base's pass counter and its open keys), the check.
-//! No lock, no write, no git subprocess, and nothing more however many keys are on record.
+//! small state read before the check (the base's pass counter and its open keys), the agent's
+//! sign of life in this work tree (a `utimensat` and a look at its folder of work trees), this
+//! agent's own `checking` lock (uncontended), the check. No shared lock, no write, no git
+//! subprocess, and nothing more however many keys are on record.
+//!
+//! What the agent reads of the check's output: with coordination on, the output is kept (not
+//! streamed) while the check runs, because whether this agent must fix the failure is only
+//! known once it ends. Then the fixer (elected, still fixing, or just given up), a passing check
+//! and an agent whose coordination failed get all of it; an agent that waits for another's fix or
+//! must take an existing fix gets its first failing lines (at most 20,
+//! `protocol::failure_lines::summary`) and where the full log is. A long check says every so
+//! often that it still runs. Streamed live as before: with coordination off (`BUILDLOCK=0`) and
+//! when this agent already fixes the breakage (its re-check: it is the fixer whatever happens).
 //!
 //! Exit codes (contract): 0 passed; 1 you are the fixer (or just gave the role up); 75 another
 //! agent is fixing, or the fix exists and you must take it; 78 configuration error (the check's
@@ -111,8 +122,8 @@ impl Hook<'_> {
         let mut seen_silent = env::seen_silent();
         let mut stale_reruns = 0;
         let base = ctx.base();
-        if !bypass && ctx.unusable.is_none() && !ctx.seen {
-            first_commit_seen(ctx);
+        if !bypass && ctx.unusable.is_none() {
+            commit_seen(ctx);
         }
         // Claims guard: another agent's exclusive claim refuses (or holds) the commit
         // before any check runs.
@@ -132,7 +143,8 @@ impl Hook<'_> {
                 Some(_) => BaseView::default(),
             };
             let passes_seen = (stale_reruns < MAX_STALE_RERUNS).then_some(view.passes);
-            let run = match self.run_check(&view) {
+            let live = bypass || ctx.unusable.is_some() || self.already_fixing(&view);
+            let run = match self.run_check(&view, live) {
                 Ok(run) => run,
                 Err(e) => {
                     say::say(format!("cannot run the check: {e:#}"));
@@ -140,6 +152,17 @@ impl Hook<'_> {
                     return exit::CONFIG;
                 }
             };
+            let output = Output {
+                bytes: &run.output,
+                live,
+            };
+            // A failure is shown once this agent's role is known; anything else (a pass, a stop,
+            // a command that could not run) is shown whole.
+            let a_failure = matches!(run.ending, Ending::TimedOut(_))
+                || matches!(run.ending, Ending::Failed(c) if !matches!(c, Some(126 | 127)));
+            if !a_failure {
+                output.whole();
+            }
             if let Some(code) = self.check_ended(&run.ending, &base, &view) {
                 return code;
             }
@@ -151,12 +174,16 @@ impl Hook<'_> {
                 return exit::FIXER;
             }
             if let Some(why) = &ctx.unusable {
+                output.whole();
                 return coordination_failed(why);
             }
-            let failed = match self.failed(&run.output, &view, passes_seen, seen_silent.take()) {
+            let failed = match self.failed(&output, &view, passes_seen, seen_silent.take()) {
                 Ok(failed) => failed,
                 Err(StoreError::Interrupted) => return self.stopped(),
-                Err(e) => return coordination_failed(&format!("{e:#}")),
+                Err(e) => {
+                    output.whole();
+                    return coordination_failed(&format!("{e:#}"));
+                }
             };
             let (decision, fixer_since) = match failed {
                 Failed::Stale => {
@@ -231,7 +258,16 @@ impl Hook<'_> {
         }
     }
 
-    fn run_check(&self, view: &BaseView) -> std::io::Result<check::Run> {
+    /// Whether this agent fixes an open key of the base already: its check is its re-check, and
+    /// it reads the whole output whatever the check does.
+    fn already_fixing(&self, view: &BaseView) -> bool {
+        view.keys.iter().any(|s| {
+            s.status == Status::Fixing
+                && s.fixer.as_ref().is_some_and(|f| f.agent == self.ctx.agent)
+        })
+    }
+
+    fn run_check(&self, view: &BaseView, live: bool) -> std::io::Result<check::Run> {
         // A fixer by hand (no commit-retry renewing its lease) keeps its lease through its own
         // re-check, however long the check takes.
         let _leases: Vec<Heartbeat> = view
@@ -272,16 +308,24 @@ impl Hook<'_> {
                 });
             }
         };
+        // `buildlock agents` shows this agent as checking while it holds this.
+        let _checking = self.ctx.registry.checking(&self.ctx.agent);
+        let progress = Progress::new(live);
         let opts = check::Options {
             dir: &self.ctx.repo.worktree,
             timeout: self.ctx.config.check_timeout,
-            echo: true,
+            echo: live,
             env: Vec::new(),
             parent: Some(self.parent),
             on_start: &mut |_| crate::os::fault::point("check"),
-            cancel: &|| false,
+            cancel: &|| {
+                progress.tick();
+                false
+            },
         };
-        check::run(&self.command, opts)
+        let run = check::run(&self.command, opts);
+        progress.done();
+        run
     }
 
     /// The check passed: a fixer's pass, or any pass on a broken key, marks it passing. Never
@@ -349,7 +393,7 @@ impl Hook<'_> {
     /// The check failed: record it and learn this agent's role.
     fn failed(
         &self,
-        output: &[u8],
+        output: &Output<'_>,
         view: &BaseView,
         passes_seen: Option<u64>,
         seen_silent: Option<(u64, u64)>,
@@ -357,7 +401,7 @@ impl Hook<'_> {
         let ctx = self.ctx;
         let base = ctx.base();
         let failure = Failure {
-            output,
+            output: output.bytes,
             base: &base,
             key: None,
             view,
@@ -381,6 +425,14 @@ impl Hook<'_> {
         let log_shown = log
             .as_ref()
             .map_or_else(|| "-".to_owned(), |l| l.display().to_string());
+        // Only the one who fixes it reads all of it.
+        let must_not_fix = matches!(
+            applied.outcome,
+            Outcome::Wait { .. } | Outcome::TakeFix { .. }
+        );
+        if !must_not_fix {
+            output.whole();
+        }
         let mut d = Decision::new(Verdict::Fix);
         d.key = Some(key.clone());
         d.base = Some(base);
@@ -416,12 +468,14 @@ impl Hook<'_> {
                 d.since = Some(fixer.since);
                 fixer_since = Some(fixer.since);
                 told.wait(fixer, &applied.after);
+                output.summary(&log_shown);
             }
             Outcome::TakeFix { commit, by } => {
                 d.verdict = Verdict::TakeFix;
                 d.fixer = Some(by.clone());
                 d.fix_commit = Some(commit.clone());
                 tell_take_fix(commit, &say::inert(by), env::decision_file().is_some());
+                output.summary(&log_shown);
             }
             other => {
                 return Err(
@@ -502,6 +556,99 @@ impl Hook<'_> {
                 HookWait::Exit(exit::signal(n))
             }
             WaitEnd::ParentGone => HookWait::Exit(exit::signal(libc::SIGHUP)),
+        }
+    }
+}
+
+/// The check's output, and what the agent has been shown of it.
+struct Output<'a> {
+    bytes: &'a [u8],
+    /// Streamed as it came: shown already, all of it.
+    live: bool,
+}
+
+impl Output<'_> {
+    /// All of it (for whoever must act on it), unless it was streamed.
+    fn whole(&self) {
+        if !self.live {
+            say::raw(self.bytes);
+        }
+    }
+
+    /// Its first failing lines and where the whole of it is: for an agent that must not fix it.
+    fn summary(&self, log: &str) {
+        if self.live {
+            return;
+        }
+        let text = String::from_utf8_lossy(self.bytes);
+        let s = crate::protocol::failure_lines::summary(
+            &text,
+            crate::protocol::failure_lines::SUMMARY_LINES,
+        );
+        if s.lines.is_empty() {
+            say::say(format!(
+                "the check printed nothing that shows why; its output: {log}"
+            ));
+            return;
+        }
+        let shown = if s.of > s.lines.len() {
+            format!("the first {} of its {} failing lines", s.lines.len(), s.of)
+        } else {
+            "its failing lines".to_owned()
+        };
+        let mut text = format!(
+            "what failed ({shown}; the whole output is in {log}; read it only if you must):"
+        );
+        for line in &s.lines {
+            text.push_str("\n  | ");
+            text.push_str(&say::inert(line));
+        }
+        say::say(text);
+    }
+}
+
+/// While the check runs unseen (its output kept for later), a sign that it still runs: the
+/// first after a while, then a live line on a terminal, else a line a minute.
+struct Progress {
+    on: bool,
+    start: Instant,
+    next: std::cell::Cell<Duration>,
+    shown: std::cell::Cell<bool>,
+}
+
+impl Progress {
+    const FIRST: Duration = Duration::from_secs(15);
+
+    fn new(live: bool) -> Progress {
+        Progress {
+            on: !live,
+            start: Instant::now(),
+            next: std::cell::Cell::new(Self::FIRST),
+            shown: std::cell::Cell::new(false),
+        }
+    }
+
+    fn tick(&self) {
+        let ran = self.start.elapsed();
+        if !self.on || ran < self.next.get() {
+            return;
+        }
+        let every = if say::stderr_is_terminal() {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(60)
+        };
+        self.next.set(ran + every);
+        self.shown.set(true);
+        say::progress(format!(
+            "the check is still running ({} so far); its output is shown when it ends",
+            time::human(Duration::from_secs(ran.as_secs()))
+        ));
+    }
+
+    fn done(&self) {
+        if self.shown.get() {
+            say::progress_done();
         }
     }
 }
@@ -645,16 +792,37 @@ fn elector(ctx: &Context) -> Option<crate::os::process::Process> {
         .map(crate::os::process::of)
 }
 
-/// The agent's first commit: listed by `buildlock agents` from now on (later commits only renew
-/// it, with the touch every program makes when it loads).
-fn first_commit_seen(ctx: &Context) {
-    ctx.registry.seen(&ctx.agent, || registry::Seen {
+/// A commit of this agent: listed by `buildlock agents` from its first (later ones renew it, with
+/// the touch every program makes when it loads), in the work tree it ran in. The same id active
+/// in another work tree too is warned about, and nothing more: it may be one agent that moved.
+fn commit_seen(ctx: &Context) {
+    let here = registry::Seen {
         agent: ctx.agent.clone(),
         host: crate::os::process::hostname(),
         worktree: ctx.repo.worktree.clone(),
         git_dir: Some(ctx.repo.git_dir.clone()),
         last_seen: 0,
-    });
+    };
+    if !ctx.seen {
+        ctx.registry.seen(&ctx.agent, || here.clone());
+    }
+    let window = ctx.config.claims_ttl.as_millis() as u64;
+    let others = ctx.registry.seen_in(&here, window);
+    if let Some(other) = others.first() {
+        say::warn(format!(
+            "the agent id `{}` was also active in the work tree {} (host `{}`) {} ago, and now \
+             commits from {}\nif two agents use this id, buildlock takes them for one: a failure \
+             of either counts as the fixer's own, and they share claims; give each its own \
+             BUILDLOCK_AGENT (nothing was refused; `buildlock agents` shows both work trees)",
+            say::inert(&ctx.agent),
+            say::inert(&other.worktree.display().to_string()),
+            say::inert(&other.host),
+            time::human(Duration::from_millis(
+                time::now().saturating_sub(other.last_seen)
+            )),
+            say::inert(&ctx.repo.worktree.display().to_string()),
+        ));
+    }
 }
 
 fn coordination_failed(why: &str) -> i32 {

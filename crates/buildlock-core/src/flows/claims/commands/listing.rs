@@ -11,7 +11,8 @@ use crate::os::say;
 use crate::os::time::{self, Millis, human, rfc3339};
 use crate::protocol::claims::{self, Claim, DEFAULT_PRIORITY};
 use crate::protocol::exit;
-use crate::protocol::state::Status;
+use crate::protocol::state::{KeyState, Status};
+use crate::store::registry::Seen;
 
 /// How `buildlock log` words a claims event (`other`: its name, for events it does not know).
 pub fn log_detail(event: &str, e: &Value) -> String {
@@ -139,6 +140,8 @@ pub(super) struct AgentRow {
     pid: Option<u32>,
     worktree: Option<String>,
     branch: Option<String>,
+    /// Other work trees the same id committed in within `claims.ttl`: two agents under one id.
+    also_active_in: Vec<Seen>,
 }
 
 pub(super) fn agent_rows(ctx: &Context) -> Vec<AgentRow> {
@@ -179,6 +182,7 @@ pub(super) fn agent_rows(ctx: &Context) -> Vec<AgentRow> {
             pid: Some(a.pid),
             worktree: Some(a.worktree.clone()),
             branch: Some(a.branch.clone()),
+            also_active_in: Vec::new(),
         });
     }
     let seen = ctx.registry.seen_agents(now, ttl);
@@ -206,6 +210,7 @@ pub(super) fn agent_rows(ctx: &Context) -> Vec<AgentRow> {
                 pid: fixer.and_then(|f| f.pid),
                 worktree: seen_as(&name).map(|s| s.worktree.display().to_string()),
                 branch: seen_as(&name).and_then(|s| current_branch(s.git_dir.as_deref()?)),
+                also_active_in: Vec::new(),
                 agent: name,
             });
         }
@@ -225,10 +230,68 @@ pub(super) fn agent_rows(ctx: &Context) -> Vec<AgentRow> {
             pid: None,
             worktree: Some(s.worktree.display().to_string()),
             branch: s.git_dir.as_deref().and_then(current_branch),
+            also_active_in: Vec::new(),
         });
+    }
+    for row in &mut rows {
+        live_now(ctx, row, &keys, seen_as(&row.agent), now, ttl);
     }
     rows.sort_by(|a, b| a.agent.cmp(&b.agent));
     rows
+}
+
+/// What the records above cannot know, from what runs now: a check of the agent's (its
+/// `checking` lock), its live waiting process (pid, host, and a sign of life that is now), its
+/// latest commit's time and work tree, and the other work trees it is active in.
+fn live_now(
+    ctx: &Context,
+    row: &mut AgentRow,
+    keys: &[(String, KeyState)],
+    seen: Option<&Seen>,
+    now: Millis,
+    ttl: Millis,
+) {
+    let mut live_pid = None;
+    let mut host = None;
+    if let Some(pid) = ctx.registry.checking_now(&row.agent) {
+        if matches!(row.state, "idle" | "done" | "waiting" | "fixing") {
+            row.state = "checking";
+        }
+        live_pid = pid;
+        host = Some(crate::os::process::hostname());
+    }
+    for (_, s) in keys.iter().filter(|(_, s)| s.status == Status::Fixing) {
+        if let Some(f) = s.fixer.as_ref().filter(|f| f.agent == row.agent) {
+            row.last_seen = row.last_seen.max(f.heartbeat);
+            host = host.or_else(|| Some(f.host.clone()));
+        }
+        for w in s.waiters.iter().filter(|w| w.agent == row.agent) {
+            host = host.or_else(|| Some(w.host.clone()));
+            if live_pid.is_none() && crate::os::process::is_live(&w.process()) {
+                live_pid = Some(w.pid);
+            }
+        }
+    }
+    if live_pid.is_some() {
+        // A process of the agent's that runs now is a sign of life now.
+        row.last_seen = now;
+        row.pid = live_pid;
+    }
+    if let Some(s) = seen {
+        row.last_seen = row.last_seen.max(s.last_seen);
+    }
+    let mut trees = ctx.registry.worktrees_of(&row.agent, now, ttl);
+    if !trees.is_empty() {
+        let latest = trees.remove(0);
+        row.last_seen = row.last_seen.max(latest.last_seen);
+        row.worktree = Some(latest.worktree.display().to_string());
+        row.branch = latest.git_dir.as_deref().and_then(current_branch);
+        host = host.or(Some(latest.host));
+    }
+    row.also_active_in = trees;
+    if row.host.is_empty() {
+        row.host = host.unwrap_or_default();
+    }
 }
 
 /// The branch checked out in the work tree whose git dir is `git_dir` (None when detached).
@@ -248,7 +311,11 @@ pub fn agents(ctx: &Context, as_json: bool) -> Result<i32> {
             .map(|r| {
                 json!({"agent": r.agent, "state": r.state, "priority": r.priority, "claims": r.claims,
                        "last_seen": rfc3339(r.last_seen), "host": r.host, "pid": r.pid,
-                       "worktree": r.worktree, "branch": r.branch})
+                       "worktree": r.worktree, "branch": r.branch,
+                       "also_active_in": r.also_active_in.iter().map(|t| json!({
+                           "worktree": t.worktree.display().to_string(), "host": t.host,
+                           "branch": t.git_dir.as_deref().and_then(current_branch),
+                           "last_seen": rfc3339(t.last_seen)})).collect::<Vec<_>>()})
             })
             .collect();
         out(&format!(
@@ -312,6 +379,14 @@ pub fn agents(ctx: &Context, as_json: bool) -> Result<i32> {
                 claims.join(", ")
             }
         ));
+        for other in &r.also_active_in {
+            text.push_str(&format!(
+                "  ! the same id is also active in {} ({} ago): two agents under one id? give \
+                 each its own BUILDLOCK_AGENT\n",
+                say::inert(&other.worktree.display().to_string()),
+                human(Duration::from_millis(now.saturating_sub(other.last_seen))),
+            ));
+        }
     }
     out(&text);
     Ok(exit::OK)
