@@ -834,8 +834,9 @@ fn remote_clock_skew_of_ten_minutes_either_way_changes_nothing() {
         assert_eq!(
             fix_starts(&s).len(),
             1,
-            "fixer skewed {fixer_skew}: {:?}",
-            s.witness()
+            "fixer skewed {fixer_skew}: {:?}\n{}",
+            s.witness(),
+            report(&outs)
         );
         let st = s.status(&clones[1]);
         assert_eq!(

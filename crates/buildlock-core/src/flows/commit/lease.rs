@@ -76,21 +76,22 @@ impl Heartbeat {
                 }
                 next_look = now + look;
                 let renew = now >= next;
-                let current = match store.read(&key) {
-                    Read::Found { state, .. } => state.is_fixer(&agent, generation),
-                    // Not knowing is not being fenced: try again at the next beat.
-                    Read::Unreachable(why) => {
-                        if renew {
-                            next = now + every;
-                            crate::os::say::warn(format!("could not renew the fixer lease: {why}"));
-                        }
-                        continue;
+                let read = store.read(&key);
+                if let Read::Unreachable(why) = &read {
+                    if renew {
+                        next = now + every;
+                        crate::os::say::warn(format!("could not renew the fixer lease: {why}"));
                     }
-                    _ => false,
-                };
-                if !current {
-                    fenced2.store(true, Ordering::SeqCst);
-                    return;
+                    continue;
+                }
+                match fenced_by(&read, &agent, generation) {
+                    Some(true) => {
+                        fenced2.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    Some(false) => {}
+                    // Not knowing is not being fenced: look again at the next beat.
+                    None => continue,
                 }
                 if !renew {
                     continue;
@@ -119,6 +120,20 @@ impl Heartbeat {
     }
 }
 
+/// Whether what was read says that `agent` no longer holds `generation`'s role: a later
+/// generation (a takeover, a reset), or the same one no longer fixed by it (a release, given
+/// up). `None` when the read says nothing sure: missing, damaged, unreachable, or an older
+/// generation than ours (a view from before our election: generations never go back).
+fn fenced_by(read: &Read, agent: &str, generation: u64) -> Option<bool> {
+    match read {
+        Read::Found { state, .. } if state.generation > generation => Some(true),
+        Read::Found { state, .. } if state.generation == generation => {
+            Some(!state.is_fixer(agent, generation))
+        }
+        _ => None,
+    }
+}
+
 impl Drop for Heartbeat {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
@@ -126,5 +141,60 @@ impl Drop for Heartbeat {
             t.thread().unpark();
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::state::KeyState;
+
+    fn found(state: KeyState) -> Read {
+        Read::Found {
+            base: "repo".into(),
+            state,
+        }
+    }
+
+    #[test]
+    fn only_a_sure_read_fences() {
+        let mut fixing = KeyState::passing("repo");
+        fixing.generation = 3;
+        fixing.status = crate::protocol::state::Status::Fixing;
+        fixing.fixer = Some(crate::protocol::state::Fixer {
+            agent: "a".into(),
+            pid: None,
+            host: "h".into(),
+            start: None,
+            since: 0,
+            heartbeat: 0,
+            attempts: 0,
+            registered: true,
+            fix_process: None,
+            elector: None,
+        });
+        assert_eq!(fenced_by(&found(fixing.clone()), "a", 3), Some(false));
+        assert_eq!(
+            fenced_by(&found(fixing.clone()), "b", 3),
+            Some(true),
+            "another fixer"
+        );
+        let mut later = fixing.clone();
+        later.generation = 4;
+        assert_eq!(
+            fenced_by(&found(later), "a", 3),
+            Some(true),
+            "taken over or reset"
+        );
+        let mut released = fixing.clone();
+        released.status = crate::protocol::state::Status::Broken;
+        released.fixer = None;
+        assert_eq!(fenced_by(&found(released), "a", 3), Some(true), "released");
+        // regression: a view from before the election fenced a live fixer, whose fix was stopped
+        let mut before = KeyState::passing("repo");
+        before.generation = 2;
+        assert_eq!(fenced_by(&found(before), "a", 3), None);
+        assert_eq!(fenced_by(&Read::Missing, "a", 3), None);
+        assert_eq!(fenced_by(&Read::Damaged("x".into()), "a", 3), None);
     }
 }
