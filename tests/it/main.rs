@@ -31,4 +31,5 @@ mod strays;
 mod stress;
 mod take_fix;
 mod takeover;
+mod waiter_takes_fix;
 mod waiting;

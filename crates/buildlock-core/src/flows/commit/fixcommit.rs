@@ -24,6 +24,7 @@ pub const GRACE: Duration = Duration::from_secs(10);
 use crate::os::repo::{self, Repo};
 use crate::os::{process, say};
 use crate::protocol::state::Fix;
+use crate::store::{Read, Store};
 
 /// Whether `id` can be a git object id, full or abbreviated: 4 to 64 hex digits (SHA-1 or
 /// SHA-256), nothing else.
@@ -84,6 +85,77 @@ pub fn await_commit(fix: &Fix, limit: Duration, stop: &dyn Fn() -> bool) -> Opti
         if start.elapsed() >= EDITOR_LIMIT.max(limit) || stop() {
             return None;
         }
+    }
+}
+
+/// The fix commit a waiter whose wait ended in `fix` (of `key`) must take, when its HEAD lacks it:
+/// the commit is waited for first, bounded, so that the waiter is handed it as soon as it exists
+/// (contract: no check is run again only to find out that it still fails).
+///
+/// - On this host, [`await_commit`] finds it on the fixer's first-parent line while its
+///   `git commit` still runs.
+/// - Made on another host (the remote backend), where the fixer's git dir cannot be read: its
+///   fixer records it in the state right after its commit; the state is watched for it, for at
+///   most [`GRACE`].
+///
+/// `None`: this HEAD has it, or no commit is coming (the fix made none, the fixer's commit
+/// failed, it moved on): the caller runs its check again.
+pub fn to_take(
+    repo: &Repo,
+    store: &dyn Store,
+    key: &str,
+    fix: &Fix,
+    stop: &dyn Fn() -> bool,
+) -> Option<String> {
+    lacking(repo, &await_fix_commit(store, key, fix, stop)?)
+}
+
+/// The commit of `fix` (of `key`), waited for as [`to_take`] says.
+pub fn await_fix_commit(
+    store: &dyn Store,
+    key: &str,
+    fix: &Fix,
+    stop: &dyn Fn() -> bool,
+) -> Option<String> {
+    await_commit(fix, GRACE, stop).or_else(|| {
+        let elsewhere = fix.commit.is_none()
+            && fix
+                .committer
+                .as_ref()
+                .is_some_and(|p| p.host != process::hostname());
+        elsewhere.then(|| await_recorded(store, key, fix, GRACE, stop))?
+    })
+}
+
+/// Waits until the state of `key` records the commit of `fix` (its fixer records it once its
+/// commit is made), for at most `limit`; `None` as soon as the state moves on to another fix.
+fn await_recorded(
+    store: &dyn Store,
+    key: &str,
+    fix: &Fix,
+    limit: Duration,
+    stop: &dyn Fn() -> bool,
+) -> Option<String> {
+    let deadline = Instant::now() + limit;
+    store.watch(key);
+    loop {
+        match store.read(key) {
+            Read::Found { state, .. } => match state.fix {
+                Some(f) if f.generation == fix.generation && f.by == fix.by => {
+                    if f.commit.is_some() {
+                        return resolve(&f);
+                    }
+                }
+                _ => return None,
+            },
+            Read::Unreachable(_) => {}
+            Read::Missing | Read::Damaged(_) => return None,
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stop() {
+            return None;
+        }
+        store.wait_change(key, None, left.min(store.look_every()));
     }
 }
 

@@ -17,7 +17,7 @@ use crate::flows::commit::wait::{self, WaitEnd};
 use crate::flows::context::Context;
 use crate::os::{env, say, signals, time};
 use crate::protocol::exit;
-use crate::protocol::state::Event;
+use crate::protocol::state::{Event, Fix};
 use crate::store::Read;
 
 const LOCK_CONTENTION_RETRIES: u32 = 30;
@@ -495,22 +495,38 @@ impl Retry<'_> {
             WaitEnd::FixerSilent(_, lease) => Waited::Silent(lease),
             WaitEnd::Fixed { fix, herd, .. } => {
                 wait::stagger(herd);
-                // git writes the fix commit just after the fixer's hook returns: wait for it
-                // (bounded), then hand it to `retry.refresh` when this branch lacks it.
-                let commit = fix.as_ref().and_then(|f| {
-                    fixcommit::await_commit(f, fixcommit::GRACE, &|| signals::pending().is_some())
-                });
-                let lacking = commit.and_then(|c| fixcommit::lacking(&self.ctx.repo, &c));
-                match fixer::refresh(self.ctx, &a, lacking.as_deref())? {
-                    Some(code) => Waited::Exit(code),
-                    None => Waited::Again,
-                }
+                self.after_the_fix(&d, &a, fix.as_ref())?
             }
-            WaitEnd::Moved { .. } => match fixer::refresh(self.ctx, &a, None)? {
-                Some(code) => Waited::Exit(code),
-                None => Waited::Again,
-            },
+            WaitEnd::Moved { fix, .. } => self.after_the_fix(&d, &a, fix.as_ref())?,
             _ => Waited::Again,
+        })
+    }
+
+    /// A wait ended with `fix` (fixed, or fixed and broken again since). When this branch lacks
+    /// its commit (waited for, bounded, until it exists), it is taken at once (`retry.refresh`,
+    /// with `BUILDLOCK_FIX_COMMIT`) or the agent is told how to take it (exit 75): no commit
+    /// runs the check again only to find out that it still fails. Otherwise `retry.refresh`
+    /// runs without a fix commit and the commit is tried again.
+    fn after_the_fix(&self, d: &Decision, a: &Assignment, fix: Option<&Fix>) -> Result<Waited> {
+        let stop = || signals::pending().is_some();
+        let lacking = fix.and_then(|f| {
+            fixcommit::to_take(&self.ctx.repo, self.ctx.store.as_ref(), &a.key, f, &stop)
+                .map(|commit| (commit, f.by.clone()))
+        });
+        let code = match lacking {
+            Some((commit, by)) => {
+                say::say(format!(
+                    "commit-retry: `{}` fixed it in commit {commit}, which this branch lacks",
+                    say::inert(&by)
+                ));
+                // This wait counted as a blocked attempt already.
+                self.take_fix(d, &commit, 0)?
+            }
+            None => fixer::refresh(self.ctx, a, None)?,
+        };
+        Ok(match code {
+            Some(code) => Waited::Exit(code),
+            None => Waited::Again,
         })
     }
 
@@ -651,9 +667,9 @@ impl Retry<'_> {
                         .map(|b| format!(" by `{}`", say::inert(b)))
                         .unwrap_or_default()
                 ),
-                "retrying the commit",
+                "taking the fix if this branch lacks it, then retrying the commit",
             ),
-            WaitEnd::Moved { generation } => (
+            WaitEnd::Moved { generation, .. } => (
                 format!("that fix ended (now generation {generation})"),
                 "retrying the commit",
             ),
