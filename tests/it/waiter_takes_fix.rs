@@ -11,7 +11,7 @@
 use crate::harness::*;
 use crate::remote::{Server, git, server_with};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Output};
 use std::time::Duration;
 
 const WAITERS: usize = 3;
@@ -196,6 +196,84 @@ fn plain_commits_waiting_in_the_hook_are_told_the_fix_without_a_recheck() {
             "{agent} ran its check only once (all: {})\n{err}",
             all_checks(&r)
         );
+    }
+    assert_eq!(r.state()["totals"]["elections"], 1);
+}
+
+/// The waiters' checks are still running when the fix lands (their failure is then stale: the
+/// key became passing while they ran): the fix is handed over at once, not found out by a
+/// check run again only to fail.
+#[test]
+fn a_waiter_whose_check_ran_while_the_fix_landed_takes_it_without_a_recheck() {
+    let r = TestRepo::new("");
+    let (witness, refreshes) = (r.shared("checks"), r.shared("refreshes"));
+    let (go, release) = (r.shared("go"), r.shared("release"));
+    r.configure(&format!(
+        "check = 'echo \"$BUILDLOCK_AGENT $(cat state.txt)\" >> {w}; \
+         [ \"$BUILDLOCK_AGENT\" = a0 ] || grep -qx ok state.txt || \
+         while [ ! -e {release} ]; do sleep 0.05; done; grep -qx ok state.txt'\n\
+         [coordination]\nwait = \"2m\"\n\
+         [fix]\ncommand = 'while [ ! -e {go} ]; do sleep 0.05; done; echo ok > state.txt && \
+         git add state.txt && git commit -q -m \"fix the bad merge\" -- state.txt'\n\
+         [retry]\nrefresh = 'echo \"$BUILDLOCK_AGENT [$BUILDLOCK_FIX_COMMIT]\" >> {refreshes}; {take}'\n",
+        w = witness.display(),
+        go = go.display(),
+        release = release.display(),
+        refreshes = refreshes.display(),
+        take = buildlock_core::flows::commit::fixcommit::REFRESH_TAKING_THE_FIX,
+    ));
+    r.commit_breakage();
+    r.alias_buildlock();
+    let trees: Vec<PathBuf> = (0..=WAITERS)
+        .map(|i| {
+            let t = r.worktree(&format!("a{i}"));
+            r.stage_change(&t, &format!("work{i}"));
+            t
+        })
+        .collect();
+    let fixer = r.commit_retry(&trees[0], "a0");
+    assert!(
+        eventually(
+            Duration::from_secs(60),
+            || r.state()["keys"][0]["fixer"]["agent"] == "a0"
+        ),
+        "{}",
+        r.state()
+    );
+    // The waiters' checks start on the broken tree and hold on until the fix is in.
+    let waiters: Vec<Child> = (1..=WAITERS)
+        .map(|i| r.commit_retry(&trees[i], &format!("a{i}")))
+        .collect();
+    assert!(eventually(Duration::from_secs(60), || {
+        (1..=WAITERS).all(|i| checks_of(&r, &format!("a{i}")).len() == 1)
+    }));
+    std::fs::write(&go, "").unwrap();
+    let out = wait_output(fixer, Duration::from_secs(120));
+    assert!(out.status.success(), "a0: {}", text(&out.stderr));
+    assert_eq!(r.state()["keys"][0]["status"], "passing");
+    let fix = text(&r.git_in(&trees[0], &["rev-parse", "HEAD~1"]).stdout)
+        .trim()
+        .to_owned();
+    std::fs::write(&release, "").unwrap();
+    let taken = |agent: &str| -> Vec<String> {
+        lines(&refreshes)
+            .into_iter()
+            .filter(|l| l.starts_with(&format!("{agent} ")))
+            .collect()
+    };
+    for (i, w) in waiters.into_iter().enumerate() {
+        let out = wait_output(w, Duration::from_secs(120));
+        let (i, err) = (i + 1, text(&out.stderr));
+        let agent = format!("a{i}");
+        assert!(out.status.success(), "{agent}: {err}");
+        assert_eq!(r.last_subject(&trees[i]), format!("{agent} work"));
+        assert_eq!(
+            checks_of(&r, &agent),
+            ["broken", "ok"],
+            "{agent}'s check runs (all: {})\n{err}",
+            all_checks(&r)
+        );
+        assert_eq!(taken(&agent), [format!("{agent} [{fix}]")], "{err}");
     }
     assert_eq!(r.state()["totals"]["elections"], 1);
 }
