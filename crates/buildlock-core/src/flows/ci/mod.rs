@@ -560,9 +560,14 @@ impl Ci<'_> {
                     ),
                 );
                 wait::stagger(herd);
-                // The fix commit, once it exists, and whether this checkout lacks it.
-                let commit = fix.as_ref().and_then(|f| {
-                    fixcommit::await_fix_commit(ctx.store.as_ref(), &a.key, f, &stop)
+                // The fix commit on record, once it exists, when this checkout lacks it: taken
+                // (or told) at once, with no check run again only to fail.
+                let to_take = fix.as_ref().and_then(|f| {
+                    fixcommit::to_take(&ctx.repo, ctx.store.as_ref(), &a.key, f, &stop)
+                });
+                let commit = to_take.clone().or_else(|| {
+                    fix.as_ref()
+                        .and_then(|f| fixcommit::await_commit(f, fixcommit::GRACE, &stop))
                 });
                 self.fix = Some(JobFix {
                     by: by.clone().or_else(|| fix.as_ref().map(|f| f.by.clone())),
@@ -570,13 +575,17 @@ impl Ci<'_> {
                     waited: fix.as_ref().map(|f| f.credited.clone()).unwrap_or_default(),
                     ..JobFix::default()
                 });
-                match commit.and_then(|c| fixcommit::lacking(&ctx.repo, &c)) {
-                    // Taken (or told) at once: no check runs again only to fail.
+                match to_take {
                     Some(commit) => {
                         let by = by.or_else(|| fix.map(|f| f.by)).unwrap_or_default();
                         self.hand_fix(a, &commit, &say::inert(&by), false)?
                     }
-                    None => fixer::refresh(ctx, a, None)?,
+                    // No fix commit on record (the fix may be outside the repository): the
+                    // refresh gets the commit the fixer's HEAD moved to, and the check runs.
+                    None => {
+                        let lacking = commit.and_then(|c| fixcommit::lacking(&ctx.repo, &c));
+                        fixer::refresh(ctx, a, lacking.as_deref())?
+                    }
                 }
             }
             WaitEnd::Moved { generation, fix } => {

@@ -88,18 +88,19 @@ pub fn await_commit(fix: &Fix, limit: Duration, stop: &dyn Fn() -> bool) -> Opti
     }
 }
 
-/// The fix commit a waiter whose wait ended in `fix` (of `key`) must take, when its HEAD lacks it:
-/// the commit is waited for first, bounded, so that the waiter is handed it as soon as it exists
-/// (contract: no check is run again only to find out that it still fails).
+/// The fix commit a waiter whose wait ended in `fix` (of `key`) must take before anything else,
+/// when its HEAD lacks it, so that it is handed over as soon as it exists (contract: no check is
+/// run again only to find out that it still fails).
 ///
-/// - On this host, [`await_commit`] finds it on the fixer's first-parent line while its
-///   `git commit` still runs.
-/// - Made on another host (the remote backend), where the fixer's git dir cannot be read: its
-///   fixer records it in the state right after its commit; the state is watched for it, for at
-///   most [`GRACE`].
+/// Only a commit *recorded* as the fix is handed over this way: one made apart by commit-retry,
+/// committed by `fix.command` itself, made by a `buildlock ci` fixer, or confirmed by another
+/// waiter's failure. A commit only found after the fixer's HEAD may be the fixer's own work after
+/// a fix outside the repository (a shared dependency): there the check runs again, and the state
+/// machine hands the commit over if it still fails. The record is waited for, bounded: while the
+/// fixer's `git commit` runs on this host, then [`RECORD_GRACE`] for its fixer to record it
+/// (made on another host: [`GRACE`]).
 ///
-/// `None`: this HEAD has it, or no commit is coming (the fix made none, the fixer's commit
-/// failed, it moved on): the caller runs its check again.
+/// `None`: this HEAD has it, or no fix commit is on record (the caller runs its check again).
 pub fn to_take(
     repo: &Repo,
     store: &dyn Store,
@@ -107,24 +108,31 @@ pub fn to_take(
     fix: &Fix,
     stop: &dyn Fn() -> bool,
 ) -> Option<String> {
-    lacking(repo, &await_fix_commit(store, key, fix, stop)?)
+    lacking(repo, &recorded(store, key, fix, stop)?)
 }
 
-/// The commit of `fix` (of `key`), waited for as [`to_take`] says.
-pub fn await_fix_commit(
+/// How long a waiter waits for the fixer to record its fix commit once that commit exists.
+pub const RECORD_GRACE: Duration = Duration::from_secs(2);
+
+/// The fix commit on record for `fix`, waited for as [`to_take`] says.
+pub fn recorded(
     store: &dyn Store,
     key: &str,
     fix: &Fix,
     stop: &dyn Fn() -> bool,
 ) -> Option<String> {
-    await_commit(fix, GRACE, stop).or_else(|| {
-        let elsewhere = fix.commit.is_none()
-            && fix
-                .committer
-                .as_ref()
-                .is_some_and(|p| p.host != process::hostname());
-        elsewhere.then(|| await_recorded(store, key, fix, GRACE, stop))?
-    })
+    if fix.commit.is_some() {
+        return resolve(fix);
+    }
+    let committer = fix.committer.as_ref()?;
+    let limit = if committer.host == process::hostname() {
+        // Written by a `git commit` here: none on its way once it ended without one.
+        await_commit(fix, GRACE, stop)?;
+        RECORD_GRACE
+    } else {
+        GRACE
+    };
+    await_recorded(store, key, fix, limit, stop)
 }
 
 /// Waits until the state of `key` records the commit of `fix` (its fixer records it once its

@@ -49,6 +49,8 @@ pub(super) struct Retry<'a> {
     coordination_since: Option<Instant>,
     /// Waits for another agent's claim so far.
     claim_waits: u32,
+    /// A fix run of ours changed the work tree (or committed): a commit after it holds the fix.
+    fix_in_tree: bool,
 }
 
 fn assignment(d: &Decision) -> Assignment {
@@ -89,6 +91,7 @@ impl<'a> Retry<'a> {
             fix_runs: 0,
             coordination_since: None,
             claim_waits: 0,
+            fix_in_tree: false,
         }
     }
 }
@@ -200,7 +203,10 @@ impl Retry<'_> {
             return Committed::Again;
         }
         if git.code == 0 {
-            if let Some(role) = &self.role {
+            // This commit holds the fix (it went with the agent's work), unless the fix changed
+            // nothing in the work tree (a shared dependency): then no commit is the fix, and the
+            // waiters run their check again instead of taking the fixer's own work.
+            if let Some(role) = self.role.as_ref().filter(|_| self.fix_in_tree) {
                 self.record_fix_commit(role);
             }
             if self.blocked > 0 || self.role.is_some() {
@@ -356,6 +362,7 @@ impl Retry<'_> {
             );
         }
         let own_paths = self.own.as_ref().map(OwnWork::paths).unwrap_or_default();
+        let head_before = self.ctx.repo.head_oid();
         match r.run_fix(self.ctx, &command, &a, &own_paths)? {
             FixEnd::Done => {
                 // Killed here, the fix is staged and not committed apart: the next run
@@ -367,6 +374,17 @@ impl Retry<'_> {
                 if let Some(work) = &self.own {
                     self.fix_commit_next = work.fix_index()?;
                 }
+                // It committed itself (HEAD moved): that commit is the fix, on record now,
+                // so that the waiters take it at once.
+                let committed = self.ctx.repo.head_oid() != head_before;
+                if self.fix_commit_next.is_none() && committed {
+                    if let Some(role) = &self.role {
+                        self.record_fix_commit(role);
+                    }
+                }
+                // Whether the fix is in the work tree (not known without our own work noted).
+                self.fix_in_tree |=
+                    self.own.is_none() || self.fix_commit_next.is_some() || committed;
             }
             FixEnd::TakenOver => {
                 self.role = None;
@@ -522,7 +540,15 @@ impl Retry<'_> {
                 // This wait counted as a blocked attempt already.
                 self.take_fix(d, &commit, 0)?
             }
-            None => fixer::refresh(self.ctx, a, None)?,
+            // No fix commit on record (the fix may be outside the repository): the refresh
+            // gets the commit the fixer's HEAD moved to, if this branch lacks it, and the
+            // commit (its check) is tried again.
+            None => {
+                let lacking = fix
+                    .and_then(|f| fixcommit::await_commit(f, fixcommit::GRACE, &stop))
+                    .and_then(|c| fixcommit::lacking(&self.ctx.repo, &c));
+                fixer::refresh(self.ctx, a, lacking.as_deref())?
+            }
         };
         Ok(match code {
             Some(code) => Waited::Exit(code),
