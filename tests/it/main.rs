@@ -33,4 +33,5 @@ mod strays;
 mod stress;
 mod take_fix;
 mod takeover;
+mod waiter_takes_fix;
 mod waiting;

@@ -374,7 +374,6 @@ impl Ci<'_> {
     /// The fix exists as `commit` and this checkout lacks it: `retry.refresh` takes it, else
     /// the job stops and says how.
     fn take_fix(&mut self, a: &Assignment, commit: &str, by: &str) -> Result<Option<i32>> {
-        let ctx = self.ctx;
         self.role = None;
         self.blocked += 1;
         say::say(format!(
@@ -386,7 +385,27 @@ impl Ci<'_> {
             commit: Some(commit.to_owned()),
             ..JobFix::default()
         });
-        if ctx.config.retry_refresh.is_none() || self.blocked > ctx.config.retry_attempts {
+        self.hand_fix(a, commit, by, true)
+    }
+
+    /// This checkout lacks the fix `commit` by `by`: `retry.refresh` takes it, else the job stops
+    /// and says how (exit 75), as it does past `retry.attempts` when `counted` (a wait that
+    /// ended in the fix counted already).
+    fn hand_fix(
+        &mut self,
+        a: &Assignment,
+        commit: &str,
+        by: &str,
+        counted: bool,
+    ) -> Result<Option<i32>> {
+        let ctx = self.ctx;
+        if !counted {
+            say::say(format!(
+                "{WHO}: `{by}` fixed it in commit {commit}, which this checkout lacks"
+            ));
+        }
+        let over = counted && self.blocked > ctx.config.retry_attempts;
+        if ctx.config.retry_refresh.is_none() || over {
             say::say(format!(
                 "{WHO}: take the fix ({}), then run `buildlock ci` again (exit 75); \
                  `retry.refresh` takes it on its own with BUILDLOCK_FIX_COMMIT{}",
@@ -541,23 +560,56 @@ impl Ci<'_> {
                     ),
                 );
                 wait::stagger(herd);
-                let commit = fix
-                    .as_ref()
-                    .and_then(|f| fixcommit::await_commit(f, fixcommit::GRACE, &stop));
+                // The fix commit on record, once it exists, when this checkout lacks it: taken
+                // (or told) at once, with no check run again only to fail.
+                let to_take = fix.as_ref().and_then(|f| {
+                    fixcommit::to_take(&ctx.repo, ctx.store.as_ref(), &a.key, f, &stop)
+                });
+                let commit = to_take.clone().or_else(|| {
+                    fix.as_ref()
+                        .and_then(|f| fixcommit::await_commit(f, fixcommit::GRACE, &stop))
+                });
                 self.fix = Some(JobFix {
                     by: by.clone().or_else(|| fix.as_ref().map(|f| f.by.clone())),
                     commit: commit.clone(),
                     waited: fix.as_ref().map(|f| f.credited.clone()).unwrap_or_default(),
                     ..JobFix::default()
                 });
-                let lacking = commit.and_then(|c| fixcommit::lacking(&ctx.repo, &c));
-                fixer::refresh(ctx, a, lacking.as_deref())?
+                match to_take {
+                    Some(commit) => {
+                        let by = by.or_else(|| fix.map(|f| f.by)).unwrap_or_default();
+                        self.hand_fix(a, &commit, &say::inert(&by), false)?
+                    }
+                    // No fix commit on record (the fix may be outside the repository): the
+                    // refresh gets the commit the fixer's HEAD moved to, and the check runs.
+                    None => {
+                        let lacking = commit.and_then(|c| fixcommit::lacking(&ctx.repo, &c));
+                        fixer::refresh(ctx, a, lacking.as_deref())?
+                    }
+                }
             }
-            WaitEnd::Moved { generation } => {
-                say::say(format!(
-                    "{WHO}: that fix ended and generation {generation} began; checking again"
-                ));
-                None
+            WaitEnd::Moved { generation, fix } => {
+                let lacking = fix.as_ref().and_then(|f| {
+                    fixcommit::to_take(&ctx.repo, ctx.store.as_ref(), &a.key, f, &stop)
+                        .map(|c| (c, f.by.clone()))
+                });
+                match lacking {
+                    Some((commit, by)) => {
+                        self.fix = Some(JobFix {
+                            by: Some(by.clone()),
+                            commit: Some(commit.clone()),
+                            ..JobFix::default()
+                        });
+                        self.hand_fix(a, &commit, &say::inert(&by), false)?
+                    }
+                    None => {
+                        say::say(format!(
+                            "{WHO}: that fix ended and generation {generation} began; checking \
+                             again"
+                        ));
+                        None
+                    }
+                }
             }
             WaitEnd::Broken => {
                 say::say(format!("{WHO}: the fixer gave the role up; checking again"));

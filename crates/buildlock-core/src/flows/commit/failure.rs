@@ -70,18 +70,43 @@ pub fn record(ctx: &Context, f: Failure<'_>, stop: &dyn Fn() -> bool) -> Result<
         // failed right after the fix may have to wait a moment for it.
         .and_then(|fix| fixcommit::await_commit(fix, fixcommit::GRACE, stop))
         .and_then(|commit| fixcommit::lacking(&ctx.repo, &commit));
-    let event = Event::Failed {
+    let event = |lacks_fix| Event::Failed {
         agent: ctx.agent(),
         signature: sig.clone(),
         log: log.clone().unwrap_or_default(),
         passes_seen: f.passes_seen,
         lacks_fix,
         holder: f.holder,
-        elector: f.elector,
+        elector: f.elector.clone(),
     };
-    let applied = ctx
-        .store
-        .apply(&key, f.base, &event, ctx.policy(), f.seen_silent, stop)?;
+    let looked = lacks_fix.is_some();
+    let mut applied = ctx.store.apply(
+        &key,
+        f.base,
+        &event(lacks_fix),
+        ctx.policy(),
+        f.seen_silent,
+        stop,
+    )?;
+    // Stale: the key was fixed while the check ran. When that fix's commit is one this HEAD
+    // lacks, running the check again would only fail again: the fix is handed over now.
+    if applied.outcome == Outcome::Stale && !looked {
+        let lacks_fix = Some(&applied.after)
+            .filter(|s| s.status == Status::Passing)
+            .and_then(|s| s.fix.as_ref())
+            .filter(|fix| fix.fixes(&sig))
+            .and_then(|fix| fixcommit::to_take(&ctx.repo, ctx.store.as_ref(), &key, fix, stop));
+        if lacks_fix.is_some() {
+            applied = ctx.store.apply(
+                &key,
+                f.base,
+                &event(lacks_fix),
+                ctx.policy(),
+                f.seen_silent,
+                stop,
+            )?;
+        }
+    }
     // A takeover stops the fix its predecessor left running at once, whichever program took
     // over: a plain `git commit` may never run a fix of its own to stop it.
     if matches!(applied.outcome, Outcome::Elected { .. }) {

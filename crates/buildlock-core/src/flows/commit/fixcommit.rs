@@ -24,6 +24,7 @@ pub const GRACE: Duration = Duration::from_secs(10);
 use crate::os::repo::{self, Repo};
 use crate::os::{process, say};
 use crate::protocol::state::Fix;
+use crate::store::{Read, Store};
 
 /// Whether `id` can be a git object id, full or abbreviated: 4 to 64 hex digits (SHA-1 or
 /// SHA-256), nothing else.
@@ -84,6 +85,85 @@ pub fn await_commit(fix: &Fix, limit: Duration, stop: &dyn Fn() -> bool) -> Opti
         if start.elapsed() >= EDITOR_LIMIT.max(limit) || stop() {
             return None;
         }
+    }
+}
+
+/// The fix commit a waiter whose wait ended in `fix` (of `key`) must take before anything else,
+/// when its HEAD lacks it, so that it is handed over as soon as it exists (contract: no check is
+/// run again only to find out that it still fails).
+///
+/// Only a commit *recorded* as the fix is handed over this way: one made apart by commit-retry,
+/// committed by `fix.command` itself, made by a `buildlock ci` fixer, or confirmed by another
+/// waiter's failure. A commit only found after the fixer's HEAD may be the fixer's own work after
+/// a fix outside the repository (a shared dependency): there the check runs again, and the state
+/// machine hands the commit over if it still fails. The record is waited for, bounded: while the
+/// fixer's `git commit` runs on this host, then [`RECORD_GRACE`] for its fixer to record it
+/// (made on another host: [`GRACE`]).
+///
+/// `None`: this HEAD has it, or no fix commit is on record (the caller runs its check again).
+pub fn to_take(
+    repo: &Repo,
+    store: &dyn Store,
+    key: &str,
+    fix: &Fix,
+    stop: &dyn Fn() -> bool,
+) -> Option<String> {
+    lacking(repo, &recorded(store, key, fix, stop)?)
+}
+
+/// How long a waiter waits for the fixer to record its fix commit once that commit exists.
+pub const RECORD_GRACE: Duration = Duration::from_secs(2);
+
+/// The fix commit on record for `fix`, waited for as [`to_take`] says.
+pub fn recorded(
+    store: &dyn Store,
+    key: &str,
+    fix: &Fix,
+    stop: &dyn Fn() -> bool,
+) -> Option<String> {
+    if fix.commit.is_some() {
+        return resolve(fix);
+    }
+    let committer = fix.committer.as_ref()?;
+    let limit = if committer.host == process::hostname() {
+        // Written by a `git commit` here: none on its way once it ended without one.
+        await_commit(fix, GRACE, stop)?;
+        RECORD_GRACE
+    } else {
+        GRACE
+    };
+    await_recorded(store, key, fix, limit, stop)
+}
+
+/// Waits until the state of `key` records the commit of `fix` (its fixer records it once its
+/// commit is made), for at most `limit`; `None` as soon as the state moves on to another fix.
+fn await_recorded(
+    store: &dyn Store,
+    key: &str,
+    fix: &Fix,
+    limit: Duration,
+    stop: &dyn Fn() -> bool,
+) -> Option<String> {
+    let deadline = Instant::now() + limit;
+    store.watch(key);
+    loop {
+        match store.read(key) {
+            Read::Found { state, .. } => match state.fix {
+                Some(f) if f.generation == fix.generation && f.by == fix.by => {
+                    if f.commit.is_some() {
+                        return resolve(&f);
+                    }
+                }
+                _ => return None,
+            },
+            Read::Unreachable(_) => {}
+            Read::Missing | Read::Damaged(_) => return None,
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stop() {
+            return None;
+        }
+        store.wait_change(key, None, left.min(store.look_every()));
     }
 }
 

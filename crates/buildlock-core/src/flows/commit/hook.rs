@@ -34,7 +34,9 @@ use crate::flows::context::{Context, LoadError};
 use crate::os::check::{self, Ending};
 use crate::os::{env, say, signals, time};
 use crate::protocol::exit;
-use crate::protocol::state::{Event, FixSeen, Fixer, KeyState, Lease, Liveness, Outcome, Status};
+use crate::protocol::state::{
+    Event, Fix, FixSeen, Fixer, KeyState, Lease, Liveness, Outcome, Status,
+};
 use crate::store::{BaseView, StoreError, registry};
 
 /// Re-runs of a check whose failure was stale (the build was fixed while it ran); after that
@@ -508,8 +510,28 @@ impl Hook<'_> {
         if !matches!(end, WaitEnd::Fixed { .. }) {
             wait::leave(ctx, &key, decision.base.as_deref().unwrap_or(&key));
         }
+        // The fix that ended the wait, when this branch lacks its commit: told at once, with no
+        // check run again only to fail (contract: "The fix commit and taking it").
+        let to_take = |fix: Option<&Fix>| {
+            let fix = fix?;
+            let commit =
+                fixcommit::to_take(&ctx.repo, ctx.store.as_ref(), &key, fix, &|| self.stop())?;
+            Some((commit, fix.by.clone()))
+        };
+        let told = |commit: &str, by: &str| {
+            let mut d = decision.clone();
+            d.verdict = Verdict::TakeFix;
+            d.fixer = Some(by.to_owned());
+            d.fix_commit = Some(commit.to_owned());
+            d.hand_over();
+            tell_take_fix(commit, &say::inert(by), env::decision_file().is_some());
+            HookWait::Exit(exit::BLOCKED)
+        };
         match end {
-            WaitEnd::Fixed { by, herd, .. } => {
+            WaitEnd::Fixed { by, fix, herd } => {
+                if let Some((commit, by)) = to_take(fix.as_ref()) {
+                    return told(&commit, &by);
+                }
                 say::headline(
                     say::Tone::Good,
                     format!(
@@ -520,10 +542,12 @@ impl Hook<'_> {
                     ),
                 );
                 wait::stagger(herd);
-                // A failure of ours is matched with the fix commit in `failed`.
                 HookWait::Again(None)
             }
-            WaitEnd::Moved { generation } => {
+            WaitEnd::Moved { generation, fix } => {
+                if let Some((commit, by)) = to_take(fix.as_ref()) {
+                    return told(&commit, &by);
+                }
                 say::say(format!(
                     "that fix ended and generation {generation} began; running the check again"
                 ));

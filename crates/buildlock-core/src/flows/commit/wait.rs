@@ -40,9 +40,11 @@ pub enum WaitEnd {
         herd: usize,
     },
     /// The episode we waited on ended and another began (fixed and broken again, or reset):
-    /// the generation moved on.
+    /// the generation moved on. `fix` is the fix that ended ours, when it was fixed (a waiter
+    /// that lacks its commit takes it before anything else).
     Moved {
         generation: u64,
+        fix: Option<Fix>,
     },
     /// Nobody is fixing any more (given up, released, or the state became unreadable).
     Broken,
@@ -153,16 +155,20 @@ impl Watch<'_, '_> {
             Read::Found { state, .. } => state,
             Read::Unreachable(why) => return self.unreachable(&why),
         };
+        // The fix that ended the episode we waited on: its own, or a takeover's (a later
+        // generation); never an older one.
+        let fix = state.fix.filter(|f| f.generation >= w.generation);
         if state.generation != w.generation && state.status != Status::Passing {
             return Some(WaitEnd::Moved {
                 generation: state.generation,
+                fix,
             });
         }
         let fixer = match (state.status, state.fixer) {
             (Status::Passing, _) => {
                 return Some(WaitEnd::Fixed {
                     by: state.fixed_by,
-                    fix: state.fix.filter(|f| f.generation == w.generation),
+                    fix,
                     herd: self.herd,
                 });
             }

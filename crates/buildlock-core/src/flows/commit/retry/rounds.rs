@@ -17,7 +17,7 @@ use crate::flows::commit::wait::{self, WaitEnd};
 use crate::flows::context::Context;
 use crate::os::{env, say, signals, time};
 use crate::protocol::exit;
-use crate::protocol::state::Event;
+use crate::protocol::state::{Event, Fix};
 use crate::store::Read;
 
 const LOCK_CONTENTION_RETRIES: u32 = 30;
@@ -49,6 +49,8 @@ pub(super) struct Retry<'a> {
     coordination_since: Option<Instant>,
     /// Waits for another agent's claim so far.
     claim_waits: u32,
+    /// A fix run of ours changed the work tree (or committed): a commit after it holds the fix.
+    fix_in_tree: bool,
 }
 
 fn assignment(d: &Decision) -> Assignment {
@@ -89,6 +91,7 @@ impl<'a> Retry<'a> {
             fix_runs: 0,
             coordination_since: None,
             claim_waits: 0,
+            fix_in_tree: false,
         }
     }
 }
@@ -200,7 +203,10 @@ impl Retry<'_> {
             return Committed::Again;
         }
         if git.code == 0 {
-            if let Some(role) = &self.role {
+            // This commit holds the fix (it went with the agent's work), unless the fix changed
+            // nothing in the work tree (a shared dependency): then no commit is the fix, and the
+            // waiters run their check again instead of taking the fixer's own work.
+            if let Some(role) = self.role.as_ref().filter(|_| self.fix_in_tree) {
                 self.record_fix_commit(role);
             }
             if self.blocked > 0 || self.role.is_some() {
@@ -356,6 +362,7 @@ impl Retry<'_> {
             );
         }
         let own_paths = self.own.as_ref().map(OwnWork::paths).unwrap_or_default();
+        let head_before = self.ctx.repo.head_oid();
         match r.run_fix(self.ctx, &command, &a, &own_paths)? {
             FixEnd::Done => {
                 // Killed here, the fix is staged and not committed apart: the next run
@@ -367,6 +374,17 @@ impl Retry<'_> {
                 if let Some(work) = &self.own {
                     self.fix_commit_next = work.fix_index()?;
                 }
+                // It committed itself (HEAD moved): that commit is the fix, on record now,
+                // so that the waiters take it at once.
+                let committed = self.ctx.repo.head_oid() != head_before;
+                if self.fix_commit_next.is_none() && committed {
+                    if let Some(role) = &self.role {
+                        self.record_fix_commit(role);
+                    }
+                }
+                // Whether the fix is in the work tree (not known without our own work noted).
+                self.fix_in_tree |=
+                    self.own.is_none() || self.fix_commit_next.is_some() || committed;
             }
             FixEnd::TakenOver => {
                 self.role = None;
@@ -495,22 +513,46 @@ impl Retry<'_> {
             WaitEnd::FixerSilent(_, lease) => Waited::Silent(lease),
             WaitEnd::Fixed { fix, herd, .. } => {
                 wait::stagger(herd);
-                // git writes the fix commit just after the fixer's hook returns: wait for it
-                // (bounded), then hand it to `retry.refresh` when this branch lacks it.
-                let commit = fix.as_ref().and_then(|f| {
-                    fixcommit::await_commit(f, fixcommit::GRACE, &|| signals::pending().is_some())
-                });
-                let lacking = commit.and_then(|c| fixcommit::lacking(&self.ctx.repo, &c));
-                match fixer::refresh(self.ctx, &a, lacking.as_deref())? {
-                    Some(code) => Waited::Exit(code),
-                    None => Waited::Again,
-                }
+                self.after_the_fix(&d, &a, fix.as_ref())?
             }
-            WaitEnd::Moved { .. } => match fixer::refresh(self.ctx, &a, None)? {
-                Some(code) => Waited::Exit(code),
-                None => Waited::Again,
-            },
+            WaitEnd::Moved { fix, .. } => self.after_the_fix(&d, &a, fix.as_ref())?,
             _ => Waited::Again,
+        })
+    }
+
+    /// A wait ended with `fix` (fixed, or fixed and broken again since). When this branch lacks
+    /// its commit (waited for, bounded, until it exists), it is taken at once (`retry.refresh`,
+    /// with `BUILDLOCK_FIX_COMMIT`) or the agent is told how to take it (exit 75): no commit
+    /// runs the check again only to find out that it still fails. Otherwise `retry.refresh`
+    /// runs without a fix commit and the commit is tried again.
+    fn after_the_fix(&self, d: &Decision, a: &Assignment, fix: Option<&Fix>) -> Result<Waited> {
+        let stop = || signals::pending().is_some();
+        let lacking = fix.and_then(|f| {
+            fixcommit::to_take(&self.ctx.repo, self.ctx.store.as_ref(), &a.key, f, &stop)
+                .map(|commit| (commit, f.by.clone()))
+        });
+        let code = match lacking {
+            Some((commit, by)) => {
+                say::say(format!(
+                    "commit-retry: `{}` fixed it in commit {commit}, which this branch lacks",
+                    say::inert(&by)
+                ));
+                // This wait counted as a blocked attempt already.
+                self.take_fix(d, &commit, 0)?
+            }
+            // No fix commit on record (the fix may be outside the repository): the refresh
+            // gets the commit the fixer's HEAD moved to, if this branch lacks it, and the
+            // commit (its check) is tried again.
+            None => {
+                let lacking = fix
+                    .and_then(|f| fixcommit::await_commit(f, fixcommit::GRACE, &stop))
+                    .and_then(|c| fixcommit::lacking(&self.ctx.repo, &c));
+                fixer::refresh(self.ctx, a, lacking.as_deref())?
+            }
+        };
+        Ok(match code {
+            Some(code) => Waited::Exit(code),
+            None => Waited::Again,
         })
     }
 
@@ -651,9 +693,9 @@ impl Retry<'_> {
                         .map(|b| format!(" by `{}`", say::inert(b)))
                         .unwrap_or_default()
                 ),
-                "retrying the commit",
+                "taking the fix if this branch lacks it, then retrying the commit",
             ),
-            WaitEnd::Moved { generation } => (
+            WaitEnd::Moved { generation, .. } => (
                 format!("that fix ended (now generation {generation})"),
                 "retrying the commit",
             ),
