@@ -503,7 +503,9 @@ impl Hook<'_> {
         };
         say::say(format!(
             "waiting up to {} for the fix: then the check runs again and this commit goes on \
-             if it passes; with no fix by then it stops (exit 75); Ctrl-C to stop waiting",
+             if it passes (or, when the fix is a commit this branch lacks, it stops with exit 75 \
+             and says how to take it); with no fix by then it stops (exit 75); Ctrl-C to stop \
+             waiting",
             time::human(waiting.limit)
         ));
         let end = wait::wait_for_fix(&waiting);
