@@ -400,6 +400,7 @@ impl Ci<'_> {
     ) -> Result<Option<i32>> {
         let ctx = self.ctx;
         if !counted {
+            fixcommit::record_told(ctx, &a.key, Some(a.generation), commit, by);
             say::say(format!(
                 "{WHO}: `{by}` fixed it in commit {commit}, which this checkout lacks"
             ));

@@ -249,6 +249,23 @@ fn strip_ansi(line: &str) -> String {
     out
 }
 
+/// Records that `agent` was told to take the fix `commit` of `key` without a check run (a
+/// wait that ended on the fix): the same history event as a failure told to take it, so that
+/// `buildlock log` and the counts say the same whichever way the agent learnt it.
+pub fn record_told(
+    ctx: &crate::flows::context::Context,
+    key: &str,
+    generation: Option<u64>,
+    commit: &str,
+    by: &str,
+) {
+    let entry = serde_json::json!({"event": "take_fix", "key": key, "agent": ctx.agent,
+        "commit": commit, "fixer": by, "generation": generation});
+    if let Err(e) = ctx.store.record(crate::store::Entry::from_json(entry)) {
+        say::warn(format!("could not record in the history: {e:#}"));
+    }
+}
+
 /// How to take the fix, for people and agents: `buildlock take-fix`, which keeps every kind of
 /// local work and changes nothing when it cannot take the fix (see `take_fix.rs`).
 pub fn how_to_take(commit: &str) -> String {

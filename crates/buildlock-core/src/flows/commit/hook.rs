@@ -521,6 +521,7 @@ impl Hook<'_> {
             Some((commit, fix.by.clone()))
         };
         let told = |commit: &str, by: &str| {
+            fixcommit::record_told(ctx, &key, decision.generation, commit, by);
             let mut d = decision.clone();
             d.verdict = Verdict::TakeFix;
             d.fixer = Some(by.to_owned());

@@ -533,6 +533,7 @@ impl Retry<'_> {
         });
         let code = match lacking {
             Some((commit, by)) => {
+                fixcommit::record_told(self.ctx, &a.key, Some(a.generation), &commit, &by);
                 say::say(format!(
                     "commit-retry: `{}` fixed it in commit {commit}, which this branch lacks",
                     say::inert(&by)
