@@ -13,4 +13,5 @@ pub mod lease;
 pub mod own_work;
 pub mod retry;
 pub mod take_fix;
+mod tree_entries;
 pub mod wait;

@@ -22,6 +22,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use super::tree_entries::{self, Change, Entry};
 use crate::os::say;
 
 /// Commit arguments that rewrite or join an earlier commit: with them the fix and the own work
@@ -163,9 +164,6 @@ pub fn pending_here() -> bool {
         }
     }
 }
-
-/// A tree entry: mode and object id; `None` where the path is absent.
-type Entry = Option<(String, String)>;
 
 impl OwnWork {
     /// What is the agent's own before the fix runs: what it staged, and everything else in its
@@ -463,6 +461,15 @@ fn combine(worktree: &Path, x: &Entry, before: &Entry, after: &Entry) -> Option<
     Some(Some((mode, merged)))
 }
 
+/// The paths that differ between two trees, with their entries on each side.
+fn raw_diff(worktree: &Path, from: &str, to: &str) -> Result<Vec<Change>> {
+    let args = tree_entries::raw_diff_args(from, to);
+    let out = git(worktree, None).args(args).output()?;
+    let raw = out.stdout.clone();
+    succeeded(&args, out)?;
+    Ok(tree_entries::parse_raw(&raw))
+}
+
 /// `git update-index -z --index-info` with `entries` (an absent entry removes the path).
 fn index_info(worktree: &Path, entries: &[(Vec<u8>, Entry)], index: Option<&Path>) -> Result<()> {
     let args = ["update-index", "-z", "--index-info"];
@@ -473,15 +480,7 @@ fn index_info(worktree: &Path, entries: &[(Vec<u8>, Entry)], index: Option<&Path
         .stderr(Stdio::piped())
         .spawn()?;
     if let Some(mut stdin) = child.stdin.take() {
-        for (path, entry) in entries {
-            let line = match entry {
-                Some((mode, oid)) => format!("{mode} {oid}\t"),
-                None => "0 0000000000000000000000000000000000000000\t".to_owned(),
-            };
-            stdin.write_all(line.as_bytes())?;
-            stdin.write_all(path)?;
-            stdin.write_all(b"\0")?;
-        }
+        stdin.write_all(&tree_entries::index_info(entries))?;
     }
     succeeded(&args, child.wait_with_output()?)
 }
@@ -528,31 +527,6 @@ fn entries(
     }
     for p in paths {
         found.entry(p.clone()).or_insert(None);
-    }
-    Ok(found)
-}
-
-/// The paths that differ between two trees, with their entries on each side.
-fn raw_diff(worktree: &Path, from: &str, to: &str) -> Result<Vec<(Vec<u8>, Entry, Entry)>> {
-    let args = ["diff-tree", "-r", "-z", "--no-renames", "--raw", from, to];
-    let out = git(worktree, None).args(args).output()?;
-    let raw = out.stdout.clone();
-    succeeded(&args, out)?;
-    let mut found = Vec::new();
-    let mut fields = raw.split(|&b| b == 0);
-    while let Some(meta) = fields.next() {
-        if meta.is_empty() {
-            continue;
-        }
-        let Some(path) = fields.next() else { break };
-        // :<old mode> <new mode> <old oid> <new oid> <status>
-        let meta = String::from_utf8_lossy(meta);
-        let parts: Vec<&str> = meta.trim_start_matches(':').split(' ').collect();
-        let [om, nm, oo, no, _status] = parts[..] else {
-            continue;
-        };
-        let side = |m: &str, o: &str| (m != "000000").then(|| (m.to_owned(), o.to_owned()));
-        found.push((path.to_vec(), side(om, oo), side(nm, no)));
     }
     Ok(found)
 }

@@ -23,8 +23,7 @@ use std::process::{Command, Stdio};
 use crate::os::{env, say};
 use crate::protocol::exit;
 
-/// A tree entry: mode and object id; `None` where the path is absent.
-type Entry = Option<(String, String)>;
+use super::tree_entries::{self, Change, Entry, index_info};
 
 /// Takes `commit` (default `BUILDLOCK_FIX_COMMIT`); the exit code.
 pub fn run(commit: Option<String>) -> i32 {
@@ -138,7 +137,8 @@ fn take(commit: &str) -> Result<i32> {
         ));
         return Ok(exit::OK);
     }
-    let changes = raw_diff(&t.git, &head_tree, &tree)?;
+    let changes =
+        tree_entries::parse_raw(&t.git.out(&tree_entries::raw_diff_args(&head_tree, &tree))?);
     let paths: Vec<&[u8]> = changes.iter().map(|(p, ..)| p.as_slice()).collect();
     let local = local_work(&t.git, &paths)?;
     if !local.is_empty() {
@@ -270,7 +270,7 @@ impl Taking {
     /// Takes the fix: the new commit (objects only), the fix's paths in the index and the work
     /// tree (they hold HEAD's content: no local work there), then HEAD, compare-and-swap. When a
     /// step fails, the fix's paths are put back as they were.
-    fn apply(&self, tree: &str, changes: &[(Vec<u8>, Entry, Entry)]) -> Result<i32> {
+    fn apply(&self, tree: &str, changes: &[Change]) -> Result<i32> {
         let (git, fix, short) = (&self.git, &self.fix, &self.short);
         let new = new_commit(git, fix, &self.parent, &self.head, tree)?;
         let taken: Vec<(Vec<u8>, Entry)> = changes
@@ -512,40 +512,4 @@ fn write_paths(git: &Git, entries: &[(Vec<u8>, Entry)]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// `update-index -z --index-info` input for `entries`.
-fn index_info(entries: &[(Vec<u8>, Entry)]) -> Vec<u8> {
-    let mut input = Vec::new();
-    for (path, entry) in entries {
-        let line = match entry {
-            Some((mode, oid)) => format!("{mode} {oid}\t"),
-            None => "0 0000000000000000000000000000000000000000\t".to_owned(),
-        };
-        input.extend_from_slice(line.as_bytes());
-        input.extend_from_slice(path);
-        input.push(0);
-    }
-    input
-}
-
-/// The paths that differ between two trees, with their entries on each side.
-fn raw_diff(git: &Git, from: &str, to: &str) -> Result<Vec<(Vec<u8>, Entry, Entry)>> {
-    let raw = git.out(&["diff-tree", "-r", "-z", "--no-renames", "--raw", from, to])?;
-    let mut found = Vec::new();
-    let mut fields = raw.split(|&b| b == 0);
-    while let Some(meta) = fields.next() {
-        if meta.is_empty() {
-            continue;
-        }
-        let Some(path) = fields.next() else { break };
-        let meta = String::from_utf8_lossy(meta);
-        let parts: Vec<&str> = meta.trim_start_matches(':').split(' ').collect();
-        let [om, nm, oo, no, _status] = parts[..] else {
-            continue;
-        };
-        let side = |m: &str, o: &str| (m != "000000").then(|| (m.to_owned(), o.to_owned()));
-        found.push((path.to_vec(), side(om, oo), side(nm, no)));
-    }
-    Ok(found)
 }
