@@ -114,7 +114,10 @@ struct Ran {
 
 /// Runs `c` tagged, and waits for its exit for at most `limit`.
 fn run_tagged(mut c: Command, root: &Path, name: &str, limit: Duration) -> Ran {
-    let tag = format!("{name}-{}", std::process::id());
+    // Unique per run: tests run at once in one process, and each kills only its own leftovers.
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let tag = format!("{name}-{}-{run}", std::process::id());
     let _cleanup = Leftovers(tag.clone());
     let err_path = root.join(format!("{name}.stderr"));
     c.env(TAG_VAR, &tag)
