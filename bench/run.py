@@ -3,6 +3,7 @@
 same run, interleaved with it.
 
     python3 bench/run.py             # builds the release binaries, measures, prints (minutes)
+                                     # (at whatever load it finds: it never waits for a quiet machine)
     python3 bench/run.py --write     # ... and rewrites docs/BENCHMARKS.md (keeps the run before)
     python3 bench/run.py --quick     # few repetitions, small N: checks the script itself (< 1 min)
 
@@ -1091,7 +1092,8 @@ def render_run(res, title="Run"):
            "as install.sh builds it)",
            f"- command: `{m['command']}`" + ("  **(QUICK MODE: few repetitions, small N: not figures to cite)**"
                                               if m["quick"] else ""),
-           f"- load average (1 min) before / after: {m['load_before']} / {m['load_after']}; took {m['took_s']:.0f} s",
+           f"- load average (1 min) before / after: {m['load_before']} / {m['load_after']}; took {m['took_s']:.0f} s"
+           + ("; per section (start–end): " + ", ".join(f"{k} {v}" for k, v in m["loads"].items()) if m.get("loads") else ""),
            ""]
     out += ["| figure | goal | measured | meets |", "|---|---|---|---|"]
     for fig, goal, val, ok in goal_rows(res):
@@ -1277,15 +1279,10 @@ def main():
     log(f"pre-commit and commit-retry linked {'statically' if static else 'dynamically (no static C library)'}")
     if not SCHEDSTAT:
         log("note: /proc/<pid>/schedstat is unavailable or off: CPU falls back to 10 ms ticks")
-    # A run right after another starts in that run's load (its 256 waiters' retries): wait, at
-    # most 3 minutes, for the machine to settle (1-minute load below half the cores, or 1).
-    settle_until, calm = time.time() + (0 if args.quick else 180), max(1.0, (os.cpu_count() or 2) / 2)
-    if os.getloadavg()[0] >= calm and time.time() < settle_until:
-        log(f"waiting for the load average ({os.getloadavg()[0]:.2f}) to fall below {calm:.1f} ...")
-        while os.getloadavg()[0] >= calm and time.time() < settle_until:
-            time.sleep(5)
+    # No waiting for a quiet machine: every figure is a ratio against its baseline measured in the
+    # same run, interleaved with it; the load each section ran at is reported beside it.
     started, load_before = time.time(), os.getloadavg()[0]
-    results = {}
+    results, loads = {}, {}
     with tempfile.TemporaryDirectory(prefix="buildlock-bench-", dir=args.tmp) as d:
         ctx = Ctx(Path(d), p, anchors)
         meta = machine(ctx.tmp)
@@ -1295,18 +1292,19 @@ def main():
             if name not in only:
                 continue
             log(f"{name} ...")
-            t = time.time()
+            t, load0 = time.time(), os.getloadavg()[0]
             try:
                 results[name] = fns[name](ctx)
             except Exception as e:  # noqa: BLE001 - a section that fails is reported, the rest go on
                 traceback.print_exc()
                 ctx.note(f"{name}: not measured: {type(e).__name__}: {str(e).strip()[:400]}")
-            log(f"  {name}: {time.time() - t:.0f} s")
+            loads[name] = f"{load0:.1f}–{os.getloadavg()[0]:.1f}"
+            log(f"  {name}: {time.time() - t:.0f} s at load {loads[name]}")
         results["notes"] = ctx.notes
     results["meta"] = dict(meta, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
                            command=" ".join(["python3", "bench/run.py", *sys.argv[1:]]), quick=args.quick,
                            load_before=f"{load_before:.2f}", load_after=f"{os.getloadavg()[0]:.2f}",
-                           took_s=time.time() - started,
+                           took_s=time.time() - started, loads=loads,
                            linkage="pre-commit and commit-retry " + ("statically linked" if static else "dynamically linked"))
     print(render_run(results))
     print(json.dumps(results, default=str), file=sys.stderr)
