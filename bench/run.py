@@ -8,11 +8,14 @@ same run, interleaved with it.
     python3 bench/run.py --quick     # few repetitions, small N: checks the script itself (< 1 min)
 
 Options: --no-anchors (skip lefthook, husky, the pre-commit framework; --quick skips them unless
---anchors), --only SECTION[,SECTION] (green, mark, breakages, election, wake, takeover),
+--anchors), --only SECTION[,SECTION] (hook, green, mark, breakages, election, wake, takeover),
 --tmp DIR (where the temporary repositories go: the file system matters, fsync is measured),
 --doc PATH (--write there instead of docs/BENCHMARKS.md; needed to --write a --quick run).
 
 What it measures (docs/BENCHMARKS.md says it at length, and why each method):
+  hook       the hook run by hand with `check = "true"`, round-robin with `sh -c true` (its check
+             alone) and a static C program that does nothing (bench/floor/noop.c): wall, CPU and
+             minor page faults of each run, from wait4's rusage;
   green      `git commit` of one staged change, round-robin over: no hook, a plain shell hook, the
              bare binary, the hook as install.sh installs it, commit-retry through that same hook,
              the committed-folder shim (core.hooksPath), `match = "signature"` with no keys and
@@ -24,7 +27,8 @@ What it measures (docs/BENCHMARKS.md says it at length, and why each method):
   breakages  files in locks/ and state/ after BREAKAGES breakages with `scope = "commit"`, each
              a real commit-retry that is elected, runs fix.command and commits;
   election   N agents' checks fail at one instant (released by a FIFO, no polling): time until
-             every agent knows its role, over several runs (min / median / max);
+             every agent knows its role, over several runs, each after a run of the floor
+             (bench/floor/elect.c: the check's exec, flock, read, write, rename, the fixer's fsync);
   wake       N commit-retry waiters: their CPU while waiting (per-thread schedstat, every thread
              of each waiter's process tree, over a window that ends just before the fix), and
              each waiter's wake-up, from the state file's replacement (inotify) to the waiter's
