@@ -51,7 +51,9 @@ use crate::os::fs::{modified_ms, touch_existing};
 use crate::os::remote_git::{Failure, Git, Pushed, Update};
 use crate::os::time::{self, Millis};
 use crate::os::{process, say};
-use crate::protocol::claims::{Registry, RegistryObserved, Request, SCHEMA, decide};
+use crate::protocol::claims::{
+    Registry, RegistryObserved, RegistryOutcome, Request, SCHEMA, decide,
+};
 use crate::store::StoreError;
 use crate::store::registry::{ClaimsRegistry, Limits, RegistryStep};
 
@@ -491,7 +493,11 @@ impl RemoteRegistry {
                 slot: None,
             };
             let clean = view.damaged.is_none() && view.strays.is_empty();
-            if step.after == read && clean {
+            // A refusal changes nothing but the refused agent's sign of life: not worth a push
+            // that would contend with the very claim that refused it (measured: 8 clones racing
+            // for one path pushed 8 commits, one per refusal, before this).
+            let refused = matches!(step.decision, RegistryOutcome::Refused { .. });
+            if (step.after == read || refused) && clean {
                 return Ok(step);
             }
             let (commit, updates) = self.write(&view, &step.after, &step.events, now)?;
@@ -595,7 +601,7 @@ impl ClaimsRegistry for RemoteRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::claims::{Mode, RegistryOutcome, Who};
+    use crate::protocol::claims::{Mode, Who};
 
     struct Remote {
         dir: tempfile::TempDir,
