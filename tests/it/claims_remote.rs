@@ -190,6 +190,37 @@ fn commit_retry_on_another_machine_waits_for_the_release_then_commits() {
 }
 
 #[test]
+fn a_claim_queued_on_another_machine_is_granted_when_the_holder_is_done() {
+    let (s, c) = machines("60s", "", &["alice", "bob"]);
+    let (a, b) = (&c[0], &c[1]);
+    let o = bl(&s, a, "alice", &["claim", "status"]);
+    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
+    let bob = spawn(
+        &s,
+        BUILDLOCK,
+        b,
+        "bob",
+        &["claim", "--wait", "120s", "status"],
+    );
+    let queued = eventually(Duration::from_secs(120), || {
+        let claims = json(&bl(&s, a, "alice", &["claims", "--json"]));
+        claims["queue"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["agent"] == "bob")
+    });
+    assert!(queued, "bob's queued claim never reached alice's machine");
+    let o = bl(&s, a, "alice", &["done"]);
+    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
+    let out = wait_output(bob, Duration::from_secs(120));
+    assert_eq!(out.status.code(), Some(0), "{}", said(&out));
+    let claims = json(&bl(&s, a, "alice", &["claims", "--json"]));
+    assert_eq!(claims["claims"][0]["agent"], "bob", "{claims}");
+    assert!(claims["queue"].as_array().unwrap().is_empty(), "{claims}");
+}
+
+#[test]
 fn six_machines_claim_one_path_at_once_and_exactly_one_gets_it() {
     let names = ["m0", "m1", "m2", "m3", "m4", "m5"];
     let (s, c) = machines("60s", "", &names);
