@@ -9,6 +9,7 @@ mod agent_view;
 mod ci_files;
 mod ci_verdict;
 mod claims;
+mod claims_remote;
 mod cli;
 mod commit_paths;
 mod election;

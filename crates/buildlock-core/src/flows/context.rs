@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use crate::protocol::config::Backend;
 use crate::store::local::LocalStore;
-use crate::store::registry::RegistryStore;
+use crate::store::registry::{ClaimsRegistry, Limits, RegistryStore};
 use crate::store::remote::RemoteStore;
+use crate::store::remote::claims::RemoteRegistry;
 use crate::store::{Home, Policy, Store};
 
 pub struct Context {
@@ -19,10 +20,14 @@ pub struct Context {
     pub config: Config,
     /// The coordination state, whichever backend holds it.
     pub store: Arc<dyn Store>,
-    /// Agents, claims and check slots. Only a local registry exists (in [`Context::home`]), so
-    /// both backends use it: agents on other machines do not see this machine's claims. Chosen
-    /// here, beside the store, so that a remote registry changes this one place.
+    /// This machine's registry (in [`Context::home`]), whatever the backend: check slots, the
+    /// agents seen committing here, the `checking` locks. With the local backend it holds the
+    /// claims too ([`Context::claims`] is then this same registry).
     pub registry: Arc<RegistryStore>,
+    /// Where claims live (claims, agents that claim, the claim queue, `done`): this machine's
+    /// registry with the local backend; one ref on the remote with `backend = "remote"`, so that
+    /// nothing about claims is silently local there.
+    pub claims: Arc<dyn ClaimsRegistry>,
     /// `<git common dir>/buildlock/`: this machine's own files (failure logs, the hook's hand-over
     /// files, the chained hook, the installed binaries), whatever the backend.
     pub home: Home,
@@ -87,11 +92,15 @@ impl Context {
             })
         })?;
         let home = Home::new(repo.buildlock_dir());
-        // The one place a backend is chosen (the registry's below: local for both).
-        let store: Arc<dyn Store> = match config.backend {
-            Backend::Local => Arc::new(LocalStore::new(home.path().to_owned())),
-            Backend::Remote => Arc::new(
-                RemoteStore::new(
+        // The one place a backend is chosen, for the state and for the claims.
+        let registry = Arc::new(RegistryStore::new(home.path()));
+        let (store, claims): (Arc<dyn Store>, Arc<dyn ClaimsRegistry>) = match config.backend {
+            Backend::Local => (
+                Arc::new(LocalStore::new(home.path().to_owned())),
+                registry.clone(),
+            ),
+            Backend::Remote => {
+                let remote = RemoteStore::new(
                     &repo.git_dir,
                     &config.remote,
                     config.wait,
@@ -108,21 +117,42 @@ impl Context {
                         key: Some("coordination.remote".to_owned()),
                         message: format!("{m} (the default remote is `origin`)"),
                     }),
-                })?,
-            ),
+                })?;
+                let claims = RemoteRegistry::new(
+                    &repo.git_dir,
+                    &config.remote,
+                    remote.url(),
+                    home.path(),
+                    config.wait,
+                    config.remote_poll,
+                )
+                .map_err(|m| LoadError::Other(anyhow::anyhow!(m)))?;
+                (Arc::new(remote), Arc::new(claims))
+            }
         };
-        let registry = Arc::new(RegistryStore::new(home.path()));
         let unusable = crate::os::fs::check_owned(home.path())
             .err()
             .map(|e| format!("{e:#}"));
         // Every buildlock program is a sign of life that renews the agent's claims (one syscall,
         // which fails at once for an agent never seen).
         let seen = registry.touch(&agent);
+        // Under the remote backend, the same renews the agent's claims on the remote: nothing
+        // for an agent without claims, a push at most every `claims.ttl / 3` for one with.
+        if claims.is_remote() && crate::os::env::coordination_enabled() {
+            claims.renew(
+                &agent,
+                Limits {
+                    ttl: config.claims_ttl,
+                    slots: config.check_slots as usize,
+                },
+            );
+        }
         Ok(Context {
             repo,
             config,
             store,
             registry,
+            claims,
             home,
             agent,
             unusable,

@@ -77,6 +77,68 @@ pub struct RegistryStep {
     pub slot: Option<Lock>,
 }
 
+/// Where the claims live: the seam between the claims flows (commands, the guard, `wait-for`)
+/// and a backend, chosen once in `flows::context`. [`RegistryStore`] keeps them in this
+/// machine's git common dir; `store::remote::claims::RemoteRegistry` in one ref on the git
+/// remote, so that agents on several machines see each other's claims. Check slots are no part
+/// of it: they stay per machine ([`RegistryStore`]) whatever the backend.
+pub trait ClaimsRegistry: Send + Sync {
+    /// Where the claims are, for people: `this machine` or `the remote `origin` (URL)`.
+    fn place(&self) -> String;
+    /// Whether the claims are shared through a remote (other machines see them).
+    fn is_remote(&self) -> bool;
+    /// The registry as it is now. A remote that cannot be read is an error (a `StoreError`:
+    /// exit 70), never an empty registry.
+    fn read(&self) -> Result<Registry>;
+    /// The guard's read: `None` when there is certainly no claim at all (local: one `stat`;
+    /// remote: one `ls-remote` that finds no registry ref).
+    fn guard_read(&self) -> Result<Option<Registry>>;
+    /// One read-decide-write step of the pure `protocol::claims::decide`.
+    fn apply(&self, request: &Request, limits: Limits) -> Result<RegistryStep>;
+    /// A sign of life of `agent` that renews its claims; never an error (a warning at most).
+    /// Cheap for an agent without claims: no write, no network.
+    fn renew(&self, agent: &str, limits: Limits);
+    /// What a wait on the claims listens to (the local registry's bell).
+    fn listen(&self) -> crate::os::bell::Listener;
+    /// How often a wait looks again when nothing wakes it: `Some(remote_poll)` for a remote,
+    /// whose changes ring no bell here.
+    fn poll(&self) -> Option<Duration>;
+}
+
+impl ClaimsRegistry for RegistryStore {
+    fn place(&self) -> String {
+        "this machine".to_owned()
+    }
+
+    fn is_remote(&self) -> bool {
+        false
+    }
+
+    fn read(&self) -> Result<Registry> {
+        Ok(RegistryStore::read(self))
+    }
+
+    fn guard_read(&self) -> Result<Option<Registry>> {
+        Ok(self.any_claims().then(|| RegistryStore::read(self)))
+    }
+
+    fn apply(&self, request: &Request, limits: Limits) -> Result<RegistryStep> {
+        RegistryStore::apply(self, request, limits)
+    }
+
+    fn renew(&self, agent: &str, _limits: Limits) {
+        let _ = self.touch(agent);
+    }
+
+    fn listen(&self) -> crate::os::bell::Listener {
+        self.bell().listen()
+    }
+
+    fn poll(&self) -> Option<Duration> {
+        None
+    }
+}
+
 pub struct RegistryStore {
     home: PathBuf,
 }

@@ -210,16 +210,38 @@ pub(super) fn progress_every() -> Duration {
     }
 }
 
+/// The claims as the listings and `wait-for` show them: the claims registry's (local, or the
+/// remote's), with this machine's check slots and slot queue (check slots are per machine
+/// whatever the backend). A remote that cannot be read is an error (exit 70).
+pub fn read_all(ctx: &Context) -> Result<Registry> {
+    let mut reg = ctx.claims.read()?;
+    if ctx.claims.is_remote() {
+        let here = ctx.registry.read();
+        reg.slots = here.slots;
+        reg.slot_queue = here.slot_queue;
+    }
+    Ok(reg)
+}
+
 /// One nap of a wait on the registry: until its bell rings, `left` (of the wait's limit) has
 /// passed, or `lapse` comes (the moment something waited on can lapse); at most [`FALLBACK`],
-/// and at most `BUILDLOCK_POLL` where the bell cannot wake us. The claims waits nap here:
-/// `claim --wait`, `wait-for` and the guard.
-pub(super) fn nap(watch: &mut Listener, left: Duration, lapse: Option<Millis>) -> Wake {
-    let mut nap = left.min(FALLBACK);
+/// and at most `BUILDLOCK_POLL` where the bell cannot wake us. With claims on a remote, whose
+/// changes ring no bell here, at most `coordination.remote_poll` (each look is one `ls-remote`).
+/// The claims waits nap here: `claim --wait`, `wait-for` and the guard.
+pub(super) fn nap(
+    ctx: &Context,
+    watch: &mut Listener,
+    left: Duration,
+    lapse: Option<Millis>,
+) -> Wake {
+    let mut nap = match ctx.claims.poll() {
+        Some(poll) => left.min(poll),
+        None => left.min(FALLBACK),
+    };
     if let Some(at) = lapse {
         nap = nap.min(Duration::from_millis(at.saturating_sub(time::now()) + 1));
     }
-    if !watch.is_live() {
+    if !watch.is_live() && ctx.claims.poll().is_none() {
         nap = nap.min(env::poll_interval());
     }
     watch.wait(&[], nap)

@@ -4,14 +4,19 @@
 //! Cost, in order (each step only when the one before found something):
 //! 1. `claims.guard = false` or `BUILDLOCK=0`: nothing;
 //! 2. nobody claims anything: one `stat` (the registry's `claimed` marker); the index is not
-//!    opened;
+//!    opened. With `backend = "remote"` the claims are on the remote: one `ls-remote` (no
+//!    registry ref: nobody claims anything), and a fetch of the registry commit only when it
+//!    changed since this clone last read it;
 //! 3. claims exist, but none is another agent's live exclusive claim: one small file read;
 //! 4. otherwise: the index git is committing is compared with HEAD in process (`os/changes.rs`),
 //!    only below the directories those claims can cover (`src/api` for `src/api/*.py`; the whole
 //!    tree for `*.py`), and each changed path is matched against those claims.
 //!
-//! A guard that cannot do its job (an unreadable index) warns and lets the commit go on: the
-//! guard keeps agents apart, it never turns a coordination failure into a refused commit.
+//! A guard that cannot do its job (an unreadable index, a remote that cannot be reached) warns
+//! loudly that the commit was not checked against other agents' claims, records it in the
+//! history, and lets the commit go on: the guard keeps agents apart, it never turns a
+//! coordination failure into a refused commit (which, with the remote down, would block every
+//! agent on every machine).
 
 use anyhow::Result;
 use std::time::{Duration, Instant};
@@ -37,11 +42,9 @@ pub fn guard(ctx: &Context) -> Result<GuardOutcome> {
     if !ctx.config.claims_guard || !env::coordination_enabled() {
         return Ok(GuardOutcome::Clear);
     }
-    let store = &ctx.registry;
-    if !store.any_claims() {
+    let Some(reg) = ctx.claims.guard_read()? else {
         return Ok(GuardOutcome::Clear);
-    }
-    let reg = store.read();
+    };
     let (now, ttl) = (time::now(), cl::limits(ctx).ttl_ms());
     if !reg.others_claim(&ctx.agent, now, ttl) {
         return Ok(GuardOutcome::Clear);
@@ -57,9 +60,9 @@ pub fn guard(ctx: &Context) -> Result<GuardOutcome> {
 }
 
 /// The guard against a fixed set of changed paths (while waiting: the commit does not change).
-fn recheck(ctx: &Context, changed: &[String]) -> Vec<PathConflict> {
-    let reg = ctx.registry.read();
-    reg.guard(&ctx.agent, changed, time::now(), cl::limits(ctx).ttl_ms())
+fn recheck(ctx: &Context, changed: &[String]) -> Result<Vec<PathConflict>> {
+    let reg = ctx.claims.read()?;
+    Ok(reg.guard(&ctx.agent, changed, time::now(), cl::limits(ctx).ttl_ms()))
 }
 
 /// How a wait for claims to be released ended.
@@ -82,9 +85,9 @@ pub fn wait_release(
     parent: Option<u32>,
 ) -> Result<GuardWait> {
     signals::install();
-    let store = &ctx.registry;
-    let mut watch = store.bell().listen();
-    let mut conflicts = recheck(ctx, changed);
+    let store = &ctx.claims;
+    let mut watch = store.listen();
+    let mut conflicts = recheck(ctx, changed)?;
     if conflicts.is_empty() {
         return Ok(GuardWait::Clear);
     }
@@ -109,7 +112,7 @@ pub fn wait_release(
         if parent.is_some_and(|p| p != std::os::unix::process::parent_id()) {
             break GuardWait::ParentGone;
         }
-        conflicts = recheck(ctx, changed);
+        conflicts = recheck(ctx, changed)?;
         if conflicts.is_empty() {
             break GuardWait::Clear;
         }
@@ -133,7 +136,7 @@ pub fn wait_release(
             ));
         }
         let next_lapse = conflicts.iter().map(|c| c.until).min().unwrap_or(0);
-        cl::nap(&mut watch, limit - waited, Some(next_lapse));
+        cl::nap(ctx, &mut watch, limit - waited, Some(next_lapse));
     };
     say::progress_done();
     block(None);
@@ -218,9 +221,7 @@ pub fn in_hook(ctx: &Context, parent: u32) -> Option<i32> {
             Ok(GuardOutcome::Clear) => return None,
             Ok(GuardOutcome::Conflict(c)) => c,
             Err(e) => {
-                say::warn(format!(
-                    "the claims guard could not read what this commit changes ({e:#}); going on without it"
-                ));
+                unchecked(ctx, &e);
                 return None;
             }
         };
@@ -268,6 +269,20 @@ pub fn in_hook(ctx: &Context, parent: u32) -> Option<i32> {
     }
 }
 
+/// The guard could not do its job: said loudly (the commit was not checked against anyone's
+/// claims), recorded, and the commit goes on.
+fn unchecked(ctx: &Context, e: &anyhow::Error) {
+    say::warn(format!(
+        "the claims guard could not do its job ({e:#}): this commit was NOT checked against other agents' \
+         claims (kept on {}); going on without it. `buildlock claims` shows the claims once they can be read",
+        ctx.claims.place()
+    ));
+    let _ = ctx
+        .store
+        .record(crate::store::Entry::from_json(serde_json::json!({
+        "event": "guard_unchecked", "agent": ctx.agent, "reason": format!("{e:#}")})));
+}
+
 fn record_conflict(ctx: &Context, conflicts: &[PathConflict]) {
     let paths: Vec<&str> = conflicts.iter().map(|c| c.path.as_str()).collect();
     let _ = ctx.store.record(crate::store::Entry::from_json(
@@ -281,7 +296,13 @@ fn record_conflict(ctx: &Context, conflicts: &[PathConflict]) {
 pub fn retry_wait(ctx: &Context, d: &Decision) -> Option<i32> {
     let limit = ctx.config.wait;
     // commit-retry does not see the index its `git commit` used: the hook named the paths.
-    let conflicts = recheck(ctx, &d.claimed);
+    let conflicts = match recheck(ctx, &d.claimed) {
+        Ok(c) => c,
+        Err(e) => {
+            unchecked(ctx, &e);
+            return None;
+        }
+    };
     if conflicts.is_empty() {
         // Released meanwhile: commit again.
         return None;

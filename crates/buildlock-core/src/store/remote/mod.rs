@@ -9,6 +9,8 @@
 //! - `read`: one read of a key (or of every key), decoded;
 //! - `transaction`: the read–decide–push compare-and-swap engine;
 //! - `prune`: compaction of long chains and pruning of old keys and fix refs;
+//! - [`claims`]: the claims registry (claims, agents, the claim queue) in one ref, for every
+//!   machine;
 //! - `probe`: `buildlock doctor`'s checks of the remote;
 //! - [`deliver`]: `buildlock ci`'s delivery of a fix commit to a branch (`ci.deliver`);
 //! - this module: the [`Store`] implementation, which feeds the pure state machine what the
@@ -62,6 +64,7 @@ use crate::protocol::ledger::history_entries;
 use crate::protocol::state::{Event, KeyState, Lease, Observed, Outcome, transition};
 
 pub mod chain;
+pub mod claims;
 
 mod probe;
 mod prune;

@@ -13,7 +13,7 @@ use crate::os::time::{self, Millis, human};
 use crate::os::{say, signals};
 use crate::protocol::claims::{Mode, RegistryOutcome, Request, Who};
 use crate::protocol::exit;
-use crate::store::registry::{Limits, RegistryStore};
+use crate::store::registry::{ClaimsRegistry, Limits};
 
 /// `buildlock claim` as given on the command line (parsed by the binary, judged here).
 #[derive(Clone, Debug, Default)]
@@ -76,10 +76,10 @@ pub fn claim(ctx: &Context, args: &ClaimArgs) -> Result<i32> {
     } else {
         Mode::Exclusive
     };
-    let reg = &ctx.registry;
+    let reg = ctx.claims.as_ref();
     let limits = limits(ctx);
     // Watch before the first look, so that a release in between is not missed.
-    let watch = wait.map(|_| reg.bell().listen());
+    let watch = wait.map(|_| reg.listen());
     let me = who(ctx, priority);
     let applied = reg.apply(
         &Request::Claim {
@@ -122,7 +122,7 @@ pub fn claim(ctx: &Context, args: &ClaimArgs) -> Result<i32> {
             conflicts,
         } => {
             let limit = wait.unwrap_or_default();
-            let mut watch = watch.unwrap_or_else(|| reg.bell().listen());
+            let mut watch = watch.unwrap_or_else(|| reg.listen());
             say::say(format!(
                 "queued (position {} of the waiting claims, priority {priority}); waiting up to {} for:\n{}",
                 position + 1,
@@ -147,7 +147,7 @@ pub fn claim(ctx: &Context, args: &ClaimArgs) -> Result<i32> {
 #[allow(clippy::too_many_arguments)]
 fn wait_for_grant(
     ctx: &Context,
-    reg: &RegistryStore,
+    reg: &dyn ClaimsRegistry,
     limits: Limits,
     watch: &mut Listener,
     me: &Who,
@@ -180,11 +180,13 @@ fn wait_for_grant(
             ))?;
             return Ok(exit::BLOCKED);
         }
-        let now_reg = reg.read();
+        let now_reg = reg.read()?;
         let next_lapse = now_reg.next_lapse(time::now(), limits.ttl_ms());
-        let _: Wake = nap(watch, limit - waited, next_lapse);
-        // A sign of life that renews our other claims without rewriting the registry.
+        let _: Wake = nap(ctx, watch, limit - waited, next_lapse);
+        // A sign of life that renews our other claims (and keeps our place in the queue) without
+        // rewriting the registry at every look.
         ctx.registry.touch(&ctx.agent);
+        reg.renew(&ctx.agent, limits);
         let applied = reg.apply(
             &Request::Claim {
                 who: me.clone(),
@@ -265,7 +267,7 @@ pub fn unclaim(ctx: &Context, all: bool, raw_paths: &[String]) -> Result<i32> {
             Err(e) => return usage(format!("{e}; nothing was released")),
         },
     };
-    let reg = &ctx.registry;
+    let reg = &ctx.claims;
     let applied = reg.apply(
         &Request::Unclaim {
             who: who(ctx, priority_or_default()),

@@ -14,11 +14,11 @@ use crate::os::{say, signals};
 use crate::protocol::claims::{self, RegistryOutcome, Request};
 use crate::protocol::exit;
 use crate::protocol::state::Status;
-use crate::store::registry::RegistryStore;
+use crate::store::registry::ClaimsRegistry;
 
 /// `buildlock done`: release every claim of this agent and mark it done.
 pub fn done(ctx: &Context) -> Result<i32> {
-    let applied = ctx.registry.apply(
+    let applied = ctx.claims.apply(
         &Request::Done {
             who: who(ctx, priority_or_default()),
         },
@@ -58,9 +58,9 @@ pub fn wait_for(ctx: &Context, names: &[String], timeout: Option<&str>) -> Resul
         Some(Ok(d)) => d,
         Some(Err(e)) => return usage(e),
     };
-    let reg = &ctx.registry;
+    let reg = ctx.claims.as_ref();
     // A name never seen (a typo) would read as "gone" and let the caller go on at once.
-    let known: Vec<String> = agent_rows(ctx).into_iter().map(|a| a.agent).collect();
+    let known: Vec<String> = agent_rows(ctx)?.into_iter().map(|a| a.agent).collect();
     let history: std::collections::HashSet<String> = ctx
         .store
         .history()
@@ -68,7 +68,7 @@ pub fn wait_for(ctx: &Context, names: &[String], timeout: Option<&str>) -> Resul
         .iter()
         .filter_map(|e| e.agent().map(str::to_owned))
         .collect();
-    let reg_now = reg.read();
+    let reg_now = reg.read()?;
     let unknown: Vec<&String> = names
         .iter()
         .filter(|n| !known.contains(n) && !history.contains(*n) && !reg_now.agents.contains_key(*n))
@@ -85,11 +85,11 @@ pub fn wait_for(ctx: &Context, names: &[String], timeout: Option<&str>) -> Resul
         ));
         return Ok(exit::USAGE);
     }
-    let mut watch = reg.bell().listen();
+    let mut watch = reg.listen();
     let start = Instant::now();
     let mut last_progress: Option<Instant> = None;
     loop {
-        let (pending, next_gone) = still_running(ctx, reg, names);
+        let (pending, next_gone) = still_running(ctx, reg, names)?;
         if pending.is_empty() {
             say::progress_done();
             say::say(format!(
@@ -123,17 +123,22 @@ pub fn wait_for(ctx: &Context, names: &[String], timeout: Option<&str>) -> Resul
                 human(limit - waited)
             ));
         }
-        nap(&mut watch, limit - waited, next_gone);
+        nap(ctx, &mut watch, limit - waited, next_gone);
     }
 }
 
 /// The named agents still at work (described), and when the first of them will count as gone.
 fn still_running(
     ctx: &Context,
-    reg: &RegistryStore,
+    reg: &dyn ClaimsRegistry,
     names: &[String],
-) -> (Vec<String>, Option<Millis>) {
-    let r = reg.read();
+) -> Result<(Vec<String>, Option<Millis>)> {
+    let mut r = reg.read()?;
+    if reg.is_remote() {
+        let here = ctx.registry.read();
+        r.slots = here.slots;
+        r.slot_queue = here.slot_queue;
+    }
     let (now, ttl) = (time::now(), limits(ctx).ttl_ms());
     let keys = ctx.store.all().unwrap_or_default();
     let mut pending = Vec::new();
@@ -162,5 +167,5 @@ fn still_running(
             }
         }
     }
-    (pending, next_gone)
+    Ok((pending, next_gone))
 }

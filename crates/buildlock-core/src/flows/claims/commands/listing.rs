@@ -5,7 +5,7 @@ use anyhow::Result;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-use crate::flows::claims::common::{limits, out, until_text};
+use crate::flows::claims::common::{limits, out, read_all, until_text};
 use crate::flows::context::Context;
 use crate::os::say;
 use crate::os::time::{self, Millis, human, rfc3339};
@@ -66,7 +66,7 @@ pub fn log_detail(event: &str, e: &Value) -> String {
 
 /// `buildlock claims [--json]`: the live claims and the waiting requests.
 pub fn list(ctx: &Context, as_json: bool) -> Result<i32> {
-    let reg = ctx.registry.read();
+    let reg = ctx.claims.read()?;
     let (now, ttl) = (time::now(), limits(ctx).ttl_ms());
     let live: Vec<&Claim> = reg.live_claims(now, ttl).collect();
     if as_json {
@@ -144,8 +144,8 @@ pub(super) struct AgentRow {
     also_active_in: Vec<Seen>,
 }
 
-pub(super) fn agent_rows(ctx: &Context) -> Vec<AgentRow> {
-    let reg = ctx.registry.read();
+pub(super) fn agent_rows(ctx: &Context) -> Result<Vec<AgentRow>> {
+    let reg = read_all(ctx)?;
     let (now, ttl) = (time::now(), limits(ctx).ttl_ms());
     let keys = ctx.store.all().unwrap_or_default();
     let fixing = |a: &str| {
@@ -237,7 +237,7 @@ pub(super) fn agent_rows(ctx: &Context) -> Vec<AgentRow> {
         live_now(ctx, row, &keys, seen_as(&row.agent), now, ttl);
     }
     rows.sort_by(|a, b| a.agent.cmp(&b.agent));
-    rows
+    Ok(rows)
 }
 
 /// What the records above cannot know, from what runs now: a check of the agent's (its
@@ -304,7 +304,7 @@ fn current_branch(git_dir: &std::path::Path) -> Option<String> {
 
 /// `buildlock agents [--json]`: every agent seen within `claims.ttl`, and what it is doing.
 pub fn agents(ctx: &Context, as_json: bool) -> Result<i32> {
-    let rows = agent_rows(ctx);
+    let rows = agent_rows(ctx)?;
     if as_json {
         let agents: Vec<Value> = rows
             .iter()
@@ -320,14 +320,17 @@ pub fn agents(ctx: &Context, as_json: bool) -> Result<i32> {
             .collect();
         out(&format!(
             "{}\n",
-            serde_json::to_string_pretty(&json!({"agents": agents}))?
+            serde_json::to_string_pretty(&json!({"agents": agents,
+                "claims_backend": if ctx.claims.is_remote() { "remote" } else { "local" },
+                "check_slots": "per machine"}))?
         ));
         return Ok(exit::OK);
     }
     if rows.is_empty() {
         out(&format!(
-            "no agents seen within {} (claims.ttl)\n",
-            human(ctx.config.claims_ttl)
+            "no agents seen within {} (claims.ttl)\n{}",
+            human(ctx.config.claims_ttl),
+            where_from(ctx)
         ));
         return Ok(exit::OK);
     }
@@ -388,6 +391,21 @@ pub fn agents(ctx: &Context, as_json: bool) -> Result<i32> {
             ));
         }
     }
+    text.push_str(&where_from(ctx));
     out(&text);
     Ok(exit::OK)
+}
+
+/// Under the remote backend, what `buildlock agents` knows from where: claims from every
+/// machine, check slots and running checks from this one only.
+fn where_from(ctx: &Context) -> String {
+    if !ctx.claims.is_remote() {
+        return String::new();
+    }
+    format!(
+        "claims, `done` and blocked commits: from every machine, through {}; agents of other machines \
+         show here when they claim, wait or fix; check slots (check_slots) and `checking`: this machine's \
+         only (check slots are per machine)\n",
+        ctx.claims.place()
+    )
 }
