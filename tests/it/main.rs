@@ -24,6 +24,7 @@ mod input;
 mod install;
 mod race;
 mod remote;
+mod remote_prune;
 mod remote_stall;
 mod resource_limits;
 mod retry;

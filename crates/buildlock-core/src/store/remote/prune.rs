@@ -11,8 +11,9 @@
 //!   (a day), or more than [`crowded_after`] ago (an hour) when it is not among the
 //!   [`KEEP_NEWEST`] most recently touched passing keys; or
 //! - was **abandoned**: broken with nobody fixing, or fixing with a lease (the fixer's last
-//!   heartbeat) that has not moved for [`prune_after`]. A fixer alive renews its lease every
-//!   `stale_after / 3`, so a breakage still fixing with a fresh lease is never pruned.
+//!   heartbeat) that has not moved for [`prune_after`], and for twice `stale_after` at least.
+//!   A fixer alive renews its lease every `stale_after / 3`, so a breakage still fixing with a
+//!   fresh lease is never pruned.
 //!
 //! The key that was just fixed always stays. A key's refs are its state refs (every epoch) and
 //! its fix refs under `refs/buildlock/fix/`: a fix *delivered* by `buildlock ci` is a normal
@@ -170,20 +171,30 @@ pub(super) fn prunes_after(outcome: &Outcome) -> bool {
     )
 }
 
-/// The two ages of the pruning rule, as cutoffs: a key last touched before `old` is old
-/// (pruned by age alone), one touched before `crowded` is pruned when it is not among the newest.
+/// The ages of the pruning rule, as cutoffs: a passing key last touched before `old` is old
+/// (pruned by age alone), one touched before `crowded` is pruned when it is not among the
+/// newest; a breakage last touched before `abandoned` is abandoned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Cutoffs {
     pub old: Millis,
     pub crowded: Millis,
+    pub abandoned: Millis,
 }
 
-/// The cutoffs at `now` for the ages `prune_after` and `crowded_after`, never negative.
-pub(super) fn cutoffs(now: Millis, prune_after: Duration, crowded_after: Duration) -> Cutoffs {
+/// The cutoffs at `now` for the ages `prune_after` and `crowded_after`, never negative; a
+/// breakage is abandoned after `prune_after`, and never before twice `stale_after` (a live fixer
+/// renews its lease every third of it, whatever the age limit says).
+pub(super) fn cutoffs(
+    now: Millis,
+    prune_after: Duration,
+    crowded_after: Duration,
+    stale_after: Duration,
+) -> Cutoffs {
     let before = |age: Duration| now.saturating_sub(age.as_millis() as Millis);
     Cutoffs {
         old: before(prune_after),
         crowded: before(crowded_after),
+        abandoned: before(prune_after.max(stale_after * 2)),
     }
 }
 
@@ -199,7 +210,7 @@ pub(super) fn prunable(status: Status, touched: Millis, newest: bool, cut: Cutof
     match status {
         Status::Passing => touched < cut.old || (!newest && touched < cut.crowded),
         // Abandoned: nobody fixing, or a fixer whose lease stopped moving a day ago.
-        Status::Broken | Status::Fixing => touched < cut.old,
+        Status::Broken | Status::Fixing => touched < cut.abandoned,
     }
 }
 
@@ -266,7 +277,12 @@ impl RemoteStore {
             let Ok(views) = self.views() else {
                 return 0;
             };
-            let cut = cutoffs(time::now(), prune_after(), crowded_after());
+            let cut = cutoffs(
+                time::now(),
+                prune_after(),
+                crowded_after(),
+                self.stale_after,
+            );
             let updates = prune_updates(&views, except, cut);
             if updates.is_empty() {
                 return 0;
@@ -470,18 +486,25 @@ mod tests {
 
     #[test]
     fn the_cutoffs_are_now_minus_the_ages_and_never_negative() {
-        let cut = cutoffs(10_000, Duration::from_secs(3), Duration::from_secs(1));
+        let s = Duration::from_secs;
         assert_eq!(
-            cut,
+            cutoffs(10_000, s(3), s(1), s(1)),
             Cutoffs {
                 old: 7_000,
-                crowded: 9_000
+                crowded: 9_000,
+                abandoned: 7_000
             }
         );
         assert_eq!(
-            cutoffs(1_000, Duration::from_secs(3), Duration::from_secs(2)),
-            Cutoffs { old: 0, crowded: 0 }
+            cutoffs(1_000, s(3), s(2), s(1)),
+            Cutoffs {
+                old: 0,
+                crowded: 0,
+                abandoned: 0
+            }
         );
+        // A lease is never judged abandoned before twice stale_after, whatever the age limit.
+        assert_eq!(cutoffs(100_000, s(3), s(1), s(20)).abandoned, 60_000);
     }
 
     #[test]
@@ -493,6 +516,7 @@ mod tests {
     const CUT: Cutoffs = Cutoffs {
         old: 100,
         crowded: 1_000,
+        abandoned: 100,
     };
 
     #[test]
