@@ -7,6 +7,7 @@
 
 mod agent_view;
 mod ci_files;
+mod ci_gitlab_local;
 mod ci_verdict;
 mod claims;
 mod cli;
