@@ -259,6 +259,9 @@ fn remote_prune_two_hundred_breakages_leave_a_bounded_remote() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     let mut s = server_with(|root| config(root, "0", "60s"));
+    // No `git gc --auto` after each push (hosts run their housekeeping on their own schedule):
+    // one process less per push, and the loose objects stay as the pushes left them.
+    git(&s.root, &s.bare, &["config", "receive.autogc", "false"]);
     s.start_daemon();
     let a = s.clone("a", &s.daemon_url());
     let main = remote_ref(&s, "refs/heads/main").unwrap();
