@@ -7,6 +7,7 @@
 
 mod agent_view;
 mod ci_files;
+mod ci_gitlab_local;
 mod ci_verdict;
 mod claims;
 mod claims_remote;
@@ -25,6 +26,7 @@ mod input;
 mod install;
 mod race;
 mod remote;
+mod remote_prune;
 mod remote_stall;
 mod resource_limits;
 mod retry;

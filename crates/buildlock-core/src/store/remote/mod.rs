@@ -32,8 +32,10 @@
 //!   with no ref for the key, and a racing agent's lease on the old epoch fails, so no update is
 //!   lost. Readers take the highest epoch: an agent that read "no such key" long ago and creates
 //!   epoch 1 next to a newer epoch is ignored by everyone (and fenced at its next step).
-//! - **Bounded.** Passing keys untouched for [`prune_after`] are deleted (with leases) after a
-//!   fix; fix refs of a key are replaced by the newest one.
+//! - **Bounded.** The end of a breakage prunes (with leases) passing keys untouched for
+//!   [`prune_after`], or for [`crowded_after`] beyond the newest [`KEEP_NEWEST`], and
+//!   breakages abandoned for [`prune_after`]; fix refs of a key are replaced by the newest one
+//!   (the rule and why: `prune`).
 //! - **No wall clocks compared.** The remote cannot see a process die ([`Store::fixer_gone`] is
 //!   always false) and the wall-clock lease rule is switched off: a fixer is stale only when a
 //!   waiter watched its lease (generation, heartbeat) not move for `stale_after` on its own
@@ -74,7 +76,7 @@ pub mod refs;
 mod testing;
 mod transaction;
 
-pub use prune::{compact_after, prune_after};
+pub use prune::{KEEP_NEWEST, compact_after, crowded_after, prune_after};
 pub use refs::{FIX_PREFIX, PROBE_PREFIX, STATE_PREFIX, fix_ref_name, key_path};
 
 use crate::os::remote_git::{Failure, Git};

@@ -1,17 +1,49 @@
 //! Keeping the remote bounded: where the next state commit goes (extending the key's chain, or
 //! *compacting* it into a new root under the next epoch), which refs a transition retires, and
-//! which keys a fix prunes.
+//! which keys the end of a breakage prunes.
+//!
+//! # The pruning rule
+//!
+//! After every transition that ends a breakage (a fix, a recovery, a reset), the agent that made
+//! it deletes, in one leased push, every ref of each key that
+//!
+//! - is **passing** and was last touched (its status changed) more than [`prune_after`] ago
+//!   (a day), or more than [`crowded_after`] ago (an hour) when it is not among the
+//!   [`KEEP_NEWEST`] most recently touched passing keys; or
+//! - was **abandoned**: broken with nobody fixing, or fixing with a lease (the fixer's last
+//!   heartbeat) that has not moved for [`prune_after`], and for twice `stale_after` at least.
+//!   A fixer alive renews its lease every `stale_after / 3`, so a breakage still fixing with a
+//!   fresh lease is never pruned.
+//!
+//! The key that was just fixed always stays. A key's refs are its state refs (every epoch) and
+//! its fix refs under `refs/buildlock/fix/`: a fix *delivered* by `buildlock ci` is a normal
+//! branch (`refs/heads/buildlock/fix/…`), which nothing here ever reads or deletes. So the
+//! remote holds at most the passing keys of the last hour, at least [`KEEP_NEWEST`], all of them
+//! gone after a day, plus the breakages being fixed now. Why an hour: what still reads a passing
+//! key is a waiter that saw the fix and fetches it (seconds), and a late job of the same commit
+//! that is told to take the fix instead of electing a fixer of its own (a CI queue's lag).
+//!
+//! Ages compare the pruning machine's clock with the clock of the machine that wrote the state:
+//! with margins of an hour and a day a skewed clock matters only beyond that, and then costs at
+//! most one more fix run of a breakage already fixed, never two fixers at once (a deletion is
+//! leased on the tip that was judged, and only a passing or abandoned tip is ever judged).
 //!
 //! Guarantees:
+//! - **An allowlist of ref shapes.** Only `refs/buildlock/state/<base>/<sub>/<epoch>` whose tip
+//!   decodes as a state, and `refs/buildlock/fix/<base>/<sub>/<oid>` that points at that `<oid>`
+//!   ([`super::refs::group`]), are ever deleted; any other ref under `refs/buildlock/` (claims,
+//!   the doctor's probe, whatever a later version adds) is left alone;
 //! - **Fast-forward only.** No ref is ever rewound: a chain grows by a child of its tip, and a
 //!   compacted chain is a new ref (the next epoch) whose root records the old tip in a
 //!   `Buildlock-Previous:` trailer; the old epoch (and any stray) is deleted in the same atomic
 //!   push, leased on what was read, so there is never a moment with no ref for the key and a
 //!   racing agent's lease on the old epoch fails;
-//! - **Bounded.** A chain is compacted once it is [`compact_after`] commits long; passing keys
-//!   untouched for [`prune_after`] are deleted (with leases; best effort, one try: whatever raced
-//!   it stays for the next time) after a fix; a key's fix refs are replaced by the newest one;
-//! - every deletion carries the oid it was read at: nothing that moved since is deleted.
+//! - **Bounded.** A chain is compacted once it is [`compact_after`] commits long; one prune
+//!   deletes about [`PRUNE_BATCH`] refs at most (the rest go at the next one); a key's fix refs
+//!   are replaced by the newest one;
+//! - **Leased.** Every deletion carries the oid it was read at: nothing that moved since is
+//!   deleted. The push is atomic, so a key that moved meanwhile fails the whole push; the prune
+//!   then reads again and tries again (a few times), without the key that moved.
 //!
 //! The rules are pure functions; [`RemoteStore::prune`] is their only I/O.
 
@@ -22,7 +54,7 @@ use super::chain::Doc;
 use super::read::View;
 use super::refs::{Tip, fix_ref_name};
 use crate::os::env;
-use crate::os::remote_git::Update;
+use crate::os::remote_git::{Pushed, Update};
 use crate::os::time::{self, Millis};
 use crate::protocol::state::{Outcome, Status};
 
@@ -31,13 +63,25 @@ pub fn compact_after() -> u64 {
     env::remote_compact_after().unwrap_or(64).max(2)
 }
 
-/// Passing keys untouched this long are deleted from the remote.
+/// Passing keys (and abandoned breakages) untouched this long are deleted from the remote.
 pub fn prune_after() -> Duration {
     env::remote_prune_after().unwrap_or(Duration::from_secs(24 * 3600))
 }
 
+/// Passing keys beyond the newest [`KEEP_NEWEST`] are deleted once untouched this long: a 24th of
+/// [`prune_after`] (an hour by default).
+pub fn crowded_after() -> Duration {
+    prune_after() / 24
+}
+
+/// How many of the most recently touched passing keys only age deletes.
+pub const KEEP_NEWEST: usize = 32;
+
 /// One push prunes at most about this many refs; the rest wait for the next fix.
 const PRUNE_BATCH: usize = 200;
+
+/// Tries of one prune whose atomic push lost a race with a key that moved.
+const PRUNE_TRIES: u32 = 3;
 
 /// Where a key's next state commit goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,26 +171,90 @@ pub(super) fn prunes_after(outcome: &Outcome) -> bool {
     )
 }
 
-/// Keys whose state changed before this are old enough to prune.
-pub(super) fn cutoff(now: Millis, prune_after: Duration) -> Millis {
-    now.saturating_sub(prune_after.as_millis() as Millis)
+/// The ages of the pruning rule, as cutoffs: a passing key last touched before `old` is old
+/// (pruned by age alone), one touched before `crowded` is pruned when it is not among the
+/// newest; a breakage last touched before `abandoned` is abandoned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Cutoffs {
+    pub old: Millis,
+    pub crowded: Millis,
+    pub abandoned: Millis,
 }
 
-/// Whether the key at `path` whose tip holds `doc` is pruned: passing, untouched since before
-/// `cutoff`, and not the key that was just fixed (`except`).
-pub(super) fn prunable(path: &str, doc: &Doc, except: &str, cutoff: Millis) -> bool {
-    path != except && doc.state.status == Status::Passing && doc.state.changed < cutoff
+/// The cutoffs at `now` for the ages `prune_after` and `crowded_after`, never negative; a
+/// breakage is abandoned after `prune_after`, and never before twice `stale_after` (a live fixer
+/// renews its lease every third of it, whatever the age limit says).
+pub(super) fn cutoffs(
+    now: Millis,
+    prune_after: Duration,
+    crowded_after: Duration,
+    stale_after: Duration,
+) -> Cutoffs {
+    let before = |age: Duration| now.saturating_sub(age.as_millis() as Millis);
+    Cutoffs {
+        old: before(prune_after),
+        crowded: before(crowded_after),
+        abandoned: before(prune_after.max(stale_after * 2)),
+    }
 }
 
-/// The deletions that prune `views` (every ref of each prunable key), about [`PRUNE_BATCH`] at
-/// most. A key whose tip is damaged is left alone.
-pub(super) fn prune_updates(views: &[(String, View)], except: &str, cutoff: Millis) -> Vec<Update> {
+/// When a key was last touched: its status changed, or its fixer renewed the lease.
+pub(super) fn touched(doc: &Doc) -> Millis {
+    let lease = doc.state.fixer.as_ref().map_or(0, |f| f.heartbeat);
+    doc.state.changed.max(lease)
+}
+
+/// Whether a key in this state is pruned when it was last touched at `touched`: `newest` says
+/// whether it is among the [`KEEP_NEWEST`] most recently touched passing keys.
+pub(super) fn prunable(status: Status, touched: Millis, newest: bool, cut: Cutoffs) -> bool {
+    match status {
+        Status::Passing => touched < cut.old || (!newest && touched < cut.crowded),
+        // Abandoned: nobody fixing, or a fixer whose lease stopped moving a day ago.
+        Status::Broken | Status::Fixing => touched < cut.abandoned,
+    }
+}
+
+/// The keys of `views` to prune (their paths), by the rule of this module; never `except`, the
+/// key just fixed, nor a key whose tip is damaged.
+pub(super) fn to_prune<'v>(
+    views: &'v [(String, View)],
+    except: &str,
+    cut: Cutoffs,
+) -> Vec<&'v str> {
+    let mut passing: Vec<(Millis, &str)> = views
+        .iter()
+        .filter_map(|(path, v)| Some((path, v.doc.as_ref()?)))
+        .filter(|(_, d)| d.state.status == Status::Passing)
+        .map(|(path, d)| (touched(d), path.as_str()))
+        .collect();
+    // Newest first; among equals, by path, so that every agent ranks the keys alike.
+    passing.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    let newest: Vec<&str> = passing.iter().take(KEEP_NEWEST).map(|p| p.1).collect();
+    views
+        .iter()
+        .filter(|(path, _)| path != except)
+        .filter_map(|(path, v)| Some((path.as_str(), v.doc.as_ref()?)))
+        .filter(|(path, d)| prunable(d.state.status, touched(d), newest.contains(path), cut))
+        .map(|(path, _)| path)
+        .collect()
+}
+
+/// The deletions that prune `views` (every ref of each key [`to_prune`] names), about
+/// [`PRUNE_BATCH`] at most, oldest keys first.
+pub(super) fn prune_updates(views: &[(String, View)], except: &str, cut: Cutoffs) -> Vec<Update> {
+    let mut keys: Vec<(Millis, &str)> = to_prune(views, except, cut)
+        .into_iter()
+        .filter_map(|p| {
+            let (_, v) = views.iter().find(|(path, _)| path == p)?;
+            Some((touched(v.doc.as_ref()?), p))
+        })
+        .collect();
+    keys.sort();
     let mut updates = Vec::new();
-    for (path, v) in views {
-        let Some(doc) = &v.doc else { continue };
-        if !prunable(path, doc, except, cutoff) {
+    for (_, path) in keys {
+        let Some((_, v)) = views.iter().find(|(p, _)| p == path) else {
             continue;
-        }
+        };
         for t in v.current.iter().chain(&v.strays) {
             updates.push(delete(&t.name, &t.oid));
         }
@@ -161,16 +269,31 @@ pub(super) fn prune_updates(views: &[(String, View)], except: &str, cutoff: Mill
 }
 
 impl RemoteStore {
-    /// After a fix: deletes passing keys untouched for [`prune_after`] (with leases; best effort,
-    /// one try: whatever raced it stays for the next time).
-    pub(super) fn prune(&self, except: &str) {
-        let Ok(views) = self.views() else {
-            return;
-        };
-        let updates = prune_updates(&views, except, cutoff(time::now(), prune_after()));
-        if !updates.is_empty() {
-            let _ = self.git.push(&updates);
+    /// After the end of a breakage: deletes what the rule of this module names (with leases;
+    /// best effort: a push that lost a race is tried again on a fresh read, a few times, and
+    /// whatever still raced it stays for the next time). Returns how many refs it deleted.
+    pub(super) fn prune(&self, except: &str) -> usize {
+        for _ in 0..PRUNE_TRIES {
+            let Ok(views) = self.views() else {
+                return 0;
+            };
+            let cut = cutoffs(
+                time::now(),
+                prune_after(),
+                crowded_after(),
+                self.stale_after,
+            );
+            let updates = prune_updates(&views, except, cut);
+            if updates.is_empty() {
+                return 0;
+            }
+            match self.git.push(&updates) {
+                Ok(Pushed::Landed) => return updates.len(),
+                Ok(Pushed::Stale) => continue,
+                Err(_) => return 0,
+            }
         }
+        0
     }
 }
 
@@ -362,29 +485,123 @@ mod tests {
     }
 
     #[test]
-    fn the_cutoff_is_now_minus_the_age_and_never_negative() {
-        assert_eq!(cutoff(10_000, Duration::from_secs(3)), 7_000);
-        assert_eq!(cutoff(1_000, Duration::from_secs(3)), 0);
+    fn the_cutoffs_are_now_minus_the_ages_and_never_negative() {
+        let s = Duration::from_secs;
+        assert_eq!(
+            cutoffs(10_000, s(3), s(1), s(1)),
+            Cutoffs {
+                old: 7_000,
+                crowded: 9_000,
+                abandoned: 7_000
+            }
+        );
+        assert_eq!(
+            cutoffs(1_000, s(3), s(2), s(1)),
+            Cutoffs {
+                old: 0,
+                crowded: 0,
+                abandoned: 0
+            }
+        );
+        // A lease is never judged abandoned before twice stale_after, whatever the age limit.
+        assert_eq!(cutoffs(100_000, s(3), s(1), s(20)).abandoned, 60_000);
     }
 
     #[test]
-    fn only_old_passing_keys_other_than_the_fixed_one_are_pruned() {
-        let old = doc("a", Status::Passing, 100);
-        assert!(prunable("a/_", &old, "b/_", 101));
+    fn the_crowded_age_is_a_24th_of_the_age_limit() {
+        // The environment may set the age limit for tests; the ratio holds whatever it says.
+        assert_eq!(crowded_after(), prune_after() / 24);
+    }
+
+    const CUT: Cutoffs = Cutoffs {
+        old: 100,
+        crowded: 1_000,
+        abandoned: 100,
+    };
+
+    #[test]
+    fn a_passing_key_goes_by_age_or_when_crowded_out_and_past_the_shorter_age() {
+        // Among the newest: only the long age prunes it.
+        assert!(prunable(Status::Passing, 99, true, CUT));
         assert!(
-            !prunable("a/_", &old, "a/_", 101),
-            "the key just fixed stays"
+            !prunable(Status::Passing, 100, true, CUT),
+            "at the cutoff it stays"
         );
+        assert!(!prunable(Status::Passing, 500, true, CUT));
+        // Crowded out: the shorter age does.
+        assert!(prunable(Status::Passing, 500, false, CUT));
         assert!(
-            !prunable("a/_", &old, "b/_", 100),
-            "changed at the cutoff stays"
+            !prunable(Status::Passing, 1_000, false, CUT),
+            "too fresh for any rule"
         );
+    }
+
+    #[test]
+    fn a_breakage_goes_only_when_abandoned_for_the_long_age() {
         for status in [Status::Broken, Status::Fixing] {
+            assert!(prunable(status, 99, false, CUT), "{status:?}");
+            assert!(!prunable(status, 100, false, CUT), "{status:?}");
             assert!(
-                !prunable("a/_", &doc("a", status, 1), "b/_", 101),
-                "{status:?}"
+                !prunable(status, 500, false, CUT),
+                "{status:?}: crowding never prunes a breakage"
             );
         }
+    }
+
+    fn fixing(key: &str, changed: Millis, heartbeat: Millis) -> Doc {
+        let mut d = doc(key, Status::Fixing, changed);
+        d.state.fixer = Some(crate::protocol::state::Fixer {
+            agent: "a".into(),
+            pid: None,
+            host: "h".into(),
+            start: None,
+            since: changed,
+            heartbeat,
+            attempts: 0,
+            registered: false,
+            fix_process: None,
+            elector: None,
+        });
+        d
+    }
+
+    #[test]
+    fn a_fixer_s_heartbeat_touches_its_key() {
+        // Elected long ago, lease renewed just now: fresh, never pruned.
+        let d = fixing("k", 1, 5_000);
+        assert_eq!(touched(&d), 5_000);
+        assert!(!prunable(d.state.status, touched(&d), false, CUT));
+        assert_eq!(touched(&doc("k", Status::Passing, 7)), 7);
+    }
+
+    fn keyed(key: &str, d: Doc) -> (String, View) {
+        let path = key_path(key);
+        let oid = format!("{key}-tip");
+        let v = view(Some(tip(&path, 1, &oid)), Vec::new(), &[], Some(d));
+        (path, v)
+    }
+
+    #[test]
+    fn the_newest_passing_keys_stay_and_the_crowd_behind_them_goes() {
+        // KEEP_NEWEST + 3 passing keys, all past the shorter age, none past the long one; the
+        // newest of them all is the one just fixed (it stays, and counts among the newest).
+        let n = KEEP_NEWEST + 3;
+        let mut views: Vec<(String, View)> = (0..n)
+            .map(|i| {
+                keyed(
+                    &format!("p{i:02}"),
+                    doc("p", Status::Passing, 200 + i as Millis),
+                )
+            })
+            .collect();
+        views.push(keyed("open", fixing("open", 150, 160)));
+        views.push(keyed("broken", doc("broken", Status::Broken, 150)));
+        views.push(keyed("fresh", doc("fresh", Status::Passing, 5_000)));
+        let except = key_path(&format!("p{:02}", n - 1));
+        let gone = to_prune(&views, &except, CUT);
+        // "fresh" is the newest; then p34 .. p04 fill the 32 places: p00 .. p03 go.
+        let want: Vec<String> = (0..4).map(|i| key_path(&format!("p{i:02}"))).collect();
+        assert_eq!(gone, want);
     }
 
     #[test]
@@ -399,13 +616,13 @@ mod tests {
             Some(tip("b/_", 1, "b1")),
             Vec::new(),
             &[],
-            Some(doc("b", Status::Passing, 500)),
+            Some(doc("b", Status::Passing, 5_000)),
         );
         let broken = view(
             Some(tip("c/_", 1, "c1")),
             Vec::new(),
             &[],
-            Some(doc("c", Status::Broken, 1)),
+            Some(doc("c", Status::Broken, 500)),
         );
         let damaged = view(Some(tip("d/_", 1, "d1")), Vec::new(), &[], None);
         let views = vec![
@@ -415,51 +632,65 @@ mod tests {
             ("d/_".to_owned(), damaged),
         ];
         assert_eq!(
-            names(&prune_updates(&views, "x/_", 100)),
+            names(&prune_updates(&views, "x/_", CUT)),
             [
                 ("refs/buildlock/state/a/_/3", None, Some("a3")),
                 ("refs/buildlock/state/a/_/1", None, Some("a1")),
                 ("refs/buildlock/fix/a/_/f", None, Some("f")),
             ]
         );
-        assert!(prune_updates(&views, "a/_", 100).is_empty());
+        assert!(prune_updates(&views, "a/_", CUT).is_empty());
     }
 
     #[test]
-    fn one_prune_is_bounded() {
+    fn one_prune_is_bounded_and_takes_the_oldest_first() {
         let views: Vec<(String, View)> = (0..500)
             .map(|i| {
-                let key = format!("k{i}");
-                let path = key_path(&key);
-                let v = view(
-                    Some(tip(&path, 1, "o")),
-                    Vec::new(),
-                    &[],
-                    Some(doc(&key, Status::Passing, 1)),
-                );
-                (path, v)
+                keyed(
+                    &format!("k{i:03}"),
+                    doc("k", Status::Passing, 1 + i as Millis),
+                )
             })
             .collect();
-        assert_eq!(prune_updates(&views, "", 100).len(), PRUNE_BATCH);
+        let updates = prune_updates(&views, "", CUT);
+        assert_eq!(updates.len(), PRUNE_BATCH);
+        assert_eq!(updates[0].name, state_ref(&key_path("k000"), 1));
     }
 
     #[test]
-    fn pruning_a_real_remote_deletes_old_passing_keys() {
+    fn pruning_a_real_remote_deletes_old_keys_and_leaves_unknown_refs_alone() {
         let remote = super::super::testing::Remote::new();
         let store = remote.store("a");
-        // `changed` 0 is long before any cutoff: both are old; "keep" is the key just fixed.
+        // `changed` 0 is long before any cutoff: all are old; "keep" is the key just fixed.
         let gone = remote.put_state(&doc("gone", Status::Passing, 0));
         remote.set_ref(&fix_ref_name("gone", &gone), &gone);
         remote.put_state(&doc("keep", Status::Passing, 0));
-        remote.put_state(&doc("open", Status::Broken, 0));
-        store.prune(&key_path("keep"));
-        let left: Vec<String> = remote.refs().into_iter().map(|(n, _)| n).collect();
+        remote.put_state(&doc("open", Status::Fixing, time::now()));
+        // Refs under refs/buildlock/ that are not a key's: another part's (claims), or
+        // shapes we never write. Each points at an old passing state, the bait.
+        let bait = remote.put_state(&doc("bait", Status::Passing, 0));
+        let foreign = [
+            "refs/buildlock/claims/registry".to_owned(),
+            "refs/buildlock/agents/a".to_owned(),
+            "refs/buildlock/state/bait/_/x1".to_owned(),
+            "refs/buildlock/fix/bait/_/not-its-oid".to_owned(),
+            format!("refs/buildlock/fix/bait/{bait}"),
+        ];
+        for name in &foreign {
+            remote.set_ref(name, &bait);
+        }
         assert_eq!(
-            left,
-            [
-                "refs/buildlock/state/keep/_/1",
-                "refs/buildlock/state/open/_/1"
-            ]
+            store.prune(&key_path("keep")),
+            3,
+            "gone's state and fix, bait's state"
         );
+        let left: Vec<String> = remote.refs().into_iter().map(|(n, _)| n).collect();
+        let mut want: Vec<String> = foreign.to_vec();
+        want.extend([
+            "refs/buildlock/state/keep/_/1".to_owned(),
+            "refs/buildlock/state/open/_/1".to_owned(),
+        ]);
+        want.sort();
+        assert_eq!(left, want);
     }
 }

@@ -12,7 +12,11 @@
 //! - every state and fix ref sits at the same depth, so no ref name is ever a prefix directory of
 //!   another (git refuses `a` beside `a/b`), and one pattern lists all the keys of a base;
 //! - reading is total: a ref under our prefixes that does not fit the layout is ignored, never an
-//!   error; of a key's epochs the highest is its state, the others are strays ([`split_epochs`]).
+//!   error; of a key's epochs the highest is its state, the others are strays ([`split_epochs`]);
+//! - the layout is an allowlist: a state ref is `<base>/<sub>/<decimal epoch>`, a fix ref is
+//!   `<base>/<sub>/<the oid it points at>`; only refs of these shapes are ever read as a key's,
+//!   and so only they are ever pruned (other refs under `refs/buildlock/`, such as claims, are
+//!   not ours to judge).
 //!
 //! Pure: no I/O here.
 
@@ -104,9 +108,10 @@ pub(super) fn group(refs: &[(String, String)]) -> BTreeMap<String, KeyRefs> {
                 name: name.clone(),
             });
         } else if let Some(rest) = name.strip_prefix(FIX_PREFIX) {
+            // A fix ref is named by the commit it points at: anything else is not ours.
             if let Some((stem, _)) = rest
                 .rsplit_once('/')
-                .filter(|(s, _)| s.matches('/').count() == 1)
+                .filter(|(s, named)| s.matches('/').count() == 1 && names_oid(named, oid))
             {
                 keys.entry(stem.to_owned())
                     .or_default()
@@ -116,6 +121,14 @@ pub(super) fn group(refs: &[(String, String)]) -> BTreeMap<String, KeyRefs> {
         }
     }
     keys
+}
+
+/// Whether the last part of a fix ref's name is the object id `oid` it points at (as
+/// [`fix_ref_name`] names it).
+fn names_oid(named: &str, oid: &str) -> bool {
+    matches!(named.len(), 40 | 64)
+        && named.bytes().all(|b| b.is_ascii_hexdigit())
+        && named.eq_ignore_ascii_case(oid)
 }
 
 /// The highest epoch of a key's chain: its state.
@@ -207,19 +220,20 @@ mod tests {
     fn state_and_fix_refs_read_back_as_the_key_they_were_named_for() {
         let key = "commit#0123456789abcdef";
         let path = key_path(key);
-        let fix = fix_ref_name(key, "f00d");
-        assert_eq!(fix, format!("{FIX_PREFIX}{path}/f00d"));
+        let f = "f00d".repeat(10);
+        let fix = fix_ref_name(key, &f);
+        assert_eq!(fix, format!("{FIX_PREFIX}{path}/{f}"));
         let refs = listed(&[
             ("a1", &state_ref(&path, 1)),
             ("a7", &state_ref(&path, 7)),
-            ("f1", &fix),
+            (&f, &fix),
             ("b1", &state_ref(&key_path("commit"), 3)),
         ]);
         let keys = group(&refs);
         assert_eq!(keys.len(), 2);
         let (tips, fixes) = &keys[&path];
         assert_eq!(tips, &[tip(&path, 1, "a1"), tip(&path, 7, "a7")]);
-        assert_eq!(fixes, &[(fix, "f1".to_owned())]);
+        assert_eq!(fixes, &[(fix, f.clone())]);
         let (tips, fixes) = &keys["commit/_"];
         assert_eq!(tips, &[tip("commit/_", 3, "b1")]);
         assert!(fixes.is_empty());
@@ -227,6 +241,10 @@ mod tests {
 
     #[test]
     fn refs_that_do_not_fit_the_layout_are_ignored() {
+        let (ab, cd) = (
+            "ab".repeat(20),
+            format!("refs/buildlock/fix/commit/_/{}", "cd".repeat(20)),
+        );
         let refs = listed(&[
             ("x", "refs/buildlock/state/commit/_/notanumber"),
             ("x", "refs/buildlock/state/commit/1"),
@@ -234,6 +252,11 @@ mod tests {
             ("x", "refs/buildlock/state/nodepth"),
             ("x", "refs/buildlock/fix/commit/f00d"),
             ("x", "refs/buildlock/fix/a/b/c/f00d"),
+            // A fix ref is named by the commit it points at: not ours when it is not.
+            ("x", "refs/buildlock/fix/commit/_/f00d"),
+            (ab.as_str(), cd.as_str()),
+            ("x", "refs/buildlock/claims/registry"),
+            ("x", "refs/buildlock/claims/commit/_/1"),
             ("x", "refs/buildlock/probe/host-1"),
             ("x", "refs/heads/main"),
         ]);
