@@ -18,9 +18,19 @@
 //! neither works (another OS, a FIFO that cannot be made) [`Listener::is_live`] is false and a
 //! wait is a plain sleep of its bound: callers re-read after every wake-up and bound each sleep,
 //! so the worst case is the bound, never a hang.
+//!
+//! Per platform (what a wait costs):
+//! - Linux: the FIFO and pidfds above; a wait is one poll(2), no wake-up until something happens.
+//! - Windows: no bell (a waiter sleeps its bound, and re-reads the state then: a change is seen up
+//!   to one bound late); process exits wake at once through `WaitForMultipleObjects` on the
+//!   processes' handles, a wait costing no wake-up.
+//! - macOS and other unixes: no bell either; a process exit is seen by looking at the process
+//!   every 50 ms (one `proc_pidinfo` call per look).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(not(windows))]
+use std::time::Instant;
 
 use crate::os::process::{self, Process};
 
@@ -112,11 +122,68 @@ impl Listener {
         {
             linux::wait(self, procs, timeout)
         }
-        #[cfg(not(target_os = "linux"))]
+        #[cfg(windows)]
         {
+            windows::wait(procs, timeout)
+        }
+        #[cfg(not(any(target_os = "linux", windows)))]
+        {
+            let deadline = Instant::now() + timeout;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Wake::TimedOut;
+                }
+                std::thread::sleep(left.min(Duration::from_millis(50)));
+                if procs.iter().any(|p| !process::is_live(p)) {
+                    return Wake::Exited;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(windows)]
+mod windows {
+    use super::*;
+    use windows_sys::Win32::Foundation::{CloseHandle, HANDLE, WAIT_FAILED, WAIT_TIMEOUT};
+    use windows_sys::Win32::System::Threading::{
+        OpenProcess, PROCESS_SYNCHRONIZE, WaitForMultipleObjects,
+    };
+
+    /// Sleeps until one of `procs` exits (their handles signal) or `timeout` passes.
+    pub fn wait(procs: &[Process], timeout: Duration) -> Wake {
+        let handles: Vec<HANDLE> = procs
+            .iter()
+            .filter(|p| p.host == process::hostname())
+            // SAFETY: OpenProcess has no memory-safety preconditions.
+            .map(|p| unsafe { OpenProcess(PROCESS_SYNCHRONIZE, 0, p.pid) })
+            .filter(|h| !h.is_null())
+            .take(64) // MAXIMUM_WAIT_OBJECTS
+            .collect();
+        // Opened after checking: make sure each pid was not recycled meanwhile.
+        let woke = if procs.iter().any(|p| !process::is_live(p)) {
+            Wake::Exited
+        } else if handles.is_empty() {
             std::thread::sleep(timeout);
             Wake::TimedOut
+        } else {
+            let ms = timeout.as_millis().min(u128::from(u32::MAX - 1)) as u32;
+            // SAFETY: `handles` holds valid process handles, at most 64.
+            match unsafe { WaitForMultipleObjects(handles.len() as u32, handles.as_ptr(), 0, ms) } {
+                WAIT_TIMEOUT => Wake::TimedOut,
+                WAIT_FAILED => {
+                    std::thread::sleep(timeout);
+                    Wake::TimedOut
+                }
+                _ => Wake::Exited,
+            }
+        };
+        for h in handles {
+            // SAFETY: handles we opened.
+            unsafe { CloseHandle(h) };
         }
+        woke
     }
 }
 

@@ -848,7 +848,7 @@ mod tests {
         let target = dir.path().join("target.json");
         fs::copy(store.base_path("repo"), &target).unwrap();
         fs::remove_file(store.base_path("repo")).unwrap();
-        std::os::unix::fs::symlink(&target, store.base_path("repo")).unwrap();
+        crate::os::fs::symlink_file(&target, &store.base_path("repo")).unwrap();
         assert!(
             matches!(store.read("repo"), Read::Damaged(_)),
             "not followed"
