@@ -460,14 +460,17 @@ fn group_members(pgid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// libproc.h's `PROC_PGRP_ONLY` (the libc crate does not name it).
+#[cfg(target_os = "macos")]
+const PROC_PGRP_ONLY: u32 = 2;
+
 /// macOS: the members of a group, from libproc's list of the group's pids.
 #[cfg(target_os = "macos")]
 fn group_members(pgid: u32) -> Vec<u32> {
     let mut pids = vec![0 as libc::c_int; 4096];
     let bytes = (pids.len() * std::mem::size_of::<libc::c_int>()) as libc::c_int;
     // SAFETY: `pids` is valid for writes of `bytes` bytes.
-    let n =
-        unsafe { libc::proc_listpids(libc::PROC_PGRP_ONLY, pgid, pids.as_mut_ptr().cast(), bytes) };
+    let n = unsafe { libc::proc_listpids(PROC_PGRP_ONLY, pgid, pids.as_mut_ptr().cast(), bytes) };
     let count = (n.max(0) as usize / std::mem::size_of::<libc::c_int>()).min(pids.len());
     pids[..count]
         .iter()
