@@ -306,6 +306,31 @@ mod linux {
     }
 }
 
+/// Waking on a process exit, on every platform (pidfd; process handles; polling on macOS).
+#[cfg(test)]
+mod cross_platform_tests {
+    use super::*;
+
+    #[test]
+    fn the_exit_of_a_watched_helper_wakes_a_waiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Bell::in_dir(dir.path(), "state").listen();
+        let mut h = crate::os::testing::Helper::start("exit-soon", false);
+        assert_eq!(h.next().as_deref(), Some("ready"));
+        let p = process::of(h.pid());
+        let start = std::time::Instant::now();
+        assert_eq!(
+            l.wait(std::slice::from_ref(&p), Duration::from_secs(120)),
+            Wake::Exited
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(100),
+            "woken, not timed out"
+        );
+        h.child.wait().unwrap();
+    }
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;

@@ -304,6 +304,33 @@ mod tests {
         assert!(got.is_none() && start.elapsed() < Duration::from_secs(5));
     }
 
+    /// Between two processes, on every platform (flock; LockFileEx on Windows): refused while
+    /// the other holds it, free once the holder is killed, with no unlock of its own.
+    #[test]
+    fn another_process_is_refused_the_lock_until_its_holder_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks/x.lock");
+        let mut holder =
+            crate::os::testing::Helper::start(&format!("lock {}", path.display()), false);
+        assert_eq!(holder.next().as_deref(), Some("locked"));
+        assert!(
+            Lock::try_acquire(&path).unwrap().is_none(),
+            "held by the helper"
+        );
+        let mut other =
+            crate::os::testing::Helper::start(&format!("lock {}", path.display()), false);
+        assert_eq!(
+            other.next().as_deref(),
+            Some("refused"),
+            "and refused to a third process"
+        );
+        holder.child.kill().unwrap();
+        holder.child.wait().unwrap();
+        // Freed by the kernel: generous room, never a fixed sleep.
+        let got = Lock::acquire(&path, Duration::from_secs(60), || {}).unwrap();
+        assert!(got.is_some(), "the dead holder's lock was never freed");
+    }
+
     #[test]
     fn locking_works_here() {
         assert!(locking_works(tempfile::tempdir().unwrap().path()).unwrap());

@@ -24,4 +24,6 @@ pub mod remote_git;
 pub mod repo;
 pub mod say;
 pub mod signals;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod time;

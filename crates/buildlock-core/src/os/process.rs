@@ -646,6 +646,73 @@ pub fn me() -> Process {
     of(std::process::id())
 }
 
+/// Identity, liveness and stopping a tree, with helper processes: the same test on every
+/// platform (see `os::testing`).
+#[cfg(test)]
+mod cross_platform_tests {
+    use super::*;
+    use crate::os::testing::Helper;
+
+    fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: not within a minute");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn a_child_is_alive_with_its_start_time_and_dead_once_it_exits() {
+        let mut h = Helper::start("sleep", false);
+        assert_eq!(h.next().as_deref(), Some("ready"));
+        let p = of(h.pid());
+        assert!(p.start.is_some(), "a start time is known: {p:?}");
+        assert!(p.pid_space.is_some(), "a pid space is known: {p:?}");
+        assert_eq!(judge(&p), Seen::Alive);
+        assert!(is_live(&p) && alive(p.pid) && running(p.pid));
+        // The same pid with another start time is another process.
+        let other = Process {
+            start: p.start.map(|s| s + 1),
+            ..p.clone()
+        };
+        assert_eq!(judge(&other), Seen::Dead);
+        h.child.kill().unwrap();
+        h.child.wait().unwrap();
+        assert_eq!(judge(&p), Seen::Dead);
+        assert!(!is_live(&p));
+        assert!(!may_have_written(p.pid, std::time::SystemTime::now()));
+    }
+
+    #[test]
+    fn this_process_started_before_now_and_wrote_what_it_writes_now() {
+        let me = std::process::id();
+        let now = std::time::SystemTime::now();
+        assert!(may_have_written(me, now));
+        assert!(!may_have_written(
+            me,
+            now - Duration::from_secs(365 * 24 * 3600)
+        ));
+    }
+
+    #[test]
+    fn a_child_sees_us_as_its_parent() {
+        let mut h = Helper::start("report-parent", false);
+        assert_eq!(h.next(), Some(std::process::id().to_string()));
+    }
+
+    #[test]
+    fn stopping_a_group_ends_the_process_and_what_it_started() {
+        let mut h = Helper::start("parent", true);
+        let grandchild: u32 = h.next().unwrap().parse().unwrap();
+        let group = h.pid();
+        assert!(group_alive(group) && alive(grandchild));
+        kill_group(group, SIGTERM);
+        until("the group ends", || !group_alive(group));
+        let _ = h.child.wait();
+        until("the grandchild ends", || !alive(grandchild));
+    }
+}
+
 #[cfg(test)]
 mod stat_tests {
     use super::*;
