@@ -4,7 +4,7 @@
 //!
 //! Roles: `lock PATH` (takes the lock, says `locked`, holds it until stdin closes or it is
 //! killed); `sleep` (says `ready`, sleeps a minute); `exit-soon` (says `ready`, exits after
-//! 300 ms); `report-parent` (says its parent's pid); `parent` (starts a `sleep` child, says its pid, sleeps a minute).
+//! 300 ms); `ring PATH` (rings the bell at PATH); `report-parent` (says its parent's pid); `parent` (starts a `sleep` child, says its pid, sleeps a minute).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -82,6 +82,10 @@ fn helper() {
         "sleep" => {
             say("ready");
             std::thread::sleep(Duration::from_secs(60));
+        }
+        "ring" => {
+            crate::os::bell::Bell::new(arg.into()).ring();
+            say("rang");
         }
         "report-parent" => say(crate::os::process::parent_id()),
         "exit-soon" => {

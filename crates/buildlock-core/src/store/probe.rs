@@ -172,7 +172,7 @@ fn bell_findings(home: &Path, names: &[&str], r: &mut Vec<Finding>) {
             continue; // made by the first waiter
         };
         let ours = crate::os::fs::owner(&meta) == crate::os::process::euid();
-        if !crate::os::fs::is_fifo(&meta) || !ours {
+        if !crate::os::bell::is_bell(&meta) || !ours {
             r.push(Finding::problem(
                 format!(
                     "{} is not a FIFO of yours, so waiters are not woken by changes: they notice \
