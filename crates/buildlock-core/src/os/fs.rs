@@ -408,6 +408,46 @@ pub fn touch_existing(path: &Path) -> bool {
         .is_ok()
 }
 
+/// The absolute path of `path` with every symlink resolved, in the form people and programs
+/// print it: Windows' `canonicalize` gives a verbatim path (`\\?\C:\src\repo`), which no
+/// check's output contains and no other path compares equal to; its plain form (`C:\src\repo`,
+/// `\\server\share\repo`) is returned instead, where it names the same file.
+pub fn canonical(path: &Path) -> std::io::Result<std::path::PathBuf> {
+    let real = fs::canonicalize(path)?;
+    Ok(plain(real))
+}
+
+/// `\\?\C:\x` as `C:\x`, `\\?\UNC\server\share` as `\\server\share`; anything else as it is
+/// (a verbatim path whose plain form would mean something else, such as one with a component
+/// that Windows trims, stays verbatim). Pure text: testable on every platform.
+pub fn plain(path: std::path::PathBuf) -> std::path::PathBuf {
+    let Some(text) = path.to_str() else {
+        return path;
+    };
+    let plain = if let Some(rest) = text.strip_prefix(r"\\?\UNC\") {
+        format!(r"\\{rest}")
+    } else if let Some(rest) = text.strip_prefix(r"\\?\") {
+        let b = rest.as_bytes();
+        if b.len() >= 3 && b[0].is_ascii_alphabetic() && b[1] == b':' && b[2] == b'\\' {
+            rest.to_owned()
+        } else {
+            return path;
+        }
+    } else {
+        return path;
+    };
+    // Components that Windows would trim in the plain form (trailing dots and spaces), and
+    // paths too long for it, stay verbatim.
+    let odd = plain
+        .split('\\')
+        .any(|c| c.ends_with('.') || c.ends_with(' ') || c.len() > 255);
+    if odd || plain.len() >= 260 {
+        path
+    } else {
+        std::path::PathBuf::from(plain)
+    }
+}
+
 /// The modification time of `path` in unix milliseconds, if it exists.
 pub fn modified_ms(path: &Path) -> Option<crate::os::time::Millis> {
     let t = fs::metadata(path).ok()?.modified().ok()?;
@@ -464,6 +504,27 @@ mod tests {
                 .file_type()
                 .is_symlink()
         );
+    }
+
+    #[test]
+    fn verbatim_windows_paths_read_in_their_plain_form() {
+        let p = |s: &str| plain(std::path::PathBuf::from(s));
+        assert_eq!(
+            p(r"\\?\C:\src\repo"),
+            std::path::PathBuf::from(r"C:\src\repo")
+        );
+        assert_eq!(
+            p(r"\\?\UNC\server\share\repo"),
+            std::path::PathBuf::from(r"\\server\share\repo")
+        );
+        for kept in [
+            r"\\?\C:\src\trailing. ",
+            r"\\?\Volume{x}\repo",
+            "/home/a/repo",
+            r"C:\x",
+        ] {
+            assert_eq!(p(kept), std::path::PathBuf::from(kept), "{kept}");
+        }
     }
 
     #[test]

@@ -755,7 +755,6 @@ mod tests {
 
     /// Waiters wake on the steps that change who fixes what, and only on those: a crowd of n
     /// waiters joining one by one must not wake itself n² times.
-    #[cfg(target_os = "linux")]
     #[test]
     fn the_state_bell_rings_for_who_fixes_what_not_for_waiters_joining() {
         use crate::os::bell::Wake;
