@@ -203,7 +203,6 @@ run_wine() {
     local skips=(
         store::remote:: # runs git: Wine has no Windows git, and cannot pipe the Linux one
         store::local::tests::a_directory_or_a_symlink_in_place # Wine makes no symlinks
-        store::local::tests::history_is_capped # fails under Wine: rewriting history.jsonl; open
     )
     say "the core's unit tests under Wine, skipping: ${skips[*]}"
     local args=() t

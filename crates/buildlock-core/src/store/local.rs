@@ -624,6 +624,8 @@ impl LocalStore {
         file.write_all(&text)
             .with_context(|| format!("cannot write {}", path.display()))?;
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        // Closed before the file is replaced: Windows refuses to rename over an open file.
+        drop(file);
         if len > HISTORY_CAP {
             // Keep the newest half, cut at a line boundary.
             let all = fs::read(&path)?;
@@ -871,6 +873,7 @@ mod tests {
         assert_eq!(a.after.generation, 3);
     }
 
+    // regression: on Windows the capped history was replaced while still open for append (os error 5).
     #[test]
     fn history_is_capped_and_keeps_its_totals() {
         let dir = tempfile::tempdir().unwrap();
