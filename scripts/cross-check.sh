@@ -8,7 +8,7 @@
 #            rust-src, linked into the nightly toolchain's sysroot), mingw-w64 and Wine (apt),
 #            stand-in darwin C compiler and archiver (generated in the cache dir)
 #   probe    only say whether this machine can run the check (exit 0) or not (exit 77, and why)
-#   macos    cargo check of the workspace for x86_64-apple-darwin and aarch64-apple-darwin,
+#   macos    cargo clippy of the workspace for x86_64-apple-darwin and aarch64-apple-darwin,
 #            all targets, warnings denied: it type-checks, nothing is linked or run
 #   windows  build the workspace (binaries and core unit tests) for x86_64-win7-windows-gnu
 #   wine     run `buildlock.exe --version` and the core's unit tests under Wine
@@ -165,9 +165,10 @@ check_macos() {
     [ -x "$bin/cc" ] || setup_standins
     for t in "${DARWIN_TARGETS[@]}"; do
         local T=${t//-/_}
-        say "type-checking the workspace for $t (warnings denied)"
-        env "CC_$T=$bin/cc" "AR_$T=$bin/ar" RUSTFLAGS="-Dwarnings" \
-            cargo +nightly check --quiet "${BUILD_STD[@]}" --target "$t" --workspace --all-targets --locked
+        # clippy: the type-check and the lints for the price of a check.
+        say "type-checking the workspace for $t with clippy (warnings denied)"
+        env "CC_$T=$bin/cc" "AR_$T=$bin/ar" \
+            cargo +nightly clippy --quiet "${BUILD_STD[@]}" --target "$t" --workspace --all-targets --locked -- -D warnings
     done
 }
 
