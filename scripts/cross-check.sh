@@ -14,7 +14,8 @@
 #   wine     run `buildlock.exe --version` and the core's unit tests under Wine
 #
 # Exit codes: 0 every step passed; 1 a step failed; 2 usage; 77 this machine cannot set it up
-# (no nightly toolchain, no apt, no network to the package mirror): the message says which.
+# (no nightly toolchain, no apt, not root, the package mirror unreachable): the message says
+# which. A check that fails once set up is 1 (or cargo's code), never 77.
 #
 # Everything fetched or generated lives under $CROSS_CHECK_CACHE (default:
 # $CARGO_TARGET_DIR/cross-check, else target/cross-check), except the rust-src link, which goes
@@ -86,8 +87,10 @@ setup_src() {
     local opts=(-o "Dir::Etc::sourcelist=$apt/sid.list" -o Dir::Etc::sourceparts=-
         -o "Dir::State::lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o APT::Get::List-Cleanup=0 -o APT::Sandbox::User=root)
     say "fetching the package list of Debian sid from $uri (private apt config in $apt)"
-    apt-get -qq "${opts[@]}" update >&2
-    (cd "$apt/deb" && rm -f rust-src_*.deb && apt-get -qq "${opts[@]}" download rust-src >&2)
+    apt-get -qq "${opts[@]}" update >&2 ||
+        cannot "apt-get update of Debian sid from $uri failed (see above)"
+    (cd "$apt/deb" && rm -f rust-src_*.deb && apt-get -qq "${opts[@]}" download rust-src >&2) ||
+        cannot "apt-get download rust-src from Debian sid failed (see above)"
     local deb
     deb=$(ls "$apt/deb"/rust-src_*.deb)
     say "fetched $(basename "$deb") ($(du -h "$deb" | cut -f1)) from Debian sid"
@@ -107,9 +110,10 @@ setup_apt() {
         return
     fi
     say "installing gcc-mingw-w64-x86-64, wine64 and wine with apt-get"
-    apt-get update -qq >&2
+    apt-get update -qq >&2 || cannot "apt-get update failed (see above)"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        gcc-mingw-w64-x86-64 wine64 wine >/dev/null
+        gcc-mingw-w64-x86-64 wine64 wine >/dev/null ||
+        cannot "apt-get install gcc-mingw-w64-x86-64 wine64 wine failed (see above)"
     say "installed mingw-w64 $(x86_64-w64-mingw32-gcc -dumpversion) and $("$(wine_bin)" --version 2>/dev/null)"
 }
 
