@@ -14,7 +14,26 @@
 # - Hook managers regenerate their hook over ours; running install.sh again puts ours back in
 #   front and chains their newest hook. Uninstall restores what was there, and leaves no copy or
 #   link of ours behind, including the `.legacy` / `.old` names under which managers keep it.
+# - Git for Windows: it runs in Git Bash (git's own sh, which also runs the hooks). The binaries
+#   are `.exe` files, paths may come with backslashes and a drive letter, and with
+#   core.autocrlf the files checked out from this repository (hooks/pre-commit) have CRLF line
+#   ends, which a `#!/bin/sh` line must not: they are copied and compared without the CRs.
 set -eu
+
+# Git for Windows (Git Bash, MSYS2, Cygwin): `.exe` binaries; the hook is always the sh form.
+case $(uname -s) in
+    MINGW* | MSYS* | CYGWIN*) windows=yes exe=.exe ;;
+    *) windows=no exe= ;;
+esac
+# A path as sh on every platform takes it: backslashes (C:\src\repo) become slashes.
+fwd() { printf '%s' "$1" | tr '\\' /; }
+# Whether $1 is absolute: /x, or C:/x on Windows.
+is_absolute() {
+    case $1 in /* | [A-Za-z]:/*) return 0 ;; *) return 1 ;; esac
+}
+# The file $1 without carriage returns (checked out with CRLF by core.autocrlf), to $2.
+copy_lf() { tr -d '\r' <"$1" >"$2"; }
+same_lf() { [ -f "$1" ] && [ "$(tr -d '\r' <"$1")" = "$(tr -d '\r' <"$2")" ]; }
 
 usage() {
     cat <<'EOF'
@@ -201,7 +220,7 @@ same_hook() {
 hook_text() {
     case $bin in
         *[[:space:]]*) shebang=no ;;
-        *) if [ ${#bin} -le 96 ]; then shebang=yes; else shebang=no; fi ;;
+        *) if [ ${#bin} -le 96 ] && [ "$windows" = no ]; then shebang=yes; else shebang=no; fi ;;
     esac
     if [ "$shebang" = yes ]; then
         printf '#!%s --hook-script\n' "$bin/pre-commit"
@@ -254,9 +273,9 @@ dispatcher_text() {
 is_current() {
     [ -f "$1" ] && [ ! -L "$1" ] || return 1
     if [ "$committed" = yes ]; then
-        cmp -s "$1" "$src/hooks/pre-commit"
+        same_lf "$1" "$src/hooks/pre-commit"
     else
-        [ "$(cat "$1")" = "$(hook_text)" ]
+        [ "$(tr -d '\r' <"$1")" = "$(hook_text)" ]
     fi
 }
 
@@ -465,20 +484,20 @@ if [ "$committed" = yes ] && [ "$husky" != line ] && exists "$chained" && ! is_d
 fi
 
 # 1. Binaries: given, or built when missing or older than the sources.
-target=${CARGO_TARGET_DIR:-$src/target}
-case "$target" in /*) ;; *) target="$src/$target" ;; esac
+target=$(fwd "${CARGO_TARGET_DIR:-$src/target}")
+is_absolute "$target" || target="$src/$target"
 release="$target/release"
 need_build=no
 if [ -n "$bin_dir" ]; then
-    release=$(cd "$bin_dir" 2>/dev/null && pwd) || die "--bin-dir $bin_dir is not a directory"
+    release=$(cd "$(fwd "$bin_dir")" 2>/dev/null && pwd) || die "--bin-dir $bin_dir is not a directory"
     for b in pre-commit commit-retry buildlock; do
-        [ -x "$release/$b" ] || die "$release/$b is missing: --bin-dir must hold pre-commit, commit-retry and buildlock"
+        [ -x "$release/$b$exe" ] || die "$release/$b$exe is missing: --bin-dir must hold pre-commit$exe, commit-retry$exe and buildlock$exe"
     done
 else
     for b in pre-commit commit-retry buildlock; do
-        [ -x "$release/$b" ] || need_build=yes
+        [ -x "$release/$b$exe" ] || need_build=yes
     done
-    if [ "$need_build" = no ] && [ -n "$(find "$src/Cargo.toml" "$src/Cargo.lock" "$src/src" "$src/crates" -newer "$release/pre-commit" -type f 2>/dev/null | head -n 1)" ]; then
+    if [ "$need_build" = no ] && [ -n "$(find "$src/Cargo.toml" "$src/Cargo.lock" "$src/src" "$src/crates" -newer "$release/pre-commit$exe" -type f 2>/dev/null | head -n 1)" ]; then
         need_build=yes
     fi
 fi
@@ -503,8 +522,8 @@ fi
 mkdir -p "$bin" 2>/dev/null || die "cannot create $bin"
 changed=no
 for b in pre-commit commit-retry buildlock; do
-    if ! cmp -s "$release/$b" "$bin/$b"; then
-        cp "$release/$b" "$bin/.$b.tmp" && mv -f "$bin/.$b.tmp" "$bin/$b"
+    if ! cmp -s "$release/$b$exe" "$bin/$b$exe"; then
+        cp "$release/$b$exe" "$bin/.$b.tmp" && mv -f "$bin/.$b.tmp" "$bin/$b$exe"
         changed=yes
     fi
 done
@@ -515,7 +534,7 @@ touch "$manifest"
 # 2. The hook.
 write_hook() {
     if [ "$committed" = yes ]; then
-        cp "$src/hooks/pre-commit" "$hook.tmp"
+        copy_lf "$src/hooks/pre-commit" "$hook.tmp"
     else
         hook_text >"$hook.tmp"
     fi
@@ -584,7 +603,7 @@ done
 # pre-merge-commit, the same way.
 write_merge_hook() {
     if [ "$committed" = yes ]; then
-        cp "$src/hooks/pre-commit" "$mhook.tmp"
+        copy_lf "$src/hooks/pre-commit" "$mhook.tmp"
     else
         merge_hook_text >"$mhook.tmp"
     fi
@@ -592,7 +611,7 @@ write_merge_hook() {
 }
 case $mplan in
     ours)
-        if [ "$committed" = yes ] && cmp -s "$mhook" "$src/hooks/pre-commit"; then
+        if [ "$committed" = yes ] && same_lf "$mhook" "$src/hooks/pre-commit"; then
             :
         elif [ "$committed" = no ] && [ "$(cat "$mhook")" = "$(merge_hook_text)" ]; then
             :

@@ -4,6 +4,9 @@
 // The tests read their own knobs (rounds, seeds) and hand PATH on to the programs they run;
 // clippy.toml keeps the environment in os/env.rs for the programs themselves.
 #![allow(clippy::disallowed_methods)]
+// They drive the programs with unix signals, process groups and `sh`: unix only. On Windows the
+// core's own unit tests cover the OS layer (README, "Platforms").
+#![cfg(unix)]
 
 mod agent_view;
 mod ci_files;

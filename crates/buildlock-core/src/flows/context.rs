@@ -65,7 +65,7 @@ pub fn load_config(worktree: &Path) -> Result<Config, ConfigError> {
 pub fn failure_places(worktree: &Path) -> Places {
     Places {
         worktree: worktree.to_owned(),
-        real_worktree: worktree.canonicalize().ok(),
+        real_worktree: crate::os::fs::canonical(worktree).ok(),
         home: crate::os::env::home_dir(),
         temp_dir: crate::os::env::temp_dir_prefix().clone(),
     }

@@ -12,7 +12,6 @@
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::Read;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, ExitStatus, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -103,8 +102,8 @@ pub fn run(command: &Command, opts: Options<'_>) -> std::io::Result<Run> {
     cmd.current_dir(opts.dir)
         .stdin(Stdio::null())
         .stdout(writer.try_clone()?)
-        .stderr(writer)
-        .process_group(0);
+        .stderr(writer);
+    process::own_group(&mut cmd);
     for (k, v) in &opts.env {
         cmd.env(k, v);
     }
@@ -152,9 +151,9 @@ pub fn run(command: &Command, opts: Options<'_>) -> std::io::Result<Run> {
 
     let stop = |why: Ending, exit_rx: &mpsc::Receiver<std::io::Result<ExitStatus>>| {
         let deadline = Instant::now() + GRACE;
-        process::kill_group(pgid, libc::SIGTERM);
+        process::kill_group(pgid, signals::SIGTERM);
         if exit_rx.recv_timeout(GRACE).is_err() {
-            process::kill_group(pgid, libc::SIGKILL);
+            process::kill_group(pgid, signals::SIGKILL);
             let _ = exit_rx.recv_timeout(GRACE);
         }
         // The rest of the group gets the same grace as its leader (a `sh -c` leader dies at once
@@ -162,7 +161,7 @@ pub fn run(command: &Command, opts: Options<'_>) -> std::io::Result<Run> {
         while process::group_alive(pgid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        process::kill_group(pgid, libc::SIGKILL);
+        process::kill_group(pgid, signals::SIGKILL);
         why
     };
 
@@ -175,10 +174,7 @@ pub fn run(command: &Command, opts: Options<'_>) -> std::io::Result<Run> {
         if let Some(signal) = signals::pending() {
             break stop(Ending::Signal(signal), &exit_rx);
         }
-        if opts
-            .parent
-            .is_some_and(|p| p != std::os::unix::process::parent_id())
-        {
+        if opts.parent.is_some_and(|p| p != process::parent_id()) {
             break stop(Ending::ParentGone, &exit_rx);
         }
         if (opts.cancel)() {
@@ -229,7 +225,7 @@ fn ending_of(status: ExitStatus) -> Ending {
     match status.code() {
         Some(0) => Ending::Passed,
         Some(code) => Ending::Failed(Some(code)),
-        None => Ending::Failed(status.signal().map(|s| 128 + s)),
+        None => Ending::Failed(process::exit_signal(&status).map(|s| 128 + s)),
     }
 }
 
@@ -270,7 +266,9 @@ impl Capture {
     }
 }
 
-#[cfg(test)]
+// These run `sh` scripts: on Windows, Git for Windows' sh (the project's workflow); under Wine
+// no Windows sh exists, and Wine cannot pipe a Linux one.
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 

@@ -13,10 +13,11 @@
 //!   ends the run at once, the same way.
 //! - On Linux the program also gets SIGTERM when buildlock itself dies (a parent-death signal),
 //!   so that a buildlock killed outright does not leave a stalled git waiting forever.
+//! - Windows has no poll(2) on pipes: each pipe is read by a thread of its own that hands what
+//!   it reads over a channel (one thread per pipe per run); the loop waits on the channel. A
+//!   reader thread that a helper keeps blocked ends when the helper is ended with the tree.
 
 use std::io::Read;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -53,17 +54,15 @@ const AFTER_EXIT: Duration = Duration::from_millis(500);
 pub fn run(mut command: Command, limit: Duration) -> Result<Output, Error> {
     let start = Instant::now();
     let deadline = start + limit;
-    command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    process::own_group(&mut command);
     die_with_parent(&mut command);
     let mut child = command.spawn().map_err(Error::Spawn)?;
     drop(command);
     let pgid = child.id();
     let mut pipes = [
-        Pipe::new(child.stdout.take().map(Into::into)),
-        Pipe::new(child.stderr.take().map(Into::into)),
+        Pipe::new(child.stdout.take().map(pipe_end)),
+        Pipe::new(child.stderr.take().map(pipe_end)),
     ];
     let mut exited_at: Option<Instant> = None;
     let stopped = loop {
@@ -110,14 +109,27 @@ pub fn run(mut command: Command, limit: Duration) -> Result<Output, Error> {
     }
 }
 
+#[cfg(unix)]
+fn pipe_end(pipe: impl Into<std::os::fd::OwnedFd>) -> std::os::fd::OwnedFd {
+    pipe.into()
+}
+
+#[cfg(windows)]
+fn pipe_end<T: Read + Send + 'static>(pipe: T) -> T {
+    pipe
+}
+
 /// One output pipe, read without blocking, and what came through it.
+#[cfg(unix)]
 struct Pipe {
     fd: Option<std::fs::File>,
     buf: Vec<u8>,
 }
 
+#[cfg(unix)]
 impl Pipe {
     fn new(fd: Option<std::os::fd::OwnedFd>) -> Pipe {
+        use std::os::fd::AsRawFd;
         let fd = fd.map(std::fs::File::from);
         if let Some(f) = &fd {
             // SAFETY: fcntl on a descriptor we own; only the status flags change.
@@ -159,7 +171,9 @@ impl Pipe {
 }
 
 /// Waits until one of the open pipes can be read or `timeout` passes, then reads them.
+#[cfg(unix)]
 fn poll(pipes: &mut [Pipe; 2], timeout: Duration) {
+    use std::os::fd::AsRawFd;
     let mut fds: Vec<libc::pollfd> = pipes
         .iter()
         .filter_map(|p| p.fd.as_ref())
@@ -178,8 +192,94 @@ fn poll(pipes: &mut [Pipe; 2], timeout: Duration) {
     }
 }
 
+/// One output pipe, read by a thread of its own (see the module header).
+#[cfg(windows)]
+struct Pipe {
+    rx: Option<std::sync::mpsc::Receiver<Option<Vec<u8>>>>,
+    buf: Vec<u8>,
+}
+
+#[cfg(windows)]
+impl Pipe {
+    fn new(pipe: Option<impl Read + Send + 'static>) -> Pipe {
+        let rx = pipe.map(|mut pipe| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 8192];
+                loop {
+                    match pipe.read(&mut chunk) {
+                        Ok(n) if n > 0 => {
+                            if tx.send(Some(chunk[..n].to_vec())).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        _ => break,
+                    }
+                }
+                let _ = tx.send(None);
+            });
+            rx
+        });
+        Pipe {
+            rx,
+            buf: Vec::new(),
+        }
+    }
+
+    fn open(&self) -> bool {
+        self.rx.is_some()
+    }
+
+    /// Takes what the reader handed over, waiting at most `timeout` for the first chunk.
+    fn take(&mut self, timeout: Duration) {
+        use std::sync::mpsc::RecvTimeoutError;
+        let Some(rx) = self.rx.as_ref() else { return };
+        let mut wait = timeout;
+        loop {
+            match rx.recv_timeout(wait) {
+                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk),
+                Ok(None) | Err(RecvTimeoutError::Disconnected) => {
+                    self.rx = None;
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => return,
+            }
+            wait = Duration::ZERO;
+        }
+    }
+
+    fn drain(&mut self) {
+        self.take(Duration::ZERO);
+    }
+}
+
+/// Waits until one of the open pipes brought something or `timeout` passes, then reads them.
+#[cfg(windows)]
+fn poll(pipes: &mut [Pipe; 2], timeout: Duration) {
+    if let Some(first) = pipes.iter_mut().find(|p| p.open()) {
+        first.take(timeout);
+    }
+    for p in pipes.iter_mut() {
+        p.drain();
+    }
+}
+
+/// Windows: the child's handle, held by `Child` until it is dropped, keeps its pid from reuse.
+#[cfg(windows)]
+fn has_exited(child: &Child) -> bool {
+    use std::os::windows::io::AsRawHandle;
+    use windows_sys::Win32::Foundation::WAIT_OBJECT_0;
+    // SAFETY: a valid process handle, owned by `child`.
+    unsafe {
+        windows_sys::Win32::System::Threading::WaitForSingleObject(child.as_raw_handle(), 0)
+            == WAIT_OBJECT_0
+    }
+}
+
 /// Whether the child has exited, without reaping it (its pid stays taken, so its group's id
 /// cannot be reused while we may still signal the group).
+#[cfg(unix)]
 fn has_exited(child: &Child) -> bool {
     // SAFETY: waitid with WNOWAIT only reads the child's state into `info`, which is zeroed.
     unsafe {
@@ -200,11 +300,11 @@ fn end_group(pgid: u32, pipes: &mut [Pipe; 2]) {
     if !process::group_alive(pgid) {
         return;
     }
-    process::kill_group(pgid, libc::SIGTERM);
+    process::kill_group(pgid, signals::SIGTERM);
     let until = Instant::now() + GRACE;
     while process::group_alive(pgid) {
         if Instant::now() >= until {
-            process::kill_group(pgid, libc::SIGKILL);
+            process::kill_group(pgid, signals::SIGKILL);
             break;
         }
         poll(pipes, Duration::from_millis(20));
@@ -233,6 +333,7 @@ fn reap(child: &mut Child) -> Option<ExitStatus> {
 /// runs, so the starting thread outlives it in every other case.
 #[cfg(target_os = "linux")]
 fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: prctl, getppid and raise are async-signal-safe; nothing is allocated.
     unsafe {
@@ -250,7 +351,7 @@ fn die_with_parent(command: &mut Command) {
 #[cfg(not(target_os = "linux"))]
 fn die_with_parent(_: &mut Command) {}
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 

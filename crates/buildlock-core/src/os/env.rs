@@ -33,6 +33,13 @@ fn var_os(name: &str) -> Option<OsString> {
     std::env::var_os(name).filter(|v| !v.is_empty())
 }
 
+/// `BUILDLOCK_TEST_HELPER`: the role the core's unit-test binary plays when a test starts it
+/// again as a helper process (see `os::testing`).
+#[cfg(test)]
+pub fn test_helper_role() -> Option<String> {
+    var("BUILDLOCK_TEST_HELPER")
+}
+
 /// `BUILDLOCK=0` (or `false`, `off`, `no`, in any case: `FALSE`, `Off`): the check runs but
 /// nothing is coordinated.
 pub fn coordination_enabled() -> bool {

@@ -14,8 +14,8 @@ pub fn point(name: &str) {
         return;
     }
     match action {
-        "stop" => crate::os::process::raise(libc::SIGSTOP),
+        "stop" => crate::os::process::raise(crate::os::signals::SIGSTOP),
         "hang" => std::thread::sleep(std::time::Duration::from_secs(3600)),
-        _ => crate::os::process::raise(libc::SIGKILL),
+        _ => crate::os::process::raise(crate::os::signals::SIGKILL),
     }
 }

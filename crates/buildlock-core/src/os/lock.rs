@@ -15,10 +15,14 @@
 //! anyone who opened it before will find it gone after locking and start over.
 //!
 //! Lock files are opened with `O_NOFOLLOW`: a symlink planted in their place is refused.
+//!
+//! Windows: fd-lock takes `LockFileEx` (exclusive, fail-immediately) on the whole file, which the
+//! kernel also frees when the holder dies; the file identity is the volume serial and file index
+//! ([`crate::os::fs::file_id`]). Windows does not tell who holds a lock ([`holder`] is `None`),
+//! so `doctor` and the stray sweeps name no holder there.
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -43,17 +47,14 @@ impl Lock {
     pub fn try_acquire(path: &Path) -> io::Result<Option<Lock>> {
         for _ in 0..8 {
             let file = open(path)?;
-            let opened = file
-                .metadata()
-                .map(|m| (m.dev(), m.ino()))
-                .map_err(|e| with_path(e, path))?;
+            let opened = crate::os::fs::file_id(&file).map_err(|e| with_path(e, path))?;
             let mut lock = fd_lock::RwLock::new(file);
             match lock.try_write() {
                 Ok(guard) => std::mem::forget(guard),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) => return Err(with_path(e, path)),
             }
-            if std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == opened) {
+            if crate::os::fs::path_id(path).is_ok_and(|id| id == opened) {
                 return Ok(Some(Lock {
                     path: path.to_owned(),
                     _file: lock,
@@ -107,7 +108,9 @@ impl Lock {
 
 /// Who holds the lock at `path`, where the OS tells (Linux `/proc/locks`): the pid, and whether
 /// that process is stopped (SIGSTOP or a debugger), which keeps a lock for as long as it lasts.
+#[cfg(unix)]
 pub fn holder(path: &Path) -> Option<(u32, bool)> {
+    use std::os::unix::fs::MetadataExt;
     let ino = std::fs::metadata(path).ok()?.ino();
     let locks = std::fs::read_to_string("/proc/locks").ok()?;
     let pid: u32 = locks.lines().find_map(|line| {
@@ -117,6 +120,12 @@ pub fn holder(path: &Path) -> Option<(u32, bool)> {
             .then(|| pid.parse().ok())?
     })?;
     Some((pid, crate::os::process::stat(pid).ok()?.stopped()))
+}
+
+/// Windows does not say who holds a LockFileEx lock.
+#[cfg(windows)]
+pub fn holder(_path: &Path) -> Option<(u32, bool)> {
+    None
 }
 
 /// Whether nobody holds the lock at `path` right now. A missing file is free.
@@ -158,6 +167,7 @@ pub fn locking_works(dir: &Path) -> io::Result<bool> {
 
 /// Opens a lock file, read-only (flock needs no more), creating it if missing.
 fn open(path: &Path) -> io::Result<File> {
+    #[cfg(unix)]
     let open = || {
         use std::os::unix::fs::OpenOptionsExt;
         // std refuses `create` without write access, so a read-only create asks for O_CREAT
@@ -167,6 +177,15 @@ fn open(path: &Path) -> io::Result<File> {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CREAT)
             .mode(0o644)
             .open(path)
+    };
+    // Windows: write access to create (never truncated: no data is ever written); a symlink in
+    // its place is opened as itself and refused.
+    #[cfg(windows)]
+    let open = || {
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true).create(true).truncate(false);
+        crate::os::fs::no_follow(&mut opts);
+        crate::os::fs::refuse_link(opts.open(path)?)
     };
     match open() {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -199,6 +218,9 @@ mod tests {
         assert!(Lock::try_acquire(&path).unwrap().is_some());
     }
 
+    // Windows keeps a deleted file that is open at its path until its last handle closes: the
+    // path cannot name a second file meanwhile, so there is nothing to test there.
+    #[cfg(unix)]
     #[test]
     fn a_lock_file_replaced_while_held_is_not_shared() {
         let dir = tempfile::tempdir().unwrap();
@@ -229,7 +251,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("h.lock");
         let _held = Lock::try_acquire(&path).unwrap().unwrap();
-        if std::path::Path::new("/proc/locks").exists() {
+        if cfg!(unix) && std::path::Path::new("/proc/locks").exists() {
             assert_eq!(holder(&path), Some((std::process::id(), false)));
         }
     }
@@ -280,6 +302,33 @@ mod tests {
         let start = Instant::now();
         let got = Lock::acquire_or_stop(&path, Duration::from_secs(60), || {}, || true).unwrap();
         assert!(got.is_none() && start.elapsed() < Duration::from_secs(5));
+    }
+
+    /// Between two processes, on every platform (flock; LockFileEx on Windows): refused while
+    /// the other holds it, free once the holder is killed, with no unlock of its own.
+    #[test]
+    fn another_process_is_refused_the_lock_until_its_holder_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks/x.lock");
+        let mut holder =
+            crate::os::testing::Helper::start(&format!("lock {}", path.display()), false);
+        assert_eq!(holder.next().as_deref(), Some("locked"));
+        assert!(
+            Lock::try_acquire(&path).unwrap().is_none(),
+            "held by the helper"
+        );
+        let mut other =
+            crate::os::testing::Helper::start(&format!("lock {}", path.display()), false);
+        assert_eq!(
+            other.next().as_deref(),
+            Some("refused"),
+            "and refused to a third process"
+        );
+        holder.child.kill().unwrap();
+        holder.child.wait().unwrap();
+        // Freed by the kernel: generous room, never a fixed sleep.
+        let got = Lock::acquire(&path, Duration::from_secs(60), || {}).unwrap();
+        assert!(got.is_some(), "the dead holder's lock was never freed");
     }
 
     #[test]

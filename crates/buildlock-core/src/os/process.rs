@@ -10,7 +10,15 @@
 //! crafted state file can aim a signal at an unrelated process. And only that group: a process
 //! the fix started that left it for a group or session of its own (a daemon: gpg-agent, sccache,
 //! a build server) is not the fix, and lives on.
+//!
+//! Per platform: Linux reads `/proc` (and macOS, which has none, `libproc`); Windows is in
+//! [`windows`](self::windows) (process handles, Toolhelp snapshots, trees instead of groups),
+//! behind the same functions, so no flow knows which one it runs on.
 
+#[cfg(windows)]
+mod windows;
+
+use crate::os::signals::{SIGKILL, SIGTERM};
 pub use buildlock_protocol::process::Process;
 use std::time::{Duration, Instant};
 
@@ -74,7 +82,13 @@ fn read_pid_space() -> Option<String> {
     (!uuid.is_empty()).then(|| format!("boot:{uuid}"))
 }
 
-#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+/// Windows: creation times never repeat for a pid (see `windows`), so one space per host.
+#[cfg(windows)]
+fn read_pid_space() -> Option<String> {
+    Some("windows".to_owned())
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos", windows)))]
 fn read_pid_space() -> Option<String> {
     None
 }
@@ -162,7 +176,47 @@ impl Stat {
     }
 }
 
+/// What the OS says of `pid`: `Err` when there is no such process (or the OS does not tell).
+#[cfg(windows)]
+pub fn stat(pid: u32) -> std::io::Result<Stat> {
+    windows::stat(pid)
+}
+
+/// macOS has no `/proc`: libproc tells the state, group, session and start time.
+#[cfg(target_os = "macos")]
+pub fn stat(pid: u32) -> std::io::Result<Stat> {
+    let mut info: libc::proc_bsdinfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::proc_bsdinfo>() as libc::c_int;
+    // SAFETY: `info` is valid for writes of `size` bytes.
+    let n = unsafe {
+        libc::proc_pidinfo(
+            pid as libc::c_int,
+            libc::PROC_PIDTBSDINFO,
+            0,
+            (&raw mut info).cast(),
+            size,
+        )
+    };
+    if n != size {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SZOMB = 5, SSTOP = 4 (sys/proc.h).
+    let state = match info.pbi_status {
+        5 => "Z",
+        4 => "T",
+        _ => "R",
+    };
+    Ok(Stat {
+        state: state.to_owned(),
+        pgrp: info.pbi_pgid,
+        session: 0,
+        // Microseconds since the epoch: unique for a pid, like Linux's ticks since boot.
+        start: info.pbi_start_tvsec * 1_000_000 + info.pbi_start_tvusec,
+    })
+}
+
 /// Reads `/proc/<pid>/stat`: `Err` when there is no such process, or no `/proc`.
+#[cfg(not(any(windows, target_os = "macos")))]
 pub fn stat(pid: u32) -> std::io::Result<Stat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     Stat::parse(&text).ok_or_else(|| {
@@ -173,7 +227,9 @@ pub fn stat(pid: u32) -> std::io::Result<Stat> {
     })
 }
 
-/// Every process `/proc` lists, with its stat.
+/// Every process, with its stat (Windows and macOS: only where a group is asked for, see
+/// [`group_members`]).
+#[cfg(all(unix, not(target_os = "macos")))]
 fn all_processes() -> Vec<(u32, Stat)> {
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -228,7 +284,7 @@ pub fn stop_group(p: &Process, grace: Duration) -> Stopped {
         .into_iter()
         .map(|pid| (pid, command_name(pid)))
         .collect();
-    kill_group(group, libc::SIGTERM);
+    kill_group(group, SIGTERM);
     let gone = |within: Duration| {
         let deadline = Instant::now() + within;
         loop {
@@ -242,7 +298,7 @@ pub fn stop_group(p: &Process, grace: Duration) -> Stopped {
         }
     };
     if !gone(grace) {
-        kill_group(group, libc::SIGKILL);
+        kill_group(group, SIGKILL);
         if !gone(Duration::from_secs(5)) {
             return Stopped::StillRunning { group };
         }
@@ -269,6 +325,7 @@ fn fix_group(recorded: u32, needle: &str) -> Option<u32> {
 }
 
 /// The live processes whose environment holds `needle`, with their stat.
+#[cfg(all(unix, not(target_os = "macos")))]
 fn carrying(needle: &str) -> Vec<(u32, Stat)> {
     all_processes()
         .into_iter()
@@ -278,7 +335,14 @@ fn carrying(needle: &str) -> Vec<(u32, Stat)> {
         .collect()
 }
 
+/// A process's command name, for people; `?` when it cannot be read.
+#[cfg(windows)]
+pub fn command_name(pid: u32) -> String {
+    windows::command_name(pid).unwrap_or_else(|| "?".to_owned())
+}
+
 /// A process's command name (`/proc/<pid>/comm`), for people; `?` when it cannot be read.
+#[cfg(unix)]
 pub fn command_name(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|c| c.trim_end().to_owned())
@@ -290,7 +354,11 @@ pub fn alive(pid: u32) -> bool {
     match stat(pid) {
         Ok(stat) => !stat.gone(),
         // SAFETY: signal 0 only checks for existence.
+        #[cfg(unix)]
         Err(_) => pid > 0 && unsafe { libc::kill(pid as libc::pid_t, 0) } == 0,
+        // Refused (another user's process): it exists.
+        #[cfg(windows)]
+        Err(e) => pid > 0 && !windows::no_such_process(&e),
     }
 }
 
@@ -338,7 +406,23 @@ fn started_at(pid: u32) -> Option<std::time::SystemTime> {
     boot.checked_add(Duration::from_millis(ticks.checked_mul(1000)? / hz))
 }
 
-#[cfg(not(target_os = "linux"))]
+/// Windows: the creation time is on the wall clock already (100 ns ticks since 1601).
+#[cfg(windows)]
+fn started_at(pid: u32) -> Option<std::time::SystemTime> {
+    const FROM_1601_TO_1970: u64 = 11_644_473_600;
+    let ticks = start_time(pid)?;
+    let since_1970 = Duration::from_nanos(ticks.checked_mul(100)?)
+        .checked_sub(Duration::from_secs(FROM_1601_TO_1970))?;
+    std::time::UNIX_EPOCH.checked_add(since_1970)
+}
+
+/// macOS: the start time is microseconds since the epoch.
+#[cfg(target_os = "macos")]
+fn started_at(pid: u32) -> Option<std::time::SystemTime> {
+    std::time::UNIX_EPOCH.checked_add(Duration::from_micros(start_time(pid)?))
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos", windows)))]
 fn started_at(_pid: u32) -> Option<std::time::SystemTime> {
     None
 }
@@ -352,13 +436,22 @@ pub fn running(pid: u32) -> bool {
     }
 }
 
+#[cfg(all(unix, not(target_os = "macos")))]
 fn environ_has(pid: u32, needle: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/environ"))
         .map(|env| env.split(|&b| b == 0).any(|var| var == needle.as_bytes()))
         .unwrap_or(false)
 }
 
+/// Windows and macOS cannot read another process's environment without reading its memory: no
+/// process is found by a fix's token there (see the module header of `windows`).
+#[cfg(any(windows, target_os = "macos"))]
+fn carrying(_needle: &str) -> Vec<(u32, Stat)> {
+    Vec::new()
+}
+
 /// The live (non-zombie) processes of group `pgid`.
+#[cfg(all(unix, not(target_os = "macos")))]
 fn group_members(pgid: u32) -> Vec<u32> {
     all_processes()
         .into_iter()
@@ -367,11 +460,48 @@ fn group_members(pgid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Sends `signal` to the process group `pgid`, which we created.
+/// libproc.h's `PROC_PGRP_ONLY` (the libc crate does not name it).
+#[cfg(target_os = "macos")]
+const PROC_PGRP_ONLY: u32 = 2;
+
+/// macOS: the members of a group, from libproc's list of the group's pids.
+#[cfg(target_os = "macos")]
+fn group_members(pgid: u32) -> Vec<u32> {
+    let mut pids = vec![0 as libc::c_int; 4096];
+    let bytes = (pids.len() * std::mem::size_of::<libc::c_int>()) as libc::c_int;
+    // SAFETY: `pids` is valid for writes of `bytes` bytes.
+    let n = unsafe { libc::proc_listpids(PROC_PGRP_ONLY, pgid, pids.as_mut_ptr().cast(), bytes) };
+    let count = (n.max(0) as usize / std::mem::size_of::<libc::c_int>()).min(pids.len());
+    pids[..count]
+        .iter()
+        .filter(|&&p| p > 0)
+        .map(|&p| p as u32)
+        .filter(|&p| stat(p).is_ok_and(|s| !s.gone()))
+        .collect()
+}
+
+/// Windows: the group of a run is its process tree (see `windows`).
+#[cfg(windows)]
+fn group_members(pgid: u32) -> Vec<u32> {
+    windows::tree(pgid)
+}
+
+/// Sends `signal` to the process group `pgid`, which we created. Windows: ends its process tree
+/// (any signal: Windows has no polite one for it).
 pub fn kill_group(pgid: u32, signal: i32) {
     if pgid > 1 {
+        #[cfg(unix)]
         // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(-(pgid as libc::pid_t), signal) };
+        unsafe {
+            libc::kill(-(pgid as libc::pid_t), signal)
+        };
+        #[cfg(windows)]
+        {
+            let _ = signal;
+            for pid in windows::tree(pgid) {
+                windows::terminate(pid);
+            }
+        }
     }
 }
 
@@ -381,6 +511,7 @@ pub fn group_alive(pgid: u32) -> bool {
     if pgid <= 1 {
         return false;
     }
+    #[cfg(unix)]
     if !std::path::Path::new("/proc/self").exists() {
         // SAFETY: signal 0 only checks for existence.
         return unsafe { libc::kill(-(pgid as libc::pid_t), 0) } == 0;
@@ -389,9 +520,18 @@ pub fn group_alive(pgid: u32) -> bool {
 }
 
 /// Sends `signal` to the process `pid` (a child of ours, not yet reaped).
+/// Windows: ends it (any signal).
 pub fn kill(pid: u32, signal: i32) {
     // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(pid as libc::pid_t, signal) };
+    #[cfg(unix)]
+    unsafe {
+        libc::kill(pid as libc::pid_t, signal)
+    };
+    #[cfg(windows)]
+    {
+        let _ = signal;
+        windows::terminate(pid);
+    }
 }
 
 /// Names this process for ps, top and pkill (Linux, which keeps at most 15 bytes of it; a no-op
@@ -406,16 +546,86 @@ pub fn set_name(name: &std::ffi::CStr) {
     let _ = name;
 }
 
-/// The effective user id of this process.
+/// The effective user id of this process. Windows has no uid: 0, and files read as owned by
+/// 0 too (see `os::fs::owner`), so ownership checks compare like with like.
 pub fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    #[cfg(unix)]
+    unsafe {
+        libc::geteuid()
+    }
+    #[cfg(windows)]
+    0
 }
 
-/// Sends `signal` to ourselves (fault injection).
+/// Sends `signal` to ourselves (fault injection). Windows: SIGSTOP cannot be sent to oneself;
+/// every signal ends the process at once, with exit code 128+n.
 pub fn raise(signal: i32) {
     // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(libc::getpid(), signal) };
+    #[cfg(unix)]
+    unsafe {
+        libc::kill(libc::getpid(), signal)
+    };
+    #[cfg(windows)]
+    std::process::exit(128 + signal);
+}
+
+/// The parent process's pid; it changes (or, on Windows, becomes 0) when the parent is gone.
+pub fn parent_id() -> u32 {
+    #[cfg(unix)]
+    {
+        std::os::unix::process::parent_id()
+    }
+    #[cfg(windows)]
+    {
+        windows::parent_id()
+    }
+}
+
+/// Makes `cmd` start in a process group of its own (unix: `setpgid`; Windows: a new process
+/// group for console control events; its tree is what [`kill_group`] ends), so that the group
+/// can be stopped without stopping us.
+pub fn own_group(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    #[cfg(unix)]
+    {
+        std::os::unix::process::CommandExt::process_group(cmd, 0)
+    }
+    #[cfg(windows)]
+    {
+        const CREATE_NEW_PROCESS_GROUP: u32 = 0x0000_0200;
+        std::os::windows::process::CommandExt::creation_flags(cmd, CREATE_NEW_PROCESS_GROUP)
+    }
+}
+
+/// Replaces this process by `cmd`, shown to ps as `arg0` (unix: exec). Windows cannot replace a
+/// process: it runs `cmd`, waits, and exits with its code. Returns only when it could not start.
+pub fn exec_as(cmd: &mut std::process::Command, arg0: &str) -> std::io::Error {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.arg0(arg0).exec()
+    }
+    #[cfg(windows)]
+    {
+        let _ = arg0;
+        match cmd.status() {
+            Ok(status) => std::process::exit(status.code().unwrap_or(1)),
+            Err(e) => e,
+        }
+    }
+}
+
+/// The signal that ended a process, if one did (Windows: never; its exit code says all).
+pub fn exit_signal(status: &std::process::ExitStatus) -> Option<i32> {
+    #[cfg(unix)]
+    {
+        std::os::unix::process::ExitStatusExt::signal(status)
+    }
+    #[cfg(windows)]
+    {
+        let _ = status;
+        None
+    }
 }
 
 /// Whether `p` is this very process (same host, pid space when recorded, pid and start time)
@@ -434,6 +644,73 @@ pub fn is_live(p: &Process) -> bool {
 /// This process, as recorded in state.
 pub fn me() -> Process {
     of(std::process::id())
+}
+
+/// Identity, liveness and stopping a tree, with helper processes: the same test on every
+/// platform (see `os::testing`).
+#[cfg(test)]
+mod cross_platform_tests {
+    use super::*;
+    use crate::os::testing::Helper;
+
+    fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: not within a minute");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn a_child_is_alive_with_its_start_time_and_dead_once_it_exits() {
+        let mut h = Helper::start("sleep", false);
+        assert_eq!(h.next().as_deref(), Some("ready"));
+        let p = of(h.pid());
+        assert!(p.start.is_some(), "a start time is known: {p:?}");
+        assert!(p.pid_space.is_some(), "a pid space is known: {p:?}");
+        assert_eq!(judge(&p), Seen::Alive);
+        assert!(is_live(&p) && alive(p.pid) && running(p.pid));
+        // The same pid with another start time is another process.
+        let other = Process {
+            start: p.start.map(|s| s + 1),
+            ..p.clone()
+        };
+        assert_eq!(judge(&other), Seen::Dead);
+        h.child.kill().unwrap();
+        h.child.wait().unwrap();
+        assert_eq!(judge(&p), Seen::Dead);
+        assert!(!is_live(&p));
+        assert!(!may_have_written(p.pid, std::time::SystemTime::now()));
+    }
+
+    #[test]
+    fn this_process_started_before_now_and_wrote_what_it_writes_now() {
+        let me = std::process::id();
+        let now = std::time::SystemTime::now();
+        assert!(may_have_written(me, now));
+        assert!(!may_have_written(
+            me,
+            now - Duration::from_secs(365 * 24 * 3600)
+        ));
+    }
+
+    #[test]
+    fn a_child_sees_us_as_its_parent() {
+        let mut h = Helper::start("report-parent", false);
+        assert_eq!(h.next(), Some(std::process::id().to_string()));
+    }
+
+    #[test]
+    fn stopping_a_group_ends_the_process_and_what_it_started() {
+        let mut h = Helper::start("parent", true);
+        let grandchild: u32 = h.next().unwrap().parse().unwrap();
+        let group = h.pid();
+        assert!(group_alive(group) && alive(grandchild));
+        kill_group(group, SIGTERM);
+        until("the group ends", || !group_alive(group));
+        let _ = h.child.wait();
+        until("the grandchild ends", || !alive(grandchild));
+    }
 }
 
 #[cfg(test)]
@@ -483,7 +760,7 @@ mod stat_tests {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod stop_tests {
     use super::*;
     use std::os::unix::process::CommandExt;
@@ -553,7 +830,7 @@ mod stop_tests {
             assert_eq!(left.len(), 1, "the daemon, and only it, lives on: {left:?}");
             let (daemon, stat) = &left[0];
             assert_eq!(stat.session, *daemon, "a session leader");
-            kill(*daemon, libc::SIGKILL);
+            kill(*daemon, SIGKILL);
         }
     }
 }
@@ -589,6 +866,7 @@ mod identity_tests {
         assert!(is_live(&me));
     }
 
+    #[cfg(target_os = "linux")]
     fn reaped_child() -> Process {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let p = of(child.id());

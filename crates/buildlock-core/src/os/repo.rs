@@ -42,7 +42,7 @@ impl Repo {
                 repo.path().display()
             ),
         };
-        let clean = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_owned());
+        let clean = |p: &Path| crate::os::fs::canonical(p).unwrap_or_else(|_| p.to_owned());
         Ok(Repo {
             worktree: clean(&worktree),
             git_dir: clean(repo.path()),

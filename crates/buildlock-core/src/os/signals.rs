@@ -1,6 +1,13 @@
 //! SIGINT, SIGTERM and SIGHUP become a flag that the loops poll, so that buildlock can stop the
 //! check's process group, leave no lock behind and exit 128+n.
 //!
+//! Windows has no signals: a console control handler turns Ctrl-C into [`SIGINT`], Ctrl-Break
+//! into [`SIGTERM`] and closing the console, logging off or shutting down into [`SIGHUP`], so
+//! the flows and the exit codes (128+n) are the same on every platform. The handler runs on a
+//! thread of its own that Windows starts; it stores the flag and returns `TRUE` (handled), and
+//! for a close event Windows ends the process once the handler returns (or after 5 s), so the
+//! run's process tree is stopped by the job's own ending only where the loop saw the flag first.
+//!
 //! SIGXFSZ (a write past `ulimit -f`) is caught and does nothing, so the write fails with EFBIG
 //! instead of killing the process between its state write and telling the agent its role. A
 //! caught signal returns to its default in every child at exec, so the check and the fix meet
@@ -8,15 +15,35 @@
 
 use std::sync::atomic::{AtomicI32, Ordering};
 
+/// The signal numbers the flows and exit codes use, the same on every platform (POSIX's).
+pub const SIGHUP: i32 = 1;
+pub const SIGINT: i32 = 2;
+pub const SIGKILL: i32 = 9;
+pub const SIGTERM: i32 = 15;
+#[cfg(unix)]
+pub const SIGSTOP: i32 = libc::SIGSTOP;
+#[cfg(windows)]
+pub const SIGSTOP: i32 = 19;
+#[cfg(unix)]
+const _: () = assert!(
+    SIGHUP == libc::SIGHUP
+        && SIGINT == libc::SIGINT
+        && SIGKILL == libc::SIGKILL
+        && SIGTERM == libc::SIGTERM
+);
+
 static PENDING: AtomicI32 = AtomicI32::new(0);
 
+#[cfg(unix)]
 extern "C" fn on_signal(signal: libc::c_int) {
     PENDING.store(signal, Ordering::SeqCst);
 }
 
+#[cfg(unix)]
 extern "C" fn on_file_size_limit(_: libc::c_int) {}
 
 /// Installs the handlers. Idempotent.
+#[cfg(unix)]
 pub fn install() {
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         catch(signal, on_signal);
@@ -24,12 +51,44 @@ pub fn install() {
     survive_file_size_limit();
 }
 
+/// Installs the console control handler (see the module header). Idempotent: Windows would
+/// call a handler added twice twice, so it is added once.
+#[cfg(windows)]
+pub fn install() {
+    use windows_sys::Win32::System::Console::{
+        CTRL_BREAK_EVENT, CTRL_C_EVENT, SetConsoleCtrlHandler,
+    };
+    unsafe extern "system" fn on_ctrl(event: u32) -> windows_sys::core::BOOL {
+        let signal = match event {
+            CTRL_C_EVENT => SIGINT,
+            CTRL_BREAK_EVENT => SIGTERM,
+            _ => SIGHUP,
+        };
+        PENDING.store(signal, Ordering::SeqCst);
+        1
+    }
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: the handler only stores into an atomic; it lives for the whole program.
+    ONCE.call_once(|| unsafe {
+        SetConsoleCtrlHandler(Some(on_ctrl), 1);
+    });
+}
+
+/// Records `signal` as received, as a handler would (Windows tests; no OS call).
+#[cfg(all(test, windows))]
+pub fn fake(signal: i32) {
+    PENDING.store(signal, Ordering::SeqCst);
+}
+
 /// A write past the file-size limit fails with EFBIG (an error like ENOSPC) instead of killing
-/// the process; children still get the default disposition.
+/// the process; children still get the default disposition. (Windows has no such signal: the
+/// write fails.)
 pub fn survive_file_size_limit() {
+    #[cfg(unix)]
     catch(libc::SIGXFSZ, on_file_size_limit);
 }
 
+#[cfg(unix)]
 fn catch(signal: libc::c_int, handler: extern "C" fn(libc::c_int)) {
     // SAFETY: both handlers only store into an atomic or do nothing, which is async-signal-safe;
     // the sigaction struct is fully initialised.
@@ -44,9 +103,13 @@ fn catch(signal: libc::c_int, handler: extern "C" fn(libc::c_int)) {
 
 /// Writes to a closed pipe fail with EPIPE instead of killing the process, as in any Rust
 /// program; for the binaries that start without Rust's runtime (`no_main`).
+/// (Windows: writes to a closed pipe always fail with an error.)
 pub fn ignore_sigpipe() {
     // SAFETY: setting a signal's disposition to SIG_IGN has no memory-safety preconditions.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN)
+    };
 }
 
 /// The signal received, if any.

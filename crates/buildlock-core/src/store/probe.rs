@@ -166,14 +166,13 @@ fn lock_findings(dir: &Path, writable: bool, r: &mut Vec<Finding>) {
 /// The bells (FIFOs that wake waiters): something else in their place does not break
 /// coordination, but waiters then notice a fix only at their next look, seconds later.
 fn bell_findings(home: &Path, names: &[&str], r: &mut Vec<Finding>) {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     for name in names {
         let path = home.join(format!("{name}.bell"));
         let Ok(meta) = fs::symlink_metadata(&path) else {
             continue; // made by the first waiter
         };
-        let ours = meta.uid() == crate::os::process::euid();
-        if !meta.file_type().is_fifo() || !ours {
+        let ours = crate::os::fs::owner(&meta) == crate::os::process::euid();
+        if !crate::os::bell::is_bell(&meta) || !ours {
             r.push(Finding::problem(
                 format!(
                     "{} is not a FIFO of yours, so waiters are not woken by changes: they notice \

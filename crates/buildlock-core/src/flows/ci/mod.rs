@@ -179,7 +179,7 @@ fn uncoordinated(ctx: &Context) -> i32 {
 /// Recording the failure failed: interrupted, or coordination itself failed.
 fn coordination_failed(e: &StoreError) -> i32 {
     if matches!(e, StoreError::Interrupted) {
-        return exit::signal(signals::pending().unwrap_or(libc::SIGINT));
+        return exit::signal(signals::pending().unwrap_or(signals::SIGINT));
     }
     say::say(format!("{WHO}: {e:#}"));
     say::say(
@@ -247,7 +247,7 @@ impl Ci<'_> {
                 ));
                 Some(exit::signal(*n))
             }
-            Ending::ParentGone => Some(exit::signal(libc::SIGHUP)),
+            Ending::ParentGone => Some(exit::signal(signals::SIGHUP)),
             Ending::Passed => {
                 self.passed_on = Some((self.ctx.repo.head_oid(), tracked_changes(self.ctx)));
                 if coordinate {
@@ -531,7 +531,7 @@ impl Ci<'_> {
                 wait::leave(ctx, &a.key, &a.base);
                 Some(exit::signal(n))
             }
-            WaitEnd::ParentGone => Some(exit::signal(libc::SIGHUP)),
+            WaitEnd::ParentGone => Some(exit::signal(signals::SIGHUP)),
             WaitEnd::TimedOut => {
                 wait::leave(ctx, &a.key, &a.base);
                 say::say(format!(

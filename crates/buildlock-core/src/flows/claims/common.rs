@@ -141,7 +141,7 @@ fn normalize_one(root: &Path, raw: &str) -> Result<String, String> {
                 (Some(parent), Some(name)) if !p.exists() => (parent.to_owned(), Some(name)),
                 _ => (p.to_owned(), None),
             };
-            let Ok(real) = base.canonicalize() else {
+            let Ok(real) = crate::os::fs::canonical(&base) else {
                 return Err(e);
             };
             let real = match rest {

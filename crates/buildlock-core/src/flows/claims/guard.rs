@@ -109,7 +109,7 @@ pub fn wait_release(
         if let Some(n) = signals::pending() {
             break GuardWait::Signal(n);
         }
-        if parent.is_some_and(|p| p != std::os::unix::process::parent_id()) {
+        if parent.is_some_and(|p| p != crate::os::process::parent_id()) {
             break GuardWait::ParentGone;
         }
         conflicts = recheck(ctx, changed)?;
@@ -258,7 +258,7 @@ pub fn in_hook(ctx: &Context, parent: u32) -> Option<i32> {
                 return Some(exit::BLOCKED);
             }
             Ok(GuardWait::Signal(n)) => return Some(exit::signal(n)),
-            Ok(GuardWait::ParentGone) => return Some(exit::signal(libc::SIGHUP)),
+            Ok(GuardWait::ParentGone) => return Some(exit::signal(signals::SIGHUP)),
             Err(e) => {
                 say::warn(format!(
                     "the claims guard could not wait ({e:#}); going on without it"
@@ -326,7 +326,7 @@ pub fn retry_wait(ctx: &Context, d: &Decision) -> Option<i32> {
             Some(exit::BLOCKED)
         }
         Ok(GuardWait::Signal(n)) => Some(exit::signal(n)),
-        Ok(GuardWait::ParentGone) => Some(exit::signal(libc::SIGHUP)),
+        Ok(GuardWait::ParentGone) => Some(exit::signal(signals::SIGHUP)),
         Err(e) => {
             say::warn(format!("could not wait for the claim: {e:#}"));
             Some(exit::BLOCKED)

@@ -150,7 +150,7 @@ pub fn take(
                     say::progress_done();
                     return Ok(Err(Ending::Signal(sig)));
                 }
-                if parent.is_some_and(|p| p != std::os::unix::process::parent_id()) {
+                if parent.is_some_and(|p| p != crate::os::process::parent_id()) {
                     leave(&store, limits, t);
                     say::progress_done();
                     return Ok(Err(Ending::ParentGone));

@@ -45,7 +45,7 @@ const MAX_STALE_RERUNS: u32 = 2;
 
 pub fn main(args: Vec<OsString>) -> i32 {
     signals::install();
-    let parent = std::os::unix::process::parent_id();
+    let parent = crate::os::process::parent_id();
     let ctx = match Context::load() {
         Ok(ctx) => ctx,
         Err(LoadError::Config(e)) => {
@@ -89,9 +89,7 @@ fn the_check(ctx: &Context, args: Vec<OsString>) -> Option<check::Command> {
         return Some(check::Command::Shell(check.clone()));
     }
     let chained = ctx.home.chained_hook();
-    use std::os::unix::fs::PermissionsExt;
-    let executable = std::fs::metadata(&chained)
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    let executable = std::fs::metadata(&chained).is_ok_and(|m| crate::os::fs::is_executable(&m));
     executable.then_some(check::Command::Program(chained, args))
 }
 
@@ -103,14 +101,14 @@ struct Hook<'a> {
 
 impl Hook<'_> {
     fn stop(&self) -> bool {
-        signals::pending().is_some() || std::os::unix::process::parent_id() != self.parent
+        signals::pending().is_some() || crate::os::process::parent_id() != self.parent
     }
 
     /// The exit code for having been told to stop.
     fn stopped(&self) -> i32 {
         match signals::pending() {
             Some(n) => exit::signal(n),
-            None => exit::signal(libc::SIGHUP),
+            None => exit::signal(signals::SIGHUP),
         }
     }
 
@@ -225,7 +223,7 @@ impl Hook<'_> {
             }
             Ending::ParentGone => {
                 say::say("git went away: stopped the check; nothing was recorded");
-                Some(exit::signal(libc::SIGHUP))
+                Some(exit::signal(signals::SIGHUP))
             }
             Ending::Passed => {
                 if ctx.unusable.is_none() {
@@ -582,7 +580,7 @@ impl Hook<'_> {
                 say::say(format!("interrupted by signal {n} while waiting"));
                 HookWait::Exit(exit::signal(n))
             }
-            WaitEnd::ParentGone => HookWait::Exit(exit::signal(libc::SIGHUP)),
+            WaitEnd::ParentGone => HookWait::Exit(exit::signal(signals::SIGHUP)),
         }
     }
 }

@@ -499,10 +499,11 @@ fn entries(
     let mut child = git(worktree, None)
         .args(args)
         .arg("--")
-        .args(paths.iter().map(|p| {
-            use std::os::unix::ffi::OsStrExt as _;
-            std::ffi::OsStr::from_bytes(p).to_owned()
-        }))
+        .args(
+            paths
+                .iter()
+                .map(|p| crate::os::fs::path_from_bytes(p).into_os_string()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;

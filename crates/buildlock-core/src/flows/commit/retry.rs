@@ -15,7 +15,6 @@
 //! This file is the plumbing between the two binaries that run it.
 
 use std::ffi::OsString;
-use std::os::unix::process::CommandExt as _;
 
 use crate::flows::context::{Context, LoadError};
 use crate::os::{process, say, signals};
@@ -87,12 +86,13 @@ pub fn front(args: Vec<OsString>) -> i32 {
         return exit::COORDINATION;
     };
     // Still `commit-retry` to ps, top and pkill.
-    let e = std::process::Command::new(&buildlock)
-        .arg0("commit-retry")
-        .arg(RESUME_ARG)
-        .args(&args)
-        .env(RESUME_VAR, json)
-        .exec();
+    let e = process::exec_as(
+        std::process::Command::new(&buildlock)
+            .arg(RESUME_ARG)
+            .args(&args)
+            .env(RESUME_VAR, json),
+        "commit-retry",
+    );
     first.discard();
     say::say(format!(
         "commit-retry: the commit failed (git exit {}); cannot run {} to wait and retry: {e} \

@@ -16,7 +16,6 @@
 
 use anyhow::{Context as _, Result, bail};
 use std::io::Write as _;
-use std::os::unix::ffi::OsStrExt as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -390,9 +389,9 @@ fn local_work(git: &Git, paths: &[&[u8]]) -> Result<Vec<String>> {
             found.push(name);
         }
     };
-    let pathspec: Vec<&std::ffi::OsStr> = paths
+    let pathspec: Vec<std::path::PathBuf> = paths
         .iter()
-        .map(|p| std::ffi::OsStr::from_bytes(p))
+        .map(|p| crate::os::fs::path_from_bytes(p))
         .collect();
     // Anything status sees: staged, unstaged, intent-to-add, untracked, ignored, unmerged.
     let out = git
@@ -459,7 +458,7 @@ fn local_work(git: &Git, paths: &[&[u8]]) -> Result<Vec<String>> {
         }
     }
     for p in paths {
-        let mut dir = git.top.join(std::ffi::OsStr::from_bytes(p));
+        let mut dir = git.top.join(crate::os::fs::path_from_bytes(p));
         while dir.pop() && dir != git.top {
             if std::fs::symlink_metadata(&dir).is_ok_and(|m| !m.is_dir()) {
                 add(p, "a file stands where the fix needs a folder");
@@ -472,7 +471,7 @@ fn local_work(git: &Git, paths: &[&[u8]]) -> Result<Vec<String>> {
 /// Writes the entries (`None`: removes the file) into the work tree.
 fn write_paths(git: &Git, entries: &[(Vec<u8>, Entry)]) -> Result<()> {
     for (path, entry) in entries {
-        let file = git.top.join(std::ffi::OsStr::from_bytes(path));
+        let file = git.top.join(crate::os::fs::path_from_bytes(path));
         match entry {
             None => {
                 match std::fs::remove_file(&file) {
@@ -498,14 +497,13 @@ fn write_paths(git: &Git, entries: &[(Vec<u8>, Entry)]) -> Result<()> {
                         .with_context(|| format!("cannot replace {}", file.display()))?;
                 }
                 if mode == "120000" {
-                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&content), &file)
+                    crate::os::fs::symlink_file(&crate::os::fs::path_from_bytes(&content), &file)
                         .with_context(|| format!("cannot write {}", file.display()))?;
                 } else {
                     std::fs::write(&file, &content)
                         .with_context(|| format!("cannot write {}", file.display()))?;
                     if mode == "100755" {
-                        use std::os::unix::fs::PermissionsExt as _;
-                        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755))?;
+                        crate::os::fs::set_mode(&file, 0o755)?;
                     }
                 }
             }

@@ -139,7 +139,7 @@ impl Watch<'_, '_> {
             return Some(WaitEnd::Signal(signal));
         }
         if w.parent
-            .is_some_and(|p| p != std::os::unix::process::parent_id())
+            .is_some_and(|p| p != crate::os::process::parent_id())
         {
             return Some(WaitEnd::ParentGone);
         }

@@ -55,7 +55,7 @@ pub fn scene(root: &Path, bin: &Path) -> Result<()> {
     let hooks = repo.join(".git/hooks");
     std::fs::create_dir_all(&hooks)?;
     let _ = std::fs::remove_file(hooks.join("pre-commit"));
-    std::os::unix::fs::symlink(bin.join("pre-commit"), hooks.join("pre-commit"))?;
+    crate::os::fs::symlink_file(&bin.join("pre-commit"), &hooks.join("pre-commit"))?;
     let (a, b) = (root.join("agent-a"), root.join("agent-b"));
     git(
         &repo,

@@ -13,7 +13,6 @@ pub mod claims;
 use anyhow::{Context as _, Result, bail};
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -216,7 +215,7 @@ fn make_repository(repo: &Path, shared: &Path, pre_commit: &Path) -> Result<Path
     let hooks = repo.join(".git/hooks");
     std::fs::create_dir_all(&hooks)?;
     let hook = hooks.join("pre-commit");
-    std::os::unix::fs::symlink(pre_commit, &hook)?;
+    crate::os::fs::symlink_file(pre_commit, &hook)?;
     out!(
         "installed the hook: {} -> {}",
         hook.display(),
@@ -271,7 +270,8 @@ fn run_agents(root: &Path, commit_retry: &Path, trees: &[(String, PathBuf)]) -> 
     let tmp = root.join("tmp");
     std::fs::create_dir_all(&tmp)?;
     for (i, (name, tree)) in trees.iter().enumerate() {
-        let mut child = Command::new(commit_retry)
+        let mut agent = Command::new(commit_retry);
+        agent
             .args(["-q", "-m", &format!("{name}: its change")])
             .current_dir(tree)
             .env("BUILDLOCK_AGENT", name)
@@ -280,9 +280,9 @@ fn run_agents(root: &Path, commit_retry: &Path, trees: &[(String, PathBuf)]) -> 
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Its own group: a Ctrl-C reaches the demo, which stops each agent's whole group.
-            .process_group(0)
+            .stderr(Stdio::piped());
+        // Its own group: a Ctrl-C reaches the demo, which stops each agent's whole group.
+        let mut child = process::own_group(&mut agent)
             .spawn()
             .context("cannot start commit-retry")?;
         let tag = if color() {
@@ -365,7 +365,7 @@ impl Agents {
     /// that nothing writes into the demo's directory once it is removed.
     fn stop(&mut self) {
         for (_, child, _) in &self.0 {
-            process::kill_group(child.id(), libc::SIGTERM);
+            process::kill_group(child.id(), signals::SIGTERM);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut all: Vec<_> = self.0.drain(..).collect();
@@ -378,7 +378,7 @@ impl Agents {
                 std::thread::sleep(Duration::from_millis(20));
             }
             if process::group_alive(pgid) {
-                process::kill_group(pgid, libc::SIGKILL);
+                process::kill_group(pgid, signals::SIGKILL);
             }
             let _ = child.kill();
             let _ = child.wait();

@@ -10,7 +10,6 @@
 use crate::os::say::shell_quote;
 use anyhow::Result;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -200,7 +199,7 @@ fn check_findings(ctx: &Context, r: &mut Report) -> Result<()> {
         }
         None if chained_exists => {
             let executable = fs::metadata(&chained)
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+                .is_ok_and(|m| crate::os::fs::is_executable(&m));
             if executable {
                 r.ok(format!(
                     "check: {} ({}, chained)",
@@ -293,7 +292,7 @@ fn missing_commands(worktree: &Path, names: &[String]) -> Vec<(String, String)> 
                     missing.push((name.clone(), format!("does not exist ({})", path.display())))
                 }
                 Ok(m) if !m.is_file() => missing.push((name.clone(), "is not a file".to_owned())),
-                Ok(m) if m.permissions().mode() & 0o111 == 0 => {
+                Ok(m) if !crate::os::fs::is_executable(&m) => {
                     missing.push((name.clone(), "is not executable (chmod +x it)".to_owned()))
                 }
                 Ok(_) => {}
@@ -361,7 +360,7 @@ fn hook_findings(ctx: &Context, r: &mut Report) -> Result<()> {
     let hook = hooks_dir(ctx).join("pre-commit");
     let found = crate::flows::operator::installation::inspect(&hooks_dir(ctx), ctx.home.path());
     if found.is_ours() {
-        let exec = fs::metadata(&hook).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
+        let exec = fs::metadata(&hook).is_ok_and(|m| crate::os::fs::is_executable(&m));
         if !exec && !fs::symlink_metadata(&hook).is_ok_and(|m| m.file_type().is_symlink()) {
             return r.problem(
                 format!(

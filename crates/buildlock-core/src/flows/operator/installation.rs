@@ -15,7 +15,6 @@
 //!   first few KiB of a file. It never fails: what cannot be read counts as missing.
 
 pub use crate::os::say::shell_quote;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// The first line after the shebang of every hook install.sh writes (the script and the shim).
@@ -344,7 +343,7 @@ fn our_form(path: &Path, binary: &Path) -> Option<Form> {
 
 /// Why our hook in its `form` cannot work, if it cannot.
 fn broken(hook: &Path, meta: &std::fs::Metadata, form: Form, binary: &Path) -> Option<String> {
-    if !meta.file_type().is_symlink() && meta.permissions().mode() & 0o111 == 0 {
+    if !meta.file_type().is_symlink() && !crate::os::fs::is_executable(meta) {
         return Some("it is not executable, and git skips a hook that is not".to_owned());
     }
     let target = match form {
@@ -423,7 +422,7 @@ fn read_head(path: &Path) -> Vec<u8> {
 }
 
 fn executable(path: &Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    std::fs::metadata(path).is_ok_and(|m| crate::os::fs::is_executable(&m))
 }
 
 fn ends_with_underscore(dir: &Path) -> bool {
@@ -434,10 +433,11 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-#[cfg(test)]
+// The hook forms on disk (symlinks, modes) are unix's; Windows' are tested by the workflow.
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{PermissionsExt, symlink};
 
     struct Repo {
         _tmp: tempfile::TempDir,

@@ -119,7 +119,6 @@ impl Remote {
     /// The remote refuses every deletion under `refs/buildlock/` (an `update` hook: git's own
     /// `receive.denyDeletes` covers branches only).
     pub fn deny_deletions(&self) {
-        use std::os::unix::fs::PermissionsExt;
         let hook = self.bare.join("hooks/update");
         std::fs::create_dir_all(hook.parent().unwrap()).unwrap();
         std::fs::write(
@@ -127,7 +126,7 @@ impl Remote {
             "#!/bin/sh\ncase $1 in refs/buildlock/*) case $3 in *[!0]*) ;; *) echo 'no deletions' >&2; exit 1;; esac;; esac\n",
         )
         .unwrap();
-        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+        crate::os::fs::set_mode(&hook, 0o755).unwrap();
     }
 
     /// A commit in `agent`'s repository (as a fix commit is, before it is published).

@@ -5,7 +5,6 @@
 use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
 use std::io::Read as _;
-use std::os::fd::AsFd as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -141,7 +140,7 @@ fn relay_stderr(child: &mut std::process::Child) -> Vec<u8> {
         } else {
             Duration::from_millis(200)
         };
-        let ready = poll::readable(stderr.as_fd(), timeout);
+        let ready = poll::readable(&stderr, timeout);
         if ready == Ready::Readable {
             match stderr.read(&mut buf) {
                 Ok(0) => break,
@@ -162,7 +161,7 @@ fn relay_stderr(child: &mut std::process::Child) -> Vec<u8> {
         }
         if !forwarded && signals::pending().is_some() {
             forwarded = true;
-            process::kill(child.id(), libc::SIGTERM);
+            process::kill(child.id(), signals::SIGTERM);
         }
         if ready == Ready::Failed {
             // Most often EINTR; anything else must not turn this loop into a busy one.
@@ -176,7 +175,7 @@ fn relay_stderr(child: &mut std::process::Child) -> Vec<u8> {
 }
 
 fn code_of(status: std::process::ExitStatus) -> i32 {
-    status.code().unwrap_or_else(|| {
-        exit::signal(std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(1))
-    })
+    status
+        .code()
+        .unwrap_or_else(|| exit::signal(process::exit_signal(&status).unwrap_or(1)))
 }

@@ -74,8 +74,7 @@ impl Handover {
 /// The hand-over folders a doctor looks in, made by nobody: the private temp folder (if it is
 /// there) and the coordination dir's `run/`.
 pub(crate) fn folders(run: &Path) -> Vec<PathBuf> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = crate::os::process::euid();
     vec![
         std::env::temp_dir().join(format!("buildlock-{me}")),
         run.to_owned(),
