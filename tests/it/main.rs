@@ -12,6 +12,7 @@ mod claims;
 mod cli;
 mod commit_paths;
 mod election;
+mod eviction;
 mod faults;
 mod fix_commit;
 mod fix_time_limits;
