@@ -14,7 +14,12 @@ Rows (each builds its repositories with the real binaries, one real hook run per
   green      a green hook run (`scope = "repo"`, `match = "signature"`) with N open breakages on
              record, each left fixing by its own agent that went silent, vs. a repository with none;
   roles      one agent's failing hook (a new signature each time, so it is elected fixer of each)
-             after it failed ROLES times vs. after 10 times; the files in leases/ and state/.
+             after it failed ROLES times vs. after 10 times; the files in leases/ and state/;
+  waiters    W waiters (hooks by hand waiting in the hook, off a terminal) vs. 48: each waiter's
+             CPU over a window of WINDOW seconds while the fixer works (every thread's schedstat),
+             the ratio per waiter; then the fix, and each waiter's check run again after it (the
+             check writes the time it starts): the slowest, from the start of the fixer's
+             passing hook run (so it includes that run, a few ms).
 
 Silent fixers: the repositories use `stale_after = "1s"` and the script waits past it before
 measuring. Importable: `measure(args)` returns the rows as a dict; nothing here asserts a time.
@@ -229,7 +234,77 @@ def row_roles(lab: Lab, n: int, reps: int) -> dict:
     return res
 
 
-ROWS = {"abandoned": row_abandoned, "green": row_green, "roles": row_roles}
+def cpu_ns(pid: int) -> int:
+    """CPU time of every thread of `pid`, in ns (0 when it is gone)."""
+    total = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return total
+
+
+def waiters_trial(lab: Lab, n: int, window: float, trial: int) -> dict:
+    fixed = lab.tmp / f"fixed-{n}-{trial}"
+    times = lab.tmp / f"times-{n}-{trial}"
+    check = (f'if [ -f {fixed} ]; then [ -z "$BENCH_TIMES" ] || date +%s%N >> "$BENCH_TIMES"; '
+             f'exit 0; fi; echo "error: the build broke"; exit 1')
+    cfg = (f"check = {json.dumps(check)}\n[coordination]\nstale_after = \"15m\"\nwait = \"10m\"\n"
+           f"[hook]\nwait = true\n")
+    repo = lab.repo(f"waiters-{n}-{trial}", cfg)
+    lab.hook(repo, "fx", ok=(1,))
+    procs = [subprocess.Popen([str(lab.bins / "pre-commit")], cwd=repo, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env=lab.env(BUILDLOCK_AGENT=f"w{i}", BENCH_TIMES=times))
+             for i in range(n)]
+    state = repo / ".git" / "buildlock" / "state" / "repo.json"
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        try:
+            keys = json.loads(state.read_text())["keys"]
+            if len(keys[0].get("waiters", [])) >= n:
+                break
+        except (OSError, ValueError, IndexError, KeyError):
+            pass
+        time.sleep(0.5)
+    else:
+        raise RuntimeError(f"{n} waiters never all waited")
+    time.sleep(1.0)
+    before = sum(cpu_ns(p.pid) for p in procs)
+    time.sleep(window)
+    after = sum(cpu_ns(p.pid) for p in procs)
+    fixed.write_text("")
+    t0 = time.time_ns()
+    lab.hook(repo, "fx")
+    for p in procs:
+        p.wait(timeout=600)
+    starts = [int(x) for x in times.read_text().split()] if times.exists() else []
+    late = sorted((t - t0) / 1e6 for t in starts)
+    return {"cpu_ms_per_waiter": (after - before) / 1e6 / n, "reran": len(late),
+            "slowest_ms": late[-1] if late else float("nan"),
+            "median_ms": late[len(late) // 2] if late else float("nan")}
+
+
+def row_waiters(lab: Lab, n: int, reps: int, window: float = 20.0) -> dict:
+    """48 vs `n` waiters, alternating, `reps` trials each (each trial is its own repository)."""
+    small, large = [], []
+    for t in range(reps):
+        order = [(48, small), (n, large)] if t % 2 == 0 else [(n, large), (48, small)]
+        for size, into in order:
+            into.append(waiters_trial(lab, size, window, t))
+            log(f"  waiters: {size}: {into[-1]}")
+    med = lambda rows, k: statistics.median(r[k] for r in rows)
+    return {"cpu_ms_per_waiter_48": med(small, "cpu_ms_per_waiter"),
+            f"cpu_ms_per_waiter_{n}": med(large, "cpu_ms_per_waiter"),
+            "cpu_ratio": med(large, "cpu_ms_per_waiter") / max(1e-9, med(small, "cpu_ms_per_waiter")),
+            "slowest_rerun_ms_48": med(small, "slowest_ms"),
+            f"slowest_rerun_ms_{n}": med(large, "slowest_ms"),
+            "trials": {"48": small, str(n): large}, "window_s": window}
+
+
+ROWS = {"abandoned": row_abandoned, "green": row_green, "roles": row_roles, "waiters": row_waiters}
 
 
 def measure(args) -> dict:
@@ -244,8 +319,11 @@ def measure(args) -> dict:
         lab = Lab(Path(tmp), bins)
         for name in args.only.split(","):
             log(f"{name} ...")
-            size = args.roles if name == "roles" else args.n
-            out["rows"][name] = ROWS[name](lab, size, args.reps)
+            if name == "waiters":
+                out["rows"][name] = row_waiters(lab, args.waiters, args.waiter_reps, args.window)
+            else:
+                size = args.roles if name == "roles" else args.n
+                out["rows"][name] = ROWS[name](lab, size, args.reps)
             out["rows"][name]["load"] = open("/proc/loadavg").read().split()[:3]
     return out
 
@@ -254,6 +332,10 @@ def render(res) -> str:
     lines = [f"profile {res['profile']}, N = {res['n']}, roles = {res['roles']}, "
              f"{res['reps']} interleaved pairs; load before {' '.join(res['load_before'])}"]
     for name, row in res["rows"].items():
+        if "wall" not in row:
+            shown = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items() if k != "trials"}
+            lines.append(f"{name:9} {shown}")
+            continue
         w, c = row["wall"], row["cpu"]
         extra = {k: v for k, v in row.items() if k not in ("wall", "cpu")}
         lines.append(f"{name:9} wall {w['base_ms']:7.1f} -> {w['loaded_ms']:7.1f} ms: {w['ratio']:.2f}x "
@@ -268,7 +350,10 @@ def main():
     p.add_argument("--n", type=int, default=1500, help="breakages on record (abandoned, green)")
     p.add_argument("--roles", type=int, default=1000, help="roles of one agent")
     p.add_argument("--reps", type=int, default=9)
-    p.add_argument("--only", default="abandoned,green,roles")
+    p.add_argument("--waiters", type=int, default=384, help="waiters, against 48")
+    p.add_argument("--waiter-reps", type=int, default=2, help="trials of 48 and of WAITERS waiters")
+    p.add_argument("--window", type=float, default=20.0, help="seconds of waiting measured")
+    p.add_argument("--only", default="abandoned,green,roles,waiters")
     p.add_argument("--tmp", default=None)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
