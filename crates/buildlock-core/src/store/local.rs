@@ -472,12 +472,15 @@ impl Store for LocalStore {
             return true;
         };
         match slot.as_mut() {
-            Some(listener) if listener.is_live() => {
+            Some(listener) => {
                 let procs = fixer.map(std::slice::from_ref).unwrap_or_default();
+                // A listener that cannot hear the bell sleeps out its nap: anything may have
+                // changed meanwhile.
                 listener.wait(procs, timeout) != crate::os::bell::Wake::TimedOut
+                    || !listener.is_live()
                     || crate::os::signals::pending().is_some()
             }
-            _ => {
+            None => {
                 std::thread::sleep(timeout);
                 true
             }
