@@ -17,6 +17,7 @@ mod claims_remote;
 mod cli;
 mod commit_paths;
 mod election;
+mod eviction;
 mod faults;
 mod fix_commit;
 mod fix_time_limits;

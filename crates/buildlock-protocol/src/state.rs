@@ -221,12 +221,47 @@ impl KeyState {
         }
     }
 
+    /// Folds in a sign of life of `agent` (its one lease, which covers every role it holds):
+    /// renews the fixer's heartbeat when `agent` is the fixer, of whatever generation.
+    pub fn sign_of_life(&mut self, agent: &str, heartbeat: Millis) {
+        let generation = self.generation;
+        self.renew(&Lease {
+            agent: agent.to_owned(),
+            generation,
+            heartbeat,
+        });
+    }
+
     /// Whether `agent`, elected in `generation`, is still the fixer.
     pub fn is_fixer(&self, agent: &str, generation: u64) -> bool {
         self.status == Status::Fixing
             && self.generation == generation
             && self.fixer.as_ref().is_some_and(|f| f.agent == agent)
     }
+}
+
+/// How many roles (keys it fixes) one agent holds at once in one base key. Past it, the agent's
+/// oldest roles are given up (released: broken, nobody fixing; the next agent whose check fails
+/// there is elected): an agent that broke that many different things at once fixes the newest,
+/// and what it holds costs every one of its runs at most this much.
+pub const MAX_ROLES: usize = 16;
+
+/// The roles of `agent` among `keys` beyond [`MAX_ROLES`], to give up: the oldest elections
+/// first, a role whose fix runs (registered) only after every role held by hand, and never
+/// `keep` (the key it was just elected for).
+pub fn roles_over_cap<'a>(keys: &'a [KeyState], agent: &str, keep: &str) -> Vec<&'a str> {
+    let mut held: Vec<(bool, Millis, &str)> = keys
+        .iter()
+        .filter(|k| k.key != keep && k.status == Status::Fixing)
+        .filter_map(|k| {
+            let f = k.fixer.as_ref().filter(|f| f.agent == agent)?;
+            Some((f.registered, f.since, k.key.as_str()))
+        })
+        .collect();
+    // `keep` is one of the MAX_ROLES.
+    let over = (held.len() + 1).saturating_sub(MAX_ROLES);
+    held.sort();
+    held.into_iter().take(over).map(|(_, _, k)| k).collect()
 }
 
 /// Who caused an event.
@@ -1459,6 +1494,55 @@ mod tests {
             assert_eq!(next.generation, s.generation + 1);
             assert!(next.fixer.is_none());
         }
+    }
+
+    #[test]
+    fn an_agent_past_its_roles_gives_up_the_oldest_held_by_hand_first() {
+        let role = |i: usize, agent: &str, registered: bool| {
+            let mut s = fixing(agent, 1);
+            s.key = format!("repo#{i:016x}");
+            let f = s.fixer.as_mut().unwrap();
+            f.since = T0 + i as Millis;
+            f.registered = registered;
+            s
+        };
+        let mut keys: Vec<KeyState> = (0..MAX_ROLES).map(|i| role(i, "x", i == 0)).collect();
+        keys.push(role(99, "y", false));
+        let newest = format!("repo#{:016x}", MAX_ROLES - 1);
+        assert!(
+            roles_over_cap(&keys[..MAX_ROLES - 1], "x", "new").is_empty(),
+            "within the cap with the new one"
+        );
+        assert_eq!(
+            roles_over_cap(&keys, "x", "new"),
+            [format!("repo#{:016x}", 1)],
+            "one too many: the oldest held by hand, not the registered one"
+        );
+        assert_eq!(roles_over_cap(&keys, "x", &newest).len(), 0, "keep counts");
+        assert!(roles_over_cap(&keys, "y", "new").is_empty(), "per agent");
+        keys.push(role(100, "x", false));
+        let given = roles_over_cap(&keys, "x", "new");
+        assert_eq!(given.len(), 2);
+        assert!(!given.contains(&format!("repo#{:016x}", 0).as_str()));
+    }
+
+    #[test]
+    fn a_sign_of_life_renews_the_agent_s_role_whatever_its_generation() {
+        let mut s = fixing("x", 5);
+        let before = s.fixer.as_ref().unwrap().heartbeat;
+        s.sign_of_life("y", before + 10);
+        assert_eq!(s.fixer.as_ref().unwrap().heartbeat, before, "not its role");
+        s.sign_of_life("x", before + 10);
+        assert_eq!(s.fixer.as_ref().unwrap().heartbeat, before + 10);
+        s.sign_of_life("x", before + 5);
+        assert_eq!(
+            s.fixer.as_ref().unwrap().heartbeat,
+            before + 10,
+            "never back"
+        );
+        let mut broken = KeyState::unknown("repo");
+        broken.sign_of_life("x", before + 20);
+        assert!(broken.fixer.is_none());
     }
 
     #[test]

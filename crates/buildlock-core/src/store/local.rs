@@ -8,7 +8,8 @@
 //! state/<base>.json            one file per base key: its pass counter and its keys' states
 //!                              (open keys and the few last passing ones), schema-versioned,
 //!                              replaced atomically
-//! leases/<key>-g<N>.json       the lease renewals of generation N's fixer, written by it alone
+//! leases/<agent>.agent         an agent's sign of life: one lease renewing every role it holds,
+//!                              written by that agent alone
 //! history.jsonl                one JSON object per event, each with the running totals; capped
 //! logs/, run/, bin/, …         this machine's own files, whatever the backend (see `Home`)
 //! ```
@@ -19,11 +20,28 @@
 //! file, a symlink or a directory in its place reads as damaged, which the state machine handles
 //! as "broken with nobody fixing"; the damage is warned about, logged, and the file rewritten.
 //!
-//! Sizes stay bounded: a base file keeps its open keys and its last [`KEEP_PASSING`] passing
-//! keys; at most [`KEEP_BASES`] base files are kept (the oldest all-passing ones go first, only
-//! when a new one is created); a fixer lock or lease file goes with its generation, or, if its
-//! fixer still held it then, at the next new generation of any key: `locks/` holds the fixer
-//! locks of the generations being fixed, and those still held by a live (or stopped) process.
+//! Sizes stay bounded, and what a step costs does not grow with what is on record:
+//! - a base file keeps its open keys, its last [`KEEP_PASSING`] passing keys and its last
+//!   [`KEEP_BROKEN`] broken ones; past [`KEEP_OPEN`] keys being fixed, the abandoned ones go
+//!   (see below), looked at only when their number doubled or `stale_after` passed since the
+//!   last look, so that the work is O(1) per step however many are on record;
+//! - one agent holds at most `MAX_ROLES` roles per base (the oldest are given up, see
+//!   `protocol::state::roles_over_cap`), and renews them all with one lease file;
+//! - `state/` keeps at most [`KEEP_BASES`] base files: when a new one is created, the oldest whose
+//!   keys are all abandoned go, oldest first, parsed one at a time until enough went;
+//! - a free fixer lock goes with its generation or at the next new generation of any key
+//!   (`locks/` holds the locks of fixers that run, or are stopped), and a lease file that renews
+//!   nothing any more (older than twice `stale_after`) at the next new generation.
+//!
+//! **Abandoned** (the eviction rule): a key that no live agent can still act on. It is passing
+//! or broken, or its fixer is dead (its registered fixer lock is free, or its elector died before
+//! registering), silent (its lease is older than `stale_after`) or overtime (elected longer than
+//! `max_fix_time` ago); and no process of it may still act: no waiter, no fix run, no elector
+//! that is not seen dead, and no process holding its fixer lock (a stopped one included: it may
+//! resume, and only a takeover, which records its fix as an orphan to stop, may replace it).
+//! Evicting such a key changes no decision: the next failure on it elects a fixer, as a takeover
+//! would (the generation still grows: the domain's high-water mark is in the history's totals);
+//! a fixer that comes back finds its role gone and changes nothing, as if fenced.
 //!
 //! The hook's hot path is [`Store::read_base`]: one small file read, whatever the number of keys
 //! on record.
@@ -46,7 +64,9 @@ use crate::os::process::Process;
 use crate::os::time::{self, Millis};
 use crate::protocol::key;
 use crate::protocol::ledger::history_entries;
-use crate::protocol::state::{Event, KeyState, Lease, Observed, Status, transition};
+use crate::protocol::state::{
+    Event, KeyState, Lease, Observed, Outcome, Status, roles_over_cap, transition,
+};
 
 /// The state file schema. A file with another version reads as damaged.
 pub const SCHEMA: u32 = 2;
@@ -58,7 +78,9 @@ pub const KEEP_BASES: usize = 64;
 /// is read whole (its growth is bounded by `put`, not by refusing to read it).
 const MAX_STATE_BYTES: u64 = 64 << 20;
 /// Broken keys (nobody fixing) kept per base file, the newest.
-pub const KEEP_BROKEN: usize = 64;
+pub const KEEP_BROKEN: usize = 16;
+/// Keys being fixed in a base file before the abandoned ones are looked for.
+pub const KEEP_OPEN: usize = 16;
 const HISTORY_CAP: u64 = 1 << 20;
 const ELECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -77,6 +99,20 @@ struct BaseFile {
     #[serde(default)]
     passes: u64,
     keys: Vec<KeyState>,
+    /// Keys being fixed left after the last look for abandoned ones, and when it was: the next
+    /// look comes when their number doubled, or `stale_after` later.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    open_kept: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    open_looked: Millis,
+    /// The limits of the last step that wrote the file, `(stale_after, max_fix_time)` in ms: a
+    /// read that finds a look for abandoned keys due does it with them (see `tidy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    limits: Option<(Millis, Millis)>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl BaseFile {
@@ -86,6 +122,9 @@ impl BaseFile {
             base: base.to_owned(),
             passes: 0,
             keys: Vec::new(),
+            open_kept: 0,
+            open_looked: 0,
+            limits: None,
         }
     }
 
@@ -161,11 +200,17 @@ impl Store for LocalStore {
                 damaged: Some(why),
                 ..BaseView::default()
             },
-            BaseRead::Found(file) => BaseView {
-                passes: file.passes,
-                keys: file.keys.into_iter().map(|k| self.with_lease(k)).collect(),
-                damaged: None,
-            },
+            BaseRead::Found(mut file) => {
+                if let Some(tidied) = self.tidy(&file) {
+                    file = tidied;
+                }
+                let mut leases = Leases::new(self);
+                BaseView {
+                    passes: file.passes,
+                    keys: file.keys.into_iter().map(|k| leases.fold(k)).collect(),
+                    damaged: None,
+                }
+            }
         }
     }
 
@@ -220,6 +265,8 @@ impl Store for LocalStore {
         };
         let (after, outcome) = transition(&before, event, &seen);
 
+        let mut given_up = Vec::new();
+        let mut evicted = Vec::new();
         if after != before || damaged.is_some() {
             // Durable when it changes who fixes what; a waiter joining or leaving need not
             // cost a disk flush (it is rewritten by the next step anyway).
@@ -229,6 +276,14 @@ impl Store for LocalStore {
                 Durability::Atomic
             };
             file.put(after.clone());
+            if matches!(outcome, Outcome::Elected { .. }) {
+                given_up = self.give_up_roles(&mut file, key, &after, &seen);
+            }
+            file.limits = Some((
+                super::millis(policy.stale_after),
+                super::millis(policy.max_fix_time),
+            ));
+            evicted = self.evict_abandoned(&mut file, key, seen.now, policy);
             write_atomic(&path, &serde_json::to_vec_pretty(&file)?, durability)?;
             // Waiters act on who fixes what only: a waiter joining or leaving wakes nobody
             // (else a crowd of n waiters forming would wake n² times).
@@ -255,6 +310,14 @@ impl Store for LocalStore {
         );
         let mut next_totals = totals;
         next_totals.count(event, &outcome, &before, &after);
+        for (event, (was, now, out)) in &given_up {
+            let lines = history_entries(&now.key, event, out, was, now);
+            entries.extend(lines.into_iter().map(|mut line| {
+                line["reason"] = "too_many_roles".into();
+                Entry::from_json(line)
+            }));
+            next_totals.count(event, out, was, now);
+        }
         if let Err(e) = self.append_history(&entries, next_totals) {
             crate::os::say::warn(format!("could not write the history: {e:#}"));
         }
@@ -263,14 +326,21 @@ impl Store for LocalStore {
         {
             self.forget_generation(key, before.generation);
         }
+        for (_, (was, _, _)) in &given_up {
+            self.forget_generation(&was.key, was.generation);
+        }
+        for gone in &evicted {
+            self.forget_generation(&gone.key, gone.generation);
+        }
         if after.generation > before.generation {
             // A new generation (an election, a takeover, a reset): the fixer locks that could not
             // go when their generation ended (their fixer still held them, as it does while it
-            // commits its fix) go now, whatever their key, if free.
-            self.sweep_locks();
+            // commits its fix) go now, whatever their key, if free; and leases that renew
+            // nothing any more.
+            self.sweep_locks(policy);
         }
         if !existed {
-            self.prune_bases(base);
+            self.prune_bases(base, seen.now, policy);
         }
         Ok(Applied {
             before,
@@ -302,8 +372,11 @@ impl Store for LocalStore {
                     .map(move |k| (base.clone(), k))
                     .collect::<Vec<_>>()
             })
-            .map(|(b, k)| (b, self.with_lease(k)))
             .collect();
+        let mut leases = Leases::new(self);
+        for (_, k) in keys.iter_mut() {
+            *k = leases.fold(std::mem::replace(k, KeyState::passing("")));
+        }
         keys.sort_by(|a, b| a.1.key.cmp(&b.1.key));
         Ok(keys)
     }
@@ -323,12 +396,30 @@ impl Store for LocalStore {
         Ok(self.append_history(&[entry], totals)?)
     }
 
-    fn write_lease(&self, key: &str, lease: &Lease) -> Result<(), StoreError> {
+    /// One lease per agent: renewing one role renews them all (see [`Store::renew_roles`]).
+    fn write_lease(&self, _key: &str, lease: &Lease) -> Result<(), StoreError> {
         Ok(write_atomic(
-            &self.lease_path(key, lease.generation),
+            &self.lease_path(&lease.agent),
             &serde_json::to_vec(lease)?,
             Durability::Atomic,
         )?)
+    }
+
+    fn renew_roles(
+        &self,
+        agent: &str,
+        roles: &[(String, u64)],
+        heartbeat: Millis,
+    ) -> Result<(), StoreError> {
+        let Some((key, generation)) = roles.first() else {
+            return Ok(());
+        };
+        let lease = Lease {
+            agent: agent.to_owned(),
+            generation: *generation,
+            heartbeat,
+        };
+        self.write_lease(key, &lease)
     }
 
     fn hold_fixer(
@@ -374,6 +465,32 @@ impl Store for LocalStore {
         }
     }
 
+    fn wait_for_change(&self, key: &str, fixer: Option<&Process>, timeout: Duration) -> bool {
+        self.watch(key);
+        let Ok(mut slot) = self.listener.lock() else {
+            std::thread::sleep(timeout);
+            return true;
+        };
+        match slot.as_mut() {
+            Some(listener) => {
+                let procs = fixer.map(std::slice::from_ref).unwrap_or_default();
+                // A listener that cannot hear the bell sleeps out its nap: anything may have
+                // changed meanwhile.
+                listener.wait(procs, timeout) != crate::os::bell::Wake::TimedOut
+                    || !listener.is_live()
+                    || crate::os::signals::pending().is_some()
+            }
+            None => {
+                std::thread::sleep(timeout);
+                true
+            }
+        }
+    }
+
+    fn sign_of_life(&self, agent: &str) -> Option<Option<Millis>> {
+        Some(Leases::new(self).heartbeat(agent))
+    }
+
     fn diagnose(&self) -> Vec<Finding> {
         super::probe::store_findings(&self.dir)
     }
@@ -390,6 +507,66 @@ fn decisive(before: &KeyState, after: &KeyState) -> bool {
         || before.generation != after.generation
         || who(before) != who(after)
         || before.fix != after.fix
+}
+
+fn open_keys(file: &BaseFile) -> u64 {
+    file.keys
+        .iter()
+        .filter(|k| k.status == Status::Fixing)
+        .count() as u64
+}
+
+/// Whether a look for abandoned keys in `file` is due: past [`KEEP_OPEN`] keys being fixed, when
+/// their number doubled or `stale_after` passed since the last look.
+fn eviction_due(file: &BaseFile, now: Millis, stale_after: Millis) -> bool {
+    let open = open_keys(file);
+    open > KEEP_OPEN as u64
+        && (open >= 2 * file.open_kept || now >= file.open_looked.saturating_add(stale_after))
+}
+
+/// Leases read once per agent: a read that folds them into many keys reads one file per agent
+/// among their fixers, however many roles each holds.
+struct Leases<'a> {
+    store: &'a LocalStore,
+    read: std::collections::HashMap<String, Option<Millis>>,
+}
+
+impl<'a> Leases<'a> {
+    fn new(store: &'a LocalStore) -> Leases<'a> {
+        Leases {
+            store,
+            read: std::collections::HashMap::new(),
+        }
+    }
+
+    /// `state` with its fixer's last sign of life folded in.
+    fn fold(&mut self, mut state: KeyState) -> KeyState {
+        let Some(agent) = state
+            .fixer
+            .as_ref()
+            .filter(|_| state.status == Status::Fixing)
+            .map(|f| f.agent.clone())
+        else {
+            return state;
+        };
+        if let Some(heartbeat) = self.heartbeat(&agent) {
+            state.sign_of_life(&agent, heartbeat);
+        }
+        state
+    }
+
+    /// `agent`'s last sign of life on record, if any.
+    fn heartbeat(&mut self, agent: &str) -> Option<Millis> {
+        let store = self.store;
+        *self.read.entry(agent.to_owned()).or_insert_with(|| {
+            osfs::read_bounded(&store.lease_path(agent), 4096)
+                .ok()
+                .flatten()
+                .and_then(|b| serde_json::from_slice::<Lease>(&b).ok())
+                .filter(|l| l.agent == agent)
+                .map(|l| l.heartbeat)
+        })
+    }
 }
 
 impl LocalStore {
@@ -448,37 +625,163 @@ impl LocalStore {
         self.dir.join("history.jsonl")
     }
 
-    fn lease_path(&self, key: &str, generation: u64) -> PathBuf {
+    /// `agent`'s lease: its last sign of life, which renews every role it holds.
+    fn lease_path(&self, agent: &str) -> PathBuf {
         self.dir
             .join("leases")
-            .join(format!("{}-g{generation}.json", key::file_stem(key)))
+            .join(format!("{}.agent", key::file_stem(agent)))
     }
 
-    /// The state with its fixer's latest lease renewal folded in.
-    fn with_lease(&self, mut state: KeyState) -> KeyState {
-        if state.status == Status::Fixing {
-            let lease = osfs::read_bounded(&self.lease_path(&state.key, state.generation), 4096)
-                .ok()
-                .flatten()
-                .and_then(|b| serde_json::from_slice::<Lease>(&b).ok());
-            if let Some(lease) = lease {
-                state.renew(&lease);
-            }
-        }
-        state
+    /// The state with its fixer's latest sign of life folded in.
+    fn with_lease(&self, state: KeyState) -> KeyState {
+        Leases::new(self).fold(state)
     }
 
-    /// A generation of `key` is over: its lease and (if free) its fixer lock go.
+    /// A generation of `key` is over: its fixer lock goes, if free. (Leases are the agent's,
+    /// not the generation's: they go once they renew nothing, see [`LocalStore::sweep_locks`].)
     fn forget_generation(&self, key: &str, generation: u64) {
-        let _ = fs::remove_file(self.lease_path(key, generation));
         lock::remove_if_free(&self.fixer_lock_path(key, generation));
     }
 
-    /// Keeps `state/` within [`KEEP_BASES`] files: the oldest base files whose keys all pass go,
-    /// with their keys' lock files. Runs only when a base file was created, and parses only the
-    /// candidates, never every file. Also sweeps stray temp files and fixer locks of generations
-    /// that are over (a stopped fixer may have held one when its generation ended).
-    fn prune_bases(&self, keep: &str) {
+    /// Past [`MAX_ROLES`](crate::protocol::state::MAX_ROLES) roles of the agent just elected for `key` in this base, its oldest
+    /// give the role up (released), in the same write. Returns each with the event applied,
+    /// its state before and after, and the outcome, for the history.
+    fn give_up_roles(
+        &self,
+        file: &mut BaseFile,
+        key: &str,
+        elected: &KeyState,
+        seen: &Observed,
+    ) -> Vec<(Event, (KeyState, KeyState, Outcome))> {
+        let Some(agent) = elected.fixer.as_ref().map(|f| f.agent.clone()) else {
+            return Vec::new();
+        };
+        let over: Vec<String> = roles_over_cap(&file.keys, &agent, key)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let mut given = Vec::new();
+        for k in over {
+            let Some(was) = file.get(&k).cloned() else {
+                continue;
+            };
+            let was = self.with_lease(was);
+            let event = Event::Release {
+                agent: agent.clone(),
+            };
+            let (now, out) = transition(&was, &event, seen);
+            if now != was {
+                file.put(now.clone());
+                given.push((event, (was, now, out)));
+            }
+        }
+        given
+    }
+
+    /// Takes the abandoned keys being fixed (see the module's doc) out of `file`, never `keep`:
+    /// only past [`KEEP_OPEN`] of them, and only when their number doubled or `stale_after`
+    /// passed since the last look (so each step costs O(1) on average). Returns those taken out.
+    fn evict_abandoned(
+        &self,
+        file: &mut BaseFile,
+        keep: &str,
+        now: Millis,
+        policy: Policy,
+    ) -> Vec<KeyState> {
+        let open = open_keys(file);
+        if !eviction_due(file, now, super::millis(policy.stale_after)) {
+            return Vec::new();
+        }
+        let mut leases = Leases::new(self);
+        let (gone, kept): (Vec<KeyState>, Vec<KeyState>) =
+            std::mem::take(&mut file.keys).into_iter().partition(|k| {
+                k.key != keep
+                    && k.status == Status::Fixing
+                    && self.abandoned(&leases.fold(k.clone()), now, policy)
+            });
+        file.keys = kept;
+        file.open_kept = open - gone.len() as u64;
+        file.open_looked = now;
+        gone
+    }
+
+    /// A read of `file` that finds a look for abandoned keys due (past [`KEEP_OPEN`] keys being
+    /// fixed, `stale_after` after the last look) does it, with the limits of the last step, when
+    /// the election lock is free at once: so that keys whose fixers went silent after the last
+    /// step leave the file, and the reads after this one, even if no step comes. Best effort;
+    /// the file as tidied, when it was.
+    fn tidy(&self, file: &BaseFile) -> Option<BaseFile> {
+        let (stale_after, max_fix_time) = file.limits?;
+        let now = time::now();
+        if !eviction_due(file, now, stale_after) {
+            return None;
+        }
+        let _lock = Lock::try_acquire(&self.election_lock_path()).ok()??;
+        let path = self.base_path(&file.base);
+        let BaseRead::Found(mut file) = read_base_file(&path, &file.base) else {
+            return None;
+        };
+        let policy = Policy {
+            stale_after: Duration::from_millis(stale_after),
+            max_fix_attempts: 0,
+            max_fix_time: Duration::from_millis(max_fix_time),
+        };
+        let evicted = self.evict_abandoned(&mut file, "", now, policy);
+        let bytes = serde_json::to_vec_pretty(&file).ok()?;
+        write_atomic(&path, &bytes, Durability::Atomic).ok()?;
+        for gone in &evicted {
+            self.forget_generation(&gone.key, gone.generation);
+        }
+        Some(file)
+    }
+
+    /// Whether no live agent can still act on `state` (the eviction rule, in the module's doc).
+    /// `state` has its lease folded in.
+    fn abandoned(&self, state: &KeyState, now: Millis, policy: Policy) -> bool {
+        use crate::os::process::{Seen, judge};
+        // Unknown (another host or pid space, no start time) may act: only dead is dead.
+        let may_act = |p: &Process| judge(p) != Seen::Dead;
+        if state.waiters.iter().any(|w| may_act(&w.process()))
+            || state.orphan_fix.iter().any(may_act)
+        {
+            return false;
+        }
+        let Some(fixer) = state
+            .fixer
+            .as_ref()
+            .filter(|_| state.status == Status::Fixing)
+        else {
+            return true;
+        };
+        if fixer.fix_process.as_ref().is_some_and(may_act) {
+            return false;
+        }
+        if fixer.registered {
+            // Held, by a process that runs or a stopped one: only a takeover replaces it. Free:
+            // the fixer died.
+            return lock::is_free(&self.fixer_lock_path(&state.key, state.generation))
+                .unwrap_or(false);
+        }
+        if let Some(elector) = &fixer.elector {
+            return !may_act(elector);
+        }
+        let silent = fixer
+            .heartbeat
+            .saturating_add(super::millis(policy.stale_after))
+            <= now;
+        let overtime = fixer
+            .since
+            .saturating_add(super::millis(policy.max_fix_time))
+            <= now;
+        silent || overtime
+    }
+
+    /// Keeps `state/` within [`KEEP_BASES`] files: when a base file was created, the oldest
+    /// base files whose keys are all abandoned (see the module's doc) go, with their free fixer
+    /// locks. Each is parsed one at a time, oldest first, and at most [`KEEP_BASES`] per step:
+    /// the step costs O(1) however many files a version before this one left. Also sweeps stray
+    /// temp files, free fixer locks and leases that renew nothing.
+    fn prune_bases(&self, keep: &str, now: Millis, policy: Policy) {
         let state_dir = self.dir.join("state");
         let Ok(entries) = fs::read_dir(&state_dir) else {
             return;
@@ -499,7 +802,8 @@ impl LocalStore {
         files.sort();
         let mut excess = files.len() - KEEP_BASES;
         let keep_path = self.base_path(keep);
-        for (_, path) in files {
+        let mut leases = Leases::new(self);
+        for (_, path) in files.into_iter().take(KEEP_BASES) {
             if excess == 0 {
                 break;
             }
@@ -509,40 +813,53 @@ impl LocalStore {
             let BaseRead::Found(file) = read_base_file(&path, "") else {
                 continue;
             };
-            if file.keys.iter().any(|k| k.status != Status::Passing) {
+            let keys: Vec<KeyState> = file.keys.into_iter().map(|k| leases.fold(k)).collect();
+            if !keys.iter().all(|k| self.abandoned(k, now, policy)) {
                 continue;
             }
             if fs::remove_file(&path).is_ok() {
                 excess -= 1;
+                for k in keys.iter().filter(|k| k.status == Status::Fixing) {
+                    self.forget_generation(&k.key, k.generation);
+                }
             }
         }
-        self.sweep_locks();
+        self.sweep_locks(policy);
     }
 
-    /// Fixer locks and leases whose generation is no longer any key's current one.
-    fn sweep_locks(&self) {
-        let open: Vec<String> = self
-            .all()
-            .unwrap_or_default()
+    /// Fixer locks that nobody holds (the generations that are over, and fixers that died: a
+    /// free lock and a missing one say the same), and leases not renewed for twice
+    /// `stale_after` (whatever role they renewed is silent without them too). Looks at the files
+    /// of `locks/` and `leases/` only, never at the state.
+    fn sweep_locks(&self, policy: Policy) {
+        for e in fs::read_dir(self.dir.join("locks"))
             .into_iter()
-            .filter(|(_, s)| s.status == Status::Fixing)
-            .map(|(_, s)| format!("{}-g{}", key::file_stem(&s.key), s.generation))
-            .collect();
-        for (dir, suffix) in [("locks", ".fixer"), ("leases", ".json")] {
-            let dir = self.dir.join(dir);
-            for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let Some(stem) = name.strip_suffix(suffix) else {
-                    continue;
-                };
-                if open.iter().any(|o| o == stem) {
-                    continue;
-                }
-                if suffix == ".fixer" {
-                    lock::remove_if_free(&e.path());
-                } else {
-                    let _ = fs::remove_file(e.path());
-                }
+            .flatten()
+            .flatten()
+        {
+            if e.file_name().to_string_lossy().ends_with(".fixer") {
+                lock::remove_if_free(&e.path());
+            }
+        }
+        let renews_nothing = std::time::SystemTime::now()
+            .checked_sub(policy.stale_after.saturating_mul(2))
+            .unwrap_or(std::time::UNIX_EPOCH);
+        for e in fs::read_dir(self.dir.join("leases"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // `.json`: the per-generation leases of versions before one lease per agent.
+            if !(name.ends_with(".agent") || name.ends_with(".json")) {
+                continue;
+            }
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < renews_nothing);
+            if old {
+                let _ = fs::remove_file(e.path());
             }
         }
     }
@@ -947,6 +1264,193 @@ mod tests {
             drop(hold);
             assert!(fixer_locks() <= 2, "{i}: {}", fixer_locks());
         }
+    }
+
+    fn apply_with(store: &LocalStore, key: &str, event: &Event, policy: Policy) -> Applied {
+        store
+            .apply(key, key::base_of(key), event, policy, None, &|| false)
+            .unwrap()
+    }
+
+    fn silent_after(ms: u64) -> Policy {
+        Policy {
+            stale_after: Duration::from_millis(ms),
+            ..policy()
+        }
+    }
+
+    /// An agent that broke more things at once than it may fix keeps the newest roles: its
+    /// oldest are given up (broken, in the history as released for too many roles), and what it
+    /// holds stays within the rule however often it fails.
+    #[test]
+    fn an_agent_holds_at_most_max_roles_and_gives_up_the_oldest() {
+        use crate::protocol::state::MAX_ROLES;
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_owned());
+        let key = |i: usize| format!("repo#{i:016x}");
+        for i in 0..MAX_ROLES + 24 {
+            let a = apply(&store, &key(i), &fail("a"));
+            assert!(matches!(a.outcome, Outcome::Elected { .. }), "{i}");
+        }
+        let view = store.read_base("repo");
+        let held: Vec<&str> = view
+            .keys
+            .iter()
+            .filter(|k| k.is_fixer("a", k.generation))
+            .map(|k| k.key.as_str())
+            .collect();
+        assert_eq!(held.len(), MAX_ROLES);
+        assert!(held.contains(&key(MAX_ROLES + 23).as_str()), "the newest");
+        assert!(!held.contains(&key(0).as_str()), "the oldest went");
+        let released: Vec<_> = store
+            .history()
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.event == "released")
+            .collect();
+        assert_eq!(released.len(), 24);
+        assert!(
+            released
+                .iter()
+                .all(|e| e.fields["reason"] == "too_many_roles")
+        );
+        // A role given up is broken: the next failure there elects someone else.
+        let b = apply(&store, &key(23), &fail("b"));
+        assert_eq!(b.before.status, Status::Broken);
+        assert!(matches!(b.outcome, Outcome::Elected { replaced: None }));
+        // Another agent's roles are its own.
+        assert!(
+            store
+                .read_base("repo")
+                .keys
+                .iter()
+                .any(|k| k.is_fixer("b", k.generation))
+        );
+    }
+
+    /// One lease per agent: one renewal renews every role it holds, and leases/ holds one file.
+    #[test]
+    fn one_sign_of_life_renews_every_role_of_the_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_owned());
+        let roles: Vec<(String, u64)> = (0..5)
+            .map(|i| {
+                let key = format!("repo#{i:016x}");
+                let generation = apply(&store, &key, &fail("a")).after.generation;
+                (key, generation)
+            })
+            .collect();
+        apply(&store, "repo#00000000000000ff", &fail("b"));
+        let later = time::now() + 60_000;
+        store.renew_roles("a", &roles, later).unwrap();
+        let view = store.read_base("repo");
+        for k in &view.keys {
+            let f = k.fixer.as_ref().unwrap();
+            assert_eq!(f.heartbeat == later, f.agent == "a", "{}", k.key);
+        }
+        let leases = fs::read_dir(dir.path().join("leases")).unwrap().count();
+        assert_eq!(leases, 1);
+    }
+
+    /// Keys whose fixer went silent go from a base file past KEEP_OPEN; a live fixer's key, one
+    /// with a live waiter and the key being written stay.
+    #[test]
+    fn abandoned_keys_leave_the_base_file_and_live_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_owned());
+        let silent = silent_after(50);
+        let key = |i: usize| format!("repo#{i:016x}");
+        // A live fixer (its lease renewed below) and a key a live waiter (this process) waits on.
+        apply(&store, &key(0), &fail("live"));
+        apply(&store, &key(1), &fail("gone"));
+        let mut me = agent("waiter");
+        me.pid = std::process::id();
+        me.start = crate::os::process::start_time(me.pid);
+        let waits = Event::Failed {
+            agent: me,
+            signature: "s".into(),
+            log: "/l".into(),
+            passes_seen: None,
+            lacks_fix: None,
+            holder: None,
+            elector: None,
+        };
+        assert!(matches!(
+            apply(&store, &key(1), &waits).outcome,
+            Outcome::Wait { .. }
+        ));
+        for i in 2..KEEP_OPEN + 40 {
+            apply_with(&store, &key(i), &fail(&format!("a{i}")), silent);
+            let live = store.read(&key(0)).state(&key(0));
+            store
+                .write_lease(
+                    &key(0),
+                    &Lease {
+                        agent: "live".into(),
+                        generation: live.generation,
+                        heartbeat: time::now() + 60_000,
+                    },
+                )
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let view = store.read_base("repo");
+        let open = view
+            .keys
+            .iter()
+            .filter(|k| k.status == Status::Fixing)
+            .count();
+        assert!(open <= KEEP_OPEN + 1, "{open}");
+        let has = |k: &str| view.keys.iter().any(|s| s.key == k);
+        assert!(has(&key(0)), "a live fixer's key stays");
+        assert!(has(&key(1)), "a key with a live waiter stays");
+        assert!(has(&key(KEEP_OPEN + 39)), "the key just written stays");
+        // An evicted key elects anew, and the generation still grows.
+        let high = store.totals().unwrap().generation;
+        let again = apply(&store, &key(3), &fail("c"));
+        assert!(matches!(again.outcome, Outcome::Elected { .. }));
+        assert!(again.after.generation > high);
+    }
+
+    /// `scope = "commit"`: every HEAD is a base file. Files whose fixers went silent or gave
+    /// the role up go, so state/ stays within KEEP_BASES, and one whose fixer lives stays.
+    #[test]
+    fn abandoned_base_files_go_and_live_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_owned());
+        let silent = silent_after(50);
+        let live = format!("{:040x}", 7);
+        apply(&store, &live, &fail("live"));
+        for i in 100..100 + 3 * KEEP_BASES {
+            let base = format!("{i:040x}");
+            apply_with(&store, &base, &fail(&format!("a{i}")), silent);
+            if i % 3 == 0 {
+                apply_with(
+                    &store,
+                    &base,
+                    &Event::Release {
+                        agent: format!("a{i}"),
+                    },
+                    silent,
+                );
+            }
+            store
+                .write_lease(
+                    &live,
+                    &Lease {
+                        agent: "live".into(),
+                        generation: 1,
+                        heartbeat: time::now() + 60_000,
+                    },
+                )
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let count = fs::read_dir(dir.path().join("state")).unwrap().count();
+        assert!(count <= KEEP_BASES + 2, "{count}");
+        assert!(store.base_path(&live).exists(), "a live fixer's base stays");
+        let locks = fs::read_dir(dir.path().join("locks")).unwrap().count();
+        assert!(locks <= 2, "{locks}");
     }
 
     #[test]

@@ -125,9 +125,11 @@ pub struct BaseView {
 ///   [`all`](Store::all), [`totals`](Store::totals), [`history`](Store::history),
 ///   [`record`](Store::record);
 /// - **liveness** of the fixer: [`write_lease`](Store::write_lease),
+///   [`renew_roles`](Store::renew_roles),
 ///   [`hold_fixer`](Store::hold_fixer), [`fixer_gone`](Store::fixer_gone),
 ///   [`fixer_running`](Store::fixer_running);
-/// - **waking** a waiter: [`watch`](Store::watch), [`wait_change`](Store::wait_change);
+/// - **waking** a waiter: [`watch`](Store::watch), [`wait_change`](Store::wait_change),
+///   [`wait_for_change`](Store::wait_for_change), [`sign_of_life`](Store::sign_of_life);
 /// - **describing** the store to people: [`backend`](Store::backend),
 ///   [`location`](Store::location), [`diagnose`](Store::diagnose), [`fix_ref`](Store::fix_ref).
 ///
@@ -180,6 +182,26 @@ pub trait Store: Send + Sync {
     /// Renews a fixer's lease without the election: only that fixer writes it.
     fn write_lease(&self, key: &str, lease: &Lease) -> Result<(), StoreError>;
 
+    /// One sign of life of `agent`, renewing every role in `roles` (`(key, generation)`) at
+    /// `heartbeat`. A backend whose lease is the agent's (local: one lease file per agent)
+    /// writes once, however many roles; the default renews each role's lease in turn.
+    fn renew_roles(
+        &self,
+        agent: &str,
+        roles: &[(String, u64)],
+        heartbeat: Millis,
+    ) -> Result<(), StoreError> {
+        for (key, generation) in roles {
+            let lease = Lease {
+                agent: agent.to_owned(),
+                generation: *generation,
+                heartbeat,
+            };
+            self.write_lease(key, &lease)?;
+        }
+        Ok(())
+    }
+
     /// Takes the fixer role of `key`'s `generation` for this process, trying for at most
     /// `timeout`: `Ok(None)` when another process holds it. One hold per generation, so a stopped
     /// fixer of an older generation never blocks the current one.
@@ -224,6 +246,23 @@ pub trait Store: Send + Sync {
     /// role, when one does) exited, a signal arrived, or `timeout` passed. Callers re-read after
     /// every wake-up.
     fn wait_change(&self, key: &str, fixer: Option<&Process>, timeout: Duration);
+
+    /// [`Store::wait_change`], answering whether something woke it that may have changed the
+    /// state (a ring, the fixer's exit, a signal) rather than the timeout alone: a waiter whose
+    /// nap merely ran out may look at the fixer's sign of life alone ([`Store::sign_of_life`]).
+    /// By default every wake-up may have changed it.
+    fn wait_for_change(&self, key: &str, fixer: Option<&Process>, timeout: Duration) -> bool {
+        self.wait_change(key, fixer, timeout);
+        true
+    }
+
+    /// `agent`'s last sign of life, when this backend keeps it apart from the state (local: its
+    /// lease file), so that a waiter's periodic look reads that small record instead of the
+    /// state, which lists every waiter: `Some(None)` when it has none on record. `None`: not kept
+    /// apart (read the state).
+    fn sign_of_life(&self, _agent: &str) -> Option<Option<Millis>> {
+        None
+    }
 
     // Describing the store.
 

@@ -27,16 +27,14 @@ use std::time::{Duration, Instant};
 
 use crate::flows::commit::decision::{Decision, Verdict};
 use crate::flows::commit::failure::{self, Failure, Recorded};
-use crate::flows::commit::lease::Heartbeat;
+use crate::flows::commit::lease::SignOfLife;
 use crate::flows::commit::wait::{self, WaitEnd};
 use crate::flows::commit::{fixcommit, fixer};
 use crate::flows::context::{Context, LoadError};
 use crate::os::check::{self, Ending};
 use crate::os::{env, say, signals, time};
 use crate::protocol::exit;
-use crate::protocol::state::{
-    Event, Fix, FixSeen, Fixer, KeyState, Lease, Liveness, Outcome, Status,
-};
+use crate::protocol::state::{Event, Fix, FixSeen, Fixer, KeyState, Liveness, Outcome, Status};
 use crate::store::{BaseView, StoreError, registry};
 
 /// Re-runs of a check whose failure was stale (the build was fixed while it ran); after that
@@ -269,8 +267,8 @@ impl Hook<'_> {
 
     fn run_check(&self, view: &BaseView, live: bool) -> std::io::Result<check::Run> {
         // A fixer by hand (no commit-retry renewing its lease) keeps its lease through its own
-        // re-check, however long the check takes.
-        let _leases: Vec<Heartbeat> = view
+        // re-check, however long the check takes: one sign of life renews all its roles.
+        let roles: Vec<(String, u64)> = view
             .keys
             .iter()
             .filter(|s| {
@@ -279,22 +277,14 @@ impl Hook<'_> {
                         .as_ref()
                         .is_some_and(|f| f.agent == self.ctx.agent && !f.registered)
             })
-            .map(|s| {
-                let lease = Lease {
-                    agent: self.ctx.agent.clone(),
-                    generation: s.generation,
-                    heartbeat: time::now(),
-                };
-                let _ = self.ctx.store.write_lease(&s.key, &lease);
-                Heartbeat::start(
-                    self.ctx.store.clone(),
-                    s.key.clone(),
-                    self.ctx.agent.clone(),
-                    s.generation,
-                    self.ctx.config.stale_after,
-                )
-            })
+            .map(|s| (s.key.clone(), s.generation))
             .collect();
+        let _lease = SignOfLife::start(
+            self.ctx.store.clone(),
+            self.ctx.agent.clone(),
+            roles,
+            self.ctx.config.stale_after,
+        );
         // Check slots: at most `check_slots` checks at once; nothing when 0.
         let _slot = match crate::flows::claims::slots::take(self.ctx, Some(self.parent))
             .map_err(|e| std::io::Error::other(format!("{e:#}")))?

@@ -120,6 +120,65 @@ impl Heartbeat {
     }
 }
 
+/// An agent's one sign of life for every role it holds by hand (its hook's re-check): one
+/// thread, renewing all of them through [`Store::renew_roles`] at once every quarter of
+/// `stale_after` (one write with the local backend, however many roles), and nothing else: it
+/// runs no fix, so it watches for no fencing.
+pub struct SignOfLife {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SignOfLife {
+    /// Renews `roles` (`(key, generation)`) now, then every quarter of `stale_after` until
+    /// dropped. `None` when there is nothing to renew.
+    pub fn start(
+        store: Arc<dyn Store>,
+        agent: String,
+        roles: Vec<(String, u64)>,
+        stale_after: Duration,
+    ) -> Option<SignOfLife> {
+        if roles.is_empty() {
+            return None;
+        }
+        let renew = move |store: &dyn Store| {
+            if let Err(e) = store.renew_roles(&agent, &roles, crate::os::time::now()) {
+                crate::os::say::warn(format!("could not renew the fixer lease: {e:#}"));
+            }
+        };
+        renew(store.as_ref());
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let every = (stale_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
+        let thread = std::thread::spawn(move || {
+            let mut next = Instant::now() + every;
+            while !stop2.load(Ordering::SeqCst) {
+                let now = Instant::now();
+                if now < next {
+                    std::thread::park_timeout(next - now);
+                    continue;
+                }
+                next = now + every;
+                renew(store.as_ref());
+            }
+        });
+        Some(SignOfLife {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for SignOfLife {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
 /// Whether what was read says that `agent` no longer holds `generation`'s role: a later
 /// generation (a takeover, a reset), or the same one no longer fixed by it (a release, given
 /// up). `None` when the read says nothing sure: missing, damaged, unreachable, or an older

@@ -7,6 +7,12 @@
 //! when a deadline comes (the fixer's silence, the wait's limit). It polls only where nothing can
 //! wake it (every 100 ms), or every `BUILDLOCK_POLL` when that is set.
 //!
+//! A look that follows a nap which merely ran out (no ring, no exit of the fixer) reads only the
+//! fixer's sign of life where the store keeps it apart (`Store::sign_of_life`), not the state,
+//! which lists every waiter: so a waiter's periodic work does not grow with the number of
+//! waiters. The state is read whole after every wake-up that may have changed it, and at least
+//! every [`READ_WHOLE_EVERY`] besides.
+//!
 //! Silence is judged on our own monotonic clock: the fixer's lease (generation, heartbeat) that
 //! did not move for a whole `stale_after` while we watched. No clocks of two hosts are compared.
 //!
@@ -27,7 +33,7 @@ use crate::flows::context::Context;
 use crate::os::process::Process;
 use crate::os::time::{self, Millis};
 use crate::os::{say, signals};
-use crate::protocol::state::{Event, Fix, Fixer, Status};
+use crate::protocol::state::{Event, Fix, Fixer, KeyState, Status};
 use crate::store::{Read, Store};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +76,9 @@ pub struct Waiting<'a> {
     pub parent: Option<u32>,
 }
 
+/// The longest a waiter goes on the fixer's sign of life alone without reading the state whole.
+pub const READ_WHOLE_EVERY: Duration = Duration::from_secs(60);
+
 pub fn wait_for_fix(w: &Waiting<'_>) -> WaitEnd {
     crate::os::fault::point("wait");
     // Watch before the first look, so that a change in between wakes us.
@@ -100,6 +109,10 @@ struct Watch<'w, 'a> {
     last_progress: Option<Instant>,
     progress_every: Duration,
     poll: Duration,
+    /// The state as last read whole, and when.
+    whole: Option<(KeyState, Instant)>,
+    /// The last nap may have changed the state (a ring, the fixer's exit, a signal).
+    woken: bool,
 }
 
 impl<'w, 'a> Watch<'w, 'a> {
@@ -126,6 +139,8 @@ impl<'w, 'a> Watch<'w, 'a> {
                 Duration::from_secs(5)
             },
             poll,
+            whole: None,
+            woken: true,
         }
     }
 }
@@ -143,17 +158,24 @@ impl Watch<'_, '_> {
         {
             return Some(WaitEnd::ParentGone);
         }
-        let state = match w.store.read(w.key) {
-            Read::Missing => {
-                return Some(WaitEnd::Fixed {
-                    by: None,
-                    fix: None,
-                    herd: self.herd,
-                });
+        let state = match self.quick_look() {
+            Some(state) => state,
+            None => {
+                let state = match w.store.read(w.key) {
+                    Read::Missing => {
+                        return Some(WaitEnd::Fixed {
+                            by: None,
+                            fix: None,
+                            herd: self.herd,
+                        });
+                    }
+                    Read::Damaged(_) => return Some(WaitEnd::Broken),
+                    Read::Found { state, .. } => state,
+                    Read::Unreachable(why) => return self.unreachable(&why),
+                };
+                self.whole = Some((state.clone(), Instant::now()));
+                state
             }
-            Read::Damaged(_) => return Some(WaitEnd::Broken),
-            Read::Found { state, .. } => state,
-            Read::Unreachable(why) => return self.unreachable(&why),
         };
         // The fix that ended the episode we waited on: its own, or a takeover's (a later
         // generation); never an older one.
@@ -221,6 +243,25 @@ impl Watch<'_, '_> {
         None
     }
 
+    /// The state as last read whole with the fixer's latest sign of life folded in, when nothing
+    /// may have changed it since (see the module's doc); `None`: read it whole.
+    fn quick_look(&self) -> Option<KeyState> {
+        if self.woken {
+            return None;
+        }
+        let (state, read_at) = self.whole.as_ref()?;
+        if read_at.elapsed() >= READ_WHOLE_EVERY || state.status != Status::Fixing {
+            return None;
+        }
+        let agent = &state.fixer.as_ref()?.agent;
+        let heartbeat = self.w.store.sign_of_life(agent)?;
+        let mut state = state.clone();
+        if let Some(heartbeat) = heartbeat {
+            state.sign_of_life(agent, heartbeat);
+        }
+        Some(state)
+    }
+
     /// The store could not be read: keep trying, and say so. Time we could not look does not
     /// count as silence: the silence clock starts again at the next successful read.
     fn unreachable(&mut self, why: &str) -> Option<WaitEnd> {
@@ -244,6 +285,7 @@ impl Watch<'_, '_> {
         let nap = self.poll.min(self.progress_every);
         w.store
             .wait_change(w.key, None, nap + time::jitter(nap / 4));
+        self.woken = true;
         None
     }
 
@@ -333,7 +375,7 @@ impl Watch<'_, '_> {
 
     /// Sleeps until the key changes, the fixer's process exits, or the next thing falls due
     /// (progress, silence, the limit).
-    fn nap(&self, fixer: &Fixer, waited: Duration) {
+    fn nap(&mut self, fixer: &Fixer, waited: Duration) {
         let w = self.w;
         let until_silent = w.stale_after.saturating_sub(self.lease_seen_at.elapsed());
         let nap = self
@@ -355,18 +397,17 @@ impl Watch<'_, '_> {
             None => fixer.elector.clone(),
         }
         .filter(crate::os::process::is_live);
-        w.store
-            .wait_change(w.key, holder.as_ref(), nap + time::jitter(nap / 8));
+        self.woken = w
+            .store
+            .wait_for_change(w.key, holder.as_ref(), nap + time::jitter(nap / 8));
     }
 }
 
-/// Before a herd of waiters retries at once: a pause of up to 4 ms per other waiter (at most a
-/// second), drawn at random, so that their retries (each a `git commit`, a hook and a check)
-/// come one after another instead of all at one instant on the same cores, where the last
-/// waiters to wake would queue behind the first ones' retries. A signal cuts it short.
+/// Before a herd of waiters retries at once: a pause drawn at random within
+/// [`stagger_spread`], so that their retries (each a `git commit`, a hook and a check) come one
+/// after another instead of all at one instant on the same cores. A signal cuts it short.
 pub fn stagger(herd: usize) {
-    let spread = (Duration::from_millis(4) * herd.saturating_sub(1).min(250) as u32)
-        .min(Duration::from_secs(1));
+    let spread = stagger_spread(herd);
     let until = Instant::now() + time::jitter(spread);
     while signals::pending().is_none() {
         let left = until.saturating_duration_since(Instant::now());
@@ -376,6 +417,21 @@ pub fn stagger(herd: usize) {
         std::thread::sleep(left.min(Duration::from_millis(50)));
     }
 }
+
+/// The spread of a herd's retries: [`STAGGER_PER_WAITER`] per other waiter, at most
+/// [`STAGGER_MAX`]. It grows with the herd (it was capped at one second, which put any herd past
+/// 250 into that second): 384 waiters spread over 0.38 s, 5,000 over 5 s. Narrower for a small
+/// herd than the 4 ms per waiter it was: a retry on a 2-core machine costs a few ms, and what
+/// the herd's last retry waits for is the spread plus the queue.
+pub fn stagger_spread(herd: usize) -> Duration {
+    let others = u32::try_from(herd.saturating_sub(1)).unwrap_or(u32::MAX);
+    STAGGER_PER_WAITER.saturating_mul(others).min(STAGGER_MAX)
+}
+
+/// What each other waiter adds to the spread of a herd's retries (see [`stagger`]).
+pub const STAGGER_PER_WAITER: Duration = Duration::from_millis(1);
+/// The longest spread of a herd's retries (10,000 waiters).
+pub const STAGGER_MAX: Duration = Duration::from_secs(10);
 
 /// The fixer we waited for died or went silent, and every waiter noticed at the same instant.
 /// One of them is enough to take over (and to run its check to do so): the first live waiter
@@ -457,4 +513,22 @@ pub fn leave(ctx: &Context, key: &str, base: &str) {
     let _ = ctx.store.apply(key, base, &event, ctx.policy(), None, &|| {
         Instant::now() > deadline
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_spread_grows_with_the_herd_up_to_its_bound() {
+        assert_eq!(stagger_spread(0), Duration::ZERO);
+        assert_eq!(stagger_spread(1), Duration::ZERO, "alone: no pause");
+        assert_eq!(stagger_spread(385), Duration::from_millis(384));
+        assert_eq!(
+            stagger_spread(5_001),
+            Duration::from_secs(5),
+            "no one-second cap"
+        );
+        assert_eq!(stagger_spread(usize::MAX), STAGGER_MAX);
+    }
 }
