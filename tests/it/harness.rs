@@ -364,9 +364,28 @@ pub fn starts(log: &[String]) -> Vec<&String> {
     log.iter().filter(|l| l.starts_with("start ")).collect()
 }
 
-/// The `n`th fix run has started and its process is on record (so a successor can stop it).
+/// The `n`th fix run has started and its process is on record (so a successor can stop it),
+/// and its fixer is between steps (see [`fixer_between_steps`]).
 pub fn fix_on_record(r: &TestRepo, n: usize) -> bool {
-    starts(&witness_log(&r.root)).len() == n && r.state()["keys"][0]["fixer"]["fix_pid"].is_u64()
+    starts(&witness_log(&r.root)).len() == n
+        && r.state()["keys"][0]["fixer"]["fix_pid"].is_u64()
+        && fixer_between_steps(r, n)
+}
+
+/// The fixer has recorded the start of its `n`th fix run (its last step under the election
+/// lock before it waits for the fix) and the election lock is free: a SIGSTOP sent now does
+/// not stop it while it holds the lock, which would stall every other agent for the lock's
+/// whole timeout.
+pub fn fixer_between_steps(r: &TestRepo, n: usize) -> bool {
+    if r.count_events("fix_started") < n {
+        return false;
+    }
+    let Ok(file) = std::fs::File::open(r.buildlock_dir().join("locks/election.lock")) else {
+        return false;
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on an fd we own; the lock, if taken, goes with the file at the end.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 pub fn assert_never_two_fixes(log: &[String]) {

@@ -136,8 +136,10 @@ fn sigkilled_fixer_is_replaced_and_its_orphaned_fix_stopped() {
 
 #[test]
 fn sigstopped_fixer_is_taken_over_after_the_lease_and_fenced_when_resumed() {
+    // a's fix outlasts any load (b's takeover stops it); b's own fix is short. With one short
+    // fix for both, a's fix, which SIGSTOP does not stop, could end before b's check ran.
     let r = repo_with_fix(
-        "2",
+        "$([ \"$BUILDLOCK_AGENT\" = a ] && echo 60 || echo 2)",
         "[coordination]\nstale_after = \"1s\"\nwait = \"20s\"\n",
     );
     let (ta, tb) = (r.worktree("a"), r.worktree("b"));
@@ -146,9 +148,12 @@ fn sigstopped_fixer_is_taken_over_after_the_lease_and_fenced_when_resumed() {
     let a = r.commit_retry(&ta, "a");
     assert!(eventually(Duration::from_secs(20), || r.witness() == ["start a"]));
     // Mid-fix: the fix runs and is registered (the fixer holds no lock now).
+    // regression: stopped between registering its fix and recording it, `a` held the election
+    // lock, and `b` could not decide anything for 30 s
     assert!(eventually(Duration::from_secs(20), || r.state()["keys"][0]
         ["fixer"]["fix_pid"]
-        .is_u64()));
+        .is_u64()
+        && fixer_between_steps(&r, 1)));
     signal(&a, libc::SIGSTOP);
     let b = r.commit_retry(&tb, "b");
     let out = wait_output(b, Duration::from_secs(60));

@@ -171,9 +171,10 @@ fn set_key_everywhere(v: &mut serde_json::Value, key: &str, to: &serde_json::Val
 // regression: `b` ran without the fixer lock, looked dead once `a` let go; `c` killed its fix
 #[test]
 fn resumed_old_fixer_does_not_make_the_new_one_look_dead() {
-    // Fix runs long enough that `b` stops `a`'s fix, and that `c` fails while `b` still fixes.
+    // `a`'s fix outlasts any load, so that `b` stops it (SIGSTOP does not stop a fix run: it is
+    // a process group of its own); `b`'s is long enough that `c` fails while `b` still fixes.
     let r = shared_status_repo(
-        "6",
+        "$([ \"$BUILDLOCK_AGENT\" = a ] && echo 60 || echo 6)",
         "[coordination]\nstale_after = \"2s\"\nwait = \"40s\"\n",
     );
     let trees: Vec<PathBuf> = ["ta", "tb", "tc"]

@@ -63,7 +63,8 @@ pub fn status_json(ctx: &Context) -> Result<Value, StoreError> {
                        "live": matches!(live, Some(Liveness::Live | Liveness::Overtime)),
                        "liveness": live,
                        "registered": f.registered,
-                       "fix_pid": f.fix_process.as_ref().map(|p| p.pid)})
+                       // Announced but not started yet (pid 0): no process to name.
+                       "fix_pid": f.fix_process.as_ref().map(|p| p.pid).filter(|&pid| pid != 0)})
             });
             let fix_commit = s.fix.as_ref().and_then(crate::flows::commit::fixcommit::resolve);
             json!({"key": s.key, "base": base, "status": s.status.as_str(), "generation": s.generation,
