@@ -650,6 +650,7 @@ fn a_fixer_killed_mid_fix_leaves_its_staging_as_it_was() {
         "staging untouched while the fix runs"
     );
     let fix_group = r.state()["keys"][0]["fixer"]["fix_pid"].as_u64().unwrap();
+    assert!(fix_group > 1, "not a fix's process group: {fix_group}");
     signal(&fixer, libc::SIGKILL);
     let _ = wait_output(fixer, Duration::from_secs(5));
     // The orphaned fix, which a successor would stop.

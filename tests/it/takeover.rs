@@ -686,6 +686,9 @@ fn a_fixer_stopping_its_predecessors_fix_keeps_its_lease() {
         ["fixer"]["fix_pid"]
         .is_u64()));
     let fix_group = r.state()["keys"][0]["fixer"]["fix_pid"].as_u64().unwrap() as i32;
+    // regression: the status showed pid 0 between the fix's announcement and its start, and
+    // kill(-0) stopped this test's own process group
+    assert!(fix_group > 1, "not a fix's process group: {fix_group}");
     // SAFETY: kill has no memory-safety preconditions; the group is the fix this test started.
     unsafe { libc::kill(-fix_group, libc::SIGSTOP) };
     signal(a.0.as_ref().unwrap(), libc::SIGSTOP);
