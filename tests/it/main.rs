@@ -26,6 +26,7 @@ mod install;
 mod race;
 mod remote;
 mod remote_stall;
+mod remote_waiters;
 mod resource_limits;
 mod retry;
 mod stale;

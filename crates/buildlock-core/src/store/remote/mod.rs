@@ -11,6 +11,7 @@
 //! - `prune`: compaction of long chains and pruning of old keys and fix refs;
 //! - [`claims`]: the claims registry (claims, agents, the claim queue) in one ref, for every
 //!   machine;
+//! - `waiters`: each waiter's own ref, so that joining the waiters never races the fixer;
 //! - `probe`: `buildlock doctor`'s checks of the remote;
 //! - [`deliver`]: `buildlock ci`'s delivery of a fix commit to a branch (`ci.deliver`);
 //! - this module: the [`Store`] implementation, which feeds the pure state machine what the
@@ -73,6 +74,7 @@ pub mod refs;
 #[cfg(test)]
 mod testing;
 mod transaction;
+mod waiters;
 
 pub use prune::{compact_after, prune_after};
 pub use refs::{FIX_PREFIX, PROBE_PREFIX, STATE_PREFIX, fix_ref_name, key_path};
@@ -211,6 +213,32 @@ fn decide(key: &str, event: &Event, before: &KeyState, seen: &Observed) -> Step<
     }
 }
 
+/// A decision to wait (a failure against a live fixer) goes to the waiter's own ref, not to the
+/// key's state: see `waiters`.
+fn joined(key: &str, event: &Event, step: Step<Outcome>) -> Step<Outcome> {
+    match step {
+        Step::Write {
+            result: result @ Outcome::Wait { .. },
+            after,
+            history,
+            count,
+        } => match waiters::Record::of(key, after.generation, event) {
+            Some(record) => Step::Join {
+                result,
+                after,
+                record,
+            },
+            None => Step::Write {
+                result,
+                after,
+                history,
+                count,
+            },
+        },
+        other => other,
+    }
+}
+
 /// A record of an event that changes no state: the history entry and its counts, written only
 /// where the key has a state on the remote.
 fn recorded(before: &KeyState, view: &View, entry: &serde_json::Value) -> Step<()> {
@@ -307,13 +335,18 @@ impl Store for RemoteStore {
         seen_silent: Option<(u64, Millis)>,
         stop: &dyn Fn() -> bool,
     ) -> Result<Applied, super::StoreError> {
+        if let Event::Unwait { agent, .. } = event {
+            // Its own refs first (no other agent writes them); then the state, where a state
+            // commit recorded it.
+            self.leave_waiters(key, agent, stop)?;
+        }
         let done = self.transact(key, base, self.wait, stop, |before, view| {
             let elector_dead = before
                 .fixer
                 .as_ref()
                 .is_some_and(crate::store::elector_dead);
             let seen = observed(view, policy, seen_silent, time::now(), elector_dead);
-            decide(key, event, before, &seen)
+            joined(key, event, decide(key, event, before, &seen))
         })?;
         if prune::prunes_after(&done.result) {
             self.prune(&key_path(key));
@@ -339,9 +372,14 @@ impl Store for RemoteStore {
 
     fn totals(&self) -> Result<Totals, super::StoreError> {
         let mut sum = Totals::default();
-        for (_, v) in self.views().map_err(|f| self.unread(f))? {
+        for (_, v, waiting) in self.views_waiting().map_err(|f| self.unread(f))? {
             if let Some(d) = v.doc {
-                add_totals(&mut sum, &d.totals);
+                // Waiters that no state commit has recorded yet count as waits already.
+                let mut totals = d.totals;
+                for (e, o, b, a) in &waiting.folded {
+                    totals.count(e, o, b, a);
+                }
+                add_totals(&mut sum, &totals);
             }
         }
         Ok(sum)
@@ -507,7 +545,7 @@ mod tests {
                 }
                 (result, after, history, totals)
             }
-            Step::Keep(_) => panic!("expected a write"),
+            Step::Keep(_) | Step::Join { .. } => panic!("expected a write"),
         }
     }
 
@@ -581,8 +619,53 @@ mod tests {
         let before = KeyState::passing("k");
         match decide("k", &passed("a", "/x"), &before, &seen()) {
             Step::Keep(outcome) => assert_eq!(outcome, Outcome::Unchanged),
-            Step::Write { .. } => panic!("a pass on a passing key wrote"),
+            Step::Write { .. } | Step::Join { .. } => panic!("a pass on a passing key wrote"),
         }
+    }
+
+    #[test]
+    fn a_failure_against_a_live_fixer_joins_the_waiters_and_writes_no_state() {
+        let (_, fixing, _, _) =
+            written(decide("k", &failed("a"), &KeyState::passing("k"), &seen()));
+        let step = joined(
+            "k",
+            &failed("b"),
+            decide("k", &failed("b"), &fixing, &seen()),
+        );
+        let Step::Join {
+            result,
+            after,
+            record,
+        } = step
+        else {
+            panic!("a waiter wrote the state");
+        };
+        assert!(
+            matches!(result, Outcome::Wait { first: true, .. }),
+            "{result:?}"
+        );
+        assert_eq!(after.waiters.len(), 1);
+        assert_eq!(
+            (
+                record.key.as_str(),
+                record.generation,
+                record.waiter.agent.as_str()
+            ),
+            ("k", fixing.generation, "b")
+        );
+        // Every other decision is the state machine's, written as before.
+        let again = joined(
+            "k",
+            &failed("a"),
+            decide("k", &failed("a"), &fixing, &seen()),
+        );
+        assert!(matches!(
+            again,
+            Step::Write {
+                result: Outcome::KeepFixing { .. },
+                ..
+            }
+        ));
     }
 
     #[test]

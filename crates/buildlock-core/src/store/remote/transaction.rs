@@ -12,6 +12,11 @@
 //! - **A lost report is not a lost push.** Every commit carries a nonce, so a push can never
 //!   "succeed" by naming an oid the ref already has; a push whose report was lost (a transient
 //!   failure, or a race with our own re-read) is recognised by re-reading: the tip is our oid;
+//! - **A waiter never races the fixer.** A decision to wait ([`Step::Join`]) pushes the waiter's
+//!   own ref (see `waiters`), not the key's state: the fixer's pushes never lose to a waiter's;
+//!   the next state commit records the waiters read (their history and counts) and deletes, in
+//!   the same atomic push, the waiters' refs of every other generation (or all of them when
+//!   nobody fixes any more);
 //! - **Damage is repaired, never hidden.** A tip that cannot be decoded is replaced by a new state
 //!   (broken, nobody fixing) with a `damaged` history entry, and a warning says so;
 //! - **Never fails open.** Transient failures are retried with backoff within the limit, permanent
@@ -23,12 +28,13 @@ use std::time::{Duration, Instant};
 use super::RemoteStore;
 use super::chain::{self, Doc};
 use super::prune::{self, Placement, compact_after};
-use super::read::View;
-use super::refs::{fix_ref_name, key_path, state_ref};
+use super::read::{View, Waiting};
+use super::refs::{fix_ref_name, key_path, state_ref, wait_ref};
+use super::waiters::{self, Record};
 use crate::os::remote_git::{Failure, Pushed, Update};
 use crate::os::{say, time};
 use crate::protocol::ledger::Totals;
-use crate::protocol::state::KeyState;
+use crate::protocol::state::{KeyState, Status};
 use crate::store::{Interrupted, StoreError};
 
 /// Adds a transition's counts to a key's totals.
@@ -44,6 +50,13 @@ pub(super) enum Step<R> {
         after: KeyState,
         history: Vec<serde_json::Value>,
         count: Option<Count>,
+    },
+    /// Join the waiters: the state stays as it is on the remote; `record` goes to the waiter's
+    /// own ref. `after` is the state as this waiter now sees it (itself among the waiters).
+    Join {
+        result: R,
+        after: KeyState,
+        record: Record,
     },
 }
 
@@ -179,7 +192,14 @@ fn new_fix(key: &str, view: &View, after: &KeyState) -> Option<String> {
 /// The ref updates that publish `commit` as `key`'s new state in `epoch` (and its fix commit),
 /// each leased on what `view` saw: a new epoch retires the old one (and any stray) in the same
 /// atomic push.
-fn updates(key: &str, view: &View, commit: &str, epoch: u64, new_fix: Option<&str>) -> Vec<Update> {
+fn updates(
+    key: &str,
+    view: &View,
+    commit: &str,
+    epoch: u64,
+    new_fix: Option<&str>,
+    stale_waits: Vec<Update>,
+) -> Vec<Update> {
     let name = state_ref(&key_path(key), epoch);
     let mut updates = vec![Update {
         name: name.clone(),
@@ -194,12 +214,56 @@ fn updates(key: &str, view: &View, commit: &str, epoch: u64, new_fix: Option<&st
     if let Some(fix) = new_fix {
         updates.extend(prune::replace_fix(key, &view.fixes, fix));
     }
+    updates.extend(stale_waits);
     updates
 }
 
-/// Whether the key's tip, as `view` read it, is the commit `oid`.
-fn holds(view: &View, oid: &str) -> bool {
-    view.current.as_ref().is_some_and(|t| t.oid == oid)
+/// The waiters' refs that no longer wait for anything once `after` is the state: every one when
+/// nobody fixes, else those of another generation; each deleted leased on what was read.
+fn stale_waits(waiting: &Waiting, after: &KeyState) -> Vec<Update> {
+    waiting
+        .refs
+        .iter()
+        .filter(|w| after.status != Status::Fixing || w.generation != after.generation)
+        .map(|w| Update {
+            name: w.name.clone(),
+            new: None,
+            expect: Some(w.oid.clone()),
+        })
+        .collect()
+}
+
+/// The push of a waiter's own record `commit`: its ref for the generation it waits for (leased
+/// on what was read of it), and its refs of other generations deleted. No other agent's ref.
+fn join(key: &str, waiting: &Waiting, record: &Record, commit: &str) -> Vec<Update> {
+    let name = wait_ref(&key_path(key), record.generation, &record.waiter.agent);
+    let agent = super::refs::agent_stem(&record.waiter.agent);
+    let mut updates = vec![Update {
+        name: name.clone(),
+        new: Some(commit.to_owned()),
+        expect: waiting
+            .refs
+            .iter()
+            .find(|w| w.name == name)
+            .map(|w| w.oid.clone()),
+    }];
+    updates.extend(
+        waiting
+            .refs
+            .iter()
+            .filter(|w| w.agent == agent && w.name != name)
+            .map(|w| Update {
+                name: w.name.clone(),
+                new: None,
+                expect: Some(w.oid.clone()),
+            }),
+    );
+    updates
+}
+
+/// Whether the key's tip, or one of its waiters' refs, as `view` read them, is the commit `oid`.
+fn holds(view: &View, waiting: &Waiting, oid: &str) -> bool {
+    view.current.as_ref().is_some_and(|t| t.oid == oid) || waiting.refs.iter().any(|w| w.oid == oid)
 }
 
 /// The bound of the pause after losing `lost` races in a row: a random part of a few round trips
@@ -236,17 +300,17 @@ impl RemoteStore {
             if stop() {
                 return Err(Interrupted.into());
             }
-            let view = self
-                .retrying(deadline, || self.view(key))
+            let (view, waiting) = self
+                .retrying(deadline, || self.view_waiting(key))
                 .map_err(|f| self.failed(f, started.elapsed()))?;
             // A push whose report we lost (or that raced our re-read) may have landed.
             if let Some((oid, done)) = pushed.take() {
-                if holds(&view, &oid) {
+                if holds(&view, &waiting, &oid) {
                     return Ok(done);
                 }
             }
             let before = state_before(key, &view);
-            let (result, after, history, count) = match decide(&before, &view) {
+            let (commit, updates, done) = match decide(&before, &view) {
                 Step::Keep(result) if nothing_to_repair(&view) => {
                     return Ok(Transacted {
                         result,
@@ -255,24 +319,45 @@ impl RemoteStore {
                         damaged: None,
                     });
                 }
-                Step::Keep(result) => (result, before.clone(), Vec::new(), None),
+                Step::Join {
+                    result,
+                    after,
+                    record,
+                } if nothing_to_repair(&view) => {
+                    let commit = self.write_record(&record)?;
+                    let updates = join(key, &waiting, &record, &commit);
+                    let done = Transacted {
+                        result,
+                        before,
+                        after,
+                        damaged: None,
+                    };
+                    (commit, updates, done)
+                }
+                Step::Keep(result) | Step::Join { result, .. } => {
+                    let after = before.clone();
+                    self.state_push(
+                        key,
+                        base,
+                        &view,
+                        &waiting,
+                        before,
+                        after,
+                        result,
+                        Vec::new(),
+                        None,
+                    )?
+                }
                 Step::Write {
                     result,
                     after,
                     history,
                     count,
-                } => (result, after, history, count),
+                } => self.state_push(
+                    key, base, &view, &waiting, before, after, result, history, count,
+                )?,
             };
-            let (commit, epoch) = self.write_state(key, base, &view, &after, history, count)?;
-            let new_fix = new_fix(key, &view, &after);
-            let updates = updates(key, &view, &commit, epoch, new_fix.as_deref());
             let outcome = self.retrying(deadline, || self.git.push(&updates));
-            let done = Transacted {
-                result,
-                before,
-                after,
-                damaged: view.damaged.clone(),
-            };
             match outcome {
                 Ok(Pushed::Landed) => return Ok(done),
                 Ok(Pushed::Stale) => {
@@ -293,6 +378,60 @@ impl RemoteStore {
                 Err(f) => return Err(self.failed(f, started.elapsed())),
             }
         }
+    }
+
+    /// The state commit that records `after` (and the waiters folded into `before`), written,
+    /// with the ref updates that publish it and what the transaction did once they land.
+    #[allow(clippy::too_many_arguments)] // one call site per kind of step, all in `transact`
+    fn state_push<R>(
+        &self,
+        key: &str,
+        base: &str,
+        view: &View,
+        waiting: &Waiting,
+        before: KeyState,
+        after: KeyState,
+        result: R,
+        history: Vec<serde_json::Value>,
+        count: Option<Count>,
+    ) -> Result<(String, Vec<Update>, Transacted<R>)> {
+        let mut recorded = waiters::history(key, &waiting.folded);
+        recorded.extend(history);
+        let folded = waiting.folded.clone();
+        let count: Option<Count> = if folded.is_empty() {
+            count
+        } else {
+            Some(Box::new(move |t: &mut Totals| {
+                for (e, o, b, a) in &folded {
+                    t.count(e, o, b, a);
+                }
+                if let Some(count) = count {
+                    count(t);
+                }
+            }))
+        };
+        let (commit, epoch) = self.write_state(key, base, view, &after, recorded, count)?;
+        let new_fix = new_fix(key, view, &after);
+        let updates = updates(
+            key,
+            view,
+            &commit,
+            epoch,
+            new_fix.as_deref(),
+            stale_waits(waiting, &after),
+        );
+        let done = Transacted {
+            result,
+            before,
+            after,
+            damaged: view.damaged.clone(),
+        };
+        Ok((commit, updates, done))
+    }
+
+    /// Writes a waiter's record into the local object store (nothing is pushed yet).
+    fn write_record(&self, record: &Record) -> Result<String> {
+        waiters::write(&self.repo()?, record, time::now())
     }
 
     /// Writes the state commit that records `after` into the local object store (nothing is
@@ -324,7 +463,8 @@ impl RemoteStore {
 
     /// After a push failed transiently: one last look at whether it landed after all.
     fn landed_after_all(&self, key: &str, commit: &str) -> bool {
-        self.view(key).is_ok_and(|v| holds(&v, commit))
+        self.view_waiting(key)
+            .is_ok_and(|(v, w)| holds(&v, &w, commit))
     }
 
     fn too_many_races(&self, key: &str, lost: u32, limit: Duration) -> anyhow::Error {
@@ -373,7 +513,7 @@ impl RemoteStore {
 
     /// The error a transaction ends with when git failed: how long it tried, for a transient
     /// failure; git's words and the remote's name in both cases.
-    fn failed(&self, f: Failure, waited: Duration) -> anyhow::Error {
+    pub(super) fn failed(&self, f: Failure, waited: Duration) -> anyhow::Error {
         match f {
             Failure::Transient(m) => StoreError::Unreachable(format!(
                 "coordination failed: could not reach the remote `{}` ({}) for {}: {m}",
@@ -572,7 +712,7 @@ mod tests {
         let name = |e| state_ref("k/_", e);
         // The same epoch: leased on the tip.
         let v = view(Some(tip("k", 1, "old")), Some(doc("k", 1)));
-        let u = updates("k", &v, "new", 1, None);
+        let u = updates("k", &v, "new", 1, None, Vec::new());
         assert_eq!(u.len(), 1);
         assert_eq!(
             (
@@ -583,7 +723,7 @@ mod tests {
             (name(1).as_str(), Some("new"), Some("old"))
         );
         // A new epoch: it must not exist, and the old one goes, leased.
-        let u = updates("k", &v, "new", 9, None);
+        let u = updates("k", &v, "new", 9, None, Vec::new());
         assert_eq!(u.len(), 2);
         assert_eq!((u[0].name.clone(), u[0].expect.clone()), (name(9), None));
         assert_eq!(
@@ -591,7 +731,7 @@ mod tests {
             (name(1), None, Some("old".to_owned()))
         );
         // A new key: must not exist. A fix travels in the same push.
-        let u = updates("k", &view(None, None), "new", 1, Some("f00d"));
+        let u = updates("k", &view(None, None), "new", 1, Some("f00d"), Vec::new());
         assert_eq!(u.len(), 2);
         assert_eq!(u[0].expect, None);
         assert_eq!(u[1].name, fix_ref_name("k", "f00d"));
