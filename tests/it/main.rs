@@ -25,6 +25,7 @@ mod input;
 mod install;
 mod race;
 mod remote;
+mod remote_round_trips;
 mod remote_stall;
 mod remote_waiters;
 mod resource_limits;

@@ -12,6 +12,7 @@
 //! - [`claims`]: the claims registry (claims, agents, the claim queue) in one ref, for every
 //!   machine;
 //! - `waiters`: each waiter's own ref, so that joining the waiters never races the fixer;
+//! - `shared`: one `ls-remote` serves the hook's claims guard and its base read;
 //! - `probe`: `buildlock doctor`'s checks of the remote;
 //! - [`deliver`]: `buildlock ci`'s delivery of a fix commit to a branch (`ci.deliver`);
 //! - this module: the [`Store`] implementation, which feeds the pure state machine what the
@@ -71,6 +72,7 @@ mod probe;
 mod prune;
 mod read;
 pub mod refs;
+pub(crate) mod shared;
 #[cfg(test)]
 mod testing;
 mod transaction;
@@ -666,6 +668,85 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn waiters_join_without_moving_the_state_and_the_fix_credits_and_clears_them() {
+        let remote = Remote::new();
+        let (a, b, c) = (remote.store("a"), remote.store("b"), remote.store("c"));
+        let never = &|| false;
+        let refs_under = |prefix: &str| -> Vec<(String, String)> {
+            remote
+                .refs()
+                .into_iter()
+                .filter(|(n, _)| n.starts_with(prefix))
+                .collect()
+        };
+        a.apply("k", "k", &failed("a"), policy(), None, never)
+            .unwrap();
+        let tip = refs_under(STATE_PREFIX);
+        for (store, id) in [(&b, "b"), (&c, "c")] {
+            let joined = store
+                .apply("k", "k", &failed(id), policy(), None, never)
+                .unwrap();
+            assert!(matches!(joined.outcome, Outcome::Wait { first: true, .. }));
+            assert!(joined.after.waiters.iter().any(|w| w.agent == id));
+        }
+        assert_eq!(refs_under(STATE_PREFIX), tip, "joining moved no state ref");
+        assert_eq!(refs_under(refs::WAIT_PREFIX).len(), 2);
+        // Every reader of every key lists them (status reads every key).
+        let (_, listed) = &a.all().unwrap()[0];
+        let names: Vec<&str> = listed.waiters.iter().map(|w| w.agent.as_str()).collect();
+        assert_eq!(names, ["b", "c"]);
+        assert_eq!(
+            a.totals().unwrap().waits,
+            2,
+            "waits count before any state commit"
+        );
+        // `c` leaves: its ref goes, nobody else's.
+        c.apply(
+            "k",
+            "k",
+            &Event::Unwait {
+                agent: "c".into(),
+                pid: 100,
+            },
+            policy(),
+            None,
+            never,
+        )
+        .unwrap();
+        let waits = refs_under(refs::WAIT_PREFIX);
+        assert_eq!(waits.len(), 1);
+        assert!(waits[0].0.ends_with("/b"), "{waits:?}");
+        // The fix, by a fixer that never read `b`'s record before: credited, and its ref gone.
+        let fix = remote.commit_in("a");
+        let fixed = a
+            .apply(
+                "k",
+                "k",
+                &passed_with("a", "/a/.git", &fix),
+                policy(),
+                None,
+                never,
+            )
+            .unwrap();
+        assert_eq!(fixed.outcome, Outcome::Fixed);
+        assert_eq!(fixed.after.fix.unwrap().credited, ["b"]);
+        assert!(
+            refs_under(refs::WAIT_PREFIX).is_empty(),
+            "{:?}",
+            remote.refs()
+        );
+        let totals = c.totals().unwrap();
+        assert_eq!((totals.waits, totals.fix_runs_avoided), (1, 1));
+        let events: Vec<String> = c
+            .history()
+            .unwrap()
+            .iter()
+            .map(|e| e.event.clone())
+            .collect();
+        assert!(events.contains(&"waiting".to_owned()), "{events:?}");
     }
 
     #[test]

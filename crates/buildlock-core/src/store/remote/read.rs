@@ -3,8 +3,10 @@
 //!
 //! Guarantees:
 //! - one read of a key costs one `ls-remote` (its base's state refs, its own fix and waiter refs)
-//!   and at most one fetch, of the tips and waiter records this machine does not have yet: a
-//!   waiter that looks while nothing moves costs the remote one `ls-remote` and nothing else;
+//!   and at most one fetch, of the tips this machine does not have yet (and, for a transition
+//!   that ends the waiters' episode and for `status`, of their records): a waiter that looks
+//!   while nothing moves costs the remote one `ls-remote` and nothing else, however many others
+//!   join;
 //!   nothing of the user's repository changes (no ref is written);
 //! - the state read has the waiters' own records folded in (see `waiters`), so every reader sees
 //!   who waits, whether or not a state commit has recorded them yet;
@@ -18,6 +20,7 @@ use std::time::Instant;
 use super::RemoteStore;
 use super::chain::{self, Doc};
 use super::refs::{self, KeyRefs, Tip, WaitRef, base_stem, in_base, key_path, short, top};
+use super::shared;
 use super::waiters::{self, Folded};
 use crate::os::remote_git::Failure;
 use crate::os::time::Millis;
@@ -63,6 +66,9 @@ impl View {
 pub(super) struct Waiting {
     pub refs: Vec<WaitRef>,
     pub folded: Folded,
+    /// Records of the current generation that are not in the local object store (not fetched):
+    /// left out of the fold.
+    pub unread: usize,
 }
 
 /// What folding a waiter's record into the state observes: a waiter's failure against a fixer
@@ -88,12 +94,20 @@ fn fold_waiters(repo: &git2::Repository, view: &mut View, waits: Vec<WaitRef>) -
     let mut waiting = Waiting {
         refs: waits,
         folded: Vec::new(),
+        unread: 0,
     };
     if let Some(doc) = view.doc.as_mut() {
-        let records: Vec<waiters::Record> = waiting
+        let current: Vec<&WaitRef> = waiting
             .refs
             .iter()
             .filter(|w| w.generation == doc.state.generation)
+            .collect();
+        waiting.unread = current
+            .iter()
+            .filter(|w| !chain::has_object(repo, &w.oid))
+            .count();
+        let records: Vec<waiters::Record> = current
+            .iter()
             .filter_map(|w| waiters::decode(repo, &w.oid))
             .collect();
         let (state, folded) = waiters::fold(&doc.state, &records, &seen);
@@ -144,11 +158,16 @@ impl RemoteStore {
     /// waiter records that are new here. The base's other keys give its pass counter
     /// (`Observed::passes`).
     pub(super) fn view(&self, key: &str) -> Result<View, Failure> {
-        self.view_waiting(key).map(|(view, _)| view)
+        self.view_waiting(key, false).map(|(view, _)| view)
     }
 
-    /// [`Self::view`], with the key's waiters' refs and what folding them did.
-    pub(super) fn view_waiting(&self, key: &str) -> Result<(View, Waiting), Failure> {
+    /// [`Self::view`], with the key's waiters' refs and what folding them did; `records`: fetch
+    /// the waiters' records this machine lacks too (else only those it has are folded in).
+    pub(super) fn view_waiting(
+        &self,
+        key: &str,
+        records: bool,
+    ) -> Result<(View, Waiting), Failure> {
         let path = key_path(key);
         let base_stem = file_stem(base_of(key));
         let refs = self.git.ls_remote(&[
@@ -165,7 +184,9 @@ impl RemoteStore {
                 .filter(|(p, _)| in_base(p, &base_stem))
                 .map(|(_, k)| k),
         );
-        wanted.extend(waits.iter().map(|w| w.oid.as_str()));
+        if records {
+            wanted.extend(waits.iter().map(|w| w.oid.as_str()));
+        }
         self.fetch_missing(&repo, &wanted)?;
         let base_passes = groups
             .iter()
@@ -219,7 +240,16 @@ impl RemoteStore {
     pub(super) fn base_view(&self, base: &str) -> Result<BaseView, Failure> {
         let path = key_path(base);
         let base_stem = base_stem(&path).to_owned();
-        let refs = self.git.ls_remote(&[refs::base_states(&base_stem)])?;
+        // The claims guard's listing, when it just read the states too (see `shared`).
+        let prefix = refs::base_states(&base_stem);
+        let refs = match shared::take(
+            &self.git_dir,
+            &self.git.remote,
+            prefix.trim_end_matches('*'),
+        ) {
+            Some(refs) => refs,
+            None => self.git.ls_remote(&[prefix])?,
+        };
         let groups = refs::group(&refs);
         let repo = self.repo_for_read()?;
         let tops = tops(groups.values());

@@ -218,6 +218,15 @@ fn updates(
     updates
 }
 
+/// Whether the step from `before` to `after` ends the episode the waiters wait on: a fix, a
+/// fixer that gave up, a new generation. Only such a step needs every waiter's record (their
+/// credit for the fix, their history and counts); a fixer's other steps (register, fix started,
+/// heartbeat) record the waiters this machine has read, and leave the rest to a later step.
+fn ends_their_wait(before: &KeyState, after: &KeyState) -> bool {
+    before.status == Status::Fixing
+        && (after.status != Status::Fixing || after.generation != before.generation)
+}
+
 /// The waiters' refs that no longer wait for anything once `after` is the state: every one when
 /// nobody fixes, else those of another generation; each deleted leased on what was read.
 fn stale_waits(waiting: &Waiting, after: &KeyState) -> Vec<Update> {
@@ -295,13 +304,15 @@ impl RemoteStore {
         let mut lost = 0u32;
         // The last push that lost, or whose report was lost: its commit and what it did.
         let mut pushed: Option<(String, Transacted<R>)> = None;
+        // Whether this round reads the waiters' records too (see `ends_their_wait`).
+        let mut records = false;
         loop {
             let round = Instant::now();
             if stop() {
                 return Err(Interrupted.into());
             }
             let (view, waiting) = self
-                .retrying(deadline, || self.view_waiting(key))
+                .retrying(deadline, || self.view_waiting(key, records))
                 .map_err(|f| self.failed(f, started.elapsed()))?;
             // A push whose report we lost (or that raced our re-read) may have landed.
             if let Some((oid, done)) = pushed.take() {
@@ -347,6 +358,14 @@ impl RemoteStore {
                         Vec::new(),
                         None,
                     )?
+                }
+                // The waiters this machine has not read yet are credited with the fix (or see
+                // their episode end): read them, and decide again.
+                Step::Write { after, .. }
+                    if !records && waiting.unread > 0 && ends_their_wait(&before, &after) =>
+                {
+                    records = true;
+                    continue;
                 }
                 Step::Write {
                     result,
@@ -463,7 +482,7 @@ impl RemoteStore {
 
     /// After a push failed transiently: one last look at whether it landed after all.
     fn landed_after_all(&self, key: &str, commit: &str) -> bool {
-        self.view_waiting(key)
+        self.view_waiting(key, false)
             .is_ok_and(|(v, w)| holds(&v, &w, commit))
     }
 
@@ -736,6 +755,26 @@ mod tests {
         assert_eq!(u[0].expect, None);
         assert_eq!(u[1].name, fix_ref_name("k", "f00d"));
         assert_eq!(u[1].new.as_deref(), Some("f00d"));
+    }
+
+    #[test]
+    fn only_a_step_that_ends_the_fixers_episode_needs_every_waiters_record() {
+        let mut fixing = KeyState::passing("k");
+        fixing.status = Status::Fixing;
+        fixing.generation = 2;
+        let mut heartbeat = fixing.clone();
+        heartbeat.changed = 9;
+        assert!(!ends_their_wait(&fixing, &heartbeat));
+        let mut fixed = fixing.clone();
+        fixed.status = Status::Passing;
+        assert!(ends_their_wait(&fixing, &fixed));
+        let mut taken_over = fixing.clone();
+        taken_over.generation = 3;
+        assert!(ends_their_wait(&fixing, &taken_over));
+        assert!(
+            !ends_their_wait(&KeyState::passing("k"), &fixing),
+            "an election"
+        );
     }
 
     #[test]
