@@ -388,14 +388,17 @@ impl Store for RemoteStore {
     }
 
     fn history(&self) -> Result<Vec<super::Entry>, super::StoreError> {
-        let views = self.views().map_err(|f| self.unread(f))?;
+        let views = self.views_waiting().map_err(|f| self.unread(f))?;
         let repo = self.repo().map_err(super::StoreError::Io)?;
         let mut all: Vec<super::Entry> = Vec::new();
-        for (_, v) in views {
+        for (_, v, waiting) in views {
             if let Some(t) = &v.current {
                 let entries = chain::history(&repo, &t.oid, WALK_LIMIT);
                 all.extend(entries.into_iter().map(super::Entry::from_json));
             }
+            // Notes no state commit has moved into the chain yet.
+            let notes = waiters::notes(&repo, waiting.refs.iter().map(|w| w.oid.as_str()));
+            all.extend(notes.into_iter().map(super::Entry::from_json));
         }
         all.sort_by_key(|e| e.ms.unwrap_or(0));
         Ok(all)
@@ -407,6 +410,24 @@ impl Store for RemoteStore {
         let Some(key) = entry.key.clone() else {
             return Ok(());
         };
+        if entry.event == "take_fix" {
+            // A waiter told to take the fix, after the fix: a note on its own ref (see
+            // `waiters`), so that a whole matrix told at once does not queue on the state ref.
+            let generation = entry
+                .fields
+                .get("generation")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            let agent = entry.agent().unwrap_or_default().to_owned();
+            let mut value = serde_json::Value::from(entry);
+            let now = time::now();
+            if let Some(obj) = value.as_object_mut() {
+                obj.insert("time".into(), time::rfc3339(now).into());
+                obj.insert("ms".into(), now.into());
+            }
+            let note = waiters::Record::note(&key, generation, &agent, value);
+            return self.put_own(&note).map_err(Into::into);
+        }
         let entry = serde_json::Value::from(entry);
         let limit = self.wait.min(Duration::from_secs(30));
         self.transact(&key, &key, limit, &|| false, |before, view| {
@@ -747,6 +768,30 @@ mod tests {
             .map(|e| e.event.clone())
             .collect();
         assert!(events.contains(&"waiting".to_owned()), "{events:?}");
+        // After the fix `c` is told to take it: a note on its own ref, not a state commit.
+        let tip = refs_under(STATE_PREFIX);
+        c.record(crate::store::Entry::from_json(serde_json::json!({
+            "event": "take_fix", "key": "k", "agent": "c", "commit": fix, "generation": 1})))
+            .unwrap();
+        assert_eq!(refs_under(STATE_PREFIX), tip, "the note moved no state ref");
+        assert_eq!(refs_under(refs::WAIT_PREFIX).len(), 1);
+        let told = |s: &RemoteStore| {
+            s.history()
+                .unwrap()
+                .iter()
+                .filter(|e| e.event == "take_fix" && e.agent() == Some("c"))
+                .count()
+        };
+        assert_eq!(told(&b), 1, "the log reads the note");
+        // The next state commit moves it into the chain and deletes its ref.
+        a.apply("k", "k", &failed("a"), policy(), None, never)
+            .unwrap();
+        assert!(
+            refs_under(refs::WAIT_PREFIX).is_empty(),
+            "{:?}",
+            remote.refs()
+        );
+        assert_eq!(told(&b), 1, "recorded once, in the chain");
     }
 
     #[test]

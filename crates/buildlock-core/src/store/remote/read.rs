@@ -69,6 +69,8 @@ pub(super) struct Waiting {
     /// Records of the current generation that are not in the local object store (not fetched):
     /// left out of the fold.
     pub unread: usize,
+    /// Every record (of any generation) not in the local object store.
+    pub missing: Vec<String>,
 }
 
 /// What folding a waiter's record into the state observes: a waiter's failure against a fixer
@@ -91,10 +93,16 @@ fn fold_seen(view: &View) -> Observed {
 /// Folds the records of `waits` (those in the local object store) into the state `view` read.
 fn fold_waiters(repo: &git2::Repository, view: &mut View, waits: Vec<WaitRef>) -> Waiting {
     let seen = fold_seen(view);
+    let missing = waits
+        .iter()
+        .filter(|w| !chain::has_object(repo, &w.oid))
+        .map(|w| w.oid.clone())
+        .collect();
     let mut waiting = Waiting {
         refs: waits,
         folded: Vec::new(),
         unread: 0,
+        missing,
     };
     if let Some(doc) = view.doc.as_mut() {
         let current: Vec<&WaitRef> = waiting

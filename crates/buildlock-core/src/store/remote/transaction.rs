@@ -361,8 +361,16 @@ impl RemoteStore {
                 }
                 // The waiters this machine has not read yet are credited with the fix (or see
                 // their episode end): read them, and decide again.
+                // So are the notes of the refs this step deletes (their history moves into the
+                // chain).
                 Step::Write { after, .. }
-                    if !records && waiting.unread > 0 && ends_their_wait(&before, &after) =>
+                    if !records
+                        && ((waiting.unread > 0 && ends_their_wait(&before, &after))
+                            || stale_waits(&waiting, &after).iter().any(|u| {
+                                u.expect
+                                    .as_ref()
+                                    .is_some_and(|o| waiting.missing.contains(o))
+                            })) =>
                 {
                     records = true;
                     continue;
@@ -414,8 +422,13 @@ impl RemoteStore {
         history: Vec<serde_json::Value>,
         count: Option<Count>,
     ) -> Result<(String, Vec<Update>, Transacted<R>)> {
+        let stale = stale_waits(waiting, &after);
         let mut recorded = waiters::history(key, &waiting.folded);
         recorded.extend(history);
+        recorded.extend(waiters::notes(
+            &self.repo()?,
+            stale.iter().filter_map(|u| u.expect.as_deref()),
+        ));
         let folded = waiting.folded.clone();
         let count: Option<Count> = if folded.is_empty() {
             count
@@ -431,14 +444,7 @@ impl RemoteStore {
         };
         let (commit, epoch) = self.write_state(key, base, view, &after, recorded, count)?;
         let new_fix = new_fix(key, view, &after);
-        let updates = updates(
-            key,
-            view,
-            &commit,
-            epoch,
-            new_fix.as_deref(),
-            stale_waits(waiting, &after),
-        );
+        let updates = updates(key, view, &commit, epoch, new_fix.as_deref(), stale);
         let done = Transacted {
             result,
             before,

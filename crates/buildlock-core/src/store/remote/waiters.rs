@@ -20,7 +20,11 @@
 //! - a record is data: one that cannot be decoded, or of another key or generation, is ignored
 //!   (and deleted with the next state commit), never an error;
 //! - a record folded twice changes nothing (`Outcome::Wait` of a listed waiter is no change),
-//!   so a record is counted once, when the state commit that lists it first lands.
+//!   so a record is counted once, when the state commit that lists it first lands;
+//! - a waiter's history entry after the fix (it was told to take the fix commit) goes to the same
+//!   ref as a *note*, not to the state: after a fix, 31 jobs would otherwise queue one by one on
+//!   the state ref. `buildlock log` reads the notes from the refs, and the next state commit
+//!   moves them into the chain's history as it deletes their refs.
 
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
@@ -30,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use super::RemoteStore;
 use super::chain;
-use super::refs::{agent_stem, key_path, key_waits, waits_of};
+use super::refs::{agent_stem, key_path, key_waits, wait_ref, waits_of};
 use crate::os::remote_git::{Pushed, Update};
 use crate::os::time::{self, Millis};
 use crate::protocol::ledger::history_entries;
@@ -53,6 +57,9 @@ pub(super) struct Record {
     pub waiter: Waiter,
     pub signature: String,
     pub log: PathBuf,
+    /// A history entry of this agent about the key (no wait): see the module's doc.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<serde_json::Value>,
 }
 
 impl Record {
@@ -81,7 +88,27 @@ impl Record {
             },
             signature: signature.clone(),
             log: log.clone(),
+            note: None,
         })
+    }
+
+    /// A note: the history entry `entry` of `agent` (this process) about `key`'s `generation`.
+    pub fn note(key: &str, generation: u64, agent: &str, entry: serde_json::Value) -> Record {
+        Record {
+            schema: SCHEMA,
+            key: key.to_owned(),
+            generation,
+            waiter: Waiter {
+                agent: agent.to_owned(),
+                pid: std::process::id(),
+                host: crate::os::process::hostname(),
+                start: None,
+                pid_space: None,
+            },
+            signature: String::new(),
+            log: PathBuf::new(),
+            note: Some(entry),
+        }
     }
 
     /// The failure this record stands for, to replay through the state machine.
@@ -114,8 +141,13 @@ pub(super) fn write(repo: &git2::Repository, record: &Record, now: Millis) -> Re
     let when = git2::Time::new((now / 1000) as i64, 0);
     let sig = git2::Signature::new(chain::NAME, chain::EMAIL, &when)?;
     let message = format!(
-        "buildlock {}: waiting {} (generation {})\n\nBuildlock-Nonce: {}\n",
+        "buildlock {}: {} {} (generation {})\n\nBuildlock-Nonce: {}\n",
         record.key,
+        if record.note.is_some() {
+            "note by"
+        } else {
+            "waiting"
+        },
         record.waiter.agent,
         record.generation,
         chain::nonce(now)
@@ -142,6 +174,40 @@ pub(super) fn decode(repo: &git2::Repository, oid: &str) -> Option<Record> {
 }
 
 impl RemoteStore {
+    /// Publishes `record` under its agent's own ref for its key and generation (replacing what
+    /// that ref held), tried until `coordination.wait` (at most 10 s) passes.
+    pub(super) fn put_own(&self, record: &Record) -> Result<()> {
+        let path = key_path(&record.key);
+        let name = wait_ref(&path, record.generation, &record.waiter.agent);
+        let commit = write(&self.repo()?, record, time::now())?;
+        let started = Instant::now();
+        let deadline = started + self.wait.min(Duration::from_secs(10));
+        loop {
+            let refs = self
+                .git
+                .ls_remote(&[key_waits(&path)])
+                .map_err(|f| self.failed(f, started.elapsed()))?;
+            let expect = refs.into_iter().find(|(_, n)| *n == name).map(|(o, _)| o);
+            let update = Update {
+                name: name.clone(),
+                new: Some(commit.clone()),
+                expect,
+            };
+            match self.git.push(std::slice::from_ref(&update)) {
+                Ok(Pushed::Landed) => return Ok(()),
+                // The fix's push deleted it meanwhile: read again.
+                Ok(Pushed::Stale) if Instant::now() < deadline => {
+                    std::thread::sleep(time::jitter(Duration::from_millis(200)));
+                }
+                Ok(Pushed::Stale) => anyhow::bail!(
+                    "could not record on the remote `{}`: the ref {name} kept moving",
+                    self.git.remote
+                ),
+                Err(f) => return Err(self.failed(f, started.elapsed())),
+            }
+        }
+    }
+
     /// `agent` stops waiting on `key`: its own waiter refs are deleted (one `ls-remote`, and one
     /// push when it has any), leased on what was read; nobody else's. Tried until `stop` says so
     /// or `coordination.wait` (at most 10 s) passes.
@@ -204,7 +270,7 @@ pub(super) fn fold(state: &KeyState, records: &[Record], seen: &Observed) -> (Ke
         return (now, folded);
     }
     for r in records {
-        if r.key != state.key || r.generation != state.generation {
+        if r.key != state.key || r.generation != state.generation || r.note.is_some() {
             continue;
         }
         let event = r.event();
@@ -218,6 +284,14 @@ pub(super) fn fold(state: &KeyState, records: &[Record], seen: &Observed) -> (Ke
         }
     }
     (now, folded)
+}
+
+/// The notes among the records at `oids` (those in the local object store).
+pub(super) fn notes<'a>(
+    repo: &git2::Repository,
+    oids: impl Iterator<Item = &'a str>,
+) -> Vec<serde_json::Value> {
+    oids.filter_map(|oid| decode(repo, oid)?.note).collect()
 }
 
 /// The history entries of what [`fold`] replayed.
@@ -348,6 +422,22 @@ mod tests {
         // Nobody fixing: no waiter at all.
         let passing = KeyState::passing("k");
         assert_eq!(fold(&passing, &[record("a", 0)], &seen()).0, passing);
+    }
+
+    #[test]
+    fn a_note_is_no_waiter_and_reads_back_as_its_entry() {
+        let state = fixing();
+        let entry = serde_json::json!({"event": "take_fix", "agent": "a"});
+        let note = Record::note("k", 4, "a", entry.clone());
+        assert_eq!(fold(&state, std::slice::from_ref(&note), &seen()).0, state);
+        let dir = tempfile::tempdir().unwrap();
+        let repo = git2::Repository::init_bare(dir.path()).unwrap();
+        let oid = write(&repo, &note, 1_000).unwrap();
+        let plain = write(&repo, &record("b", 4), 1_000).unwrap();
+        assert_eq!(
+            notes(&repo, [oid.as_str(), plain.as_str()].into_iter()),
+            [entry]
+        );
     }
 
     #[test]
