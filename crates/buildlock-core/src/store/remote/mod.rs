@@ -339,8 +339,10 @@ impl Store for RemoteStore {
     ) -> Result<Applied, super::StoreError> {
         if let Event::Unwait { agent, .. } = event {
             // Its own refs first (no other agent writes them); then the state, where a state
-            // commit recorded it.
-            self.leave_waiters(key, agent, stop)?;
+            // commit recorded it. A ref left behind is deleted by the next state commit.
+            if let Err(e) = self.leave_waiters(key, agent, stop) {
+                say::warn(format!("could not leave the waiters of key `{key}`: {e:#}"));
+            }
         }
         let done = self.transact(key, base, self.wait, stop, |before, view| {
             let elector_dead = before
@@ -388,18 +390,18 @@ impl Store for RemoteStore {
     }
 
     fn history(&self) -> Result<Vec<super::Entry>, super::StoreError> {
-        let views = self.views_waiting().map_err(|f| self.unread(f))?;
+        let views = self.views().map_err(|f| self.unread(f))?;
         let repo = self.repo().map_err(super::StoreError::Io)?;
         let mut all: Vec<super::Entry> = Vec::new();
-        for (_, v, waiting) in views {
+        for (_, v) in views {
             if let Some(t) = &v.current {
                 let entries = chain::history(&repo, &t.oid, WALK_LIMIT);
                 all.extend(entries.into_iter().map(super::Entry::from_json));
             }
-            // Notes no state commit has moved into the chain yet.
-            let notes = waiters::notes(&repo, waiting.refs.iter().map(|w| w.oid.as_str()));
-            all.extend(notes.into_iter().map(super::Entry::from_json));
         }
+        // Notes no election has taken into a chain yet (see `waiters`).
+        let (notes, _) = self.sweep_notes().map_err(super::StoreError::from)?;
+        all.extend(notes.into_iter().map(super::Entry::from_json));
         all.sort_by_key(|e| e.ms.unwrap_or(0));
         Ok(all)
     }
@@ -774,7 +776,7 @@ mod tests {
             "event": "take_fix", "key": "k", "agent": "c", "commit": fix, "generation": 1})))
             .unwrap();
         assert_eq!(refs_under(STATE_PREFIX), tip, "the note moved no state ref");
-        assert_eq!(refs_under(refs::WAIT_PREFIX).len(), 1);
+        assert_eq!(refs_under(refs::NOTE_PREFIX).len(), 1);
         let told = |s: &RemoteStore| {
             s.history()
                 .unwrap()
@@ -783,11 +785,11 @@ mod tests {
                 .count()
         };
         assert_eq!(told(&b), 1, "the log reads the note");
-        // The next state commit moves it into the chain and deletes its ref.
-        a.apply("k", "k", &failed("a"), policy(), None, never)
+        // The next election, of any key, moves it into its chain and deletes its ref.
+        a.apply("other", "other", &failed("a"), policy(), None, never)
             .unwrap();
         assert!(
-            refs_under(refs::WAIT_PREFIX).is_empty(),
+            refs_under(refs::NOTE_PREFIX).is_empty(),
             "{:?}",
             remote.refs()
         );

@@ -69,8 +69,6 @@ pub(super) struct Waiting {
     /// Records of the current generation that are not in the local object store (not fetched):
     /// left out of the fold.
     pub unread: usize,
-    /// Every record (of any generation) not in the local object store.
-    pub missing: Vec<String>,
 }
 
 /// What folding a waiter's record into the state observes: a waiter's failure against a fixer
@@ -93,16 +91,10 @@ fn fold_seen(view: &View) -> Observed {
 /// Folds the records of `waits` (those in the local object store) into the state `view` read.
 fn fold_waiters(repo: &git2::Repository, view: &mut View, waits: Vec<WaitRef>) -> Waiting {
     let seen = fold_seen(view);
-    let missing = waits
-        .iter()
-        .filter(|w| !chain::has_object(repo, &w.oid))
-        .map(|w| w.oid.clone())
-        .collect();
     let mut waiting = Waiting {
         refs: waits,
         folded: Vec::new(),
         unread: 0,
-        missing,
     };
     if let Some(doc) = view.doc.as_mut() {
         let current: Vec<&WaitRef> = waiting
@@ -229,7 +221,9 @@ impl RemoteStore {
         let mut wanted = tops(groups.values());
         wanted.extend(
             refs.iter()
-                .filter(|(_, name)| name.starts_with(refs::WAIT_PREFIX))
+                .filter(|(_, name)| {
+                    name.starts_with(refs::WAIT_PREFIX) || name.starts_with(refs::NOTE_PREFIX)
+                })
                 .map(|(oid, _)| oid.as_str()),
         );
         self.fetch_missing(&repo, &wanted)?;

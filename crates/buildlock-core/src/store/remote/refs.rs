@@ -7,6 +7,7 @@
 //! refs/buildlock/probe/<host>-<pid>       `buildlock doctor`'s push test (created, then deleted)
 //! refs/buildlock/wait/<base>/<sub>/<G>/<agent>   one waiter of the key's generation G (see
 //!                                         `waiters`): written by that waiter only
+//! refs/buildlock/note/<base>/<sub>/<G>/<agent>   that agent's note about the key (see `waiters`)
 //! ```
 //!
 //! Guarantees:
@@ -26,6 +27,7 @@ pub const STATE_PREFIX: &str = "refs/buildlock/state/";
 pub const FIX_PREFIX: &str = "refs/buildlock/fix/";
 pub const PROBE_PREFIX: &str = "refs/buildlock/probe/";
 pub const WAIT_PREFIX: &str = "refs/buildlock/wait/";
+pub const NOTE_PREFIX: &str = "refs/buildlock/note/";
 
 /// One waiter's ref of a key on the remote.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,13 +99,19 @@ pub(super) fn key_waits(path: &str) -> String {
     format!("{WAIT_PREFIX}{path}/*")
 }
 
-/// The `ls-remote` patterns of every key's refs (states, fixes, waiters).
-pub(super) fn all_keys() -> [String; 3] {
+/// The `ls-remote` patterns of every key's refs (states, fixes, waiters, notes).
+pub(super) fn all_keys() -> [String; 4] {
     [
         format!("{STATE_PREFIX}*"),
         format!("{FIX_PREFIX}*"),
         format!("{WAIT_PREFIX}*"),
+        format!("{NOTE_PREFIX}*"),
     ]
+}
+
+/// The ref of `agent`'s note about the generation `generation` of the key at `path`.
+pub(super) fn note_ref(path: &str, generation: u64, agent: &str) -> String {
+    format!("{NOTE_PREFIX}{path}/{generation}/{}", agent_stem(agent))
 }
 
 /// An agent id as one component of a ref name: the id itself when it is plain (letters, digits,
@@ -336,7 +344,8 @@ mod tests {
             [
                 "refs/buildlock/state/*",
                 "refs/buildlock/fix/*",
-                "refs/buildlock/wait/*"
+                "refs/buildlock/wait/*",
+                "refs/buildlock/note/*"
             ]
             .map(str::to_owned)
         );

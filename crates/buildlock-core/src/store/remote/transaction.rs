@@ -14,9 +14,9 @@
 //!   failure, or a race with our own re-read) is recognised by re-reading: the tip is our oid;
 //! - **A waiter never races the fixer.** A decision to wait ([`Step::Join`]) pushes the waiter's
 //!   own ref (see `waiters`), not the key's state: the fixer's pushes never lose to a waiter's;
-//!   the next state commit records the waiters read (their history and counts) and deletes, in
-//!   the same atomic push, the waiters' refs of every other generation (or all of them when
-//!   nobody fixes any more);
+//!   the next state commit records the waiters read (their history and counts) and, once it has
+//!   landed, deletes the waiters' refs of every other generation (or all of them when nobody
+//!   fixes any more) in a push of its own, never in the state's;
 //! - **Damage is repaired, never hidden.** A tip that cannot be decoded is replaced by a new state
 //!   (broken, nobody fixing) with a `damaged` history entry, and a warning says so;
 //! - **Never fails open.** Transient failures are retried with backoff within the limit, permanent
@@ -69,6 +69,10 @@ pub(super) struct Transacted<R> {
     /// Why the state read could not be used, when it could not.
     pub damaged: Option<String>,
 }
+
+/// A round's push, prepared: the commit written, the ref updates that publish it, the refs to
+/// delete once it has landed, and what the transaction did if it lands.
+type Pushing<R> = (String, Vec<Update>, Vec<Update>, Transacted<R>);
 
 /// The state commit to write: what it holds and where it goes.
 struct Planned<'a> {
@@ -192,14 +196,7 @@ fn new_fix(key: &str, view: &View, after: &KeyState) -> Option<String> {
 /// The ref updates that publish `commit` as `key`'s new state in `epoch` (and its fix commit),
 /// each leased on what `view` saw: a new epoch retires the old one (and any stray) in the same
 /// atomic push.
-fn updates(
-    key: &str,
-    view: &View,
-    commit: &str,
-    epoch: u64,
-    new_fix: Option<&str>,
-    stale_waits: Vec<Update>,
-) -> Vec<Update> {
+fn updates(key: &str, view: &View, commit: &str, epoch: u64, new_fix: Option<&str>) -> Vec<Update> {
     let name = state_ref(&key_path(key), epoch);
     let mut updates = vec![Update {
         name: name.clone(),
@@ -214,7 +211,6 @@ fn updates(
     if let Some(fix) = new_fix {
         updates.extend(prune::replace_fix(key, &view.fixes, fix));
     }
-    updates.extend(stale_waits);
     updates
 }
 
@@ -242,12 +238,12 @@ fn stale_waits(waiting: &Waiting, after: &KeyState) -> Vec<Update> {
         .collect()
 }
 
-/// The push of a waiter's own record `commit`: its ref for the generation it waits for (leased
-/// on what was read of it), and its refs of other generations deleted. No other agent's ref.
+/// The push of a waiter's own record `commit`: its ref for the generation it waits for, leased
+/// on what was read of it; nothing else (its refs of other generations are deleted by the
+/// cleanup of the next state commit).
 fn join(key: &str, waiting: &Waiting, record: &Record, commit: &str) -> Vec<Update> {
     let name = wait_ref(&key_path(key), record.generation, &record.waiter.agent);
-    let agent = super::refs::agent_stem(&record.waiter.agent);
-    let mut updates = vec![Update {
+    vec![Update {
         name: name.clone(),
         new: Some(commit.to_owned()),
         expect: waiting
@@ -255,19 +251,7 @@ fn join(key: &str, waiting: &Waiting, record: &Record, commit: &str) -> Vec<Upda
             .iter()
             .find(|w| w.name == name)
             .map(|w| w.oid.clone()),
-    }];
-    updates.extend(
-        waiting
-            .refs
-            .iter()
-            .filter(|w| w.agent == agent && w.name != name)
-            .map(|w| Update {
-                name: w.name.clone(),
-                new: None,
-                expect: Some(w.oid.clone()),
-            }),
-    );
-    updates
+    }]
 }
 
 /// Whether the key's tip, or one of its waiters' refs, as `view` read them, is the commit `oid`.
@@ -321,7 +305,7 @@ impl RemoteStore {
                 }
             }
             let before = state_before(key, &view);
-            let (commit, updates, done) = match decide(&before, &view) {
+            let (commit, updates, cleanup, done) = match decide(&before, &view) {
                 Step::Keep(result) if nothing_to_repair(&view) => {
                     return Ok(Transacted {
                         result,
@@ -343,7 +327,7 @@ impl RemoteStore {
                         after,
                         damaged: None,
                     };
-                    (commit, updates, done)
+                    (commit, updates, Vec::new(), done)
                 }
                 Step::Keep(result) | Step::Join { result, .. } => {
                     let after = before.clone();
@@ -361,16 +345,8 @@ impl RemoteStore {
                 }
                 // The waiters this machine has not read yet are credited with the fix (or see
                 // their episode end): read them, and decide again.
-                // So are the notes of the refs this step deletes (their history moves into the
-                // chain).
                 Step::Write { after, .. }
-                    if !records
-                        && ((waiting.unread > 0 && ends_their_wait(&before, &after))
-                            || stale_waits(&waiting, &after).iter().any(|u| {
-                                u.expect
-                                    .as_ref()
-                                    .is_some_and(|o| waiting.missing.contains(o))
-                            })) =>
+                    if !records && waiting.unread > 0 && ends_their_wait(&before, &after) =>
                 {
                     records = true;
                     continue;
@@ -386,7 +362,10 @@ impl RemoteStore {
             };
             let outcome = self.retrying(deadline, || self.git.push(&updates));
             match outcome {
-                Ok(Pushed::Landed) => return Ok(done),
+                Ok(Pushed::Landed) => {
+                    self.clean_up(&cleanup);
+                    return Ok(done);
+                }
                 Ok(Pushed::Stale) => {
                     lost += 1;
                     if Instant::now() >= deadline {
@@ -397,6 +376,7 @@ impl RemoteStore {
                 }
                 Err(Failure::Transient(m)) => {
                     return if self.landed_after_all(key, &commit) {
+                        self.clean_up(&cleanup);
                         Ok(done)
                     } else {
                         Err(self.failed(Failure::Transient(m), started.elapsed()))
@@ -421,14 +401,16 @@ impl RemoteStore {
         result: R,
         history: Vec<serde_json::Value>,
         count: Option<Count>,
-    ) -> Result<(String, Vec<Update>, Transacted<R>)> {
-        let stale = stale_waits(waiting, &after);
+    ) -> Result<Pushing<R>> {
+        let mut stale = stale_waits(waiting, &after);
         let mut recorded = waiters::history(key, &waiting.folded);
         recorded.extend(history);
-        recorded.extend(waiters::notes(
-            &self.repo()?,
-            stale.iter().filter_map(|u| u.expect.as_deref()),
-        ));
+        if before.status != Status::Fixing && after.status == Status::Fixing {
+            // An election: it takes in every note on the remote (see `waiters`).
+            let (notes, deletes) = self.sweep_notes()?;
+            recorded.extend(notes);
+            stale.extend(deletes);
+        }
         let folded = waiting.folded.clone();
         let count: Option<Count> = if folded.is_empty() {
             count
@@ -444,14 +426,25 @@ impl RemoteStore {
         };
         let (commit, epoch) = self.write_state(key, base, view, &after, recorded, count)?;
         let new_fix = new_fix(key, view, &after);
-        let updates = updates(key, view, &commit, epoch, new_fix.as_deref(), stale);
+        let updates = updates(key, view, &commit, epoch, new_fix.as_deref());
         let done = Transacted {
             result,
             before,
             after,
             damaged: view.damaged.clone(),
         };
-        Ok((commit, updates, done))
+        Ok((commit, updates, stale, done))
+    }
+
+    /// Deletes, once a state commit has landed, the waiters' refs and notes it made stale. Not in
+    /// the state's own atomic push: a ref deleted by someone else meanwhile (a waiter leaving,
+    /// another election taking the same notes in) would fail that push as no lost race can,
+    /// with the state already decided. Best effort: what is left is deleted by a later commit,
+    /// and readers ignore it meanwhile (another generation; a note read twice at worst).
+    fn clean_up(&self, stale: &[Update]) {
+        if !stale.is_empty() {
+            let _ = self.git.push(stale);
+        }
     }
 
     /// Writes a waiter's record into the local object store (nothing is pushed yet).
@@ -737,7 +730,7 @@ mod tests {
         let name = |e| state_ref("k/_", e);
         // The same epoch: leased on the tip.
         let v = view(Some(tip("k", 1, "old")), Some(doc("k", 1)));
-        let u = updates("k", &v, "new", 1, None, Vec::new());
+        let u = updates("k", &v, "new", 1, None);
         assert_eq!(u.len(), 1);
         assert_eq!(
             (
@@ -748,7 +741,7 @@ mod tests {
             (name(1).as_str(), Some("new"), Some("old"))
         );
         // A new epoch: it must not exist, and the old one goes, leased.
-        let u = updates("k", &v, "new", 9, None, Vec::new());
+        let u = updates("k", &v, "new", 9, None);
         assert_eq!(u.len(), 2);
         assert_eq!((u[0].name.clone(), u[0].expect.clone()), (name(9), None));
         assert_eq!(
@@ -756,7 +749,7 @@ mod tests {
             (name(1), None, Some("old".to_owned()))
         );
         // A new key: must not exist. A fix travels in the same push.
-        let u = updates("k", &view(None, None), "new", 1, Some("f00d"), Vec::new());
+        let u = updates("k", &view(None, None), "new", 1, Some("f00d"));
         assert_eq!(u.len(), 2);
         assert_eq!(u[0].expect, None);
         assert_eq!(u[1].name, fix_ref_name("k", "f00d"));

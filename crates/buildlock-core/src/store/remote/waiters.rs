@@ -12,7 +12,8 @@
 //! if each waiter's failure had been a transition of the state machine (`Event::Failed` against
 //! the live fixer: `Outcome::Wait`), so `status` lists them and a fixer's fix credits them; the
 //! next state commit (the fixer's heartbeat, its fix) records them for good, with their history
-//! entries and counts, and deletes in the same atomic push the refs of every other generation.
+//! entries and counts, and once it has landed deletes the refs of every other generation (in a
+//! push of their own: see `transaction`'s `clean_up`).
 //!
 //! Guarantees:
 //! - joining costs one push to a ref no other agent writes: of 32 jobs failing at once, the
@@ -21,10 +22,13 @@
 //!   (and deleted with the next state commit), never an error;
 //! - a record folded twice changes nothing (`Outcome::Wait` of a listed waiter is no change),
 //!   so a record is counted once, when the state commit that lists it first lands;
-//! - a waiter's history entry after the fix (it was told to take the fix commit) goes to the same
-//!   ref as a *note*, not to the state: after a fix, 31 jobs would otherwise queue one by one on
-//!   the state ref. `buildlock log` reads the notes from the refs, and the next state commit
-//!   moves them into the chain's history as it deletes their refs.
+//! - a waiter's history entry after the fix (it was told to take the fix commit) goes to a ref of
+//!   its own too, a *note* (`refs/buildlock/note/<base>/<sub>/<generation>/<agent>`), not to the
+//!   state: after a fix, 31 jobs would otherwise queue one by one on the state ref. `buildlock
+//!   log` reads the notes from their refs, and the next election of any key moves every note
+//!   into its state commit's history and then deletes their refs (so notes are bounded by the
+//!   breakages between two elections; a note whose deletion lost to another election's can be
+//!   read into two histories).
 
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
@@ -34,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use super::RemoteStore;
 use super::chain;
-use super::refs::{agent_stem, key_path, key_waits, wait_ref, waits_of};
+use super::refs::{NOTE_PREFIX, agent_stem, key_path, key_waits, note_ref, wait_ref, waits_of};
 use crate::os::remote_git::{Pushed, Update};
 use crate::os::time::{self, Millis};
 use crate::protocol::ledger::history_entries;
@@ -178,14 +182,24 @@ impl RemoteStore {
     /// that ref held), tried until `coordination.wait` (at most 10 s) passes.
     pub(super) fn put_own(&self, record: &Record) -> Result<()> {
         let path = key_path(&record.key);
-        let name = wait_ref(&path, record.generation, &record.waiter.agent);
+        let (name, pattern) = if record.note.is_some() {
+            (
+                note_ref(&path, record.generation, &record.waiter.agent),
+                format!("{NOTE_PREFIX}{path}/*"),
+            )
+        } else {
+            (
+                wait_ref(&path, record.generation, &record.waiter.agent),
+                key_waits(&path),
+            )
+        };
         let commit = write(&self.repo()?, record, time::now())?;
         let started = Instant::now();
         let deadline = started + self.wait.min(Duration::from_secs(10));
         loop {
             let refs = self
                 .git
-                .ls_remote(&[key_waits(&path)])
+                .ls_remote(std::slice::from_ref(&pattern))
                 .map_err(|f| self.failed(f, started.elapsed()))?;
             let expect = refs.into_iter().find(|(_, n)| *n == name).map(|(o, _)| o);
             let update = Update {
@@ -284,6 +298,39 @@ pub(super) fn fold(state: &KeyState, records: &[Record], seen: &Observed) -> (Ke
         }
     }
     (now, folded)
+}
+
+impl RemoteStore {
+    /// Every note on the remote (one `ls-remote`, one fetch of those not here): its entry and the
+    /// update that deletes its ref, leased on what was read. For an election to take in.
+    pub(super) fn sweep_notes(&self) -> Result<(Vec<serde_json::Value>, Vec<Update>)> {
+        let listed = self
+            .git
+            .ls_remote(&[format!("{NOTE_PREFIX}*")])
+            .map_err(|f| self.failed(f, Duration::ZERO))?;
+        if listed.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let repo = self.repo()?;
+        let missing: Vec<String> = listed
+            .iter()
+            .filter(|(oid, _)| !chain::has_object(&repo, oid))
+            .map(|(oid, _)| oid.clone())
+            .collect();
+        self.git
+            .fetch_objects(&missing)
+            .map_err(|f| self.failed(f, Duration::ZERO))?;
+        let entries = notes(&repo, listed.iter().map(|(oid, _)| oid.as_str()));
+        let deletes = listed
+            .into_iter()
+            .map(|(oid, name)| Update {
+                name,
+                new: None,
+                expect: Some(oid),
+            })
+            .collect();
+        Ok((entries, deletes))
+    }
 }
 
 /// The notes among the records at `oids` (those in the local object store).
