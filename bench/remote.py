@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The remote backend's costs, over a real `git daemon` on loopback.
 
-    python3 bench/remote.py                 # all four measurements (a few minutes)
+    python3 bench/remote.py                 # all five measurements (a few minutes)
     python3 bench/remote.py election wake   # some of them
+    BENCH_PROFILE=before python3 bench/remote.py matrix   # binaries of $CARGO_TARGET_DIR/before
     BENCH_BREAKAGES=200 python3 bench/remote.py size
 
 Measures, on this machine, in one run:
@@ -11,6 +12,9 @@ Measures, on this machine, in one run:
             also the cost of a waiter joining, and of a passing check on a healthy commit;
   wake      the time from the fix commit to the last of 7 and 16 waiters green (`buildlock ci`);
   requests  git requests per waiter per minute while waiting for a long fix;
+  matrix    7, 16 and 32 jobs failing at once (remote_poll = 1s): the fix's start after the
+            jobs fail, the last job green after the fix, git processes per waiting job per
+            minute while the fixer's lease is fresh (BENCH_MATRIX_FIX: the fix's seconds, 20);
   size      the remote's size after N breakages (default 1000): refs, objects, bytes, with and
             without pruning of old passing keys.
 
@@ -55,7 +59,7 @@ class Lab:
             # The subcommand is the first argument that is not an option or an option's value.
             "sub=''; skip=0; for a in \"$@\"; do if [ $skip = 1 ]; then skip=0; continue; fi; "
             "case $a in -c|--git-dir|-C) skip=1;; -*) ;; *) sub=$a; break;; esac; done\n"
-            f"echo \"$BUILDLOCK_BENCH_TAG $sub $(( (e - s) / 1000 ))\" >> {self.log}\n"
+            f"echo \"$BUILDLOCK_BENCH_TAG $sub $(( (e - s) / 1000 )) $s\" >> {self.log}\n"
             "exit $rc\n")
         shim.chmod(0o755)
         self.path = f"{shim_dir}:{BIN}:{os.environ['PATH']}"
@@ -112,7 +116,7 @@ class Lab:
             return []
         out = []
         for line in self.log.read_text().splitlines():
-            t, sub, us = line.split(" ")
+            t, sub, us, _ = line.split(" ")
             if tag is None or t == tag:
                 out.append((sub, int(us)))
         return out
@@ -196,7 +200,7 @@ def bench_election(out):
 
 # wake ------------------------------------------------------------------------------------------
 
-def race_lab(n, fix_sleep, poll="2s"):
+def race_lab(n, fix_sleep, poll="2s", fix_start_mark=None):
     tmp_fix = "fix.sh"
     cfg_tpl = ('check = "while [ ! -e {go} ]; do sleep 0.01; done; grep -qx ok status"\n'
                '[coordination]\nbackend = "remote"\nscope = "commit"\nwait = "10m"\nstale_after = "5m"\n'
@@ -205,7 +209,8 @@ def race_lab(n, fix_sleep, poll="2s"):
                'refresh = "git fetch -q origin $BUILDLOCK_FIX_REF && git checkout -q --detach $BUILDLOCK_FIX_COMMIT"\n')
     lab = Lab("")
     fix = lab.tmp / tmp_fix
-    fix.write_text(f"sleep {fix_sleep}\necho ok > status && git commit -q -am fix\n"
+    started = f"date +%s%N > {lab.tmp}/fix-started\necho $BUILDLOCK_AGENT > {lab.tmp}/fixer\n" if fix_start_mark else ""
+    fix.write_text(f"{started}sleep {fix_sleep}\necho ok > status && git commit -q -am fix\n"
                    f"date +%s%N > {lab.tmp}/fixed-at\n")
     seed = lab.tmp / "seed"
     (seed / ".buildlock.toml").write_text(cfg_tpl.format(go=lab.tmp / "go", fix=fix))
@@ -227,7 +232,8 @@ def run_race(lab, clones):
     for p in procs:
         _, err = p.communicate(timeout=900)
         ends.append(time.time_ns())
-        if p.returncode != 0:
+        # 3: the tested commit failed and the job passed on the fix (`ci.pass_on_fix`).
+        if p.returncode not in (0, 3):
             raise RuntimeError(f"buildlock ci exit {p.returncode}: {err.decode()[-1500:]}")
     return start, ends
 
@@ -258,7 +264,7 @@ def bench_requests(out):
         calls = lab.calls()
         per = {}
         for line in lab.log.read_text().splitlines():
-            tag, sub, _ = line.split(" ")
+            tag, sub, _, _ = line.split(" ")
             per.setdefault(tag, []).append(sub)
         # The fixer is the one that pushed the fix; the waiters are the rest.
         counts = sorted(len(v) for v in per.values())
@@ -274,6 +280,45 @@ def bench_requests(out):
         out.append(f"- total git processes of all {n} jobs: {len(calls)}\n")
     finally:
         lab.close()
+
+
+# matrix ----------------------------------------------------------------------------------------
+
+MATRIX_FIX = float(os.environ.get("BENCH_MATRIX_FIX", "20"))
+
+
+def bench_matrix(out):
+    """N `buildlock ci` jobs in N clones fail at the same instant (remote_poll = 1s): how soon the
+    fix starts, how soon after the fix the last job is green, and what each waiting job does at
+    the remote while the fixer works (its lease fresh: the fix runs BENCH_MATRIX_FIX seconds)."""
+    load = open("/proc/loadavg").read().split()[0]
+    out.append(f"Matrix: N jobs (`buildlock ci`, one clone each) fail at once, remote_poll = 1s, a {MATRIX_FIX:.0f} s fix, "
+               f"over git daemon on loopback (load average at the start: {load}):\n")
+    out.append("| jobs | fix starts after the jobs fail | last job green after the fix | git processes per waiting job per minute while the fix runs: median / max | of which (all waiters) | load (1 min) after |")
+    out.append("|---|---|---|---|---|---|")
+    for n in (7, 16, 32):
+        lab, clones = race_lab(n, MATRIX_FIX, poll="1s", fix_start_mark=True)
+        try:
+            start, ends = run_race(lab, clones)
+            fix_started = int((lab.tmp / "fix-started").read_text())
+            fixed = int((lab.tmp / "fixed-at").read_text())
+            fixer = "w" + (lab.tmp / "fixer").read_text().strip().removeprefix("flavor")
+            per, kinds = {}, {}
+            for line in lab.log.read_text().splitlines():
+                tag, sub, _, at = line.split(" ")
+                if tag == fixer or not (fix_started <= int(at) < fixed):
+                    continue
+                per[tag] = per.get(tag, 0) + 1
+                kinds[sub] = kinds.get(sub, 0) + 1
+            minutes = (fixed - fix_started) / 60e9
+            rates = sorted(per.get(f"w{i}", 0) / minutes for i in range(n) if f"w{i}" != fixer)
+            load_after = open("/proc/loadavg").read().split()[0]
+            out.append(f"| {n} | {(fix_started - start) / 1e9:.2f} s | {(max(ends) - fixed) / 1e9:.2f} s | "
+                       f"{statistics.median(rates):.0f} / {rates[-1]:.0f} | "
+                       f"{', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))} | {load_after} |")
+        finally:
+            lab.close()
+    out.append("")
 
 
 # size ------------------------------------------------------------------------------------------
@@ -318,13 +363,14 @@ def bench_size(out):
 
 
 def main():
-    which = sys.argv[1:] or ["election", "wake", "requests", "size"]
+    which = sys.argv[1:] or ["election", "wake", "requests", "matrix", "size"]
     if not (BIN / "buildlock").exists():
         sys.exit(f"no binaries in {BIN}: run `cargo build` first")
     out = [f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores, {subprocess.run([REAL_GIT, '--version'], capture_output=True, text=True).stdout.strip()}, "
            f"{BIN.name} binaries.\n"]
     for w in which:
-        {"election": bench_election, "wake": bench_wake, "requests": bench_requests, "size": bench_size}[w](out)
+        {"election": bench_election, "wake": bench_wake, "requests": bench_requests, "matrix": bench_matrix,
+         "size": bench_size}[w](out)
         print("\n".join(out))
         out = []
 

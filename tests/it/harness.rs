@@ -643,3 +643,42 @@ pub fn env_has(pid: u32, needle: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/environ"))
         .is_ok_and(|env| env.split(|&b| b == 0).any(|e| e == needle.as_bytes()))
 }
+
+/// A `git` first on PATH that logs every run to `log` (`<BUILD_FLAVOR> <subcommand>`, and for a
+/// push each of its `--porcelain` result lines: `<BUILD_FLAVOR> pushed <flag>\t<refs>\t<summary>`),
+/// then passes everything through to the real git. Returns the PATH to give to the programs.
+pub fn git_witness(dir: &Path, log: &Path) -> std::ffi::OsString {
+    let real = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v git"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let real = real.trim();
+    std::fs::create_dir_all(dir).unwrap();
+    let shim = dir.join("git");
+    std::fs::write(
+        &shim,
+        format!(
+            "#!/bin/sh\n\
+             sub=''; skip=0; for a in \"$@\"; do if [ $skip = 1 ]; then skip=0; continue; fi; \
+             case $a in -c|--git-dir|-C) skip=1;; -*) ;; *) sub=$a; break;; esac; done\n\
+             echo \"$BUILD_FLAVOR $sub\" >> '{log}'\n\
+             [ \"$sub\" = push ] || exec '{real}' \"$@\"\n\
+             out=$('{real}' \"$@\"); rc=$?\n\
+             [ -n \"$out\" ] && printf '%s\\n' \"$out\"\n\
+             printf '%s\\n' \"$out\" | grep \"$(printf '\\t')\" | sed \"s|^|$BUILD_FLAVOR pushed |\" >> '{log}'\n\
+             exit $rc\n",
+            log = log.display(),
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut path = std::ffi::OsString::from(dir);
+    path.push(":");
+    path.push(std::env::var_os("PATH").unwrap_or_default());
+    path
+}

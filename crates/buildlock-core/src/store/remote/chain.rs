@@ -184,7 +184,7 @@ pub fn write(
 }
 
 /// Host, process, time and a random part: no two state commits are ever the same object.
-fn nonce(now: Millis) -> String {
+pub(super) fn nonce(now: Millis) -> String {
     let random = crate::os::time::jitter(std::time::Duration::from_secs(1 << 40)).as_nanos();
     format!(
         "{}/{}/{now}/{random:x}",

@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use super::chain;
 use super::prune::compact_after;
+use super::refs::STATE_PREFIX;
 use crate::os::fs::{modified_ms, touch_existing};
 use crate::os::remote_git::{Failure, Git, Pushed, Update};
 use crate::os::time::{self, Millis};
@@ -299,7 +300,21 @@ impl RemoteRegistry {
     /// One read: one `ls-remote` of the registry's refs, and one fetch when the tip is not in
     /// the local object store yet.
     fn view(&self) -> Result<View, Failure> {
-        let refs = self.git.ls_remote(&[format!("{CLAIMS_PREFIX}*")])?;
+        self.view_listing(false)
+    }
+
+    /// [`Self::view`]; `share`: the same `ls-remote` lists the build states too, and leaves them
+    /// for the store's base read that follows the guard (see `remote::shared`).
+    fn view_listing(&self, share: bool) -> Result<View, Failure> {
+        let refs = if share {
+            let refs = self
+                .git
+                .ls_remote(&[format!("{CLAIMS_PREFIX}*"), format!("{STATE_PREFIX}*")])?;
+            super::shared::offer(&self.git_dir, &self.git.remote, &refs);
+            refs
+        } else {
+            self.git.ls_remote(&[format!("{CLAIMS_PREFIX}*")])?
+        };
         let (current, strays) = epochs(&refs);
         let Some(tip) = &current else {
             return Ok(View {
@@ -330,11 +345,16 @@ impl RemoteRegistry {
 
     /// A read for the flows, retried on transient failures within a few `remote_poll`s.
     fn read_view(&self) -> Result<View> {
+        self.read_view_listing(false)
+    }
+
+    /// [`Self::read_view`], sharing its listing when `share` (see [`Self::view_listing`]).
+    fn read_view_listing(&self, share: bool) -> Result<View> {
         let start = Instant::now();
         let limit = (self.poll * 3).clamp(Duration::from_secs(2), Duration::from_secs(10));
         let mut pause = Duration::from_millis(200);
         loop {
-            match self.view() {
+            match self.view_listing(share) {
                 Ok(v) => {
                     if let Some(why) = &v.damaged {
                         say::warn(format!(
@@ -551,7 +571,8 @@ impl ClaimsRegistry for RemoteRegistry {
     }
 
     fn guard_read(&self) -> Result<Option<Registry>> {
-        let view = self.read_view()?;
+        // The hook reads the base's states next: one listing serves both.
+        let view = self.read_view_listing(true)?;
         Ok(view.current.is_some().then(|| view.registry()))
     }
 

@@ -11,6 +11,8 @@
 //! - `prune`: compaction of long chains and pruning of old keys and fix refs;
 //! - [`claims`]: the claims registry (claims, agents, the claim queue) in one ref, for every
 //!   machine;
+//! - `waiters`: each waiter's own ref, so that joining the waiters never races the fixer;
+//! - `shared`: one `ls-remote` serves the hook's claims guard and its base read;
 //! - `probe`: `buildlock doctor`'s checks of the remote;
 //! - [`deliver`]: `buildlock ci`'s delivery of a fix commit to a branch (`ci.deliver`);
 //! - this module: the [`Store`] implementation, which feeds the pure state machine what the
@@ -72,9 +74,11 @@ mod probe;
 mod prune;
 mod read;
 pub mod refs;
+pub(crate) mod shared;
 #[cfg(test)]
 mod testing;
 mod transaction;
+mod waiters;
 
 pub use prune::{KEEP_NEWEST, compact_after, crowded_after, prune_after};
 pub use refs::{FIX_PREFIX, PROBE_PREFIX, STATE_PREFIX, fix_ref_name, key_path};
@@ -213,6 +217,32 @@ fn decide(key: &str, event: &Event, before: &KeyState, seen: &Observed) -> Step<
     }
 }
 
+/// A decision to wait (a failure against a live fixer) goes to the waiter's own ref, not to the
+/// key's state: see `waiters`.
+fn joined(key: &str, event: &Event, step: Step<Outcome>) -> Step<Outcome> {
+    match step {
+        Step::Write {
+            result: result @ Outcome::Wait { .. },
+            after,
+            history,
+            count,
+        } => match waiters::Record::of(key, after.generation, event) {
+            Some(record) => Step::Join {
+                result,
+                after,
+                record,
+            },
+            None => Step::Write {
+                result,
+                after,
+                history,
+                count,
+            },
+        },
+        other => other,
+    }
+}
+
 /// A record of an event that changes no state: the history entry and its counts, written only
 /// where the key has a state on the remote.
 fn recorded(before: &KeyState, view: &View, entry: &serde_json::Value) -> Step<()> {
@@ -309,13 +339,20 @@ impl Store for RemoteStore {
         seen_silent: Option<(u64, Millis)>,
         stop: &dyn Fn() -> bool,
     ) -> Result<Applied, super::StoreError> {
+        if let Event::Unwait { agent, .. } = event {
+            // Its own refs first (no other agent writes them); then the state, where a state
+            // commit recorded it. A ref left behind is deleted by the next state commit.
+            if let Err(e) = self.leave_waiters(key, agent, stop) {
+                say::warn(format!("could not leave the waiters of key `{key}`: {e:#}"));
+            }
+        }
         let done = self.transact(key, base, self.wait, stop, |before, view| {
             let elector_dead = before
                 .fixer
                 .as_ref()
                 .is_some_and(crate::store::elector_dead);
             let seen = observed(view, policy, seen_silent, time::now(), elector_dead);
-            decide(key, event, before, &seen)
+            joined(key, event, decide(key, event, before, &seen))
         })?;
         if prune::prunes_after(&done.result) {
             self.prune(&key_path(key));
@@ -341,9 +378,14 @@ impl Store for RemoteStore {
 
     fn totals(&self) -> Result<Totals, super::StoreError> {
         let mut sum = Totals::default();
-        for (_, v) in self.views().map_err(|f| self.unread(f))? {
+        for (_, v, waiting) in self.views_waiting().map_err(|f| self.unread(f))? {
             if let Some(d) = v.doc {
-                add_totals(&mut sum, &d.totals);
+                // Waiters that no state commit has recorded yet count as waits already.
+                let mut totals = d.totals;
+                for (e, o, b, a) in &waiting.folded {
+                    totals.count(e, o, b, a);
+                }
+                add_totals(&mut sum, &totals);
             }
         }
         Ok(sum)
@@ -359,6 +401,9 @@ impl Store for RemoteStore {
                 all.extend(entries.into_iter().map(super::Entry::from_json));
             }
         }
+        // Notes no election has taken into a chain yet (see `waiters`).
+        let (notes, _) = self.sweep_notes().map_err(super::StoreError::from)?;
+        all.extend(notes.into_iter().map(super::Entry::from_json));
         all.sort_by_key(|e| e.ms.unwrap_or(0));
         Ok(all)
     }
@@ -369,6 +414,24 @@ impl Store for RemoteStore {
         let Some(key) = entry.key.clone() else {
             return Ok(());
         };
+        if entry.event == "take_fix" {
+            // A waiter told to take the fix, after the fix: a note on its own ref (see
+            // `waiters`), so that a whole matrix told at once does not queue on the state ref.
+            let generation = entry
+                .fields
+                .get("generation")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            let agent = entry.agent().unwrap_or_default().to_owned();
+            let mut value = serde_json::Value::from(entry);
+            let now = time::now();
+            if let Some(obj) = value.as_object_mut() {
+                obj.insert("time".into(), time::rfc3339(now).into());
+                obj.insert("ms".into(), now.into());
+            }
+            let note = waiters::Record::note(&key, generation, &agent, value);
+            return self.put_own(&note).map_err(Into::into);
+        }
         let entry = serde_json::Value::from(entry);
         let limit = self.wait.min(Duration::from_secs(30));
         self.transact(&key, &key, limit, &|| false, |before, view| {
@@ -509,7 +572,7 @@ mod tests {
                 }
                 (result, after, history, totals)
             }
-            Step::Keep(_) => panic!("expected a write"),
+            Step::Keep(_) | Step::Join { .. } => panic!("expected a write"),
         }
     }
 
@@ -583,8 +646,156 @@ mod tests {
         let before = KeyState::passing("k");
         match decide("k", &passed("a", "/x"), &before, &seen()) {
             Step::Keep(outcome) => assert_eq!(outcome, Outcome::Unchanged),
-            Step::Write { .. } => panic!("a pass on a passing key wrote"),
+            Step::Write { .. } | Step::Join { .. } => panic!("a pass on a passing key wrote"),
         }
+    }
+
+    #[test]
+    fn a_failure_against_a_live_fixer_joins_the_waiters_and_writes_no_state() {
+        let (_, fixing, _, _) =
+            written(decide("k", &failed("a"), &KeyState::passing("k"), &seen()));
+        let step = joined(
+            "k",
+            &failed("b"),
+            decide("k", &failed("b"), &fixing, &seen()),
+        );
+        let Step::Join {
+            result,
+            after,
+            record,
+        } = step
+        else {
+            panic!("a waiter wrote the state");
+        };
+        assert!(
+            matches!(result, Outcome::Wait { first: true, .. }),
+            "{result:?}"
+        );
+        assert_eq!(after.waiters.len(), 1);
+        assert_eq!(
+            (
+                record.key.as_str(),
+                record.generation,
+                record.waiter.agent.as_str()
+            ),
+            ("k", fixing.generation, "b")
+        );
+        // Every other decision is the state machine's, written as before.
+        let again = joined(
+            "k",
+            &failed("a"),
+            decide("k", &failed("a"), &fixing, &seen()),
+        );
+        assert!(matches!(
+            again,
+            Step::Write {
+                result: Outcome::KeepFixing { .. },
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn waiters_join_without_moving_the_state_and_the_fix_credits_and_clears_them() {
+        let remote = Remote::new();
+        let (a, b, c) = (remote.store("a"), remote.store("b"), remote.store("c"));
+        let never = &|| false;
+        let refs_under = |prefix: &str| -> Vec<(String, String)> {
+            remote
+                .refs()
+                .into_iter()
+                .filter(|(n, _)| n.starts_with(prefix))
+                .collect()
+        };
+        a.apply("k", "k", &failed("a"), policy(), None, never)
+            .unwrap();
+        let tip = refs_under(STATE_PREFIX);
+        for (store, id) in [(&b, "b"), (&c, "c")] {
+            let joined = store
+                .apply("k", "k", &failed(id), policy(), None, never)
+                .unwrap();
+            assert!(matches!(joined.outcome, Outcome::Wait { first: true, .. }));
+            assert!(joined.after.waiters.iter().any(|w| w.agent == id));
+        }
+        assert_eq!(refs_under(STATE_PREFIX), tip, "joining moved no state ref");
+        assert_eq!(refs_under(refs::WAIT_PREFIX).len(), 2);
+        // Every reader of every key lists them (status reads every key).
+        let (_, listed) = &a.all().unwrap()[0];
+        let names: Vec<&str> = listed.waiters.iter().map(|w| w.agent.as_str()).collect();
+        assert_eq!(names, ["b", "c"]);
+        assert_eq!(
+            a.totals().unwrap().waits,
+            2,
+            "waits count before any state commit"
+        );
+        // `c` leaves: its ref goes, nobody else's.
+        c.apply(
+            "k",
+            "k",
+            &Event::Unwait {
+                agent: "c".into(),
+                pid: 100,
+            },
+            policy(),
+            None,
+            never,
+        )
+        .unwrap();
+        let waits = refs_under(refs::WAIT_PREFIX);
+        assert_eq!(waits.len(), 1);
+        assert!(waits[0].0.ends_with("/b"), "{waits:?}");
+        // The fix, by a fixer that never read `b`'s record before: credited, and its ref gone.
+        let fix = remote.commit_in("a");
+        let fixed = a
+            .apply(
+                "k",
+                "k",
+                &passed_with("a", "/a/.git", &fix),
+                policy(),
+                None,
+                never,
+            )
+            .unwrap();
+        assert_eq!(fixed.outcome, Outcome::Fixed);
+        assert_eq!(fixed.after.fix.unwrap().credited, ["b"]);
+        assert!(
+            refs_under(refs::WAIT_PREFIX).is_empty(),
+            "{:?}",
+            remote.refs()
+        );
+        let totals = c.totals().unwrap();
+        assert_eq!((totals.waits, totals.fix_runs_avoided), (1, 1));
+        let events: Vec<String> = c
+            .history()
+            .unwrap()
+            .iter()
+            .map(|e| e.event.clone())
+            .collect();
+        assert!(events.contains(&"waiting".to_owned()), "{events:?}");
+        // After the fix `c` is told to take it: a note on its own ref, not a state commit.
+        let tip = refs_under(STATE_PREFIX);
+        c.record(crate::store::Entry::from_json(serde_json::json!({
+            "event": "take_fix", "key": "k", "agent": "c", "commit": fix, "generation": 1})))
+            .unwrap();
+        assert_eq!(refs_under(STATE_PREFIX), tip, "the note moved no state ref");
+        assert_eq!(refs_under(refs::NOTE_PREFIX).len(), 1);
+        let told = |s: &RemoteStore| {
+            s.history()
+                .unwrap()
+                .iter()
+                .filter(|e| e.event == "take_fix" && e.agent() == Some("c"))
+                .count()
+        };
+        assert_eq!(told(&b), 1, "the log reads the note");
+        // The next election, of any key, moves it into its chain and deletes its ref.
+        a.apply("other", "other", &failed("a"), policy(), None, never)
+            .unwrap();
+        assert!(
+            refs_under(refs::NOTE_PREFIX).is_empty(),
+            "{:?}",
+            remote.refs()
+        );
+        assert_eq!(told(&b), 1, "recorded once, in the chain");
     }
 
     #[test]

@@ -2,9 +2,14 @@
 //! the transaction engine.
 //!
 //! Guarantees:
-//! - one read of a key costs one `ls-remote` (its base's state refs and its own fix refs) and at
-//!   most one fetch, of the tips this machine does not have yet; nothing of the user's
-//!   repository changes (no ref is written);
+//! - one read of a key costs one `ls-remote` (its base's state refs, its own fix and waiter refs)
+//!   and at most one fetch, of the tips this machine does not have yet (and, for a transition
+//!   that ends the waiters' episode and for `status`, of their records): a waiter that looks
+//!   while nothing moves costs the remote one `ls-remote` and nothing else, however many others
+//!   join;
+//!   nothing of the user's repository changes (no ref is written);
+//! - the state read has the waiters' own records folded in (see `waiters`), so every reader sees
+//!   who waits, whether or not a state commit has recorded them yet;
 //! - a read never guesses: a tip that cannot be decoded is reported as damaged, with the reason
 //!   and the newest good state below it (for the generation floor and the counters), and a remote
 //!   that cannot be reached reads as [`Read::Unreachable`], never as passing;
@@ -14,10 +19,14 @@ use std::time::Instant;
 
 use super::RemoteStore;
 use super::chain::{self, Doc};
-use super::refs::{self, KeyRefs, Tip, base_stem, in_base, key_path, short, top};
+use super::refs::{self, KeyRefs, Tip, WaitRef, base_stem, in_base, key_path, short, top};
+use super::shared;
+use super::waiters::{self, Folded};
 use crate::os::remote_git::Failure;
+use crate::os::time::Millis;
 use crate::os::{say, time};
 use crate::protocol::key::{base_of, file_stem};
+use crate::protocol::state::Observed;
 use crate::store::{BaseView, Read};
 
 /// How far back a damaged tip is searched for the newest good state.
@@ -49,6 +58,63 @@ impl View {
     pub fn prev(&self) -> Option<&Doc> {
         self.doc.as_ref().or(self.last_good.as_ref())
     }
+}
+
+/// The waiters' refs of a key as one read found them, and what folding their records into its
+/// state did (for the history and the counts of the next state commit).
+#[derive(Default)]
+pub(super) struct Waiting {
+    pub refs: Vec<WaitRef>,
+    pub folded: Folded,
+    /// Records of the current generation that are not in the local object store (not fetched):
+    /// left out of the fold.
+    pub unread: usize,
+}
+
+/// What folding a waiter's record into the state observes: a waiter's failure against a fixer
+/// that no machine can see die, judged by no clock.
+fn fold_seen(view: &View) -> Observed {
+    Observed {
+        now: time::now(),
+        stale_after: Millis::MAX,
+        max_fix_attempts: u32::MAX,
+        max_fix_time: Millis::MAX,
+        generation_floor: view.prev().map_or(0, |d| d.state.generation),
+        passes: view.base_passes,
+        fixer_lock_free: false,
+        fixer_running: false,
+        seen_silent: None,
+        elector_dead: false,
+    }
+}
+
+/// Folds the records of `waits` (those in the local object store) into the state `view` read.
+fn fold_waiters(repo: &git2::Repository, view: &mut View, waits: Vec<WaitRef>) -> Waiting {
+    let seen = fold_seen(view);
+    let mut waiting = Waiting {
+        refs: waits,
+        folded: Vec::new(),
+        unread: 0,
+    };
+    if let Some(doc) = view.doc.as_mut() {
+        let current: Vec<&WaitRef> = waiting
+            .refs
+            .iter()
+            .filter(|w| w.generation == doc.state.generation)
+            .collect();
+        waiting.unread = current
+            .iter()
+            .filter(|w| !chain::has_object(repo, &w.oid))
+            .count();
+        let records: Vec<waiters::Record> = current
+            .iter()
+            .filter_map(|w| waiters::decode(repo, &w.oid))
+            .collect();
+        let (state, folded) = waiters::fold(&doc.state, &records, &seen);
+        doc.state = state;
+        waiting.folded = folded;
+    }
+    waiting
 }
 
 /// The tips (highest epochs) of these keys.
@@ -88,23 +154,40 @@ impl RemoteStore {
             .map_err(|e| Failure::Permanent(format!("{e:#}")))
     }
 
-    /// One read of `key`: one `ls-remote` of its base's refs, and one fetch of the tips that are
-    /// new here. The base's other keys give its pass counter (`Observed::passes`).
+    /// One read of `key`: one `ls-remote` of its base's refs, and one fetch of the tips and
+    /// waiter records that are new here. The base's other keys give its pass counter
+    /// (`Observed::passes`).
     pub(super) fn view(&self, key: &str) -> Result<View, Failure> {
+        self.view_waiting(key, false).map(|(view, _)| view)
+    }
+
+    /// [`Self::view`], with the key's waiters' refs and what folding them did; `records`: fetch
+    /// the waiters' records this machine lacks too (else only those it has are folded in).
+    pub(super) fn view_waiting(
+        &self,
+        key: &str,
+        records: bool,
+    ) -> Result<(View, Waiting), Failure> {
         let path = key_path(key);
         let base_stem = file_stem(base_of(key));
-        let refs = self
-            .git
-            .ls_remote(&[refs::base_states(&base_stem), refs::key_fixes(&path)])?;
+        let refs = self.git.ls_remote(&[
+            refs::base_states(&base_stem),
+            refs::key_fixes(&path),
+            refs::key_waits(&path),
+        ])?;
+        let waits = refs::waits_of(&refs, &path);
         let mut groups = refs::group(&refs);
         let repo = self.repo_for_read()?;
-        let tops = tops(
+        let mut wanted = tops(
             groups
                 .iter()
                 .filter(|(p, _)| in_base(p, &base_stem))
                 .map(|(_, k)| k),
         );
-        self.fetch_missing(&repo, &tops)?;
+        if records {
+            wanted.extend(waits.iter().map(|w| w.oid.as_str()));
+        }
+        self.fetch_missing(&repo, &wanted)?;
         let base_passes = groups
             .iter()
             .filter(|(p, _)| in_base(p, &base_stem) && **p != path)
@@ -116,22 +199,41 @@ impl RemoteStore {
         let (tips, fixes) = groups.remove(&path).unwrap_or_default();
         let mut view = view_of(&repo, key, tips, fixes);
         view.base_passes = base_passes.max(view.doc.as_ref().map_or(0, |d| d.passes));
-        Ok(view)
+        let waiting = fold_waiters(&repo, &mut view, waits);
+        Ok((view, waiting))
     }
 
-    /// Every key on the remote, decoded (one `ls-remote`, one fetch of the new tips).
+    /// Every key on the remote, decoded, its waiters folded in (one `ls-remote`, one fetch of
+    /// what is new).
     pub(super) fn views(&self) -> Result<Vec<(String, View)>, Failure> {
+        Ok(self
+            .views_waiting()?
+            .into_iter()
+            .map(|(stem, view, _)| (stem, view))
+            .collect())
+    }
+
+    /// [`Self::views`], with what folding each key's waiters did.
+    pub(super) fn views_waiting(&self) -> Result<Vec<(String, View, Waiting)>, Failure> {
         let refs = self.git.ls_remote(&refs::all_keys())?;
         let groups = refs::group(&refs);
         let repo = self.repo_for_read()?;
-        let tops = tops(groups.values());
-        self.fetch_missing(&repo, &tops)?;
+        let mut wanted = tops(groups.values());
+        wanted.extend(
+            refs.iter()
+                .filter(|(_, name)| {
+                    name.starts_with(refs::WAIT_PREFIX) || name.starts_with(refs::NOTE_PREFIX)
+                })
+                .map(|(oid, _)| oid.as_str()),
+        );
+        self.fetch_missing(&repo, &wanted)?;
         Ok(groups
             .into_iter()
             .filter(|(_, (tips, _))| !tips.is_empty())
             .map(|(stem, (tips, fixes))| {
-                let view = view_of(&repo, "", tips, fixes);
-                (stem, view)
+                let mut view = view_of(&repo, "", tips, fixes);
+                let waiting = fold_waiters(&repo, &mut view, refs::waits_of(&refs, &stem));
+                (stem, view, waiting)
             })
             .collect())
     }
@@ -140,7 +242,16 @@ impl RemoteStore {
     pub(super) fn base_view(&self, base: &str) -> Result<BaseView, Failure> {
         let path = key_path(base);
         let base_stem = base_stem(&path).to_owned();
-        let refs = self.git.ls_remote(&[refs::base_states(&base_stem)])?;
+        // The claims guard's listing, when it just read the states too (see `shared`).
+        let prefix = refs::base_states(&base_stem);
+        let refs = match shared::take(
+            &self.git_dir,
+            &self.git.remote,
+            prefix.trim_end_matches('*'),
+        ) {
+            Some(refs) => refs,
+            None => self.git.ls_remote(&[prefix])?,
+        };
         let groups = refs::group(&refs);
         let repo = self.repo_for_read()?;
         let tops = tops(groups.values());

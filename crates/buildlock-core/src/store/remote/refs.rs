@@ -5,6 +5,9 @@
 //! refs/buildlock/state/<base>/<sub>/<E>   the key's chain; E = the `seq` of the chain's root
 //! refs/buildlock/fix/<base>/<sub>/<oid>   the commit that fixed the key's last breakage
 //! refs/buildlock/probe/<host>-<pid>       `buildlock doctor`'s push test (created, then deleted)
+//! refs/buildlock/wait/<base>/<sub>/<G>/<agent>   one waiter of the key's generation G (see
+//!                                         `waiters`): written by that waiter only
+//! refs/buildlock/note/<base>/<sub>/<G>/<agent>   that agent's note about the key (see `waiters`)
 //! ```
 //!
 //! Guarantees:
@@ -27,6 +30,19 @@ use crate::protocol::key::{base_of, file_stem};
 pub const STATE_PREFIX: &str = "refs/buildlock/state/";
 pub const FIX_PREFIX: &str = "refs/buildlock/fix/";
 pub const PROBE_PREFIX: &str = "refs/buildlock/probe/";
+pub const WAIT_PREFIX: &str = "refs/buildlock/wait/";
+pub const NOTE_PREFIX: &str = "refs/buildlock/note/";
+
+/// One waiter's ref of a key on the remote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct WaitRef {
+    pub name: String,
+    pub oid: String,
+    /// The generation it waits for.
+    pub generation: u64,
+    /// The waiter's agent, as [`agent_stem`] names it.
+    pub agent: String,
+}
 
 /// One ref of a key's chain on the remote.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,9 +98,66 @@ pub(super) fn key_fixes(path: &str) -> String {
     format!("{FIX_PREFIX}{path}/*")
 }
 
-/// The `ls-remote` patterns of every key's refs.
-pub(super) fn all_keys() -> [String; 2] {
-    [format!("{STATE_PREFIX}*"), format!("{FIX_PREFIX}*")]
+/// The `ls-remote` pattern of the waiters' refs of the key at `path`.
+pub(super) fn key_waits(path: &str) -> String {
+    format!("{WAIT_PREFIX}{path}/*")
+}
+
+/// The `ls-remote` patterns of every key's refs (states, fixes, waiters, notes).
+pub(super) fn all_keys() -> [String; 4] {
+    [
+        format!("{STATE_PREFIX}*"),
+        format!("{FIX_PREFIX}*"),
+        format!("{WAIT_PREFIX}*"),
+        format!("{NOTE_PREFIX}*"),
+    ]
+}
+
+/// The ref of `agent`'s note about the generation `generation` of the key at `path`.
+pub(super) fn note_ref(path: &str, generation: u64, agent: &str) -> String {
+    format!("{NOTE_PREFIX}{path}/{generation}/{}", agent_stem(agent))
+}
+
+/// An agent id as one component of a ref name: the id itself when it is plain (letters, digits,
+/// `_`, `-`, at most 64), else what of it is plain and a hash of all of it, so that two ids never
+/// share a ref and no id makes an invalid ref name (`..`, `.lock`, `:`, spaces).
+pub(super) fn agent_stem(agent: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-');
+    if !agent.is_empty() && agent.len() <= 64 && agent.chars().all(plain) {
+        return agent.to_owned();
+    }
+    let cleaned: String = agent
+        .chars()
+        .map(|c| if plain(c) { c } else { '_' })
+        .take(48)
+        .collect();
+    let hash = agent.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("{cleaned}-{hash:016x}")
+}
+
+/// The ref of `agent`'s wait for the generation `generation` of the key at `path`.
+pub(super) fn wait_ref(path: &str, generation: u64, agent: &str) -> String {
+    format!("{WAIT_PREFIX}{path}/{generation}/{}", agent_stem(agent))
+}
+
+/// The waiters' refs of the key at `path` among `ls-remote` output `(oid, name)`; refs that do
+/// not fit the layout are left out.
+pub(super) fn waits_of(refs: &[(String, String)], path: &str) -> Vec<WaitRef> {
+    let prefix = format!("{WAIT_PREFIX}{path}/");
+    refs.iter()
+        .filter_map(|(oid, name)| {
+            let (generation, agent) = name.strip_prefix(&prefix)?.split_once('/')?;
+            (!agent.is_empty() && !agent.contains('/')).then_some(())?;
+            Some(WaitRef {
+                name: name.clone(),
+                oid: oid.clone(),
+                generation: generation.parse().ok()?,
+                agent: agent.to_owned(),
+            })
+        })
+        .collect()
 }
 
 /// Groups `ls-remote` output `(oid, name)` into keys: key path -> (epochs, fix refs). Refs that
@@ -291,8 +364,67 @@ mod tests {
         assert_eq!(key_fixes("commit/_"), "refs/buildlock/fix/commit/_/*");
         assert_eq!(
             all_keys(),
-            ["refs/buildlock/state/*", "refs/buildlock/fix/*"].map(str::to_owned)
+            [
+                "refs/buildlock/state/*",
+                "refs/buildlock/fix/*",
+                "refs/buildlock/wait/*",
+                "refs/buildlock/note/*"
+            ]
+            .map(str::to_owned)
         );
+        assert_eq!(key_waits("commit/_"), "refs/buildlock/wait/commit/_/*");
+    }
+
+    #[test]
+    fn waiter_refs_read_back_as_the_generation_and_agent_they_were_named_for() {
+        let path = key_path("commit#0123456789abcdef");
+        let mine = wait_ref(&path, 7, "flavor-1");
+        assert_eq!(mine, format!("{WAIT_PREFIX}{path}/7/flavor-1"));
+        let odd = wait_ref(&path, 8, "host:/work tree/..x.lock");
+        let refs = listed(&[
+            ("w1", &mine),
+            ("w2", &odd),
+            ("x", &wait_ref(&key_path("commit"), 7, "flavor-1")),
+            ("x", &format!("{WAIT_PREFIX}{path}/notanumber/a")),
+            ("x", &format!("{WAIT_PREFIX}{path}/7/a/b")),
+            ("x", &format!("{WAIT_PREFIX}{path}/7")),
+        ]);
+        let waits = waits_of(&refs, &path);
+        assert_eq!(waits.len(), 2, "{waits:?}");
+        assert_eq!(
+            (
+                waits[0].generation,
+                waits[0].agent.as_str(),
+                waits[0].oid.as_str()
+            ),
+            (7, "flavor-1", "w1")
+        );
+        assert_eq!(waits[1].generation, 8);
+        assert_eq!(waits[1].name, odd);
+    }
+
+    #[test]
+    fn agent_stems_are_valid_ref_components_and_never_shared() {
+        for id in [
+            "a.b",
+            "a_b",
+            "x.lock",
+            "..",
+            "a b",
+            "host:/w/t",
+            &"x".repeat(128),
+            "",
+        ] {
+            let stem = agent_stem(id);
+            assert!(
+                stem.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)),
+                "{id} -> {stem}"
+            );
+            assert!(!stem.is_empty() && stem.len() <= 65, "{id} -> {stem}");
+        }
+        assert_ne!(agent_stem("a.b"), agent_stem("a_b"));
+        assert_eq!(agent_stem("flavor-3"), "flavor-3");
     }
 
     #[test]

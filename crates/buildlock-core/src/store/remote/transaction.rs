@@ -12,6 +12,11 @@
 //! - **A lost report is not a lost push.** Every commit carries a nonce, so a push can never
 //!   "succeed" by naming an oid the ref already has; a push whose report was lost (a transient
 //!   failure, or a race with our own re-read) is recognised by re-reading: the tip is our oid;
+//! - **A waiter never races the fixer.** A decision to wait ([`Step::Join`]) pushes the waiter's
+//!   own ref (see `waiters`), not the key's state: the fixer's pushes never lose to a waiter's;
+//!   the next state commit records the waiters read (their history and counts) and, once it has
+//!   landed, deletes the waiters' refs of every other generation (or all of them when nobody
+//!   fixes any more) in a push of its own, never in the state's;
 //! - **Damage is repaired, never hidden.** A tip that cannot be decoded is replaced by a new state
 //!   (broken, nobody fixing) with a `damaged` history entry, and a warning says so;
 //! - **Never fails open.** Transient failures are retried with backoff within the limit, permanent
@@ -23,12 +28,13 @@ use std::time::{Duration, Instant};
 use super::RemoteStore;
 use super::chain::{self, Doc};
 use super::prune::{self, Placement, compact_after};
-use super::read::View;
-use super::refs::{fix_ref_name, key_path, state_ref};
+use super::read::{View, Waiting};
+use super::refs::{fix_ref_name, key_path, state_ref, wait_ref};
+use super::waiters::{self, Record};
 use crate::os::remote_git::{Failure, Pushed, Update};
 use crate::os::{say, time};
 use crate::protocol::ledger::Totals;
-use crate::protocol::state::KeyState;
+use crate::protocol::state::{KeyState, Status};
 use crate::store::{Interrupted, StoreError};
 
 /// Adds a transition's counts to a key's totals.
@@ -45,6 +51,13 @@ pub(super) enum Step<R> {
         history: Vec<serde_json::Value>,
         count: Option<Count>,
     },
+    /// Join the waiters: the state stays as it is on the remote; `record` goes to the waiter's
+    /// own ref. `after` is the state as this waiter now sees it (itself among the waiters).
+    Join {
+        result: R,
+        after: KeyState,
+        record: Record,
+    },
 }
 
 /// What a transaction did.
@@ -56,6 +69,10 @@ pub(super) struct Transacted<R> {
     /// Why the state read could not be used, when it could not.
     pub damaged: Option<String>,
 }
+
+/// A round's push, prepared: the commit written, the ref updates that publish it, the refs to
+/// delete once it has landed, and what the transaction did if it lands.
+type Pushing<R> = (String, Vec<Update>, Vec<Update>, Transacted<R>);
 
 /// The state commit to write: what it holds and where it goes.
 struct Planned<'a> {
@@ -197,9 +214,49 @@ fn updates(key: &str, view: &View, commit: &str, epoch: u64, new_fix: Option<&st
     updates
 }
 
-/// Whether the key's tip, as `view` read it, is the commit `oid`.
-fn holds(view: &View, oid: &str) -> bool {
-    view.current.as_ref().is_some_and(|t| t.oid == oid)
+/// Whether the step from `before` to `after` ends the episode the waiters wait on: a fix, a
+/// fixer that gave up, a new generation. Only such a step needs every waiter's record (their
+/// credit for the fix, their history and counts); a fixer's other steps (register, fix started,
+/// heartbeat) record the waiters this machine has read, and leave the rest to a later step.
+fn ends_their_wait(before: &KeyState, after: &KeyState) -> bool {
+    before.status == Status::Fixing
+        && (after.status != Status::Fixing || after.generation != before.generation)
+}
+
+/// The waiters' refs that no longer wait for anything once `after` is the state: every one when
+/// nobody fixes, else those of another generation; each deleted leased on what was read.
+fn stale_waits(waiting: &Waiting, after: &KeyState) -> Vec<Update> {
+    waiting
+        .refs
+        .iter()
+        .filter(|w| after.status != Status::Fixing || w.generation != after.generation)
+        .map(|w| Update {
+            name: w.name.clone(),
+            new: None,
+            expect: Some(w.oid.clone()),
+        })
+        .collect()
+}
+
+/// The push of a waiter's own record `commit`: its ref for the generation it waits for, leased
+/// on what was read of it; nothing else (its refs of other generations are deleted by the
+/// cleanup of the next state commit).
+fn join(key: &str, waiting: &Waiting, record: &Record, commit: &str) -> Vec<Update> {
+    let name = wait_ref(&key_path(key), record.generation, &record.waiter.agent);
+    vec![Update {
+        name: name.clone(),
+        new: Some(commit.to_owned()),
+        expect: waiting
+            .refs
+            .iter()
+            .find(|w| w.name == name)
+            .map(|w| w.oid.clone()),
+    }]
+}
+
+/// Whether the key's tip, or one of its waiters' refs, as `view` read them, is the commit `oid`.
+fn holds(view: &View, waiting: &Waiting, oid: &str) -> bool {
+    view.current.as_ref().is_some_and(|t| t.oid == oid) || waiting.refs.iter().any(|w| w.oid == oid)
 }
 
 /// The bound of the pause after losing `lost` races in a row: a random part of a few round trips
@@ -231,22 +288,24 @@ impl RemoteStore {
         let mut lost = 0u32;
         // The last push that lost, or whose report was lost: its commit and what it did.
         let mut pushed: Option<(String, Transacted<R>)> = None;
+        // Whether this round reads the waiters' records too (see `ends_their_wait`).
+        let mut records = false;
         loop {
             let round = Instant::now();
             if stop() {
                 return Err(Interrupted.into());
             }
-            let view = self
-                .retrying(deadline, || self.view(key))
+            let (view, waiting) = self
+                .retrying(deadline, || self.view_waiting(key, records))
                 .map_err(|f| self.failed(f, started.elapsed()))?;
             // A push whose report we lost (or that raced our re-read) may have landed.
             if let Some((oid, done)) = pushed.take() {
-                if holds(&view, &oid) {
+                if holds(&view, &waiting, &oid) {
                     return Ok(done);
                 }
             }
             let before = state_before(key, &view);
-            let (result, after, history, count) = match decide(&before, &view) {
+            let (commit, updates, cleanup, done) = match decide(&before, &view) {
                 Step::Keep(result) if nothing_to_repair(&view) => {
                     return Ok(Transacted {
                         result,
@@ -255,26 +314,58 @@ impl RemoteStore {
                         damaged: None,
                     });
                 }
-                Step::Keep(result) => (result, before.clone(), Vec::new(), None),
+                Step::Join {
+                    result,
+                    after,
+                    record,
+                } if nothing_to_repair(&view) => {
+                    let commit = self.write_record(&record)?;
+                    let updates = join(key, &waiting, &record, &commit);
+                    let done = Transacted {
+                        result,
+                        before,
+                        after,
+                        damaged: None,
+                    };
+                    (commit, updates, Vec::new(), done)
+                }
+                Step::Keep(result) | Step::Join { result, .. } => {
+                    let after = before.clone();
+                    self.state_push(
+                        key,
+                        base,
+                        &view,
+                        &waiting,
+                        before,
+                        after,
+                        result,
+                        Vec::new(),
+                        None,
+                    )?
+                }
+                // The waiters this machine has not read yet are credited with the fix (or see
+                // their episode end): read them, and decide again.
+                Step::Write { after, .. }
+                    if !records && waiting.unread > 0 && ends_their_wait(&before, &after) =>
+                {
+                    records = true;
+                    continue;
+                }
                 Step::Write {
                     result,
                     after,
                     history,
                     count,
-                } => (result, after, history, count),
+                } => self.state_push(
+                    key, base, &view, &waiting, before, after, result, history, count,
+                )?,
             };
-            let (commit, epoch) = self.write_state(key, base, &view, &after, history, count)?;
-            let new_fix = new_fix(key, &view, &after);
-            let updates = updates(key, &view, &commit, epoch, new_fix.as_deref());
             let outcome = self.retrying(deadline, || self.git.push(&updates));
-            let done = Transacted {
-                result,
-                before,
-                after,
-                damaged: view.damaged.clone(),
-            };
             match outcome {
-                Ok(Pushed::Landed) => return Ok(done),
+                Ok(Pushed::Landed) => {
+                    self.clean_up(&cleanup);
+                    return Ok(done);
+                }
                 Ok(Pushed::Stale) => {
                     lost += 1;
                     if Instant::now() >= deadline {
@@ -285,6 +376,7 @@ impl RemoteStore {
                 }
                 Err(Failure::Transient(m)) => {
                     return if self.landed_after_all(key, &commit) {
+                        self.clean_up(&cleanup);
                         Ok(done)
                     } else {
                         Err(self.failed(Failure::Transient(m), started.elapsed()))
@@ -293,6 +385,71 @@ impl RemoteStore {
                 Err(f) => return Err(self.failed(f, started.elapsed())),
             }
         }
+    }
+
+    /// The state commit that records `after` (and the waiters folded into `before`), written,
+    /// with the ref updates that publish it and what the transaction did once they land.
+    #[allow(clippy::too_many_arguments)] // one call site per kind of step, all in `transact`
+    fn state_push<R>(
+        &self,
+        key: &str,
+        base: &str,
+        view: &View,
+        waiting: &Waiting,
+        before: KeyState,
+        after: KeyState,
+        result: R,
+        history: Vec<serde_json::Value>,
+        count: Option<Count>,
+    ) -> Result<Pushing<R>> {
+        let mut stale = stale_waits(waiting, &after);
+        let mut recorded = waiters::history(key, &waiting.folded);
+        recorded.extend(history);
+        if before.status != Status::Fixing && after.status == Status::Fixing {
+            // An election: it takes in every note on the remote (see `waiters`).
+            let (notes, deletes) = self.sweep_notes()?;
+            recorded.extend(notes);
+            stale.extend(deletes);
+        }
+        let folded = waiting.folded.clone();
+        let count: Option<Count> = if folded.is_empty() {
+            count
+        } else {
+            Some(Box::new(move |t: &mut Totals| {
+                for (e, o, b, a) in &folded {
+                    t.count(e, o, b, a);
+                }
+                if let Some(count) = count {
+                    count(t);
+                }
+            }))
+        };
+        let (commit, epoch) = self.write_state(key, base, view, &after, recorded, count)?;
+        let new_fix = new_fix(key, view, &after);
+        let updates = updates(key, view, &commit, epoch, new_fix.as_deref());
+        let done = Transacted {
+            result,
+            before,
+            after,
+            damaged: view.damaged.clone(),
+        };
+        Ok((commit, updates, stale, done))
+    }
+
+    /// Deletes, once a state commit has landed, the waiters' refs and notes it made stale. Not in
+    /// the state's own atomic push: a ref deleted by someone else meanwhile (a waiter leaving,
+    /// another election taking the same notes in) would fail that push as no lost race can,
+    /// with the state already decided. Best effort: what is left is deleted by a later commit,
+    /// and readers ignore it meanwhile (another generation; a note read twice at worst).
+    fn clean_up(&self, stale: &[Update]) {
+        if !stale.is_empty() {
+            let _ = self.git.push(stale);
+        }
+    }
+
+    /// Writes a waiter's record into the local object store (nothing is pushed yet).
+    fn write_record(&self, record: &Record) -> Result<String> {
+        waiters::write(&self.repo()?, record, time::now())
     }
 
     /// Writes the state commit that records `after` into the local object store (nothing is
@@ -324,7 +481,8 @@ impl RemoteStore {
 
     /// After a push failed transiently: one last look at whether it landed after all.
     fn landed_after_all(&self, key: &str, commit: &str) -> bool {
-        self.view(key).is_ok_and(|v| holds(&v, commit))
+        self.view_waiting(key, false)
+            .is_ok_and(|(v, w)| holds(&v, &w, commit))
     }
 
     fn too_many_races(&self, key: &str, lost: u32, limit: Duration) -> anyhow::Error {
@@ -373,7 +531,7 @@ impl RemoteStore {
 
     /// The error a transaction ends with when git failed: how long it tried, for a transient
     /// failure; git's words and the remote's name in both cases.
-    fn failed(&self, f: Failure, waited: Duration) -> anyhow::Error {
+    pub(super) fn failed(&self, f: Failure, waited: Duration) -> anyhow::Error {
         match f {
             Failure::Transient(m) => StoreError::Unreachable(format!(
                 "coordination failed: could not reach the remote `{}` ({}) for {}: {m}",
@@ -596,6 +754,26 @@ mod tests {
         assert_eq!(u[0].expect, None);
         assert_eq!(u[1].name, fix_ref_name("k", "f00d"));
         assert_eq!(u[1].new.as_deref(), Some("f00d"));
+    }
+
+    #[test]
+    fn only_a_step_that_ends_the_fixers_episode_needs_every_waiters_record() {
+        let mut fixing = KeyState::passing("k");
+        fixing.status = Status::Fixing;
+        fixing.generation = 2;
+        let mut heartbeat = fixing.clone();
+        heartbeat.changed = 9;
+        assert!(!ends_their_wait(&fixing, &heartbeat));
+        let mut fixed = fixing.clone();
+        fixed.status = Status::Passing;
+        assert!(ends_their_wait(&fixing, &fixed));
+        let mut taken_over = fixing.clone();
+        taken_over.generation = 3;
+        assert!(ends_their_wait(&fixing, &taken_over));
+        assert!(
+            !ends_their_wait(&KeyState::passing("k"), &fixing),
+            "an election"
+        );
     }
 
     #[test]
