@@ -8,7 +8,7 @@ same run, interleaved with it.
     python3 bench/run.py --quick     # few repetitions, small N: checks the script itself (< 1 min)
 
 Options: --no-anchors (skip lefthook, husky, the pre-commit framework; --quick skips them unless
---anchors), --only SECTION[,SECTION] (hook, green, mark, breakages, election, wake, takeover),
+--anchors), --only SECTION[,SECTION] (hook, green, mark, breakages, scale, election, wake, takeover),
 --tmp DIR (where the temporary repositories go: the file system matters, fsync is measured),
 --doc PATH (--write there instead of docs/BENCHMARKS.md; needed to --write a --quick run).
 
@@ -26,6 +26,9 @@ What it measures (docs/BENCHMARKS.md says it at length, and why each method):
              STATE_FILES, interleaved;
   breakages  files in locks/ and state/ after BREAKAGES breakages with `scope = "commit"`, each
              a real commit-retry that is elected, runs fix.command and commits;
+  scale      bench/scale_local.py's rows on this run's release binaries: a new breakage after N
+             abandoned ones, a green commit with N silent fixers on record, one agent's 1,000th
+             role, and waiting at 384 against 48 waiters (CPU per waiter, the slowest re-run);
   election   N agents' checks fail at one instant (released by a FIFO, no polling): time until
              every agent knows its role, over several runs, each after a run of the floor
              (bench/floor/elect.c: the check's exec, flock, read, write, rename, the fixer's fsync);
@@ -94,12 +97,12 @@ def file_stem(key: str) -> str:
 
 # ---- Sizes ---------------------------------------------------------------------------------------
 FULL = dict(green_reps=60, warmup=3, keys=1500, state_files=10_000, few_state_files=10, mark_reps=15,
-            breakages=150, hook_reps=300, election_n=64, election_runs=7, waiters=(64, 256), wake_reps=3,
+            breakages=150, hook_reps=300, scale=dict(n=1500, roles=1000, reps=9, waiters=384, waiter_reps=2, window=20.0), election_n=64, election_runs=7, waiters=(64, 256), wake_reps=3,
             cpu_window=10.0, settle=1.0, takeover_reps=5)
 QUICK = dict(green_reps=5, warmup=1, keys=150, state_files=1000, few_state_files=10, mark_reps=3,
-             breakages=15, hook_reps=30, election_n=16, election_runs=2, waiters=(8, 32), wake_reps=1,
+             breakages=15, hook_reps=30, scale=dict(n=60, roles=40, reps=3, waiters=64, waiter_reps=1, window=3.0), election_n=16, election_runs=2, waiters=(8, 32), wake_reps=1,
              cpu_window=1.0, settle=0.3, takeover_reps=1)
-SECTIONS = ("hook", "green", "mark", "breakages", "election", "wake", "takeover")
+SECTIONS = ("hook", "green", "mark", "breakages", "scale", "election", "wake", "takeover")
 
 # The trivial check every green variant runs: a shell builtin, plus a witness file when
 # BENCH_MARK is set, which proves that the variant really runs the check.
@@ -962,6 +965,19 @@ def bench_takeover(ctx: Ctx):
 
 # ---- The machine, the code, the report ---------------------------------------------------------------
 
+def bench_scale(ctx: Ctx):
+    """bench/scale_local.py's rows, on the release binaries of this run: a new breakage after N
+    abandoned ones, a green commit with N silent fixers on record, one agent's Nth role, and
+    waiting at 384 against 48 waiters (each a ratio against a baseline interleaved with it)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import scale_local  # noqa: E402 - a sibling script, importable by design
+    p = ctx.p["scale"]
+    args = argparse.Namespace(profile="release", n=p["n"], roles=p["roles"], reps=p["reps"],
+                              waiters=p["waiters"], waiter_reps=p["waiter_reps"], window=p["window"],
+                              only="abandoned,green,roles,waiters", tmp=str(ctx.tmp))
+    return scale_local.measure(args)
+
+
 def machine(tmp: Path):
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor() or "?")
@@ -1060,6 +1076,32 @@ def goal_rows(res):
               "buildlock: installed hook (install.sh)", "plain shell hook", 1.15)
     ratio_row("committed-hooks-folder shim / plain hook", "≤ 1.25×",
               "buildlock: committed-folder shim (core.hooksPath)", "plain shell hook", 1.25)
+    sc = res.get("scale", {}).get("rows", {})
+    for name, figure, goal, limit, files in (
+            ("abandoned", "a new breakage after {n} abandoned ones / in a fresh repository", "≤ 1.5×", 1.5,
+             ("state_files",)),
+            ("green", "a green commit with {n} silent fixers on record / with none", "≤ 1.15×", 1.15, ()),
+            ("roles", "one agent's failing hook after {roles} roles / after 10", "≤ 1.5×", 1.5,
+             ("leases_files", "state_files"))):
+        r = sc.get(name)
+        if not r:
+            rows.append((figure.format(n="N", roles="N"), goal, "not measured", None))
+            continue
+        w, c = r["wall"], r["cpu"]
+        counts = ", ".join(f"{r[f]} files in `{f.split('_')[0]}/`" for f in files)
+        worst = max(w["ratio"], c["ratio"])
+        rows.append((figure.format(n=res["scale"]["n"], roles=res["scale"]["roles"]), goal + (", ≤ 80 files" if files else ""),
+                     f"wall **{w['ratio']:.2f}×**, CPU **{c['ratio']:.2f}×** ({c['base_ms']:.1f} → {c['loaded_ms']:.1f} ms CPU)"
+                     + (f"; {counts}" if counts else ""),
+                     worst <= limit and all(r[f] <= 80 for f in files)))
+    wt = sc.get("waiters")
+    if wt:
+        n = next(int(k.rsplit("_", 1)[1]) for k in wt if k.startswith("slowest_rerun_ms_") and not k.endswith("_48"))
+        rows.append((f"CPU per waiter, {n} waiters / 48", "≤ 1.5×", f"**{wt['cpu_ratio']:.2f}×**", wt["cpu_ratio"] <= 1.5))
+        slow = wt.get(f"slowest_rerun_ms_{n}")
+        rows.append((f"slowest of {n} waiters re-running its check after the fix", "≤ 0.5 s at 384",
+                     f"**{fmt_ms(slow)}**" if slow is not None else "not measured",
+                     (slow <= 500) if slow is not None and n >= 384 else None))
     e = res.get("election")
     if e:
         s, f = e["ms"], e.get("floor_ms")
@@ -1290,7 +1332,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="buildlock-bench-", dir=args.tmp) as d:
         ctx = Ctx(Path(d), p, anchors)
         meta = machine(ctx.tmp)
-        fns = {"hook": bench_hook, "green": bench_green, "mark": bench_mark, "breakages": bench_breakages,
+        fns = {"hook": bench_hook, "green": bench_green, "mark": bench_mark, "breakages": bench_breakages, "scale": bench_scale,
                "election": bench_election, "wake": bench_wake, "takeover": bench_takeover}
         for name in SECTIONS:
             if name not in only:
