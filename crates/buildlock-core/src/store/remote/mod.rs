@@ -487,6 +487,7 @@ mod tests {
                     token: None,
                     pid_space: None,
                 }),
+                recorder: None,
             },
         }
     }
