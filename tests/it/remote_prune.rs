@@ -244,6 +244,7 @@ fn breakage_in_process(store: &RemoteStore, dir: &Path, tested: &str, fix: &str)
             git_dir: Some(dir.join(".git")),
             commit: Some(fix.to_owned()),
             committer: None,
+            recorder: None,
         },
     };
     let fixed = store

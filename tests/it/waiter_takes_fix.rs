@@ -278,6 +278,111 @@ fn a_waiter_whose_check_ran_while_the_fix_landed_takes_it_without_a_recheck() {
     assert_eq!(r.state()["totals"]["elections"], 1);
 }
 
+/// The fixer (commit-retry) is held, stopped, between making its fix commit and recording it
+/// (the `record-fix` fault point), for longer than a waiter once waited for the record: the
+/// waiters, whose checks failed after the fix landed, wait for the record while their recorder
+/// lives instead of running their checks again, and take the fix once it is recorded.
+// regression: a waiter gave up on the record after 2 s and ran its check again only to fail
+#[test]
+fn waiters_wait_for_a_held_recorder_to_record_the_fix_instead_of_rechecking() {
+    let r = TestRepo::new("");
+    let (witness, refreshes) = (r.shared("checks"), r.shared("refreshes"));
+    let (go, release, ended) = (r.shared("go"), r.shared("release"), r.shared("ended"));
+    r.configure(&format!(
+        "check = 'echo \"$BUILDLOCK_AGENT $(cat state.txt)\" >> {w}; \
+         [ \"$BUILDLOCK_AGENT\" = a0 ] || grep -qx ok state.txt || \
+         {{ while [ ! -e {release} ]; do sleep 0.05; done; echo \"$BUILDLOCK_AGENT\" >> {ended}; }}; \
+         grep -qx ok state.txt'\n\
+         [coordination]\nwait = \"2m\"\n\
+         [fix]\ncommand = 'while [ ! -e {go} ]; do sleep 0.05; done; echo ok > state.txt && \
+         git add state.txt && git commit -q -m \"fix the bad merge\" -- state.txt'\n\
+         [retry]\nrefresh = 'echo \"$BUILDLOCK_AGENT [$BUILDLOCK_FIX_COMMIT]\" >> {refreshes}; {take}'\n",
+        w = witness.display(),
+        go = go.display(),
+        release = release.display(),
+        ended = ended.display(),
+        refreshes = refreshes.display(),
+        take = buildlock_core::flows::commit::fixcommit::REFRESH_TAKING_THE_FIX,
+    ));
+    r.commit_breakage();
+    r.alias_buildlock();
+    let trees: Vec<PathBuf> = (0..=WAITERS)
+        .map(|i| {
+            let t = r.worktree(&format!("a{i}"));
+            r.stage_change(&t, &format!("work{i}"));
+            t
+        })
+        .collect();
+    let fixer = r
+        .commit_retry_cmd(&trees[0], "a0")
+        .env("BUILDLOCK_FAULT", "record-fix:stop")
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(
+            Duration::from_secs(60),
+            || r.state()["keys"][0]["fixer"]["agent"] == "a0"
+        ),
+        "{}",
+        r.state()
+    );
+    let waiters: Vec<Child> = (1..=WAITERS)
+        .map(|i| r.commit_retry(&trees[i], &format!("a{i}")))
+        .collect();
+    assert!(eventually(Duration::from_secs(60), || {
+        (1..=WAITERS).all(|i| checks_of(&r, &format!("a{i}")).len() == 1)
+    }));
+    std::fs::write(&go, "").unwrap();
+    // The fix commit is made and the key passing; the recorder stopped itself before recording.
+    assert!(
+        eventually(Duration::from_secs(120), || proc_state(fixer.id())
+            == Some('T')),
+        "a0 never reached the point between its fix commit and its record"
+    );
+    // Judged only once a0 is resumed, so that a failure leaves no stopped process behind.
+    let passing = r.state()["keys"][0]["status"] == "passing";
+    std::fs::write(&release, "").unwrap();
+    let all_ended = eventually(Duration::from_secs(60), || lines(&ended).len() == WAITERS);
+    // Well past the 2 s a waiter once gave the record: nobody ran its check again meanwhile.
+    std::thread::sleep(Duration::from_secs(5));
+    let while_held = all_checks(&r);
+    let rechecked: Vec<usize> = (1..=WAITERS)
+        .filter(|i| checks_of(&r, &format!("a{i}")).len() != 1)
+        .collect();
+    signal(&fixer, libc::SIGCONT);
+    assert!(passing, "the fix commit was made, the key is passing");
+    assert!(all_ended, "the waiters' checks ended: {while_held}");
+    assert!(
+        rechecked.is_empty(),
+        "waiters {rechecked:?} ran their check again while the fix waited to be recorded \
+         (all: {while_held})"
+    );
+    let out = wait_output(fixer, Duration::from_secs(120));
+    assert!(out.status.success(), "a0: {}", text(&out.stderr));
+    let fix = text(&r.git_in(&trees[0], &["rev-parse", "HEAD~1"]).stdout)
+        .trim()
+        .to_owned();
+    for (i, w) in waiters.into_iter().enumerate() {
+        let out = wait_output(w, Duration::from_secs(120));
+        let (i, err) = (i + 1, text(&out.stderr));
+        let agent = format!("a{i}");
+        assert!(out.status.success(), "{agent}: {err}");
+        assert_eq!(r.last_subject(&trees[i]), format!("{agent} work"));
+        assert_eq!(
+            checks_of(&r, &agent),
+            ["broken", "ok"],
+            "{agent}'s check runs (all: {})\n{err}",
+            all_checks(&r)
+        );
+        let taken: Vec<String> = lines(&refreshes)
+            .into_iter()
+            .filter(|l| l.starts_with(&format!("{agent} ")))
+            .collect();
+        assert_eq!(taken, [format!("{agent} [{fix}]")], "{err}");
+    }
+    assert_eq!(r.state()["totals"]["elections"], 1);
+}
+
 // Across machines: `buildlock ci` over git daemon ------------------------------------------------
 
 /// The `buildlock ci` configuration: the check records `<flavor> <status>`, the fix waits for the

@@ -123,6 +123,12 @@ pub struct Fix {
     /// message, a slow `commit-msg` hook), the fix commit is on its way.
     #[serde(default)]
     pub committer: Option<Process>,
+    /// The process that records the fix commit once it is made (commit-retry holding the role,
+    /// on whose behalf the passing check ran), so that a waiter waits for the record while that
+    /// process lives, and not a moment longer. `None`: nobody will record it (a fix committed by
+    /// hand, or `buildlock ci`, which records its commit with the pass).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorder: Option<Process>,
     /// Agents already counted as having avoided a fix run thanks to this fix.
     #[serde(default)]
     pub credited: Vec<String>,
@@ -285,6 +291,9 @@ pub struct FixSeen {
     pub commit: Option<String>,
     /// The `git commit` process the check ran under, if any.
     pub committer: Option<Process>,
+    /// The process that will record the fix commit once it is made, if any (see
+    /// [`Fix::recorder`]).
+    pub recorder: Option<Process>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -714,6 +723,7 @@ fn passed(
                     head_before: fix.head_before.clone(),
                     git_dir: fix.git_dir.clone(),
                     committer: fix.committer.clone(),
+                    recorder: fix.recorder.clone(),
                     credited: state.waited.clone(),
                 });
                 Outcome::Fixed
@@ -834,6 +844,18 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Process>, D
 
 /// Failure signatures kept per generation.
 const MAX_SIGNATURES: usize = 32;
+
+impl KeyState {
+    /// Whether `agent`'s role of `generation` ended in its own fix: its check passed and marked
+    /// the key fixed. Not a loss of the role: the fix that did it may still be committing.
+    pub fn fixed_by(&self, agent: &str, generation: u64) -> bool {
+        self.status == Status::Passing
+            && self
+                .fix
+                .as_ref()
+                .is_some_and(|f| f.by == agent && f.generation == generation)
+    }
+}
 
 impl Fix {
     /// Whether this fix fixed failures with `signature`.
@@ -1775,6 +1797,7 @@ mod tests {
                 git_dir: Some("/wt/x".into()),
                 commit: None,
                 committer: None,
+                recorder: None,
             },
         };
         let (s, out) = transition(&s, &passed, &seen(T0 + 2));

@@ -2,8 +2,9 @@
 //!
 //! Points: `election` (election lock taken, state not yet written), `state-write` (temp file
 //! written, not yet renamed), `check` (check started), `fix` (fix command started), `wait`
-//! (a waiter started waiting). Actions: `kill` (SIGKILL ourselves, the default), `stop` (SIGSTOP
-//! ourselves), `hang` (sleep for an hour).
+//! (a waiter started waiting), `record-fix` (commit-retry's fix commit made, not yet recorded).
+//! Actions: `kill` (SIGKILL ourselves, the default), `stop` (SIGSTOP ourselves), `hang` (sleep
+//! for an hour).
 
 pub fn point(name: &str) {
     let Some(spec) = crate::os::env::fault() else {

@@ -660,6 +660,7 @@ impl Ci<'_> {
                     git_dir: Some(ctx.repo.git_dir.clone()),
                     commit: if moved { head.clone() } else { None },
                     committer: None,
+                    recorder: None,
                 },
             ));
         } else {
@@ -677,6 +678,7 @@ impl Ci<'_> {
                         git_dir: Some(ctx.repo.git_dir.clone()),
                         commit: None,
                         committer: None,
+                        recorder: None,
                     },
                 ));
             }

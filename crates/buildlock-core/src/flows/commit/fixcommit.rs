@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 /// [`await_commit`]: at most ten minutes, an editor left open).
 pub const GRACE: Duration = Duration::from_secs(10);
 
+use crate::os::process::{self, Process, Seen};
 use crate::os::repo::{self, Repo};
-use crate::os::{process, say};
+use crate::os::say;
 use crate::protocol::state::Fix;
 use crate::store::{Read, Store};
 
@@ -96,9 +97,9 @@ pub fn await_commit(fix: &Fix, limit: Duration, stop: &dyn Fn() -> bool) -> Opti
 /// committed by `fix.command` itself, made by a `buildlock ci` fixer, or confirmed by another
 /// waiter's failure. A commit only found after the fixer's HEAD may be the fixer's own work after
 /// a fix outside the repository (a shared dependency): there the check runs again, and the state
-/// machine hands the commit over if it still fails. The record is waited for, bounded: while the
-/// fixer's `git commit` runs on this host, then [`RECORD_GRACE`] for its fixer to record it
-/// (made on another host: [`GRACE`]).
+/// machine hands the commit over if it still fails. The record is waited for while it is on its
+/// way, never by the clock alone: while the fixer's `git commit` runs on this host, then while
+/// the process that records it ([`Fix::recorder`]) lives (see [`recorded`]).
 ///
 /// `None`: this HEAD has it, or no fix commit is on record (the caller runs its check again).
 pub fn to_take(
@@ -111,10 +112,15 @@ pub fn to_take(
     lacking(repo, &recorded(store, key, fix, stop)?)
 }
 
-/// How long a waiter waits for the fixer to record its fix commit once that commit exists.
-pub const RECORD_GRACE: Duration = Duration::from_secs(2);
+/// The longest a waiter waits for a live recorder to record the fix commit: it records right
+/// after its commit, so only a recorder that is stopped (SIGSTOP, a debugger) or starved for
+/// this long is not waited for to the end, and the waiter runs its check again.
+pub const RECORD_LIMIT: Duration = Duration::from_secs(120);
 
-/// The fix commit on record for `fix`, waited for as [`to_take`] says.
+/// The fix commit on record for `fix`, waited for as [`to_take`] says: the wait ends as soon as
+/// the state records the commit or moves on to another fix, or the recorder is gone (after one
+/// last look: it may have recorded on its way out), or [`RECORD_LIMIT`] passed. A recorder
+/// that cannot be seen from here (another host or pid space) is waited for [`GRACE`].
 pub fn recorded(
     store: &dyn Store,
     key: &str,
@@ -125,28 +131,35 @@ pub fn recorded(
         return resolve(fix);
     }
     let committer = fix.committer.as_ref()?;
-    let limit = if committer.host == process::hostname() {
+    if committer.host == process::hostname() {
         // Written by a `git commit` here: none on its way once it ended without one.
         await_commit(fix, GRACE, stop)?;
-        RECORD_GRACE
-    } else {
-        GRACE
-    };
-    await_recorded(store, key, fix, limit, stop)
+    }
+    // Nobody records it (a fix committed by hand): nothing to wait for.
+    let recorder = fix.recorder.as_ref()?;
+    await_recorded(store, key, fix, recorder, stop)
 }
 
-/// Waits until the state of `key` records the commit of `fix` (its fixer records it once its
-/// commit is made), for at most `limit`; `None` as soon as the state moves on to another fix.
+/// Waits until the state of `key` records the commit of `fix` (its `recorder` records it once
+/// its commit is made), as [`recorded`] says; `None` as soon as the state moves on to another
+/// fix or the recorder is gone without recording it.
 fn await_recorded(
     store: &dyn Store,
     key: &str,
     fix: &Fix,
-    limit: Duration,
+    recorder: &Process,
     stop: &dyn Fn() -> bool,
 ) -> Option<String> {
+    let limit = match process::judge(recorder) {
+        Seen::Unknown => GRACE,
+        Seen::Alive | Seen::Dead => RECORD_LIMIT,
+    };
     let deadline = Instant::now() + limit;
     store.watch(key);
     loop {
+        // Judged before the read: a recorder gone before a read that lacks its record is gone
+        // without recording it.
+        let gone = process::judge(recorder) == Seen::Dead;
         match store.read(key) {
             Read::Found { state, .. } => match state.fix {
                 Some(f) if f.generation == fix.generation && f.by == fix.by => {
@@ -160,10 +173,11 @@ fn await_recorded(
             Read::Missing | Read::Damaged(_) => return None,
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || stop() {
+        if gone || left.is_zero() || stop() {
             return None;
         }
-        store.wait_change(key, None, left.min(store.look_every()));
+        // Wakes when the state changes or the recorder exits.
+        store.wait_change(key, Some(recorder), left.min(store.look_every()));
     }
 }
 
@@ -319,6 +333,7 @@ mod tests {
             head_before: None,
             git_dir: None,
             committer: None,
+            recorder: None,
             credited: Vec::new(),
         };
         assert_eq!(resolve(&fix("0123abcd")), Some("0123abcd".to_owned()));

@@ -96,11 +96,14 @@ impl Role {
         self.heartbeat.fenced()
     }
 
-    /// Whether the state, read now, still names this agent the fixer of `a`'s generation (a
-    /// state that cannot be read says nothing: not knowing is not being fenced).
+    /// Whether the state, read now, still names this agent the fixer of `a`'s generation, or
+    /// says that generation ended in this agent's own fix (a state that cannot be read says
+    /// nothing: not knowing is not being fenced).
     fn still_fixer(&self, ctx: &Context, a: &Assignment) -> bool {
         match ctx.store.read(&a.key) {
-            Read::Found { state, .. } => state.is_fixer(&ctx.agent, a.generation),
+            Read::Found { state, .. } => {
+                state.is_fixer(&ctx.agent, a.generation) || state.fixed_by(&ctx.agent, a.generation)
+            }
             _ => true,
         }
     }

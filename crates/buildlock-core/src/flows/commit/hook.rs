@@ -347,6 +347,11 @@ impl Hook<'_> {
                     // git, our parent, when git runs us for a commit (it sets GIT_INDEX_FILE): it
                     // writes the fix commit once we return. Run by hand, nobody will.
                     committer: env::index_file().map(|_| crate::os::process::of(self.parent)),
+                    // commit-retry holding the role (it ran this commit, or the fix that runs
+                    // it): it records the fix commit once git has written it.
+                    recorder: env::fixer_generation()
+                        .and(env::holder())
+                        .map(crate::os::process::of),
                 },
             };
             let applied = match ctx

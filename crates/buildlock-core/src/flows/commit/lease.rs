@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::protocol::state::Lease;
+use crate::protocol::state::{Lease, Status};
 use crate::store::{Read, Store};
 
 pub struct Heartbeat {
@@ -93,7 +93,11 @@ impl Heartbeat {
                     // Not knowing is not being fenced: look again at the next beat.
                     None => continue,
                 }
-                if !renew {
+                // The role ended in our own fix: no lease left to renew, but a later
+                // generation still fences what is left of the fix run.
+                let fixing =
+                    matches!(&read, Read::Found { state, .. } if state.status == Status::Fixing);
+                if !renew || !fixing {
                     continue;
                 }
                 next = now + every;
@@ -183,11 +187,15 @@ impl Drop for SignOfLife {
 /// generation (a takeover, a reset), or the same one no longer fixed by it (a release, given
 /// up). `None` when the read says nothing sure: missing, damaged, unreachable, or an older
 /// generation than ours (a view from before our election: generations never go back).
+///
+/// The same generation made passing by our own fix is not a fencing: a `fix.command` that
+/// commits marks the key fixed from its commit's hook while its `git commit` still writes the
+/// commit, and stopping it then would lose the fix commit (and its record) mid-write.
 fn fenced_by(read: &Read, agent: &str, generation: u64) -> Option<bool> {
     match read {
         Read::Found { state, .. } if state.generation > generation => Some(true),
         Read::Found { state, .. } if state.generation == generation => {
-            Some(!state.is_fixer(agent, generation))
+            Some(!state.is_fixer(agent, generation) && !state.fixed_by(agent, generation))
         }
         _ => None,
     }
@@ -249,6 +257,40 @@ mod tests {
         released.status = crate::protocol::state::Status::Broken;
         released.fixer = None;
         assert_eq!(fenced_by(&found(released), "a", 3), Some(true), "released");
+        // regression: the fixer's own fix commit marked the key fixed and its fix (the `git
+        // commit` writing the fix commit) was stopped as if the role had been lost
+        let mut fixed = fixing.clone();
+        fixed.status = crate::protocol::state::Status::Passing;
+        fixed.fixer = None;
+        fixed.fix = Some(crate::protocol::state::Fix {
+            commit: None,
+            signature: None,
+            signatures: Vec::new(),
+            by: "a".into(),
+            generation: 3,
+            head_before: None,
+            git_dir: None,
+            committer: None,
+            recorder: None,
+            credited: Vec::new(),
+        });
+        assert_eq!(
+            fenced_by(&found(fixed.clone()), "a", 3),
+            Some(false),
+            "our fix"
+        );
+        assert_eq!(
+            fenced_by(&found(fixed.clone()), "b", 3),
+            Some(true),
+            "theirs"
+        );
+        let mut reset = fixed.clone();
+        reset.generation = 4;
+        assert_eq!(
+            fenced_by(&found(reset), "a", 3),
+            Some(true),
+            "reset after it"
+        );
         // regression: a view from before the election fenced a live fixer, whose fix was stopped
         let mut before = KeyState::passing("repo");
         before.generation = 2;

@@ -550,6 +550,7 @@ mod tests {
                     token: None,
                     pid_space: None,
                 }),
+                recorder: None,
             },
         }
     }

@@ -717,6 +717,7 @@ mod tests {
             head_before: None,
             git_dir: None,
             committer: None,
+            recorder: None,
             credited: Vec::new(),
         });
         let mut v = view(None, None);

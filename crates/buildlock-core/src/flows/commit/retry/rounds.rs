@@ -451,6 +451,8 @@ impl Retry<'_> {
         let Some(commit) = fixcommit::resolve(&fix).or_else(|| self.ctx.repo.head_oid()) else {
             return;
         };
+        // The fix commit exists and is not on record yet: the waiters wait for us here.
+        crate::os::fault::point("record-fix");
         let event = Event::FixCommitted {
             agent: self.ctx.agent.clone(),
             generation: role.generation,
