@@ -134,8 +134,9 @@ impl Context {
             .err()
             .map(|e| format!("{e:#}"));
         // Every buildlock program is a sign of life that renews the agent's claims (one syscall,
-        // which fails at once for an agent never seen).
-        let seen = registry.touch(&agent);
+        // which fails at once for an agent never seen; no write when it is fresh within the
+        // grain, a hundredth of `claims.ttl`).
+        let seen = registry.sign_of_life(&agent, crate::store::registry::grain(config.claims_ttl));
         // Under the remote backend, the same renews the agent's claims on the remote: nothing
         // for an agent without claims, a push at most every `claims.ttl / 3` for one with.
         if claims.is_remote() && crate::os::env::coordination_enabled() {

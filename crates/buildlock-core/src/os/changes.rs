@@ -18,7 +18,7 @@ use crate::os::repo::Repo;
 /// work tree root; with `under`, only below those directories (an empty one: anywhere), each
 /// compared on its own so that the tree walk stays inside it.
 pub fn changed_paths(repo: &Repo, under: Option<&[String]>) -> Result<Vec<String>> {
-    let git = repo.git();
+    let git = repo.git()?;
     let index = match crate::os::env::index_file() {
         Some(path) => {
             let path: PathBuf = if path.is_relative() {

@@ -14,6 +14,7 @@ use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, ExitStatus, Stdio};
+#[cfg(not(unix))]
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -86,7 +87,7 @@ fn shell() -> &'static str {
 
 pub fn run(command: &Command, opts: Options<'_>) -> std::io::Result<Run> {
     let start = Instant::now();
-    let (mut reader, writer) = std::io::pipe()?;
+    let (reader, writer) = std::io::pipe()?;
     let mut cmd = match command {
         Command::Shell(script) => {
             let mut c = Process::new(shell());
@@ -118,6 +119,159 @@ pub fn run(command: &Command, opts: Options<'_>) -> std::io::Result<Run> {
     let pgid = child.id();
     (opts.on_start)(pgid);
 
+    let (ending, mut output) = watch(child, reader, &opts, start)?;
+    if let Ending::TimedOut(t) = &ending {
+        output.extend_from_slice(
+            format!("\nbuildlock: the check was still running after {} (check_timeout) and was stopped\n", crate::os::time::human(*t))
+                .as_bytes(),
+        );
+    }
+    Ok(Run {
+        ending,
+        output,
+        took: start.elapsed(),
+    })
+}
+
+/// Reads the output and waits for the command on this thread: `poll` on the pipe, bounded by the
+/// tick at which signals, the parent, `cancel` and the timeout are looked at. No thread, so no
+/// thread stack to fault in on every commit.
+#[cfg(unix)]
+fn watch(
+    mut child: Child,
+    mut reader: std::io::PipeReader,
+    opts: &Options<'_>,
+    start: Instant,
+) -> std::io::Result<(Ending, Vec<u8>)> {
+    let pgid = child.id();
+    let mut capture = Capture::default();
+    let mut buf = vec![0u8; 16 << 10];
+    // One read of what `poll` said is there; `false` at the end of the output.
+    let mut read = |reader: &mut std::io::PipeReader, capture: &mut Capture| -> bool {
+        match reader.read(&mut buf) {
+            Ok(0) => false,
+            Ok(n) => {
+                if opts.echo {
+                    say::raw(&buf[..n]);
+                }
+                capture.push(&buf[..n]);
+                true
+            }
+            Err(e) => e.kind() == std::io::ErrorKind::Interrupted,
+        }
+    };
+    let stop = |why: Ending, child: &mut Child| {
+        let deadline = Instant::now() + GRACE;
+        process::kill_group(pgid, signals::SIGTERM);
+        if !exited_within(child, GRACE) {
+            process::kill_group(pgid, signals::SIGKILL);
+            exited_within(child, GRACE);
+        }
+        // The rest of the group gets the same grace as its leader (a `sh -c` leader dies at once
+        // on SIGTERM; the script it runs may be cleaning up in a trap), then SIGKILL.
+        while process::group_alive(pgid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        process::kill_group(pgid, signals::SIGKILL);
+        why
+    };
+    let mut open = true;
+    // Once the output has ended, the command's exit follows within microseconds (its files are
+    // closed before it becomes a zombie): look again soon, then every tick (a command that
+    // closed its output and runs on).
+    let mut pause = Duration::from_micros(50);
+    // Signals, the parent, `cancel` and the timeout are looked at once a tick, as with a thread
+    // waiting for the exit: an exit within the tick wins (a fix that ended as its fixer's pass
+    // marked the key passing is a fix that ended, not a fixer that lost its role).
+    let mut look_at = Instant::now() + TICK;
+    let ending = loop {
+        if let Some(status) = child.try_wait()? {
+            break ending_of(status);
+        }
+        if Instant::now() >= look_at {
+            look_at = Instant::now() + TICK;
+            if let Some(signal) = signals::pending() {
+                break stop(Ending::Signal(signal), &mut child);
+            }
+            if opts.parent.is_some_and(|p| p != process::parent_id()) {
+                break stop(Ending::ParentGone, &mut child);
+            }
+            if (opts.cancel)() {
+                break stop(Ending::Failed(None), &mut child);
+            }
+            if start.elapsed() >= opts.timeout {
+                break stop(Ending::TimedOut(opts.timeout), &mut child);
+            }
+        }
+        let until_look = look_at.saturating_duration_since(Instant::now());
+        if open {
+            if readable(&reader, until_look) {
+                open = read(&mut reader, &mut capture);
+            }
+        } else {
+            std::thread::sleep(pause.min(until_look));
+            pause = (pause * 2).min(TICK);
+        }
+    };
+    // The command is done. Read to the end of its output, as long as output still comes; a
+    // daemon it left that holds the pipe open (and is quiet) ends the wait after a moment.
+    let mut quiet_since = Instant::now();
+    let drained_by = Instant::now() + Duration::from_secs(10);
+    while open && Instant::now() < drained_by {
+        if readable(&reader, Duration::from_millis(20)) {
+            let before = capture.total;
+            open = read(&mut reader, &mut capture);
+            if capture.total != before {
+                quiet_since = Instant::now();
+            }
+        } else if quiet_since.elapsed() >= Duration::from_millis(200) {
+            break;
+        }
+    }
+    Ok((ending, capture.into_bytes()))
+}
+
+/// Whether `poll` says the pipe has something to read (output, its end, or an error) within
+/// `limit`. A signal cuts the wait short (`false`): the caller looks at it.
+#[cfg(unix)]
+fn readable(reader: &std::io::PipeReader, limit: Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd {
+        fd: reader.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = limit.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: one valid pollfd, owned by this frame, for the duration of the call.
+    let n = unsafe { libc::poll(&mut fd, 1, ms) };
+    n > 0 && fd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+}
+
+/// Whether the child exited (and was reaped) within `limit`.
+#[cfg(unix)]
+fn exited_within(child: &mut Child, limit: Duration) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Reads the output and waits for the command with two threads (Windows has no `poll` on a
+/// pipe): one reads, one waits; this one ticks.
+#[cfg(not(unix))]
+fn watch(
+    child: Child,
+    mut reader: std::io::PipeReader,
+    opts: &Options<'_>,
+    start: Instant,
+) -> std::io::Result<(Ending, Vec<u8>)> {
+    let pgid = child.id();
     let echo = opts.echo;
     // Shared, not sent at EOF: a daemon the command left may hold the pipe open for ever, and
     // what was read until then is the failure's output all the same.
@@ -204,21 +358,11 @@ pub fn run(command: &Command, opts: Options<'_>) -> std::io::Result<Run> {
             break;
         }
     }
-    let mut output = capture
+    let output = capture
         .lock()
         .map(|mut c| std::mem::take(&mut *c).into_bytes())
         .unwrap_or_default();
-    if let Ending::TimedOut(t) = &ending {
-        output.extend_from_slice(
-            format!("\nbuildlock: the check was still running after {} (check_timeout) and was stopped\n", crate::os::time::human(*t))
-                .as_bytes(),
-        );
-    }
-    Ok(Run {
-        ending,
-        output,
-        took: start.elapsed(),
-    })
+    Ok((ending, output))
 }
 
 fn ending_of(status: ExitStatus) -> Ending {

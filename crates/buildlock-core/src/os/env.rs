@@ -235,6 +235,18 @@ pub fn git_dir_set() -> bool {
     var_os("GIT_DIR").is_some()
 }
 
+/// `GIT_DIR` as git set it (in a hook: only in linked worktrees), for finding the repository
+/// without opening it (`os/repo.rs`).
+pub fn git_dir() -> Option<PathBuf> {
+    var_os("GIT_DIR").map(PathBuf::from)
+}
+
+/// Whether any variable that moves the work tree or the common dir away from where the git dir
+/// says is set (`GIT_WORK_TREE`, `GIT_COMMON_DIR`): then git2 finds the repository.
+pub fn git_layout_overridden() -> bool {
+    var_os("GIT_WORK_TREE").is_some() || var_os("GIT_COMMON_DIR").is_some()
+}
+
 /// The remote backend's compaction length (tests and benchmarks).
 pub fn remote_compact_after() -> Option<u64> {
     var("BUILDLOCK_REMOTE_COMPACT_AFTER").and_then(|v| v.parse().ok())

@@ -23,7 +23,11 @@
 //!
 //! Signs of life cost nothing for an agent without claims: [`touch`] is one `utimensat` on
 //! `seen/<agent>` (ENOENT for an agent never seen, which then holds no claim). No lock, no
-//! write: the next step folds the file's mtime into the agent's `last_seen`.
+//! write: the next step folds the file's mtime into the agent's `last_seen`. Where every program
+//! gives one as it loads ([`sign_of_life`]), a sign younger than the [`grain`] (a hundredth of
+//! `claims.ttl`: 6 s by default) is taken as now: one `stat`, no inode write (which waits on the
+//! file system's journal under I/O load). A claim thus lapses at most a grain early. The same
+//! grain spares a commit the `where/` record when its work tree's record is that fresh.
 //!
 //! Liveness of a slot holder is its flock: the kernel frees it the instant the holder dies, and a
 //! free slot lock is a free slot whatever the registry still says. A queued waiter is live while
@@ -176,6 +180,11 @@ impl RegistryStore {
         touch(&self.home, agent)
     }
 
+    /// A sign of life of `agent` as a program loads (see [`sign_of_life`]).
+    pub fn sign_of_life(&self, agent: &str, grain: u64) -> bool {
+        sign_of_life(&self.home, agent, grain)
+    }
+
     /// Writes `seen/<agent>` for an agent that has none (see [`seen`]).
     pub fn seen(&self, agent: &str, describe: impl FnOnce() -> Seen) {
         seen(&self.home, agent, describe)
@@ -188,8 +197,8 @@ impl RegistryStore {
 
     /// Records a commit of `agent` in the work tree `here.worktree` (see [`seen_in`]) and returns
     /// the other work trees the same id was active in within `window`, newest first.
-    pub fn seen_in(&self, here: &Seen, window: u64) -> Vec<Seen> {
-        seen_in(&self.home, here, window)
+    pub fn seen_in(&self, here: &Seen, window: u64, grain: u64) -> Vec<Seen> {
+        seen_in(&self.home, here, window, grain)
     }
 
     /// The work trees `agent` committed in within `window`, newest first.
@@ -213,9 +222,8 @@ impl RegistryStore {
     /// effort: `None` when another process of the same agent already holds it (that one shows)
     /// or the folder cannot be written (nothing is refused for it).
     pub fn checking(&self, agent: &str) -> Option<Lock> {
-        let path = self.checking_path(agent);
-        let _ = std::fs::create_dir_all(path.parent()?);
-        Lock::try_acquire(&path).ok().flatten()
+        // The lock's own open creates the folder the first time (no `mkdir` on every commit).
+        Lock::try_acquire(&self.checking_path(agent)).ok().flatten()
     }
 
     /// Whether a check of `agent` runs now, and the pid that runs it where the OS tells.
@@ -419,6 +427,29 @@ pub fn touch(home: &Path, agent: &str) -> bool {
     touch_existing(&seen_path(home, agent))
 }
 
+/// How old a sign of life may be and still count as now, in ms: a hundredth of `claims.ttl`.
+pub fn grain(ttl: Duration) -> u64 {
+    (ttl.as_millis() / 100) as u64
+}
+
+/// Whether a record last renewed at `mtime` is fresh within `grain` now (never one from the
+/// future: a clock stepped back renews it).
+fn fresh(mtime: Option<crate::os::time::Millis>, grain: u64) -> bool {
+    let now = time::now();
+    mtime.is_some_and(|m| m <= now && now - m < grain)
+}
+
+/// A sign of life of `agent` as a program loads: [`touch`], unless `seen/<agent>` was renewed
+/// within `grain` ms (one `stat` then, and no write). `false` for an agent never seen.
+pub fn sign_of_life(home: &Path, agent: &str, grain: u64) -> bool {
+    let path = seen_path(home, agent);
+    let mtime = modified_ms(&path);
+    if fresh(mtime, grain) {
+        return true;
+    }
+    mtime.is_some() && touch_existing(&path)
+}
+
 /// An agent known from its commits only (`seen/<agent>`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Seen {
@@ -442,18 +473,24 @@ fn where_dir(home: &Path, agent: &str) -> PathBuf {
         .join(crate::protocol::key::file_stem(agent))
 }
 
-/// Records that `here.agent` committed in the work tree `here.worktree` now: one `utimensat` of
-/// `where/<agent>/<tree>` (written whole the first time), then one look at the agent's folder,
-/// which holds one file per work tree. Returns the other work trees the same id committed in
-/// within `window`: one id active in two work trees at once is two agents taken for one (a
-/// failure of either counts as the fixer's own, they share claims), which the caller warns about
-/// and refuses nothing for. Files of work trees not seen for a day are removed. Best effort.
-pub fn seen_in(home: &Path, here: &Seen, window: u64) -> Vec<Seen> {
+/// Records that `here.agent` committed in the work tree `here.worktree` now: one `stat` of
+/// `where/<agent>/<tree>`; then, unless it was renewed within `grain` ms (the same commit stream
+/// in the same work tree: nothing to record or tell), one `utimensat` (written whole the first
+/// time) and one look at the agent's folder, which holds one file per work tree. Returns the
+/// other work trees the same id committed in within `window` (so one agent's commits are warned
+/// about at most once a grain per work tree): one id active in two work trees at once is two
+/// agents taken for one (a failure of either counts as the fixer's own, they share claims),
+/// which the caller warns about and refuses nothing for. Files of work trees not seen for a day
+/// are removed. Best effort.
+pub fn seen_in(home: &Path, here: &Seen, window: u64, grain: u64) -> Vec<Seen> {
     let dir = where_dir(home, &here.agent);
-    let path = dir.join(crate::protocol::key::file_stem(
-        &here.worktree.to_string_lossy(),
-    ));
-    if !touch_existing(&path) {
+    let name = crate::protocol::key::file_stem(&here.worktree.to_string_lossy());
+    let path = dir.join(&name);
+    let mtime = modified_ms(&path);
+    if fresh(mtime, grain) {
+        return Vec::new();
+    }
+    if mtime.is_none() || !touch_existing(&path) {
         let _ = std::fs::create_dir_all(&dir);
         let tmp = dir.join(format!(".{}.{}", std::process::id(), time::now()));
         if let Ok(bytes) = serde_json::to_vec(here) {
@@ -462,7 +499,7 @@ pub fn seen_in(home: &Path, here: &Seen, window: u64) -> Vec<Seen> {
             }
         }
     }
-    worktrees_of(home, &here.agent, time::now(), window)
+    trees_of(home, &here.agent, time::now(), window, Some(&name))
         .into_iter()
         .filter(|s| s.worktree != here.worktree)
         .collect()
@@ -475,12 +512,26 @@ pub fn worktrees_of(
     now: crate::os::time::Millis,
     window: u64,
 ) -> Vec<Seen> {
+    trees_of(home, agent, now, window, None)
+}
+
+/// [`worktrees_of`], without reading the file named `except` (the caller's own work tree).
+fn trees_of(
+    home: &Path,
+    agent: &str,
+    now: crate::os::time::Millis,
+    window: u64,
+    except: Option<&str>,
+) -> Vec<Seen> {
     let forget_after = window.max(24 * 3600 * 1000);
     let mut found: Vec<Seen> = std::fs::read_dir(where_dir(home, agent))
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter(|e| {
+            let name = e.file_name();
+            !name.to_string_lossy().starts_with('.') && except.is_none_or(|x| name != x)
+        })
         .filter_map(|e| {
             let path = e.path();
             let last_seen = modified_ms(&path)?;
@@ -599,6 +650,85 @@ mod tests {
         // It stays: the agent's sign of life, whether it claims or not.
         assert!(seen_path(dir.path(), "a").exists());
         assert!(store.read().agents["a"].done);
+    }
+
+    fn set_mtime(path: &Path, ago: Duration) {
+        let t = std::time::SystemTime::now() - ago;
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+
+    fn here(agent: &str, tree: &str) -> Seen {
+        Seen {
+            agent: agent.into(),
+            host: "h".into(),
+            worktree: PathBuf::from(tree),
+            git_dir: None,
+            last_seen: 0,
+        }
+    }
+
+    /// A sign of life within the grain is taken as now (no write); an older one is renewed, and
+    /// one from the future (a clock stepped back) too.
+    #[test]
+    fn a_sign_of_life_is_written_only_when_older_than_the_grain() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path();
+        assert!(!sign_of_life(home, "a", 6000), "never seen");
+        seen(home, "a", || here("a", "/t"));
+        let path = seen_path(home, "a");
+        set_mtime(&path, Duration::from_secs(3));
+        let before = modified_ms(&path).unwrap();
+        assert!(sign_of_life(home, "a", 6000));
+        assert_eq!(modified_ms(&path), Some(before), "fresh: not rewritten");
+        set_mtime(&path, Duration::from_secs(10));
+        assert!(sign_of_life(home, "a", 6000));
+        assert!(time::now() - modified_ms(&path).unwrap() < 2000, "renewed");
+        let future = std::time::SystemTime::now() + Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(future)
+            .unwrap();
+        assert!(sign_of_life(home, "a", 6000));
+        assert!(
+            modified_ms(&path).unwrap() <= time::now(),
+            "a future mtime is renewed"
+        );
+    }
+
+    /// The `where/` record: the other work tree is told on the first commit in a new one; a
+    /// record fresh within the grain spares the look; an old one is renewed and looks again.
+    #[test]
+    fn the_work_tree_record_looks_at_the_others_unless_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path();
+        let (ta, tb) = (here("dup", "/ta"), here("dup", "/tb"));
+        let window = 600_000;
+        assert!(seen_in(home, &ta, window, 6000).is_empty());
+        let others = seen_in(home, &tb, window, 6000);
+        assert_eq!(others.len(), 1);
+        assert_eq!(others[0].worktree, PathBuf::from("/ta"));
+        // Fresh: nothing looked at, nothing told.
+        assert!(seen_in(home, &ta, window, 6000).is_empty());
+        // Older than the grain: renewed, and tb (fresh) is told.
+        let ta_file = where_dir(home, "dup").join(crate::protocol::key::file_stem("/ta"));
+        set_mtime(&ta_file, Duration::from_secs(10));
+        let others = seen_in(home, &ta, window, 6000);
+        assert_eq!(others.len(), 1);
+        assert_eq!(others[0].worktree, PathBuf::from("/tb"));
+        assert!(
+            time::now() - modified_ms(&ta_file).unwrap() < 2000,
+            "renewed"
+        );
+        // Both listed for `buildlock agents`, newest first.
+        let all = worktrees_of(home, "dup", time::now(), window);
+        assert_eq!(all.len(), 2);
     }
 
     #[test]

@@ -742,6 +742,6 @@ fn tracked_changes(ctx: &Context) -> bool {
         .exclude_submodules(true);
     ctx.repo
         .git()
-        .statuses(Some(&mut opts))
+        .and_then(|g| Ok(g.statuses(Some(&mut opts))?))
         .is_ok_and(|s| s.iter().any(|e| e.status() != git2::Status::CURRENT))
 }

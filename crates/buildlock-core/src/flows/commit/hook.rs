@@ -1,11 +1,14 @@
 //! The pre-commit hook: run the check, then tell this agent whether it is the fixer, must wait,
 //! or must take a fix that already exists.
 //!
-//! Hot path (check passes, nobody fixing): one in-process repository open, the config files, one
-//! small state read before the check (the base's pass counter and its open keys), the agent's
-//! sign of life in this work tree (a `utimensat` and a look at its folder of work trees), this
-//! agent's own `checking` lock (uncontended), the check. No shared lock, no write, no git
-//! subprocess, and nothing more however many keys are on record.
+//! Hot path (check passes, nobody fixing): the repository found from a few files (git2 opens it
+//! only when a failure or the guard needs it, `os/repo.rs`), the config files, one small state
+//! read before the check (the base's pass counter and its open keys), the agent's sign of life
+//! and its record in this work tree (a `stat` each while fresh within a hundredth of
+//! `claims.ttl`; else a `utimensat` each and a look at its folder of work trees), this agent's
+//! own `checking` lock (uncontended), the check, whose output is read on this thread (no thread
+//! on Unix). No shared lock, no write, no git subprocess, and nothing more however many keys are
+//! on record.
 //!
 //! What the agent reads of the check's output: with coordination on, the output is kept (not
 //! streamed) while the check runs, because whether this agent must fix the failure is only
@@ -813,8 +816,9 @@ fn elector(ctx: &Context) -> Option<crate::os::process::Process> {
 }
 
 /// A commit of this agent: listed by `buildlock agents` from its first (later ones renew it, with
-/// the touch every program makes when it loads), in the work tree it ran in. The same id active
-/// in another work tree too is warned about, and nothing more: it may be one agent that moved.
+/// the sign of life every program gives when it loads), in the work tree it ran in. The same id
+/// active in another work tree too is warned about (at most once a grain per work tree, see
+/// `registry::seen_in`), and nothing more: it may be one agent that moved.
 fn commit_seen(ctx: &Context) {
     let here = registry::Seen {
         agent: ctx.agent.clone(),
@@ -827,7 +831,8 @@ fn commit_seen(ctx: &Context) {
         ctx.registry.seen(&ctx.agent, || here.clone());
     }
     let window = ctx.config.claims_ttl.as_millis() as u64;
-    let others = ctx.registry.seen_in(&here, window);
+    let grain = registry::grain(ctx.config.claims_ttl);
+    let others = ctx.registry.seen_in(&here, window, grain);
     if let Some(other) = others.first() {
         say::warn(format!(
             "the agent id `{}` was also active in the work tree {} (host `{}`) {} ago, and now \
