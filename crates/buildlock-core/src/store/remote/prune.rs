@@ -286,10 +286,12 @@ pub(super) fn prune_updates<'v>(
 /// The deletions of waiters' and notes' refs (listed *before* `views` was read) that nothing
 /// reads again, about [`PRUNE_BATCH`] at most: those of a key `pruned` now, of a key with no
 /// state ref in `views` (a waiter joins only a key whose state it read, so its key lost that
-/// state since), and of a generation older than its key's current one (generations never go
-/// back). Never one of the current generation (or a newer one) of a key whose state reads: a
-/// waiter's record outlives the fix it waits for; nor one of a damaged key, whose generation is
-/// unknown. Only refs that `ours` says hold what their names say.
+/// state since), of a generation older than its key's current one (generations never go back),
+/// and a waiter's of a key nobody fixes (what the fix's own clean-up deletes: a join that landed
+/// after that clean-up read the refs). Never a waiter's ref of the generation being fixed, nor a
+/// note of the current generation (the next election takes it into its history), nor anything
+/// of a damaged key, whose generation is unknown. Only refs that `ours` says hold what their
+/// names say.
 pub(super) fn side_updates(
     side: &[SideRef],
     views: &[(String, View)],
@@ -303,10 +305,10 @@ pub(super) fn side_updates(
             }
             match views.iter().find(|(p, _)| *p == r.path) {
                 None => true,
-                Some((_, v)) => v
-                    .doc
-                    .as_ref()
-                    .is_some_and(|d| r.generation < d.state.generation),
+                Some((_, v)) => v.doc.as_ref().is_some_and(|d| {
+                    r.generation < d.state.generation
+                        || (!r.note && d.state.status != Status::Fixing)
+                }),
             }
         })
         .filter(|r| ours(r))
@@ -805,9 +807,13 @@ mod tests {
                 (None, Some(r.oid.as_str()))
             );
         }
-        // Not pruned now: a passing key's waiters and notes of its current generation stay.
+        // Not pruned now: a passing key's notes of its current generation stay (the next
+        // election takes them in); its waiters' refs wait for nothing any more.
         let kept = side_updates(&listed[..2], &views, &[], |_| true);
-        assert!(kept.is_empty(), "{kept:?}");
+        assert_eq!(
+            names(&kept),
+            [(listed[0].name.as_str(), None, Some(listed[0].oid.as_str()))]
+        );
     }
 
     /// A waiter's record (or a note) of `key`'s `generation` by `agent`, on the remote under its
@@ -848,17 +854,18 @@ mod tests {
             put_side(&remote, "orphan", 2, "b", true),
             put_side(&remote, "open", 6, "c", false),
             put_side(&remote, "keep", 1, "d", true),
+            // A join that landed after the fix's clean-up read the refs.
+            put_side(&remote, "keep", 2, "d", false),
         ];
         let mut stay = vec![
             put_side(&remote, "open", 7, "c", false),
-            put_side(&remote, "keep", 2, "d", false),
             put_side(&remote, "keep", 2, "d", true),
             "refs/buildlock/claims/registry".to_owned(),
             // The shape of a waiter's ref, but a state commit: not ours.
             "refs/buildlock/wait/orphan/_/1/x".to_owned(),
         ];
         let bait = remote.put_state(&at_generation("bait", Status::Broken, 1));
-        for name in &stay[3..] {
+        for name in &stay[2..] {
             remote.set_ref(name, &bait);
         }
         stay.push("refs/buildlock/state/bait/_/1".to_owned());
