@@ -17,11 +17,13 @@
 //!
 //! The key that was just fixed always stays. A key's refs are its state refs (every epoch), its
 //! fix refs under `refs/buildlock/fix/`, and its waiters' and notes' refs under
-//! `refs/buildlock/wait/` and `refs/buildlock/note/` (see `waiters`). Those two go with their
-//! key, and also on their own when their key has no state ref any more or they belong to a
-//! generation older than the key's current one (a waiter's job that was killed, a join that
-//! landed after the fix's clean-up read the refs); never one of the current generation of a key
-//! that has a state, so a waiter's record outlives the fix it waits for. A fix *delivered* by `buildlock ci` is a normal
+//! `refs/buildlock/wait/` and `refs/buildlock/note/` (see `waiters`). Those two also go on their
+//! own (see [`side_updates`]): when their key has no state ref any more, when they belong to a
+//! generation older than the key's current one, and a waiter's ref when nobody fixes its key (a
+//! join that landed after the fix's clean-up read the refs, a job killed while it waited). A
+//! waiter's ref of the breakage being fixed always stays (its record outlives the fix it waits
+//! for), and so does a note of the current generation (the next election takes it into its
+//! history). A fix *delivered* by `buildlock ci` is a normal
 //! branch (`refs/heads/buildlock/fix/…`), which nothing here ever reads or deletes. So the
 //! remote holds at most the passing keys of the last hour, at least [`KEEP_NEWEST`], all of them
 //! gone after a day, plus the breakages being fixed now. Why an hour: what still reads a passing
@@ -39,8 +41,8 @@
 //!   ([`super::refs::group`]), and `refs/buildlock/{wait,note}/<base>/<sub>/<generation>/<agent>`
 //!   whose commit is a waiter's record of that key, generation and agent
 //!   ([`super::refs::side_refs`], [`super::waiters::names_its_record`]) are ever deleted; any
-//!   other ref under `refs/buildlock/` (claims,
-//!   the doctor's probe, whatever a later version adds) is left alone;
+//!   other ref under `refs/buildlock/` (claims, the doctor's probe, whatever a later version
+//!   adds) is left alone;
 //! - **Fast-forward only.** No ref is ever rewound: a chain grows by a child of its tip, and a
 //!   compacted chain is a new ref (the next epoch) whose root records the old tip in a
 //!   `Buildlock-Previous:` trailer; the old epoch (and any stray) is deleted in the same atomic
@@ -50,8 +52,11 @@
 //!   deletes about [`PRUNE_BATCH`] refs at most (the rest go at the next one); a key's fix refs
 //!   are replaced by the newest one;
 //! - **Leased.** Every deletion carries the oid it was read at: nothing that moved since is
-//!   deleted. The push is atomic, so a key that moved meanwhile fails the whole push; the prune
-//!   then reads again and tries again (a few times), without the key that moved.
+//!   deleted. The push of the states and fix refs is atomic, so a key that moved meanwhile fails
+//!   the whole push; the prune then reads again and tries again (a few times), without the key
+//!   that moved. The waiters' and notes' refs go in a second push, so that a waiter leaving
+//!   never fails the first; a deletion whose ref went after the server listed it is a lost race
+//!   too.
 //!
 //! The rules are pure functions; [`RemoteStore::prune`] is their only I/O.
 

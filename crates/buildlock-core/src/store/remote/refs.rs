@@ -18,7 +18,7 @@
 //!   error; of a key's epochs the highest is its state, the others are strays ([`split_epochs`]);
 //! - the layout is an allowlist: a state ref is `<base>/<sub>/<decimal epoch>`, a fix ref is
 //!   `<base>/<sub>/<the oid it points at>`, a waiter's or a note's ref is
-//!   `<base>/<sub>/<decimal generation>/<agent stem>` ([`side_refs`]); only refs of these shapes
+//!   `<base>/<sub>/<decimal generation>/<agent stem>` (`side_refs`); only refs of these shapes
 //!   are ever read as a key's, and so only they are ever pruned (other refs under
 //!   `refs/buildlock/`, such as claims, are not ours to judge).
 //!

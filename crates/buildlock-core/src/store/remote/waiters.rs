@@ -30,10 +30,10 @@
 //!   breakages between two elections; a note whose deletion lost to another election's can be
 //!   read into two histories);
 //! - bounded without an election too: the pruner (see `prune`) deletes the waiters' and notes'
-//!   refs of a key it prunes, of a key whose state ref is gone, and of a generation older than
-//!   the key's current one ([`names_its_record`] says which refs are ours), never one of the
-//!   current generation of a key that has a state: a waiter's record outlives the fix it waits
-//!   for.
+//!   refs of a key it prunes, of a key whose state ref is gone, of a generation older than the
+//!   key's current one, and a waiter's ref of a key nobody fixes ([`names_its_record`] says
+//!   which refs are ours); never a waiter's ref of the breakage being fixed (its record outlives
+//!   the fix it waits for) nor a note of the key's current generation.
 
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
