@@ -201,8 +201,18 @@ fn commit_pairs(s: &Server, dir: &Path, base: &str, n: usize) -> Vec<(String, St
 /// second here; this, a few git round trips): the failure that elects the fixer, and its passing
 /// check with the fix commit (pushed with the state), which ends in a prune. A real fixer adds
 /// a few state commits between the two (its fix process, heartbeats, the fix run's start and
-/// end): the real breakages of the test measure those.
-fn breakage_in_process(store: &RemoteStore, dir: &Path, tested: &str, fix: &str) {
+/// end): the real breakages of the test measure those. With `waiter`, a second job of the
+/// matrix fails while the fix runs (it joins with a waiter's ref of its own), and its ref is
+/// back on the server after the fix's clean-up deleted it, as a join that landed after that
+/// clean-up read the refs leaves it; told to take the fix, the waiter leaves a note.
+fn breakage_in_process(
+    s: &Server,
+    store: &RemoteStore,
+    dir: &Path,
+    tested: &str,
+    fix: &str,
+    waiter: Option<&str>,
+) {
     use buildlock_core::protocol::state::{Agent, Event, FixSeen, Outcome};
     use buildlock_core::store::{Policy, Store};
     let agent = Agent {
@@ -236,6 +246,43 @@ fn breakage_in_process(store: &RemoteStore, dir: &Path, tested: &str, fix: &str)
         elected.outcome
     );
     let generation = elected.after.generation;
+    if let Some(waiter) = waiter {
+        let joined = store
+            .apply(
+                tested,
+                tested,
+                &Event::Failed {
+                    agent: Agent {
+                        id: waiter.into(),
+                        ..agent.clone()
+                    },
+                    signature: "prune-test".into(),
+                    log: dir.join("failure.log"),
+                    passes_seen: None,
+                    lacks_fix: None,
+                    holder: None,
+                    elector: None,
+                },
+                policy,
+                None,
+                never,
+            )
+            .unwrap();
+        assert!(
+            matches!(joined.outcome, Outcome::Wait { .. }),
+            "{:?}",
+            joined.outcome
+        );
+    }
+    let joined: Vec<(String, String)> = paths_under(s, "refs/buildlock/wait/")
+        .into_iter()
+        .filter(|(_, name)| waiter.is_some_and(|w| name.ends_with(&format!("/{generation}/{w}"))))
+        .map(|(_, name)| {
+            let oid = remote_ref(s, &name).unwrap();
+            (name, oid)
+        })
+        .collect();
+    assert_eq!(joined.len(), usize::from(waiter.is_some()), "{joined:?}");
     let passed = Event::Passed {
         agent,
         generation: Some(generation),
@@ -251,6 +298,38 @@ fn breakage_in_process(store: &RemoteStore, dir: &Path, tested: &str, fix: &str)
         .apply(tested, tested, &passed, policy, None, never)
         .unwrap();
     assert_eq!(fixed.outcome, Outcome::Fixed);
+    for (name, oid) in &joined {
+        // The late join: created again where the fix deleted it (the empty old value: only
+        // if it is not there).
+        git(&s.root, &s.bare, &["update-ref", name, oid, ""]);
+    }
+    if let Some(waiter) = waiter {
+        let note = serde_json::json!({"event": "take_fix", "key": tested, "agent": waiter,
+            "commit": fix, "fixer": "solo", "generation": generation});
+        store
+            .record(buildlock_core::store::Entry::from_json(note))
+            .unwrap();
+    }
+}
+
+/// The key paths (`<base>/<sub>`) of the server's refs under `prefix`, one per ref, as
+/// `(path, ref)`.
+fn paths_under(s: &Server, prefix: &str) -> Vec<(String, String)> {
+    let refs = text(
+        &git(
+            &s.root,
+            &s.bare,
+            &["for-each-ref", "--format=%(refname)", prefix],
+        )
+        .stdout,
+    );
+    refs.lines()
+        .map(|name| {
+            let rest = name.strip_prefix(prefix).unwrap();
+            let path: Vec<&str> = rest.splitn(3, '/').take(2).collect();
+            (path.join("/"), name.to_owned())
+        })
+        .collect()
 }
 
 #[test]
@@ -303,12 +382,16 @@ fn remote_prune_two_hundred_breakages_leave_a_bounded_remote() {
     // Four at a time (four jobs of a matrix, each on its own commit): git's round trips wait
     // more than they compute.
     let clock = Instant::now();
+    // Every fifth breakage has a waiter whose ref outlived the fix, and a note.
+    let with_waiter: Vec<(usize, &(String, String))> = pairs.iter().enumerate().collect();
     std::thread::scope(|scope| {
-        for part in pairs.chunks(n.div_ceil(4).max(1)) {
-            let (store, a) = (&store, &a);
+        for part in with_waiter.chunks(n.div_ceil(4).max(1)) {
+            let (s, store, a) = (&s, &store, &a);
             scope.spawn(move || {
-                for (tested, fix) in part {
-                    breakage_in_process(store, a, tested, fix);
+                for (i, (tested, fix)) in part {
+                    let waiter = format!("waiter-{i}");
+                    let waiter = (i % 5 == 0).then_some(waiter.as_str());
+                    breakage_in_process(s, store, a, tested, fix, waiter);
                 }
             });
         }
@@ -316,6 +399,11 @@ fn remote_prune_two_hundred_breakages_leave_a_bounded_remote() {
     let took = clock.elapsed();
     let before = Figures::read(&s);
     assert_eq!(before.keys, n + 3, "one key per breakage: {before:?}");
+    // No step of their keys ends a wait again: what deletes the late waiters' refs (n / 5 of
+    // them) is the prune at the end of every breakage. Notes stay until an election takes them
+    // in.
+    let waits_before = paths_under(&s, "refs/buildlock/wait/");
+    let notes_before = paths_under(&s, "refs/buildlock/note/");
     // Another part's ref under refs/buildlock/ (claims): never ours to prune.
     let foreign = "refs/buildlock/claims/registry";
     git(&s.root, &s.bare, &["update-ref", foreign, &main]);
@@ -332,6 +420,8 @@ fn remote_prune_two_hundred_breakages_leave_a_bounded_remote() {
         extra += 1;
         after = Figures::read(&s);
     }
+    let waits_after = paths_under(&s, "refs/buildlock/wait/");
+    let notes_after = paths_under(&s, "refs/buildlock/note/");
     // What the host's own housekeeping then reclaims: unreachable objects go at its gc.
     git(&s.root, &s.bare, &["gc", "-q", "--prune=now"]);
     let collected = Figures::read(&s);
@@ -348,6 +438,15 @@ fn remote_prune_two_hundred_breakages_leave_a_bounded_remote() {
     );
     println!("{}", collected.line("pruned, after the server's gc"));
     println!(
+        "remote_prune: late waiters' refs {} made, {} left by the breakages, {} once pruned; \
+         notes {} -> {}",
+        n.div_ceil(5),
+        waits_before.len(),
+        waits_after.len(),
+        notes_before.len(),
+        notes_after.len()
+    );
+    println!(
         "remote_prune: a `buildlock ci` breakage: {:.1} objects, {:.1} refs under refs/buildlock \
          (and its delivery branch); through the store API: {:.1} objects; {n} breakages took {took:.1?}",
         (real.reachable - start.reachable) as f64 / 3.0,
@@ -362,8 +461,31 @@ fn remote_prune_two_hundred_breakages_leave_a_bounded_remote() {
         "{}",
         after.line("pruned")
     );
+    // No waiter's or note's ref of a pruned key is left: each one left belongs to a key that
+    // has its state still. At most one note per key that stays.
+    let states: Vec<String> = paths_under(&s, "refs/buildlock/state/")
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    let orphans: Vec<&String> = waits_after
+        .iter()
+        .chain(&notes_after)
+        .filter(|(p, _)| !states.contains(p))
+        .map(|(_, name)| name)
+        .collect();
+    assert!(orphans.is_empty(), "refs of pruned keys left: {orphans:?}");
+    // And no waiter's ref of a key nobody fixes: every key left is passing.
+    let side = waits_after.len() + notes_after.len();
     assert!(
-        after.buildlock_refs <= 2 * (KEEP_NEWEST + 1) + 1,
+        waits_after.is_empty() && side <= KEEP_NEWEST + 1,
+        "waiters {} -> {}, notes {} -> {}",
+        waits_before.len(),
+        waits_after.len(),
+        notes_before.len(),
+        notes_after.len()
+    );
+    assert!(
+        after.buildlock_refs <= 2 * (KEEP_NEWEST + 1) + 1 + side,
         "{}",
         after.line("pruned")
     );

@@ -331,6 +331,8 @@ fn lost_on_server(stderr: &str) -> bool {
         "is missing but expected",
         ".lock': file exists",
         "incorrect old value provided",
+        // A leased deletion of a ref that another push deleted after the advertisement.
+        "unable to resolve reference",
     ]
     .iter()
     .any(|m| stderr.to_ascii_lowercase().contains(m))
@@ -445,6 +447,10 @@ mod tests {
         ));
         assert!(lost_on_server(
             "remote: error: cannot lock ref 'refs/buildlock/state/k/1': is at 1a but expected 2b"
+        ));
+        assert!(lost_on_server(
+            "remote: error: cannot lock ref 'refs/buildlock/wait/k/_/1/a': unable to resolve \
+             reference 'refs/buildlock/wait/k/_/1/a'"
         ));
         assert!(!lost_on_server(
             "remote: error: hook declined to update refs/buildlock/x"

@@ -15,8 +15,15 @@
 //!   A fixer alive renews its lease every `stale_after / 3`, so a breakage still fixing with a
 //!   fresh lease is never pruned.
 //!
-//! The key that was just fixed always stays. A key's refs are its state refs (every epoch) and
-//! its fix refs under `refs/buildlock/fix/`: a fix *delivered* by `buildlock ci` is a normal
+//! The key that was just fixed always stays. A key's refs are its state refs (every epoch), its
+//! fix refs under `refs/buildlock/fix/`, and its waiters' and notes' refs under
+//! `refs/buildlock/wait/` and `refs/buildlock/note/` (see `waiters`). Those two also go on their
+//! own (see [`side_updates`]): when their key has no state ref any more, when they belong to a
+//! generation older than the key's current one, and a waiter's ref when nobody fixes its key (a
+//! join that landed after the fix's clean-up read the refs, a job killed while it waited). A
+//! waiter's ref of the breakage being fixed always stays (its record outlives the fix it waits
+//! for), and so does a note of the current generation (the next election takes it into its
+//! history). A fix *delivered* by `buildlock ci` is a normal
 //! branch (`refs/heads/buildlock/fix/…`), which nothing here ever reads or deletes. So the
 //! remote holds at most the passing keys of the last hour, at least [`KEEP_NEWEST`], all of them
 //! gone after a day, plus the breakages being fixed now. Why an hour: what still reads a passing
@@ -30,9 +37,12 @@
 //!
 //! Guarantees:
 //! - **An allowlist of ref shapes.** Only `refs/buildlock/state/<base>/<sub>/<epoch>` whose tip
-//!   decodes as a state, and `refs/buildlock/fix/<base>/<sub>/<oid>` that points at that `<oid>`
-//!   ([`super::refs::group`]), are ever deleted; any other ref under `refs/buildlock/` (claims,
-//!   the doctor's probe, whatever a later version adds) is left alone;
+//!   decodes as a state, `refs/buildlock/fix/<base>/<sub>/<oid>` that points at that `<oid>`
+//!   ([`super::refs::group`]), and `refs/buildlock/{wait,note}/<base>/<sub>/<generation>/<agent>`
+//!   whose commit is a waiter's record of that key, generation and agent
+//!   ([`super::refs::side_refs`], [`super::waiters::names_its_record`]) are ever deleted; any
+//!   other ref under `refs/buildlock/` (claims, the doctor's probe, whatever a later version
+//!   adds) is left alone;
 //! - **Fast-forward only.** No ref is ever rewound: a chain grows by a child of its tip, and a
 //!   compacted chain is a new ref (the next epoch) whose root records the old tip in a
 //!   `Buildlock-Previous:` trailer; the old epoch (and any stray) is deleted in the same atomic
@@ -42,17 +52,21 @@
 //!   deletes about [`PRUNE_BATCH`] refs at most (the rest go at the next one); a key's fix refs
 //!   are replaced by the newest one;
 //! - **Leased.** Every deletion carries the oid it was read at: nothing that moved since is
-//!   deleted. The push is atomic, so a key that moved meanwhile fails the whole push; the prune
-//!   then reads again and tries again (a few times), without the key that moved.
+//!   deleted. The push of the states and fix refs is atomic, so a key that moved meanwhile fails
+//!   the whole push; the prune then reads again and tries again (a few times), without the key
+//!   that moved. The waiters' and notes' refs go in a second push, so that a waiter leaving
+//!   never fails the first; a deletion whose ref went after the server listed it is a lost race
+//!   too.
 //!
 //! The rules are pure functions; [`RemoteStore::prune`] is their only I/O.
 
 use std::time::Duration;
 
 use super::RemoteStore;
-use super::chain::Doc;
+use super::chain::{self, Doc};
 use super::read::View;
-use super::refs::{Tip, fix_ref_name};
+use super::refs::{NOTE_PREFIX, SideRef, Tip, WAIT_PREFIX, fix_ref_name, side_refs};
+use super::waiters;
 use crate::os::env;
 use crate::os::remote_git::{Pushed, Update};
 use crate::os::time::{self, Millis};
@@ -239,9 +253,13 @@ pub(super) fn to_prune<'v>(
         .collect()
 }
 
-/// The deletions that prune `views` (every ref of each key [`to_prune`] names), about
-/// [`PRUNE_BATCH`] at most, oldest keys first.
-pub(super) fn prune_updates(views: &[(String, View)], except: &str, cut: Cutoffs) -> Vec<Update> {
+/// The deletions that prune `views` (every state and fix ref of each key [`to_prune`] names),
+/// about [`PRUNE_BATCH`] at most, oldest keys first; and the keys (paths) they prune.
+pub(super) fn prune_updates<'v>(
+    views: &'v [(String, View)],
+    except: &str,
+    cut: Cutoffs,
+) -> (Vec<Update>, Vec<&'v str>) {
     let mut keys: Vec<(Millis, &str)> = to_prune(views, except, cut)
         .into_iter()
         .filter_map(|p| {
@@ -251,6 +269,7 @@ pub(super) fn prune_updates(views: &[(String, View)], except: &str, cut: Cutoffs
         .collect();
     keys.sort();
     let mut updates = Vec::new();
+    let mut pruned = Vec::new();
     for (_, path) in keys {
         let Some((_, v)) = views.iter().find(|(p, _)| p == path) else {
             continue;
@@ -261,39 +280,110 @@ pub(super) fn prune_updates(views: &[(String, View)], except: &str, cut: Cutoffs
         for (n, oid) in &v.fixes {
             updates.push(delete(n, oid));
         }
+        pruned.push(path);
         if updates.len() >= PRUNE_BATCH {
             break;
         }
     }
-    updates
+    (updates, pruned)
+}
+
+/// The deletions of waiters' and notes' refs (listed *before* `views` was read) that nothing
+/// reads again, about [`PRUNE_BATCH`] at most: those of a key `pruned` now, of a key with no
+/// state ref in `views` (a waiter joins only a key whose state it read, so its key lost that
+/// state since), of a generation older than its key's current one (generations never go back),
+/// and a waiter's of a key nobody fixes (what the fix's own clean-up deletes: a join that landed
+/// after that clean-up read the refs). Never a waiter's ref of the generation being fixed, nor a
+/// note of the current generation (the next election takes it into its history), nor anything
+/// of a damaged key, whose generation is unknown. Only refs that `ours` says hold what their
+/// names say.
+pub(super) fn side_updates(
+    side: &[SideRef],
+    views: &[(String, View)],
+    pruned: &[&str],
+    ours: impl Fn(&SideRef) -> bool,
+) -> Vec<Update> {
+    side.iter()
+        .filter(|r| {
+            if pruned.contains(&r.path.as_str()) {
+                return true;
+            }
+            match views.iter().find(|(p, _)| *p == r.path) {
+                None => true,
+                Some((_, v)) => v.doc.as_ref().is_some_and(|d| {
+                    r.generation < d.state.generation
+                        || (!r.note && d.state.status != Status::Fixing)
+                }),
+            }
+        })
+        .filter(|r| ours(r))
+        .take(PRUNE_BATCH)
+        .map(|r| delete(&r.name, &r.oid))
+        .collect()
 }
 
 impl RemoteStore {
     /// After the end of a breakage: deletes what the rule of this module names (with leases;
     /// best effort: a push that lost a race is tried again on a fresh read, a few times, and
     /// whatever still raced it stays for the next time). Returns how many refs it deleted.
+    ///
+    /// Two pushes: the states and fix refs, then the waiters' and notes' refs. A waiter leaving
+    /// (deleting its own ref) must not fail the prune of the states; a key whose states went and
+    /// whose waiter refs lost a race is a key with no state at the next try, or the next prune.
     pub(super) fn prune(&self, except: &str) -> usize {
+        let mut deleted = 0;
         for _ in 0..PRUNE_TRIES {
-            let Ok(views) = self.views() else {
-                return 0;
+            // The waiters' and notes' refs first, then the states: see `side_updates`.
+            let Ok(listed) = self
+                .git
+                .ls_remote(&[format!("{WAIT_PREFIX}*"), format!("{NOTE_PREFIX}*")])
+            else {
+                return deleted;
             };
+            let Ok(views) = self.views() else {
+                return deleted;
+            };
+            let side = side_refs(&listed);
+            let Ok(repo) = self.repo() else {
+                return deleted;
+            };
+            let missing: Vec<String> = side
+                .iter()
+                .filter(|r| !chain::has_object(&repo, &r.oid))
+                .map(|r| r.oid.clone())
+                .collect();
+            if self.git.fetch_objects(&missing).is_err() {
+                return deleted;
+            }
             let cut = cutoffs(
                 time::now(),
                 prune_after(),
                 crowded_after(),
                 self.stale_after,
             );
-            let updates = prune_updates(&views, except, cut);
-            if updates.is_empty() {
-                return 0;
+            let (states, pruned) = prune_updates(&views, except, cut);
+            let side = side_updates(&side, &views, &pruned, |r| {
+                waiters::names_its_record(&repo, r)
+            });
+            let mut raced = false;
+            for batch in [states, side] {
+                if batch.is_empty() {
+                    continue;
+                }
+                match self.git.push(&batch) {
+                    Ok(Pushed::Landed) => deleted += batch.len(),
+                    Ok(Pushed::Stale) => {
+                        raced = true;
+                        break;
+                    }
+                    Err(_) => return deleted,
+                }
             }
-            match self.git.push(&updates) {
-                Ok(Pushed::Landed) => return updates.len(),
-                Ok(Pushed::Stale) => continue,
-                Err(_) => return 0,
+            if !raced {
+                return deleted;
             }
         }
-        0
+        deleted
     }
 }
 
@@ -632,14 +722,14 @@ mod tests {
             ("d/_".to_owned(), damaged),
         ];
         assert_eq!(
-            names(&prune_updates(&views, "x/_", CUT)),
+            names(&prune_updates(&views, "x/_", CUT).0),
             [
                 ("refs/buildlock/state/a/_/3", None, Some("a3")),
                 ("refs/buildlock/state/a/_/1", None, Some("a1")),
                 ("refs/buildlock/fix/a/_/f", None, Some("f")),
             ]
         );
-        assert!(prune_updates(&views, "a/_", CUT).is_empty());
+        assert!(prune_updates(&views, "a/_", CUT).0.is_empty());
     }
 
     #[test]
@@ -652,9 +742,186 @@ mod tests {
                 )
             })
             .collect();
-        let updates = prune_updates(&views, "", CUT);
+        let (updates, _) = prune_updates(&views, "", CUT);
         assert_eq!(updates.len(), PRUNE_BATCH);
         assert_eq!(updates[0].name, state_ref(&key_path("k000"), 1));
+    }
+
+    fn side(path: &str, generation: u64, agent: &str, note: bool) -> SideRef {
+        let prefix = if note { NOTE_PREFIX } else { WAIT_PREFIX };
+        SideRef {
+            name: format!("{prefix}{path}/{generation}/{agent}"),
+            oid: format!("{path}-{generation}-{agent}"),
+            path: path.into(),
+            generation,
+            agent: agent.into(),
+            note,
+        }
+    }
+
+    fn at_generation(key: &str, status: Status, generation: u64) -> Doc {
+        // Touched now: fresh by every cutoff, whatever the clock.
+        let mut d = doc(key, status, time::now());
+        d.state.generation = generation;
+        d
+    }
+
+    #[test]
+    fn waiters_and_notes_go_with_their_key_their_state_or_their_generation_only() {
+        let mut views = vec![
+            keyed("gone", at_generation("gone", Status::Passing, 3)),
+            keyed("live", at_generation("live", Status::Fixing, 5)),
+        ];
+        views.push((key_path("damaged"), {
+            let mut v = view(Some(tip("damaged/_", 1, "d1")), Vec::new(), &[], None);
+            v.damaged = Some("garbage".into());
+            v
+        }));
+        let listed = [
+            side("gone/_", 3, "a", false),
+            side("gone/_", 3, "a", true),
+            side("orphan/_", 9, "b", false),
+            side("orphan/_", 9, "b", true),
+            side("live/_", 4, "c", false),
+            side("live/_", 4, "c", true),
+            // The current generation of a live key, and a newer one than was read: they stay.
+            side("live/_", 5, "d", false),
+            side("live/_", 5, "d", true),
+            side("live/_", 6, "e", false),
+            // A damaged key's generation is unknown: its refs stay.
+            side("damaged/_", 0, "f", false),
+            // Not what its name says (the record disagrees): not ours.
+            side("orphan/_", 1, "not-ours", false),
+        ];
+        let updates = side_updates(&listed, &views, &["gone/_"], |r| r.agent != "not-ours");
+        let got: Vec<&str> = updates.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(
+            got,
+            [
+                "refs/buildlock/wait/gone/_/3/a",
+                "refs/buildlock/note/gone/_/3/a",
+                "refs/buildlock/wait/orphan/_/9/b",
+                "refs/buildlock/note/orphan/_/9/b",
+                "refs/buildlock/wait/live/_/4/c",
+                "refs/buildlock/note/live/_/4/c",
+            ]
+        );
+        for (u, r) in updates.iter().zip(&listed) {
+            assert_eq!(
+                (u.new.as_deref(), u.expect.as_deref()),
+                (None, Some(r.oid.as_str()))
+            );
+        }
+        // Not pruned now: a passing key's notes of its current generation stay (the next
+        // election takes them in); its waiters' refs wait for nothing any more.
+        let kept = side_updates(&listed[..2], &views, &[], |_| true);
+        assert_eq!(
+            names(&kept),
+            [(listed[0].name.as_str(), None, Some(listed[0].oid.as_str()))]
+        );
+    }
+
+    /// A waiter's record (or a note) of `key`'s `generation` by `agent`, on the remote under its
+    /// own ref; returns the ref.
+    fn put_side(
+        remote: &super::super::testing::Remote,
+        key: &str,
+        generation: u64,
+        agent: &str,
+        note: bool,
+    ) -> String {
+        let mut record = waiters::Record::note(key, generation, agent, serde_json::json!({}));
+        let path = key_path(key);
+        let name = if note {
+            crate::store::remote::refs::note_ref(&path, generation, agent)
+        } else {
+            record.note = None;
+            crate::store::remote::refs::wait_ref(&path, generation, agent)
+        };
+        let oid = waiters::write(&remote.repo(), &record, 1_000).unwrap();
+        remote.set_ref(&name, &oid);
+        name
+    }
+
+    /// A remote with a pruned key's, an orphan's, an old generation's waiters and notes (to go),
+    /// and the current generation's of two live keys, a claims ref and a look-alike (to stay).
+    fn remote_with_waiters() -> (super::super::testing::Remote, Vec<String>, Vec<String>) {
+        let remote = super::super::testing::Remote::new();
+        remote.put_state(&at_generation("keep", Status::Passing, 2));
+        let mut old = at_generation("gone", Status::Passing, 4);
+        old.state.changed = 0;
+        remote.put_state(&old);
+        remote.put_state(&at_generation("open", Status::Fixing, 7));
+        let go = vec![
+            put_side(&remote, "gone", 4, "a", false),
+            put_side(&remote, "gone", 4, "a", true),
+            put_side(&remote, "orphan", 2, "b", false),
+            put_side(&remote, "orphan", 2, "b", true),
+            put_side(&remote, "open", 6, "c", false),
+            put_side(&remote, "keep", 1, "d", true),
+            // A join that landed after the fix's clean-up read the refs.
+            put_side(&remote, "keep", 2, "d", false),
+        ];
+        let mut stay = vec![
+            put_side(&remote, "open", 7, "c", false),
+            put_side(&remote, "keep", 2, "d", true),
+            "refs/buildlock/claims/registry".to_owned(),
+            // The shape of a waiter's ref, but a state commit: not ours.
+            "refs/buildlock/wait/orphan/_/1/x".to_owned(),
+        ];
+        let bait = remote.put_state(&at_generation("bait", Status::Broken, 1));
+        for name in &stay[2..] {
+            remote.set_ref(name, &bait);
+        }
+        stay.push("refs/buildlock/state/bait/_/1".to_owned());
+        stay.extend(["keep", "open"].map(|k| state_ref(&key_path(k), 1)));
+        stay.sort();
+        (remote, go, stay)
+    }
+
+    fn left(remote: &super::super::testing::Remote) -> Vec<String> {
+        remote.refs().into_iter().map(|(n, _)| n).collect()
+    }
+
+    #[test]
+    fn pruning_a_real_remote_deletes_the_waiters_and_notes_nothing_reads_again() {
+        let (remote, go, stay) = remote_with_waiters();
+        let deleted = remote.store("a").prune(&key_path("keep"));
+        assert_eq!(left(&remote), stay, "deleted: {go:?}");
+        assert_eq!(
+            deleted,
+            1 + go.len(),
+            "gone's state, and the waiters and notes"
+        );
+    }
+
+    // regression: a deletion whose ref vanished between the server's advertisement and its
+    // update ("unable to resolve reference") was a permanent error, and the prune gave up.
+    #[test]
+    fn a_prune_whose_deletion_loses_a_race_on_the_server_reads_again() {
+        let (remote, go, stay) = remote_with_waiters();
+        // The server's pre-receive hook (after the advertisement, before the update) deletes
+        // one of the refs the push deletes, once: as a waiter leaving at that moment does.
+        let hook = remote.bare.join("hooks/pre-receive");
+        std::fs::create_dir_all(hook.parent().unwrap()).unwrap();
+        let once = remote.bare.join("raced");
+        std::fs::write(
+            &hook,
+            format!(
+                "#!/bin/sh\ngrep -q ' {victim}$' || exit 0\ntest -e {once} && exit 0\n\
+                 touch {once}\nenv -u GIT_QUARANTINE_PATH -u GIT_OBJECT_DIRECTORY \
+                 -u GIT_ALTERNATE_OBJECT_DIRECTORIES git update-ref -d {victim}\n",
+                once = once.display(),
+                victim = go[4],
+            ),
+        )
+        .unwrap();
+        crate::os::fs::set_mode(&hook, 0o755).unwrap();
+        let store = remote.store("a");
+        let deleted = store.prune(&key_path("keep"));
+        assert!(once.exists(), "the race was run");
+        assert_eq!(left(&remote), stay, "deleted: {go:?}");
+        assert_eq!(deleted, go.len(), "all but the ref deleted by the race");
     }
 
     #[test]

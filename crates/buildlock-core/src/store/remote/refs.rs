@@ -17,9 +17,10 @@
 //! - reading is total: a ref under our prefixes that does not fit the layout is ignored, never an
 //!   error; of a key's epochs the highest is its state, the others are strays ([`split_epochs`]);
 //! - the layout is an allowlist: a state ref is `<base>/<sub>/<decimal epoch>`, a fix ref is
-//!   `<base>/<sub>/<the oid it points at>`; only refs of these shapes are ever read as a key's,
-//!   and so only they are ever pruned (other refs under `refs/buildlock/`, such as claims, are
-//!   not ours to judge).
+//!   `<base>/<sub>/<the oid it points at>`, a waiter's or a note's ref is
+//!   `<base>/<sub>/<decimal generation>/<agent stem>` (`side_refs`); only refs of these shapes
+//!   are ever read as a key's, and so only they are ever pruned (other refs under
+//!   `refs/buildlock/`, such as claims, are not ours to judge).
 //!
 //! Pure: no I/O here.
 
@@ -155,6 +156,57 @@ pub(super) fn waits_of(refs: &[(String, String)], path: &str) -> Vec<WaitRef> {
                 oid: oid.clone(),
                 generation: generation.parse().ok()?,
                 agent: agent.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// A waiter's or a note's ref of the exact shape [`wait_ref`] and [`note_ref`] name:
+/// `<prefix><base>/<sub>/<decimal generation>/<agent stem>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct SideRef {
+    pub name: String,
+    pub oid: String,
+    /// The key path it belongs to (`<base>/<sub>`).
+    pub path: String,
+    pub generation: u64,
+    /// The agent, as [`agent_stem`] names it.
+    pub agent: String,
+    /// A note (under [`NOTE_PREFIX`]), else a waiter (under [`WAIT_PREFIX`]).
+    pub note: bool,
+}
+
+/// The waiters' and notes' refs among `ls-remote` output `(oid, name)`, of every key. Only the
+/// exact shapes this version writes: a generation in plain decimal (no sign, no leading zero),
+/// an agent stem of the characters [`agent_stem`] makes; anything else is left out (and so never
+/// pruned).
+pub(super) fn side_refs(refs: &[(String, String)]) -> Vec<SideRef> {
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 65
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+    };
+    refs.iter()
+        .filter_map(|(oid, name)| {
+            let (rest, note) = match name.strip_prefix(WAIT_PREFIX) {
+                Some(rest) => (rest, false),
+                None => (name.strip_prefix(NOTE_PREFIX)?, true),
+            };
+            let parts: Vec<&str> = rest.split('/').collect();
+            let [base, sub, generation, agent] = parts[..] else {
+                return None;
+            };
+            let decimal = generation.bytes().all(|b| b.is_ascii_digit())
+                && (generation == "0" || !generation.starts_with('0'));
+            (!base.is_empty() && !sub.is_empty() && decimal && plain(agent)).then_some(())?;
+            Some(SideRef {
+                name: name.clone(),
+                oid: oid.clone(),
+                path: format!("{base}/{sub}"),
+                generation: generation.parse().ok()?,
+                agent: agent.to_owned(),
+                note,
             })
         })
         .collect()
@@ -401,6 +453,49 @@ mod tests {
         );
         assert_eq!(waits[1].generation, 8);
         assert_eq!(waits[1].name, odd);
+    }
+
+    #[test]
+    fn waiter_and_note_refs_of_every_key_read_back_in_their_exact_shape_only() {
+        let path = key_path("commit#0123456789abcdef");
+        let wait = wait_ref(&path, 7, "host:/work tree");
+        let note = note_ref("other/_", 0, "flavor-1");
+        let refs = listed(&[
+            ("w", &wait),
+            ("n", &note),
+            ("x", "refs/buildlock/wait/commit/_/07/a"),
+            ("x", "refs/buildlock/wait/commit/_/+7/a"),
+            ("x", "refs/buildlock/wait/commit/_/7/a.b"),
+            ("x", "refs/buildlock/wait/commit/_/7/a/b"),
+            ("x", "refs/buildlock/wait/commit/_/7/"),
+            ("x", "refs/buildlock/wait/commit/_/7"),
+            ("x", "refs/buildlock/note/commit//7/a"),
+            ("x", "refs/buildlock/notes/commit/_/7/a"),
+            ("x", "refs/buildlock/claims/registry"),
+            ("x", &state_ref("commit/_", 7)),
+        ]);
+        let side = side_refs(&refs);
+        assert_eq!(
+            side,
+            [
+                SideRef {
+                    name: wait,
+                    oid: "w".into(),
+                    path: path.clone(),
+                    generation: 7,
+                    agent: agent_stem("host:/work tree"),
+                    note: false,
+                },
+                SideRef {
+                    name: note,
+                    oid: "n".into(),
+                    path: "other/_".into(),
+                    generation: 0,
+                    agent: "flavor-1".into(),
+                    note: true,
+                },
+            ]
+        );
     }
 
     #[test]

@@ -28,7 +28,12 @@
 //!   log` reads the notes from their refs, and the next election of any key moves every note
 //!   into its state commit's history and then deletes their refs (so notes are bounded by the
 //!   breakages between two elections; a note whose deletion lost to another election's can be
-//!   read into two histories).
+//!   read into two histories);
+//! - bounded without an election too: the pruner (see `prune`) deletes the waiters' and notes'
+//!   refs of a key it prunes, of a key whose state ref is gone, of a generation older than the
+//!   key's current one, and a waiter's ref of a key nobody fixes ([`names_its_record`] says
+//!   which refs are ours); never a waiter's ref of the breakage being fixed (its record outlives
+//!   the fix it waits for) nor a note of the key's current generation.
 
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
@@ -38,7 +43,9 @@ use std::time::{Duration, Instant};
 
 use super::RemoteStore;
 use super::chain;
-use super::refs::{NOTE_PREFIX, agent_stem, key_path, key_waits, note_ref, wait_ref, waits_of};
+use super::refs::{
+    NOTE_PREFIX, SideRef, agent_stem, key_path, key_waits, note_ref, wait_ref, waits_of,
+};
 use crate::os::remote_git::{Pushed, Update};
 use crate::os::time::{self, Millis};
 use crate::protocol::ledger::history_entries;
@@ -175,6 +182,18 @@ pub(super) fn decode(repo: &git2::Repository, oid: &str) -> Option<Record> {
     serde_json::from_slice::<Record>(blob.content())
         .ok()
         .filter(|r| r.schema == SCHEMA)
+}
+
+/// Whether the ref `side` holds what its name says: a record (in the local object store) of its
+/// key, generation and agent, a note under a note's name and a wait under a waiter's. What the
+/// pruner may delete; anything else under those prefixes is not ours to judge.
+pub(super) fn names_its_record(repo: &git2::Repository, side: &SideRef) -> bool {
+    decode(repo, &side.oid).is_some_and(|r| {
+        key_path(&r.key) == side.path
+            && r.generation == side.generation
+            && agent_stem(&r.waiter.agent) == side.agent
+            && r.note.is_some() == side.note
+    })
 }
 
 impl RemoteStore {
