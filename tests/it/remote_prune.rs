@@ -23,13 +23,14 @@ const KEEP_NEWEST: usize = 32;
 /// One job per breakage: the check greps `status`; the fix writes `ok`, commits it and says so in
 /// a witness outside every clone (its key and agent); a fix by an agent named `slow-*` takes
 /// `slow` seconds. Waiters take the fix from its ref.
+/// `slow`: the shell command the slow agents' fix runs before it fixes.
 fn config(root: &Path, slow: &str, stale_after: &str) -> String {
     let fix = root.join("fix.sh");
     std::fs::write(
         &fix,
         format!(
             "echo \"start $BUILDLOCK_AGENT $BUILDLOCK_KEY\" >> {w}\n\
-             case $BUILDLOCK_AGENT in slow-*) sleep {slow};; esac\n\
+             case $BUILDLOCK_AGENT in slow-*) {slow};; esac\n\
              echo ok > status && git commit -q -am \"fix by $BUILDLOCK_AGENT\"\n\
              echo \"end $BUILDLOCK_AGENT $BUILDLOCK_KEY\" >> {w}\n",
             w = root.join("witness").display(),
@@ -338,7 +339,7 @@ fn remote_prune_two_hundred_breakages_leave_a_bounded_remote() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
-    let mut s = server_with(|root| config(root, "0", "60s"));
+    let mut s = server_with(|root| config(root, "true", "60s"));
     // No `git gc --auto` after each push (hosts run their housekeeping on their own schedule):
     // one process less per push, and the loose objects stay as the pushes left them.
     git(&s.root, &s.bare, &["config", "receive.autogc", "false"]);
@@ -524,7 +525,19 @@ fn remote_prune_never_takes_a_breakage_whose_fixer_renews_its_lease() {
     // heartbeat (every stale_after / 3) keeps it, while another clone ends breakage after
     // breakage, each of them pruning. The breakages stop when the slow fix ends, so that the
     // fixed key is younger than the age limit until the waiter has taken the fix.
-    let mut s = server_with(|root| config(root, "14", "5s"));
+    // The slow fix runs 14 s at least, and until the test has seen three pruning breakages end
+    // (at most 5 minutes): under load a breakage takes seconds, and the race must run.
+    let mut s = server_with(|root| {
+        let release = root.join("release");
+        config(
+            root,
+            &format!(
+                "sleep 14; i=0; while [ ! -e {r} ] && [ $i -lt 1500 ]; do sleep 0.2; i=$((i+1)); done",
+                r = release.display()
+            ),
+            "5s",
+        )
+    });
     s.start_daemon();
     let c = clones(&s, &["fixer", "waiter", "breaker"]);
     let tested = s.head(&c[0]);
@@ -567,6 +580,9 @@ fn remote_prune_never_takes_a_breakage_whose_fixer_renews_its_lease() {
         if fixer.is_some() && !fix_ended {
             breakage(&s, &c[2], pruning_breakages, &env);
             pruning_breakages += 1;
+            if pruning_breakages == 3 {
+                std::fs::write(s.path("release"), "").unwrap();
+            }
         } else {
             std::thread::sleep(Duration::from_millis(50));
         }
