@@ -1379,36 +1379,26 @@ mod tests {
             apply(&store, &key(1), &waits).outcome,
             Outcome::Wait { .. }
         ));
+        // The live fixer renews its lease.
+        let renew = || {
+            let live = store.read(&key(0)).state(&key(0));
+            let lease = Lease {
+                agent: "live".into(),
+                generation: live.generation,
+                heartbeat: time::now() + 60_000,
+            };
+            store.write_lease(&key(0), &lease).unwrap();
+        };
         for i in 2..KEEP_OPEN + 40 {
             apply_with(&store, &key(i), &fail(&format!("a{i}")), silent);
-            let live = store.read(&key(0)).state(&key(0));
-            store
-                .write_lease(
-                    &key(0),
-                    &Lease {
-                        agent: "live".into(),
-                        generation: live.generation,
-                        heartbeat: time::now() + 60_000,
-                    },
-                )
-                .unwrap();
+            renew();
             std::thread::sleep(Duration::from_millis(2));
         }
         // Every fixer of the loop is silent now, however fast the loop ran (on a quick machine
         // the keys of the last 50 ms were still live at the loop's last look); the next step
         // looks again, stale_after after the last look.
         std::thread::sleep(Duration::from_millis(150));
-        let live = store.read(&key(0)).state(&key(0));
-        store
-            .write_lease(
-                &key(0),
-                &Lease {
-                    agent: "live".into(),
-                    generation: live.generation,
-                    heartbeat: time::now() + 60_000,
-                },
-            )
-            .unwrap();
+        renew();
         apply_with(&store, &key(KEEP_OPEN + 40), &fail("last"), silent);
         let view = store.read_base("repo");
         let open = view

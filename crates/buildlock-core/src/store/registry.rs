@@ -601,12 +601,15 @@ pub fn seen_agents(home: &Path, now: crate::os::time::Millis, ttl: u64) -> Vec<S
     agents
 }
 
+/// Requests and limits the registries' unit tests share (local and remote).
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocol::claims::{Mode, Who};
+pub(crate) mod test_requests {
+    use super::Limits;
+    use crate::os::process;
+    use crate::protocol::claims::{Mode, Request, Who};
+    use std::time::Duration;
 
-    fn who(agent: &str) -> Who {
+    pub(crate) fn who(agent: &str) -> Who {
         Who {
             agent: agent.into(),
             priority: 3,
@@ -616,7 +619,8 @@ mod tests {
         }
     }
 
-    fn claim(agent: &str, path: &str) -> Request {
+    /// An exclusive claim of `path` by `agent`, not waiting.
+    pub(crate) fn claim(agent: &str, path: &str) -> Request {
         Request::Claim {
             who: who(agent),
             paths: vec![path.into()],
@@ -627,10 +631,16 @@ mod tests {
         }
     }
 
-    const LIMITS: Limits = Limits {
+    pub(crate) const LIMITS: Limits = Limits {
         ttl: Duration::from_secs(600),
         slots: 0,
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_requests::{LIMITS, claim, who};
+    use super::*;
 
     #[test]
     fn the_marker_and_alive_files_follow_the_claims() {

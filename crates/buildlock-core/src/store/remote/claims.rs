@@ -622,7 +622,7 @@ impl ClaimsRegistry for RemoteRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::claims::{Mode, Who};
+    use crate::store::registry::test_requests::{LIMITS, claim, who};
 
     struct Remote {
         dir: tempfile::TempDir,
@@ -666,32 +666,6 @@ mod tests {
             names
         }
     }
-
-    fn who(agent: &str) -> Who {
-        Who {
-            agent: agent.into(),
-            priority: 3,
-            process: process::me(),
-            worktree: "/w".into(),
-            branch: "main".into(),
-        }
-    }
-
-    fn claim(agent: &str, path: &str) -> Request {
-        Request::Claim {
-            who: who(agent),
-            paths: vec![path.into()],
-            mode: Mode::Exclusive,
-            term: None,
-            wait: false,
-            ticket: None,
-        }
-    }
-
-    const LIMITS: Limits = Limits {
-        ttl: Duration::from_secs(600),
-        slots: 0,
-    };
 
     #[test]
     fn epochs_take_the_highest_as_numbers_and_ignore_other_names() {
