@@ -1202,7 +1202,8 @@ def render_run(res, title="Run"):
 
 DOC_INTRO = """# Benchmarks
 
-One command measures everything below, in one run, on the machine it runs on:
+One command measures everything below (but the remote backend's section, from `bench/remote.py`),
+in one run, on the machine it runs on:
 
 ```sh
 python3 bench/run.py --write     # builds the release binaries, measures, rewrites this file
