@@ -523,35 +523,12 @@ fn trees_of(
     window: u64,
     except: Option<&str>,
 ) -> Vec<Seen> {
-    let forget_after = window.max(24 * 3600 * 1000);
-    let mut found: Vec<Seen> = std::fs::read_dir(where_dir(home, agent))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            let name = e.file_name();
-            !name.to_string_lossy().starts_with('.') && except.is_none_or(|x| name != x)
-        })
-        .filter_map(|e| {
-            let path = e.path();
-            let last_seen = modified_ms(&path)?;
-            let age = now.saturating_sub(last_seen);
-            if age > forget_after {
-                let _ = std::fs::remove_file(&path);
-                return None;
-            }
-            if age > window {
-                return None;
-            }
-            let bytes = crate::os::fs::read_bounded(&path, 64 * 1024).ok()??;
-            let mut seen: Seen = serde_json::from_slice(&bytes).ok()?;
-            (seen.agent == agent).then_some(())?;
-            seen.last_seen = last_seen;
-            Some(seen)
-        })
-        .collect();
-    found.sort_by_key(|s| std::cmp::Reverse(s.last_seen));
-    found
+    records(&where_dir(home, agent), now, window, |name| {
+        !name.starts_with('.') && except.is_none_or(|x| name != x)
+    })
+    .into_iter()
+    .filter(|seen| seen.agent == agent)
+    .collect()
 }
 
 /// Writes `seen/<agent>` for an agent that has none (see [`touch`], which renews it). Best
@@ -575,11 +552,24 @@ pub fn seen(home: &Path, agent: &str, describe: impl FnOnce() -> Seen) {
 /// Agents seen within `ttl` (by their last commit), newest first. Files of agents not seen for
 /// a day (and longer than `ttl`) are removed: the folder holds the agents of the last day.
 pub fn seen_agents(home: &Path, now: crate::os::time::Millis, ttl: u64) -> Vec<Seen> {
-    let forget_after = ttl.max(24 * 3600 * 1000);
-    let mut agents: Vec<Seen> = std::fs::read_dir(seen_dir(home))
+    records(&seen_dir(home), now, ttl, |_| true)
+}
+
+/// The `Seen` records in `dir` (files named as `wanted` says) changed within `window`, newest
+/// first, each dated by its mtime. Files older than a day (and than `window`) are removed: the
+/// folder holds the last day's.
+fn records(
+    dir: &Path,
+    now: crate::os::time::Millis,
+    window: u64,
+    wanted: impl Fn(&str) -> bool,
+) -> Vec<Seen> {
+    let forget_after = window.max(24 * 3600 * 1000);
+    let mut found: Vec<Seen> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
+        .filter(|e| wanted(&e.file_name().to_string_lossy()))
         .filter_map(|e| {
             let path = e.path();
             let last_seen = modified_ms(&path)?;
@@ -588,7 +578,7 @@ pub fn seen_agents(home: &Path, now: crate::os::time::Millis, ttl: u64) -> Vec<S
                 let _ = std::fs::remove_file(&path);
                 return None;
             }
-            if age > ttl {
+            if age > window {
                 return None;
             }
             let bytes = crate::os::fs::read_bounded(&path, 64 * 1024).ok()??;
@@ -597,8 +587,8 @@ pub fn seen_agents(home: &Path, now: crate::os::time::Millis, ttl: u64) -> Vec<S
             Some(seen)
         })
         .collect();
-    agents.sort_by_key(|a| std::cmp::Reverse(a.last_seen));
-    agents
+    found.sort_by_key(|s| std::cmp::Reverse(s.last_seen));
+    found
 }
 
 /// Requests and limits the registries' unit tests share (local and remote).
