@@ -13,7 +13,7 @@ use anyhow::{Result, bail};
 use std::ffi::OsString;
 use std::time::Duration;
 
-use crate::flows::commit::lease::Heartbeat;
+use crate::flows::commit::lease::{Heartbeat, SignOfLife};
 use crate::flows::context::Context;
 use crate::os::check::{self, Ending};
 use crate::os::process::{self, Process, Stopped};
@@ -320,11 +320,10 @@ pub fn stop_orphaned_fixes(ctx: &Context, state: &KeyState) -> Result<()> {
     if state.orphan_fix.is_empty() {
         return Ok(());
     }
-    let _lease = Heartbeat::start(
+    let _lease = SignOfLife::start(
         ctx.store.clone(),
-        state.key.clone(),
         ctx.agent.clone(),
-        state.generation,
+        vec![(state.key.clone(), state.generation)],
         ctx.config.stale_after,
     );
     for orphan in &state.orphan_fix {

@@ -24,19 +24,9 @@ pub struct Heartbeat {
 
 impl Heartbeat {
     /// Renews `agent`'s lease on `key` (generation `generation`) every quarter of `stale_after`
-    /// (a role held while the hook's check runs).
-    pub fn start(
-        store: Arc<dyn Store>,
-        key: String,
-        agent: String,
-        generation: u64,
-        stale_after: Duration,
-    ) -> Heartbeat {
-        Heartbeat::spawn(store, key, agent, generation, stale_after, false)
-    }
-
-    /// [`Heartbeat::start`] for a fixer that runs a fix: it also looks whether it still holds
-    /// the role every [`Store::look_every`], so that [`Heartbeat::fenced`] turns true promptly.
+    /// while a fixer runs its fix, and looks whether it still holds the role every
+    /// [`Store::look_every`], so that [`Heartbeat::fenced`] turns true promptly. (A role held
+    /// without a fix running is kept by a [`SignOfLife`].)
     pub fn watching(
         store: Arc<dyn Store>,
         key: String,
@@ -44,26 +34,11 @@ impl Heartbeat {
         generation: u64,
         stale_after: Duration,
     ) -> Heartbeat {
-        Heartbeat::spawn(store, key, agent, generation, stale_after, true)
-    }
-
-    fn spawn(
-        store: Arc<dyn Store>,
-        key: String,
-        agent: String,
-        generation: u64,
-        stale_after: Duration,
-        watch: bool,
-    ) -> Heartbeat {
         let stop = Arc::new(AtomicBool::new(false));
         let fenced = Arc::new(AtomicBool::new(false));
         let (stop2, fenced2) = (stop.clone(), fenced.clone());
         let every = (stale_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
-        let look = if watch {
-            store.look_every().min(every)
-        } else {
-            every
-        };
+        let look = store.look_every().min(every);
         let thread = std::thread::spawn(move || {
             let mut next = Instant::now() + every;
             let mut next_look = Instant::now() + look;
