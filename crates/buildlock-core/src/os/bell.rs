@@ -519,10 +519,7 @@ mod linux {
             })
             .collect();
         // Rounded up: never a busy loop of zero-millisecond polls.
-        let ms = timeout
-            .as_micros()
-            .div_ceil(1000)
-            .clamp(1, i32::MAX as u128) as i32;
+        let ms = crate::os::poll::millis_rounded_up(timeout).max(1);
         // SAFETY: `pfds` is a valid array of its length.
         let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
         if n < 0 {

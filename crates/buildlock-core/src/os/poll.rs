@@ -18,6 +18,18 @@ pub enum Ready {
     Failed,
 }
 
+/// `timeout` in whole milliseconds for poll(2), rounded up: a wait of less than a millisecond
+/// that truncated to 0 would return at once, and the loop around it would spin until the
+/// millisecond passed (it did: 2,500 polls per hook run while a check blocked). Zero stays zero
+/// (only looks).
+#[cfg(unix)]
+pub fn millis_rounded_up(timeout: Duration) -> libc::c_int {
+    timeout
+        .as_micros()
+        .div_ceil(1000)
+        .min(libc::c_int::MAX as u128) as libc::c_int
+}
+
 /// Waits until `pipe` can be read without blocking, or `timeout` passes (zero: only looks).
 #[cfg(unix)]
 pub fn readable(pipe: &ChildStderr, timeout: Duration) -> Ready {
@@ -27,9 +39,8 @@ pub fn readable(pipe: &ChildStderr, timeout: Duration) -> Ready {
         events: libc::POLLIN,
         revents: 0,
     };
-    let ms = timeout.as_millis().min(libc::c_int::MAX as u128) as libc::c_int;
     // SAFETY: pfd is one valid pollfd for the duration of the call.
-    match unsafe { libc::poll(&mut pfd, 1, ms) } {
+    match unsafe { libc::poll(&mut pfd, 1, millis_rounded_up(timeout)) } {
         n if n > 0 => Ready::Readable,
         0 => Ready::TimedOut,
         _ => Ready::Failed,
