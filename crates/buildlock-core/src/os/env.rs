@@ -291,6 +291,11 @@ pub fn take_retry_first() -> Option<String> {
 }
 
 /// `PATH` as set (empty if unset), for messages about commands not found on it.
+/// Every variable of our environment, for a child's environment built by hand (`os::spawn`).
+pub fn all() -> std::env::VarsOs {
+    std::env::vars_os()
+}
+
 pub fn path() -> String {
     std::env::var("PATH").unwrap_or_default()
 }

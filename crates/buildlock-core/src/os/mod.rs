@@ -4,7 +4,8 @@
 //! macOS and Windows and says in its header what each costs and where one differs.
 //!
 //! - [`lock`]: the only module that takes a lock (flock through fd-lock);
-//! - [`fs`]: atomic writes; [`check`]: running a command in its own process group;
+//! - [`fs`]: atomic writes; [`check`]: running a command in its own process group ([`spawn`]:
+//!   starting it without forking us, on Linux);
 //! - [`deadline`]: running a program (the remote backend's git) that ends, with its group, by a deadline;
 //! - [`process`], [`signals`]: processes and signals; [`poll`]: waiting for input on a pipe; [`env`]: the only module that reads the
 //!   environment; [`time`]: clocks, durations, RFC 3339; [`say`]: everything printed for people;
@@ -28,6 +29,8 @@ pub mod remote_git;
 pub mod repo;
 pub mod say;
 pub mod signals;
+#[cfg(target_os = "linux")]
+pub mod spawn;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod time;
