@@ -24,6 +24,8 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 /// A held exclusive lock. Dropping it closes the file, which releases the lock.
@@ -67,8 +69,8 @@ impl Lock {
         )))
     }
 
-    /// Takes the lock, polling with backoff for at most `timeout`; `on_wait` is called once when
-    /// the lock is found held for longer than a moment. `Ok(None)` when the time ran out.
+    /// Takes the lock, waiting for at most `timeout`; `on_wait` is called once when the lock is
+    /// found held for longer than a moment. `Ok(None)` when the time ran out.
     pub fn acquire(
         path: &Path,
         timeout: Duration,
@@ -79,32 +81,100 @@ impl Lock {
 
     /// [`Lock::acquire`] that also gives up (`Ok(None)`) as soon as `stop` says so: a signal
     /// arrived, or the parent went away. A person waiting on a lock can always leave.
+    ///
+    /// A held lock is waited for in the kernel (a blocking flock, LockFileEx on Windows), so it
+    /// passes to the next holder the moment it is freed: polling with a backoff left it idle
+    /// between tries, and 64 agents failing at once took 5× the time of the same steps handed on
+    /// at once. The blocking call runs on a thread of its own (started only when the lock is
+    /// held) while this one looks at `stop` and the time every tick. When we give up, that thread
+    /// is told so: if it gets the lock later, it drops it at once (and takes no lock file that was
+    /// removed meanwhile).
     pub fn acquire_or_stop(
         path: &Path,
         timeout: Duration,
         mut on_wait: impl FnMut(),
         stop: impl Fn() -> bool,
     ) -> io::Result<Option<Lock>> {
+        if let Some(lock) = Self::try_acquire(path)? {
+            return Ok(Some(lock));
+        }
         let start = Instant::now();
-        let mut delay = Duration::from_millis(1);
+        let wanted = Arc::new(AtomicBool::new(true));
+        let (tx, rx) = mpsc::sync_channel(1);
+        {
+            let (path, wanted) = (path.to_owned(), wanted.clone());
+            std::thread::Builder::new()
+                .name("lock wait".into())
+                .stack_size(64 << 10)
+                .spawn(move || {
+                    let got = Self::acquire_blocking(&path, &wanted);
+                    // Refused when we gave up meanwhile: the lock is dropped, so released.
+                    let _ = tx.send(got);
+                })?;
+        }
+        let give_up = || {
+            wanted.store(false, Ordering::SeqCst);
+            Ok(None)
+        };
         let mut told = false;
         loop {
-            if let Some(lock) = Self::try_acquire(path)? {
-                return Ok(Some(lock));
-            }
             let waited = start.elapsed();
             if waited >= timeout || stop() {
-                return Ok(None);
+                return give_up();
             }
             if !told && waited >= Duration::from_secs(1) {
                 told = true;
                 on_wait();
             }
-            std::thread::sleep(delay.min(timeout - waited) + crate::os::time::jitter(delay / 2));
-            delay = (delay * 2).min(Duration::from_millis(50));
+            match rx.recv_timeout(TICK.min(timeout - waited)) {
+                Ok(Ok(Some(lock))) => return Ok(Some(lock)),
+                Ok(Ok(None)) => return give_up(),
+                Ok(Err(e)) => return Err(e),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(io::Error::other(format!(
+                        "the thread waiting for the lock {} ended without it",
+                        path.display()
+                    )));
+                }
+            }
         }
     }
+
+    /// Blocks until the lock is ours, starting over when the path was replaced meanwhile (as
+    /// [`Lock::try_acquire`] does); `Ok(None)` once `wanted` is false.
+    fn acquire_blocking(path: &Path, wanted: &AtomicBool) -> io::Result<Option<Lock>> {
+        for _ in 0..8 {
+            if !wanted.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            let file = open(path)?;
+            let opened = crate::os::fs::file_id(&file).map_err(|e| with_path(e, path))?;
+            let mut lock = fd_lock::RwLock::new(file);
+            loop {
+                match lock.write() {
+                    Ok(guard) => break std::mem::forget(guard),
+                    // A signal: the caller looks at it; we wait on.
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(with_path(e, path)),
+                }
+            }
+            if crate::os::fs::path_id(path).is_ok_and(|id| id == opened) {
+                return Ok(Some(Lock {
+                    path: path.to_owned(),
+                    _file: lock,
+                }));
+            }
+        }
+        Err(io::Error::other(format!(
+            "{} keeps being replaced while we lock it",
+            path.display()
+        )))
+    }
 }
+
+/// How often a wait for a lock looks at `stop` and the time.
+const TICK: Duration = Duration::from_millis(50);
 
 /// Who holds the lock at `path`, where the OS tells (Linux `/proc/locks`): the pid, and whether
 /// that process is stopped (SIGSTOP or a debugger), which keeps a lock for as long as it lasts.
@@ -244,6 +314,63 @@ mod tests {
                 .is_none()
         );
         assert!(start.elapsed() >= Duration::from_millis(120));
+    }
+
+    /// A wait given up leaves nothing behind: the thread still blocked in the kernel drops the
+    /// lock as soon as it gets it, and does not create again a lock file removed meanwhile.
+    #[test]
+    fn a_wait_given_up_holds_nothing_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.lock");
+        let held = Lock::try_acquire(&path).unwrap().unwrap();
+        assert!(
+            Lock::acquire(&path, Duration::from_millis(100), || {})
+                .unwrap()
+                .is_none()
+        );
+        drop(held);
+        // The abandoned waiter may take the freed lock for an instant; never for longer.
+        let got = Lock::acquire(&path, Duration::from_secs(60), || {}).unwrap();
+        assert!(
+            got.is_some(),
+            "the lock was kept by a wait that was given up"
+        );
+        drop(got);
+
+        let held = Lock::try_acquire(&path).unwrap().unwrap();
+        assert!(
+            Lock::acquire_or_stop(&path, Duration::from_secs(60), || {}, || true)
+                .unwrap()
+                .is_none()
+        );
+        std::fs::remove_file(&path).unwrap();
+        drop(held);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !path.exists(),
+            "a given-up wait made the removed lock file again"
+        );
+    }
+
+    /// A freed lock goes to a waiter that was blocked on it, from another thread as from
+    /// another process.
+    #[test]
+    fn a_waiter_gets_the_lock_its_holder_frees() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.lock");
+        let held = Lock::try_acquire(&path).unwrap().unwrap();
+        let waiter = {
+            let path = path.clone();
+            std::thread::spawn(move || Lock::acquire(&path, Duration::from_secs(60), || {}))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        drop(held);
+        let got = waiter.join().unwrap().unwrap();
+        assert!(got.is_some());
+        assert!(
+            Lock::try_acquire(&path).unwrap().is_none(),
+            "held by the waiter"
+        );
     }
 
     #[test]
