@@ -420,16 +420,18 @@ pub fn stagger(herd: usize) {
 
 /// The spread of a herd's retries: [`STAGGER_PER_WAITER`] per other waiter, at most
 /// [`STAGGER_MAX`]. It grows with the herd (it was capped at one second, which put any herd past
-/// 250 into that second): 384 waiters spread over 0.38 s, 5,000 over 5 s. Narrower for a small
-/// herd than the 4 ms per waiter it was: a retry on a 2-core machine costs a few ms, and what
-/// the herd's last retry waits for is the spread plus the queue.
+/// 250 into that second): 384 waiters spread over 0.19 s, 10,000 over 5 s. It only has to keep
+/// the herd from landing at one instant: 384 retries of a cheap check (the hook's part about
+/// 1 ms of CPU, the check's the rest) already take 0.4–0.5 s of 2 cores, so a wider spread
+/// only made the last retry later (1 ms per waiter: the slowest of 384 at 0.47–0.59 s; 0.5 ms:
+/// 0.42–0.52 s, at load 24).
 pub fn stagger_spread(herd: usize) -> Duration {
     let others = u32::try_from(herd.saturating_sub(1)).unwrap_or(u32::MAX);
     STAGGER_PER_WAITER.saturating_mul(others).min(STAGGER_MAX)
 }
 
 /// What each other waiter adds to the spread of a herd's retries (see [`stagger`]).
-pub const STAGGER_PER_WAITER: Duration = Duration::from_millis(1);
+pub const STAGGER_PER_WAITER: Duration = Duration::from_micros(500);
 /// The longest spread of a herd's retries (10,000 waiters).
 pub const STAGGER_MAX: Duration = Duration::from_secs(10);
 
@@ -523,9 +525,9 @@ mod tests {
     fn the_retry_spread_grows_with_the_herd_up_to_its_bound() {
         assert_eq!(stagger_spread(0), Duration::ZERO);
         assert_eq!(stagger_spread(1), Duration::ZERO, "alone: no pause");
-        assert_eq!(stagger_spread(385), Duration::from_millis(384));
+        assert_eq!(stagger_spread(385), Duration::from_millis(192));
         assert_eq!(
-            stagger_spread(5_001),
+            stagger_spread(10_001),
             Duration::from_secs(5),
             "no one-second cap"
         );
