@@ -12,10 +12,10 @@
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::Read;
+#[cfg(target_os = "linux")]
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
-#[cfg(not(target_os = "linux"))]
-use std::process::{Command as Process, Stdio};
 #[cfg(not(unix))]
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -103,25 +103,18 @@ pub fn run(command: &Command, opts: Options<'_>) -> std::io::Result<Run> {
             format!("cannot start `{}`: {e}", command.describe()),
         )
     };
+    // Linux: started without forking us (see os/spawn.rs), when it is named by a path.
     #[cfg(target_os = "linux")]
-    let child = crate::os::spawn::in_own_group(program, &args, opts.dir, &opts.env, writer.into())
-        .map_err(cannot_start)?;
-    #[cfg(not(target_os = "linux"))]
-    let child = {
-        let mut cmd = Process::new(program);
-        cmd.args(&args)
-            .current_dir(opts.dir)
-            .stdin(Stdio::null())
-            .stdout(writer.try_clone()?)
-            .stderr(writer);
-        process::own_group(&mut cmd);
-        for (k, v) in &opts.env {
-            cmd.env(k, v);
-        }
-        // The Command holds our copies of the pipe's write end: dropped with it, or we would
-        // never see EOF.
-        cmd.spawn().map_err(cannot_start)?
+    let child: Box<dyn Child> = if program.as_bytes().contains(&b'/') {
+        Box::new(
+            crate::os::spawn::in_own_group(program, &args, opts.dir, &opts.env, writer.into())
+                .map_err(cannot_start)?,
+        )
+    } else {
+        Box::new(std_spawn(program, &args, &opts, writer).map_err(cannot_start)?)
     };
+    #[cfg(not(target_os = "linux"))]
+    let child = std_spawn(program, &args, &opts, writer).map_err(cannot_start)?;
     let pgid = child.id();
     (opts.on_start)(pgid);
 
@@ -139,6 +132,28 @@ pub fn run(command: &Command, opts: Options<'_>) -> std::io::Result<Run> {
     })
 }
 
+/// Starts the command with std's `Command` (which forks where it cannot use posix_spawn).
+fn std_spawn(
+    program: &std::ffi::OsStr,
+    args: &[&std::ffi::OsStr],
+    opts: &Options<'_>,
+    writer: std::io::PipeWriter,
+) -> std::io::Result<std::process::Child> {
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args)
+        .current_dir(opts.dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(writer.try_clone()?)
+        .stderr(writer);
+    process::own_group(&mut cmd);
+    for (k, v) in &opts.env {
+        cmd.env(k, v);
+    }
+    // The Command holds our copies of the pipe's write end: dropped with it, or we would never
+    // see EOF.
+    cmd.spawn()
+}
+
 /// The started command, as `watch` needs it: std's child, or ours where we spawn it ourselves.
 trait Child {
     fn id(&self) -> u32;
@@ -151,6 +166,15 @@ impl Child for std::process::Child {
     }
     fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
         std::process::Child::try_wait(self)
+    }
+}
+
+impl<C: Child + ?Sized> Child for Box<C> {
+    fn id(&self) -> u32 {
+        (**self).id()
+    }
+    fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        (**self).try_wait()
     }
 }
 

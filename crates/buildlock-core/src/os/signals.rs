@@ -42,6 +42,18 @@ extern "C" fn on_signal(signal: libc::c_int) {
 #[cfg(unix)]
 extern "C" fn on_file_size_limit(_: libc::c_int) {}
 
+/// Every signal whose disposition this program changes (the three above and SIGXFSZ caught,
+/// SIGPIPE ignored): a child started without a fork ([`crate::os::spawn`]) sets them back to
+/// their default before its exec, as glibc's posix_spawn would for every signal.
+#[cfg(unix)]
+pub const CHANGED: [libc::c_int; 5] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGXFSZ,
+    libc::SIGPIPE,
+];
+
 /// Installs the handlers. Idempotent.
 #[cfg(unix)]
 pub fn install() {
