@@ -42,17 +42,34 @@ extern "C" fn on_signal(signal: libc::c_int) {
 #[cfg(unix)]
 extern "C" fn on_file_size_limit(_: libc::c_int) {}
 
-/// Every signal whose disposition this program changes (the three above and SIGXFSZ caught,
-/// SIGPIPE ignored): a child started without a fork ([`crate::os::spawn`]) sets them back to
-/// their default before its exec, as glibc's posix_spawn would for every signal.
+/// Every signal whose disposition this program changes (the three above, SIGXFSZ and SIGALRM
+/// caught, SIGPIPE ignored): a child started without a fork ([`crate::os::spawn`]) sets them
+/// back to their default before its exec, as glibc's posix_spawn would for every signal.
 #[cfg(unix)]
-pub const CHANGED: [libc::c_int; 5] = [
+pub const CHANGED: [libc::c_int; 6] = [
     libc::SIGINT,
     libc::SIGTERM,
     libc::SIGHUP,
     libc::SIGXFSZ,
+    libc::SIGALRM,
     libc::SIGPIPE,
 ];
+
+/// SIGALRM does nothing but interrupt the blocking call it arrives in (EINTR: installed without
+/// SA_RESTART). Only a timer of the lock module's sends it, to its own thread. Idempotent.
+#[cfg(target_os = "linux")]
+pub fn interrupt_on_alarm() {
+    extern "C" fn on_alarm(_: libc::c_int) {}
+    // SAFETY: the handler does nothing; the sigaction struct is fully initialised.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        let handler: extern "C" fn(libc::c_int) = on_alarm;
+        action.sa_sigaction = handler as usize;
+        action.sa_flags = 0;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGALRM, &action, std::ptr::null_mut());
+    }
+}
 
 /// Installs the handlers. Idempotent.
 #[cfg(unix)]
