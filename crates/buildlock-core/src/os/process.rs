@@ -42,9 +42,19 @@ pub fn pid_space() -> Option<String> {
 
 #[cfg(target_os = "linux")]
 fn read_pid_space() -> Option<String> {
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let boot = read_proc("/proc/sys/kernel/random/boot_id").ok()?;
     let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
     linux_pid_space(&boot, &ns.to_string_lossy())
+}
+
+/// A small file of `/proc`, read in one call (and one more to see its end): its size shows as
+/// 0, so `read_to_string` grew its buffer from 32 bytes, one read per doubling (6 for a `stat`).
+#[cfg(all(unix, not(target_os = "macos")))]
+fn read_proc(path: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::with_capacity(1024);
+    std::fs::File::open(path)?.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// `<boot id>/<inode>` from the text of `boot_id` and the target of `/proc/self/ns/pid`
@@ -218,7 +228,7 @@ pub fn stat(pid: u32) -> std::io::Result<Stat> {
 /// Reads `/proc/<pid>/stat`: `Err` when there is no such process, or no `/proc`.
 #[cfg(not(any(windows, target_os = "macos")))]
 pub fn stat(pid: u32) -> std::io::Result<Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let text = read_proc(&format!("/proc/{pid}/stat"))?;
     Stat::parse(&text).ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,

@@ -21,8 +21,10 @@ use std::path::{Path, PathBuf};
 use crate::os::time;
 use crate::protocol::key;
 
-/// Failure logs kept in `logs/`, the newest.
+/// Failure logs kept in `logs/`, the newest (give or take the few since the last pruning).
 pub const KEEP_LOGS: usize = 200;
+/// `logs/` is pruned at about one failure in this many.
+pub const PRUNE_EVERY: u64 = 16;
 
 /// `<git common dir>/buildlock/`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,17 +68,15 @@ impl Home {
         self.root.join("chained").join("pre-commit")
     }
 
-    /// Saves a failure's output under `logs/` and returns its path; keeps the newest
-    /// [`KEEP_LOGS`].
+    /// Saves a failure's output under `logs/` and returns its path. About the newest
+    /// [`KEEP_LOGS`] are kept: the directory is pruned at about one failure in
+    /// [`PRUNE_EVERY`] (listing it at every failure was a tenth of a failing agent's CPU when 64
+    /// failed at once), so it holds [`KEEP_LOGS`] plus the few written since.
     pub fn write_log(&self, agent: &str, output: &[u8]) -> Result<PathBuf> {
         let dir = self.logs();
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let name = format!(
-            "{}-{}-{}.log",
-            time::now(),
-            key::file_stem(agent),
-            std::process::id()
-        );
+        let (now, pid) = (time::now(), std::process::id());
+        let name = format!("{now}-{}-{pid}.log", key::file_stem(agent));
         let path = dir.join(name);
         let mut file = fs::OpenOptions::new()
             .write(true)
@@ -85,6 +85,15 @@ impl Home {
             .with_context(|| format!("cannot write the failure log {}", path.display()))?;
         file.write_all(output)
             .with_context(|| format!("cannot write the failure log {}", path.display()))?;
+        if (now.wrapping_mul(31) ^ u64::from(pid)) % PRUNE_EVERY == 0 {
+            self.prune_logs();
+        }
+        Ok(path)
+    }
+
+    /// Removes all but the newest [`KEEP_LOGS`] failure logs.
+    pub fn prune_logs(&self) {
+        let dir = self.logs();
         // Names start with the time in milliseconds (13 digits until the year 2286), so their
         // byte order is their age. Sorted as names, not paths: comparing paths component by
         // component was 4 % of a failing hook's CPU.
@@ -99,7 +108,6 @@ impl Home {
                 }
             }
         }
-        Ok(path)
     }
 }
 
@@ -123,8 +131,14 @@ mod tests {
         for i in 0..KEEP_LOGS + 5 {
             fs::write(home.logs().join(format!("0-old-{i:04}.log")), b"").unwrap();
         }
-        home.write_log("a", b"x").unwrap();
+        home.prune_logs();
         assert_eq!(fs::read_dir(home.logs()).unwrap().count(), KEEP_LOGS);
         assert!(first.exists(), "the oldest go first");
+        // Failures prune now and then: the directory stays near its bound.
+        for i in 0..2_000 {
+            home.write_log(&format!("agent{i}"), b"x").unwrap();
+        }
+        let kept = fs::read_dir(home.logs()).unwrap().count();
+        assert!(kept < KEEP_LOGS + 500, "{kept} logs after 2,000 failures");
     }
 }

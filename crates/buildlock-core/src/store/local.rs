@@ -965,7 +965,8 @@ fn last_totals(path: &Path) -> Option<Totals> {
     loop {
         let from = len.saturating_sub(window);
         file.seek(SeekFrom::Start(from)).ok()?;
-        let mut tail = Vec::new();
+        // Sized for the window: one read, not one per doubling of an empty buffer.
+        let mut tail = Vec::with_capacity(window as usize);
         (&mut file).take(window).read_to_end(&mut tail).ok()?;
         let text = String::from_utf8_lossy(&tail);
         let mut lines: Vec<&str> = text.lines().collect();
