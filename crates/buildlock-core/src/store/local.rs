@@ -1429,6 +1429,18 @@ mod tests {
         let live = format!("{:040x}", 7);
         apply(&store, &live, &fail("live"));
         for i in 100..100 + 3 * KEEP_BASES {
+            // Renewed just before each step, which sweeps leases older than 2 × 50 ms: renewed
+            // after it (and a pause), a loaded machine let it lapse and the base went.
+            store
+                .write_lease(
+                    &live,
+                    &Lease {
+                        agent: "live".into(),
+                        generation: 1,
+                        heartbeat: time::now() + 60_000,
+                    },
+                )
+                .unwrap();
             let base = format!("{i:040x}");
             apply_with(&store, &base, &fail(&format!("a{i}")), silent);
             if i % 3 == 0 {
@@ -1441,16 +1453,6 @@ mod tests {
                     silent,
                 );
             }
-            store
-                .write_lease(
-                    &live,
-                    &Lease {
-                        agent: "live".into(),
-                        generation: 1,
-                        heartbeat: time::now() + 60_000,
-                    },
-                )
-                .unwrap();
             std::thread::sleep(Duration::from_millis(2));
         }
         let count = fs::read_dir(dir.path().join("state")).unwrap().count();
