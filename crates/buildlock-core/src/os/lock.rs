@@ -218,7 +218,8 @@ impl Ticker {
             let mut event: libc::sigevent = std::mem::zeroed();
             event.sigev_notify = libc::SIGEV_THREAD_ID;
             event.sigev_signo = libc::SIGALRM;
-            event.sigev_notify_thread_id = libc::gettid();
+            // The system call, not glibc's gettid(): that one only came with glibc 2.30.
+            event.sigev_notify_thread_id = libc::syscall(libc::SYS_gettid) as libc::pid_t;
             let mut id: libc::timer_t = std::ptr::null_mut();
             if libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut id) != 0 {
                 return Err(io::Error::last_os_error());
