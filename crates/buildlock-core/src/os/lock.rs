@@ -47,14 +47,35 @@ impl Lock {
 
     /// Takes the lock if nobody holds it: `Ok(None)` when someone does.
     pub fn try_acquire(path: &Path) -> io::Result<Option<Lock>> {
+        Self::take_at(path, &mut || false, |lock, _| match lock.try_write() {
+            Ok(guard) => {
+                std::mem::forget(guard);
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(with_path(e, path)),
+        })
+    }
+
+    /// The one way a lock is taken: open the file at `path`, lock it with `take` (`Ok(false)`:
+    /// not taken, `Ok(None)` here), and keep it only if the path still names the file that was
+    /// locked; else start over on the file now there (see the module header). `give_up` is
+    /// asked before each open, so that a wait given up never makes a removed lock file again,
+    /// and handed to `take` for its own waits.
+    fn take_at(
+        path: &Path,
+        give_up: &mut dyn FnMut() -> bool,
+        mut take: impl FnMut(&mut fd_lock::RwLock<File>, &mut dyn FnMut() -> bool) -> io::Result<bool>,
+    ) -> io::Result<Option<Lock>> {
         for _ in 0..8 {
+            if give_up() {
+                return Ok(None);
+            }
             let file = open(path)?;
             let opened = crate::os::fs::file_id(&file).map_err(|e| with_path(e, path))?;
             let mut lock = fd_lock::RwLock::new(file);
-            match lock.try_write() {
-                Ok(guard) => std::mem::forget(guard),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-                Err(e) => return Err(with_path(e, path)),
+            if !take(&mut lock, give_up)? {
+                return Ok(None);
             }
             if crate::os::fs::path_id(path).is_ok_and(|id| id == opened) {
                 return Ok(Some(Lock {
@@ -159,43 +180,29 @@ impl Lock {
         }
     }
 
-    /// Blocks until the lock is ours, starting over when the path was replaced meanwhile (as
-    /// [`Lock::try_acquire`] does). Each interruption of the wait (a signal: the caller's
-    /// [`Ticker`], or any other) asks `give_up`; `Ok(None)` when it says so. Asked before each
-    /// open too, so that a wait given up never makes a removed lock file again.
+    /// Blocks until the lock is ours (see [`Lock::take_at`]). Each interruption of the wait (a
+    /// signal: the caller's [`Ticker`], or any other) asks `give_up`; `Ok(None)` when it says
+    /// so.
     fn acquire_blocking(
         path: &Path,
         give_up: &mut dyn FnMut() -> bool,
     ) -> io::Result<Option<Lock>> {
-        for _ in 0..8 {
-            if give_up() {
-                return Ok(None);
-            }
-            let file = open(path)?;
-            let opened = crate::os::fs::file_id(&file).map_err(|e| with_path(e, path))?;
-            let mut lock = fd_lock::RwLock::new(file);
+        Self::take_at(path, give_up, |lock, give_up| {
             loop {
                 match lock.write() {
-                    Ok(guard) => break std::mem::forget(guard),
+                    Ok(guard) => {
+                        std::mem::forget(guard);
+                        return Ok(true);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                         if give_up() {
-                            return Ok(None);
+                            return Ok(false);
                         }
                     }
                     Err(e) => return Err(with_path(e, path)),
                 }
             }
-            if crate::os::fs::path_id(path).is_ok_and(|id| id == opened) {
-                return Ok(Some(Lock {
-                    path: path.to_owned(),
-                    _file: lock,
-                }));
-            }
-        }
-        Err(io::Error::other(format!(
-            "{} keeps being replaced while we lock it",
-            path.display()
-        )))
+        })
     }
 }
 
