@@ -155,11 +155,13 @@ fn std_spawn(
 }
 
 /// The started command, as `watch` needs it: std's child, or ours where we spawn it ourselves.
+#[cfg(unix)]
 trait Child {
     fn id(&self) -> u32;
     fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>>;
 }
 
+#[cfg(unix)]
 impl Child for std::process::Child {
     fn id(&self) -> u32 {
         std::process::Child::id(self)
@@ -169,6 +171,7 @@ impl Child for std::process::Child {
     }
 }
 
+#[cfg(target_os = "linux")]
 impl<C: Child + ?Sized> Child for Box<C> {
     fn id(&self) -> u32 {
         (**self).id()
@@ -349,7 +352,7 @@ fn exited_within(child: &mut dyn Child, limit: Duration) -> bool {
 /// pipe): one reads, one waits; this one ticks.
 #[cfg(not(unix))]
 fn watch(
-    child: Child,
+    child: std::process::Child,
     mut reader: std::io::PipeReader,
     opts: &Options<'_>,
     start: Instant,
@@ -381,7 +384,7 @@ fn watch(
         let _ = eof_tx.send(());
     });
     let (exit_tx, exit_rx) = mpsc::channel();
-    let mut child: Child = child;
+    let mut child: std::process::Child = child;
     std::thread::spawn(move || {
         let _ = exit_tx.send(child.wait());
     });

@@ -136,13 +136,13 @@ impl Lock {
         if let Ok(_ticker) = Ticker::start(TICK) {
             return Self::acquire_blocking(path, &mut give_up);
         }
-        Self::acquire_on_a_thread(path, give_up)
+        Self::acquire_on_a_thread(path, &mut give_up)
     }
 
     /// The blocking call on a thread of its own (see [`Lock::acquire_or_stop`]).
     fn acquire_on_a_thread(
         path: &Path,
-        mut give_up: impl FnMut() -> bool,
+        give_up: &mut dyn FnMut() -> bool,
     ) -> io::Result<Option<Lock>> {
         let wanted = Arc::new(AtomicBool::new(true));
         let (tx, rx) = mpsc::sync_channel(1);
