@@ -177,6 +177,27 @@ pub trait Store: Send + Sync {
     /// totals where the ledger says so.
     fn record(&self, entry: Entry) -> Result<(), StoreError>;
 
+    /// [`Store::record`] of `entry`, then [`Store::apply`] of `event` (without a silent
+    /// fixer's lease: only a failure reports one), the record written whatever the step's
+    /// outcome (a fenced step changes no state). Each goes as it would alone; a backend where
+    /// every write is a round trip that wakes every reader (remote) makes them one write, the
+    /// record's history entry first. The record's error is said, never returned: the step is
+    /// what the caller acts on.
+    fn apply_and_record(
+        &self,
+        key: &str,
+        base: &str,
+        event: &Event,
+        policy: Policy,
+        entry: Entry,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Applied, StoreError> {
+        if let Err(e) = self.record(entry) {
+            crate::os::say::warn(format!("could not record in the history: {e:#}"));
+        }
+        self.apply(key, base, event, policy, None, stop)
+    }
+
     // Liveness of the fixer.
 
     /// Renews a fixer's lease without the election: only that fixer writes it.
