@@ -142,6 +142,14 @@ pub trait Store: Send + Sync {
     /// A key's state, without any lock.
     fn read(&self, key: &str) -> Read;
 
+    /// [`Store::read`] for the fixer's own looks while its fix runs (its heartbeat). A backend
+    /// whose mark of the fix needs what the waiters wrote (remote: their records, to credit
+    /// them) fetches it here, a little at each look, rather than all at once in the mark, when
+    /// every waiter waits for it.
+    fn read_as_fixer(&self, key: &str) -> Read {
+        self.read(key)
+    }
+
     /// A base key's states, without any lock: the hook's hot path, one small read however many
     /// keys are on record.
     fn read_base(&self, base: &str) -> BaseView;

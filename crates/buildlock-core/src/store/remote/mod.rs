@@ -367,7 +367,12 @@ impl Store for RemoteStore {
     }
 
     fn read(&self, key: &str) -> Read {
-        self.read_key(key)
+        self.read_key(key, false)
+    }
+
+    fn read_as_fixer(&self, key: &str) -> Read {
+        // The waiters' records too: the fixer's pass credits them, and has them all by then.
+        self.read_key(key, true)
     }
 
     fn read_base(&self, base: &str) -> BaseView {
@@ -896,6 +901,37 @@ mod tests {
             remote.refs()
         );
         assert_eq!(told(&b), 1, "recorded once, in the chain");
+    }
+
+    #[test]
+    fn the_fixers_looks_fetch_the_waiters_records_and_a_waiters_do_not() {
+        let remote = Remote::new();
+        let (a, b, c) = (remote.store("a"), remote.store("b"), remote.store("c"));
+        let never = &|| false;
+        a.apply("k", "k", &failed("a"), policy(), None, never)
+            .unwrap();
+        for (store, id) in [(&b, "b"), (&c, "c")] {
+            store
+                .apply("k", "k", &failed(id), policy(), None, never)
+                .unwrap();
+        }
+        let records: Vec<String> = remote
+            .refs()
+            .into_iter()
+            .filter(|(n, _)| n.starts_with(refs::WAIT_PREFIX))
+            .map(|(_, oid)| oid)
+            .collect();
+        assert_eq!(records.len(), 2);
+        let here = |s: &RemoteStore, oid: &str| chain::has_object(&s.repo().unwrap(), oid);
+        // A waiter's look fetches the state, not the others' records.
+        assert!(matches!(b.read("k"), Read::Found { .. }));
+        assert!(!here(&b, &records[1]) || !here(&b, &records[0]));
+        // The fixer's look fetches them all: its pass then has them.
+        match a.read_as_fixer("k") {
+            Read::Found { state, .. } => assert_eq!(state.waiters.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert!(records.iter().all(|oid| here(&a, oid)), "{records:?}");
     }
 
     #[test]
