@@ -44,8 +44,8 @@ def free_port():
 class Lab:
     """A bare repository served by git daemon, clones of it, and the git shim."""
 
-    def __init__(self, config: str):
-        self.tmp = Path(tempfile.mkdtemp(prefix="bl-remote-bench-"))
+    def __init__(self, config: str, tmp_dir=None):
+        self.tmp = Path(tempfile.mkdtemp(prefix="bl-remote-bench-", dir=tmp_dir))
         (self.tmp / "home").mkdir()
         self.log = self.tmp / "git-calls.log"
         shim_dir = self.tmp / "shim"
@@ -200,14 +200,14 @@ def bench_election(out):
 
 # wake ------------------------------------------------------------------------------------------
 
-def race_lab(n, fix_sleep, poll="2s", fix_start_mark=None):
+def race_lab(n, fix_sleep, poll="2s", fix_start_mark=None, tmp_dir=None):
     tmp_fix = "fix.sh"
     cfg_tpl = ('check = "while [ ! -e {go} ]; do sleep 0.01; done; grep -qx ok status"\n'
                '[coordination]\nbackend = "remote"\nscope = "commit"\nwait = "10m"\nstale_after = "5m"\n'
                f'remote_poll = "{poll}"\n'
                '[fix]\ncommand = "sh {fix}"\n[retry]\nattempts = 5\n'
                'refresh = "git fetch -q origin $BUILDLOCK_FIX_REF && git checkout -q --detach $BUILDLOCK_FIX_COMMIT"\n')
-    lab = Lab("")
+    lab = Lab("", tmp_dir)
     fix = lab.tmp / tmp_fix
     started = f"date +%s%N > {lab.tmp}/fix-started\necho $BUILDLOCK_AGENT > {lab.tmp}/fixer\n" if fix_start_mark else ""
     fix.write_text(f"{started}sleep {fix_sleep}\necho ok > status && git commit -q -am fix\n"
@@ -287,6 +287,38 @@ def bench_requests(out):
 MATRIX_FIX = float(os.environ.get("BENCH_MATRIX_FIX", "20"))
 
 
+MATRIX_JOBS = (7, 16, 32)
+
+
+def measure_matrix(n, fix_seconds=MATRIX_FIX, tmp_dir=None):
+    """One matrix of `n` jobs (see `bench_matrix`), as numbers: `fix_start_s` (the starting gun
+    to the fix's first line), `last_green_s` (the fix commit to the last job's exit), `rates`
+    (git processes per waiting job per minute while the fix ran, one per waiting job, sorted),
+    `kinds` (those git runs by subcommand, all waiters), and the load average (1 min) before
+    and after. bench/run.py's `remote` section calls it too."""
+    load = os.getloadavg()[0]
+    lab, clones = race_lab(n, fix_seconds, poll="1s", fix_start_mark=True, tmp_dir=tmp_dir)
+    try:
+        start, ends = run_race(lab, clones)
+        fix_started = int((lab.tmp / "fix-started").read_text())
+        fixed = int((lab.tmp / "fixed-at").read_text())
+        fixer = "w" + (lab.tmp / "fixer").read_text().strip().removeprefix("flavor")
+        per, kinds = {}, {}
+        for line in lab.log.read_text().splitlines():
+            tag, sub, _, at = line.split(" ")
+            if tag == fixer or not (fix_started <= int(at) < fixed):
+                continue
+            per[tag] = per.get(tag, 0) + 1
+            kinds[sub] = kinds.get(sub, 0) + 1
+        minutes = (fixed - fix_started) / 60e9
+        rates = sorted(per.get(f"w{i}", 0) / minutes for i in range(n) if f"w{i}" != fixer)
+        return {"jobs": n, "fix_s": fix_seconds, "fix_start_s": (fix_started - start) / 1e9,
+                "last_green_s": (max(ends) - fixed) / 1e9, "rates": rates, "kinds": dict(sorted(kinds.items())),
+                "load_before": load, "load_after": os.getloadavg()[0]}
+    finally:
+        lab.close()
+
+
 def bench_matrix(out):
     """N `buildlock ci` jobs in N clones fail at the same instant (remote_poll = 1s): how soon the
     fix starts, how soon after the fix the last job is green, and what each waiting job does at
@@ -296,28 +328,11 @@ def bench_matrix(out):
                f"over git daemon on loopback (load average at the start: {load}):\n")
     out.append("| jobs | fix starts after the jobs fail | last job green after the fix | git processes per waiting job per minute while the fix runs: median / max | of which (all waiters) | load (1 min) after |")
     out.append("|---|---|---|---|---|---|")
-    for n in (7, 16, 32):
-        lab, clones = race_lab(n, MATRIX_FIX, poll="1s", fix_start_mark=True)
-        try:
-            start, ends = run_race(lab, clones)
-            fix_started = int((lab.tmp / "fix-started").read_text())
-            fixed = int((lab.tmp / "fixed-at").read_text())
-            fixer = "w" + (lab.tmp / "fixer").read_text().strip().removeprefix("flavor")
-            per, kinds = {}, {}
-            for line in lab.log.read_text().splitlines():
-                tag, sub, _, at = line.split(" ")
-                if tag == fixer or not (fix_started <= int(at) < fixed):
-                    continue
-                per[tag] = per.get(tag, 0) + 1
-                kinds[sub] = kinds.get(sub, 0) + 1
-            minutes = (fixed - fix_started) / 60e9
-            rates = sorted(per.get(f"w{i}", 0) / minutes for i in range(n) if f"w{i}" != fixer)
-            load_after = open("/proc/loadavg").read().split()[0]
-            out.append(f"| {n} | {(fix_started - start) / 1e9:.2f} s | {(max(ends) - fixed) / 1e9:.2f} s | "
-                       f"{statistics.median(rates):.0f} / {rates[-1]:.0f} | "
-                       f"{', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))} | {load_after} |")
-        finally:
-            lab.close()
+    for n in MATRIX_JOBS:
+        r = measure_matrix(n)
+        out.append(f"| {n} | {r['fix_start_s']:.2f} s | {r['last_green_s']:.2f} s | "
+                   f"{statistics.median(r['rates']):.0f} / {r['rates'][-1]:.0f} | "
+                   f"{', '.join(f'{k} {v}' for k, v in r['kinds'].items())} | {r['load_after']:.2f} |")
     out.append("")
 
 

@@ -175,7 +175,7 @@ impl Server {
         )
     }
 
-    fn buildlock_refs(&self) -> Vec<String> {
+    pub(crate) fn buildlock_refs(&self) -> Vec<String> {
         text(
             &git(
                 &self.root,
@@ -228,6 +228,25 @@ impl Server {
     }
 }
 
+/// A fix script's lines that wait, when the file `joins` in `root` names a number, until that
+/// many waiters of the fix's generation have joined (their refs are on the server `root/srv.git`),
+/// for a minute at most: a check and a join take their time on a loaded machine, and a fix that
+/// ends before a job joined ends the episode without it (that job then finds the build fixed: no
+/// waiter, not credited with the fix). Waits on the event, not on the clock.
+pub(crate) fn await_joins_sh(root: &Path) -> String {
+    let joins = root.join("joins");
+    let joined = format!(
+        "git --git-dir={} for-each-ref --format='%(refname)' refs/buildlock/wait/ \
+         | grep -c \"/$BUILDLOCK_GENERATION/[^/]*$\"",
+        root.join("srv.git").display()
+    );
+    format!(
+        "i=0; while [ -e {j} ] && [ $i -lt 600 ] && [ \"$({joined})\" -lt \"$(cat {j})\" ]; \
+         do sleep 0.1; i=$((i+1)); done\n",
+        j = joins.display(),
+    )
+}
+
 /// The configuration of the race: the check waits for the starting gun (so that every job
 /// fails at the same instant) and greps `status`; the fix commits `ok` and records itself in a
 /// witness file outside every clone; a waiter refreshes onto the fix ref. The race is about the
@@ -239,11 +258,12 @@ fn race_config(root: &Path, extra: &str) -> String {
         &fix,
         format!(
             "echo \"start $BUILDLOCK_AGENT $BUILDLOCK_GENERATION\" >> {w}\n\
-             [ -e {slow} ] && sleep 30\nsleep 0.3\n\
+             [ -e {slow} ] && sleep 30\nsleep 0.3\n{joined}\
              echo ok > status && git commit -q -am \"fix by $BUILDLOCK_AGENT\"\n\
              echo \"end $BUILDLOCK_AGENT $BUILDLOCK_GENERATION\" >> {w}\n",
             w = root.join("witness").display(),
             slow = root.join("slow").display(),
+            joined = await_joins_sh(root),
         ),
     )
     .unwrap();
@@ -282,6 +302,8 @@ fn race_round(s: &Server, clones: &[PathBuf], round: usize) {
     let heads_before = s.heads_and_tags();
     let witness_before = s.witness().len();
     let _ = std::fs::remove_file(s.path("go"));
+    // Every job but the fixer waits for the fix (and is credited with it).
+    std::fs::write(s.path("joins"), (clones.len() - 1).to_string()).unwrap();
     let children: Vec<Child> = clones
         .iter()
         .enumerate()

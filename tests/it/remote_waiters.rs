@@ -27,7 +27,7 @@ fn matrix_config(root: &Path, hold: bool) -> String {
                     root.join("release").display()
                 )
             } else {
-                "sleep 0.3\n".to_owned()
+                format!("sleep 0.3\n{}", crate::remote::await_joins_sh(root))
             },
         ),
     )
@@ -57,6 +57,8 @@ impl Matrix {
         s.start_daemon();
         let url = s.daemon_url();
         let clones = (0..n).map(|i| s.clone(&format!("c{i}"), &url)).collect();
+        // Every job but the fixer joins before the fix (see `await_joins_sh`).
+        std::fs::write(s.path("joins"), (n - 1).to_string()).unwrap();
         let log = s.path("git-calls.log");
         let path = git_witness(&s.path("shim"), &log).into_string().unwrap();
         Matrix {

@@ -142,6 +142,14 @@ pub trait Store: Send + Sync {
     /// A key's state, without any lock.
     fn read(&self, key: &str) -> Read;
 
+    /// [`Store::read`] for the fixer's own looks while its fix runs (its heartbeat). A backend
+    /// whose mark of the fix needs what the waiters wrote (remote: their records, to credit
+    /// them) fetches it here, a little at each look, rather than all at once in the mark, when
+    /// every waiter waits for it.
+    fn read_as_fixer(&self, key: &str) -> Read {
+        self.read(key)
+    }
+
     /// A base key's states, without any lock: the hook's hot path, one small read however many
     /// keys are on record.
     fn read_base(&self, base: &str) -> BaseView;
@@ -176,6 +184,27 @@ pub trait Store: Send + Sync {
     /// Records an event that changes no state (a fix run started or finished); it counts in the
     /// totals where the ledger says so.
     fn record(&self, entry: Entry) -> Result<(), StoreError>;
+
+    /// [`Store::record`] of `entry`, then [`Store::apply`] of `event` (without a silent
+    /// fixer's lease: only a failure reports one), the record written whatever the step's
+    /// outcome (a fenced step changes no state). Each goes as it would alone; a backend where
+    /// every write is a round trip that wakes every reader (remote) makes them one write, the
+    /// record's history entry first. The record's error is said, never returned: the step is
+    /// what the caller acts on.
+    fn apply_and_record(
+        &self,
+        key: &str,
+        base: &str,
+        event: &Event,
+        policy: Policy,
+        entry: Entry,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Applied, StoreError> {
+        if let Err(e) = self.record(entry) {
+            crate::os::say::warn(format!("could not record in the history: {e:#}"));
+        }
+        self.apply(key, base, event, policy, None, stop)
+    }
 
     // Liveness of the fixer.
 

@@ -39,7 +39,7 @@ use std::path::PathBuf;
 
 use crate::flows::commit::failure::{self, Failure, Recorded};
 use crate::flows::commit::fixcommit;
-use crate::flows::commit::fixer::{self, Assignment, FixEnd, Role, Took};
+use crate::flows::commit::fixer::{self, Announce, Assignment, Finished, FixEnd, Role, Took};
 use crate::flows::commit::wait::{self, WaitEnd};
 use crate::flows::context::Context;
 use crate::os::check::{self, Ending};
@@ -100,9 +100,14 @@ pub fn run(ctx: &Context, command: Vec<String>) -> Result<i32> {
         failed: false,
         passed_on: None,
         fix: None,
+        aside: Vec::new(),
     };
-    let code = ci.run()?;
-    Ok(ci.verdict(code))
+    let code = ci.run();
+    // The records made aside are on the remote (or said to have failed) before the job ends.
+    for record in ci.aside.drain(..) {
+        let _ = record.join();
+    }
+    Ok(ci.verdict(code?))
 }
 
 /// The fix this job passed on (or waited for), as far as it knows.
@@ -150,6 +155,8 @@ struct Ci<'a> {
     passed_on: Option<(Option<String>, bool)>,
     /// The fix, once there is one.
     fix: Option<JobFix>,
+    /// History records written on threads of their own meanwhile (being told to take the fix).
+    aside: Vec<std::thread::JoinHandle<()>>,
 }
 
 fn stop() -> bool {
@@ -191,6 +198,22 @@ fn coordination_failed(e: &StoreError) -> i32 {
 
 impl Ci<'_> {
     fn run(&mut self) -> Result<i32> {
+        let code = self.run_rounds();
+        // A fix run's end not yet recorded with a step (see `Finished::WithNextStep`).
+        self.record_finished();
+        code
+    }
+
+    /// Records the last fix run's end on its own, when no step took it.
+    fn record_finished(&self) {
+        if let Some(entry) = self.role.as_ref().and_then(|h| h.role.take_finished()) {
+            if let Err(e) = self.ctx.store.record(entry) {
+                say::warn(format!("could not record in the history: {e:#}"));
+            }
+        }
+    }
+
+    fn run_rounds(&mut self) -> Result<i32> {
         let ctx = self.ctx;
         let coordinate = env::coordination_enabled() && ctx.unusable.is_none();
         loop {
@@ -220,6 +243,8 @@ impl Ci<'_> {
                 return Ok(uncoordinated(ctx));
             }
             let seen_silent = self.seen_silent.take();
+            // The fix run's end goes on record before the failure of its re-check.
+            self.record_finished();
             let (a, outcome, after) =
                 match self.failed(&run.output, &base, &view, passes_seen, seen_silent) {
                     Ok(x) => x,
@@ -334,7 +359,8 @@ impl Ci<'_> {
         }
         if !self.role.as_ref().is_some_and(|h| h.role.is_for(a)) {
             self.role = None;
-            match Role::take(ctx, a)? {
+            // The fix runs right below: the registration announces it.
+            match Role::take(ctx, a, Announce::FixNext, Some(after))? {
                 Took::Role(role) => {
                     self.role = Some(Held {
                         role,
@@ -353,7 +379,15 @@ impl Ci<'_> {
             }
         }
         let held = self.role.as_ref().expect("taken above");
-        match held.role.run_fix(ctx, &command, a, &[])? {
+        // A run that ended (Done) is recorded with the re-check's step: its pass marks the
+        // key fixed in the same write.
+        let end = held
+            .role
+            .run_fix(ctx, &command, a, &[], Finished::WithNextStep)?;
+        if !matches!(end, FixEnd::Done) {
+            self.record_finished();
+        }
+        match end {
             FixEnd::Done => {}
             FixEnd::TakenOver => {
                 self.role = None;
@@ -400,7 +434,14 @@ impl Ci<'_> {
     ) -> Result<Option<i32>> {
         let ctx = self.ctx;
         if !counted {
-            fixcommit::record_told(ctx, &a.key, Some(a.generation), commit, by);
+            // Recorded while the fix is taken and the check runs: nothing here waits for it.
+            self.aside.push(fixcommit::record_told_aside(
+                ctx,
+                &a.key,
+                Some(a.generation),
+                commit,
+                by,
+            ));
             say::say(format!(
                 "{WHO}: `{by}` fixed it in commit {commit}, which this checkout lacks"
             ));
@@ -683,6 +724,8 @@ impl Ci<'_> {
                 ));
             }
         }
+        // The fix run's end, recorded with the mark of the key it fixed (one write).
+        let mut finished = self.role.as_ref().and_then(|h| h.role.take_finished());
         for (key, generation, fix) in marks {
             let commit = fix.commit.clone();
             let event = Event::Passed {
@@ -690,9 +733,15 @@ impl Ci<'_> {
                 generation,
                 fix,
             };
-            let applied = ctx
-                .store
-                .apply(&key, base, &event, ctx.policy(), None, &stop);
+            let applied = match finished.take() {
+                Some(entry) => {
+                    ctx.store
+                        .apply_and_record(&key, base, &event, ctx.policy(), entry, &stop)
+                }
+                None => ctx
+                    .store
+                    .apply(&key, base, &event, ctx.policy(), None, &stop),
+            };
             if let (Ok(applied), Some(fix)) = (&applied, self.fix.as_mut()) {
                 if applied.outcome == Outcome::Fixed {
                     fix.waited = applied

@@ -273,9 +273,37 @@ pub fn record_told(
     commit: &str,
     by: &str,
 ) {
-    let entry = serde_json::json!({"event": "take_fix", "key": key, "agent": ctx.agent,
-        "commit": commit, "fixer": by, "generation": generation});
-    if let Err(e) = ctx.store.record(crate::store::Entry::from_json(entry)) {
+    record_entry(ctx.store.as_ref(), told(ctx, key, generation, commit, by));
+}
+
+/// [`record_told`] on a thread of its own, for a caller that goes on at once (taking the fix,
+/// running its check) and joins it before it exits: with the remote backend the record is a
+/// round trip or two, on no path that needs its answer.
+pub fn record_told_aside(
+    ctx: &crate::flows::context::Context,
+    key: &str,
+    generation: Option<u64>,
+    commit: &str,
+    by: &str,
+) -> std::thread::JoinHandle<()> {
+    let store = ctx.store.clone();
+    let entry = told(ctx, key, generation, commit, by);
+    std::thread::spawn(move || record_entry(store.as_ref(), entry))
+}
+
+fn told(
+    ctx: &crate::flows::context::Context,
+    key: &str,
+    generation: Option<u64>,
+    commit: &str,
+    by: &str,
+) -> serde_json::Value {
+    serde_json::json!({"event": "take_fix", "key": key, "agent": ctx.agent,
+        "commit": commit, "fixer": by, "generation": generation})
+}
+
+fn record_entry(store: &dyn Store, entry: serde_json::Value) {
+    if let Err(e) = store.record(crate::store::Entry::from_json(entry)) {
         say::warn(format!("could not record in the history: {e:#}"));
     }
 }

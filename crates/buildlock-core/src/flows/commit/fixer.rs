@@ -10,6 +10,7 @@
 //! Dropping the role stops the heartbeat and lets the lock go.
 
 use anyhow::{Result, bail};
+use std::cell::Cell;
 use std::ffi::OsString;
 use std::time::Duration;
 
@@ -38,7 +39,38 @@ pub struct Role {
     pub base: String,
     pub generation: u64,
     heartbeat: Heartbeat,
+    /// The token that the registration announced for the fix about to start (see
+    /// [`Announce::FixNext`]): the next [`Role::run_fix`] starts its fix under it, without an
+    /// announcement of its own. Taken by that run, whatever it does.
+    announced: Cell<Option<String>>,
+    /// The last fix run's `fix_finished`, not recorded yet (see [`Finished::WithNextStep`]).
+    finished: Cell<Option<serde_json::Value>>,
     _hold: FixerHold,
+}
+
+/// When [`Role::run_fix`] records the run's end (`fix_finished`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finished {
+    /// At once, on its own.
+    Now,
+    /// With the caller's next step on the key ([`Role::take_finished`]): the re-check's pass
+    /// marks the key fixed in the same write (one push to the state instead of two with the
+    /// remote backend, where every push makes every waiter fetch once); the caller records it
+    /// on its own before any other step, and before it ends.
+    WithNextStep,
+}
+
+/// Whether the registration of [`Role::take`] also announces the fix run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Announce {
+    /// Registers the holder only; each fix run announces itself (commit-retry: its own work is
+    /// set aside between taking the role and the first run).
+    Nothing,
+    /// The caller runs the fix right after taking the role, with nothing in between: the
+    /// registration carries the first run's token, and is that run's gate. One push to the
+    /// state instead of two before the fix starts (with the remote backend each push makes
+    /// every waiter fetch once).
+    FixNext,
 }
 
 /// What [`Role::take`] found.
@@ -51,7 +83,16 @@ pub enum Took {
 }
 
 impl Role {
-    pub fn take(ctx: &Context, a: &Assignment) -> Result<Took> {
+    /// Takes the role of `a`. `known`: the key's state as the caller's own step just wrote it
+    /// (the election of `a`), read again otherwise: the orphaned fixes to stop are those it
+    /// lists. No later step can add one without fencing `a`'s generation (a takeover, a
+    /// release, a reset), and then the registration is refused and no fix starts.
+    pub fn take(
+        ctx: &Context,
+        a: &Assignment,
+        announce: Announce,
+        known: Option<&KeyState>,
+    ) -> Result<Took> {
         // A waiter probing the lock holds it for a moment: try for a short while.
         let Some(hold) = ctx
             .store
@@ -60,14 +101,23 @@ impl Role {
             return Ok(Took::HeldElsewhere);
         };
         // Stop what is left of the previous fixer's fix, and see it gone, before ours starts.
-        if let Read::Found { state, .. } = ctx.store.read(&a.key) {
-            stop_orphaned_fixes(ctx, &state)?;
+        match known.filter(|s| s.key == a.key && s.generation == a.generation) {
+            Some(state) => stop_orphaned_fixes(ctx, state)?,
+            None => {
+                if let Read::Found { state, .. } = ctx.store.read(&a.key) {
+                    stop_orphaned_fixes(ctx, &state)?;
+                }
+            }
         }
+        // Announced here, the token is on record before the fix starts, as the run's own
+        // announcement would put it (see `run_fix`), and the same refusal gates it: a
+        // generation fenced before this registration starts nothing.
+        let announced = (announce == Announce::FixNext).then(token);
         let event = Event::Register {
             agent: ctx.agent.clone(),
             generation: a.generation,
             holder: this_process(),
-            fix_process: None,
+            fix_process: announced.clone().map(announcement),
         };
         let applied = ctx
             .store
@@ -87,6 +137,8 @@ impl Role {
             base: a.base.clone(),
             generation: a.generation,
             heartbeat,
+            announced: Cell::new(announced),
+            finished: Cell::new(None),
             _hold: hold,
         }))
     }
@@ -108,6 +160,11 @@ impl Role {
         }
     }
 
+    /// The last fix run's `fix_finished` that [`Finished::WithNextStep`] left to the caller.
+    pub fn take_finished(&self) -> Option<Entry> {
+        self.finished.take().map(Entry::from_json)
+    }
+
     pub fn is_for(&self, a: &Assignment) -> bool {
         self.key == a.key && self.generation == a.generation
     }
@@ -125,10 +182,14 @@ impl Role {
         command: &str,
         a: &Assignment,
         aside: &[String],
+        finished: Finished,
     ) -> Result<FixEnd> {
         let attempt = a.attempts + 1;
+        // Announced with the registration (the run right after it), or announced below.
+        let announced = self.announced.take();
         // A fixer whose role moved on starts nothing; the check is made again, under the
-        // election lock, when the fix's token goes on record just below.
+        // election lock, when the fix's token goes on record just below (or went on record
+        // with the registration just before).
         if self.fenced() {
             return Ok(not_started(a));
         }
@@ -139,30 +200,31 @@ impl Role {
                 ctx.config.max_fix_attempts
             ),
         );
-        let token = token();
+        let store = &ctx.store;
+        let token = match announced {
+            Some(token) => token,
+            None => {
+                let token = token();
+                // The token goes on record before the fix starts: if this process dies before
+                // it can record the fix's process group, a successor still finds the fix by
+                // its token.
+                let announce = Event::Register {
+                    agent: ctx.agent.clone(),
+                    generation: a.generation,
+                    holder: this_process(),
+                    fix_process: Some(announcement(token.clone())),
+                };
+                // The gate: the record that the fix starts is refused once the generation is
+                // fenced (a reset, a release, a takeover), and then nothing starts.
+                let gate = store.apply(&a.key, &a.base, &announce, ctx.policy(), None, &stop)?;
+                if gate.outcome != Outcome::Registered {
+                    return Ok(not_started(a));
+                }
+                token
+            }
+        };
         let mut env = fix_env(ctx, a, attempt);
         env.push((env::FIX_TOKEN_VAR.to_owned(), token.clone().into()));
-        let store = &ctx.store;
-        // The token goes on record before the fix starts: if this process dies before it can
-        // record the fix's process group, a successor still finds the fix by its token.
-        let announce = Event::Register {
-            agent: ctx.agent.clone(),
-            generation: a.generation,
-            holder: this_process(),
-            fix_process: Some(Process {
-                pid: 0,
-                host: process::hostname(),
-                start: None,
-                token: Some(token.clone()),
-                pid_space: process::pid_space(),
-            }),
-        };
-        // The gate: the record that the fix starts is refused once the generation is fenced
-        // (a reset, a release, a takeover), and then nothing starts.
-        let announced = store.apply(&a.key, &a.base, &announce, ctx.policy(), None, &stop)?;
-        if announced.outcome != Outcome::Registered {
-            return Ok(not_started(a));
-        }
         let mut on_start = |pgid: u32| {
             let fix_process = Process {
                 pid: pgid,
@@ -177,12 +239,15 @@ impl Role {
                 holder: this_process(),
                 fix_process: Some(fix_process),
             };
-            if let Err(e) = store.apply(&a.key, &a.base, &event, ctx.policy(), None, &stop) {
+            // The process group and the fix run's start, in one write.
+            let started = Entry::from_json(serde_json::json!({"event": "fix_started",
+                "key": a.key, "agent": ctx.agent, "generation": a.generation,
+                "attempt": attempt}));
+            if let Err(e) =
+                store.apply_and_record(&a.key, &a.base, &event, ctx.policy(), started, &stop)
+            {
                 say::warn(format!("could not record the fix process: {e:#}"));
             }
-            let _ = store.record(Entry::from_json(serde_json::json!({"event": "fix_started",
-                "key": a.key, "agent": ctx.agent, "generation": a.generation,
-                "attempt": attempt})));
             crate::os::fault::point("fix");
         };
         let run = shell(ctx, command, env, Limit::FixTimeout, &mut on_start, &|| {
@@ -192,11 +257,15 @@ impl Role {
         // gone: a run that did not pass asks the state once, so that it is told as what it was.
         let taken_over =
             self.fenced() || (run.ending != Ending::Passed && !self.still_fixer(ctx, a));
-        let _ = store.record(Entry::from_json(
-            serde_json::json!({"event": "fix_finished",
+        let ended = serde_json::json!({"event": "fix_finished",
             "key": a.key, "agent": ctx.agent, "generation": a.generation, "attempt": attempt,
-            "ok": run.ending == Ending::Passed, "took_ms": run.took.as_millis() as u64}),
-        ));
+            "ok": run.ending == Ending::Passed, "took_ms": run.took.as_millis() as u64});
+        match finished {
+            Finished::Now => {
+                let _ = store.record(Entry::from_json(ended));
+            }
+            Finished::WithNextStep => self.finished.set(Some(ended)),
+        }
         Ok(match run.ending {
             Ending::Signal(n) => FixEnd::Signal(n),
             _ if taken_over => FixEnd::TakenOver,
@@ -345,6 +414,17 @@ pub fn stop_orphaned_fixes(ctx: &Context, state: &KeyState) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A fix run announced before it starts: its token, no process group yet.
+fn announcement(token: String) -> Process {
+    Process {
+        pid: 0,
+        host: process::hostname(),
+        start: None,
+        token: Some(token),
+        pid_space: process::pid_space(),
+    }
 }
 
 /// This process, as the holder of a role.

@@ -51,7 +51,7 @@ impl Heartbeat {
                 }
                 next_look = now + look;
                 let renew = now >= next;
-                let read = store.read(&key);
+                let read = store.read_as_fixer(&key);
                 if let Read::Unreachable(why) = &read {
                     if renew {
                         next = now + every;

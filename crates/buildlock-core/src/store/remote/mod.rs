@@ -217,6 +217,18 @@ fn decide(key: &str, event: &Event, before: &KeyState, seen: &Observed) -> Step<
     }
 }
 
+/// Whether `event` most likely ends the waiters' wait: a fixer's pass (it names its
+/// generation). Its transaction reads their records at once (see `transact_reading`).
+fn ends_a_wait(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::Passed {
+            generation: Some(_),
+            ..
+        }
+    )
+}
+
 /// A decision to wait (a failure against a live fixer) goes to the waiter's own ref, not to the
 /// key's state: see `waiters`.
 fn joined(key: &str, event: &Event, step: Step<Outcome>) -> Step<Outcome> {
@@ -255,6 +267,56 @@ fn recorded(before: &KeyState, view: &View, entry: &serde_json::Value) -> Step<(
         after: before.clone(),
         history: vec![entry.clone()],
         count: Some(Box::new(move |t: &mut Totals| t.count_record(&e))),
+    }
+}
+
+/// `step` with the record `entry` in the same state commit: its history entry (before the
+/// step's own: it happened first) and its counts added to what the step writes, or written
+/// alone where the step keeps the state (as [`recorded`] would). A decision to join the waiters
+/// goes to the waiter's own ref, as without a record, and the record with it is left out: no
+/// waiter records a fix run.
+fn with_record<R>(
+    step: Step<R>,
+    before: &KeyState,
+    view: &View,
+    entry: &serde_json::Value,
+) -> Step<R> {
+    match step {
+        Step::Keep(result) => match recorded(before, view, entry) {
+            Step::Write {
+                after,
+                history,
+                count,
+                ..
+            } => Step::Write {
+                result,
+                after,
+                history,
+                count,
+            },
+            _ => Step::Keep(result),
+        },
+        Step::Write {
+            result,
+            after,
+            mut history,
+            count,
+        } => {
+            history.insert(0, entry.clone());
+            let e = entry.clone();
+            Step::Write {
+                result,
+                after,
+                history,
+                count: Some(Box::new(move |t: &mut Totals| {
+                    if let Some(count) = count {
+                        count(t);
+                    }
+                    t.count_record(&e);
+                })),
+            }
+        }
+        join @ Step::Join { .. } => join,
     }
 }
 
@@ -305,7 +367,12 @@ impl Store for RemoteStore {
     }
 
     fn read(&self, key: &str) -> Read {
-        self.read_key(key)
+        self.read_key(key, false)
+    }
+
+    fn read_as_fixer(&self, key: &str) -> Read {
+        // The waiters' records too: the fixer's pass credits them, and has them all by then.
+        self.read_key(key, true)
     }
 
     fn read_base(&self, base: &str) -> BaseView {
@@ -346,7 +413,8 @@ impl Store for RemoteStore {
                 say::warn(format!("could not leave the waiters of key `{key}`: {e:#}"));
             }
         }
-        let done = self.transact(key, base, self.wait, stop, |before, view| {
+        let records = ends_a_wait(event);
+        let done = self.transact_reading(key, base, self.wait, records, stop, |before, view| {
             let elector_dead = before
                 .fixer
                 .as_ref()
@@ -438,6 +506,42 @@ impl Store for RemoteStore {
             recorded(before, view, &entry)
         })?;
         Ok(())
+    }
+
+    fn apply_and_record(
+        &self,
+        key: &str,
+        base: &str,
+        event: &Event,
+        policy: Policy,
+        entry: super::Entry,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Applied, super::StoreError> {
+        // One state commit for both: every push to the state ref costs each waiter a fetch.
+        let entry = serde_json::Value::from(entry);
+        let records = ends_a_wait(event);
+        let done = self.transact_reading(key, base, self.wait, records, stop, |before, view| {
+            let elector_dead = before
+                .fixer
+                .as_ref()
+                .is_some_and(crate::store::elector_dead);
+            let seen = observed(view, policy, None, time::now(), elector_dead);
+            with_record(
+                joined(key, event, decide(key, event, before, &seen)),
+                before,
+                view,
+                &entry,
+            )
+        })?;
+        if prune::prunes_after(&done.result) {
+            self.prune(&key_path(key));
+        }
+        Ok(Applied {
+            before: done.before,
+            after: done.after,
+            outcome: done.result,
+            damaged: done.damaged,
+        })
     }
 
     fn write_lease(&self, key: &str, lease: &Lease) -> Result<(), super::StoreError> {
@@ -800,6 +904,37 @@ mod tests {
     }
 
     #[test]
+    fn the_fixers_looks_fetch_the_waiters_records_and_a_waiters_do_not() {
+        let remote = Remote::new();
+        let (a, b, c) = (remote.store("a"), remote.store("b"), remote.store("c"));
+        let never = &|| false;
+        a.apply("k", "k", &failed("a"), policy(), None, never)
+            .unwrap();
+        for (store, id) in [(&b, "b"), (&c, "c")] {
+            store
+                .apply("k", "k", &failed(id), policy(), None, never)
+                .unwrap();
+        }
+        let records: Vec<String> = remote
+            .refs()
+            .into_iter()
+            .filter(|(n, _)| n.starts_with(refs::WAIT_PREFIX))
+            .map(|(_, oid)| oid)
+            .collect();
+        assert_eq!(records.len(), 2);
+        let here = |s: &RemoteStore, oid: &str| chain::has_object(&s.repo().unwrap(), oid);
+        // A waiter's look fetches the state, not the others' records.
+        assert!(matches!(b.read("k"), Read::Found { .. }));
+        assert!(!here(&b, &records[1]) || !here(&b, &records[0]));
+        // The fixer's look fetches them all: its pass then has them.
+        match a.read_as_fixer("k") {
+            Read::Found { state, .. } => assert_eq!(state.waiters.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert!(records.iter().all(|oid| here(&a, oid)), "{records:?}");
+    }
+
+    #[test]
     fn a_record_is_written_only_on_a_key_with_state() {
         let entry = serde_json::json!({"event": "fix_started", "key": "k"});
         let before = KeyState::unknown("k");
@@ -812,6 +947,53 @@ mod tests {
         assert_eq!(after, before);
         assert_eq!(history, [entry]);
         assert_eq!(totals.fix_runs, 1);
+    }
+
+    #[test]
+    fn a_record_goes_with_the_step_first_or_alone_when_the_step_writes_nothing() {
+        let entry = serde_json::json!({"event": "fix_started", "key": "k"});
+        let v = view(Some(tip("k", 1, "t")), Some(doc("k", 1)));
+        // A step that writes: the record's entry first, both counted.
+        let before = KeyState::passing("k");
+        let step = with_record(
+            decide("k", &failed("a"), &before, &seen()),
+            &before,
+            &v,
+            &entry,
+        );
+        let (outcome, after, history, totals) = written(step);
+        assert!(matches!(outcome, Outcome::Elected { .. }), "{outcome:?}");
+        assert_eq!(after.status, Status::Fixing);
+        assert_eq!(history[0], entry, "{history:?}");
+        assert!(history.len() > 1, "{history:?}");
+        assert_eq!((totals.elections, totals.fix_runs), (1, 1));
+        // A step that changes nothing (fenced): the record is written all the same.
+        let register = Event::Register {
+            agent: "b".into(),
+            generation: after.generation,
+            holder: Process {
+                pid: 9,
+                host: "box".into(),
+                start: None,
+                token: None,
+                pid_space: None,
+            },
+            fix_process: None,
+        };
+        let step = with_record(decide("k", &register, &after, &seen()), &after, &v, &entry);
+        let (outcome, unchanged, history, totals) = written(step);
+        assert_eq!(outcome, Outcome::Fenced);
+        assert_eq!(unchanged, after);
+        assert_eq!(history, std::slice::from_ref(&entry));
+        assert_eq!(totals.fix_runs, 1);
+        // Nothing on the remote for the key: nothing written.
+        let step = with_record(
+            decide("k", &register, &after, &seen()),
+            &after,
+            &view(None, None),
+            &entry,
+        );
+        assert!(matches!(step, Step::Keep(Outcome::Fenced)));
     }
 
     #[test]

@@ -275,8 +275,15 @@ impl RemoteStore {
     }
 
     /// The read for the flows: the key's state, or why the remote could not be reached.
-    pub(super) fn read_key(&self, key: &str) -> Read {
-        match self.view(key) {
+    /// One read of `key` for a flow; `records`: fetch the waiters' records this machine lacks
+    /// too (see [`Self::view_waiting`]).
+    pub(super) fn read_key(&self, key: &str, records: bool) -> Read {
+        let read = if records {
+            self.view_waiting(key, true).map(|(view, _)| view)
+        } else {
+            self.view(key)
+        };
+        match read {
             Ok(v) => {
                 self.reached();
                 match (v.doc, v.damaged) {
@@ -473,14 +480,14 @@ mod tests {
     fn reads_against_a_real_remote() {
         let remote = super::super::testing::Remote::new();
         let store = remote.store("a");
-        assert!(matches!(store.read_key("commit"), Read::Missing));
+        assert!(matches!(store.read_key("commit", false), Read::Missing));
         let base = store.base_view("commit").unwrap();
         assert!(base.keys.is_empty() && base.damaged.is_none());
         remote.put_state(&doc("commit", "commit", 1, 2));
         let mut sub = doc("commit#0123456789abcdef", "commit", 1, 7);
         sub.state.status = Status::Broken;
         remote.put_state(&sub);
-        match store.read_key("commit") {
+        match store.read_key("commit", false) {
             Read::Found { base, state } => {
                 assert_eq!(base, "commit");
                 assert_eq!(state.status, Status::Passing);
@@ -500,7 +507,7 @@ mod tests {
         let remote = super::super::testing::Remote::new();
         let store = remote.store("a");
         remote.remove();
-        match store.read_key("commit") {
+        match store.read_key("commit", false) {
             Read::Unreachable(why) => assert!(why.contains("origin"), "{why}"),
             other => panic!("{other:?}"),
         }

@@ -281,6 +281,22 @@ impl RemoteStore {
         base: &str,
         limit: Duration,
         stop: &dyn Fn() -> bool,
+        decide: impl FnMut(&KeyState, &View) -> Step<R>,
+    ) -> Result<Transacted<R>> {
+        self.transact_reading(key, base, limit, false, stop, decide)
+    }
+
+    /// [`Self::transact`]; `records`: the first round reads the waiters' records too, for a
+    /// step that most likely ends their wait (a fixer's pass): one round trip less than
+    /// finding out from the first read (see `ends_their_wait`), at the moment every waiter
+    /// waits for that step.
+    pub(super) fn transact_reading<R>(
+        &self,
+        key: &str,
+        base: &str,
+        limit: Duration,
+        records: bool,
+        stop: &dyn Fn() -> bool,
         mut decide: impl FnMut(&KeyState, &View) -> Step<R>,
     ) -> Result<Transacted<R>> {
         let started = Instant::now();
@@ -289,7 +305,7 @@ impl RemoteStore {
         // The last push that lost, or whose report was lost: its commit and what it did.
         let mut pushed: Option<(String, Transacted<R>)> = None;
         // Whether this round reads the waiters' records too (see `ends_their_wait`).
-        let mut records = false;
+        let mut records = records;
         loop {
             let round = Instant::now();
             if stop() {

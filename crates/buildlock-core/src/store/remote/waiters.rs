@@ -215,12 +215,21 @@ impl RemoteStore {
         let commit = write(&self.repo()?, record, time::now())?;
         let started = Instant::now();
         let deadline = started + self.wait.min(Duration::from_secs(10));
+        // The ref is new most of the time (one per agent, key and generation): the first push
+        // expects none, and what it holds is read only when that lease fails.
+        let mut guess: Option<Option<String>> = Some(None);
         loop {
-            let refs = self
-                .git
-                .ls_remote(std::slice::from_ref(&pattern))
-                .map_err(|f| self.failed(f, started.elapsed()))?;
-            let expect = refs.into_iter().find(|(_, n)| *n == name).map(|(o, _)| o);
+            let guessed = guess.is_some();
+            let expect = match guess.take() {
+                Some(expect) => expect,
+                None => self
+                    .git
+                    .ls_remote(std::slice::from_ref(&pattern))
+                    .map_err(|f| self.failed(f, started.elapsed()))?
+                    .into_iter()
+                    .find(|(_, n)| *n == name)
+                    .map(|(o, _)| o),
+            };
             let update = Update {
                 name: name.clone(),
                 new: Some(commit.clone()),
@@ -228,6 +237,8 @@ impl RemoteStore {
             };
             match self.git.push(std::slice::from_ref(&update)) {
                 Ok(Pushed::Landed) => return Ok(()),
+                // It is there already: read it, and push again at once.
+                Ok(Pushed::Stale) if guessed => {}
                 // The fix's push deleted it meanwhile: read again.
                 Ok(Pushed::Stale) if Instant::now() < deadline => {
                     std::thread::sleep(time::jitter(Duration::from_millis(200)));
@@ -432,6 +443,38 @@ mod tests {
 
     fn record(id: &str, generation: u64) -> Record {
         Record::of("k", generation, &failed(id, &format!("sig-{id}"))).unwrap()
+    }
+
+    #[test]
+    fn a_note_on_a_ref_of_its_own_is_pushed_once_and_replaces_one_that_is_there() {
+        let remote = super::super::testing::Remote::new();
+        let c = remote.store("c");
+        let note = |commit: &str| {
+            Record::note(
+                "k",
+                1,
+                "c",
+                serde_json::json!({"event": "take_fix", "key": "k", "agent": "c",
+                    "commit": commit}),
+            )
+        };
+        let notes = || -> Vec<(String, String)> {
+            remote
+                .refs()
+                .into_iter()
+                .filter(|(n, _)| n.starts_with(NOTE_PREFIX))
+                .collect()
+        };
+        c.put_own(&note("f00d")).unwrap();
+        let first = notes();
+        assert_eq!(first.len(), 1, "{first:?}");
+        // The ref is there: the first push's lease (none) fails, and the next one replaces it.
+        c.put_own(&note("beef")).unwrap();
+        let second = notes();
+        assert_eq!(second.len(), 1, "{second:?}");
+        assert_ne!(second, first);
+        let read = decode(&remote.repo(), &second[0].1).expect("a note");
+        assert_eq!(read.note.unwrap()["commit"], "beef");
     }
 
     #[test]

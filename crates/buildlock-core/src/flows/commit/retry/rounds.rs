@@ -11,7 +11,7 @@ use super::git::{GitRun, Ran, run_git};
 use super::handover::Handover;
 use crate::flows::commit::decision::{Decision, Verdict};
 use crate::flows::commit::fixcommit;
-use crate::flows::commit::fixer::{self, Assignment, FixEnd, Role, Took};
+use crate::flows::commit::fixer::{self, Announce, Assignment, Finished, FixEnd, Role, Took};
 use crate::flows::commit::own_work::{OwnWork, TempIndex};
 use crate::flows::commit::wait::{self, WaitEnd};
 use crate::flows::context::Context;
@@ -333,7 +333,7 @@ impl Retry<'_> {
         if !self.role.as_ref().is_some_and(|r| r.is_for(&a)) {
             // Drop an old role before taking a new one.
             self.role = None;
-            match Role::take(self.ctx, &a)? {
+            match Role::take(self.ctx, &a, Announce::Nothing, None)? {
                 Took::Role(r) => self.role = Some(r),
                 Took::NotFixer => return Ok(None),
                 Took::HeldElsewhere => {
@@ -363,7 +363,7 @@ impl Retry<'_> {
         }
         let own_paths = self.own.as_ref().map(OwnWork::paths).unwrap_or_default();
         let head_before = self.ctx.repo.head_oid();
-        match r.run_fix(self.ctx, &command, &a, &own_paths)? {
+        match r.run_fix(self.ctx, &command, &a, &own_paths, Finished::Now)? {
             FixEnd::Done => {
                 // Killed here, the fix is staged and not committed apart: the next run
                 // completes it apart (see `OwnWork::pending`).
