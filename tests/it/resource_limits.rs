@@ -62,3 +62,28 @@ fn the_check_meets_the_file_size_limit_as_it_would_without_buildlock() {
     );
     let _ = std::fs::remove_file(r.dir.join("big.out"));
 }
+
+/// A hook started with SIGCHLD ignored (SIG_IGN survives exec: some process managers start
+/// everything so) still waits for its check: ignored, the kernel reaped the check itself and
+/// the wait failed.
+// regression: "cannot run the check: No child processes", exit 78, for a passing check and a
+// failing one alike
+#[test]
+fn a_hook_started_with_sigchld_ignored_still_runs_its_check() {
+    for (check, code, said) in [("true", 0, ""), ("false", 1, "you are the FIXER")] {
+        let r = TestRepo::new(&format!("check = \"{check}\"\n[hook]\nwait = false\n"));
+        let mut c = r.cmd(PRE_COMMIT, &r.dir);
+        c.env("BUILDLOCK_AGENT", "a1");
+        // SAFETY: signal() is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            c.pre_exec(|| {
+                libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+        let out = c.output().unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{check}: {err}");
+        assert!(err.contains(said), "{check}: {err}");
+    }
+}

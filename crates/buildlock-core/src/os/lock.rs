@@ -212,16 +212,32 @@ impl Lock {
 /// (`SIGEV_THREAD_ID`): a process-wide alarm could land on another thread and leave this one
 /// blocked. A signal still pending when the timer is deleted is delivered on the way out of
 /// that call, so it interrupts nothing later.
+///
+/// SIGALRM is unblocked on this thread while the timer lives (and the mask put back after): the
+/// mask is inherited across exec, and a hook started with SIGALRM blocked (by a parent that
+/// blocks it) never saw a tick, so its wait ignored its timeout and Ctrl-C (SIGINT restarts the
+/// flock) for as long as the holder held on.
 #[cfg(target_os = "linux")]
-struct Ticker(libc::timer_t);
+struct Ticker {
+    timer: libc::timer_t,
+    mask: libc::sigset_t,
+}
 
 #[cfg(target_os = "linux")]
 impl Ticker {
     fn start(every: Duration) -> io::Result<Ticker> {
         crate::os::signals::interrupt_on_alarm();
-        // SAFETY: timer_create and timer_settime are given fully initialised structs; the timer
-        // is deleted once, by Drop.
+        // SAFETY: timer_create, timer_settime and pthread_sigmask are given fully initialised
+        // structs; the timer is deleted once, by Drop, which also puts the mask back.
         unsafe {
+            let mut alarm: libc::sigset_t = std::mem::zeroed();
+            let mut mask: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut alarm);
+            libc::sigaddset(&mut alarm, libc::SIGALRM);
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &alarm, &mut mask);
+            let restore = |mask: &libc::sigset_t| {
+                libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut())
+            };
             let mut event: libc::sigevent = std::mem::zeroed();
             event.sigev_notify = libc::SIGEV_THREAD_ID;
             event.sigev_signo = libc::SIGALRM;
@@ -229,7 +245,9 @@ impl Ticker {
             event.sigev_notify_thread_id = libc::syscall(libc::SYS_gettid) as libc::pid_t;
             let mut id: libc::timer_t = std::ptr::null_mut();
             if libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut id) != 0 {
-                return Err(io::Error::last_os_error());
+                let e = io::Error::last_os_error();
+                restore(&mask);
+                return Err(e);
             }
             let tick = libc::timespec {
                 tv_sec: every.as_secs() as libc::time_t,
@@ -242,9 +260,10 @@ impl Ticker {
             if libc::timer_settime(id, 0, &spec, std::ptr::null_mut()) != 0 {
                 let e = io::Error::last_os_error();
                 libc::timer_delete(id);
+                restore(&mask);
                 return Err(e);
             }
-            Ok(Ticker(id))
+            Ok(Ticker { timer: id, mask })
         }
     }
 }
@@ -252,8 +271,12 @@ impl Ticker {
 #[cfg(target_os = "linux")]
 impl Drop for Ticker {
     fn drop(&mut self) {
-        // SAFETY: the timer was made by `start` and is deleted only here.
-        unsafe { libc::timer_delete(self.0) };
+        // SAFETY: the timer was made by `start` and is deleted only here; the mask is the one
+        // `start` found. Deleted first, so that a tick still pending is delivered (unblocked).
+        unsafe {
+            libc::timer_delete(self.timer);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.mask, std::ptr::null_mut());
+        }
     }
 }
 
@@ -454,6 +477,49 @@ mod tests {
         assert!(
             Lock::try_acquire(&path).unwrap().is_none(),
             "held by the waiter"
+        );
+    }
+
+    /// The signal mask is inherited across exec: a hook whose parent blocked SIGALRM must still
+    /// see its ticks, or its wait ignores its timeout (and Ctrl-C) while the holder holds on.
+    // regression: the flock was never interrupted and the wait lasted as long as the holder
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_wait_times_out_on_a_thread_that_blocks_sigalrm() {
+        fn alarm_blocked() -> bool {
+            // SAFETY: reading this thread's mask into a zeroed set.
+            unsafe {
+                let mut now: libc::sigset_t = std::mem::zeroed();
+                libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut now);
+                libc::sigismember(&now, libc::SIGALRM) == 1
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.lock");
+        let held = Lock::try_acquire(&path).unwrap().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let waiter = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                // SAFETY: blocking one signal on this thread only.
+                unsafe {
+                    let mut alarm: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut alarm);
+                    libc::sigaddset(&mut alarm, libc::SIGALRM);
+                    libc::pthread_sigmask(libc::SIG_BLOCK, &alarm, std::ptr::null_mut());
+                }
+                let got = Lock::acquire(&path, Duration::from_millis(200), || {}).unwrap();
+                tx.send((got.is_some(), alarm_blocked())).unwrap();
+            })
+        };
+        // Generous: the wait itself is 200 ms.
+        let answer = rx.recv_timeout(Duration::from_secs(30));
+        drop(held); // frees a wait stuck in the kernel, so the thread ends either way
+        waiter.join().unwrap();
+        assert_eq!(
+            answer,
+            Ok((false, true)),
+            "(got the lock, SIGALRM blocked after): the wait did not time out, or the mask changed"
         );
     }
 

@@ -72,12 +72,18 @@ pub fn interrupt_on_alarm() {
 }
 
 /// Installs the handlers. Idempotent.
+///
+/// Also sets SIGCHLD back to its default: ignored by whoever started us (SIG_IGN survives exec),
+/// the kernel reaps our children itself, so every wait for the check, the fix or git fails with
+/// ECHILD ("cannot run the check: No child processes", and the commit refused).
 #[cfg(unix)]
 pub fn install() {
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         catch(signal, on_signal);
     }
     survive_file_size_limit();
+    // SAFETY: setting a signal's disposition to SIG_DFL has no memory-safety preconditions.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
 }
 
 /// Installs the console control handler (see the module header). Idempotent: Windows would

@@ -13,7 +13,9 @@
 //! back to default the few signals whose disposition we changed ([`signals::CHANGED`]; every
 //! other one is still at its default), joins a process group of its own, gets stdin from
 //! `/dev/null`, stdout and stderr on the given pipe, the working directory, an empty signal mask,
-//! and execs with our environment plus `env`. It only makes raw system calls (no allocation, no
+//! and execs with our environment plus `env`. A program the kernel cannot exec (ENOEXEC: a script
+//! with no `#!` line) is run by `/bin/sh`, as git runs such a hook and as `execvp` did when std
+//! forked. It only makes raw system calls (no allocation, no
 //! lock, nothing that could find our memory half-changed): everything it needs is prepared before
 //! the clone. A failure before or at the exec is written into our memory, and returned as the
 //! error. All signals are blocked around the clone, so no handler of ours ever runs in the child.
@@ -67,6 +69,8 @@ impl Spawned {
 struct Plan {
     program: *const libc::c_char,
     argv: *const *const libc::c_char,
+    /// `/bin/sh program args…`, for a program that is a script with no `#!` line.
+    script_argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
     dir: *const libc::c_char,
     output: libc::c_int,
@@ -83,6 +87,9 @@ const STEPS: [&str; 6] = [
     "cannot change to its directory",
     "cannot exec it",
 ];
+
+/// What runs a program that is a script with no `#!` line (git's `SHELL_PATH`).
+const SHELL: &std::ffi::CStr = c"/bin/sh";
 
 /// The child, between the clone and the exec. Only raw system calls (see the module header).
 extern "C" fn child(plan: *mut libc::c_void) -> libc::c_int {
@@ -116,6 +123,12 @@ extern "C" fn child(plan: *mut libc::c_void) -> libc::c_int {
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         libc::execve(plan.program, plan.argv, plan.envp);
+        let errno = *libc::__errno_location();
+        if errno == libc::ENOEXEC {
+            libc::execve(SHELL.as_ptr(), plan.script_argv, plan.envp);
+            // The error is the program's, not the shell's.
+            *libc::__errno_location() = errno;
+        }
         fail(plan, 5)
     }
 }
@@ -158,6 +171,8 @@ pub fn in_own_group(
         p
     };
     let (argv, envp) = (null_terminated(&argv_c), null_terminated(&envp_c));
+    let mut script_argv = vec![SHELL.as_ptr()];
+    script_argv.extend_from_slice(&argv);
 
     // The pipe's end must not be 0, 1 or 2 itself: dup2 onto the same number would leave it
     // close-on-exec, and the child without its output.
@@ -175,6 +190,7 @@ pub fn in_own_group(
     let mut plan = Plan {
         program: program_c.as_ptr(),
         argv: argv.as_ptr(),
+        script_argv: script_argv.as_ptr(),
         envp: envp.as_ptr(),
         dir: dir_c.as_ptr(),
         output: output.as_raw_fd(),
@@ -275,6 +291,29 @@ mod tests {
         assert_eq!(u64::from_str_radix(lines[5], 16).unwrap(), 0, "{out}");
         let ignored = u64::from_str_radix(lines[6], 16).unwrap();
         assert_eq!(ignored & (1 << (libc::SIGPIPE - 1)), 0, "{out}");
+    }
+
+    /// git runs a hook with no `#!` line with `/bin/sh` (ENOEXEC), and so did std's fork and
+    /// `execvp`: a hand-written hook kept as the check keeps working.
+    // regression: "cannot exec it: Exec format error"
+    #[test]
+    fn a_script_with_no_shebang_line_runs_with_sh() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("hook");
+        std::fs::write(&script, "echo \"ran with $# args: $1\"\nexit 3\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let (status, out) = run(script.to_str().unwrap(), &["one"], &[]);
+        assert_eq!(
+            (status.code(), out.as_str()),
+            (Some(3), "ran with 1 args: one\n")
+        );
+        // A file that is no program at all (not executable) is still an error.
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        let (_reader, writer) = std::io::pipe().unwrap();
+        let e = in_own_group(script.as_os_str(), &[], dir.path(), &[], writer.into()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
     }
 
     #[test]
