@@ -27,8 +27,9 @@
 //!   last look, so that the work is O(1) per step however many are on record;
 //! - one agent holds at most `MAX_ROLES` roles per base (the oldest are given up, see
 //!   `protocol::state::roles_over_cap`), and renews them all with one lease file;
-//! - `state/` keeps at most [`KEEP_BASES`] base files: when a new one is created, the oldest whose
-//!   keys are all abandoned go, oldest first, parsed one at a time until enough went;
+//! - `state/` keeps at most [`KEEP_BASES`] + [`PRUNE_SLACK`] base files: when a new one is
+//!   created and they are more, the oldest whose keys are all abandoned go, oldest first, parsed
+//!   one at a time until [`KEEP_BASES`] are left;
 //! - a free fixer lock goes with its generation or at the next new generation of any key
 //!   (`locks/` holds the locks of fixers that run, or are stopped), and a lease file that renews
 //!   nothing any more (older than twice `stale_after`) at the next new generation.
@@ -72,8 +73,10 @@ use crate::protocol::state::{
 pub const SCHEMA: u32 = 2;
 /// Passing keys kept per base file (the newest), for stale failures and the last fix commit.
 pub const KEEP_PASSING: usize = 16;
-/// Base files kept in `state/`.
+/// Base files kept in `state/` (pruned back to this many once it holds [`PRUNE_SLACK`] more).
 pub const KEEP_BASES: usize = 64;
+/// How far `state/` may grow past [`KEEP_BASES`] before it is pruned.
+pub const PRUNE_SLACK: usize = 16;
 /// A guard against an absurd file, not a limit on keys: a base file with thousands of open keys
 /// is read whole (its growth is bounded by `put`, not by refusing to read it).
 const MAX_STATE_BYTES: u64 = 64 << 20;
@@ -776,9 +779,9 @@ impl LocalStore {
         silent || overtime
     }
 
-    /// Keeps `state/` within [`KEEP_BASES`] files: when a base file was created, the oldest
-    /// base files whose keys are all abandoned (see the module's doc) go, with their free fixer
-    /// locks. Each is parsed one at a time, oldest first, and at most [`KEEP_BASES`] per step:
+    /// Keeps `state/` within [`KEEP_BASES`] + [`PRUNE_SLACK`] files: when a base file was
+    /// created and they are more, the oldest base files whose keys are all abandoned (see the
+    /// module's doc) go, down to [`KEEP_BASES`], with their free fixer locks. Each is parsed one at a time, oldest first, and at most [`KEEP_BASES`] per step:
     /// the step costs O(1) however many files a version before this one left. Also sweeps stray
     /// temp files, free fixer locks and leases that renew nothing.
     fn prune_bases(&self, keep: &str, now: Millis, policy: Policy) {
@@ -786,16 +789,25 @@ impl LocalStore {
         let Ok(entries) = fs::read_dir(&state_dir) else {
             return;
         };
-        let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+        let names: Vec<fs::DirEntry> = entries
             .flatten()
             .filter(|e| {
                 let n = e.file_name();
                 let n = n.to_string_lossy();
                 n.ends_with(".json") && !n.starts_with('.')
             })
+            .collect();
+        // Counted by name; their ages are read only once the folder has grown [`PRUNE_SLACK`]
+        // past its bound, and then it goes back to [`KEEP_BASES`] at once: reading every
+        // file's age at every new base was a third of what a new breakage cost.
+        if names.len() <= KEEP_BASES + PRUNE_SLACK {
+            return;
+        }
+        osfs::remove_strays(&state_dir);
+        let mut files: Vec<(std::time::SystemTime, PathBuf)> = names
+            .into_iter()
             .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
             .collect();
-        osfs::remove_strays(&state_dir);
         if files.len() <= KEEP_BASES {
             return;
         }
@@ -1456,7 +1468,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(2));
         }
         let count = fs::read_dir(dir.path().join("state")).unwrap().count();
-        assert!(count <= KEEP_BASES + 2, "{count}");
+        assert!(count <= KEEP_BASES + PRUNE_SLACK + 2, "{count}");
         assert!(store.base_path(&live).exists(), "a live fixer's base stays");
         let locks = fs::read_dir(dir.path().join("locks")).unwrap().count();
         assert!(locks <= 2, "{locks}");
@@ -1488,7 +1500,11 @@ mod tests {
             apply(&store, &base, &pass("a"));
         }
         let count = |d: &str| fs::read_dir(dir.path().join(d)).map_or(0, |e| e.count());
-        assert!(count("state") <= KEEP_BASES + 1, "{}", count("state"));
+        assert!(
+            count("state") <= KEEP_BASES + PRUNE_SLACK,
+            "{}",
+            count("state")
+        );
         assert!(count("locks") <= 4, "{}", count("locks"));
         assert!(count("leases") <= 2, "{}", count("leases"));
         assert_eq!(store.totals().unwrap().fixes, 150);
