@@ -275,7 +275,7 @@ fn watch(
             #[cfg(target_os = "linux")]
             if let Some(exited) = exit_fd.get_or_insert_with(|| pidfd(pgid)) {
                 use std::os::fd::AsFd;
-                poll_in(exited.as_fd(), until_look);
+                crate::os::poll::input(exited.as_fd(), until_look);
                 continue;
             }
             std::thread::sleep(pause.min(until_look));
@@ -305,22 +305,7 @@ fn watch(
 #[cfg(unix)]
 fn readable(reader: &std::io::PipeReader, limit: Duration) -> bool {
     use std::os::fd::AsFd;
-    poll_in(reader.as_fd(), limit)
-}
-
-/// poll(2) for input (or hang-up, or an error) on one descriptor, for at most `limit`.
-#[cfg(unix)]
-fn poll_in(fd: std::os::fd::BorrowedFd<'_>, limit: Duration) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut fd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = crate::os::poll::millis_rounded_up(limit);
-    // SAFETY: one valid pollfd, owned by this frame, for the duration of the call.
-    let n = unsafe { libc::poll(&mut fd, 1, ms) };
-    n > 0 && fd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+    crate::os::poll::input(reader.as_fd(), limit) == crate::os::poll::Ready::Readable
 }
 
 /// A pidfd of our child `pid` (not reaped yet, so the pid cannot be another process's), readable

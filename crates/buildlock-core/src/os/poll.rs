@@ -33,9 +33,16 @@ pub fn millis_rounded_up(timeout: Duration) -> libc::c_int {
 /// Waits until `pipe` can be read without blocking, or `timeout` passes (zero: only looks).
 #[cfg(unix)]
 pub fn readable(pipe: &ChildStderr, timeout: Duration) -> Ready {
+    input(std::os::fd::AsFd::as_fd(pipe), timeout)
+}
+
+/// Waits until `fd` can be read without blocking (input, its end, an error; a pidfd: its
+/// process exited), or `timeout` passes (zero: only looks).
+#[cfg(unix)]
+pub fn input(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> Ready {
     use std::os::fd::AsRawFd as _;
     let mut pfd = libc::pollfd {
-        fd: pipe.as_raw_fd(),
+        fd: fd.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
     };

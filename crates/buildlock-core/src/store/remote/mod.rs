@@ -105,6 +105,44 @@ pub struct RemoteStore {
 }
 
 impl RemoteStore {
+    /// One step of the state machine on `key`, decided on the state it commits to, with
+    /// `record`'s history entry in the same state commit when there is one (see
+    /// [`with_record`]); then the pruning the step may call for.
+    #[allow(clippy::too_many_arguments)]
+    fn decided(
+        &self,
+        key: &str,
+        base: &str,
+        event: &Event,
+        policy: Policy,
+        seen_silent: Option<(u64, Millis)>,
+        record: Option<&serde_json::Value>,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Applied, super::StoreError> {
+        let records = ends_a_wait(event);
+        let done = self.transact_reading(key, base, self.wait, records, stop, |before, view| {
+            let elector_dead = before
+                .fixer
+                .as_ref()
+                .is_some_and(crate::store::elector_dead);
+            let seen = observed(view, policy, seen_silent, time::now(), elector_dead);
+            let step = joined(key, event, decide(key, event, before, &seen));
+            match record {
+                Some(entry) => with_record(step, before, view, entry),
+                None => step,
+            }
+        })?;
+        if prune::prunes_after(&done.result) {
+            self.prune(&key_path(key));
+        }
+        Ok(Applied {
+            before: done.before,
+            after: done.after,
+            outcome: done.result,
+            damaged: done.damaged,
+        })
+    }
+
     /// Why the remote could not be read, naming it and in git's words: never "nothing there".
     fn unread(&self, f: Failure) -> super::StoreError {
         match f {
@@ -413,24 +451,7 @@ impl Store for RemoteStore {
                 say::warn(format!("could not leave the waiters of key `{key}`: {e:#}"));
             }
         }
-        let records = ends_a_wait(event);
-        let done = self.transact_reading(key, base, self.wait, records, stop, |before, view| {
-            let elector_dead = before
-                .fixer
-                .as_ref()
-                .is_some_and(crate::store::elector_dead);
-            let seen = observed(view, policy, seen_silent, time::now(), elector_dead);
-            joined(key, event, decide(key, event, before, &seen))
-        })?;
-        if prune::prunes_after(&done.result) {
-            self.prune(&key_path(key));
-        }
-        Ok(Applied {
-            before: done.before,
-            after: done.after,
-            outcome: done.result,
-            damaged: done.damaged,
-        })
+        self.decided(key, base, event, policy, seen_silent, None, stop)
     }
 
     fn all(&self) -> Result<Vec<(String, KeyState)>, super::StoreError> {
@@ -519,29 +540,7 @@ impl Store for RemoteStore {
     ) -> Result<Applied, super::StoreError> {
         // One state commit for both: every push to the state ref costs each waiter a fetch.
         let entry = serde_json::Value::from(entry);
-        let records = ends_a_wait(event);
-        let done = self.transact_reading(key, base, self.wait, records, stop, |before, view| {
-            let elector_dead = before
-                .fixer
-                .as_ref()
-                .is_some_and(crate::store::elector_dead);
-            let seen = observed(view, policy, None, time::now(), elector_dead);
-            with_record(
-                joined(key, event, decide(key, event, before, &seen)),
-                before,
-                view,
-                &entry,
-            )
-        })?;
-        if prune::prunes_after(&done.result) {
-            self.prune(&key_path(key));
-        }
-        Ok(Applied {
-            before: done.before,
-            after: done.after,
-            outcome: done.result,
-            damaged: done.damaged,
-        })
+        self.decided(key, base, event, policy, None, Some(&entry), stop)
     }
 
     fn write_lease(&self, key: &str, lease: &Lease) -> Result<(), super::StoreError> {
