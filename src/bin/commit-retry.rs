@@ -11,7 +11,7 @@
 #![cfg_attr(not(test), no_main)]
 #![cfg_attr(test, allow(dead_code, unused_imports))]
 
-use buildlock_core::os::{say, signals};
+use buildlock_core::os::{env, say, signals};
 
 const USAGE: &str = "\
 commit-retry: `git commit` that waits for another agent's fix and retries.
@@ -37,11 +37,12 @@ See also: `git buildlock status`, `git buildlock release` (give the fixer role u
 #[cfg(not(test))]
 #[unsafe(no_mangle)]
 extern "C" fn main(
-    _argc: std::ffi::c_int,
-    _argv: *const *const std::ffi::c_char,
+    argc: std::ffi::c_int,
+    argv: *const *const std::ffi::c_char,
 ) -> std::ffi::c_int {
     signals::ignore_sigpipe();
-    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    // SAFETY: main's own argc and argv.
+    let args: Vec<std::ffi::OsString> = unsafe { env::args_of_main(argc, argv) };
     match args.first().and_then(|a| a.to_str()) {
         Some("--help" | "-h") => {
             let _ = say::out(USAGE);

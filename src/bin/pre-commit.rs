@@ -14,7 +14,7 @@
 #![cfg_attr(not(test), no_main)]
 #![cfg_attr(test, allow(dead_code, unused_imports))]
 
-use buildlock_core::os::{say, signals};
+use buildlock_core::os::{env, say, signals};
 
 const USAGE: &str = "\
 pre-commit: buildlock's git hook. git runs it on every commit; run by hand, it checks once.
@@ -36,11 +36,12 @@ See also: `git buildlock status`, `git buildlock doctor`; skip the hook once: `g
 #[cfg(not(test))]
 #[unsafe(no_mangle)]
 extern "C" fn main(
-    _argc: std::ffi::c_int,
-    _argv: *const *const std::ffi::c_char,
+    argc: std::ffi::c_int,
+    argv: *const *const std::ffi::c_char,
 ) -> std::ffi::c_int {
     signals::ignore_sigpipe();
-    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    // SAFETY: main's own argc and argv.
+    let mut args: Vec<std::ffi::OsString> = unsafe { env::args_of_main(argc, argv) };
     if args.first().is_some_and(|a| a == "--hook-script") {
         args.drain(..args.len().min(2));
     }

@@ -42,6 +42,48 @@ pub fn test_helper_role() -> Option<String> {
 
 /// `BUILDLOCK=0` (or `false`, `off`, `no`, in any case: `FALSE`, `Off`): the check runs but
 /// nothing is coordinated.
+/// The arguments after the program name, for a `#![no_main]` binary (the hook and commit-retry),
+/// from the `argc`/`argv` its C `main` received. std's own `args_os()` is filled by glibc, which
+/// hands `argc`/`argv` to the start-up functions it runs before `main`; musl does not, and there
+/// std would see no arguments at all (commit-retry then ran a bare `git commit`).
+///
+/// # Safety
+/// `argv` must point to `argc` valid C strings, as the C runtime passes them to `main`.
+#[cfg(unix)]
+pub unsafe fn args_of_main(
+    argc: std::ffi::c_int,
+    argv: *const *const std::ffi::c_char,
+) -> Vec<OsString> {
+    use std::os::unix::ffi::OsStrExt;
+    let count = usize::try_from(argc).unwrap_or(0);
+    if argv.is_null() {
+        return Vec::new();
+    }
+    (1..count)
+        .filter_map(|i| {
+            // SAFETY: i < argc, and the caller passes main's argv.
+            let arg = unsafe { *argv.add(i) };
+            // SAFETY: a non-null argv entry is a NUL-terminated string.
+            (!arg.is_null()).then(|| {
+                let bytes = unsafe { std::ffi::CStr::from_ptr(arg) }.to_bytes();
+                std::ffi::OsStr::from_bytes(bytes).to_owned()
+            })
+        })
+        .collect()
+}
+
+/// Elsewhere (Windows) from std, which reads the command line from the OS, not from `main`.
+///
+/// # Safety
+/// Nothing to uphold; `unsafe` only to match the Unix form.
+#[cfg(not(unix))]
+pub unsafe fn args_of_main(
+    _argc: std::ffi::c_int,
+    _argv: *const *const std::ffi::c_char,
+) -> Vec<OsString> {
+    std::env::args_os().skip(1).collect()
+}
+
 pub fn coordination_enabled() -> bool {
     !var("BUILDLOCK").is_some_and(|v| is_off(&v))
 }
@@ -331,6 +373,26 @@ pub fn ci_servers() -> (Option<String>, Option<String>) {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(unix)]
+    #[test]
+    fn the_arguments_of_main_come_from_argv_without_the_program_name() {
+        use super::args_of_main;
+        use std::os::unix::ffi::OsStrExt;
+        let strings: Vec<std::ffi::CString> = ["commit-retry", "-m", "a message", "\u{e9}t\u{e9}"]
+            .iter()
+            .map(|s| std::ffi::CString::new(*s).unwrap())
+            .collect();
+        let mut raw: Vec<*const std::ffi::c_char> = strings.iter().map(|s| s.as_ptr()).collect();
+        raw.push(std::ptr::null());
+        // SAFETY: four valid C strings and a null, as a C main receives them.
+        let args = unsafe { args_of_main(4, raw.as_ptr()) };
+        let got: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        assert_eq!(got, [&b"-m"[..], b"a message", "\u{e9}t\u{e9}".as_bytes()]);
+        // SAFETY: argc 1 (the program name alone), and a null argv.
+        assert!(unsafe { args_of_main(1, raw.as_ptr()) }.is_empty());
+        assert!(unsafe { args_of_main(3, std::ptr::null()) }.is_empty());
+    }
+
     #[test]
     fn agent_ids_are_printable_and_short() {
         assert_eq!(super::check_agent_id("a1"), Ok("a1"));
