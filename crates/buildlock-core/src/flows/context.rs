@@ -37,6 +37,12 @@ pub struct Context {
     pub unusable: Option<String>,
     /// The agent was seen before (`seen/<agent>` exists, and this run renewed it).
     pub seen: bool,
+    /// [`Context::agent`], read once: it reads `/proc` (the start time, the pid space), which
+    /// costs more than the rest of a waiter's bookkeeping, so the hook reads it while a slow check
+    /// runs, not after it failed.
+    identity: std::sync::OnceLock<crate::protocol::state::Agent>,
+    /// [`Context::failure_places`], read once, as `identity` (it resolves the work tree's path).
+    places: std::sync::OnceLock<Places>,
 }
 
 /// Reads every configuration layer for the work tree at `worktree` (the files
@@ -158,6 +164,8 @@ impl Context {
             agent,
             unusable,
             seen,
+            identity: std::sync::OnceLock::new(),
+            places: std::sync::OnceLock::new(),
         })
     }
 
@@ -180,20 +188,40 @@ impl Context {
 
     /// What failure normalisation replaces on this machine (see [`failure_places`]).
     pub fn failure_places(&self) -> Places {
-        failure_places(&self.repo.worktree)
+        self.places
+            .get_or_init(|| failure_places(&self.repo.worktree))
+            .clone()
     }
 
     pub fn agent(&self) -> crate::protocol::state::Agent {
-        // Under commit-retry or `buildlock ci`, the process that acts for the agent and lives on
-        // while it waits; else this one. With its start time and pid space, so that a waiter is
-        // never confused with a process that reused its pid, or with another container's.
-        let p = crate::os::process::of(crate::os::env::holder().unwrap_or_else(std::process::id));
-        crate::protocol::state::Agent {
-            id: self.agent.clone(),
-            pid: p.pid,
-            host: p.host,
-            start: p.start,
-            pid_space: p.pid_space,
-        }
+        self.identity().clone()
+    }
+
+    /// Reads now what recording a failure needs of this process and this machine
+    /// ([`Context::agent`], [`Context::failure_places`]); called while a check that is still
+    /// running after a moment keeps the CPU idle, so that a failure is decided sooner (in a
+    /// crowd, every agent's bookkeeping after the failure queues on the same cores). Never on
+    /// the green path of a fast check.
+    pub fn prepare_for_a_failure(&self) {
+        self.identity();
+        self.places.get_or_init(|| failure_places(&self.repo.worktree));
+    }
+
+    fn identity(&self) -> &crate::protocol::state::Agent {
+        self.identity.get_or_init(|| {
+            // Under commit-retry or `buildlock ci`, the process that acts for the agent and
+            // lives on while it waits; else this one. With its start time and pid space, so
+            // that a waiter is never confused with a process that reused its pid, or with
+            // another container's.
+            let holder = crate::os::env::holder().unwrap_or_else(std::process::id);
+            let p = crate::os::process::of(holder);
+            crate::protocol::state::Agent {
+                id: self.agent.clone(),
+                pid: p.pid,
+                host: p.host,
+                start: p.start,
+                pid_space: p.pid_space,
+            }
+        })
     }
 }

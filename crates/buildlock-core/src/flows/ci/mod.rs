@@ -470,7 +470,10 @@ impl Ci<'_> {
             env: Vec::new(),
             parent: None,
             on_start: &mut |_| crate::os::fault::point("check"),
-            cancel: &|| false,
+            cancel: &|| {
+                self.ctx.prepare_for_a_failure();
+                false
+            },
         };
         check::run(&self.check, opts)
     }

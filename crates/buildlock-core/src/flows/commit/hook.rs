@@ -311,8 +311,11 @@ impl Hook<'_> {
             env: Vec::new(),
             parent: Some(self.parent),
             on_start: &mut |_| crate::os::fault::point("check"),
+            // Called at each tick while the check runs: a check still running after the first
+            // is slow enough to read, on the idle CPU, what its failure would need.
             cancel: &|| {
                 progress.tick();
+                self.ctx.prepare_for_a_failure();
                 false
             },
         };
