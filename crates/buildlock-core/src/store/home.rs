@@ -72,12 +72,31 @@ impl Home {
     /// [`KEEP_LOGS`] are kept: the directory is pruned at about one failure in
     /// [`PRUNE_EVERY`] (listing it at every failure was a tenth of a failing agent's CPU when 64
     /// failed at once), so it holds [`KEEP_LOGS`] plus the few written since.
+    ///
+    /// Each failure has a log of its own name (its time, agent and pid). A crowd that hits the
+    /// same breakage mostly prints the same bytes: a log whose output is byte for byte one
+    /// written before is a second name (a hard link) of that one's file, found by its content's
+    /// hash in `logs/.same/`, so 64 agents failing alike write one file, not 64 (a new file is
+    /// the dearest step of a failure on some file systems: ext4 without a journal scans past
+    /// every inode freed in the last seconds to allocate one).
     pub fn write_log(&self, agent: &str, output: &[u8]) -> Result<PathBuf> {
         let dir = self.logs();
-        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let (now, pid) = (time::now(), std::process::id());
         let name = format!("{now}-{}-{pid}.log", key::file_stem(agent));
         let path = dir.join(name);
+        let same = dir
+            .join(SAME)
+            .join(format!("{:032x}", content_hash(output)));
+        if fs::hard_link(&same, &path).is_ok() {
+            // A different output of the same hash (never seen, but cheap to rule out by size)
+            // gets a file of its own.
+            if fs::metadata(&path).is_ok_and(|m| m.len() == output.len() as u64) {
+                self.maybe_prune(now, pid);
+                return Ok(path);
+            }
+            let _ = fs::remove_file(&path);
+        }
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let mut file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -85,21 +104,40 @@ impl Home {
             .with_context(|| format!("cannot write the failure log {}", path.display()))?;
         file.write_all(output)
             .with_context(|| format!("cannot write the failure log {}", path.display()))?;
-        if (now.wrapping_mul(31) ^ u64::from(pid)) % PRUNE_EVERY == 0 {
-            self.prune_logs();
-        }
+        drop(file);
+        // Offered to the next failure of the same output once whole; a race with another
+        // agent's link only means one more file.
+        let _ = fs::create_dir(dir.join(SAME));
+        let _ = fs::remove_file(&same);
+        let _ = fs::hard_link(&path, &same);
+        self.maybe_prune(now, pid);
         Ok(path)
     }
 
-    /// Removes all but the newest [`KEEP_LOGS`] failure logs.
+    /// Prunes at about one call in [`PRUNE_EVERY`]: by the time and pid across processes, and
+    /// by a count within one (which may write many logs in one millisecond).
+    fn maybe_prune(&self, now: u64, pid: u32) {
+        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if (now.wrapping_mul(31) ^ u64::from(pid) ^ call.wrapping_mul(7)) % PRUNE_EVERY == 0 {
+            self.prune_logs();
+        }
+    }
+
+    /// Removes all but the newest [`KEEP_LOGS`] failure logs, and the content index
+    /// (`logs/.same/`, rebuilt by the failures that follow: what it held is pruned with it or
+    /// still has its own names).
     pub fn prune_logs(&self) {
         let dir = self.logs();
         // Names start with the time in milliseconds (13 digits until the year 2286), so their
         // byte order is their age. Sorted as names, not paths: comparing paths component by
         // component was 4 % of a failing hook's CPU.
         if let Ok(entries) = fs::read_dir(&dir) {
-            let mut logs: Vec<std::ffi::OsString> =
-                entries.flatten().map(|e| e.file_name()).collect();
+            let mut logs: Vec<std::ffi::OsString> = entries
+                .flatten()
+                .map(|e| e.file_name())
+                .filter(|n| n != SAME)
+                .collect();
             if logs.len() > KEEP_LOGS {
                 let old = logs.len() - KEEP_LOGS;
                 logs.select_nth_unstable(old);
@@ -108,7 +146,25 @@ impl Home {
                 }
             }
         }
+        if let Ok(entries) = fs::read_dir(dir.join(SAME)) {
+            for e in entries.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
     }
+}
+
+/// `logs/.same/<hash of the content>`: a second name of the newest log of each output.
+const SAME: &str = ".same";
+
+/// 128-bit FNV-1a of a failure's output: which earlier log has the same bytes (no adversary
+/// here: the output is the check's own).
+fn content_hash(bytes: &[u8]) -> u128 {
+    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
+    const PRIME: u128 = 0x0000000001000000000000000000013B;
+    bytes
+        .iter()
+        .fold(OFFSET, |h, &b| (h ^ u128::from(b)).wrapping_mul(PRIME))
 }
 
 impl AsRef<Path> for Home {
@@ -132,13 +188,61 @@ mod tests {
             fs::write(home.logs().join(format!("0-old-{i:04}.log")), b"").unwrap();
         }
         home.prune_logs();
-        assert_eq!(fs::read_dir(home.logs()).unwrap().count(), KEEP_LOGS);
+        let names = || {
+            fs::read_dir(home.logs())
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name() != SAME)
+                .count()
+        };
+        assert_eq!(names(), KEEP_LOGS);
         assert!(first.exists(), "the oldest go first");
         // Failures prune now and then: the directory stays near its bound.
         for i in 0..2_000 {
             home.write_log(&format!("agent{i}"), b"x").unwrap();
         }
-        let kept = fs::read_dir(home.logs()).unwrap().count();
+        let kept = names();
         assert!(kept < KEEP_LOGS + 500, "{kept} logs after 2,000 failures");
+    }
+
+    #[test]
+    fn failures_with_the_same_output_share_one_file_under_their_own_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path().join("buildlock"));
+        let a = home.write_log("a", b"error: the build broke\n").unwrap();
+        let b = home.write_log("b", b"error: the build broke\n").unwrap();
+        let c = home.write_log("c", b"error: something else\n").unwrap();
+        assert!(a != b && b != c, "each failure has its own name");
+        assert_eq!(fs::read(&b).unwrap(), b"error: the build broke\n");
+        assert_eq!(fs::read(&c).unwrap(), b"error: something else\n");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+            assert_eq!(ino(&a), ino(&b), "one file for one output");
+            assert_ne!(ino(&a), ino(&c));
+        }
+        // Pruned, one name goes and the other keeps the content.
+        fs::remove_file(&a).unwrap();
+        home.prune_logs();
+        assert_eq!(fs::read(&b).unwrap(), b"error: the build broke\n");
+        let d = home.write_log("d", b"error: the build broke\n").unwrap();
+        assert_eq!(fs::read(&d).unwrap(), b"error: the build broke\n");
+    }
+
+    #[test]
+    fn a_log_is_never_a_name_of_a_file_with_other_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path().join("buildlock"));
+        let a = home.write_log("a", b"first output").unwrap();
+        // An index entry that lies (as a hash collision would): the size rules it out.
+        let same = home
+            .logs()
+            .join(SAME)
+            .join(format!("{:032x}", content_hash(b"second, longer output")));
+        fs::hard_link(&a, &same).unwrap();
+        let b = home.write_log("b", b"second, longer output").unwrap();
+        assert_eq!(fs::read(&b).unwrap(), b"second, longer output");
+        assert_eq!(fs::read(&a).unwrap(), b"first output");
     }
 }
