@@ -36,10 +36,7 @@ See also: `git buildlock status`, `git buildlock release` (give the fixer role u
 
 #[cfg(not(test))]
 #[unsafe(no_mangle)]
-extern "C" fn main(
-    argc: std::ffi::c_int,
-    argv: *const *const std::ffi::c_char,
-) -> std::ffi::c_int {
+extern "C" fn main(argc: std::ffi::c_int, argv: *const *const std::ffi::c_char) -> std::ffi::c_int {
     signals::ignore_sigpipe();
     // SAFETY: main's own argc and argv.
     let args: Vec<std::ffi::OsString> = unsafe { env::args_of_main(argc, argv) };

@@ -204,7 +204,8 @@ impl Context {
     /// the green path of a fast check.
     pub fn prepare_for_a_failure(&self) {
         self.identity();
-        self.places.get_or_init(|| failure_places(&self.repo.worktree));
+        self.places
+            .get_or_init(|| failure_places(&self.repo.worktree));
     }
 
     fn identity(&self) -> &crate::protocol::state::Agent {

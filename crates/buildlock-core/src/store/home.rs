@@ -119,7 +119,9 @@ impl Home {
     fn maybe_prune(&self, now: u64, pid: u32) {
         static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if (now.wrapping_mul(31) ^ u64::from(pid) ^ call.wrapping_mul(7)) % PRUNE_EVERY == 0 {
+        if (now.wrapping_mul(31) ^ u64::from(pid) ^ call.wrapping_mul(7))
+            .is_multiple_of(PRUNE_EVERY)
+        {
             self.prune_logs();
         }
     }
