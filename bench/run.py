@@ -2,7 +2,7 @@
 """buildlock's benchmarks: one command, one run, every figure beside a baseline measured in the
 same run, interleaved with it.
 
-    python3 bench/run.py             # builds the release binaries, measures, prints (minutes)
+    python3 bench/run.py             # builds the binaries as install.sh does, measures, prints (minutes)
                                      # (at whatever load it finds: it never waits for a quiet machine)
     python3 bench/run.py --write     # ... and rewrites docs/BENCHMARKS.md (keeps the run before)
     python3 bench/run.py --quick     # few repetitions, small N: checks the script itself (< 1 min)
@@ -67,6 +67,8 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+import scale_local  # noqa: E402 - a sibling script, importable by design
 _target = Path(os.environ.get("CARGO_TARGET_DIR", "target"))
 REL = (_target if _target.is_absolute() else ROOT / _target) / "release"
 DOC = ROOT / "docs" / "BENCHMARKS.md"
@@ -792,11 +794,13 @@ def bench_election(ctx: Ctx):
             anomalies.append(f"run {k}: exit codes {sorted(set(codes))}, {codes.count(1)} fixers")
 
     for k in range(runs):
-        # Each side goes first in turn, after the previous round's writes reached the disk: the
-        # side that always came second paid the other's writeback (the floor's median wandered
-        # from 36 to 85 ms between runs).
+        # Each side goes first in turn, after the previous round's writes reached the disk and
+        # its removed files aged past ext4's recently-freed window (bench/scale_local.py's
+        # settle_fs): the side that came second paid the other's writeback and removals (the
+        # floor's median wandered from 36 to 85 ms between runs, buildlock's from 42 to 71 ms
+        # with the same binary).
         for side in ((floor_round, buildlock_round) if k % 2 == 0 else (buildlock_round, floor_round)):
-            os.sync()
+            scale_local.settle_fs()
             side(k)
     for a in anomalies:
         ctx.note(f"election: NOT one fixer: {a}")
@@ -1023,10 +1027,8 @@ def bench_scale(ctx: Ctx):
     """bench/scale_local.py's rows, on the release binaries of this run: a new breakage after N
     abandoned ones, a green commit with N silent fixers on record, one agent's Nth role, and
     waiting at 384 against 48 waiters (each a ratio against a baseline interleaved with it)."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    import scale_local  # noqa: E402 - a sibling script, importable by design
     p = ctx.p["scale"]
-    args = argparse.Namespace(profile="release", n=p["n"], roles=p["roles"], reps=p["reps"],
+    args = argparse.Namespace(profile="release", bins=REL, n=p["n"], roles=p["roles"], reps=p["reps"],
                               waiters=p["waiters"], waiter_reps=p["waiter_reps"], window=p["window"],
                               only="abandoned,green,roles,waiters", tmp=str(ctx.tmp))
     return scale_local.measure(args)
@@ -1304,7 +1306,7 @@ hand-written section "The remote backend" keeps the figures measured by hand bef
 its changes, and the election costs):
 
 ```sh
-python3 bench/run.py --write     # builds the release binaries, measures, rewrites this file
+python3 bench/run.py --write     # builds the binaries as install.sh does, measures, rewrites this file
 python3 bench/run.py --quick     # few repetitions, small N: checks the script itself (under a minute)
 ```
 
@@ -1345,7 +1347,14 @@ DOC_METHOD = """## What is measured, and how
 - **Election**: N worktrees; N `pre-commit` processes whose check blocks reading a FIFO (no
   polling, no CPU before the start) and then fails. From writing to the FIFO to the last process's
   exit, when every agent knows its role (fixer: exit 1; wait: exit 75 with `hook.wait = false`).
-  Several runs; min, median and max. Exactly one fixer per run is checked and reported.
+  Several runs; min, median and max. Exactly one fixer per run is checked and reported. Each
+  round of buildlock and of its floor starts after a sync and 5.5 s: this machine's disk is ext4
+  with no journal, whose inode allocator scans past every inode freed in the last 5 s (30 s before
+  a sync), so a round run right after another paid for the files the one before removed.
+- **The binaries**: as install.sh builds and installs them (into a throwaway repository under the
+  target dir): the release build, with the hook and commit-retry linked statically, against musl
+  where its Rust target and `musl-gcc` are installed, else against glibc's `libc.a`. The run's
+  header says which.
 - **Waiting**: N `commit-retry` waiters in N worktrees while the benchmark's fixer holds the
   role. *CPU*: over a 10 s window (two progress lines' worth: a waiter off a terminal prints one
   every 5 s) that ends just before the fix is marked, each thread's time on CPU
@@ -1401,6 +1410,28 @@ def write_doc(path: Path, res):
     log(f"wrote {path}")
 
 
+def build_as_installed():
+    """The binaries exactly as install.sh builds and installs them (the release build; the hook and
+    commit-retry against musl or glibc's libc.a, static, where it can), installed into a throwaway
+    repository under the target dir. Returns their folder and how the two were linked."""
+    repo = REL.parent / "bench-install"
+    if not (repo / ".git").exists():
+        repo.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    log(f"building the binaries with install.sh (into {REL.parent}) ...")
+    r = subprocess.run(["sh", str(ROOT / "install.sh"), str(repo)], cwd=repo, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"install.sh failed ({r.returncode}):\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
+    said = r.stdout + r.stderr
+    if "against musl" in said and "musl build failed" not in said:
+        linkage = "pre-commit and commit-retry static against musl"
+    elif "stays dynamically linked" in said:
+        linkage = "pre-commit and commit-retry dynamically linked (no static C library)"
+    else:
+        linkage = "pre-commit and commit-retry static against glibc"
+    return repo / ".git" / COORD / INSTALLED_BIN, linkage
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -1419,15 +1450,9 @@ def main():
         ap.error("--write with --quick would put toy figures into docs/BENCHMARKS.md; add --doc PATH to write elsewhere")
     p = QUICK if args.quick else FULL
     anchors = (args.anchors or not args.quick) and not args.no_anchors
-    log(f"building the release binaries into {REL.parent} ...")
-    subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT, check=True)
-    # As install.sh builds them: the hook and commit-retry linked statically where a static C
-    # library exists.
-    static = all(subprocess.run(["cargo", "rustc", "--release", "--locked", "--quiet", "--bin", b, "--",
-                                 "-C", "target-feature=+crt-static", "-C", "relocation-model=static"],
-                                cwd=ROOT, capture_output=True).returncode == 0
-                 for b in ("pre-commit", "commit-retry"))
-    log(f"pre-commit and commit-retry linked {'statically' if static else 'dynamically (no static C library)'}")
+    global REL
+    REL, linkage = build_as_installed()
+    log(f"the binaries: {REL} ({linkage})")
     if not SCHEDSTAT:
         log("note: /proc/<pid>/schedstat is unavailable or off: CPU falls back to 10 ms ticks")
     # No waiting for a quiet machine: every figure is a ratio against its baseline measured in the
@@ -1456,7 +1481,7 @@ def main():
                            command=" ".join(["python3", "bench/run.py", *sys.argv[1:]]), quick=args.quick,
                            load_before=f"{load_before:.2f}", load_after=f"{os.getloadavg()[0]:.2f}",
                            took_s=time.time() - started, loads=loads,
-                           linkage="pre-commit and commit-retry " + ("statically linked" if static else "dynamically linked"))
+                           linkage=linkage)
     print(render_run(results))
     print(json.dumps(results, default=str), file=sys.stderr)
     if args.write:
