@@ -13,6 +13,12 @@
 
 use buildlock_core::os::{env, say, signals};
 
+// Built against musl (install.sh does so where it can): a bump allocator over a static block,
+// as musl's malloc is slow on a failing hook's bookkeeping (see os/arena.rs).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: buildlock_core::os::arena::Arena = buildlock_core::os::arena::Arena;
+
 const USAGE: &str = "\
 commit-retry: `git commit` that waits for another agent's fix and retries.
 

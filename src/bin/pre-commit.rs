@@ -16,6 +16,12 @@
 
 use buildlock_core::os::{env, say, signals};
 
+// Built against musl (install.sh does so where it can): a bump allocator over a static block,
+// as musl's malloc is slow on a failing hook's bookkeeping (see os/arena.rs).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: buildlock_core::os::arena::Arena = buildlock_core::os::arena::Arena;
+
 const USAGE: &str = "\
 pre-commit: buildlock's git hook. git runs it on every commit; run by hand, it checks once.
 

@@ -250,7 +250,7 @@ impl Ticker {
                 return Err(e);
             }
             let tick = libc::timespec {
-                tv_sec: every.as_secs() as libc::time_t,
+                tv_sec: every.as_secs() as _,
                 tv_nsec: every.subsec_nanos() as libc::c_long,
             };
             let spec = libc::itimerspec {

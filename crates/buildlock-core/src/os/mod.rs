@@ -3,7 +3,8 @@
 //! It is the only place that knows the platform: each module keeps one interface for Linux,
 //! macOS and Windows and says in its header what each costs and where one differs.
 //!
-//! - [`lock`]: the only module that takes a lock (flock through fd-lock);
+//! - [`lock`]: the only module that takes a lock (flock through fd-lock); [`arena`]: the
+//!   allocator of the hook and commit-retry built against musl;
 //! - [`fs`]: atomic writes; [`check`]: running a command in its own process group ([`spawn`]:
 //!   starting it without forking us, on Linux);
 //! - [`deadline`]: running a program (the remote backend's git) that ends, with its group, by a deadline;
@@ -15,6 +16,7 @@
 //! - [`repo`]: the git repository (work tree, common dir, branch, HEAD); [`fault`]: fault
 //!   injection for tests.
 
+pub mod arena;
 pub mod bell;
 pub mod changes;
 pub mod check;
