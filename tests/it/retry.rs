@@ -791,3 +791,49 @@ fn during_a_merge_the_fix_is_not_committed_apart() {
     );
     assert_eq!(text(&r.git(&["show", "HEAD:build.txt"]).stdout), "ok\n");
 }
+
+/// Failures with the same output share one file (logs/.same): a fix.command that writes to its
+/// `$BUILDLOCK_LOG` must not change the log of another failure that printed the same bytes.
+#[test]
+fn a_fix_that_appends_to_its_log_leaves_other_failures_logs_alone() {
+    let r = TestRepo::new("");
+    let (ok, note) = (r.shared("ok"), r.shared("note"));
+    let config = format!(
+        "check = \"test -e {ok} || {{ echo broken; exit 1; }}\"\n[fix]\n\
+         command = \"if test -e {note}; then echo NOTE >> \\\"$BUILDLOCK_LOG\\\"; fi; touch {ok}\"\n",
+        ok = ok.display(),
+        note = note.display()
+    );
+    std::fs::write(r.dir.join(".buildlock.toml"), config).unwrap();
+    let logs = r.buildlock_dir().join("logs");
+    let names = || -> Vec<std::path::PathBuf> {
+        let mut v: Vec<std::path::PathBuf> = std::fs::read_dir(&logs)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        v.retain(|p| p.extension().is_some_and(|e| e == "log"));
+        v.sort();
+        v
+    };
+    // The first failure's fix leaves its log as it is.
+    r.stage_change(&r.dir, "a");
+    let out = wait_output(r.commit_retry(&r.dir, "first"), Duration::from_secs(30));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let first = names();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(std::fs::read(&first[0]).unwrap(), b"broken\n");
+    // The same failure again: this fix writes a note into its log.
+    std::fs::remove_file(&ok).unwrap();
+    std::fs::write(&note, "").unwrap();
+    r.stage_change(&r.dir, "b");
+    let out = wait_output(r.commit_retry(&r.dir, "second"), Duration::from_secs(30));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let all = names();
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(
+        std::fs::read(&first[0]).unwrap(),
+        b"broken\n",
+        "the first failure's log is its own output"
+    );
+    let second = all.iter().find(|p| **p != first[0]).unwrap();
+    assert_eq!(std::fs::read(second).unwrap(), b"broken\nNOTE\n");
+}

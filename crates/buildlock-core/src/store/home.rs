@@ -156,6 +156,26 @@ impl Home {
     }
 }
 
+/// Gives the failure log at `path` a file of its own when it is one more name of a file that
+/// other failures' logs share (see [`Home::write_log`]): done before the log is handed, as
+/// `$BUILDLOCK_LOG`, to a program that may write to it (`fix.command`, `retry.refresh`), so that
+/// a fix appending its notes changes its own log only, not every log of the same output. A copy
+/// renamed over the name; when that fails the log stays as it is.
+pub fn own_file(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if fs::metadata(path).map_or(true, |m| m.nlink() <= 1) {
+            return;
+        }
+    }
+    let mut copy = path.as_os_str().to_owned();
+    copy.push(format!(".own-{}", std::process::id()));
+    if fs::copy(path, &copy).is_err() || fs::rename(&copy, path).is_err() {
+        let _ = fs::remove_file(&copy);
+    }
+}
+
 /// `logs/.same/<hash of the content>`: a second name of the newest log of each output.
 const SAME: &str = ".same";
 

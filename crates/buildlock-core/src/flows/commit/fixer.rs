@@ -480,6 +480,8 @@ pub fn fix_env(ctx: &Context, a: &Assignment, attempt: u32) -> Vec<(String, OsSt
         ),
     ];
     if let Some(log) = &a.log {
+        // The command may write to it: not to the logs of other failures with the same output.
+        crate::store::home::own_file(log);
         env.push(("BUILDLOCK_LOG".to_owned(), log.clone().into_os_string()));
     }
     env
