@@ -86,6 +86,8 @@ unsafe impl GlobalAlloc for Arena {
 }
 
 /// A bump allocator over `size` bytes at `base`: `next` is the offset of the first free byte.
+/// Taking a range back releases it and handing it out acquires it, so the thread that gets a
+/// range another freed sees that thread's last writes to it done.
 struct Bump<'a> {
     base: *mut u8,
     size: usize,
@@ -101,7 +103,7 @@ impl Bump<'_> {
     /// A range of the block for `layout`, or None when it does not fit.
     fn alloc(&self, layout: Layout) -> Option<*mut u8> {
         let base = self.base as usize;
-        let mut cur = self.next.load(Ordering::Relaxed);
+        let mut cur = self.next.load(Ordering::Acquire);
         loop {
             let start = (base + cur).checked_next_multiple_of(layout.align())? - base;
             let end = start.checked_add(layout.size())?;
@@ -110,7 +112,7 @@ impl Bump<'_> {
             }
             match self
                 .next
-                .compare_exchange_weak(cur, end, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange_weak(cur, end, Ordering::AcqRel, Ordering::Acquire)
             {
                 // SAFETY: start < size: inside the block.
                 Ok(_) => return Some(unsafe { self.base.add(start) }),
@@ -124,7 +126,7 @@ impl Bump<'_> {
         let start = ptr as usize - self.base as usize;
         let _ =
             self.next
-                .compare_exchange(start + size, start, Ordering::Relaxed, Ordering::Relaxed);
+                .compare_exchange(start + size, start, Ordering::AcqRel, Ordering::Relaxed);
     }
 
     /// Grows or shrinks the newest allocation where it is; false for any other, or when it
@@ -137,7 +139,7 @@ impl Bump<'_> {
         end <= self.size
             && self
                 .next
-                .compare_exchange(start + size, end, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(start + size, end, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
     }
 }
