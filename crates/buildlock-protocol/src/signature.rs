@@ -112,7 +112,8 @@ pub fn normalise(output: &[u8], places: &Places) -> String {
     lines.join("\n")
 }
 
-fn fnv1a64(bytes: &[u8]) -> u64 {
+/// 64-bit FNV-1a: the signature's hash, and the key to failure logs of the same bytes.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         hash ^= u64::from(b);

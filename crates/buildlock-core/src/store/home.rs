@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use crate::os::time;
 use crate::protocol::key;
+use crate::protocol::signature::fnv1a64;
 
 /// Failure logs kept in `logs/`, the newest (give or take the few since the last pruning).
 pub const KEEP_LOGS: usize = 200;
@@ -76,17 +77,16 @@ impl Home {
     /// Each failure has a log of its own name (its time, agent and pid). A crowd that hits the
     /// same breakage mostly prints the same bytes: a log whose output is byte for byte one
     /// written before is a second name (a hard link) of that one's file, found by its content's
-    /// hash in `logs/.same/`, so 64 agents failing alike write one file, not 64 (a new file is
-    /// the dearest step of a failure on some file systems: ext4 without a journal scans past
-    /// every inode freed in the last seconds to allocate one).
+    /// hash (FNV-1a, as signatures use; the size rules out a collision) in `logs/.same/`, so 64
+    /// agents failing alike write one file, not 64 (a new file is the dearest step of a failure
+    /// on some file systems: ext4 without a journal scans past every inode freed in the last
+    /// seconds to allocate one).
     pub fn write_log(&self, agent: &str, output: &[u8]) -> Result<PathBuf> {
         let dir = self.logs();
         let (now, pid) = (time::now(), std::process::id());
         let name = format!("{now}-{}-{pid}.log", key::file_stem(agent));
         let path = dir.join(name);
-        let same = dir
-            .join(SAME)
-            .join(format!("{:032x}", content_hash(output)));
+        let same = dir.join(SAME).join(format!("{:016x}", fnv1a64(output)));
         if fs::hard_link(&same, &path).is_ok() {
             // A different output of the same hash (never seen, but cheap to rule out by size)
             // gets a file of its own.
@@ -179,22 +179,6 @@ pub fn own_file(path: &Path) {
 /// `logs/.same/<hash of the content>`: a second name of the newest log of each output.
 const SAME: &str = ".same";
 
-/// 128-bit FNV-1a of a failure's output: which earlier log has the same bytes (no adversary
-/// here: the output is the check's own).
-fn content_hash(bytes: &[u8]) -> u128 {
-    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
-    const PRIME: u128 = 0x0000000001000000000000000000013B;
-    bytes
-        .iter()
-        .fold(OFFSET, |h, &b| (h ^ u128::from(b)).wrapping_mul(PRIME))
-}
-
-impl AsRef<Path> for Home {
-    fn as_ref(&self) -> &Path {
-        &self.root
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,7 +245,7 @@ mod tests {
         let same = home
             .logs()
             .join(SAME)
-            .join(format!("{:032x}", content_hash(b"second, longer output")));
+            .join(format!("{:016x}", fnv1a64(b"second, longer output")));
         fs::hard_link(&a, &same).unwrap();
         let b = home.write_log("b", b"second, longer output").unwrap();
         assert_eq!(fs::read(&b).unwrap(), b"second, longer output");
